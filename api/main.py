@@ -1,0 +1,77 @@
+"""The gateway ASGI app: `uvicorn api.main:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
+
+from api import errors
+from api.deps import Gateway
+from api.health import router as health_router
+from api.middleware import GatewayMiddleware
+from api.requests.router import router as requests_router
+from api.sessions.router import router as sessions_router
+from api.streams.hub import Hub
+from api.streams.router import router as stream_router
+from common import db, queue
+from common import logging as rg_logging
+from common.agents import load_agents
+from common.settings import Settings, get_settings
+from common.streams import StreamWriter
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _require(settings: Settings) -> None:
+    missing = [name for name, value in (("DATABASE_URL", settings.database_url),
+                                        ("REDIS_URL", settings.stream_redis_url)) if not value]
+    if missing:
+        raise SystemExit(f"relaygate gateway: {', '.join(missing)} not set (use `relaygate dev` for embedded servers)")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _require(settings)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
+    streams = Redis.from_url(settings.stream_redis_url, max_connections=64, health_check_interval=30)
+    readers = [Redis.from_url(settings.stream_redis_url, max_connections=1) for _ in range(settings.hub_readers)]
+    arq = await queue.connect(settings.queue_redis_url)
+    hub = Hub(streams, readers, block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
+              heartbeat_seconds=settings.sse_heartbeat_seconds)
+    hub.start()
+    app.state.gateway = Gateway(
+        settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
+        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
+                            ttl_seconds=settings.stream_ttl_seconds),
+        agents=load_agents(settings.agents_file),
+    )
+    try:
+        yield
+    finally:
+        await hub.stop()
+        for client in (*readers, streams, arq):
+            await client.aclose()
+        await pool.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    rg_logging.configure(settings.log_level)
+    app = FastAPI(title="relaygate", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    errors.install(app)
+    for router in (health_router, sessions_router, requests_router, stream_router):
+        app.include_router(router)
+    if STATIC.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+app = create_app()

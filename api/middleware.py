@@ -1,0 +1,78 @@
+"""Pure ASGI middleware: body size limit, correlation id and request metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.logging import correlation_id
+
+HTTP_REQUESTS = Counter("relaygate_http_requests_total", "HTTP requests", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("relaygate_http_request_seconds", "HTTP request latency (to response start)",
+                         ["method", "route"])
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _reject(send: Send, status: int, error: str, detail: str) -> None:
+    body = orjson.dumps({"error": error, "detail": detail})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-correlation-id", b"").decode("latin-1")[:128]
+        cid = incoming if incoming.isprintable() and incoming else uuid.uuid4().hex
+        token = correlation_id.set(cid)
+        limit = self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+                HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except BodyTooLarge:
+            await _reject(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+        finally:
+            correlation_id.reset(token)

@@ -1,0 +1,119 @@
+"""POST /api/v1/requests/{web,cli,tool,generic}, status and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.requests import service
+from api.requests.schemas import (
+    Accepted,
+    CliRequest,
+    GenericRequest,
+    RequestResult,
+    ToolRequest,
+    WebRequest,
+    _RequestBody,
+)
+from api.responses import JSONResponse
+from api.streams.relay import request_frames, wait_for_result
+from api.streams.sse import just_before, sse_response
+from common.auth import Principal
+from common.logging import correlation_id
+from common.models import ACTIVE_STATUSES
+from common.streams import stream_key
+
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+Wait = Annotated[float | None, Query(ge=0, description="seconds to wait for the finished reply")]
+
+
+def _wait_seconds(request: Request, wait: float | None, limit: float) -> float | None:
+    if wait is None:
+        match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+        wait = float(match.group(1)) if match else None
+    return min(wait, limit) if wait else None
+
+
+async def _intake(
+    request: Request, body: _RequestBody, gw: Gateway, who: Principal, idempotency_key: str | None,
+    wait: float | None,
+) -> Response:
+    accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
+                                    correlation_id=correlation_id.get())
+    key = stream_key(accepted.session_id, gw.settings.stream_buckets)
+    headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
+    after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        response = sse_response(request_frames(gw.hub, key, after, accepted.request_id))
+        response.headers.update(headers)
+        return response
+    wait_seconds = _wait_seconds(request, wait, gw.settings.max_wait_seconds)
+    if wait_seconds:
+        if accepted.replayed and accepted.status not in ACTIVE_STATUSES:
+            return JSONResponse(RequestResult(**_result(await service.get(gw, who, accepted.request_id))).model_dump(),
+                                  headers=headers)
+        try:
+            outcome = await asyncio.wait_for(wait_for_result(gw.hub, key, after, accepted.request_id), wait_seconds)
+        except TimeoutError:
+            outcome = None
+        if outcome:
+            headers["Preference-Applied"] = f"wait={wait_seconds:g}"
+            result = RequestResult(
+                request_id=accepted.request_id, session_id=accepted.session_id, status=outcome["status"],
+                response=outcome.get("response"), agent_id=outcome.get("agent_id"),
+                error=outcome.get("terminal", {}).get("error") or outcome.get("terminal", {}).get("reason"),
+                processing_time_ms=outcome.get("terminal", {}).get("processing_time_ms"),
+            )
+            return JSONResponse(result.model_dump(mode="json"), headers=headers)
+    body_out = Accepted(
+        request_id=accepted.request_id, session_id=accepted.session_id, status=accepted.status,
+        stream_url=f"/api/v1/sessions/{accepted.session_id}/stream", stream_entry_id=accepted.stream_entry_id,
+    )
+    return JSONResponse(body_out.model_dump(), status_code=202, headers=headers)
+
+
+def _result(row: dict[str, object]) -> dict[str, object]:
+    return {k: row[k] for k in RequestResult.model_fields if k in row}
+
+
+@router.post("/web", status_code=202, response_model=Accepted)
+async def web(body: WebRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
+              idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+    return await _intake(request, body, gw, who, idempotency_key, wait)
+
+
+@router.post("/cli", status_code=202, response_model=Accepted)
+async def cli(body: CliRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
+              idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+    return await _intake(request, body, gw, who, idempotency_key, wait)
+
+
+@router.post("/tool", status_code=202, response_model=Accepted)
+async def tool(body: ToolRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
+               idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+    return await _intake(request, body, gw, who, idempotency_key, wait)
+
+
+@router.post("/generic", status_code=202, response_model=Accepted)
+async def generic(body: GenericRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
+                  idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+    return await _intake(request, body, gw, who, idempotency_key, wait)
+
+
+@router.get("/{request_id}", response_model=RequestResult)
+async def get_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> RequestResult:
+    return RequestResult(**_result(await service.get(gw, who, request_id)))  # type: ignore[arg-type]
+
+
+@router.post("/{request_id}/cancel", status_code=202)
+async def cancel_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> dict[str, str]:
+    status = await service.cancel(gw, who, request_id)
+    return {"request_id": request_id, "status": status}

@@ -1,0 +1,113 @@
+"""Request bodies of the original integration guide, plus relaygate's shared options."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.models import IntegrationType, Multitask
+
+MAX_CONTENT = 100_000
+
+
+class _Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _RequestBody(BaseModel):
+    user_id: str | None = Field(default=None, min_length=1, max_length=255)
+    content: str = Field(min_length=1, max_length=MAX_CONTENT)
+    session_id: str | None = None
+    new_session: bool = False
+    agent_id: str | None = Field(default=None, max_length=255)
+    multitask: Multitask = "enqueue"
+    metadata: _Metadata = Field(default_factory=_Metadata)
+
+    def integration(self) -> IntegrationType:
+        raise NotImplementedError
+
+    def integration_context(self) -> dict[str, Any]:
+        return {}
+
+
+class WebRequest(_RequestBody):
+    client_ip: str | None = Field(default=None, max_length=64)
+
+    def integration(self) -> IntegrationType:
+        return "web"
+
+    def integration_context(self) -> dict[str, Any]:
+        return {"client_ip": self.client_ip} if self.client_ip else {}
+
+
+class CliMetadata(_Metadata):
+    terminal: str | None = None
+    command: str | None = None
+
+
+class CliRequest(_RequestBody):
+    metadata: CliMetadata = Field(default_factory=CliMetadata)
+
+    def integration(self) -> IntegrationType:
+        return "cli"
+
+    def integration_context(self) -> dict[str, Any]:
+        return {k: v for k, v in {"terminal": self.metadata.terminal, "command": self.metadata.command}.items() if v}
+
+
+class ToolMetadata(_Metadata):
+    correlation_id: str | None = None
+    automation_rule: str | None = None
+    triggered_by: str | None = None
+
+
+class ToolRequest(_RequestBody):
+    tool_id: str = Field(min_length=1, max_length=255)
+    tool_instance_id: str | None = Field(default=None, max_length=255)
+    trigger_event: str = Field(min_length=1, max_length=255)
+    tool_context: dict[str, Any] = Field(default_factory=dict)
+    metadata: ToolMetadata = Field(default_factory=ToolMetadata)
+
+    def integration(self) -> IntegrationType:
+        return "tool"
+
+    def integration_context(self) -> dict[str, Any]:
+        return {
+            "tool_id": self.tool_id,
+            "tool_instance_id": self.tool_instance_id,
+            "trigger_event": self.trigger_event,
+            "tool_context": self.tool_context,
+            "automation_rule": self.metadata.automation_rule,
+            "triggered_by": self.metadata.triggered_by,
+        }
+
+
+class GenericRequest(_RequestBody):
+    integration_type: IntegrationType
+
+    def integration(self) -> IntegrationType:
+        return self.integration_type
+
+
+class Accepted(BaseModel):
+    request_id: str
+    session_id: str
+    status: str
+    stream_url: str
+    stream_entry_id: str | None = None
+
+
+class RequestResult(BaseModel):
+    request_id: str
+    session_id: str
+    status: str
+    response: str | None = None
+    error: str | None = None
+    attempt: int = 1
+    agent_id: str | None = None
+    content: str | None = None
+    processing_time_ms: int | None = None
+    created_at: datetime | None = None
+    completed_at: datetime | None = None

@@ -1,0 +1,226 @@
+"""Accepting, looking up and cancelling requests: one transaction, then the queue."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from api.deps import Gateway
+from api.errors import ApiError
+from api.requests.schemas import _RequestBody
+from api.sessions.service import REQUEST_COLUMNS, parse_uuid
+from common import lifecycle, queue
+from common.auth import Principal
+from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
+from common.streams import Event, cancel_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Accepted:
+    request_id: str
+    session_id: str
+    status: str
+    stream_entry_id: str | None
+    replayed: bool = False
+
+
+def body_hash(body: _RequestBody) -> str:
+    return hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def _session_for(
+    conn: asyncpg.Connection, gw: Gateway, who: Principal, user_id: str, body: _RequestBody
+) -> str:
+    """The session this request joins, locked for the rest of the transaction."""
+    integration = body.integration()
+    if body.session_id:
+        sid = parse_uuid(body.session_id)
+        row = sid and await conn.fetchrow(
+            "SELECT session_id::text, status FROM request_sessions"
+            " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3 FOR UPDATE",
+            sid, who.tenant_id, user_id,
+        )
+        if not row:
+            raise ApiError(404, "session not found")
+        if row["status"] != "active":
+            raise ApiError(409, f"session is {row['status']}; start a new one")
+        return str(row["session_id"])
+    if not body.new_session:
+        found: str | None = await conn.fetchval(
+            "SELECT session_id::text FROM request_sessions"
+            " WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3 AND status = 'active'"
+            "   AND external_session_id IS NULL"
+            " ORDER BY updated_at DESC LIMIT 1 FOR UPDATE",
+            who.tenant_id, user_id, integration,
+        )
+        if found:
+            return found
+    session_id = str(uuid.uuid4())
+    await conn.execute(
+        "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        session_id, who.tenant_id, user_id, integration, gw.settings.session_ttl_seconds,
+    )
+    return session_id
+
+
+async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,
+                  digest: str) -> Accepted | None:
+    row = await conn.fetchrow(
+        "SELECT request_id::text, session_id::text, status, stream_entry_id, body_hash FROM request_logs"
+        " WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
+        who.tenant_id, user_id, key,
+    )
+    if row is None:
+        return None
+    if row["body_hash"] != digest:
+        raise ApiError(409, "Idempotency-Key was already used with a different request body")
+    return Accepted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], replayed=True)
+
+
+async def accept(
+    gw: Gateway, who: Principal, body: _RequestBody, *, idempotency_key: str | None, correlation_id: str
+) -> Accepted:
+    user_id = body.user_id or who.user_id
+    if not who.may_act_for(user_id):
+        raise ApiError(403, "this credential may not send requests for another user")
+    try:
+        agent = gw.agents.route(body.content, body.integration(), body.agent_id)
+    except KeyError:
+        raise ApiError(422, f"unknown agent_id {body.agent_id!r}") from None
+    digest = body_hash(body)
+    if idempotency_key:
+        replay = await _replay(gw.db, who, user_id, idempotency_key, digest)
+        if replay:
+            return replay
+    try:
+        return await _accept_new(gw, who, user_id, body, agent.id, agent.feature, idempotency_key, digest,
+                                 correlation_id)
+    except asyncpg.UniqueViolationError:
+        # A concurrent request with the same Idempotency-Key won the race.
+        replay = await _replay(gw.db, who, user_id, idempotency_key or "", digest)
+        if replay is None:
+            raise
+        return replay
+
+
+async def _accept_new(
+    gw: Gateway, who: Principal, user_id: str, body: _RequestBody, agent_id: str, feature: str,
+    idempotency_key: str | None, digest: str, correlation_id: str,
+) -> Accepted:
+    request_id = str(uuid.uuid4())
+    cancelled: list[asyncpg.Record] = []
+    interrupted: list[str] = []
+    async with gw.db.acquire() as conn, conn.transaction():
+        session_id = await _session_for(conn, gw, who, user_id, body)
+        active = await conn.fetch(
+            "SELECT request_id::text, status FROM request_logs"
+            " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+            session_id, list(ACTIVE_STATUSES),
+        )
+        if active and body.multitask == "reject":
+            raise ApiError(409, "another request is still running in this session (multitask=reject)")
+        normalized = NormalizedRequest(
+            request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
+            integration_type=body.integration(), request_type=body.integration(), content=body.content,
+            agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
+            metadata=body.metadata.model_dump(), correlation_id=correlation_id,
+        )
+        await conn.execute(
+            """
+            INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+                normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, deadline_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+            """,
+            request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
+            normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
+            gw.settings.request_timeout_seconds,
+        )
+        await conn.execute(
+            "UPDATE request_sessions SET last_request_id = $2, last_request_at = now(), updated_at = now(),"
+            " expires_at = now() + make_interval(secs => $3) WHERE session_id = $1",
+            session_id, request_id, gw.settings.session_ttl_seconds,
+        )
+        if body.multitask == "interrupt" and active:
+            cancelled, _ = await lifecycle.cancel_queued(
+                conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
+                "interrupted by a newer request",
+            )
+            interrupted = [r["request_id"] for r in active if r["status"] == "running"]
+        accepted_event = Event(
+            type="request.accepted", request_id=request_id,
+            data={"content": body.content, "session_id": session_id, "user_id": user_id,
+                  "integration_type": body.integration(), "agent_id": normalized.agent_id,
+                  "correlation_id": correlation_id},
+        )
+        (entry_id,) = await gw.writer.append(session_id, [accepted_event])
+        await conn.execute("UPDATE request_logs SET stream_entry_id = $2 WHERE request_id = $1", request_id, entry_id)
+        upcoming = await lifecycle.next_in_session(conn, session_id)
+
+    for request in interrupted:
+        await gw.streams.set(cancel_key(session_id, request, gw.settings.stream_buckets), "interrupted",
+                             ex=gw.settings.request_timeout_seconds)
+    await announce_cancelled(gw, session_id, cancelled, "interrupted by a newer request")
+    await enqueue_safely(gw, upcoming)
+    return Accepted(request_id, session_id, "queued", entry_id)
+
+
+async def announce_cancelled(gw: Gateway, session_id: str, rows: list[asyncpg.Record], reason: str) -> None:
+    for row in rows:
+        await gw.writer.append(session_id, [
+            Event(type="run.cancelled", request_id=row["request_id"], attempt=row["attempt"], data={"reason": reason}),
+            Event(type="done", request_id=row["request_id"], attempt=row["attempt"],
+                  data={"request_id": row["request_id"], "status": "cancelled"}),
+        ])
+
+
+async def enqueue_safely(gw: Gateway, upcoming: tuple[str, JobPayload] | None) -> None:
+    """The request is durable in Postgres; if the queue is down, workers' sweep queues it later."""
+    if upcoming is None:
+        return
+    feature, payload = upcoming
+    try:
+        await queue.enqueue(gw.queue, feature, payload)
+    except Exception as exc:
+        log.warning("enqueue failed; the stalled-request sweep will retry",
+                    extra={"request_id": payload.request_id, "error": repr(exc)})
+
+
+async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
+    rid = parse_uuid(request_id)
+    row = rid and await gw.db.fetchrow(
+        f"SELECT {REQUEST_COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
+        " AND r.user_id = $3",
+        rid, who.tenant_id, who.user_id,
+    )
+    if not row:
+        raise ApiError(404, "request not found")
+    return dict(row)
+
+
+async def cancel(gw: Gateway, who: Principal, request_id: str, reason: str = "cancelled by user") -> str:
+    """Flag the request for its worker and cancel it outright if it has not started."""
+    row = await get(gw, who, request_id)
+    if row["status"] not in ACTIVE_STATUSES:
+        raise ApiError(409, f"request already {row['status']}")
+    await cancel_many(gw, row["session_id"], [request_id], reason)
+    return "cancelling"
+
+
+async def cancel_many(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
+    for request_id in request_ids:
+        await gw.streams.set(cancel_key(session_id, request_id, gw.settings.stream_buckets), reason,
+                             ex=gw.settings.request_timeout_seconds)
+    async with gw.db.acquire() as conn, conn.transaction():
+        await lifecycle.lock_session(conn, session_id)
+        cancelled, upcoming = await lifecycle.cancel_queued(conn, session_id, request_ids, reason)
+    await announce_cancelled(gw, session_id, cancelled, reason)
+    await enqueue_safely(gw, upcoming)

@@ -1,0 +1,152 @@
+/**
+ * Server-Sent Events over fetch(): a spec-following incremental parser and a
+ * reconnecting reader. fetch (not EventSource) so the Authorization header is sent
+ * and no token ever appears in a URL; every reconnect resumes with Last-Event-ID.
+ */
+
+const LINE_END = /\r\n|\r|\n/g;
+
+/** Turns text chunks (split anywhere) into {id, event, data} events. */
+export class SseParser {
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.lastEventId = "";
+    this.retry = null;
+    this.startConnection();
+  }
+
+  /** Forget any half-received line or event; keeps lastEventId for resuming. */
+  startConnection() {
+    this.buffer = "";
+    this.skipLeadingLf = false;
+    this.dataLines = [];
+    this.eventType = "";
+  }
+
+  feed(chunk) {
+    if (chunk === "") return;
+    if (this.skipLeadingLf && chunk.startsWith("\n")) chunk = chunk.slice(1);
+    this.skipLeadingLf = false;
+    this.buffer += chunk;
+    let start = 0;
+    LINE_END.lastIndex = 0;
+    for (let m = LINE_END.exec(this.buffer); m; m = LINE_END.exec(this.buffer)) {
+      // A "\r" at the very end may be the first half of "\r\n" split across chunks.
+      if (m[0] === "\r" && m.index === this.buffer.length - 1) this.skipLeadingLf = true;
+      this.processLine(this.buffer.slice(start, m.index));
+      start = LINE_END.lastIndex;
+    }
+    this.buffer = this.buffer.slice(start);
+  }
+
+  processLine(line) {
+    if (line === "") return this.dispatch();
+    if (line.startsWith(":")) return; // comment, e.g. ": keepalive"
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") this.dataLines.push(value);
+    else if (field === "event") this.eventType = value;
+    else if (field === "id" && !value.includes("\0")) this.lastEventId = value;
+    else if (field === "retry" && /^\d+$/.test(value)) this.retry = Number(value);
+  }
+
+  dispatch() {
+    const data = this.dataLines.join("\n");
+    const event = this.eventType || "message";
+    const hadData = this.dataLines.length > 0;
+    this.dataLines = [];
+    this.eventType = "";
+    if (hadData) this.onEvent({ id: this.lastEventId, event, data });
+  }
+}
+
+/** Raised for answers that reconnecting cannot fix (401, 403, 404...). */
+export class StreamRefused extends Error {
+  constructor(status, body) {
+    super(`stream refused with HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+const MIN_DELAY_MS = 500;
+const MAX_DELAY_MS = 15000;
+const STALL_MS = 45000; // the gateway sends a keepalive comment every ~15 s
+
+/**
+ * Reads `url` as an SSE stream until close() is called, reconnecting with
+ * exponential backoff and Last-Event-ID after a drop, a stall or a clean close.
+ * onStatus gets "connecting" | "open" | "reconnecting"; onFatal gets StreamRefused.
+ */
+export function openEventStream({ url, headers, lastEventId = "", onEvent, onStatus, onFatal }) {
+  const closed = new AbortController();
+  const parser = new SseParser(onEvent);
+  parser.lastEventId = lastEventId;
+  runLoop({ url, headers, parser, closed: closed.signal, onStatus, onFatal });
+  return { close: () => closed.abort() };
+}
+
+async function runLoop({ url, headers, parser, closed, onStatus, onFatal }) {
+  let failures = 0;
+  onStatus("connecting");
+  while (!closed.aborted) {
+    try {
+      const gotData = await readOnce({ url, headers, parser, closed, onStatus });
+      failures = gotData ? 0 : failures + 1;
+    } catch (err) {
+      if (closed.aborted) return;
+      if (err instanceof StreamRefused) return onFatal(err);
+      failures += 1;
+    }
+    if (closed.aborted) return;
+    onStatus("reconnecting");
+    await sleep(backoff(parser.retry ?? MIN_DELAY_MS, failures), closed);
+  }
+}
+
+/** One connection. Resolves true if any bytes arrived before the stream ended. */
+async function readOnce({ url, headers, parser, closed, onStatus }) {
+  const attempt = new AbortController();
+  const abort = () => attempt.abort();
+  closed.addEventListener("abort", abort, { once: true });
+  let stallTimer = setTimeout(abort, STALL_MS);
+  const requestHeaders = { ...headers, Accept: "text/event-stream" };
+  if (parser.lastEventId) requestHeaders["Last-Event-ID"] = parser.lastEventId;
+  parser.startConnection();
+  let gotData = false;
+  try {
+    const res = await fetch(url, { headers: requestHeaders, signal: attempt.signal, cache: "no-store" });
+    if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
+      throw new StreamRefused(res.status, await res.text().catch(() => ""));
+    }
+    if (!res.ok || !res.body) throw new Error(`stream answered HTTP ${res.status}`);
+    onStatus("open");
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return gotData;
+      gotData = true;
+      clearTimeout(stallTimer);
+      stallTimer = setTimeout(abort, STALL_MS);
+      parser.feed(value);
+    }
+  } finally {
+    clearTimeout(stallTimer);
+    closed.removeEventListener("abort", abort);
+    attempt.abort();
+  }
+}
+
+function backoff(baseMs, failures) {
+  const exp = Math.min(MAX_DELAY_MS, baseMs * 2 ** Math.max(0, failures - 1));
+  return exp / 2 + Math.random() * (exp / 2);
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+}

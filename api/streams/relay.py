@@ -1,0 +1,148 @@
+"""Turns a subscription into SSE frames: catch-up from Redis, then live, with no gap or duplicate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entry
+from common.streams import format_id, parse_id
+
+Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
+
+KEEPALIVE = b": keepalive\n\n"
+DONE_COMPAT = b"data: [DONE]\n\n"
+_TERMINAL = (b"run.completed", b"run.failed", b"run.cancelled")
+
+
+def sse_frame(entry: Entry) -> bytes:
+    return b"id: " + entry.raw_id + b"\nevent: " + entry.type + b"\ndata: " + entry.json + b"\n\n"
+
+
+def compat_frame(entry: Entry) -> bytes:
+    return b"data: " + entry.json + b"\n\n"
+
+
+@dataclass
+class Reset:
+    reason: str
+    resume_from: tuple[int, int]
+
+
+async def check_resume(redis: Redis, key: str, after: tuple[int, int]) -> Reset | None:
+    """A resume point older than what the stream still holds needs a `stream.reset`."""
+    if after == (0, 0):
+        return None
+    try:
+        info = await redis.xinfo_stream(key)
+    except Exception as exc:  # redis raises a ResponseError for a missing key
+        if "no such key" in str(exc).lower():
+            return Reset("expired", (0, 0))
+        raise
+    deleted = info.get("max-deleted-entry-id") or b"0-0"
+    if after < parse_id(deleted):
+        return Reset("trimmed", parse_id(deleted))
+    return None
+
+
+async def reset_frame(reset: Reset, snapshot: Snapshot) -> tuple[bytes, tuple[int, int]]:
+    """The reply so far from Postgres, and the id to continue from."""
+    requests, checkpoint = await snapshot()
+    resume = reset.resume_from
+    if checkpoint and parse_id(checkpoint) >= resume:
+        resume = parse_id(checkpoint)
+    body = orjson.dumps(
+        {
+            "type": "stream.reset",
+            "request_id": "",
+            "attempt": 0,
+            "seq": 0,
+            "ts": 0,
+            "data": {"reason": reset.reason, "requests": requests},
+        },
+        default=str,
+    )
+    frame = b"id: " + format_id(resume).encode() + b"\nevent: stream.reset\ndata: " + body + b"\n\n"
+    return frame, resume
+
+
+async def entries(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Entry | object]:
+    """Every entry after `after`, in order, then live ones; HEARTBEAT/OVERFLOW markers pass through."""
+    sub = await hub.subscribe(key)
+    try:
+        last = after
+        while last < sub.catchup_until:
+            page = await hub.redis.xrange(key, min=b"(" + format_id(last).encode(),
+                                          max=format_id(sub.catchup_until).encode(), count=500)
+            if not page:
+                break
+            for raw_id, fields in page:
+                entry = to_entry(raw_id, fields)
+                last = entry.id
+                yield entry
+        queue = sub.queue
+        while True:
+            item = await queue.get()
+            if isinstance(item, Entry):
+                if item.id <= last:
+                    continue
+                last = item.id
+            yield item
+            if item is OVERFLOW:
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: Snapshot) -> AsyncIterator[bytes]:
+    reset = await check_resume(hub.redis, key, after)
+    if reset is not None:
+        frame, after = await reset_frame(reset, snapshot)
+        yield frame
+    async for item in entries(hub, key, after):
+        if isinstance(item, Entry):
+            yield sse_frame(item)
+        elif item is HEARTBEAT:
+            yield KEEPALIVE
+
+
+async def request_frames(
+    hub: Hub, key: str, after: tuple[int, int], request_id: str, *, compat: bool = False
+) -> AsyncIterator[bytes]:
+    """One request's events from `after` on, ending after its `done` (or `data: [DONE]`)."""
+    wanted = request_id.encode()
+    async for item in entries(hub, key, after):
+        if item is HEARTBEAT:
+            yield KEEPALIVE
+            continue
+        if not isinstance(item, Entry) or item.request_id != wanted:
+            continue
+        if item.type == b"done":
+            yield DONE_COMPAT if compat else sse_frame(item)
+            return
+        yield compat_frame(item) if compat else sse_frame(item)
+
+
+async def wait_for_result(hub: Hub, key: str, after: tuple[int, int], request_id: str) -> dict[str, Any] | None:
+    """Collect one request's outcome from its stream; None if the stream was cut first."""
+    wanted = request_id.encode()
+    outcome: dict[str, Any] = {}
+    async for item in entries(hub, key, after):
+        if not isinstance(item, Entry) or item.request_id != wanted:
+            if item is OVERFLOW:
+                return None
+            continue
+        event = orjson.loads(item.json)
+        if item.type == b"message":
+            outcome["response"] = event["data"].get("content")
+            outcome["agent_id"] = event["data"].get("agent_id")
+        elif item.type in _TERMINAL:
+            outcome["status"] = item.type.decode().removeprefix("run.")
+            outcome["terminal"] = event["data"]
+        elif item.type == b"done":
+            return outcome
+    return None

@@ -1,0 +1,117 @@
+"""`relaygate dev`: embedded servers, migrations, gateway and agent worker in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+
+from common import db
+from common.auth import mint_token
+from common.embedded import EmbeddedPostgres, EmbeddedValkey, dev_secret
+from common.settings import Settings
+
+DEV_STATE = "dev.json"
+
+
+def write_state(home: Path, state: dict[str, str]) -> None:
+    path = home / DEV_STATE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(state, fh, indent=2)
+
+
+def read_state(home: Path) -> dict[str, str]:
+    try:
+        data: dict[str, str] = json.loads((home / DEV_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise click.ClickException(f"{' '.join(map(str, child.args))} exited with code {child.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the gateway did not become healthy at {url} within {timeout:.0f}s")
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
+    home = settings.data_dir.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    postgres = valkey = None
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if not database_url:
+            click.echo(f"starting embedded PostgreSQL in {home / 'pg'} ...", err=True)
+            postgres = EmbeddedPostgres(home)
+            postgres.ensure_database()
+            database_url = postgres.url
+        if not redis_url:
+            click.echo(f"starting embedded Valkey in {home / 'valkey'} ...", err=True)
+            valkey = EmbeddedValkey(home / "valkey")
+            redis_url = valkey.url
+        applied = asyncio.run(db.migrate(database_url))
+        click.echo(f"migrations: {', '.join(applied) if applied else 'up to date'}", err=True)
+        secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret}
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+             "--no-access-log", "--timeout-graceful-shutdown", "3"], env=env))
+        for _ in range(workers):
+            children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env))
+        url = f"http://{host}:{port}"
+        _wait_healthy(url, children)
+        dev_settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(secret)})
+        token = mint_token(dev_settings, user_id="dev", tenant_id="dev", ttl_seconds=30 * 24 * 3600)
+        write_state(home, {"url": url, "token": token})
+        click.echo(
+            f"\nrelaygate is running\n"
+            f"  gateway   {url}  (chat UI at {url}/ , API docs at {url}/docs)\n"
+            f"  postgres  {'embedded, ' + str(home / 'pg') if postgres else 'DATABASE_URL'}\n"
+            f"  valkey    {'embedded, ' + str(home / 'valkey') if valkey else 'REDIS_URL'}\n"
+            f"  model     {settings.llm_model or 'built-in offline model (set LLM_MODEL for a real one)'}\n"
+            f"  token     {token}\n\n"
+            f"try:  .venv/bin/relaygate chat \"Hello there\"\n"
+            f"Ctrl-C stops everything.\n"
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        dead = next(c for c in children if c.poll() is not None)
+        raise click.ClickException(f"{' '.join(map(str, dead.args))} exited with code {dead.returncode}")
+    except KeyboardInterrupt:
+        click.echo("\nstopping ...", err=True)
+    finally:
+        _stop(children)
+        if valkey:
+            valkey.stop()
+        if postgres:
+            postgres.stop()

@@ -1,0 +1,133 @@
+"""Principals, JWT verification and minting, and hashed API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+from jose import JWTError, jwt
+
+from common.settings import Settings
+
+API_KEY_PREFIX = "rgk_"
+
+
+class AuthError(Exception):
+    """Credentials missing or invalid; the message is safe to show to the client."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    user_id: str
+    kind: Literal["user", "tool"] = "user"
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    via: Literal["jwt", "api_key"] = "jwt"
+
+    def may_act_for(self, user_id: str) -> bool:
+        """Users act for themselves; tools (and `act-as-user` holders) for any user of their tenant."""
+        return user_id == self.user_id or self.kind == "tool" or "act-as-user" in self.scopes
+
+
+def _verification_key(settings: Settings) -> str:
+    if settings.jwt_algorithm.startswith("HS"):
+        key = settings.jwt_secret_key.get_secret_value()
+    else:
+        key = settings.jwt_public_key
+    if not key:
+        raise AuthError("token authentication is not configured")
+    return key
+
+
+def decode_jwt(token: str, settings: Settings) -> Principal:
+    """Verify with exactly one algorithm: never the one the token names for itself."""
+    audience = settings.jwt_audience or None
+    issuer = settings.jwt_issuer or None
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != settings.jwt_algorithm:
+            raise AuthError("invalid token")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            _verification_key(settings),
+            algorithms=[settings.jwt_algorithm],
+            audience=audience,
+            issuer=issuer,
+            options={"require_exp": True, "verify_aud": audience is not None, "require_sub": True},
+        )
+    except JWTError as exc:
+        message = "token expired" if "expired" in str(exc).lower() else "invalid token"
+        raise AuthError(message) from None
+    tenant = claims.get("tenant_id")
+    subject = claims.get("sub")
+    if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
+        raise AuthError("token lacks sub or tenant_id")
+    scopes = claims.get("scopes") or []
+    kind = "tool" if claims.get("kind") == "tool" else "user"
+    return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt")
+
+
+def mint_token(
+    settings: Settings,
+    *,
+    user_id: str,
+    tenant_id: str,
+    ttl_seconds: int = 24 * 3600,
+    scopes: list[str] | None = None,
+) -> str:
+    """A development HS256 token (RS256 deployments mint tokens with their own identity provider)."""
+    if not settings.jwt_algorithm.startswith("HS"):
+        raise AuthError(f"cannot mint {settings.jwt_algorithm} tokens: only HS* secrets are held here")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "tenant_id": tenant_id, "iat": now, "exp": now + ttl_seconds}
+    if scopes:
+        claims["scopes"] = scopes
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return str(jwt.encode(claims, _verification_key(settings), algorithm=settings.jwt_algorithm))
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_api_key(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    tenant_id: str,
+    user_id: str,
+    kind: Literal["user", "tool"] = "user",
+    scopes: list[str] | None = None,
+    name: str = "",
+) -> tuple[str, str]:
+    """Returns (key_id, key). The key is shown once; only its hash is stored."""
+    key_id = secrets.token_hex(4)
+    key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, key_hash, tenant_id, user_id, kind, scopes, name)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        key_id, hash_api_key(key), tenant_id, user_id, kind, scopes or [], name,
+    )
+    return key_id, key
+
+
+async def lookup_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Principal | None:
+    row = await conn.fetchrow(
+        "SELECT tenant_id, user_id, kind, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        hash_api_key(key),
+    )
+    if row is None:
+        return None
+    return Principal(
+        tenant_id=row["tenant_id"],
+        user_id=row["user_id"],
+        kind=row["kind"],
+        scopes=frozenset(row["scopes"]),
+        via="api_key",
+    )

@@ -1,0 +1,67 @@
+"""Postgres pool and versioned SQL migrations applied once under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+# Any fixed 64-bit number: all replicas that start together serialise on it.
+_MIGRATION_LOCK = 0x72656C6179676174
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = resources.files("common") / "migrations"
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations; returns the versions applied by this call."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in _migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                log.info("migration applied", extra={"version": version})
+                applied.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    finally:
+        await conn.close()
+    return applied
+
+
+def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None

@@ -1,0 +1,218 @@
+"""The request state machine in Postgres, shared by gateway and workers.
+
+queued -> running -> completed | failed | cancelled. A session runs one request at a
+time, oldest first; every transition that can free a session returns the request that
+should be queued next. Transitions are conditional updates, so a late write from a lost
+attempt never overwrites a newer attempt or a terminal state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from common.models import JobPayload
+
+_HEAD = """
+SELECT request_id::text, tenant_id, attempt, status, feature, correlation_id
+FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running')
+ORDER BY id LIMIT 1
+"""
+
+
+def _payload(row: asyncpg.Record, session_id: str) -> tuple[str, JobPayload]:
+    return row["feature"], JobPayload(
+        request_id=row["request_id"],
+        session_id=session_id,
+        tenant_id=row["tenant_id"],
+        attempt=row["attempt"],
+        correlation_id=row["correlation_id"] or "",
+    )
+
+
+async def lock_session(conn: asyncpg.Connection, session_id: str) -> None:
+    await conn.execute("SELECT 1 FROM request_sessions WHERE session_id = $1 FOR UPDATE", session_id)
+
+
+async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[str, JobPayload] | None:
+    """The queued head of the session when nothing runs there (caller holds the session lock)."""
+    row = await conn.fetchrow(_HEAD, session_id)
+    if row is None or row["status"] != "queued":
+        return None
+    return _payload(row, session_id)
+
+
+async def claim(db: asyncpg.Pool, payload: JobPayload, lease_seconds: float) -> asyncpg.Record | None:
+    """Start the attempt if it is still current and heads its session; None means: do nothing."""
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, payload.session_id)
+        head = await conn.fetchrow(_HEAD, payload.session_id)
+        if head is None or head["request_id"] != payload.request_id:
+            return None
+        return await conn.fetchrow(
+            """
+            UPDATE request_logs
+               SET status = 'running', lease_expires_at = now() + make_interval(secs => $3),
+                   started_at = coalesce(started_at, now()), updated_at = now()
+             WHERE request_id = $1 AND attempt = $2 AND status = 'queued'
+            RETURNING *
+            """,
+            payload.request_id, payload.attempt, lease_seconds,
+        )
+
+
+async def finish(
+    db: asyncpg.Pool,
+    payload: JobPayload,
+    *,
+    status: str,
+    response: str | None = None,
+    error: str | None = None,
+    agent_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[bool, tuple[str, JobPayload] | None]:
+    """End a running attempt. Returns (applied, next request of the session to queue)."""
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, payload.session_id)
+        row = await conn.fetchrow(
+            """
+            UPDATE request_logs
+               SET status = $3, response_content = coalesce($4, response_content), error = $5,
+                   agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
+                   processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL
+             WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+            RETURNING processing_time_ms
+            """,
+            payload.request_id, payload.attempt, status, response, error, agent_id, metadata or {},
+        )
+        if row is None:
+            return False, None
+        await conn.execute(
+            """
+            UPDATE request_sessions
+               SET total_requests = total_requests + 1, current_agent_id = coalesce($2, current_agent_id),
+                   updated_at = now()
+             WHERE session_id = $1
+            """,
+            payload.session_id, agent_id,
+        )
+        return True, await next_in_session(conn, payload.session_id)
+
+
+async def cancel_queued(
+    conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
+) -> tuple[list[asyncpg.Record], tuple[str, JobPayload] | None]:
+    """Cancel requests that have not started (caller holds the session lock)."""
+    rows = await conn.fetch(
+        """
+        UPDATE request_logs SET status = 'cancelled', error = $2, completed_at = now(), updated_at = now()
+         WHERE request_id = ANY($1::uuid[]) AND status = 'queued'
+        RETURNING request_id::text, attempt
+        """,
+        request_ids, reason,
+    )
+    return list(rows), await next_in_session(conn, session_id)
+
+
+async def heartbeat(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    leases: list[tuple[str, int, str, str | None]],
+    lease_seconds: float,
+) -> set[str]:
+    """Extend leases and checkpoint partial replies; returns the request ids still held."""
+    if not leases:
+        return set()
+    ids, attempts, partials, stream_ids = (list(col) for col in zip(*leases, strict=True))
+    rows = await conn.fetch(
+        """
+        UPDATE request_logs r
+           SET lease_expires_at = now() + make_interval(secs => $5), response_content = v.partial,
+               response_stream_id = v.stream_id, updated_at = now()
+          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[]) AS v(request_id, attempt, partial, stream_id)
+         WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
+        RETURNING r.request_id::text
+        """,
+        ids, attempts, partials, stream_ids, lease_seconds,
+    )
+    return {r["request_id"] for r in rows}
+
+
+async def reap_expired(conn: asyncpg.Connection, max_attempts: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Requeue running requests whose lease lapsed. Returns (requeued, failed for too many attempts)."""
+    async with conn.transaction():
+        requeued = await conn.fetch(
+            """
+            UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
+                   updated_at = now()
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
+                           ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
+            RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+            """,
+            max_attempts,
+        )
+        failed = await conn.fetch(
+            """
+            UPDATE request_logs SET status = 'failed', error = 'worker lost too many times',
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
+                           LIMIT 200 FOR UPDATE SKIP LOCKED)
+            RETURNING request_id::text, session_id::text, attempt
+            """,
+            max_attempts,
+        )
+    return list(requeued), list(failed)
+
+
+async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Fail requests past their deadline, whatever state they are stuck in."""
+    return list(
+        await conn.fetch(
+            """
+            UPDATE request_logs SET status = 'failed', error = 'timed out', completed_at = now(),
+                   updated_at = now(), lease_expires_at = NULL
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status IN ('queued', 'running') AND deadline_at < now()
+                           LIMIT 500 FOR UPDATE SKIP LOCKED)
+            RETURNING request_id::text, session_id::text, attempt
+            """
+        )
+    )
+
+
+async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> list[tuple[str, JobPayload]]:
+    """Queued session heads not picked up for a while (e.g. the queue was down when they came)."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM (
+            SELECT DISTINCT ON (session_id) request_id::text, session_id::text, tenant_id, attempt,
+                   status, feature, correlation_id, updated_at
+              FROM request_logs WHERE status IN ('queued', 'running') ORDER BY session_id, id) heads
+         WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+         LIMIT 500
+        """,
+        older_than_seconds,
+    )
+    return [_payload(r, r["session_id"]) for r in rows]
+
+
+async def expire_sessions(conn: asyncpg.Connection) -> int:
+    result: str = await conn.execute(
+        """
+        UPDATE request_sessions s SET status = 'expired', updated_at = now()
+         WHERE s.status = 'active' AND s.expires_at < now()
+           AND NOT EXISTS (SELECT 1 FROM request_logs r
+                            WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running'))
+        """
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] | None:
+    """What to queue next in a session after something outside a worker ended a request."""
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, session_id)
+        return await next_in_session(conn, session_id)

@@ -1,0 +1,44 @@
+"""Pydantic models that cross process boundaries: normalised requests and job payloads."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+IntegrationType = Literal[
+    "slack", "web", "cli", "tool", "email", "sms", "webhook", "teams", "discord", "test", "generic"
+]
+Multitask = Literal["enqueue", "reject", "interrupt"]
+RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+ACTIVE_STATUSES = ("queued", "running")
+
+
+class NormalizedRequest(BaseModel):
+    """Every integration's body becomes this before it is stored and queued."""
+
+    request_id: str
+    session_id: str
+    tenant_id: str
+    user_id: str
+    integration_type: IntegrationType
+    request_type: str
+    content: str
+    agent_id: str | None = None
+    feature: str = "default"
+    channel_id: str | None = None
+    thread_id: str | None = None
+    integration_context: dict[str, Any] = Field(default_factory=dict)
+    user_context: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    correlation_id: str = ""
+
+
+class JobPayload(BaseModel):
+    """The only argument of an ARQ `process_request` job."""
+
+    request_id: str
+    session_id: str
+    tenant_id: str
+    attempt: int = 1
+    correlation_id: str = ""

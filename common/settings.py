@@ -1,0 +1,86 @@
+"""Process settings, read once from the environment (conventional names, see DESIGN §6)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Infrastructure. Empty means "use the embedded server" (only `relaygate dev` starts it).
+    database_url: str = ""
+    redis_url: str = ""
+    queue_redis_url: str = ""
+    stream_redis_url: str = ""
+    data_dir: Path = Field(default=Path(".relaygate"), validation_alias="RELAYGATE_HOME")
+
+    # Auth.
+    jwt_secret_key: SecretStr = SecretStr("")
+    jwt_public_key: str = ""
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    api_key_cache_seconds: float = 10.0
+
+    # HTTP.
+    max_body_bytes: int = 256 * 1024
+    max_wait_seconds: float = 60.0
+    cors_origins: str = ""
+
+    # Streams (DESIGN §2).
+    stream_buckets: int = 256
+    stream_ttl_seconds: int = 24 * 3600
+    stream_maxlen: int = 10_000
+    sse_heartbeat_seconds: float = 15.0
+    sse_client_queue: int = 2_000
+    hub_readers: int = 2
+    hub_block_ms: int = 5_000
+
+    # Workers.
+    feature: str = "default"
+    worker_max_jobs: int = 200
+    worker_poll_delay: float = 0.005
+    worker_metrics_port: int = 0
+    token_flush_ms: float = 15.0
+    token_flush_tokens: int = 32
+    lease_seconds: float = 5.0
+    heartbeat_seconds: float = 1.0
+    reaper_interval_seconds: float = 1.0
+    maintenance_interval_seconds: float = 10.0
+    request_timeout_seconds: int = 600
+    session_ttl_seconds: int = 7 * 24 * 3600
+    history_turns: int = 20
+    agents_file: Path | None = None
+
+    # Model. Empty LLM_MODEL selects the built-in offline model.
+    llm_model: str = ""
+    llm_api_base: str = ""
+    llm_api_key: SecretStr = SecretStr("")
+    llm_retries: int = 3
+    offline_model_tokens: int = 60
+    offline_model_tokens_per_second: float = 40.0
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _default_redis_roles(self) -> Settings:
+        self.queue_redis_url = self.queue_redis_url or self.redis_url
+        self.stream_redis_url = self.stream_redis_url or self.redis_url
+        return self
+
+    def feature_queue(self, feature: str | None = None) -> str:
+        return queue_name(feature or self.feature)
+
+
+def queue_name(feature: str) -> str:
+    return f"rg:queue:{feature}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,298 @@
+"""The browser chat UI end to end: real Chromium against the real gateway stack.
+
+Each test signs in as its own fresh user, so session lists never mix between tests.
+Reply length and speed come from the offline model's `metadata.offline`, added to the
+page's own POST by a Playwright route (the UI has no test hooks).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Locator, Page, Route, expect
+
+TERMINAL = ("completed", "failed", "cancelled")
+XSS = "<img src=x onerror=alert(1)><script>window.__pwned=1</script>"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def new_user(stack: Any) -> tuple[str, str]:
+    """A fresh user id and their dev token."""
+    user_id = f"ui-{uuid.uuid4().hex[:10]}"
+    return user_id, stack.mint(user_id, "tenant-ui")
+
+
+def sign_in(page: Page, stack: Any, token: str) -> None:
+    page.goto(stack.base_url + "/")
+    page.locator("#token").fill(token)
+    page.locator("#token").press("Enter")
+    expect(page.locator("#app")).to_be_visible()
+
+
+def offline_replies(page: Page, tokens: int, tokens_per_second: int) -> None:
+    """Make the offline model's replies to this page `tokens` long at that speed."""
+
+    def add_metadata(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        body["metadata"] = {"offline": {"tokens": tokens, "tokens_per_second": tokens_per_second}}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/api/v1/requests/web", add_metadata)
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#input").fill(text)
+    page.locator("#input").press("Enter")
+
+
+def last_turn(page: Page) -> Locator:
+    return page.locator("#messages .turn").last
+
+
+def request_id_of(page: Page) -> str:
+    turn = last_turn(page)
+    expect(turn).to_have_attribute("data-request-id", UUID)
+    return turn.get_attribute("data-request-id") or ""
+
+
+def reply_state(page: Page) -> dict[str, Any]:
+    return page.evaluate(
+        """() => {
+            const turn = [...document.querySelectorAll('#messages .turn')].at(-1);
+            return turn ? {status: turn.dataset.status,
+                           text: turn.querySelector('.reply-body').textContent} : null;
+        }"""
+    )
+
+
+def wait_for_reply_text(page: Page, min_chars: int = 1) -> None:
+    page.wait_for_function(
+        """(n) => {
+            const turn = [...document.querySelectorAll('#messages .turn')].at(-1);
+            return turn && turn.querySelector('.reply-body').textContent.length >= n;
+        }""",
+        arg=min_chars,
+    )
+
+
+def stored_request(stack: Any, token: str, request_id: str) -> dict[str, Any]:
+    res = httpx.get(
+        f"{stack.base_url}/api/v1/requests/{request_id}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    res.raise_for_status()
+    return res.json()
+
+
+def wait_stored_terminal(stack: Any, token: str, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stored = stored_request(stack, token, request_id)
+        if stored["status"] in TERMINAL:
+            return stored
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} did not finish: {stored}")
+
+
+def rendered(page: Page, markdown: str) -> str:
+    """The text the UI's own Markdown renderer makes of `markdown`."""
+    return page.evaluate(
+        """async (source) => {
+            const { renderMarkdown } = await import('/markdown.js');
+            const box = document.createElement('div');
+            renderMarkdown(source, box);
+            return box.textContent;
+        }""",
+        markdown,
+    )
+
+
+def assert_final_reply_matches_store(page: Page, stack: Any, token: str) -> None:
+    request_id = request_id_of(page)
+    stored = wait_stored_terminal(stack, token, request_id)
+    assert stored["status"] == "completed", stored
+    expect(last_turn(page)).to_have_attribute("data-status", "completed")
+    assert stored["response"], stored
+    assert reply_state(page)["text"] == rendered(page, stored["response"])
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_sign_in_rejects_a_bad_token_then_accepts_a_good_one(page: Page, stack: Any) -> None:
+    user_id, token = new_user(stack)
+    page.goto(stack.base_url + "/")
+    page.locator("#token").fill("not-a-token")
+    page.locator("#token").press("Enter")
+    expect(page.locator("#signin-error")).to_have_text("Invalid or expired token.")
+    expect(page.locator("#app")).to_be_hidden()
+
+    sign_in(page, stack, token)
+    expect(page.locator("#whoami")).to_contain_text(user_id)
+    assert page.evaluate("sessionStorage.getItem('relaygate.token')") == token
+    page.reload()  # the token survives a reload of the tab
+    expect(page.locator("#app")).to_be_visible()
+
+
+def test_reply_streams_token_by_token(page: Page, stack: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=60, tokens_per_second=20)
+    sign_in(page, stack, token)
+
+    page.locator("#input").fill("first line")
+    page.locator("#input").press("Shift+Enter")  # a newline, not a send
+    page.locator("#input").type("second line")
+    expect(page.locator("#messages .turn")).to_have_count(0)
+    page.locator("#input").press("Enter")
+    expect(last_turn(page).locator(".msg-user")).to_contain_text("first line\nsecond line")
+
+    lengths = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = reply_state(page)
+        if state and state["status"] in TERMINAL:
+            break
+        if state:
+            lengths.append(len(state["text"]))
+        time.sleep(0.1)
+    growth = sorted({n for n in lengths if n > 0})
+    assert len(growth) >= 3, f"reply did not grow progressively: samples {lengths}"
+    assert lengths == sorted(lengths), f"reply text shrank while streaming: {lengths}"
+    assert_final_reply_matches_store(page, stack, token)
+    expect(page.locator("#sessions .session")).to_have_count(1)
+    expect(page.locator("#sessions .session-title")).to_have_text("first line\nsecond line")
+
+
+def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=80, tokens_per_second=20)
+    sign_in(page, stack, token)
+    send(page, "tell me a long story")
+    wait_for_reply_text(page, 20)
+    assert reply_state(page)["status"] == "running"
+
+    page.reload()
+    expect(page.locator("#messages .turn")).to_have_count(1)
+    assert_final_reply_matches_store(page, stack, token)
+    expect(page.locator("#messages .turn")).to_have_count(1)
+
+
+def test_network_drop_resumes_without_losing_or_repeating_text(page: Page, stack: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=80, tokens_per_second=20)
+    sign_in(page, stack, token)
+    send(page, "keep talking through the outage")
+    wait_for_reply_text(page, 20)
+
+    page.context.set_offline(True)
+    time.sleep(1.5)
+    page.context.set_offline(False)
+    assert_final_reply_matches_store(page, stack, token)
+
+
+def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=400, tokens_per_second=10)
+    sign_in(page, stack, token)
+    send(page, "this will be cancelled")
+    wait_for_reply_text(page, 5)
+
+    cancel = last_turn(page).get_by_role("button", name="Cancel")
+    expect(cancel).to_be_visible()
+    cancel.focus()
+    page.keyboard.press("Enter")  # keyboard only
+    expect(last_turn(page)).to_have_attribute("data-status", "cancelled")
+    expect(last_turn(page).locator(".reply-status")).to_have_text("Reply cancelled.")
+    expect(cancel).to_be_hidden()
+    assert stored_request(stack, token, request_id_of(page))["status"] == "cancelled"
+
+
+def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Any, watch: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=10, tokens_per_second=50)
+    sign_in(page, stack, token)
+    send(page, XSS)
+
+    expect(last_turn(page).locator(".msg-user .msg-text")).to_have_text(XSS)
+    expect(last_turn(page)).to_have_attribute("data-status", "completed")
+    page.reload()  # and again when rendered from the stored history and the replay
+    expect(last_turn(page).locator(".msg-user .msg-text")).to_have_text(XSS)
+    expect(page.locator("#sessions .session-title").first).to_have_text(XSS)
+    assert page.locator("#app img, #app script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert watch.dialogs == []
+
+
+def test_markdown_renderer_is_safe_and_useful(page: Page, stack: Any) -> None:
+    page.goto(stack.base_url + "/")
+    html = page.evaluate(
+        """async () => {
+            const { renderMarkdown } = await import('/markdown.js');
+            const box = document.createElement('div');
+            renderMarkdown([
+                '**bold** and *it* and `x<y>`',
+                '- one', '- [site](https://example.com/a?b=1)',
+                '1. [bad](javascript:alert(1))',
+                '```js', '<script>window.__pwned=1</script>', '```',
+            ].join('\\n'), box);
+            return box.innerHTML;
+        }"""
+    )
+    assert "<strong>bold</strong>" in html and "<em>it</em>" in html
+    assert "<code>x&lt;y&gt;</code>" in html
+    assert '<a href="https://example.com/a?b=1" target="_blank" rel="noopener noreferrer">site</a>' in html
+    assert "<li>[bad](javascript:alert(1))</li>" in html
+    assert '<pre data-lang="js"><code>&lt;script&gt;window.__pwned=1&lt;/script&gt;</code></pre>' in html
+
+
+def test_other_users_sessions_are_not_listed(page: Page, stack: Any) -> None:
+    _, other_token = new_user(stack)
+    headers = {"Authorization": f"Bearer {other_token}"}
+    other = httpx.post(
+        f"{stack.base_url}/api/v1/sessions", json={"integration_type": "web"}, headers=headers, timeout=10
+    )
+    other.raise_for_status()
+    other_session = other.json()["session_id"]
+
+    _, token = new_user(stack)
+    offline_replies(page, tokens=5, tokens_per_second=50)
+    sign_in(page, stack, token)
+    send(page, "my own chat")
+    expect(page.locator("#sessions .session")).to_have_count(1)
+    own = page.locator("#sessions .session").first.get_attribute("data-session-id")
+    assert own != other_session
+
+    page.goto(f"{stack.base_url}/#session/{other_session}")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#messages .turn")).to_have_count(0)
+    assert page.locator(f'[data-session-id="{other_session}"]').count() == 0
+
+
+def test_phone_width_layout_works_by_keyboard(browser: Browser, stack: Any) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        _, token = new_user(stack)
+        sign_in(page, stack, token)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        expect(page.locator("#sidebar")).to_be_hidden()
+        page.locator("#toggle-sidebar").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#sidebar")).to_be_visible()
+        expect(page.locator("#new-chat")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(page.locator("#sidebar")).to_be_hidden()
+    finally:
+        context.close()

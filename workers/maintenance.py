@@ -1,0 +1,93 @@
+"""Background loops of every worker: lease heartbeats, the reaper and periodic sweeps.
+
+They are safe to run in every worker at once: each transition is a conditional update,
+so two reapers never requeue the same attempt twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from common import lifecycle, queue
+from common.models import JobPayload
+from common.streams import Event, cancel_key
+from workers.runner import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+_TRANSIENT = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def heartbeat_once(rt: Runtime) -> None:
+    runs = list(rt.active.values())
+    leases = [(r.payload.request_id, r.payload.attempt, "".join(r.parts), r.last_stream_id) for r in runs]
+    held = await lifecycle.heartbeat(rt.db, leases, rt.settings.lease_seconds)
+    for run in runs:
+        if run.payload.request_id not in held:
+            run.lost = True
+
+
+async def _end_stream(rt: Runtime, rows: list[asyncpg.Record], error: str) -> None:
+    """Terminal events for requests ended outside their worker, then queue what follows."""
+    for row in rows:
+        session_id, request_id = row["session_id"], row["request_id"]
+        attempt = row["attempt"]
+        await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), error,
+                             ex=rt.settings.request_timeout_seconds)
+        await rt.writer.append(session_id, [
+            Event(type="run.failed", request_id=request_id, attempt=attempt, data={"error": error}),
+            Event(type="done", request_id=request_id, attempt=attempt,
+                  data={"request_id": request_id, "status": "failed"}),
+        ])
+        upcoming = await lifecycle.advance(rt.db, session_id)
+        if upcoming:
+            await queue.enqueue(rt.queue, *upcoming)
+
+
+async def reap_once(rt: Runtime) -> None:
+    async with rt.db.acquire() as conn:
+        requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
+    for row in requeued:
+        log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
+        payload = JobPayload(request_id=row["request_id"], session_id=row["session_id"], tenant_id=row["tenant_id"],
+                             attempt=row["attempt"], correlation_id=row["correlation_id"] or "")
+        await queue.enqueue(rt.queue, row["feature"], payload)
+    await _end_stream(rt, failed, "the request's worker was lost too many times")
+
+
+async def sweep_once(rt: Runtime) -> None:
+    async with rt.db.acquire() as conn:
+        overdue = await lifecycle.fail_overdue(conn)
+        stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
+        expired = await lifecycle.expire_sessions(conn)
+    await _end_stream(rt, overdue, "timed out")
+    for feature, payload in stalled:
+        await queue.enqueue(rt.queue, feature, payload)
+    if overdue or stalled or expired:
+        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": expired})
+
+
+async def every(seconds: float, step: object, rt: Runtime) -> None:
+    """Run `step(rt)` forever; a failure is logged and retried next round, never fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step(rt)  # type: ignore[operator]
+        except _TRANSIENT as exc:
+            log.warning("maintenance step failed", extra={"step": getattr(step, "__name__", ""), "error": repr(exc)})
+        except Exception:
+            log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})
+
+
+def start(rt: Runtime) -> list[asyncio.Task[None]]:
+    s = rt.settings
+    return [
+        asyncio.create_task(every(s.heartbeat_seconds, heartbeat_once, rt), name="heartbeat"),
+        asyncio.create_task(every(s.reaper_interval_seconds, reap_once, rt), name="reaper"),
+        asyncio.create_task(every(s.maintenance_interval_seconds, sweep_once, rt), name="sweeps"),
+    ]
