@@ -189,17 +189,29 @@ def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Any) 
     expect(page.locator("#messages .turn")).to_have_count(1)
 
 
-def test_network_drop_resumes_without_losing_or_repeating_text(page: Page, stack: Any) -> None:
+def test_network_drop_resumes_without_losing_or_repeating_text(
+    page: Page, stack: Any, cutting_proxy: Any
+) -> None:
     _, token = new_user(stack)
+    resumed_from: list[str] = []
+    page.on(
+        "request",
+        lambda r: r.url.endswith("/stream") and resumed_from.append(r.headers.get("last-event-id", "")),
+    )
     offline_replies(page, tokens=80, tokens_per_second=20)
-    sign_in(page, stack, token)
+    page.goto(cutting_proxy.base_url + "/")
+    page.locator("#token").fill(token)
+    page.locator("#token").press("Enter")
     send(page, "keep talking through the outage")
     wait_for_reply_text(page, 20)
 
-    page.context.set_offline(True)
-    time.sleep(1.5)
-    page.context.set_offline(False)
+    cutting_proxy.cut()
+    expect(page.locator("#connection")).to_have_text("Reconnecting…")
+    cutting_proxy.restore()
+    expect(page.locator("#connection")).to_have_text("")
     assert_final_reply_matches_store(page, stack, token)
+    assert resumed_from[0] == "" and len(resumed_from) >= 2, resumed_from
+    assert all(resumed_from[1:]), f"a reconnect did not send Last-Event-ID: {resumed_from}"
 
 
 def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:

@@ -1,0 +1,201 @@
+"""Real servers for the tests: embedded PostgreSQL and Valkey (or DATABASE_URL / REDIS_URL),
+and the gateway and workers as processes on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from common import db
+from common.auth import mint_token
+from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-" + "x" * 32
+
+
+@dataclass
+class Infra:
+    database_url: str
+    redis_url: str
+
+
+def _external_database(admin_url: str) -> str:
+    """A fresh database on the server the environment names, so tests never touch its data."""
+    name = f"relaygate_test_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    base, _, query = admin_url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return base + ("?" + query if query else "")
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    folder = tmp_path_factory.mktemp("servers")
+    postgres = valkey = None
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    if database_url:
+        database_url = _external_database(database_url)
+    else:
+        postgres = EmbeddedPostgres(folder, delete_on_stop=True)
+        postgres.ensure_database()
+        database_url = postgres.url
+    if not redis_url:
+        valkey = EmbeddedValkey(folder / "valkey", persistent=False)
+        redis_url = valkey.url
+    asyncio.run(db.migrate(database_url))
+    try:
+        yield Infra(database_url, redis_url)
+    finally:
+        if valkey:
+            valkey.stop()
+        if postgres:
+            postgres.stop()
+
+
+def settings_for(infra: Infra, **overrides: object) -> Settings:
+    return Settings(database_url=infra.database_url, redis_url=infra.redis_url,
+                    jwt_secret_key=JWT_SECRET, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class Stack:
+    """A gateway and its workers, each a real process; logs go to files under `folder`."""
+
+    infra: Infra
+    folder: Path
+    env: dict[str, str]
+    port: int = 0
+    gateway: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = self.folder / f"{name}-{len(self._logs)}.log"
+        self._logs.append(log)
+        with log.open("wb") as out:
+            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def start_gateway(self, **env: str) -> None:
+        self.port = self.port or free_port()
+        self.gateway = self._spawn("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
+                                               "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+                                   {**self.env, **env})
+        wait_until(lambda: _healthy(self.base_url), 60, f"gateway on {self.base_url} (log: {self._logs[-1]})")
+
+    def start_worker(self, feature: str = "default", **env: str) -> subprocess.Popen[bytes]:
+        worker = self._spawn(f"worker-{feature}", [sys.executable, "-m", "cli.main", "worker", "--feature", feature],
+                             {**self.env, **env})
+        self.workers.append(worker)
+        return worker
+
+    def stop_gateway(self) -> None:
+        if self.gateway and self.gateway.poll() is None:
+            self.gateway.terminate()
+            self.gateway.wait(15)
+
+    def stop(self) -> None:
+        self.stop_gateway()
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+    def mint(self, user_id: str, tenant_id: str) -> str:
+        return mint_token(settings_for(self.infra), user_id=user_id, tenant_id=tenant_id)
+
+    def client(self, user_id: str | None = None, tenant_id: str | None = None) -> httpx.Client:
+        user_id = user_id or f"user-{uuid.uuid4().hex[:8]}"
+        tenant_id = tenant_id or f"tenant-{uuid.uuid4().hex[:8]}"
+        return httpx.Client(base_url=self.base_url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"})
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self._logs if p.exists())
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
+    env.update({
+        "DATABASE_URL": infra.database_url,
+        "REDIS_URL": infra.redis_url,
+        "JWT_SECRET_KEY": JWT_SECRET,
+        "AGENTS_FILE": str(ROOT / "tests" / "agents.yaml"),
+        "LEASE_SECONDS": "3",
+        "HEARTBEAT_SECONDS": "0.5",
+        "REAPER_INTERVAL_SECONDS": "0.5",
+        "OFFLINE_MODEL_TOKENS": "30",
+        "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The shared gateway with two default-feature workers."""
+    s = Stack(infra, tmp_path_factory.mktemp("stack"), stack_env(infra))
+    try:
+        s.start_gateway()
+        s.start_worker()
+        s.start_worker()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def new_stack(infra: Infra, tmp_path: Path) -> Iterator[Stack]:
+    """A private stack for tests that kill or reconfigure processes (started by the test)."""
+    s = Stack(infra, tmp_path, stack_env(infra))
+    try:
+        yield s
+    finally:
+        s.stop()
