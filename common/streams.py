@@ -56,6 +56,11 @@ def parse_id(entry_id: str | bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def id_before(entry: tuple[int, int]) -> tuple[int, int]:
+    """The largest id that sorts before `entry`: resuming after it includes `entry`."""
+    return (entry[0], entry[1] - 1) if entry[1] else (entry[0] - 1, 2**64 - 1)
+
+
 def format_id(parsed: tuple[int, int]) -> str:
     return f"{parsed[0]}-{parsed[1]}"
 

@@ -5,7 +5,7 @@
 
 import { createApi } from "./api.js";
 import { Conversation } from "./chat.js";
-import { openEventStream } from "./sse.js";
+import { EventStream } from "./sse.js";
 
 const TOKEN_KEY = "relaygate.token";
 const SESSION_PAGE = 50;
@@ -221,7 +221,7 @@ function closeConversation() {
 }
 
 function startStream(conversation, sessionId) {
-  state.stream = openEventStream({
+  state.stream = new EventStream({
     url: `/api/v1/sessions/${encodeURIComponent(sessionId)}/stream`,
     headers: state.api.authHeaders,
     onEvent: (event) => onStreamEvent(conversation, event),
@@ -359,6 +359,10 @@ function bindUi() {
     if (event.key === "Escape") closeSidebar();
   });
   window.addEventListener("hashchange", () => state.api && openFromHash());
+  window.addEventListener("online", () => state.stream?.reconnectNow());
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") state.stream?.reconnectNow();
+  });
 }
 
 function boot() {

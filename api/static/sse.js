@@ -72,81 +72,96 @@ export class StreamRefused extends Error {
 }
 
 const MIN_DELAY_MS = 500;
-const MAX_DELAY_MS = 15000;
+const MAX_DELAY_MS = 10000;
 const STALL_MS = 45000; // the gateway sends a keepalive comment every ~15 s
 
 /**
- * Reads `url` as an SSE stream until close() is called, reconnecting with
- * exponential backoff and Last-Event-ID after a drop, a stall or a clean close.
- * onStatus gets "connecting" | "open" | "reconnecting"; onFatal gets StreamRefused.
+ * Reads `url` as an SSE stream until close(), reconnecting with exponential backoff and
+ * Last-Event-ID after a drop, a stall or a clean close. onStatus gets "connecting" |
+ * "open" | "reconnecting"; onFatal gets a StreamRefused and ends the stream.
  */
-export function openEventStream({ url, headers, lastEventId = "", onEvent, onStatus, onFatal }) {
-  const closed = new AbortController();
-  const parser = new SseParser(onEvent);
-  parser.lastEventId = lastEventId;
-  runLoop({ url, headers, parser, closed: closed.signal, onStatus, onFatal });
-  return { close: () => closed.abort() };
-}
-
-async function runLoop({ url, headers, parser, closed, onStatus, onFatal }) {
-  let failures = 0;
-  onStatus("connecting");
-  while (!closed.aborted) {
-    try {
-      const gotData = await readOnce({ url, headers, parser, closed, onStatus });
-      failures = gotData ? 0 : failures + 1;
-    } catch (err) {
-      if (closed.aborted) return;
-      if (err instanceof StreamRefused) return onFatal(err);
-      failures += 1;
-    }
-    if (closed.aborted) return;
-    onStatus("reconnecting");
-    await sleep(backoff(parser.retry ?? MIN_DELAY_MS, failures), closed);
+export class EventStream {
+  constructor({ url, headers, onEvent, onStatus, onFatal }) {
+    Object.assign(this, { url, headers, onStatus, onFatal });
+    this.parser = new SseParser(onEvent);
+    this.closed = new AbortController();
+    this.wake = null;
+    this.run();
   }
-}
 
-/** One connection. Resolves true if any bytes arrived before the stream ended. */
-async function readOnce({ url, headers, parser, closed, onStatus }) {
-  const attempt = new AbortController();
-  const abort = () => attempt.abort();
-  closed.addEventListener("abort", abort, { once: true });
-  let stallTimer = setTimeout(abort, STALL_MS);
-  const requestHeaders = { ...headers, Accept: "text/event-stream" };
-  if (parser.lastEventId) requestHeaders["Last-Event-ID"] = parser.lastEventId;
-  parser.startConnection();
-  let gotData = false;
-  try {
-    const res = await fetch(url, { headers: requestHeaders, signal: attempt.signal, cache: "no-store" });
-    if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
-      throw new StreamRefused(res.status, await res.text().catch(() => ""));
+  close() {
+    this.closed.abort();
+    this.wake?.();
+  }
+
+  /** Skip the rest of a backoff wait, e.g. when the browser comes back online. */
+  reconnectNow() {
+    this.wake?.();
+  }
+
+  async run() {
+    let failures = 0;
+    this.onStatus("connecting");
+    while (!this.closed.signal.aborted) {
+      try {
+        failures = (await this.readOnce()) ? 0 : failures + 1;
+      } catch (err) {
+        if (this.closed.signal.aborted) return;
+        if (err instanceof StreamRefused) return this.onFatal(err);
+        failures += 1;
+      }
+      if (this.closed.signal.aborted) return;
+      this.onStatus("reconnecting");
+      await this.pause(backoff(this.parser.retry ?? MIN_DELAY_MS, failures));
     }
-    if (!res.ok || !res.body) throw new Error(`stream answered HTTP ${res.status}`);
-    onStatus("open");
-    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return gotData;
-      gotData = true;
+  }
+
+  /** One connection. Resolves true if any bytes arrived before the stream ended. */
+  async readOnce() {
+    const attempt = new AbortController();
+    const abort = () => attempt.abort();
+    this.closed.signal.addEventListener("abort", abort, { once: true });
+    let stallTimer = setTimeout(abort, STALL_MS);
+    const headers = { ...this.headers, Accept: "text/event-stream" };
+    if (this.parser.lastEventId) headers["Last-Event-ID"] = this.parser.lastEventId;
+    this.parser.startConnection();
+    let gotData = false;
+    try {
+      const res = await fetch(this.url, { headers, signal: attempt.signal, cache: "no-store" });
+      if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
+        throw new StreamRefused(res.status, await res.text().catch(() => ""));
+      }
+      if (!res.ok || !res.body) throw new Error(`stream answered HTTP ${res.status}`);
+      this.onStatus("open");
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return gotData;
+        gotData = true;
+        clearTimeout(stallTimer);
+        stallTimer = setTimeout(abort, STALL_MS);
+        this.parser.feed(value);
+      }
+    } finally {
       clearTimeout(stallTimer);
-      stallTimer = setTimeout(abort, STALL_MS);
-      parser.feed(value);
+      this.closed.signal.removeEventListener("abort", abort);
+      attempt.abort();
     }
-  } finally {
-    clearTimeout(stallTimer);
-    closed.removeEventListener("abort", abort);
-    attempt.abort();
+  }
+
+  pause(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.wake(), ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        this.wake = null;
+        resolve();
+      };
+    });
   }
 }
 
 function backoff(baseMs, failures) {
   const exp = Math.min(MAX_DELAY_MS, baseMs * 2 ** Math.max(0, failures - 1));
   return exp / 2 + Math.random() * (exp / 2);
-}
-
-function sleep(ms, signal) {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
-  });
 }

@@ -10,7 +10,7 @@ import orjson
 from redis.asyncio import Redis
 
 from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entry
-from common.streams import format_id, parse_id
+from common.streams import format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
 
@@ -43,9 +43,12 @@ async def check_resume(redis: Redis, key: str, after: tuple[int, int]) -> Reset 
         if "no such key" in str(exc).lower():
             return Reset("expired", (0, 0))
         raise
-    deleted = info.get("max-deleted-entry-id") or b"0-0"
-    if after < parse_id(deleted):
-        return Reset("trimmed", parse_id(deleted))
+    trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
+    first = info.get("first-entry")
+    oldest_held = parse_id(first[0]) if first else parse_id(info.get("last-generated-id") or b"0-0")
+    deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
+    if (trimmed and after < oldest_held) or after < deleted:
+        return Reset("trimmed", max(deleted, id_before(oldest_held)) if first else oldest_held)
     return None
 
 

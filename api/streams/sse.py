@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import StreamingResponse
 
 from api.errors import ApiError
-from common.streams import parse_id, valid_id
+from common.streams import id_before, parse_id, valid_id
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
@@ -28,5 +28,4 @@ def resume_point(value: str | None) -> tuple[int, int] | None:
 
 
 def just_before(entry_id: str) -> tuple[int, int]:
-    ms, seq = parse_id(entry_id)
-    return (ms, seq - 1) if seq > 0 else (ms - 1, 2**64 - 1)
+    return id_before(parse_id(entry_id))

@@ -214,6 +214,25 @@ def test_network_drop_resumes_without_losing_or_repeating_text(
     assert all(resumed_from[1:]), f"a reconnect did not send Last-Event-ID: {resumed_from}"
 
 
+def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating_text(
+    new_stack: Any, page: Page  # this order closes the page before its stack stops
+) -> None:
+    new_stack.start_gateway()
+    new_stack.start_worker()
+    _, token = new_user(new_stack)
+    offline_replies(page, tokens=100, tokens_per_second=20)
+    sign_in(page, new_stack, token)
+    send(page, "keep talking while the gateway restarts")
+    wait_for_reply_text(page, 20)
+
+    new_stack.gateway.kill()
+    new_stack.gateway.wait()
+    expect(page.locator("#connection")).to_have_text("Reconnecting…")
+    new_stack.start_gateway()  # same port; the worker kept writing to the stream meanwhile
+    assert_final_reply_matches_store(page, new_stack, token)
+    expect(page.locator("#connection")).to_have_text("")
+
+
 def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=400, tokens_per_second=10)

@@ -1,0 +1,100 @@
+"""Authentication and tenant isolation over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
+
+from tests.conftest import JWT_SECRET, ROOT, Stack
+from tests.e2e.streams import offline, wait_status
+from tests.unit.test_jwt import claims, forge
+
+
+def _create_key(stack: Stack, tenant: str, user: str, *extra: str) -> str:
+    env = {**os.environ, "DATABASE_URL": stack.infra.database_url}
+    result = subprocess.run([sys.executable, "-m", "cli.main", "apikey", "create", "--tenant", tenant, "--user", user,
+                             *extra], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_requests_without_valid_credentials_get_401(stack: Stack) -> None:
+    url = f"{stack.base_url}/api/v1/sessions"
+    tokens = {
+        "expired": jwt.encode(claims(exp=int(time.time()) - 5), JWT_SECRET, algorithm="HS256"),
+        "alg-none": forge({"alg": "none", "typ": "JWT"}, claims(), b""),
+        "wrong-secret": jwt.encode(claims(), "not-the-secret", algorithm="HS256"),
+        "garbage": "abc",
+        "unknown-api-key": "rgk_deadbeef_nope",
+    }
+    assert httpx.get(url).status_code == 401
+    for name, token in tokens.items():
+        r = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401, name
+        assert r.json()["error"] == "unauthorized"
+    assert httpx.get(f"{stack.base_url}/metrics").status_code == 401
+    assert httpx.get(f"{stack.base_url}/health").status_code == 200
+
+
+def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    user_key = _create_key(stack, tenant, "bob")
+    tool_key = _create_key(stack, tenant, "snow-integration", "--tool")
+    assert user_key.startswith("rgk_")
+    me = httpx.get(f"{stack.base_url}/api/v1/me", headers={"x-api-key": user_key}).json()
+    assert me == {"tenant_id": tenant, "user_id": "bob", "kind": "user", "scopes": []}
+    bearer = httpx.get(f"{stack.base_url}/api/v1/me", headers={"Authorization": f"Bearer {user_key}"})
+    assert bearer.json()["user_id"] == "bob"
+    as_other = httpx.post(f"{stack.base_url}/api/v1/requests/web", headers={"x-api-key": user_key},
+                          json={"user_id": "carol", "content": "hi"})
+    assert as_other.status_code == 403
+    by_tool = httpx.post(f"{stack.base_url}/api/v1/requests/tool", headers={"x-api-key": tool_key},
+                         json={"user_id": "carol", "content": "ticket", "tool_id": "snow",
+                               "trigger_event": "incident.created"})
+    assert by_tool.status_code == 202
+    carol = stack.client("carol", tenant)
+    assert carol.get(f"/api/v1/sessions/{by_tool.json()['session_id']}").status_code == 200
+    metrics = httpx.get(f"{stack.base_url}/metrics", headers={"x-api-key": tool_key})
+    assert metrics.status_code == 200 and "relaygate_http_requests_total" in metrics.text
+
+
+def test_other_tenants_and_users_see_404(stack: Stack) -> None:
+    owner = stack.client("alice", "tenant-a")
+    r = owner.post("/api/v1/requests/web", json={"content": "secret plans", "new_session": True,
+                                                 "metadata": offline(200, 50)}).json()
+    sid, rid = r["session_id"], r["request_id"]
+    wait_status(owner, rid, {"running", "completed"})
+    for intruder in (stack.client("alice", "tenant-b"), stack.client("mallory", "tenant-a")):
+        for method, path in (("GET", f"/api/v1/sessions/{sid}"), ("GET", f"/api/v1/sessions/{sid}/stream"),
+                             ("GET", f"/api/v1/sessions/{sid}/requests"), ("GET", f"/api/v1/requests/{rid}"),
+                             ("POST", f"/api/v1/requests/{rid}/cancel"), ("POST", f"/api/v1/sessions/{sid}/end")):
+            assert intruder.request(method, path).status_code == 404, (method, path)
+        joined = intruder.post("/api/v1/requests/web", json={"content": "let me in", "session_id": sid})
+        assert joined.status_code == 404
+        assert sid not in {s["session_id"] for s in intruder.get("/api/v1/sessions").json()["items"]}
+    owner.post(f"/api/v1/requests/{rid}/cancel")
+
+
+def test_rs256_gateway_rejects_hs256_token_made_with_its_public_key(new_stack: Stack) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode()
+    public = private.public_key()
+    public_pem = public.public_bytes(serialization.Encoding.PEM,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    new_stack.start_gateway(JWT_ALGORITHM="RS256", JWT_PUBLIC_KEY=public_pem, JWT_SECRET_KEY="")
+    url = f"{new_stack.base_url}/api/v1/me"
+    genuine = jwt.encode(claims(), private_pem, algorithm="RS256")
+    assert httpx.get(url, headers={"Authorization": f"Bearer {genuine}"}).json()["user_id"] == "alice"
+    forged = forge({"alg": "HS256", "typ": "JWT"}, claims(), public_der)
+    assert httpx.get(url, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    pem_forged = forge({"alg": "HS256", "typ": "JWT"}, claims(), public_pem.encode())
+    assert httpx.get(url, headers={"Authorization": f"Bearer {pem_forged}"}).status_code == 401
