@@ -41,7 +41,9 @@ DONE_MARK = b"\nevent: done\n"
 
 
 def emit(kind: str, payload: dict[str, Any] | None = None) -> None:
-    sys.stdout.write(f"{kind} {json.dumps(payload or {})}\n")
+    """One message to bench/run.py; every message carries this process's CPU seconds so far."""
+    payload = {**(payload or {}), "cpu_s": round(time.process_time(), 3)}
+    sys.stdout.write(f"{kind} {json.dumps(payload)}\n")
     sys.stdout.flush()
 
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -285,10 +286,30 @@ class CpuWindow:
     def begin(self) -> None:
         self.start_t = time.monotonic()
         self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.start_machine = machine_busy_seconds()
 
-    def end(self) -> dict[str, float]:
+    def end(self, extra_cpu_seconds: dict[str, float] | None = None) -> dict[str, float]:
+        """% of one core per process group; `other` is the rest of the machine (not bench processes)."""
         elapsed = time.monotonic() - self.start_t
-        return {name: round((self._cpu(p) - self.start[name]) / elapsed * 100) for name, p in self.procs.items()}
+        used = {name: (self._cpu(p) - self.start[name]) for name, p in self.procs.items()}
+        used.update(extra_cpu_seconds or {})
+        machine = machine_busy_seconds() - self.start_machine
+        out = {name: round(v / elapsed * 100) for name, v in used.items()}
+        out["machine"] = round(machine / elapsed * 100)
+        out["other"] = max(0, round((machine - sum(used.values())) / elapsed * 100))
+        return out
+
+
+def machine_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
+
+
+def background_load(seconds: float = 2.0) -> float:
+    """CPU used by the whole machine over a short sample, in % of one core (bench not yet running)."""
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return round((machine_busy_seconds() - before) / seconds * 100)
 
 
 class Profiler:
@@ -332,7 +353,8 @@ def summarize_profile(path: Path, expected_samples: float) -> None:
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")[1:]  # the first frame names the process/thread
+        # The first frame names the process/thread; drop line numbers to aggregate per function.
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")[1:]]
         if frames:
             own[frames[-1]] += n
         for f in set(frames):
@@ -411,15 +433,13 @@ class Bench:
                     return str(r.json()["session_id"])
             return list(await asyncio.gather(*(one() for _ in range(n))))
 
-    def cpu_window(self, loads: list[LoadProc] | None = None) -> CpuWindow:
+    def cpu_window(self) -> CpuWindow:
         procs: dict[str, list[psutil.Process]] = {}
         if self.stack.gateway:
             procs["gateway"] = [psutil.Process(self.stack.gateway.pid)]
         if self.stack.worker and self.stack.worker.poll() is None:
             procs["worker"] = [psutil.Process(self.stack.worker.pid)]
         procs.update(self.stack.infra.server_processes())
-        if loads:
-            procs["load"] = [psutil.Process(lp.pid) for lp in loads]
         return CpuWindow(procs)
 
     def profiler(self, scenario: str, run: int) -> Profiler:
@@ -482,7 +502,7 @@ class Bench:
                  for part in split(sessions, self.load_procs())]
         ready = [await lp.expect("READY", 180) for lp in loads]
         await asyncio.sleep(0.5)
-        window = self.cpu_window(loads)
+        window = self.cpu_window()
         window.begin()
         prof = self.profiler("relay", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
@@ -500,7 +520,8 @@ class Bench:
                 lp.stop()
             results = await done
         prof.end()
-        cpu = window.end()
+        cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
+                          "writer": wrote["cpu_s"]})
         for lp in loads:
             await lp.wait()
         tokens = sum(r["tokens"] for r in results)
@@ -528,7 +549,7 @@ class Bench:
                  for part in split(sessions, self.load_procs())]
         ready = [await lp.expect("READY", 180) for lp in loads]
         await asyncio.sleep(0.5)
-        window = self.cpu_window(loads)
+        window = self.cpu_window()
         window.begin()
         prof = self.profiler("latency", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
@@ -538,7 +559,6 @@ class Bench:
         wrote = await writer.expect("RESULT", a.latency_seconds + 120)
         await writer.wait()
         prof.end()
-        cpu = window.end()
         done = asyncio.gather(*(lp.expect("RESULT", 60) for lp in loads))
         try:
             results = await asyncio.wait_for(asyncio.shield(done), 20)
@@ -546,6 +566,8 @@ class Bench:
             for lp in loads:
                 lp.stop()
             results = await done
+        cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
+                          "writer": wrote["cpu_s"]})
         for lp in loads:
             await lp.wait()
         samples = [s for r in results for s in r["samples_ms"]]
@@ -565,13 +587,13 @@ class Bench:
         sessions = await self.post_sessions(token, a.first_token_requests)
         load = await LoadProc.start("first-token", {"port": self.stack.port, "token": token, "sessions": sessions,
                                                      "tokens": 20}, self.folder)
-        window = self.cpu_window([load])
+        window = self.cpu_window()
         window.begin()
         prof = self.profiler("first-token", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
         r = await load.expect("RESULT", 60 + a.first_token_requests * 2)
         prof.end()
-        cpu = window.end()
+        cpu = window.end({"load": r["cpu_s"]})
         await load.wait()
         first, headers, total = r["first_ms"], r["headers_ms"], r["total_ms"]
         return {
@@ -595,14 +617,13 @@ class Bench:
         loads = [await LoadProc.start("accept", {"port": self.stack.port, "token": token, "connections": len(part),
                                                  "seconds": a.accept_seconds, "warmup": 1.0}, self.folder)
                  for part in parts]
-        await asyncio.sleep(1.0)  # measure after the load's warm-up second
-        window = self.cpu_window(loads)
+        window = self.cpu_window()
         window.begin()
         prof = self.profiler("accept", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
         results = [await lp.expect("RESULT", a.accept_seconds + 60) for lp in loads]
         prof.end()
-        cpu = window.end()
+        cpu = window.end({"load": sum(r["cpu_s"] for r in results)})
         for lp in loads:
             await lp.wait()
         accepted = sum(r["accepted"] for r in results)
@@ -691,6 +712,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile", metavar="PY_SPY", default=None,
                    help="path to a py-spy binary: profile the gateway in the first run of each scenario "
                         "(bench/results/profile-<scenario>.txt and .top.txt)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="before starting, wait up to this long for the machine's other CPU use to drop below 20%%")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, load configs)")
     p.add_argument("--output", default=str(BENCH / "results" / "latest.json"), help="JSON results file")
     args = p.parse_args()
@@ -725,10 +748,28 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> dict[
                 result["seconds"] = round(time.monotonic() - started, 1)
                 results.setdefault(scenario, []).append(result)
                 figures = ", ".join(f"{k}={fmt(v)}" for k, v in result["figures"].items())
-                log(f"  {figures}  ({result['seconds']}s)  {json.dumps(result['details'], default=str)[:400]}")
+                log(f"  {figures}  ({result['seconds']}s)  {json.dumps(result['details'], default=str)[:600]}")
+                other = result["details"].get("cpu_percent", result["details"].get("cpu_percent_while_idle", {}))
+                if other.get("other", 0) > 25:
+                    log(f"  warning: processes outside the bench used {other['other']}% of a core during this run")
     finally:
         await bench.close()
     return results
+
+
+def wait_quiet(limit: float) -> float:
+    """Sample the machine before starting; with --wait-quiet, wait (bounded) for other work to settle."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy = background_load()
+        if busy <= 20 or time.monotonic() >= deadline:
+            break
+        log(f"machine busy ({busy}% of a core used by other processes); waiting for it to settle")
+    if busy > 20:
+        log(f"warning: the machine is busy before the bench starts ({busy}% of a core); figures will be lower")
+    else:
+        log(f"machine background load {busy}% of a core")
+    return busy
 
 
 def main() -> None:
@@ -740,6 +781,7 @@ def main() -> None:
     log(f"postgres {'embedded' if infra.postgres else 'from DATABASE_URL'}, "
         f"valkey {'embedded' if infra.valkey else 'from REDIS_URL'}")
     stack = Stack(infra, folder, secret="bench-" + uuid.uuid4().hex + uuid.uuid4().hex, extra_env=args.env)
+    background = wait_quiet(args.wait_quiet)
     started = time.monotonic()
     try:
         results = asyncio.run(run_all(args, stack, folder))
@@ -759,6 +801,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
         "total_seconds": round(time.monotonic() - started, 1),
+        "background_cpu_percent_before": background,
         "table": rows,
         "runs": results,
     }, indent=2, default=str))

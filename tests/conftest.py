@@ -91,6 +91,7 @@ class Stack:
     gateway: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[Path] = field(default_factory=list)
+    _worker_logs: dict[int, Path] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -109,11 +110,20 @@ class Stack:
                                    {**self.env, **env})
         wait_until(lambda: _healthy(self.base_url), 60, f"gateway on {self.base_url} (log: {self._logs[-1]})")
 
-    def start_worker(self, feature: str = "default", **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, feature: str = "default", *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
         worker = self._spawn(f"worker-{feature}", [sys.executable, "-m", "cli.main", "worker", "--feature", feature],
                              {**self.env, **env})
         self.workers.append(worker)
+        self._worker_logs[worker.pid] = self._logs[-1]
+        if wait:
+            self.wait_ready(worker)
         return worker
+
+    def wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
+        log = self._worker_logs[worker.pid]
+        wait_until(lambda: worker.poll() is not None or "worker ready" in log.read_text(), 90,
+                   f"worker to start (log: {log})")
+        assert worker.poll() is None, log.read_text()
 
     def stop_gateway(self) -> None:
         if self.gateway and self.gateway.poll() is None:
@@ -184,7 +194,7 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     s = Stack(infra, tmp_path_factory.mktemp("stack"), stack_env(infra))
     try:
         s.start_gateway()
-        s.start_worker()
+        s.start_worker(wait=False)
         s.start_worker()
         yield s
     finally:

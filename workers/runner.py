@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ from common.streams import Event, StreamWriter, cancel_key
 from workers import model
 
 log = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 RUNS = Counter("relaygate_worker_runs_total", "Finished request attempts", ["status"])
 TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
@@ -170,7 +174,7 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     opening = []
     if payload.attempt > 1:
         opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
-    opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
+    opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name, "worker": WORKER_ID}))
     await rt.writer.append(payload.session_id, opening)
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 

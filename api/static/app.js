@@ -196,7 +196,9 @@ function showNewChat() {
 
 async function openSession(sessionId) {
   closeConversation();
-  const conversation = new Conversation($("messages"), { onCancel: cancelRequest });
+  const turns = document.createElement("div");
+  $("messages").append(turns);
+  const conversation = new Conversation(turns, { scroller: $("messages"), onCancel: cancelRequest });
   state.sessionId = sessionId;
   state.conversation = conversation;
   renderSessions();
@@ -206,9 +208,10 @@ async function openSession(sessionId) {
     conversation.loadSnapshot(page.items);
   } catch (err) {
     if (state.conversation === conversation) handleError(err);
-    return;
+    return null;
   }
   startStream(conversation, sessionId);
+  return conversation;
 }
 
 function closeConversation() {
@@ -260,33 +263,38 @@ async function onSend(event) {
   input.value = "";
   autosize();
   hideError();
-  const sessionId = state.sessionId ?? (await createSession());
-  if (!sessionId) {
+  // Captured now: the person may open another chat before the gateway answers.
+  const target = state.sessionId
+    ? { sessionId: state.sessionId, conversation: state.conversation }
+    : await createSession();
+  if (!target) {
     input.value = content;
     return;
   }
-  const pendingId = state.conversation.addPending(content);
+  const { sessionId, conversation } = target;
+  const pendingId = conversation.addPending(content);
   try {
     const accepted = await state.api.post("/api/v1/requests/web", { content, session_id: sessionId });
-    state.conversation?.confirmPending(pendingId, accepted.request_id);
+    conversation.confirmPending(pendingId, accepted.request_id);
   } catch (err) {
-    state.conversation?.failPending(pendingId, err.message);
+    conversation.failPending(pendingId, err.message);
     handleError(err);
   }
 }
 
 /** A new chat gets its session on the first message, so empty chats are never stored. */
 async function createSession() {
+  let session;
   try {
-    const session = await state.api.post("/api/v1/sessions", { integration_type: "web" });
-    state.sessions.unshift(session);
-    await openSession(session.session_id);
-    history.replaceState(null, "", HASH_PREFIX + encodeURIComponent(session.session_id));
-    return session.session_id;
+    session = await state.api.post("/api/v1/sessions", { integration_type: "web" });
   } catch (err) {
     handleError(err);
     return null;
   }
+  state.sessions.unshift(session);
+  history.replaceState(null, "", HASH_PREFIX + encodeURIComponent(session.session_id));
+  const conversation = await openSession(session.session_id);
+  return conversation && { sessionId: session.session_id, conversation };
 }
 
 function onComposerKey(event) {

@@ -21,9 +21,14 @@ export function compareIds(a, b) {
 }
 
 export class Conversation {
-  /** `onCancel(requestId)` is called when the person presses a Cancel button. */
-  constructor(listEl, { onCancel }) {
+  /**
+   * Renders into its own `listEl` (so a conversation closed while a send was in flight
+   * only touches a detached node) inside the scrolling `scroller`. `onCancel(requestId)`
+   * is called when the person presses a Cancel button.
+   */
+  constructor(listEl, { scroller, onCancel }) {
     this.listEl = listEl;
+    this.scroller = scroller;
     this.onCancel = onCancel;
     this.requests = new Map();
     this.lastId = "";
@@ -147,10 +152,10 @@ export class Conversation {
 
   flush() {
     this.frame = 0;
-    const follow = isNearBottom(this.listEl);
+    const follow = isNearBottom(this.scroller);
     for (const req of this.dirty) renderTurn(req);
     this.dirty.clear();
-    if (follow) this.listEl.scrollTop = this.listEl.scrollHeight;
+    if (follow) this.scroller.scrollTop = this.scroller.scrollHeight;
   }
 }
 

@@ -64,10 +64,9 @@ export class SseParser {
 
 /** Raised for answers that reconnecting cannot fix (401, 403, 404...). */
 export class StreamRefused extends Error {
-  constructor(status, body) {
+  constructor(status) {
     super(`stream refused with HTTP ${status}`);
     this.status = status;
-    this.body = body;
   }
 }
 
@@ -129,7 +128,7 @@ export class EventStream {
     try {
       const res = await fetch(this.url, { headers, signal: attempt.signal, cache: "no-store" });
       if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
-        throw new StreamRefused(res.status, await res.text().catch(() => ""));
+        throw new StreamRefused(res.status);
       }
       if (!res.ok || !res.body) throw new Error(`stream answered HTTP ${res.status}`);
       this.onStatus("open");

@@ -8,14 +8,19 @@ page's own POST by a Playwright route (the UI has no test hooks).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Route, expect
+
+from tests.e2e.streams import read_until
 
 TERMINAL = ("completed", "failed", "cancelled")
 XSS = "<img src=x onerror=alert(1)><script>window.__pwned=1</script>"
@@ -104,6 +109,18 @@ def wait_stored_terminal(stack: Any, token: str, request_id: str) -> dict[str, A
             return stored
         time.sleep(0.2)
     raise AssertionError(f"request {request_id} did not finish: {stored}")
+
+
+def worker_pid(stack: Any, token: str, request: dict[str, Any]) -> int:
+    """The pid of the worker running `request`, from its `run.started` event."""
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {token}"}) as client:
+        started = read_until(
+            client,
+            f"/api/v1/sessions/{request['session_id']}/stream",
+            lambda e: e.event == "run.started" and e.json()["request_id"] == request["request_id"],
+            timeout=30,
+        )[-1]
+    return int(started.json()["data"]["worker"].rsplit(":", 1)[1])
 
 
 def rendered(page: Page, markdown: str) -> str:
@@ -233,6 +250,29 @@ def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating
     expect(page.locator("#connection")).to_have_text("")
 
 
+def test_worker_lost_mid_reply_retry_replaces_the_partial_reply(
+    new_stack: Any, page: Page, tmp_path: Path
+) -> None:
+    # Its own feature queue, so only the two workers started here can take the request.
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("agents:\n  - {id: assistant, feature: browser-retry, default: true}\n")
+    new_stack.env["AGENTS_FILE"] = str(agents)
+    new_stack.start_gateway()
+    new_stack.start_worker("browser-retry")
+    new_stack.start_worker("browser-retry")
+    _, token = new_user(new_stack)
+    offline_replies(page, tokens=80, tokens_per_second=15)
+    sign_in(page, new_stack, token)
+    send(page, "survive a lost worker")
+    wait_for_reply_text(page, 20)
+
+    # Kill the worker producing the reply; the other one's reaper retries it (attempt 2).
+    request = stored_request(new_stack, token, request_id_of(page))
+    os.kill(worker_pid(new_stack, token, request), signal.SIGKILL)
+    assert_final_reply_matches_store(page, new_stack, token)
+    assert stored_request(new_stack, token, request["request_id"])["attempt"] == 2
+
+
 def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=400, tokens_per_second=10)
@@ -264,6 +304,61 @@ def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Any, w
     assert page.locator("#app img, #app script").count() == 0
     assert page.evaluate("window.__pwned") is None
     assert watch.dialogs == []
+
+
+def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: Any) -> None:
+    """Event handling a live run rarely shows, fed to the UI's own Conversation."""
+    page.goto(stack.base_url + "/")
+    turns = page.evaluate(
+        """async () => {
+            const { Conversation } = await import('/chat.js');
+            const list = document.createElement('div');
+            document.body.append(list);
+            const chat = new Conversation(list, { scroller: list, onCancel: async () => {} });
+            const ev = (id, type, request_id, attempt, data) =>
+                chat.applyEvent({ id, event: type, data: { type, request_id, attempt, seq: 0, ts: 0, data } });
+            // r1: an attempt lost mid-reply, a late event from it, a duplicate, deliveries.
+            ev('1-0', 'request.accepted', 'r1', 1, { content: 'hi' });
+            ev('1-1', 'run.started', 'r1', 1, {});
+            ev('1-2', 'token', 'r1', 1, { text: 'Hel' });
+            ev('1-3', 'run.retrying', 'r1', 2, { attempt: 2, reason: 'worker lost' });
+            ev('1-4', 'token', 'r1', 1, { text: 'STALE' });
+            ev('1-5', 'token', 'r1', 2, { text: 'Hello' });
+            ev('1-5', 'token', 'r1', 2, { text: 'Hello' });
+            ev('1-6', 'run.completed', 'r1', 2, {});
+            ev('1-7', 'delivery.sent', 'r1', 2, { channel: 'slack', detail: '#general' });
+            ev('1-8', 'delivery.failed', 'r1', 2, { channel: 'email', detail: 'bounced' });
+            // r2: events were missed; the reset snapshot replaces it and tokens continue it.
+            ev('2-0', 'request.accepted', 'r2', 1, { content: 'again' });
+            ev('2-1', 'run.started', 'r2', 1, {});
+            ev('2-2', 'token', 'r2', 1, { text: 'ab' });
+            chat.applyEvent({ id: '5-0', event: 'stream.reset', data: { type: 'stream.reset',
+                request_id: '', attempt: 0, data: { reason: 'trimmed', requests: [
+                    { request_id: 'r2', content: 'again', status: 'running', response: 'abcdef',
+                      attempt: 1, error: null }] } } });
+            ev('5-1', 'token', 'r2', 1, { text: 'gh' });
+            // r3: stored mid-reply, its start already trimmed: the complete message decides.
+            chat.loadSnapshot([{ request_id: 'r3', content: 'q', status: 'running',
+                                 response: 'part', attempt: 1, error: null }]);
+            ev('6-0', 'token', 'r3', 1, { text: 'XX' });
+            ev('6-1', 'message', 'r3', 1, { content: 'part and rest' });
+            ev('6-2', 'run.failed', 'r3', 1, { error: 'model timed out' });
+            await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+            return [...list.querySelectorAll('.turn')].map((t) => ({
+                id: t.dataset.requestId, status: t.dataset.status,
+                text: t.querySelector('.reply-body').textContent,
+                note: t.querySelector('.reply-status').textContent,
+                deliveries: [...t.querySelectorAll('.delivery')].map((d) => d.textContent),
+            }));
+        }"""
+    )
+    assert turns == [
+        {"id": "r1", "status": "completed", "text": "Hello", "note": "",
+         "deliveries": ["Also sent to slack: #general", "Could not send to email: bounced"]},
+        {"id": "r2", "status": "running", "text": "abcdefgh", "note": "", "deliveries": []},
+        {"id": "r3", "status": "failed", "text": "part and rest",
+         "note": "The reply failed: model timed out", "deliveries": []},
+    ]
 
 
 def test_markdown_renderer_is_safe_and_useful(page: Page, stack: Any) -> None:

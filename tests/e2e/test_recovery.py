@@ -1,0 +1,82 @@
+"""At-least-once with fast recovery: a worker killed mid-reply is replaced within seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from cli.sse import SseEvent
+from tests.conftest import Stack, wait_until
+from tests.e2e.streams import done_for, offline, read_until, text_of, wait_status
+from workers.offline_model import compose_reply
+
+
+def _worker_pid(events: list[SseEvent]) -> int:
+    started = next(e for e in events if e.event == "run.started")
+    return int(started.json()["data"]["worker"].rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def chaos(stack: Stack) -> Callable[[], None]:
+    """Keeps two ready workers on the `chaos` queue, which only these tests use."""
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def ensure_two() -> None:
+        workers[:] = [w for w in workers if w.poll() is None]
+        while len(workers) < 2:
+            workers.append(stack.start_worker("chaos", wait=False))
+        for worker in workers:
+            stack.wait_ready(worker)
+
+    return ensure_two
+
+
+def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos: Callable[[], None]) -> None:
+    chaos()
+    c = stack.client()
+    r = c.post("/api/v1/requests/web", json={"content": "survive this", "agent_id": "chaos", "new_session": True,
+                                             "metadata": offline(150, 30)}).json()
+    # Let some tokens out, then kill the worker producing them without warning.
+    seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
+    os.kill(_worker_pid(seen), signal.SIGKILL)
+    killed_at = time.monotonic()
+    rest = read_until(c, r["stream_url"], done_for(r["request_id"]), last_event_id=seen[-1].id, timeout=60)
+    finished_after = time.monotonic() - killed_at
+    events = seen + rest
+    retrying = [e for e in events if e.event == "run.retrying"]
+    assert retrying and retrying[0].json()["attempt"] == 2
+    assert rest[-1].json()["attempt"] == 2 and rest[-2].event == "run.completed"
+    expected = "".join(compose_reply("survive this", 150))
+    assert text_of(events, r["request_id"]) == expected
+    # The reply itself takes 5 s (150 tokens at 30/s); takeover and the rest must fit in 15 s.
+    assert finished_after < 15, stack.logs()
+    stored = wait_status(c, r["request_id"], {"completed"})
+    assert stored["response"] == expected and stored["attempt"] == 2
+
+
+def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos: Callable[[], None]) -> None:
+    """A worker frozen past its lease (SIGSTOP) wakes after the retry finished and must change nothing."""
+    chaos()
+    c = stack.client()
+    r = c.post("/api/v1/requests/web", json={"content": "frozen", "agent_id": "chaos", "new_session": True,
+                                             "metadata": offline(60, 20)}).json()
+    seen = read_until(c, r["stream_url"], lambda e: e.event == "token")
+    frozen = next(w for w in stack.workers if w.pid == _worker_pid(seen))
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        stored = wait_status(c, r["request_id"], {"completed"}, timeout=40)
+        assert stored["status"] == "completed" and stored["attempt"] == 2
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    time.sleep(3)
+    after = wait_status(c, r["request_id"], {"completed"})
+    assert after["attempt"] == 2 and after["response"] == "".join(compose_reply("frozen", 60))
+    events = read_until(c, r["stream_url"], done_for(r["request_id"]))
+    done = [e for e in events if e.event == "done"]
+    assert [d.json()["attempt"] for d in done] == [2]
+    wait_until(lambda: frozen.poll() is None, 1, "frozen worker still alive")
