@@ -232,7 +232,7 @@ class RelayStats:
 
 
 class RelaySink:
-    __slots__ = ("frames", "stats", "finished")
+    __slots__ = ("finished", "frames", "stats")
 
     def __init__(self, stats: RelayStats) -> None:
         self.frames = Frames()
@@ -288,7 +288,7 @@ async def mode_relay(cfg: dict[str, Any]) -> None:
 
 
 class LatencySink:
-    __slots__ = ("frames", "samples", "warmup_seq", "stats", "finished")
+    __slots__ = ("finished", "frames", "samples", "stats", "warmup_seq")
 
     def __init__(self, stats: RelayStats, samples: list[float], warmup_seq: int) -> None:
         self.frames = Frames()
@@ -331,7 +331,7 @@ async def mode_latency(cfg: dict[str, Any]) -> None:
 
 
 class FirstTokenSink:
-    __slots__ = ("frames", "first")
+    __slots__ = ("first", "frames")
 
     def __init__(self) -> None:
         self.frames = Frames()

@@ -288,7 +288,7 @@ class CpuWindow:
         self.start = {name: self._cpu(p) for name, p in self.procs.items()}
         self.start_machine = machine_busy_seconds()
 
-    def end(self, extra_cpu_seconds: dict[str, float] | None = None) -> dict[str, float]:
+    def end(self, extra_cpu_seconds: dict[str, float] | None = None) -> dict[str, int]:
         """% of one core per process group; `other` is the rest of the machine (not bench processes)."""
         elapsed = time.monotonic() - self.start_t
         used = {name: (self._cpu(p) - self.start[name]) for name, p in self.procs.items()}
@@ -447,7 +447,7 @@ class Bench:
         return Profiler(pyspy, BENCH / "results" / f"profile-{scenario}.txt")
 
     def load_procs(self) -> int:
-        return max(1, self.args.load_procs)
+        return max(1, int(self.args.load_procs))
 
     # -- 1. idle streams
     async def idle(self, run: int) -> dict[str, Any]:
@@ -583,7 +583,7 @@ class Bench:
     async def first_token(self, run: int) -> dict[str, Any]:
         a = self.args
         await self.stack.start_worker()
-        tenant, user, token = self.principal("first", run)
+        _, _, token = self.principal("first", run)
         sessions = await self.post_sessions(token, a.first_token_requests)
         load = await LoadProc.start("first-token", {"port": self.stack.port, "token": token, "sessions": sessions,
                                                      "tokens": 20}, self.folder)
@@ -612,7 +612,7 @@ class Bench:
             await self.stack.stop_worker()
         else:
             await self.stack.start_worker()
-        tenant, user, token = self.principal("accept", run)
+        _, _, token = self.principal("accept", run)
         parts = split(list(range(a.accept_conns)), self.load_procs())
         loads = [await LoadProc.start("accept", {"port": self.stack.port, "token": token, "connections": len(part),
                                                  "seconds": a.accept_seconds, "warmup": 1.0}, self.folder)
@@ -714,6 +714,10 @@ def parse_args() -> argparse.Namespace:
                         "(bench/results/profile-<scenario>.txt and .top.txt)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="before starting, wait up to this long for the machine's other CPU use to drop below 20%%")
+    p.add_argument("--busy-threshold", type=float, default=25, metavar="PERCENT",
+                   help="a run during which other processes used more than this %% of a core is flagged (default 25)")
+    p.add_argument("--busy-retries", type=int, default=0, metavar="N",
+                   help="repeat a flagged run up to N times per scenario (discarded runs stay in the JSON)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, load configs)")
     p.add_argument("--output", default=str(BENCH / "results" / "latest.json"), help="JSON results file")
     args = p.parse_args()
@@ -726,15 +730,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> dict[str, list[dict[str, Any]]]:
+Results = dict[str, list[dict[str, Any]]]
+
+
+async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> tuple[Results, Results]:
     bench = Bench(args, stack, folder)
     await bench.open()
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: Results = {}
+    discarded: Results = {}
     try:
         if any(s != "accept" for s in args.only) or args.accept_with_worker:
             await stack.start_worker()
         for scenario in [s for s in SCENARIOS if s in args.only]:
-            for run in range(1, args.runs + 1):
+            run = 1
+            retries = 0
+            while run <= args.runs:
                 await stack.start_gateway()
                 log(f"{TITLES[scenario]}: run {run}/{args.runs}")
                 started = time.monotonic()
@@ -746,15 +756,25 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> dict[
                 finally:
                     await stack.stop_gateway()
                 result["seconds"] = round(time.monotonic() - started, 1)
-                results.setdefault(scenario, []).append(result)
                 figures = ", ".join(f"{k}={fmt(v)}" for k, v in result["figures"].items())
                 log(f"  {figures}  ({result['seconds']}s)  {json.dumps(result['details'], default=str)[:600]}")
-                other = result["details"].get("cpu_percent", result["details"].get("cpu_percent_while_idle", {}))
-                if other.get("other", 0) > 25:
-                    log(f"  warning: processes outside the bench used {other['other']}% of a core during this run")
+                cpu = result["details"].get("cpu_percent", result["details"].get("cpu_percent_while_idle", {}))
+                busy = cpu.get("other", 0) > args.busy_threshold
+                if busy:
+                    log(f"  warning: processes outside the bench used {cpu['other']}% of a core during this run")
+                if busy and retries < args.busy_retries:
+                    retries += 1
+                    result["discarded"] = f"machine busy: other processes used {cpu['other']}% of a core"
+                    discarded.setdefault(scenario, []).append(result)
+                    log(f"  discarding this run and repeating it ({retries}/{args.busy_retries})")
+                    await asyncio.to_thread(wait_quiet, args.wait_quiet)
+                    continue
+                result["busy"] = busy
+                results.setdefault(scenario, []).append(result)
+                run += 1
     finally:
         await bench.close()
-    return results
+    return results, discarded
 
 
 def wait_quiet(limit: float) -> float:
@@ -783,8 +803,10 @@ def main() -> None:
     stack = Stack(infra, folder, secret="bench-" + uuid.uuid4().hex + uuid.uuid4().hex, extra_env=args.env)
     background = wait_quiet(args.wait_quiet)
     started = time.monotonic()
+    results: Results = {}
+    discarded: Results = {}
     try:
-        results = asyncio.run(run_all(args, stack, folder))
+        results, discarded = asyncio.run(run_all(args, stack, folder))
     finally:
         asyncio.run(stack.stop_gateway())
         asyncio.run(stack.stop_worker())
@@ -804,6 +826,7 @@ def main() -> None:
         "background_cpu_percent_before": background,
         "table": rows,
         "runs": results,
+        "discarded_runs": discarded,
     }, indent=2, default=str))
     log(f"wrote {out} (total {time.monotonic() - started:.0f}s)")
 

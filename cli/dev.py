@@ -37,12 +37,17 @@ def read_state(home: Path) -> dict[str, str]:
     return data
 
 
+def _name(child: subprocess.Popen[bytes]) -> str:
+    args = child.args
+    return " ".join(str(a) for a in args) if isinstance(args, list) else str(args)
+
+
 def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
             if child.poll() is not None:
-                raise click.ClickException(f"{' '.join(map(str, child.args))} exited with code {child.returncode}")
+                raise click.ClickException(f"{_name(child)} exited with code {child.returncode}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
@@ -106,7 +111,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         dead = next(c for c in children if c.poll() is not None)
-        raise click.ClickException(f"{' '.join(map(str, dead.args))} exited with code {dead.returncode}")
+        raise click.ClickException(f"{_name(dead)} exited with code {dead.returncode}")
     except KeyboardInterrupt:
         click.echo("\nstopping ...", err=True)
     finally:

@@ -67,7 +67,7 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
     if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
         raise AuthError("token lacks sub or tenant_id")
     scopes = claims.get("scopes") or []
-    kind = "tool" if claims.get("kind") == "tool" else "user"
+    kind: Literal["user", "tool"] = "tool" if claims.get("kind") == "tool" else "user"
     return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt")
 
 
@@ -127,7 +127,7 @@ async def lookup_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> P
     return Principal(
         tenant_id=row["tenant_id"],
         user_id=row["user_id"],
-        kind=row["kind"],
+        kind="tool" if row["kind"] == "tool" else "user",
         scopes=frozenset(row["scopes"]),
         via="api_key",
     )

@@ -32,8 +32,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
 
 def _migrations() -> list[tuple[str, str]]:
     folder = resources.files("common") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+    files = sorted((p.name, p) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), path.read_text()) for name, path in files]
 
 
 async def migrate(dsn: str) -> list[str]:

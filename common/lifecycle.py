@@ -139,7 +139,9 @@ async def heartbeat(
     return {r["request_id"] for r in rows}
 
 
-async def reap_expired(conn: asyncpg.Connection, max_attempts: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+async def reap_expired(
+    conn: asyncpg.Connection, max_attempts: int
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     """Requeue running requests whose lease lapsed. Returns (requeued, failed for too many attempts)."""
     async with conn.transaction():
         requeued = await conn.fetch(

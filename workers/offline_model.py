@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import litellm
-from litellm import CustomLLM
+from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 PROVIDER = "relaygate-offline"

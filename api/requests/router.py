@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
@@ -80,7 +80,7 @@ async def _intake(
     return JSONResponse(body_out.model_dump(), status_code=202, headers=headers)
 
 
-def _result(row: dict[str, object]) -> dict[str, object]:
+def _result(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in RequestResult.model_fields if k in row}
 
 
@@ -110,7 +110,7 @@ async def generic(body: GenericRequest, request: Request, gw: GatewayDep, who: P
 
 @router.get("/{request_id}", response_model=RequestResult)
 async def get_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> RequestResult:
-    return RequestResult(**_result(await service.get(gw, who, request_id)))  # type: ignore[arg-type]
+    return RequestResult(**_result(await service.get(gw, who, request_id)))
 
 
 @router.post("/{request_id}/cancel", status_code=202)

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Route, expect
+from playwright.sync_api import Browser, Locator, Page, Request, Route, expect
 
 from tests.e2e.streams import read_until
 
@@ -211,10 +211,12 @@ def test_network_drop_resumes_without_losing_or_repeating_text(
 ) -> None:
     _, token = new_user(stack)
     resumed_from: list[str] = []
-    page.on(
-        "request",
-        lambda r: r.url.endswith("/stream") and resumed_from.append(r.headers.get("last-event-id", "")),
-    )
+
+    def on_request(request: Request) -> None:
+        if request.url.endswith("/stream"):
+            resumed_from.append(request.headers.get("last-event-id", ""))
+
+    page.on("request", on_request)
     offline_replies(page, tokens=80, tokens_per_second=20)
     page.goto(cutting_proxy.base_url + "/")
     page.locator("#token").fill(token)
@@ -292,14 +294,16 @@ def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
 
 def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Any, watch: Any) -> None:
     _, token = new_user(stack)
-    offline_replies(page, tokens=10, tokens_per_second=50)
+    offline_replies(page, tokens=40, tokens_per_second=50)  # the offline model echoes the message
     sign_in(page, stack, token)
     send(page, XSS)
 
     expect(last_turn(page).locator(".msg-user .msg-text")).to_have_text(XSS)
     expect(last_turn(page)).to_have_attribute("data-status", "completed")
+    expect(last_turn(page).locator(".reply-body")).to_contain_text(XSS)
     page.reload()  # and again when rendered from the stored history and the replay
     expect(last_turn(page).locator(".msg-user .msg-text")).to_have_text(XSS)
+    expect(last_turn(page).locator(".reply-body")).to_contain_text(XSS)
     expect(page.locator("#sessions .session-title").first).to_have_text(XSS)
     assert page.locator("#app img, #app script").count() == 0
     assert page.evaluate("window.__pwned") is None
@@ -361,8 +365,23 @@ def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: A
     ]
 
 
-def test_markdown_renderer_is_safe_and_useful(page: Page, stack: Any) -> None:
-    page.goto(stack.base_url + "/")
+def test_replies_render_safe_markdown(page: Page, stack: Any) -> None:
+    _, token = new_user(stack)
+    offline_replies(page, tokens=40, tokens_per_second=50)  # the offline model echoes the message
+    sign_in(page, stack, token)
+    send(page, "**bold** and `a<b>` via [docs](https://example.com/docs) or [bad](javascript:alert(1))")
+    reply = last_turn(page).locator(".reply-body")
+    expect(last_turn(page)).to_have_attribute("data-status", "completed")
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(reply.locator("code")).to_have_text("a<b>")
+    link = reply.get_by_role("link", name="docs")
+    expect(link).to_have_attribute("href", "https://example.com/docs")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(reply.locator("a")).to_have_count(1)
+    expect(reply).to_contain_text("[bad](javascript:alert(1))")
+
+    # Blocks the offline model does not produce, through the same renderer.
     html = page.evaluate(
         """async () => {
             const { renderMarkdown } = await import('/markdown.js');
@@ -411,8 +430,15 @@ def test_phone_width_layout_works_by_keyboard(browser: Browser, stack: Any) -> N
     try:
         page = context.new_page()
         _, token = new_user(stack)
+        offline_replies(page, tokens=120, tokens_per_second=200)
         sign_in(page, stack, token)
-        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        send(page, "hello from a phone")
+        expect(last_turn(page)).to_have_attribute("data-status", "completed")
+        page.locator("#input").fill("a\nmessage\nof\nmany\nlines")
+        # Only the conversation scrolls: the page itself fits the screen both ways.
+        size = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        assert size == [360, 740], size
+
         expect(page.locator("#sidebar")).to_be_hidden()
         page.locator("#toggle-sidebar").focus()
         page.keyboard.press("Enter")
@@ -420,5 +446,6 @@ def test_phone_width_layout_works_by_keyboard(browser: Browser, stack: Any) -> N
         expect(page.locator("#new-chat")).to_be_focused()
         page.keyboard.press("Escape")
         expect(page.locator("#sidebar")).to_be_hidden()
+        expect(page.locator("#toggle-sidebar")).to_be_focused()
     finally:
         context.close()

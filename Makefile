@@ -1,0 +1,35 @@
+# Two entry points: `make dev` runs relaygate, `make test` runs every check.
+# Needs only python3 (3.11+) and make: uv and the locked environment are installed on first use.
+
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export UV_PYTHON_PREFERENCE := only-system
+
+.PHONY: dev test lint unit bench clean
+
+dev: .venv/.synced
+	.venv/bin/relaygate dev
+
+test: lint
+	.venv/bin/pytest
+
+lint: .venv/.synced
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+unit: .venv/.synced
+	.venv/bin/pytest tests/unit tests/test_supply_chain.py
+
+bench: .venv/.synced
+	.venv/bin/python bench/run.py
+
+.tools/bin/uv:
+	python3 -m venv .tools || { echo "python3 -m venv failed: install python3-venv (or put uv on PATH)"; exit 1; }
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra worker
+	touch $@
+
+clean:
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
