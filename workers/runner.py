@@ -16,6 +16,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from common import lifecycle, queue
@@ -29,6 +30,7 @@ from workers import model
 log = logging.getLogger(__name__)
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+CANCEL_POLL_SECONDS = 0.25
 
 RUNS = Counter("relaygate_worker_runs_total", "Finished request attempts", ["status"])
 TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
@@ -118,14 +120,30 @@ class TokenBuffer:
         if self.cancel_reason:
             raise Stop(self.cancel_reason)
 
-    async def tick(self) -> None:
-        """Flush tokens a slow model left waiting, and notice a cancel even when no token arrives."""
+    def stop_reason(self) -> Stop | None:
+        if self.run.lost:
+            return Stop("lease lost", fenced=True)
+        return Stop(self.cancel_reason) if self.cancel_reason else None
+
+    async def watch(self, work: asyncio.Task[None]) -> None:
+        """Flush tokens a slow model left waiting, and stop `work` on a cancel flag or a lost
+        lease even while the model sends nothing."""
         interval = self.rt.settings.token_flush_ms / 1000
-        while True:
+        next_check = time.monotonic()
+        while not work.done():
             await asyncio.sleep(interval)
             if self.pending and (time.monotonic() - self.last_flush) >= interval:
-                with contextlib.suppress(Stop):
+                with contextlib.suppress(Stop, RedisError):
                     await self.flush()
+            elif time.monotonic() >= next_check:
+                next_check = time.monotonic() + CANCEL_POLL_SECONDS
+                with contextlib.suppress(RedisError):
+                    flag = await self.rt.streams.get(self.cancel)
+                    if flag is not None:
+                        self.cancel_reason = flag.decode() or "cancelled"
+            if self.stop_reason():
+                work.cancel()
+                return
 
 
 async def _history(conn: asyncpg.Pool, session_id: str, before_id: int, turns: int) -> list[dict[str, str]]:
@@ -179,31 +197,38 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 
     buffer = TokenBuffer(rt, run)
-    ticker = asyncio.create_task(buffer.tick())
-    status, error = "completed", None
-    try:
-        if await rt.streams.exists(buffer.cancel):
-            raise Stop((await rt.streams.get(buffer.cancel) or b"cancelled").decode())
+
+    async def generate() -> None:
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
         messages += await _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns)
         messages.append({"role": "user", "content": row["request_content"]})
-        metadata = dict(request.get("metadata") or {})
-        async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+        async for text in model.stream_reply(rt.settings, model_name, messages, dict(request.get("metadata") or {})):
             await buffer.add(text)
         await buffer.flush()
+
+    work = asyncio.create_task(generate())
+    watcher = asyncio.create_task(buffer.watch(work))
+    status, error = "completed", None
+    try:
+        try:
+            await work
+        except asyncio.CancelledError:
+            stop = buffer.stop_reason()
+            current = asyncio.current_task()
+            if stop is None or (current is not None and current.cancelling()):
+                raise
+            raise stop from None
     except Stop as stop:
         if stop.fenced:
             log.warning("lease lost; abandoning attempt", extra={"request_id": payload.request_id})
             RUNS.labels("fenced").inc()
             return "fenced"
         status, error = "cancelled", stop.reason
-    except asyncio.CancelledError:
-        raise
     except Exception as exc:
         log.warning("model call failed", extra={"request_id": payload.request_id, "error": repr(exc)})
         status, error = "failed", model.describe_error(exc)
     finally:
-        ticker.cancel()
+        watcher.cancel()
     return await _finish(rt, run, agent.id, model_name, status, error, started)
 
 

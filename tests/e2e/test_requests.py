@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 
 from tests.conftest import Stack
@@ -220,3 +221,15 @@ def test_sessions_listing_paging_and_end(stack: Stack) -> None:
         assert ended["status"] == "inactive"
         refused = c.post("/api/v1/requests/cli", json={"content": "hi", "session_id": made[0]})
         assert refused.status_code == 409
+
+
+def test_cancel_reaches_a_model_that_sends_nothing(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.post("/api/v1/requests/web", json={"content": "slow thinker", "new_session": True,
+                                                 "metadata": offline(5, 0.1)}).json()
+        wait_status(c, r["request_id"], {"running"})
+        started = time.monotonic()
+        assert c.post(f"/api/v1/requests/{r['request_id']}/cancel").status_code == 202
+        events = read_until(c, r["stream_url"], done_for(r["request_id"]))
+        assert [e.event for e in events][-2:] == ["run.cancelled", "done"]
+        assert time.monotonic() - started < 5
