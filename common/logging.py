@@ -39,5 +39,8 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
     for noisy in ("httpx", "httpcore", "LiteLLM", "litellm", "arq.jobs", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -22,6 +22,10 @@ TRANSIENT: tuple[type[Exception], ...] = (
 
 
 def configure(settings: Settings) -> None:
+    # litellm imports the OpenAI SDK's resources on its first call, synchronously; doing it
+    # here keeps that stall out of the event loop that runs the lease heartbeats.
+    import openai.resources.chat  # noqa: F401
+
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
@@ -44,6 +48,7 @@ async def stream_reply(
     """Yields text chunks. Transient failures before the first chunk are retried with backoff."""
     kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True, "metadata": metadata}
     if not model.startswith(offline_model.PROVIDER):
+        kwargs["max_retries"] = 0  # the provider SDK's own retries would multiply ours
         if settings.llm_api_base:
             kwargs["api_base"] = settings.llm_api_base
         if settings.llm_api_key.get_secret_value():

@@ -245,6 +245,12 @@ async def _finish(
         terminal = [run.event("run.cancelled", {"reason": error})]
     else:
         terminal = [run.event("run.failed", {"error": error})]
+    # Renewing the lease proves this attempt still owns the request before it speaks for it,
+    # and keeps it owned for the few milliseconds until `finish`.
+    if not await lifecycle.heartbeat(rt.db, [(payload.request_id, payload.attempt, reply, run.last_stream_id)],
+                                     rt.settings.lease_seconds):
+        RUNS.labels("fenced").inc()
+        return "fenced"
     await rt.writer.append(payload.session_id, terminal)
     async for retry in AsyncRetrying(stop=stop_after_delay(rt.settings.lease_seconds * 2), wait=wait_fixed(0.5),
                                      retry=retry_if_exception_type(_DB_ERRORS), reraise=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -119,51 +120,65 @@ async def _accept_new(
     request_id = str(uuid.uuid4())
     cancelled: list[asyncpg.Record] = []
     interrupted: list[str] = []
-    async with gw.db.acquire() as conn, conn.transaction():
-        session_id = await _session_for(conn, gw, who, user_id, body)
-        active = await conn.fetch(
-            "SELECT request_id::text, status FROM request_logs"
-            " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
-            session_id, list(ACTIVE_STATUSES),
-        )
-        if active and body.multitask == "reject":
-            raise ApiError(409, "another request is still running in this session (multitask=reject)")
-        normalized = NormalizedRequest(
-            request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
-            integration_type=body.integration(), request_type=body.integration(), content=body.content,
-            agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
-            metadata=body.metadata.model_dump(), correlation_id=correlation_id,
-        )
-        await conn.execute(
-            """
-            INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
-                normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, deadline_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
-            """,
-            request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
-            normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
-            gw.settings.request_timeout_seconds,
-        )
-        await conn.execute(
-            "UPDATE request_sessions SET last_request_id = $2, last_request_at = now(), updated_at = now(),"
-            " expires_at = now() + make_interval(secs => $3) WHERE session_id = $1",
-            session_id, request_id, gw.settings.session_ttl_seconds,
-        )
-        if body.multitask == "interrupt" and active:
-            cancelled, _ = await lifecycle.cancel_queued(
-                conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
-                "interrupted by a newer request",
+    entry_id: str | None = None
+    session_id = ""
+    try:
+        async with gw.db.acquire() as conn, conn.transaction():
+            session_id = await _session_for(conn, gw, who, user_id, body)
+            active = await conn.fetch(
+                "SELECT request_id::text, status FROM request_logs"
+                " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+                session_id, list(ACTIVE_STATUSES),
             )
-            interrupted = [r["request_id"] for r in active if r["status"] == "running"]
-        accepted_event = Event(
-            type="request.accepted", request_id=request_id,
-            data={"content": body.content, "session_id": session_id, "user_id": user_id,
-                  "integration_type": body.integration(), "agent_id": normalized.agent_id,
-                  "correlation_id": correlation_id},
-        )
-        (entry_id,) = await gw.writer.append(session_id, [accepted_event])
-        await conn.execute("UPDATE request_logs SET stream_entry_id = $2 WHERE request_id = $1", request_id, entry_id)
-        upcoming = await lifecycle.next_in_session(conn, session_id)
+            if active and body.multitask == "reject":
+                raise ApiError(409, "another request is still running in this session (multitask=reject)")
+            normalized = NormalizedRequest(
+                request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
+                integration_type=body.integration(), request_type=body.integration(), content=body.content,
+                agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
+                metadata=body.metadata.model_dump(), correlation_id=correlation_id,
+            )
+            await conn.execute(
+                """
+                INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+                    normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, deadline_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+                """,
+                request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
+                normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
+                gw.settings.request_timeout_seconds,
+            )
+            await conn.execute(
+                "UPDATE request_sessions SET last_request_id = $2, last_request_at = now(), updated_at = now(),"
+                " expires_at = now() + make_interval(secs => $3) WHERE session_id = $1",
+                session_id, request_id, gw.settings.session_ttl_seconds,
+            )
+            if body.multitask == "interrupt" and active:
+                cancelled, _ = await lifecycle.cancel_queued(
+                    conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
+                    "interrupted by a newer request",
+                )
+                interrupted = [r["request_id"] for r in active if r["status"] == "running"]
+            accepted_event = Event(
+                type="request.accepted", request_id=request_id,
+                data={"content": body.content, "session_id": session_id, "user_id": user_id,
+                      "integration_type": body.integration(), "agent_id": normalized.agent_id,
+                      "correlation_id": correlation_id},
+            )
+            (entry_id,) = await gw.writer.append(session_id, [accepted_event])
+            await conn.execute("UPDATE request_logs SET stream_entry_id = $2 WHERE request_id = $1",
+                               request_id, entry_id)
+            upcoming = await lifecycle.next_in_session(conn, session_id)
+
+    except BaseException:
+        if entry_id is not None:
+            # The stream already announced the request: end it there too, as the row was not kept.
+            with contextlib.suppress(Exception):
+                await gw.writer.append(session_id, [
+                    Event(type="run.failed", request_id=request_id, data={"error": "the request was not stored"}),
+                    Event(type="done", request_id=request_id, data={"request_id": request_id, "status": "failed"}),
+                ])
+        raise
 
     for request in interrupted:
         await gw.streams.set(cancel_key(session_id, request, gw.settings.stream_buckets), "interrupted",

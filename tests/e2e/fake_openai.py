@@ -65,7 +65,7 @@ class FakeOpenAI:
             self._script.extend(texts)
 
     def fail(self, status: int, times: int = 1, message: str | None = None,
-             type: str = "server_error") -> None:  # noqa: A002 - OpenAI's field name
+             type: str = "server_error") -> None:
         """The next `times` calls answer HTTP `status` with an OpenAI error body."""
         with self._lock:
             self._script.extend([Fail(status, message or Fail.message, type)] * times)

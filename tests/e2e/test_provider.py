@@ -36,9 +36,14 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
-    """One worker on the `provider` feature for the whole module (litellm makes it slow to boot)."""
+    """One worker on the `provider` feature for the whole module (litellm makes it slow to boot).
+
+    Its lease is long: this module tests the provider path, not lease recovery, and litellm's
+    first call imports the OpenAI SDK inside the event loop, which can stall the heartbeat
+    for seconds on a busy machine and make the reaper start a second attempt.
+    """
     worker = stack.start_worker("provider", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY=API_KEY,
-                                LLM_RETRIES="3")
+                                LLM_RETRIES="3", LEASE_SECONDS="30")
     try:
         yield stack
     finally:
@@ -132,3 +137,12 @@ def test_permanent_error_fails_the_request_readably(provider: Stack, fake: FakeO
         assert stored["status"] == "failed" and stored["error"] == error
     assert API_KEY not in error and API_KEY[8:] not in error
     assert len(fake.calls_with(content)) == 1, "a permanent error must not be retried"
+
+
+def test_llm_retries_bounds_the_calls(provider: Stack, fake: FakeOpenAI) -> None:
+    content = f"always down {uuid.uuid4().hex[:6]}"
+    fake.fail(503, times=3)
+    with provider.client() as c:
+        accepted, events = ask(c, content)
+        assert of_type(events, "run.failed", accepted["request_id"])
+    assert len(fake.calls_with(content)) == 3
