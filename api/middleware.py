@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -10,6 +11,8 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.logging import correlation_id
+
+log = logging.getLogger("relaygate.access")
 
 HTTP_REQUESTS = Counter("relaygate_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("relaygate_http_request_seconds", "HTTP request latency (to response start)",
@@ -73,6 +76,9 @@ class GatewayMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
+            status = 413
             await _reject(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
         finally:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "ms": round((time.perf_counter() - started) * 1000, 1)})
             correlation_id.reset(token)
