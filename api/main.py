@@ -40,7 +40,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _require(settings)
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
     streams = Redis.from_url(settings.stream_redis_url, max_connections=64, health_check_interval=30)
-    readers = [Redis.from_url(settings.stream_redis_url, max_connections=1) for _ in range(settings.hub_readers)]
+    readers = [Redis.from_url(settings.stream_redis_url, max_connections=1, client_name="relaygate-hub-reader")
+               for _ in range(settings.hub_readers)]
     arq = await queue.connect(settings.queue_redis_url)
     hub = Hub(streams, readers, block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
               heartbeat_seconds=settings.sse_heartbeat_seconds)

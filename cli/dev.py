@@ -68,7 +68,15 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
+    # Stop everything on Ctrl-C and on SIGTERM, even when started in the background
+    # (where a shell starts it with SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     home = settings.data_dir.resolve()
     home.mkdir(parents=True, exist_ok=True)
     postgres = valkey = None

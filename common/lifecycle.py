@@ -92,8 +92,7 @@ async def finish(
         await conn.execute(
             """
             UPDATE request_sessions
-               SET total_requests = total_requests + 1, current_agent_id = coalesce($2, current_agent_id),
-                   updated_at = now()
+               SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
              WHERE session_id = $1
             """,
             payload.session_id, agent_id,

@@ -106,7 +106,8 @@ class Stack:
     def start_gateway(self, **env: str) -> None:
         self.port = self.port or free_port()
         self.gateway = self._spawn("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                                               "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+                                               "127.0.0.1", "--port", str(self.port), "--no-access-log",
+                                               "--timeout-graceful-shutdown", "3"],
                                    {**self.env, **env})
         wait_until(lambda: _healthy(self.base_url), 60, f"gateway on {self.base_url} (log: {self._logs[-1]})")
 

@@ -15,11 +15,13 @@ from api.streams.relay import entries
 from common.streams import Event, StreamWriter, parse_id, stream_key
 from tests.conftest import Infra
 
+READER_NAME = f"test-hub-{uuid.uuid4().hex[:8]}"
+
 
 @pytest.fixture
 async def hub(infra: Infra) -> AsyncIterator[Hub]:
     redis = Redis.from_url(infra.redis_url)
-    readers = [Redis.from_url(infra.redis_url, max_connections=1) for _ in range(2)]
+    readers = [Redis.from_url(infra.redis_url, max_connections=1, client_name=READER_NAME) for _ in range(2)]
     h = Hub(redis, readers, block_ms=5000, queue_size=50, heartbeat_seconds=0.2)
     h.start()
     yield h
@@ -48,9 +50,8 @@ async def test_many_subscribers_share_the_reader_connections(hub: Hub) -> None:
     for s, sub in zip(sessions, subs, strict=True):
         entry = await _next_entry(sub.queue)
         assert entry.request_id == s.encode()
-    clients = await hub.redis.client_list()
-    readers = [c for c in clients if c.get("cmd") == "xread"]
-    assert len(readers) <= len(hub.readers)
+    readers = [c for c in await hub.redis.client_list() if c.get("name") == READER_NAME]
+    assert len(readers) == len(hub.readers) == 2
     for sub in subs:
         hub.unsubscribe(sub)
     assert hub.subscriber_count == 0

@@ -150,6 +150,7 @@ async def _accept_new(
             )
             await conn.execute(
                 "UPDATE request_sessions SET last_request_id = $2, last_request_at = now(), updated_at = now(),"
+                " total_requests = total_requests + 1,"
                 " expires_at = now() + make_interval(secs => $3) WHERE session_id = $1",
                 session_id, request_id, gw.settings.session_ttl_seconds,
             )

@@ -201,10 +201,12 @@ async function openSession(sessionId) {
   const conversation = new Conversation(turns, { scroller: $("messages"), onCancel: cancelRequest });
   state.sessionId = sessionId;
   state.conversation = conversation;
+  hideError();
+  $("chat-title").textContent = "Chat"; // until the session list names it
   renderSessions();
   try {
     const page = await state.api.get(`/api/v1/sessions/${encodeURIComponent(sessionId)}/requests?limit=100`);
-    if (state.conversation !== conversation) return; // another chat was opened meanwhile
+    if (state.conversation !== conversation) return null; // another chat was opened meanwhile
     conversation.loadSnapshot(page.items);
   } catch (err) {
     if (state.conversation === conversation) handleError(err);

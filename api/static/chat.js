@@ -14,7 +14,7 @@ const STATUS_BY_EVENT = {
 };
 
 /** Stream ids ("ms-seq") compare as numbers, never as text. */
-export function compareIds(a, b) {
+function compareIds(a, b) {
   const [am, as = 0] = a.split("-").map(Number);
   const [bm, bs = 0] = b.split("-").map(Number);
   return am - bm || as - bs;
@@ -78,7 +78,7 @@ export class Conversation {
     if (event === "stream.reset") return this.applyReset(data.requests ?? []);
     if (!envelope.request_id) return;
     if (event === "request.accepted") this.adoptPending(envelope.request_id, data.content);
-    const req = this.upsert(envelope.request_id, { content: data.content ?? "" });
+    const req = this.upsert(envelope.request_id, { content: "" }); // request.accepted fills it in
     const attempt = envelope.attempt ?? 1;
     if (attempt < req.attempt) return; // a late event from an earlier attempt
     if (attempt > req.attempt) startAttempt(req, attempt, false);
@@ -115,11 +115,6 @@ export class Conversation {
       live,
     });
     this.markDirty(req);
-  }
-
-  /** Requests still waiting for or producing a reply. */
-  hasPending() {
-    return [...this.requests.values()].some((r) => !TERMINAL.has(r.status));
   }
 
   upsert(requestId, { content, status = "queued" }) {
@@ -173,7 +168,7 @@ function applyToRequest(req, event, data) {
       req.content = data.content ?? req.content;
       break;
     case "run.started":
-      // Tokens of an attempt follow its run.started, so from here the text is complete.
+      // Tokens of an attempt follow its run.started, so text built from here is whole.
       startAttempt(req, req.attempt, true);
       req.status = "running";
       req.notice = null;
@@ -181,7 +176,7 @@ function applyToRequest(req, event, data) {
     case "run.retrying":
       startAttempt(req, Math.max(req.attempt, data.attempt ?? req.attempt), true);
       req.status = "running";
-      req.notice = "The first try was interrupted; retrying…";
+      req.notice = "The previous try was interrupted; retrying…";
       break;
     case "token":
       // Without the start of this attempt, appending would garble the reply; the
@@ -242,7 +237,7 @@ function renderTurn(req) {
   const pending = !TERMINAL.has(req.status);
   v.reply.setAttribute("aria-busy", String(pending));
   v.reply.classList.toggle("is-typing", pending && req.text === "");
-  v.cancel.hidden = !pending || req.status === "sending" || req.id.startsWith("pending-");
+  v.cancel.hidden = !pending || req.id.startsWith("pending-"); // nothing to cancel yet
   v.cancel.disabled = req.cancelling;
   v.cancel.textContent = req.cancelling ? "Cancelling…" : "Cancel";
   renderStatus(req, v.status);

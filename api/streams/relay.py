@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entry
 from common.streams import format_id, id_before, parse_id
@@ -35,13 +36,11 @@ class Reset:
 
 async def check_resume(redis: Redis, key: str, after: tuple[int, int]) -> Reset | None:
     """A resume point older than what the stream still holds needs a `stream.reset`."""
-    if after == (0, 0):
-        return None
     try:
         info = await redis.xinfo_stream(key)
-    except Exception as exc:  # redis raises a ResponseError for a missing key
+    except ResponseError as exc:
         if "no such key" in str(exc).lower():
-            return Reset("expired", (0, 0))
+            return None if after == (0, 0) else Reset("expired", (0, 0))
         raise
     trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
     first = info.get("first-entry")

@@ -11,7 +11,6 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,6 +22,8 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+
+from tests.conftest import Stack
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 30_000  # replies, reconnect backoff and a gateway restart all fit in this
@@ -38,12 +39,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def requires_chromium() -> None:
+    """Session-scoped and autouse, so it runs first: skip before any server starts."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"Chromium not installed at {CHROMIUM}: apt-get install -y chromium")
+
+
 @pytest.fixture(scope="module")
 def browser(request: pytest.FixtureRequest) -> Iterator[Browser]:
     """Module-scoped: the sync API marks an event loop as running in this thread while it
     lives, so the asyncio-based `stack` starts first and the browser ends with the module."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"Chromium not installed at {CHROMIUM}: apt-get install -y chromium")
     request.getfixturevalue("stack")
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
@@ -153,7 +159,7 @@ def _reset(sock: socket.socket) -> None:
 
 
 @pytest.fixture
-def cutting_proxy(stack: Any) -> Iterator[CuttingProxy]:
+def cutting_proxy(stack: Stack) -> Iterator[CuttingProxy]:
     url = urlsplit(stack.base_url)
     proxy = CuttingProxy((url.hostname or "127.0.0.1", url.port or 80))
     yield proxy

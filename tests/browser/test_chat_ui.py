@@ -20,6 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Request, Route, expect
 
+from tests.conftest import Stack
 from tests.e2e.streams import read_until
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -32,13 +33,13 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- helpers
 
 
-def new_user(stack: Any) -> tuple[str, str]:
+def new_user(stack: Stack) -> tuple[str, str]:
     """A fresh user id and their dev token."""
     user_id = f"ui-{uuid.uuid4().hex[:10]}"
     return user_id, stack.mint(user_id, "tenant-ui")
 
 
-def sign_in(page: Page, stack: Any, token: str) -> None:
+def sign_in(page: Page, stack: Stack, token: str) -> None:
     page.goto(stack.base_url + "/")
     page.locator("#token").fill(token)
     page.locator("#token").press("Enter")
@@ -72,13 +73,15 @@ def request_id_of(page: Page) -> str:
 
 
 def reply_state(page: Page) -> dict[str, Any]:
-    return page.evaluate(
+    state: dict[str, Any] = page.evaluate(
         """() => {
             const turn = [...document.querySelectorAll('#messages .turn')].at(-1);
             return turn ? {status: turn.dataset.status,
-                           text: turn.querySelector('.reply-body').textContent} : null;
+                           text: turn.querySelector('.reply-body').textContent}
+                        : {status: null, text: ''};
         }"""
     )
+    return state
 
 
 def wait_for_reply_text(page: Page, min_chars: int = 1) -> None:
@@ -91,17 +94,18 @@ def wait_for_reply_text(page: Page, min_chars: int = 1) -> None:
     )
 
 
-def stored_request(stack: Any, token: str, request_id: str) -> dict[str, Any]:
+def stored_request(stack: Stack, token: str, request_id: str) -> dict[str, Any]:
     res = httpx.get(
         f"{stack.base_url}/api/v1/requests/{request_id}",
         headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )
     res.raise_for_status()
-    return res.json()
+    body: dict[str, Any] = res.json()
+    return body
 
 
-def wait_stored_terminal(stack: Any, token: str, request_id: str) -> dict[str, Any]:
+def wait_stored_terminal(stack: Stack, token: str, request_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         stored = stored_request(stack, token, request_id)
@@ -111,7 +115,7 @@ def wait_stored_terminal(stack: Any, token: str, request_id: str) -> dict[str, A
     raise AssertionError(f"request {request_id} did not finish: {stored}")
 
 
-def worker_pid(stack: Any, token: str, request: dict[str, Any]) -> int:
+def worker_pid(stack: Stack, token: str, request: dict[str, Any]) -> int:
     """The pid of the worker running `request`, from its `run.started` event."""
     with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {token}"}) as client:
         started = read_until(
@@ -125,7 +129,7 @@ def worker_pid(stack: Any, token: str, request: dict[str, Any]) -> int:
 
 def rendered(page: Page, markdown: str) -> str:
     """The text the UI's own Markdown renderer makes of `markdown`."""
-    return page.evaluate(
+    text: str = page.evaluate(
         """async (source) => {
             const { renderMarkdown } = await import('/markdown.js');
             const box = document.createElement('div');
@@ -134,9 +138,10 @@ def rendered(page: Page, markdown: str) -> str:
         }""",
         markdown,
     )
+    return text
 
 
-def assert_final_reply_matches_store(page: Page, stack: Any, token: str) -> None:
+def assert_final_reply_matches_store(page: Page, stack: Stack, token: str) -> None:
     request_id = request_id_of(page)
     stored = wait_stored_terminal(stack, token, request_id)
     assert stored["status"] == "completed", stored
@@ -148,7 +153,7 @@ def assert_final_reply_matches_store(page: Page, stack: Any, token: str) -> None
 # ---------------------------------------------------------------- tests
 
 
-def test_sign_in_rejects_a_bad_token_then_accepts_a_good_one(page: Page, stack: Any) -> None:
+def test_sign_in_rejects_a_bad_token_then_accepts_a_good_one(page: Page, stack: Stack) -> None:
     user_id, token = new_user(stack)
     page.goto(stack.base_url + "/")
     page.locator("#token").fill("not-a-token")
@@ -163,7 +168,7 @@ def test_sign_in_rejects_a_bad_token_then_accepts_a_good_one(page: Page, stack: 
     expect(page.locator("#app")).to_be_visible()
 
 
-def test_reply_streams_token_by_token(page: Page, stack: Any) -> None:
+def test_reply_streams_token_by_token(page: Page, stack: Stack) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=60, tokens_per_second=20)
     sign_in(page, stack, token)
@@ -179,11 +184,10 @@ def test_reply_streams_token_by_token(page: Page, stack: Any) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = reply_state(page)
-        if state and state["status"] in TERMINAL:
+        if state["status"] in TERMINAL:
             break
-        if state:
-            lengths.append(len(state["text"]))
-        time.sleep(0.1)
+        lengths.append(len(state["text"]))
+        page.wait_for_timeout(100)
     growth = sorted({n for n in lengths if n > 0})
     assert len(growth) >= 3, f"reply did not grow progressively: samples {lengths}"
     assert lengths == sorted(lengths), f"reply text shrank while streaming: {lengths}"
@@ -192,7 +196,7 @@ def test_reply_streams_token_by_token(page: Page, stack: Any) -> None:
     expect(page.locator("#sessions .session-title")).to_have_text("first line\nsecond line")
 
 
-def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Any) -> None:
+def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Stack) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=80, tokens_per_second=20)
     sign_in(page, stack, token)
@@ -207,7 +211,7 @@ def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Any) 
 
 
 def test_network_drop_resumes_without_losing_or_repeating_text(
-    page: Page, stack: Any, cutting_proxy: Any
+    page: Page, stack: Stack, cutting_proxy: Any
 ) -> None:
     _, token = new_user(stack)
     resumed_from: list[str] = []
@@ -234,7 +238,7 @@ def test_network_drop_resumes_without_losing_or_repeating_text(
 
 
 def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating_text(
-    new_stack: Any, page: Page  # this order closes the page before its stack stops
+    new_stack: Stack, page: Page  # this order closes the page before its stack stops
 ) -> None:
     new_stack.start_gateway()
     new_stack.start_worker()
@@ -244,8 +248,10 @@ def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating
     send(page, "keep talking while the gateway restarts")
     wait_for_reply_text(page, 20)
 
-    new_stack.gateway.kill()
-    new_stack.gateway.wait()
+    gateway = new_stack.gateway
+    assert gateway is not None
+    gateway.kill()
+    gateway.wait()
     expect(page.locator("#connection")).to_have_text("Reconnecting…")
     new_stack.start_gateway()  # same port; the worker kept writing to the stream meanwhile
     assert_final_reply_matches_store(page, new_stack, token)
@@ -253,7 +259,7 @@ def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating
 
 
 def test_worker_lost_mid_reply_retry_replaces_the_partial_reply(
-    new_stack: Any, page: Page, tmp_path: Path
+    new_stack: Stack, page: Page, tmp_path: Path
 ) -> None:
     # Its own feature queue, so only the two workers started here can take the request.
     agents = tmp_path / "agents.yaml"
@@ -275,7 +281,7 @@ def test_worker_lost_mid_reply_retry_replaces_the_partial_reply(
     assert stored_request(new_stack, token, request["request_id"])["attempt"] == 2
 
 
-def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
+def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Stack) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=400, tokens_per_second=10)
     sign_in(page, stack, token)
@@ -292,7 +298,7 @@ def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Any) -> None:
     assert stored_request(stack, token, request_id_of(page))["status"] == "cancelled"
 
 
-def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Any, watch: Any) -> None:
+def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Stack, watch: Any) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=40, tokens_per_second=50)  # the offline model echoes the message
     sign_in(page, stack, token)
@@ -310,7 +316,7 @@ def test_html_and_script_in_messages_stay_literal_text(page: Page, stack: Any, w
     assert watch.dialogs == []
 
 
-def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: Any) -> None:
+def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: Stack) -> None:
     """Event handling a live run rarely shows, fed to the UI's own Conversation."""
     page.goto(stack.base_url + "/")
     turns = page.evaluate(
@@ -365,7 +371,7 @@ def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: A
     ]
 
 
-def test_replies_render_safe_markdown(page: Page, stack: Any) -> None:
+def test_replies_render_safe_markdown(page: Page, stack: Stack) -> None:
     _, token = new_user(stack)
     offline_replies(page, tokens=40, tokens_per_second=50)  # the offline model echoes the message
     sign_in(page, stack, token)
@@ -402,7 +408,7 @@ def test_replies_render_safe_markdown(page: Page, stack: Any) -> None:
     assert '<pre data-lang="js"><code>&lt;script&gt;window.__pwned=1&lt;/script&gt;</code></pre>' in html
 
 
-def test_other_users_sessions_are_not_listed(page: Page, stack: Any) -> None:
+def test_other_users_sessions_are_not_listed(page: Page, stack: Stack) -> None:
     _, other_token = new_user(stack)
     headers = {"Authorization": f"Bearer {other_token}"}
     other = httpx.post(
@@ -425,7 +431,7 @@ def test_other_users_sessions_are_not_listed(page: Page, stack: Any) -> None:
     assert page.locator(f'[data-session-id="{other_session}"]').count() == 0
 
 
-def test_phone_width_layout_works_by_keyboard(browser: Browser, stack: Any) -> None:
+def test_phone_width_layout_works_by_keyboard(browser: Browser, stack: Stack) -> None:
     context = browser.new_context(viewport={"width": 360, "height": 740})
     try:
         page = context.new_page()

@@ -88,3 +88,15 @@ def test_live_only_stream_skips_history(stack: Stack) -> None:
                                                    "metadata": offline(10, 5)}).json()
         live = read_until(c, r["stream_url"], done_for(nxt["request_id"]), params={"from": "$"})
         assert {e.json()["request_id"] for e in live} == {nxt["request_id"]}
+
+
+def test_full_replay_of_a_trimmed_stream_starts_with_a_reset(stack: Stack) -> None:
+    with stack.client() as c:
+        r, _ = _session_with_reply(stack, c, tokens=40)
+        wait_status(c, r["request_id"], {"completed"})
+        redis.Redis.from_url(stack.infra.redis_url).xtrim(stream_key(r["session_id"], 256), maxlen=1,
+                                                          approximate=False)
+        events = read_until(c, r["stream_url"], lambda e: e.event == "done", timeout=10)
+        assert events[0].event == "stream.reset"
+        assert events[0].json()["data"]["requests"][0]["response"] == "".join(compose_reply("resume me", 40))
+        assert [e.event for e in events[1:]] == ["done"]
