@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,3 +210,18 @@ def new_stack(infra: Infra, tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def chaos_workers(stack: Stack) -> Callable[[], None]:
+    """Call to have two ready workers on the `chaos` queue, which only the tests that kill workers use."""
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def ensure_two() -> None:
+        workers[:] = [w for w in workers if w.poll() is None]
+        while len(workers) < 2:
+            workers.append(stack.start_worker("chaos", wait=False))
+        for worker in workers:
+            stack.wait_ready(worker)
+
+    return ensure_two

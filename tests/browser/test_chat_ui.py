@@ -13,7 +13,7 @@ import re
 import signal
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -46,12 +46,14 @@ def sign_in(page: Page, stack: Stack, token: str) -> None:
     expect(page.locator("#app")).to_be_visible()
 
 
-def offline_replies(page: Page, tokens: int, tokens_per_second: int) -> None:
-    """Make the offline model's replies to this page `tokens` long at that speed."""
+def offline_replies(page: Page, tokens: int, tokens_per_second: int, agent_id: str | None = None) -> None:
+    """Make the offline model's replies to this page `tokens` long at that speed (from `agent_id`)."""
 
     def add_metadata(route: Route) -> None:
         body = json.loads(route.request.post_data or "{}")
         body["metadata"] = {"offline": {"tokens": tokens, "tokens_per_second": tokens_per_second}}
+        if agent_id:
+            body["agent_id"] = agent_id
         route.continue_(post_data=json.dumps(body))
 
     page.route("**/api/v1/requests/web", add_metadata)
@@ -240,8 +242,7 @@ def test_network_drop_resumes_without_losing_or_repeating_text(
 def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating_text(
     new_stack: Stack, page: Page  # this order closes the page before its stack stops
 ) -> None:
-    new_stack.start_gateway()
-    new_stack.start_worker()
+    new_stack.start_gateway()  # the shared stack's workers serve its requests
     _, token = new_user(new_stack)
     offline_replies(page, tokens=100, tokens_per_second=20)
     sign_in(page, new_stack, token)
@@ -259,26 +260,20 @@ def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating
 
 
 def test_worker_lost_mid_reply_retry_replaces_the_partial_reply(
-    new_stack: Stack, page: Page, tmp_path: Path
+    stack: Stack, chaos_workers: Callable[[], None], page: Page
 ) -> None:
-    # Its own feature queue, so only the two workers started here can take the request.
-    agents = tmp_path / "agents.yaml"
-    agents.write_text("agents:\n  - {id: assistant, feature: browser-retry, default: true}\n")
-    new_stack.env["AGENTS_FILE"] = str(agents)
-    new_stack.start_gateway()
-    new_stack.start_worker("browser-retry")
-    new_stack.start_worker("browser-retry")
-    _, token = new_user(new_stack)
-    offline_replies(page, tokens=80, tokens_per_second=15)
-    sign_in(page, new_stack, token)
+    chaos_workers()  # two workers on the `chaos` queue: kill one, the other retries
+    _, token = new_user(stack)
+    offline_replies(page, tokens=80, tokens_per_second=15, agent_id="chaos")
+    sign_in(page, stack, token)
     send(page, "survive a lost worker")
     wait_for_reply_text(page, 20)
 
     # Kill the worker producing the reply; the other one's reaper retries it (attempt 2).
-    request = stored_request(new_stack, token, request_id_of(page))
-    os.kill(worker_pid(new_stack, token, request), signal.SIGKILL)
-    assert_final_reply_matches_store(page, new_stack, token)
-    assert stored_request(new_stack, token, request["request_id"])["attempt"] == 2
+    request = stored_request(stack, token, request_id_of(page))
+    os.kill(worker_pid(stack, token, request), signal.SIGKILL)
+    assert_final_reply_matches_store(page, stack, token)
+    assert stored_request(stack, token, request["request_id"])["attempt"] == 2
 
 
 def test_cancel_ends_the_reply_with_a_notice(page: Page, stack: Stack) -> None:

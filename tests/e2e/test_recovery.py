@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
-
-import pytest
 
 from cli.sse import SseEvent
 from tests.conftest import Stack, wait_until
@@ -21,23 +18,8 @@ def _worker_pid(events: list[SseEvent]) -> int:
     return int(started.json()["data"]["worker"].rsplit(":", 1)[1])
 
 
-@pytest.fixture(scope="module")
-def chaos(stack: Stack) -> Callable[[], None]:
-    """Keeps two ready workers on the `chaos` queue, which only these tests use."""
-    workers: list[subprocess.Popen[bytes]] = []
-
-    def ensure_two() -> None:
-        workers[:] = [w for w in workers if w.poll() is None]
-        while len(workers) < 2:
-            workers.append(stack.start_worker("chaos", wait=False))
-        for worker in workers:
-            stack.wait_ready(worker)
-
-    return ensure_two
-
-
-def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos: Callable[[], None]) -> None:
-    chaos()
+def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers: Callable[[], None]) -> None:
+    chaos_workers()
     c = stack.client()
     r = c.post("/api/v1/requests/web", json={"content": "survive this", "agent_id": "chaos", "new_session": True,
                                              "metadata": offline(150, 30)}).json()
@@ -59,9 +41,9 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos: Callab
     assert stored["response"] == expected and stored["attempt"] == 2
 
 
-def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos: Callable[[], None]) -> None:
+def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: Callable[[], None]) -> None:
     """A worker frozen past its lease (SIGSTOP) wakes after the retry finished and must change nothing."""
-    chaos()
+    chaos_workers()
     c = stack.client()
     r = c.post("/api/v1/requests/web", json={"content": "frozen", "agent_id": "chaos", "new_session": True,
                                              "metadata": offline(60, 20)}).json()
