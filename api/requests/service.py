@@ -170,7 +170,6 @@ async def _accept_new(
             await conn.execute("UPDATE request_logs SET stream_entry_id = $2 WHERE request_id = $1",
                                request_id, entry_id)
             upcoming = await lifecycle.next_in_session(conn, session_id)
-
     except BaseException:
         if entry_id is not None:
             # The stream already announced the request: end it there too, as the row was not kept.

@@ -9,13 +9,11 @@ import time
 import uuid
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
 from tests.conftest import JWT_SECRET, ROOT, Stack
 from tests.e2e.streams import offline, wait_status
-from tests.unit.test_jwt import claims, forge
+from tests.unit.test_jwt import claims, forge, rsa_keypair
 
 
 def _create_key(stack: Stack, tenant: str, user: str, *extra: str) -> str:
@@ -83,13 +81,7 @@ def test_other_tenants_and_users_see_404(stack: Stack) -> None:
 
 
 def test_rs256_gateway_rejects_hs256_token_made_with_its_public_key(new_stack: Stack) -> None:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()).decode()
-    public = private.public_key()
-    public_pem = public.public_bytes(serialization.Encoding.PEM,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    public_der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem, public_pem, public_der = rsa_keypair()
     new_stack.start_gateway(JWT_ALGORITHM="RS256", JWT_PUBLIC_KEY=public_pem, JWT_SECRET_KEY="")
     url = f"{new_stack.base_url}/api/v1/me"
     genuine = jwt.encode(claims(), private_pem, algorithm="RS256")

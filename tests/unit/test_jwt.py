@@ -33,8 +33,8 @@ def claims(**extra: object) -> dict[str, object]:
     return {"sub": "alice", "tenant_id": "acme", "exp": int(time.time()) + 60, **extra}
 
 
-@pytest.fixture(scope="module")
-def rsa_keys() -> tuple[str, str, bytes]:
+def rsa_keypair() -> tuple[str, str, bytes]:
+    """(private PEM, public PEM, public DER) of a fresh RSA key."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()).decode()
@@ -43,6 +43,11 @@ def rsa_keys() -> tuple[str, str, bytes]:
                                      serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     public_der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private_pem, public_pem, public_der
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[str, str, bytes]:
+    return rsa_keypair()
 
 
 def test_minted_token_round_trips() -> None:
