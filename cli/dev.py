@@ -105,7 +105,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
         _wait_healthy(url, children)
         dev_settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(secret)})
         token = mint_token(dev_settings, user_id="dev", tenant_id="dev", ttl_seconds=30 * 24 * 3600)
-        write_state(home, {"url": url, "token": token})
+        write_state(home, {**read_state(home), "url": url, "token": token})
         click.echo(
             f"\nrelaygate is running\n"
             f"  gateway   {url}  (chat UI at {url}/ , API docs at {url}/docs)\n"
