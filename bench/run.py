@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,32 +268,57 @@ def split(items: list[Any], parts: int) -> list[list[Any]]:
 
 
 class CpuWindow:
-    """CPU seconds of long-lived processes over a window, as % of one core."""
+    """CPU seconds of the bench's processes over a window, as % of one core.
 
-    def __init__(self, procs: dict[str, list[psutil.Process]]) -> None:
-        self.procs = procs
+    Processes are listed again at the end, so ones started inside the window (Postgres backends of
+    a growing pool) count from zero; ones that exit inside it are lost (none do, by design).
+    """
+
+    def __init__(self, lister: Callable[[], dict[str, list[psutil.Process]]]) -> None:
+        self.lister = lister
         self.start_t = 0.0
-        self.start: dict[str, float] = {}
+        self.start_wall = 0.0
+        self.start: dict[tuple[str, int], float] = {}
+        self.used: dict[str, float] = {}
 
     @staticmethod
-    def _cpu(procs: list[psutil.Process]) -> float:
-        total = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+    def _cpu(p: psutil.Process) -> float | None:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            return None
+        return float(t.user + t.system)
+
+    def _sample(self) -> dict[tuple[str, int], tuple[psutil.Process, float]]:
+        out = {}
+        for name, procs in self.lister().items():
+            for p in procs:
+                cpu = self._cpu(p)
+                if cpu is not None:
+                    out[(name, p.pid)] = (p, cpu)
+        return out
 
     def begin(self) -> None:
         self.start_t = time.monotonic()
-        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.start_wall = time.time()
+        self.start = {k: cpu for k, (_, cpu) in self._sample().items()}
         self.start_machine = machine_busy_seconds()
 
     def end(self, extra_cpu_seconds: dict[str, float] | None = None) -> dict[str, int]:
         """% of one core per process group; `other` is the rest of the machine (not bench processes)."""
         elapsed = time.monotonic() - self.start_t
-        used = {name: (self._cpu(p) - self.start[name]) for name, p in self.procs.items()}
+        used: dict[str, float] = {}
+        for (name, pid), (p, cpu) in self._sample().items():
+            if (name, pid) in self.start:
+                before = self.start[(name, pid)]
+            else:
+                with contextlib.suppress(psutil.Error):
+                    if p.create_time() < self.start_wall - 1:
+                        continue  # existed before but was not seen: unknown start, leave it out
+                before = 0.0
+            used[name] = used.get(name, 0.0) + cpu - before
         used.update(extra_cpu_seconds or {})
+        self.used = used
         machine = machine_busy_seconds() - self.start_machine
         out = {name: round(v / elapsed * 100) for name, v in used.items()}
         out["machine"] = round(machine / elapsed * 100)
@@ -305,11 +331,12 @@ def machine_busy_seconds() -> float:
     return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
 
 
-def background_load(seconds: float = 2.0) -> float:
-    """CPU used by the whole machine over a short sample, in % of one core (bench not yet running)."""
-    before = machine_busy_seconds()
+def background_load(ours: Callable[[], dict[str, list[psutil.Process]]], seconds: float = 3.0) -> int:
+    """CPU used over a short sample by everything except the bench's own processes, in % of one core."""
+    window = CpuWindow(ours)
+    window.begin()
     time.sleep(seconds)
-    return round((machine_busy_seconds() - before) / seconds * 100)
+    return window.end()["other"]
 
 
 class Profiler:
@@ -360,7 +387,7 @@ def summarize_profile(path: Path, expected_samples: float) -> None:
         for f in set(frames):
             incl[f] += n
     lines = [f"{total} samples while busy of ~{expected_samples:.0f} taken "
-             f"(gateway busy ~{100 * total / max(expected_samples, 1):.0f}% of one core)", "", "self:"]
+             f"(process busy ~{100 * total / max(expected_samples, 1):.0f}% of one core)", "", "self:"]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in own.most_common(30)]
     lines += ["", "inclusive:"]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in incl.most_common(60)]
@@ -384,6 +411,20 @@ async def gateway_redis_connections(redis: Redis, gateway_pid: int) -> dict[str,
             total += 1
             reading += is_reading
     return {"reading": reading, "total": total, "reading_on_server": reading_any}
+
+
+async def redis_calls(redis: Redis) -> Counter[str]:
+    """Commands the Redis server has executed so far, by name (INFO commandstats)."""
+    stats = await redis.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+def per_request(before: Counter[str], after: Counter[str], requests: int) -> dict[str, float]:
+    diff = after - before
+    diff.pop("info", None)
+    out = {"total": round(sum(diff.values()) / max(requests, 1), 2)}
+    out.update({k: round(v / max(requests, 1), 2) for k, v in diff.most_common(8)})
+    return out
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -433,14 +474,20 @@ class Bench:
                     return str(r.json()["session_id"])
             return list(await asyncio.gather(*(one() for _ in range(n))))
 
+    def cpu_window_lister(self) -> Callable[[], dict[str, list[psutil.Process]]]:
+        def lister() -> dict[str, list[psutil.Process]]:
+            procs: dict[str, list[psutil.Process]] = {}
+            for name, proc in (("gateway", self.stack.gateway), ("worker", self.stack.worker)):
+                if proc is not None and proc.poll() is None:
+                    with contextlib.suppress(psutil.Error):
+                        procs[name] = [psutil.Process(proc.pid)]
+            procs.update(self.stack.infra.server_processes())
+            return procs
+
+        return lister
+
     def cpu_window(self) -> CpuWindow:
-        procs: dict[str, list[psutil.Process]] = {}
-        if self.stack.gateway:
-            procs["gateway"] = [psutil.Process(self.stack.gateway.pid)]
-        if self.stack.worker and self.stack.worker.poll() is None:
-            procs["worker"] = [psutil.Process(self.stack.worker.pid)]
-        procs.update(self.stack.infra.server_processes())
-        return CpuWindow(procs)
+        return CpuWindow(self.cpu_window_lister())
 
     def profiler(self, scenario: str, run: int) -> Profiler:
         pyspy = self.args.profile if run == 1 else None
@@ -456,10 +503,15 @@ class Bench:
         sessions = await self.insert_sessions(tenant, user, a.streams)
         gw = psutil.Process(self.stack.gateway.pid)  # type: ignore[union-attr]
         rss_start = gw.memory_info().rss / 2**20
+        opening = self.cpu_window()
+        opening.begin()
         loads = [await LoadProc.start("idle", {"port": self.stack.port, "token": token, "sessions": part,
+                                               "open_concurrency": a.open_concurrency,
                                                "hold": a.hold}, self.folder)
                  for part in split(sessions, self.load_procs())]
         held_info = [await lp.expect("HELD", 300) for lp in loads]
+        opening_cpu = opening.end({"load": sum(h["cpu_s"] for h in held_info)})
+        opened = sum(h["opened"] for h in held_info)
         window = self.cpu_window()
         window.begin()
         prof = self.profiler("idle", run)
@@ -486,8 +538,10 @@ class Bench:
         return {
             "figures": {"streams held": held, "Redis reading conns": redis_conns.get("reading", 0),
                         "gateway RSS MB": round(rss, 1)},
-            "details": {"opened": sum(h["opened"] for h in held_info), "open_failures": dict(failed),
+            "details": {"opened": opened, "open_failures": dict(failed),
                         "open_seconds": max(h["open_seconds"] for h in held_info),
+                        "gateway_cpu_ms_per_open": round(opening.used["gateway"] / max(opened, 1) * 1e3, 2),
+                        "cpu_percent_while_opening": opening_cpu,
                         "gateway_redis_connections": redis_conns, "rss_start_mb": round(rss_start, 1),
                         "cpu_percent_while_idle": cpu},
         }
@@ -498,6 +552,7 @@ class Bench:
         tenant, user, token = self.principal("relay", run)
         sessions = await self.insert_sessions(tenant, user, a.relay_clients)
         loads = [await LoadProc.start("relay", {"port": self.stack.port, "token": token, "sessions": part,
+                                               "open_concurrency": a.open_concurrency,
                                                 "timeout": 120}, self.folder)
                  for part in split(sessions, self.load_procs())]
         ready = [await lp.expect("READY", 180) for lp in loads]
@@ -535,6 +590,7 @@ class Bench:
                         "tokens_expected": expected, "relay_seconds": round(last - first, 3),
                         "clients_done": sum(r["done"] for r in results),
                         "closed_early": sum(r["closed_early"] for r in results), "writer": wrote,
+                        "gateway_cpu_us_per_event": round(window.used["gateway"] / max(tokens, 1) * 1e6, 1),
                         "cpu_percent": cpu},
         }
 
@@ -544,6 +600,7 @@ class Bench:
         tenant, user, token = self.principal("latency", run)
         sessions = await self.insert_sessions(tenant, user, a.latency_streams)
         loads = [await LoadProc.start("latency", {"port": self.stack.port, "token": token, "sessions": part,
+                                               "open_concurrency": a.open_concurrency,
                                                   "timeout": a.latency_seconds + 120,
                                                   "warmup_seq": int(a.latency_rate)}, self.folder)
                  for part in split(sessions, self.load_procs())]
@@ -576,7 +633,10 @@ class Bench:
             "details": {"streams": sum(r["opened"] for r in ready), "samples": len(samples),
                         "tokens_received": sum(r["tokens"] for r in results),
                         "p90_ms": round(percentile(samples, 0.90), 2), "p999_ms": round(percentile(samples, 0.999), 2),
-                        "max_ms": round(max(samples), 2) if samples else None, "writer": wrote, "cpu_percent": cpu},
+                        "max_ms": round(max(samples), 2) if samples else None, "writer": wrote,
+                        "gateway_cpu_us_per_event": round(
+                            window.used["gateway"] / max(sum(r["tokens"] for r in results), 1) * 1e6, 1),
+                        "cpu_percent": cpu},
         }
 
     # -- 4. first token
@@ -589,11 +649,16 @@ class Bench:
                                                      "tokens": 20}, self.folder)
         window = self.cpu_window()
         window.begin()
+        calls = await redis_calls(self.redis)  # type: ignore[arg-type]
         prof = self.profiler("first-token", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
+        worker_prof = self.profiler("first-token-worker", run)
+        worker_prof.begin(self.stack.worker.pid)  # type: ignore[union-attr]
         r = await load.expect("RESULT", 60 + a.first_token_requests * 2)
         prof.end()
+        worker_prof.end()
         cpu = window.end({"load": r["cpu_s"]})
+        calls_after = await redis_calls(self.redis)  # type: ignore[arg-type]
         await load.wait()
         first, headers, total = r["first_ms"], r["headers_ms"], r["total_ms"]
         return {
@@ -602,7 +667,12 @@ class Bench:
                         "first_token_p90_ms": round(percentile(first, 0.9), 1),
                         "first_token_p99_ms": round(percentile(first, 0.99), 1),
                         "accepted_headers_p50_ms": round(percentile(headers, 0.5), 1),
-                        "done_p50_ms": round(percentile(total, 0.5), 1), "cpu_percent": cpu},
+                        "done_p50_ms": round(percentile(total, 0.5), 1),
+                        "breakdown_p50_ms": {k: round(percentile(v, 0.5), 1) for k, v in r["segments_ms"].items()},
+                        "redis_commands_per_request": per_request(calls, calls_after, len(first)),
+                        "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(len(first), 1) * 1e3, 2),
+                        "worker_cpu_ms_per_request": round(window.used.get("worker", 0) / max(len(first), 1) * 1e3, 2),
+                        "cpu_percent": cpu},
         }
 
     # -- 5. accept rate
@@ -619,14 +689,18 @@ class Bench:
                  for part in parts]
         window = self.cpu_window()
         window.begin()
+        calls = await redis_calls(self.redis)  # type: ignore[arg-type]
         prof = self.profiler("accept", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
         results = [await lp.expect("RESULT", a.accept_seconds + 60) for lp in loads]
         prof.end()
         cpu = window.end({"load": sum(r["cpu_s"] for r in results)})
+        calls_after = await redis_calls(self.redis)  # type: ignore[arg-type]
         for lp in loads:
             await lp.wait()
         accepted = sum(r["accepted"] for r in results)
+        responses = sum(r["responses"] for r in results)  # warm-up included, like the CPU window
+        postgres_s = window.used.get("postgres", 0.0)
         latencies = [x for r in results for x in r["latency_ms"]]
         statuses: Counter[str] = Counter()
         for r in results:
@@ -635,7 +709,11 @@ class Bench:
             "figures": {"accepted/s": round(accepted / a.accept_seconds)},
             "details": {"accepted": accepted, "statuses": dict(statuses), "worker_running": a.accept_with_worker,
                         "latency_p50_ms": round(percentile(latencies, 0.5), 1),
-                        "latency_p99_ms": round(percentile(latencies, 0.99), 1), "cpu_percent": cpu},
+                        "latency_p99_ms": round(percentile(latencies, 0.99), 1),
+                        "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(responses, 1) * 1e3, 2),
+                        "postgres_cpu_ms_per_request": round(postgres_s / max(responses, 1) * 1e3, 2),
+                        "redis_commands_per_request": per_request(calls, calls_after, responses),
+                        "cpu_percent": cpu},
         }
 
 
@@ -694,6 +772,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)")
     p.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
     p.add_argument("--streams", type=int, default=5000, help="idle: concurrent idle streams (default 5000)")
+    p.add_argument("--open-concurrency", type=int, default=200,
+                   help="SSE handshakes in flight at once per load process while opening streams (default 200)")
     p.add_argument("--hold", type=float, default=10.0, help="idle: seconds to hold the streams (default 10)")
     p.add_argument("--relay-clients", type=int, default=1000, help="relay: SSE clients (default 1000)")
     p.add_argument("--relay-tokens", type=int, default=200, help="relay: token events per stream (default 200)")
@@ -713,9 +793,10 @@ def parse_args() -> argparse.Namespace:
                    help="path to a py-spy binary: profile the gateway in the first run of each scenario "
                         "(bench/results/profile-<scenario>.txt and .top.txt)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                   help="before starting, wait up to this long for the machine's other CPU use to drop below 20%%")
-    p.add_argument("--busy-threshold", type=float, default=25, metavar="PERCENT",
-                   help="a run during which other processes used more than this %% of a core is flagged (default 25)")
+                   help="before every run, wait up to this long for other processes' CPU use to drop to the "
+                        "busy threshold")
+    p.add_argument("--busy-threshold", type=float, default=35, metavar="PERCENT",
+                   help="a run during which other processes used more than this %% of a core is flagged (default 35)")
     p.add_argument("--busy-retries", type=int, default=0, metavar="N",
                    help="repeat a flagged run up to N times per scenario (discarded runs stay in the JSON)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, load configs)")
@@ -745,6 +826,9 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> tuple
             run = 1
             retries = 0
             while run <= args.runs:
+                if args.wait_quiet:
+                    await asyncio.to_thread(wait_quiet, args.wait_quiet, bench.cpu_window_lister(),
+                                            args.busy_threshold)
                 await stack.start_gateway()
                 log(f"{TITLES[scenario]}: run {run}/{args.runs}")
                 started = time.monotonic()
@@ -767,7 +851,6 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> tuple
                     result["discarded"] = f"machine busy: other processes used {cpu['other']}% of a core"
                     discarded.setdefault(scenario, []).append(result)
                     log(f"  discarding this run and repeating it ({retries}/{args.busy_retries})")
-                    await asyncio.to_thread(wait_quiet, args.wait_quiet)
                     continue
                 result["busy"] = busy
                 results.setdefault(scenario, []).append(result)
@@ -777,18 +860,15 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> tuple
     return results, discarded
 
 
-def wait_quiet(limit: float) -> float:
-    """Sample the machine before starting; with --wait-quiet, wait (bounded) for other work to settle."""
-    deadline = time.monotonic() + limit
-    while True:
-        busy = background_load()
-        if busy <= 20 or time.monotonic() >= deadline:
-            break
-        log(f"machine busy ({busy}% of a core used by other processes); waiting for it to settle")
-    if busy > 20:
-        log(f"warning: the machine is busy before the bench starts ({busy}% of a core); figures will be lower")
-    else:
-        log(f"machine background load {busy}% of a core")
+def wait_quiet(limit: float, ours: Callable[[], dict[str, list[psutil.Process]]], quiet: float = 20) -> int:
+    """Sample the machine's other CPU use; with a limit, wait (bounded) until it drops to `quiet`."""
+    started = time.monotonic()
+    busy = background_load(ours)
+    if busy > quiet and limit > 0:
+        log(f"other processes use {busy}% of a core; waiting up to {limit:.0f}s for that to drop to {quiet:.0f}%")
+        while busy > quiet and time.monotonic() - started < limit:
+            busy = background_load(ours)
+        log(f"  {'settled' if busy <= quiet else 'still busy'} after {time.monotonic() - started:.0f}s ({busy}%)")
     return busy
 
 
@@ -801,7 +881,8 @@ def main() -> None:
     log(f"postgres {'embedded' if infra.postgres else 'from DATABASE_URL'}, "
         f"valkey {'embedded' if infra.valkey else 'from REDIS_URL'}")
     stack = Stack(infra, folder, secret="bench-" + uuid.uuid4().hex + uuid.uuid4().hex, extra_env=args.env)
-    background = wait_quiet(args.wait_quiet)
+    background = wait_quiet(0, infra.server_processes)
+    log(f"other processes use {background}% of a core" + (" (figures will be lower)" if background > 20 else ""))
     started = time.monotonic()
     results: Results = {}
     discarded: Results = {}
