@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from api import errors
 from api.deps import Gateway
@@ -18,7 +18,7 @@ from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
 from api.streams.hub import Hub
 from api.streams.router import router as stream_router
-from common import db, queue
+from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.settings import Settings, get_settings
@@ -39,13 +39,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
-    streams = Redis.from_url(settings.stream_redis_url, max_connections=64, health_check_interval=30)
+    # A waiting pool: a burst of subscriptions queues for a connection instead of failing.
+    streams = Redis(connection_pool=BlockingConnectionPool.from_url(
+        settings.stream_redis_url, max_connections=128, timeout=5, health_check_interval=30))
     readers = [Redis.from_url(settings.stream_redis_url, max_connections=1, client_name="relaygate-hub-reader")
                for _ in range(settings.hub_readers)]
     arq = await queue.connect(settings.queue_redis_url)
     hub = Hub(streams, readers, block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
               heartbeat_seconds=settings.sse_heartbeat_seconds)
     hub.start()
+    runtime.tune_gc()
     app.state.gateway = Gateway(
         settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
         writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,

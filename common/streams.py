@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -110,8 +111,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_NAME = re.compile(rb"[0-9A-Za-z._:-]{1,100}\Z")
+_NUMBER = re.compile(rb"\d{1,20}(?:\.\d{1,9})?\Z")
+
+
 def event_json(fields: Mapping[bytes, bytes]) -> bytes:
-    """Serialise a raw entry for clients without re-parsing its `data` payload."""
+    """Serialise a raw entry for clients without re-parsing its `data` payload.
+
+    This runs once per entry in the gateway, so the common case is plain byte formatting,
+    taken only when every field is a bare name or number that needs no JSON escaping.
+    """
+    kind, request_id, attempt, seq, ts = (fields[b"type"], fields[b"request_id"], fields[b"attempt"],
+                                          fields[b"seq"], fields[b"ts"])
+    if (_NAME.match(kind) and _NAME.match(request_id) and _NUMBER.match(attempt) and _NUMBER.match(seq)
+            and _NUMBER.match(ts)):
+        return b'{"type":"%s","request_id":"%s","attempt":%s,"seq":%s,"ts":%s,"data":%s}' % (
+            kind, request_id, attempt, seq, ts, fields[b"data"])
     return orjson.dumps(
         {
             "type": fields[b"type"].decode(),

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub
-from api.streams.relay import entries
+from api.streams.relay import batches
 from common.streams import Event, StreamWriter, parse_id, stream_key
 from tests.conftest import Infra
 
@@ -78,11 +78,10 @@ async def test_catch_up_then_live_without_gap_or_duplicate(hub: Hub) -> None:
     got: list[tuple[int, int]] = []
 
     async def consume() -> None:
-        async for item in entries(hub, stream_key(session, 256), parse_id(ids[2])):
-            if isinstance(item, Entry):
-                got.append(item.id)
-                if len(got) == 17:
-                    return
+        async for batch in batches(hub, stream_key(session, 256), parse_id(ids[2])):
+            got.extend(item.id for item in batch if isinstance(item, Entry))
+            if len(got) >= 17:
+                return
 
     task = asyncio.create_task(consume())
     await asyncio.sleep(0.05)

@@ -12,7 +12,7 @@ from arq.worker import Worker, func
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from common import db
+from common import db, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.settings import Settings, get_settings
@@ -37,6 +37,7 @@ def build_worker(settings: Settings, feature: str) -> Worker:
         )
         ctx["rt"] = rt
         ctx["tasks"] = maintenance.start(rt)
+        runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
 
     async def shutdown(ctx: dict[str, Any]) -> None:

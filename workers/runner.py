@@ -93,7 +93,8 @@ class TokenBuffer:
     async def add(self, text: str) -> None:
         self.pending.append(text)
         self.run.parts.append(text)
-        if (len(self.pending) >= self.rt.settings.token_flush_tokens
+        if (self.run.last_stream_id is None  # the first token goes out at once
+                or len(self.pending) >= self.rt.settings.token_flush_tokens
                 or (time.monotonic() - self.last_flush) * 1000 >= self.rt.settings.token_flush_ms):
             await self.flush()
 

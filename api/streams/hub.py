@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 ZERO = (0, 0)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Entry:
     """A stream entry, rendered once and shared by every subscriber."""
 
@@ -80,6 +80,7 @@ class _Reader:
     cursors: dict[str, bytes] = field(default_factory=dict)
     subs: dict[str, set[Subscription]] = field(default_factory=dict)
     has_keys: asyncio.Event = field(default_factory=asyncio.Event)
+    wake_pending: bool = False
 
     async def run(self) -> None:
         wake_cursor = b"0-0"
@@ -90,6 +91,8 @@ class _Reader:
                 await self.has_keys.wait()
             streams: dict[str | bytes, bytes] = {self.wake_key: wake_cursor}
             streams.update(self.cursors)
+            # Keys subscribed from here on are not in this XREAD: they must wake it.
+            self.wake_pending = False
             try:
                 response = await self.redis.xread(streams, count=500, block=self.block_ms)  # type: ignore[arg-type]
                 backoff = 0.1
@@ -163,8 +166,17 @@ class Hub:
         if key not in reader.cursors:
             reader.cursors[key] = end
             reader.has_keys.set()
-            await self.redis.xadd(reader.wake_key, {"w": "1"}, maxlen=1)
-            await self.redis.expire(reader.wake_key, 3600)
+            if not reader.wake_pending:
+                reader.wake_pending = True
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.xadd(reader.wake_key, {"w": "1"}, maxlen=1)
+                pipe.expire(reader.wake_key, 3600)
+                try:
+                    await pipe.execute()
+                except RedisError:
+                    reader.wake_pending = False
+                    self.unsubscribe(sub)
+                    raise
         sub.catchup_until = parse_id(reader.cursors[key])
         return sub
 

@@ -72,8 +72,16 @@ async def reset_frame(reset: Reset, snapshot: Snapshot) -> tuple[bytes, tuple[in
     return frame, resume
 
 
-async def entries(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Entry | object]:
-    """Every entry after `after`, in order, then live ones; HEARTBEAT/OVERFLOW markers pass through."""
+Batch = list[Entry | object]
+_MAX_BATCH = 256
+
+
+async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Batch]:
+    """Every entry after `after`, in order, then live ones, in batches of what is ready.
+
+    HEARTBEAT and OVERFLOW markers pass through; OVERFLOW ends the iteration. Batching lets
+    a busy stream go out in one write instead of one per entry.
+    """
     sub = await hub.subscribe(key)
     try:
         last = after
@@ -82,19 +90,24 @@ async def entries(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[E
                                           max=format_id(sub.catchup_until).encode(), count=500)
             if not page:
                 break
-            for raw_id, fields in page:
-                entry = to_entry(raw_id, fields)
-                last = entry.id
-                yield entry
+            caught_up: Batch = [to_entry(raw_id, fields) for raw_id, fields in page]
+            last = caught_up[-1].id  # type: ignore[union-attr]
+            yield caught_up
         queue = sub.queue
         while True:
-            item = await queue.get()
-            if isinstance(item, Entry):
-                if item.id <= last:
-                    continue
-                last = item.id
-            yield item
-            if item is OVERFLOW:
+            ready = [await queue.get()]
+            while not queue.empty() and len(ready) < _MAX_BATCH:
+                ready.append(queue.get_nowait())
+            batch: Batch = []
+            for item in ready:
+                if isinstance(item, Entry):
+                    if item.id <= last:
+                        continue
+                    last = item.id
+                batch.append(item)
+            if batch:
+                yield batch
+            if batch and batch[-1] is OVERFLOW:
                 return
     finally:
         hub.unsubscribe(sub)
@@ -105,11 +118,10 @@ async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: S
     if reset is not None:
         frame, after = await reset_frame(reset, snapshot)
         yield frame
-    async for item in entries(hub, key, after):
-        if isinstance(item, Entry):
-            yield sse_frame(item)
-        elif item is HEARTBEAT:
-            yield KEEPALIVE
+    async for batch in batches(hub, key, after):
+        chunk = b"".join(sse_frame(i) if isinstance(i, Entry) else KEEPALIVE for i in batch if i is not OVERFLOW)
+        if chunk:
+            yield chunk
 
 
 async def request_frames(
@@ -117,34 +129,39 @@ async def request_frames(
 ) -> AsyncIterator[bytes]:
     """One request's events from `after` on, ending after its `done` (or `data: [DONE]`)."""
     wanted = request_id.encode()
-    async for item in entries(hub, key, after):
-        if item is HEARTBEAT:
-            yield KEEPALIVE
-            continue
-        if not isinstance(item, Entry) or item.request_id != wanted:
-            continue
-        if item.type == b"done":
-            yield DONE_COMPAT if compat else sse_frame(item)
-            return
-        yield compat_frame(item) if compat else sse_frame(item)
+    render = compat_frame if compat else sse_frame
+    async for batch in batches(hub, key, after):
+        frames: list[bytes] = []
+        for item in batch:
+            if item is HEARTBEAT:
+                frames.append(KEEPALIVE)
+            elif isinstance(item, Entry) and item.request_id == wanted:
+                if item.type == b"done":
+                    frames.append(DONE_COMPAT if compat else sse_frame(item))
+                    yield b"".join(frames)
+                    return
+                frames.append(render(item))
+        if frames:
+            yield b"".join(frames)
 
 
 async def wait_for_result(hub: Hub, key: str, after: tuple[int, int], request_id: str) -> dict[str, Any] | None:
     """Collect one request's outcome from its stream; None if the stream was cut first."""
     wanted = request_id.encode()
     outcome: dict[str, Any] = {}
-    async for item in entries(hub, key, after):
-        if not isinstance(item, Entry) or item.request_id != wanted:
+    async for batch in batches(hub, key, after):
+        for item in batch:
             if item is OVERFLOW:
                 return None
-            continue
-        event = orjson.loads(item.json)
-        if item.type == b"message":
-            outcome["response"] = event["data"].get("content")
-            outcome["agent_id"] = event["data"].get("agent_id")
-        elif item.type in _TERMINAL:
-            outcome["status"] = item.type.decode().removeprefix("run.")
-            outcome["terminal"] = event["data"]
-        elif item.type == b"done":
-            return outcome
+            if not isinstance(item, Entry) or item.request_id != wanted:
+                continue
+            event = orjson.loads(item.json)
+            if item.type == b"message":
+                outcome["response"] = event["data"].get("content")
+                outcome["agent_id"] = event["data"].get("agent_id")
+            elif item.type in _TERMINAL:
+                outcome["status"] = item.type.decode().removeprefix("run.")
+                outcome["terminal"] = event["data"]
+            elif item.type == b"done":
+                return outcome
     return None
