@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,23 +208,30 @@ def tail(session_id: str, from_id: str | None, url: str | None, token_: str | No
     """Follow a session's stream (reconnecting with Last-Event-ID) until Ctrl-C."""
     url, token_, _ = _client_config(url, token_)
     last = from_id
-    while True:
-        headers = {"Authorization": f"Bearer {token_}", "Accept": "text/event-stream"}
-        if last:
-            headers["Last-Event-ID"] = last
-        try:
-            with httpx.stream("GET", f"{url}/api/v1/sessions/{session_id}/stream", headers=headers,
-                              timeout=httpx.Timeout(10, read=None)) as response:
-                if response.status_code >= 400:
-                    raise _http_error(response)
-                for event in iter_events(response):
-                    last = event.id or last
-                    click.echo(f"{event.id} {event.event} {json.dumps(event.json().get('data'))}")
-        except httpx.HTTPError as exc:
-            click.echo(f"[disconnected: {exc}; reconnecting]", err=True)
-        except KeyboardInterrupt:
-            return
-        asyncio.run(asyncio.sleep(1))
+    try:
+        while True:
+            last = _follow(url, token_, session_id, last)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
+
+
+def _follow(url: str, token_: str, session_id: str, last: str | None) -> str | None:
+    """Print the stream until it ends or drops; returns the last id seen, to resume from."""
+    headers = {"Authorization": f"Bearer {token_}", "Accept": "text/event-stream"}
+    if last:
+        headers["Last-Event-ID"] = last
+    try:
+        with httpx.stream("GET", f"{url}/api/v1/sessions/{session_id}/stream", headers=headers,
+                          timeout=httpx.Timeout(10, read=None)) as response:
+            if response.status_code >= 400:
+                raise _http_error(response)
+            for event in iter_events(response):
+                last = event.id or last
+                click.echo(f"{event.id} {event.event} {json.dumps(event.json().get('data'))}")
+    except httpx.HTTPError as exc:
+        click.echo(f"[disconnected: {exc}; reconnecting]", err=True)
+    return last
 
 
 @main.command()

@@ -181,6 +181,7 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
         "LEASE_SECONDS": "3",
         "HEARTBEAT_SECONDS": "0.5",
         "REAPER_INTERVAL_SECONDS": "0.5",
+        "MAINTENANCE_INTERVAL_SECONDS": "1",
         "OFFLINE_MODEL_TOKENS": "30",
         "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
         "PYTHONUNBUFFERED": "1",

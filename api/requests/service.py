@@ -121,6 +121,7 @@ async def _accept_new(
     cancelled: list[asyncpg.Record] = []
     interrupted: list[str] = []
     entry_id: str | None = None
+    upcoming: tuple[str, JobPayload] | None = None
     session_id = ""
     try:
         async with gw.db.acquire() as conn, conn.transaction():
@@ -138,38 +139,40 @@ async def _accept_new(
                 agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
                 metadata=body.metadata.model_dump(), correlation_id=correlation_id,
             )
-            await conn.execute(
-                """
-                INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
-                    normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, deadline_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
-                """,
-                request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
-                normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
-                gw.settings.request_timeout_seconds,
-            )
-            await conn.execute(
-                "UPDATE request_sessions SET last_request_id = $2, last_request_at = now(), updated_at = now(),"
-                " total_requests = total_requests + 1,"
-                " expires_at = now() + make_interval(secs => $3) WHERE session_id = $1",
-                session_id, request_id, gw.settings.session_ttl_seconds,
-            )
-            if body.multitask == "interrupt" and active:
-                cancelled, _ = await lifecycle.cancel_queued(
-                    conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
-                    "interrupted by a newer request",
-                )
-                interrupted = [r["request_id"] for r in active if r["status"] == "running"]
             accepted_event = Event(
                 type="request.accepted", request_id=request_id,
                 data={"content": body.content, "session_id": session_id, "user_id": user_id,
                       "integration_type": body.integration(), "agent_id": normalized.agent_id,
                       "correlation_id": correlation_id},
             )
+            # Inside the transaction: if Redis is down, nothing is stored and the client gets 503.
             (entry_id,) = await gw.writer.append(session_id, [accepted_event])
-            await conn.execute("UPDATE request_logs SET stream_entry_id = $2 WHERE request_id = $1",
-                               request_id, entry_id)
-            upcoming = await lifecycle.next_in_session(conn, session_id)
+            await conn.execute(
+                """
+                WITH request AS (
+                    INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type,
+                        request_content, normalized_request, agent_id, feature, idempotency_key, body_hash,
+                        correlation_id, stream_entry_id, deadline_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                            now() + make_interval(secs => $14)))
+                UPDATE request_sessions
+                   SET last_request_id = $1, last_request_at = now(), updated_at = now(),
+                       total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
+                 WHERE session_id = $2
+                """,
+                request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
+                normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
+                entry_id, gw.settings.request_timeout_seconds, gw.settings.session_ttl_seconds,
+            )
+            if body.multitask == "interrupt" and active:
+                cancelled, upcoming = await lifecycle.cancel_queued(
+                    conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
+                    "interrupted by a newer request",
+                )
+                interrupted = [r["request_id"] for r in active if r["status"] == "running"]
+            elif not active:
+                upcoming = feature, JobPayload(request_id=request_id, session_id=session_id,
+                                               tenant_id=who.tenant_id, correlation_id=correlation_id)
     except BaseException:
         if entry_id is not None:
             # The stream already announced the request: end it there too, as the row was not kept.

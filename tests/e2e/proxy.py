@@ -62,6 +62,14 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.cut()
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self._run(drain())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
