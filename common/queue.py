@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 from common.models import JobPayload
 from common.settings import queue_name
 
 PROCESS_REQUEST = "process_request"
+
+# What ArqRedis.enqueue_job does (skip if the job or its result exists, store the job, add
+# it to the queue), in one round trip instead of a WATCH/MULTI exchange of three.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
 
 
 def job_id(request_id: str, attempt: int) -> str:
@@ -21,10 +33,10 @@ async def connect(url: str) -> ArqRedis:
 
 async def enqueue(pool: ArqRedis, feature: str, payload: JobPayload) -> bool:
     """True when queued now; False when a job with this id already exists (already queued or done)."""
-    job = await pool.enqueue_job(
-        PROCESS_REQUEST,
-        payload.model_dump(),
-        _job_id=job_id(payload.request_id, payload.attempt),
-        _queue_name=queue_name(feature),
-    )
-    return job is not None
+    jid = job_id(payload.request_id, payload.attempt)
+    now = timestamp_ms()
+    job = serialize_job(PROCESS_REQUEST, (payload.model_dump(),), {}, None, now, serializer=pool.job_serializer)
+    script = pool.register_script(_ENQUEUE)
+    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue_name(feature)],
+                          args=[pool.expires_extra_ms, job, now, jid])
+    return bool(queued)
