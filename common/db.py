@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import Any
 
 import asyncpg
 import orjson
@@ -62,6 +61,3 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
     return applied
 
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None

@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     # HTTP.
     max_body_bytes: int = 256 * 1024
     max_wait_seconds: float = 60.0
-    cors_origins: str = ""
 
     # Streams (DESIGN §2).
     stream_buckets: int = 256

@@ -28,8 +28,6 @@ EventType = Literal[
     "stream.reset",
     "done",
 ]
-TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
-CLOUDEVENT_PREFIX = "com.relaygate."
 
 
 def bucket(name: str, buckets: int) -> int:

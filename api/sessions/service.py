@@ -62,17 +62,6 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, session_i
     return dict(row) if row else None
 
 
-async def owned(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, session_id: str) -> bool:
-    sid = parse_uuid(session_id)
-    if sid is None:
-        return False
-    found = await conn.fetchval(
-        "SELECT 1 FROM request_sessions WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
-        sid, who.tenant_id, who.user_id,
-    )
-    return found is not None
-
-
 async def list_for(
     conn: asyncpg.Connection | asyncpg.Pool, who: Principal, limit: int, offset: int, status: str | None
 ) -> list[dict[str, Any]]:
