@@ -7,8 +7,10 @@ export UV_PYTHON_PREFERENCE := only-system
 
 .PHONY: dev test lint unit bench clean
 
+PORT ?= 8000
+
 dev: .venv/.synced
-	.venv/bin/relaygate dev
+	.venv/bin/relaygate dev --port $(PORT)
 
 test: lint
 	.venv/bin/pytest

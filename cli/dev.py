@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,10 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     home = settings.data_dir.resolve()
     home.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise click.ClickException(f"port {port} on {host} is already in use: stop what runs there, "
+                                       f"or choose another port (make dev PORT=8001, relaygate dev --port 8001)")
     postgres = valkey = None
     children: list[subprocess.Popen[bytes]] = []
     try:
