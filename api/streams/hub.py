@@ -75,10 +75,11 @@ def to_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
 @dataclass(eq=False)
 class _Reader:
     redis: Redis
-    wake_key: str
+    wake_key: bytes
     block_ms: int
-    cursors: dict[str, bytes] = field(default_factory=dict)
-    subs: dict[str, set[Subscription]] = field(default_factory=dict)
+    # Keyed by the encoded stream key: the XREAD arguments are re-sent on every call.
+    cursors: dict[bytes, bytes] = field(default_factory=dict)
+    subs: dict[bytes, set[Subscription]] = field(default_factory=dict)
     has_keys: asyncio.Event = field(default_factory=asyncio.Event)
     wake_pending: bool = False
 
@@ -89,7 +90,7 @@ class _Reader:
             if not self.cursors:
                 self.has_keys.clear()
                 await self.has_keys.wait()
-            streams: dict[str | bytes, bytes] = {self.wake_key: wake_cursor}
+            streams: dict[bytes, bytes] = {self.wake_key: wake_cursor}
             streams.update(self.cursors)
             # Keys subscribed from here on are not in this XREAD: they must wake it.
             self.wake_pending = False
@@ -101,14 +102,13 @@ class _Reader:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            for raw_key, entries in response or ():
-                key = raw_key.decode()
+            for key, entries in response or ():
                 if key == self.wake_key:
                     wake_cursor = entries[-1][0]
                     continue
                 self._deliver(key, entries)
 
-    def _deliver(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _deliver(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         subs = self.subs.get(key)
         if not subs:
             return
@@ -127,7 +127,7 @@ class Hub:
         self.heartbeat_seconds = heartbeat_seconds
         process = uuid.uuid4().hex[:12]
         self.readers = [
-            _Reader(client, f"rg:wake:{process}:{i}", block_ms) for i, client in enumerate(reader_clients)
+            _Reader(client, f"rg:wake:{process}:{i}".encode(), block_ms) for i, client in enumerate(reader_clients)
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -149,7 +149,7 @@ class Hub:
             with contextlib.suppress(RedisError):
                 await self.redis.delete(reader.wake_key)
 
-    def _reader(self, key: str) -> _Reader:
+    def _reader(self, key: bytes) -> _Reader:
         return self.readers[hash(key) % len(self.readers)]
 
     async def last_id(self, key: str) -> bytes:
@@ -159,12 +159,13 @@ class Hub:
     async def subscribe(self, key: str) -> Subscription:
         """Watch `key` from its current end; `catchup_until` is where live delivery starts."""
         end = await self.last_id(key)
-        reader = self._reader(key)
+        bkey = key.encode()
+        reader = self._reader(bkey)
         sub = Subscription(key, asyncio.Queue(self.queue_size))
-        subs = reader.subs.setdefault(key, set())
+        subs = reader.subs.setdefault(bkey, set())
         subs.add(sub)
-        if key not in reader.cursors:
-            reader.cursors[key] = end
+        if bkey not in reader.cursors:
+            reader.cursors[bkey] = end
             reader.has_keys.set()
             if not reader.wake_pending:
                 reader.wake_pending = True
@@ -177,19 +178,20 @@ class Hub:
                     reader.wake_pending = False
                     self.unsubscribe(sub)
                     raise
-        sub.catchup_until = parse_id(reader.cursors[key])
+        sub.catchup_until = parse_id(reader.cursors[bkey])
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.closed = True
-        reader = self._reader(sub.key)
-        subs = reader.subs.get(sub.key)
+        bkey = sub.key.encode()
+        reader = self._reader(bkey)
+        subs = reader.subs.get(bkey)
         if subs is None:
             return
         subs.discard(sub)
         if not subs:
-            del reader.subs[sub.key]
-            reader.cursors.pop(sub.key, None)
+            del reader.subs[bkey]
+            reader.cursors.pop(bkey, None)
 
     async def _heartbeat(self) -> None:
         while True:
