@@ -38,7 +38,7 @@ def _require(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size)
     # A waiting pool: a burst of subscriptions queues for a connection instead of failing.
     streams = Redis(connection_pool=BlockingConnectionPool.from_url(
         settings.stream_redis_url, max_connections=128, timeout=5, health_check_interval=30))

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     offline_model_tokens: int = 60
     offline_model_tokens_per_second: float = 40.0
 
+    db_pool_size: int = 20
     log_level: str = "INFO"
 
     @model_validator(mode="after")
