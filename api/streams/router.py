@@ -9,7 +9,7 @@ from starlette.responses import StreamingResponse
 
 from api.deps import GatewayDep, PrincipalDep
 from api.errors import ApiError
-from api.requests import service as requests
+from api.requests import service as request_service
 from api.requests.schemas import GenericRequest
 from api.streams.relay import request_frames
 from api.streams.sse import just_before, sse_response
@@ -54,7 +54,7 @@ async def compat_stream(
             content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
         )
         try:
-            accepted = await requests.accept(gw, who, body, idempotency_key=None,
+            accepted = await request_service.accept(gw, who, body, idempotency_key=None,
                                              correlation_id=correlation_id.get())
         except BaseException:
             await gw.streams.delete(claim)
@@ -65,7 +65,7 @@ async def compat_stream(
         request_id = (await gw.streams.get(claim) or b"").decode()
         if request_id.startswith("pending:"):
             raise ApiError(409, "generation for this chat is starting; retry in a moment")
-        row = await requests.get(gw, who, request_id)
+        row = await request_service.get(gw, who, request_id)
         entry_id = row["stream_entry_id"]
     after = just_before(entry_id) if entry_id else (0, 0)
     key = stream_key(session_id, gw.settings.stream_buckets)
