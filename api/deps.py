@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from api.errors import ApiError
 from api.streams.hub import Hub
 from common.agents import AgentRegistry
-from common.auth import API_KEY_PREFIX, AuthError, Principal, decode_jwt, lookup_api_key
+from common.auth import API_KEY_PREFIX, AuthError, Principal, decode_jwt, hash_api_key, lookup_api_key
 from common.settings import Settings
 from common.streams import StreamWriter
 
@@ -33,13 +33,14 @@ class Gateway:
     async def principal_for_key(self, key: str) -> Principal | None:
         """API keys are looked up by hash, with a short cache so a hot client costs no query."""
         now = time.monotonic()
-        cached = self._key_cache.get(key)
+        digest = hash_api_key(key)  # the cache holds no secrets
+        cached = self._key_cache.get(digest)
         if cached and cached[0] > now:
             return cached[1]
         principal = await lookup_api_key(self.db, key)
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
-        self._key_cache[key] = (now + self.settings.api_key_cache_seconds, principal)
+        self._key_cache[digest] = (now + self.settings.api_key_cache_seconds, principal)
         return principal
 
 

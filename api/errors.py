@@ -49,15 +49,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.CannotConnectNowError)
-    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(OSError)  # asyncpg's refused or reset connections
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("dependency unavailable", extra={"error": repr(exc)})
-        return error_response(503, "service_unavailable", "the database is unavailable; retry shortly",
-                              {"Retry-After": "2"})
-
-    @app.exception_handler(asyncpg.exceptions.InterfaceError)
-    async def _db_interface(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("database interface error", extra={"error": repr(exc)})
+        log.warning("database unavailable", extra={"error": repr(exc)})
         return error_response(503, "service_unavailable", "the database is unavailable; retry shortly",
                               {"Retry-After": "2"})
 
