@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub
+from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, Subscription, _Reader
 from api.streams.relay import batches
 from common.streams import Event, StreamWriter, parse_id, stream_key
 from tests.conftest import Infra
@@ -34,11 +34,11 @@ def _writer(hub: Hub) -> StreamWriter:
     return StreamWriter(hub.redis, buckets=256, maxlen=10_000, ttl_seconds=60)
 
 
-async def _next_entry(queue: asyncio.Queue[object]) -> Entry:
+async def _next_entry(sub: Subscription) -> Entry:
     while True:
-        item = await asyncio.wait_for(queue.get(), 3)
-        if isinstance(item, Entry):
-            return item
+        for item in await asyncio.wait_for(sub.take(), 3):
+            if isinstance(item, Entry):
+                return item
 
 
 async def test_many_subscribers_share_the_reader_connections(hub: Hub) -> None:
@@ -48,7 +48,7 @@ async def test_many_subscribers_share_the_reader_connections(hub: Hub) -> None:
     for s in sessions:
         await writer.append(s, [Event(type="token", request_id=s, data={"text": s[:4]})])
     for s, sub in zip(sessions, subs, strict=True):
-        entry = await _next_entry(sub.queue)
+        entry = await _next_entry(sub)
         assert entry.request_id == s.encode()
     readers = [c for c in await hub.redis.client_list() if c.get("name") == READER_NAME]
     assert len(readers) == len(hub.readers) == 2
@@ -65,7 +65,7 @@ async def test_a_new_subscription_wakes_the_reader_at_once(hub: Hub) -> None:
     sub = await hub.subscribe(stream_key(session, 256))
     started = time.monotonic()
     await writer.append(session, [Event(type="token", request_id="r", data={})])
-    await _next_entry(sub.queue)
+    await _next_entry(sub)
     assert time.monotonic() - started < 1.0
     hub.unsubscribe(first)
     hub.unsubscribe(sub)
@@ -99,11 +99,40 @@ async def test_a_client_that_cannot_keep_up_is_cut_off(hub: Hub) -> None:
     while not sub.closed and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert sub.closed
-    assert sub.queue.get_nowait() is OVERFLOW
+    assert sub.items == [OVERFLOW]
     hub.unsubscribe(sub)
 
 
 async def test_idle_subscribers_get_heartbeats(hub: Hub) -> None:
     sub = await hub.subscribe(stream_key(str(uuid.uuid4()), 256))
-    assert await asyncio.wait_for(sub.queue.get(), 2) is HEARTBEAT
+    assert await asyncio.wait_for(sub.take(), 2) == [HEARTBEAT]
+    hub.unsubscribe(sub)
+
+
+def test_the_hand_packed_xread_is_the_command_redis_py_would_send() -> None:
+    reader = _Reader(Redis(), b"rg:wake:x:0", 5000)
+    for i in range(3):
+        reader.watch(f"rg:{{b{i}}}:s{i}".encode(), f"{i}-0".encode())
+    reader.unwatch(b"rg:{b1}:s1")
+    reader.watch(b"rg:{b1}:s1", b"7-7")
+    expected = Redis().connection_pool.make_connection().pack_command(
+        "XREAD", "COUNT", 500, "BLOCK", 5000, "STREAMS",
+        b"rg:wake:x:0", b"rg:{b0}:s0", b"rg:{b2}:s2", b"rg:{b1}:s1", b"0-0", b"0-0", b"2-0", b"7-7",
+    )
+    assert reader._command(b"0-0") == b"".join(expected)
+
+
+async def test_readers_reconnect_after_their_connection_is_killed(hub: Hub) -> None:
+    writer = _writer(hub)
+    session = str(uuid.uuid4())
+    sub = await hub.subscribe(stream_key(session, 256))
+    await asyncio.sleep(0.2)
+    killed = 0
+    for client in await hub.redis.client_list():
+        if client.get("name") == READER_NAME:
+            killed += await hub.redis.client_kill_filter(_id=client["id"])
+    assert killed >= 1  # the reader watching this key (an idle reader holds no connection)
+    await writer.append(session, [Event(type="token", request_id="after-kill", data={})])
+    entry = await _next_entry(sub)
+    assert entry.request_id == b"after-kill"
     hub.unsubscribe(sub)

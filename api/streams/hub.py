@@ -1,9 +1,9 @@
-"""One XREAD loop per reader task fanning stream entries out to bounded per-client queues.
+"""One XREAD loop per reader task fanning stream entries out to bounded per-client mailboxes.
 
 A gateway process holds `hub_readers` blocking Redis connections however many clients
 watch: every watched key is assigned to one reader, which re-issues a single multi-key
 `XREAD` with the last id it delivered for each key. Subscribing to a new key wakes the
-reader at once through a private wake stream. A client whose queue fills up is cut off
+reader at once through a private wake stream. A client whose mailbox fills up is cut off
 (it resumes with Last-Event-ID) instead of buffering without bound.
 """
 
@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from common.streams import event_json, parse_id
@@ -42,23 +45,39 @@ OVERFLOW = object()
 QueueItem = Entry | object
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
+    """A client's mailbox: the hub appends without waiting, the client takes everything ready."""
+
     key: str
-    queue: asyncio.Queue[QueueItem]
+    limit: int
+    items: list[QueueItem] = field(default_factory=list)
+    waiter: asyncio.Future[None] | None = None
     catchup_until: tuple[int, int] = ZERO
     closed: bool = False
 
     def push(self, item: QueueItem) -> None:
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self.items) >= self.limit:
             self.closed = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(OVERFLOW)
+            self.items = [OVERFLOW]
+        else:
+            self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[QueueItem]:
+        """Everything pushed since the last call, waiting for at least one item."""
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items = self.items, []
+        return items
 
 
 def to_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
@@ -72,51 +91,113 @@ def to_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     )
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
 @dataclass(eq=False)
 class _Reader:
+    """One blocking connection and the keys it watches.
+
+    The XREAD is packed by hand from per-key RESP fragments kept up to date as cursors move:
+    the command names every watched key on every call, and redis-py's generic packing of
+    hundreds of arguments per call was the largest cost of relaying an event.
+    """
+
     redis: Redis
     wake_key: bytes
     block_ms: int
-    # Keyed by the encoded stream key: the XREAD arguments are re-sent on every call.
+    # Keyed by the encoded stream key; `_key_frags` and `_id_frags` share the order of `cursors`.
     cursors: dict[bytes, bytes] = field(default_factory=dict)
     subs: dict[bytes, set[Subscription]] = field(default_factory=dict)
     has_keys: asyncio.Event = field(default_factory=asyncio.Event)
     wake_pending: bool = False
+    _key_frags: dict[bytes, bytes] = field(default_factory=dict)
+    _id_frags: dict[bytes, bytes] = field(default_factory=dict)
+    _keys_packed: bytes | None = None
+
+    def watch(self, key: bytes, cursor: bytes) -> None:
+        self.cursors[key] = cursor
+        self._key_frags[key] = _bulk(key)
+        self._id_frags[key] = _bulk(cursor)
+        self._keys_packed = None
+
+    def unwatch(self, key: bytes) -> None:
+        self.cursors.pop(key, None)
+        self._key_frags.pop(key, None)
+        self._id_frags.pop(key, None)
+        self._keys_packed = None
+
+    def _command(self, wake_cursor: bytes) -> bytes:
+        if self._keys_packed is None:
+            self._keys_packed = b"".join(self._key_frags.values())
+        n = len(self._id_frags) + 1
+        return b"".join((
+            b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n500\r\n$5\r\nBLOCK\r\n%b$7\r\nSTREAMS\r\n"
+            % (6 + 2 * n, _bulk(b"%d" % self.block_ms)),
+            _bulk(self.wake_key), self._keys_packed,
+            _bulk(wake_cursor), *self._id_frags.values(),
+        ))
 
     async def run(self) -> None:
         wake_cursor = b"0-0"
         backoff = 0.1
-        while True:
-            if not self.cursors:
-                self.has_keys.clear()
-                await self.has_keys.wait()
-            streams: dict[bytes, bytes] = {self.wake_key: wake_cursor}
-            streams.update(self.cursors)
-            # Keys subscribed from here on are not in this XREAD: they must wake it.
-            self.wake_pending = False
-            try:
-                response = await self.redis.xread(streams, count=500, block=self.block_ms)  # type: ignore[arg-type]
-                backoff = 0.1
-            except RedisError as exc:
-                log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            for key, entries in response or ():
-                if key == self.wake_key:
-                    wake_cursor = entries[-1][0]
+        conn: AbstractConnection | None = None
+        pool = self.redis.connection_pool
+        try:
+            while True:
+                if not self.cursors:
+                    self.has_keys.clear()
+                    await self.has_keys.wait()
+                # Keys subscribed from here on are not in this XREAD: they must wake it.
+                self.wake_pending = False
+                try:
+                    if conn is None:
+                        conn = await pool.get_connection()
+                    await conn.send_packed_command(self._command(wake_cursor), check_health=False)
+                    response = await conn.read_response()
+                    backoff = 0.1
+                except RedisError as exc:
+                    log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
+                    if conn is not None:
+                        await conn.disconnect()
+                        await pool.release(conn)
+                        conn = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
                     continue
-                self._deliver(key, entries)
+                for key, entries in _streams(response):
+                    if key == self.wake_key:
+                        wake_cursor = entries[-1][0]
+                    else:
+                        self._deliver(key, entries)
+        finally:
+            if conn is not None:
+                # Cancelled mid-read: the connection may hold half a reply, so it is not reused.
+                await conn.disconnect()
+                await pool.release(conn)
 
-    def _deliver(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _deliver(self, key: bytes, entries: list[list[Any]]) -> None:
         subs = self.subs.get(key)
         if not subs:
             return
-        for raw_id, fields in entries:
-            entry = to_entry(raw_id, fields)
+        for raw_id, flat in entries:
+            it = iter(flat)
+            entry = to_entry(raw_id, dict(zip(it, it, strict=True)))
             for sub in subs:
                 sub.push(entry)
-        self.cursors[key] = entries[-1][0]
+        last = entries[-1][0]
+        self.cursors[key] = last
+        self._id_frags[key] = _bulk(last)
+
+
+def _streams(response: Any) -> Iterable[tuple[bytes, list[list[Any]]]]:
+    """An XREAD reply as (key, entries) pairs: a list under RESP2, a map under RESP3."""
+    if not response:
+        return ()
+    if isinstance(response, dict):
+        return response.items()
+    return response  # type: ignore[no-any-return]
 
 
 class Hub:
@@ -161,11 +242,11 @@ class Hub:
         end = await self.last_id(key)
         bkey = key.encode()
         reader = self._reader(bkey)
-        sub = Subscription(key, asyncio.Queue(self.queue_size))
+        sub = Subscription(key, self.queue_size)
         subs = reader.subs.setdefault(bkey, set())
         subs.add(sub)
         if bkey not in reader.cursors:
-            reader.cursors[bkey] = end
+            reader.watch(bkey, end)
             reader.has_keys.set()
             if not reader.wake_pending:
                 reader.wake_pending = True
@@ -191,7 +272,7 @@ class Hub:
         subs.discard(sub)
         if not subs:
             del reader.subs[bkey]
-            reader.cursors.pop(bkey, None)
+            reader.unwatch(bkey)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -199,5 +280,5 @@ class Hub:
             for reader in self.readers:
                 for subs in list(reader.subs.values()):
                     for sub in subs:
-                        if sub.queue.empty():
+                        if not sub.items:
                             sub.push(HEARTBEAT)

@@ -73,7 +73,6 @@ async def reset_frame(reset: Reset, snapshot: Snapshot) -> tuple[bytes, tuple[in
 
 
 Batch = list[Entry | object]
-_MAX_BATCH = 256
 
 
 async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Batch]:
@@ -93,13 +92,9 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
             caught_up: Batch = [to_entry(raw_id, fields) for raw_id, fields in page]
             last = caught_up[-1].id  # type: ignore[union-attr]
             yield caught_up
-        queue = sub.queue
         while True:
-            ready = [await queue.get()]
-            while not queue.empty() and len(ready) < _MAX_BATCH:
-                ready.append(queue.get_nowait())
             batch: Batch = []
-            for item in ready:
+            for item in await sub.take():
                 if isinstance(item, Entry):
                     if item.id <= last:
                         continue
@@ -107,8 +102,8 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
                 batch.append(item)
             if batch:
                 yield batch
-            if batch and batch[-1] is OVERFLOW:
-                return
+                if batch[-1] is OVERFLOW:
+                    return
     finally:
         hub.unsubscribe(sub)
 
