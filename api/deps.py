@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -29,6 +30,7 @@ class Gateway:
     writer: StreamWriter
     agents: AgentRegistry
     _key_cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    _token_cache: dict[bytes, Principal] = field(default_factory=dict)
 
     async def principal_for_key(self, key: str) -> Principal | None:
         """API keys are looked up by hash, with a short cache so a hot client costs no query."""
@@ -41,6 +43,19 @@ class Gateway:
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
         self._key_cache[digest] = (now + self.settings.api_key_cache_seconds, principal)
+        return principal
+
+
+    def principal_for_token(self, token: str) -> Principal:
+        """A verified JWT stays valid until its `exp`: remembering it spares a hot client the decode."""
+        digest = hashlib.sha256(token.encode()).digest()  # the cache holds no tokens
+        cached = self._token_cache.get(digest)
+        if cached is not None and cached.expires_at is not None and cached.expires_at > time.time():
+            return cached
+        principal = decode_jwt(token, self.settings)
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[digest] = principal
         return principal
 
 
@@ -70,7 +85,7 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
             raise ApiError(401, "invalid API key")
     else:
         try:
-            principal = decode_jwt(credential, gateway.settings)
+            principal = gateway.principal_for_token(credential)
         except AuthError as exc:
             raise ApiError(401, str(exc)) from None
     request.state.principal = principal

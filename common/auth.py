@@ -27,6 +27,7 @@ class Principal:
     kind: Literal["user", "tool"] = "user"
     scopes: frozenset[str] = field(default_factory=frozenset)
     via: Literal["jwt", "api_key"] = "jwt"
+    expires_at: float | None = None  # a token's `exp`; API keys do not expire by themselves
 
     def may_act_for(self, user_id: str) -> bool:
         """Users act for themselves; tools (and `act-as-user` holders) for any user of their tenant."""
@@ -68,7 +69,8 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
         raise AuthError("token lacks sub or tenant_id")
     scopes = claims.get("scopes") or []
     kind: Literal["user", "tool"] = "tool" if claims.get("kind") == "tool" else "user"
-    return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt")
+    return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt",
+                     expires_at=float(claims["exp"]))
 
 
 def mint_token(

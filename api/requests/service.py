@@ -38,10 +38,12 @@ def body_hash(body: _RequestBody) -> str:
 
 
 async def _session_for(
-    conn: asyncpg.Connection, gw: Gateway, who: Principal, user_id: str, body: _RequestBody
-) -> str:
-    """The session this request joins, locked for the rest of the transaction."""
-    integration = body.integration()
+    conn: asyncpg.Connection, who: Principal, user_id: str, body: _RequestBody
+) -> str | None:
+    """The existing session this request joins, locked for the rest of the transaction.
+
+    None means the request starts a new session (created with the request row).
+    """
     if body.session_id:
         sid = parse_uuid(body.session_id)
         row = sid and await conn.fetchrow(
@@ -54,23 +56,16 @@ async def _session_for(
         if row["status"] != "active":
             raise ApiError(409, f"session is {row['status']}; start a new one")
         return str(row["session_id"])
-    if not body.new_session:
-        found: str | None = await conn.fetchval(
-            "SELECT session_id::text FROM request_sessions"
-            " WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3 AND status = 'active'"
-            "   AND external_session_id IS NULL"
-            " ORDER BY updated_at DESC LIMIT 1 FOR UPDATE",
-            who.tenant_id, user_id, integration,
-        )
-        if found:
-            return found
-    session_id = str(uuid.uuid4())
-    await conn.execute(
-        "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
-        session_id, who.tenant_id, user_id, integration, gw.settings.session_ttl_seconds,
+    if body.new_session:
+        return None
+    found: str | None = await conn.fetchval(
+        "SELECT session_id::text FROM request_sessions"
+        " WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3 AND status = 'active'"
+        "   AND external_session_id IS NULL"
+        " ORDER BY updated_at DESC LIMIT 1 FOR UPDATE",
+        who.tenant_id, user_id, body.integration(),
     )
-    return session_id
+    return found
 
 
 async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,
@@ -113,6 +108,27 @@ async def accept(
         return replay
 
 
+_INSERT_REQUEST = """
+    WITH request AS (
+        INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+            normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
+            deadline_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14)))
+"""
+# The session row goes with the request row, in one statement either way.
+_INTO_SESSION = _INSERT_REQUEST + """
+    UPDATE request_sessions
+       SET last_request_id = $1, last_request_at = now(), updated_at = now(),
+           total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
+     WHERE session_id = $2
+"""
+_WITH_NEW_SESSION = _INSERT_REQUEST + """
+    INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at,
+                                  last_request_id, last_request_at, total_requests)
+    VALUES ($2, $3, $4, $5, now() + make_interval(secs => $15), $1, now(), 1)
+"""
+
+
 async def _accept_new(
     gw: Gateway, who: Principal, user_id: str, body: _RequestBody, agent_id: str, feature: str,
     idempotency_key: str | None, digest: str, correlation_id: str,
@@ -123,54 +139,59 @@ async def _accept_new(
     entry_id: str | None = None
     upcoming: tuple[str, JobPayload] | None = None
     session_id = ""
+
+    async def record(conn: asyncpg.Connection, existing: str | None) -> None:
+        """Announce the request on its stream, then store it (and a new session) in one statement.
+
+        The stream entry comes first so its id is stored with the row: if Redis is down,
+        nothing is stored and the client gets 503.
+        """
+        nonlocal entry_id, session_id
+        session_id = existing or str(uuid.uuid4())
+        normalized = NormalizedRequest(
+            request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
+            integration_type=body.integration(), request_type=body.integration(), content=body.content,
+            agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
+            metadata=body.metadata.model_dump(), correlation_id=correlation_id,
+        )
+        accepted_event = Event(
+            type="request.accepted", request_id=request_id,
+            data={"content": body.content, "session_id": session_id, "user_id": user_id,
+                  "integration_type": body.integration(), "agent_id": normalized.agent_id,
+                  "correlation_id": correlation_id},
+        )
+        (entry_id,) = await gw.writer.append(session_id, [accepted_event])
+        await conn.execute(
+            _INTO_SESSION if existing else _WITH_NEW_SESSION,
+            request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
+            normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
+            entry_id, gw.settings.request_timeout_seconds, gw.settings.session_ttl_seconds,
+        )
+
     try:
-        async with gw.db.acquire() as conn, conn.transaction():
-            session_id = await _session_for(conn, gw, who, user_id, body)
-            active = await conn.fetch(
-                "SELECT request_id::text, status FROM request_logs"
-                " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
-                session_id, list(ACTIVE_STATUSES),
-            )
-            if active and body.multitask == "reject":
-                raise ApiError(409, "another request is still running in this session (multitask=reject)")
-            normalized = NormalizedRequest(
-                request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
-                integration_type=body.integration(), request_type=body.integration(), content=body.content,
-                agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
-                metadata=body.metadata.model_dump(), correlation_id=correlation_id,
-            )
-            accepted_event = Event(
-                type="request.accepted", request_id=request_id,
-                data={"content": body.content, "session_id": session_id, "user_id": user_id,
-                      "integration_type": body.integration(), "agent_id": normalized.agent_id,
-                      "correlation_id": correlation_id},
-            )
-            # Inside the transaction: if Redis is down, nothing is stored and the client gets 503.
-            (entry_id,) = await gw.writer.append(session_id, [accepted_event])
-            await conn.execute(
-                """
-                WITH request AS (
-                    INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type,
-                        request_content, normalized_request, agent_id, feature, idempotency_key, body_hash,
-                        correlation_id, stream_entry_id, deadline_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                            now() + make_interval(secs => $14)))
-                UPDATE request_sessions
-                   SET last_request_id = $1, last_request_at = now(), updated_at = now(),
-                       total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
-                 WHERE session_id = $2
-                """,
-                request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
-                normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
-                entry_id, gw.settings.request_timeout_seconds, gw.settings.session_ttl_seconds,
-            )
-            if body.multitask == "interrupt" and active:
-                cancelled, upcoming = await lifecycle.cancel_queued(
-                    conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
-                    "interrupted by a newer request",
-                )
-                interrupted = [r["request_id"] for r in active if r["status"] == "running"]
-            elif not active:
+        async with gw.db.acquire() as conn:
+            if body.new_session and not body.session_id:
+                # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
+                await record(conn, None)
+                active: list[asyncpg.Record] = []
+            else:
+                async with conn.transaction():
+                    existing = await _session_for(conn, who, user_id, body)
+                    active = await conn.fetch(
+                        "SELECT request_id::text, status FROM request_logs"
+                        " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+                        existing, list(ACTIVE_STATUSES),
+                    ) if existing else []
+                    if active and body.multitask == "reject":
+                        raise ApiError(409, "another request is still running in this session (multitask=reject)")
+                    await record(conn, existing)
+                    if body.multitask == "interrupt" and active:
+                        cancelled, upcoming = await lifecycle.cancel_queued(
+                            conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
+                            "interrupted by a newer request",
+                        )
+                        interrupted = [r["request_id"] for r in active if r["status"] == "running"]
+            if not active:
                 upcoming = feature, JobPayload(request_id=request_id, session_id=session_id,
                                                tenant_id=who.tenant_id, correlation_id=correlation_id)
     except BaseException:

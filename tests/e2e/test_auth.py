@@ -41,6 +41,17 @@ def test_requests_without_valid_credentials_get_401(stack: Stack) -> None:
     assert httpx.get(f"{stack.base_url}/health").status_code == 200
 
 
+def test_a_token_that_worked_is_refused_once_it_expires(stack: Stack) -> None:
+    token = jwt.encode(claims(exp=int(time.time()) + 2), JWT_SECRET, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{stack.base_url}/api/v1/me", headers=headers).status_code == 200
+    # python-jose compares whole seconds: the token is valid through the second `exp` names.
+    time.sleep(max(0.0, jwt.get_unverified_claims(token)["exp"] + 1 - time.time()) + 0.2)
+    r = httpx.get(f"{stack.base_url}/api/v1/me", headers=headers)
+    assert r.status_code == 401
+    assert r.json()["detail"] == "token expired"
+
+
 def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     user_key = _create_key(stack, tenant, "bob")
