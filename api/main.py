@@ -14,6 +14,7 @@ from api import errors
 from api.deps import Gateway
 from api.health import router as health_router
 from api.middleware import GatewayMiddleware
+from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
 from api.streams.hub import Hub
@@ -67,10 +68,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     rg_logging.configure(settings.log_level)
-    app = FastAPI(title="relaygate", version="0.1.0", lifespan=lifespan)
+    # No public /docs or /openapi.json: the schema is served to authenticated callers only.
+    app = FastAPI(title="relaygate", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     errors.install(app)
-    for router in (health_router, sessions_router, requests_router, stream_router):
+    for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

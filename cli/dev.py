@@ -113,7 +113,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
         write_state(home, {**read_state(home), "url": url, "token": token})
         click.echo(
             f"\nrelaygate is running\n"
-            f"  gateway   {url}  (chat UI at {url}/ , API docs at {url}/docs)\n"
+            f"  gateway   {url}  (chat UI at {url}/ , API schema at {url}/api/v1/openapi.json)\n"
             f"  postgres  {'embedded, ' + str(home / 'pg') if postgres else 'DATABASE_URL'}\n"
             f"  valkey    {'embedded, ' + str(home / 'valkey') if valkey else 'REDIS_URL'}\n"
             f"  model     {settings.llm_model or 'built-in offline model (set LLM_MODEL for a real one)'}\n"

@@ -155,7 +155,8 @@ class _Reader:
                     if conn is None:
                         conn = await pool.get_connection()
                     await conn.send_packed_command(self._command(wake_cursor), check_health=False)
-                    response = await conn.read_response()
+                    # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
+                    response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
                     backoff = 0.1
                 except RedisError as exc:
                     log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})

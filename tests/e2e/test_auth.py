@@ -38,6 +38,9 @@ def test_requests_without_valid_credentials_get_401(stack: Stack) -> None:
         assert r.status_code == 401, name
         assert r.json()["error"] == "unauthorized"
     assert httpx.get(f"{stack.base_url}/metrics").status_code == 401
+    assert httpx.get(f"{stack.base_url}/api/v1/openapi.json").status_code == 401
+    for public_schema in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{stack.base_url}{public_schema}").status_code == 404, public_schema
     assert httpx.get(f"{stack.base_url}/health").status_code == 200
 
 
@@ -61,6 +64,8 @@ def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
     assert me == {"tenant_id": tenant, "user_id": "bob", "kind": "user", "scopes": []}
     bearer = httpx.get(f"{stack.base_url}/api/v1/me", headers={"Authorization": f"Bearer {user_key}"})
     assert bearer.json()["user_id"] == "bob"
+    schema = httpx.get(f"{stack.base_url}/api/v1/openapi.json", headers={"x-api-key": user_key}).json()
+    assert "/api/v1/requests/web" in schema["paths"]
     as_other = httpx.post(f"{stack.base_url}/api/v1/requests/web", headers={"x-api-key": user_key},
                           json={"user_id": "carol", "content": "hi"})
     assert as_other.status_code == 403

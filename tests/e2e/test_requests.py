@@ -60,6 +60,10 @@ def test_two_sessions_at_once(stack: Stack) -> None:
                                                      "metadata": offline(60, 100)})
             body = r.json()
             events = read_until(c, body["stream_url"], done_for(body["request_id"]))
+            session = c.get(f"/api/v1/sessions/{body['session_id']}").json()
+            assert session["status"] == "active" and session["integration_type"] == "web"
+            assert session["total_requests"] == 1 and session["last_request_id"] == body["request_id"]
+            assert session["last_request_at"] and session["expires_at"] > session["last_request_at"]
             return body["session_id"], text_of(events, body["request_id"])
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -26,15 +26,19 @@ def proxied(new_stack: Stack) -> Iterator[tuple[Stack, CuttableProxy, CuttablePr
         rd.close()
 
 
-def _requests_of(database_url: str, tenant: str) -> int:
+def _count(database_url: str, table: str, tenant: str) -> int:
     async def count() -> int:
         conn = await asyncpg.connect(database_url)
         try:
-            return int(await conn.fetchval("SELECT count(*) FROM request_logs WHERE tenant_id = $1", tenant))
+            return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant))
         finally:
             await conn.close()
 
     return asyncio.run(count())
+
+
+def _requests_of(database_url: str, tenant: str) -> int:
+    return _count(database_url, "request_logs", tenant)
 
 
 def _healthy(stack: Stack) -> bool:
@@ -54,7 +58,11 @@ def test_redis_down_gives_503_and_writes_nothing(proxied: tuple[Stack, CuttableP
         assert r.status_code == 503, r.text
         assert r.json()["error"] == "service_unavailable"
         assert "Traceback" not in r.text
+        # A request that would start a session stores neither the session nor the request.
+        r = c.post("/api/v1/requests/web", json={"content": "hello?", "new_session": True})
+        assert r.status_code == 503, r.text
         assert _requests_of(stack.infra.database_url, tenant) == 0
+        assert _count(stack.infra.database_url, "request_sessions", tenant) == 1
         assert c.get(f"/api/v1/sessions/{session}").status_code == 200
         redis_proxy.restore()
         wait_until(lambda: _healthy(stack), 20, "redis to be back")
@@ -71,6 +79,7 @@ def test_postgres_down_gives_503_then_recovers(proxied: tuple[Stack, CuttablePro
         assert health.status_code == 503
         assert health.json()["postgres"].startswith("unavailable") and health.json()["redis"] == "ok"
         for method, path, body in (("POST", "/api/v1/requests/web", {"content": "hi", "session_id": session}),
+                                   ("POST", "/api/v1/requests/web", {"content": "hi", "new_session": True}),
                                    ("GET", f"/api/v1/sessions/{session}", None),
                                    ("GET", "/api/v1/sessions", None)):
             r = c.request(method, path, json=body)
