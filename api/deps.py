@@ -45,7 +45,6 @@ class Gateway:
         self._key_cache[digest] = (now + self.settings.api_key_cache_seconds, principal)
         return principal
 
-
     def principal_for_token(self, token: str) -> Principal:
         """A verified JWT stays valid until its `exp`: remembering it spares a hot client the decode."""
         digest = hashlib.sha256(token.encode()).digest()  # the cache holds no tokens
