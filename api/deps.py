@@ -10,21 +10,20 @@ from typing import Annotated
 import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 
 from api.errors import ApiError
 from api.streams.hub import Hub
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal, decode_jwt, hash_api_key, lookup_api_key
 from common.settings import Settings
-from common.streams import StreamWriter
+from common.streams import StreamsRedis, StreamWriter
 
 
 @dataclass
 class Gateway:
     settings: Settings
     db: asyncpg.Pool
-    streams: Redis
+    streams: StreamsRedis
     queue: ArqRedis
     hub: Hub
     writer: StreamWriter

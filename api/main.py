@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, RedisCluster
 
 from api import errors
 from api.deps import Gateway
@@ -17,13 +17,14 @@ from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
-from api.streams.hub import Hub
+from api.streams.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from api.streams.router import router as stream_router
 from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
+from common.streams import connect as connect_streams
 
 STATIC = Path(__file__).parent / "static"
 
@@ -40,14 +41,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size)
-    # A waiting pool: a burst of subscriptions queues for a connection instead of failing.
-    streams = Redis(connection_pool=BlockingConnectionPool.from_url(
-        settings.stream_redis_url, max_connections=128, timeout=5, health_check_interval=30))
-    readers = [Redis.from_url(settings.stream_redis_url, max_connections=1, client_name="relaygate-hub-reader")
-               for _ in range(settings.hub_readers)]
+    cluster = settings.stream_redis_cluster
+    streams = connect_streams(settings.stream_redis_url, cluster=cluster, max_connections=128,
+                              health_check_interval=30)
+    readers: ReaderConnections
+    if isinstance(streams, RedisCluster):
+        readers = ClusterConnections(streams, client_name=HUB_READER_NAME)
+    else:
+        readers = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url, client_name=HUB_READER_NAME))
     arq = await queue.connect(settings.queue_redis_url)
-    hub = Hub(streams, readers, block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
-              heartbeat_seconds=settings.sse_heartbeat_seconds)
+    hub = Hub(streams, readers, readers=None if cluster else settings.hub_readers, block_ms=settings.hub_block_ms,
+              queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
     hub.start()
     runtime.tune_gc()
     app.state.gateway = Gateway(
@@ -60,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await hub.stop()
-        for client in (*readers, streams, arq):
+        for client in (streams, arq):
             await client.aclose()
         await pool.close()
 

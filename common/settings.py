@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     redis_url: str = ""
     queue_redis_url: str = ""
     stream_redis_url: str = ""
+    # The streams Redis is a Redis Cluster (the queue Redis never is: ARQ needs one server).
+    stream_redis_cluster: bool = False
     data_dir: Path = Field(default=Path(".relaygate"), validation_alias="RELAYGATE_HOME")
 
     # Auth.

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 EventType = Literal[
     "request.accepted",
@@ -137,25 +137,52 @@ def event_json(fields: Mapping[bytes, bytes]) -> bytes:
     )
 
 
+StreamsRedis = Redis | RedisCluster
+
+
+def connect(url: str, *, cluster: bool, max_connections: int, **options: Any) -> StreamsRedis:
+    """The streams Redis: one server, or a Redis Cluster (every key of a session shares a slot).
+
+    On one server the pool waits for a free connection instead of failing under a burst.
+    """
+    if cluster:
+        cluster_client: RedisCluster = RedisCluster.from_url(url, max_connections=max_connections, **options)
+        return cluster_client
+    return Redis(connection_pool=BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5, **options))
+
+
+# XADD every event, then refresh the TTL, as one atomic step (a script also runs on a cluster,
+# where MULTI pipelines do not). KEYS[1] stream; ARGV: maxlen, ttl, then 6 values per event.
+_APPEND = """
+local ids = {}
+for i = 3, #ARGV, 6 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
+    'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return ids
+"""
+
+
 class StreamWriter:
     """Appends events to a session stream; TTL and MAXLEN apply from the first entry."""
 
-    def __init__(self, redis: Redis, *, buckets: int, maxlen: int, ttl_seconds: int) -> None:
+    def __init__(self, redis: StreamsRedis, *, buckets: int, maxlen: int, ttl_seconds: int) -> None:
         self.redis = redis
         self.buckets = buckets
         self.maxlen = maxlen
         self.ttl = ttl_seconds
+        self._append = redis.register_script(_APPEND)  # type: ignore[misc]  # typed for Redis; RedisCluster has it
 
     def key(self, session_id: str) -> str:
         return stream_key(session_id, self.buckets)
 
     async def append(self, session_id: str, events: Iterable[Event]) -> list[str]:
-        key = self.key(session_id)
-        pipe = self.redis.pipeline(transaction=True)
-        count = 0
+        args: list[str | int] = [self.maxlen, self.ttl]
         for event in events:
-            pipe.xadd(key, event.fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            count += 1
-        pipe.expire(key, self.ttl)
-        results = await pipe.execute()
-        return [_text(r) for r in results[:count]]
+            f = event.fields()
+            args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
+        ids = await self._append(keys=[self.key(session_id)], args=args)
+        return [_text(i) for i in ids]

@@ -22,6 +22,7 @@ from common import db
 from common.auth import mint_token
 from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from common.settings import Settings
+from tests.cluster import EmbeddedValkeyCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 32
@@ -73,6 +74,16 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             valkey.stop()
         if postgres:
             postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkeyCluster]:
+    """A three-primary Valkey Cluster for the streams, started only by the tests that ask for it."""
+    cluster = EmbeddedValkeyCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def settings_for(infra: Infra, **overrides: object) -> Settings:

@@ -1,4 +1,5 @@
-"""The gateway's stream hub against a real Valkey: fan-out, wake-up, catch-up and slow clients."""
+"""The gateway's stream hub against a real Valkey, and a real Valkey Cluster: fan-out, wake-up,
+catch-up, slow clients and the connections it holds."""
 
 from __future__ import annotations
 
@@ -8,26 +9,59 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
+from redis import Redis as SyncRedis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 
-from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, Subscription, _Reader
+from api.streams.hub import (
+    HEARTBEAT,
+    OVERFLOW,
+    ClusterConnections,
+    Entry,
+    Hub,
+    ReaderConnections,
+    ServerConnections,
+    Subscription,
+    _Reader,
+)
 from api.streams.relay import batches
-from common.streams import Event, StreamWriter, parse_id, stream_key
+from common.streams import Event, StreamWriter, bucket, connect, parse_id, stream_key
+from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Infra
 
 READER_NAME = f"test-hub-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-async def hub(infra: Infra) -> AsyncIterator[Hub]:
-    redis = Redis.from_url(infra.redis_url)
-    readers = [Redis.from_url(infra.redis_url, max_connections=1, client_name=READER_NAME) for _ in range(2)]
-    h = Hub(redis, readers, block_ms=5000, queue_size=50, heartbeat_seconds=0.2)
+@pytest.fixture(params=["server", "cluster"])
+async def hub(request: pytest.FixtureRequest, infra: Infra) -> AsyncIterator[Hub]:
+    """Two fixed readers on one server, or one reader per bucket on a three-node cluster."""
+    readers: ReaderConnections
+    if request.param == "cluster":
+        cluster: EmbeddedValkeyCluster = request.getfixturevalue("valkey_cluster")
+        redis = connect(cluster.url, cluster=True, max_connections=64)
+        assert isinstance(redis, RedisCluster)
+        readers = ClusterConnections(redis, client_name=READER_NAME)
+    else:
+        redis = connect(infra.redis_url, cluster=False, max_connections=64)
+        readers = ServerConnections(ConnectionPool.from_url(infra.redis_url, client_name=READER_NAME))
+    h = Hub(redis, readers, readers=None if request.param == "cluster" else 2, block_ms=5000, queue_size=50,
+            heartbeat_seconds=0.2)
     h.start()
     yield h
     await h.stop()
-    for client in (redis, *readers):
-        await client.aclose()
+    await redis.aclose()
+
+
+def _reader_connections(hub: Hub) -> list[tuple[int, dict[str, str]]]:
+    """(port, CLIENT LIST entry) of every reader connection, on every server the hub reads."""
+    if isinstance(hub.redis, RedisCluster):
+        ports = [int(node.port) for node in hub.redis.get_primaries()]
+    else:
+        ports = [int(hub.redis.connection_pool.connection_kwargs["port"])]
+    found = []
+    for port in ports:
+        with SyncRedis(port=port) as server:
+            found += [(port, c) for c in server.client_list() if c.get("name") == READER_NAME]
+    return found
 
 
 def _writer(hub: Hub) -> StreamWriter:
@@ -50,8 +84,17 @@ async def test_many_subscribers_share_the_reader_connections(hub: Hub) -> None:
     for s, sub in zip(sessions, subs, strict=True):
         entry = await _next_entry(sub)
         assert entry.request_id == s.encode()
-    readers = [c for c in await hub.redis.client_list() if c.get("name") == READER_NAME]
-    assert len(readers) == len(hub.readers) == 2
+    connections = _reader_connections(hub)
+    if isinstance(hub.redis, RedisCluster):
+        # One reader per watched bucket, each on the primary that owns the bucket's slot.
+        buckets = {bucket(s, 256) for s in sessions}
+        assert len(connections) == len(hub.readers) == len(buckets) < len(sessions)
+        for port, _ in connections:
+            assert port in {int(n.port) for n in hub.redis.get_primaries()}
+        owners = {int(hub.redis.get_node_from_key(stream_key(s, 256)).port) for s in sessions}
+        assert {port for port, _ in connections} == owners
+    else:
+        assert len(connections) == len(hub.readers) == 2
     for sub in subs:
         hub.unsubscribe(sub)
     assert hub.subscriber_count == 0
@@ -110,7 +153,7 @@ async def test_idle_subscribers_get_heartbeats(hub: Hub) -> None:
 
 
 def test_the_hand_packed_xread_is_the_command_redis_py_would_send() -> None:
-    reader = _Reader(Redis(), b"rg:wake:x:0", 5000)
+    reader = _Reader(ServerConnections(ConnectionPool()), b"rg:wake:x:0", 5000)
     for i in range(3):
         reader.watch(f"rg:{{b{i}}}:s{i}".encode(), f"{i}-0".encode())
     reader.unwatch(b"rg:{b1}:s1")
@@ -128,9 +171,9 @@ async def test_readers_reconnect_after_their_connection_is_killed(hub: Hub) -> N
     sub = await hub.subscribe(stream_key(session, 256))
     await asyncio.sleep(0.2)
     killed = 0
-    for client in await hub.redis.client_list():
-        if client.get("name") == READER_NAME:
-            killed += await hub.redis.client_kill_filter(_id=client["id"])
+    for port, client in _reader_connections(hub):
+        with SyncRedis(port=port) as server:
+            killed += server.client_kill_filter(_id=client["id"])
     assert killed >= 1  # the reader watching this key (an idle reader holds no connection)
     await writer.append(session, [Event(type="token", request_id="after-kill", data={})])
     entry = await _next_entry(sub)

@@ -10,13 +10,13 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from common import db, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
+from common.streams import connect as connect_streams
 from workers import maintenance, model
 from workers.runner import Runtime, process_request
 
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def build_worker(settings: Settings, feature: str) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
-        streams = Redis.from_url(settings.stream_redis_url, max_connections=64)
+        streams = connect_streams(settings.stream_redis_url, cluster=settings.stream_redis_cluster,
+                                  max_connections=64)
         rt = Runtime(
             settings=settings,
             db=await db.create_pool(settings.database_url, min_size=2, max_size=20),

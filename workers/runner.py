@@ -15,7 +15,6 @@ import asyncpg
 from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
@@ -24,7 +23,7 @@ from common.agents import AgentRegistry
 from common.logging import correlation_id
 from common.models import JobPayload
 from common.settings import Settings
-from common.streams import Event, StreamWriter, cancel_key
+from common.streams import Event, StreamsRedis, StreamWriter, cancel_key
 from workers import model
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class Runtime:
 
     settings: Settings
     db: asyncpg.Pool
-    streams: Redis
+    streams: StreamsRedis
     queue: ArqRedis
     writer: StreamWriter
     agents: AgentRegistry

@@ -5,6 +5,10 @@ watch: every watched key is assigned to one reader, which re-issues a single mul
 `XREAD` with the last id it delivered for each key. Subscribing to a new key wakes the
 reader at once through a private wake stream. A client whose mailbox fills up is cut off
 (it resumes with Last-Event-ID) instead of buffering without bound.
+
+On a Redis Cluster a multi-key `XREAD` must stay within one slot, so there is one reader per
+stream bucket (the `{b<n>}` hash tag every key of a session carries) that has watchers,
+connected to the node that owns the bucket: connections are bounded by buckets, not clients.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from common.streams import event_json, parse_id
+from common.streams import StreamsRedis, event_json, parse_id
 
 log = logging.getLogger(__name__)
 
 ZERO = (0, 0)
+HUB_READER_NAME = "relaygate-hub-reader"  # CLIENT SETNAME of reader connections
 
 
 @dataclass(slots=True)
@@ -95,6 +100,43 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+class ReaderConnections(Protocol):
+    async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
+        """A new connection to the server that holds `key`, for one reader's exclusive use."""
+        ...
+
+
+@dataclass
+class ServerConnections:
+    """Readers of a single Redis server: connections made with the pool's settings."""
+
+    pool: ConnectionPool
+
+    async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
+        conn: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]
+        return conn
+
+
+@dataclass
+class ClusterConnections:
+    """Readers of a Redis Cluster: a connection to the primary that owns the key's slot."""
+
+    cluster: RedisCluster
+    client_name: str
+
+    async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
+        if after_error:
+            # The slot may have moved (MOVED) or its node failed over: ask the cluster again.
+            await self.cluster.nodes_manager.initialize()
+        node = self.cluster.get_node_from_key(key.decode())
+        if node is None:
+            raise RedisError(f"no cluster node holds {key!r}")
+        conn: AbstractConnection = node.connection_class(**{**node.connection_kwargs, "client_name": self.client_name})
+        await conn.connect()  # type: ignore[no-untyped-call]
+        return conn
+
+
 @dataclass(eq=False)
 class _Reader:
     """One blocking connection and the keys it watches.
@@ -104,7 +146,7 @@ class _Reader:
     hundreds of arguments per call was the largest cost of relaying an event.
     """
 
-    redis: Redis
+    connections: ReaderConnections
     wake_key: bytes
     block_ms: int
     # Keyed by the encoded stream key; `_key_frags` and `_id_frags` share the order of `cursors`.
@@ -143,27 +185,30 @@ class _Reader:
         wake_cursor = b"0-0"
         backoff = 0.1
         conn: AbstractConnection | None = None
-        pool = self.redis.connection_pool
+        failed = False
         try:
             while True:
                 if not self.cursors:
+                    if conn is not None:  # an idle reader holds no connection
+                        await conn.disconnect()
+                        conn = None
                     self.has_keys.clear()
                     await self.has_keys.wait()
                 # Keys subscribed from here on are not in this XREAD: they must wake it.
                 self.wake_pending = False
                 try:
                     if conn is None:
-                        conn = await pool.get_connection()
+                        conn = await self.connections.open(self.wake_key, after_error=failed)
                     await conn.send_packed_command(self._command(wake_cursor), check_health=False)
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
-                    backoff = 0.1
+                    backoff, failed = 0.1, False
                 except RedisError as exc:
                     log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
                     if conn is not None:
                         await conn.disconnect()
-                        await pool.release(conn)
                         conn = None
+                    failed = True
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -176,7 +221,6 @@ class _Reader:
             if conn is not None:
                 # Cancelled mid-read: the connection may hold half a reply, so it is not reused.
                 await conn.disconnect()
-                await pool.release(conn)
 
     def _deliver(self, key: bytes, entries: list[list[Any]]) -> None:
         subs = self.subs.get(key)
@@ -201,25 +245,51 @@ def _streams(response: Any) -> Iterable[tuple[bytes, list[list[Any]]]]:
     return response  # type: ignore[no-any-return]
 
 
+def _bucket_tag(key: bytes) -> bytes:
+    """The Redis Cluster hash tag of a stream key, `{b<n>}` in `rg:{b<n>}:<session>`."""
+    start = key.index(b"{")
+    return key[start:key.index(b"}", start) + 1]
+
+
 class Hub:
-    def __init__(self, redis: Redis, reader_clients: list[Redis], *, block_ms: int, queue_size: int,
-                 heartbeat_seconds: float) -> None:
+    """Fan-out of stream entries to subscribers.
+
+    `readers` fixed readers share the keys of a single server; `readers=None` (a Redis
+    Cluster) starts one reader per bucket on its first subscriber.
+    """
+
+    def __init__(self, redis: StreamsRedis, connections: ReaderConnections, *, readers: int | None, block_ms: int,
+                 queue_size: int, heartbeat_seconds: float) -> None:
         self.redis = redis
+        self.connections = connections
+        self.block_ms = block_ms
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
-        process = uuid.uuid4().hex[:12]
-        self.readers = [
-            _Reader(client, f"rg:wake:{process}:{i}".encode(), block_ms) for i, client in enumerate(reader_clients)
-        ]
+        self._process = uuid.uuid4().hex[:12]
+        self._fixed = [self._new_reader(f"rg:wake:{self._process}:{i}".encode()) for i in range(readers or 0)]
+        self._by_bucket: dict[bytes, _Reader] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    def _new_reader(self, wake_key: bytes) -> _Reader:
+        return _Reader(self.connections, wake_key, self.block_ms)
+
+    @property
+    def readers(self) -> list[_Reader]:
+        return self._fixed or list(self._by_bucket.values())
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for r in self.readers for s in r.subs.values())
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(r.run(), name=f"hub-reader-{i}") for i, r in enumerate(self.readers)]
+        self._started = True
+        for reader in self._fixed:
+            self._run(reader)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="hub-heartbeat"))
+
+    def _run(self, reader: _Reader) -> None:
+        self._tasks.append(asyncio.create_task(reader.run(), name=f"hub-reader-{reader.wake_key.decode()}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -232,7 +302,16 @@ class Hub:
                 await self.redis.delete(reader.wake_key)
 
     def _reader(self, key: bytes) -> _Reader:
-        return self.readers[hash(key) % len(self.readers)]
+        if self._fixed:
+            return self._fixed[hash(key) % len(self._fixed)]
+        tag = _bucket_tag(key)
+        reader = self._by_bucket.get(tag)
+        if reader is None:
+            # The wake stream carries the bucket's hash tag: it is read in the same XREAD.
+            reader = self._by_bucket[tag] = self._new_reader(b"rg:" + tag + b":wake:" + self._process.encode())
+            if self._started:
+                self._run(reader)
+        return reader
 
     async def last_id(self, key: str) -> bytes:
         newest = await self.redis.xrevrange(key, count=1)

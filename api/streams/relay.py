@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entry
-from common.streams import format_id, id_before, parse_id
+from common.streams import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
 
@@ -34,7 +33,7 @@ class Reset:
     resume_from: tuple[int, int]
 
 
-async def check_resume(redis: Redis, key: str, after: tuple[int, int]) -> Reset | None:
+async def check_resume(redis: StreamsRedis, key: str, after: tuple[int, int]) -> Reset | None:
     """A resume point older than what the stream still holds needs a `stream.reset`."""
     try:
         info = await redis.xinfo_stream(key)
