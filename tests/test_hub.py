@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import SlotNotCoveredError
 
 from api.streams.hub import (
     HEARTBEAT,
@@ -179,3 +181,53 @@ async def test_readers_reconnect_after_their_connection_is_killed(hub: Hub) -> N
     entry = await _next_entry(sub)
     assert entry.request_id == b"after-kill"
     hub.unsubscribe(sub)
+
+
+async def test_entries_that_are_not_relaygate_events_are_skipped(hub: Hub) -> None:
+    writer = _writer(hub)
+    session = str(uuid.uuid4())
+    key = stream_key(session, 256)
+    (first,) = await writer.append(session, [Event(type="token", request_id="before", data={})])
+    await hub.redis.xadd(key, {"written-by": "someone else"})
+    live = await hub.subscribe(key)
+    await hub.redis.xadd(key, {"type": "token"})  # half an event
+    await writer.append(session, [Event(type="token", request_id="after", data={})])
+    assert (await _next_entry(live)).request_id == b"after"
+    hub.unsubscribe(live)
+
+    caught_up = []
+    async for batch in batches(hub, key, parse_id(first)):
+        caught_up += [item.request_id for item in batch if isinstance(item, Entry)]
+        if caught_up:
+            break
+    assert caught_up == [b"after"]
+
+
+class _FlakyConnections:
+    """Fails its first opens the way a cluster whose slot map is being rebuilt does."""
+
+    def __init__(self, inner: ReaderConnections, failures: int) -> None:
+        self.inner, self.failures, self.retried = inner, failures, 0
+
+    async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
+        if self.failures:
+            self.failures -= 1
+            raise SlotNotCoveredError("slot not covered")
+        self.retried += after_error
+        return await self.inner.open(key, after_error=after_error)
+
+
+async def test_a_reader_survives_failing_to_open_its_connection(infra: Infra) -> None:
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    flaky = _FlakyConnections(ServerConnections(ConnectionPool.from_url(infra.redis_url)), failures=2)
+    hub = Hub(redis, flaky, readers=1, block_ms=5000, queue_size=50, heartbeat_seconds=5)
+    hub.start()
+    try:
+        session = str(uuid.uuid4())
+        sub = await hub.subscribe(stream_key(session, 256))
+        await _writer(hub).append(session, [Event(type="token", request_id="eventually", data={})])
+        assert (await _next_entry(sub)).request_id == b"eventually"
+        assert flaky.failures == 0 and flaky.retried == 1
+    finally:
+        await hub.stop()
+        await redis.aclose()

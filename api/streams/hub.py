@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from common.streams import StreamsRedis, event_json, parse_id
 
@@ -94,6 +94,18 @@ def to_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         attempt=int(fields[b"attempt"]),
         json=event_json(fields),
     )
+
+
+def to_entries(key: bytes | str, pairs: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
+    """Entries of `key`, skipping (and logging) any that something other than relaygate wrote."""
+    entries = []
+    for raw_id, fields in pairs:
+        try:
+            entries.append(to_entry(raw_id, fields))
+        except (KeyError, ValueError):
+            log.warning("stream entry is not a relaygate event; skipped",
+                        extra={"key": key if isinstance(key, str) else key.decode(), "entry_id": raw_id.decode()})
+    return entries
 
 
 def _bulk(value: bytes) -> bytes:
@@ -203,7 +215,7 @@ class _Reader:
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
                     backoff, failed = 0.1, False
-                except RedisError as exc:
+                except (RedisError, RedisClusterException) as exc:
                     log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
                     if conn is not None:
                         await conn.disconnect()
@@ -222,18 +234,22 @@ class _Reader:
                 # Cancelled mid-read: the connection may hold half a reply, so it is not reused.
                 await conn.disconnect()
 
-    def _deliver(self, key: bytes, entries: list[list[Any]]) -> None:
+    def _deliver(self, key: bytes, raw: list[list[Any]]) -> None:
         subs = self.subs.get(key)
         if not subs:
             return
-        for raw_id, flat in entries:
-            it = iter(flat)
-            entry = to_entry(raw_id, dict(zip(it, it, strict=True)))
+        for entry in to_entries(key, ((raw_id, _fields(flat)) for raw_id, flat in raw)):
             for sub in subs:
                 sub.push(entry)
-        last = entries[-1][0]
+        last = raw[-1][0]
         self.cursors[key] = last
         self._id_frags[key] = _bulk(last)
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """[k1, v1, k2, v2, ...] as a dict; an odd trailing item is dropped (to_entries skips it)."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=False))
 
 
 def _streams(response: Any) -> Iterable[tuple[bytes, list[list[Any]]]]:

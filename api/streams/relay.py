@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entry
+from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entries
 from common.streams import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
@@ -88,9 +88,10 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
                                           max=format_id(sub.catchup_until).encode(), count=500)
             if not page:
                 break
-            caught_up: Batch = [to_entry(raw_id, fields) for raw_id, fields in page]
-            last = caught_up[-1].id  # type: ignore[union-attr]
-            yield caught_up
+            last = parse_id(page[-1][0])
+            caught_up: Batch = [*to_entries(key, page)]
+            if caught_up:
+                yield caught_up
         while True:
             batch: Batch = []
             for item in await sub.take():
