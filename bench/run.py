@@ -260,6 +260,17 @@ class LoadProc:
             await self.proc.wait()
 
 
+async def results_within(loads: list[LoadProc], seconds: float) -> list[dict[str, Any]]:
+    """Every load process's RESULT; those still waiting after `seconds` are told to report now."""
+    done = asyncio.gather(*(lp.expect("RESULT", 60) for lp in loads))
+    try:
+        return await asyncio.wait_for(asyncio.shield(done), seconds)
+    except TimeoutError:
+        for lp in loads:
+            lp.stop()
+        return await done
+
+
 def split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
@@ -496,6 +507,12 @@ class Bench:
     def load_procs(self) -> int:
         return max(1, int(self.args.load_procs))
 
+    async def stream_clients(self, mode: str, token: str, sessions: list[str], **cfg: Any) -> list[LoadProc]:
+        """Load processes that each open one SSE stream per session of their share."""
+        return [await LoadProc.start(mode, {"port": self.stack.port, "token": token, "sessions": part,
+                                            "open_concurrency": self.args.open_concurrency, **cfg}, self.folder)
+                for part in split(sessions, self.load_procs())]
+
     # -- 1. idle streams
     async def idle(self, run: int) -> dict[str, Any]:
         a = self.args
@@ -505,10 +522,7 @@ class Bench:
         rss_start = gw.memory_info().rss / 2**20
         opening = self.cpu_window()
         opening.begin()
-        loads = [await LoadProc.start("idle", {"port": self.stack.port, "token": token, "sessions": part,
-                                               "open_concurrency": a.open_concurrency,
-                                               "hold": a.hold}, self.folder)
-                 for part in split(sessions, self.load_procs())]
+        loads = await self.stream_clients("idle", token, sessions, hold=a.hold)
         held_info = [await lp.expect("HELD", 300) for lp in loads]
         opening_cpu = opening.end({"load": sum(h["cpu_s"] for h in held_info)})
         opened = sum(h["opened"] for h in held_info)
@@ -551,10 +565,7 @@ class Bench:
         a = self.args
         tenant, user, token = self.principal("relay", run)
         sessions = await self.insert_sessions(tenant, user, a.relay_clients)
-        loads = [await LoadProc.start("relay", {"port": self.stack.port, "token": token, "sessions": part,
-                                               "open_concurrency": a.open_concurrency,
-                                                "timeout": 120}, self.folder)
-                 for part in split(sessions, self.load_procs())]
+        loads = await self.stream_clients("relay", token, sessions, timeout=120)
         ready = [await lp.expect("READY", 180) for lp in loads]
         await asyncio.sleep(0.5)
         window = self.cpu_window()
@@ -567,13 +578,7 @@ class Bench:
         wrote = await writer.expect("RESULT", 300)
         await writer.wait()
         # Every client normally sees its `done` within moments of the last write; give it a bound.
-        done = asyncio.gather(*(lp.expect("RESULT", 60) for lp in loads))
-        try:
-            results = await asyncio.wait_for(asyncio.shield(done), 30)
-        except TimeoutError:
-            for lp in loads:
-                lp.stop()
-            results = await done
+        results = await results_within(loads, 30)
         prof.end()
         cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
                           "writer": wrote["cpu_s"]})
@@ -599,11 +604,8 @@ class Bench:
         a = self.args
         tenant, user, token = self.principal("latency", run)
         sessions = await self.insert_sessions(tenant, user, a.latency_streams)
-        loads = [await LoadProc.start("latency", {"port": self.stack.port, "token": token, "sessions": part,
-                                               "open_concurrency": a.open_concurrency,
-                                                  "timeout": a.latency_seconds + 120,
-                                                  "warmup_seq": int(a.latency_rate)}, self.folder)
-                 for part in split(sessions, self.load_procs())]
+        loads = await self.stream_clients("latency", token, sessions, timeout=a.latency_seconds + 120,
+                                          warmup_seq=int(a.latency_rate))
         ready = [await lp.expect("READY", 180) for lp in loads]
         await asyncio.sleep(0.5)
         window = self.cpu_window()
@@ -616,13 +618,7 @@ class Bench:
         wrote = await writer.expect("RESULT", a.latency_seconds + 120)
         await writer.wait()
         prof.end()
-        done = asyncio.gather(*(lp.expect("RESULT", 60) for lp in loads))
-        try:
-            results = await asyncio.wait_for(asyncio.shield(done), 20)
-        except TimeoutError:
-            for lp in loads:
-                lp.stop()
-            results = await done
+        results = await results_within(loads, 20)
         cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
                           "writer": wrote["cpu_s"]})
         for lp in loads:
