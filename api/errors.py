@@ -7,7 +7,7 @@ import logging
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import JSONResponse
@@ -57,7 +57,8 @@ def install(app: FastAPI) -> None:
                               {"Retry-After": "2"})
 
     @app.exception_handler(RedisError)
-    async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+    @app.exception_handler(RedisClusterException)  # e.g. a slot no node covers: not a RedisError
+    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable", extra={"error": repr(exc)})
         return error_response(503, "service_unavailable", "the stream store is unavailable; retry shortly",
                               {"Retry-After": "2"})
