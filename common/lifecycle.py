@@ -15,16 +15,17 @@ import asyncpg
 from common.models import JobPayload
 
 _HEAD = """
-SELECT request_id::text, tenant_id, attempt, status, feature, correlation_id
+SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
 FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running')
 ORDER BY id LIMIT 1
 """
 
 
-def _payload(row: asyncpg.Record, session_id: str) -> tuple[str, JobPayload]:
+def job_for(row: asyncpg.Record) -> tuple[str, JobPayload]:
+    """(feature, job) of a request row carrying the job's columns."""
     return row["feature"], JobPayload(
         request_id=row["request_id"],
-        session_id=session_id,
+        session_id=row["session_id"],
         tenant_id=row["tenant_id"],
         attempt=row["attempt"],
         correlation_id=row["correlation_id"] or "",
@@ -40,7 +41,7 @@ async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[st
     row = await conn.fetchrow(_HEAD, session_id)
     if row is None or row["status"] != "queued":
         return None
-    return _payload(row, session_id)
+    return job_for(row)
 
 
 async def claim(db: asyncpg.Pool, payload: JobPayload, lease_seconds: float) -> asyncpg.Record | None:
@@ -197,7 +198,7 @@ async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> 
         """,
         older_than_seconds,
     )
-    return [_payload(r, r["session_id"]) for r in rows]
+    return [job_for(r) for r in rows]
 
 
 async def expire_sessions(conn: asyncpg.Connection) -> int:

@@ -105,6 +105,14 @@ class Event(BaseModel):
         )
 
 
+def ended(request_id: str, attempt: int, status: Literal["failed", "cancelled"], data: dict[str, Any]) -> list[Event]:
+    """The last two events of a request ended outside its worker: `run.<status>`, then `done`."""
+    return [
+        Event(type=f"run.{status}", request_id=request_id, attempt=attempt, data=data),  # type: ignore[arg-type]
+        Event(type="done", request_id=request_id, attempt=attempt, data={"request_id": request_id, "status": status}),
+    ]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -13,8 +13,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from common import lifecycle, queue
-from common.models import JobPayload
-from common.streams import Event, cancel_key
+from common.streams import cancel_key, ended
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,9 @@ async def _end_stream(rt: Runtime, rows: list[asyncpg.Record], error: str) -> No
     """Terminal events for requests ended outside their worker, then queue what follows."""
     for row in rows:
         session_id, request_id = row["session_id"], row["request_id"]
-        attempt = row["attempt"]
         await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), error,
                              ex=rt.settings.request_timeout_seconds)
-        await rt.writer.append(session_id, [
-            Event(type="run.failed", request_id=request_id, attempt=attempt, data={"error": error}),
-            Event(type="done", request_id=request_id, attempt=attempt,
-                  data={"request_id": request_id, "status": "failed"}),
-        ])
+        await rt.writer.append(session_id, ended(request_id, row["attempt"], "failed", {"error": error}))
         upcoming = await lifecycle.advance(rt.db, session_id)
         if upcoming:
             await queue.enqueue(rt.queue, *upcoming)
@@ -54,9 +48,7 @@ async def reap_once(rt: Runtime) -> None:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
     for row in requeued:
         log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
-        payload = JobPayload(request_id=row["request_id"], session_id=row["session_id"], tenant_id=row["tenant_id"],
-                             attempt=row["attempt"], correlation_id=row["correlation_id"] or "")
-        await queue.enqueue(rt.queue, row["feature"], payload)
+        await queue.enqueue(rt.queue, *lifecycle.job_for(row))
     await _end_stream(rt, failed, "the request's worker was lost too many times")
 
 

@@ -19,7 +19,7 @@ from api.sessions.service import REQUEST_COLUMNS, parse_uuid
 from common import lifecycle, queue
 from common.auth import Principal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
-from common.streams import Event, cancel_key
+from common.streams import Event, cancel_key, ended
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,8 @@ async def _accept_new(
         if entry_id is not None:
             # The stream already announced the request: end it there too, as the row was not kept.
             with contextlib.suppress(Exception):
-                await gw.writer.append(session_id, [
-                    Event(type="run.failed", request_id=request_id, data={"error": "the request was not stored"}),
-                    Event(type="done", request_id=request_id, data={"request_id": request_id, "status": "failed"}),
-                ])
+                await gw.writer.append(session_id, ended(request_id, 1, "failed",
+                                                         {"error": "the request was not stored"}))
         raise
 
     for request in interrupted:
@@ -214,11 +212,7 @@ async def _accept_new(
 
 async def announce_cancelled(gw: Gateway, session_id: str, rows: list[asyncpg.Record], reason: str) -> None:
     for row in rows:
-        await gw.writer.append(session_id, [
-            Event(type="run.cancelled", request_id=row["request_id"], attempt=row["attempt"], data={"reason": reason}),
-            Event(type="done", request_id=row["request_id"], attempt=row["attempt"],
-                  data={"request_id": row["request_id"], "status": "cancelled"}),
-        ])
+        await gw.writer.append(session_id, ended(row["request_id"], row["attempt"], "cancelled", {"reason": reason}))
 
 
 async def enqueue_safely(gw: Gateway, upcoming: tuple[str, JobPayload] | None) -> None:
