@@ -51,6 +51,27 @@ async def create(
     return dict(row)
 
 
+async def for_external_id(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, external_id: str,
+                          ttl_seconds: int) -> str:
+    """The caller's `generic` session named `external_id`, created on first use (race-free)."""
+    session_id: str = await conn.fetchval(
+        """
+        WITH ins AS (
+            INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
+                                          expires_at)
+            VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
+            ON CONFLICT DO NOTHING RETURNING session_id)
+        SELECT session_id::text FROM ins
+        UNION ALL
+        SELECT session_id::text FROM request_sessions
+         WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
+        LIMIT 1
+        """,
+        who.tenant_id, who.user_id, external_id, ttl_seconds,
+    )
+    return session_id
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, session_id: str) -> dict[str, Any] | None:
     sid = parse_uuid(session_id)
     if sid is None:

@@ -11,6 +11,7 @@ from api.deps import GatewayDep, PrincipalDep
 from api.errors import ApiError
 from api.requests import service as request_service
 from api.requests.schemas import GenericRequest
+from api.sessions import service as session_service
 from api.streams.relay import request_frames
 from api.streams.sse import just_before, sse_response
 from common.logging import correlation_id
@@ -30,22 +31,8 @@ async def compat_stream(
     agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
     if agent is None:
         raise ApiError(404, f"no agent serves feature {feature_id!r}")
-    external = f"{feature_id}:{chat_id}"
-    session_id: str = await gw.db.fetchval(
-        """
-        WITH ins AS (
-            INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
-                                          expires_at)
-            VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
-            ON CONFLICT DO NOTHING RETURNING session_id)
-        SELECT session_id::text FROM ins
-        UNION ALL
-        SELECT session_id::text FROM request_sessions
-         WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
-        LIMIT 1
-        """,
-        who.tenant_id, who.user_id, external, gw.settings.session_ttl_seconds,
-    )
+    session_id = await session_service.for_external_id(gw.db, who, f"{feature_id}:{chat_id}",
+                                                         gw.settings.session_ttl_seconds)
     claim = start_key(session_id, gw.settings.stream_buckets)
     pending = f"pending:{correlation_id.get()}"
     if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
