@@ -45,8 +45,8 @@ from redis.asyncio import Redis  # noqa: E402
 from common import db  # noqa: E402
 from common.auth import mint_token  # noqa: E402
 from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
+from common.keys import stream_key  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.streams import stream_key  # noqa: E402
 
 SCENARIOS = ["idle", "relay", "latency", "first-token", "accept"]
 TITLES = {

@@ -7,8 +7,8 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
+from common.keys import queue_name
 from common.models import JobPayload
-from common.settings import queue_name
 
 PROCESS_REQUEST = "process_request"
 

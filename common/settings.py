@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.keys import queue_name
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
@@ -77,10 +79,6 @@ class Settings(BaseSettings):
 
     def feature_queue(self, feature: str | None = None) -> str:
         return queue_name(feature or self.feature)
-
-
-def queue_name(feature: str) -> str:
-    return f"rg:queue:{feature}"
 
 
 @lru_cache(maxsize=1)

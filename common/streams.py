@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
+from common.keys import stream_key
 
 EventType = Literal[
     "request.accepted",
@@ -28,23 +29,6 @@ EventType = Literal[
     "stream.reset",
     "done",
 ]
-
-
-def bucket(name: str, buckets: int) -> int:
-    """Stable bucket of a session (or run) id; the Redis Cluster hash tag of its keys."""
-    return zlib.crc32(name.encode()) % buckets
-
-
-def stream_key(session_id: str, buckets: int) -> str:
-    return f"rg:{{b{bucket(session_id, buckets)}}}:{session_id}"
-
-
-def cancel_key(session_id: str, request_id: str, buckets: int) -> str:
-    return f"rg:{{b{bucket(session_id, buckets)}}}:cancel:{request_id}"
-
-
-def start_key(session_id: str, buckets: int) -> str:
-    return f"rg:{{b{bucket(session_id, buckets)}}}:start:{session_id}"
 
 
 def parse_id(entry_id: str | bytes) -> tuple[int, int]:

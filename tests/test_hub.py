@@ -26,7 +26,8 @@ from api.streams.hub import (
     _Reader,
 )
 from api.streams.relay import batches
-from common.streams import Event, StreamWriter, bucket, connect, parse_id, stream_key
+from common.keys import bucket, stream_key
+from common.streams import Event, StreamWriter, connect, parse_id
 from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Infra
 

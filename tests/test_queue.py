@@ -8,8 +8,8 @@ from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job
 
 from common import queue
+from common.keys import queue_name
 from common.models import JobPayload
-from common.settings import queue_name
 from tests.conftest import Infra
 
 

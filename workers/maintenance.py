@@ -13,7 +13,8 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from common import lifecycle, queue
-from common.streams import cancel_key, ended
+from common.keys import cancel_key
+from common.streams import ended
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)

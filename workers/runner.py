@@ -20,10 +20,11 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from common import lifecycle, queue
 from common.agents import AgentRegistry
+from common.keys import cancel_key
 from common.logging import correlation_id
 from common.models import JobPayload
 from common.settings import Settings
-from common.streams import Event, StreamsRedis, StreamWriter, cancel_key
+from common.streams import Event, StreamsRedis, StreamWriter
 from workers import model
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import just_before, sse_response
 from common.auth import Principal
+from common.keys import stream_key
 from common.logging import correlation_id
 from common.models import ACTIVE_STATUSES
-from common.streams import stream_key
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
 

@@ -18,8 +18,9 @@ from api.requests.schemas import _RequestBody
 from api.sessions.service import REQUEST_COLUMNS, parse_uuid
 from common import lifecycle, queue
 from common.auth import Principal
+from common.keys import cancel_key
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
-from common.streams import Event, cancel_key, ended
+from common.streams import Event, ended
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from api.sessions import service
 from api.sessions.schemas import RequestPage, SessionCreate, SessionOut, SessionPage
 from api.streams.relay import session_frames
 from api.streams.sse import resume_point, sse_response
-from common.streams import parse_id, stream_key
+from common.keys import stream_key
+from common.streams import parse_id
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
 

@@ -25,6 +25,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisClusterException, RedisError
 
+from common.keys import hub_bucket_wake_key, hub_wake_key
 from common.streams import StreamsRedis, event_json, parse_id
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class Hub:
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
         self._process = uuid.uuid4().hex[:12]
-        self._fixed = [self._new_reader(f"rg:wake:{self._process}:{i}".encode()) for i in range(readers or 0)]
+        self._fixed = [self._new_reader(hub_wake_key(self._process, i).encode()) for i in range(readers or 0)]
         self._by_bucket: dict[bytes, _Reader] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -324,7 +325,7 @@ class Hub:
         reader = self._by_bucket.get(tag)
         if reader is None:
             # The wake stream carries the bucket's hash tag: it is read in the same XREAD.
-            reader = self._by_bucket[tag] = self._new_reader(b"rg:" + tag + b":wake:" + self._process.encode())
+            reader = self._by_bucket[tag] = self._new_reader(hub_bucket_wake_key(tag.decode(), self._process).encode())
             if self._started:
                 self._run(reader)
         return reader

@@ -14,8 +14,8 @@ from api.requests.schemas import GenericRequest
 from api.sessions import service as session_service
 from api.streams.relay import request_frames
 from api.streams.sse import just_before, sse_response
+from common.keys import start_key, stream_key
 from common.logging import correlation_id
-from common.streams import start_key, stream_key
 
 router = APIRouter(tags=["streams"])
 

@@ -7,7 +7,8 @@ import pytest
 
 from cli.sse import SseParser
 from common.agents import load_agents
-from common.streams import Event, bucket, event_json, id_before, parse_id, stream_key, valid_id
+from common.keys import bucket, stream_key
+from common.streams import Event, event_json, id_before, parse_id, valid_id
 from tests.conftest import ROOT
 from workers.offline_model import compose_reply
 

@@ -1,0 +1,50 @@
+"""Every Redis key name relaygate uses, in one place.
+
+Keys that belong to a session (or a flow run) carry the `{b<bucket>}` hash tag of its id,
+so on a Redis Cluster every key of one session lives in one slot (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "rg:"
+
+
+def bucket(name: str, buckets: int) -> int:
+    """Stable bucket of a session (or run) id; the Redis Cluster hash tag of its keys."""
+    return zlib.crc32(name.encode()) % buckets
+
+
+def _tagged(owner: str, buckets: int) -> str:
+    return f"{PREFIX}{{b{bucket(owner, buckets)}}}:"
+
+
+def stream_key(session_id: str, buckets: int) -> str:
+    """The session's event stream."""
+    return f"{_tagged(session_id, buckets)}{session_id}"
+
+
+def cancel_key(session_id: str, request_id: str, buckets: int) -> str:
+    """Set when a request must stop; its worker checks it between token flushes."""
+    return f"{_tagged(session_id, buckets)}cancel:{request_id}"
+
+
+def start_key(session_id: str, buckets: int) -> str:
+    """The compat `/stream` route's claim on starting a chat's generation."""
+    return f"{_tagged(session_id, buckets)}start:{session_id}"
+
+
+def hub_wake_key(process: str, reader: int) -> str:
+    """A gateway hub reader's private wake stream on a single server."""
+    return f"{PREFIX}wake:{process}:{reader}"
+
+
+def hub_bucket_wake_key(tag: str, process: str) -> str:
+    """A cluster hub reader's wake stream: it carries the bucket's hash tag `tag` (`{b<n>}`)."""
+    return f"{PREFIX}{tag}:wake:{process}"
+
+
+def queue_name(feature: str) -> str:
+    """The ARQ queue (a sorted set) of one feature's agent workers."""
+    return f"{PREFIX}queue:{feature}"
