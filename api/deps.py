@@ -12,9 +12,9 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
 from api.errors import ApiError
-from api.streams.hub import Hub
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal, decode_jwt, hash_api_key, lookup_api_key
+from common.hub import Hub
 from common.settings import Settings
 from common.streams import StreamsRedis, StreamWriter
 

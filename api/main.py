@@ -17,11 +17,11 @@ from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
-from api.streams.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from api.streams.router import router as stream_router
 from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
+from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams

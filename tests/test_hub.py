@@ -14,7 +14,7 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import SlotNotCoveredError
 
-from api.streams.hub import (
+from common.hub import (
     HEARTBEAT,
     OVERFLOW,
     ClusterConnections,
@@ -24,8 +24,8 @@ from api.streams.hub import (
     ServerConnections,
     Subscription,
     _Reader,
+    batches,
 )
-from api.streams.relay import batches
 from common.keys import bucket, stream_key
 from common.streams import Event, StreamWriter, connect, parse_id
 from tests.cluster import EmbeddedValkeyCluster

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from api.streams.hub import HEARTBEAT, OVERFLOW, Entry, Hub, to_entries
+from common.hub import HEARTBEAT, OVERFLOW, Entry, Hub, batches
 from common.streams import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
@@ -69,43 +69,6 @@ async def reset_frame(reset: Reset, snapshot: Snapshot) -> tuple[bytes, tuple[in
     )
     frame = b"id: " + format_id(resume).encode() + b"\nevent: stream.reset\ndata: " + body + b"\n\n"
     return frame, resume
-
-
-Batch = list[Entry | object]
-
-
-async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Batch]:
-    """Every entry after `after`, in order, then live ones, in batches of what is ready.
-
-    HEARTBEAT and OVERFLOW markers pass through; OVERFLOW ends the iteration. Batching lets
-    a busy stream go out in one write instead of one per entry.
-    """
-    sub = await hub.subscribe(key)
-    try:
-        last = after
-        while last < sub.catchup_until:
-            page = await hub.redis.xrange(key, min=b"(" + format_id(last).encode(),
-                                          max=format_id(sub.catchup_until).encode(), count=500)
-            if not page:
-                break
-            last = parse_id(page[-1][0])
-            caught_up: Batch = [*to_entries(key, page)]
-            if caught_up:
-                yield caught_up
-        while True:
-            batch: Batch = []
-            for item in await sub.take():
-                if isinstance(item, Entry):
-                    if item.id <= last:
-                        continue
-                    last = item.id
-                batch.append(item)
-            if batch:
-                yield batch
-                if batch[-1] is OVERFLOW:
-                    return
-    finally:
-        hub.unsubscribe(sub)
 
 
 async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: Snapshot) -> AsyncIterator[bytes]:

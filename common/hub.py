@@ -1,6 +1,6 @@
 """One XREAD loop per reader task fanning stream entries out to bounded per-client mailboxes.
 
-A gateway process holds `hub_readers` blocking Redis connections however many clients
+A process (a gateway, a dispatcher) holds `hub_readers` blocking Redis connections however many clients
 watch: every watched key is assigned to one reader, which re-issues a single multi-key
 `XREAD` with the last id it delivered for each key. Subscribing to a new key wakes the
 reader at once through a private wake stream. A client whose mailbox fills up is cut off
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisClusterException, RedisError
 
 from common.keys import hub_bucket_wake_key, hub_wake_key
-from common.streams import StreamsRedis, event_json, parse_id
+from common.streams import StreamsRedis, event_json, format_id, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -379,3 +379,40 @@ class Hub:
                     for sub in subs:
                         if not sub.items:
                             sub.push(HEARTBEAT)
+
+
+Batch = list[Entry | object]
+
+
+async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Batch]:
+    """Every entry after `after`, in order, then live ones, in batches of what is ready.
+
+    HEARTBEAT and OVERFLOW markers pass through; OVERFLOW ends the iteration. Batching lets
+    a busy stream go out in one write instead of one per entry.
+    """
+    sub = await hub.subscribe(key)
+    try:
+        last = after
+        while last < sub.catchup_until:
+            page = await hub.redis.xrange(key, min=b"(" + format_id(last).encode(),
+                                          max=format_id(sub.catchup_until).encode(), count=500)
+            if not page:
+                break
+            last = parse_id(page[-1][0])
+            caught_up: Batch = [*to_entries(key, page)]
+            if caught_up:
+                yield caught_up
+        while True:
+            batch: Batch = []
+            for item in await sub.take():
+                if isinstance(item, Entry):
+                    if item.id <= last:
+                        continue
+                    last = item.id
+                batch.append(item)
+            if batch:
+                yield batch
+                if batch[-1] is OVERFLOW:
+                    return
+    finally:
+        hub.unsubscribe(sub)
