@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test lint unit bench clean
+.PHONY: dev test lint unit bench bench-alternatives clean
 
 PORT ?= 8000
 
@@ -24,6 +24,11 @@ unit: .venv/.synced
 
 bench: .venv/.synced
 	.venv/bin/python bench/run.py
+
+# sse-starlette and fakeredis against what relaygate uses instead (README); not project dependencies.
+bench-alternatives: .venv/.synced
+	$(UV) run --no-project --with-editable . --with sse-starlette==3.4.11 --with 'fakeredis[lua]==2.37.1' \
+		python bench/alternatives.py
 
 .tools/bin/uv:
 	python3 -m venv .tools || { echo "python3 -m venv failed: install python3-venv (or put uv on PATH)"; exit 1; }
