@@ -15,6 +15,7 @@ from api.deps import Gateway
 from api.health import router as health_router
 from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
+from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
 from api.streams.router import router as stream_router
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     errors.install(app)
-    for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
+    for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -1,4 +1,4 @@
-"""POST /api/v1/requests/{web,cli,tool,generic}, status and cancel."""
+"""POST /api/v1/requests/{web,cli,tool,generic}, status and cancel (the compat `/stream` intake is beside it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,58 @@
+"""`POST /stream?feature_id=X&chat_id=Y`: the original prototype's intake, relayed on the session streams."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+from starlette.responses import StreamingResponse
+
+from api.deps import GatewayDep, PrincipalDep
+from api.errors import ApiError
+from api.repositories import sessions as session_repo
+from api.requests import service
+from api.requests.schemas import GenericRequest
+from api.streams.relay import request_frames
+from api.streams.sse import just_before, sse_response
+from common.keys import start_key, stream_key
+from common.logging import correlation_id
+
+router = APIRouter(tags=["streams"])
+
+Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+@router.post("/stream", response_class=StreamingResponse)
+async def compat_stream(
+    feature_id: Name, chat_id: Name, gw: GatewayDep, who: PrincipalDep,
+    content: Annotated[str | None, Body(embed=True, max_length=100_000)] = None,
+) -> StreamingResponse:
+    """Starts generation when the chat has none running, relays it, ends with `data: [DONE]`."""
+    agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
+    if agent is None:
+        raise ApiError(404, f"no agent serves feature {feature_id!r}")
+    session_id = await session_repo.for_external_id(gw.db, who, f"{feature_id}:{chat_id}",
+                                                    gw.settings.session_ttl_seconds)
+    claim = start_key(session_id, gw.settings.stream_buckets)
+    pending = f"pending:{correlation_id.get()}"
+    if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
+        body = GenericRequest(
+            integration_type="generic", session_id=session_id, agent_id=agent.id,
+            content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
+        )
+        try:
+            accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get())
+        except BaseException:
+            await gw.streams.delete(claim)
+            raise
+        await gw.streams.set(claim, accepted.request_id, ex=gw.settings.stream_ttl_seconds)
+        request_id, entry_id = accepted.request_id, accepted.stream_entry_id
+    else:
+        request_id = (await gw.streams.get(claim) or b"").decode()
+        if request_id.startswith("pending:"):
+            raise ApiError(409, "generation for this chat is starting; retry in a moment")
+        row = await service.get(gw, who, request_id)
+        entry_id = row["stream_entry_id"]
+    after = just_before(entry_id) if entry_id else (0, 0)
+    key = stream_key(session_id, gw.settings.stream_buckets)
+    return sse_response(request_frames(gw.hub, key, after, request_id, compat=True))
