@@ -14,6 +14,7 @@ from api.errors import ApiError
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal
 from common.hub import Hub
+from common.limits import Limits, StreamSlots
 from common.settings import Settings
 from common.streams import StreamsRedis, StreamWriter
 
@@ -28,6 +29,8 @@ class Gateway:
     writer: StreamWriter
     agents: AgentRegistry
     auth: Authenticator = field(default_factory=Authenticator)
+    limits: Limits | None = None  # None: no rate or concurrency limits (e.g. a Gateway built by a test)
+    slots: StreamSlots | None = None
 
 
 async def get_gateway(request: Request) -> Gateway:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
+from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
@@ -55,15 +57,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
               queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
     hub.start()
     runtime.tune_gc()
+    limits = Limits(streams, settings)
+    slots = StreamSlots(limits)
+    renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
         settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
         writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
                             ttl_seconds=settings.stream_ttl_seconds),
-        agents=load_agents(settings.agents_file),
+        agents=load_agents(settings.agents_file), limits=limits, slots=slots,
     )
     try:
         yield
     finally:
+        renewing.cancel()
         await hub.stop()
         for client in (streams, arq):
             await client.aclose()

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     api_key_cache_seconds: float = 10.0
 
+    # Limits (README "Limits and quotas"); 0 turns a limit off.
+    rate_limit_user_per_minute: int = Field(default=600, ge=0)
+    rate_limit_tenant_per_minute: int = Field(default=6_000, ge=0)
+    rate_limit_integration_per_minute: int = Field(default=3_000, ge=0)
+    max_running_requests_per_user: int = Field(default=50, ge=0)
+    max_streams_per_user: int = Field(default=100, ge=0)
+    max_streams_per_process: int = Field(default=10_000, ge=0)
+    max_reply_tokens: int = Field(default=4_096, ge=0)
+
     # HTTP.
     max_body_bytes: int = 256 * 1024
     max_wait_seconds: float = 60.0

@@ -196,6 +196,10 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
         "OFFLINE_MODEL_TOKENS": "30",
         "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
         "PYTHONUNBUFFERED": "1",
+        # The processes' tests drive single users hard; tests/gateway/test_limits.py covers the limits.
+        "RATE_LIMIT_USER_PER_MINUTE": "0",
+        "MAX_RUNNING_REQUESTS_PER_USER": "0",
+        "MAX_STREAMS_PER_USER": "0",
     })
     env.update(overrides)
     return env

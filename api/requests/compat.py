@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 from starlette.responses import StreamingResponse
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, PrincipalDep
 from api.errors import ApiError
 from api.repositories import sessions as session_repo
 from api.requests import service
 from api.requests.schemas import GenericRequest
 from api.streams.relay import request_frames
-from api.streams.sse import just_before, sse_response
+from api.streams.sse import held_response, just_before, release_stream, reserve_stream
+from common.auth import Principal
 from common.keys import start_key, stream_key
 from common.logging import correlation_id
 
@@ -31,13 +32,24 @@ async def compat_stream(
     agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
     if agent is None:
         raise ApiError(404, f"no agent serves feature {feature_id!r}")
+    slot = await reserve_stream(gw, who)
+    try:
+        return await _start_or_join(gw, who, feature_id, chat_id, content, agent.id, slot)
+    except BaseException:
+        release_stream(gw, slot)
+        raise
+
+
+async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: str, content: str | None,
+                         agent_id: str, slot: str | None) -> StreamingResponse:
+    """Start the chat's generation unless one is already claimed, then relay that one."""
     session_id = await session_repo.for_external_id(gw.db, who, f"{feature_id}:{chat_id}",
                                                     gw.settings.session_ttl_seconds)
     claim = start_key(session_id, gw.settings.stream_buckets)
     pending = f"pending:{correlation_id.get()}"
     if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
         body = GenericRequest(
-            integration_type="generic", session_id=session_id, agent_id=agent.id,
+            integration_type="generic", session_id=session_id, agent_id=agent_id,
             content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
         )
         try:
@@ -55,4 +67,4 @@ async def compat_stream(
         entry_id = row["stream_entry_id"]
     after = just_before(entry_id) if entry_id else (0, 0)
     key = stream_key(session_id, gw.settings.stream_buckets)
-    return sse_response(request_frames(gw.hub, key, after, request_id, compat=True))
+    return held_response(gw, slot, request_frames(gw.hub, key, after, request_id, compat=True))

@@ -21,7 +21,7 @@ from api.requests.schemas import (
 )
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
-from api.streams.sse import just_before, sse_response
+from api.streams.sse import held_response, just_before, release_stream, reserve_stream
 from common.auth import Principal
 from common.keys import stream_key
 from common.logging import correlation_id
@@ -46,13 +46,19 @@ async def _intake(
     request: Request, body: _RequestBody, gw: Gateway, who: Principal, idempotency_key: str | None,
     wait: float | None,
 ) -> Response:
-    accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
-                                    correlation_id=correlation_id.get())
+    streaming = "text/event-stream" in request.headers.get("accept", "")
+    slot = await reserve_stream(gw, who) if streaming else None
+    try:
+        accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
+                                        correlation_id=correlation_id.get())
+    except BaseException:
+        release_stream(gw, slot)
+        raise
     key = stream_key(accepted.session_id, gw.settings.stream_buckets)
     headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
     after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
-    if "text/event-stream" in request.headers.get("accept", ""):
-        response = sse_response(request_frames(gw.hub, key, after, accepted.request_id))
+    if streaming:
+        response = held_response(gw, slot, request_frames(gw.hub, key, after, accepted.request_id))
         response.headers.update(headers)
         return response
     wait_seconds = _wait_seconds(request, wait, gw.settings.max_wait_seconds)

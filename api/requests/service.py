@@ -12,13 +12,14 @@ import asyncpg
 import orjson
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.lifecycle import cancel_many, cancel_queued, enqueue_safely, flag_running
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
 from common.auth import Principal
-from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
+from common.limits import REFUSALS, max_reply_tokens_refusal
+from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
 from common.streams import Event, ended
 
 
@@ -53,7 +54,7 @@ class _Intake:
             request_id=self.request_id, session_id=self.session_id, tenant_id=self.who.tenant_id,
             user_id=self.user_id, integration_type=body.integration(), request_type=body.integration(),
             content=body.content, agent_id=body.agent_id or self.agent_id, feature=self.feature,
-            integration_context=body.integration_context(), metadata=body.metadata.model_dump(),
+            integration_context=body.integration_context(), metadata=model_options(body.metadata.model_dump()),
             correlation_id=self.correlation_id,
         )
 
@@ -82,14 +83,43 @@ async def accept(
         if replay:
             return replay
     intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id)
+    await _admit(gw, intake)
     try:
         return await _accept_new(gw, intake)
     except asyncpg.UniqueViolationError:
+        await _release(gw, intake)
         # A concurrent request with the same Idempotency-Key won the race.
         replay = await _replay(gw.db, who, user_id, idempotency_key or "", digest)
         if replay is None:
             raise
         return replay
+    except BaseException:
+        await _release(gw, intake)
+        raise
+
+
+async def _admit(gw: Gateway, intake: _Intake) -> None:
+    """The per-request ceiling, then the rate and concurrency limits (one Redis round trip)."""
+    too_long = max_reply_tokens_refusal(intake.body.metadata.model_dump(), gw.settings.max_reply_tokens)
+    if too_long:
+        REFUSALS.labels("max_reply_tokens").inc()
+        raise ApiError(422, too_long, error="limit_exceeded")
+    if gw.limits is None:
+        return
+    tenant_id = intake.who.tenant_id
+
+    async def still_active(request_ids: list[str]) -> set[str]:
+        return await request_repo.still_active(gw.db, tenant_id, request_ids)
+
+    refusal = await gw.limits.admit_request(tenant_id, intake.user_id, intake.body.integration(),
+                                            intake.request_id, still_active)
+    if refusal:
+        raise refused(refusal)
+
+
+async def _release(gw: Gateway, intake: _Intake) -> None:
+    if gw.limits is not None:
+        await gw.limits.release_request(intake.who.tenant_id, intake.user_id, intake.request_id)
 
 
 async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,

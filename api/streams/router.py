@@ -10,7 +10,7 @@ from starlette.responses import StreamingResponse
 from api.deps import GatewayDep, PrincipalDep
 from api.sessions import service as session_service
 from api.streams.relay import session_frames
-from api.streams.sse import resume_point, sse_response
+from api.streams.sse import open_stream, resume_point
 from common.keys import stream_key
 from common.streams import parse_id
 
@@ -34,4 +34,4 @@ async def session_stream(
     async def snapshot() -> tuple[list[dict[str, Any]], str | None]:
         return await session_service.snapshot(gw, who, sid)
 
-    return sse_response(session_frames(gw.hub, key, after, snapshot))
+    return await open_stream(gw, who, session_frames(gw.hub, key, after, snapshot))
