@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
-from api.auth import Authenticator
+from api.auth import Authenticator, LookupBudgetExceeded
 from api.errors import ApiError
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal
@@ -54,7 +55,10 @@ def _credential(request: Request) -> str:
 async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
     credential = _credential(request)
     if credential.startswith(API_KEY_PREFIX):
-        principal = await gateway.auth.principal_for_key(gateway.db, gateway.settings, credential)
+        try:
+            principal = await gateway.auth.principal_for_key(gateway.db, gateway.settings, credential)
+        except LookupBudgetExceeded:
+            raise ApiError(503, "too many unknown API keys; retry shortly", headers={"Retry-After": "1"}) from None
         if principal is None:
             raise ApiError(401, "invalid API key")
     else:
@@ -67,3 +71,18 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency (for a route or a router) that answers 403 unless the credential allows `scope`.
+
+    Scopes are in `common.auth`: a credential naming none of the route scopes may use every
+    route but /metrics; one naming some may use only those routes.
+    """
+
+    async def check(principal: PrincipalDep) -> Principal:
+        if not principal.allows(scope):
+            raise ApiError(403, f"this credential lacks the {scope!r} scope")
+        return principal
+
+    return check

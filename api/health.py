@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, require_scope
 from api.responses import JSONResponse
+from common.auth import SCOPE_METRICS, Principal
 
 router = APIRouter(tags=["health"])
 
@@ -36,7 +37,7 @@ async def health(gw: GatewayDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(gw: GatewayDep, _: PrincipalDep) -> Response:
-    """Prometheus text; scrapers authenticate like any client (an API key)."""
+async def metrics(gw: GatewayDep, _: Annotated[Principal, Depends(require_scope(SCOPE_METRICS))]) -> Response:
+    """Prometheus text, for credentials holding the `metrics` scope (a scraper's API key)."""
     SSE_CLIENTS.set(gw.hub.subscriber_count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

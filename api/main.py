@@ -37,6 +37,9 @@ def _require(settings: Settings) -> None:
                                         ("REDIS_URL", settings.stream_redis_url)) if not value]
     if missing:
         raise SystemExit(f"relaygate gateway: {', '.join(missing)} not set (use `relaygate dev` for embedded servers)")
+    problem = settings.auth_problem()
+    if problem:
+        raise SystemExit(f"relaygate gateway: {problem}")
 
 
 @asynccontextmanager

@@ -9,6 +9,13 @@ from pydantic import BaseModel, Field
 IntegrationType = Literal[
     "slack", "web", "cli", "tool", "email", "sms", "webhook", "teams", "discord", "test", "generic"
 ]
+
+
+def lower_name(value: object) -> object:
+    """The original integration guide spells integration types in capitals (`"WEB"`): accept any case."""
+    return value.lower() if isinstance(value, str) else value
+
+
 Multitask = Literal["enqueue", "reject", "interrupt"]
 RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 ACTIVE_STATUSES = ("queued", "running")

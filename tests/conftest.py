@@ -87,8 +87,9 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 
 def settings_for(infra: Infra, **overrides: object) -> Settings:
-    return Settings(database_url=infra.database_url, redis_url=infra.redis_url,
-                    jwt_secret_key=JWT_SECRET, **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {"database_url": infra.database_url, "redis_url": infra.redis_url,
+                                 "jwt_secret_key": JWT_SECRET, **overrides}
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -22,8 +22,8 @@ _INSERT = """
     WITH request AS (
         INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
             normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
-            deadline_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14)))
+            deadline_at, created_by)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14), $16))
 """
 # The session row goes with the request row, in one statement either way.
 _INTO_SESSION = _INSERT + """
@@ -43,7 +43,8 @@ async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> N
     """Store a request and create (or touch) its session in one statement.
 
     `values`: request_id, session_id, tenant_id, user_id, request_type, content, normalized, agent_id,
-    feature, idempotency_key, body_hash, correlation_id, stream_entry_id, timeout seconds, session ttl.
+    feature, idempotency_key, body_hash, correlation_id, stream_entry_id, timeout seconds, session ttl,
+    created_by (the principal, when it acts for another user).
     """
     await conn.execute(_WITH_NEW_SESSION if new_session else _INTO_SESSION, *values)
 
@@ -67,9 +68,11 @@ async def active_in_session(conn: Conn, session_id: str) -> list[asyncpg.Record]
 
 
 async def get(conn: Conn, who: Principal, request_id: str) -> dict[str, Any] | None:
+    """The caller's request: one it sent for itself, or one it created for another user."""
     rid = parse_uuid(request_id)
     row = rid and await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2 AND r.user_id = $3",
+        f"SELECT {COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
+        " AND (r.user_id = $3 OR r.created_by = $3)",
         rid, who.tenant_id, who.user_id,
     )
     return dict(row) if row else None

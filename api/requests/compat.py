@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 from starlette.responses import StreamingResponse
 
-from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.errors import ApiError
 from api.repositories import sessions as session_repo
 from api.requests import service
 from api.requests.schemas import GenericRequest
 from api.streams.relay import request_frames
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
-from common.auth import Principal
+from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import start_key, stream_key
 from common.logging import correlation_id
 
-router = APIRouter(tags=["streams"])
+router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
 
 Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 

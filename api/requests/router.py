@@ -6,9 +6,9 @@ import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.requests import service
 from api.requests.schemas import (
     Accepted,
@@ -22,12 +22,12 @@ from api.requests.schemas import (
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
-from common.auth import Principal
+from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import stream_key
 from common.logging import correlation_id
 from common.models import ACTIVE_STATUSES
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 

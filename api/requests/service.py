@@ -17,7 +17,7 @@ from api.lifecycle import cancel_many, cancel_queued, enqueue_safely, flag_runni
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
-from common.auth import Principal
+from common.auth import SCOPE_JOIN_SESSIONS, Principal
 from common.limits import REFUSALS, max_reply_tokens_refusal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
 from common.streams import Event, ended
@@ -134,10 +134,9 @@ async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_
 
 async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
-    body = intake.body
     try:
         async with gw.db.acquire() as conn:
-            if body.new_session and not body.session_id:
+            if _starts_session(intake):
                 # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
                 await _record(gw, conn, intake, existing=None)
                 upcoming: tuple[str, JobPayload] | None = intake.job()
@@ -151,6 +150,14 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     await flag_running(gw, intake.session_id, interrupted, "interrupted by a newer request")
     await enqueue_safely(gw, upcoming)
     return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
+
+
+def _starts_session(intake: _Intake) -> bool:
+    """True when the request opens a new session: asked for, or a tool acting for a user it may not join."""
+    body, who = intake.body, intake.who
+    if body.session_id:
+        return False
+    return body.new_session or (intake.user_id != who.user_id and not who.may_join_sessions_of_others())
 
 
 async def _join_session(
@@ -182,6 +189,8 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
     """
     who, body = intake.who, intake.body
     if body.session_id:
+        if intake.user_id != who.user_id and not who.may_join_sessions_of_others():
+            raise ApiError(403, f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
         row = await session_repo.lock_owned(conn, who.tenant_id, intake.user_id, body.session_id)
         if not row:
             raise ApiError(404, "session not found")
@@ -212,7 +221,7 @@ async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, exi
         intake.request_id, intake.session_id, intake.who.tenant_id, intake.user_id, normalized.request_type,
         intake.body.content, normalized.model_dump(), normalized.agent_id, intake.feature, intake.idempotency_key,
         intake.digest, intake.correlation_id, intake.entry_id, gw.settings.request_timeout_seconds,
-        gw.settings.session_ttl_seconds,
+        gw.settings.session_ttl_seconds, None if intake.user_id == intake.who.user_id else intake.who.user_id,
     ))
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.repositories import sessions as session_repo
 from api.sessions import service
 from api.sessions.schemas import RequestPage, SessionCreate, SessionOut, SessionPage
+from common.auth import SCOPE_SESSIONS
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
+
+_SESSIONS = [Depends(require_scope(SCOPE_SESSIONS))]
 
 
 @router.get("/me")
@@ -19,12 +22,12 @@ async def me(who: PrincipalDep) -> dict[str, Any]:
     return {"tenant_id": who.tenant_id, "user_id": who.user_id, "kind": who.kind, "scopes": sorted(who.scopes)}
 
 
-@router.post("/sessions", status_code=201, response_model=SessionOut)
+@router.post("/sessions", status_code=201, response_model=SessionOut, dependencies=_SESSIONS)
 async def create_session(body: SessionCreate, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
     return await service.create(gw, who, body)
 
 
-@router.get("/sessions", response_model=SessionPage)
+@router.get("/sessions", response_model=SessionPage, dependencies=_SESSIONS)
 async def list_sessions(
     gw: GatewayDep, who: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -36,17 +39,17 @@ async def list_sessions(
     return {"items": items[:limit], "next_offset": offset + limit if more else None}
 
 
-@router.get("/sessions/{session_id}", response_model=SessionOut)
+@router.get("/sessions/{session_id}", response_model=SessionOut, dependencies=_SESSIONS)
 async def get_session(session_id: str, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
     return await service.owned(gw, who, session_id)
 
 
-@router.post("/sessions/{session_id}/end", response_model=SessionOut)
+@router.post("/sessions/{session_id}/end", response_model=SessionOut, dependencies=_SESSIONS)
 async def end_session(session_id: str, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
     return await service.end(gw, who, session_id)
 
 
-@router.get("/sessions/{session_id}/requests", response_model=RequestPage)
+@router.get("/sessions/{session_id}/requests", response_model=RequestPage, dependencies=_SESSIONS)
 async def session_requests(
     session_id: str, gw: GatewayDep, who: PrincipalDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> dict[str, Any]:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from starlette.responses import StreamingResponse
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.sessions import service as session_service
 from api.streams.relay import session_frames
 from api.streams.sse import open_stream, resume_point
+from common.auth import SCOPE_SESSIONS
 from common.keys import stream_key
 from common.streams import parse_id
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"])
+router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))])
 
 
 @router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)
