@@ -163,6 +163,21 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=30,
                             headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"})
 
+    def worker_running(self, request_id: str, timeout: float = 30) -> int:
+        """The pid of the worker that started `request_id` last, from the workers' logs (clients never see it)."""
+        found: list[int] = []
+
+        def started() -> bool:
+            for worker in self.workers:
+                log = self._worker_logs[worker.pid]
+                lines = log.read_text().splitlines() if log.exists() else []
+                if any('"run started"' in line and request_id in line for line in lines):
+                    found[:] = [worker.pid]
+            return bool(found)
+
+        wait_until(started, timeout, f"a worker to start {request_id}")
+        return found[0]
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self._logs if p.exists())
 

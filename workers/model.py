@@ -10,6 +10,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from common.agents import Agent
 from common.models import model_options
+from common.redact import scrub
 from common.settings import Settings
 from workers import offline_model
 
@@ -37,8 +38,8 @@ def model_for(agent: Agent, settings: Settings) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short, readable reason for clients; provider messages are truncated, never a traceback."""
-    message = " ".join(str(exc).split())
+    """A short, readable reason for clients: truncated, scrubbed of URLs and keys, never a traceback."""
+    message = scrub(" ".join(str(exc).split()))
     name = type(exc).__name__
     return f"model provider error ({name}): {message[:300]}" if message else f"model provider error ({name})"
 

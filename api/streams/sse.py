@@ -11,6 +11,8 @@ from api.errors import ApiError, refused
 from common.auth import Principal
 from common.streams import id_before, parse_id, valid_id
 
+MAX_ID_PART = 2**64 - 1
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -60,8 +62,11 @@ def resume_point(value: str | None) -> tuple[int, int] | None:
     if value == "$":
         return None
     if not valid_id(value):
-        raise ApiError(422, f"invalid stream id {value!r}: expected <milliseconds>-<sequence>")
-    return parse_id(value)
+        raise ApiError(422, f"invalid stream id {value[:64]!r}: expected <milliseconds>-<sequence>")
+    parsed = parse_id(value)
+    if max(parsed) > MAX_ID_PART:
+        raise ApiError(400, f"stream id {value[:64]!r} is outside Redis' 64-bit id space")
+    return parsed
 
 
 def just_before(entry_id: str) -> tuple[int, int]:

@@ -21,6 +21,8 @@ def test_reply_streams_in_order_and_is_stored(stack: Stack) -> None:
         types = [e.event for e in events]
         assert types[0] == "request.accepted"
         assert types.index("run.started") < types.index("token") < types.index("message")
+        started = next(e for e in events if e.event == "run.started").json()["data"]
+        assert set(started) == {"agent_id", "model"}  # the worker's host:pid stays inside
         assert types[-3:] == ["message", "run.completed", "done"]
         ids = [tuple(map(int, e.id.split("-"))) for e in events]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
