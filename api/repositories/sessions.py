@@ -40,7 +40,11 @@ async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any
 
 
 async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seconds: int) -> str:
-    """The caller's `generic` session named `external_id`, created on first use (race-free)."""
+    """The caller's active `generic` session named `external_id`, created when none is (race-free).
+
+    The unique index covers active sessions only: once the session ends or expires, the name
+    starts a new one.
+    """
     session_id: str = await conn.fetchval(
         """
         WITH ins AS (
@@ -52,6 +56,7 @@ async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seco
         UNION ALL
         SELECT session_id::text FROM request_sessions
          WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
+           AND status = 'active'
         LIMIT 1
         """,
         who.tenant_id, who.user_id, external_id, ttl_seconds,

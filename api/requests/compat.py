@@ -23,6 +23,11 @@ router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_R
 Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+def session_name(feature_id: str, chat_id: str) -> str:
+    """The chat's external session id; the length prefix keeps ("a:b", "c") and ("a", "b:c") apart."""
+    return f"compat:{len(feature_id)}:{feature_id}:{chat_id}"
+
+
 @router.post("/stream", response_class=StreamingResponse)
 async def compat_stream(
     feature_id: Name, chat_id: Name, gw: GatewayDep, who: PrincipalDep,
@@ -43,7 +48,7 @@ async def compat_stream(
 async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: str, content: str | None,
                          agent_id: str, slot: str | None) -> StreamingResponse:
     """Start the chat's generation unless one is already claimed, then relay that one."""
-    session_id = await session_repo.for_external_id(gw.db, who, f"{feature_id}:{chat_id}",
+    session_id = await session_repo.for_external_id(gw.db, who, session_name(feature_id, chat_id),
                                                     gw.settings.session_ttl_seconds)
     claim = start_key(session_id, gw.settings.stream_buckets)
     pending = f"pending:{correlation_id.get()}"

@@ -118,3 +118,10 @@ async def test_happy_paths(app: App) -> None:
             "cancelled"] * 4
         assert (await client.get("/api/v1/openapi.json")).json()["info"]["title"] == "relaygate"
         assert (await client.get("/health")).json()["status"] == "ok"
+
+
+def test_compat_chat_names_never_collide() -> None:
+    from api.requests.compat import session_name
+
+    assert session_name("a:b", "c") != session_name("a", "b:c")
+    assert session_name("a", "b") == session_name("a", "b")
