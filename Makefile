@@ -35,7 +35,7 @@ bench-alternatives: .venv/.synced
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra worker
+	$(UV) sync --frozen --extra worker --extra dev
 	touch $@
 
 clean:

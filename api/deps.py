@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -11,10 +10,12 @@ import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from api.auth import Authenticator, LookupBudgetExceeded
 from api.errors import ApiError
 from common.agents import AgentRegistry
-from common.auth import API_KEY_PREFIX, AuthError, Principal, decode_jwt, hash_api_key, lookup_api_key
+from common.auth import API_KEY_PREFIX, AuthError, Principal
 from common.hub import Hub
+from common.limits import Limits, StreamSlots
 from common.settings import Settings
 from common.streams import StreamsRedis, StreamWriter
 
@@ -28,33 +29,9 @@ class Gateway:
     hub: Hub
     writer: StreamWriter
     agents: AgentRegistry
-    _key_cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
-    _token_cache: dict[bytes, Principal] = field(default_factory=dict)
-
-    async def principal_for_key(self, key: str) -> Principal | None:
-        """API keys are looked up by hash, with a short cache so a hot client costs no query."""
-        now = time.monotonic()
-        digest = hash_api_key(key)  # the cache holds no secrets
-        cached = self._key_cache.get(digest)
-        if cached and cached[0] > now:
-            return cached[1]
-        principal = await lookup_api_key(self.db, key)
-        if len(self._key_cache) > 10_000:
-            self._key_cache.clear()
-        self._key_cache[digest] = (now + self.settings.api_key_cache_seconds, principal)
-        return principal
-
-    def principal_for_token(self, token: str) -> Principal:
-        """A verified JWT stays valid until its `exp`: remembering it spares a hot client the decode."""
-        digest = hashlib.sha256(token.encode()).digest()  # the cache holds no tokens
-        cached = self._token_cache.get(digest)
-        if cached is not None and cached.expires_at is not None and cached.expires_at > time.time():
-            return cached
-        principal = decode_jwt(token, self.settings)
-        if len(self._token_cache) > 10_000:
-            self._token_cache.clear()
-        self._token_cache[digest] = principal
-        return principal
+    auth: Authenticator = field(default_factory=Authenticator)
+    limits: Limits | None = None  # None: no rate or concurrency limits (e.g. a Gateway built by a test)
+    slots: StreamSlots | None = None
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -78,12 +55,15 @@ def _credential(request: Request) -> str:
 async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
     credential = _credential(request)
     if credential.startswith(API_KEY_PREFIX):
-        principal = await gateway.principal_for_key(credential)
+        try:
+            principal = await gateway.auth.principal_for_key(gateway.db, gateway.settings, credential)
+        except LookupBudgetExceeded:
+            raise ApiError(503, "too many unknown API keys; retry shortly", headers={"Retry-After": "1"}) from None
         if principal is None:
             raise ApiError(401, "invalid API key")
     else:
         try:
-            principal = gateway.principal_for_token(credential)
+            principal = gateway.auth.principal_for_token(gateway.settings, credential)
         except AuthError as exc:
             raise ApiError(401, str(exc)) from None
     request.state.principal = principal
@@ -91,3 +71,18 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency (for a route or a router) that answers 403 unless the credential allows `scope`.
+
+    Scopes are in `common.auth`: a credential naming none of the route scopes may use every
+    route but /metrics; one naming some may use only those routes.
+    """
+
+    async def check(principal: PrincipalDep) -> Principal:
+        if not principal.allows(scope):
+            raise ApiError(403, f"this credential lacks the {scope!r} scope")
+        return principal
+
+    return check

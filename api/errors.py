@@ -11,6 +11,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import JSONResponse
+from common.limits import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,17 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str, error: str | None = None) -> None:
+    def __init__(self, status: int, detail: str, error: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.detail = detail
         self.error = error or _CODES.get(status, "error")
+        self.headers = headers or {}
+
+
+def refused(refusal: Refusal) -> ApiError:
+    """429 naming the limit, with Retry-After."""
+    return ApiError(429, refusal.detail, headers={"Retry-After": str(refusal.retry_after)})
 
 
 def error_response(status: int, error: str, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -33,8 +41,8 @@ def error_response(status: int, error: str, detail: object, headers: dict[str, s
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.error, exc.detail, headers)
+        headers = {"WWW-Authenticate": "Bearer", **exc.headers} if exc.status == 401 else exc.headers
+        return error_response(exc.status, exc.error, exc.detail, headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

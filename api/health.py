@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, require_scope
 from api.responses import JSONResponse
+from common.auth import SCOPE_METRICS, Principal
 
 router = APIRouter(tags=["health"])
+
+PROBE_SECONDS = 1.0
 
 SSE_CLIENTS = Gauge("relaygate_sse_subscribers", "Stream subscribers of this gateway process")
 
@@ -25,18 +30,40 @@ async def _probe(check: Any) -> str:
     return "ok"
 
 
-@router.get("/health")
-async def health(gw: GatewayDep) -> JSONResponse:
+@dataclass
+class _Cached:
+    """The last probe, reused for PROBE_SECONDS: /health is public, so it must cost nothing under load."""
+
+    at: float = -PROBE_SECONDS
+    body: dict[str, str] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+async def _probe_all(gw: Gateway) -> dict[str, str]:
     postgres, streams, queue = await asyncio.gather(
         _probe(gw.db.fetchval("SELECT 1")), _probe(gw.streams.ping()), _probe(gw.queue.ping())
     )
-    checks = {"postgres": postgres, "redis": streams if streams != "ok" else queue}
+    down = gw.hub.readers_down
+    checks = {"postgres": postgres, "redis": streams if streams != "ok" else queue,
+              "stream_readers": f"unavailable: {down} of {len(gw.hub.readers)} down" if down else "ok"}
     healthy = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503)
+    return {"status": "ok" if healthy else "unavailable", **checks}
+
+
+@router.get("/health")
+async def health(request: Request, gw: GatewayDep) -> JSONResponse:
+    cached: _Cached = getattr(request.app.state, "health", None) or _Cached()
+    request.app.state.health = cached
+    async with cached.lock:
+        if time.monotonic() - cached.at >= PROBE_SECONDS:
+            cached.body = await _probe_all(gw)
+            cached.at = time.monotonic()
+    body = cached.body
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(gw: GatewayDep, _: PrincipalDep) -> Response:
-    """Prometheus text; scrapers authenticate like any client (an API key)."""
+async def metrics(gw: GatewayDep, _: Annotated[Principal, Depends(require_scope(SCOPE_METRICS))]) -> Response:
+    """Prometheus text, for credentials holding the `metrics` scope (a scraper's API key)."""
     SSE_CLIENTS.set(gw.hub.subscriber_count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

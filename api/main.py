@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from api.deps import Gateway
 from api.health import router as health_router
 from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
+from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
 from api.streams.router import router as stream_router
@@ -22,6 +24,7 @@ from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
+from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
@@ -34,6 +37,9 @@ def _require(settings: Settings) -> None:
                                         ("REDIS_URL", settings.stream_redis_url)) if not value]
     if missing:
         raise SystemExit(f"relaygate gateway: {', '.join(missing)} not set (use `relaygate dev` for embedded servers)")
+    problem = settings.auth_problem()
+    if problem:
+        raise SystemExit(f"relaygate gateway: {problem}")
 
 
 @asynccontextmanager
@@ -54,15 +60,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
               queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
     hub.start()
     runtime.tune_gc()
+    limits = Limits(streams, settings)
+    slots = StreamSlots(limits)
+    renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
         settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
         writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
                             ttl_seconds=settings.stream_ttl_seconds),
-        agents=load_agents(settings.agents_file),
+        agents=load_agents(settings.agents_file), limits=limits, slots=slots,
     )
     try:
         yield
     finally:
+        renewing.cancel()
         await hub.stop()
         for client in (streams, arq):
             await client.aclose()
@@ -77,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     errors.install(app)
-    for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
+    for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

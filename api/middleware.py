@@ -19,10 +19,6 @@ HTTP_LATENCY = Histogram("relaygate_http_request_seconds", "HTTP request latency
                          ["method", "route"])
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 async def _reject(send: Send, status: int, error: str, detail: str) -> None:
     body = orjson.dumps({"error": error, "detail": detail})
     await send({"type": "http.response.start", "status": status,
@@ -49,21 +45,35 @@ class GatewayMiddleware:
             await _reject(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
             return
         received = 0
+        started = time.perf_counter()
+        status = 500
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # A body without Content-Length (chunked) is counted as it arrives. Over the limit the
+            # 413 goes out at once and the app sees a disconnect: whatever it makes of that (FastAPI
+            # would say 400) is dropped.
+            nonlocal received, rejected, status
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    rejected, status = True, 413
+                    await _reject(send_with_cid, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
-        started = time.perf_counter()
-        status = 500
+        async def send_with_cid(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
+            await send(message)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
@@ -75,9 +85,9 @@ class GatewayMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except BodyTooLarge:
-            status = 413
-            await _reject(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+        except Exception:
+            if not rejected:
+                raise
         finally:
             log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                        "ms": round((time.perf_counter() - started) * 1000, 1)})

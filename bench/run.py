@@ -48,6 +48,12 @@ from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa:
 from common.keys import stream_key  # noqa: E402
 from common.settings import Settings  # noqa: E402
 
+# The benchmarks drive one user far past the per-user limits on purpose.
+UNLIMITED = {name: "0" for name in ("RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_TENANT_PER_MINUTE",
+                                      "RATE_LIMIT_INTEGRATION_PER_MINUTE", "MAX_RUNNING_REQUESTS_PER_USER",
+                                      "MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_PROCESS")}
+
+
 SCENARIOS = ["idle", "relay", "latency", "first-token", "accept"]
 TITLES = {
     "idle": "idle streams",
@@ -140,7 +146,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
         env.update({"DATABASE_URL": self.infra.database_url, "REDIS_URL": self.infra.redis_url,
-                    "JWT_SECRET_KEY": self.secret, "PYTHONUNBUFFERED": "1"})
+                    "JWT_SECRET_KEY": self.secret, "PYTHONUNBUFFERED": "1", **UNLIMITED})
         env.update(self.extra_env)
         return env
 

@@ -100,7 +100,8 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
         applied = asyncio.run(db.migrate(database_url))
         click.echo(f"migrations: {', '.join(applied) if applied else 'up to date'}", err=True)
         secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
-        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret}
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret,
+               "RELAYGATE_DEV": "true"}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
              "--no-access-log", "--timeout-graceful-shutdown", "3"], env=env))

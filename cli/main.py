@@ -6,18 +6,22 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import click
 import httpx
 
 from cli.dev import read_state, run_dev, write_state
 from cli.sse import SseEvent, iter_events
 from common import db
-from common.auth import AuthError, create_api_key, mint_token
+from common.auth import AuthError, create_api_key, list_api_keys, mint_token, revoke_api_key
 from common.embedded import EmbeddedPostgres
 from common.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 3
@@ -85,7 +89,8 @@ def apikey() -> None:
 @apikey.command("create")
 @click.option("--tenant", "tenant_id", required=True)
 @click.option("--user", "user_id", required=True, help="the user (or tool id) the key acts as")
-@click.option("--tool", is_flag=True, help="a tool key: may send requests for any user of its tenant")
+@click.option("--tool", is_flag=True, help="a tool key: gets the act-as-user scope (requests for any user of its "
+              "tenant, each in a new session unless it also holds join-user-sessions)")
 @click.option("--scope", "scopes", multiple=True)
 @click.option("--name", default="")
 def apikey_create(tenant_id: str, user_id: str, tool: bool, scopes: tuple[str, ...], name: str) -> None:
@@ -108,6 +113,46 @@ def apikey_create(tenant_id: str, user_id: str, tool: bool, scopes: tuple[str, .
             postgres.stop()
     click.echo(f"key id {key_id} (store the key now; it is not shown again):", err=True)
     click.echo(key)
+
+
+def _with_database(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run `work` on a one-connection pool of DATABASE_URL (or the embedded server), migrated first."""
+    url, postgres = _database_url(get_settings())
+
+    async def run() -> T:
+        await db.migrate(url)
+        pool = await db.create_pool(url, max_size=1)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if postgres:
+            postgres.stop()
+
+
+@apikey.command("list")
+@click.option("--tenant", "tenant_id", default=None, help="only this tenant's keys")
+def apikey_list(tenant_id: str | None) -> None:
+    """List keys (id, tenant, user, kind, scopes, name, created, revoked); never the keys themselves."""
+    keys = _with_database(lambda pool: list_api_keys(pool, tenant_id))
+    for k in keys:
+        revoked = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        click.echo("\t".join([k["key_id"], k["tenant_id"], k["user_id"], k["kind"], ",".join(k["scopes"]) or "-",
+                              k["name"] or "-", f"{k['created_at']:%Y-%m-%d %H:%M}", revoked]))
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+@click.option("--tenant", "tenant_id", default=None, help="refuse unless the key belongs to this tenant")
+def apikey_revoke(key_id: str, tenant_id: str | None) -> None:
+    """Revoke a key; gateways stop accepting it within API_KEY_CACHE_SECONDS."""
+    if not _with_database(lambda pool: revoke_api_key(pool, key_id, tenant_id)):
+        raise click.ClickException(f"no active key {key_id!r}" + (f" in tenant {tenant_id!r}" if tenant_id else ""))
+    click.echo(f"revoked {key_id}")
 
 
 def _client_config(url: str | None, token_: str | None) -> tuple[str, str, Path]:

@@ -14,6 +14,16 @@ from jose import JWTError, jwt
 from common.settings import Settings
 
 API_KEY_PREFIX = "rgk_"
+KEY_ID_BYTES = 12
+
+# Scopes. A credential with none of the route scopes may use every route but /metrics;
+# one with some of them may use only the routes those name.
+SCOPE_REQUESTS = "requests"  # POST/GET /api/v1/requests/..., POST /stream
+SCOPE_SESSIONS = "sessions"  # /api/v1/sessions/...
+SCOPE_METRICS = "metrics"  # GET /metrics (never implied)
+ROUTE_SCOPES = frozenset({SCOPE_REQUESTS, SCOPE_SESSIONS, SCOPE_METRICS})
+SCOPE_ACT_AS_USER = "act-as-user"  # start requests for any user of the tenant (in a new session)
+SCOPE_JOIN_SESSIONS = "join-user-sessions"  # ... and join that user's existing sessions
 
 
 class AuthError(Exception):
@@ -30,8 +40,17 @@ class Principal:
     expires_at: float | None = None  # a token's `exp`; API keys do not expire by themselves
 
     def may_act_for(self, user_id: str) -> bool:
-        """Users act for themselves; tools (and `act-as-user` holders) for any user of their tenant."""
-        return user_id == self.user_id or self.kind == "tool" or "act-as-user" in self.scopes
+        """Everyone acts for themselves; only `act-as-user` holders for other users of their tenant."""
+        return user_id == self.user_id or SCOPE_ACT_AS_USER in self.scopes
+
+    def may_join_sessions_of_others(self) -> bool:
+        return SCOPE_ACT_AS_USER in self.scopes and SCOPE_JOIN_SESSIONS in self.scopes
+
+    def allows(self, route_scope: str) -> bool:
+        """Whether this credential may use the routes of `route_scope` (see ROUTE_SCOPES)."""
+        if route_scope in self.scopes:
+            return True
+        return route_scope != SCOPE_METRICS and not (self.scopes & ROUTE_SCOPES)
 
 
 def _verification_key(settings: Settings) -> str:
@@ -58,7 +77,9 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
             algorithms=[settings.jwt_algorithm],
             audience=audience,
             issuer=issuer,
-            options={"require_exp": True, "verify_aud": audience is not None, "require_sub": True},
+            # python-jose skips a missing `aud` unless it is required; `iss` is checked when set.
+            options={"require_exp": True, "require_sub": True, "verify_aud": audience is not None,
+                     "require_aud": audience is not None, "require_iss": issuer is not None},
         )
     except JWTError as exc:
         message = "token expired" if "expired" in str(exc).lower() else "invalid token"
@@ -67,7 +88,9 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
     subject = claims.get("sub")
     if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
         raise AuthError("token lacks sub or tenant_id")
-    scopes = claims.get("scopes") or []
+    raw = claims.get("scopes") or []
+    listed = raw if isinstance(raw, list) else []
+    scopes = raw.split() if isinstance(raw, str) else [x for x in listed if isinstance(x, str)]
     kind: Literal["user", "tool"] = "tool" if claims.get("kind") == "tool" else "user"
     return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt",
                      expires_at=float(claims["exp"]))
@@ -109,7 +132,9 @@ async def create_api_key(
     name: str = "",
 ) -> tuple[str, str]:
     """Returns (key_id, key). The key is shown once; only its hash is stored."""
-    key_id = secrets.token_hex(4)
+    if kind == "tool" and SCOPE_ACT_AS_USER not in (scopes or []):
+        scopes = [*(scopes or []), SCOPE_ACT_AS_USER]
+    key_id = secrets.token_hex(KEY_ID_BYTES)
     key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     await conn.execute(
         "INSERT INTO api_keys (key_id, key_hash, tenant_id, user_id, kind, scopes, name)"
@@ -117,6 +142,34 @@ async def create_api_key(
         key_id, hash_api_key(key), tenant_id, user_id, kind, scopes or [], name,
     )
     return key_id, key
+
+
+def well_formed_api_key(key: str) -> bool:
+    """`rgk_<hex key id>_<43 url-safe chars>`: anything else is refused without a lookup."""
+    prefix, _, rest = key.partition(API_KEY_PREFIX)
+    key_id, _, secret = rest.partition("_")
+    return (not prefix and len(key_id) in (8, 2 * KEY_ID_BYTES) and all(c in "0123456789abcdef" for c in key_id)
+            and len(secret) == 43 and all(c.isascii() and (c.isalnum() or c in "-_") for c in secret))
+
+
+async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str | None) -> list[dict[str, Any]]:
+    """Every key (of one tenant, or all), newest first; never the key itself."""
+    rows = await conn.fetch(
+        "SELECT key_id, tenant_id, user_id, kind, scopes, name, created_at, revoked_at FROM api_keys"
+        " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY id DESC",
+        tenant_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_api_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str, tenant_id: str | None) -> bool:
+    """Revoke a key; False when no unrevoked key has that id (in that tenant)."""
+    result: str = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
+        " AND ($2::text IS NULL OR tenant_id = $2)",
+        key_id, tenant_id,
+    )
+    return result.endswith(" 1")
 
 
 async def lookup_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Principal | None:

@@ -170,6 +170,8 @@ class _Reader:
     _key_frags: dict[bytes, bytes] = field(default_factory=dict)
     _id_frags: dict[bytes, bytes] = field(default_factory=dict)
     _keys_packed: bytes | None = None
+    # False while the reader cannot read (Redis unreachable, or restarting after a crash).
+    up: bool = True
 
     def watch(self, key: bytes, cursor: bytes) -> None:
         self.cursors[key] = cursor
@@ -215,9 +217,10 @@ class _Reader:
                     await conn.send_packed_command(self._command(wake_cursor), check_health=False)
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
-                    backoff, failed = 0.1, False
+                    backoff, failed, self.up = 0.1, False, True
                 except (RedisError, RedisClusterException) as exc:
                     log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
+                    self.up = False
                     if conn is not None:
                         await conn.disconnect()
                         conn = None
@@ -306,7 +309,26 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="hub-heartbeat"))
 
     def _run(self, reader: _Reader) -> None:
-        self._tasks.append(asyncio.create_task(reader.run(), name=f"hub-reader-{reader.wake_key.decode()}"))
+        self._tasks.append(asyncio.create_task(self._supervise(reader), name=f"hub-reader-{reader.wake_key.decode()}"))
+
+    async def _supervise(self, reader: _Reader) -> None:
+        """Restart a reader that raised anything: it resumes from its cursors, so subscribers miss nothing."""
+        backoff = 0.1
+        while True:
+            try:
+                await reader.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                reader.up = False
+                log.exception("stream reader crashed; restarting from its cursors")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    @property
+    def readers_down(self) -> int:
+        """Readers that cannot read right now (reported by /health)."""
+        return sum(not r.up for r in self.readers)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -48,3 +48,23 @@ def hub_bucket_wake_key(tag: str, process: str) -> str:
 def queue_name(feature: str) -> str:
     """The ARQ queue (a sorted set) of one feature's agent workers."""
     return f"{PREFIX}queue:{feature}"
+
+
+def _tenant_tagged(tenant_id: str) -> str:
+    """Every limit key of one tenant shares a hash tag, so one script checks them all on a cluster."""
+    return f"{PREFIX}{{t:{tenant_id}}}:"
+
+
+def rate_key(tenant_id: str, scope: str, name: str) -> str:
+    """A rate limit's GCRA state (theoretical arrival time, ms): scope `user`, `tenant` or `integration`."""
+    return f"{_tenant_tagged(tenant_id)}rate:{scope}:{name}"
+
+
+def running_key(tenant_id: str, user_id: str) -> str:
+    """The user's unfinished requests (a sorted set of request ids scored by deadline, ms)."""
+    return f"{_tenant_tagged(tenant_id)}running:{user_id}"
+
+
+def open_streams_key(tenant_id: str, user_id: str) -> str:
+    """The user's open SSE streams (a sorted set of stream ids scored by lease expiry, ms)."""
+    return f"{_tenant_tagged(tenant_id)}sse:{user_id}"

@@ -9,6 +9,13 @@ from pydantic import BaseModel, Field
 IntegrationType = Literal[
     "slack", "web", "cli", "tool", "email", "sms", "webhook", "teams", "discord", "test", "generic"
 ]
+
+
+def lower_name(value: object) -> object:
+    """The original integration guide spells integration types in capitals (`"WEB"`): accept any case."""
+    return value.lower() if isinstance(value, str) else value
+
+
 Multitask = Literal["enqueue", "reject", "interrupt"]
 RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 ACTIVE_STATUSES = ("queued", "running")
@@ -42,3 +49,21 @@ class JobPayload(BaseModel):
     tenant_id: str
     attempt: int = 1
     correlation_id: str = ""
+
+
+def model_options(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The request-metadata keys relaygate passes on to the model call; anything else stays at the gateway.
+
+    `max_tokens` caps a real model's reply; `offline` ({tokens, tokens_per_second}) tunes the offline model.
+    """
+    options: dict[str, Any] = {}
+    max_tokens = metadata.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0:
+        options["max_tokens"] = max_tokens
+    offline = metadata.get("offline")
+    if isinstance(offline, dict):
+        tuned = {k: v for k, v in offline.items()
+                 if k in ("tokens", "tokens_per_second") and isinstance(v, int | float) and not isinstance(v, bool)}
+        if tuned:
+            options["offline"] = tuned
+    return options

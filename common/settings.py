@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.keys import queue_name
+
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
+MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -26,10 +30,24 @@ class Settings(BaseSettings):
     # Auth.
     jwt_secret_key: SecretStr = SecretStr("")
     jwt_public_key: str = ""
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: JwtAlgorithm = "HS256"
     jwt_audience: str = ""
     jwt_issuer: str = ""
     api_key_cache_seconds: float = 10.0
+    # Lookups of API keys no cache knows, per second per gateway process: an unknown-key flood
+    # cannot turn into a Postgres query storm (over it, such keys get 503 with Retry-After).
+    api_key_lookups_per_second: float = Field(default=50.0, gt=0)
+    # Set by `relaygate dev`: a JWT secret shorter than 32 bytes is accepted there only.
+    relaygate_dev: bool = False
+
+    # Limits (README "Limits and quotas"); 0 turns a limit off.
+    rate_limit_user_per_minute: int = Field(default=600, ge=0)
+    rate_limit_tenant_per_minute: int = Field(default=6_000, ge=0)
+    rate_limit_integration_per_minute: int = Field(default=3_000, ge=0)
+    max_running_requests_per_user: int = Field(default=50, ge=0)
+    max_streams_per_user: int = Field(default=100, ge=0)
+    max_streams_per_process: int = Field(default=10_000, ge=0)
+    max_reply_tokens: int = Field(default=4_096, ge=0)
 
     # HTTP.
     max_body_bytes: int = 256 * 1024
@@ -76,6 +94,13 @@ class Settings(BaseSettings):
         self.queue_redis_url = self.queue_redis_url or self.redis_url
         self.stream_redis_url = self.stream_redis_url or self.redis_url
         return self
+
+    def auth_problem(self) -> str | None:
+        """Why the gateway must not start with these auth settings, or None."""
+        secret = self.jwt_secret_key.get_secret_value().encode()
+        if self.jwt_algorithm.startswith("HS") and secret and len(secret) < MIN_SECRET_BYTES and not self.relaygate_dev:
+            return f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes for {self.jwt_algorithm}"
+        return None
 
     def feature_queue(self, feature: str | None = None) -> str:
         return queue_name(feature or self.feature)

@@ -87,8 +87,9 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 
 def settings_for(infra: Infra, **overrides: object) -> Settings:
-    return Settings(database_url=infra.database_url, redis_url=infra.redis_url,
-                    jwt_secret_key=JWT_SECRET, **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {"database_url": infra.database_url, "redis_url": infra.redis_url,
+                                 "jwt_secret_key": JWT_SECRET, **overrides}
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -162,6 +163,21 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=30,
                             headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"})
 
+    def worker_running(self, request_id: str, timeout: float = 30) -> int:
+        """The pid of the worker that started `request_id` last, from the workers' logs (clients never see it)."""
+        found: list[int] = []
+
+        def started() -> bool:
+            for worker in self.workers:
+                log = self._worker_logs[worker.pid]
+                lines = log.read_text().splitlines() if log.exists() else []
+                if any('"run started"' in line and request_id in line for line in lines):
+                    found[:] = [worker.pid]
+            return bool(found)
+
+        wait_until(started, timeout, f"a worker to start {request_id}")
+        return found[0]
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self._logs if p.exists())
 
@@ -196,6 +212,10 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
         "OFFLINE_MODEL_TOKENS": "30",
         "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
         "PYTHONUNBUFFERED": "1",
+        # The processes' tests drive single users hard; tests/gateway/test_limits.py covers the limits.
+        "RATE_LIMIT_USER_PER_MINUTE": "0",
+        "MAX_RUNNING_REQUESTS_PER_USER": "0",
+        "MAX_STREAMS_PER_USER": "0",
     })
     env.update(overrides)
     return env

@@ -33,15 +33,37 @@ async def heartbeat_once(rt: Runtime) -> None:
 
 
 async def _end_stream(rt: Runtime, rows: list[asyncpg.Record], error: str) -> None:
-    """Terminal events for requests ended outside their worker, then queue what follows."""
-    for row in rows:
-        session_id, request_id = row["session_id"], row["request_id"]
-        await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), error,
-                             ex=rt.settings.request_timeout_seconds)
-        await rt.writer.append(session_id, ended(request_id, row["attempt"], "failed", {"error": error}))
-        upcoming = await lifecycle.advance(rt.db, session_id)
-        if upcoming:
-            await queue.enqueue(rt.queue, *upcoming)
+    """Terminal events for requests ended outside their worker, then queue what follows.
+
+    The rows are already failed in Postgres, so every one is attempted (twice) even when
+    another fails: a Redis error on one must not leave the rest without their `done`.
+    """
+    pending = list(rows)
+    failure: BaseException | None = None
+    for _ in range(2):
+        failed = []
+        for row in pending:
+            try:
+                await _end_one(rt, row, error)
+            except Exception as exc:
+                log.warning("ending a stream failed", extra={"request_id": row["request_id"], "error": repr(exc)})
+                failed.append(row)
+                failure = exc
+        if not failed:
+            return
+        pending = failed
+    assert failure is not None
+    raise failure
+
+
+async def _end_one(rt: Runtime, row: asyncpg.Record, error: str) -> None:
+    session_id, request_id = row["session_id"], row["request_id"]
+    await rt.writer.append(session_id, ended(request_id, row["attempt"], "failed", {"error": error}))
+    await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), error,
+                         ex=rt.settings.request_timeout_seconds)
+    upcoming = await lifecycle.advance(rt.db, session_id)
+    if upcoming:
+        await queue.enqueue(rt.queue, *upcoming)
 
 
 async def reap_once(rt: Runtime) -> None:

@@ -9,6 +9,8 @@ import litellm
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.agents import Agent
+from common.models import model_options
+from common.redact import scrub
 from common.settings import Settings
 from workers import offline_model
 
@@ -36,8 +38,8 @@ def model_for(agent: Agent, settings: Settings) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short, readable reason for clients; provider messages are truncated, never a traceback."""
-    message = " ".join(str(exc).split())
+    """A short, readable reason for clients: truncated, scrubbed of URLs and keys, never a traceback."""
+    message = scrub(" ".join(str(exc).split()))
     name = type(exc).__name__
     return f"model provider error ({name}): {message[:300]}" if message else f"model provider error ({name})"
 
@@ -46,8 +48,13 @@ async def stream_reply(
     settings: Settings, model: str, messages: list[dict[str, str]], metadata: dict[str, Any]
 ) -> AsyncIterator[str]:
     """Yields text chunks. Transient failures before the first chunk are retried with backoff."""
-    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True, "metadata": metadata}
+    options = model_options(metadata)
+    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
+                              "metadata": {k: v for k, v in options.items() if k == "offline"}}
     if not model.startswith(offline_model.PROVIDER):
+        caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
+        if caps:
+            kwargs["max_tokens"] = min(caps)
         kwargs["max_retries"] = 0  # the provider SDK's own retries would multiply ours
         if settings.llm_api_base:
             kwargs["api_base"] = settings.llm_api_base

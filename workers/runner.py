@@ -193,7 +193,7 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     opening = []
     if payload.attempt > 1:
         opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
-    opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name, "worker": WORKER_ID}))
+    opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
     await rt.writer.append(payload.session_id, opening)
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 

@@ -1,4 +1,4 @@
-"""POST /api/v1/requests/{web,cli,tool,generic}, status and cancel."""
+"""POST /api/v1/requests/{web,cli,tool,generic}, status and cancel (the compat `/stream` intake is beside it)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.requests import service
 from api.requests.schemas import (
     Accepted,
@@ -21,13 +21,13 @@ from api.requests.schemas import (
 )
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
-from api.streams.sse import just_before, sse_response
-from common.auth import Principal
+from api.streams.sse import held_response, just_before, release_stream, reserve_stream
+from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import stream_key
 from common.logging import correlation_id
 from common.models import ACTIVE_STATUSES
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
@@ -46,13 +46,19 @@ async def _intake(
     request: Request, body: _RequestBody, gw: Gateway, who: Principal, idempotency_key: str | None,
     wait: float | None,
 ) -> Response:
-    accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
-                                    correlation_id=correlation_id.get())
+    streaming = "text/event-stream" in request.headers.get("accept", "")
+    slot = await reserve_stream(gw, who) if streaming else None
+    try:
+        accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
+                                        correlation_id=correlation_id.get())
+    except BaseException:
+        release_stream(gw, slot)
+        raise
     key = stream_key(accepted.session_id, gw.settings.stream_buckets)
     headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
     after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
-    if "text/event-stream" in request.headers.get("accept", ""):
-        response = sse_response(request_frames(gw.hub, key, after, accepted.request_id))
+    if streaming:
+        response = held_response(gw, slot, request_frames(gw.hub, key, after, accepted.request_id))
         response.headers.update(headers)
         return response
     wait_seconds = _wait_seconds(request, wait, gw.settings.max_wait_seconds)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.models import IntegrationType, Multitask
+from common.models import IntegrationType, Multitask, lower_name
 
 MAX_CONTENT = 100_000
 
@@ -86,6 +86,8 @@ class ToolRequest(_RequestBody):
 
 class GenericRequest(_RequestBody):
     integration_type: IntegrationType
+
+    _any_case = field_validator("integration_type", mode="before")(lower_name)
 
     def integration(self) -> IntegrationType:
         return self.integration_type

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import orjson
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, refused
+from api.lifecycle import cancel_many, cancel_queued, enqueue_safely, flag_running
+from api.repositories import requests as request_repo
+from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
-from api.sessions.service import REQUEST_COLUMNS, parse_uuid
-from common import lifecycle, queue
-from common.auth import Principal
-from common.keys import cancel_key
-from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
+from common.auth import SCOPE_JOIN_SESSIONS, Principal
+from common.limits import REFUSALS, max_reply_tokens_refusal
+from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
 from common.streams import Event, ended
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,53 +32,39 @@ class Accepted:
     replayed: bool = False
 
 
+@dataclass
+class _Intake:
+    """A request on its way in: what accept decided about it, and how far storing it got."""
+
+    who: Principal
+    user_id: str
+    body: _RequestBody
+    agent_id: str
+    feature: str
+    idempotency_key: str | None
+    digest: str
+    correlation_id: str
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    session_id: str = ""
+    entry_id: str | None = None
+
+    def normalized(self) -> NormalizedRequest:
+        body = self.body
+        return NormalizedRequest(
+            request_id=self.request_id, session_id=self.session_id, tenant_id=self.who.tenant_id,
+            user_id=self.user_id, integration_type=body.integration(), request_type=body.integration(),
+            content=body.content, agent_id=body.agent_id or self.agent_id, feature=self.feature,
+            integration_context=body.integration_context(), metadata=model_options(body.metadata.model_dump()),
+            correlation_id=self.correlation_id,
+        )
+
+    def job(self) -> tuple[str, JobPayload]:
+        return self.feature, JobPayload(request_id=self.request_id, session_id=self.session_id,
+                                        tenant_id=self.who.tenant_id, correlation_id=self.correlation_id)
+
+
 def body_hash(body: _RequestBody) -> str:
     return hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-async def _session_for(
-    conn: asyncpg.Connection, who: Principal, user_id: str, body: _RequestBody
-) -> str | None:
-    """The existing session this request joins, locked for the rest of the transaction.
-
-    None means the request starts a new session (created with the request row).
-    """
-    if body.session_id:
-        sid = parse_uuid(body.session_id)
-        row = sid and await conn.fetchrow(
-            "SELECT session_id::text, status FROM request_sessions"
-            " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3 FOR UPDATE",
-            sid, who.tenant_id, user_id,
-        )
-        if not row:
-            raise ApiError(404, "session not found")
-        if row["status"] != "active":
-            raise ApiError(409, f"session is {row['status']}; start a new one")
-        return str(row["session_id"])
-    if body.new_session:
-        return None
-    found: str | None = await conn.fetchval(
-        "SELECT session_id::text FROM request_sessions"
-        " WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3 AND status = 'active'"
-        "   AND external_session_id IS NULL"
-        " ORDER BY updated_at DESC LIMIT 1 FOR UPDATE",
-        who.tenant_id, user_id, body.integration(),
-    )
-    return found
-
-
-async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,
-                  digest: str) -> Accepted | None:
-    row = await conn.fetchrow(
-        "SELECT request_id::text, session_id::text, status, stream_entry_id, body_hash FROM request_logs"
-        " WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
-        who.tenant_id, user_id, key,
-    )
-    if row is None:
-        return None
-    if row["body_hash"] != digest:
-        raise ApiError(409, "Idempotency-Key was already used with a different request body")
-    return Accepted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], replayed=True)
 
 
 async def accept(
@@ -98,146 +82,163 @@ async def accept(
         replay = await _replay(gw.db, who, user_id, idempotency_key, digest)
         if replay:
             return replay
+    intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id)
+    await _admit(gw, intake)
     try:
-        return await _accept_new(gw, who, user_id, body, agent.id, agent.feature, idempotency_key, digest,
-                                 correlation_id)
+        return await _accept_new(gw, intake)
     except asyncpg.UniqueViolationError:
+        await _release(gw, intake)
         # A concurrent request with the same Idempotency-Key won the race.
         replay = await _replay(gw.db, who, user_id, idempotency_key or "", digest)
         if replay is None:
             raise
         return replay
-
-
-_INSERT_REQUEST = """
-    WITH request AS (
-        INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
-            normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
-            deadline_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14)))
-"""
-# The session row goes with the request row, in one statement either way.
-_INTO_SESSION = _INSERT_REQUEST + """
-    UPDATE request_sessions
-       SET last_request_id = $1, last_request_at = now(), updated_at = now(),
-           total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
-     WHERE session_id = $2
-"""
-_WITH_NEW_SESSION = _INSERT_REQUEST + """
-    INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at,
-                                  last_request_id, last_request_at, total_requests)
-    VALUES ($2, $3, $4, $5, now() + make_interval(secs => $15), $1, now(), 1)
-"""
-
-
-async def _accept_new(
-    gw: Gateway, who: Principal, user_id: str, body: _RequestBody, agent_id: str, feature: str,
-    idempotency_key: str | None, digest: str, correlation_id: str,
-) -> Accepted:
-    request_id = str(uuid.uuid4())
-    cancelled: list[asyncpg.Record] = []
-    interrupted: list[str] = []
-    entry_id: str | None = None
-    upcoming: tuple[str, JobPayload] | None = None
-    session_id = ""
-
-    async def record(conn: asyncpg.Connection, existing: str | None) -> None:
-        """Announce the request on its stream, then store it (and a new session) in one statement.
-
-        The stream entry comes first so its id is stored with the row: if Redis is down,
-        nothing is stored and the client gets 503.
-        """
-        nonlocal entry_id, session_id
-        session_id = existing or str(uuid.uuid4())
-        normalized = NormalizedRequest(
-            request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
-            integration_type=body.integration(), request_type=body.integration(), content=body.content,
-            agent_id=body.agent_id or agent_id, feature=feature, integration_context=body.integration_context(),
-            metadata=body.metadata.model_dump(), correlation_id=correlation_id,
-        )
-        accepted_event = Event(
-            type="request.accepted", request_id=request_id,
-            data={"content": body.content, "session_id": session_id, "user_id": user_id,
-                  "integration_type": body.integration(), "agent_id": normalized.agent_id,
-                  "correlation_id": correlation_id},
-        )
-        (entry_id,) = await gw.writer.append(session_id, [accepted_event])
-        await conn.execute(
-            _INTO_SESSION if existing else _WITH_NEW_SESSION,
-            request_id, session_id, who.tenant_id, user_id, normalized.request_type, body.content,
-            normalized.model_dump(), normalized.agent_id, feature, idempotency_key, digest, correlation_id,
-            entry_id, gw.settings.request_timeout_seconds, gw.settings.session_ttl_seconds,
-        )
-
-    try:
-        async with gw.db.acquire() as conn:
-            if body.new_session and not body.session_id:
-                # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
-                await record(conn, None)
-                active: list[asyncpg.Record] = []
-            else:
-                async with conn.transaction():
-                    existing = await _session_for(conn, who, user_id, body)
-                    active = await conn.fetch(
-                        "SELECT request_id::text, status FROM request_logs"
-                        " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
-                        existing, list(ACTIVE_STATUSES),
-                    ) if existing else []
-                    if active and body.multitask == "reject":
-                        raise ApiError(409, "another request is still running in this session (multitask=reject)")
-                    await record(conn, existing)
-                    if body.multitask == "interrupt" and active:
-                        cancelled, upcoming = await lifecycle.cancel_queued(
-                            conn, session_id, [r["request_id"] for r in active if r["status"] == "queued"],
-                            "interrupted by a newer request",
-                        )
-                        interrupted = [r["request_id"] for r in active if r["status"] == "running"]
-            if not active:
-                upcoming = feature, JobPayload(request_id=request_id, session_id=session_id,
-                                               tenant_id=who.tenant_id, correlation_id=correlation_id)
     except BaseException:
-        if entry_id is not None:
-            # The stream already announced the request: end it there too, as the row was not kept.
-            with contextlib.suppress(Exception):
-                await gw.writer.append(session_id, ended(request_id, 1, "failed",
-                                                         {"error": "the request was not stored"}))
+        await _release(gw, intake)
         raise
 
-    for request in interrupted:
-        await gw.streams.set(cancel_key(session_id, request, gw.settings.stream_buckets), "interrupted",
-                             ex=gw.settings.request_timeout_seconds)
-    await announce_cancelled(gw, session_id, cancelled, "interrupted by a newer request")
-    await enqueue_safely(gw, upcoming)
-    return Accepted(request_id, session_id, "queued", entry_id)
 
-
-async def announce_cancelled(gw: Gateway, session_id: str, rows: list[asyncpg.Record], reason: str) -> None:
-    for row in rows:
-        await gw.writer.append(session_id, ended(row["request_id"], row["attempt"], "cancelled", {"reason": reason}))
-
-
-async def enqueue_safely(gw: Gateway, upcoming: tuple[str, JobPayload] | None) -> None:
-    """The request is durable in Postgres; if the queue is down, workers' sweep queues it later."""
-    if upcoming is None:
+async def _admit(gw: Gateway, intake: _Intake) -> None:
+    """The per-request ceiling, then the rate and concurrency limits (one Redis round trip)."""
+    too_long = max_reply_tokens_refusal(intake.body.metadata.model_dump(), gw.settings.max_reply_tokens)
+    if too_long:
+        REFUSALS.labels("max_reply_tokens").inc()
+        raise ApiError(422, too_long, error="limit_exceeded")
+    if gw.limits is None:
         return
-    feature, payload = upcoming
+    tenant_id = intake.who.tenant_id
+
+    async def still_active(request_ids: list[str]) -> set[str]:
+        return await request_repo.still_active(gw.db, tenant_id, request_ids)
+
+    refusal = await gw.limits.admit_request(tenant_id, intake.user_id, intake.body.integration(),
+                                            intake.request_id, still_active)
+    if refusal:
+        raise refused(refusal)
+
+
+async def _release(gw: Gateway, intake: _Intake) -> None:
+    if gw.limits is not None:
+        await gw.limits.release_request(intake.who.tenant_id, intake.user_id, intake.request_id)
+
+
+async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,
+                  digest: str) -> Accepted | None:
+    row = await request_repo.by_idempotency_key(conn, who.tenant_id, user_id, key)
+    if row is None:
+        return None
+    if row["body_hash"] != digest:
+        raise ApiError(409, "Idempotency-Key was already used with a different request body")
+    return Accepted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], replayed=True)
+
+
+async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
+    """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
     try:
-        await queue.enqueue(gw.queue, feature, payload)
-    except Exception as exc:
-        log.warning("enqueue failed; the stalled-request sweep will retry",
-                    extra={"request_id": payload.request_id, "error": repr(exc)})
+        async with gw.db.acquire() as conn:
+            if _starts_session(intake):
+                # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
+                await _record(gw, conn, intake, existing=None)
+                upcoming: tuple[str, JobPayload] | None = intake.job()
+                interrupted: list[str] = []
+            else:
+                async with conn.transaction():
+                    upcoming, interrupted = await _join_session(gw, conn, intake)
+    except BaseException:
+        await _end_unstored(gw, intake)
+        raise
+    await flag_running(gw, intake.session_id, interrupted, "interrupted by a newer request")
+    await enqueue_safely(gw, upcoming)
+    return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
+
+
+def _starts_session(intake: _Intake) -> bool:
+    """True when the request opens a new session: asked for, or a tool acting for a user it may not join."""
+    body, who = intake.body, intake.who
+    if body.session_id:
+        return False
+    return body.new_session or (intake.user_id != who.user_id and not who.may_join_sessions_of_others())
+
+
+async def _join_session(
+    gw: Gateway, conn: asyncpg.Connection, intake: _Intake
+) -> tuple[tuple[str, JobPayload] | None, list[str]]:
+    """In the caller's transaction: lock the session, apply `multitask`, store the request.
+
+    Returns (the job to queue now, the running requests to interrupt).
+    """
+    existing = await _session_for(conn, intake)
+    active = await request_repo.active_in_session(conn, existing) if existing else []
+    multitask = intake.body.multitask
+    if active and multitask == "reject":
+        raise ApiError(409, "another request is still running in this session (multitask=reject)")
+    await _record(gw, conn, intake, existing=existing)
+    if not active:
+        return intake.job(), []
+    if multitask != "interrupt":
+        return None, []
+    queued = [r["request_id"] for r in active if r["status"] == "queued"]
+    upcoming = await cancel_queued(gw, conn, intake.session_id, queued, "interrupted by a newer request")
+    return upcoming, [r["request_id"] for r in active if r["status"] == "running"]
+
+
+async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
+    """The existing session this request joins, locked for the rest of the transaction.
+
+    None means the request starts a new session (created with the request row).
+    """
+    who, body = intake.who, intake.body
+    if body.session_id:
+        if intake.user_id != who.user_id and not who.may_join_sessions_of_others():
+            raise ApiError(403, f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
+        row = await session_repo.lock_owned(conn, who.tenant_id, intake.user_id, body.session_id)
+        if not row:
+            raise ApiError(404, "session not found")
+        if row["status"] != "active":
+            raise ApiError(409, f"session is {row['status']}; start a new one")
+        return str(row["session_id"])
+    if body.new_session:
+        return None
+    return await session_repo.lock_latest_active(conn, who.tenant_id, intake.user_id, body.integration())
+
+
+async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, existing: str | None) -> None:
+    """Announce the request on its stream, then store it (and a new session) in one statement.
+
+    The stream entry comes first so its id is stored with the row: if Redis is down,
+    nothing is stored and the client gets 503.
+    """
+    intake.session_id = existing or str(uuid.uuid4())
+    normalized = intake.normalized()
+    accepted_event = Event(
+        type="request.accepted", request_id=intake.request_id,
+        data={"content": intake.body.content, "session_id": intake.session_id, "user_id": intake.user_id,
+              "integration_type": normalized.integration_type, "agent_id": normalized.agent_id,
+              "correlation_id": intake.correlation_id},
+    )
+    (intake.entry_id,) = await gw.writer.append(intake.session_id, [accepted_event])
+    await request_repo.insert(conn, new_session=existing is None, values=(
+        intake.request_id, intake.session_id, intake.who.tenant_id, intake.user_id, normalized.request_type,
+        intake.body.content, normalized.model_dump(), normalized.agent_id, intake.feature, intake.idempotency_key,
+        intake.digest, intake.correlation_id, intake.entry_id, gw.settings.request_timeout_seconds,
+        gw.settings.session_ttl_seconds, None if intake.user_id == intake.who.user_id else intake.who.user_id,
+    ))
+
+
+async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
+    """The stream announced a request whose row was not kept: end it there too."""
+    if intake.entry_id is None:
+        return
+    with contextlib.suppress(Exception):
+        await gw.writer.append(intake.session_id, ended(intake.request_id, 1, "failed",
+                                                        {"error": "the request was not stored"}))
 
 
 async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
-    rid = parse_uuid(request_id)
-    row = rid and await gw.db.fetchrow(
-        f"SELECT {REQUEST_COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
-        " AND r.user_id = $3",
-        rid, who.tenant_id, who.user_id,
-    )
-    if not row:
+    row = await request_repo.get(gw.db, who, request_id)
+    if row is None:
         raise ApiError(404, "request not found")
-    return dict(row)
+    return row
 
 
 async def cancel(gw: Gateway, who: Principal, request_id: str, reason: str = "cancelled by user") -> str:
@@ -247,14 +248,3 @@ async def cancel(gw: Gateway, who: Principal, request_id: str, reason: str = "ca
         raise ApiError(409, f"request already {row['status']}")
     await cancel_many(gw, row["session_id"], [request_id], reason)
     return "cancelling"
-
-
-async def cancel_many(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
-    for request_id in request_ids:
-        await gw.streams.set(cancel_key(session_id, request_id, gw.settings.stream_buckets), reason,
-                             ex=gw.settings.request_timeout_seconds)
-    async with gw.db.acquire() as conn, conn.transaction():
-        await lifecycle.lock_session(conn, session_id)
-        cancelled, upcoming = await lifecycle.cancel_queued(conn, session_id, request_ids, reason)
-    await announce_cancelled(gw, session_id, cancelled, reason)
-    await enqueue_safely(gw, upcoming)

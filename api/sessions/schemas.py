@@ -3,13 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from common.models import IntegrationType
+from common.models import IntegrationType, lower_name
 
 
 class SessionCreate(BaseModel):
     integration_type: IntegrationType = "web"
+
+    _any_case = field_validator("integration_type", mode="before")(lower_name)
     channel_id: str | None = Field(default=None, max_length=255)
     thread_id: str | None = Field(default=None, max_length=255)
     external_session_id: str | None = Field(default=None, max_length=255)

@@ -1,59 +1,38 @@
-"""`POST /stream?feature_id=X&chat_id=Y`: the original prototype's contract on the session streams."""
+"""GET /api/v1/sessions/{id}/stream: every event of a session, resumable with Last-Event-ID."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Depends, Header, Query
 from starlette.responses import StreamingResponse
 
-from api.deps import GatewayDep, PrincipalDep
-from api.errors import ApiError
-from api.requests import service as request_service
-from api.requests.schemas import GenericRequest
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.sessions import service as session_service
-from api.streams.relay import request_frames
-from api.streams.sse import just_before, sse_response
-from common.keys import start_key, stream_key
-from common.logging import correlation_id
+from api.streams.relay import session_frames
+from api.streams.sse import open_stream, resume_point
+from common.auth import SCOPE_SESSIONS
+from common.keys import stream_key
+from common.streams import parse_id
 
-router = APIRouter(tags=["streams"])
-
-Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))])
 
 
-@router.post("/stream", response_class=StreamingResponse)
-async def compat_stream(
-    feature_id: Name, chat_id: Name, gw: GatewayDep, who: PrincipalDep,
-    content: Annotated[str | None, Body(embed=True, max_length=100_000)] = None,
+@router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)
+async def session_stream(
+    session_id: str, gw: GatewayDep, who: PrincipalDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    from_: Annotated[str | None, Query(alias="from")] = None,
 ) -> StreamingResponse:
-    """Starts generation when the chat has none running, relays it, ends with `data: [DONE]`."""
-    agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
-    if agent is None:
-        raise ApiError(404, f"no agent serves feature {feature_id!r}")
-    session_id = await session_service.for_external_id(gw.db, who, f"{feature_id}:{chat_id}",
-                                                         gw.settings.session_ttl_seconds)
-    claim = start_key(session_id, gw.settings.stream_buckets)
-    pending = f"pending:{correlation_id.get()}"
-    if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
-        body = GenericRequest(
-            integration_type="generic", session_id=session_id, agent_id=agent.id,
-            content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
-        )
-        try:
-            accepted = await request_service.accept(gw, who, body, idempotency_key=None,
-                                             correlation_id=correlation_id.get())
-        except BaseException:
-            await gw.streams.delete(claim)
-            raise
-        await gw.streams.set(claim, accepted.request_id, ex=gw.settings.stream_ttl_seconds)
-        request_id, entry_id = accepted.request_id, accepted.stream_entry_id
-    else:
-        request_id = (await gw.streams.get(claim) or b"").decode()
-        if request_id.startswith("pending:"):
-            raise ApiError(409, "generation for this chat is starting; retry in a moment")
-        row = await request_service.get(gw, who, request_id)
-        entry_id = row["stream_entry_id"]
-    after = just_before(entry_id) if entry_id else (0, 0)
-    key = stream_key(session_id, gw.settings.stream_buckets)
-    return sse_response(request_frames(gw.hub, key, after, request_id, compat=True))
+    """SSE of every event of the session; resume with Last-Event-ID (or ?from=) with no gap."""
+    session = await session_service.owned(gw, who, session_id)
+    sid = session["session_id"]
+    key = stream_key(sid, gw.settings.stream_buckets)
+    after = resume_point(last_event_id if last_event_id is not None else from_)
+    if after is None:
+        after = parse_id(await gw.hub.last_id(key))
+
+    async def snapshot() -> tuple[list[dict[str, Any]], str | None]:
+        return await session_service.snapshot(gw, who, sid)
+
+    return await open_stream(gw, who, session_frames(gw.hub, key, after, snapshot))

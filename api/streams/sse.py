@@ -6,14 +6,53 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import StreamingResponse
 
-from api.errors import ApiError
+from api.deps import Gateway
+from api.errors import ApiError, refused
+from common.auth import Principal
 from common.streams import id_before, parse_id, valid_id
+
+MAX_ID_PART = 2**64 - 1
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
+    """A slot under the stream limits, taken before anything else is done: 429 over a limit, 503 if Redis is down.
+
+    None when this gateway counts no streams. Pass the slot to `held_response` or `release_stream`.
+    """
+    if gw.slots is None:
+        return None
+    slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)
+    if refusal is not None:
+        raise refused(refusal)
+    return slot
+
+
+def release_stream(gw: Gateway, slot: str | None) -> None:
+    if gw.slots is not None and slot is not None:
+        gw.slots.release(slot)
+
+
+def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> StreamingResponse:
+    """The SSE response of a reserved slot, which is freed when the stream ends or its client leaves."""
+    return sse_response(_holding(gw, slot, frames))
+
+
+async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> StreamingResponse:
+    return held_response(gw, await reserve_stream(gw, who), frames)
+
+
+async def _holding(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        release_stream(gw, slot)
 
 
 def resume_point(value: str | None) -> tuple[int, int] | None:
@@ -23,8 +62,11 @@ def resume_point(value: str | None) -> tuple[int, int] | None:
     if value == "$":
         return None
     if not valid_id(value):
-        raise ApiError(422, f"invalid stream id {value!r}: expected <milliseconds>-<sequence>")
-    return parse_id(value)
+        raise ApiError(422, f"invalid stream id {value[:64]!r}: expected <milliseconds>-<sequence>")
+    parsed = parse_id(value)
+    if max(parsed) > MAX_ID_PART:
+        raise ApiError(400, f"stream id {value[:64]!r} is outside Redis' 64-bit id space")
+    return parsed
 
 
 def just_before(entry_id: str) -> tuple[int, int]:

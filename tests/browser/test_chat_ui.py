@@ -21,7 +21,6 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, Request, Route, expect
 
 from tests.conftest import Stack
-from tests.e2e.streams import read_until
 
 TERMINAL = ("completed", "failed", "cancelled")
 XSS = "<img src=x onerror=alert(1)><script>window.__pwned=1</script>"
@@ -118,15 +117,8 @@ def wait_stored_terminal(stack: Stack, token: str, request_id: str) -> dict[str,
 
 
 def worker_pid(stack: Stack, token: str, request: dict[str, Any]) -> int:
-    """The pid of the worker running `request`, from its `run.started` event."""
-    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {token}"}) as client:
-        started = read_until(
-            client,
-            f"/api/v1/sessions/{request['session_id']}/stream",
-            lambda e: e.event == "run.started" and e.json()["request_id"] == request["request_id"],
-            timeout=30,
-        )[-1]
-    return int(started.json()["data"]["worker"].rsplit(":", 1)[1])
+    """The pid of the worker running `request` (from the workers' logs: clients are not told)."""
+    return stack.worker_running(request["request_id"])
 
 
 def rendered(page: Page, markdown: str) -> str:

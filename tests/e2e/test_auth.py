@@ -75,7 +75,9 @@ def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
     assert by_tool.status_code == 202
     carol = stack.client("carol", tenant)
     assert carol.get(f"/api/v1/sessions/{by_tool.json()['session_id']}").status_code == 200
-    metrics = httpx.get(f"{stack.base_url}/metrics", headers={"x-api-key": tool_key})
+    assert httpx.get(f"{stack.base_url}/metrics", headers={"x-api-key": tool_key}).status_code == 403
+    scraper_key = _create_key(stack, tenant, "prometheus", "--scope", "metrics")
+    metrics = httpx.get(f"{stack.base_url}/metrics", headers={"x-api-key": scraper_key})
     assert metrics.status_code == 200 and "relaygate_http_requests_total" in metrics.text
 
 

@@ -7,15 +7,9 @@ import signal
 import time
 from collections.abc import Callable
 
-from cli.sse import SseEvent
 from tests.conftest import Stack, wait_until
 from tests.e2e.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply
-
-
-def _worker_pid(events: list[SseEvent]) -> int:
-    started = next(e for e in events if e.event == "run.started")
-    return int(started.json()["data"]["worker"].rsplit(":", 1)[1])
 
 
 def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers: Callable[[], None]) -> None:
@@ -25,7 +19,7 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
                                              "metadata": offline(150, 30)}).json()
     # Let some tokens out, then kill the worker producing them without warning.
     seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
-    os.kill(_worker_pid(seen), signal.SIGKILL)
+    os.kill(stack.worker_running(r["request_id"]), signal.SIGKILL)
     killed_at = time.monotonic()
     rest = read_until(c, r["stream_url"], done_for(r["request_id"]), last_event_id=seen[-1].id, timeout=60)
     finished_after = time.monotonic() - killed_at
@@ -47,8 +41,8 @@ def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: C
     c = stack.client()
     r = c.post("/api/v1/requests/web", json={"content": "frozen", "agent_id": "chaos", "new_session": True,
                                              "metadata": offline(60, 20)}).json()
-    seen = read_until(c, r["stream_url"], lambda e: e.event == "token")
-    frozen = next(w for w in stack.workers if w.pid == _worker_pid(seen))
+    read_until(c, r["stream_url"], lambda e: e.event == "token")
+    frozen = next(w for w in stack.workers if w.pid == stack.worker_running(r["request_id"]))
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         stored = wait_status(c, r["request_id"], {"completed"}, timeout=40)

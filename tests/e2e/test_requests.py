@@ -21,6 +21,8 @@ def test_reply_streams_in_order_and_is_stored(stack: Stack) -> None:
         types = [e.event for e in events]
         assert types[0] == "request.accepted"
         assert types.index("run.started") < types.index("token") < types.index("message")
+        started = next(e for e in events if e.event == "run.started").json()["data"]
+        assert set(started) == {"agent_id", "model"}  # the worker's host:pid stays inside
         assert types[-3:] == ["message", "run.completed", "done"]
         ids = [tuple(map(int, e.id.split("-"))) for e in events]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -192,6 +194,17 @@ def test_compat_stream_endpoint(stack: Stack) -> None:
             again = [line for line in r.iter_lines() if line.startswith("data: ")]
         assert again == lines
         assert c.post(f"/stream?feature_id=nope&chat_id={chat}").status_code == 404
+        # Once the chat's session has ended, the chat starts a new session and generation.
+        session = next(s for s in c.get("/api/v1/sessions").json()["items"]
+                       if s["external_session_id"] and s["external_session_id"].endswith(f":{chat}"))
+        assert c.post(f"/api/v1/sessions/{session['session_id']}/end").status_code == 200
+        with c.stream("POST", f"/stream?feature_id=default&chat_id={chat}") as r:
+            assert r.status_code == 200
+            fresh = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert fresh[-1] == "data: [DONE]" and fresh != lines
+        renewed = [s for s in c.get("/api/v1/sessions").json()["items"]
+                   if s["external_session_id"] == session["external_session_id"]]
+        assert [s["status"] for s in renewed] == ["active", "inactive"]
 
 
 def test_validation_and_size_limits(stack: Stack) -> None:

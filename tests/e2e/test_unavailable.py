@@ -51,6 +51,7 @@ def test_redis_down_gives_503_and_writes_nothing(proxied: tuple[Stack, CuttableP
     with stack.client("ann", tenant) as c:
         session = c.post("/api/v1/sessions", json={}).json()["session_id"]
         redis_proxy.cut()
+        wait_until(lambda: not _healthy(stack), 5, "/health to probe again (it caches for a second)")
         health = httpx.get(f"{stack.base_url}/health", timeout=10)
         assert health.status_code == 503
         assert health.json()["postgres"] == "ok" and health.json()["redis"].startswith("unavailable")
@@ -75,6 +76,7 @@ def test_postgres_down_gives_503_then_recovers(proxied: tuple[Stack, CuttablePro
     with stack.client() as c:
         session = c.post("/api/v1/sessions", json={}).json()["session_id"]
         pg_proxy.cut()
+        wait_until(lambda: not _healthy(stack), 5, "/health to probe again (it caches for a second)")
         health = httpx.get(f"{stack.base_url}/health", timeout=10)
         assert health.status_code == 503
         assert health.json()["postgres"].startswith("unavailable") and health.json()["redis"] == "ok"

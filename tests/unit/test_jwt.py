@@ -101,3 +101,21 @@ def test_expired_token_says_so() -> None:
     with pytest.raises(AuthError, match="expired"):
         decode_jwt(jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"),
                    Settings(jwt_secret_key=SECRET))
+
+
+def test_configured_audience_and_issuer_are_required() -> None:
+    settings = Settings(jwt_secret_key=SECRET, jwt_audience="relaygate", jwt_issuer="https://idp.example")
+    full = claims(aud="relaygate", iss="https://idp.example")
+    assert decode_jwt(jwt.encode(full, SECRET, algorithm="HS256"), settings).user_id == "alice"
+    no_audience = {k: v for k, v in full.items() if k != "aud"}
+    with pytest.raises(AuthError):
+        decode_jwt(jwt.encode(no_audience, SECRET, algorithm="HS256"), settings)
+    no_issuer = {k: v for k, v in full.items() if k != "iss"}
+    with pytest.raises(AuthError):
+        decode_jwt(jwt.encode(no_issuer, SECRET, algorithm="HS256"), settings)
+
+
+def test_scopes_claim_as_a_string_is_split_not_spelled_out() -> None:
+    settings = Settings(jwt_secret_key=SECRET)
+    token = jwt.encode(claims(scopes="metrics requests"), SECRET, algorithm="HS256")
+    assert decode_jwt(token, settings).scopes == frozenset({"metrics", "requests"})

@@ -1,0 +1,56 @@
+"""Streams always end: a Redis error part-way through cancelling or sweeping never leaves a request without `done`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from common import queue
+from common.streams import Event
+from tests.gateway.conftest import App
+from workers.maintenance import _end_stream
+from workers.runner import Runtime
+
+
+async def _types(app: App, session_id: str, request_id: str) -> list[str]:
+    entries = await app.gateway.streams.xrange(app.gateway.writer.key(session_id))
+    return [Event.from_fields(f).type for _, f in entries if f[b"request_id"] == request_id.encode()]
+
+
+async def test_cancel_that_cannot_end_the_stream_cancels_nothing(app: App) -> None:
+    async with app.client() as client:
+        first = (await client.post("/api/v1/requests/web", json={"content": "one"})).json()
+        second = (await client.post("/api/v1/requests/web", json={"content": "two", "session_id": first["session_id"]})
+                  ).json()
+        key = app.gateway.writer.key(first["session_id"])
+        saved = await app.gateway.streams.dump(key)
+        await app.gateway.streams.delete(key)
+        await app.gateway.streams.set(key, "not a stream")  # every append to it now fails
+        refused = await client.post(f"/api/v1/requests/{second['request_id']}/cancel")
+        assert refused.status_code == 503
+        assert (await client.get(f"/api/v1/requests/{second['request_id']}")).json()["status"] == "queued"
+        await app.gateway.streams.delete(key)
+        await app.gateway.streams.restore(key, 0, saved)
+        assert (await client.post(f"/api/v1/requests/{second['request_id']}/cancel")).status_code == 202
+        assert (await client.get(f"/api/v1/requests/{second['request_id']}")).json()["status"] == "cancelled"
+    assert (await _types(app, first["session_id"], second["request_id"]))[-2:] == ["run.cancelled", "done"]
+
+
+async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None:
+    gw = app.gateway
+    arq = await queue.connect(app.settings.queue_redis_url)
+    rt = Runtime(settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents)
+    rows: list[dict[str, Any]] = [{"session_id": str(uuid.uuid4()), "request_id": str(uuid.uuid4()), "attempt": 1}
+                                  for _ in range(3)]
+    await gw.streams.set(gw.writer.key(rows[0]["session_id"]), "not a stream")
+    try:
+        failure = None
+        try:
+            await _end_stream(rt, rows, "timed out")  # type: ignore[arg-type]
+        except Exception as exc:
+            failure = exc
+        assert failure is not None  # reported, so the sweep's loop logs it
+        for row in rows[1:]:
+            assert await _types(app, row["session_id"], row["request_id"]) == ["run.failed", "done"]
+    finally:
+        await arq.aclose()
