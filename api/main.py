@@ -12,10 +12,12 @@ from redis.asyncio import ConnectionPool, RedisCluster
 
 from api import errors
 from api.deps import Gateway
+from api.flows.router import router as flows_router
 from api.health import router as health_router
 from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
+from api.runs.router import router as runs_router
 from api.sessions.router import router as sessions_router
 from api.streams.router import router as stream_router
 from common import db, queue, runtime
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
+        app.include_router(router)
+    for router in (runs_router, flows_router):  # flow runs (#11)
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
