@@ -74,6 +74,18 @@ def _cycle(tasks: list[FlowTask]) -> list[str] | None:
     return None
 
 
+def _ancestors(tasks: list[FlowTask], task_id: str) -> set[str]:
+    deps = {t.id: t.depends_on for t in tasks}
+    seen: set[str] = set()
+    todo = list(deps.get(task_id, []))
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(deps.get(current, []))
+    return seen
+
+
 def _references(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield from _REFERENCE.findall(value)
@@ -105,9 +117,10 @@ def validate_flow(raw: Any, known_types: Iterable[str]) -> FlowDefinition:
                 problems.append(f"task {task.id!r} depends on itself")
             elif dep not in known:
                 problems.append(f"task {task.id!r} depends on unknown task {dep!r}")
+        upstream = _ancestors(flow.tasks, task.id)
         for ref in sorted(set(_references(task.input))):
-            if ref not in task.depends_on:
-                problems.append(f"task {task.id!r} uses the output of {ref!r}, which is not in its depends_on")
+            if ref not in upstream:
+                problems.append(f"task {task.id!r} uses the output of {ref!r}, which is not upstream of it")
     cycle = _cycle(flow.tasks)
     if cycle:
         problems.append(f"cycle: {' -> '.join(cycle)}")

@@ -17,7 +17,7 @@ async def test_invalid_dag_lists_every_problem_with_400(gateway_app: Any) -> Non
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
         flow = dag(tenant, task("a", depends_on=("c",)), task("b", depends_on=("ghost",)), task("c", depends_on=("a",)),
-                   task("b"), task("d", "teleport"))
+                   task("b"), task("d", "teleport", input={"x": "{{ tasks.a.output }}"}))
         r = await c.post("/v1/runs", json={"flow_id": "f1", "flow_definition": flow, "input": {}, "tenant_id": tenant})
         assert r.status_code == 400, r.text
         detail = r.json()["detail"]
@@ -26,6 +26,7 @@ async def test_invalid_dag_lists_every_problem_with_400(gateway_app: Any) -> Non
         assert "task 'b' depends on unknown task 'ghost'" in detail
         assert any(p.startswith("task 'd': unknown task type 'teleport'") for p in detail)
         assert any(p.startswith("cycle: ") and "a" in p and "c" in p for p in detail)
+        assert "task 'd' uses the output of 'a', which is not upstream of it" in detail
         malformed = await c.post("/v1/runs", json={"flow_id": "", "input": "nope"})
         assert malformed.status_code == 400
         fields = {p["field"] for p in malformed.json()["detail"]}
