@@ -20,6 +20,8 @@ from api.requests.router import router as requests_router
 from api.runs.router import router as runs_router
 from api.sessions.router import router as sessions_router
 from api.streams.router import router as stream_router
+from api.webhooks.router import configs as webhook_configs_router
+from api.webhooks.router import intake as webhook_intake_router
 from common import db, queue, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
@@ -81,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
         app.include_router(router)
-    for router in (runs_router, flows_router):  # flow runs (#11)
+    for router in (runs_router, flows_router, webhook_configs_router, webhook_intake_router):  # flow runs (#11)
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
