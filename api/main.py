@@ -12,6 +12,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 
 from api import errors
 from api.deps import Gateway
+from api.events.router import router as events_router
 from api.flows.router import router as flows_router
 from api.health import router as health_router
 from api.middleware import GatewayMiddleware
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
         app.include_router(router)
-    for router in (runs_router, flows_router, webhook_configs_router, webhook_intake_router):  # flow runs (#11)
+    for router in (runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router):  # #11
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -16,7 +16,7 @@ from api.deps import Gateway
 from api.errors import ApiError
 from api.requests.schemas import _RequestBody
 from api.sessions.service import REQUEST_COLUMNS, parse_uuid
-from common import lifecycle, queue
+from common import lifecycle, queue, sink
 from common.auth import Principal
 from common.keys import cancel_key
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest
@@ -208,6 +208,8 @@ async def _accept_new(
                              ex=gw.settings.request_timeout_seconds)
     await announce_cancelled(gw, session_id, cancelled, "interrupted by a newer request")
     await enqueue_safely(gw, upcoming)
+    sink.emit("request.accepted", request_id, {"session_id": session_id, "agent_id": agent_id}, tenant_id=who.tenant_id,
+              correlation_id=correlation_id)
     return Accepted(request_id, session_id, "queued", entry_id)
 
 

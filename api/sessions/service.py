@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from api.sessions.schemas import SessionCreate
+from common import sink
 from common.auth import Principal
 
 _COLUMNS = """
@@ -48,6 +49,7 @@ async def create(
         body.external_session_id, body.user_context, body.integration_metadata, ttl_seconds,
     )
     assert row is not None
+    sink.emit("session.created", str(row["session_id"]), {"user_id": user_id}, tenant_id=who.tenant_id)
     return dict(row)
 
 
@@ -129,6 +131,7 @@ async def end(conn: asyncpg.Connection, who: Principal, session_id: str) -> list
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
         session_id, who.tenant_id, who.user_id,
     )
+    sink.emit("session.ended", session_id, {"status": "inactive"}, tenant_id=who.tenant_id)
     rows = await conn.fetch(
         "SELECT request_id::text FROM request_logs WHERE session_id = $1 AND status IN ('queued','running')"
         " ORDER BY id",

@@ -11,7 +11,7 @@ import pytest
 from api.deps import Gateway
 from api.main import create_app
 from common.auth import mint_token
-from tests.conftest import Infra, settings_for
+from tests.conftest import ROOT, Infra, settings_for
 
 ClientFor = Callable[..., httpx.AsyncClient]
 
@@ -33,7 +33,7 @@ async def gateway_app(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
     contexts: list[Any] = []
 
     async def start(**overrides: Any) -> InProcess:
-        app = create_app(settings_for(infra, **overrides))
+        app = create_app(settings_for(infra, **{"agents_file": ROOT / "tests" / "agents.yaml", **overrides}))
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         contexts.append(ctx)
