@@ -97,19 +97,28 @@ def _references(value: Any) -> Iterable[str]:
             yield from _references(item)
 
 
-def validate_flow(raw: Any, known_types: Iterable[str]) -> FlowDefinition:
-    """Parse and check a definition: unknown dependencies, cycles, duplicate ids, unknown task types."""
-    try:
-        flow = FlowDefinition.model_validate(raw)
-    except ValidationError as exc:
-        raise FlowInvalid(_pydantic_problems(exc)) from None
+def _loose_tasks(raw: Any) -> list[FlowTask]:
+    """The tasks of a definition that failed model validation, as far as their graph can be read."""
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    loose = []
+    for item in tasks if isinstance(tasks, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        deps = item.get("depends_on") or []
+        loose.append(FlowTask.model_construct(
+            id=item["id"], type=str(item.get("type", "")),
+            depends_on=[d for d in deps if isinstance(d, str)] if isinstance(deps, list) else [],
+            input=item.get("input") if isinstance(item.get("input"), dict) else {}))
+    return loose
+
+
+def _graph_problems(tasks: list[FlowTask], types: set[str]) -> list[str]:
     problems: list[str] = []
-    types = set(known_types)
-    ids = [t.id for t in flow.tasks]
+    ids = [t.id for t in tasks]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"duplicate task id {dup!r}")
     known = set(ids)
-    for task in flow.tasks:
+    for task in tasks:
         if task.type not in types:
             problems.append(f"task {task.id!r}: unknown task type {task.type!r} (known: {', '.join(sorted(types))})")
         for dep in task.depends_on:
@@ -117,13 +126,27 @@ def validate_flow(raw: Any, known_types: Iterable[str]) -> FlowDefinition:
                 problems.append(f"task {task.id!r} depends on itself")
             elif dep not in known:
                 problems.append(f"task {task.id!r} depends on unknown task {dep!r}")
-        upstream = _ancestors(flow.tasks, task.id)
+        upstream = _ancestors(tasks, task.id)
         for ref in sorted(set(_references(task.input))):
             if ref not in upstream:
                 problems.append(f"task {task.id!r} uses the output of {ref!r}, which is not upstream of it")
-    cycle = _cycle(flow.tasks)
+    cycle = _cycle(tasks)
     if cycle:
         problems.append(f"cycle: {' -> '.join(cycle)}")
+    return problems
+
+
+def validate_flow(raw: Any, known_types: Iterable[str]) -> FlowDefinition:
+    """Parse and check a definition: unknown dependencies, cycles, duplicate ids, unknown task types.
+
+    Field errors and graph errors are reported together, so one answer lists every problem.
+    """
+    types = set(known_types)
+    try:
+        flow = FlowDefinition.model_validate(raw)
+    except ValidationError as exc:
+        raise FlowInvalid(_pydantic_problems(exc) + _graph_problems(_loose_tasks(raw), types)) from None
+    problems = _graph_problems(flow.tasks, types)
     if problems:
         raise FlowInvalid(problems)
     return flow
