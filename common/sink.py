@@ -36,8 +36,11 @@ class EventSink:
         self.dropped = 0
 
     def put(self, event: CloudEvent) -> None:
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run(), name="event-sink")
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            if self.task is not None and self.task.get_loop() is not loop:
+                self.queue = asyncio.Queue(QUEUE_SIZE)  # the old loop's sender is gone with it
+            self.task = loop.create_task(self._run(), name="event-sink")
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:

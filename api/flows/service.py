@@ -46,6 +46,7 @@ async def _insert(conn: asyncpg.Connection, who: Principal, body: FlowBody, flow
 
 
 async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
+    functions.load_modules(gw.settings.flow_function_modules)
     flow = check_definition(body.definition, who.tenant_id)
     async with gw.db.acquire() as conn:
         try:
@@ -55,6 +56,7 @@ async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
 
 
 async def update(gw: Gateway, who: Principal, flow_id: str, body: FlowBody) -> dict[str, Any]:
+    functions.load_modules(gw.settings.flow_function_modules)
     flow = check_definition({"id": flow_id, **body.definition}, who.tenant_id, flow_id)
     async with gw.db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow_id)
