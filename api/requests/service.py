@@ -140,6 +140,7 @@ async def _accept_new(
     entry_id: str | None = None
     upcoming: tuple[str, JobPayload] | None = None
     session_id = ""
+    new_session = False
 
     async def record(conn: asyncpg.Connection, existing: str | None) -> None:
         """Announce the request on its stream, then store it (and a new session) in one statement.
@@ -147,8 +148,8 @@ async def _accept_new(
         The stream entry comes first so its id is stored with the row: if Redis is down,
         nothing is stored and the client gets 503.
         """
-        nonlocal entry_id, session_id
-        session_id = existing or str(uuid.uuid4())
+        nonlocal entry_id, session_id, new_session
+        session_id, new_session = existing or str(uuid.uuid4()), existing is None
         normalized = NormalizedRequest(
             request_id=request_id, session_id=session_id, tenant_id=who.tenant_id, user_id=user_id,
             integration_type=body.integration(), request_type=body.integration(), content=body.content,
@@ -208,6 +209,9 @@ async def _accept_new(
                              ex=gw.settings.request_timeout_seconds)
     await announce_cancelled(gw, session_id, cancelled, "interrupted by a newer request")
     await enqueue_safely(gw, upcoming)
+    if new_session:
+        sink.emit("session.created", session_id, {"user_id": user_id}, tenant_id=who.tenant_id,
+                  correlation_id=correlation_id)
     sink.emit("request.accepted", request_id, {"session_id": session_id, "agent_id": agent_id}, tenant_id=who.tenant_id,
               correlation_id=correlation_id)
     return Accepted(request_id, session_id, "queued", entry_id)

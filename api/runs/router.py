@@ -13,9 +13,9 @@ from api.errors import ApiError
 from api.runs import service
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunAccepted, RunBody, RunPage, RunStatus
-from api.streams.relay import check_resume, request_frames, reset_frame
+from api.streams.relay import Reset, check_resume, request_frames, reset_frame
 from api.streams.sse import resume_point, sse_response
-from common.flows.runs import STATUSES
+from common.flows.runs import ACTIVE, STATUSES
 from common.logging import correlation_id
 from common.streams import parse_id
 
@@ -67,6 +67,11 @@ async def stream_run(
         return [await service.get(gw, who, run_id)], None
 
     async def frames(start: tuple[int, int]) -> AsyncIterator[bytes]:
+        if doc["status"] not in ACTIVE and not await gw.streams.exists(key):
+            # A finished run whose stream expired: its state from Postgres, and the stream ends.
+            frame, _ = await reset_frame(Reset("expired", (0, 0)), snapshot)
+            yield frame
+            return
         reset = await check_resume(gw.streams, key, start)
         if reset is not None:
             frame, start = await reset_frame(reset, snapshot)

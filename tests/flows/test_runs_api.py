@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from common.keys import run_stream_key
 from tests.flows.conftest import dag, task
 
 
@@ -86,6 +87,11 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
         after = (await c.get(f"/v1/runs/{run['run_id']}")).json()
         assert after["status"] == "CANCELLED" and after["error"] == "cancelled by alice"
         assert (await c.post(f"/v1/runs/{run['run_id']}/cancel")).status_code == 409
+        streamed = await c.get(f"/v1/runs/{run['run_id']}/stream")
+        assert streamed.text.count("event: ") == 2 and "event: run.cancelled" in streamed.text
+        await gw.gateway.streams.delete(run_stream_key(run["run_id"], 256))
+        expired = await c.get(f"/v1/runs/{run['run_id']}/stream")
+        assert "event: stream.reset" in expired.text and '"status":"CANCELLED"' in expired.text
     history = await gw.gateway.db.fetch("SELECT status FROM flow_run_status_history WHERE run_id = $1 ORDER BY id",
                                         run["run_id"])
     assert [h["status"] for h in history] == ["PENDING", "CANCELLED"]
@@ -143,6 +149,9 @@ async def test_other_tenants_see_404_on_every_route(gateway_app: Any) -> None:
                              ("GET", f"/v1/runs/{run['run_id']}/stream"), ("GET", "/v1/flows/private"),
                              ("DELETE", "/v1/flows/private")):
             assert (await intruder.request(method, path)).status_code == 404, (method, path)
+        theirs = await intruder.put("/v1/flows/private", json={"definition": dag(tenant, task("a"), flow_id="private")})
+        assert theirs.status_code == 403  # a definition naming the owner's tenant is refused outright
+        assert (await owner.get("/v1/flows/private")).json()["version"] == 1
         assert (await intruder.get("/v1/runs")).json()["items"] == []
         assert (await intruder.get("/v1/flows")).json()["items"] == []
         assert (await owner.get(f"/v1/runs/{run['run_id']}")).status_code == 200
