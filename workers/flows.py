@@ -211,6 +211,7 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
             error = f"timed out after {task.timeout_seconds:g} s"
         except PolicyViolation as exc:
             error = str(exc)
+            break  # a policy's verdict does not change on a retry
         except Exception as exc:
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
         else:
@@ -223,7 +224,7 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
             await run.emit(("task.retrying", {"task_id": task.id, "try": try_number + 1, "error": error}))
             await asyncio.sleep(min(0.1 * 2 ** (try_number - 1), 5))
     await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "failed", None, error)
-    await run.emit(("task.failed", {"task_id": task.id, "tries": tries, "error": error}))
+    await run.emit(("task.failed", {"task_id": task.id, "tries": try_number, "error": error}))
     raise TaskFailed(task.id, error)
 
 
