@@ -35,6 +35,21 @@ def start_key(session_id: str, buckets: int) -> str:
     return f"{_tagged(session_id, buckets)}start:{session_id}"
 
 
+def run_stream_key(run_id: str, buckets: int) -> str:
+    """A flow run's event stream: tagged like a session's, so the hub and resume treat it alike."""
+    return f"{_tagged(run_id, buckets)}run:{run_id}"
+
+
+def run_cancel_key(run_id: str, buckets: int) -> str:
+    """Set when a flow run must stop; its executor checks it between steps."""
+    return f"{_tagged(run_id, buckets)}run-cancel:{run_id}"
+
+
+def run_cache_key(run_id: str, buckets: int) -> str:
+    """The cached status document of a flow run (`GET /v1/runs/{id}`)."""
+    return f"{_tagged(run_id, buckets)}run-status:{run_id}"
+
+
 def hub_wake_key(process: str, reader: int) -> str:
     """A gateway hub reader's private wake stream on a single server."""
     return f"{PREFIX}wake:{process}:{reader}"

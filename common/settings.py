@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     offline_model_tokens: int = 60
     offline_model_tokens_per_second: float = 40.0
 
+    # Flow runs.
+    redis_cache_ttl: int = 300
+    flow_feature: str = "default"
+    flow_policies: str = ("common.flows.policies:TenantIsolationPolicy,common.flows.policies:RetryLimitPolicy,"
+                          "common.flows.policies:TimeoutLimitPolicy")
+    flow_max_retries: int = 10
+    flow_max_timeout_seconds: int = 7200
+    flow_retry_limit_action: str = "clamp"
+    flow_function_modules: str = ""
+    flow_timeout_seconds: int = 86_400
+    event_sink_url: str = ""
+    event_sink_retries: int = 5
+
     db_pool_size: int = 20
     log_level: str = "INFO"
 

@@ -24,6 +24,10 @@ EventType = Literal[
     "run.cancelled",
     "run.failed",
     "run.completed",
+    "task.started",
+    "task.completed",
+    "task.failed",
+    "task.retrying",
     "delivery.sent",
     "delivery.failed",
     "stream.reset",
@@ -172,9 +176,13 @@ class StreamWriter:
         return stream_key(session_id, self.buckets)
 
     async def append(self, session_id: str, events: Iterable[Event]) -> list[str]:
+        return await self.append_to(self.key(session_id), events)
+
+    async def append_to(self, key: str, events: Iterable[Event]) -> list[str]:
+        """Append to any stream key (a flow run's, for one), with the same TTL and trimming."""
         args: list[str | int] = [self.maxlen, self.ttl]
         for event in events:
             f = event.fields()
             args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
-        ids = await self._append(keys=[self.key(session_id)], args=args)
+        ids = await self._append(keys=[key], args=args)
         return [_text(i) for i in ids]

@@ -14,10 +14,11 @@ from prometheus_client import start_http_server
 from common import db, runtime
 from common import logging as rg_logging
 from common.agents import load_agents
+from common.flows.jobs import PROCESS_FLOW_RUN
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
-from workers import maintenance, model
+from workers import flows, maintenance, model
 from workers.runner import Runtime, process_request
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def build_worker(settings: Settings, feature: str) -> Worker:
             agents=load_agents(settings.agents_file),
         )
         ctx["rt"] = rt
-        ctx["tasks"] = maintenance.start(rt)
+        ctx["tasks"] = maintenance.start(rt) + flows.start(rt)
         runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
 
@@ -52,7 +53,9 @@ def build_worker(settings: Settings, feature: str) -> Worker:
             await rt.db.close()
 
     return Worker(
-        functions=[func(process_request, name="process_request", max_tries=10)],  # type: ignore[arg-type]
+        functions=[func(process_request, name="process_request", max_tries=10),  # type: ignore[arg-type]
+                   func(flows.process_flow_run, name=PROCESS_FLOW_RUN, max_tries=10,  # type: ignore[arg-type]
+                        timeout=settings.flow_timeout_seconds)],
         queue_name=settings.feature_queue(feature),
         redis_settings=RedisSettings.from_dsn(settings.queue_redis_url),
         max_jobs=settings.worker_max_jobs,

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from common import lifecycle, queue
+from common import lifecycle, queue, sink
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -269,5 +269,7 @@ async def _finish(
     if upcoming:
         await queue.enqueue(rt.queue, *upcoming)
     RUNS.labels(status).inc()
+    sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
+              tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status

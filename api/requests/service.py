@@ -17,6 +17,7 @@ from api.lifecycle import cancel_many, cancel_queued, enqueue_safely, flag_runni
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
+from common import sink
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
 from common.limits import REFUSALS, max_reply_tokens_refusal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
@@ -47,6 +48,7 @@ class _Intake:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     session_id: str = ""
     entry_id: str | None = None
+    new_session: bool = False
 
     def normalized(self) -> NormalizedRequest:
         body = self.body
@@ -149,6 +151,12 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
         raise
     await flag_running(gw, intake.session_id, interrupted, "interrupted by a newer request")
     await enqueue_safely(gw, upcoming)
+    tenant, cid = intake.who.tenant_id, intake.correlation_id
+    if intake.new_session:
+        sink.emit("session.created", intake.session_id, {"user_id": intake.user_id}, tenant_id=tenant,
+                  correlation_id=cid)
+    sink.emit("request.accepted", intake.request_id, {"session_id": intake.session_id, "agent_id": intake.agent_id},
+              tenant_id=tenant, correlation_id=cid)
     return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
 
 
@@ -208,7 +216,7 @@ async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, exi
     The stream entry comes first so its id is stored with the row: if Redis is down,
     nothing is stored and the client gets 503.
     """
-    intake.session_id = existing or str(uuid.uuid4())
+    intake.session_id, intake.new_session = existing or str(uuid.uuid4()), existing is None
     normalized = intake.normalized()
     accepted_event = Event(
         type="request.accepted", request_id=intake.request_id,

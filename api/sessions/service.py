@@ -12,14 +12,18 @@ from api.lifecycle import cancel_many
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.sessions.schemas import SessionCreate
+from common import sink
 from common.auth import Principal
 
 
 async def create(gw: Gateway, who: Principal, body: SessionCreate) -> dict[str, Any]:
     try:
-        return await session_repo.create(gw.db, who, who.user_id, body.model_dump(), gw.settings.session_ttl_seconds)
+        session = await session_repo.create(gw.db, who, who.user_id, body.model_dump(),
+                                            gw.settings.session_ttl_seconds)
     except asyncpg.UniqueViolationError:
         raise ApiError(409, "a session with this external_session_id already exists") from None
+    sink.emit("session.created", session["session_id"], {"user_id": who.user_id}, tenant_id=who.tenant_id)
+    return session
 
 
 async def owned(gw: Gateway, who: Principal, session_id: str) -> dict[str, Any]:
@@ -36,6 +40,7 @@ async def end(gw: Gateway, who: Principal, session_id: str) -> dict[str, Any]:
     async with gw.db.acquire() as conn, conn.transaction():
         await session_repo.mark_inactive(conn, who, sid)
         unfinished = await request_repo.unfinished_in_session(conn, who, sid)
+    sink.emit("session.ended", sid, {"status": "inactive"}, tenant_id=who.tenant_id)
     if unfinished:
         await cancel_many(gw, sid, unfinished, "session ended")
     return await owned(gw, who, session_id)

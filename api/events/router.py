@@ -1,0 +1,105 @@
+"""`POST /api/v1/events/cloudevents`: CloudEvents 1.0 (structured or binary HTTP mode) start requests and runs."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.formats.json import JSONFormat
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.errors import ApiError
+from api.requests import service as requests
+from api.requests.schemas import GenericRequest
+from api.responses import JSONResponse
+from api.runs import service as runs
+from api.runs.contract import ContractRoute
+from api.runs.schemas import RunBody
+from common.auth import Principal
+from common.logging import correlation_id
+
+router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute)
+
+REQUEST_CREATED = "com.relaygate.request.created"
+RUN_REQUESTED = "com.relaygate.run.requested"
+REQUIRED = ("specversion", "id", "source", "type")
+
+
+def parse(headers: dict[str, str], body: bytes) -> BaseCloudEvent:
+    """Binary mode when `ce-*` headers are present, structured (`application/cloudevents+json`) otherwise.
+
+    The SDK fills in a missing `id` (and `time`) when it builds an event; an incoming event must carry
+    every required attribute itself, so they are checked first.
+    """
+    if any(name.startswith("ce-") for name in headers):
+        present: set[str] = {name.removeprefix("ce-") for name in headers if name.startswith("ce-")}
+    else:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "not a valid CloudEvent: the body is not JSON") from None
+        present = set(document) if isinstance(document, dict) else set()
+    missing = [name for name in REQUIRED if name not in present]
+    if missing:
+        raise ApiError(400, f"not a valid CloudEvent: missing {', '.join(missing)}")
+    try:
+        return from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
+    except Exception as exc:  # the SDK raises validation, value and JSON errors alike
+        message = " ".join(str(exc).split())[:500] or type(exc).__name__
+        raise ApiError(400, f"not a valid CloudEvent: {message}") from None
+
+
+def _data(event: BaseCloudEvent) -> dict[str, Any]:
+    data = event.get_data()
+    if not isinstance(data, dict):
+        raise ApiError(400, f"{event.get_type()} needs a JSON object as data")
+    return data
+
+
+def _problems(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": "data." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+
+
+async def _request(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONResponse:
+    try:
+        body = GenericRequest.model_validate({"integration_type": "generic", **_data(event)})
+    except ValidationError as exc:
+        raise ApiError(400, _problems(exc)) from None  # type: ignore[arg-type]
+    # The event's (source, id) is its identity: a redelivered event replays the same request.
+    key = "ce:" + hashlib.sha256(f"{event.get_source()}\n{event.get_id()}".encode()).hexdigest()
+    accepted = await requests.accept(gw, who, body, idempotency_key=key, correlation_id=correlation_id.get())
+    await gw.db.execute("UPDATE request_logs SET cloudevent_id = $2, cloudevent_type = $3"
+                        " WHERE request_id = $1 AND tenant_id = $4",
+                        accepted.request_id, event.get_id(), event.get_type(), who.tenant_id)
+    return JSONResponse({"request_id": accepted.request_id, "session_id": accepted.session_id,
+                         "status": accepted.status, "stream_url": f"/api/v1/sessions/{accepted.session_id}/stream",
+                         "stream_entry_id": accepted.stream_entry_id}, status_code=202)
+
+
+async def _run(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONResponse:
+    data = {"tenant_id": who.tenant_id, "request_id": f"ce:{event.get_source()}:{event.get_id()}"[:255],
+            **_data(event)}
+    try:
+        body = RunBody.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, _problems(exc)) from None  # type: ignore[arg-type]
+    started = await runs.start(gw, who, body, correlation_id=correlation_id.get(),
+                               trigger={"via": "cloudevents", "id": event.get_id(), "source": event.get_source()})
+    return JSONResponse({"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202)
+
+
+@router.post("/cloudevents", status_code=202)
+async def receive(request: Request, gw: GatewayDep, who: PrincipalDep) -> JSONResponse:
+    """`com.relaygate.request.created` starts a request; `com.relaygate.run.requested` a flow run."""
+    event = parse(dict(request.headers), await request.body())
+    kind = event.get_type()
+    if kind == REQUEST_CREATED:
+        return await _request(gw, who, event)
+    if kind == RUN_REQUESTED:
+        return await _run(gw, who, event)
+    raise ApiError(400, f"unsupported CloudEvent type {kind!r}: send {REQUEST_CREATED} or {RUN_REQUESTED}")

@@ -1,0 +1,400 @@
+"""`process_flow_run`: executes a flow run's DAG on the agent workers, resumable after a crash.
+
+Ready tasks run in parallel, each with its own retries and timeout. Every task's state is
+persisted as it changes, so an attempt that takes over a lost worker's run (after its lease
+lapsed and the reaper requeued it) skips the tasks that already completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+from arq import Retry
+
+from common import lifecycle, queue, sink
+from common.flows import functions
+from common.flows.jobs import RunJob, enqueue_run
+from common.flows.model import FlowDefinition, FlowTask
+from common.flows.policies import PolicyContext, PolicyEngine, PolicyViolation, load_engine
+from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
+from common.flows.templates import render
+from common.keys import cancel_key, run_cancel_key
+from common.logging import correlation_id
+from common.models import NormalizedRequest
+from common.streams import Event
+from workers import model, offline_model
+from workers.maintenance import every
+from workers.runner import WORKER_ID, Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+CANCEL_POLL_SECONDS = 0.25
+AGENT_POLL_SECONDS = 0.2
+_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
+_REQUEST_NAMESPACE = uuid.UUID("6f1c1a8e-58a7-4c8e-9a57-1f9f5b1e0b11")
+_ENGINES: dict[int, PolicyEngine] = {}
+
+
+def _engine(rt: Runtime) -> PolicyEngine:
+    key = id(rt.settings)
+    if key not in _ENGINES:
+        functions.load_modules(rt.settings.flow_function_modules)
+        _ENGINES[key] = load_engine(rt.settings)
+    return _ENGINES[key]
+
+
+def store(rt: Runtime) -> RunStore:
+    return RunStore(rt.db, rt.streams, rt.writer, rt.settings.stream_buckets, rt.settings.redis_cache_ttl)
+
+
+class TaskFailed(Exception):
+    def __init__(self, task_id: str, error: str) -> None:
+        super().__init__(f"task {task_id!r} failed: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class Lost(Exception):
+    """This attempt no longer owns the run: stop without writing anything."""
+
+
+@dataclass
+class Execution:
+    rt: Runtime
+    runs: RunStore
+    row: asyncpg.Record
+    attempt: int
+    flow: FlowDefinition
+    outputs: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    lost: bool = False
+    cancel_reason: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return str(self.row["run_id"])
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.row["tenant_id"])
+
+    async def emit(self, *events: tuple[str, dict[str, Any]]) -> None:
+        batch = []
+        for kind, data in events:
+            self.seq += 1
+            batch.append(Event(type=kind, request_id=self.run_id, attempt=self.attempt,  # type: ignore[arg-type]
+                               seq=self.seq, data=data))
+        await self.runs.events(self.run_id, batch)
+
+    def scope(self) -> dict[str, Any]:
+        return {"input": self.row["input_data"], "run": {"id": self.run_id, "tenant_id": self.tenant_id},
+                "tasks": {task_id: {"output": output} for task_id, output in self.outputs.items()}}
+
+
+async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
+    rt: Runtime = ctx["rt"]
+    job = RunJob.model_validate(raw)
+    correlation_id.set(job.correlation_id)
+    runs = store(rt)
+    try:
+        claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds)
+    except _DB_ERRORS as exc:
+        raise Retry(defer=2) from exc
+    if claimed is None:
+        return "skipped"
+    row = await rt.db.fetchrow("SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2",
+                               job.run_id, job.tenant_id)
+    run = Execution(rt, runs, row, job.attempt, FlowDefinition.model_validate(row["flow_definition"]))
+    return await _execute(run)
+
+
+async def _execute(run: Execution) -> str:
+    states = await run.runs.task_states(run.run_id, run.tenant_id)
+    run.outputs = {t: s["output"] for t, s in states.items() if s["status"] == "completed"}
+    opening: list[tuple[str, dict[str, Any]]] = []
+    if run.attempt > 1:
+        opening.append(("run.retrying", {"attempt": run.attempt, "reason": "previous worker was lost",
+                                         "completed_tasks": sorted(run.outputs)}))
+    opening.append(("run.started", {"flow_id": run.flow.id, "flow_version": run.flow.version, "worker": WORKER_ID,
+                                     "resumed_tasks": sorted(run.outputs)}))
+    await run.emit(*opening)
+    sink.emit("run.started", run.run_id, {"flow_id": run.flow.id, "attempt": run.attempt}, tenant_id=run.tenant_id,
+              correlation_id=run.row["correlation_id"])
+    log.info("flow run started", extra={"run_id": run.run_id, "attempt": run.attempt})
+    work = asyncio.create_task(_run_dag(run))
+    watcher = asyncio.create_task(_watch(run, work))
+    status, error = COMPLETED, None
+    try:
+        await work
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        if run.lost:
+            return "fenced"
+        status, error = CANCELLED, run.cancel_reason or "cancelled"
+    except Lost:
+        return "fenced"
+    except TaskFailed as exc:
+        status, error = FAILED, str(exc)
+    finally:
+        watcher.cancel()
+    return await _finish(run, status, error)
+
+
+async def _watch(run: Execution, work: asyncio.Task[None]) -> None:
+    """Keep the lease and stop the work on a cancel flag or a lost lease."""
+    settings = run.rt.settings
+    flag = run_cancel_key(run.run_id, settings.stream_buckets)
+    next_beat = time.monotonic() + settings.heartbeat_seconds
+    while not work.done():
+        await asyncio.sleep(CANCEL_POLL_SECONDS)
+        with contextlib.suppress(Exception):
+            reason = await run.rt.streams.get(flag)
+            if reason is not None:
+                run.cancel_reason = reason.decode() or "cancelled"
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + settings.heartbeat_seconds
+            with contextlib.suppress(*_DB_ERRORS):
+                run.lost = not await run.runs.heartbeat(run.run_id, run.attempt, settings.lease_seconds)
+        if run.lost or run.cancel_reason:
+            work.cancel()
+            return
+
+
+async def _run_dag(run: Execution) -> None:
+    running: dict[str, asyncio.Task[Any]] = {}
+    try:
+        while True:
+            for task in run.flow.tasks:
+                if (task.id not in run.outputs and task.id not in running
+                        and all(dep in run.outputs for dep in task.depends_on)):
+                    running[task.id] = asyncio.create_task(_run_task(run, task), name=f"task:{task.id}")
+            if not running:
+                return
+            finished, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            for done in finished:
+                task_id = next(t for t, job in running.items() if job is done)
+                del running[task_id]
+                run.outputs[task_id] = done.result()
+    finally:
+        for job in running.values():
+            job.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+async def _run_task(run: Execution, task: FlowTask) -> Any:
+    engine = _engine(run.rt)
+    ctx = PolicyContext(run.tenant_id, run.row["user_id"], run.rt.settings)
+    tries = task.retries + 1
+    error = ""
+    for try_number in range(1, tries + 1):
+        await run.runs.task_started(run.run_id, run.tenant_id, task.id, try_number)
+        await run.emit(("task.started", {"task_id": task.id, "type": task.type, "try": try_number}))
+        try:
+            task_input = render(task.input, run.scope())
+            for pre in engine.pre_task:
+                pre.before_task(task, task_input, ctx)
+            output = await asyncio.wait_for(_call(run, task, task_input, try_number), task.timeout_seconds)
+            for post in engine.post_task:
+                post.after_task(task, output, ctx)
+        except TimeoutError:
+            error = f"timed out after {task.timeout_seconds:g} s"
+        except PolicyViolation as exc:
+            error = str(exc)
+            break  # a policy's verdict does not change on a retry
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+        else:
+            if not await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "completed",
+                                                output, None):
+                raise Lost
+            await run.emit(("task.completed", {"task_id": task.id, "try": try_number, "output": output}))
+            return output
+        if try_number < tries:
+            await run.emit(("task.retrying", {"task_id": task.id, "try": try_number + 1, "error": error}))
+            await asyncio.sleep(min(0.1 * 2 ** (try_number - 1), 5))
+    await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "failed", None, error)
+    await run.emit(("task.failed", {"task_id": task.id, "tries": try_number, "error": error}))
+    raise TaskFailed(task.id, error)
+
+
+async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int) -> Any:
+    if not isinstance(task_input, dict):
+        raise TypeError("a task's input must render to an object")
+    if task.type == "llm":
+        return await _llm(run, task, task_input)
+    if task.type == "http":
+        return await _http(task_input, task.timeout_seconds)
+    if task.type == "agent":
+        return await _agent(run, task, task_input, try_number)
+    fn = functions.get(task.type)
+    if fn is None:
+        raise LookupError(f"no task function {task.type!r} in this worker")
+    return await fn(functions.TaskCall(run.run_id, task.id, run.tenant_id, task_input, try_number))
+
+
+async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> dict[str, Any]:
+    """A prompt through litellm, streamed to the run as `token` events (coalesced like replies)."""
+    settings = run.rt.settings
+    messages = [{"role": "system", "content": str(task_input["system"])}] if task_input.get("system") else []
+    messages.append({"role": "user", "content": str(task_input.get("prompt", ""))})
+    name = str(task_input.get("model") or settings.llm_model or offline_model.MODEL)
+    parts: list[str] = []
+    pending: list[str] = []
+    flushed = time.monotonic()
+    async for text in model.stream_reply(settings, name, messages, {}):
+        parts.append(text)
+        pending.append(text)
+        due = (time.monotonic() - flushed) * 1000 >= settings.token_flush_ms
+        if due or len(pending) >= settings.token_flush_tokens:
+            await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
+            pending.clear()
+            flushed = time.monotonic()
+    if pending:
+        await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
+    return {"text": "".join(parts), "model": name}
+
+
+class HttpTaskError(Exception):
+    pass
+
+
+async def _http(task_input: dict[str, Any], seconds: float) -> dict[str, Any]:
+    method = str(task_input.get("method", "GET")).upper()
+    async with httpx.AsyncClient(timeout=seconds) as client:
+        response = await client.request(method, str(task_input["url"]), headers=task_input.get("headers"),
+                                        json=task_input.get("json"), content=task_input.get("body"))
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    output = {"status": response.status_code, "json": body}
+    if body is None:
+        output["text"] = response.text[:10_000]
+    if response.status_code >= 400:
+        raise HttpTaskError(f"{method} answered {response.status_code}")
+    return output
+
+
+async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try_number: int) -> dict[str, Any]:
+    """A message to a relaygate agent in the run's own session; its reply is the output.
+
+    The request id is derived from (run, task, try), so an attempt that takes over the run
+    waits for the request the lost worker already made instead of sending it twice.
+    """
+    rt = run.rt
+    content = str(task_input.get("content") or "")
+    if not content:
+        raise ValueError("an agent task needs input.content")
+    agent = rt.agents.route(content, "tool", task_input.get("agent_id"))
+    session_id = str(run.row["session_id"])
+    request_id = str(uuid.uuid5(_REQUEST_NAMESPACE, f"{run.run_id}:{task.id}:{try_number}"))
+    cid = run.row["correlation_id"]
+    upcoming = None
+    async with rt.db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+            " VALUES ($1, $2, $3, 'tool', now() + make_interval(secs => $4)) ON CONFLICT (session_id) DO NOTHING",
+            session_id, run.tenant_id, run.row["user_id"], rt.settings.session_ttl_seconds,
+        )
+        await lifecycle.lock_session(conn, session_id)
+        if not await conn.fetchval("SELECT 1 FROM request_logs WHERE request_id = $1", request_id):
+            normalized = NormalizedRequest(
+                request_id=request_id, session_id=session_id, tenant_id=run.tenant_id, user_id=run.row["user_id"],
+                integration_type="tool", request_type="tool", content=content, agent_id=agent.id,
+                feature=agent.feature, integration_context={"run_id": run.run_id, "task_id": task.id},
+                correlation_id=cid,
+            )
+            (entry_id,) = await rt.writer.append(session_id, [Event(
+                type="request.accepted", request_id=request_id,
+                data={"content": content, "session_id": session_id, "agent_id": agent.id, "run_id": run.run_id})])
+            await conn.execute(
+                """
+                INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+                    normalized_request, agent_id, feature, correlation_id, stream_entry_id, deadline_at)
+                VALUES ($1, $2, $3, $4, 'tool', $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
+                """,
+                request_id, session_id, run.tenant_id, run.row["user_id"], content, normalized.model_dump(),
+                agent.id, agent.feature, cid, entry_id, rt.settings.request_timeout_seconds,
+            )
+            upcoming = await lifecycle.next_in_session(conn, session_id)
+    if upcoming:
+        await queue.enqueue(rt.queue, *upcoming)
+    try:
+        while True:
+            row = await rt.db.fetchrow("SELECT status, response_content, error FROM request_logs"
+                                       " WHERE request_id = $1 AND tenant_id = $2", request_id, run.tenant_id)
+            if row["status"] == "completed":
+                return {"content": row["response_content"], "agent_id": agent.id, "request_id": request_id,
+                        "session_id": session_id}
+            if row["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"agent request {row['status']}: {row['error']}")
+            await asyncio.sleep(AGENT_POLL_SECONDS)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), "flow task stopped",
+                                 ex=rt.settings.request_timeout_seconds)
+        raise
+
+
+async def _finish(run: Execution, status: str, error: str | None) -> str:
+    output = {"tasks": run.outputs} if status == COMPLETED else None
+    try:
+        row = await run.runs.finish(run.run_id, run.tenant_id, run.attempt, status, output=output, error=error)
+    except _DB_ERRORS:
+        row = None
+    if row is None:
+        return "fenced"
+    kind = status.lower()
+    data: dict[str, Any] = {"output": output} if status == COMPLETED else {"error": error}
+    await run.emit((f"run.{kind}", data), ("done", {"run_id": run.run_id, "status": kind}))
+    await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
+    sink.emit(f"run.{kind}", run.run_id, {"flow_id": run.flow.id, **data}, tenant_id=run.tenant_id,
+              correlation_id=run.row["correlation_id"])
+    log.info("flow run finished", extra={"run_id": run.run_id, "status": status})
+    return kind
+
+
+async def reap_once(rt: Runtime) -> None:
+    """Requeue runs whose executor was lost; fail those lost too often (ending their streams)."""
+    runs = store(rt)
+    requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
+    for row in requeued:
+        log.warning("flow run lease expired; requeued", extra={"run_id": row["run_id"], "attempt": row["attempt"]})
+        await enqueue_run(rt.queue, row["feature"], RunJob(run_id=row["run_id"], tenant_id=row["tenant_id"],
+                                                           attempt=row["attempt"],
+                                                           correlation_id=row["correlation_id"]))
+    for row in failed:
+        error = "the run's worker was lost too many times"
+        await runs.events(row["run_id"], [
+            Event(type="run.failed", request_id=row["run_id"], attempt=row["attempt"], data={"error": error}),
+            Event(type="done", request_id=row["run_id"], attempt=row["attempt"],
+                  data={"run_id": row["run_id"], "status": "failed"}),
+        ])
+
+
+async def sweep_once(rt: Runtime) -> None:
+    """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
+    for row in await store(rt).stalled(older_than_seconds=10):
+        await enqueue_run(rt.queue, row["feature"], RunJob(run_id=row["run_id"], tenant_id=row["tenant_id"],
+                                                           attempt=row["attempt"],
+                                                           correlation_id=row["correlation_id"]))
+
+
+def start(rt: Runtime) -> list[asyncio.Task[None]]:
+    """The flow runs' reaper and sweep, beside the requests' own (workers.maintenance)."""
+    _engine(rt)
+    return [
+        asyncio.create_task(every(rt.settings.reaper_interval_seconds, reap_once, rt), name="flow-reaper"),
+        asyncio.create_task(every(rt.settings.maintenance_interval_seconds, sweep_once, rt), name="flow-sweeps"),
+    ]
