@@ -48,3 +48,8 @@ def hub_bucket_wake_key(tag: str, process: str) -> str:
 def queue_name(feature: str) -> str:
     """The ARQ queue (a sorted set) of one feature's agent workers."""
     return f"{PREFIX}queue:{feature}"
+
+
+def queue_wake_key(queue: str) -> str:
+    """A list an enqueue pushes to; idle workers of `queue` block on it instead of polling."""
+    return f"{queue}:wake"
