@@ -93,7 +93,7 @@ def run(feature: str | None = None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = build_worker(settings, feature or settings.feature)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         loop.run_until_complete(worker.async_run())
     loop.run_until_complete(worker.close())
 
