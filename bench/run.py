@@ -225,13 +225,13 @@ class LoadProc:
         self.pid = proc.pid
 
     @classmethod
-    async def start(cls, mode: str, cfg: dict[str, Any], folder: Path) -> LoadProc:
+    async def start(cls, mode: str, cfg: dict[str, Any], folder: Path, script: str = "load.py") -> LoadProc:
         name = f"{mode}-{uuid.uuid4().hex[:6]}"
         cfg_path = folder / f"{name}.json"
         cfg_path.write_text(json.dumps(cfg))
         err = (folder / f"{name}.log").open("wb")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCH / "load.py"), mode, str(cfg_path), cwd=ROOT,
+            sys.executable, str(BENCH / script), mode, str(cfg_path), cwd=ROOT,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
             limit=1 << 28, preexec_fn=raise_nofile,
         )

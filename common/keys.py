@@ -83,3 +83,8 @@ def running_key(tenant_id: str, user_id: str) -> str:
 def open_streams_key(tenant_id: str, user_id: str) -> str:
     """The user's open SSE streams (a sorted set of stream ids scored by lease expiry, ms)."""
     return f"{_tenant_tagged(tenant_id)}sse:{user_id}"
+
+
+def queue_wake_key(queue: str) -> str:
+    """A list an enqueue pushes to; idle workers of `queue` block on it instead of polling."""
+    return f"{queue}:wake"

@@ -118,18 +118,20 @@ async def cancel_queued(
 
 async def heartbeat(
     conn: asyncpg.Connection | asyncpg.Pool,
-    leases: list[tuple[str, int, str, str | None]],
+    leases: list[tuple[str, int, str | None, str | None]],
     lease_seconds: float,
 ) -> set[str]:
-    """Extend leases and checkpoint partial replies; returns the request ids still held."""
+    """Extend leases, and checkpoint the partial replies given (None keeps the stored one);
+    returns the request ids still held."""
     if not leases:
         return set()
     ids, attempts, partials, stream_ids = (list(col) for col in zip(*leases, strict=True))
     rows = await conn.fetch(
         """
         UPDATE request_logs r
-           SET lease_expires_at = now() + make_interval(secs => $5), response_content = v.partial,
-               response_stream_id = v.stream_id, updated_at = now()
+           SET lease_expires_at = now() + make_interval(secs => $5),
+               response_content = coalesce(v.partial, r.response_content),
+               response_stream_id = coalesce(v.stream_id, r.response_stream_id), updated_at = now()
           FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[]) AS v(request_id, attempt, partial, stream_id)
          WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
         RETURNING r.request_id::text
@@ -137,6 +139,23 @@ async def heartbeat(
         ids, attempts, partials, stream_ids, lease_seconds,
     )
     return {r["request_id"] for r in rows}
+
+
+async def release(db: asyncpg.Pool, payload: JobPayload) -> tuple[str, JobPayload] | None:
+    """Give a running attempt back to the queue as the next attempt (its worker is stopping).
+
+    Returns the job to enqueue, or None when the attempt no longer holds the request.
+    """
+    row = await db.fetchrow(
+        """
+        UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
+               updated_at = now()
+         WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+        RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+        """,
+        payload.request_id, payload.attempt,
+    )
+    return job_for(row) if row is not None else None
 
 
 async def reap_expired(

@@ -7,17 +7,22 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
-from common.keys import queue_name
+from common.keys import queue_name, queue_wake_key
 from common.models import JobPayload
 
 PROCESS_REQUEST = "process_request"
 
+WAKE_BACKLOG = 16
+
 # What ArqRedis.enqueue_job does (skip if the job or its result exists, store the job, add
-# it to the queue), in one round trip instead of a WATCH/MULTI exchange of three.
-_ENQUEUE = """
+# it to the queue), in one round trip instead of a WATCH/MULTI exchange of three; then wake
+# one idle worker (the wake list is capped: a burst wakes every worker, not one per job).
+_ENQUEUE = f"""
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, {WAKE_BACKLOG - 1})
 return 1
 """
 
@@ -37,6 +42,7 @@ async def enqueue(pool: ArqRedis, feature: str, payload: JobPayload) -> bool:
     now = timestamp_ms()
     job = serialize_job(PROCESS_REQUEST, (payload.model_dump(),), {}, None, now, serializer=pool.job_serializer)
     script = pool.register_script(_ENQUEUE)
-    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue_name(feature)],
+    queue = queue_name(feature)
+    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue)],
                           args=[pool.expires_extra_ms, job, now, jid])
     return bool(queued)

@@ -64,12 +64,16 @@ class Settings(BaseSettings):
 
     # Workers.
     feature: str = "default"
-    worker_max_jobs: int = 200
-    worker_poll_delay: float = 0.005
+    worker_max_jobs: int = 1000
+    worker_poll_delay: float = 1.0
+    worker_max_lag_ms: float = 250.0
+    worker_admit_batch: int = 100
+    worker_drain_seconds: float = 20.0
+    worker_stream_connections: int = 16
     worker_metrics_port: int = 0
-    token_flush_ms: float = 15.0
+    token_flush_ms: float = Field(default=15.0, ge=0)
     token_flush_tokens: int = 32
-    lease_seconds: float = 5.0
+    lease_seconds: float = 15.0
     heartbeat_seconds: float = 1.0
     reaper_interval_seconds: float = 1.0
     maintenance_interval_seconds: float = 10.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -11,7 +12,7 @@ import orjson
 from pydantic import BaseModel, Field
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-from common.keys import stream_key
+from common.keys import bucket, stream_key
 
 EventType = Literal[
     "request.accepted",
@@ -136,16 +137,18 @@ def event_json(fields: Mapping[bytes, bytes]) -> bytes:
 StreamsRedis = Redis | RedisCluster
 
 
-def connect(url: str, *, cluster: bool, max_connections: int, **options: Any) -> StreamsRedis:
+def connect(url: str, *, cluster: bool, max_connections: int, pool_timeout: float | None = 5,
+            **options: Any) -> StreamsRedis:
     """The streams Redis: one server, or a Redis Cluster (every key of a session shares a slot).
 
-    On one server the pool waits for a free connection instead of failing under a burst.
+    On one server the pool waits for a free connection instead of failing under a burst
+    (`pool_timeout` None: as long as it takes, for workers whose writes must never be dropped).
     """
     if cluster:
         cluster_client: RedisCluster = RedisCluster.from_url(url, max_connections=max_connections, **options)
         return cluster_client
     return Redis(connection_pool=BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, **options))
+        url, max_connections=max_connections, timeout=pool_timeout, **options))
 
 
 # XADD every event, then refresh the TTL, as one atomic step (a script also runs on a cluster,
@@ -162,6 +165,34 @@ return ids
 """
 
 
+# Many streams in one call: KEYS are the stream keys, then keys to read (cancel flags).
+# ARGV: maxlen, ttl, number of streams, then per stream its event count and 6 values per event.
+# Returns {last id per stream, value per read key}.
+_APPEND_MANY = """
+local n = tonumber(ARGV[3])
+local last = {}
+local i = 4
+for k = 1, n do
+  local count = tonumber(ARGV[i])
+  i = i + 1
+  local id = false
+  for _ = 1, count do
+    id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[1], '*',
+      'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
+      'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+    i = i + 6
+  end
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+  last[k] = id
+end
+local values = {}
+for j = n + 1, #KEYS do
+  values[j - n] = redis.call('GET', KEYS[j])
+end
+return {last, values}
+"""
+
+
 class StreamWriter:
     """Appends events to a session stream; TTL and MAXLEN apply from the first entry."""
 
@@ -171,6 +202,8 @@ class StreamWriter:
         self.maxlen = maxlen
         self.ttl = ttl_seconds
         self._append = redis.register_script(_APPEND)  # type: ignore[misc]  # typed for Redis; RedisCluster has it
+        self._append_many = redis.register_script(_APPEND_MANY)  # type: ignore[misc]
+        self._cluster = isinstance(redis, RedisCluster)
 
     def key(self, session_id: str) -> str:
         return stream_key(session_id, self.buckets)
@@ -186,3 +219,46 @@ class StreamWriter:
             args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
         ids = await self._append(keys=[key], args=args)
         return [_text(i) for i in ids]
+
+    async def append_many(
+        self, batches: list[tuple[str, list[Event]]], reads: list[tuple[str, str]] | None = None
+    ) -> tuple[list[str | None], list[bytes | None]]:
+        """Append the events of many sessions and GET keys of those sessions in one round trip.
+
+        `batches` are (session id, events); `reads` are (session id, key) so that on a Redis Cluster
+        each key goes with its session's slot. Returns the last entry id per batch and the value
+        per read, in input order. On a cluster there is one call per bucket, all at once.
+        """
+        reads = reads or []
+        if not self._cluster:
+            ids, values = await self._call_many(batches, [key for _, key in reads])
+            return ids, values
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for n, (session_id, _) in enumerate(batches):
+            groups.setdefault(bucket(session_id, self.buckets), ([], []))[0].append(n)
+        for n, (session_id, _) in enumerate(reads):
+            groups.setdefault(bucket(session_id, self.buckets), ([], []))[1].append(n)
+        results = await asyncio.gather(*(
+            self._call_many([batches[i] for i in b], [reads[i][1] for i in r]) for b, r in groups.values()))
+        all_ids: list[str | None] = [None] * len(batches)
+        all_values: list[bytes | None] = [None] * len(reads)
+        for (b, r), (ids, values) in zip(groups.values(), results, strict=True):
+            for i, value in zip(b, ids, strict=True):
+                all_ids[i] = value
+            for i, got in zip(r, values, strict=True):
+                all_values[i] = got
+        return all_ids, all_values
+
+    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str]
+                         ) -> tuple[list[str | None], list[bytes | None]]:
+        args: list[str | int] = [self.maxlen, self.ttl, len(batches)]
+        for _, events in batches:
+            args.append(len(events))
+            for event in events:
+                f = event.fields()
+                args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
+        keys = [self.key(session_id) for session_id, _ in batches] + reads
+        last, values = await self._append_many(keys=keys, args=args)
+        ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
+        got = [v or None for v in values] + [None] * (len(reads) - len(values))
+        return ids, got

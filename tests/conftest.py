@@ -164,14 +164,15 @@ class Stack:
                             headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"})
 
     def worker_running(self, request_id: str, timeout: float = 30) -> int:
-        """The pid of the worker that started `request_id` last, from the workers' logs (clients never see it)."""
+        """The pid of the worker that started request (or flow run) `request_id` last, from the workers' logs
+        (clients never see it)."""
         found: list[int] = []
 
         def started() -> bool:
             for worker in self.workers:
                 log = self._worker_logs[worker.pid]
                 lines = log.read_text().splitlines() if log.exists() else []
-                if any('"run started"' in line and request_id in line for line in lines):
+                if any('run started"' in line and request_id in line for line in lines):
                     found[:] = [worker.pid]
             return bool(found)
 

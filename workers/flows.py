@@ -32,7 +32,7 @@ from common.models import NormalizedRequest
 from common.streams import Event
 from workers import model, offline_model
 from workers.maintenance import every
-from workers.runner import WORKER_ID, Runtime
+from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def _execute(run: Execution) -> str:
     if run.attempt > 1:
         opening.append(("run.retrying", {"attempt": run.attempt, "reason": "previous worker was lost",
                                          "completed_tasks": sorted(run.outputs)}))
-    opening.append(("run.started", {"flow_id": run.flow.id, "flow_version": run.flow.version, "worker": WORKER_ID,
+    opening.append(("run.started", {"flow_id": run.flow.id, "flow_version": run.flow.version,
                                      "resumed_tasks": sorted(run.outputs)}))
     await run.emit(*opening)
     sink.emit("run.started", run.run_id, {"flow_id": run.flow.id, "attempt": run.attempt}, tenant_id=run.tenant_id,

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from arq.worker import Worker, func
+from arq.worker import func
 from prometheus_client import start_http_server
 
 from common import db, runtime
@@ -19,15 +19,19 @@ from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
 from workers import flows, maintenance, model
+from workers.queue_worker import RelayWorker
 from workers.runner import Runtime, process_request
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings, feature: str) -> Worker:
+def build_worker(settings: Settings, feature: str) -> RelayWorker:
+    ctx_ref: dict[str, Any] = {}
+
     async def startup(ctx: dict[str, Any]) -> None:
+        ctx_ref["ctx"] = ctx
         streams = connect_streams(settings.stream_redis_url, cluster=settings.stream_redis_cluster,
-                                  max_connections=64)
+                                  max_connections=settings.worker_stream_connections, pool_timeout=None)
         rt = Runtime(
             settings=settings,
             db=await db.create_pool(settings.database_url, min_size=2, max_size=20),
@@ -42,7 +46,16 @@ def build_worker(settings: Settings, feature: str) -> Worker:
         runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
 
+    def drain() -> None:
+        rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
+        if rt is not None:
+            rt.draining = True
+        log.info("stopping: no new jobs; running ones get %ss", settings.worker_drain_seconds)
+
     async def shutdown(ctx: dict[str, Any]) -> None:
+        rt_: Runtime | None = ctx.get("rt")
+        if rt_ is not None and rt_.handbacks:
+            await asyncio.wait(rt_.handbacks, timeout=10)
         tasks = ctx.get("tasks", [])
         for task in tasks:
             task.cancel()
@@ -52,7 +65,7 @@ def build_worker(settings: Settings, feature: str) -> Worker:
             await rt.streams.aclose()
             await rt.db.close()
 
-    return Worker(
+    return RelayWorker(
         functions=[func(process_request, name="process_request", max_tries=10),  # type: ignore[arg-type]
                    func(flows.process_flow_run, name=PROCESS_FLOW_RUN, max_tries=10,  # type: ignore[arg-type]
                         timeout=settings.flow_timeout_seconds)],
@@ -65,6 +78,10 @@ def build_worker(settings: Settings, feature: str) -> Worker:
         on_startup=startup,
         on_shutdown=shutdown,
         handle_signals=True,
+        job_completion_wait=settings.worker_drain_seconds,  # type: ignore[arg-type]
+        max_lag_ms=settings.worker_max_lag_ms,
+        admit_batch=settings.worker_admit_batch,
+        on_drain=drain,
     )
 
 
@@ -79,7 +96,7 @@ def run(feature: str | None = None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = build_worker(settings, feature or settings.feature)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         loop.run_until_complete(worker.async_run())
     loop.run_until_complete(worker.close())
 

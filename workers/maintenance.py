@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from common import lifecycle, queue
 from common.keys import cancel_key
 from common.streams import ended
+from workers.attempt import Stop
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,40 @@ MAX_ATTEMPTS = 5
 _TRANSIENT = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-async def heartbeat_once(rt: Runtime) -> None:
-    runs = list(rt.active.values())
-    leases = [(r.payload.request_id, r.payload.attempt, "".join(r.parts), r.last_stream_id) for r in runs]
+CHECKPOINT_EVERY = 10
+
+
+async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
+    """Extend every lease of this worker in one statement; every CHECKPOINT_EVERY beats also
+    store the partial replies that grew (not the whole reply every second)."""
+    runs = [r for r in rt.active.values() if r.stop is None]
+    if not runs:
+        return
+    leases: list[tuple[str, int, str | None, str | None]] = []
+    checkpoint = beat % CHECKPOINT_EVERY == 0
+    for r in runs:
+        partial = None
+        if checkpoint and len(r.parts) > r.checkpointed:
+            partial = "".join(r.parts)
+            r.checkpointed = len(r.parts)
+        leases.append((r.payload.request_id, r.payload.attempt, partial, r.last_stream_id))
     held = await lifecycle.heartbeat(rt.db, leases, rt.settings.lease_seconds)
     for run in runs:
         if run.payload.request_id not in held:
-            run.lost = True
+            run.halt(Stop("lease lost", fenced=True))
+
+
+async def heartbeats(rt: Runtime) -> None:
+    """The lease loop: every HEARTBEAT_SECONDS, and a failed beat is retried within a quarter of it."""
+    beat = 0
+    while True:
+        try:
+            await heartbeat_once(rt, beat)
+            beat += 1
+            await asyncio.sleep(rt.settings.heartbeat_seconds)
+        except _TRANSIENT as exc:
+            log.warning("heartbeat failed; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
 async def _end_stream(rt: Runtime, rows: list[asyncpg.Record], error: str) -> None:
@@ -102,7 +130,8 @@ async def every(seconds: float, step: object, rt: Runtime) -> None:
 def start(rt: Runtime) -> list[asyncio.Task[None]]:
     s = rt.settings
     return [
-        asyncio.create_task(every(s.heartbeat_seconds, heartbeat_once, rt), name="heartbeat"),
+        asyncio.create_task(heartbeats(rt), name="heartbeat"),
+        asyncio.create_task(rt.flusher.run(), name="flusher"),
         asyncio.create_task(every(s.reaper_interval_seconds, reap_once, rt), name="reaper"),
         asyncio.create_task(every(s.maintenance_interval_seconds, sweep_once, rt), name="sweeps"),
     ]

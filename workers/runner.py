@@ -1,22 +1,23 @@
-"""`process_request`: one attempt of one request, from claim to terminal event."""
+"""`process_request`: one attempt of one request, from claim to terminal event.
+
+Tokens go to the worker's one `Flusher`; the lease heartbeat is one batched loop for all runs
+(workers.maintenance). Redis and Postgres errors are store errors: the step waits and retries,
+it never fails the request as a model error. `_finish` is the one place an outcome is final.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from common import lifecycle, queue, sink
 from common.agents import AgentRegistry
@@ -24,28 +25,22 @@ from common.keys import cancel_key
 from common.logging import correlation_id
 from common.models import JobPayload
 from common.settings import Settings
-from common.streams import Event, StreamsRedis, StreamWriter
+from common.streams import StreamsRedis, StreamWriter
 from workers import model
+from workers.attempt import Attempt, Stop
+from workers.flusher import STORE_ERRORS, TOKENS, Flusher
+
+__all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
 
 log = logging.getLogger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-CANCEL_POLL_SECONDS = 0.25
+RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 RUNS = Counter("relaygate_worker_runs_total", "Finished request attempts", ["status"])
-TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
-
+STORE_RETRIES = Counter("relaygate_worker_store_retries_total", "Store calls retried after a store error")
 ACTIVE = Gauge("relaygate_worker_active_runs", "Attempts running in this worker")
 
-
-class Stop(Exception):
-    """The attempt must end early: cancelled, or its lease was taken over."""
-
-    def __init__(self, reason: str, *, fenced: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fenced = fenced
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,92 +54,28 @@ class Runtime:
     writer: StreamWriter
     agents: AgentRegistry
     active: dict[str, Attempt] = field(default_factory=dict)
+    draining: bool = False
+    handbacks: set[asyncio.Task[None]] = field(default_factory=set)
+    flusher: Flusher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flusher = Flusher(self.settings, self.writer, self.active)
 
 
-@dataclass(eq=False)
-class Attempt:
-    """The running state of one attempt, read by the lease heartbeat."""
-
-    payload: JobPayload
-    parts: list[str] = field(default_factory=list)
-    last_stream_id: str | None = None
-    seq: int = 0
-    lost: bool = False
-
-    def event(self, type_: str, data: dict[str, Any]) -> Event:
-        self.seq += 1
-        return Event(type=type_, request_id=self.payload.request_id, attempt=self.payload.attempt,  # type: ignore[arg-type]
-                     seq=self.seq, data=data)
-
-
-class TokenBuffer:
-    """Coalesces model chunks into `token` events: flushed every few ms or every N tokens."""
-
-    def __init__(self, rt: Runtime, run: Attempt) -> None:
-        self.rt = rt
-        self.run = run
-        self.pending: list[str] = []
-        self.last_flush = time.monotonic()
-        self.lock = asyncio.Lock()
-        self.cancel_reason: str | None = None
-        self.key = rt.writer.key(run.payload.session_id)
-        self.cancel = cancel_key(run.payload.session_id, run.payload.request_id, rt.settings.stream_buckets)
-
-    async def add(self, text: str) -> None:
-        self.pending.append(text)
-        self.run.parts.append(text)
-        if (self.run.last_stream_id is None  # the first token goes out at once
-                or len(self.pending) >= self.rt.settings.token_flush_tokens
-                or (time.monotonic() - self.last_flush) * 1000 >= self.rt.settings.token_flush_ms):
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self.lock:
-            if not self.pending:
-                return
-            text = "".join(self.pending)
-            self.pending.clear()
-            self.last_flush = time.monotonic()
-            settings = self.rt.settings
-            pipe = self.rt.streams.pipeline(transaction=False)
-            pipe.xadd(self.key, self.run.event("token", {"text": text}).fields(),  # type: ignore[arg-type]
-                      maxlen=settings.stream_maxlen, approximate=True)
-            pipe.expire(self.key, settings.stream_ttl_seconds)
-            pipe.get(self.cancel)
-            entry_id, _, flag = await pipe.execute()
-            self.run.last_stream_id = entry_id.decode()
-            TOKENS.inc()
-            if flag is not None:
-                self.cancel_reason = flag.decode() or "cancelled"
-        if self.run.lost:
-            raise Stop("lease lost", fenced=True)
-        if self.cancel_reason:
-            raise Stop(self.cancel_reason)
-
-    def stop_reason(self) -> Stop | None:
-        if self.run.lost:
-            return Stop("lease lost", fenced=True)
-        return Stop(self.cancel_reason) if self.cancel_reason else None
-
-    async def watch(self, work: asyncio.Task[None]) -> None:
-        """Flush tokens a slow model left waiting, and stop `work` on a cancel flag or a lost
-        lease even while the model sends nothing."""
-        interval = self.rt.settings.token_flush_ms / 1000
-        next_check = time.monotonic()
-        while not work.done():
-            await asyncio.sleep(interval)
-            if self.pending and (time.monotonic() - self.last_flush) >= interval:
-                with contextlib.suppress(Stop, RedisError):
-                    await self.flush()
-            elif time.monotonic() >= next_check:
-                next_check = time.monotonic() + CANCEL_POLL_SECONDS
-                with contextlib.suppress(RedisError):
-                    flag = await self.rt.streams.get(self.cancel)
-                    if flag is not None:
-                        self.cancel_reason = flag.decode() or "cancelled"
-            if self.stop_reason():
-                work.cancel()
-                return
+async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | None = None) -> T:
+    """Run a store call until it succeeds; a lost lease ends the wait (the attempt is fenced)."""
+    tries = 0
+    while True:
+        try:
+            return await call()
+        except STORE_ERRORS as exc:
+            if run is not None and run.lost:
+                raise Stop("lease lost", fenced=True) from exc
+            if tries == 0:
+                log.warning("store unavailable; retrying", extra={"step": what, "error": repr(exc)})
+            STORE_RETRIES.inc()
+            await asyncio.sleep(RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)])
+            tries += 1
 
 
 async def _history(conn: asyncpg.Pool, session_id: str, before_id: int, turns: int) -> list[dict[str, str]]:
@@ -169,19 +100,34 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     correlation_id.set(payload.correlation_id)
     try:
         row = await lifecycle.claim(rt.db, payload, rt.settings.lease_seconds)
-    except _DB_ERRORS as exc:
+    except STORE_ERRORS as exc:
         log.warning("claim failed; retrying", extra={"request_id": payload.request_id, "error": repr(exc)})
         raise Retry(defer=2) from exc
     if row is None:
         return "skipped"
-    run = Attempt(payload)
+    run = Attempt(payload, cancel_key=cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets))
     rt.active[payload.request_id] = run
     ACTIVE.inc()
     try:
         return await _execute(rt, run, row)
+    except asyncio.CancelledError:
+        if rt.draining and not run.lost:
+            task = asyncio.create_task(_hand_back(rt, run))
+            rt.handbacks.add(task)
+            task.add_done_callback(rt.handbacks.discard)
+        raise
     finally:
         rt.active.pop(payload.request_id, None)
         ACTIVE.dec()
+
+
+async def _hand_back(rt: Runtime, run: Attempt) -> None:
+    """A stopping worker gives a run it cannot finish back to the queue, as the next attempt, now."""
+    run.halt(Stop("worker stopping", fenced=True))
+    upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload))
+    if upcoming:
+        await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
+        log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
 
 async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
@@ -194,31 +140,30 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     if payload.attempt > 1:
         opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
     opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
-    await rt.writer.append(payload.session_id, opening)
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 
-    buffer = TokenBuffer(rt, run)
-
     async def generate() -> None:
+        await persist("stream append", lambda: rt.writer.append(payload.session_id, opening), run)
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-        messages += await _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns)
+        messages += await persist(
+            "history", lambda: _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns), run)
         messages.append({"role": "user", "content": row["request_content"]})
         async for text in model.stream_reply(rt.settings, model_name, messages, dict(request.get("metadata") or {})):
-            await buffer.add(text)
-        await buffer.flush()
+            rt.flusher.add(run, text)
+        await rt.flusher.drain(run)
 
-    work = asyncio.create_task(generate())
-    watcher = asyncio.create_task(buffer.watch(work))
+    run.work = asyncio.create_task(generate())
     status, error = "completed", None
     try:
         try:
-            await work
+            await run.work
+            if run.stop is not None:
+                raise run.stop
         except asyncio.CancelledError:
-            stop = buffer.stop_reason()
             current = asyncio.current_task()
-            if stop is None or (current is not None and current.cancelling()):
+            if run.stop is None or (current is not None and current.cancelling()):
                 raise
-            raise stop from None
+            raise run.stop from None
     except Stop as stop:
         if stop.fenced:
             log.warning("lease lost; abandoning attempt", extra={"request_id": payload.request_id})
@@ -228,14 +173,17 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     except Exception as exc:
         log.warning("model call failed", extra={"request_id": payload.request_id, "error": repr(exc)})
         status, error = "failed", model.describe_error(exc)
-    finally:
-        watcher.cancel()
-    return await _finish(rt, run, agent.id, model_name, status, error, started)
+    try:
+        return await _finish(rt, run, agent.id, model_name, status, error, started)
+    except Stop:
+        RUNS.labels("fenced").inc()
+        return "fenced"
 
 
 async def _finish(
     rt: Runtime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
 ) -> str:
+    """The one place a request's outcome becomes final: terminal events, the row, what follows."""
     payload = run.payload
     reply = "".join(run.parts)
     elapsed_ms = int((time.monotonic() - started) * 1000)
@@ -248,26 +196,24 @@ async def _finish(
         terminal = [run.event("run.failed", {"error": error})]
     # Renewing the lease proves this attempt still owns the request before it speaks for it,
     # and keeps it owned for the few milliseconds until `finish`.
-    if not await lifecycle.heartbeat(rt.db, [(payload.request_id, payload.attempt, reply, run.last_stream_id)],
-                                     rt.settings.lease_seconds):
+    held = await persist("lease", lambda: lifecycle.heartbeat(
+        rt.db, [(payload.request_id, payload.attempt, reply, run.last_stream_id)], rt.settings.lease_seconds), run)
+    if not held:
         RUNS.labels("fenced").inc()
         return "fenced"
-    await rt.writer.append(payload.session_id, terminal)
-    async for retry in AsyncRetrying(stop=stop_after_delay(rt.settings.lease_seconds * 2), wait=wait_fixed(0.5),
-                                     retry=retry_if_exception_type(_DB_ERRORS), reraise=True):
-        with retry:
-            applied, upcoming = await lifecycle.finish(
-                rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-                agent_id=agent_id, metadata={"model": model_name},
-            )
+    await persist("stream append", lambda: rt.writer.append(payload.session_id, terminal), run)
+    applied, upcoming = await persist("finish", lambda: lifecycle.finish(
+        rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
+        agent_id=agent_id, metadata={"model": model_name},
+    ))
     if not applied:
         RUNS.labels("fenced").inc()
         return "fenced"
-    await rt.writer.append(payload.session_id, [run.event("done", {"request_id": payload.request_id,
-                                                                   "status": status})])
-    await rt.streams.delete(cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets))
+    done = [run.event("done", {"request_id": payload.request_id, "status": status})]
+    await persist("stream append", lambda: rt.writer.append(payload.session_id, done))
+    await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
-        await queue.enqueue(rt.queue, *upcoming)
+        await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)

@@ -124,7 +124,7 @@ def _started(events: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_worker_killed_mid_flow_resumes_without_repeating_finished_tasks(
-    gateway_app: Any, chaos_workers: Callable[[], None],
+    gateway_app: Any, stack: Stack, chaos_workers: Callable[[], None],
 ) -> None:
     """The run goes to the `chaos` workers (which only the kill tests use); its worker is killed in `long`."""
     chaos_workers()
@@ -135,9 +135,8 @@ async def test_worker_killed_mid_flow_resumes_without_repeating_finished_tasks(
             tenant, task("first", input={"n": 1}), task("long", "sleep", ("first",), input={"seconds": 2}),
             task("last", "echo", ("long",), input={"from_long": "{{ tasks.long.output.seconds }}"}))})
         run_id = r.json()["run_id"]
-        seen = await _wait_events(gw, run_id, lambda evs: "long" in _started(evs))
-        worker = int(next(e for e in seen if e["type"] == "run.started")["data"]["worker"].rsplit(":", 1)[1])
-        os.kill(worker, signal.SIGKILL)
+        await _wait_events(gw, run_id, lambda evs: "long" in _started(evs))
+        os.kill(stack.worker_running(run_id), signal.SIGKILL)
         events = await _wait_events(gw, run_id, lambda evs: evs[-1]["type"] == "done")
         assert _started(events).count("first") == 1
         assert _started(events).count("long") == 2

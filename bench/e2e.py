@@ -1,0 +1,191 @@
+"""relaygate end to end under load, beside the original prototype, in the same run.
+
+    uv run --extra worker python bench/e2e.py [--runs 1] [--clients 50,200,1000] [--cases ...]
+
+Starts embedded Postgres + Valkey, then for each case one gateway (`uvicorn api.main:app`) and
+N agent workers (`python -m cli.main worker`), or the prototype (bench/prototype: FastAPI +
+an ARQ worker, arq max_jobs=1000). C clients at once, from separate load processes
+(bench/e2e_load.py), each `POST /stream?feature_id=default&chat_id=<its own>` with a bearer
+token, read to `data: [DONE]`. See bench/README.md ("End to end") for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psutil
+import run as bench
+
+CASES: dict[str, dict[str, Any]] = {
+    # name: system, workers, settings
+    "proto": {"system": "proto", "workers": 1, "env": {}},
+    "proto-20ms": {"system": "proto", "workers": 1, "env": {"PROTO_DELAY_MS": "20"}},
+    "rg": {"system": "rg", "workers": 1, "env": {}},
+    "rg-2w": {"system": "rg", "workers": 2, "env": {}},
+    "rg-1ev": {"system": "rg", "workers": 1, "env": {"TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
+    "rg-20ms": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50"}},
+    "rg-20ms-1ev": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50",
+                                                          "TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
+}
+TOKENS = 200
+
+
+class System:
+    """The processes of one case: a gateway (or the prototype's app) and its workers."""
+
+    def __init__(self, infra: bench.Infra, folder: Path, case: dict[str, Any], extra: dict[str, str]) -> None:
+        env = {"OFFLINE_MODEL_TOKENS": str(TOKENS), "OFFLINE_MODEL_TOKENS_PER_SECOND": "0",
+               "PROTO_MESSAGES": str(TOKENS), **extra, **case["env"]}
+        self.case = case
+        self.stack = bench.Stack(infra, folder, "bench-" + uuid.uuid4().hex + uuid.uuid4().hex, env)
+        self.workers: list[Any] = []
+
+    async def start(self) -> None:
+        s = self.stack
+        if self.case["system"] == "proto":
+            s.port = bench.free_port()
+            s.gateway = s._spawn("proto-app", [sys.executable, "-m", "uvicorn", "bench.prototype.app:app",
+                                               "--host", "127.0.0.1", "--port", str(s.port), "--no-access-log"])
+            for _ in range(self.case["workers"]):
+                self.workers.append(s._spawn("proto-worker", [sys.executable, "-m", "arq",
+                                                               "bench.prototype.worker.WorkerSettings"]))
+            await self._health()
+        else:
+            await s.start_gateway()
+            for _ in range(self.case["workers"]):
+                s.worker = None
+                await s.start_worker()
+                self.workers.append(s.worker)
+        await asyncio.sleep(1)
+
+    async def _health(self) -> None:
+        import httpx
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"http://127.0.0.1:{self.stack.port}/docs", timeout=1)).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError("prototype app did not start")
+
+    def processes(self) -> dict[str, list[psutil.Process]]:
+        procs: dict[str, list[psutil.Process]] = {}
+        for name, group in (("gateway", [self.stack.gateway]), ("worker", self.workers)):
+            for proc in group:
+                if proc is not None and proc.poll() is None:
+                    with contextlib.suppress(psutil.Error):
+                        procs.setdefault(name, []).append(psutil.Process(proc.pid))
+        procs.update(self.stack.infra.server_processes())
+        return procs
+
+    async def stop(self) -> None:
+        for proc in [self.stack.gateway, *self.workers]:
+            await bench._terminate(proc, 20)
+
+
+async def one_run(system: System, folder: Path, clients: int, procs: int, timeout: float) -> dict[str, Any]:
+    token = system.stack.token(f"user-{uuid.uuid4().hex[:6]}", f"bench-e2e-{uuid.uuid4().hex[:6]}")
+    chats = [uuid.uuid4().hex[:12] for _ in range(clients)]
+    window = bench.CpuWindow(system.processes)
+    loads = [await bench.LoadProc.start("e2e", {
+        "port": system.stack.port, "token": token, "chats": part, "timeout": timeout,
+        "expect_tokens": TOKENS, "sample_every": max(1, clients // 50)}, folder, script="e2e_load.py")
+        for part in bench.split(chats, procs)]
+    for lp in loads:
+        await lp.expect("READY", 30)
+    window.begin()
+    results = [await lp.expect("RESULT", timeout + 30) for lp in loads]
+    cpu = window.end()
+    for lp in loads:
+        await lp.wait()
+    start = min(r["start"] for r in results)
+    end = max(r["end"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    first = [v for r in results for v in r["first_ms"]]
+    lat = [v for r in results for v in r["latency_ms"]]
+    return {
+        "tokens_per_s": round(tokens / max(end - start, 1e-6)),
+        "first_p50_ms": round(bench.percentile(first, 0.5), 1),
+        "relay_p50_ms": round(bench.percentile(lat, 0.5), 1),
+        "relay_p99_ms": round(bench.percentile(lat, 0.99), 1),
+        "complete": sum(r["complete"] for r in results),
+        "cut_short": sum(r["short"] for r in results),
+        "unfinished": sum(r["unfinished"] for r in results),
+        "run_retrying": sum(r["retrying"] for r in results),
+        "run_failed": sum(r["failed"] for r in results),
+        "server_cpu_s": round(sum(v for k, v in window.used.items() if k != "load"), 1),
+        "cpu_percent": cpu,
+        "seconds": round(end - start, 2),
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        if isinstance(value, int | float):
+            values = [r[key] for r in runs]
+            out[key] = max(values) if key in {"cut_short", "unfinished", "run_retrying", "run_failed"} \
+                else statistics.median(values)
+    return out
+
+
+async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra) -> None:
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    results: list[dict[str, Any]] = []
+    try:
+        for name in args.cases.split(","):
+            system = System(infra, folder, CASES[name], extra)
+            await system.start()
+            try:
+                for c in [int(x) for x in args.clients.split(",")]:
+                    runs = []
+                    for i in range(args.runs):
+                        r = await one_run(system, folder, c, args.load_procs, args.timeout)
+                        bench.log(f"{name} C={c} run {i + 1}: {json.dumps(r)}")
+                        runs.append(r)
+                    results.append({"case": name, "clients": c, "median": median_of(runs), "runs": runs})
+            finally:
+                await system.stop()
+    finally:
+        infra.stop()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}"
+          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}")
+    for r in results:
+        m = r["median"]
+        print(f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
+              f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['complete']:>7.0f}{m['cut_short']:>7}"
+              f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="proto,rg,rg-1ev,rg-2w,proto-20ms,rg-20ms,rg-20ms-1ev")
+    p.add_argument("--clients", default="50,200,1000")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--load-procs", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for gateway and workers")
+    p.add_argument("--output", default=str(bench.BENCH / "results" / "e2e.json"))
+    bench.raise_nofile()
+    folder = Path(tempfile.mkdtemp(prefix="relaygate-e2e-"))
+    asyncio.run(main_async(p.parse_args(), folder, bench.Infra.start(folder)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Load process for bench/e2e.py: C clients each `POST /stream?feature_id=default&chat_id=<own>`.
+
+`python bench/e2e_load.py e2e CONFIG.json`; reads every reply to `data: [DONE]` and reports one
+`RESULT {json}` line (see bench/README.md, "End to end"). Works against relaygate (events with
+`type`, `ts`, `data.text`) and the prototype (one message per event, `ts` in its data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import orjson
+import uvloop
+from load import Frames, Http, connect, emit, post_request, raise_nofile
+
+
+class Client:
+    """One reply: tokens counted, event latencies sampled, how it ended."""
+
+    def __init__(self, samples: list[float], sample_every: int) -> None:
+        self.frames = Frames()
+        self.samples = samples
+        self.sample_every = sample_every
+        self.tokens = 0
+        self.events = 0
+        self.sent = 0.0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = False
+        self.kinds: dict[str, int] = {}
+
+    def __call__(self, body: bytes) -> None:
+        chunk = self.frames.complete(body)
+        if not chunk:
+            return
+        now = time.time()
+        for frame in chunk.split(b"\n\n"):
+            if not frame.startswith(b"data: "):
+                continue
+            payload = frame[6:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                self.last = now
+                continue
+            event = orjson.loads(payload)
+            kind = event.get("type")
+            if kind is None:  # the prototype: every message is one token
+                count, ts = 1, float(event["ts"])
+            elif kind == "token":
+                count, ts = len(event["data"]["text"].split()), float(event["ts"])
+            else:
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
+                continue
+            if not self.first:
+                self.first = now
+            self.tokens += count
+            self.events += 1
+            self.last = now
+            if self.events % self.sample_every == 0:
+                self.samples.append((now - ts) * 1000)
+
+
+async def one(cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
+    client = Client(samples, cfg.get("sample_every", 5))
+    try:
+        http: Http = await connect(cfg["port"])
+    except OSError:
+        return client
+    client.sent = time.time()
+    http.send(post_request(f"/stream?feature_id=default&chat_id={chat}", cfg["token"], b"{}"), client)
+    try:
+        await asyncio.wait_for(http.done, cfg["timeout"])
+    except TimeoutError:
+        pass
+    http.close()
+    return client
+
+
+async def main_async(cfg: dict[str, Any]) -> None:
+    samples: list[float] = []
+    emit("READY")
+    start = time.time()
+    clients = await asyncio.gather(*(one(cfg, chat, samples) for chat in cfg["chats"]))
+    emit("RESULT", {
+        "start": start,
+        "end": max((c.last for c in clients), default=start),
+        "tokens": sum(c.tokens for c in clients),
+        "events": sum(c.events for c in clients),
+        "complete": sum(1 for c in clients if c.done and c.tokens >= cfg["expect_tokens"]),
+        "short": sum(1 for c in clients if c.done and c.tokens < cfg["expect_tokens"]),
+        "unfinished": sum(1 for c in clients if not c.done),
+        "retrying": sum(c.kinds.get("run.retrying", 0) for c in clients),
+        "failed": sum(c.kinds.get("run.failed", 0) for c in clients),
+        "first_ms": [round((c.first - c.sent) * 1000, 2) for c in clients if c.first],
+        "latency_ms": samples[:50_000],
+    })
+
+
+def main() -> None:
+    raise_nofile()
+    cfg = json.loads(open(sys.argv[-1]).read())
+    uvloop.run(main_async(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""One flush loop per worker process: the tokens of every running attempt, one round trip per tick.
+
+Each tick writes the pending tokens of all running attempts with one `StreamWriter.append_many`
+call and reads their cancel flags in the same call. A reply's first token (or a full batch) wakes
+it at once; otherwise it waits out TOKEN_FLUSH_MS so tokens coalesce. It sleeps while nothing is
+pending (TOKEN_FLUSH_MS=0 never spins). A store error keeps every token for the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from common.settings import Settings
+from common.streams import StreamWriter
+from workers.attempt import Attempt, Stop
+
+log = logging.getLogger(__name__)
+
+TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
+FLUSHES = Counter("relaygate_worker_flushes_total", "Round trips of the token flusher")
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, RedisError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+)
+CANCEL_POLL_SECONDS = 0.25
+RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Flusher:
+    def __init__(self, settings: Settings, writer: StreamWriter, active: dict[str, Attempt]) -> None:
+        self.writer = writer
+        self.active = active
+        self.window = settings.token_flush_ms / 1000
+        self.batch = max(1, settings.token_flush_tokens)
+        self.wake = asyncio.Event()
+        self.urgent = asyncio.Event()
+        self.last_flush = 0.0
+        self.last_cancel_check = 0.0
+        self.failures = 0
+
+    def add(self, run: Attempt, text: str) -> None:
+        """A token of `run`: kept, then written by the next tick (at once for the first token)."""
+        run.parts.append(text)
+        run.pending.append(text)
+        if run.last_stream_id is None or len(run.pending) >= self.batch:
+            self.urgent.set()
+        self.wake.set()
+
+    async def drain(self, run: Attempt) -> None:
+        """Wait until every token of `run` is written (across store errors)."""
+        while not run.flushed and run.stop is None:
+            run.written.clear()
+            self.urgent.set()
+            self.wake.set()
+            await run.written.wait()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_POLL_SECONDS):
+                    await self.wake.wait()
+            self.wake.clear()
+            remaining = self.window - (time.monotonic() - self.last_flush)
+            if remaining > 0 and not self.urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self.urgent.wait()
+            self.urgent.clear()
+            try:
+                await self.flush_once()
+                self.failures = 0
+            except STORE_ERRORS as exc:
+                delay = RETRY_SECONDS[min(self.failures, len(RETRY_SECONDS) - 1)]
+                if self.failures == 0:
+                    log.warning("token flush failed; tokens kept, retrying", extra={"error": repr(exc)})
+                self.failures += 1
+                self.wake.set()
+                await asyncio.sleep(delay)
+
+    async def flush_once(self) -> None:
+        now = time.monotonic()
+        runs = [r for r in self.active.values() if r.stop is None]
+        batches: list[Attempt] = []
+        for run in runs:
+            if run.pending:
+                run.unsent.append(run.event("token", {"text": "".join(run.pending)}))
+                run.pending.clear()
+            if run.unsent:
+                batches.append(run)
+        check_all = now - self.last_cancel_check >= CANCEL_POLL_SECONDS
+        watched = runs if check_all else batches
+        if not batches and not watched:
+            return
+        sent = {id(r): len(r.unsent) for r in batches}
+        ids, flags = await self.writer.append_many(
+            [(r.payload.session_id, r.unsent) for r in batches],
+            [(r.payload.session_id, r.cancel_key) for r in watched],
+        )
+        self.last_flush = now
+        if check_all:
+            self.last_cancel_check = now
+        FLUSHES.inc()
+        for run, last in zip(batches, ids, strict=True):
+            count = sent[id(run)]
+            del run.unsent[:count]
+            TOKENS.inc(count)
+            if last is not None:
+                run.last_stream_id = last
+        for run in batches:
+            if run.flushed:
+                run.written.set()
+        for run, flag in zip(watched, flags, strict=True):
+            if flag is not None:
+                run.halt(Stop(flag.decode() or "cancelled"))

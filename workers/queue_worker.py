@@ -1,0 +1,120 @@
+"""The ARQ worker loop of relaygate: woken by enqueues instead of polling, admitting jobs by capacity.
+
+ARQ's `Worker` polls its queue every `poll_delay` and starts every ready job up to `max_jobs`.
+Here an idle worker blocks on the queue's wake list (pushed by `common.queue.enqueue`) and
+re-checks only every WORKER_POLL_DELAY; and a job is started only while the event loop keeps
+up (lag under WORKER_MAX_LAG_MS), so the rest stays queued in Redis, visible to autoscaling.
+SIGTERM stops taking jobs; running ones get WORKER_DRAIN_SECONDS to finish (the rest are handed
+back by `workers.runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from signal import Signals
+from typing import Any
+
+from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from common.keys import queue_wake_key
+
+log = logging.getLogger(__name__)
+
+LAG_PROBE_SECONDS = 0.05
+BACKLOG_RECHECK_SECONDS = 0.02
+
+
+class RelayWorker(Worker):
+    def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake_key = queue_wake_key(self.queue_name)
+        self.max_lag = max_lag_ms / 1000
+        self.admit_batch = max(1, admit_batch)
+        self.on_drain = on_drain
+        self.lag = 0.0
+        self.backlog = False
+        self.wakeup = asyncio.Event()
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings, job_deserializer=self.job_deserializer, job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._probe_lag())]
+        try:
+            while True:
+                await self._poll_iteration()
+                await self._wait()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _wait(self) -> None:
+        """Until there may be work: a wake, a finished job (when jobs were left queued), or a timeout."""
+        timeout = BACKLOG_RECHECK_SECONDS if self.backlog else self.poll_delay_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.wakeup.wait()
+        self.wakeup.clear()
+
+    async def _listen(self) -> None:
+        """Block on the wake list (one connection); each push wakes the loop."""
+        while True:
+            try:
+                got = await self.pool.blpop([self.wake_key], timeout=max(1, int(self.poll_delay_s)))  # type: ignore[misc]
+                if got:
+                    self.wakeup.set()
+            except (RedisError, OSError) as exc:
+                log.warning("queue wake list unavailable", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+
+    async def _probe_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.lag = max(0.0, loop.time() - before - LAG_PROBE_SECONDS)
+
+    def room(self) -> int:
+        """How many more jobs this worker starts now: none while its loop lags (unless idle)."""
+        if self.job_counter > 0 and self.lag > self.max_lag:
+            return 0
+        return max(0, min(self.admit_batch, self.max_jobs - self.job_counter))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        mine = {j.encode() for j in self.tasks}
+        candidates = [j for j in job_ids if j not in mine]
+        if candidates:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for j in candidates:
+                    pipe.exists(in_progress_key_prefix + j.decode())
+                running = await pipe.execute()
+            candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
+        room = self.room()
+        self.backlog = len(candidates) > room
+        await super().start_jobs(candidates[:room])
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self.backlog:
+            self.wakeup.set()
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self.on_drain()
+        super().handle_sig_wait_for_completion(signum)
+
+    def handle_sig(self, signum: Signals) -> None:
+        self.on_drain()
+        super().handle_sig(signum)
