@@ -13,6 +13,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 from api import errors
 from api.deps import Gateway
 from api.health import router as health_router
+from api.integrations.router import router as integrations_router
 from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     errors.install(app)
-    for router in (health_router, openapi_router, sessions_router, requests_router, stream_router):
+    for router in (health_router, openapi_router, sessions_router, requests_router, stream_router,
+                   integrations_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -48,3 +48,23 @@ def hub_bucket_wake_key(tag: str, process: str) -> str:
 def queue_name(feature: str) -> str:
     """The ARQ queue (a sorted set) of one feature's agent workers."""
     return f"{PREFIX}queue:{feature}"
+
+
+def dispatcher_queue() -> str:
+    """The dispatcher's ARQ queue (outside the `queue:<feature>` names, so no feature can take it)."""
+    return f"{PREFIX}dispatch:queue"
+
+
+def slack_event_key(team_id: str, event_id: str) -> str:
+    """Claimed with SET NX EX by the first delivery of a Slack event; its retries find it taken."""
+    return f"{PREFIX}slack:event:{team_id}:{event_id}"
+
+
+def slack_edit_budget_key(team_id: str, window: int) -> str:
+    """Per-workspace count of `chat.update` calls in one minute window, shared by every dispatcher."""
+    return f"{PREFIX}slack:edits:{team_id}:{window}"
+
+
+def slack_dm_session_key(team_id: str, user_id: str) -> str:
+    """The user's active DM session, continued by a DM outside a thread."""
+    return f"{PREFIX}slack:dm:{team_id}:{user_id}"

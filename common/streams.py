@@ -24,7 +24,7 @@ EventType = Literal[
     "run.cancelled",
     "run.failed",
     "run.completed",
-    "delivery.sent",
+    "delivery.succeeded",
     "delivery.failed",
     "stream.reset",
     "done",

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from common import lifecycle, queue
+from common import delivery, lifecycle, queue
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -268,6 +268,7 @@ async def _finish(
     await rt.streams.delete(cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets))
     if upcoming:
         await queue.enqueue(rt.queue, *upcoming)
+    await delivery.after_request(rt.db, rt.queue, rt.settings, payload, status)
     RUNS.labels(status).inc()
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status
