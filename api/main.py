@@ -18,6 +18,7 @@ from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
+from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
 from common import db, queue, runtime
 from common import logging as rg_logging
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, stream_router,
-                   integrations_router):
+                   integrations_router, slack_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

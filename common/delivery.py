@@ -44,7 +44,7 @@ class SlackTarget(BaseModel):
 
     team_id: str
     channel_id: str
-    thread_ts: str
+    thread_ts: str | None = None
     slack_user_id: str = ""
 
 
@@ -58,6 +58,7 @@ class SlackFollow(BaseModel):
     after: str
     target: SlackTarget
     correlation_id: str = ""
+    part: int = 0  # continuations of a reply that outlasts one job
 
 
 async def _enqueue(pool: ArqRedis, function: str, job_id: str, arg: BaseModel, *, defer: float = 0) -> bool:
@@ -76,7 +77,8 @@ async def enqueue_attempt(pool: ArqRedis, job: DeliveryJob, *, defer: float = 0)
 
 
 async def enqueue_slack(pool: ArqRedis, follow: SlackFollow) -> bool:
-    return await _enqueue(pool, FOLLOW_SLACK, f"dlv:{follow.request_id}:SLACK", follow)
+    suffix = f":{follow.part}" if follow.part else ""
+    return await _enqueue(pool, FOLLOW_SLACK, f"dlv:{follow.request_id}:SLACK{suffix}", follow)
 
 
 _REQUEST = """

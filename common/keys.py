@@ -68,3 +68,8 @@ def slack_edit_budget_key(team_id: str, window: int) -> str:
 def slack_dm_session_key(team_id: str, user_id: str) -> str:
     """The user's active DM session, continued by a DM outside a thread."""
     return f"{PREFIX}slack:dm:{team_id}:{user_id}"
+
+
+def slack_thread_session_key(team_id: str, channel_id: str, thread_ts: str, user_id: str) -> str:
+    """The session of one Slack user's conversation in a thread (or a channel's top level, thread '')."""
+    return f"{PREFIX}slack:thread:{team_id}:{channel_id}:{thread_ts}:{user_id}"
