@@ -151,8 +151,9 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     assert len(updates) <= EDITS_PER_MINUTE + 1  # the budget, plus the final text that always goes out
     partial = [u for u in updates[:-1] if u.args["text"] != row["response_content"]]
     assert partial and row["response_content"].startswith(partial[0].args["text"])
-    delivered = sql(stack, "SELECT status, external_ref FROM delivery_logs WHERE request_id = $1::uuid",
-                    row["request_id"])
+    query = "SELECT status, external_ref FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    delivered = sql(stack, query, row["request_id"])
     assert [(d["status"], d["external_ref"]) for d in delivered] == [("SUCCESS", final[-1].args["ts"])]
     assert workspace.token not in stack.logs() and workspace.secret not in stack.logs()
 
@@ -233,3 +234,45 @@ def test_requests_slack_route(stack: Stack, workspace: Workspace, fake_slack: Fa
     r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=bad,
                    headers={**signed(workspace, bad), "content-type": "application/json"})
     assert r.status_code == 422 and "body.channel_id" in [f["field"] for f in r.json()["detail"]]
+
+
+def test_slack_is_on_by_default_where_installed(stack: Stack, workspace: Workspace) -> None:
+    with stack.client("U1", workspace.tenant) as c:
+        assert c.get("/api/v1/integration-defaults").json()["integration_defaults"]["SLACK"]["enabled"] is True
+        schema = c.get("/api/v1/openapi.json").json()
+    assert "/api/v1/requests/slack" in schema["paths"]
+    assert not any(p.startswith("/slack/") for p in schema["paths"])
+    assert workspace.secret not in json.dumps(schema)
+
+
+def test_rate_limits_short_waited_long_rescheduled(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    fake_slack.fail_next("chat.postMessage", 429, {"Retry-After": "0"})
+    fake_slack.fail_next("chat.update", 429, {"Retry-After": "6"})
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "busy slack",
+                                  "ts": "1700000005.000100"})
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1  # the re-scheduled job edited, never re-posted
+    assert "Slack delivery will be retried" in stack.logs()
+
+
+def test_dispatcher_killed_mid_reply_edits_the_same_message(stack: Stack, workspace: Workspace,
+                                                            fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "survive this",
+                                  "ts": "1700000006.000100"})
+    (placeholder,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel))
+    slack_stack.kill()
+    slack_stack.start()
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1
+    assert {u.args["ts"] for u in fake_slack.of("chat.update", channel)} == {placeholder.args.get("ts") or
+                                                                             final[-1].args["ts"]}
+    query = "SELECT status FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
