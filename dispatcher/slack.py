@@ -25,6 +25,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
+from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from common import delivery, integrations
@@ -184,11 +185,40 @@ class Poster:
         self.rt, self.web, self.msg, self.delivery_id = rt, web, msg, delivery_id
         self.last_edit = 0.0
         self.shown = ""
+        # Slack's native streaming (chat.startStream/appendStream/stopStream) works in threads only;
+        # a job that runs again after a crash finishes an already started message by editing it.
+        self.native = bool(rt.settings.slack_native_streaming and msg.target.thread_ts and not msg.refs)
+        self.streamer: AsyncChatStream | None = None
+        self.streamed = 0
 
     async def _remember(self) -> None:
         await records.set_ref(self.rt.db, self.delivery_id, ",".join(self.msg.refs))
 
+    async def _stream(self, *, final: bool) -> None:
+        target = self.msg.target
+        if self.streamer is None:
+            self.streamer = await self.web.chat_stream(
+                channel=target.channel_id, thread_ts=target.thread_ts or "", buffer_size=1,
+                recipient_team_id=target.team_id, recipient_user_id=target.slack_user_id or None)
+        delta = self.msg.text[self.streamed:]
+        if delta and not final:
+            await self.streamer.append(markdown_text=delta)
+            self.streamed += len(delta)
+        if self.streamer.ts and not self.msg.refs:
+            self.msg.refs.append(self.streamer.ts)
+            await self._remember()
+        if final:
+            tail = delta if self.msg.status == "completed" else self.msg.body(self.rt.settings.slack_message_chars)
+            await self.streamer.stop(markdown_text=tail or None, blocks=self.msg.blocks("")[1:])
+            if self.streamer.ts and not self.msg.refs:
+                self.msg.refs.append(self.streamer.ts)
+                await self._remember()
+        self.last_edit = time.monotonic()
+
     async def show(self, *, final: bool = False) -> None:
+        if self.native:
+            await self._stream(final=final)
+            return
         size = self.rt.settings.slack_message_chars
         text = self.msg.body(size)
         if text == self.shown and not final:
@@ -255,7 +285,7 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     poster = Poster(rt, client(rt, inst.bot_token), msg, delivery_id)
     deadline = time.monotonic() + rt.settings.delivery_job_timeout_seconds * 0.8
     try:
-        if not msg.refs:
+        if not msg.refs and not poster.native:
             await poster.show()
         async for batch in batches(rt.hub, rt.writer.key(f.session_id), parse_id(f.after)):
             for item in batch:

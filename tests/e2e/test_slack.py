@@ -276,3 +276,39 @@ def test_dispatcher_killed_mid_reply_edits_the_same_message(stack: Stack, worksp
     query = "SELECT status FROM delivery_logs WHERE request_id = $1::uuid"
     wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
     assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
+
+
+def streamed_text(calls: list[Call]) -> str:
+    text = ""
+    for call in calls:
+        text += call.args.get("markdown_text") or ""
+        chunks = call.args.get("chunks") or []
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        text += "".join(c.get("text", "") for c in chunks if c.get("type") == "markdown_text")
+    return text
+
+
+def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                           slack_stack: Dispatchers) -> None:
+    slack_stack.stop()
+    native = Dispatchers(stack, {**slack_stack.env, "SLACK_NATIVE_STREAMING": "true"})
+    native.start()
+    try:
+        user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+        root = "1700000007.000100"
+        post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "stream it",
+                                      "ts": root})
+        (stop,) = wait_for(lambda: fake_slack.of("chat.stopStream", channel), 60)
+        (start,) = fake_slack.of("chat.startStream", channel)
+        assert start.args["thread_ts"] == root and start.args["recipient_user_id"] == user
+        assert start.args["recipient_team_id"] == workspace.team
+        calls = [c for c in fake_slack.calls if c.method in ("chat.startStream", "chat.appendStream", "chat.stopStream")
+                 and c.args.get("channel") == channel]
+        (row,) = reply_of(stack, workspace, user)
+        assert streamed_text(calls) == row["response_content"]
+        assert fake_slack.of("chat.postMessage", channel) == [] and fake_slack.of("chat.update", channel) == []
+        assert "rg_new" in json.dumps(stop.args.get("blocks"))
+    finally:
+        native.stop()
+        slack_stack.start()
