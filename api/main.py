@@ -16,12 +16,14 @@ from api.deps import Gateway
 from api.events.router import router as events_router
 from api.flows.router import router as flows_router
 from api.health import router as health_router
+from api.integrations.router import router as integrations_router
 from api.middleware import GatewayMiddleware
 from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.runs.router import router as runs_router
 from api.sessions.router import router as sessions_router
+from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
@@ -93,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
-                   runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router):
+                   runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
+                   integrations_router, slack_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -1,4 +1,4 @@
-"""`relaygate dev`: embedded servers, migrations, gateway and agent worker in one command."""
+"""`relaygate dev`: embedded servers, migrations, gateway, agent worker and dispatcher in one command."""
 
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
              "--no-access-log", "--timeout-graceful-shutdown", "3"], env=env))
         for _ in range(workers):
             children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "dispatcher"], env=env))
         url = f"http://{host}:{port}"
         _wait_healthy(url, children)
         dev_settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(secret)})

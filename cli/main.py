@@ -288,5 +288,13 @@ def worker(feature: str | None) -> None:
     run(feature)
 
 
+@main.command()
+def dispatcher() -> None:
+    """Run a dispatcher: delivers replies to Slack, email, webhooks and SMS (run several to scale)."""
+    from dispatcher.main import run
+
+    run()
+
+
 if __name__ == "__main__":
     main()

@@ -88,3 +88,28 @@ def open_streams_key(tenant_id: str, user_id: str) -> str:
 def queue_wake_key(queue: str) -> str:
     """A list an enqueue pushes to; idle workers of `queue` block on it instead of polling."""
     return f"{queue}:wake"
+
+
+def dispatcher_queue() -> str:
+    """The dispatcher's ARQ queue (outside the `queue:<feature>` names, so no feature can take it)."""
+    return f"{PREFIX}dispatch:queue"
+
+
+def slack_event_key(team_id: str, event_id: str) -> str:
+    """Claimed with SET NX EX by the first delivery of a Slack event; its retries find it taken."""
+    return f"{PREFIX}slack:event:{team_id}:{event_id}"
+
+
+def slack_edit_budget_key(team_id: str, window: int) -> str:
+    """Per-workspace count of `chat.update` calls in one minute window, shared by every dispatcher."""
+    return f"{PREFIX}slack:edits:{team_id}:{window}"
+
+
+def slack_dm_session_key(team_id: str, user_id: str) -> str:
+    """The user's active DM session, continued by a DM outside a thread."""
+    return f"{PREFIX}slack:dm:{team_id}:{user_id}"
+
+
+def slack_thread_session_key(team_id: str, channel_id: str, thread_ts: str, user_id: str) -> str:
+    """The session of one Slack user's conversation in a thread (or a channel's top level, thread '')."""
+    return f"{PREFIX}slack:thread:{team_id}:{channel_id}:{thread_ts}:{user_id}"

@@ -103,6 +103,38 @@ class Settings(BaseSettings):
     event_sink_url: str = ""
     event_sink_retries: int = 5
 
+    # Dispatcher and delivery channels (integration guide; README "Delivery").
+    dispatcher_max_jobs: int = 200
+    delivery_job_timeout_seconds: int = 60
+    delivery_retry_delay_scale: float = 1.0
+    delivery_expiry_seconds: int = 24 * 3600
+    delivery_test_enabled: bool = False
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    smtp_from: str = "relaygate@localhost"
+    smtp_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: float = 10.0
+    sms_api_url: str = ""
+    sms_account_sid: str = ""
+    sms_auth_token: SecretStr = SecretStr("")
+    sms_from: str = ""
+    sms_max_chars: int = 1600
+
+    # Slack (single-workspace install; more workspaces live in `slack_installations`).
+    slack_signing_secret: SecretStr = SecretStr("")
+    slack_bot_token: SecretStr = SecretStr("")
+    slack_team_id: str = ""
+    slack_tenant_id: str = "slack"
+    slack_api_url: str = ""
+    slack_native_streaming: bool = False
+    slack_edit_interval_seconds: float = 1.5
+    slack_edits_per_minute: int = 50
+    slack_max_retry_after_seconds: float = 5.0
+    slack_message_chars: int = 3500
+
     db_pool_size: int = 20
     log_level: str = "INFO"
 

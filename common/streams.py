@@ -29,7 +29,7 @@ EventType = Literal[
     "task.completed",
     "task.failed",
     "task.retrying",
-    "delivery.sent",
+    "delivery.succeeded",
     "delivery.failed",
     "stream.reset",
     "done",

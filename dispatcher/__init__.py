@@ -1,1 +1,1 @@
-"""Dispatcher workers: delivery of finished replies to Slack, email, webhooks and SMS (not built yet)."""
+"""Dispatcher workers: finished replies delivered to Slack, email, webhooks and SMS, with a log of every attempt."""

@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import lifecycle, queue, sink
+from common import delivery, lifecycle, queue, sink
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -214,6 +214,7 @@ async def _finish(
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
+    await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)

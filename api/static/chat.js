@@ -193,9 +193,9 @@ function applyToRequest(req, event, data) {
       req.error = data.error ?? null;
       req.notice = null;
       break;
-    case "delivery.sent":
+    case "delivery.succeeded":
     case "delivery.failed":
-      req.deliveries.push({ ok: event === "delivery.sent", channel: data.channel, detail: data.detail });
+      req.deliveries.push({ ok: event === "delivery.succeeded", channel: data.channel, detail: data.detail });
       break;
     case "done":
       if (TERMINAL.has(data.status)) req.status = data.status;

@@ -323,7 +323,7 @@ def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: S
             ev('1-5', 'token', 'r1', 2, { text: 'Hello' });
             ev('1-5', 'token', 'r1', 2, { text: 'Hello' });
             ev('1-6', 'run.completed', 'r1', 2, {});
-            ev('1-7', 'delivery.sent', 'r1', 2, { channel: 'slack', detail: '#general' });
+            ev('1-7', 'delivery.succeeded', 'r1', 2, { channel: 'slack', detail: '#general' });
             ev('1-8', 'delivery.failed', 'r1', 2, { channel: 'email', detail: 'bounced' });
             // r2: events were missed; the reset snapshot replaces it and tokens continue it.
             ev('2-0', 'request.accepted', 'r2', 1, { content: 'again' });

@@ -1,0 +1,66 @@
+"""Integration defaults, per-user overrides and delivery history (the integration guide's routes)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from api.deps import GatewayDep, PrincipalDep
+from api.integrations import service
+from api.integrations.schemas import (
+    Deliveries,
+    Override,
+    OverrideCreate,
+    OverrideUpdate,
+    SystemDefaults,
+    UserConfigs,
+)
+from common import integrations
+from common.integrations import Channel
+
+router = APIRouter(prefix="/api/v1", tags=["integrations"])
+
+UserId = Annotated[str, Path(min_length=1, max_length=255)]
+
+
+@router.get("/integration-defaults", response_model=SystemDefaults)
+async def system_defaults(gw: GatewayDep, who: PrincipalDep) -> SystemDefaults:
+    configs = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
+    return SystemDefaults(integration_defaults={k: service.shown(v) for k, v in configs.items()})
+
+
+@router.get("/users/{user_id}/integration-defaults", response_model=UserConfigs)
+async def user_defaults(user_id: UserId, gw: GatewayDep, who: PrincipalDep) -> UserConfigs:
+    return await service.user_configs(gw, who, user_id)
+
+
+@router.post("/users/{user_id}/integrations", status_code=201, response_model=Override)
+async def create_override(user_id: UserId, body: OverrideCreate, gw: GatewayDep, who: PrincipalDep) -> Override:
+    return await service.create(gw, who, user_id, body)
+
+
+@router.put("/users/{user_id}/integrations/{integration_type}", response_model=Override)
+async def update_override(user_id: UserId, integration_type: Channel, body: OverrideUpdate, gw: GatewayDep,
+                          who: PrincipalDep) -> Override:
+    return await service.update(gw, who, user_id, integration_type, body)
+
+
+@router.delete("/users/{user_id}/integrations/{integration_type}", status_code=204)
+async def delete_override(user_id: UserId, integration_type: Channel, gw: GatewayDep, who: PrincipalDep) -> Response:
+    await service.delete(gw, who, user_id, integration_type)
+    return Response(status_code=204)
+
+
+@router.post("/users/{user_id}/integration-defaults/reset")
+async def reset(user_id: UserId, gw: GatewayDep, who: PrincipalDep) -> dict[str, object]:
+    removed = await service.reset(gw, who, user_id)
+    return {"user_id": user_id, "removed_overrides": removed, "using_integration_defaults": True}
+
+
+@router.get("/users/{user_id}/deliveries", response_model=Deliveries)
+async def deliveries(user_id: UserId, gw: GatewayDep, who: PrincipalDep,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                     offset: Annotated[int, Query(ge=0)] = 0) -> Deliveries:
+    rows = await service.deliveries(gw, who, user_id, limit, offset)
+    return Deliveries(user_id=user_id, deliveries=rows, limit=limit, offset=offset)

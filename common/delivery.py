@@ -1,0 +1,123 @@
+"""Delivery jobs on the dispatcher's queue: what workers and the gateway enqueue, what the dispatcher runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from arq.connections import ArqRedis
+from pydantic import BaseModel
+
+from common import integrations
+from common.integrations import Channel
+from common.keys import dispatcher_queue
+from common.models import JobPayload
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELIVER_REQUEST = "deliver_request"
+DELIVER = "deliver"
+FOLLOW_SLACK = "follow_slack"
+
+
+class DeliveryJob(BaseModel):
+    """One attempt of delivering one request's outcome to one channel."""
+
+    request_id: str
+    session_id: str
+    tenant_id: str
+    user_id: str
+    channel: Channel
+    attempt: int = 1
+    expires_at: float = 0.0
+    correlation_id: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.request_id}:{self.channel}"
+
+
+class SlackTarget(BaseModel):
+    """Where a Slack request's reply goes: its thread in its workspace."""
+
+    team_id: str
+    channel_id: str
+    thread_ts: str | None = None
+    slack_user_id: str = ""
+
+
+class SlackFollow(BaseModel):
+    """Follow a Slack request's stream from `after` and show its reply in the thread as it is written."""
+
+    request_id: str
+    session_id: str
+    tenant_id: str
+    user_id: str
+    after: str
+    target: SlackTarget
+    correlation_id: str = ""
+    part: int = 0  # continuations of a reply that outlasts one job
+
+
+async def _enqueue(pool: ArqRedis, function: str, job_id: str, arg: BaseModel, *, defer: float = 0) -> bool:
+    job = await pool.enqueue_job(function, arg.model_dump(), _job_id=job_id, _queue_name=dispatcher_queue(),
+                                 _defer_by=defer or None)
+    return job is not None
+
+
+async def enqueue_request(pool: ArqRedis, payload: JobPayload) -> bool:
+    """Ask the dispatcher to deliver a finished request wherever its user's configuration says."""
+    return await _enqueue(pool, DELIVER_REQUEST, f"dlv:{payload.request_id}", payload)
+
+
+async def enqueue_attempt(pool: ArqRedis, job: DeliveryJob, *, defer: float = 0) -> bool:
+    return await _enqueue(pool, DELIVER, f"dlv:{job.key}:{job.attempt}", job, defer=defer)
+
+
+async def enqueue_slack(pool: ArqRedis, follow: SlackFollow) -> bool:
+    suffix = f":{follow.part}" if follow.part else ""
+    return await _enqueue(pool, FOLLOW_SLACK, f"dlv:{follow.request_id}:SLACK{suffix}", follow)
+
+
+_REQUEST = """
+SELECT r.user_id, r.normalized_request->>'integration_type' AS integration_type, r.status
+  FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2
+"""
+
+
+async def channels_for(db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str,
+                       integration_type: str) -> list[tuple[Channel, integrations.ChannelConfig]]:
+    """The channels a finished reply goes to after it ends, in priority order.
+
+    A Slack request's own thread is followed live from its start (FOLLOW_SLACK), so SLACK
+    here means only another channel named in the user's config.
+    """
+    configs = await integrations.effective_for(db, settings, tenant_id, user_id)
+    out: list[tuple[Channel, integrations.ChannelConfig]] = []
+    for channel, cfg in configs.items():
+        if not integrations.deliverable(channel, cfg):
+            continue
+        if channel == "SLACK" and (integration_type == "slack" or not cfg.config.get("channel_id")):
+            continue
+        out.append((channel, cfg))
+    return out
+
+
+async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload,
+                        status: str) -> None:
+    """Called where a request's outcome is final: enqueue its delivery when a channel wants it.
+
+    Never raises: the reply is already stored and streamed; a lost enqueue is logged.
+    """
+    if status != "completed":
+        return
+    try:
+        row: dict[str, Any] | None = await db.fetchrow(_REQUEST, payload.request_id, payload.tenant_id)
+        if row is None:
+            return
+        if await channels_for(db, settings, payload.tenant_id, row["user_id"], row["integration_type"]):
+            await enqueue_request(pool, payload)
+    except Exception as exc:
+        log.warning("delivery enqueue failed", extra={"request_id": payload.request_id, "error": repr(exc)})

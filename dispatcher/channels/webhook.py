@@ -1,0 +1,45 @@
+"""WEBHOOK: a signed POST in the Standard Webhooks format (webhook-id, -timestamp, -signature)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from standardwebhooks import Webhook
+
+from dispatcher.channels import DeliveryError, Reply, retry_after
+
+EVENT_TYPE = "request.completed"
+
+
+def payload(reply: Reply) -> str:
+    return orjson.dumps({
+        "type": EVENT_TYPE,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"request_id": reply.request_id, "session_id": reply.session_id, "user_id": reply.user_id,
+                 "content": reply.content, "response": reply.response, "agent_id": reply.agent_id},
+    }).decode()
+
+
+async def send(http: httpx.AsyncClient, config: dict[str, Any], reply: Reply) -> str | None:
+    """`webhook-id` is the same for every attempt, so the receiver can drop a repeat."""
+    msg_id = f"msg_{reply.request_id}"
+    body = payload(reply)
+    now = datetime.now(UTC)
+    headers = {**config.get("headers", {}), "content-type": "application/json", "webhook-id": msg_id,
+               "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": Webhook(config["secret"]).sign(msg_id, now, body)}
+    try:
+        response = await http.post(config["url"], content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"webhook unreachable: {type(exc).__name__}") from None
+    if response.is_success:
+        return msg_id
+    status = response.status_code
+    if status == 410:
+        raise DeliveryError("webhook endpoint gone (410); disabled", retryable=False, disable=True)
+    if status == 429 or status >= 500:
+        raise DeliveryError(f"webhook answered {status}", retry_after=retry_after(response.headers.get("retry-after")))
+    raise DeliveryError(f"webhook answered {status}", retryable=False)

@@ -1,0 +1,127 @@
+"""The dispatcher's jobs: fan a finished request out to its channels, then one attempt per job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from common import delivery, integrations
+from common.delivery import DeliveryJob
+from common.logging import correlation_id
+from common.models import JobPayload
+from dispatcher import records, slack
+from dispatcher.channels import DeliveryError, Reply, email, sms, webhook
+from dispatcher.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_REPLY = """
+SELECT request_id::text, session_id::text, tenant_id, user_id, request_content, response_content, agent_id,
+       attempt, status, normalized_request->>'integration_type' AS integration_type
+  FROM request_logs WHERE request_id = $1 AND tenant_id = $2
+"""
+
+
+async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Reply, str] | None:
+    row = await rt.db.fetchrow(_REPLY, request_id, tenant_id)
+    if row is None or row["status"] != "completed":
+        return None
+    return Reply(request_id=row["request_id"], session_id=row["session_id"], tenant_id=row["tenant_id"],
+                 user_id=row["user_id"], content=row["request_content"], response=row["response_content"] or "",
+                 agent_id=row["agent_id"], attempt=row["attempt"]), row["integration_type"]
+
+
+async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
+    """One delivery per channel the user's configuration wants, enqueued in priority order."""
+    rt: Runtime = ctx["rt"]
+    payload = JobPayload.model_validate(raw)
+    correlation_id.set(payload.correlation_id)
+    loaded = await load_reply(rt, payload.request_id, payload.tenant_id)
+    if loaded is None:
+        return 0
+    reply, integration_type = loaded
+    channels = await delivery.channels_for(rt.db, rt.settings, reply.tenant_id, reply.user_id, integration_type)
+    expires = time.time() + rt.settings.delivery_expiry_seconds
+    for channel, _ in channels:
+        await delivery.enqueue_attempt(rt.queue, DeliveryJob(
+            request_id=reply.request_id, session_id=reply.session_id, tenant_id=reply.tenant_id,
+            user_id=reply.user_id, channel=channel, expires_at=expires, correlation_id=payload.correlation_id))
+    return len(channels)
+
+
+async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
+    if job.channel == "EMAIL":
+        return await email.send(rt.settings, cfg.config, reply)
+    if job.channel == "WEBHOOK":
+        return await webhook.send(rt.http, cfg.config, reply)
+    if job.channel == "SMS":
+        return await sms.send(rt.http, rt.settings, cfg.config, reply)
+    if job.channel == "SLACK":
+        return await slack.post_reply(rt, job, cfg.config, reply)
+    return "recorded"
+
+
+async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One attempt: a delivery_logs row, the send, its outcome on the stream, and the next attempt if due."""
+    rt: Runtime = ctx["rt"]
+    job = DeliveryJob.model_validate(raw)
+    correlation_id.set(job.correlation_id)
+    row = await records.open_attempt(rt.db, job)
+    if row["status"] != "PENDING":
+        return str(row["status"])  # this attempt already ended (the job ran again after a crash)
+    delivery_id = row["delivery_id"]
+    loaded = await load_reply(rt, job.request_id, job.tenant_id)
+    if loaded is None:
+        await records.close_attempt(rt.db, delivery_id, "FAILED", "the request has no completed reply")
+        return "FAILED"
+    reply = loaded[0]
+    if job.expires_at and time.time() > job.expires_at:
+        await _outcome(rt, job, reply, delivery_id, "EXPIRED", "the delivery expired before it succeeded")
+        return "EXPIRED"
+    configs = await integrations.effective_for(rt.db, rt.settings, job.tenant_id, job.user_id)
+    cfg = configs.get(job.channel)
+    if cfg is None or not integrations.deliverable(job.channel, cfg):
+        await _outcome(rt, job, reply, delivery_id, "FAILED", f"{job.channel} is disabled for this user")
+        return "FAILED"
+    try:
+        ref = await _send(rt, job, cfg, reply)
+    except DeliveryError as exc:
+        return await _failed(rt, job, cfg, reply, delivery_id, exc)
+    await _outcome(rt, job, reply, delivery_id, "SUCCESS", None, ref)
+    log.info("delivered", extra={"request_id": job.request_id, "channel": job.channel, "attempt": job.attempt})
+    return "SUCCESS"
+
+
+async def _failed(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply, delivery_id: str,
+                  exc: DeliveryError) -> str:
+    detail = str(exc)
+    if exc.disable:
+        await rt.db.execute(
+            """
+            INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority,
+                                                  retry_count, retry_delay_seconds, config)
+            VALUES ($1, $2, $3, false, $4, $5, $6, $7)
+            ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE SET enabled = false, updated_at = now()
+            """,
+            job.tenant_id, job.user_id, job.channel, cfg.priority, cfg.retry_count, cfg.retry_delay_seconds,
+            cfg.config,
+        )
+    if exc.retryable and job.attempt <= cfg.retry_count:
+        delay = max(cfg.retry_delay_seconds * rt.settings.delivery_retry_delay_scale, exc.retry_after or 0)
+        await delivery.enqueue_attempt(rt.queue, job.model_copy(update={"attempt": job.attempt + 1}), defer=delay)
+        await _outcome(rt, job, reply, delivery_id, "RETRYING", detail)
+        log.warning("delivery attempt failed; retrying",
+                    extra={"request_id": job.request_id, "channel": job.channel, "attempt": job.attempt,
+                           "error": detail, "retry_in": delay})
+        return "RETRYING"
+    await _outcome(rt, job, reply, delivery_id, "FAILED", detail)
+    log.warning("delivery failed", extra={"request_id": job.request_id, "channel": job.channel,
+                                          "attempt": job.attempt, "error": detail})
+    return "FAILED"
+
+
+async def _outcome(rt: Runtime, job: DeliveryJob, reply: Reply, delivery_id: str,
+                   status: integrations.DeliveryStatus, detail: str | None, ref: str | None = None) -> None:
+    await records.close_attempt(rt.db, delivery_id, status, detail, ref)
+    await records.announce(rt.writer, job, reply.attempt, delivery_id, status, detail)

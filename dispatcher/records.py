@@ -1,0 +1,62 @@
+"""delivery_logs rows (one per attempt) and the matching `delivery.*` events on the session stream."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from common.delivery import DeliveryJob
+from common.integrations import DeliveryStatus
+from common.streams import Event, EventType, StreamWriter
+
+
+async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:
+    """The attempt's row, created PENDING, or the existing one when this attempt already ran (a redelivery)."""
+    row = await db.fetchrow(
+        """
+        INSERT INTO delivery_logs (delivery_id, delivery_key, attempt, tenant_id, user_id, request_id, session_id,
+                                   integration_type)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (delivery_key, attempt) DO UPDATE SET updated_at = now()
+        RETURNING delivery_id::text, status, external_ref
+        """,
+        uuid.uuid4(), job.key, job.attempt, job.tenant_id, job.user_id, job.request_id, job.session_id, job.channel,
+    )
+    assert row is not None
+    return row
+
+
+async def close_attempt(db: asyncpg.Pool, delivery_id: str, status: DeliveryStatus, error: str | None = None,
+                        external_ref: str | None = None) -> None:
+    await db.execute(
+        "UPDATE delivery_logs SET status = $2, error_message = $3, external_ref = coalesce($4, external_ref),"
+        " updated_at = now() WHERE delivery_id = $1",
+        delivery_id, status, error, external_ref,
+    )
+
+
+async def set_ref(db: asyncpg.Pool, delivery_id: str, external_ref: str) -> None:
+    await db.execute("UPDATE delivery_logs SET external_ref = $2, updated_at = now() WHERE delivery_id = $1",
+                     delivery_id, external_ref)
+
+
+async def previous_ref(db: asyncpg.Pool, key: str) -> str | None:
+    """What an earlier attempt of this delivery already created (a Slack message ts), if anything."""
+    ref: str | None = await db.fetchval(
+        "SELECT external_ref FROM delivery_logs WHERE delivery_key = $1 AND external_ref IS NOT NULL"
+        " ORDER BY attempt DESC LIMIT 1", key)
+    return ref
+
+
+async def announce(writer: StreamWriter, job: DeliveryJob, request_attempt: int, delivery_id: str,
+                   status: DeliveryStatus, detail: str | None) -> None:
+    """`delivery.succeeded` or `delivery.failed` (with the attempt's status) on the session stream."""
+    data: dict[str, Any] = {"delivery_id": delivery_id, "channel": job.channel, "attempt": job.attempt,
+                            "status": status}
+    if detail:
+        data["detail"] = detail
+    kind: EventType = "delivery.succeeded" if status == "SUCCESS" else "delivery.failed"
+    await writer.append(job.session_id, [Event(type=kind, request_id=job.request_id, attempt=request_attempt,
+                                               data=data)])

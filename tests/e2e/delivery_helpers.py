@@ -1,0 +1,110 @@
+"""A dispatcher process and the local servers deliveries go to, shared by the delivery tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+import httpx
+from aiosmtpd.controller import Controller
+
+from common.embedded import free_port
+from tests.conftest import Stack, wait_until
+from tests.e2e.streams import read_until
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+@dataclass
+class Dispatchers:
+    stack: Stack
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        proc = self.stack._spawn("dispatcher", [sys.executable, "-m", "cli.main", "dispatcher"],
+                                 {**self.stack.env, **self.env})
+        log = self.stack._logs[-1]
+        self.procs.append(proc)
+        wait_until(lambda: proc.poll() is not None or "dispatcher ready" in log.read_text(), 60,
+                   f"dispatcher to start (log: {log})")
+        assert proc.poll() is None, log.read_text()
+        return proc
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        self.procs.clear()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+        self.procs.clear()
+
+
+def smtp_server() -> tuple[Controller, Mailbox]:
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    return controller, box
+
+
+def smtp_port(controller: Controller) -> int:
+    return int(controller.port)
+
+
+def ask(c: httpx.Client, content: str = "hello delivery") -> dict[str, Any]:
+    r = c.post("/api/v1/requests/web", json={"content": content, "new_session": True})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def delivery_events(c: httpx.Client, accepted: dict[str, Any], stop: Callable[[Any], bool],
+                    timeout: float = 60) -> list[dict[str, Any]]:
+    """The `delivery.*` events of the request, read from its session stream until `stop(event)`."""
+    events = read_until(c, accepted["stream_url"], lambda e: e.event.startswith("delivery.") and stop(e.json()),
+                        timeout=timeout)
+    return [e.json() for e in events if e.event.startswith("delivery.")]
+
+
+def deliveries(c: httpx.Client, user_id: str) -> list[dict[str, Any]]:
+    r = c.get(f"/api/v1/users/{user_id}/deliveries", params={"limit": 50})
+    assert r.status_code == 200, r.text
+    rows: list[dict[str, Any]] = r.json()["deliveries"]
+    return rows
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def message_of(raw: bytes) -> Message:
+    import email
+
+    return email.message_from_bytes(raw)

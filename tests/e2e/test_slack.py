@@ -1,0 +1,314 @@
+"""Slack end to end: signed events, commands and buttons into the gateway; replies streamed into the
+thread by a real dispatcher through the real slack-sdk client, against a fake Slack Web API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+import httpx
+import pytest
+from slack_sdk.signature import SignatureVerifier
+
+from tests.conftest import Stack
+from tests.e2e.delivery_helpers import Dispatchers, wait_for
+from tests.fakes.slack_api import Call, FakeSlack
+
+EDITS_PER_MINUTE = 4
+
+
+@dataclass
+class Workspace:
+    team: str
+    tenant: str
+    secret: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(stack.infra.database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def workspace(stack: Stack) -> Workspace:
+    ws = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=f"slack-{uuid.uuid4().hex[:6]}",
+                   secret=secrets.token_hex(16), token="xoxb-" + secrets.token_hex(12))
+    sql(stack, "INSERT INTO slack_installations (team_id, tenant_id, bot_token, signing_secret, bot_user_id)"
+               " VALUES ($1, $2, $3, $4, 'UBOT')", ws.team, ws.tenant, ws.token, ws.secret)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def slack_stack(stack: Stack, fake_slack: FakeSlack, workspace: Workspace) -> Iterator[Dispatchers]:
+    """A worker that writes slowly enough for edits to show, and a dispatcher pointed at the fake."""
+    worker = stack.start_worker("slack", OFFLINE_MODEL_TOKENS="40", OFFLINE_MODEL_TOKENS_PER_SECOND="20")
+    d = Dispatchers(stack, {"SLACK_API_URL": fake_slack.api_url, "SLACK_EDIT_INTERVAL_SECONDS": "0.3",
+                            "SLACK_EDITS_PER_MINUTE": str(EDITS_PER_MINUTE), "DELIVERY_JOB_TIMEOUT_SECONDS": "4",
+                            "DELIVERY_RETRY_DELAY_SCALE": "0.01"})
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(15)
+
+
+def signed(ws: Workspace, body: bytes, *, age: int = 0, secret: str | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) - age)
+    sig = SignatureVerifier(secret or ws.secret).generate_signature(timestamp=ts, body=body)
+    assert sig is not None
+    return {"x-slack-request-timestamp": ts, "x-slack-signature": sig}
+
+
+def post_event(stack: Stack, ws: Workspace, event: dict[str, Any], *, event_id: str | None = None,
+               retry: int = 0) -> httpx.Response:
+    body = json.dumps({"type": "event_callback", "team_id": ws.team, "event_id": event_id or f"Ev{uuid.uuid4().hex}",
+                       "event": event}).encode()
+    headers = {**signed(ws, body), "content-type": "application/json"}
+    if retry:
+        headers.update({"x-slack-retry-num": str(retry), "x-slack-retry-reason": "http_timeout"})
+    return httpx.post(f"{stack.base_url}/slack/events", content=body, headers=headers)
+
+
+def finished(fake: FakeSlack, channel: str, ts: str | None = None) -> list[Call]:
+    """Waits for the final update of the message in `channel` (it carries the New conversation button)."""
+    def final() -> list[Call]:
+        return [c for c in fake.of("chat.update", channel) if (ts is None or c.args["ts"] == ts)
+                and "rg_new" in json.dumps(c.args.get("blocks"))]
+    return list(wait_for(final, 60))
+
+
+def reply_of(stack: Stack, ws: Workspace, user: str) -> list[asyncpg.Record]:
+    return sql(stack, "SELECT request_id::text, session_id::text, response_content, status FROM request_logs"
+                      " WHERE tenant_id = $1 AND user_id = $2 ORDER BY id", ws.tenant, user)
+
+
+def test_url_verification(stack: Stack, workspace: Workspace) -> None:
+    body = json.dumps({"type": "url_verification", "challenge": "abc123", "token": "x"}).encode()
+    r = httpx.post(f"{stack.base_url}/slack/events", content=body, headers=signed(workspace, body))
+    assert r.status_code == 200 and r.json() == {"challenge": "abc123"}
+
+
+def test_bad_or_stale_signature_is_401_and_no_work(stack: Stack, workspace: Workspace, fake_slack: FakeSlack) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"type": "event_callback", "team_id": workspace.team, "event_id": "EvBad",
+                       "event": {"type": "app_mention", "user": user, "channel": channel, "text": "hi",
+                                 "ts": "1.1"}}).encode()
+    for headers in (signed(workspace, body, secret="wrong"), signed(workspace, body, age=400),
+                    {"x-slack-request-timestamp": str(int(time.time()))}):
+        r = httpx.post(f"{stack.base_url}/slack/events", content=body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
+    tampered = signed(workspace, body)
+    r = httpx.post(f"{stack.base_url}/slack/events", content=body + b" ", headers=tampered)
+    assert r.status_code == 401
+    assert reply_of(stack, workspace, user) == []
+    assert fake_slack.of("chat.postMessage", channel) == []
+
+
+def test_mention_streams_one_reply_in_its_thread_even_when_retried(
+        stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    event = {"type": "app_mention", "user": user, "channel": channel, "text": "<@UBOT> tell me a story",
+             "ts": "1700000001.000100"}
+    event_id = f"Ev{uuid.uuid4().hex}"
+    assert post_event(stack, workspace, event, event_id=event_id).status_code == 200
+    assert post_event(stack, workspace, event, event_id=event_id, retry=1).json().get("duplicate") is True
+    final = finished(fake_slack, channel)
+    posts = fake_slack.of("chat.postMessage", channel)
+    assert len(posts) == 1 and posts[0].args["thread_ts"] == "1700000001.000100"
+    assert posts[0].token == workspace.token
+    (row,) = reply_of(stack, workspace, user)
+    assert row["status"] == "completed"
+    assert final[-1].args["text"] == row["response_content"]
+    updates = fake_slack.of("chat.update", channel)
+    assert {u.args["ts"] for u in updates} == {final[-1].args["ts"]}
+    assert len(updates) <= EDITS_PER_MINUTE + 1  # the budget, plus the final text that always goes out
+    partial = [u for u in updates[:-1] if u.args["text"] != row["response_content"]]
+    assert partial and row["response_content"].startswith(partial[0].args["text"])
+    query = "SELECT status, external_ref FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    delivered = sql(stack, query, row["request_id"])
+    assert [(d["status"], d["external_ref"]) for d in delivered] == [("SUCCESS", final[-1].args["ts"])]
+    assert workspace.token not in stack.logs() and workspace.secret not in stack.logs()
+
+
+def test_thread_is_one_session_and_dms_continue(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                slack_stack: Dispatchers) -> None:
+    user, channel, dm = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+    root = "1700000002.000100"
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "first",
+                                  "ts": root})
+    wait_for(lambda: len(finished(fake_slack, channel)) >= 1)
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "second",
+                                  "ts": "1700000002.000200", "thread_ts": root})
+    for text in ("dm one", "dm two"):
+        post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": user, "channel": dm,
+                                      "text": text, "ts": f"{time.time():.6f}"})
+    post_event(stack, workspace, {"type": "message", "channel_type": "im", "bot_id": "B1", "user": "UBOT",
+                                  "channel": dm, "text": "a bot talking", "ts": "1.2"})
+    post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": "UBOT", "channel": dm,
+                                  "text": "myself", "ts": "1.3"})
+
+    def all_done() -> list[asyncpg.Record] | None:
+        found = reply_of(stack, workspace, user)
+        return found if len(found) == 4 and all(x["status"] == "completed" for x in found) else None
+
+    rows = wait_for(all_done, 60)
+    sessions = [r["session_id"] for r in rows]
+    assert sessions[0] == sessions[1] and sessions[2] == sessions[3] and sessions[0] != sessions[2]
+    assert all(p.args["thread_ts"] == root for p in fake_slack.of("chat.postMessage", channel))
+    assert all(p.args.get("thread_ts") is None for p in fake_slack.of("chat.postMessage", dm))
+    assert len(reply_of(stack, workspace, "UBOT")) == 0
+
+
+def test_slash_command(stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    body = urlencode({"command": "/ask", "text": "what is up", "team_id": workspace.team, "user_id": user,
+                      "channel_id": channel, "trigger_id": uuid.uuid4().hex}).encode()
+    r = httpx.post(f"{stack.base_url}/slack/commands", content=body,
+                   headers={**signed(workspace, body), "content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["response_type"] == "ephemeral", r.text
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert fake_slack.of("chat.postMessage", channel)[0].args.get("thread_ts") is None
+
+
+def test_cancel_button(stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "long one",
+                                  "ts": "1700000003.000100"})
+    (placeholder,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel))
+    button = placeholder.args["blocks"][1]["elements"][0]
+    assert button["action_id"] == "rg_cancel"
+    payload = {"type": "block_actions", "team": {"id": workspace.team}, "user": {"id": user},
+               "channel": {"id": channel}, "actions": [{"action_id": "rg_cancel", "value": button["value"]}]}
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    r = httpx.post(f"{stack.base_url}/slack/interactive", content=body, headers=signed(workspace, body))
+    assert r.status_code == 200, r.text
+    final = finished(fake_slack, channel)
+    assert "ancelled" in final[-1].args["text"]
+    (row,) = reply_of(stack, workspace, user)
+    assert row["status"] == "cancelled"
+
+
+def test_requests_slack_route(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                              slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"user_id": user, "content": "Hello", "channel_id": channel, "thread_id": "1700000004.1",
+                       "slack_user_id": user, "slack_team_id": workspace.team}).encode()
+    assert httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=body).status_code == 401
+    r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=body,
+                   headers={**signed(workspace, body), "content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    final = finished(fake_slack, channel)
+    assert fake_slack.of("chat.postMessage", channel)[0].args["thread_ts"] == "1700000004.1"
+    assert final[-1].args["text"] == reply_of(stack, workspace, user)[0]["response_content"]
+    bad = json.dumps({"content": "no channel", "slack_team_id": workspace.team}).encode()
+    r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=bad,
+                   headers={**signed(workspace, bad), "content-type": "application/json"})
+    assert r.status_code == 422 and "body.channel_id" in [f["field"] for f in r.json()["detail"]]
+
+
+def test_slack_is_on_by_default_where_installed(stack: Stack, workspace: Workspace) -> None:
+    with stack.client("U1", workspace.tenant) as c:
+        assert c.get("/api/v1/integration-defaults").json()["integration_defaults"]["SLACK"]["enabled"] is True
+        schema = c.get("/api/v1/openapi.json").json()
+    assert "/api/v1/requests/slack" in schema["paths"]
+    assert not any(p.startswith("/slack/") for p in schema["paths"])
+    assert workspace.secret not in json.dumps(schema)
+
+
+def test_rate_limits_short_waited_long_rescheduled(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    fake_slack.fail_next("chat.postMessage", 429, {"Retry-After": "0"})
+    fake_slack.fail_next("chat.update", 429, {"Retry-After": "6"})
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "busy slack",
+                                  "ts": "1700000005.000100"})
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1  # the re-scheduled job edited, never re-posted
+    assert "Slack delivery will be retried" in stack.logs()
+
+
+def test_dispatcher_killed_mid_reply_edits_the_same_message(stack: Stack, workspace: Workspace,
+                                                            fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "survive this",
+                                  "ts": "1700000006.000100"})
+    (placeholder,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel))
+    slack_stack.kill()
+    slack_stack.start()
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1
+    assert {u.args["ts"] for u in fake_slack.of("chat.update", channel)} == {placeholder.args.get("ts") or
+                                                                             final[-1].args["ts"]}
+    query = "SELECT status FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
+
+
+def streamed_text(calls: list[Call]) -> str:
+    text = ""
+    for call in calls:
+        text += call.args.get("markdown_text") or ""
+        chunks = call.args.get("chunks") or []
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        text += "".join(c.get("text", "") for c in chunks if c.get("type") == "markdown_text")
+    return text
+
+
+def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                           slack_stack: Dispatchers) -> None:
+    slack_stack.stop()
+    native = Dispatchers(stack, {**slack_stack.env, "SLACK_NATIVE_STREAMING": "true"})
+    native.start()
+    try:
+        user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+        root = "1700000007.000100"
+        post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "stream it",
+                                      "ts": root})
+        (stop,) = wait_for(lambda: fake_slack.of("chat.stopStream", channel), 60)
+        (start,) = fake_slack.of("chat.startStream", channel)
+        assert start.args["thread_ts"] == root and start.args["recipient_user_id"] == user
+        assert start.args["recipient_team_id"] == workspace.team
+        calls = [c for c in fake_slack.calls if c.method in ("chat.startStream", "chat.appendStream", "chat.stopStream")
+                 and c.args.get("channel") == channel]
+        (row,) = reply_of(stack, workspace, user)
+        assert streamed_text(calls) == row["response_content"]
+        assert fake_slack.of("chat.postMessage", channel) == [] and fake_slack.of("chat.update", channel) == []
+        assert "rg_new" in json.dumps(stop.args.get("blocks"))
+    finally:
+        native.stop()
+        slack_stack.start()
