@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test lint unit bench clean
+.PHONY: dev test lint unit bench clean compose-smoke
 
 PORT ?= 8000
 
@@ -24,6 +24,10 @@ unit: .venv/.synced
 
 bench: .venv/.synced
 	.venv/bin/python bench/run.py
+
+# Builds the images and runs docker-compose.yaml for real with podman (compose/smoke.sh); not part of `test`.
+compose-smoke: .venv/.synced
+	bash compose/smoke.sh
 
 .tools/bin/uv:
 	python3 -m venv .tools || { echo "python3 -m venv failed: install python3-venv (or put uv on PATH)"; exit 1; }
