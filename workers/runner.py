@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from common import lifecycle, queue
+from common import lifecycle, metrics, queue, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -203,8 +203,11 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
         messages += await _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns)
         messages.append({"role": "user", "content": row["request_content"]})
-        async for text in model.stream_reply(rt.settings, model_name, messages, dict(request.get("metadata") or {})):
-            await buffer.add(text)
+        with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
+            metadata = dict(request.get("metadata") or {})
+            async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+                metrics.TOKENS_GENERATED.labels(model_name).inc()
+                await buffer.add(text)
         await buffer.flush()
 
     work = asyncio.create_task(generate())

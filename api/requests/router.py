@@ -22,6 +22,7 @@ from api.requests.schemas import (
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import just_before, sse_response
+from common import logging as rg_logging
 from common.auth import Principal
 from common.keys import stream_key
 from common.logging import correlation_id
@@ -48,6 +49,7 @@ async def _intake(
 ) -> Response:
     accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
                                     correlation_id=correlation_id.get())
+    rg_logging.bind(request=accepted.request_id, session=accepted.session_id, tenant=who.tenant_id)
     key = stream_key(accepted.session_id, gw.settings.stream_buckets)
     headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
     after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
