@@ -22,6 +22,11 @@ QUEUE_DEPTH = Gauge("relaygate_queue_depth", "Jobs in a feature queue (waiting, 
 TOKENS_GENERATED = Counter("relaygate_tokens_generated_total", "Tokens (text chunks) the model produced",
                            ["model"])
 
+EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gateway sent to SSE clients")
+RELAY_LAG = Histogram("relaygate_relay_lag_seconds",
+                      "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
+                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
 _pools: dict[str, asyncpg.Pool] = {}
 
 
