@@ -32,6 +32,10 @@ async def connect(host: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
+def _without_replicas(obj: dict[str, Any]) -> dict[str, Any]:
+    return {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}
+
+
 class Kube:
     """The three kinds of object a feature owns, each with create/patch/delete/list."""
 
@@ -46,11 +50,14 @@ class Kube:
     async def apply(self, obj: dict[str, Any]) -> str:
         """Create `obj`, or merge-patch it when it exists: 'created' or 'updated'."""
         kind, name, ns = obj["kind"], obj["metadata"]["name"], self.namespace
+        # Replicas are set only on creation: afterwards they belong to the autoscaler.
+        patch_body = _without_replicas(obj) if kind == "Deployment" else obj
         create: Callable[[], Awaitable[Any]]
         patch: Callable[[], Awaitable[Any]]
         if kind == "Deployment":
             create = lambda: self.apps.create_namespaced_deployment(ns, obj)  # noqa: E731
-            patch = lambda: self.apps.patch_namespaced_deployment(name, ns, obj, _content_type=MERGE_PATCH)  # noqa: E731
+            patch = lambda: self.apps.patch_namespaced_deployment(  # noqa: E731
+                name, ns, patch_body, _content_type=MERGE_PATCH)
         elif kind == "Service":
             create = lambda: self.core.create_namespaced_service(ns, obj)  # noqa: E731
             patch = lambda: self.core.patch_namespaced_service(  # noqa: E731

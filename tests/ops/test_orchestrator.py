@@ -81,6 +81,14 @@ async def fetch(k8s: kmock.KubernetesEmulator, path: str) -> dict[str, Any] | No
         return body
 
 
+async def scale(k8s: kmock.KubernetesEmulator, feature: str, replicas: int) -> None:
+    """What KEDA's HPA does to a feature's Deployment."""
+    async with aiohttp.ClientSession() as session, session.patch(
+            f"{str(k8s.url).rstrip('/')}{paths(feature)['Deployment']}", json={"spec": {"replicas": replicas}},
+            headers={"Content-Type": "application/merge-patch+json"}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
 def paths(feature: str) -> dict[str, str]:
     name = objects.deployment_name(feature)
     return {
@@ -109,13 +117,15 @@ async def test_create_makes_the_three_objects_and_reruns_converge(k8s: Any, sett
     assert redis_trigger["metadata"]["listName"] == "rg:queue:billing"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 5)
 
+    await scale(k8s, "billing", 4)
     newer = OrchestratorSettings(**{**CFG.model_dump(), "worker_image": "registry.example.com/relaygate-worker:1.1"})
     again = await run(k8s, settings, newer, action="create", feature_id="billing")
     assert [o["result"] for o in again["objects"]] == ["updated", "updated", "updated"]
     deployment = await fetch(k8s, paths("billing")["Deployment"])
     assert deployment and deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.1")
+    assert deployment["spec"]["replicas"] == 4, "a re-run must not undo the autoscaler's replicas"
     posts, patches = list(k8s["post"]), list(k8s["patch"])
-    assert (len(posts), len(patches)) == (6, 3)
+    assert (len(posts), len(patches)) == (6, 4)
     assert all(r.headers["Content-Type"].startswith("application/merge-patch+json") for r in patches)
 
 
