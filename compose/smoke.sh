@@ -89,6 +89,10 @@ export API_PORT
 PC=("$COMPOSE" -p "$PROJECT" -f docker-compose.yaml -f compose/smoke.override.yaml)
 cleanup() {
   "${PC[@]}" down -v -t 10 >/dev/null 2>&1 || true
+  # podman-compose's `down` may miss scaled replicas that a restart policy brought back.
+  podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
+  podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
+  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
