@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test lint unit bench bench-alternatives clean
+.PHONY: dev test lint unit bench bench-alternatives clean compose-smoke
 
 PORT ?= 8000
 
@@ -29,6 +29,10 @@ bench: .venv/.synced
 bench-alternatives: .venv/.synced
 	$(UV) run --no-project --with-editable . --with sse-starlette==3.4.11 --with 'fakeredis[lua]==2.37.1' \
 		python bench/alternatives.py
+
+# Builds the images and runs docker-compose.yaml for real with podman (compose/smoke.sh); not part of `test`.
+compose-smoke: .venv/.synced
+	bash compose/smoke.sh
 
 .tools/bin/uv:
 	python3 -m venv .tools || { echo "python3 -m venv failed: install python3-venv (or put uv on PATH)"; exit 1; }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -10,10 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from redis.exceptions import RedisError
 
 from api.deps import Gateway, GatewayDep, require_scope
 from api.responses import JSONResponse
 from common.auth import SCOPE_METRICS, Principal
+from common.keys import queue_name
+from common.metrics import QUEUE_DEPTH
 
 router = APIRouter(tags=["health"])
 
@@ -62,8 +66,21 @@ async def health(request: Request, gw: GatewayDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
+async def _queue_depths(gw: Gateway) -> None:
+    """Each feature queue's ZCARD (waiting + deferred + running jobs), read at scrape time."""
+    queues = sorted({queue_name(agent.feature) for agent in gw.agents.agents})
+    with contextlib.suppress(RedisError, TimeoutError):
+        async with gw.queue.pipeline(transaction=False) as pipe:
+            for name in queues:
+                pipe.zcard(name)
+            depths = await asyncio.wait_for(pipe.execute(), timeout=2)
+        for name, depth in zip(queues, depths, strict=True):
+            QUEUE_DEPTH.labels(name).set(depth)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(gw: GatewayDep, _: Annotated[Principal, Depends(require_scope(SCOPE_METRICS))]) -> Response:
     """Prometheus text, for credentials holding the `metrics` scope (a scraper's API key)."""
     SSE_CLIENTS.set(gw.hub.subscriber_count)
+    await _queue_depths(gw)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

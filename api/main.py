@@ -27,7 +27,7 @@ from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
-from common import db, queue, runtime
+from common import db, queue, runtime, tracing
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
@@ -35,6 +35,7 @@ from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
+from common.tracing import TracingMiddleware
 
 STATIC = Path(__file__).parent / "static"
 
@@ -53,7 +54,7 @@ def _require(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size, name="gateway")
     cluster = settings.stream_redis_cluster
     streams = connect_streams(settings.stream_redis_url, cluster=cluster, max_connections=128,
                               health_check_interval=30)
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    tracing.configure("relaygate-api")
+    app.add_middleware(TracingMiddleware)
     return app
 
 

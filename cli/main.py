@@ -296,5 +296,23 @@ def dispatcher() -> None:
     run()
 
 
+@main.command()
+@click.argument("action", type=click.Choice(["create", "delete", "cleanup", "list"]))
+@click.argument("feature_id", required=False)
+@click.option("--idle-seconds", type=int, default=None, help="cleanup: idle time before removal "
+              "(default ORCHESTRATOR_IDLE_SECONDS)")
+def orchestrator(action: str, feature_id: str | None, idle_seconds: int | None) -> None:
+    """Manage per-feature workers on Kubernetes: create/delete FEATURE_ID, cleanup idle ones, list."""
+    from orchestrator.handler import handle
+
+    event: dict[str, Any] = {"action": action, "feature_id": feature_id}
+    if idle_seconds is not None:
+        event["idle_seconds"] = idle_seconds
+    result = asyncio.run(handle(event))
+    click.echo(json.dumps(result, indent=2))
+    if "error" in result:
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":
     main()

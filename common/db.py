@@ -8,6 +8,8 @@ from importlib import resources
 import asyncpg
 import orjson
 
+from common import metrics
+
 log = logging.getLogger(__name__)
 
 # Any fixed 64-bit number: all replicas that start together serialise on it.
@@ -21,11 +23,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "main") -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
     )
     assert pool is not None
+    metrics.track_pool(name, pool)
     return pool
 
 

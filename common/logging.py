@@ -9,8 +9,21 @@ import time
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+session_id: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="")
+tenant_id: contextvars.ContextVar[str] = contextvars.ContextVar("tenant_id", default="")
+_IDS = (("request_id", request_id), ("session_id", session_id), ("tenant_id", tenant_id))
+
+
+def bind(*, request: str = "", session: str = "", tenant: str = "", correlation: str = "") -> None:
+    """Put these ids on every later log line of the current task (the ones given non-empty)."""
+    for var, value in ((request_id, request), (session_id, session), (tenant_id, tenant),
+                       (correlation_id, correlation)):
+        if value:
+            var.set(value)
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -25,6 +38,12 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "correlation_id": correlation_id.get(),
         }
+        for key, var in _IDS:
+            if value := var.get():
+                entry[key] = value
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -49,6 +49,8 @@ class JobPayload(BaseModel):
     tenant_id: str
     attempt: int = 1
     correlation_id: str = ""
+    # W3C trace context of the span that enqueued the job (empty when tracing is off).
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 def model_options(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from opentelemetry.trace import SpanKind
 
+from common import metrics, tracing
 from common.keys import queue_name, queue_wake_key
 from common.models import JobPayload
 
@@ -38,11 +40,17 @@ async def connect(url: str) -> ArqRedis:
 
 async def enqueue(pool: ArqRedis, feature: str, payload: JobPayload) -> bool:
     """True when queued now; False when a job with this id already exists (already queued or done)."""
-    jid = job_id(payload.request_id, payload.attempt)
-    now = timestamp_ms()
-    job = serialize_job(PROCESS_REQUEST, (payload.model_dump(),), {}, None, now, serializer=pool.job_serializer)
-    script = pool.register_script(_ENQUEUE)
     queue = queue_name(feature)
-    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue)],
-                          args=[pool.expires_extra_ms, job, now, jid])
+    with tracing.span(f"enqueue {queue}", kind=SpanKind.PRODUCER,
+                      attributes={"messaging.destination.name": queue}):
+        if not payload.trace_context and (context := tracing.inject()):
+            payload = payload.model_copy(update={"trace_context": context})
+        jid = job_id(payload.request_id, payload.attempt)
+        now = timestamp_ms()
+        job = serialize_job(PROCESS_REQUEST, (payload.model_dump(),), {}, None, now, serializer=pool.job_serializer)
+        script = pool.register_script(_ENQUEUE)
+        queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue)],
+                              args=[pool.expires_extra_ms, job, now, jid])
+        if queued:
+            metrics.JOBS_ENQUEUED.labels(queue).inc()
     return bool(queued)

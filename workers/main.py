@@ -11,7 +11,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from prometheus_client import start_http_server
 
-from common import db, runtime
+from common import db, runtime, tracing
 from common import logging as rg_logging
 from common.agents import load_agents
 from common.flows.jobs import PROCESS_FLOW_RUN
@@ -19,6 +19,7 @@ from common.settings import Settings, get_settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
 from workers import flows, maintenance, model
+from workers.observe import observed
 from workers.queue_worker import RelayWorker
 from workers.runner import Runtime, process_request
 
@@ -34,7 +35,7 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
                                   max_connections=settings.worker_stream_connections, pool_timeout=None)
         rt = Runtime(
             settings=settings,
-            db=await db.create_pool(settings.database_url, min_size=2, max_size=20),
+            db=await db.create_pool(settings.database_url, min_size=2, max_size=20, name="worker"),
             streams=streams,
             queue=ctx["redis"],
             writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
@@ -66,7 +67,8 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
             await rt.db.close()
 
     return RelayWorker(
-        functions=[func(process_request, name="process_request", max_tries=10),  # type: ignore[arg-type]
+        functions=[func(observed(process_request, settings.feature_queue(feature)),  # type: ignore[arg-type]
+                        name="process_request", max_tries=10),
                    func(flows.process_flow_run, name=PROCESS_FLOW_RUN, max_tries=10,  # type: ignore[arg-type]
                         timeout=settings.flow_timeout_seconds)],
         queue_name=settings.feature_queue(feature),
@@ -91,6 +93,7 @@ def run(feature: str | None = None) -> None:
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate worker: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
     model.configure(settings)
+    tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     loop = asyncio.new_event_loop()

@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, lifecycle, queue, sink
+from common import delivery, lifecycle, metrics, queue, sink, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -148,8 +148,13 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
         messages += await persist(
             "history", lambda: _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns), run)
         messages.append({"role": "user", "content": row["request_content"]})
-        async for text in model.stream_reply(rt.settings, model_name, messages, dict(request.get("metadata") or {})):
-            rt.flusher.add(run, text)
+        with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
+            metadata = dict(request.get("metadata") or {})
+            tokens = 0
+            async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+                rt.flusher.add(run, text)
+                tokens += 1
+            metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
         await rt.flusher.drain(run)
 
     run.work = asyncio.create_task(generate())

@@ -22,6 +22,7 @@ from api.requests.schemas import (
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
+from common import logging as rg_logging
 from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import stream_key
 from common.logging import correlation_id
@@ -51,6 +52,7 @@ async def _intake(
     try:
         accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
                                         correlation_id=correlation_id.get())
+        rg_logging.bind(request=accepted.request_id, session=accepted.session_id, tenant=who.tenant_id)
     except BaseException:
         release_stream(gw, slot)
         raise

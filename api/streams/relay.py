@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from common.hub import HEARTBEAT, OVERFLOW, Entry, Hub, batches
+from common.metrics import EVENTS_RELAYED, RELAY_LAG
 from common.streams import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
@@ -17,6 +19,17 @@ Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
 KEEPALIVE = b": keepalive\n\n"
 DONE_COMPAT = b"data: [DONE]\n\n"
 _TERMINAL = (b"run.completed", b"run.failed", b"run.cancelled")
+
+
+def _observe(batch: list[Any]) -> None:
+    """Count a batch's events and sample its newest one's lag (one clock read per batch)."""
+    entries = [i for i in batch if isinstance(i, Entry)]
+    if not entries:
+        return
+    EVENTS_RELAYED.inc(len(entries))
+    lag = time.time() - int(entries[-1].raw_id.split(b"-", 1)[0]) / 1000
+    if 0 <= lag < 60:
+        RELAY_LAG.observe(lag)
 
 
 def sse_frame(entry: Entry) -> bytes:
@@ -77,6 +90,7 @@ async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: S
         frame, after = await reset_frame(reset, snapshot)
         yield frame
     async for batch in batches(hub, key, after):
+        _observe(batch)
         chunk = b"".join(sse_frame(i) if isinstance(i, Entry) else KEEPALIVE for i in batch if i is not OVERFLOW)
         if chunk:
             yield chunk
@@ -89,6 +103,7 @@ async def request_frames(
     wanted = request_id.encode()
     render = compat_frame if compat else sse_frame
     async for batch in batches(hub, key, after):
+        _observe(batch)
         frames: list[bytes] = []
         for item in batch:
             if item is HEARTBEAT:

@@ -1,0 +1,1 @@
+"""Per-feature worker orchestrator on Kubernetes: `relaygate orchestrator`."""
