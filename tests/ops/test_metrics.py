@@ -59,7 +59,7 @@ async def test_gateway_metrics_report_each_feature_queue_depth(infra: Infra, tmp
     agents.write_text(AGENTS)
     settings = settings_for(infra, agents_file=agents)
     app = create_app(settings)
-    token = mint_token(settings, user_id="ops", tenant_id="ops")
+    token = mint_token(settings, user_id="ops", tenant_id="ops", scopes=["metrics"])
     queue = queue_name("depth-probe")
     async with app.router.lifespan_context(app):
         redis = app.state.gateway.queue

@@ -3,6 +3,7 @@ with the context carried in the job payload (in-memory exporter; real Postgres a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,9 +101,11 @@ async def test_one_trace_spans_gateway_queue_worker_and_model(infra: Infra, tmp_
     handler.setFormatter(rg_logging.JsonFormatter())
     handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
     logging.getLogger("workers").addHandler(handler)
+    flusher = asyncio.create_task(rt.flusher.run())  # the worker's one token writer (workers.maintenance.start)
     try:
         status = await observed(process_request, QUEUE)({"rt": rt}, raw)
     finally:
+        flusher.cancel()
         await rt.streams.aclose()
         await rt.queue.aclose()
         await rt.db.close()
