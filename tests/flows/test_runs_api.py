@@ -89,6 +89,9 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
         assert (await c.post(f"/v1/runs/{run['run_id']}/cancel")).status_code == 409
         streamed = await c.get(f"/v1/runs/{run['run_id']}/stream")
         assert streamed.text.count("event: ") == 2 and "event: run.cancelled" in streamed.text
+        live_only = await c.get(f"/v1/runs/{run['run_id']}/stream", params={"from": "$"})
+        assert "event: stream.reset" in live_only.text and '"reason":"finished"' in live_only.text
+        assert (await c.get(f"/v1/runs/{run['run_id']}/stream", headers={"Last-Event-ID": "x"})).status_code == 400
         await gw.gateway.streams.delete(run_stream_key(run["run_id"], 256))
         expired = await c.get(f"/v1/runs/{run['run_id']}/stream")
         assert "event: stream.reset" in expired.text and '"status":"CANCELLED"' in expired.text
