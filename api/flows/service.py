@@ -48,11 +48,16 @@ async def _insert(conn: asyncpg.Connection, who: Principal, body: FlowBody, flow
 async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
     functions.load_modules(gw.settings.flow_function_modules)
     flow = check_definition(body.definition, who.tenant_id)
-    async with gw.db.acquire() as conn:
-        try:
-            return await _insert(conn, who, body, flow, 1)
-        except asyncpg.UniqueViolationError:
-            raise ApiError(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} adds a version") from None
+    async with gw.db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow.id)
+        live, latest = await conn.fetchrow(
+            "SELECT bool_or(deleted_at IS NULL), max(version) FROM flows WHERE tenant_id = $1 AND flow_id = $2",
+            who.tenant_id, flow.id,
+        )
+        if live:
+            raise ApiError(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} adds a version")
+        # A deleted flow's id can be registered again; its versions keep counting up.
+        return await _insert(conn, who, body, flow, (latest or 0) + 1)
 
 
 async def update(gw: Gateway, who: Principal, flow_id: str, body: FlowBody) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from starlette.responses import StreamingResponse
 
 from api.deps import GatewayDep, PrincipalDep
@@ -52,24 +52,28 @@ async def cancel_run(run_id: str, gw: GatewayDep, who: PrincipalDep) -> dict[str
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse)
 async def stream_run(
-    run_id: str, request: Request, gw: GatewayDep, who: PrincipalDep,
+    run_id: str, gw: GatewayDep, who: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
 ) -> StreamingResponse:
     """The run's events from the start (or after `Last-Event-ID`), ending after its `done`."""
     doc = await service.get(gw, who, run_id)
-    after = resume_point(last_event_id if last_event_id is not None else from_)
+    try:
+        resume = resume_point(last_event_id if last_event_id is not None else from_)
+    except ApiError as exc:
+        raise ApiError(400, exc.detail) from None
     key = service.store(gw).stream_key(run_id)
-    if after is None:
-        after = parse_id(await gw.hub.last_id(key))
+    finished = doc["status"] not in ACTIVE
+    after = resume if resume is not None else parse_id(await gw.hub.last_id(key))
 
     async def snapshot() -> tuple[list[dict[str, Any]], str | None]:
         return [await service.get(gw, who, run_id)], None
 
     async def frames(start: tuple[int, int]) -> AsyncIterator[bytes]:
-        if doc["status"] not in ACTIVE and not await gw.streams.exists(key):
-            # A finished run whose stream expired: its state from Postgres, and the stream ends.
-            frame, _ = await reset_frame(Reset("expired", (0, 0)), snapshot)
+        if finished and (resume is None or not await gw.streams.exists(key)):
+            # Nothing more will come (live-only on a finished run, or its stream expired):
+            # the run's state from Postgres, and the stream ends.
+            frame, _ = await reset_frame(Reset("finished" if resume is None else "expired", (0, 0)), snapshot)
             yield frame
             return
         reset = await check_resume(gw.streams, key, start)

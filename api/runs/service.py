@@ -94,7 +94,10 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
         replay = await _replay(gw, who.tenant_id, body.request_id or "")
         assert replay is not None
         return replay
-    await runs.cache_put(row)
+    try:
+        await runs.cache_put(row)
+    except Exception as exc:  # Postgres holds the run; a cache miss reads it from there
+        log.warning("run status not cached", extra={"run_id": run_id, "error": repr(exc)})
     sink.emit("run.created", run_id, {"flow_id": body.flow_id, "status": PENDING}, tenant_id=who.tenant_id,
               correlation_id=correlation_id)
     try:

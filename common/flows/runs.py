@@ -9,15 +9,21 @@ changes nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from common.keys import run_cache_key, run_stream_key
 from common.streams import Event, StreamsRedis, StreamWriter
 
+log = logging.getLogger(__name__)
+
+CACHE_RETRY_SECONDS = 5.0
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
 ACTIVE = (PENDING, RUNNING)
@@ -95,8 +101,19 @@ class RunStore:
                 return None
             await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
                                " VALUES ($1, $2, $3, $4)", run_id, tenant_id, to, detail)
-        await self.cache_put(row)
+        await self.cache_after_change(row)
         return row
+
+    async def cache_after_change(self, row: asyncpg.Record) -> None:
+        """The change is committed: the cache must follow, so a Redis blip is retried for a while."""
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_delay(CACHE_RETRY_SECONDS), wait=wait_fixed(0.2),
+                                               retry=retry_if_exception_type(RedisError), reraise=True):
+                with attempt:
+                    await self.cache_put(row)
+        except RedisError as exc:
+            log.error("run status cache not updated; it may lag until it expires",
+                      extra={"run_id": row["run_id"], "error": repr(exc)})
 
     async def claim(self, run_id: str, tenant_id: str, attempt: int, lease_seconds: float) -> asyncpg.Record | None:
         return await self.transition(
@@ -188,7 +205,7 @@ class RunStore:
                 await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
                                    " VALUES ($1, $2, $3, $4)", row["run_id"], row["tenant_id"], row["status"], detail)
         for row in [*requeued, *failed]:
-            await self.cache_put(row)
+            await self.cache_after_change(row)
         return list(requeued), list(failed)
 
     async def stalled(self, older_than_seconds: float) -> list[asyncpg.Record]:

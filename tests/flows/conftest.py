@@ -11,6 +11,7 @@ import pytest
 from api.deps import Gateway
 from api.main import create_app
 from common.auth import mint_token
+from common.settings import Settings
 from tests.conftest import ROOT, Infra, settings_for
 
 ClientFor = Callable[..., httpx.AsyncClient]
@@ -33,7 +34,8 @@ async def gateway_app(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
     contexts: list[Any] = []
 
     async def start(**overrides: Any) -> InProcess:
-        app = create_app(settings_for(infra, **{"agents_file": ROOT / "tests" / "agents.yaml", **overrides}))
+        base = settings_for(infra).model_dump()
+        app = create_app(Settings(**{**base, "agents_file": ROOT / "tests" / "agents.yaml", **overrides}))
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         contexts.append(ctx)

@@ -89,6 +89,9 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
         assert (await c.post(f"/v1/runs/{run['run_id']}/cancel")).status_code == 409
         streamed = await c.get(f"/v1/runs/{run['run_id']}/stream")
         assert streamed.text.count("event: ") == 2 and "event: run.cancelled" in streamed.text
+        live_only = await c.get(f"/v1/runs/{run['run_id']}/stream", params={"from": "$"})
+        assert "event: stream.reset" in live_only.text and '"reason":"finished"' in live_only.text
+        assert (await c.get(f"/v1/runs/{run['run_id']}/stream", headers={"Last-Event-ID": "x"})).status_code == 400
         await gw.gateway.streams.delete(run_stream_key(run["run_id"], 256))
         expired = await c.get(f"/v1/runs/{run['run_id']}/stream")
         assert "event: stream.reset" in expired.text and '"status":"CANCELLED"' in expired.text
@@ -134,6 +137,8 @@ async def test_registry_versions_search_and_runs_from_the_registry(gateway_app: 
         assert (await c.get("/v1/runs", params={"status": "bogus"})).status_code == 400
         assert (await c.delete("/v1/flows/greet")).status_code == 204
         assert (await c.get("/v1/flows/greet")).status_code == 404
+        again = await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="greet")})
+        assert again.status_code == 201 and again.json()["version"] == 3
     versions = {r["run_id"]: r["flow_version"] for r in await gw.gateway.db.fetch(
         "SELECT run_id, flow_version FROM flow_runs_audit WHERE tenant_id = $1", tenant)}
     assert versions == {latest["run_id"]: "2", pinned["run_id"]: "1"}
