@@ -21,7 +21,7 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str, error: str | None = None,
+    def __init__(self, status: int, detail: str | list[str] | list[dict[str, str]], error: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.detail = detail

@@ -20,7 +20,7 @@ from api.responses import JSONResponse
 from api.runs import service as runs
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunBody
-from common.auth import Principal
+from common.auth import SCOPE_REQUESTS, SCOPE_RUNS, Principal
 from common.logging import correlation_id
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute)
@@ -69,7 +69,7 @@ async def _request(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRe
     try:
         body = GenericRequest.model_validate({"integration_type": "generic", **_data(event)})
     except ValidationError as exc:
-        raise ApiError(400, _problems(exc)) from None  # type: ignore[arg-type]
+        raise ApiError(400, _problems(exc)) from None
     # The event's (source, id) is its identity: a redelivered event replays the same request.
     key = "ce:" + hashlib.sha256(f"{event.get_source()}\n{event.get_id()}".encode()).hexdigest()
     accepted = await requests.accept(gw, who, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -87,7 +87,7 @@ async def _run(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRespon
     try:
         body = RunBody.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, _problems(exc)) from None  # type: ignore[arg-type]
+        raise ApiError(400, _problems(exc)) from None
     started = await runs.start(gw, who, body, correlation_id=correlation_id.get(),
                                trigger={"via": "cloudevents", "id": event.get_id(), "source": event.get_source()})
     return JSONResponse({"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202)
@@ -98,6 +98,9 @@ async def receive(request: Request, gw: GatewayDep, who: PrincipalDep) -> JSONRe
     """`com.relaygate.request.created` starts a request; `com.relaygate.run.requested` a flow run."""
     event = parse(dict(request.headers), await request.body())
     kind = event.get_type()
+    scope = {REQUEST_CREATED: SCOPE_REQUESTS, RUN_REQUESTED: SCOPE_RUNS}.get(kind)
+    if scope is not None and not who.allows(scope):
+        raise ApiError(403, f"this credential lacks the {scope!r} scope")
     if kind == REQUEST_CREATED:
         return await _request(gw, who, event)
     if kind == RUN_REQUESTED:

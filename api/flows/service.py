@@ -27,7 +27,7 @@ def check_definition(raw: dict[str, Any], tenant_id: str | None, flow_id: str | 
     if flow_id is not None and raw.get("id") not in (None, flow_id):
         problems.append(f"definition id {raw.get('id')!r} does not match flow_id {flow_id!r}")
     if problems or flow is None:
-        raise ApiError(400, problems)  # type: ignore[arg-type]
+        raise ApiError(400, problems)
     if tenant_id is not None and flow.tenant_id != tenant_id:
         raise ApiError(403, f"TenantIsolationPolicy: flow belongs to tenant {flow.tenant_id!r}, not {tenant_id!r}",
                        error="policy_violation")

@@ -5,21 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from starlette.responses import StreamingResponse
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.errors import ApiError
 from api.runs import service
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunAccepted, RunBody, RunPage, RunStatus
 from api.streams.relay import Reset, check_resume, request_frames, reset_frame
-from api.streams.sse import resume_point, sse_response
+from api.streams.sse import open_stream, resume_point
+from common.auth import SCOPE_RUNS
 from common.flows.runs import ACTIVE, STATUSES
 from common.logging import correlation_id
 from common.streams import parse_id
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=ContractRoute)
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=ContractRoute,
+                   dependencies=[Depends(require_scope(SCOPE_RUNS))])
 
 
 @router.post("", status_code=202, response_model=RunAccepted)
@@ -35,7 +37,7 @@ async def list_runs(
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> RunPage:
     if status is not None and status.upper() not in STATUSES:
-        raise ApiError(400, [{"field": "query.status", "message": f"one of {', '.join(STATUSES)}"}])  # type: ignore[arg-type]
+        raise ApiError(400, [{"field": "query.status", "message": f"one of {', '.join(STATUSES)}"}])
     items, next_cursor = await service.search(gw, who, flow_id=flow_id, status=status, limit=limit, cursor=cursor)
     return RunPage(items=[RunStatus(**i) for i in items], next_cursor=next_cursor)
 
@@ -83,4 +85,4 @@ async def stream_run(
         async for chunk in request_frames(gw.hub, key, start, doc["run_id"]):
             yield chunk
 
-    return sse_response(frames(after))
+    return await open_stream(gw, who, frames(after))

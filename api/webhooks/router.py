@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.responses import JSONResponse
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunAccepted
 from api.webhooks import service
 from api.webhooks.schemas import WebhookConfigBody, WebhookConfigOut, WebhookConfigPage, WebhookConfigUpdate
+from common.auth import SCOPE_RUNS
 from common.logging import correlation_id
 
-configs = APIRouter(prefix="/v1/webhook-configs", tags=["webhooks"], route_class=ContractRoute)
+configs = APIRouter(prefix="/v1/webhook-configs", tags=["webhooks"], route_class=ContractRoute,
+                    dependencies=[Depends(require_scope(SCOPE_RUNS))])
 intake = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=ContractRoute)
 
 

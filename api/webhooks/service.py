@@ -34,7 +34,7 @@ def _check_secret(secret: str) -> None:
     except ValueError:
         key = b""
     if not secret.startswith("whsec_") or len(key) < 16:
-        raise ApiError(400, [{"field": "body.secret", "message": "not a Standard Webhooks secret"}]) from None  # type: ignore[arg-type]
+        raise ApiError(400, [{"field": "body.secret", "message": "not a Standard Webhooks secret"}]) from None
 
 
 def public(row: Any, secret: str | None = None) -> dict[str, Any]:

@@ -56,6 +56,22 @@ async def test_route_scopes_limit_a_credential_to_the_routes_they_name(app: App)
         assert (await reader.post("/stream?feature_id=default&chat_id=x", json={})).status_code == 403
 
 
+async def test_flow_routes_need_the_runs_scope(app: App) -> None:
+    ce_headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test", "content-type": "application/json"}
+    async with app.client(scopes=["requests"]) as intake_only, app.client(scopes=["runs"]) as flows:
+        for path in ("/v1/runs", "/v1/flows", "/v1/webhook-configs", f"/v1/runs/{uuid.uuid4()}/stream"):
+            refused = await intake_only.get(path)
+            assert refused.status_code == 403, path
+            assert refused.json()["detail"] == "this credential lacks the 'runs' scope"
+            assert (await flows.get(path)).status_code != 403, path
+        run = await intake_only.post("/api/v1/events/cloudevents", content=b"{}",
+                                     headers={**ce_headers, "ce-type": "com.relaygate.run.requested"})
+        assert run.status_code == 403 and "'runs' scope" in run.json()["detail"]
+        request = await flows.post("/api/v1/events/cloudevents", content=b'{"content": "hi"}',
+                                   headers={**ce_headers, "ce-type": "com.relaygate.request.created"})
+        assert request.status_code == 403 and "'requests' scope" in request.json()["detail"]
+
+
 async def test_api_key_scopes_are_enforced(app: App) -> None:
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     _, key = await create_api_key(app.gateway.db, tenant_id=tenant, user_id="bob", scopes=["sessions"])
