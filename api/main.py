@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -42,6 +45,34 @@ def _require(settings: Settings) -> None:
         raise SystemExit(f"relaygate gateway: {problem}")
 
 
+def _drain_on_signal(hub: Hub) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, end every SSE stream with a reconnect frame, then let uvicorn shut down.
+
+    uvicorn waits for open responses until its graceful timeout: ending the streams at once
+    lets it exit within that grace, and clients resume on another replica with Last-Event-ID.
+    Returns what puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.drain)
+        chained = previous.get(signal.Signals(signum))
+        if callable(chained):
+            chained(signum, frame)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -69,9 +100,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                             ttl_seconds=settings.stream_ttl_seconds),
         agents=load_agents(settings.agents_file), limits=limits, slots=slots,
     )
+    restore_signals = _drain_on_signal(hub)
     try:
         yield
     finally:
+        restore_signals()
+        hub.drain()
         renewing.cancel()
         await hub.stop()
         for client in (streams, arq):
