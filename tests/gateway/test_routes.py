@@ -77,6 +77,11 @@ async def test_another_users_session_and_request_are_404(app: App) -> None:
     ("/api/v1/requests/web", {"content": "x", "agent_id": "nobody"}),
     ("/api/v1/sessions", {"integration_type": "nope"}),
     ("/stream?feature_id=a/b&chat_id=c", {}),
+    # What Postgres or the JSON encoder cannot store is refused up front, not a 500 (found by tests/schema).
+    ("/api/v1/requests/web", {"content": "a\u0000b"}),
+    ("/api/v1/requests/cli", {"content": "x", "metadata": {"n": 2**70}}),
+    ("/api/v1/sessions", {"user_context": {"k\u0000": 1}}),
+    ("/stream?feature_id=default&chat_id=c", {"content": "a\u0000"}),
 ])
 async def test_invalid_bodies_are_422(app: App, path: str, body: object) -> None:
     async with app.client() as client:
