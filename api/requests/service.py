@@ -85,7 +85,7 @@ async def accept(
     intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id)
     await _admit(gw, intake)
     try:
-        return await _accept_new(gw, intake)
+        accepted = await _accept_new(gw, intake)
     except asyncpg.UniqueViolationError:
         await _release(gw, intake)
         # A concurrent request with the same Idempotency-Key won the race.
@@ -96,6 +96,9 @@ async def accept(
     except BaseException:
         await _release(gw, intake)
         raise
+    if accepted.replayed:
+        await _release(gw, intake)
+    return accepted
 
 
 async def _admit(gw: Gateway, intake: _Intake) -> None:
@@ -136,13 +139,16 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
     try:
         async with gw.db.acquire() as conn:
-            if _starts_session(intake):
+            if _starts_session(intake) and not intake.idempotency_key:
                 # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
                 await _record(gw, conn, intake, existing=None)
                 upcoming: tuple[str, JobPayload] | None = intake.job()
                 interrupted: list[str] = []
             else:
                 async with conn.transaction():
+                    replay = await _hold_idempotency_key(conn, intake)
+                    if replay is not None:
+                        return replay
                     upcoming, interrupted = await _join_session(gw, conn, intake)
     except BaseException:
         await _end_unstored(gw, intake)
@@ -152,12 +158,28 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
 
 
+async def _hold_idempotency_key(conn: asyncpg.Connection, intake: _Intake) -> Accepted | None:
+    """Serialise requests that share an Idempotency-Key (for the rest of the transaction).
+
+    The loser of a race finds the winner's row here, before it announces anything on the
+    stream: no "not stored" turn ever appears in the session.
+    """
+    if not intake.idempotency_key:
+        return None
+    who = intake.who
+    await request_repo.lock_idempotency_key(conn, who.tenant_id, intake.user_id, intake.idempotency_key)
+    return await _replay(conn, who, intake.user_id, intake.idempotency_key, intake.digest)
+
+
+def _acting_without_join(intake: _Intake) -> bool:
+    return intake.user_id != intake.who.user_id and not intake.who.may_join_sessions_of_others()
+
+
 def _starts_session(intake: _Intake) -> bool:
     """True when the request opens a new session: asked for, or a tool acting for a user it may not join."""
-    body, who = intake.body, intake.who
-    if body.session_id:
+    if intake.body.session_id:
         return False
-    return body.new_session or (intake.user_id != who.user_id and not who.may_join_sessions_of_others())
+    return intake.body.new_session or _acting_without_join(intake)
 
 
 async def _join_session(
@@ -189,7 +211,7 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
     """
     who, body = intake.who, intake.body
     if body.session_id:
-        if intake.user_id != who.user_id and not who.may_join_sessions_of_others():
+        if _acting_without_join(intake):
             raise ApiError(403, f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
         row = await session_repo.lock_owned(conn, who.tenant_id, intake.user_id, body.session_id)
         if not row:
@@ -197,7 +219,7 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
         if row["status"] != "active":
             raise ApiError(409, f"session is {row['status']}; start a new one")
         return str(row["session_id"])
-    if body.new_session:
+    if body.new_session or _acting_without_join(intake):
         return None
     return await session_repo.lock_latest_active(conn, who.tenant_id, intake.user_id, body.integration())
 

@@ -54,3 +54,19 @@ async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None
             assert await _types(app, row["session_id"], row["request_id"]) == ["run.failed", "done"]
     finally:
         await arq.aclose()
+
+
+async def test_an_idempotency_race_leaves_no_phantom_turn(app: App) -> None:
+    import asyncio
+
+    async with app.client() as client:
+        first = (await client.post("/api/v1/requests/web", json={"content": "first"})).json()
+        body = {"content": "only once", "session_id": first["session_id"]}
+        answers = await asyncio.gather(*(client.post("/api/v1/requests/web", json=body,
+                                                     headers={"Idempotency-Key": "race-1"}) for _ in range(6)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["request_id"] for a in answers}) == 1
+    entries = await app.gateway.streams.xrange(app.gateway.writer.key(first["session_id"]))
+    events = [Event.from_fields(f) for _, f in entries]
+    assert [e.type for e in events] == ["request.accepted", "request.accepted"]
+    assert not any(e.data.get("error") == "the request was not stored" for e in events)
