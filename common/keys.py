@@ -68,3 +68,17 @@ def running_key(tenant_id: str, user_id: str) -> str:
 def open_streams_key(tenant_id: str, user_id: str) -> str:
     """The user's open SSE streams (a sorted set of stream ids scored by lease expiry, ms)."""
     return f"{_tenant_tagged(tenant_id)}sse:{user_id}"
+
+
+def intake_key(session_id: str, buckets: int) -> str:
+    """Requests announced on a stream of this bucket whose row may not be stored yet (a sorted set by time, ms).
+
+    A gateway that dies between the announcement and the insert leaves its entry here; a
+    worker's sweep ends such a request's stream. It shares the session's slot on a cluster.
+    """
+    return f"{_tagged(session_id, buckets)}intake"
+
+
+def intake_keys(buckets: int) -> list[str]:
+    """Every bucket's intake set."""
+    return [f"{PREFIX}{{b{n}}}:intake" for n in range(buckets)]

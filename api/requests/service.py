@@ -18,9 +18,10 @@ from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
+from common.keys import intake_key
 from common.limits import REFUSALS, max_reply_tokens_refusal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
-from common.streams import Event, ended
+from common.streams import Event, ended, intake_member
 
 
 @dataclass
@@ -238,7 +239,7 @@ async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, exi
               "integration_type": normalized.integration_type, "agent_id": normalized.agent_id,
               "correlation_id": intake.correlation_id},
     )
-    (intake.entry_id,) = await gw.writer.append(intake.session_id, [accepted_event])
+    (intake.entry_id,) = await gw.writer.announce(intake.session_id, intake.request_id, [accepted_event])
     await request_repo.insert(conn, new_session=existing is None, values=(
         intake.request_id, intake.session_id, intake.who.tenant_id, intake.user_id, normalized.request_type,
         intake.body.content, normalized.model_dump(), normalized.agent_id, intake.feature, intake.idempotency_key,
@@ -254,6 +255,8 @@ async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
     with contextlib.suppress(Exception):
         await gw.writer.append(intake.session_id, ended(intake.request_id, 1, "failed",
                                                         {"error": "the request was not stored"}))
+        await gw.streams.zrem(intake_key(intake.session_id, gw.settings.stream_buckets),
+                              intake_member(intake.session_id, intake.request_id))
 
 
 async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
