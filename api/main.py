@@ -23,14 +23,13 @@ from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.sessions.router import router as sessions_router
 from api.streams.router import router as stream_router
-from common import db, queue, runtime
 from common import logging as rg_logging
-from common.agents import load_agents
+from common import queue, runtime
+from common.context import open_stores
 from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
+from common.streams import StreamsRedis
 
 STATIC = Path(__file__).parent / "static"
 
@@ -73,32 +72,34 @@ def _drain_on_signal(hub: Hub) -> Callable[[], None]:
     return restore
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    _require(settings)
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size)
-    cluster = settings.stream_redis_cluster
-    streams = connect_streams(settings.stream_redis_url, cluster=cluster, max_connections=128,
-                              health_check_interval=30)
+def _hub(settings: Settings, streams: StreamsRedis) -> Hub:
+    """The process's stream hub: fixed readers on one server, one per bucket on a cluster."""
     readers: ReaderConnections
     if isinstance(streams, RedisCluster):
         readers = ClusterConnections(streams, client_name=HUB_READER_NAME)
     else:
         readers = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url, client_name=HUB_READER_NAME))
+    return Hub(streams, readers, readers=None if settings.stream_redis_cluster else settings.hub_readers,
+               block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
+               heartbeat_seconds=settings.sse_heartbeat_seconds)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _require(settings)
+    stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
+                               health_check_interval=30)
     arq = await queue.connect(settings.queue_redis_url)
-    hub = Hub(streams, readers, readers=None if cluster else settings.hub_readers, block_ms=settings.hub_block_ms,
-              queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
+    hub = _hub(settings, stores.streams)
     hub.start()
     runtime.tune_gc()
-    limits = Limits(streams, settings)
+    limits = Limits(stores.streams, settings)
     slots = StreamSlots(limits)
     renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
-        settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
-        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                            ttl_seconds=settings.stream_ttl_seconds),
-        agents=load_agents(settings.agents_file), limits=limits, slots=slots,
+        settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
+        agents=stores.agents, limits=limits, slots=slots,
     )
     restore_signals = _drain_on_signal(hub)
     try:
@@ -108,9 +109,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.drain()
         renewing.cancel()
         await hub.stop()
-        for client in (streams, arq):
-            await client.aclose()
-        await pool.close()
+        await arq.aclose()
+        await stores.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

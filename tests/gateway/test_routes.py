@@ -130,3 +130,15 @@ def test_compat_chat_names_never_collide() -> None:
 
     assert session_name("a:b", "c") != session_name("a", "b:c")
     assert session_name("a", "b") == session_name("a", "b")
+
+
+SCOPED = [(m, p, b) for m, p, b in ROUTES if p not in ("/metrics", "/api/v1/openapi.json", "/api/v1/me")]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SCOPED, ids=[f"{m} {p}" for m, p, _ in SCOPED])
+async def test_every_route_refuses_a_credential_scoped_elsewhere(app: App, method: str, path: str,
+                                                                  body: object) -> None:
+    async with app.client(scopes=["metrics"]) as scraper:
+        response = await scraper.request(method, path.format(session=MISSING, request=MISSING), json=body)
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "forbidden"
