@@ -27,7 +27,7 @@ ROUTES = [
     ("POST", "/api/v1/requests/generic", {"content": "hi", "integration_type": "web"}),
     ("GET", "/api/v1/requests/{request}", None),
     ("POST", "/api/v1/requests/{request}/cancel", None),
-    ("POST", "/stream?feature_id=default&chat_id=c1", {"content": "hi"}),
+    ("POST", "/stream?feature_id=gateway-tests&chat_id=c1", {"content": "hi"}),
 ]
 
 
@@ -81,7 +81,7 @@ async def test_another_users_session_and_request_are_404(app: App) -> None:
     ("/api/v1/requests/web", {"content": "a\u0000b"}),
     ("/api/v1/requests/cli", {"content": "x", "metadata": {"n": 2**70}}),
     ("/api/v1/sessions", {"user_context": {"k\u0000": 1}}),
-    ("/stream?feature_id=default&chat_id=c", {"content": "a\u0000"}),
+    ("/stream?feature_id=gateway-tests&chat_id=c", {"content": "a\u0000"}),
 ])
 async def test_invalid_bodies_are_422(app: App, path: str, body: object) -> None:
     async with app.client() as client:
