@@ -55,6 +55,11 @@ def install(app: FastAPI) -> None:
         ]
         return error_response(422, "validation_error", fields)
 
+    @app.exception_handler(asyncpg.DataError)
+    async def _bad_data(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("input the database refused", extra={"error": type(exc).__name__})
+        return error_response(422, "validation_error", "the request holds a value the database cannot store")
+
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.CannotConnectNowError)
     @app.exception_handler(asyncpg.InterfaceError)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -27,14 +30,13 @@ from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
-from common import db, queue, runtime, tracing
 from common import logging as rg_logging
-from common.agents import load_agents
+from common import queue, runtime, tracing
+from common.context import open_stores
 from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
+from common.streams import StreamsRedis
 from common.tracing import TracingMiddleware
 
 STATIC = Path(__file__).parent / "static"
@@ -50,41 +52,73 @@ def _require(settings: Settings) -> None:
         raise SystemExit(f"relaygate gateway: {problem}")
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    _require(settings)
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=settings.db_pool_size, name="gateway")
-    cluster = settings.stream_redis_cluster
-    streams = connect_streams(settings.stream_redis_url, cluster=cluster, max_connections=128,
-                              health_check_interval=30)
+def _drain_on_signal(hub: Hub) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, end every SSE stream with a reconnect frame, then let uvicorn shut down.
+
+    uvicorn waits for open responses until its graceful timeout: ending the streams at once
+    lets it exit within that grace, and clients resume on another replica with Last-Event-ID.
+    Returns what puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.drain)
+        chained = previous.get(signal.Signals(signum))
+        if callable(chained):
+            chained(signum, frame)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _hub(settings: Settings, streams: StreamsRedis) -> Hub:
+    """The process's stream hub: fixed readers on one server, one per bucket on a cluster."""
     readers: ReaderConnections
     if isinstance(streams, RedisCluster):
         readers = ClusterConnections(streams, client_name=HUB_READER_NAME)
     else:
         readers = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url, client_name=HUB_READER_NAME))
+    return Hub(streams, readers, readers=None if settings.stream_redis_cluster else settings.hub_readers,
+               block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
+               heartbeat_seconds=settings.sse_heartbeat_seconds)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _require(settings)
+    stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
+                               pool_name="gateway", health_check_interval=30)
     arq = await queue.connect(settings.queue_redis_url)
-    hub = Hub(streams, readers, readers=None if cluster else settings.hub_readers, block_ms=settings.hub_block_ms,
-              queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
+    hub = _hub(settings, stores.streams)
     hub.start()
     runtime.tune_gc()
-    limits = Limits(streams, settings)
+    limits = Limits(stores.streams, settings)
     slots = StreamSlots(limits)
     renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
-        settings=settings, db=pool, streams=streams, queue=arq, hub=hub,
-        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                            ttl_seconds=settings.stream_ttl_seconds),
-        agents=load_agents(settings.agents_file), limits=limits, slots=slots,
+        settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
+        agents=stores.agents, limits=limits, slots=slots,
     )
+    restore_signals = _drain_on_signal(hub)
     try:
         yield
     finally:
+        restore_signals()
+        hub.drain()
         renewing.cancel()
         await hub.stop()
-        for client in (streams, arq):
-            await client.aclose()
-        await pool.close()
+        await arq.aclose()
+        await stores.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

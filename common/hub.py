@@ -48,6 +48,7 @@ class Entry:
 
 HEARTBEAT = object()
 OVERFLOW = object()
+DRAIN = object()  # the process is shutting down: the client should reconnect (to another replica)
 QueueItem = Entry | object
 
 
@@ -70,6 +71,16 @@ class Subscription:
             self.items = [OVERFLOW]
         else:
             self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def finish(self, item: QueueItem) -> None:
+        """Deliver `item` after what is already queued, and nothing after it."""
+        if self.closed:
+            return
+        self.items.append(item)
+        self.closed = True
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -290,6 +301,7 @@ class Hub:
         self._by_bucket: dict[bytes, _Reader] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self.draining = False
 
     def _new_reader(self, wake_key: bytes) -> _Reader:
         return _Reader(self.connections, wake_key, self.block_ms)
@@ -329,6 +341,14 @@ class Hub:
     def readers_down(self) -> int:
         """Readers that cannot read right now (reported by /health)."""
         return sum(not r.up for r in self.readers)
+
+    def drain(self) -> None:
+        """End every subscription with DRAIN (and any later one at once): clients resume elsewhere."""
+        self.draining = True
+        for reader in self.readers:
+            for subs in reader.subs.values():
+                for sub in subs:
+                    sub.finish(DRAIN)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -379,6 +399,8 @@ class Hub:
                     self.unsubscribe(sub)
                     raise
         sub.catchup_until = parse_id(reader.cursors[bkey])
+        if self.draining:
+            sub.finish(DRAIN)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -409,7 +431,7 @@ Batch = list[Entry | object]
 async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[Batch]:
     """Every entry after `after`, in order, then live ones, in batches of what is ready.
 
-    HEARTBEAT and OVERFLOW markers pass through; OVERFLOW ends the iteration. Batching lets
+    HEARTBEAT, OVERFLOW and DRAIN markers pass through; OVERFLOW and DRAIN end the iteration. Batching lets
     a busy stream go out in one write instead of one per entry.
     """
     sub = await hub.subscribe(key)
@@ -434,7 +456,7 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
                 batch.append(item)
             if batch:
                 yield batch
-                if batch[-1] is OVERFLOW:
+                if batch[-1] is OVERFLOW or batch[-1] is DRAIN:
                     return
     finally:
         hub.unsubscribe(sub)

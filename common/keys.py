@@ -113,3 +113,17 @@ def slack_dm_session_key(team_id: str, user_id: str) -> str:
 def slack_thread_session_key(team_id: str, channel_id: str, thread_ts: str, user_id: str) -> str:
     """The session of one Slack user's conversation in a thread (or a channel's top level, thread '')."""
     return f"{PREFIX}slack:thread:{team_id}:{channel_id}:{thread_ts}:{user_id}"
+
+
+def intake_key(session_id: str, buckets: int) -> str:
+    """Requests announced on a stream of this bucket whose row may not be stored yet (a sorted set by time, ms).
+
+    A gateway that dies between the announcement and the insert leaves its entry here; a
+    worker's sweep ends such a request's stream. It shares the session's slot on a cluster.
+    """
+    return f"{_tagged(session_id, buckets)}intake"
+
+
+def intake_keys(buckets: int) -> list[str]:
+    """Every bucket's intake set."""
+    return [f"{PREFIX}{{b{n}}}:intake" for n in range(buckets)]

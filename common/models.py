@@ -69,3 +69,25 @@ def model_options(metadata: dict[str, Any]) -> dict[str, Any]:
         if tuned:
             options["offline"] = tuned
     return options
+
+
+def reject_unstorable(value: Any) -> Any:
+    """Refuse what Postgres and the JSON encoder cannot store: NUL characters (keys too), integers past 64 bits."""
+
+    def walk(item: Any) -> None:
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("text may not contain NUL (\\u0000) characters")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -(2**63) <= item < 2**64:
+                raise ValueError("integers must fit in 64 bits")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                walk(key)
+                walk(inner)
+        elif isinstance(item, list):
+            for inner in item:
+                walk(inner)
+
+    walk(value)
+    return value

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, Field
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-from common.keys import bucket, stream_key
+from common.keys import bucket, intake_key, stream_key
 
 EventType = Literal[
     "request.accepted",
@@ -193,6 +193,26 @@ return {last, values}
 """
 
 
+# As _APPEND, and note the announced request in its bucket's intake set (KEYS[2]; ARGV[3] the
+# member), in the same step: a request is never on a stream without a way to find it again.
+_ANNOUNCE = """
+local ids = {}
+for i = 4, #ARGV, 6 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
+    'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
+return ids
+"""
+
+
+def intake_member(session_id: str, request_id: str) -> str:
+    return f"{session_id} {request_id}"
+
+
 class StreamWriter:
     """Appends events to a session stream; TTL and MAXLEN apply from the first entry."""
 
@@ -204,6 +224,7 @@ class StreamWriter:
         self._append = redis.register_script(_APPEND)  # type: ignore[misc]  # typed for Redis; RedisCluster has it
         self._append_many = redis.register_script(_APPEND_MANY)  # type: ignore[misc]
         self._cluster = isinstance(redis, RedisCluster)
+        self._announce = redis.register_script(_ANNOUNCE)  # type: ignore[misc]
 
     def key(self, session_id: str) -> str:
         return stream_key(session_id, self.buckets)
@@ -262,3 +283,11 @@ class StreamWriter:
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
         got = [v or None for v in values] + [None] * (len(reads) - len(values))
         return ids, got
+    async def announce(self, session_id: str, request_id: str, events: Iterable[Event]) -> list[str]:
+        """Append a new request's first events and record it in the bucket's intake set, atomically."""
+        args: list[str | int] = [self.maxlen, self.ttl, intake_member(session_id, request_id)]
+        for event in events:
+            f = event.fields()
+            args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
+        ids = await self._announce(keys=[self.key(session_id), intake_key(session_id, self.buckets)], args=args)
+        return [_text(i) for i in ids]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 from redis.exceptions import RedisError
 
 from common import lifecycle, queue
-from common.keys import cancel_key
+from common.keys import cancel_key, intake_keys
 from common.streams import ended
 from workers.attempt import Stop
 from workers.runner import Runtime
@@ -103,12 +104,40 @@ async def reap_once(rt: Runtime) -> None:
     await _end_stream(rt, failed, "the request's worker was lost too many times")
 
 
+async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
+    """End the streams of requests a gateway announced but never stored (it died in between).
+
+    Every announced request sits in its bucket's intake set; once old enough, those with a
+    row are simply dropped from it. Removing the entry is the claim: one worker ends each.
+    """
+    keys = intake_keys(rt.settings.stream_buckets)
+    cutoff = int((time.time() - older_than_seconds) * 1000)
+    pipe = rt.streams.pipeline(transaction=False)
+    for key in keys:
+        pipe.zrangebyscore(key, "-inf", cutoff, start=0, num=500)
+    found = [(key, m.decode()) for key, members in zip(keys, await pipe.execute(), strict=True) for m in members]
+    if not found:
+        return 0
+    ids = [member.split(" ", 1)[1] for _, member in found]
+    stored = {r["request_id"] for r in await rt.db.fetch(
+        "SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", ids)}
+    ended_now = 0
+    for key, member in found:
+        session_id, request_id = member.split(" ", 1)
+        if not await rt.streams.zrem(key, member) or request_id in stored:
+            continue
+        await rt.writer.append(session_id, ended(request_id, 1, "failed", {"error": "the request was not stored"}))
+        ended_now += 1
+    return ended_now
+
+
 async def sweep_once(rt: Runtime) -> None:
     async with rt.db.acquire() as conn:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
         expired = await lifecycle.expire_sessions(conn)
     await _end_stream(rt, overdue, "timed out")
+    await end_unstored_once(rt)
     for feature, payload in stalled:
         await queue.enqueue(rt.queue, feature, payload)
     if overdue or stalled or expired:

@@ -58,6 +58,12 @@ async def by_idempotency_key(conn: Conn, tenant_id: str, user_id: str, key: str)
     return row
 
 
+async def lock_idempotency_key(conn: asyncpg.Connection, tenant_id: str, user_id: str, key: str) -> None:
+    """A transaction lock on one (tenant, user, Idempotency-Key); read the key's row after it (new snapshot)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       f"idempotency\x1f{tenant_id}\x1f{user_id}\x1f{key}")
+
+
 async def active_in_session(conn: Conn, session_id: str) -> list[asyncpg.Record]:
     """(request_id, status) of the session's queued and running requests, oldest first."""
     return list(await conn.fetch(

@@ -34,6 +34,8 @@ async def compat_stream(
     content: Annotated[str | None, Body(embed=True, max_length=100_000)] = None,
 ) -> StreamingResponse:
     """Starts generation when the chat has none running, relays it, ends with `data: [DONE]`."""
+    if content and "\x00" in content:
+        raise ApiError(422, "content may not contain NUL (\\u0000) characters", error="validation_error")
     agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
     if agent is None:
         raise ApiError(404, f"no agent serves feature {feature_id!r}")

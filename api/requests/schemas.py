@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.models import IntegrationType, Multitask, lower_name
+from common.models import IntegrationType, Multitask, lower_name, reject_unstorable
 
 MAX_CONTENT = 100_000
 
@@ -17,6 +17,8 @@ class _Metadata(BaseModel):
 
 
 class _RequestBody(BaseModel):
+    _no_nul = model_validator(mode="before")(reject_unstorable)
+
     user_id: str | None = Field(default=None, min_length=1, max_length=255)
     content: str = Field(min_length=1, max_length=MAX_CONTENT)
     session_id: str | None = None

@@ -19,9 +19,10 @@ from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
 from common import sink
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
+from common.keys import intake_key
 from common.limits import REFUSALS, max_reply_tokens_refusal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
-from common.streams import Event, ended
+from common.streams import Event, ended, intake_member
 
 
 @dataclass
@@ -87,7 +88,7 @@ async def accept(
     intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id)
     await _admit(gw, intake)
     try:
-        return await _accept_new(gw, intake)
+        accepted = await _accept_new(gw, intake)
     except asyncpg.UniqueViolationError:
         await _release(gw, intake)
         # A concurrent request with the same Idempotency-Key won the race.
@@ -98,6 +99,9 @@ async def accept(
     except BaseException:
         await _release(gw, intake)
         raise
+    if accepted.replayed:
+        await _release(gw, intake)
+    return accepted
 
 
 async def _admit(gw: Gateway, intake: _Intake) -> None:
@@ -138,13 +142,16 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
     try:
         async with gw.db.acquire() as conn:
-            if _starts_session(intake):
+            if _starts_session(intake) and not intake.idempotency_key:
                 # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
                 await _record(gw, conn, intake, existing=None)
                 upcoming: tuple[str, JobPayload] | None = intake.job()
                 interrupted: list[str] = []
             else:
                 async with conn.transaction():
+                    replay = await _hold_idempotency_key(conn, intake)
+                    if replay is not None:
+                        return replay
                     upcoming, interrupted = await _join_session(gw, conn, intake)
     except BaseException:
         await _end_unstored(gw, intake)
@@ -160,12 +167,28 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
 
 
+async def _hold_idempotency_key(conn: asyncpg.Connection, intake: _Intake) -> Accepted | None:
+    """Serialise requests that share an Idempotency-Key (for the rest of the transaction).
+
+    The loser of a race finds the winner's row here, before it announces anything on the
+    stream: no "not stored" turn ever appears in the session.
+    """
+    if not intake.idempotency_key:
+        return None
+    who = intake.who
+    await request_repo.lock_idempotency_key(conn, who.tenant_id, intake.user_id, intake.idempotency_key)
+    return await _replay(conn, who, intake.user_id, intake.idempotency_key, intake.digest)
+
+
+def _acting_without_join(intake: _Intake) -> bool:
+    return intake.user_id != intake.who.user_id and not intake.who.may_join_sessions_of_others()
+
+
 def _starts_session(intake: _Intake) -> bool:
     """True when the request opens a new session: asked for, or a tool acting for a user it may not join."""
-    body, who = intake.body, intake.who
-    if body.session_id:
+    if intake.body.session_id:
         return False
-    return body.new_session or (intake.user_id != who.user_id and not who.may_join_sessions_of_others())
+    return intake.body.new_session or _acting_without_join(intake)
 
 
 async def _join_session(
@@ -197,7 +220,7 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
     """
     who, body = intake.who, intake.body
     if body.session_id:
-        if intake.user_id != who.user_id and not who.may_join_sessions_of_others():
+        if _acting_without_join(intake):
             raise ApiError(403, f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
         row = await session_repo.lock_owned(conn, who.tenant_id, intake.user_id, body.session_id)
         if not row:
@@ -205,7 +228,7 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
         if row["status"] != "active":
             raise ApiError(409, f"session is {row['status']}; start a new one")
         return str(row["session_id"])
-    if body.new_session:
+    if body.new_session or _acting_without_join(intake):
         return None
     return await session_repo.lock_latest_active(conn, who.tenant_id, intake.user_id, body.integration())
 
@@ -224,7 +247,7 @@ async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, exi
               "integration_type": normalized.integration_type, "agent_id": normalized.agent_id,
               "correlation_id": intake.correlation_id},
     )
-    (intake.entry_id,) = await gw.writer.append(intake.session_id, [accepted_event])
+    (intake.entry_id,) = await gw.writer.announce(intake.session_id, intake.request_id, [accepted_event])
     await request_repo.insert(conn, new_session=existing is None, values=(
         intake.request_id, intake.session_id, intake.who.tenant_id, intake.user_id, normalized.request_type,
         intake.body.content, normalized.model_dump(), normalized.agent_id, intake.feature, intake.idempotency_key,
@@ -240,6 +263,8 @@ async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
     with contextlib.suppress(Exception):
         await gw.writer.append(intake.session_id, ended(intake.request_id, 1, "failed",
                                                         {"error": "the request was not stored"}))
+        await gw.streams.zrem(intake_key(intake.session_id, gw.settings.stream_buckets),
+                              intake_member(intake.session_id, intake.request_id))
 
 
 async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:

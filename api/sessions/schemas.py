@@ -3,12 +3,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from common.models import IntegrationType, lower_name
+from common.models import IntegrationType, lower_name, reject_unstorable
 
 
 class SessionCreate(BaseModel):
+    _no_nul = model_validator(mode="before")(reject_unstorable)
+
     integration_type: IntegrationType = "web"
 
     _any_case = field_validator("integration_type", mode="before")(lower_name)

@@ -10,13 +10,16 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from common.hub import HEARTBEAT, OVERFLOW, Entry, Hub, batches
+from common.hub import DRAIN, HEARTBEAT, OVERFLOW, Entry, Hub, batches
 from common.metrics import EVENTS_RELAYED, RELAY_LAG
 from common.streams import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
 
 KEEPALIVE = b": keepalive\n\n"
+# The gateway is shutting down: reconnect at once (with Last-Event-ID; the frame has no id of its own).
+RECONNECT = b'retry: 0\nevent: reconnect\ndata: {"type":"reconnect","reason":"gateway shutting down"}\n\n'
+RECONNECT_COMPAT = b'data: {"type":"reconnect","reason":"gateway shutting down"}\n\n'
 DONE_COMPAT = b"data: [DONE]\n\n"
 _TERMINAL = (b"run.completed", b"run.failed", b"run.cancelled")
 
@@ -91,7 +94,8 @@ async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: S
         yield frame
     async for batch in batches(hub, key, after):
         _observe(batch)
-        chunk = b"".join(sse_frame(i) if isinstance(i, Entry) else KEEPALIVE for i in batch if i is not OVERFLOW)
+        chunk = b"".join(sse_frame(i) if isinstance(i, Entry) else RECONNECT if i is DRAIN else KEEPALIVE
+                         for i in batch if i is not OVERFLOW)
         if chunk:
             yield chunk
 
@@ -108,6 +112,10 @@ async def request_frames(
         for item in batch:
             if item is HEARTBEAT:
                 frames.append(KEEPALIVE)
+            elif item is DRAIN:
+                frames.append(RECONNECT_COMPAT if compat else RECONNECT)
+                yield b"".join(frames)
+                return
             elif isinstance(item, Entry) and item.request_id == wanted:
                 if item.type == b"done":
                     frames.append(DONE_COMPAT if compat else sse_frame(item))
@@ -124,7 +132,7 @@ async def wait_for_result(hub: Hub, key: str, after: tuple[int, int], request_id
     outcome: dict[str, Any] = {}
     async for batch in batches(hub, key, after):
         for item in batch:
-            if item is OVERFLOW:
+            if item is OVERFLOW or item is DRAIN:
                 return None
             if not isinstance(item, Entry) or item.request_id != wanted:
                 continue

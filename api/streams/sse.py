@@ -25,6 +25,8 @@ async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
 
     None when this gateway counts no streams. Pass the slot to `held_response` or `release_stream`.
     """
+    if gw.hub.draining:
+        raise ApiError(503, "this gateway is shutting down; reconnect", headers={"Retry-After": "1"})
     if gw.slots is None:
         return None
     slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)

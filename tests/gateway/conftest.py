@@ -42,7 +42,7 @@ AppFactory = Callable[..., "AsyncIterator[App]"]
 @pytest.fixture
 def app_settings(infra: Infra) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
-        return settings_for(infra, agents_file=ROOT / "tests" / "agents.yaml", **overrides)
+        return settings_for(infra, agents_file=ROOT / "tests" / "gateway" / "agents.yaml", **overrides)
 
     return make
 

@@ -53,7 +53,7 @@ async def test_route_scopes_limit_a_credential_to_the_routes_they_name(app: App)
     async with app.client(scopes=["sessions"]) as reader:
         assert (await reader.get("/api/v1/sessions")).status_code == 200
         assert (await reader.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 403
-        assert (await reader.post("/stream?feature_id=default&chat_id=x", json={})).status_code == 403
+        assert (await reader.post("/stream?feature_id=gateway-tests&chat_id=x", json={})).status_code == 403
 
 
 async def test_flow_routes_need_the_runs_scope(app: App) -> None:

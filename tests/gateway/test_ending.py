@@ -54,3 +54,44 @@ async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None
             assert await _types(app, row["session_id"], row["request_id"]) == ["run.failed", "done"]
     finally:
         await arq.aclose()
+
+
+async def test_an_idempotency_race_leaves_no_phantom_turn(app: App) -> None:
+    import asyncio
+
+    async with app.client() as client:
+        first = (await client.post("/api/v1/requests/web", json={"content": "first"})).json()
+        body = {"content": "only once", "session_id": first["session_id"]}
+        answers = await asyncio.gather(*(client.post("/api/v1/requests/web", json=body,
+                                                     headers={"Idempotency-Key": "race-1"}) for _ in range(6)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["request_id"] for a in answers}) == 1
+    entries = await app.gateway.streams.xrange(app.gateway.writer.key(first["session_id"]))
+    events = [Event.from_fields(f) for _, f in entries]
+    assert [e.type for e in events] == ["request.accepted", "request.accepted"]
+    assert not any(e.data.get("error") == "the request was not stored" for e in events)
+
+
+async def test_a_request_announced_but_never_stored_gets_its_stream_ended(app: App) -> None:
+    from common.keys import intake_key
+    from common.streams import intake_member
+    from workers.maintenance import end_unstored_once
+
+    gw = app.gateway
+    async with app.client() as client:
+        stored = (await client.post("/api/v1/requests/web", json={"content": "kept"})).json()
+    # A gateway that died between announcing a request and storing it left only this behind.
+    orphan_session, orphan = str(uuid.uuid4()), str(uuid.uuid4())
+    await gw.writer.announce(orphan_session, orphan, [Event(type="request.accepted", request_id=orphan)])
+    arq = await queue.connect(app.settings.queue_redis_url)
+    rt = Runtime(settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents)
+    try:
+        assert await end_unstored_once(rt, older_than_seconds=-5) >= 1
+        assert await end_unstored_once(rt, older_than_seconds=-5) == 0  # each is ended once
+    finally:
+        await arq.aclose()
+    assert await _types(app, orphan_session, orphan) == ["request.accepted", "run.failed", "done"]
+    assert await _types(app, stored["session_id"], stored["request_id"]) == ["request.accepted"]
+    buckets = app.settings.stream_buckets
+    for session, request in ((orphan_session, orphan), (stored["session_id"], stored["request_id"])):
+        assert await gw.streams.zscore(intake_key(session, buckets), intake_member(session, request)) is None

@@ -119,7 +119,8 @@ async def test_streams_per_user_refused_before_the_200(make_app: Callable[..., A
             _assert_refused(await client.get(stream), "streams_per_user")
             _assert_refused(await client.post("/api/v1/requests/web", json={"content": "hi"},
                                               headers={"Accept": "text/event-stream"}), "streams_per_user")
-            _assert_refused(await client.post("/stream?feature_id=default&chat_id=c", json={}), "streams_per_user")
+            _assert_refused(await client.post("/stream?feature_id=gateway-tests&chat_id=c", json={}),
+                            "streams_per_user")
             assert (await client.get(f"/api/v1/sessions/{session}/requests")).json()["items"] == []
         two.gateway.slots.release(slot)
         await two.gateway.slots.flush()

@@ -27,7 +27,7 @@ ROUTES = [
     ("POST", "/api/v1/requests/generic", {"content": "hi", "integration_type": "web"}),
     ("GET", "/api/v1/requests/{request}", None),
     ("POST", "/api/v1/requests/{request}/cancel", None),
-    ("POST", "/stream?feature_id=default&chat_id=c1", {"content": "hi"}),
+    ("POST", "/stream?feature_id=gateway-tests&chat_id=c1", {"content": "hi"}),
 ]
 
 
@@ -77,6 +77,11 @@ async def test_another_users_session_and_request_are_404(app: App) -> None:
     ("/api/v1/requests/web", {"content": "x", "agent_id": "nobody"}),
     ("/api/v1/sessions", {"integration_type": "nope"}),
     ("/stream?feature_id=a/b&chat_id=c", {}),
+    # What Postgres or the JSON encoder cannot store is refused up front, not a 500 (found by tests/schema).
+    ("/api/v1/requests/web", {"content": "a\u0000b"}),
+    ("/api/v1/requests/cli", {"content": "x", "metadata": {"n": 2**70}}),
+    ("/api/v1/sessions", {"user_context": {"k\u0000": 1}}),
+    ("/stream?feature_id=gateway-tests&chat_id=c", {"content": "a\u0000"}),
 ])
 async def test_invalid_bodies_are_422(app: App, path: str, body: object) -> None:
     async with app.client() as client:
@@ -125,3 +130,15 @@ def test_compat_chat_names_never_collide() -> None:
 
     assert session_name("a:b", "c") != session_name("a", "b:c")
     assert session_name("a", "b") == session_name("a", "b")
+
+
+SCOPED = [(m, p, b) for m, p, b in ROUTES if p not in ("/metrics", "/api/v1/openapi.json", "/api/v1/me")]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SCOPED, ids=[f"{m} {p}" for m, p, _ in SCOPED])
+async def test_every_route_refuses_a_credential_scoped_elsewhere(app: App, method: str, path: str,
+                                                                  body: object) -> None:
+    async with app.client(scopes=["metrics"]) as scraper:
+        response = await scraper.request(method, path.format(session=MISSING, request=MISSING), json=body)
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "forbidden"

@@ -63,7 +63,7 @@ async def test_sse_routes_answer_503_when_redis_is_down(
             for method, path, body, headers in (
                 ("GET", f"/api/v1/sessions/{sid}/stream", None, {}),
                 ("POST", "/api/v1/requests/web", {"content": "hi"}, {"Accept": "text/event-stream"}),
-                ("POST", "/stream?feature_id=default&chat_id=c", {}, {}),
+                ("POST", "/stream?feature_id=gateway-tests&chat_id=c", {}, {}),
             ):
                 response = await client.request(method, path, json=body, headers=headers)
                 assert response.status_code == 503, (path, response.text)

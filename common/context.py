@@ -1,0 +1,41 @@
+"""The wiring the gateway and the workers share: Postgres, the streams Redis and its writer, the agents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from common import db
+from common.agents import AgentRegistry, load_agents
+from common.settings import Settings
+from common.streams import StreamsRedis, StreamWriter
+from common.streams import connect as connect_streams
+
+
+@dataclass
+class Stores:
+    """One process's connections; `close()` releases them."""
+
+    settings: Settings
+    db: asyncpg.Pool
+    streams: StreamsRedis
+    writer: StreamWriter
+    agents: AgentRegistry
+
+    async def close(self) -> None:
+        await self.streams.aclose()
+        await self.db.close()
+
+
+async def open_stores(settings: Settings, *, db_max_size: int, stream_connections: int, pool_name: str,
+                      **stream_options: Any) -> Stores:
+    """Connect to Postgres and the streams Redis (one server or a cluster) and load the agents."""
+    agents = load_agents(settings.agents_file)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=db_max_size, name=pool_name)
+    streams = connect_streams(settings.stream_redis_url, cluster=settings.stream_redis_cluster,
+                              max_connections=stream_connections, **stream_options)
+    writer = StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
+                          ttl_seconds=settings.stream_ttl_seconds)
+    return Stores(settings, pool, streams, writer, agents)
