@@ -28,10 +28,10 @@ def configure(settings: Settings) -> None:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
-    # relaygate bills nothing from litellm and registers no callbacks: per-chunk logging threads,
-    # message copies for loggers and end-user cost tracking are pure cost per token.
+    # relaygate bills nothing from litellm and registers no callbacks: per-chunk logging threads
+    # and end-user cost tracking are pure cost per token. (turn_off_message_logging stays off:
+    # it makes litellm deep-copy and redact every call's messages for loggers we do not have.)
     litellm.disable_streaming_logging = True
-    litellm.turn_off_message_logging = True
     litellm.disable_end_user_cost_tracking = True
     litellm.success_callback = []
     litellm.failure_callback = []
