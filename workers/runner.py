@@ -30,6 +30,7 @@ from common.settings import Settings
 from common.streams import StreamsRedis, StreamWriter
 from workers import model
 from workers.attempt import Attempt, Stop
+from workers.claims import ClaimBatcher
 from workers.flusher import STORE_ERRORS, TOKENS, Flusher
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
@@ -60,9 +61,11 @@ class Runtime:
     draining: bool = False
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
     flusher: Flusher = field(init=False)
+    claims: ClaimBatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.flusher = Flusher(self.settings, self.writer, self.active)
+        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds)
 
 
 async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | None = None) -> T:
@@ -102,7 +105,7 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     try:
-        row = await lifecycle.claim(rt.db, payload, rt.settings.lease_seconds)
+        row = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
         log.warning("claim failed; retrying", extra={"request_id": payload.request_id, "error": repr(exc)})
         raise Retry(defer=2) from exc
