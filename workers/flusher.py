@@ -104,6 +104,7 @@ class Flusher:
         ids, flags = await self.writer.append_many(
             [(r.payload.session_id, r.unsent) for r in batches],
             [(r.payload.session_id, r.cancel_key) for r in watched],
+            dedupe=self.failures > 0,
         )
         self.last_flush = now
         if check_all:
