@@ -136,6 +136,14 @@ async def finish(
         return True, await next_in_session(conn, payload.session_id)
 
 
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> bool:
+    """Whether this attempt already ended with `status` (a `finish` whose reply was lost did apply)."""
+    return bool(await db.fetchval(
+        "SELECT 1 FROM request_logs WHERE request_id = $1 AND attempt = $2 AND status = $3",
+        payload.request_id, payload.attempt, status,
+    ))
+
+
 async def cancel_queued(
     conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
 ) -> tuple[list[asyncpg.Record], tuple[str, JobPayload] | None]:

@@ -219,10 +219,19 @@ async def _finish(
         RUNS.labels("fenced").inc()
         return "fenced"
     await append(rt, run, terminal)
-    applied, upcoming = await persist("finish", lambda: lifecycle.finish(
-        rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-        agent_id=agent_id, metadata={"model": model_name},
-    ))
+    tries = [0]
+
+    async def finish_once() -> tuple[bool, tuple[str, JobPayload] | None]:
+        tries[0] += 1
+        applied, upcoming = await lifecycle.finish(
+            rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
+            agent_id=agent_id, metadata={"model": model_name},
+        )
+        if not applied and tries[0] > 1 and await lifecycle.ended_as(rt.db, payload, status):
+            return True, await lifecycle.advance(rt.db, payload.session_id)  # an earlier try committed
+        return applied, upcoming
+
+    applied, upcoming = await persist("finish", finish_once)
     if not applied:
         RUNS.labels("fenced").inc()
         return "fenced"
