@@ -147,7 +147,8 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
     results: list[dict[str, Any]] = []
     try:
         for name in args.cases.split(","):
-            system = System(infra, folder, CASES[name], extra)
+            (folder / name).mkdir(exist_ok=True)
+            system = System(infra, folder / name, CASES[name], extra)
             await system.start()
             try:
                 for c in [int(x) for x in args.clients.split(",")]:

@@ -63,6 +63,41 @@ async def claim(db: asyncpg.Pool, payload: JobPayload, lease_seconds: float) -> 
         )
 
 
+async def claim_many(
+    db: asyncpg.Pool, payloads: list[JobPayload], lease_seconds: float
+) -> dict[str, asyncpg.Record]:
+    """`claim` for many jobs in one transaction: the rows of the attempts that start now, by request id.
+
+    The sessions are locked first (in a fixed order, so two batches never deadlock), then one
+    statement, with a snapshot taken after the locks, starts every job that heads its session.
+    """
+    if not payloads:
+        return {}
+    sessions = sorted({p.session_id for p in payloads})
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
+            sessions,
+        )
+        rows = await conn.fetch(
+            """
+            WITH heads AS (
+                SELECT DISTINCT ON (session_id) request_id FROM request_logs
+                 WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running')
+                 ORDER BY session_id, id)
+            UPDATE request_logs r
+               SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
+                   started_at = coalesce(started_at, now()), updated_at = now()
+              FROM unnest($1::uuid[], $2::int[]) AS v(request_id, attempt)
+             WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'queued'
+               AND r.request_id IN (SELECT request_id FROM heads)
+            RETURNING r.*
+            """,
+            [p.request_id for p in payloads], [p.attempt for p in payloads], sessions, lease_seconds,
+        )
+    return {str(row["request_id"]): row for row in rows}
+
+
 async def finish(
     db: asyncpg.Pool,
     payload: JobPayload,
@@ -99,6 +134,14 @@ async def finish(
             payload.session_id, agent_id,
         )
         return True, await next_in_session(conn, payload.session_id)
+
+
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> bool:
+    """Whether this attempt already ended with `status` (a `finish` whose reply was lost did apply)."""
+    return bool(await db.fetchval(
+        "SELECT 1 FROM request_logs WHERE request_id = $1 AND attempt = $2 AND status = $3",
+        payload.request_id, payload.attempt, status,
+    ))
 
 
 async def cancel_queued(

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     feature: str = "default"
     worker_max_jobs: int = 1000
     worker_poll_delay: float = 1.0
-    worker_max_lag_ms: float = 250.0
+    worker_max_lag_ms: float = 1000.0
     worker_admit_batch: int = 100
     worker_drain_seconds: float = 20.0
     worker_stream_connections: int = 16

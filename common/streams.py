@@ -166,20 +166,32 @@ return ids
 
 
 # Many streams in one call: KEYS are the stream keys, then keys to read (cancel flags).
-# ARGV: maxlen, ttl, number of streams, then per stream its event count and 6 values per event.
-# Returns {last id per stream, value per read key}.
+# ARGV: maxlen, ttl, number of streams, dedupe (1/0), then per stream its event count and 6
+# values per event. With dedupe (a retry after a lost reply), events of the stream's last
+# request/attempt up to its last seq are skipped. Returns {last id per stream, value per read}.
 _APPEND_MANY = """
 local n = tonumber(ARGV[3])
+local dedupe = ARGV[4] == '1'
 local last = {}
-local i = 4
+local i = 5
 for k = 1, n do
   local count = tonumber(ARGV[i])
   i = i + 1
+  local written = -1
+  if dedupe and count > 0 then
+    local tail = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+    if #tail > 0 then
+      local f = tail[1][2]
+      if f[4] == ARGV[i + 1] and f[6] == ARGV[i + 2] then written = tonumber(f[8]) end
+    end
+  end
   local id = false
   for _ = 1, count do
-    id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[1], '*',
-      'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
-      'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+    if tonumber(ARGV[i + 3]) > written then
+      id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[1], '*',
+        'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
+        'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+    end
     i = i + 6
   end
   redis.call('EXPIRE', KEYS[k], ARGV[2])
@@ -242,17 +254,19 @@ class StreamWriter:
         return [_text(i) for i in ids]
 
     async def append_many(
-        self, batches: list[tuple[str, list[Event]]], reads: list[tuple[str, str]] | None = None
+        self, batches: list[tuple[str, list[Event]]], reads: list[tuple[str, str]] | None = None,
+        *, dedupe: bool = False,
     ) -> tuple[list[str | None], list[bytes | None]]:
         """Append the events of many sessions and GET keys of those sessions in one round trip.
 
         `batches` are (session id, events); `reads` are (session id, key) so that on a Redis Cluster
         each key goes with its session's slot. Returns the last entry id per batch and the value
         per read, in input order. On a cluster there is one call per bucket, all at once.
+        `dedupe` makes a retry after a lost reply safe: what the first try wrote is not written again.
         """
         reads = reads or []
         if not self._cluster:
-            ids, values = await self._call_many(batches, [key for _, key in reads])
+            ids, values = await self._call_many(batches, [key for _, key in reads], dedupe)
             return ids, values
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for n, (session_id, _) in enumerate(batches):
@@ -260,7 +274,7 @@ class StreamWriter:
         for n, (session_id, _) in enumerate(reads):
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[1].append(n)
         results = await asyncio.gather(*(
-            self._call_many([batches[i] for i in b], [reads[i][1] for i in r]) for b, r in groups.values()))
+            self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe) for b, r in groups.values()))
         all_ids: list[str | None] = [None] * len(batches)
         all_values: list[bytes | None] = [None] * len(reads)
         for (b, r), (ids, values) in zip(groups.values(), results, strict=True):
@@ -270,9 +284,9 @@ class StreamWriter:
                 all_values[i] = got
         return all_ids, all_values
 
-    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str]
+    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool
                          ) -> tuple[list[str | None], list[bytes | None]]:
-        args: list[str | int] = [self.maxlen, self.ttl, len(batches)]
+        args: list[str | int] = [self.maxlen, self.ttl, len(batches), int(dedupe)]
         for _, events in batches:
             args.append(len(events))
             for event in events:

@@ -1,9 +1,10 @@
 """One flush loop per worker process: the tokens of every running attempt, one round trip per tick.
 
 Each tick writes the pending tokens of all running attempts with one `StreamWriter.append_many`
-call and reads their cancel flags in the same call. A reply's first token (or a full batch) wakes
-it at once; otherwise it waits out TOKEN_FLUSH_MS so tokens coalesce. It sleeps while nothing is
-pending (TOKEN_FLUSH_MS=0 never spins). A store error keeps every token for the next try.
+call (events of at most TOKEN_FLUSH_TOKENS tokens) and reads their cancel flags in that call.
+A reply's first token (or a full batch) wakes it at once; otherwise it waits out TOKEN_FLUSH_MS
+so tokens coalesce. It sleeps while nothing is pending (TOKEN_FLUSH_MS=0 never spins). A store
+error keeps every token for the next try.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class Flusher:
         batches: list[Attempt] = []
         for run in runs:
             if run.pending:
-                run.unsent.append(run.event("token", {"text": "".join(run.pending)}))
-                run.pending.clear()
+                pending, step = run.pending, self.batch
+                for i in range(0, len(pending), step):
+                    run.unsent.append(run.event("token", {"text": "".join(pending[i:i + step])}))
+                pending.clear()
             if run.unsent:
                 batches.append(run)
         check_all = now - self.last_cancel_check >= CANCEL_POLL_SECONDS
@@ -101,6 +104,7 @@ class Flusher:
         ids, flags = await self.writer.append_many(
             [(r.payload.session_id, r.unsent) for r in batches],
             [(r.payload.session_id, r.cancel_key) for r in watched],
+            dedupe=self.failures > 0,
         )
         self.last_flush = now
         if check_all:

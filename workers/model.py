@@ -30,6 +30,14 @@ def configure(settings: Settings) -> None:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
+    # relaygate bills nothing from litellm and registers no callbacks: per-chunk logging threads
+    # and end-user cost tracking are pure cost per token. (turn_off_message_logging stays off:
+    # it makes litellm deep-copy and redact every call's messages for loggers we do not have.)
+    litellm.disable_streaming_logging = True
+    litellm.disable_end_user_cost_tracking = True
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm.callbacks = []
     offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
 
 

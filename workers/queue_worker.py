@@ -19,6 +19,7 @@ from typing import Any
 
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -94,8 +95,12 @@ class RelayWorker(Worker):
         return max(0, min(self.admit_batch, self.max_jobs - self.job_counter))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        mine = {j.encode() for j in self.tasks}
-        candidates = [j for j in job_ids if j not in mine]
+        """Start up to `room()` ready jobs with two pipelined round trips in all.
+
+        ARQ claims one job at a time (a WATCH/MULTI exchange each), and every round trip of a
+        busy worker waits a whole turn of its event loop: a burst of hundreds took seconds.
+        """
+        candidates = [j for j in job_ids if j.decode() not in self.tasks]
         if candidates:
             async with self.pool.pipeline(transaction=False) as pipe:
                 for j in candidates:
@@ -104,7 +109,30 @@ class RelayWorker(Worker):
             candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
         room = self.room()
         self.backlog = len(candidates) > room
-        await super().start_jobs(candidates[:room])
+        chosen = [j.decode() for j in candidates[:room]]
+        if not chosen:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in chosen:
+                pipe.set(in_progress_key_prefix + job_id, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
+                pipe.zscore(self.queue_name, job_id)
+            replies = await pipe.execute()
+        now = timestamp_ms()
+        stale = []
+        for n, job_id in enumerate(chosen):
+            claimed, score = replies[2 * n], replies[2 * n + 1]
+            if not claimed:
+                continue
+            if not score or score > now:
+                stale.append(in_progress_key_prefix + job_id)
+                continue
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+        if stale:
+            await self.pool.delete(*stale)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

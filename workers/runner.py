@@ -25,9 +25,10 @@ from common.keys import cancel_key
 from common.logging import correlation_id
 from common.models import JobPayload
 from common.settings import Settings
-from common.streams import StreamsRedis, StreamWriter
+from common.streams import Event, StreamsRedis, StreamWriter
 from workers import model
 from workers.attempt import Attempt, Stop
+from workers.claims import ClaimBatcher
 from workers.flusher import STORE_ERRORS, TOKENS, Flusher
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
@@ -57,9 +58,22 @@ class Runtime:
     draining: bool = False
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
     flusher: Flusher = field(init=False)
+    claims: ClaimBatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.flusher = Flusher(self.settings, self.writer, self.active)
+        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds)
+
+
+async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
+    """Append a run's own events, retried across store errors without writing any twice."""
+    tries = [0]
+
+    async def once() -> None:
+        tries[0] += 1
+        await rt.writer.append_many([(run.payload.session_id, events)], dedupe=tries[0] > 1)
+
+    await persist("stream append", once, run)
 
 
 async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | None = None) -> T:
@@ -99,7 +113,7 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     try:
-        row = await lifecycle.claim(rt.db, payload, rt.settings.lease_seconds)
+        row = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
         log.warning("claim failed; retrying", extra={"request_id": payload.request_id, "error": repr(exc)})
         raise Retry(defer=2) from exc
@@ -143,7 +157,7 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 
     async def generate() -> None:
-        await persist("stream append", lambda: rt.writer.append(payload.session_id, opening), run)
+        await append(rt, run, opening)
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
         messages += await persist(
             "history", lambda: _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns), run)
@@ -206,16 +220,25 @@ async def _finish(
     if not held:
         RUNS.labels("fenced").inc()
         return "fenced"
-    await persist("stream append", lambda: rt.writer.append(payload.session_id, terminal), run)
-    applied, upcoming = await persist("finish", lambda: lifecycle.finish(
-        rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-        agent_id=agent_id, metadata={"model": model_name},
-    ))
+    await append(rt, run, terminal)
+    tries = [0]
+
+    async def finish_once() -> tuple[bool, tuple[str, JobPayload] | None]:
+        tries[0] += 1
+        applied, upcoming = await lifecycle.finish(
+            rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
+            agent_id=agent_id, metadata={"model": model_name},
+        )
+        if not applied and tries[0] > 1 and await lifecycle.ended_as(rt.db, payload, status):
+            return True, await lifecycle.advance(rt.db, payload.session_id)  # an earlier try committed
+        return applied, upcoming
+
+    applied, upcoming = await persist("finish", finish_once)
     if not applied:
         RUNS.labels("fenced").inc()
         return "fenced"
     done = [run.event("done", {"request_id": payload.request_id, "status": status})]
-    await persist("stream append", lambda: rt.writer.append(payload.session_id, done))
+    await append(rt, run, done)
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))

@@ -1,0 +1,59 @@
+"""Batched claims start exactly the jobs that head their session, in one transaction (issue #7)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from common import db, lifecycle, queue
+from common.keys import queue_name, queue_wake_key
+from common.models import JobPayload
+from tests.conftest import Infra
+
+
+async def _request(conn: asyncpg.Connection, session_id: str, tenant: str) -> JobPayload:
+    request_id = str(uuid.uuid4())
+    await conn.execute(
+        """
+        INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+                                  normalized_request, deadline_at)
+        VALUES ($1, $2, $3, 'u', 'web', 'hi', '{}', now() + interval '1 hour')
+        """,
+        request_id, session_id, tenant,
+    )
+    return JobPayload(request_id=request_id, session_id=session_id, tenant_id=tenant)
+
+
+async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            sessions = [str(uuid.uuid4()) for _ in range(2)]
+            for session_id in sessions:
+                await conn.execute(
+                    "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+            first = await _request(conn, sessions[0], tenant)
+            second = await _request(conn, sessions[0], tenant)  # waits behind `first`
+            other = await _request(conn, sessions[1], tenant)
+        stale = JobPayload(request_id=other.request_id, session_id=other.session_id, tenant_id=tenant, attempt=2)
+        rows = await lifecycle.claim_many(pool, [second, first, other, stale], 15)
+        assert set(rows) == {first.request_id, other.request_id}
+        assert {r["status"] for r in rows.values()} == {"running"}
+        assert await lifecycle.claim_many(pool, [first, second], 15) == {}  # running already / not the head
+    finally:
+        await pool.close()
+
+
+async def test_enqueue_wakes_idle_workers_with_a_capped_list(infra: Infra) -> None:
+    pool = await queue.connect(infra.redis_url)
+    try:
+        feature = f"wake-{uuid.uuid4().hex[:6]}"
+        for _ in range(queue.WAKE_BACKLOG + 5):
+            payload = JobPayload(request_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()), tenant_id="t")
+            assert await queue.enqueue(pool, feature, payload)
+        assert await pool.llen(queue_wake_key(queue_name(feature))) == queue.WAKE_BACKLOG
+    finally:
+        await pool.aclose()

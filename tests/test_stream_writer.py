@@ -1,0 +1,31 @@
+"""StreamWriter.append_many: many streams and cancel flags in one call; a retry writes nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+
+from common.streams import Event, StreamWriter, connect
+from tests.conftest import Infra
+
+
+async def test_append_many_writes_every_stream_reads_flags_and_dedupes_retries(infra: Infra) -> None:
+    redis = connect(infra.redis_url, cluster=False, max_connections=4)
+    writer = StreamWriter(redis, buckets=256, maxlen=1000, ttl_seconds=60)
+    try:
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        events = [Event(type="token", request_id="r1", seq=n, data={"text": f"t{n}"}) for n in (1, 2)]
+        other = [Event(type="token", request_id="r2", seq=1, data={"text": "x"})]
+        flag = f"test:flag:{uuid.uuid4()}"
+        await redis.set(flag, "stop")
+        ids, flags = await writer.append_many([(a, events), (b, other)], [(a, flag), (b, flag + ":none")])
+        assert all(ids) and flags == [b"stop", None]
+        assert await redis.xlen(writer.key(a)) == 2 and await redis.xlen(writer.key(b)) == 1
+        # A retry of a call whose reply was lost: nothing already written is written again.
+        more = [*events, Event(type="token", request_id="r1", seq=3, data={"text": "t3"})]
+        await writer.append_many([(a, more)], dedupe=True)
+        entries = await redis.xrange(writer.key(a))
+        assert [e[1][b"seq"] for e in entries] == [b"1", b"2", b"3"]
+        await writer.append_many([(a, events)])
+        assert await redis.xlen(writer.key(a)) == 5
+    finally:
+        await redis.aclose()
