@@ -108,3 +108,8 @@ def message_of(raw: bytes) -> Message:
     import email
 
     return email.message_from_bytes(raw)
+
+
+def full_logs(stack: Stack) -> str:
+    """Every line every process of the stack logged (Stack.logs() keeps only each file's tail)."""
+    return "\n".join(p.read_text(errors="replace") for p in stack._logs if p.exists())

@@ -21,6 +21,7 @@ from tests.e2e.delivery_helpers import (
     ask,
     deliveries,
     delivery_events,
+    full_logs,
     message_of,
     smtp_port,
     smtp_server,
@@ -100,7 +101,7 @@ def test_webhook_fails_twice_then_succeeds(stack: Stack, dispatchers: Dispatcher
     assert receiver.processed[path] == {hits[0].headers["webhook-id"]}
     body = httpx.Response(200, content=hits[-1].body).json()
     assert body["data"]["request_id"] == accepted["request_id"] and body["data"]["response"]
-    assert secret not in dispatchers.stack.logs()
+    assert secret not in full_logs(dispatchers.stack)
 
 
 def test_permanent_failure_ends_failed_after_retry_count(stack: Stack, dispatchers: Dispatchers,
@@ -160,7 +161,7 @@ def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receive
     assert len(hits) > 1
     assert all(len(sms_form(h)["Body"]) <= 40 and sms_form(h)["From"] == "+15550001111" for h in hits)
     assert basic_auth(hits[0]) == ("AC123", SMS_TOKEN)
-    assert SMS_TOKEN not in stack.logs()
+    assert SMS_TOKEN not in full_logs(stack)
 
 
 def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers: Dispatchers,
@@ -183,3 +184,16 @@ def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers:
     hits = receiver.on(path)
     assert len(hits) == 2 and len({h.headers["webhook-id"] for h in hits}) == 1
     assert len(receiver.processed[path]) == 1
+
+
+def test_test_channel_records_and_disabled_override_sends_nothing(stack: Stack, dispatchers: Dispatchers,
+                                                                  receiver: Receiver) -> None:
+    c, uid = user(stack)
+    assert c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "TEST"}).status_code == 201
+    path = f"/hook/{uid}"
+    webhook_override(c, uid, receiver, path)
+    assert c.put(f"/api/v1/users/{uid}/integrations/WEBHOOK", json={"enabled": False}).status_code == 200
+    events = delivery_events(c, ask(c), final)
+    assert [(e["data"]["channel"], e["data"]["status"]) for e in events] == [("TEST", "SUCCESS")]
+    assert [(r["integration_type"], r["status"]) for r in deliveries(c, uid)] == [("TEST", "SUCCESS")]
+    assert receiver.on(path) == []

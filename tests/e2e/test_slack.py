@@ -20,7 +20,7 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from tests.conftest import Stack
-from tests.e2e.delivery_helpers import Dispatchers, wait_for
+from tests.e2e.delivery_helpers import Dispatchers, full_logs, wait_for
 from tests.fakes.slack_api import Call, FakeSlack
 
 EDITS_PER_MINUTE = 4
@@ -155,7 +155,7 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
     delivered = sql(stack, query, row["request_id"])
     assert [(d["status"], d["external_ref"]) for d in delivered] == [("SUCCESS", final[-1].args["ts"])]
-    assert workspace.token not in stack.logs() and workspace.secret not in stack.logs()
+    assert workspace.token not in full_logs(stack) and workspace.secret not in full_logs(stack)
 
 
 def test_thread_is_one_session_and_dms_continue(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
@@ -256,7 +256,7 @@ def test_rate_limits_short_waited_long_rescheduled(stack: Stack, workspace: Work
     (row,) = reply_of(stack, workspace, user)
     assert final[-1].args["text"] == row["response_content"]
     assert len(fake_slack.of("chat.postMessage", channel)) == 1  # the re-scheduled job edited, never re-posted
-    assert "Slack delivery will be retried" in stack.logs()
+    assert "Slack delivery will be retried" in full_logs(stack)
 
 
 def test_dispatcher_killed_mid_reply_edits_the_same_message(stack: Stack, workspace: Workspace,
