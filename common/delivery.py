@@ -46,6 +46,7 @@ class SlackTarget(BaseModel):
     channel_id: str
     thread_ts: str | None = None
     slack_user_id: str = ""
+    message_ts: str | None = None  # the asking message: its thread takes the reply when `thread_replies` is on
 
 
 class SlackFollow(BaseModel):

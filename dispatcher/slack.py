@@ -276,7 +276,10 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     delivery_id = row["delivery_id"]
     configs = await integrations.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
     cfg = configs.get("SLACK") or integrations.ChannelConfig()
-    msg = Message(target=f.target, config=cfg.config, request_id=f.request_id,
+    target = f.target
+    if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
+        target = target.model_copy(update={"thread_ts": target.message_ts})
+    msg = Message(target=target, config=cfg.config, request_id=f.request_id,
                   refs=[r for r in (row["external_ref"] or "").split(",") if r])
     inst = await installations.installation(rt.db, rt.settings, f.target.team_id)
     if inst is None:

@@ -146,6 +146,7 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     (row,) = reply_of(stack, workspace, user)
     assert row["status"] == "completed"
     assert final[-1].args["text"] == row["response_content"]
+    assert "Answered by slack-bot" in json.dumps(final[-1].args["blocks"])
     updates = fake_slack.of("chat.update", channel)
     assert {u.args["ts"] for u in updates} == {final[-1].args["ts"]}
     assert len(updates) <= EDITS_PER_MINUTE + 1  # the budget, plus the final text that always goes out
@@ -312,3 +313,19 @@ def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, f
     finally:
         native.stop()
         slack_stack.start()
+
+
+def test_user_slack_settings_are_honoured(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                          slack_stack: Dispatchers) -> None:
+    user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+    with stack.client(user, workspace.tenant) as c:
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK",
+                  json={"config": {"thread_replies": True, "mention_user": True, "include_agent_info": False}})
+        assert r.status_code == 200, r.text
+    post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": user, "channel": dm,
+                                  "text": "thread me", "ts": "1700000008.000100"})
+    final = finished(fake_slack, dm)
+    assert fake_slack.of("chat.postMessage", dm)[0].args["thread_ts"] == "1700000008.000100"
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == f"<@{user}> {row['response_content']}"
+    assert "Answered by" not in json.dumps(final[-1].args["blocks"])
