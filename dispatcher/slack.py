@@ -328,9 +328,14 @@ async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], repl
     if inst is None:
         raise DeliveryError("no Slack installation for this user's workspace", retryable=False)
     web = client(rt, inst.bot_token)
-    text = reply.response
+    prefix = f"_{reply.content[:80]}_\n" if config.get("include_agent_info", True) else ""
+    parts = chunks(prefix + reply.response, rt.settings.slack_message_chars)
+    refs: list[str] = []
     try:
-        response = await web.chat_postMessage(channel=config["channel_id"], text=chunks(text, 3500)[0])
+        for part in parts:
+            response = await web.chat_postMessage(channel=config["channel_id"], text=part,
+                                                  thread_ts=refs[0] if refs else None)
+            refs.append(str(response["ts"]))
     except SlackApiError as exc:
         raise _failure(exc) from None
-    return str(response["ts"])
+    return ",".join(refs)

@@ -329,3 +329,18 @@ def test_user_slack_settings_are_honoured(stack: Stack, workspace: Workspace, fa
     (row,) = reply_of(stack, workspace, user)
     assert final[-1].args["text"] == f"<@{user}> {row['response_content']}"
     assert "Answered by" not in json.dumps(final[-1].args["blocks"])
+
+
+def test_other_requests_reach_a_slack_channel_by_override(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                          slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    with stack.client(user, workspace.tenant) as c:
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK",
+                  json={"config": {"channel_id": channel, "team_id": workspace.team}})
+        assert r.status_code == 200, r.text
+        r = c.post("/api/v1/requests/web", json={"content": "from the web", "new_session": True})
+        assert r.status_code == 202, r.text
+    (post,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel), 60)
+    (row,) = reply_of(stack, workspace, user)
+    assert post.args["text"].endswith(row["response_content"]) and post.args.get("thread_ts") is None
+    assert post.token == workspace.token
