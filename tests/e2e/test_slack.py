@@ -344,3 +344,26 @@ def test_other_requests_reach_a_slack_channel_by_override(stack: Stack, workspac
     (row,) = reply_of(stack, workspace, user)
     assert post.args["text"].endswith(row["response_content"]) and post.args.get("thread_ts") is None
     assert post.token == workspace.token
+
+
+def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers) -> None:
+    slack_stack.stop()
+    short = Dispatchers(stack, {**slack_stack.env, "SLACK_MESSAGE_CHARS": "60"})
+    short.start()
+    try:
+        user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+        root = "1700000009.000100"
+        post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "go long",
+                                      "ts": root})
+        final = finished(fake_slack, channel)
+        (row,) = reply_of(stack, workspace, user)
+        reply = row["response_content"]
+        posts = wait_for(lambda: (p := fake_slack.of("chat.postMessage", channel)) and
+                         " ".join([final[-1].args["text"], *(x.args["text"] for x in p[1:])]).split() == reply.split()
+                         and p, 30)
+        assert len(posts) > 2 and all(p.args["thread_ts"] == root for p in posts)
+        assert all(len(p.args["text"]) <= 60 for p in posts[1:]) and len(final[-1].args["text"]) <= 60
+    finally:
+        short.stop()
+        slack_stack.start()
