@@ -28,8 +28,10 @@ from tests.e2e.delivery_helpers import (
     wait_for,
 )
 from tests.fakes.http_receiver import Receiver, basic_auth, sms_form
+from tests.fakes.tls import make_ca_and_cert
 
 SMS_TOKEN = "sms-token-" + secrets.token_hex(8)
+SMTP_PASSWORD = "smtp-pw-" + secrets.token_hex(8)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def dispatchers(stack: Stack, receiver: Receiver) -> Iterator[Dispatchers]:
-    controller, box = smtp_server()
+def dispatchers(stack: Stack, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dispatchers]:
+    ca_file, tls = make_ca_and_cert(tmp_path_factory.mktemp("tls"))
+    controller, box = smtp_server(tls, ("relaygate", SMTP_PASSWORD))
     d = Dispatchers(stack, {
-        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port(controller)), "SMTP_STARTTLS": "false",
+        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port(controller)), "SMTP_STARTTLS": "true",
+        "SMTP_CA_FILE": str(ca_file), "SMTP_USERNAME": "relaygate", "SMTP_PASSWORD": SMTP_PASSWORD,
         "SMTP_FROM": "relaygate@test.local", "SMS_API_URL": receiver.base_url, "SMS_ACCOUNT_SID": "AC123",
         "SMS_AUTH_TOKEN": SMS_TOKEN, "SMS_FROM": "+15550001111", "SMS_MAX_CHARS": "40",
         "DELIVERY_RETRY_DELAY_SCALE": "0.01", "DELIVERY_JOB_TIMEOUT_SECONDS": "3",
@@ -148,6 +152,7 @@ def test_email_html_and_text(stack: Stack, dispatchers: Dispatchers) -> None:
     assert "<html>" in html.get_payload()[1].get_payload(decode=True).decode()
     assert text.get_content_type() == "text/plain"
     assert text["From"] == "relaygate@test.local"
+    assert SMTP_PASSWORD not in full_logs(stack)
 
 
 def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receiver: Receiver) -> None:
