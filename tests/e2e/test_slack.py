@@ -367,3 +367,25 @@ def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Work
     finally:
         short.stop()
         slack_stack.start()
+
+
+def test_new_conversation_button_starts_a_new_dm_session(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                         slack_stack: Dispatchers) -> None:
+    user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+
+    def dm_and_wait(text: str, count: int) -> list[asyncpg.Record]:
+        post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": user, "channel": dm,
+                                      "text": text, "ts": f"{time.time():.6f}"})
+        return list(wait_for(lambda: (rows := reply_of(stack, workspace, user)) and len(rows) == count
+                             and rows[-1]["status"] == "completed" and rows, 60))
+
+    dm_and_wait("one", 1)
+    rows = dm_and_wait("two", 2)
+    assert rows[0]["session_id"] == rows[1]["session_id"]
+    payload = {"type": "block_actions", "team": {"id": workspace.team}, "user": {"id": user},
+               "channel": {"id": dm}, "message": {"ts": "1.1"}, "actions": [{"action_id": "rg_new", "value": "new"}]}
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    assert httpx.post(f"{stack.base_url}/slack/interactive", content=body,
+                      headers=signed(workspace, body)).status_code == 200
+    rows = dm_and_wait("three", 3)
+    assert rows[2]["session_id"] != rows[1]["session_id"]
