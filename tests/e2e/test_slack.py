@@ -389,3 +389,23 @@ def test_new_conversation_button_starts_a_new_dm_session(stack: Stack, workspace
                       headers=signed(workspace, body)).status_code == 200
     rows = dm_and_wait("three", 3)
     assert rows[2]["session_id"] != rows[1]["session_id"]
+
+
+def test_reply_outlasting_one_job_continues_in_the_next(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                        slack_stack: Dispatchers) -> None:
+    """DELIVERY_JOB_TIMEOUT_SECONDS is 4 here and this reply takes about 5 s: a continuation job finishes it."""
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"user_id": user, "content": "slow one", "channel_id": channel, "thread_id": "1700000010.1",
+                       "slack_user_id": user, "slack_team_id": workspace.team,
+                       "metadata": {"offline": {"tokens": 100, "tokens_per_second": 20}}}).encode()
+    r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=body,
+                   headers={**signed(workspace, body), "content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1
+    query = "SELECT status FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
+    assert f"{row['request_id']}:SLACK:follow_slack ● 'continued'" in full_logs(stack)
