@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import asyncpg
@@ -114,11 +115,38 @@ async def slack_installed(db: asyncpg.Pool | asyncpg.Connection, settings: Setti
     return bool(await db.fetchval("SELECT 1 FROM slack_installations WHERE tenant_id = $1 LIMIT 1", tenant_id))
 
 
+_DEFAULTS_CACHE_SECONDS = 5.0
+_cached: tuple[float, list[asyncpg.Record]] = (0.0, [])
+
+
+async def _default_rows(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.Record]:
+    """The defaults table, read at most every few seconds per process: it changes rarely."""
+    global _cached
+    now = time.monotonic()
+    if now - _cached[0] > _DEFAULTS_CACHE_SECONDS:
+        rows = await db.fetch("SELECT integration_type, enabled, priority, retry_count, retry_delay_seconds, config"
+                              " FROM integration_default_configs ORDER BY priority")
+        _cached = (now, list(rows))
+    return _cached[1]
+
+
+async def defaults_deliver_alone(db: asyncpg.Pool | asyncpg.Connection, settings: Settings) -> bool:
+    """Whether a user without overrides gets a finished reply anywhere (only when a default names a destination)."""
+    for row in await _default_rows(db):
+        channel: Channel = row["integration_type"]
+        cfg = ChannelConfig(enabled=row["enabled"], config=dict(row["config"]))
+        if channel == "SLACK":
+            if cfg.enabled and cfg.config.get("channel_id"):
+                return True
+        elif available(channel, settings, slack_installed=False) and deliverable(channel, cfg):
+            return True
+    return False
+
+
 async def defaults(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str
                    ) -> dict[Channel, ChannelConfig]:
     """The system defaults as they apply now: `enabled` only while the channel is configured."""
-    rows = await db.fetch("SELECT integration_type, enabled, priority, retry_count, retry_delay_seconds, config"
-                          " FROM integration_default_configs ORDER BY priority")
+    rows = await _default_rows(db)
     slack = await slack_installed(db, settings, tenant_id)
     out: dict[Channel, ChannelConfig] = {}
     for row in rows:

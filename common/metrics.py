@@ -22,6 +22,7 @@ QUEUE_DEPTH = Gauge("relaygate_queue_depth", "Jobs in a feature queue (waiting, 
 TOKENS_GENERATED = Counter("relaygate_tokens_generated_total", "Tokens (text chunks) the model produced",
                            ["model"])
 
+DELIVERIES = Counter("relaygate_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"])
 EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gateway sent to SSE clients")
 RELAY_LAG = Histogram("relaygate_relay_lag_seconds",
                       "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = True
+    smtp_ca_file: str = ""  # a private CA's bundle for the SMTP server's certificate
     smtp_from: str = "relaygate@localhost"
     smtp_timeout_seconds: float = 10.0
     webhook_timeout_seconds: float = 10.0

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from prometheus_client import start_http_server
 from redis.asyncio import ConnectionPool, RedisCluster
 
 from common import db, runtime
@@ -86,6 +87,8 @@ def run() -> None:
     rg_logging.configure(settings.log_level)
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate dispatcher: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = build_worker(settings)

@@ -7,8 +7,10 @@ from typing import Any
 
 import asyncpg
 
+from common import sink
 from common.delivery import DeliveryJob
 from common.integrations import DeliveryStatus
+from common.metrics import DELIVERIES
 from common.streams import Event, EventType, StreamWriter
 
 
@@ -58,5 +60,8 @@ async def announce(writer: StreamWriter, job: DeliveryJob, request_attempt: int,
     if detail:
         data["detail"] = detail
     kind: EventType = "delivery.succeeded" if status == "SUCCESS" else "delivery.failed"
+    DELIVERIES.labels(job.channel, status).inc()
+    sink.emit(kind, delivery_id, {"request_id": job.request_id, "session_id": job.session_id, "channel": job.channel,
+                                  "status": status}, tenant_id=job.tenant_id)
     await writer.append(job.session_id, [Event(type=kind, request_id=job.request_id, attempt=request_attempt,
                                                data=data)])

@@ -276,7 +276,10 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     delivery_id = row["delivery_id"]
     configs = await integrations.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
     cfg = configs.get("SLACK") or integrations.ChannelConfig()
-    msg = Message(target=f.target, config=cfg.config, request_id=f.request_id,
+    target = f.target
+    if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
+        target = target.model_copy(update={"thread_ts": target.message_ts})
+    msg = Message(target=target, config=cfg.config, request_id=f.request_id,
                   refs=[r for r in (row["external_ref"] or "").split(",") if r])
     inst = await installations.installation(rt.db, rt.settings, f.target.team_id)
     if inst is None:
@@ -325,9 +328,14 @@ async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], repl
     if inst is None:
         raise DeliveryError("no Slack installation for this user's workspace", retryable=False)
     web = client(rt, inst.bot_token)
-    text = reply.response
+    prefix = f"_{reply.content[:80]}_\n" if config.get("include_agent_info", True) else ""
+    parts = chunks(prefix + reply.response, rt.settings.slack_message_chars)
+    refs: list[str] = []
     try:
-        response = await web.chat_postMessage(channel=config["channel_id"], text=chunks(text, 3500)[0])
+        for part in parts:
+            response = await web.chat_postMessage(channel=config["channel_id"], text=part,
+                                                  thread_ts=refs[0] if refs else None)
+            refs.append(str(response["ts"]))
     except SlackApiError as exc:
         raise _failure(exc) from None
-    return str(response["ts"])
+    return ",".join(refs)

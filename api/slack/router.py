@@ -102,7 +102,7 @@ async def events(request: Request, gw: GatewayDep) -> Response:
                             thread_id=reply_ts, slack_user_id=user, slack_team_id=team_id)
         await service.start(gw, inst, body, key=service.session_key(team_id, body.channel_id, reply_ts, user, dm=dm),
                             reply_ts=reply_ts, idempotency_key=f"slack-event:{event_id}",
-                            correlation_id=correlation_id.get())
+                            correlation_id=correlation_id.get(), message_ts=event.get("ts"))
     except BaseException:
         await gw.streams.delete(key)  # not queued: Slack's retry must be able to try again
         raise

@@ -37,6 +37,7 @@ async def send(settings: Settings, config: dict[str, Any], reply: Reply) -> str 
             username=settings.smtp_username or None,
             password=settings.smtp_password.get_secret_value() or None,
             start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout_seconds,
+            cert_bundle=settings.smtp_ca_file or None,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         raise DeliveryError(f"recipient refused: {len(exc.recipients)} address(es)", retryable=False) from None

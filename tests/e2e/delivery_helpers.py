@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from common.embedded import free_port
 from tests.conftest import Stack, wait_until
@@ -61,9 +63,21 @@ class Dispatchers:
         self.procs.clear()
 
 
-def smtp_server() -> tuple[Controller, Mailbox]:
+def smtp_server(tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
+                ) -> tuple[Controller, Mailbox]:
+    """aiosmtpd on a loopback port; with `tls`, STARTTLS is required, and with `login`, AUTH after it."""
     box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+        return AuthResult(success=ok)
+
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options.update(tls_context=tls, require_starttls=True)
+    if login is not None:
+        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=True)
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(), server_hostname="127.0.0.1", **options)
     controller.start()
     return controller, box
 
@@ -108,3 +122,8 @@ def message_of(raw: bytes) -> Message:
     import email
 
     return email.message_from_bytes(raw)
+
+
+def full_logs(stack: Stack) -> str:
+    """Every line every process of the stack logged (Stack.logs() keeps only each file's tail)."""
+    return "\n".join(p.read_text(errors="replace") for p in stack._logs if p.exists())

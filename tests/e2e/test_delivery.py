@@ -21,14 +21,17 @@ from tests.e2e.delivery_helpers import (
     ask,
     deliveries,
     delivery_events,
+    full_logs,
     message_of,
     smtp_port,
     smtp_server,
     wait_for,
 )
 from tests.fakes.http_receiver import Receiver, basic_auth, sms_form
+from tests.fakes.tls import make_ca_and_cert
 
 SMS_TOKEN = "sms-token-" + secrets.token_hex(8)
+SMTP_PASSWORD = "smtp-pw-" + secrets.token_hex(8)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def dispatchers(stack: Stack, receiver: Receiver) -> Iterator[Dispatchers]:
-    controller, box = smtp_server()
+def dispatchers(stack: Stack, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dispatchers]:
+    ca_file, tls = make_ca_and_cert(tmp_path_factory.mktemp("tls"))
+    controller, box = smtp_server(tls, ("relaygate", SMTP_PASSWORD))
     d = Dispatchers(stack, {
-        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port(controller)), "SMTP_STARTTLS": "false",
+        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port(controller)), "SMTP_STARTTLS": "true",
+        "SMTP_CA_FILE": str(ca_file), "SMTP_USERNAME": "relaygate", "SMTP_PASSWORD": SMTP_PASSWORD,
         "SMTP_FROM": "relaygate@test.local", "SMS_API_URL": receiver.base_url, "SMS_ACCOUNT_SID": "AC123",
         "SMS_AUTH_TOKEN": SMS_TOKEN, "SMS_FROM": "+15550001111", "SMS_MAX_CHARS": "40",
         "DELIVERY_RETRY_DELAY_SCALE": "0.01", "DELIVERY_JOB_TIMEOUT_SECONDS": "3",
@@ -100,7 +105,7 @@ def test_webhook_fails_twice_then_succeeds(stack: Stack, dispatchers: Dispatcher
     assert receiver.processed[path] == {hits[0].headers["webhook-id"]}
     body = httpx.Response(200, content=hits[-1].body).json()
     assert body["data"]["request_id"] == accepted["request_id"] and body["data"]["response"]
-    assert secret not in dispatchers.stack.logs()
+    assert secret not in full_logs(dispatchers.stack)
 
 
 def test_permanent_failure_ends_failed_after_retry_count(stack: Stack, dispatchers: Dispatchers,
@@ -147,6 +152,7 @@ def test_email_html_and_text(stack: Stack, dispatchers: Dispatchers) -> None:
     assert "<html>" in html.get_payload()[1].get_payload(decode=True).decode()
     assert text.get_content_type() == "text/plain"
     assert text["From"] == "relaygate@test.local"
+    assert SMTP_PASSWORD not in full_logs(stack)
 
 
 def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receiver: Receiver) -> None:
@@ -160,7 +166,7 @@ def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receive
     assert len(hits) > 1
     assert all(len(sms_form(h)["Body"]) <= 40 and sms_form(h)["From"] == "+15550001111" for h in hits)
     assert basic_auth(hits[0]) == ("AC123", SMS_TOKEN)
-    assert SMS_TOKEN not in stack.logs()
+    assert SMS_TOKEN not in full_logs(stack)
 
 
 def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers: Dispatchers,
@@ -183,3 +189,58 @@ def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers:
     hits = receiver.on(path)
     assert len(hits) == 2 and len({h.headers["webhook-id"] for h in hits}) == 1
     assert len(receiver.processed[path]) == 1
+
+
+def test_test_channel_records_and_disabled_override_sends_nothing(stack: Stack, dispatchers: Dispatchers,
+                                                                  receiver: Receiver) -> None:
+    c, uid = user(stack)
+    assert c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "TEST"}).status_code == 201
+    path = f"/hook/{uid}"
+    webhook_override(c, uid, receiver, path)
+    assert c.put(f"/api/v1/users/{uid}/integrations/WEBHOOK", json={"enabled": False}).status_code == 200
+    events = delivery_events(c, ask(c), final)
+    assert [(e["data"]["channel"], e["data"]["status"]) for e in events] == [("TEST", "SUCCESS")]
+    assert [(r["integration_type"], r["status"]) for r in deliveries(c, uid)] == [("TEST", "SUCCESS")]
+    assert receiver.on(path) == []
+
+
+def test_attempt_past_its_expiry_is_expired(stack: Stack) -> None:
+    """Runs the dispatcher's job in-process against the real servers: an overdue attempt is not sent."""
+    import asyncio
+    import time
+
+    from common import db, queue
+    from common.delivery import DeliveryJob
+    from common.streams import StreamWriter
+    from common.streams import connect as connect_streams
+    from dispatcher import jobs
+    from dispatcher.runtime import Runtime
+    from tests.conftest import settings_for
+    from tests.e2e.streams import wait_status
+
+    c, uid = user(stack)
+    accepted = ask(c)
+    assert wait_status(c, accepted["request_id"], {"completed"})["status"] == "completed"
+    tenant = c.get("/api/v1/me").json()["tenant_id"]
+
+    async def run() -> str:
+        settings = settings_for(stack.infra)
+        streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
+        rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
+                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
+                     queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
+                     http=httpx.AsyncClient())
+        try:
+            job = DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id=tenant,
+                              user_id=uid, channel="TEST", expires_at=time.time() - 1)
+            return await jobs.deliver({"rt": rt}, job.model_dump())
+        finally:
+            await rt.http.aclose()
+            await rt.queue.aclose()
+            await streams.aclose()
+            await rt.db.close()
+
+    assert asyncio.run(run()) == "EXPIRED"
+    assert [r["status"] for r in deliveries(c, uid)] == ["EXPIRED"]
+    events = delivery_events(c, accepted, final)
+    assert [(e["type"], e["data"]["status"]) for e in events] == [("delivery.failed", "EXPIRED")]

@@ -20,7 +20,7 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from tests.conftest import Stack
-from tests.e2e.delivery_helpers import Dispatchers, wait_for
+from tests.e2e.delivery_helpers import Dispatchers, full_logs, wait_for
 from tests.fakes.slack_api import Call, FakeSlack
 
 EDITS_PER_MINUTE = 4
@@ -146,6 +146,7 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     (row,) = reply_of(stack, workspace, user)
     assert row["status"] == "completed"
     assert final[-1].args["text"] == row["response_content"]
+    assert "Answered by slack-bot" in json.dumps(final[-1].args["blocks"])
     updates = fake_slack.of("chat.update", channel)
     assert {u.args["ts"] for u in updates} == {final[-1].args["ts"]}
     assert len(updates) <= EDITS_PER_MINUTE + 1  # the budget, plus the final text that always goes out
@@ -155,7 +156,7 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
     delivered = sql(stack, query, row["request_id"])
     assert [(d["status"], d["external_ref"]) for d in delivered] == [("SUCCESS", final[-1].args["ts"])]
-    assert workspace.token not in stack.logs() and workspace.secret not in stack.logs()
+    assert workspace.token not in full_logs(stack) and workspace.secret not in full_logs(stack)
 
 
 def test_thread_is_one_session_and_dms_continue(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
@@ -256,7 +257,7 @@ def test_rate_limits_short_waited_long_rescheduled(stack: Stack, workspace: Work
     (row,) = reply_of(stack, workspace, user)
     assert final[-1].args["text"] == row["response_content"]
     assert len(fake_slack.of("chat.postMessage", channel)) == 1  # the re-scheduled job edited, never re-posted
-    assert "Slack delivery will be retried" in stack.logs()
+    assert "Slack delivery will be retried" in full_logs(stack)
 
 
 def test_dispatcher_killed_mid_reply_edits_the_same_message(stack: Stack, workspace: Workspace,
@@ -312,3 +313,99 @@ def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, f
     finally:
         native.stop()
         slack_stack.start()
+
+
+def test_user_slack_settings_are_honoured(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                          slack_stack: Dispatchers) -> None:
+    user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+    with stack.client(user, workspace.tenant) as c:
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK",
+                  json={"config": {"thread_replies": True, "mention_user": True, "include_agent_info": False}})
+        assert r.status_code == 200, r.text
+    post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": user, "channel": dm,
+                                  "text": "thread me", "ts": "1700000008.000100"})
+    final = finished(fake_slack, dm)
+    assert fake_slack.of("chat.postMessage", dm)[0].args["thread_ts"] == "1700000008.000100"
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == f"<@{user}> {row['response_content']}"
+    assert "Answered by" not in json.dumps(final[-1].args["blocks"])
+
+
+def test_other_requests_reach_a_slack_channel_by_override(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                          slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    with stack.client(user, workspace.tenant) as c:
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK",
+                  json={"config": {"channel_id": channel, "team_id": workspace.team}})
+        assert r.status_code == 200, r.text
+        r = c.post("/api/v1/requests/web", json={"content": "from the web", "new_session": True})
+        assert r.status_code == 202, r.text
+    (post,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel), 60)
+    (row,) = reply_of(stack, workspace, user)
+    assert post.args["text"].endswith(row["response_content"]) and post.args.get("thread_ts") is None
+    assert post.token == workspace.token
+
+
+def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers) -> None:
+    slack_stack.stop()
+    short = Dispatchers(stack, {**slack_stack.env, "SLACK_MESSAGE_CHARS": "60"})
+    short.start()
+    try:
+        user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+        root = "1700000009.000100"
+        post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "go long",
+                                      "ts": root})
+        final = finished(fake_slack, channel)
+        (row,) = reply_of(stack, workspace, user)
+        reply = row["response_content"]
+        posts = wait_for(lambda: (p := fake_slack.of("chat.postMessage", channel)) and
+                         " ".join([final[-1].args["text"], *(x.args["text"] for x in p[1:])]).split() == reply.split()
+                         and p, 30)
+        assert len(posts) > 2 and all(p.args["thread_ts"] == root for p in posts)
+        assert all(len(p.args["text"]) <= 60 for p in posts[1:]) and len(final[-1].args["text"]) <= 60
+    finally:
+        short.stop()
+        slack_stack.start()
+
+
+def test_new_conversation_button_starts_a_new_dm_session(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                         slack_stack: Dispatchers) -> None:
+    user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+
+    def dm_and_wait(text: str, count: int) -> list[asyncpg.Record]:
+        post_event(stack, workspace, {"type": "message", "channel_type": "im", "user": user, "channel": dm,
+                                      "text": text, "ts": f"{time.time():.6f}"})
+        return list(wait_for(lambda: (rows := reply_of(stack, workspace, user)) and len(rows) == count
+                             and rows[-1]["status"] == "completed" and rows, 60))
+
+    dm_and_wait("one", 1)
+    rows = dm_and_wait("two", 2)
+    assert rows[0]["session_id"] == rows[1]["session_id"]
+    payload = {"type": "block_actions", "team": {"id": workspace.team}, "user": {"id": user},
+               "channel": {"id": dm}, "message": {"ts": "1.1"}, "actions": [{"action_id": "rg_new", "value": "new"}]}
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    assert httpx.post(f"{stack.base_url}/slack/interactive", content=body,
+                      headers=signed(workspace, body)).status_code == 200
+    rows = dm_and_wait("three", 3)
+    assert rows[2]["session_id"] != rows[1]["session_id"]
+
+
+def test_reply_outlasting_one_job_continues_in_the_next(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                        slack_stack: Dispatchers) -> None:
+    """DELIVERY_JOB_TIMEOUT_SECONDS is 4 here and this reply takes about 5 s: a continuation job finishes it."""
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"user_id": user, "content": "slow one", "channel_id": channel, "thread_id": "1700000010.1",
+                       "slack_user_id": user, "slack_team_id": workspace.team,
+                       "metadata": {"offline": {"tokens": 100, "tokens_per_second": 20}}}).encode()
+    r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=body,
+                   headers={**signed(workspace, body), "content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert final[-1].args["text"] == row["response_content"]
+    assert len(fake_slack.of("chat.postMessage", channel)) == 1
+    query = "SELECT status FROM delivery_logs WHERE request_id = $1::uuid"
+    wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
+    assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
+    assert f"{row['request_id']}:SLACK:follow_slack ● 'continued'" in full_logs(stack)
