@@ -12,7 +12,6 @@ from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import ConnectionPool, RedisCluster
 
 from api import errors
 from api.deps import Gateway
@@ -32,11 +31,10 @@ from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
 from common import logging as rg_logging
 from common import queue, runtime, tracing
-from common.context import open_stores
-from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
+from common.context import open_stores, start_hub
+from common.hub import Hub
 from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
-from common.streams import StreamsRedis
 from common.tracing import TracingMiddleware
 
 STATIC = Path(__file__).parent / "static"
@@ -80,18 +78,6 @@ def _drain_on_signal(hub: Hub) -> Callable[[], None]:
     return restore
 
 
-def _hub(settings: Settings, streams: StreamsRedis) -> Hub:
-    """The process's stream hub: fixed readers on one server, one per bucket on a cluster."""
-    readers: ReaderConnections
-    if isinstance(streams, RedisCluster):
-        readers = ClusterConnections(streams, client_name=HUB_READER_NAME)
-    else:
-        readers = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url, client_name=HUB_READER_NAME))
-    return Hub(streams, readers, readers=None if settings.stream_redis_cluster else settings.hub_readers,
-               block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
-               heartbeat_seconds=settings.sse_heartbeat_seconds)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -99,8 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
                                pool_name="gateway", health_check_interval=30)
     arq = await queue.connect(settings.queue_redis_url)
-    hub = _hub(settings, stores.streams)
-    hub.start()
+    hub = start_hub(settings, stores.streams, readers=settings.hub_readers)
     runtime.tune_gc()
     limits = Limits(stores.streams, settings)
     slots = StreamSlots(limits)

@@ -1,4 +1,5 @@
-"""The wiring the gateway and the workers share: Postgres, the streams Redis and its writer, the agents."""
+"""The wiring the gateway, the workers and the dispatcher share: Postgres, the streams Redis and its
+writer, the agents, and the stream hub of the processes that follow streams."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from redis.asyncio import ConnectionPool, RedisCluster
 
 from common import db
 from common.agents import AgentRegistry, load_agents
+from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from common.settings import Settings
 from common.streams import StreamsRedis, StreamWriter
 from common.streams import connect as connect_streams
@@ -39,3 +42,18 @@ async def open_stores(settings: Settings, *, db_max_size: int, stream_connection
     writer = StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
                           ttl_seconds=settings.stream_ttl_seconds)
     return Stores(settings, pool, streams, writer, agents)
+
+
+def start_hub(settings: Settings, streams: StreamsRedis, *, readers: int) -> Hub:
+    """A started stream hub: `readers` fixed readers on one server, one per watched bucket on a cluster."""
+    connections: ReaderConnections
+    if isinstance(streams, RedisCluster):
+        connections = ClusterConnections(streams, client_name=HUB_READER_NAME)
+    else:
+        connections = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url,
+                                                                client_name=HUB_READER_NAME))
+    hub = Hub(streams, connections, readers=None if settings.stream_redis_cluster else readers,
+              block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
+              heartbeat_seconds=settings.sse_heartbeat_seconds)
+    hub.start()
+    return hub

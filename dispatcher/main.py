@@ -11,16 +11,13 @@ import httpx
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from prometheus_client import start_http_server
-from redis.asyncio import ConnectionPool, RedisCluster
 
-from common import db, runtime
 from common import logging as rg_logging
+from common import runtime
+from common.context import open_stores, start_hub
 from common.delivery import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK
-from common.hub import HUB_READER_NAME, ClusterConnections, Hub, ReaderConnections, ServerConnections
 from common.keys import dispatcher_queue
 from common.settings import Settings, get_settings
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
 from dispatcher import jobs, slack
 from dispatcher.runtime import Runtime
 
@@ -29,25 +26,14 @@ log = logging.getLogger(__name__)
 
 def build_worker(settings: Settings) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
-        cluster = settings.stream_redis_cluster
-        streams = connect_streams(settings.stream_redis_url, cluster=cluster, max_connections=64)
-        readers: ReaderConnections
-        if isinstance(streams, RedisCluster):
-            readers = ClusterConnections(streams, client_name=HUB_READER_NAME)
-        else:
-            readers = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url,
-                                                                client_name=HUB_READER_NAME))
-        hub = Hub(streams, readers, readers=None if cluster else 1, block_ms=settings.hub_block_ms,
-                  queue_size=settings.sse_client_queue, heartbeat_seconds=settings.sse_heartbeat_seconds)
-        hub.start()
+        stores = await open_stores(settings, db_max_size=10, stream_connections=64, pool_name="dispatcher")
         ctx["rt"] = Runtime(
             settings=settings,
-            db=await db.create_pool(settings.database_url, min_size=1, max_size=10),
-            streams=streams,
-            writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                                ttl_seconds=settings.stream_ttl_seconds),
+            db=stores.db,
+            streams=stores.streams,
+            writer=stores.writer,
             queue=ctx["redis"],
-            hub=hub,
+            hub=start_hub(settings, stores.streams, readers=1),
             http=httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False),
         )
         runtime.tune_gc()

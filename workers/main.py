@@ -11,13 +11,11 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from prometheus_client import start_http_server
 
-from common import db, runtime, tracing
 from common import logging as rg_logging
-from common.agents import load_agents
+from common import runtime, tracing
+from common.context import open_stores
 from common.flows.jobs import PROCESS_FLOW_RUN
 from common.settings import Settings, get_settings
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
 from workers import flows, maintenance, model
 from workers.observe import observed
 from workers.queue_worker import RelayWorker
@@ -31,17 +29,10 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx_ref["ctx"] = ctx
-        streams = connect_streams(settings.stream_redis_url, cluster=settings.stream_redis_cluster,
-                                  max_connections=settings.worker_stream_connections, pool_timeout=None)
-        rt = Runtime(
-            settings=settings,
-            db=await db.create_pool(settings.database_url, min_size=2, max_size=20, name="worker"),
-            streams=streams,
-            queue=ctx["redis"],
-            writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                                ttl_seconds=settings.stream_ttl_seconds),
-            agents=load_agents(settings.agents_file),
-        )
+        stores = await open_stores(settings, db_max_size=20, stream_connections=settings.worker_stream_connections,
+                                   pool_name="worker", pool_timeout=None)
+        rt = Runtime(settings=settings, db=stores.db, streams=stores.streams, queue=ctx["redis"], writer=stores.writer,
+                     agents=stores.agents)
         ctx["rt"] = rt
         ctx["tasks"] = maintenance.start(rt) + flows.start(rt)
         runtime.tune_gc()
