@@ -263,16 +263,17 @@ async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> 
     return [job_for(r) for r in rows]
 
 
-async def expire_sessions(conn: asyncpg.Connection) -> int:
-    result: str = await conn.execute(
+async def expire_sessions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """End idle sessions past their expiry; returns their (session_id, tenant_id)."""
+    return list(await conn.fetch(
         """
         UPDATE request_sessions s SET status = 'expired', updated_at = now()
          WHERE s.status = 'active' AND s.expires_at < now()
            AND NOT EXISTS (SELECT 1 FROM request_logs r
                             WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running'))
+        RETURNING session_id::text, tenant_id
         """
-    )
-    return int(result.rsplit(" ", 1)[-1])
+    ))
 
 
 async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] | None:

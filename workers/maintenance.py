@@ -13,7 +13,7 @@ import time
 import asyncpg
 from redis.exceptions import RedisError
 
-from common import lifecycle, queue
+from common import lifecycle, queue, sink
 from common.keys import cancel_key, intake_keys
 from common.streams import ended
 from workers.attempt import Stop
@@ -140,8 +140,11 @@ async def sweep_once(rt: Runtime) -> None:
     await end_unstored_once(rt)
     for feature, payload in stalled:
         await queue.enqueue(rt.queue, feature, payload)
+    for session in expired:
+        sink.emit("session.ended", session["session_id"], {"status": "expired"}, tenant_id=session["tenant_id"])
     if overdue or stalled or expired:
-        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": expired})
+        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled),
+                                 "sessions_expired": len(expired)})
 
 
 async def every(seconds: float, step: object, rt: Runtime) -> None:

@@ -246,5 +246,8 @@ async def _finish(
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
+    sink.emit("session.updated", payload.session_id,
+              {"last_request_id": payload.request_id, "current_agent_id": agent_id},
+              tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status
