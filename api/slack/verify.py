@@ -17,6 +17,8 @@ def verify(body: bytes, headers: Mapping[str, str], secrets: list[str], clock: C
         raise ApiError(401, "Slack is not configured on this gateway")
     if not timestamp or not signature:
         raise ApiError(401, "missing Slack signature headers")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise ApiError(401, "invalid Slack request timestamp")
     for secret in secrets:
         if SignatureVerifier(secret, clock=clock).is_valid(body=body, timestamp=timestamp, signature=signature):
             return
