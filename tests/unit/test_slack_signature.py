@@ -38,7 +38,6 @@ def test_valid_within_the_window() -> None:
     (b"x", headers(b"x", secret="nope"), At(NOW)),     # wrong secret
     (b"x", {}, At(NOW)),                               # unsigned
     (b"x", {**headers(b"x"), "x-slack-request-timestamp": "soon"}, At(NOW)),  # not a number
-    (b"x", {**headers(b"x"), "x-slack-request-timestamp": "\u0661\u0667" + "\u0660" * 8}, At(NOW)),  # not ASCII digits
 ])
 def test_rejected(body: bytes, hdrs: dict[str, str], clock: Clock) -> None:
     with pytest.raises(ApiError) as err:
