@@ -23,7 +23,7 @@ from common import lifecycle, queue, sink
 from common.flows import functions
 from common.flows.jobs import RunJob, enqueue_run
 from common.flows.model import FlowDefinition, FlowTask
-from common.flows.policies import PolicyContext, PolicyEngine, PolicyViolation, load_engine
+from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
 from common.keys import cancel_key, run_cancel_key
@@ -41,21 +41,6 @@ CANCEL_POLL_SECONDS = 0.25
 AGENT_POLL_SECONDS = 0.2
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
 _REQUEST_NAMESPACE = uuid.UUID("6f1c1a8e-58a7-4c8e-9a57-1f9f5b1e0b11")
-_ENGINES: dict[int, PolicyEngine] = {}
-
-
-def _engine(rt: Runtime) -> PolicyEngine:
-    key = id(rt.settings)
-    if key not in _ENGINES:
-        functions.load_modules(rt.settings.flow_function_modules)
-        _ENGINES[key] = load_engine(rt.settings)
-    return _ENGINES[key]
-
-
-def store(rt: Runtime) -> RunStore:
-    return RunStore(rt.db, rt.streams, rt.writer, rt.settings.stream_buckets, rt.settings.redis_cache_ttl)
-
-
 class TaskFailed(Exception):
     def __init__(self, task_id: str, error: str) -> None:
         super().__init__(f"task {task_id!r} failed: {error}")
@@ -104,7 +89,7 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     rt: Runtime = ctx["rt"]
     job = RunJob.model_validate(raw)
     correlation_id.set(job.correlation_id)
-    runs = store(rt)
+    runs = RunStore.of(rt)
     try:
         claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds)
     except _DB_ERRORS as exc:
@@ -193,7 +178,7 @@ async def _run_dag(run: Execution) -> None:
 
 
 async def _run_task(run: Execution, task: FlowTask) -> Any:
-    engine = _engine(run.rt)
+    engine = configured_engine(run.rt.settings)
     ctx = PolicyContext(run.tenant_id, run.row["user_id"], run.rt.settings)
     tries = task.retries + 1
     error = ""
@@ -367,7 +352,7 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
 
 async def reap_once(rt: Runtime) -> None:
     """Requeue runs whose executor was lost; fail those lost too often (ending their streams)."""
-    runs = store(rt)
+    runs = RunStore.of(rt)
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
     for row in requeued:
         log.warning("flow run lease expired; requeued", extra={"run_id": row["run_id"], "attempt": row["attempt"]})
@@ -385,7 +370,7 @@ async def reap_once(rt: Runtime) -> None:
 
 async def sweep_once(rt: Runtime) -> None:
     """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
-    for row in await store(rt).stalled(older_than_seconds=10):
+    for row in await RunStore.of(rt).stalled(older_than_seconds=10):
         await enqueue_run(rt.queue, row["feature"], RunJob(run_id=row["run_id"], tenant_id=row["tenant_id"],
                                                            attempt=row["attempt"],
                                                            correlation_id=row["correlation_id"]))
@@ -393,7 +378,7 @@ async def sweep_once(rt: Runtime) -> None:
 
 def start(rt: Runtime) -> list[asyncio.Task[None]]:
     """The flow runs' reaper and sweep, beside the requests' own (workers.maintenance)."""
-    _engine(rt)
+    configured_engine(rt.settings)
     return [
         asyncio.create_task(every(rt.settings.reaper_interval_seconds, reap_once, rt), name="flow-reaper"),
         asyncio.create_task(every(rt.settings.maintenance_interval_seconds, sweep_once, rt), name="flow-sweeps"),

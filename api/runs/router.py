@@ -16,7 +16,7 @@ from api.runs.schemas import RunAccepted, RunBody, RunPage, RunStatus
 from api.streams.relay import Reset, check_resume, request_frames, reset_frame
 from api.streams.sse import open_stream, resume_point
 from common.auth import SCOPE_RUNS
-from common.flows.runs import ACTIVE, STATUSES
+from common.flows.runs import ACTIVE, STATUSES, RunStore
 from common.logging import correlation_id
 from common.streams import parse_id
 
@@ -64,7 +64,7 @@ async def stream_run(
         resume = resume_point(last_event_id if last_event_id is not None else from_)
     except ApiError as exc:
         raise ApiError(400, exc.detail) from None
-    key = service.store(gw).stream_key(run_id)
+    key = RunStore.of(gw).stream_key(run_id)
     finished = doc["status"] not in ACTIVE
     after = resume if resume is not None else parse_id(await gw.hub.last_id(key))
 

@@ -15,30 +15,13 @@ from api.flows import service as flows
 from api.runs.schemas import RunBody
 from common import sink
 from common.auth import Principal
-from common.flows import functions
 from common.flows.jobs import RunJob, enqueue_run
-from common.flows.policies import PolicyContext, PolicyEngine, PolicyViolation, load_engine
+from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import ACTIVE, DOC_COLUMNS, PENDING, RunStore, status_doc
 from common.keys import run_cancel_key
 from common.streams import Event
 
 log = logging.getLogger(__name__)
-
-_ENGINES: dict[int, PolicyEngine] = {}
-
-
-def engine(gw: Gateway) -> PolicyEngine:
-    """The configured policies (and task functions), loaded once per process."""
-    key = id(gw.settings)
-    if key not in _ENGINES:
-        functions.load_modules(gw.settings.flow_function_modules)
-        _ENGINES[key] = load_engine(gw.settings)
-    return _ENGINES[key]
-
-
-def store(gw: Gateway) -> RunStore:
-    return RunStore(gw.db, gw.streams, gw.writer, gw.settings.stream_buckets, gw.settings.redis_cache_ttl)
-
 
 @dataclass
 class Started:
@@ -60,7 +43,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
         raise ApiError(403, f"TenantIsolationPolicy: the token's tenant may not start runs for {body.tenant_id!r}")
     if body.request_id and (replay := await _replay(gw, who.tenant_id, body.request_id)):
         return replay
-    policies = engine(gw)
+    policies = configured_engine(gw.settings)
     if body.flow_definition is not None:
         raw, source = {"id": body.flow_id, **body.flow_definition}, "request"
     else:
@@ -72,7 +55,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
     except PolicyViolation as exc:
         raise ApiError(403, str(exc), error="policy_violation") from None
     run_id = str(uuid.uuid4())
-    runs = store(gw)
+    runs = RunStore.of(gw)
     async with gw.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"""
@@ -110,7 +93,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
 
 async def get(gw: Gateway, who: Principal, run_id: str) -> dict[str, Any]:
     """From the cache, which every status change rewrites; from Postgres (and cached) on a miss."""
-    runs = store(gw)
+    runs = RunStore.of(gw)
     cached = await runs.cache_get(run_id)
     if cached is not None and cached.get("tenant_id") == who.tenant_id:
         return cached
@@ -134,7 +117,7 @@ async def search(gw: Gateway, who: Principal, *, flow_id: str | None, status: st
 
 
 async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
-    row = await store(gw).load(run_id, who.tenant_id)
+    row = await RunStore.of(gw).load(run_id, who.tenant_id)
     if row is None:
         raise ApiError(404, "run not found")
     if row["status"] not in ACTIVE:
@@ -142,7 +125,7 @@ async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
     reason = f"cancelled by {who.user_id}"
     await gw.streams.set(run_cancel_key(run_id, gw.settings.stream_buckets), reason,
                          ex=gw.settings.flow_timeout_seconds)
-    cancelled = await store(gw).cancel_pending(run_id, who.tenant_id, reason)
+    cancelled = await RunStore.of(gw).cancel_pending(run_id, who.tenant_id, reason)
     if cancelled is None:
         return "CANCELLING"
     await announce_end(gw, cancelled, "cancelled", {"reason": reason})
@@ -151,7 +134,7 @@ async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
 
 async def announce_end(gw: Gateway, row: asyncpg.Record, status: str, data: dict[str, Any]) -> None:
     run_id, attempt = row["run_id"], row["attempt"]
-    await store(gw).events(run_id, [
+    await RunStore.of(gw).events(run_id, [
         Event(type=f"run.{status}", request_id=run_id, attempt=attempt, data=data),  # type: ignore[arg-type]
         Event(type="done", request_id=run_id, attempt=attempt, data={"run_id": run_id, "status": status}),
     ])

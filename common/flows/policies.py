@@ -11,6 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.flows import functions
 from common.flows.model import FlowDefinition, FlowTask
 from common.settings import Settings
 
@@ -132,3 +133,15 @@ def load_engine(settings: Settings) -> PolicyEngine:
         if isinstance(policy, PostTaskPolicy):
             engine.post_task.append(policy)
     return engine
+
+
+_ENGINES: dict[int, PolicyEngine] = {}
+
+
+def configured_engine(settings: Settings) -> PolicyEngine:
+    """The policies of `FLOW_POLICIES` (and the task functions of `FLOW_FUNCTION_MODULES`), loaded once per process."""
+    key = id(settings)
+    if key not in _ENGINES:
+        functions.load_modules(settings.flow_function_modules)
+        _ENGINES[key] = load_engine(settings)
+    return _ENGINES[key]

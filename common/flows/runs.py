@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from common.keys import run_cache_key, run_stream_key
+from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def status_doc(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class HasStores(Protocol):
+    settings: Settings
+    db: asyncpg.Pool
+    streams: StreamsRedis
+    writer: StreamWriter
+
+
 @dataclass
 class RunStore:
     """Run rows plus their cache and stream, as both processes see them."""
@@ -63,6 +71,12 @@ class RunStore:
     writer: StreamWriter
     buckets: int
     cache_ttl: int
+
+    @classmethod
+    def of(cls, owner: HasStores) -> RunStore:
+        """The store of a gateway or a worker runtime."""
+        return cls(owner.db, owner.streams, owner.writer, owner.settings.stream_buckets,
+                   owner.settings.redis_cache_ttl)
 
     def stream_key(self, run_id: str) -> str:
         return run_stream_key(run_id, self.buckets)
