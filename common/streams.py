@@ -152,15 +152,21 @@ def connect(url: str, *, cluster: bool, max_connections: int, pool_timeout: floa
 
 
 # XADD every event, then refresh the TTL, as one atomic step (a script also runs on a cluster,
-# where MULTI pipelines do not). KEYS[1] stream; ARGV: maxlen, ttl, then 6 values per event.
+# where MULTI pipelines do not). KEYS[1] the stream, KEYS[2] (optional) its bucket's intake set;
+# ARGV: maxlen, ttl, the intake member, then 6 values per event. With an intake set, the announced
+# request is noted there in the same step: it is never on a stream without a way to find it again.
 _APPEND = """
 local ids = {}
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
     'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
     'ts', ARGV[i + 4], 'data', ARGV[i + 5])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if #KEYS > 1 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
+end
 return ids
 """
 
@@ -205,22 +211,6 @@ return {last, values}
 """
 
 
-# As _APPEND, and note the announced request in its bucket's intake set (KEYS[2]; ARGV[3] the
-# member), in the same step: a request is never on a stream without a way to find it again.
-_ANNOUNCE = """
-local ids = {}
-for i = 4, #ARGV, 6 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
-    'ts', ARGV[i + 4], 'data', ARGV[i + 5])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
-return ids
-"""
-
-
 def intake_member(session_id: str, request_id: str) -> str:
     return f"{session_id} {request_id}"
 
@@ -236,7 +226,6 @@ class StreamWriter:
         self._append = redis.register_script(_APPEND)  # type: ignore[misc]  # typed for Redis; RedisCluster has it
         self._append_many = redis.register_script(_APPEND_MANY)  # type: ignore[misc]
         self._cluster = isinstance(redis, RedisCluster)
-        self._announce = redis.register_script(_ANNOUNCE)  # type: ignore[misc]
 
     def key(self, session_id: str) -> str:
         return stream_key(session_id, self.buckets)
@@ -246,11 +235,14 @@ class StreamWriter:
 
     async def append_to(self, key: str, events: Iterable[Event]) -> list[str]:
         """Append to any stream key (a flow run's, for one), with the same TTL and trimming."""
-        args: list[str | int] = [self.maxlen, self.ttl]
+        return await self._call_append([key], "", events)
+
+    async def _call_append(self, keys: list[str], member: str, events: Iterable[Event]) -> list[str]:
+        args: list[str | int] = [self.maxlen, self.ttl, member]
         for event in events:
             f = event.fields()
             args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
-        ids = await self._append(keys=[key], args=args)
+        ids = await self._append(keys=keys, args=args)
         return [_text(i) for i in ids]
 
     async def append_many(
@@ -299,9 +291,5 @@ class StreamWriter:
         return ids, got
     async def announce(self, session_id: str, request_id: str, events: Iterable[Event]) -> list[str]:
         """Append a new request's first events and record it in the bucket's intake set, atomically."""
-        args: list[str | int] = [self.maxlen, self.ttl, intake_member(session_id, request_id)]
-        for event in events:
-            f = event.fields()
-            args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
-        ids = await self._announce(keys=[self.key(session_id), intake_key(session_id, self.buckets)], args=args)
-        return [_text(i) for i in ids]
+        return await self._call_append([self.key(session_id), intake_key(session_id, self.buckets)],
+                                       intake_member(session_id, request_id), events)
