@@ -7,15 +7,14 @@ but processed once, as a receiver following the standard does.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs
 
 from standardwebhooks import Webhook, WebhookVerificationError
+
+from tests.fakes.loopback import JsonHandler, Loopback
 
 
 @dataclass
@@ -33,12 +32,12 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     processed: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # path -> webhook ids
     hold: threading.Event | None = None
-    server: ThreadingHTTPServer | None = None
+    server: Loopback | None = None
 
     @property
     def base_url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.server.url
 
     def then(self, path: str, *answers: int | tuple[int, dict[str, str]]) -> None:
         """Answer the next requests on `path` with these statuses (then 200)."""
@@ -50,10 +49,7 @@ class Receiver:
     def start(self) -> Receiver:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -63,7 +59,7 @@ class Receiver:
                         Webhook(owner.secrets[self.path]).verify(body, headers)
                         verified = True
                     except WebhookVerificationError:
-                        self._answer(401, {})
+                        self.answer(401, {}, {})
                         return
                 owner.received.append(Received(self.path, headers, body, verified))
                 if owner.hold is not None and not owner.hold.is_set():
@@ -71,27 +67,15 @@ class Receiver:
                 status, extra = owner.script[self.path].pop(0) if owner.script[self.path] else (200, {})
                 if 200 <= status < 300 and "webhook-id" in headers:
                     owner.processed[self.path].add(headers["webhook-id"])
-                self._answer(status, extra, {"sid": f"SM{len(owner.received)}"} if "/Messages.json" in self.path
-                             else {"ok": True})
+                self.answer(status, extra, {"sid": f"SM{len(owner.received)}"} if "/Messages.json" in self.path
+                            else {"ok": True})
 
-            def _answer(self, status: int, headers: dict[str, str], payload: Any = None) -> None:
-                data = json.dumps(payload or {}).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = Loopback(Handler)
         return self
 
     def stop(self) -> None:
         if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
 
 
 def sms_form(r: Received) -> dict[str, str]:

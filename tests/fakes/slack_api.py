@@ -7,9 +7,10 @@ import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.fakes.loopback import JsonHandler, Loopback
 
 
 @dataclass
@@ -24,14 +25,14 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     script: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = field(
         default_factory=lambda: defaultdict(list))
-    server: ThreadingHTTPServer | None = None
+    server: Loopback | None = None
     _ts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def api_url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        return f"{self.server.url}/api/"
 
     def fail_next(self, method: str, status: int, headers: dict[str, str] | None = None,
                   body: dict[str, Any] | None = None) -> None:
@@ -43,10 +44,7 @@ class FakeSlack:
     def start(self) -> FakeSlack:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 method = self.path.removeprefix("/api/")
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -65,20 +63,11 @@ class FakeSlack:
                     status, headers, body = scripted
                 else:
                     status, headers, body = 200, {}, {"ok": True, "channel": args.get("channel"), "ts": ts}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer(status, headers, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = Loopback(Handler)
         return self
 
     def stop(self) -> None:
         if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
