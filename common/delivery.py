@@ -9,7 +9,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from common import integrations
+from common import integrations, queue
 from common.integrations import Channel
 from common.keys import dispatcher_queue
 from common.models import JobPayload
@@ -63,9 +63,7 @@ class SlackFollow(BaseModel):
 
 
 async def _enqueue(pool: ArqRedis, function: str, job_id: str, arg: BaseModel, *, defer: float = 0) -> bool:
-    job = await pool.enqueue_job(function, arg.model_dump(), _job_id=job_id, _queue_name=dispatcher_queue(),
-                                 _defer_by=defer or None)
-    return job is not None
+    return await queue.push(pool, dispatcher_queue(), function, job_id, (arg.model_dump(),), defer_seconds=defer)
 
 
 async def enqueue_request(pool: ArqRedis, payload: JobPayload) -> bool:

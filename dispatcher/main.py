@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from arq.connections import RedisSettings
-from arq.worker import Worker, func
+from arq.worker import func
 from prometheus_client import start_http_server
 
 from common import logging as rg_logging
@@ -17,6 +17,7 @@ from common import runtime
 from common.context import open_stores, start_hub
 from common.delivery import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK
 from common.keys import dispatcher_queue
+from common.queue_worker import RelayWorker
 from common.settings import Settings, get_settings
 from dispatcher import jobs, slack
 from dispatcher.runtime import Runtime
@@ -24,7 +25,7 @@ from dispatcher.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings) -> Worker:
+def build_worker(settings: Settings) -> RelayWorker:
     async def startup(ctx: dict[str, Any]) -> None:
         stores = await open_stores(settings, db_max_size=10, stream_connections=64, pool_name="dispatcher")
         ctx["rt"] = Runtime(
@@ -51,7 +52,7 @@ def build_worker(settings: Settings) -> Worker:
     # Every job is short, so a killed dispatcher's jobs run again within seconds (ARQ waits for the
     # longest timeout); a Slack reply longer than that hands on to a continuation job.
     short = settings.delivery_job_timeout_seconds
-    return Worker(
+    return RelayWorker(
         functions=[
             func(jobs.deliver_request, name=DELIVER_REQUEST, max_tries=5, timeout=short),  # type: ignore[arg-type]
             func(jobs.deliver, name=DELIVER, max_tries=5, timeout=short),  # type: ignore[arg-type]
@@ -65,6 +66,9 @@ def build_worker(settings: Settings) -> Worker:
         on_startup=startup,
         on_shutdown=shutdown,
         handle_signals=True,
+        max_lag_ms=settings.worker_max_lag_ms,
+        admit_batch=settings.worker_admit_batch,
+        on_drain=lambda: log.info("stopping: no new deliveries"),
     )
 
 

@@ -15,10 +15,10 @@ from common import logging as rg_logging
 from common import runtime, tracing
 from common.context import open_stores
 from common.flows.jobs import PROCESS_FLOW_RUN
+from common.queue_worker import RelayWorker
 from common.settings import Settings, get_settings
 from workers import flows, maintenance, model
 from workers.observe import observed
-from workers.queue_worker import RelayWorker
 from workers.runner import Runtime, process_request
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
-"""The ARQ worker loop of relaygate: woken by enqueues instead of polling, admitting jobs by capacity.
+"""The ARQ worker loop of the agent workers and the dispatcher: woken by enqueues instead of polling,
+admitting jobs by capacity.
 
 ARQ's `Worker` polls its queue every `poll_delay` and starts every ready job up to `max_jobs`.
-Here an idle worker blocks on the queue's wake list (pushed by `common.queue.enqueue`) and
+Here an idle worker blocks on the queue's wake list (pushed by `common.queue.push`) and
 re-checks only every WORKER_POLL_DELAY; and a job is started only while the event loop keeps
 up (lag under WORKER_MAX_LAG_MS), so the rest stays queued in Redis, visible to autoscaling.
 SIGTERM stops taking jobs; running ones get WORKER_DRAIN_SECONDS to finish (the rest are handed
