@@ -1,26 +1,48 @@
-"""CPU of an idle agent worker: `python bench/idle.py [--seconds 20]` (bench/README.md, "Idle worker").
+"""CPU of an idle relaygate: `python bench/idle.py [--seconds 20]` (bench/README.md, "Idle").
 
-Starts embedded Postgres + Valkey and one `python -m cli.main worker` from this checkout,
-waits until it is ready and settled, then reports its CPU use (% of one core) over the window.
+1. One agent worker (`python -m cli.main worker`) on embedded Postgres + Valkey.
+2. The whole `relaygate dev` stack as a new user starts it: embedded Postgres and Valkey,
+   gateway, agent worker and dispatcher, in a throwaway RELAYGATE_HOME; every process it started
+   (its whole process tree) is measured.
+
+Each waits until ready and settled, then reports CPU use (% of one core) over the window.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import run as bench
 
+ROOT = Path(__file__).resolve().parent.parent
 
-async def measure(seconds: float, folder: Path) -> None:
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            total += sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+async def worker_alone(seconds: float, folder: Path) -> None:
     infra = await asyncio.to_thread(bench.Infra.start, folder)
     stack = bench.Stack(infra, folder, "idle-" + uuid.uuid4().hex, {})
     try:
@@ -28,19 +50,57 @@ async def measure(seconds: float, folder: Path) -> None:
         assert stack.worker is not None
         proc = psutil.Process(stack.worker.pid)
         await asyncio.sleep(3)
-        before, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
+        before, t0 = cpu_seconds([proc]), time.monotonic()
         await asyncio.sleep(seconds)
-        used, elapsed = sum(proc.cpu_times()[:2]) - before, time.monotonic() - t0
+        used, elapsed = cpu_seconds([proc]) - before, time.monotonic() - t0
         print(f"idle worker: {used:.2f} CPU-s in {elapsed:.1f} s = {used / elapsed * 100:.2f} % of one core")
     finally:
         await stack.stop_worker()
         infra.stop()
 
 
+def dev_stack(seconds: float, folder: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
+    env["RELAYGATE_HOME"] = str(folder / "home")
+    dev = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--port", str(port)], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("relaygate dev did not become healthy")
+        time.sleep(15)  # the workers import litellm after the gateway is up
+        root = psutil.Process(dev.pid)
+        procs = [root, *root.children(recursive=True)]
+        names = sorted({p.name() for p in procs})
+        before, t0 = cpu_seconds(procs), time.monotonic()
+        time.sleep(seconds)
+        used, elapsed = cpu_seconds(procs) - before, time.monotonic() - t0
+        print(f"idle `relaygate dev` ({len(procs)} processes: {', '.join(names)}): {used:.2f} CPU-s in "
+              f"{elapsed:.1f} s = {used / elapsed * 100:.2f} % of one core")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            dev.wait(60)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=20)
-    asyncio.run(measure(p.parse_args().seconds, Path(tempfile.mkdtemp(prefix="relaygate-idle-"))))
+    seconds = p.parse_args().seconds
+    asyncio.run(worker_alone(seconds, Path(tempfile.mkdtemp(prefix="relaygate-idle-"))))
+    dev_stack(seconds, Path(tempfile.mkdtemp(prefix="relaygate-idle-dev-")))
 
 
 if __name__ == "__main__":
