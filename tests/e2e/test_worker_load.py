@@ -84,20 +84,23 @@ def test_postgres_blip_while_a_reply_finishes_completes_it(gateway: Stack) -> No
 
 
 def test_worker_stalled_past_its_heartbeat_keeps_its_runs(gateway: Stack) -> None:
-    """SIGSTOP for 6 s: longer than the heartbeat (1 s), shorter than the lease; another
-    worker's reaper watches the whole time."""
-    gateway.start_worker("load")
-    c, r = _start(gateway, "stall me", 40, 20)
+    """SIGSTOP for 8 s: longer than the heartbeat (1 s), shorter than the default lease; the
+    other worker's reaper watches the whole time. (The suite's short test lease is not used.)"""
+    gateway.env = {k: v for k, v in gateway.env.items() if k not in ("LEASE_SECONDS", "HEARTBEAT_SECONDS")}
+    for _ in range(2):
+        gateway.start_worker("load", wait=False)
+    for worker in gateway.workers:
+        gateway.wait_ready(worker)
+    c, r = _start(gateway, "stall me", 240, 20)
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
-    watcher = gateway.start_worker("load")
-    stalled = next(w for w in gateway.workers if w is not watcher)
-    os.kill(stalled.pid, signal.SIGSTOP)
+    pid = int(next(e for e in first if e.event == "run.started").json()["data"]["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
     try:
-        time.sleep(6)
+        time.sleep(8)
     finally:
-        os.kill(stalled.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
     events = _whole_reply(c, r, first)
-    _assert_completed_once(events, "stall me", 40)
+    _assert_completed_once(events, "stall me", 240)
 
 
 def test_burst_of_ten_times_a_workers_capacity_all_complete(gateway: Stack) -> None:
