@@ -93,7 +93,7 @@ def test_worker_stalled_past_its_heartbeat_keeps_its_runs(gateway: Stack) -> Non
         gateway.wait_ready(worker)
     c, r = _start(gateway, "stall me", 240, 20)
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
-    pid = int(next(e for e in first if e.event == "run.started").json()["data"]["worker"].rsplit(":", 1)[1])
+    pid = gateway.worker_running(r["request_id"])
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(8)
