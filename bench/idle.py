@@ -3,7 +3,7 @@
 1. One agent worker (`python -m cli.main worker`) on embedded Postgres + Valkey.
 2. The whole `relaygate dev` stack as a new user starts it: embedded Postgres and Valkey,
    gateway, agent worker and dispatcher, in a throwaway RELAYGATE_HOME; every process it started
-   (its whole process tree) is measured.
+   (its process tree, and the Postgres server that daemonized from it) is measured.
 
 Each waits until ready and settled, then reports CPU use (% of one core) over the window.
 """
@@ -81,6 +81,10 @@ def dev_stack(seconds: float, folder: Path) -> None:
         time.sleep(15)  # the workers import litellm after the gateway is up
         root = psutil.Process(dev.pid)
         procs = [root, *root.children(recursive=True)]
+        home = env["RELAYGATE_HOME"]  # embedded Postgres daemonizes: find it by its data folder
+        servers = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in {q.pid for q in procs}
+                   and any(home in part for part in p.info["cmdline"] or [])]
+        procs += [q for server in servers for q in (server, *server.children(recursive=True))]
         names = sorted({p.name() for p in procs})
         before, t0 = cpu_seconds(procs), time.monotonic()
         time.sleep(seconds)
