@@ -116,8 +116,8 @@ for i in $(seq 1 120); do  # migrate restarts on failure until Postgres answers
   [ "$i" = 120 ] && { echo "migrate did not finish: $state"; podman logs "$(container migrate)"; exit 1; }
   sleep 1
 done
-wait_healthy api; wait_healthy worker
-figure "time to healthy (postgres, valkey, migrate, api, $WORKERS workers): $(since "$t")s"
+wait_healthy api; wait_healthy worker; wait_healthy dispatcher
+figure "time to healthy (postgres, valkey, migrate, api, $WORKERS workers, dispatcher): $(since "$t")s"
 mapfile -t WORKER_NAMES < <(container worker)
 [ "${#WORKER_NAMES[@]}" = "$WORKERS" ] || { echo "expected $WORKERS workers, got ${WORKER_NAMES[*]}"; exit 1; }
 
