@@ -22,12 +22,12 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import run as bench
+
+from cli.dev import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,16 +68,7 @@ def dev_stack(seconds: float, folder: Path) -> None:
     dev = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--port", str(port)], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("relaygate dev did not become healthy")
+        wait_healthy(f"http://127.0.0.1:{port}", [dev], timeout=180)
         time.sleep(15)  # the workers import litellm after the gateway is up
         root = psutil.Process(dev.pid)
         procs = [root, *root.children(recursive=True)]

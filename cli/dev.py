@@ -43,7 +43,8 @@ def _name(child: subprocess.Popen[bytes]) -> str:
     return " ".join(str(a) for a in args) if isinstance(args, list) else str(args)
 
 
-def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """Until the gateway at `url` answers /health with 200; a child that exits first is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
@@ -109,7 +110,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
             children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env))
         children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "dispatcher"], env=env))
         url = f"http://{host}:{port}"
-        _wait_healthy(url, children)
+        wait_healthy(url, children)
         dev_settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(secret)})
         token = mint_token(dev_settings, user_id="dev", tenant_id="dev", ttl_seconds=30 * 24 * 3600)
         write_state(home, {**read_state(home), "url": url, "token": token})
