@@ -38,7 +38,7 @@ async def _probe(check: Any) -> str:
 class _Cached:
     """The last probe, reused for PROBE_SECONDS: /health is public, so it must cost nothing under load."""
 
-    at: float = -PROBE_SECONDS
+    at: float | None = None  # never probed (not a sentinel time: the monotonic clock may start near 0)
     body: dict[str, str] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -59,7 +59,7 @@ async def health(request: Request, gw: GatewayDep) -> JSONResponse:
     cached: _Cached = getattr(request.app.state, "health", None) or _Cached()
     request.app.state.health = cached
     async with cached.lock:
-        if time.monotonic() - cached.at >= PROBE_SECONDS:
+        if cached.at is None or time.monotonic() - cached.at >= PROBE_SECONDS:
             cached.body = await _probe_all(gw)
             cached.at = time.monotonic()
     body = cached.body
