@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,9 @@ TRANSIENT: tuple[type[Exception], ...] = (
     litellm.exceptions.InternalServerError,
     litellm.exceptions.Timeout,
 )
+
+# How long a finished stream's trailer may take before its connection is just closed.
+TRAILER_SECONDS = 2.0
 
 
 def configure(settings: Settings) -> None:
@@ -78,13 +83,34 @@ async def stream_reply(
         with attempt:
             response = await litellm.acompletion(**kwargs)
             chunks = response.__aiter__()
-            first = await anext(chunks, None)
-    if first is None:
-        return
-    text = first.choices[0].delta.content if first.choices else None
-    if text:
-        yield text
-    async for chunk in chunks:
-        text = chunk.choices[0].delta.content if chunk.choices else None
-        if text:
-            yield text
+            chunk = await anext(chunks, None)
+    finished = False
+    try:
+        while chunk is not None:
+            choice = chunk.choices[0] if chunk.choices else None
+            if choice is not None:
+                if choice.delta.content:
+                    yield choice.delta.content
+                if choice.finish_reason:
+                    break
+            chunk = await anext(chunks, None)
+        finished = True
+    finally:
+        await _release(response, drain=finished)
+
+
+async def _release(response: Any, *, drain: bool) -> None:
+    """End a stream at its finish reason, skipping litellm's end-of-stream work.
+
+    Reading the wrapper to its end makes litellm rebuild the whole response from every chunk
+    for usage and cost logging (`stream_chunk_builder`, a few ms of CPU per reply) that
+    relaygate does not use. The provider's own trailer (a usage chunk, `[DONE]`) is still read,
+    briefly, so its HTTP connection goes back to the pool; an abandoned stream is closed.
+    """
+    rest: Any = getattr(response, "completion_stream", None)
+    if drain and hasattr(rest, "__aiter__"):
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(TRAILER_SECONDS):
+                async for _ in rest:
+                    pass
+    await response.aclose()

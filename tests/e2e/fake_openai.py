@@ -50,6 +50,7 @@ class FakeOpenAI:
     """Start with `start()`; script with `reply(...)`/`fail(...)`; inspect `calls`."""
 
     calls: list[Call] = field(default_factory=list)
+    usage_trailer: bool = False  # after the finish chunk, a usage chunk with no choices (as `include_usage` sends)
     _script: deque[str | Fail] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -128,6 +129,11 @@ class FakeOpenAI:
                     piece = word if i == len(words) - 1 else word + " "
                     send({"role": "assistant", "content": piece} if i == 0 else {"content": piece})
                 send({}, "stop")
+                if fake.usage_trailer:
+                    usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+                    trailer = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                               "choices": [], "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(trailer)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
