@@ -34,12 +34,13 @@ BACKLOG_RECHECK_SECONDS = 0.02
 
 class RelayWorker(Worker):
     def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
-                 **kwargs: Any) -> None:
+                 on_lag: Callable[[float], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake_key = queue_wake_key(self.queue_name)
         self.max_lag = max_lag_ms / 1000
         self.admit_batch = max(1, admit_batch)
         self.on_drain = on_drain
+        self.on_lag = on_lag
         self.lag = 0.0
         self.backlog = False
         self.wakeup = asyncio.Event()
@@ -88,6 +89,8 @@ class RelayWorker(Worker):
             before = loop.time()
             await asyncio.sleep(LAG_PROBE_SECONDS)
             self.lag = max(0.0, loop.time() - before - LAG_PROBE_SECONDS)
+            if self.on_lag is not None:
+                self.on_lag(self.lag)
 
     def room(self) -> int:
         """How many more jobs this worker starts now: none while its loop lags (unless idle)."""

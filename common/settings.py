@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     worker_poll_delay: float = 1.0
     worker_max_lag_ms: float = 1000.0
     worker_admit_batch: int = 100
+    worker_start_priority_ms: float = Field(default=500.0, ge=0)
     worker_drain_seconds: float = 20.0
     worker_stream_connections: int = 16
     worker_metrics_port: int = 0

@@ -38,6 +38,11 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
         runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
 
+    def observe_lag(lag: float) -> None:
+        rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
+        if rt is not None:
+            rt.priority.observe_lag(lag)
+
     def drain() -> None:
         rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
         if rt is not None:
@@ -75,6 +80,7 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
         max_lag_ms=settings.worker_max_lag_ms,
         admit_batch=settings.worker_admit_batch,
         on_drain=drain,
+        on_lag=observe_lag,
     )
 
 

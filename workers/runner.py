@@ -30,6 +30,7 @@ from workers import model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher
 from workers.flusher import STORE_ERRORS, TOKENS, Flusher
+from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
 
@@ -59,10 +60,12 @@ class Runtime:
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
+    priority: StartPriority = field(init=False)
 
     def __post_init__(self) -> None:
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds)
+        self.priority = StartPriority(self.settings.worker_start_priority_ms)
 
 
 async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
@@ -112,6 +115,14 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     rt: Runtime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
+    start = rt.priority.start()
+    try:
+        return await _claim_and_execute(rt, payload, start)
+    finally:
+        start.done()
+
+
+async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> str:
     try:
         row = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
@@ -123,7 +134,7 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     rt.active[payload.request_id] = run
     ACTIVE.inc()
     try:
-        return await _execute(rt, run, row)
+        return await _execute(rt, run, row, start)
     except asyncio.CancelledError:
         if rt.draining and not run.lost:
             task = asyncio.create_task(_hand_back(rt, run))
@@ -144,7 +155,7 @@ async def _hand_back(rt: Runtime, run: Attempt) -> None:
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
 
-async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
+async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record, start: Start) -> str:
     payload = run.payload
     request = row["normalized_request"]
     started = time.monotonic()
@@ -168,6 +179,10 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record) -> str:
             async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
                 rt.flusher.add(run, text)
                 tokens += 1
+                if tokens == 1:
+                    start.done()
+                else:
+                    await rt.priority.pause()
             metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
         await rt.flusher.drain(run)
 

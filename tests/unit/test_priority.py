@@ -1,0 +1,65 @@
+"""Running replies pause for starting attempts only while the loop is saturated, and never for long."""
+
+from __future__ import annotations
+
+import asyncio
+
+from workers.priority import SATURATED_LAG_SECONDS, StartPriority
+
+BUSY = SATURATED_LAG_SECONDS * 5
+
+
+async def paused(priority: StartPriority) -> asyncio.Task[None]:
+    """A running reply's pause, given a few turns of the loop to return if it is not held."""
+    task = asyncio.create_task(priority.pause())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return task
+
+
+async def test_no_pause_without_starts_or_without_saturation() -> None:
+    priority = StartPriority(max_pause_ms=60_000)
+    priority.observe_lag(BUSY)
+    assert (await paused(priority)).done()  # saturated, but nothing is starting
+    start = priority.start()
+    priority.observe_lag(0.001)
+    assert (await paused(priority)).done()  # starting, but the loop keeps up
+    start.done()
+
+
+async def test_a_pause_lasts_until_the_starts_are_done() -> None:
+    priority = StartPriority(max_pause_ms=60_000)
+    first, second = priority.start(), priority.start()
+    priority.observe_lag(BUSY)
+    task = await paused(priority)
+    assert not task.done()
+    first.done()
+    first.done()  # idempotent: one start is not counted off twice
+    await asyncio.sleep(0)
+    assert not task.done() and priority.starting == 1
+    second.done()
+    await asyncio.wait_for(task, 1)
+    assert priority.starting == 0
+
+
+async def test_a_pause_ends_when_the_loop_keeps_up_again() -> None:
+    priority = StartPriority(max_pause_ms=60_000)
+    start = priority.start()
+    priority.observe_lag(BUSY)
+    task = await paused(priority)
+    assert not task.done()
+    priority.observe_lag(0.0)  # the starts now wait on the network: the loop is idle
+    await asyncio.wait_for(task, 1)
+    start.done()
+
+
+async def test_a_pause_is_bounded_and_zero_turns_it_off() -> None:
+    bounded = StartPriority(max_pause_ms=20)
+    bounded.start()
+    bounded.observe_lag(BUSY)
+    await asyncio.wait_for(bounded.pause(), 5)  # returns after its 20 ms though the start never ends
+
+    off = StartPriority(max_pause_ms=0)
+    off.start()
+    off.observe_lag(BUSY)
+    assert (await paused(off)).done()

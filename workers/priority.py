@@ -1,0 +1,67 @@
+"""First tokens first: while a worker's event loop is saturated, replies that are already
+streaming pause between chunks so attempts still waiting for their first token can start.
+
+Under a burst, each new attempt's start (claim, history, the model call's setup) competes on
+one event loop with the chunks of every reply already running, and asyncio serves them in turn:
+time to first token then grows with the number of running replies. The pause is taken only
+while the loop lags (as measured by the queue worker's lag probe) and lasts at most
+WORKER_START_PRIORITY_MS, so an idle loop, or a start that is waiting on the network, never
+holds replies back for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+# Loop lag above which the loop counts as saturated: an unloaded loop's probe sees ~1 ms.
+SATURATED_LAG_SECONDS = 0.01
+
+
+class StartPriority:
+    def __init__(self, max_pause_ms: float) -> None:
+        self.max_pause = max_pause_ms / 1000
+        self.starting = 0
+        self.saturated = False
+        self._go = asyncio.Event()
+        self._go.set()
+
+    def start(self) -> Start:
+        """Count an attempt as starting until its `Start.done()`."""
+        self.starting += 1
+        self._update()
+        return Start(self)
+
+    def observe_lag(self, lag: float) -> None:
+        """Called by the lag probe of the queue worker with its latest figure."""
+        self.saturated = lag > SATURATED_LAG_SECONDS
+        self._update()
+
+    async def pause(self) -> None:
+        """Between two chunks of a running reply: wait while starts are held up by a busy loop."""
+        if self._go.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_pause):
+                await self._go.wait()
+
+    def _update(self) -> None:
+        if self.starting and self.saturated and self.max_pause > 0:
+            self._go.clear()
+        else:
+            self._go.set()
+
+
+class Start:
+    """One attempt's start; `done()` (idempotent) at its first token or when it ends without one."""
+
+    __slots__ = ("_priority",)
+
+    def __init__(self, priority: StartPriority) -> None:
+        self._priority: StartPriority | None = priority
+
+    def done(self) -> None:
+        if self._priority is not None:
+            self._priority.starting -= 1
+            self._priority._update()
+            self._priority = None
