@@ -23,9 +23,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Released without a reset query: relaygate keeps no session state on pooled connections (its
+    advisory locks are transaction-scoped; no LISTEN, SET or cursors outside a transaction), and the
+    default reset is a Postgres round trip on every release. asyncpg still ends an open transaction."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "main") -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+        connection_class=_PooledConnection,
     )
     assert pool is not None
     metrics.track_pool(name, pool)
