@@ -64,7 +64,7 @@ async def claim(db: asyncpg.Pool, payload: JobPayload, lease_seconds: float) -> 
 
 
 async def claim_many(
-    db: asyncpg.Pool, payloads: list[JobPayload], lease_seconds: float
+    conn: asyncpg.Connection, payloads: list[JobPayload], lease_seconds: float
 ) -> dict[str, asyncpg.Record]:
     """`claim` for many jobs in one transaction: the rows of the attempts that start now, by request id.
 
@@ -74,7 +74,7 @@ async def claim_many(
     if not payloads:
         return {}
     sessions = sorted({p.session_id for p in payloads})
-    async with db.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         await conn.execute(
             "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
             sessions,

@@ -1,7 +1,9 @@
-"""Batched claims start exactly the jobs that head their session, in one transaction (issue #7)."""
+"""Batched claims start exactly the jobs that head their session, in one transaction, and carry
+each session's history (issue #7)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -10,6 +12,7 @@ from common import db, lifecycle, queue
 from common.keys import queue_name, queue_wake_key
 from common.models import JobPayload
 from tests.conftest import Infra
+from workers.claims import ClaimBatcher
 
 
 async def _request(conn: asyncpg.Connection, session_id: str, tenant: str) -> JobPayload:
@@ -39,10 +42,11 @@ async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
             second = await _request(conn, sessions[0], tenant)  # waits behind `first`
             other = await _request(conn, sessions[1], tenant)
         stale = JobPayload(request_id=other.request_id, session_id=other.session_id, tenant_id=tenant, attempt=2)
-        rows = await lifecycle.claim_many(pool, [second, first, other, stale], 15)
-        assert set(rows) == {first.request_id, other.request_id}
-        assert {r["status"] for r in rows.values()} == {"running"}
-        assert await lifecycle.claim_many(pool, [first, second], 15) == {}  # running already / not the head
+        async with pool.acquire() as conn:
+            rows = await lifecycle.claim_many(conn, [second, first, other, stale], 15)
+            assert set(rows) == {first.request_id, other.request_id}
+            assert {r["status"] for r in rows.values()} == {"running"}
+            assert await lifecycle.claim_many(conn, [first, second], 15) == {}  # running already / not the head
     finally:
         await pool.close()
 
@@ -57,3 +61,32 @@ async def test_enqueue_wakes_idle_workers_with_a_capped_list(infra: Infra) -> No
         assert await pool.llen(queue_wake_key(queue_name(feature))) == queue.WAKE_BACKLOG
     finally:
         await pool.aclose()
+
+
+async def test_a_claim_carries_each_sessions_latest_turns(infra: Infra) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            talkative, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+            for session_id in (talkative, fresh):
+                await conn.execute(
+                    "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+            for n in range(3):
+                done = await _request(conn, talkative, tenant)
+                await conn.execute("UPDATE request_logs SET status = 'completed', request_content = $2,"
+                                   " response_content = $3 WHERE request_id = $1",
+                                   done.request_id, f"q{n}", f"a{n}")
+            failed = await _request(conn, talkative, tenant)
+            await conn.execute("UPDATE request_logs SET status = 'failed' WHERE request_id = $1", failed.request_id)
+            asked, first = await _request(conn, talkative, tenant), await _request(conn, fresh, tenant)
+        claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2)
+        got = await asyncio.gather(claims.claim(asked), claims.claim(first))
+        assert [c.history if c else None for c in got] == [
+            [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+             {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
+            [],
+        ]
+    finally:
+        await pool.close()

@@ -1,30 +1,43 @@
-"""Claims batched per worker: jobs that start together share one Postgres transaction."""
+"""Claims batched per worker: jobs that start together share one Postgres transaction, and one
+more statement reads the conversation history of every request it started."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 
 from common import lifecycle
 from common.models import JobPayload
 
-Waiter = tuple[JobPayload, asyncio.Future[asyncpg.Record | None]]
+
+@dataclass(frozen=True)
+class Claimed:
+    """A started attempt's request row, and its session's earlier turns (oldest first) for the model."""
+
+    row: asyncpg.Record
+    history: list[dict[str, str]]
+
+
+Waiter = tuple[JobPayload, asyncio.Future[Claimed | None]]
 
 
 class ClaimBatcher:
     """`claim(payload)` joins the next batch. One batch is in flight at a time: the claims asked
-    for meanwhile (a burst of jobs) go out together in one `lifecycle.claim_many` when it returns,
-    and an idle worker's claim goes out at once."""
+    for meanwhile (a burst of jobs) go out together when it returns, and an idle worker's claim
+    goes out at once."""
 
-    def __init__(self, db: asyncpg.Pool, lease_seconds: float) -> None:
+    def __init__(self, db: asyncpg.Pool, lease_seconds: float, history_turns: int) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
+        self.history_turns = history_turns
         self.waiting: list[Waiter] = []
         self.in_flight: asyncio.Task[None] | None = None
 
-    async def claim(self, payload: JobPayload) -> asyncpg.Record | None:
-        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+    async def claim(self, payload: JobPayload) -> Claimed | None:
+        future: asyncio.Future[Claimed | None] = asyncio.get_running_loop().create_future()
         self.waiting.append((payload, future))
         if self.in_flight is None:
             self.in_flight = asyncio.create_task(self._run())
@@ -40,12 +53,44 @@ class ClaimBatcher:
 
     async def _claim(self, batch: list[Waiter]) -> None:
         try:
-            rows = await lifecycle.claim_many(self.db, [p for p, _ in batch], self.lease_seconds)
+            async with self.db.acquire() as conn:
+                rows = await lifecycle.claim_many(conn, [p for p, _ in batch], self.lease_seconds)
+                turns = await histories(conn, rows.values(), self.history_turns)
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         for payload, future in batch:
+            row = rows.get(payload.request_id)
             if not future.done():
-                future.set_result(rows.get(payload.request_id))
+                future.set_result(None if row is None else Claimed(row, turns.get(payload.request_id, [])))
+
+
+async def histories(
+    conn: asyncpg.Connection, claimed: Iterable[asyncpg.Record], turns: int
+) -> dict[str, list[dict[str, str]]]:
+    """The last `turns` completed exchanges before each request in its session, by request id."""
+    rows = list(claimed)
+    if not rows or turns <= 0:
+        return {}
+    found = await conn.fetch(
+        """
+        SELECT c.request_id::text AS for_request, h.request_content, h.response_content
+          FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS c(request_id, session_id, before_id)
+         CROSS JOIN LATERAL (
+               SELECT id, request_content, response_content FROM request_logs
+                WHERE session_id = c.session_id AND id < c.before_id AND status = 'completed'
+                  AND response_content IS NOT NULL
+                ORDER BY id DESC LIMIT $4) h
+         ORDER BY c.request_id, h.id
+        """,
+        [r["request_id"] for r in rows], [r["session_id"] for r in rows], [r["id"] for r in rows], turns,
+    )
+    messages: dict[str, list[dict[str, str]]] = {}
+    for turn in found:
+        messages.setdefault(turn["for_request"], []).extend([
+            {"role": "user", "content": turn["request_content"]},
+            {"role": "assistant", "content": turn["response_content"]},
+        ])
+    return messages

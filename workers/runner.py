@@ -28,7 +28,7 @@ from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
 from workers import model
 from workers.attempt import Attempt, Stop
-from workers.claims import ClaimBatcher
+from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import STORE_ERRORS, TOKENS, Flusher
 from workers.priority import Start, StartPriority
 
@@ -64,7 +64,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.flusher = Flusher(self.settings, self.writer, self.active)
-        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds)
+        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
         self.priority = StartPriority(self.settings.worker_start_priority_ms)
 
 
@@ -95,22 +95,6 @@ async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | No
             tries += 1
 
 
-async def _history(conn: asyncpg.Pool, session_id: str, before_id: int, turns: int) -> list[dict[str, str]]:
-    rows = await conn.fetch(
-        """
-        SELECT request_content, response_content FROM request_logs
-         WHERE session_id = $1 AND id < $2 AND status = 'completed' AND response_content IS NOT NULL
-         ORDER BY id DESC LIMIT $3
-        """,
-        session_id, before_id, turns,
-    )
-    messages: list[dict[str, str]] = []
-    for row in reversed(rows):
-        messages.append({"role": "user", "content": row["request_content"]})
-        messages.append({"role": "assistant", "content": row["response_content"]})
-    return messages
-
-
 async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     rt: Runtime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
@@ -124,17 +108,17 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
 
 async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> str:
     try:
-        row = await rt.claims.claim(payload)
+        claimed = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
         log.warning("claim failed; retrying", extra={"request_id": payload.request_id, "error": repr(exc)})
         raise Retry(defer=2) from exc
-    if row is None:
+    if claimed is None:
         return "skipped"
     run = Attempt(payload, cancel_key=cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets))
     rt.active[payload.request_id] = run
     ACTIVE.inc()
     try:
-        return await _execute(rt, run, row, start)
+        return await _execute(rt, run, claimed, start)
     except asyncio.CancelledError:
         if rt.draining and not run.lost:
             task = asyncio.create_task(_hand_back(rt, run))
@@ -155,8 +139,8 @@ async def _hand_back(rt: Runtime, run: Attempt) -> None:
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
 
-async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record, start: Start) -> str:
-    payload = run.payload
+async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) -> str:
+    payload, row = run.payload, claimed.row
     request = row["normalized_request"]
     started = time.monotonic()
     agent = rt.agents.get(row["agent_id"] or "") or rt.agents.route(row["request_content"], request["integration_type"])
@@ -170,8 +154,7 @@ async def _execute(rt: Runtime, run: Attempt, row: asyncpg.Record, start: Start)
     async def generate() -> None:
         await append(rt, run, opening)
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-        messages += await persist(
-            "history", lambda: _history(rt.db, payload.session_id, row["id"], rt.settings.history_turns), run)
+        messages += claimed.history
         messages.append({"role": "user", "content": row["request_content"]})
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
