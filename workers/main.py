@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -24,7 +25,7 @@ from workers.runner import Runtime, process_request
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings, feature: str) -> RelayWorker:
+def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], float] | None = None) -> RelayWorker:
     ctx_ref: dict[str, Any] = {}
 
     async def startup(ctx: dict[str, Any]) -> None:
@@ -32,7 +33,7 @@ def build_worker(settings: Settings, feature: str) -> RelayWorker:
         stores = await open_stores(settings, db_max_size=20, stream_connections=settings.worker_stream_connections,
                                    pool_name="worker", pool_timeout=None)
         rt = Runtime(settings=settings, db=stores.db, streams=stores.streams, queue=ctx["redis"], writer=stores.writer,
-                     agents=stores.agents)
+                     agents=stores.agents, idle_seconds=idle_seconds)
         ctx["rt"] = rt
         ctx["tasks"] = maintenance.start(rt) + flows.start(rt)
         runtime.tune_gc()
@@ -93,9 +94,8 @@ def run(feature: str | None = None) -> None:
     tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    worker = build_worker(settings, feature or settings.feature)
+    loop, selector = runtime.new_event_loop()
+    worker = build_worker(settings, feature or settings.feature, idle_seconds=lambda: selector.idle)
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         loop.run_until_complete(worker.async_run())
     loop.run_until_complete(worker.close())

@@ -4,25 +4,32 @@ streaming pause between chunks so attempts still waiting for their first token c
 Under a burst, each new attempt's start (claim, history, the model call's setup) competes on
 one event loop with the chunks of every reply already running, and asyncio serves them in turn:
 time to first token then grows with the number of running replies. The pause is taken only
-while the loop lags (as measured by the queue worker's lag probe) and lasts at most
-WORKER_START_PRIORITY_MS, so an idle loop, or a start that is waiting on the network, never
-holds replies back for long.
+while the loop is saturated, and lasts at most WORKER_START_PRIORITY_MS, so an idle loop, or a
+start that is waiting on the network, never holds replies back for long. Saturated means the
+loop lags (a turn takes long), or it spent almost none of the last probe period waiting in
+select (many short turns lag little but leave no CPU to spare).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 # Loop lag above which the loop counts as saturated: an unloaded loop's probe sees ~1 ms.
 SATURATED_LAG_SECONDS = 0.01
+# Share of a probe period spent outside select() above which the loop counts as saturated.
+SATURATED_BUSY_SHARE = 0.9
 
 
 class StartPriority:
-    def __init__(self, max_pause_ms: float) -> None:
+    def __init__(self, max_pause_ms: float, idle_seconds: Callable[[], float] | None = None) -> None:
         self.max_pause = max_pause_ms / 1000
+        self.idle_seconds = idle_seconds
         self.starting = 0
         self.saturated = False
+        self._idle_at = (time.monotonic(), idle_seconds() if idle_seconds else 0.0)
         self._go = asyncio.Event()
         self._go.set()
 
@@ -34,8 +41,16 @@ class StartPriority:
 
     def observe_lag(self, lag: float) -> None:
         """Called by the lag probe of the queue worker with its latest figure."""
-        self.saturated = lag > SATURATED_LAG_SECONDS
+        self.saturated = lag > SATURATED_LAG_SECONDS or self._busy_share() > SATURATED_BUSY_SHARE
         self._update()
+
+    def _busy_share(self) -> float:
+        """The share of the time since the last call the loop did not wait in select (0 if unknown)."""
+        if self.idle_seconds is None:
+            return 0.0
+        (then, idle_then), now, idle = self._idle_at, time.monotonic(), self.idle_seconds()
+        self._idle_at = (now, idle)
+        return 1.0 - (idle - idle_then) / (now - then) if now > then else 0.0
 
     async def pause(self) -> None:
         """Between two chunks of a running reply: wait while starts are held up by a busy loop."""

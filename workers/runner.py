@@ -58,6 +58,7 @@ class Runtime:
     active: dict[str, Attempt] = field(default_factory=dict)
     draining: bool = False
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
+    idle_seconds: Callable[[], float] | None = None  # the event loop's time waiting in select (common.runtime)
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
@@ -65,7 +66,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
-        self.priority = StartPriority(self.settings.worker_start_priority_ms)
+        self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
 
 
 async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:

@@ -63,3 +63,28 @@ async def test_a_pause_is_bounded_and_zero_turns_it_off() -> None:
     off.start()
     off.observe_lag(BUSY)
     assert (await paused(off)).done()
+
+
+async def test_a_loop_that_never_waits_is_saturated_though_it_does_not_lag() -> None:
+    idle = [0.0]
+    priority = StartPriority(max_pause_ms=60_000, idle_seconds=lambda: idle[0])
+    start = priority.start()
+    await asyncio.sleep(0.02)
+    priority.observe_lag(0.001)  # no time waiting in select since the last probe: busy
+    assert not (await paused(priority)).done()
+    await asyncio.sleep(0.02)
+    idle[0] += 0.02  # the whole period waiting in select: the starts wait on the network
+    priority.observe_lag(0.001)
+    assert (await paused(priority)).done()
+    start.done()
+
+
+async def test_the_idle_timing_selector_counts_time_spent_waiting() -> None:
+    from common.runtime import IdleTimingSelector
+
+    selector = IdleTimingSelector()
+    try:
+        selector.select(0.03)
+        assert selector.idle >= 0.02
+    finally:
+        selector.close()
