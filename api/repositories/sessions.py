@@ -39,29 +39,30 @@ async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any
     return dict(row)
 
 
-async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seconds: int) -> str:
-    """The caller's active `generic` session named `external_id`, created when none is (race-free).
+async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seconds: int) -> tuple[str, bool]:
+    """The caller's active `generic` session named `external_id`, created when none is (race-free),
+    and whether this call created it.
 
     The unique index covers active sessions only: once the session ends or expires, the name
     starts a new one.
     """
-    session_id: str = await conn.fetchval(
+    row = await conn.fetchrow(
         """
         WITH ins AS (
             INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
                                           expires_at)
             VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
             ON CONFLICT DO NOTHING RETURNING session_id)
-        SELECT session_id::text FROM ins
+        SELECT session_id::text, true AS created FROM ins
         UNION ALL
-        SELECT session_id::text FROM request_sessions
+        SELECT session_id::text, false FROM request_sessions
          WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
            AND status = 'active'
         LIMIT 1
         """,
         who.tenant_id, who.user_id, external_id, ttl_seconds,
     )
-    return session_id
+    return row["session_id"], row["created"]
 
 
 async def get(conn: Conn, who: Principal, session_id: str) -> dict[str, Any] | None:

@@ -50,8 +50,8 @@ async def compat_stream(
 async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: str, content: str | None,
                          agent_id: str, slot: str | None) -> StreamingResponse:
     """Start the chat's generation unless one is already claimed, then relay that one."""
-    session_id = await session_repo.for_external_id(gw.db, who, session_name(feature_id, chat_id),
-                                                    gw.settings.session_ttl_seconds)
+    session_id, created = await session_repo.for_external_id(gw.db, who, session_name(feature_id, chat_id),
+                                                             gw.settings.session_ttl_seconds)
     claim = start_key(session_id, gw.settings.stream_buckets)
     pending = f"pending:{correlation_id.get()}"
     if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
@@ -60,7 +60,8 @@ async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: 
             content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
         )
         try:
-            accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get())
+            accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(),
+                                           unseen_session=created)
         except BaseException:
             await gw.streams.delete(claim)
             raise

@@ -50,6 +50,7 @@ class _Intake:
     session_id: str = ""
     entry_id: str | None = None
     new_session: bool = False
+    unseen_session: bool = False
 
     def normalized(self) -> NormalizedRequest:
         body = self.body
@@ -71,8 +72,11 @@ def body_hash(body: _RequestBody) -> str:
 
 
 async def accept(
-    gw: Gateway, who: Principal, body: _RequestBody, *, idempotency_key: str | None, correlation_id: str
+    gw: Gateway, who: Principal, body: _RequestBody, *, idempotency_key: str | None, correlation_id: str,
+    unseen_session: bool = False,
 ) -> Accepted:
+    """Store and queue a request. `unseen_session`: the caller created `body.session_id` a moment ago
+    and nothing else sends into it yet (a named chat's first turn), so it needs no session lock."""
     user_id = body.user_id or who.user_id
     if not who.may_act_for(user_id):
         raise ApiError(403, "this credential may not send requests for another user")
@@ -85,7 +89,8 @@ async def accept(
         replay = await _replay(gw.db, who, user_id, idempotency_key, digest)
         if replay:
             return replay
-    intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id)
+    intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id,
+                     unseen_session=unseen_session)
     await _admit(gw, intake)
     try:
         accepted = await _accept_new(gw, intake)
@@ -142,9 +147,9 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
     try:
         async with gw.db.acquire() as conn:
-            if _starts_session(intake) and not intake.idempotency_key:
+            if (_starts_session(intake) or intake.unseen_session) and not intake.idempotency_key:
                 # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
-                await _record(gw, conn, intake, existing=None)
+                await _record(gw, conn, intake, existing=intake.body.session_id if intake.unseen_session else None)
                 upcoming: tuple[str, JobPayload] | None = intake.job()
                 interrupted: list[str] = []
             else:
