@@ -115,12 +115,14 @@ async def one_run(system: System, folder: Path, clients: int, procs: int, timeou
     end = max(r["end"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     first = [v for r in results for v in r["first_ms"]]
+    rates = [v for r in results for v in r["rates"]]
     lat = [v for r in results for v in r["latency_ms"]]
     return {
         "tokens_per_s": round(tokens / max(end - start, 1e-6)),
         "first_p50_ms": round(bench.percentile(first, 0.5), 1),
         "relay_p50_ms": round(bench.percentile(lat, 0.5), 1),
         "relay_p99_ms": round(bench.percentile(lat, 0.99), 1),
+        "stream_rate_p10": round(bench.percentile(rates, 0.1), 1),
         "complete": sum(r["complete"] for r in results),
         "cut_short": sum(r["short"] for r in results),
         "unfinished": sum(r["unfinished"] for r in results),
@@ -165,12 +167,13 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}"
+    print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}{'rate p10':>10}"
           f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}")
     for r in results:
         m = r["median"]
         print(f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
-              f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['complete']:>7.0f}{m['cut_short']:>7}"
+              f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['stream_rate_p10']:>10.1f}"
+              f"{m['complete']:>7.0f}{m['cut_short']:>7}"
               f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}")
 
 

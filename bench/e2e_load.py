@@ -96,6 +96,8 @@ async def main_async(cfg: dict[str, Any]) -> None:
         "retrying": sum(c.kinds.get("run.retrying", 0) for c in clients),
         "failed": sum(c.kinds.get("run.failed", 0) for c in clients),
         "first_ms": [round((c.first - c.sent) * 1000, 2) for c in clients if c.first],
+        # each reply's own rate, first token to last: is a stream held at the model's pace?
+        "rates": [round((c.tokens - 1) / (c.last - c.first), 2) for c in clients if c.tokens > 1 and c.last > c.first],
         "latency_ms": samples[:50_000],
     })
 
