@@ -142,6 +142,12 @@ class FakeOpenAI:
         threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True).start()
         return self
 
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self._server:
             self._server.shutdown()

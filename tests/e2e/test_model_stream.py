@@ -20,11 +20,8 @@ from workers import model
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    try:
+    with FakeOpenAI() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

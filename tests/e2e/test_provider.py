@@ -27,11 +27,8 @@ SYSTEM_PROMPT = "You are tested against a fake provider."  # the `provider` agen
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    try:
+    with FakeOpenAI() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
