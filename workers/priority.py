@@ -7,7 +7,9 @@ time to first token then grows with the number of running replies. The pause is 
 while the loop is saturated, and lasts at most WORKER_START_PRIORITY_MS, so an idle loop, or a
 start that is waiting on the network, never holds replies back for long. Saturated means the
 loop lags (a turn takes long), or it spent almost none of the last probe period waiting in
-select (many short turns lag little but leave no CPU to spare).
+select (many short turns lag little but leave no CPU to spare). If the loop went idle while
+replies were held, the starts are waiting on the network, not on the CPU (a real model's first
+token): holding replies helps nobody then, so pausing is off for a while.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from collections.abc import Callable
 SATURATED_LAG_SECONDS = 0.01
 # Share of a probe period spent outside select() above which the loop counts as saturated.
 SATURATED_BUSY_SHARE = 0.9
+# Replies were held, yet the loop was busy less than this share: the starts wait on the network.
+IDLE_WHILE_HELD_SHARE = 0.5
+# How long pausing stays off after that.
+BACK_OFF_SECONDS = 0.5
 
 
 class StartPriority:
@@ -29,6 +35,8 @@ class StartPriority:
         self.idle_seconds = idle_seconds
         self.starting = 0
         self.saturated = False
+        self.held = False  # replies were held at some point since the last probe
+        self.off_until = 0.0
         self._idle_at = (time.monotonic(), idle_seconds() if idle_seconds else 0.0)
         self._go = asyncio.Event()
         self._go.set()
@@ -41,7 +49,11 @@ class StartPriority:
 
     def observe_lag(self, lag: float) -> None:
         """Called by the lag probe of the queue worker with its latest figure."""
-        self.saturated = lag > SATURATED_LAG_SECONDS or self._busy_share() > SATURATED_BUSY_SHARE
+        busy, now = self._busy_share(), time.monotonic()
+        if self.held and self.idle_seconds is not None and busy < IDLE_WHILE_HELD_SHARE:
+            self.off_until = now + BACK_OFF_SECONDS
+        self.held = False
+        self.saturated = now >= self.off_until and (lag > SATURATED_LAG_SECONDS or busy > SATURATED_BUSY_SHARE)
         self._update()
 
     def _busy_share(self) -> float:
@@ -63,6 +75,7 @@ class StartPriority:
     def _update(self) -> None:
         if self.starting and self.saturated and self.max_pause > 0:
             self._go.clear()
+            self.held = True
         else:
             self._go.set()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from workers import priority as priority_module
 from workers.priority import SATURATED_LAG_SECONDS, StartPriority
 
 BUSY = SATURATED_LAG_SECONDS * 5
@@ -88,3 +91,25 @@ async def test_the_idle_timing_selector_counts_time_spent_waiting() -> None:
         assert selector.idle >= 0.02
     finally:
         selector.close()
+
+
+async def test_holding_replies_for_starts_that_wait_on_the_network_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(priority_module, "BACK_OFF_SECONDS", 0.05)
+    idle = [0.0]
+    priority = StartPriority(max_pause_ms=60_000, idle_seconds=lambda: idle[0])
+    start = priority.start()
+    await asyncio.sleep(0.02)
+    priority.observe_lag(0.001)  # busy: replies are held
+    held = await paused(priority)
+    assert not held.done()
+    await asyncio.sleep(0.02)
+    idle[0] += 0.02  # held, and the loop went idle: the starts wait on a model's first token
+    priority.observe_lag(0.001)
+    await asyncio.wait_for(held, 1)
+    await asyncio.sleep(0.01)
+    priority.observe_lag(0.001)  # busy again, but within the back-off: no pause
+    assert (await paused(priority)).done()
+    await asyncio.sleep(0.06)
+    priority.observe_lag(0.001)  # the back-off is over and the loop is busy: hold again
+    assert not (await paused(priority)).done()
+    start.done()
