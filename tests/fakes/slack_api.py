@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ class Call:
     method: str
     args: dict[str, Any]
     token: str
+    at: float = field(default_factory=time.time)  # when the fake received it
 
 
 @dataclass
