@@ -44,29 +44,11 @@ async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[st
     return job_for(row)
 
 
-async def claim(db: asyncpg.Pool, payload: JobPayload, lease_seconds: float) -> asyncpg.Record | None:
-    """Start the attempt if it is still current and heads its session; None means: do nothing."""
-    async with db.acquire() as conn, conn.transaction():
-        await lock_session(conn, payload.session_id)
-        head = await conn.fetchrow(_HEAD, payload.session_id)
-        if head is None or head["request_id"] != payload.request_id:
-            return None
-        return await conn.fetchrow(
-            """
-            UPDATE request_logs
-               SET status = 'running', lease_expires_at = now() + make_interval(secs => $3),
-                   started_at = coalesce(started_at, now()), updated_at = now()
-             WHERE request_id = $1 AND attempt = $2 AND status = 'queued'
-            RETURNING *
-            """,
-            payload.request_id, payload.attempt, lease_seconds,
-        )
-
-
 async def claim_many(
     conn: asyncpg.Connection, payloads: list[JobPayload], lease_seconds: float
 ) -> dict[str, asyncpg.Record]:
-    """`claim` for many jobs in one transaction: the rows of the attempts that start now, by request id.
+    """Start the attempts that are still current and head their session, in the caller's
+    transaction: their rows by request id (an attempt left out has nothing to do).
 
     The sessions are locked first (in a fixed order, so two batches never deadlock), then one
     statement, with a snapshot taken after the locks, starts every job that heads its session.
@@ -74,27 +56,26 @@ async def claim_many(
     if not payloads:
         return {}
     sessions = sorted({p.session_id for p in payloads})
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
-            sessions,
-        )
-        rows = await conn.fetch(
-            """
-            WITH heads AS (
-                SELECT DISTINCT ON (session_id) request_id FROM request_logs
-                 WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running')
-                 ORDER BY session_id, id)
-            UPDATE request_logs r
-               SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
-                   started_at = coalesce(started_at, now()), updated_at = now()
-              FROM unnest($1::uuid[], $2::int[]) AS v(request_id, attempt)
-             WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'queued'
-               AND r.request_id IN (SELECT request_id FROM heads)
-            RETURNING r.*
-            """,
-            [p.request_id for p in payloads], [p.attempt for p in payloads], sessions, lease_seconds,
-        )
+    await conn.execute(
+        "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
+        sessions,
+    )
+    rows = await conn.fetch(
+        """
+        WITH heads AS (
+            SELECT DISTINCT ON (session_id) request_id FROM request_logs
+             WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running')
+             ORDER BY session_id, id)
+        UPDATE request_logs r
+           SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
+               started_at = coalesce(started_at, now()), updated_at = now()
+          FROM unnest($1::uuid[], $2::int[]) AS v(request_id, attempt)
+         WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'queued'
+           AND r.request_id IN (SELECT request_id FROM heads)
+        RETURNING r.*
+        """,
+        [p.request_id for p in payloads], [p.attempt for p in payloads], sessions, lease_seconds,
+    )
     return {str(row["request_id"]): row for row in rows}
 
 

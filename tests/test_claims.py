@@ -7,11 +7,13 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 
 from common import db, lifecycle, queue
 from common.keys import queue_name, queue_wake_key
 from common.models import JobPayload
 from tests.conftest import Infra
+from workers import claims as claims_module
 from workers.claims import ClaimBatcher
 
 
@@ -43,10 +45,12 @@ async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
             other = await _request(conn, sessions[1], tenant)
         stale = JobPayload(request_id=other.request_id, session_id=other.session_id, tenant_id=tenant, attempt=2)
         async with pool.acquire() as conn:
-            rows = await lifecycle.claim_many(conn, [second, first, other, stale], 15)
+            async with conn.transaction():
+                rows = await lifecycle.claim_many(conn, [second, first, other, stale], 15)
             assert set(rows) == {first.request_id, other.request_id}
             assert {r["status"] for r in rows.values()} == {"running"}
-            assert await lifecycle.claim_many(conn, [first, second], 15) == {}  # running already / not the head
+            async with conn.transaction():
+                assert await lifecycle.claim_many(conn, [first, second], 15) == {}  # running already / not the head
     finally:
         await pool.close()
 
@@ -88,5 +92,28 @@ async def test_a_claim_carries_each_sessions_latest_turns(infra: Infra) -> None:
              {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
             [],
         ]
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_history_read_undoes_the_claims(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            session_id = str(uuid.uuid4())
+            await conn.execute(
+                "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+                " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+            asked = await _request(conn, session_id, tenant)
+
+        async def unavailable(*args: object) -> None:
+            raise ConnectionResetError("postgres went away")
+
+        monkeypatch.setattr(claims_module, "histories", unavailable)
+        with pytest.raises(ConnectionResetError):
+            await ClaimBatcher(pool, lease_seconds=15, history_turns=2).claim(asked)
+        status = await pool.fetchval("SELECT status FROM request_logs WHERE request_id = $1", asked.request_id)
+        assert status == "queued"  # the job's retry can claim it again, with no lease to wait out
     finally:
         await pool.close()

@@ -1,5 +1,5 @@
-"""Claims batched per worker: jobs that start together share one Postgres transaction, and one
-more statement reads the conversation history of every request it started."""
+"""Claims batched per worker: jobs that start together share one Postgres transaction, which also
+reads the conversation history of every request it started."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ class ClaimBatcher:
 
     async def _claim(self, batch: list[Waiter]) -> None:
         try:
-            async with self.db.acquire() as conn:
+            # One transaction: if reading the histories fails, the claims are undone too, and the
+            # jobs retry whole instead of being left running until their lease lapses.
+            async with self.db.acquire() as conn, conn.transaction():
                 rows = await lifecycle.claim_many(conn, [p for p, _ in batch], self.lease_seconds)
                 turns = await histories(conn, rows.values(), self.history_turns)
         except Exception as exc:
