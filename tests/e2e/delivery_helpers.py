@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
@@ -61,6 +62,18 @@ class Dispatchers:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(15)
         self.procs.clear()
+
+    @contextlib.contextmanager
+    def replaced_with(self, **env: str) -> Iterator[Dispatchers]:
+        """Run a dispatcher with these settings added instead of this one, then this one again."""
+        self.stop()
+        other = Dispatchers(self.stack, {**self.env, **env})
+        other.start()
+        try:
+            yield other
+        finally:
+            other.stop()
+            self.start()
 
 
 def smtp_server(tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None

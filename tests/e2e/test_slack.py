@@ -295,10 +295,7 @@ def streamed_text(calls: list[Call]) -> str:
 
 def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
                                            slack_stack: Dispatchers) -> None:
-    slack_stack.stop()
-    native = Dispatchers(stack, {**slack_stack.env, "SLACK_NATIVE_STREAMING": "true"})
-    native.start()
-    try:
+    with slack_stack.replaced_with(SLACK_NATIVE_STREAMING="true"):
         user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
         root = "1700000007.000100"
         post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "stream it",
@@ -313,9 +310,6 @@ def test_native_streaming_behind_a_setting(stack: Stack, workspace: Workspace, f
         assert streamed_text(calls) == row["response_content"]
         assert fake_slack.of("chat.postMessage", channel) == [] and fake_slack.of("chat.update", channel) == []
         assert "rg_new" in json.dumps(stop.args.get("blocks"))
-    finally:
-        native.stop()
-        slack_stack.start()
 
 
 def test_user_slack_settings_are_honoured(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
@@ -351,10 +345,7 @@ def test_other_requests_reach_a_slack_channel_by_override(stack: Stack, workspac
 
 def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
                                                    slack_stack: Dispatchers) -> None:
-    slack_stack.stop()
-    short = Dispatchers(stack, {**slack_stack.env, "SLACK_MESSAGE_CHARS": "60"})
-    short.start()
-    try:
+    with slack_stack.replaced_with(SLACK_MESSAGE_CHARS="60"):
         user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
         root = "1700000009.000100"
         post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "go long",
@@ -367,9 +358,6 @@ def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Work
                          and p, 30)
         assert len(posts) > 2 and all(p.args["thread_ts"] == root for p in posts)
         assert all(len(p.args["text"]) <= 60 for p in posts[1:]) and len(final[-1].args["text"]) <= 60
-    finally:
-        short.stop()
-        slack_stack.start()
 
 
 def test_new_conversation_button_starts_a_new_dm_session(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
