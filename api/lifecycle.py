@@ -7,27 +7,33 @@ import logging
 import asyncpg
 
 from api.deps import Gateway
-from common import lifecycle, queue
+from common import ending, lifecycle, queue
 from common.keys import cancel_key
 from common.models import JobPayload
-from common.streams import ended
 
 log = logging.getLogger(__name__)
 
 
-async def cancel_queued(gw: Gateway, conn: asyncpg.Connection, session_id: str, request_ids: list[str],
-                        reason: str) -> tuple[str, JobPayload] | None:
-    """Cancel the requests that have not started and end their streams, inside the caller's transaction.
+async def cancel_queued(conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
+                        ) -> tuple[tuple[str, JobPayload] | None, list[asyncpg.Record]]:
+    """Cancel the requests that have not started, inside the caller's transaction.
 
-    The terminal events are written before the transaction commits: if Redis fails, the
-    cancellation rolls back with it, so no request is ever cancelled without a `done`.
+    Returns the session's next job and the cancelled rows, whose streams the caller ends with
+    `end_streams` once the transaction has committed (the ending sweep does it if that fails).
     """
     cancelled, upcoming = await lifecycle.cancel_queued(conn, session_id, request_ids, reason)
-    events = [e for row in cancelled for e in ended(row["request_id"], row["attempt"], "cancelled",
-                                                     {"reason": reason})]
-    if events:
-        await gw.writer.append(session_id, events)
-    return upcoming
+    return upcoming, cancelled
+
+
+async def end_streams(gw: Gateway, rows: list[asyncpg.Record]) -> None:
+    """Write the closing events of requests this gateway ended; on a store error the workers' ending
+    sweep writes them within seconds, so the caller is not failed for it."""
+    if not rows:
+        return
+    try:
+        await ending.close(gw.writer, gw.db, rows)
+    except Exception as exc:  # Postgres failed to clear the flags: the sweep rewrites nothing twice
+        log.warning("ending streams failed; the ending sweep will retry", extra={"error": repr(exc)})
 
 
 async def flag_running(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
@@ -41,7 +47,8 @@ async def cancel_many(gw: Gateway, session_id: str, request_ids: list[str], reas
     await flag_running(gw, session_id, request_ids, reason)
     async with gw.db.acquire() as conn, conn.transaction():
         await lifecycle.lock_session(conn, session_id)
-        upcoming = await cancel_queued(gw, conn, session_id, request_ids, reason)
+        upcoming, cancelled = await cancel_queued(conn, session_id, request_ids, reason)
+    await end_streams(gw, cancelled)
     await enqueue_safely(gw, upcoming)
 
 

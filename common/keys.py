@@ -30,6 +30,14 @@ def cancel_key(session_id: str, request_id: str, buckets: int) -> str:
     return f"{_tagged(session_id, buckets)}cancel:{request_id}"
 
 
+def fence_key(session_id: str, request_id: str, buckets: int) -> str:
+    """The request's write fence: its newest attempt number, or `done` once its `done` is written.
+
+    The append scripts check it, so a superseded attempt writes nothing and no request ends twice.
+    """
+    return f"{_tagged(session_id, buckets)}fence:{request_id}"
+
+
 def start_key(session_id: str, buckets: int) -> str:
     """The compat `/stream` route's claim on starting a chat's generation."""
     return f"{_tagged(session_id, buckets)}start:{session_id}"

@@ -4,6 +4,9 @@ queued -> running -> completed | failed | cancelled. A session runs one request 
 time, oldest first; every transition that can free a session returns the request that
 should be queued next. Transitions are conditional updates, so a late write from a lost
 attempt never overwrites a newer attempt or a terminal state.
+
+Every transition to a terminal state sets `done_pending` and returns the row's ENDED columns:
+whoever ended it then writes the closing events (common.ending) and clears the flag.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from typing import Any
 import asyncpg
 
 from common.models import JobPayload
+
+# What common.ending needs of a terminal row to write its closing events.
+ENDED = ("request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
+         "processing_time_ms")
 
 _HEAD = """
 SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
@@ -98,7 +105,7 @@ async def finish(
                SET status = $3, response_content = coalesce($4, response_content), error = $5,
                    agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
                    processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
-                   completed_at = now(), updated_at = now(), lease_expires_at = NULL
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
             RETURNING processing_time_ms
             """,
@@ -130,10 +137,11 @@ async def cancel_queued(
 ) -> tuple[list[asyncpg.Record], tuple[str, JobPayload] | None]:
     """Cancel requests that have not started (caller holds the session lock)."""
     rows = await conn.fetch(
-        """
-        UPDATE request_logs SET status = 'cancelled', error = $2, completed_at = now(), updated_at = now()
+        f"""
+        UPDATE request_logs SET status = 'cancelled', error = $2, completed_at = now(), updated_at = now(),
+               done_pending = true
          WHERE request_id = ANY($1::uuid[]) AND status = 'queued'
-        RETURNING request_id::text, attempt
+        RETURNING {ENDED}
         """,
         request_ids, reason,
     )
@@ -199,13 +207,13 @@ async def reap_expired(
             max_attempts,
         )
         failed = await conn.fetch(
-            """
-            UPDATE request_logs SET status = 'failed', error = 'worker lost too many times',
-                   completed_at = now(), updated_at = now(), lease_expires_at = NULL
+            f"""
+            UPDATE request_logs SET status = 'failed', error = 'the request''s worker was lost too many times',
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true
              WHERE id IN (SELECT id FROM request_logs
                            WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
                            LIMIT 200 FOR UPDATE SKIP LOCKED)
-            RETURNING request_id::text, session_id::text, attempt
+            RETURNING {ENDED}
             """,
             max_attempts,
         )
@@ -216,13 +224,13 @@ async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Fail requests past their deadline, whatever state they are stuck in."""
     return list(
         await conn.fetch(
-            """
+            f"""
             UPDATE request_logs SET status = 'failed', error = 'timed out', completed_at = now(),
-                   updated_at = now(), lease_expires_at = NULL
+                   updated_at = now(), lease_expires_at = NULL, done_pending = true
              WHERE id IN (SELECT id FROM request_logs
                            WHERE status IN ('queued', 'running') AND deadline_at < now()
                            LIMIT 500 FOR UPDATE SKIP LOCKED)
-            RETURNING request_id::text, session_id::text, attempt
+            RETURNING {ENDED}
             """
         )
     )
@@ -262,3 +270,21 @@ async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] |
     async with db.acquire() as conn, conn.transaction():
         await lock_session(conn, session_id)
         return await next_in_session(conn, session_id)
+
+
+async def mark_ended(db: asyncpg.Pool | asyncpg.Connection, request_ids: list[str]) -> None:
+    """The closing events of these requests are on their streams (and what follows is queued)."""
+    await db.execute("UPDATE request_logs SET done_pending = false WHERE request_id = ANY($1::uuid[]) AND done_pending",
+                     request_ids)
+
+
+async def unended(db: asyncpg.Pool, older_than_seconds: float, limit: int = 200) -> list[asyncpg.Record]:
+    """Terminal rows whose closing events were not confirmed for a while (their writer died)."""
+    return list(await db.fetch(
+        f"""
+        SELECT {ENDED} FROM request_logs
+         WHERE done_pending AND completed_at < now() - make_interval(secs => $1)
+         ORDER BY completed_at LIMIT $2
+        """,
+        older_than_seconds, limit,
+    ))

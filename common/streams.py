@@ -6,13 +6,14 @@ import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-from common.keys import bucket, intake_key, stream_key
+from common.keys import bucket, fence_key, intake_key, stream_key
 
 EventType = Literal[
     "request.accepted",
@@ -94,14 +95,6 @@ class Event(BaseModel):
         )
 
 
-def ended(request_id: str, attempt: int, status: Literal["failed", "cancelled"], data: dict[str, Any]) -> list[Event]:
-    """The last two events of a request ended outside its worker: `run.<status>`, then `done`."""
-    return [
-        Event(type=f"run.{status}", request_id=request_id, attempt=attempt, data=data),  # type: ignore[arg-type]
-        Event(type="done", request_id=request_id, attempt=attempt, data={"request_id": request_id, "status": status}),
-    ]
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -171,44 +164,74 @@ return ids
 """
 
 
-# Many streams in one call: KEYS are the stream keys, then keys to read (cancel flags).
-# ARGV: maxlen, ttl, number of streams, dedupe (1/0), then per stream its event count and 6
-# values per event. With dedupe (a retry after a lost reply), events of the stream's last
-# request/attempt up to its last seq are skipped. Returns {last id per stream, value per read}.
+# Many streams in one call: KEYS are the stream keys, then one fence key per stream (common.keys
+# .fence_key; a batch that is not fenced passes its stream key there), then keys to read (cancel
+# flags). ARGV: maxlen, ttl, number of streams, dedupe (1/0), then per stream its event count,
+# whether it is fenced (1/0) and 6 values per event; a batch holds the events of one attempt.
+# A fenced batch is refused whole when its request's fence names a newer attempt or `done`;
+# otherwise it raises the fence to its attempt, or to `done` when it carries the `done` event.
+# With dedupe (a retry after a lost reply), events of the stream's last request/attempt up to its
+# last seq are skipped. Returns {last id per stream, value per read, refused (1/0) per stream}.
 _APPEND_MANY = """
 local n = tonumber(ARGV[3])
 local dedupe = ARGV[4] == '1'
-local last = {}
+local ttl = ARGV[2]
+local last, refused = {}, {}
 local i = 5
 for k = 1, n do
   local count = tonumber(ARGV[i])
-  i = i + 1
+  local fenced = ARGV[i + 1] == '1'
+  i = i + 2
+  local admit, fence = true, false
+  if fenced and count > 0 then
+    fence = redis.call('GET', KEYS[n + k])
+    if fence == 'done' or (fence and tonumber(fence) > tonumber(ARGV[i + 2])) then admit = false end
+  end
   local written = -1
-  if dedupe and count > 0 then
+  if admit and dedupe and count > 0 then
     local tail = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
     if #tail > 0 then
       local f = tail[1][2]
       if f[4] == ARGV[i + 1] and f[6] == ARGV[i + 2] then written = tonumber(f[8]) end
     end
   end
-  local id = false
+  local id, ends = false, false
+  local attempt = ARGV[i + 2]
   for _ = 1, count do
-    if tonumber(ARGV[i + 3]) > written then
+    if admit and tonumber(ARGV[i + 3]) > written then
       id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[1], '*',
         'type', ARGV[i], 'request_id', ARGV[i + 1], 'attempt', ARGV[i + 2], 'seq', ARGV[i + 3],
         'ts', ARGV[i + 4], 'data', ARGV[i + 5])
     end
+    if ARGV[i] == 'done' then ends = true end
     i = i + 6
   end
-  redis.call('EXPIRE', KEYS[k], ARGV[2])
+  if admit then
+    redis.call('EXPIRE', KEYS[k], ttl)
+    if fenced and count > 0 then
+      if ends then redis.call('SET', KEYS[n + k], 'done', 'EX', ttl)
+      elseif fence ~= attempt then redis.call('SET', KEYS[n + k], attempt, 'EX', ttl) end
+    end
+  end
   last[k] = id
+  refused[k] = admit and 0 or 1
 end
 local values = {}
-for j = n + 1, #KEYS do
-  values[j - n] = redis.call('GET', KEYS[j])
+for j = 2 * n + 1, #KEYS do
+  values[j - 2 * n] = redis.call('GET', KEYS[j])
 end
-return {last, values}
+return {last, values, refused}
 """
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What one `append_many` call did, in input order: the last entry id written per batch (None when
+    nothing was), the value per read key, and whether each batch was refused by its request's fence."""
+
+    ids: list[str | None]
+    values: list[bytes | None]
+    refused: list[bool]
 
 
 def intake_member(session_id: str, request_id: str) -> str:
@@ -247,48 +270,58 @@ class StreamWriter:
 
     async def append_many(
         self, batches: list[tuple[str, list[Event]]], reads: list[tuple[str, str]] | None = None,
-        *, dedupe: bool = False,
-    ) -> tuple[list[str | None], list[bytes | None]]:
+        *, dedupe: bool = False, fenced: bool = True,
+    ) -> Appended:
         """Append the events of many sessions and GET keys of those sessions in one round trip.
 
-        `batches` are (session id, events); `reads` are (session id, key) so that on a Redis Cluster
-        each key goes with its session's slot. Returns the last entry id per batch and the value
-        per read, in input order. On a cluster there is one call per bucket, all at once.
-        `dedupe` makes a retry after a lost reply safe: what the first try wrote is not written again.
+        `batches` are (session id, events of one attempt); `reads` are (session id, key) so that on a
+        Redis Cluster each key goes with its session's slot. On a cluster there is one call per bucket,
+        all at once. `dedupe` makes a retry after a lost reply safe: what the first try wrote is not
+        written again. `fenced` batches are refused once a newer attempt of their request wrote, or its
+        `done` was written (common.keys.fence_key).
         """
         reads = reads or []
         if not self._cluster:
-            ids, values = await self._call_many(batches, [key for _, key in reads], dedupe)
-            return ids, values
+            return await self._call_many(batches, [key for _, key in reads], dedupe, fenced)
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for n, (session_id, _) in enumerate(batches):
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[0].append(n)
         for n, (session_id, _) in enumerate(reads):
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[1].append(n)
         results = await asyncio.gather(*(
-            self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe) for b, r in groups.values()))
-        all_ids: list[str | None] = [None] * len(batches)
-        all_values: list[bytes | None] = [None] * len(reads)
-        for (b, r), (ids, values) in zip(groups.values(), results, strict=True):
-            for i, value in zip(b, ids, strict=True):
-                all_ids[i] = value
-            for i, got in zip(r, values, strict=True):
-                all_values[i] = got
-        return all_ids, all_values
+            self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe, fenced)
+            for b, r in groups.values()))
+        merged = Appended([None] * len(batches), [None] * len(reads), [False] * len(batches))
+        for (b, r), got in zip(groups.values(), results, strict=True):
+            for i, entry_id, refused in zip(b, got.ids, got.refused, strict=True):
+                merged.ids[i], merged.refused[i] = entry_id, refused
+            for i, read in zip(r, got.values, strict=True):
+                merged.values[i] = read
+        return merged
 
-    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool
-                         ) -> tuple[list[str | None], list[bytes | None]]:
+    async def end(self, session_id: str, events: list[Event]) -> bool:
+        """Write a request's closing events (ending with `done`) unless it already ended or a newer
+        attempt took it over; False when refused. Safe to repeat: only the first ending is written."""
+        return not (await self.append_many([(session_id, events)])).refused[0]
+
+    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool,
+                         fenced: bool) -> Appended:
         args: list[str | int] = [self.maxlen, self.ttl, len(batches), int(dedupe)]
-        for _, events in batches:
-            args.append(len(events))
+        fences = []
+        for session_id, events in batches:
+            args.extend((len(events), int(fenced)))
             for event in events:
                 f = event.fields()
                 args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
-        keys = [self.key(session_id) for session_id, _ in batches] + reads
-        last, values = await self._append_many(keys=keys, args=args)
+            request_id = events[0].request_id if events else ""
+            fences.append(fence_key(session_id, request_id, self.buckets) if fenced and events
+                          else self.key(session_id))
+        keys = [self.key(session_id) for session_id, _ in batches] + fences + reads
+        last, values, refused = await self._append_many(keys=keys, args=args)
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
         got = [v or None for v in values] + [None] * (len(reads) - len(values))
-        return ids, got
+        return Appended(ids, got, [bool(r) for r in refused] + [False] * (len(batches) - len(refused)))
+
     async def announce(self, session_id: str, request_id: str, events: Iterable[Event]) -> list[str]:
         """Append a new request's first events and record it in the bucket's intake set, atomically."""
         return await self._call_append([self.key(session_id), intake_key(session_id, self.buckets)],

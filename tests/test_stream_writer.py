@@ -17,8 +17,8 @@ async def test_append_many_writes_every_stream_reads_flags_and_dedupes_retries(i
         other = [Event(type="token", request_id="r2", seq=1, data={"text": "x"})]
         flag = f"test:flag:{uuid.uuid4()}"
         await redis.set(flag, "stop")
-        ids, flags = await writer.append_many([(a, events), (b, other)], [(a, flag), (b, flag + ":none")])
-        assert all(ids) and flags == [b"stop", None]
+        got = await writer.append_many([(a, events), (b, other)], [(a, flag), (b, flag + ":none")])
+        assert all(got.ids) and got.values == [b"stop", None] and got.refused == [False, False]
         assert await redis.xlen(writer.key(a)) == 2 and await redis.xlen(writer.key(b)) == 1
         # A retry of a call whose reply was lost: nothing already written is written again.
         more = [*events, Event(type="token", request_id="r1", seq=3, data={"text": "t3"})]

@@ -14,10 +14,9 @@ import contextlib
 import logging
 import time
 
-import asyncpg
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
+from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import StreamWriter
 from workers.attempt import Attempt, Stop
@@ -26,9 +25,6 @@ log = logging.getLogger(__name__)
 
 TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
 FLUSHES = Counter("relaygate_worker_flushes_total", "Round trips of the token flusher")
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, RedisError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
-)
 CANCEL_POLL_SECONDS = 0.25
 RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -101,7 +97,7 @@ class Flusher:
         if not batches and not watched:
             return
         sent = {id(r): len(r.unsent) for r in batches}
-        ids, flags = await self.writer.append_many(
+        appended = await self.writer.append_many(
             [(r.payload.session_id, r.unsent) for r in batches],
             [(r.payload.session_id, r.cancel_key) for r in watched],
             dedupe=self.failures > 0,
@@ -110,7 +106,10 @@ class Flusher:
         if check_all:
             self.last_cancel_check = now
         FLUSHES.inc()
-        for run, last in zip(batches, ids, strict=True):
+        for run, last, refused in zip(batches, appended.ids, appended.refused, strict=True):
+            if refused:
+                run.halt(Stop("superseded by a newer attempt", fenced=True))
+                continue
             count = sent[id(run)]
             del run.unsent[:count]
             TOKENS.inc(count)
@@ -119,6 +118,6 @@ class Flusher:
         for run in batches:
             if run.flushed:
                 run.written.set()
-        for run, flag in zip(watched, flags, strict=True):
+        for run, flag in zip(watched, appended.values, strict=True):
             if flag is not None:
                 run.halt(Stop(flag.decode() or "cancelled"))

@@ -11,18 +11,17 @@ import logging
 import time
 
 import asyncpg
-from redis.exceptions import RedisError
 
-from common import lifecycle, queue, sink
+from common import ending, lifecycle, queue, sink
 from common.keys import cancel_key, intake_keys
-from common.streams import ended
+from common.outages import STORE_ERRORS
 from workers.attempt import Stop
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-_TRANSIENT = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
 
 
 CHECKPOINT_EVERY = 10
@@ -61,38 +60,24 @@ async def heartbeats(rt: Runtime) -> None:
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
-async def _end_stream(rt: Runtime, rows: list[asyncpg.Record], error: str) -> None:
-    """Terminal events for requests ended outside their worker, then queue what follows.
+async def end_streams(rt: Runtime, rows: list[asyncpg.Record]) -> None:
+    """Close the streams of requests ended outside their worker, stop their workers, queue what follows.
 
-    The rows are already failed in Postgres, so every one is attempted (twice) even when
-    another fails: a Redis error on one must not leave the rest without their `done`.
+    The rows are already terminal in Postgres with `done_pending` set, so a failure here is retried
+    by `repair_endings_once`, not lost.
     """
-    pending = list(rows)
-    failure: BaseException | None = None
-    for _ in range(2):
-        failed = []
-        for row in pending:
-            try:
-                await _end_one(rt, row, error)
-            except Exception as exc:
-                log.warning("ending a stream failed", extra={"request_id": row["request_id"], "error": repr(exc)})
-                failed.append(row)
-                failure = exc
-        if not failed:
-            return
-        pending = failed
-    assert failure is not None
-    raise failure
-
-
-async def _end_one(rt: Runtime, row: asyncpg.Record, error: str) -> None:
-    session_id, request_id = row["session_id"], row["request_id"]
-    await rt.writer.append(session_id, ended(request_id, row["attempt"], "failed", {"error": error}))
-    await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), error,
-                         ex=rt.settings.request_timeout_seconds)
-    upcoming = await lifecycle.advance(rt.db, session_id)
-    if upcoming:
-        await queue.enqueue(rt.queue, *upcoming)
+    if not rows:
+        return
+    pipe = rt.streams.pipeline(transaction=False)
+    for row in rows:
+        pipe.set(cancel_key(row["session_id"], row["request_id"], rt.settings.stream_buckets),
+                 row["error"] or row["status"], ex=rt.settings.request_timeout_seconds)
+    await pipe.execute()
+    closed = await ending.close(rt.writer, rt.db, rows)
+    for session_id in {row["session_id"] for row in closed}:
+        upcoming = await lifecycle.advance(rt.db, session_id)
+        if upcoming:
+            await queue.enqueue(rt.queue, *upcoming)
 
 
 async def reap_once(rt: Runtime) -> None:
@@ -101,7 +86,18 @@ async def reap_once(rt: Runtime) -> None:
     for row in requeued:
         log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
         await queue.enqueue(rt.queue, *lifecycle.job_for(row))
-    await _end_stream(rt, failed, "the request's worker was lost too many times")
+    await end_streams(rt, failed)
+    await repair_endings_once(rt)
+
+
+async def repair_endings_once(rt: Runtime) -> int:
+    """Close the streams of terminal requests whose ender died before writing their `done`, and queue
+    their sessions' next requests. Safe in every worker at once: the stream fence writes each ending once."""
+    rows = await lifecycle.unended(rt.db, ending.SWEEP_GRACE_SECONDS)
+    if rows:
+        log.warning("writing endings their writer did not", extra={"requests": [r["request_id"] for r in rows]})
+        await end_streams(rt, rows)
+    return len(rows)
 
 
 async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
@@ -126,7 +122,8 @@ async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
         session_id, request_id = member.split(" ", 1)
         if not await rt.streams.zrem(key, member) or request_id in stored:
             continue
-        await rt.writer.append(session_id, ended(request_id, 1, "failed", {"error": "the request was not stored"}))
+        await rt.writer.end(session_id, ending.closing_events(request_id, 1, "failed",
+                                                              error="the request was not stored"))
         ended_now += 1
     return ended_now
 
@@ -136,7 +133,7 @@ async def sweep_once(rt: Runtime) -> None:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
         expired = await lifecycle.expire_sessions(conn)
-    await _end_stream(rt, overdue, "timed out")
+    await end_streams(rt, overdue)
     await end_unstored_once(rt)
     for feature, payload in stalled:
         await queue.enqueue(rt.queue, feature, payload)

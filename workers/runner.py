@@ -19,17 +19,18 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, lifecycle, metrics, queue, sink, tracing
+from common import delivery, ending, lifecycle, metrics, queue, sink, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
 from common.models import JobPayload
+from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
 from workers import model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
-from workers.flusher import STORE_ERRORS, TOKENS, Flusher
+from workers.flusher import TOKENS, Flusher
 from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
@@ -70,14 +71,16 @@ class Runtime:
 
 
 async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
-    """Append a run's own events, retried across store errors without writing any twice."""
+    """Append a run's own events, retried across store errors without writing any twice; a newer
+    attempt of the request (or its ending) on the stream fences this one."""
     tries = [0]
 
-    async def once() -> None:
+    async def once() -> bool:
         tries[0] += 1
-        await rt.writer.append_many([(run.payload.session_id, events)], dedupe=tries[0] > 1)
+        return (await rt.writer.append_many([(run.payload.session_id, events)], dedupe=tries[0] > 1)).refused[0]
 
-    await persist("stream append", once, run)
+    if await persist("stream append", once, run):
+        raise Stop("superseded by a newer attempt", fenced=True)
 
 
 async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | None = None) -> T:
@@ -201,25 +204,15 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
 async def _finish(
     rt: Runtime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
 ) -> str:
-    """The one place a request's outcome becomes final: terminal events, the row, what follows."""
+    """The one place a request's outcome becomes final: the row first, then the stream, then what follows.
+
+    The row's conditional update proves this attempt still owns the request. Its closing events go
+    out in one fenced append after it, so no other attempt can end it too; a worker that dies in
+    between leaves `done_pending` set for the ending sweep (common.ending).
+    """
     payload = run.payload
     reply = "".join(run.parts)
     elapsed_ms = int((time.monotonic() - started) * 1000)
-    if status == "completed":
-        terminal = [run.event("message", {"content": reply, "agent_id": agent_id}),
-                    run.event("run.completed", {"processing_time_ms": elapsed_ms})]
-    elif status == "cancelled":
-        terminal = [run.event("run.cancelled", {"reason": error})]
-    else:
-        terminal = [run.event("run.failed", {"error": error})]
-    # Renewing the lease proves this attempt still owns the request before it speaks for it,
-    # and keeps it owned for the few milliseconds until `finish`.
-    held = await persist("lease", lambda: lifecycle.heartbeat(
-        rt.db, [(payload.request_id, payload.attempt, reply, run.last_stream_id)], rt.settings.lease_seconds), run)
-    if not held:
-        RUNS.labels("fenced").inc()
-        return "fenced"
-    await append(rt, run, terminal)
     tries = [0]
 
     async def finish_once() -> tuple[bool, tuple[str, JobPayload] | None]:
@@ -236,11 +229,13 @@ async def _finish(
     if not applied:
         RUNS.labels("fenced").inc()
         return "fenced"
-    done = [run.event("done", {"request_id": payload.request_id, "status": status})]
-    await append(rt, run, done)
+    closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
+                                    agent_id=agent_id, processing_time_ms=elapsed_ms, seq=run.seq + 1)
+    await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
+    await persist("ended", lambda: lifecycle.mark_ended(rt.db, [payload.request_id]))
     await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},

@@ -13,16 +13,17 @@ import orjson
 
 from api.deps import Gateway
 from api.errors import ApiError, refused
-from api.lifecycle import cancel_many, cancel_queued, enqueue_safely, flag_running
+from api.lifecycle import cancel_many, cancel_queued, end_streams, enqueue_safely, flag_running
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
 from common import sink
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
+from common.ending import closing_events
 from common.keys import intake_key
 from common.limits import REFUSALS, max_reply_tokens_refusal
 from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
-from common.streams import Event, ended, intake_member
+from common.streams import Event, intake_member
 
 
 @dataclass
@@ -152,15 +153,17 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
                 await _record(gw, conn, intake, existing=intake.body.session_id if intake.unseen_session else None)
                 upcoming: tuple[str, JobPayload] | None = intake.job()
                 interrupted: list[str] = []
+                cancelled: list[asyncpg.Record] = []
             else:
                 async with conn.transaction():
                     replay = await _hold_idempotency_key(conn, intake)
                     if replay is not None:
                         return replay
-                    upcoming, interrupted = await _join_session(gw, conn, intake)
+                    upcoming, interrupted, cancelled = await _join_session(gw, conn, intake)
     except BaseException:
         await _end_unstored(gw, intake)
         raise
+    await end_streams(gw, cancelled)
     await flag_running(gw, intake.session_id, interrupted, "interrupted by a newer request")
     await enqueue_safely(gw, upcoming)
     tenant, cid = intake.who.tenant_id, intake.correlation_id
@@ -198,10 +201,10 @@ def _starts_session(intake: _Intake) -> bool:
 
 async def _join_session(
     gw: Gateway, conn: asyncpg.Connection, intake: _Intake
-) -> tuple[tuple[str, JobPayload] | None, list[str]]:
+) -> tuple[tuple[str, JobPayload] | None, list[str], list[asyncpg.Record]]:
     """In the caller's transaction: lock the session, apply `multitask`, store the request.
 
-    Returns (the job to queue now, the running requests to interrupt).
+    Returns (the job to queue now, the running requests to interrupt, the queued ones it cancelled).
     """
     existing = await _session_for(conn, intake)
     active = await request_repo.active_in_session(conn, existing) if existing else []
@@ -210,12 +213,12 @@ async def _join_session(
         raise ApiError(409, "another request is still running in this session (multitask=reject)")
     await _record(gw, conn, intake, existing=existing)
     if not active:
-        return intake.job(), []
+        return intake.job(), [], []
     if multitask != "interrupt":
-        return None, []
+        return None, [], []
     queued = [r["request_id"] for r in active if r["status"] == "queued"]
-    upcoming = await cancel_queued(gw, conn, intake.session_id, queued, "interrupted by a newer request")
-    return upcoming, [r["request_id"] for r in active if r["status"] == "running"]
+    upcoming, cancelled = await cancel_queued(conn, intake.session_id, queued, "interrupted by a newer request")
+    return upcoming, [r["request_id"] for r in active if r["status"] == "running"], cancelled
 
 
 async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
@@ -266,8 +269,8 @@ async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
     if intake.entry_id is None:
         return
     with contextlib.suppress(Exception):
-        await gw.writer.append(intake.session_id, ended(intake.request_id, 1, "failed",
-                                                        {"error": "the request was not stored"}))
+        await gw.writer.end(intake.session_id, closing_events(intake.request_id, 1, "failed",
+                                                              error="the request was not stored"))
         await gw.streams.zrem(intake_key(intake.session_id, gw.settings.stream_buckets),
                               intake_member(intake.session_id, intake.request_id))
 

@@ -1,0 +1,45 @@
+"""Riding out store outages: the one list of errors that mean "Postgres or Redis is down for now",
+and a retry with backoff for the steps a process cannot go on without (tenacity)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A connection refused, reset or timed out (OSError covers TimeoutError), Redis down or loading,
+# a Postgres connection lost, refused while starting, or shut down by an operator.
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, RedisError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def _log_wait(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+        log.log(level, "store unavailable; waiting", extra={"step": what, "error": repr(error),
+                                                            "retry_in_s": round(wait, 2),
+                                                            "attempt": state.attempt_number})
+    return before_sleep
+
+
+async def outlast(what: str, call: Callable[[], Awaitable[T]], *, max_wait: float = 5.0) -> T:
+    """Run `call` until it succeeds, waiting with jittered exponential backoff (at most `max_wait`
+    seconds) after each store error; other errors propagate at once."""
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(STORE_ERRORS),
+                                       wait=wait_exponential_jitter(initial=0.1, max=max_wait),
+                                       before_sleep=_log_wait(what), reraise=True):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: AsyncRetrying without a stop retries until success")
