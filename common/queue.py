@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from opentelemetry.trace import SpanKind
@@ -21,9 +21,15 @@ WAKE_BACKLOG = 16
 # What ArqRedis.enqueue_job does (skip if the job or its result exists, store the job, add
 # it to the queue), in one round trip instead of a WATCH/MULTI exchange of three; then wake
 # one idle worker (the wake list is capped: a burst wakes every worker, not one per job).
+# A job that exists but is neither queued nor running (its queue entry was lost) is queued
+# again, so a sweep's re-enqueue always gets a stuck job moving.
 _ENQUEUE = f"""
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) > 0 then
+  if redis.call('ZSCORE', KEYS[3], ARGV[4]) or redis.call('EXISTS', KEYS[5]) > 0 then return 0 end
+else
+  redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 redis.call('LPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], 0, {WAKE_BACKLOG - 1})
@@ -50,7 +56,8 @@ async def push(pool: ArqRedis, queue: str, function: str, jid: str, args: tuple[
     defer_ms = int(defer_seconds * 1000)
     job = serialize_job(function, args, {}, None, now, serializer=pool.job_serializer)
     script = pool.register_script(_ENQUEUE)
-    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue)],
+    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue),
+                                in_progress_key_prefix + jid],
                           args=[pool.expires_extra_ms + defer_ms, job, now + defer_ms, jid])
     return bool(queued)
 

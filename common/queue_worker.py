@@ -7,6 +7,10 @@ re-checks only every WORKER_POLL_DELAY; and a job is started only while the even
 up (lag under WORKER_MAX_LAG_MS), so the rest stays queued in Redis, visible to autoscaling.
 SIGTERM stops taking jobs; running ones get WORKER_DRAIN_SECONDS to finish (the rest are handed
 back by `workers.runner`).
+
+A job's in-progress key lives one lease (`in_progress_seconds`) and is renewed while the job runs,
+so a job taken by a worker that died is taken again within a lease, whatever its timeout. A Redis
+or Postgres outage makes the loop wait and reconnect (common.outages); it never exits for one.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.exceptions import RedisError
 
 from common.keys import queue_wake_key
+from common.outages import STORE_ERRORS, outlast
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,9 @@ BACKLOG_RECHECK_SECONDS = 0.02
 
 class RelayWorker(Worker):
     def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
-                 on_lag: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+                 in_progress_seconds: float, on_lag: Callable[[float], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = in_progress_seconds
         self.wake_key = queue_wake_key(self.queue_name)
         self.max_lag = max_lag_ms / 1000
         self.admit_batch = max(1, admit_batch)
@@ -47,22 +52,56 @@ class RelayWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await create_pool(
+            self._pool = await outlast("queue connect", lambda: create_pool(
                 self.redis_settings, job_deserializer=self.job_deserializer, job_serializer=self.job_serializer,
                 default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms,
-            )
+            ))
         self.ctx["redis"] = self.pool
         if self.on_startup:
-            await self.on_startup(self.ctx)
-        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._probe_lag())]
+            await outlast("startup", lambda: self.on_startup(self.ctx))  # type: ignore[misc]
+        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._probe_lag()),
+                   asyncio.create_task(self._hold_in_progress())]
         try:
             while True:
-                await self._poll_iteration()
+                await outlast("queue poll", self._poll_iteration)
                 await self._wait()
         finally:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _poll_iteration(self) -> None:
+        """ARQ's iteration, except that a job whose own bookkeeping failed (Redis went away as it
+        ended) is logged, not raised into this loop: its in-progress key lapses and it runs again."""
+        if self.job_counter < self.max_jobs:
+            job_ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), start=self._queue_read_offset,
+                                                    num=self.queue_read_limit, max=timestamp_ms())
+            await self.start_jobs(job_ids)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    log.warning("job bookkeeping failed; it runs again after its in-progress key lapses",
+                                extra={"job_id": job_id, "error": repr(error)})
+        await self.heart_beat()
+
+    async def _hold_in_progress(self) -> None:
+        """Renew the in-progress keys of the jobs running here, three times a lease."""
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self.in_progress_timeout_s / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+                    await pipe.execute()
+            except STORE_ERRORS as exc:
+                log.warning("renewing in-progress keys failed", extra={"error": repr(exc)})
 
     async def _wait(self) -> None:
         """Until there may be work: a wake, a finished job (when jobs were left queued), or a timeout."""
@@ -79,7 +118,7 @@ class RelayWorker(Worker):
                 got = await self.pool.blpop([self.wake_key], timeout=max(1, int(self.poll_delay_s)))  # type: ignore[misc]
                 if got:
                     self.wakeup.set()
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("queue wake list unavailable", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
 

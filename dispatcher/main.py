@@ -68,6 +68,7 @@ def build_worker(settings: Settings) -> RelayWorker:
         handle_signals=True,
         max_lag_ms=settings.worker_max_lag_ms,
         admit_batch=settings.worker_admit_batch,
+        in_progress_seconds=settings.lease_seconds,
         on_drain=lambda: log.info("stopping: no new deliveries"),
     )
 

@@ -30,7 +30,7 @@ from common.keys import cancel_key, run_cancel_key
 from common.logging import correlation_id
 from common.models import NormalizedRequest
 from common.streams import Event
-from workers import model, offline_model
+from workers import model
 from workers.maintenance import every
 from workers.runner import Runtime
 
@@ -233,7 +233,7 @@ async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> di
     settings = run.rt.settings
     messages = [{"role": "system", "content": str(task_input["system"])}] if task_input.get("system") else []
     messages.append({"role": "user", "content": str(task_input.get("prompt", ""))})
-    name = str(task_input.get("model") or settings.llm_model or offline_model.MODEL)
+    name = str(task_input.get("model") or settings.llm_model or model.OFFLINE_MODEL)
     parts: list[str] = []
     pending: list[str] = []
     flushed = time.monotonic()

@@ -80,6 +80,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         job_completion_wait=settings.worker_drain_seconds,  # type: ignore[arg-type]
         max_lag_ms=settings.worker_max_lag_ms,
         admit_batch=settings.worker_admit_batch,
+        in_progress_seconds=settings.lease_seconds,
         on_drain=drain,
         on_lag=observe_lag,
     )

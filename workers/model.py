@@ -1,37 +1,78 @@
-"""Model calls through litellm: the configured model or the built-in offline one."""
+"""Model calls through litellm: the configured model or the built-in offline one.
+
+litellm's import is most of a worker's start (seconds of CPU), and only model calls need it: `configure`
+starts it in a thread, so the worker opens its stores and takes jobs meanwhile, and a model call waits
+for it only if it comes first.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from types import ModuleType
 from typing import Any
 
-import litellm
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.agents import Agent
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
-from workers import offline_model
 
-TRANSIENT: tuple[type[Exception], ...] = (
-    litellm.exceptions.APIConnectionError,
-    litellm.exceptions.RateLimitError,
-    litellm.exceptions.ServiceUnavailableError,
-    litellm.exceptions.InternalServerError,
-    litellm.exceptions.Timeout,
-)
+# The offline model's names, without importing it (workers.offline_model imports litellm).
+OFFLINE_PROVIDER = "relaygate-offline"
+OFFLINE_MODEL = f"{OFFLINE_PROVIDER}/echo"
 
 # How long a finished stream's trailer may take before its connection is just closed.
 TRAILER_SECONDS = 2.0
 
+_loaded: Future[ModuleType] | None = None
+
 
 def configure(settings: Settings) -> None:
+    """Start loading and configuring litellm in a background thread (once per process; a later call
+    with other settings re-registers the offline model once litellm is loaded)."""
+    global _loaded
+    if _loaded is not None:
+        if _loaded.done() and _loaded.exception() is None:
+            from workers import offline_model
+
+            offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
+        return
+    _loaded = Future()
+    loaded = _loaded
+
+    def load() -> None:
+        try:
+            loaded.set_result(_load(settings))
+        except BaseException as exc:
+            loaded.set_exception(exc)
+
+    threading.Thread(target=load, name="litellm-import", daemon=True).start()
+
+
+def ready() -> bool:
+    """Whether litellm is loaded (model calls start without waiting)."""
+    return _loaded is not None and _loaded.done()
+
+
+async def litellm_module() -> ModuleType:
+    if _loaded is None:
+        raise RuntimeError("workers.model.configure() was not called")
+    return await asyncio.wrap_future(_loaded)
+
+
+def _load(settings: Settings) -> ModuleType:
+    import litellm
+
     # litellm imports the OpenAI SDK's resources on its first call, synchronously; doing it
     # here keeps that stall out of the event loop that runs the lease heartbeats.
     import openai.resources.chat  # noqa: F401
+
+    from workers import offline_model
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
@@ -44,10 +85,18 @@ def configure(settings: Settings) -> None:
     litellm.failure_callback = []
     litellm.callbacks = []
     offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
+    return litellm
+
+
+def transient_errors(litellm: ModuleType) -> tuple[type[Exception], ...]:
+    """Provider failures worth retrying before the first chunk."""
+    errors = litellm.exceptions
+    return (errors.APIConnectionError, errors.RateLimitError, errors.ServiceUnavailableError,
+            errors.InternalServerError, errors.Timeout)
 
 
 def model_for(agent: Agent, settings: Settings) -> str:
-    return agent.model or settings.llm_model or offline_model.MODEL
+    return agent.model or settings.llm_model or OFFLINE_MODEL
 
 
 def describe_error(exc: BaseException) -> str:
@@ -61,10 +110,11 @@ async def stream_reply(
     settings: Settings, model: str, messages: list[dict[str, str]], metadata: dict[str, Any]
 ) -> AsyncIterator[str]:
     """Yields text chunks. Transient failures before the first chunk are retried with backoff."""
+    litellm = await litellm_module()
     options = model_options(metadata)
     kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                               "metadata": {k: v for k, v in options.items() if k == "offline"}}
-    if not model.startswith(offline_model.PROVIDER):
+    if not model.startswith(OFFLINE_PROVIDER):
         caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
         if caps:
             kwargs["max_tokens"] = min(caps)
@@ -76,7 +126,7 @@ async def stream_reply(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(1, settings.llm_retries)),
         wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception_type(transient_errors(litellm)),
         reraise=True,
     )
     async for attempt in retrying:

@@ -16,8 +16,7 @@ import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
-PROVIDER = "relaygate-offline"
-MODEL = f"{PROVIDER}/echo"
+from workers.model import OFFLINE_PROVIDER as PROVIDER
 
 _FILLER = (
     "Replies stream token by token through a Redis Stream and reach you over server-sent events, "
