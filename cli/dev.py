@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -59,15 +60,62 @@ def wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: flo
     raise click.ClickException(f"the gateway did not become healthy at {url} within {timeout:.0f}s")
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+RESTARTS_PER_MINUTE = 5
+
+
+@dataclass
+class Child:
+    """A process `relaygate dev` keeps running: restarted when it dies, up to RESTARTS_PER_MINUTE."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] = field(init=False)
+    restarts: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, env=self.env)
+
+    def revive(self) -> bool:
+        """Restart the process if it died; False once it died too often to go on."""
+        code = self.process.poll()
+        if code is None:
+            return True
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        if len(self.restarts) > RESTARTS_PER_MINUTE:
+            click.echo(f"relaygate dev: the {self.name} exited with code {code} "
+                       f"{RESTARTS_PER_MINUTE} times in a minute; giving up", err=True)
+            return False
+        click.echo(f"relaygate dev: the {self.name} exited with code {code}; restarting it", err=True)
+        self.start()
+        return True
+
+
+def _stop(children: list[Child]) -> None:
     for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
     for child in children:
         try:
-            child.wait(15)
+            child.process.wait(15)
         except subprocess.TimeoutExpired:
-            child.kill()
+            child.process.kill()
+
+
+def _guard(postgres: EmbeddedPostgres | None, valkey: EmbeddedValkey | None) -> subprocess.Popen[bytes] | None:
+    """Start cli.guardian, which stops the embedded servers if this process dies without doing it."""
+    if postgres is None and valkey is None:
+        return None
+    args = [sys.executable, "-m", "cli.guardian", str(os.getpid())]
+    if postgres is not None:
+        args += ["--postgres", str(postgres.data_dir)]
+    if valkey is not None:
+        args += ["--valkey", str(valkey.process.pid)]
+    return subprocess.Popen(args, start_new_session=True)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -86,7 +134,8 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
             raise click.ClickException(f"port {port} on {host} is already in use: stop what runs there, "
                                        f"or choose another port (make dev PORT=8001, relaygate dev --port 8001)")
     postgres = valkey = None
-    children: list[subprocess.Popen[bytes]] = []
+    guardian: subprocess.Popen[bytes] | None = None
+    children: list[Child] = []
     try:
         database_url, redis_url = settings.database_url, settings.redis_url
         if not database_url:
@@ -98,19 +147,19 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
             click.echo(f"starting embedded Valkey in {home / 'valkey'} ...", err=True)
             valkey = EmbeddedValkey(home / "valkey")
             redis_url = valkey.url
+        guardian = _guard(postgres, valkey)
         applied = asyncio.run(db.migrate(database_url))
         click.echo(f"migrations: {', '.join(applied) if applied else 'up to date'}", err=True)
         secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret,
                "RELAYGATE_DEV": "true"}
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-             "--no-access-log", "--timeout-graceful-shutdown", "3"], env=env))
-        for _ in range(workers):
-            children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env))
-        children.append(subprocess.Popen([sys.executable, "-m", "cli.main", "dispatcher"], env=env))
+        children.append(Child("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port",
+                                          str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"], env))
+        for n in range(workers):
+            children.append(Child(f"worker {n + 1}", [sys.executable, "-m", "cli.main", "worker"], env))
+        children.append(Child("dispatcher", [sys.executable, "-m", "cli.main", "dispatcher"], env))
         url = f"http://{host}:{port}"
-        wait_healthy(url, children)
+        wait_healthy(url, [c.process for c in children])
         dev_settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(secret)})
         token = mint_token(dev_settings, user_id="dev", tenant_id="dev", ttl_seconds=30 * 24 * 3600)
         write_state(home, {**read_state(home), "url": url, "token": token})
@@ -124,10 +173,9 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
             f"try:  .venv/bin/relaygate chat \"Hello there\"\n"
             f"Ctrl-C stops everything.\n"
         )
-        while all(child.poll() is None for child in children):
+        while all(child.revive() for child in children):
             time.sleep(0.5)
-        dead = next(c for c in children if c.poll() is not None)
-        raise click.ClickException(f"{_name(dead)} exited with code {dead.returncode}")
+        raise click.ClickException("a process kept exiting; stopping relaygate dev (see its output above)")
     except KeyboardInterrupt:
         click.echo("\nstopping ...", err=True)
     finally:
@@ -136,3 +184,5 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
             valkey.stop()
         if postgres:
             postgres.stop()
+        if guardian is not None:
+            guardian.terminate()

@@ -40,6 +40,10 @@ class EmbeddedPostgres:
         self.admin_url = base
         self.url = base.replace("/postgres?", f"/{DATABASE}?", 1)
 
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.pgdata)
+
     def ensure_database(self) -> None:
         if DATABASE not in self.server.psql("SELECT datname FROM pg_database;"):
             self.server.psql(f"CREATE DATABASE {DATABASE};")

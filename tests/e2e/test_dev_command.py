@@ -94,3 +94,30 @@ def test_chat_without_a_gateway_says_how_to_start_one(tmp_path: Path) -> None:
     unreachable = _cli(tmp_path, "chat", "hello", "--url", f"http://127.0.0.1:{free_port()}", "--token", "t")
     assert unreachable.returncode == 3
     assert "cannot reach the gateway" in unreachable.stderr
+
+
+def test_dev_restarts_a_dead_child_and_its_servers_do_not_outlive_it(tmp_path: Path) -> None:
+    home, port, log = tmp_path / "home", free_port(), tmp_path / "dev.log"
+    dev = _start_dev(home, port, log)
+    try:
+        children = psutil.Process(dev.pid).children()
+        valkey = [c for c in children if "valkey" in c.name()]
+        worker = next(c for c in children if c.cmdline()[-1:] == ["worker"])
+        worker.kill()
+        wait_until(lambda: "the worker 1 exited with code -9; restarting it" in log.read_text(), 30,
+                   "relaygate dev to restart its worker")
+        assert dev.poll() is None
+        after = _cli(home, "chat", "still here")
+        assert after.returncode == 0, after.stderr + log.read_text()[-2000:]
+        postmaster = psutil.Process(int((home / "pg" / "postmaster.pid").read_text().split()[0]))
+        assert len(valkey) == 1 and postmaster.name() == "postgres"
+        servers = [*valkey, postmaster]
+    finally:
+        # A SIGTERM to the whole group and a SIGKILL soon after: relaygate dev gets no time to stop its
+        # servers, so its guardian must.
+        os.killpg(dev.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait(30)
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers), 30,
+               "the embedded PostgreSQL and Valkey to stop after relaygate dev was killed")
