@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from types import ModuleType
@@ -21,6 +23,8 @@ from common.agents import Agent
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The offline model's names, without importing it (workers.offline_model imports litellm).
 OFFLINE_PROVIDER = "relaygate-offline"
@@ -46,10 +50,14 @@ def configure(settings: Settings) -> None:
     loaded = _loaded
 
     def load() -> None:
+        started = time.monotonic()
         try:
             loaded.set_result(_load(settings))
         except BaseException as exc:
+            log.exception("loading the model layer failed")
             loaded.set_exception(exc)
+        else:
+            log.info("model layer ready", extra={"seconds": round(time.monotonic() - started, 2)})
 
     threading.Thread(target=load, name="litellm-import", daemon=True).start()
 
