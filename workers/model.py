@@ -10,7 +10,7 @@ from typing import Any
 import litellm
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from common.agents import Agent
+from common.agents import Agent, AgentRegistry
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
@@ -48,6 +48,12 @@ def configure(settings: Settings) -> None:
 
 def model_for(agent: Agent, settings: Settings) -> str:
     return agent.model or settings.llm_model or offline_model.MODEL
+
+
+def configured(settings: Settings, agents: AgentRegistry) -> frozenset[str]:
+    """The models this deployment set up (LLM_MODEL, or the offline model, and every agent's): the only
+    ones a flow's llm task may name, so a flow cannot pick a provider or a local endpoint of its own."""
+    return frozenset({settings.llm_model or offline_model.MODEL, *(model_for(a, settings) for a in agents.agents)})
 
 
 def describe_error(exc: BaseException) -> str:
