@@ -205,8 +205,9 @@ async def check(url: str, rules: Policy, resolve: Resolver = system_resolve) -> 
         raise Refused(f"{host!r} is neither an IP address nor a valid host name")
     else:
         try:
-            addresses = await resolve(host, port)
-        except (OSError, UnicodeError) as exc:
+            async with asyncio.timeout(rules.timeout_seconds):
+                addresses = await resolve(host, port)
+        except (OSError, UnicodeError, TimeoutError) as exc:
             log.info("outbound host does not resolve", extra={"host": host, "error": repr(exc)})
             raise Unreachable(f"{host} does not resolve") from None
         if not addresses:
@@ -255,12 +256,11 @@ async def request(method: str, url: str, rules: Policy, *, headers: Mapping[str,
     Raises Refused (the URL is not allowed) or Unreachable (anything between resolving and the last
     byte failed; the cause is logged, never shown).
     """
-    target = await check(url, rules, resolve)
     seconds = min(seconds or rules.timeout_seconds, rules.timeout_seconds)
-    sent = _headers(target, headers)
+    target = await check(url, rules, resolve)
     try:
         async with asyncio.timeout(seconds):
-            return await _exchange(method.upper(), target, rules, sent, json, content, seconds)
+            return await _exchange(method.upper(), target, rules, _headers(target, headers), json, content, seconds)
     except TimeoutError:
         log.info("outbound request timed out", extra={"host": target.host, "seconds": seconds})
         raise Unreachable(f"could not reach {target.host}") from None

@@ -3,6 +3,7 @@ library's numeric parser and `ipaddress`, names by a resolver the test supplies.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -112,6 +113,13 @@ async def test_a_name_that_does_not_resolve_is_unreachable() -> None:
 
     with pytest.raises(outbound.Unreachable, match=r"nowhere\.test does not resolve"):
         await outbound.check("http://nowhere.test/", DENY, nxdomain)
+
+    async def silent(host: str, port: int) -> list[str]:
+        await asyncio.Event().wait()
+        return []
+
+    with pytest.raises(outbound.Unreachable, match=r"slow\.test does not resolve"):
+        await outbound.check("http://slow.test/", outbound.Policy(timeout_seconds=0.05), silent)
 
 
 async def test_the_allow_list_admits_its_networks_and_names_only() -> None:
