@@ -6,8 +6,9 @@ import time
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from common import outbound
 from common.settings import Settings
 
 Channel = Literal["SLACK", "EMAIL", "WEBHOOK", "SMS", "TEST"]
@@ -47,10 +48,29 @@ class EmailConfig(_Strict):
     subject: str | None = Field(default=None, max_length=200)
 
 
+# Headers every webhook delivery sets itself (Standard Webhooks); a user's own value would be dropped.
+WEBHOOK_OWN_HEADERS = frozenset({"content-type", "webhook-id", "webhook-timestamp", "webhook-signature"})
+
+
 class WebhookConfig(_Strict):
+    """`url` also passes the outbound guard when saved (api/integrations) and at every delivery."""
+
     url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
     secret: str | None = Field(default=None, pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("headers")
+    @classmethod
+    def _settable(cls, headers: dict[str, str]) -> dict[str, str]:
+        """`Authorization` and other end-to-end headers may be set (the receiver is the user's own, and
+        the guard keeps it off private addresses); `Host`, hop-by-hop and the signature headers may not."""
+        for name, value in headers.items():
+            problem = outbound.header_problem(name, value)
+            if problem is None and name.lower() in WEBHOOK_OWN_HEADERS:
+                problem = "set by relaygate on every delivery"
+            if problem is not None:
+                raise ValueError(f"header {name!r}: {problem}")
+        return headers
 
 
 class SmsConfig(_Strict):

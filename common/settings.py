@@ -6,9 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common import outbound
 from common.keys import queue_name
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
@@ -137,8 +138,20 @@ class Settings(BaseSettings):
     slack_max_retry_after_seconds: float = 5.0
     slack_message_chars: int = 3500
 
+    # Requests to URLs users choose (flow http tasks, webhook deliveries; README "Outbound requests").
+    # Comma list of host names and CIDRs that may be private; everything else must be public.
+    outbound_allow_hosts: str = ""
+    outbound_max_response_bytes: int = Field(default=1024 * 1024, ge=1)
+    outbound_timeout_seconds: float = Field(default=30.0, gt=0)
+
     db_pool_size: int = 20
     log_level: str = "INFO"
+
+    @field_validator("outbound_allow_hosts")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        outbound.parse_allow(value)  # a bad entry stops the process, named
+        return value
 
     @model_validator(mode="after")
     def _default_redis_roles(self) -> Settings:
@@ -152,6 +165,11 @@ class Settings(BaseSettings):
         if self.jwt_algorithm.startswith("HS") and secret and len(secret) < MIN_SECRET_BYTES and not self.relaygate_dev:
             return f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes for {self.jwt_algorithm}"
         return None
+
+    def outbound_policy(self) -> outbound.Policy:
+        """The outbound guard's policy of these settings."""
+        return outbound.policy(self.outbound_allow_hosts, self.outbound_max_response_bytes,
+                               self.outbound_timeout_seconds)
 
     def feature_queue(self, feature: str | None = None) -> str:
         return queue_name(feature or self.feature)

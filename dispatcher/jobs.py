@@ -54,7 +54,7 @@ async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, 
     if job.channel == "EMAIL":
         return await email.send(rt.settings, cfg.config, reply)
     if job.channel == "WEBHOOK":
-        return await webhook.send(rt.http, cfg.config, reply)
+        return await webhook.send(rt.settings.outbound_policy(), cfg.config, reply, rt.settings.webhook_timeout_seconds)
     if job.channel == "SMS":
         return await sms.send(rt.http, rt.settings, cfg.config, reply)
     if job.channel == "SLACK":

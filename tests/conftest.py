@@ -217,6 +217,8 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
         "RATE_LIMIT_USER_PER_MINUTE": "0",
         "MAX_RUNNING_REQUESTS_PER_USER": "0",
         "MAX_STREAMS_PER_USER": "0",
+        # The local fakes that flow http tasks and webhook deliveries reach (the default refuses loopback).
+        "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
     })
     env.update(overrides)
     return env

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import httpx
 from arq import Retry
 
-from common import lifecycle, queue, sink
+from common import lifecycle, outbound, queue, sink
 from common.flows import functions
 from common.flows.jobs import RunJob, enqueue_run
 from common.flows.model import FlowDefinition, FlowTask
@@ -194,7 +193,7 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
                 post.after_task(task, output, ctx)
         except TimeoutError:
             error = f"timed out after {task.timeout_seconds:g} s"
-        except PolicyViolation as exc:
+        except (PolicyViolation, outbound.Refused, ModelRefused) as exc:
             error = str(exc)
             break  # a policy's verdict does not change on a retry
         except Exception as exc:
@@ -219,7 +218,7 @@ async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int
     if task.type == "llm":
         return await _llm(run, task, task_input)
     if task.type == "http":
-        return await _http(task_input, task.timeout_seconds)
+        return await _http(task_input, task.timeout_seconds, run.rt.settings.outbound_policy())
     if task.type == "agent":
         return await _agent(run, task, task_input, try_number)
     fn = functions.get(task.type)
@@ -234,6 +233,8 @@ async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> di
     messages = [{"role": "system", "content": str(task_input["system"])}] if task_input.get("system") else []
     messages.append({"role": "user", "content": str(task_input.get("prompt", ""))})
     name = str(task_input.get("model") or settings.llm_model or model.OFFLINE_MODEL)
+    if name not in model.configured(settings, run.rt.agents):
+        raise ModelRefused(f"model {name!r} is not one this deployment configured (LLM_MODEL or an agent's model)")
     parts: list[str] = []
     pending: list[str] = []
     flushed = time.monotonic()
@@ -254,20 +255,31 @@ class HttpTaskError(Exception):
     pass
 
 
-async def _http(task_input: dict[str, Any], seconds: float) -> dict[str, Any]:
+class ModelRefused(Exception):
+    """An llm task named a model the deployment did not configure; a retry is refused again."""
+
+
+async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Policy) -> dict[str, Any]:
+    """One request through the outbound guard: public addresses only (or allow-listed), no redirects,
+    the answer cut at the size cap (`truncated` then says so)."""
     method = str(task_input.get("method", "GET")).upper()
-    async with httpx.AsyncClient(timeout=seconds) as client:
-        response = await client.request(method, str(task_input["url"]), headers=task_input.get("headers"),
-                                        json=task_input.get("json"), content=task_input.get("body"))
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    output = {"status": response.status_code, "json": body}
+    url, headers, content = task_input.get("url"), task_input.get("headers") or {}, task_input.get("body")
+    if not url:
+        raise ValueError("an http task needs input.url")
+    if not isinstance(headers, dict):
+        raise TypeError("input.headers must be an object")
+    if content is not None and not isinstance(content, str):
+        raise TypeError("input.body must be a string (input.json sends JSON)")
+    answer = await outbound.request(method, str(url), rules, headers={str(k): str(v) for k, v in headers.items()},
+                                    json=task_input.get("json"), content=content, seconds=seconds)
+    body = answer.json()
+    output: dict[str, Any] = {"status": answer.status, "json": body}
     if body is None:
-        output["text"] = response.text[:10_000]
-    if response.status_code >= 400:
-        raise HttpTaskError(f"{method} answered {response.status_code}")
+        output["text"] = answer.text()[:10_000]
+    if answer.truncated:
+        output["truncated"] = True
+    if answer.status >= 400:
+        raise HttpTaskError(f"{method} answered {answer.status}")
     return output
 
 

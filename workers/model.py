@@ -19,7 +19,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from common.agents import Agent
+from common.agents import Agent, AgentRegistry
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
@@ -105,6 +105,12 @@ def transient_errors(litellm: ModuleType) -> tuple[type[Exception], ...]:
 
 def model_for(agent: Agent, settings: Settings) -> str:
     return agent.model or settings.llm_model or OFFLINE_MODEL
+
+
+def configured(settings: Settings, agents: AgentRegistry) -> frozenset[str]:
+    """The models this deployment set up (LLM_MODEL, or the offline model, and every agent's): the only
+    ones a flow's llm task may name, so a flow cannot pick a provider or a local endpoint of its own."""
+    return frozenset({settings.llm_model or OFFLINE_MODEL, *(model_for(a, settings) for a in agents.agents)})
 
 
 def describe_error(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from api.deps import Gateway
 from api.errors import ApiError
 from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs
-from common import integrations
+from common import integrations, outbound
 from common.auth import Principal
 from common.integrations import Channel, ChannelConfig, ConfigError
 
@@ -44,6 +44,16 @@ def _checked(channel: Channel, cfg: ChannelConfig) -> ChannelConfig:
     return cfg.model_copy(update={"config": clean})
 
 
+async def _reachable(gw: Gateway, channel: Channel, cfg: ChannelConfig) -> None:
+    """A WEBHOOK URL must pass the outbound guard when it is saved (and again at every delivery)."""
+    url = cfg.config.get("url") if channel == "WEBHOOK" else None
+    if url:
+        try:
+            await outbound.check(str(url), gw.settings.outbound_policy())
+        except outbound.OutboundError as exc:
+            raise ApiError(422, [{"field": "config.url", "message": str(exc)}]) from None
+
+
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
     await gw.db.execute(
         """
@@ -72,6 +82,7 @@ async def create(gw: Gateway, who: Principal, user_id: str, body: OverrideCreate
     system = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
     changes = body.model_dump(exclude_none=True, exclude={"integration_type"})
     cfg = _checked(body.integration_type, _apply(system[body.integration_type], changes))
+    await _reachable(gw, body.integration_type, cfg)
     return await _store(gw, who, user_id, body.integration_type, cfg)
 
 
@@ -82,6 +93,7 @@ async def update(gw: Gateway, who: Principal, user_id: str, channel: Channel, bo
     if current is None:
         current = (await integrations.defaults(gw.db, gw.settings, who.tenant_id))[channel]
     cfg = _checked(channel, _apply(current, body.model_dump(exclude_none=True)))
+    await _reachable(gw, channel, cfg)
     return await _store(gw, who, user_id, channel, cfg)
 
 

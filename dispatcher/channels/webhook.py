@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from standardwebhooks import Webhook
 
+from common import outbound
+from common.integrations import WEBHOOK_OWN_HEADERS
 from dispatcher.channels import DeliveryError, Reply, retry_after
 
 EVENT_TYPE = "request.completed"
@@ -23,21 +24,26 @@ def payload(reply: Reply) -> str:
     }).decode()
 
 
-async def send(http: httpx.AsyncClient, config: dict[str, Any], reply: Reply) -> str | None:
-    """`webhook-id` is the same for every attempt, so the receiver can drop a repeat."""
+async def send(rules: outbound.Policy, config: dict[str, Any], reply: Reply, seconds: float) -> str | None:
+    """Through the outbound guard (checked again here: DNS or the allow-list may have changed since the
+    URL was saved). `webhook-id` is the same for every attempt, so the receiver can drop a repeat."""
     msg_id = f"msg_{reply.request_id}"
     body = payload(reply)
     now = datetime.now(UTC)
-    headers = {**config.get("headers", {}), "content-type": "application/json", "webhook-id": msg_id,
+    chosen = {k: v for k, v in config.get("headers", {}).items() if k.lower() not in WEBHOOK_OWN_HEADERS}
+    headers = {**chosen, "content-type": "application/json", "webhook-id": msg_id,
                "webhook-timestamp": str(int(now.timestamp())),
                "webhook-signature": Webhook(config["secret"]).sign(msg_id, now, body)}
     try:
-        response = await http.post(config["url"], content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise DeliveryError(f"webhook unreachable: {type(exc).__name__}") from None
-    if response.is_success:
+        response = await outbound.request("POST", config["url"], rules, headers=headers, content=body,
+                                          seconds=seconds)
+    except outbound.Refused as exc:
+        raise DeliveryError(f"webhook {exc}", retryable=False) from None
+    except outbound.Unreachable:
+        raise DeliveryError("webhook unreachable") from None
+    if 200 <= response.status < 300:
         return msg_id
-    status = response.status_code
+    status = response.status
     if status == 410:
         raise DeliveryError("webhook endpoint gone (410); disabled", retryable=False, disable=True)
     if status == 429 or status >= 500:

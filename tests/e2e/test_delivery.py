@@ -133,6 +133,20 @@ def test_gone_webhook_is_disabled(stack: Stack, dispatchers: Dispatchers, receiv
     assert configs["user_overrides"]["WEBHOOK"]["enabled"] is False
 
 
+def test_a_webhook_url_refused_at_send_time_is_never_called(stack: Stack, dispatchers: Dispatchers,
+                                                            receiver: Receiver) -> None:
+    """Saved while the allow-list named it; a dispatcher whose allow-list no longer does refuses it."""
+    c, uid = user(stack)
+    path = f"/hook/{uid}"
+    webhook_override(c, uid, receiver, path, retry_count=3)
+    with dispatchers.replaced_with(OUTBOUND_ALLOW_HOSTS=""):
+        events = delivery_events(c, ask(c), final)
+    assert [e["data"]["status"] for e in events] == ["FAILED"]  # not retried: it would be refused again
+    assert events[0]["data"]["detail"].startswith("webhook URL refused: 127.0.0.1 is a loopback address")
+    assert [(r["status"], r["error_message"]) for r in deliveries(c, uid)] == [("FAILED", events[0]["data"]["detail"])]
+    assert receiver.on(path) == []
+
+
 def test_email_html_and_text(stack: Stack, dispatchers: Dispatchers) -> None:
     box: Mailbox = dispatchers.mailbox  # type: ignore[attr-defined]
     sent: dict[str, Any] = {}

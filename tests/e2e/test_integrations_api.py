@@ -51,7 +51,7 @@ def test_partial_override_update_disable_and_reset(stack: Stack) -> None:
         email = c.get(f"/api/v1/users/{uid}/integration-defaults").json()["effective_configs"]["EMAIL"]
         assert (email["enabled"], email["retry_count"], email["priority"]) == (False, 10, 1)
         r = c.put(f"/api/v1/users/{uid}/integrations/WEBHOOK",
-                  json={"enabled": True, "config": {"url": "https://hooks.example.com/x", "secret": SECRET}})
+                  json={"enabled": True, "config": {"url": "http://127.0.0.1:9/x", "secret": SECRET}})
         assert r.status_code == 200 and SECRET not in r.text and r.json()["config"]["secret"] == "********"
         assert SECRET not in c.get(f"/api/v1/users/{uid}/integration-defaults").text
         assert c.delete(f"/api/v1/users/{uid}/integrations/WEBHOOK").status_code == 204
@@ -77,6 +77,37 @@ def test_config_is_validated_per_type(stack: Stack) -> None:
             assert field in [f["field"] for f in r.json()["detail"]], r.text
         # A disabled override needs no address.
         r = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "EMAIL", "enabled": False})
+        assert r.status_code == 201, r.text
+
+
+def test_webhook_urls_and_headers_are_checked_when_saved(stack: Stack) -> None:
+    """The shared stack allows 127.0.0.1 only (tests/conftest.py): every other private form is refused."""
+    uid, tenant = ids()
+    refused = {"http://127.0.0.2:9/x": "127.0.0.2 is a loopback address",
+               "http://2130706434/x": "2130706434 is a loopback address",
+               "http://[::1]:9/x": "::1 is a loopback address",
+               "http://[::ffff:127.0.0.2]/x": "::ffff:127.0.0.2 is a loopback address",
+               "http://localhost:9/x": "localhost resolves to a loopback address",
+               "http://localhost.:9/x": "localhost resolves to a loopback address",
+               "http://169.254.169.254/latest/meta-data": "169.254.169.254 is a link-local address",
+               "http://10.0.0.1/x": "10.0.0.1 is a private address",
+               "http://100.64.0.1/x": "100.64.0.1 is a shared (CGNAT) address"}
+    hint = "; relaygate only calls public addresses (an operator may allow this host with OUTBOUND_ALLOW_HOSTS)"
+    with stack.client(uid, tenant) as c:
+        for url, reason in refused.items():
+            config = {"url": url, "secret": SECRET}
+            body = {"integration_type": "WEBHOOK", "config": config}
+            created = c.post(f"/api/v1/users/{uid}/integrations", json=body)
+            for r in (created, c.put(f"/api/v1/users/{uid}/integrations/WEBHOOK", json={"config": config})):
+                assert r.status_code == 422, (url, r.text)
+                assert r.json()["detail"] == [{"field": "config.url", "message": f"URL refused: {reason}{hint}"}]
+        for name in ("Host", "Transfer-Encoding", "webhook-signature", "X-Bad\r\nInjected"):
+            r = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "WEBHOOK", "config": {
+                "url": "http://127.0.0.1:9/x", "secret": SECRET, "headers": {name: "x"}}})
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.headers", r.text
+        assert c.get(f"/api/v1/users/{uid}/integration-defaults").json()["user_overrides"] == {}
+        r = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "WEBHOOK", "config": {
+            "url": "http://127.0.0.1:9/x", "secret": SECRET, "headers": {"Authorization": "Bearer mine"}}})
         assert r.status_code == 201, r.text
 
 

@@ -17,8 +17,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca_and_cert(folder: Path) -> tuple[Path, ssl.SSLContext]:
-    """(CA bundle path, server SSL context for 127.0.0.1)."""
+def make_ca_and_cert(folder: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path, ssl.SSLContext]:
+    """(CA bundle path, server SSL context for 127.0.0.1 and `dns_names`)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("relaygate test CA")).issuer_name(_name("relaygate test CA"))
@@ -33,8 +33,8 @@ def make_ca_and_cert(folder: Path) -> tuple[Path, ssl.SSLContext]:
     cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        *(x509.DNSName(n) for n in dns_names)]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     ca_file, cert_file, key_file = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))

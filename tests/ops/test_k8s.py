@@ -12,10 +12,12 @@ import pytest
 import yaml
 
 from common.keys import queue_name
+from orchestrator import objects
 from tests.ops.manifests import (
     KUBERNETES_VERSION,
     KUSTOMIZATIONS,
     containers,
+    egress_allowed,
     is_relaygate_command,
     rendered,
     scaledobject_schema,
@@ -121,6 +123,41 @@ def test_only_the_gateway_is_reachable_from_outside(name: str) -> None:
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+
+
+# Pods that call URLs users choose: the base's workers, a feature's workers made by the orchestrator, dispatchers.
+OUTBOUND_PODS = [{"app": "relaygate-worker", "feature": "default"}, objects.labels("billing"),
+                 {"app": "relaygate-dispatcher"}]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("pod", OUTBOUND_PODS, ids=lambda p: "-".join(p.values()))
+def test_workers_and_dispatchers_reach_only_dns_the_stores_and_the_public_internet(
+        name: str, pod: dict[str, str]) -> None:
+    objs = rendered(name)
+    allowed = [("8.8.8.8", 443, "TCP", False), ("93.184.215.14", 8443, "TCP", False),
+               ("2606:4700::1111", 443, "TCP", False),
+               ("10.96.0.10", 53, "UDP", False), ("169.254.20.10", 53, "UDP", False),  # kube-dns, node-local cache
+               ("10.244.1.7", 5432, "TCP", True), ("10.244.1.8", 6379, "TCP", True),  # in-cluster Postgres, Valkey
+               ("10.20.0.5", 5432, "TCP", False), ("192.168.4.4", 6379, "TCP", False)]  # managed, in the VPC
+    refused = [("169.254.169.254", 80, "TCP", False),  # cloud metadata
+               ("10.96.0.1", 443, "TCP", False),  # the Kubernetes API's service address
+               ("10.244.1.9", 8000, "TCP", True),  # another pod, e.g. the gateway
+               ("10.20.0.5", 80, "TCP", False), ("172.16.0.1", 443, "TCP", False), ("192.168.1.1", 80, "TCP", False),
+               ("100.64.0.1", 443, "TCP", False), ("127.0.0.1", 8000, "TCP", False), ("0.0.0.0", 80, "TCP", False),
+               ("fd00::1", 443, "TCP", False), ("fe80::1", 80, "TCP", False), ("::ffff:10.0.0.1", 80, "TCP", False)]
+    for address, port, protocol, in_cluster in allowed:
+        assert egress_allowed(objs, pod, address, port, protocol, in_cluster), (address, port)
+    for address, port, protocol, in_cluster in refused:
+        assert not egress_allowed(objs, pod, address, port, protocol, in_cluster), (address, port)
+
+
+def test_the_egress_check_sees_a_policy_that_opens_everything() -> None:
+    pod = OUTBOUND_PODS[0]
+    assert not egress_allowed(rendered("base"), pod, "169.254.169.254", 80)
+    wide = {"kind": "NetworkPolicy", "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}}
+    assert egress_allowed([*rendered("base"), wide], pod, "169.254.169.254", 80)
+    assert egress_allowed([], pod, "169.254.169.254", 80)  # no egress policy at all: nothing is restricted
 
 
 def test_secret_template_holds_no_secret() -> None:
