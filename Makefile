@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test lint unit bench bench-alternatives clean compose-smoke
+.PHONY: dev test test-fast lint unit bench bench-alternatives clean compose-smoke
 
 PORT ?= 8000
 
@@ -21,6 +21,10 @@ lint: .venv/.synced
 
 unit: .venv/.synced
 	.venv/bin/pytest tests/unit tests/test_supply_chain.py
+
+# Unit, in-process gateway and store-level tests: no server processes, about a minute.
+test-fast: .venv/.synced
+	.venv/bin/pytest tests/unit tests/gateway tests/test_*.py
 
 bench: .venv/.synced
 	.venv/bin/python bench/run.py

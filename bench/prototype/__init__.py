@@ -1,1 +1,1 @@
-"""The original prototype, rebuilt from ../shared/reference/redis-streams-prototype.md as a baseline."""
+"""The original Redis Streams prototype relaygate was designed from, rebuilt as a baseline for bench/e2e.py."""
