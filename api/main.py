@@ -108,7 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    rg_logging.configure(settings.log_level)
+    rg_logging.configure(settings.log_level, settings.log_format)
     # No public /docs or /openapi.json: the schema is served to authenticated callers only.
     app = FastAPI(title="relaygate", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)

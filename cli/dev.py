@@ -122,7 +122,7 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
+def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: str = "text") -> None:
     # Stop everything on Ctrl-C and on SIGTERM, even when started in the background
     # (where a shell starts it with SIGINT ignored).
     signal.signal(signal.SIGINT, _interrupt)
@@ -152,7 +152,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int) -> None:
         click.echo(f"migrations: {', '.join(applied) if applied else 'up to date'}", err=True)
         secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret,
-               "RELAYGATE_DEV": "true"}
+               "RELAYGATE_DEV": "true", "LOG_FORMAT": log_format}
         children.append(Child("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port",
                                           str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"], env))
         for n in range(workers):

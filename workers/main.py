@@ -88,7 +88,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
 
 def run(feature: str | None = None) -> None:
     settings = get_settings()
-    rg_logging.configure(settings.log_level)
+    rg_logging.configure(settings.log_level, settings.log_format)
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate worker: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
     model.configure(settings)
