@@ -6,6 +6,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from common.keys import queue_name
+from common.queue import push
 
 PROCESS_FLOW_RUN = "process_flow_run"
 
@@ -20,7 +21,7 @@ class RunJob(BaseModel):
 
 
 async def enqueue_run(pool: ArqRedis, feature: str, job: RunJob) -> bool:
-    """True when queued now; False when this attempt's job already exists."""
-    queued = await pool.enqueue_job(PROCESS_FLOW_RUN, job.model_dump(), _job_id=f"flow:{job.run_id}:{job.attempt}",
-                                    _queue_name=queue_name(feature))
-    return queued is not None
+    """True when queued now; False when this attempt's job already exists. Like requests, through
+    `common.queue.push`, which wakes an idle worker instead of leaving the run to its next poll."""
+    return await push(pool, queue_name(feature), PROCESS_FLOW_RUN, f"flow:{job.run_id}:{job.attempt}",
+                      (job.model_dump(),))
