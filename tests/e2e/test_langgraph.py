@@ -104,8 +104,12 @@ async def test_stream_a_run_then_read_the_thread(stack: Stack) -> None:
     assert [t["thread_id"] for t in found] == [tid]
 
     answer = await client.runs.wait(tid, "assistant", input=_say("and again"), metadata=offline(5, 0))
-    assert [(m["type"], m["content"]) for m in answer["messages"]] == [  # type: ignore[index]
-        ("human", "hello graph"), ("ai", reply), ("human", "and again"), ("ai", _reply("and again", 5))]
+    conversation = [("human", "hello graph"), ("ai", reply), ("human", "and again"), ("ai", _reply("and again", 5))]
+    assert [(m["type"], m["content"]) for m in answer["messages"]] == conversation  # type: ignore[index]
+    second = (await client.runs.list(tid))[0]["run_id"]
+    replayed = [p async for p in client.runs.join_stream(tid, second, last_event_id="-1")]
+    first_values = next(p.data["messages"] for p in replayed if p.event == "values")
+    assert [(m["type"], m["content"]) for m in first_values] == conversation[:3]  # the thread before, plus the turn
 
 
 async def test_a_cut_connection_is_resumed_by_the_sdk_with_no_gap(stack: Stack) -> None:
