@@ -21,7 +21,7 @@ from api.langgraph.relay import outcome_body, run_frames
 from api.langgraph.schemas import AssistantSearch, HistoryQuery, RunCreate, StreamMode, ThreadCreate, ThreadSearch
 from api.responses import JSONResponse
 from api.streams.relay import check_resume
-from api.streams.sse import held_response, just_before, release_stream, reserve_stream, resume_point
+from api.streams.sse import SSE_HEADERS, held_response, just_before, release_stream, reserve_stream, resume_point
 from common.auth import SCOPE_REQUESTS, SCOPE_SESSIONS
 from common.keys import stream_key
 from common.metrics import PROTOCOL_STREAMS
@@ -98,6 +98,12 @@ async def _released(gw: Gateway, slot: str | None, body: AsyncIterator[bytes]) -
         release_stream(gw, slot)
 
 
+def _waiting(gw: Gateway, slot: str | None, body: AsyncIterator[bytes], location: str) -> StreamingResponse:
+    """A JSON body held open until the run ends; `Location` is where the SDK asks again if it is cut."""
+    return StreamingResponse(_released(gw, slot, body), media_type="application/json",
+                             headers={**SSE_HEADERS, "Location": f"{location}/join", "Content-Location": location})
+
+
 @router.post("/threads/{thread_id}/runs", dependencies=_RUNS)
 async def create_run(thread_id: str, body: RunCreate, gw: GatewayDep, who: PrincipalDep) -> JSONResponse:
     started = await service.start_run(gw, who, thread_id, body, via="background")
@@ -137,9 +143,7 @@ async def wait_run(thread_id: str, body: RunCreate, gw: GatewayDep, who: Princip
     async def result() -> dict[str, Any]:
         return await service.outcome(gw, who, view.thread_id, view.run_id)
 
-    return StreamingResponse(_released(gw, slot, outcome_body(gw.hub, key, after, view.run_id, result)),
-                             media_type="application/json",
-                             headers={"Location": f"{started.location}/join", "Content-Location": started.location})
+    return _waiting(gw, slot, outcome_body(gw.hub, key, after, view.run_id, result), started.location)
 
 
 @router.get("/threads/{thread_id}/runs", dependencies=_RUNS)
@@ -168,10 +172,8 @@ async def join_run(thread_id: str, run_id: str, gw: GatewayDep, who: PrincipalDe
     async def result() -> dict[str, Any]:
         return await service.outcome(gw, who, thread_id, run_id)
 
-    location = f"/threads/{row['session_id']}/runs/{run_id}"
     body = outcome_body(gw.hub, key, just_before(row["stream_entry_id"]), run_id, result)
-    return StreamingResponse(_released(gw, slot, body), media_type="application/json",
-                             headers={"Location": f"{location}/join", "Content-Location": location})
+    return _waiting(gw, slot, body, f"/threads/{row['session_id']}/runs/{run_id}")
 
 
 def _modes(stream_mode: list[str] | None) -> list[StreamMode] | None:

@@ -87,7 +87,7 @@ async def create_thread(gw: Gateway, who: Principal, body: ThreadCreate) -> dict
     except asyncpg.UniqueViolationError:
         existing = await session_repo.get(gw.db, who, chosen or "")
         if body.if_exists == "do_nothing" and existing is not None and existing["status"] != "archived":
-            return resources.thread(existing, "idle", [])
+            return await thread(gw, who, existing["session_id"])
         raise ApiError(409, "a thread with this thread_id already exists") from None
     sink.emit("session.created", session["session_id"], {"user_id": who.user_id}, tenant_id=who.tenant_id)
     return resources.thread(session, "idle", [])
@@ -162,9 +162,9 @@ async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate
     text, message_id = user_turn(body.input)
     sid = await _thread_for_run(gw, who, thread_id, body.if_not_exists)
     request = _request(text, message_id, sid, chosen.id, body)
+    await session_repo.tag_graph(gw.db, sid, chosen.id)
     accepted = await request_service.accept(gw, who, request, idempotency_key=None,
                                             correlation_id=correlation_id.get())
-    await session_repo.tag_graph(gw.db, sid, chosen.id)
     PROTOCOL_RUNS.labels("langgraph", via).inc()
     turn = {"content": text, "request_id": accepted.request_id, "langgraph": {"message_id": message_id}}
     view = RunView(accepted.request_id, sid, chosen.id, human_of(turn), frozenset(body.modes()),
