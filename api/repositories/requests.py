@@ -127,3 +127,38 @@ async def still_active(conn: Conn, tenant_id: str, request_ids: list[str]) -> se
         ids, tenant_id,
     )
     return {r["request_id"] for r in rows}
+
+
+_TURN_COLUMNS = f"""{COLUMNS}, r.normalized_request -> 'integration_context' -> 'langgraph' AS langgraph"""
+
+
+async def turns_of(conn: Conn, who: Principal, session_ids: list[str], per_session: int,
+                   before_request: str | None = None) -> list[dict[str, Any]]:
+    """The last `per_session` requests of each session (oldest first), with the LangGraph options they were sent with.
+
+    `before_request`: only the requests stored before that one (its session's earlier turns).
+    """
+    rows = await conn.fetch(
+        f"""
+        SELECT t.* FROM unnest($1::uuid[]) AS s(session_id)
+         CROSS JOIN LATERAL (
+               SELECT {_TURN_COLUMNS}, r.id FROM request_logs r
+                WHERE r.session_id = s.session_id AND r.tenant_id = $2 AND r.user_id = $3
+                  AND ($5::uuid IS NULL OR r.id < (SELECT b.id FROM request_logs b WHERE b.request_id = $5))
+                ORDER BY r.id DESC LIMIT $4) t
+         ORDER BY t.session_id, t.id
+        """,
+        session_ids, who.tenant_id, who.user_id, per_session, before_request,
+    )
+    return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
+
+
+async def with_options(conn: Conn, who: Principal, request_id: str) -> dict[str, Any] | None:
+    """The caller's request (as `get`), with the LangGraph options it was sent with (None for other routes)."""
+    rid = parse_uuid(request_id)
+    row = rid and await conn.fetchrow(
+        f"SELECT {_TURN_COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
+        " AND (r.user_id = $3 OR r.created_by = $3)",
+        rid, who.tenant_id, who.user_id,
+    )
+    return dict(row) if row else None

@@ -21,7 +21,9 @@ s.last_request_id::text, s.last_request_at, s.expires_at, s.created_at, s.update
 """
 
 
-async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any], ttl_seconds: int) -> dict[str, Any]:
+async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any], ttl_seconds: int,
+                 session_id: str | None = None) -> dict[str, Any]:
+    """A new session; `session_id` (a UUID) is the caller's choice of id, else a random one."""
     row = await conn.fetchrow(
         f"""
         WITH s AS (
@@ -31,7 +33,7 @@ async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any
             RETURNING *)
         SELECT {_COLUMNS} FROM s
         """,
-        uuid.uuid4(), who.tenant_id, user_id, values["integration_type"], values.get("channel_id"),
+        session_id or uuid.uuid4(), who.tenant_id, user_id, values["integration_type"], values.get("channel_id"),
         values.get("thread_id"), values.get("external_session_id"), values.get("user_context") or {},
         values.get("integration_metadata") or {}, ttl_seconds,
     )
@@ -116,6 +118,58 @@ async def lock_latest_active(conn: asyncpg.Connection, tenant_id: str, user_id: 
 async def mark_inactive(conn: Conn, who: Principal, session_id: str) -> None:
     await conn.execute(
         "UPDATE request_sessions SET status = 'inactive', updated_at = now()"
+        " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
+        session_id, who.tenant_id, who.user_id,
+    )
+
+
+# A session's state as a LangGraph thread: busy while a request is unfinished, error when its last one failed.
+_THREAD_STATUS = """
+CASE WHEN EXISTS (SELECT 1 FROM request_logs r WHERE r.session_id = s.session_id AND r.status IN ('queued','running'))
+     THEN 'busy'
+     WHEN (SELECT r.status FROM request_logs r WHERE r.session_id = s.session_id ORDER BY r.id DESC LIMIT 1) = 'failed'
+     THEN 'error'
+     ELSE 'idle' END
+"""
+_THREAD_SORT = {"thread_id": "session_id", "created_at": "created_at", "updated_at": "updated_at",
+                "status": "thread_status"}
+
+
+async def search_threads(conn: Conn, who: Principal, *, metadata: dict[str, Any], status: str | None,
+                         ids: list[str] | None, sort_by: str, descending: bool, limit: int,
+                         offset: int) -> list[dict[str, Any]]:
+    """The caller's sessions that are not archived, as threads: `integration_metadata` holds `metadata`."""
+    order = _THREAD_SORT[sort_by]
+    rows = await conn.fetch(
+        f"""
+        SELECT * FROM (
+            SELECT {_COLUMNS}, {_THREAD_STATUS} AS thread_status, s.id FROM request_sessions s
+             WHERE s.tenant_id = $1 AND s.user_id = $2 AND s.status <> 'archived'
+               AND s.integration_metadata @> $3::jsonb
+               AND ($4::uuid[] IS NULL OR s.session_id = ANY($4::uuid[]))) t
+         WHERE ($5::text IS NULL OR t.thread_status = $5)
+         ORDER BY t.{order} {"DESC" if descending else "ASC"}, t.id {"DESC" if descending else "ASC"}
+         LIMIT $6 OFFSET $7
+        """,
+        who.tenant_id, who.user_id, metadata, ids, status, limit, offset,
+    )
+    return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
+
+
+async def tag_graph(conn: Conn, session_id: str, agent_id: str) -> None:
+    """Name the agent in a session's metadata the first time it runs there, as LangGraph does for a thread's graph."""
+    await conn.execute(
+        "UPDATE request_sessions"
+        "   SET integration_metadata = jsonb_build_object('graph_id', $2::text, 'assistant_id', $2::text)"
+        "       || integration_metadata"
+        " WHERE session_id = $1 AND NOT integration_metadata ? 'graph_id'",
+        session_id, agent_id,
+    )
+
+
+async def mark_archived(conn: Conn, who: Principal, session_id: str) -> None:
+    await conn.execute(
+        "UPDATE request_sessions SET status = 'archived', updated_at = now()"
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
         session_id, who.tenant_id, who.user_id,
     )

@@ -17,6 +17,7 @@ class CuttableProxy:
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.base_events.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0  # accepted so far
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.restore()
 
@@ -37,6 +38,7 @@ class CuttableProxy:
         except OSError:
             writer.close()
             return
+        self.connections += 1
         self.writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
@@ -59,6 +61,15 @@ class CuttableProxy:
             self.writers.clear()
 
         self._run(stop())
+
+    def drop(self) -> None:
+        """Drop the open connections but keep accepting new ones, as a flaky network would."""
+        async def abort() -> None:
+            for writer in self.writers:
+                writer.transport.abort()
+            self.writers.clear()
+
+        self._run(abort())
 
     def close(self) -> None:
         self.cut()
