@@ -19,7 +19,7 @@ from common.streams import connect as connect_streams
 from tests.conftest import ROOT, Infra, settings_for
 from tests.fakes.http_target import Target
 from tests.flows.conftest import dag, task
-from workers import model, offline_model
+from workers import model
 from workers.flows import process_flow_run
 from workers.runner import Runtime
 
@@ -125,5 +125,5 @@ async def test_llm_tasks_may_name_only_the_models_the_deployment_configured(infr
             assert shown["status"] == "FAILED", shown
             assert f"model {name!r} is not one this deployment configured" in shown["error"]
             assert failure(events)["tries"] == 1
-        shown, _ = await run(task("ask", "llm", input={"prompt": "hi", "model": offline_model.MODEL}))
-        assert shown["status"] == "COMPLETED" and shown["output"]["tasks"]["ask"]["model"] == offline_model.MODEL
+        shown, _ = await run(task("ask", "llm", input={"prompt": "hi", "model": model.OFFLINE_MODEL}))
+        assert shown["status"] == "COMPLETED" and shown["output"]["tasks"]["ask"]["model"] == model.OFFLINE_MODEL
