@@ -155,7 +155,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     async def generate() -> None:
         await append(rt, run, opening)
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-        messages += claimed.history
+        given = request.get("conversation")
+        messages += claimed.history if given is None else given
         messages.append({"role": "user", "content": row["request_content"]})
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
@@ -207,7 +208,7 @@ async def _finish(
     elapsed_ms = int((time.monotonic() - started) * 1000)
     if status == "completed":
         terminal = [run.event("message", {"content": reply, "agent_id": agent_id}),
-                    run.event("run.completed", {"processing_time_ms": elapsed_ms})]
+                    run.event("run.completed", {"processing_time_ms": elapsed_ms, "output_chunks": len(run.parts)})]
     elif status == "cancelled":
         terminal = [run.event("run.cancelled", {"reason": error})]
     else:
