@@ -27,6 +27,12 @@ EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gate
 RELAY_LAG = Histogram("relaygate_relay_lag_seconds",
                       "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+# Chat UI and SDK protocols (AI SDK, OpenAI, ...): turns accepted, and how their streams ended
+# (completed, failed, cancelled, retried, drained, disconnected).
+PROTOCOL_TURNS = Counter("relaygate_protocol_turns_total", "Requests accepted through a client protocol's route",
+                         ["protocol"])
+PROTOCOL_STREAM_ENDINGS = Counter("relaygate_protocol_stream_endings_total",
+                                  "How reply streams of a client protocol ended", ["protocol", "ending"])
 
 _pools: dict[str, asyncpg.Pool] = {}
 
