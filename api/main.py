@@ -20,6 +20,7 @@ from api.flows.router import router as flows_router
 from api.health import router as health_router
 from api.integrations.router import router as integrations_router
 from api.middleware import GatewayMiddleware
+from api.openai.router import router as openai_router
 from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router):
+                   integrations_router, slack_router, openai_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
