@@ -13,7 +13,7 @@ from types import FrameType
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import cors, errors
 from api.aisdk.router import router as aisdk_router
 from api.deps import Gateway
 from api.events.router import router as events_router
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     tracing.configure("relaygate-api")
     app.add_middleware(TracingMiddleware)
+    cors.install(app, settings)  # outermost: preflights and error responses get CORS headers too
     return app
 
 
