@@ -221,6 +221,21 @@ def test_the_client_never_shows_two_attempts_concatenated(stack: Stack, node: st
     assert fresh["text"] == "Second attempt." and fresh["errors"] == [], "no text shown yet: nothing to retract"
 
 
+def test_tool_steps_are_tool_parts_for_the_client(stack: Stack, node: str) -> None:
+    steps = [_entry(1, "run.started", 1, {}), _entry(2, "token", 1, {"text": "Let me look. "}),
+             _entry(3, "tool.call", 1, {"id": "call-1", "name": "search", "arguments": {"q": "relaygate"}}),
+             _entry(4, "tool.result", 1, {"id": "call-1", "result": {"hits": 3}}),
+             _entry(5, "token", 1, {"text": "Found 3."}), _entry(6, "run.completed", 1, {}),
+             _entry(7, "done", 1, {"status": "completed"})]
+    renderer = UiMessageStream("r1", "s1")
+    body = renderer.opening() + b"".join(renderer.render(e) for e in steps)
+    parsed = Chat(stack, node).run("parse", stdin=body)
+    assert parsed["errors"] == [] and parsed["text"] == "Let me look. Found 3."
+    assert parsed["parts"] == ["step-start", "text", "dynamic-tool", "text"]
+    assert parsed["tool"] == {"toolName": "search", "toolCallId": "call-1", "state": "output-available",
+                              "input": {"q": "relaygate"}, "output": {"hits": 3}}
+
+
 def test_a_killed_worker_never_concatenates_attempts(stack: Stack, node: str, chaos_workers: Any) -> None:
     chaos_workers()
     chat = Chat(stack, node)

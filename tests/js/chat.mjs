@@ -92,7 +92,12 @@ if (mode === 'send') {
       last = m; texts.push(textOf(m));
     }
   } catch (e) { errors.push(String(e?.message ?? e)); }
-  console.log('result ' + JSON.stringify({ id: last?.id, text: last && textOf(last), texts, errors }));
+  const tool = last?.parts.find(p => p.type === 'dynamic-tool');
+  console.log('result ' + JSON.stringify({
+    id: last?.id, text: last && textOf(last), texts, errors, parts: last?.parts.map(p => p.type),
+    tool: tool && { toolName: tool.toolName, toolCallId: tool.toolCallId, state: tool.state, input: tool.input,
+                    output: tool.output },
+  }));
 } else {
   console.error(`unknown mode ${mode}`);
   process.exit(2);
