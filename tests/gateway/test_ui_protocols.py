@@ -258,3 +258,17 @@ async def test_auth_scopes_and_limits_in_each_protocols_shape(make_app: Callable
     assert ui_429.json()["error"] == "rate_limited"
     assert openai_429.status_code == 429 and int(openai_429.headers["retry-after"]) >= 1
     assert openai_429.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_slow_reader_is_caught_up_not_cut(make_app: Callable[..., Any]) -> None:
+    """These clients cannot resume by themselves: a mailbox overflow is caught up from Redis instead."""
+    async with make_app(sse_client_queue=4) as app, app.client() as client:
+        texts = [f"t{i} " for i in range(40)]
+
+        async def flood(rid: str, sid: str) -> None:
+            await asyncio.sleep(0.2)  # subscribed by now: the 40 entries land in a 4-item mailbox at once
+            await app.gateway.writer.append(sid, worker_events(rid, *texts))
+
+        response = await staged(app, client, "/api/chat", HELLO_CHAT, flood)
+    deltas = [c["delta"] for c in chunks(response.text) if isinstance(c, dict) and c["type"] == "text-delta"]
+    assert deltas == texts and chunks(response.text)[-2] == {"type": "finish", "finishReason": "stop"}
