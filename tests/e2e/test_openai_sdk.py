@@ -7,7 +7,10 @@ errors raise the SDK's own exception types; the conversation the client sends is
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import ROOT, Stack
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.e2e.streams import offline, wait_status
 from workers.offline_model import compose_reply
@@ -60,7 +63,11 @@ def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
 
 
 def test_models_are_the_agents(stack: Stack) -> None:
-    client = sdk(stack)
+    env = {**os.environ, "DATABASE_URL": stack.infra.database_url}
+    api_key = subprocess.run([sys.executable, "-m", "cli.main", "apikey", "create", "--tenant", "tenant-sdk",
+                              "--user", f"sdk-{uuid.uuid4().hex[:8]}"], env=env, cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    client = sdk(stack, api_key)  # an API key, as Open WebUI and LibreChat send it: Authorization: Bearer
     ids = [m.id for m in client.models.list()]
     assert {"assistant", "it-support", "chaos"} <= set(ids)
     assert client.models.retrieve("assistant").owned_by == "relaygate"
