@@ -42,6 +42,8 @@ def in_openai_shape(response: Response) -> Response:
         body = orjson.loads(bytes(response.body))
     except orjson.JSONDecodeError:
         return response
+    if not isinstance(body, dict):
+        return response
     status = 400 if response.status_code == 422 else response.status_code
     message, param = _message(body.get("detail", ""))
     code = str(body.get("error") or "") or None
