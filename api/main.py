@@ -13,7 +13,8 @@ from types import FrameType
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import cors, errors
+from api.aisdk.router import router as aisdk_router
 from api.deps import Gateway
 from api.events.router import router as events_router
 from api.flows.router import router as flows_router
@@ -21,6 +22,7 @@ from api.health import router as health_router
 from api.integrations.router import router as integrations_router
 from api.langgraph.router import router as langgraph_router
 from api.middleware import GatewayMiddleware
+from api.openai.router import router as openai_router
 from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
@@ -117,13 +119,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router, langgraph_router):
+                   integrations_router, slack_router, langgraph_router, aisdk_router, openai_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     tracing.configure("relaygate-api")
     app.add_middleware(TracingMiddleware)
+    cors.install(app, settings)  # outermost: preflights and error responses get CORS headers too
     return app
 
 

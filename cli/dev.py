@@ -19,7 +19,7 @@ import httpx
 from common import db
 from common.auth import mint_token
 from common.embedded import EmbeddedPostgres, EmbeddedValkey, dev_secret
-from common.settings import Settings
+from common.settings import DEV_CORS_ORIGIN_REGEX, Settings
 
 DEV_STATE = "dev.json"
 
@@ -153,6 +153,8 @@ def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: 
         secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret,
                "RELAYGATE_DEV": "true", "LOG_FORMAT": log_format}
+        if not settings.cors_allow_origins and not settings.cors_allow_origin_regex:
+            env["CORS_ALLOW_ORIGIN_REGEX"] = DEV_CORS_ORIGIN_REGEX  # UIs on any local port (a Next.js app on :3000)
         children.append(Child("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port",
                                           str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"], env))
         for n in range(workers):

@@ -33,17 +33,20 @@ def closing_events(
     error: str | None = None,
     agent_id: str | None = None,
     processing_time_ms: int | None = None,
+    output_chunks: int | None = None,
     seq: int = 0,
 ) -> list[Event]:
     """`message` and `run.completed`, or `run.failed` / `run.cancelled`; then `done`.
 
     `seq` numbers the events from that value on (0 leaves them unnumbered, for enders that are not
-    the attempt itself).
+    the attempt itself). `output_chunks` (the text chunks the model streamed) is known only to the attempt.
     """
     body: list[tuple[str, dict[str, Any]]]
     if status == "completed":
-        body = [("message", {"content": reply or "", "agent_id": agent_id}),
-                ("run.completed", {"processing_time_ms": processing_time_ms})]
+        completed: dict[str, Any] = {"processing_time_ms": processing_time_ms}
+        if output_chunks is not None:
+            completed["output_chunks"] = output_chunks
+        body = [("message", {"content": reply or "", "agent_id": agent_id}), ("run.completed", completed)]
     elif status == "cancelled":
         body = [("run.cancelled", {"reason": error})]
     else:

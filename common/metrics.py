@@ -33,6 +33,12 @@ PROTOCOL_RUNS = Counter("relaygate_protocol_runs_total", "Requests started throu
 PROTOCOL_STREAMS = Counter("relaygate_protocol_streams_total",
                            "SSE streams a client protocol's routes opened: new, a join, a resume with Last-Event-ID",
                            ["protocol", "kind"])
+# Chat UI and SDK protocols (AI SDK, OpenAI, ...): turns accepted, and how their streams ended
+# (completed, failed, cancelled, retried, drained, disconnected).
+PROTOCOL_TURNS = Counter("relaygate_protocol_turns_total", "Requests accepted through a client protocol's route",
+                         ["protocol"])
+PROTOCOL_STREAM_ENDINGS = Counter("relaygate_protocol_stream_endings_total",
+                                  "How reply streams of a client protocol ended", ["protocol", "ending"])
 
 _pools: dict[str, asyncpg.Pool] = {}
 

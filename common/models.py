@@ -39,6 +39,9 @@ class NormalizedRequest(BaseModel):
     user_context: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     correlation_id: str = ""
+    # The turns before `content` as the client sent them ({role, content}; OpenAI and AI SDK clients
+    # send the whole conversation): the model sees these instead of the session's stored history.
+    conversation: list[dict[str, str]] | None = None
 
 
 class JobPayload(BaseModel):

@@ -14,6 +14,8 @@ from common.keys import queue_name
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
 MIN_SECRET_BYTES = 32
+# The browser origins `relaygate dev` allows: any port of http://localhost and http://127.0.0.1.
+DEV_CORS_ORIGIN_REGEX = r"^http://(localhost|127\.0\.0\.1)(:\d+)?$"
 
 
 class Settings(BaseSettings):
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
 
     # HTTP.
     max_body_bytes: int = 256 * 1024
+    # Browser origins allowed to call the API (comma-separated; empty: none). `relaygate dev` sets
+    # CORS_ALLOW_ORIGIN_REGEX to allow any http://localhost and http://127.0.0.1 port.
+    cors_allow_origins: str = ""
+    cors_allow_origin_regex: str = ""
     max_wait_seconds: float = 60.0
 
     # Streams (DESIGN §2).
@@ -172,6 +178,9 @@ class Settings(BaseSettings):
         """The outbound guard's policy of these settings."""
         return outbound.policy(self.outbound_allow_hosts, self.outbound_max_response_bytes,
                                self.outbound_timeout_seconds)
+
+    def cors_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     def feature_queue(self, feature: str | None = None) -> str:
         return queue_name(feature or self.feature)

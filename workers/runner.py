@@ -158,7 +158,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     async def generate() -> None:
         await append(rt, run, opening)
         messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-        messages += claimed.history
+        given = request.get("conversation")
+        messages += claimed.history if given is None else given
         messages.append({"role": "user", "content": row["request_content"]})
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
@@ -230,7 +231,8 @@ async def _finish(
         RUNS.labels("fenced").inc()
         return "fenced"
     closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
-                                    agent_id=agent_id, processing_time_ms=elapsed_ms, seq=run.seq + 1)
+                                    agent_id=agent_id, processing_time_ms=elapsed_ms, output_chunks=len(run.parts),
+                                    seq=run.seq + 1)
     await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:

@@ -173,3 +173,13 @@ async def mark_archived(conn: Conn, who: Principal, session_id: str) -> None:
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
         session_id, who.tenant_id, who.user_id,
     )
+
+
+async def find_external_id(conn: Conn, who: Principal, external_id: str) -> str | None:
+    """The caller's active session named `external_id` (see `for_external_id`), without creating one."""
+    found: str | None = await conn.fetchval(
+        "SELECT session_id::text FROM request_sessions WHERE tenant_id = $1 AND user_id = $2"
+        " AND integration_type = 'generic' AND external_session_id = $3 AND status = 'active'",
+        who.tenant_id, who.user_id, external_id,
+    )
+    return found

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.models import IntegrationType, Multitask, lower_name, reject_unstorable
 
 MAX_CONTENT = 100_000
+MAX_TURNS = 1_000  # messages of a conversation a client sends
 
 
 class _Metadata(BaseModel):
@@ -32,6 +33,10 @@ class _RequestBody(BaseModel):
 
     def integration_context(self) -> dict[str, Any]:
         return {}
+
+    def conversation_messages(self) -> list[dict[str, str]] | None:
+        """The turns the client gave for the model (None: the session's stored history)."""
+        return None
 
 
 class WebRequest(_RequestBody):
@@ -93,6 +98,25 @@ class GenericRequest(_RequestBody):
 
     def integration(self) -> IntegrationType:
         return self.integration_type
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_CONTENT)
+
+
+class ConversationRequest(GenericRequest):
+    """A turn from a client that sends the whole conversation (OpenAI, AI SDK): the model sees `conversation`
+    (the turns before `content`), and the session still stores the turn. Built by those routes, not posted."""
+
+    conversation: list[ChatMessage] = Field(default_factory=list, max_length=MAX_TURNS)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    def integration_context(self) -> dict[str, Any]:
+        return self.context
+
+    def conversation_messages(self) -> list[dict[str, str]] | None:
+        return [m.model_dump() for m in self.conversation]
 
 
 class Accepted(BaseModel):

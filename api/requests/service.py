@@ -60,7 +60,7 @@ class _Intake:
             user_id=self.user_id, integration_type=body.integration(), request_type=body.integration(),
             content=body.content, agent_id=body.agent_id or self.agent_id, feature=self.feature,
             integration_context=body.integration_context(), metadata=model_options(body.metadata.model_dump()),
-            correlation_id=self.correlation_id,
+            correlation_id=self.correlation_id, conversation=body.conversation_messages(),
         )
 
     def job(self) -> tuple[str, JobPayload]:

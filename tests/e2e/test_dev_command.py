@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from common.embedded import free_port
@@ -70,6 +71,11 @@ def test_dev_chat_tail_ctrl_c_and_restart(tmp_path: Path) -> None:
         assert [line.split(" ", 2)[1] for line in lines].count("done") == 2
         bad = _cli(home, "chat", "x", "--session", "00000000-0000-0000-0000-000000000000")
         assert bad.returncode == 1 and "session not found" in bad.stderr
+        for origin, allowed in (("http://localhost:3000", True), ("http://example.com", False)):
+            preflight = httpx.options(f"{state['url']}/api/chat", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type"})
+            assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed, preflight.headers
     finally:
         children = _stop_dev(dev)
     assert dev.returncode == 0, log.read_text()[-2000:]
