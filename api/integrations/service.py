@@ -62,7 +62,10 @@ async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cf
 
 def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
     """Unset fields keep the base; a config block is merged key by key into the base's."""
-    config = {**base.config, **(changes.pop("config", None) or {})}
+    given = changes.pop("config", None) or {}
+    if isinstance(given.get("headers"), dict):
+        given = {**given, "headers": integrations.unmask_headers(base.config.get("headers") or {}, given["headers"])}
+    config = {**base.config, **given}
     return ChannelConfig(**{**base.model_dump(), **changes, "config": config})
 
 
