@@ -139,6 +139,14 @@ async def _default_rows(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.R
     return _cached[1]
 
 
+async def default_config(db: asyncpg.Pool | asyncpg.Connection, channel: Channel) -> dict[str, Any]:
+    """The `config` block of `channel`'s system default (what the operator chose, e.g. a Slack channel)."""
+    for row in await _default_rows(db):
+        if row["integration_type"] == channel:
+            return dict(row["config"])
+    return {}
+
+
 async def defaults_deliver_alone(db: asyncpg.Pool | asyncpg.Connection, settings: Settings) -> bool:
     """Whether a user without overrides gets a finished reply anywhere (only when a default names a destination)."""
     for row in await _default_rows(db):

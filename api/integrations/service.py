@@ -7,7 +7,7 @@ from typing import Any
 from api.deps import Gateway
 from api.errors import ApiError
 from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs
-from common import integrations
+from common import integrations, slack_access
 from common.auth import Principal
 from common.integrations import Channel, ChannelConfig, ConfigError
 
@@ -44,7 +44,18 @@ def _checked(channel: Channel, cfg: ChannelConfig) -> ChannelConfig:
     return cfg.model_copy(update={"config": clean})
 
 
+async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> None:
+    """An enabled SLACK override may name only its tenant's workspace and a channel the user asked the bot in."""
+    if channel != "SLACK" or not cfg.enabled:
+        return
+    try:
+        await slack_access.destination(gw.db, gw.settings, who.tenant_id, user_id, cfg.config)
+    except slack_access.Refused as exc:
+        raise ApiError(422, [{"field": exc.field, "message": exc.message}]) from None
+
+
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
+    await _allowed(gw, who, user_id, channel, cfg)
     await gw.db.execute(
         """
         INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority, retry_count,
