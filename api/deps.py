@@ -73,16 +73,18 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency (for a route or a router) that answers 403 unless the credential allows `scope`.
+def require_scope(scope: str, *alternatives: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency (for a route or a router) that answers 403 unless the credential allows `scope`
+    (or one of `alternatives`, for a route that serves several kinds of work).
 
     Scopes are in `common.auth`: a credential naming none of the route scopes may use every
     route but /metrics; one naming some may use only those routes.
     """
+    wanted = (scope, *alternatives)
 
     async def check(principal: PrincipalDep) -> Principal:
-        if not principal.allows(scope):
-            raise ApiError(403, f"this credential lacks the {scope!r} scope")
+        if not any(principal.allows(s) for s in wanted):
+            raise ApiError(403, f"this credential lacks the {' or '.join(repr(s) for s in wanted)} scope")
         return principal
 
     return check

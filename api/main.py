@@ -12,6 +12,7 @@ from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from api import cors, errors
 from api.aisdk.router import router as aisdk_router
@@ -21,7 +22,7 @@ from api.flows.router import router as flows_router
 from api.health import router as health_router
 from api.integrations.router import router as integrations_router
 from api.langgraph.router import router as langgraph_router
-from api.middleware import GatewayMiddleware
+from api.middleware import GatewayMiddleware, SecurityHeaders
 from api.openai.router import router as openai_router
 from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
@@ -109,11 +110,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await stores.close()
 
 
+class _GatewayApp(FastAPI):
+    """The security headers wrap even Starlette's error layer, so an unexpected 500 carries them too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     rg_logging.configure(settings.log_level, settings.log_format)
     # No public /docs or /openapi.json: the schema is served to authenticated callers only.
-    app = FastAPI(title="relaygate", version="0.1.0", lifespan=lifespan,
+    app = _GatewayApp(title="relaygate", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     errors.install(app)

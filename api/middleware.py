@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: body size limit, correlation id and request metrics."""
+"""Pure ASGI middleware: body size limit, correlation id, request metrics and security headers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,32 @@ log = logging.getLogger("relaygate.access")
 HTTP_REQUESTS = Counter("relaygate_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("relaygate_http_request_seconds", "HTTP request latency (to response start)",
                          ["method", "route"])
+
+
+# No MIME sniffing and no framing (clickjacking), on every answer of the UI and the API.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"))
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response start (a header the app set itself is kept)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {bytes(name).lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in SECURITY_HEADERS if h[0] not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def _reject(send: Send, status: int, error: str, detail: str) -> None:

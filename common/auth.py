@@ -22,7 +22,8 @@ SCOPE_REQUESTS = "requests"  # POST/GET /api/v1/requests/..., POST /stream
 SCOPE_SESSIONS = "sessions"  # /api/v1/sessions/...
 SCOPE_METRICS = "metrics"  # GET /metrics (never implied)
 SCOPE_RUNS = "runs"  # /v1/runs, /v1/flows, /v1/webhook-configs
-ROUTE_SCOPES = frozenset({SCOPE_REQUESTS, SCOPE_SESSIONS, SCOPE_METRICS, SCOPE_RUNS})
+SCOPE_INTEGRATIONS = "integrations"  # /api/v1/integration-defaults, /api/v1/users/{id}/integrations|deliveries
+ROUTE_SCOPES = frozenset({SCOPE_REQUESTS, SCOPE_SESSIONS, SCOPE_METRICS, SCOPE_RUNS, SCOPE_INTEGRATIONS})
 SCOPE_ACT_AS_USER = "act-as-user"  # start requests for any user of the tenant (in a new session)
 SCOPE_JOIN_SESSIONS = "join-user-sessions"  # ... and join that user's existing sessions
 

@@ -114,8 +114,17 @@ def validate_config(channel: Channel, config: dict[str, Any], *, enabled: bool) 
 
 
 def mask(config: dict[str, Any]) -> dict[str, Any]:
-    """A config safe to show: secret values replaced."""
-    return {k: (MASK if k in SECRET_FIELDS and v else v) for k, v in config.items()}
+    """A config safe to show: secret values replaced, and every webhook header's value (often a credential)."""
+    shown = {k: (MASK if k in SECRET_FIELDS and v else v) for k, v in config.items()}
+    if isinstance(shown.get("headers"), dict):
+        shown["headers"] = {name: MASK for name in shown["headers"]}
+    return shown
+
+
+def unmask_headers(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` headers where a value still reads MASK (a shown config sent back) keep the stored value."""
+    old = stored if isinstance(stored, dict) else {}
+    return {name: old.get(name, value) if value == MASK else value for name, value in given.items()}
 
 
 def available(channel: Channel, settings: Settings, *, slack_installed: bool) -> bool:
@@ -148,6 +157,14 @@ async def _default_rows(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.R
                               " FROM integration_default_configs ORDER BY priority")
         _cached = (now, list(rows))
     return _cached[1]
+
+
+async def default_config(db: asyncpg.Pool | asyncpg.Connection, channel: Channel) -> dict[str, Any]:
+    """The `config` block of `channel`'s system default (what the operator chose, e.g. a Slack channel)."""
+    for row in await _default_rows(db):
+        if row["integration_type"] == channel:
+            return dict(row["config"])
+    return {}
 
 
 async def defaults_deliver_alone(db: asyncpg.Pool | asyncpg.Connection, settings: Settings) -> bool:

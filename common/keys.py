@@ -108,6 +108,11 @@ def slack_event_key(team_id: str, event_id: str) -> str:
     return f"{PREFIX}slack:event:{team_id}:{event_id}"
 
 
+def slack_replay_key(timestamp: str, signature: str) -> str:
+    """Claimed with SET NX EX by a signed Slack request until its timestamp leaves the window; a replay finds it."""
+    return f"{PREFIX}slack:signed:{timestamp}:{signature}"
+
+
 def slack_edit_budget_key(team_id: str, window: int) -> str:
     """Per-workspace count of `chat.update` calls in one minute window, shared by every dispatcher."""
     return f"{PREFIX}slack:edits:{team_id}:{window}"

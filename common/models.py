@@ -74,23 +74,25 @@ def model_options(metadata: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def reject_unstorable(value: Any) -> Any:
-    """Refuse what Postgres and the JSON encoder cannot store: NUL characters (keys too), integers past 64 bits."""
+MAX_JSON_DEPTH = 32  # nesting of a request body's objects and lists (metadata, tool_context)
 
-    def walk(item: Any) -> None:
+
+def reject_unstorable(value: Any) -> Any:
+    """Refuse what Postgres and the JSON encoder cannot store: NUL characters (keys too), integers past 64 bits,
+    and nesting deeper than MAX_JSON_DEPTH (the serialisers stop far above any real body's depth)."""
+
+    def walk(item: Any, depth: int) -> None:
         if isinstance(item, str):
             if "\x00" in item:
                 raise ValueError("text may not contain NUL (\\u0000) characters")
         elif isinstance(item, int) and not isinstance(item, bool):
             if not -(2**63) <= item < 2**64:
                 raise ValueError("integers must fit in 64 bits")
-        elif isinstance(item, dict):
-            for key, inner in item.items():
-                walk(key)
-                walk(inner)
-        elif isinstance(item, list):
-            for inner in item:
-                walk(inner)
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"objects and lists may be nested at most {MAX_JSON_DEPTH} levels deep")
+            for inner in [*item.keys(), *item.values()] if isinstance(item, dict) else item:
+                walk(inner, depth + 1)
 
-    walk(value)
+    walk(value, 0)
     return value

@@ -88,6 +88,11 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         ref = await _send(rt, job, cfg, reply)
     except DeliveryError as exc:
         return await _failed(rt, job, cfg, reply, delivery_id, exc)
+    except Exception as exc:  # a bug or an input no channel foresaw: a failed attempt, never a PENDING row
+        log.warning("delivery raised an unexpected error", extra={
+            "request_id": job.request_id, "channel": job.channel, "error": type(exc).__name__})
+        unexpected = DeliveryError(f"{job.channel} delivery failed: unexpected {type(exc).__name__}", retryable=False)
+        return await _failed(rt, job, cfg, reply, delivery_id, unexpected)
     await _outcome(rt, job, reply, delivery_id, "SUCCESS", None, ref)
     log.info("delivered", extra={"request_id": job.request_id, "channel": job.channel, "attempt": job.attempt})
     return "SUCCESS"

@@ -28,7 +28,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from common import delivery, integrations
+from common import delivery, integrations, mrkdwn, slack_access
 from common import slack as installations
 from common.delivery import DeliveryJob, SlackFollow, SlackTarget
 from common.hub import Entry, batches
@@ -108,14 +108,14 @@ async def spend_edit(rt: Runtime, team_id: str) -> bool:
 
 
 def chunks(text: str, size: int) -> list[str]:
-    """Split at line ends (else spaces) so each part fits one Slack message."""
+    """Split at line ends (else spaces) so each part fits one Slack message; never inside an `&amp;`-style escape."""
     parts: list[str] = []
     while len(text) > size:
         cut = text.rfind("\n", 0, size)
         if cut < size // 2:
             cut = text.rfind(" ", 0, size)
         if cut < size // 2:
-            cut = size
+            cut = mrkdwn.safe_cut(text, size)
         parts.append(text[:cut].rstrip())
         text = text[cut:].lstrip()
     return [*parts, text] if text or not parts else parts
@@ -153,15 +153,17 @@ class Message:
             self.error = data.get("error") or data.get("reason")
 
     def body(self, size: int) -> str:
-        prefix = f"<@{self.target.slack_user_id}> " if self.config.get("mention_user") and self.target.slack_user_id \
-            else ""
+        """The message's mrkdwn: the reply and any error escaped; mentions only where relaygate adds them."""
+        mention = mrkdwn.mention(self.target.slack_user_id) if self.config.get("mention_user") else ""
+        prefix = f"{mention} " if mention else ""
+        text = mrkdwn.escape(self.text)
         if self.status == "failed":
-            return f"{prefix}Sorry, the reply failed: {self.error or 'unknown error'}"
+            return f"{prefix}Sorry, the reply failed: {mrkdwn.escape(self.error or 'unknown error')}"
         if self.status == "cancelled":
-            return f"{prefix}{self.text}\n_(cancelled)_" if self.text else f"{prefix}_Cancelled._"
+            return f"{prefix}{text}\n_(cancelled)_" if text else f"{prefix}_Cancelled._"
         if self.status is None:
-            return prefix + (self.text[:size] if self.text else "…")
-        return prefix + chunks(self.text or "(no reply)", size)[0]
+            return prefix + (mrkdwn.clip(text, size) if text else "…")
+        return prefix + chunks(text or "(no reply)", size)[0]
 
     def blocks(self, text: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
@@ -171,7 +173,8 @@ class Message:
                                                          "value": self.request_id, "style": "danger"}]})
             return out
         if self.config.get("include_agent_info", True) and self.agent_id:
-            out.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"Answered by {self.agent_id}"}]})
+            out.append({"type": "context", "elements": [{"type": "mrkdwn",
+                                                         "text": f"Answered by {mrkdwn.escape(self.agent_id)}"}]})
         out.append({"type": "actions", "elements": [{"type": "button", "action_id": NEW_ACTION,
                                                      "text": {"type": "plain_text", "text": "New conversation"},
                                                      "value": "new"}]})
@@ -202,13 +205,14 @@ class Poster:
                 recipient_team_id=target.team_id, recipient_user_id=target.slack_user_id or None)
         delta = self.msg.text[self.streamed:]
         if delta and not final:
-            await self.streamer.append(markdown_text=delta)
+            await self.streamer.append(markdown_text=mrkdwn.escape(delta))
             self.streamed += len(delta)
         if self.streamer.ts and not self.msg.refs:
             self.msg.refs.append(self.streamer.ts)
             await self._remember()
         if final:
-            tail = delta if self.msg.status == "completed" else self.msg.body(self.rt.settings.slack_message_chars)
+            tail = mrkdwn.escape(delta) if self.msg.status == "completed" \
+                else self.msg.body(self.rt.settings.slack_message_chars)
             await self.streamer.stop(markdown_text=tail or None, blocks=self.msg.blocks("")[1:])
             if self.streamer.ts and not self.msg.refs:
                 self.msg.refs.append(self.streamer.ts)
@@ -238,7 +242,7 @@ class Poster:
 
     async def _follow_ups(self, size: int) -> None:
         """The rest of a long reply, as further messages in the thread (never posted twice)."""
-        parts = chunks(self.msg.text, size)[1:]
+        parts = chunks(mrkdwn.escape(self.msg.text), size)[1:]
         thread = self.msg.target.thread_ts or self.msg.refs[0]
         for index, part in enumerate(parts, start=1):
             if index < len(self.msg.refs):
@@ -281,9 +285,9 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         target = target.model_copy(update={"thread_ts": target.message_ts})
     msg = Message(target=target, config=cfg.config, request_id=f.request_id,
                   refs=[r for r in (row["external_ref"] or "").split(",") if r])
-    inst = await installations.installation(rt.db, rt.settings, f.target.team_id)
+    inst = await installations.of_tenant(rt.db, rt.settings, f.tenant_id, f.target.team_id)
     if inst is None:
-        await _close(rt, job, msg, delivery_id, "FAILED", "the Slack workspace is no longer installed")
+        await _close(rt, job, msg, delivery_id, "FAILED", "the Slack workspace is not installed for this tenant")
         return "FAILED"
     poster = Poster(rt, client(rt, inst.bot_token), msg, delivery_id)
     deadline = time.monotonic() + rt.settings.delivery_job_timeout_seconds * 0.8
@@ -322,14 +326,22 @@ async def _close(rt: Runtime, job: DeliveryJob, msg: Message, delivery_id: str,
 
 
 async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], reply: Reply) -> str | None:
-    """A finished reply posted to the Slack channel a user's SLACK override names (non-Slack requests)."""
-    team = config.get("team_id") or rt.settings.slack_team_id
-    inst = await installations.installation(rt.db, rt.settings, team) if team else None
+    """A finished reply posted to the Slack channel a user's SLACK override names (non-Slack requests).
+
+    The channel is checked again here (the job's tenant's own workspace, a channel the user
+    asked the bot in): an override saved before the rule, or a workspace moved to another
+    tenant since, posts nothing.
+    """
+    try:
+        inst = await slack_access.destination(rt.db, rt.settings, job.tenant_id, job.user_id, config)
+    except slack_access.Refused as exc:
+        raise DeliveryError(f"Slack {exc.field}: {exc.message}", retryable=False) from None
     if inst is None:
-        raise DeliveryError("no Slack installation for this user's workspace", retryable=False)
+        raise DeliveryError("the SLACK override names no channel_id", retryable=False)
     web = client(rt, inst.bot_token)
-    prefix = f"_{reply.content[:80]}_\n" if config.get("include_agent_info", True) else ""
-    parts = chunks(prefix + reply.response, rt.settings.slack_message_chars)
+    asked = " ".join(reply.content.split())[:80]
+    prefix = f"_{mrkdwn.escape(asked)}_\n" if config.get("include_agent_info", True) else ""
+    parts = chunks(prefix + mrkdwn.escape(reply.response), rt.settings.slack_message_chars)
     refs: list[str] = []
     try:
         for part in parts:

@@ -9,10 +9,10 @@ import orjson
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from api.deps import Gateway, GatewayDep, PrincipalDep
+from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.errors import ApiError
 from api.requests import service as requests
 from api.requests.schemas import GenericRequest
@@ -23,7 +23,9 @@ from api.runs.schemas import RunBody
 from common.auth import SCOPE_REQUESTS, SCOPE_RUNS, Principal
 from common.logging import correlation_id
 
-router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute)
+# Each event type needs its own scope (checked per event); a credential with neither gets no further.
+router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute,
+                   dependencies=[Depends(require_scope(SCOPE_REQUESTS, SCOPE_RUNS))])
 
 REQUEST_CREATED = "com.relaygate.request.created"
 RUN_REQUESTED = "com.relaygate.run.requested"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
-from api.deps import GatewayDep, PrincipalDep
+from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.integrations import service
 from api.integrations.schemas import (
     Deliveries,
@@ -17,9 +17,11 @@ from api.integrations.schemas import (
     UserConfigs,
 )
 from common import integrations
+from common.auth import SCOPE_INTEGRATIONS
 from common.integrations import Channel
 
-router = APIRouter(prefix="/api/v1", tags=["integrations"])
+router = APIRouter(prefix="/api/v1", tags=["integrations"],
+                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))])
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 

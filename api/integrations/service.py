@@ -7,7 +7,7 @@ from typing import Any
 from api.deps import Gateway
 from api.errors import ApiError
 from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs
-from common import integrations, outbound
+from common import integrations, outbound, slack_access
 from common.auth import Principal
 from common.integrations import Channel, ChannelConfig, ConfigError
 
@@ -54,7 +54,19 @@ async def _reachable(gw: Gateway, channel: Channel, cfg: ChannelConfig) -> None:
             raise ApiError(422, [{"field": "config.url", "message": str(exc)}]) from None
 
 
+async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> None:
+    """An enabled SLACK override may name only its tenant's workspace and a channel the user asked the bot in."""
+    if channel != "SLACK" or not cfg.enabled:
+        return
+    try:
+        await slack_access.destination(gw.db, gw.settings, who.tenant_id, user_id, cfg.config)
+    except slack_access.Refused as exc:
+        raise ApiError(422, [{"field": exc.field, "message": exc.message}]) from None
+
+
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
+    await _reachable(gw, channel, cfg)
+    await _allowed(gw, who, user_id, channel, cfg)
     await gw.db.execute(
         """
         INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority, retry_count,
@@ -72,7 +84,10 @@ async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cf
 
 def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
     """Unset fields keep the base; a config block is merged key by key into the base's."""
-    config = {**base.config, **(changes.pop("config", None) or {})}
+    given = changes.pop("config", None) or {}
+    if isinstance(given.get("headers"), dict):
+        given = {**given, "headers": integrations.unmask_headers(base.config.get("headers") or {}, given["headers"])}
+    config = {**base.config, **given}
     return ChannelConfig(**{**base.model_dump(), **changes, "config": config})
 
 
@@ -82,7 +97,6 @@ async def create(gw: Gateway, who: Principal, user_id: str, body: OverrideCreate
     system = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
     changes = body.model_dump(exclude_none=True, exclude={"integration_type"})
     cfg = _checked(body.integration_type, _apply(system[body.integration_type], changes))
-    await _reachable(gw, body.integration_type, cfg)
     return await _store(gw, who, user_id, body.integration_type, cfg)
 
 
@@ -93,7 +107,6 @@ async def update(gw: Gateway, who: Principal, user_id: str, channel: Channel, bo
     if current is None:
         current = (await integrations.defaults(gw.db, gw.settings, who.tenant_id))[channel]
     cfg = _checked(channel, _apply(current, body.model_dump(exclude_none=True)))
-    await _reachable(gw, channel, cfg)
     return await _store(gw, who, user_id, channel, cfg)
 
 

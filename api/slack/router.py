@@ -1,17 +1,20 @@
 """Slack's ways in: Events API, slash commands, interactive buttons and the guide's /api/v1/requests/slack.
 
-Authenticated by Slack's request signature (never a bearer token), checked over the raw body
-before anything is parsed. Slack expects an answer within 3 s: the work itself runs in the queues.
+Authenticated by Slack's request signature (never a bearer token), checked over the raw body with
+the signing secret of the workspace the body names, before anything else is read or done; a
+signature is accepted once. Slack expects an answer within 3 s: the work itself runs in the queues.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from slack_sdk.signature import Clock
@@ -23,10 +26,11 @@ from api.requests.schemas import Accepted
 from api.responses import JSONResponse
 from api.slack import service
 from api.slack.schemas import SlackRequest
-from api.slack.verify import verify
+from api.slack.verify import seconds_valid, verify
+from common import mrkdwn
 from common import slack as installations
 from common.auth import Principal
-from common.keys import slack_event_key
+from common.keys import slack_event_key, slack_replay_key
 from common.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -36,21 +40,16 @@ router = APIRouter(tags=["slack"])
 EVENT_DEDUPE_SECONDS = 3600
 CANCEL_ACTION = "rg_cancel"
 NEW_ACTION = "rg_new"
+MAX_FORM_FIELDS = 100
 _CLOCK = Clock()
 
 
-async def _verified(request: Request, gw: Gateway) -> bytes:
-    raw = await request.body()
-    clock: Clock = getattr(request.app.state, "slack_clock", _CLOCK)
-    verify(raw, request.headers, await installations.signing_secrets(gw.db, gw.settings), clock)
-    return raw
+@dataclass(frozen=True)
+class Signed:
+    """A Slack request whose signature checked out with the secret of the workspace it names."""
 
-
-async def _installation(gw: Gateway, team_id: str) -> installations.Installation:
-    inst = await installations.installation(gw.db, gw.settings, team_id)
-    if inst is None:
-        raise ApiError(403, f"Slack workspace {team_id!r} is not installed")
-    return inst
+    raw: bytes
+    installation: installations.Installation | None  # None only for a body naming no workspace (url_verification)
 
 
 def _json(raw: bytes) -> dict[str, Any]:
@@ -64,7 +63,95 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 
 def _form(raw: bytes) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    try:
+        fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise ApiError(400, f"form body with more than {MAX_FORM_FIELDS} fields") from None
+    return {k: v[0] for k, v in fields.items()}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def _unsigned_json(raw: bytes) -> Any:
+    """The body as JSON, read only to find the workspace before the signature is checked."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _event_team(raw: bytes) -> str:
+    payload = _unsigned_json(raw)
+    return _text(_field(payload, "team_id")) or _text(_field(_field(payload, "event"), "team"))
+
+
+def _command_team(raw: bytes) -> str:
+    return _form(raw).get("team_id", "")
+
+
+def _interactive_team(raw: bytes) -> str:
+    return _text(_field(_field(_unsigned_json(_form(raw).get("payload", "").encode()), "team"), "id"))
+
+
+def _request_team(raw: bytes) -> str:
+    return _text(_field(_unsigned_json(raw), "slack_team_id"))
+
+
+def _cache(request: Request) -> installations.InstallationCache:
+    cache: installations.InstallationCache | None = getattr(request.app.state, "slack_installations", None)
+    if cache is None:
+        cache = request.app.state.slack_installations = installations.InstallationCache()
+    return cache
+
+
+def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
+           ) -> Callable[[Request, Gateway], AsyncIterator[Signed]]:
+    """A dependency: the body verified with the secret of the workspace `team_of` reads from it, once.
+
+    The installation comes from the gateway's cached copy, so no unsigned request reaches
+    Postgres. A verified signature is claimed in Redis until it leaves Slack's window: the same
+    request sent again is refused as a replay. A request that fails gives its claim back, so a
+    retry of the same bytes can still be tried.
+    """
+
+    async def dependency(request: Request, gw: GatewayDep) -> AsyncIterator[Signed]:
+        raw = await request.body()
+        team = team_of(raw)
+        cache = _cache(request)
+        found = await cache.get(gw.db, gw.settings, team) if team else None
+        if team and found is None:
+            log.info("Slack request for a workspace with no installation", extra={"team_id": team[:64]})
+        if found is not None:
+            secrets = [found.signing_secret] if found.signing_secret else []
+        elif not team and workspace_optional:
+            secrets = await cache.signing_secrets(gw.db, gw.settings)
+        else:
+            raise ApiError(401, "invalid or expired Slack signature")
+        clock: Clock = getattr(request.app.state, "slack_clock", _CLOCK)
+        verify(raw, request.headers, secrets, clock)
+        key = slack_replay_key(request.headers["x-slack-request-timestamp"], request.headers["x-slack-signature"])
+        if not await gw.streams.set(key, "1", nx=True, ex=seconds_valid(request.headers, clock)):
+            raise ApiError(401, "this signed Slack request was already received: a replay is refused")
+        try:
+            yield Signed(raw, found)
+        except BaseException:
+            await gw.streams.delete(key)
+            raise
+
+    return dependency
+
+
+def _known(signed_request: Signed) -> installations.Installation:
+    """The installation of a route whose body must name its workspace (the signature check made sure)."""
+    if signed_request.installation is None:
+        raise ApiError(401, "the Slack request names no workspace")
+    return signed_request.installation
 
 
 def _ignored(event: dict[str, Any], inst: installations.Installation) -> bool:
@@ -74,19 +161,24 @@ def _ignored(event: dict[str, Any], inst: installations.Installation) -> bool:
 
 
 @router.post("/slack/events", include_in_schema=False)
-async def events(request: Request, gw: GatewayDep) -> Response:
-    payload = _json(await _verified(request, gw))
+async def events(gw: GatewayDep,
+                 signed_request: Annotated[Signed, Depends(signed(_event_team, workspace_optional=True))]) -> Response:
+    payload = _json(signed_request.raw)
     if payload.get("type") == "url_verification":
         return JSONResponse({"challenge": payload.get("challenge", "")})
+    inst = signed_request.installation
     if payload.get("type") != "event_callback":
         return JSONResponse({"ok": True})
-    event: dict[str, Any] = payload.get("event") or {}
-    team_id = str(payload.get("team_id") or event.get("team") or "")
+    if inst is None:
+        raise ApiError(400, "a Slack event must name its workspace (team_id)")
+    event = payload.get("event")
+    if not isinstance(event, dict):
+        return JSONResponse({"ok": True})
+    team_id = inst.team_id
     kind = event.get("type")
     dm = kind == "message" and event.get("channel_type") == "im"
     if kind != "app_mention" and not dm:
         return JSONResponse({"ok": True})
-    inst = await _installation(gw, team_id)
     if _ignored(event, inst):
         return JSONResponse({"ok": True})
     event_id = str(payload.get("event_id") or "")
@@ -110,12 +202,13 @@ async def events(request: Request, gw: GatewayDep) -> Response:
 
 
 @router.post("/slack/commands", include_in_schema=False)
-async def commands(request: Request, gw: GatewayDep) -> Response:
-    form = _form(await _verified(request, gw))
+async def commands(gw: GatewayDep, signed_request: Annotated[Signed, Depends(signed(_command_team))]) -> Response:
+    form = _form(signed_request.raw)
     text = form.get("text", "").strip()
     if not text:
-        return JSONResponse({"response_type": "ephemeral", "text": f"Usage: {form.get('command', '/ask')} <question>"})
-    inst = await _installation(gw, form.get("team_id", ""))
+        usage = f"Usage: {mrkdwn.escape(form.get('command', '/ask'))} {mrkdwn.escape('<question>')}"
+        return JSONResponse({"response_type": "ephemeral", "text": usage})
+    inst = _known(signed_request)
     user = form.get("user_id", "")
     body = SlackRequest(user_id=user, content=text, channel_id=form.get("channel_id", ""), slack_user_id=user,
                         slack_team_id=inst.team_id, new_session=True)
@@ -127,11 +220,11 @@ async def commands(request: Request, gw: GatewayDep) -> Response:
 
 
 @router.post("/slack/interactive", include_in_schema=False)
-async def interactive(request: Request, gw: GatewayDep) -> Response:
-    form = _form(await _verified(request, gw))
-    payload = _json(form.get("payload", "").encode())
-    team_id = str((payload.get("team") or {}).get("id") or "")
-    inst = await _installation(gw, team_id)
+async def interactive(gw: GatewayDep,
+                      signed_request: Annotated[Signed, Depends(signed(_interactive_team))]) -> Response:
+    payload = _json(_form(signed_request.raw).get("payload", "").encode())
+    inst = _known(signed_request)
+    team_id = inst.team_id
     who = Principal(tenant_id=inst.tenant_id, user_id=str((payload.get("user") or {}).get("id") or ""))
     for action in payload.get("actions") or []:
         value = str(action.get("value") or "")
@@ -153,17 +246,16 @@ async def interactive(request: Request, gw: GatewayDep) -> Response:
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": SlackRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def slack_request(
-    request: Request, gw: GatewayDep,
+    request: Request, gw: GatewayDep, signed_request: Annotated[Signed, Depends(signed(_request_team))],
     x_slack_signature: Annotated[str | None, Header(description="v0=<hex HMAC-SHA256>")] = None,
     x_slack_request_timestamp: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The integration guide's Slack request, signed like Slack's own requests."""
-    raw = await _verified(request, gw)
+    """The integration guide's Slack request, signed like Slack's own requests (by the workspace's secret)."""
     try:
-        body = SlackRequest.model_validate_json(raw)
+        body = SlackRequest.model_validate_json(signed_request.raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    inst = await _installation(gw, body.slack_team_id)
+    inst = _known(signed_request)
     thread = body.thread_id
     accepted = await service.start(
         gw, inst, body, key=service.session_key(inst.team_id, body.channel_id, thread, body.slack_user_id,

@@ -1,4 +1,7 @@
-"""Slack request signatures (`v0`, HMAC-SHA256 over the raw body, 5-minute window), checked before parsing."""
+"""Slack request signatures (`v0`, HMAC-SHA256 over the raw body, 5-minute window).
+
+Checked before the body is used: only the workspace id is read first, to pick that workspace's secret.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from collections.abc import Mapping
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from api.errors import ApiError
+
+WINDOW_SECONDS = 300  # SignatureVerifier accepts a timestamp this far either side of now
 
 
 def verify(body: bytes, headers: Mapping[str, str], secrets: list[str], clock: Clock) -> None:
@@ -23,3 +28,8 @@ def verify(body: bytes, headers: Mapping[str, str], secrets: list[str], clock: C
         if SignatureVerifier(secret, clock=clock).is_valid(body=body, timestamp=timestamp, signature=signature):
             return
     raise ApiError(401, "invalid or expired Slack signature")
+
+
+def seconds_valid(headers: Mapping[str, str], clock: Clock) -> int:
+    """How much longer a verified request's timestamp stays inside the window (its replay claim lasts this long)."""
+    return max(1, int(headers["x-slack-request-timestamp"]) + WINDOW_SECONDS + 1 - int(clock.now()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import uuid
 from typing import Any
@@ -20,6 +21,8 @@ from common.auth import Principal
 from common.flows.templates import TemplateError, render
 
 _COLUMNS = "webhook_id, flow_id, enabled, webhook_config, user_id, created_at, updated_at"
+MAX_DELIVERY_ID = 128  # the `webhook-id` header (Standard Webhooks message ids are about 30 characters)
+_MAX_REQUEST_ID = 255
 
 
 def new_secret() -> str:
@@ -99,9 +102,17 @@ async def delete(gw: Gateway, who: Principal, webhook_id: str) -> None:
         raise ApiError(404, "webhook not found")
 
 
+def run_request_id(webhook_id: str, delivery_id: str) -> str:
+    """The run's idempotency key for one delivery; a digest of it when a long webhook id would overflow the column."""
+    key = f"webhook:{webhook_id}:{delivery_id}"
+    return key if len(key) <= _MAX_REQUEST_ID else f"webhook:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, str],
                   correlation_id: str) -> runs.Started:
     """Verify the Standard Webhooks signature over the raw body, then start the run once per delivery id."""
+    if len(headers.get("webhook-id", "")) > MAX_DELIVERY_ID:
+        raise ApiError(400, f"the webhook-id header may be at most {MAX_DELIVERY_ID} characters long")
     row = await gw.db.fetchrow("SELECT * FROM webhook_configs WHERE webhook_id = $1", webhook_id)
     if row is None or not row["enabled"]:
         raise ApiError(404, "webhook not found or disabled")
@@ -125,7 +136,7 @@ async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, s
     who = Principal(tenant_id=row["tenant_id"], user_id=row["user_id"], kind="tool")
     started = await runs.start(
         gw, who, RunBody(flow_id=row["flow_id"], input=run_input, tenant_id=row["tenant_id"],
-                         request_id=f"webhook:{webhook_id}:{delivery_id}"),
+                         request_id=run_request_id(webhook_id, delivery_id)),
         correlation_id=correlation_id,
         trigger={"via": "webhook", "webhook_id": webhook_id, "delivery_id": delivery_id, "source": call.source},
     )

@@ -11,12 +11,25 @@ import aiosmtplib
 from common.settings import Settings
 from dispatcher.channels import DeliveryError, Reply
 
+MAX_SUBJECT = 200
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` as a header value: control characters and line breaks become single spaces, at most `limit` long."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def subject(config: dict[str, Any], reply: Reply) -> str:
+    """The configured subject, else one from the request's text; never a line break (headers could not hold it)."""
+    return one_line(config.get("subject") or "", MAX_SUBJECT) or f"Reply to: {one_line(reply.content, 60)}"
+
 
 def build(settings: Settings, config: dict[str, Any], reply: Reply) -> EmailMessage:
     message = EmailMessage()
     message["From"] = settings.smtp_from
     message["To"] = config["email_address"]
-    message["Subject"] = config.get("subject") or f"Reply to: {reply.content[:60]}"
+    message["Subject"] = subject(config, reply)
     message["Message-ID"] = f"<{reply.request_id}@relaygate>"
     footer = f"\n\n-- {reply.agent_id}" if config.get("include_agent_info", True) and reply.agent_id else ""
     message.set_content(reply.response + footer)

@@ -87,10 +87,10 @@ def signed(ws: Workspace, body: bytes, *, age: int = 0, secret: str | None = Non
 
 
 def post_event(stack: Stack, ws: Workspace, event: dict[str, Any], *, event_id: str | None = None,
-               retry: int = 0) -> httpx.Response:
+               retry: int = 0, age: int = 0) -> httpx.Response:
     body = json.dumps({"type": "event_callback", "team_id": ws.team, "event_id": event_id or f"Ev{uuid.uuid4().hex}",
                        "event": event}).encode()
-    headers = {**signed(ws, body), "content-type": "application/json"}
+    headers = {**signed(ws, body, age=age), "content-type": "application/json"}
     if retry:
         headers.update({"x-slack-retry-num": str(retry), "x-slack-retry-reason": "http_timeout"})
     return httpx.post(f"{stack.base_url}/slack/events", content=body, headers=headers)
@@ -105,8 +105,18 @@ def finished(fake: FakeSlack, channel: str, ts: str | None = None) -> list[Call]
 
 
 def reply_of(stack: Stack, ws: Workspace, user: str) -> list[asyncpg.Record]:
-    return sql(stack, "SELECT request_id::text, session_id::text, response_content, status FROM request_logs"
-                      " WHERE tenant_id = $1 AND user_id = $2 ORDER BY id", ws.tenant, user)
+    """The user's requests once none is queued or running: a reply's final Slack edit follows its stream,
+    and the row is written a moment later."""
+    def rows() -> list[asyncpg.Record]:
+        return sql(stack, "SELECT request_id::text, session_id::text, response_content, status FROM request_logs"
+                          " WHERE tenant_id = $1 AND user_id = $2 ORDER BY id", ws.tenant, user)
+
+    deadline = time.monotonic() + 30
+    found = rows()
+    while any(r["status"] in ("queued", "running") for r in found) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = rows()
+    return found
 
 
 def test_url_verification(stack: Stack, workspace: Workspace) -> None:
@@ -137,7 +147,8 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     event = {"type": "app_mention", "user": user, "channel": channel, "text": "<@UBOT> tell me a story",
              "ts": "1700000001.000100"}
     event_id = f"Ev{uuid.uuid4().hex}"
-    assert post_event(stack, workspace, event, event_id=event_id).status_code == 200
+    # Slack signs each retry when it sends it: a later timestamp, so a new signature (not a replay).
+    assert post_event(stack, workspace, event, event_id=event_id, age=5).status_code == 200
     assert post_event(stack, workspace, event, event_id=event_id, retry=1).json().get("duplicate") is True
     final = finished(fake_slack, channel)
     posts = fake_slack.of("chat.postMessage", channel)
@@ -331,16 +342,64 @@ def test_user_slack_settings_are_honoured(stack: Stack, workspace: Workspace, fa
 def test_other_requests_reach_a_slack_channel_by_override(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
                                                           slack_stack: Dispatchers) -> None:
     user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    override = {"config": {"channel_id": channel, "team_id": workspace.team}}
     with stack.client(user, workspace.tenant) as c:
-        r = c.put(f"/api/v1/users/{user}/integrations/SLACK",
-                  json={"config": {"channel_id": channel, "team_id": workspace.team}})
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK", json=override)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.channel_id", r.text
+        post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel, "text": "hi there",
+                                      "ts": "1700000011.000100"})
+        finished(fake_slack, channel)
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK", json=override)
         assert r.status_code == 200, r.text
-        r = c.post("/api/v1/requests/web", json={"content": "from the web", "new_session": True})
+        r = c.post("/api/v1/requests/web", json={"content": "from the web <!here> & <https://x.example|y>",
+                                                 "new_session": True})
         assert r.status_code == 202, r.text
-    (post,) = wait_for(lambda: fake_slack.of("chat.postMessage", channel), 60)
-    (row,) = reply_of(stack, workspace, user)
-    assert post.args["text"].endswith(row["response_content"]) and post.args.get("thread_ts") is None
+    (post,) = wait_for(lambda: [p for p in fake_slack.of("chat.postMessage", channel) if not p.args.get("thread_ts")],
+                       60)
+    row = reply_of(stack, workspace, user)[-1]
+    assert "<!here>" in row["response_content"]  # the offline model echoes the question
+    escaped = row["response_content"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert post.args["text"].endswith(escaped) and "<" not in post.args["text"]
     assert post.token == workspace.token
+
+
+def test_override_naming_another_tenants_workspace_posts_nothing(
+        stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
+    """Refused when saved; and a row that got past the save (written before the rule) is refused by the dispatcher."""
+    other = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=f"other-{uuid.uuid4().hex[:6]}",
+                      secret=secrets.token_hex(16), token="xoxb-" + secrets.token_hex(12))
+    sql(stack, "INSERT INTO slack_installations (team_id, tenant_id, bot_token, signing_secret)"
+               " VALUES ($1, $2, $3, $4)", other.team, other.tenant, other.token, other.secret)
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    config = {"channel_id": channel, "team_id": other.team}
+    with stack.client(user, workspace.tenant) as c:
+        r = c.put(f"/api/v1/users/{user}/integrations/SLACK", json={"config": config})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.team_id", r.text
+        sql(stack, "INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, config)"
+                   " VALUES ($1, $2, 'SLACK', $3::jsonb)", workspace.tenant, user, json.dumps(config))
+        r = c.post("/api/v1/requests/web", json={"content": "leak me", "new_session": True})
+        assert r.status_code == 202, r.text
+        query = "SELECT status, error_message FROM delivery_logs WHERE request_id = $1::uuid"
+        (row,) = wait_for(lambda: [d for d in sql(stack, query, r.json()["request_id"]) if d["status"] != "PENDING"],
+                          60)
+    assert row["status"] == "FAILED" and "config.team_id" in row["error_message"]
+    assert fake_slack.of("chat.postMessage", channel) == []
+    assert not [call for call in fake_slack.calls if call.token == other.token]
+
+
+def test_user_and_model_text_is_escaped_for_mrkdwn(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    post_event(stack, workspace, {"type": "app_mention", "user": user, "channel": channel,
+                                  "text": "<@UBOT> ping <!channel> <https://evil.example|your bank> & bye",
+                                  "ts": "1700000012.000100"})
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert "<!channel> <https://evil.example|your bank> & bye" in row["response_content"]
+    shown = final[-1].args["text"]
+    assert "&lt;!channel&gt; &lt;https://evil.example|your bank&gt; &amp; bye" in shown
+    assert "<" not in shown and "<" not in json.dumps(final[-1].args["blocks"][0])
+    assert all("<!channel>" not in (p.args.get("text") or "") for p in fake_slack.of("chat.postMessage", channel))
 
 
 def test_long_reply_continues_in_thread_follow_ups(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
