@@ -186,7 +186,7 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
         await run.runs.task_started(run.run_id, run.tenant_id, task.id, try_number)
         await run.emit(("task.started", {"task_id": task.id, "type": task.type, "try": try_number}))
         try:
-            task_input = render(task.input, run.scope())
+            task_input = render(task.input, run.scope(), run.rt.settings.flow_max_render_bytes)
             for pre in engine.pre_task:
                 pre.before_task(task, task_input, ctx)
             output = await asyncio.wait_for(_call(run, task, task_input, try_number), task.timeout_seconds)

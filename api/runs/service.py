@@ -49,7 +49,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
     else:
         registered = await flows.get(gw, who, body.flow_id, body.version)
         raw, source = registered["definition"], f"registry:v{registered['version']}"
-    flow = flows.check_definition(raw, None, body.flow_id)  # tenant isolation is the policy engine's to judge
+    flow = await flows.checked(gw, raw, None, body.flow_id)  # tenant isolation is the policy engine's to judge
     try:
         evaluated = policies.evaluate(flow, PolicyContext(who.tenant_id, who.user_id, gw.settings))
     except PolicyViolation as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from api.runs import service as runs
 from api.runs.schemas import RunBody
 from api.webhooks.schemas import WebhookCall, WebhookConfigBody, WebhookConfigUpdate
 from common.auth import Principal
+from common.flows.depth import too_deep
 from common.flows.templates import TemplateError, render
 
 _COLUMNS = "webhook_id, flow_id, enabled, webhook_config, user_id, created_at, updated_at"
@@ -99,6 +101,30 @@ async def delete(gw: Gateway, who: Principal, webhook_id: str) -> None:
         raise ApiError(404, "webhook not found")
 
 
+def _run_input(gw: Gateway, row: Any, call: WebhookCall, webhook_id: str) -> dict[str, Any]:
+    """The run input the config's `input_mapping` builds from the call: 400 when it is too large or too deep."""
+    mapping = (row["webhook_config"] or {}).get("input_mapping") or {}
+    if not mapping:
+        return {"payload": call.payload, "source": call.source}
+    scope = {"payload": call.payload, "headers": call.headers, "source": call.source, "webhook_id": webhook_id}
+    try:
+        run_input: dict[str, Any] = render(mapping, scope, gw.settings.flow_max_render_bytes)
+    except TemplateError as exc:
+        raise ApiError(400, f"input mapping: {exc}") from None
+    deep = too_deep(run_input)
+    if deep:
+        raise ApiError(400, f"input mapping: the rendered input is {deep}")
+    return run_input
+
+
+def _run_request_id(webhook_id: str, delivery_id: str) -> str:
+    """The run's idempotency key for one delivery; hashed when the ids would not fit its 255 characters."""
+    key = f"webhook:{webhook_id}:{delivery_id}"
+    if len(key) <= 255:
+        return key
+    return "webhook:" + hashlib.sha256(f"{webhook_id}\n{delivery_id}".encode()).hexdigest()
+
+
 async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, str],
                   correlation_id: str) -> runs.Started:
     """Verify the Standard Webhooks signature over the raw body, then start the run once per delivery id."""
@@ -116,16 +142,11 @@ async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, s
     if call.webhook_id not in (None, webhook_id):
         raise ApiError(400, "body webhook_id does not match the URL")
     delivery_id = headers.get("webhook-id", "")
-    mapping = (row["webhook_config"] or {}).get("input_mapping") or {}
-    scope = {"payload": call.payload, "headers": call.headers, "source": call.source, "webhook_id": webhook_id}
-    try:
-        run_input = render(mapping, scope) if mapping else {"payload": call.payload, "source": call.source}
-    except TemplateError as exc:
-        raise ApiError(400, f"input mapping: {exc}") from None
+    run_input = _run_input(gw, row, call, webhook_id)
     who = Principal(tenant_id=row["tenant_id"], user_id=row["user_id"], kind="tool")
     started = await runs.start(
         gw, who, RunBody(flow_id=row["flow_id"], input=run_input, tenant_id=row["tenant_id"],
-                         request_id=f"webhook:{webhook_id}:{delivery_id}"),
+                         request_id=_run_request_id(webhook_id, delivery_id)),
         correlation_id=correlation_id,
         trigger={"via": "webhook", "webhook_id": webhook_id, "delivery_id": delivery_id, "source": call.source},
     )
