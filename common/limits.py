@@ -53,7 +53,7 @@ if cap > 0 then
   end
   local ttl = tonumber(ARGV[n + 4])
   redis.call('ZADD', key, now + ttl, ARGV[n + 3])
-  redis.call('PEXPIRE', key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
 for i = 1, n do redis.call('SET', KEYS[i], tats[i], 'PX', tats[i] - now) end
 return {0}
@@ -128,18 +128,22 @@ class Limits:
         return [(name, key, limit) for name, key, limit in wanted if limit > 0]
 
     async def admit_request(
-        self, tenant_id: str, user_id: str, integration: str, request_id: str, still_active: StillActive
+        self, tenant_id: str, user_id: str, integration: str, request_id: str, still_active: StillActive, *,
+        lease_seconds: float | None = None, count_running: bool = True,
     ) -> Refusal | None:
         """Count a new request against the rates and the user's unfinished requests.
 
         When the unfinished set is full, its members are checked against Postgres once
         (`still_active`) and finished ones dropped: only a user at the cap pays that query.
+        A flow run holds its place for `lease_seconds` (its own time limit) at most;
+        `count_running=False` counts against the rates only.
         """
         rates = self._rates(tenant_id, user_id, integration)
         keys = [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
-        cap = self.settings.max_running_requests_per_user
+        cap = self.settings.max_running_requests_per_user if count_running else 0
+        lease = lease_seconds if lease_seconds is not None else self.settings.request_timeout_seconds
         args: list[Any] = [len(rates), *(WINDOW_MS // limit or 1 for _, _, limit in rates), cap, request_id,
-                           int(self.settings.request_timeout_seconds * 1000)]
+                           int(lease * 1000)]
         for reconciled in (False, True):
             result = await self._admit(keys=keys, args=args)
             code = int(result[0])

@@ -107,7 +107,16 @@ class Settings(BaseSettings):
     flow_max_timeout_seconds: int = 7200
     flow_retry_limit_action: str = "clamp"
     flow_function_modules: str = ""
-    flow_timeout_seconds: int = 86_400
+    # Longest a run may take from its first start, over every attempt; then it fails.
+    flow_timeout_seconds: int = Field(default=86_400, gt=0)
+    # Bounds on one flow (README "Limits of flow runs"): over one, a 400 before anything runs,
+    # or a failed task with a clear error.
+    flow_max_tasks: int = Field(default=500, ge=1)
+    flow_max_dependencies: int = Field(default=100, ge=1)
+    flow_max_parallel: int = Field(default=10, ge=1)
+    flow_max_render_bytes: int = Field(default=1024 * 1024, ge=1024)
+    flow_max_output_bytes: int = Field(default=1024 * 1024, ge=1024)
+    flow_max_run_output_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     event_sink_url: str = ""
     event_sink_retries: int = 5
 

@@ -12,20 +12,25 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from arq import Retry
 
-from common import lifecycle, outbound, queue, sink
+from common import admission, lifecycle, outbound, queue, sink
 from common.flows import functions
+from common.flows.errors import FinalTaskError, TaskError, public_message, scrub
 from common.flows.jobs import RunJob, enqueue_run
 from common.flows.model import FlowDefinition, FlowTask
 from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
 from common.keys import cancel_key, run_cancel_key
+from common.limits import Refusal
 from common.logging import correlation_id
 from common.models import NormalizedRequest
 from common.streams import Event
@@ -38,8 +43,11 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 CANCEL_POLL_SECONDS = 0.25
 AGENT_POLL_SECONDS = 0.2
+FINISH_GRACE_SECONDS = 60  # the job's ARQ timeout over FLOW_TIMEOUT_SECONDS: the run fails itself first
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
 _REQUEST_NAMESPACE = uuid.UUID("6f1c1a8e-58a7-4c8e-9a57-1f9f5b1e0b11")
+
+
 class TaskFailed(Exception):
     def __init__(self, task_id: str, error: str) -> None:
         super().__init__(f"task {task_id!r} failed: {error}")
@@ -51,6 +59,17 @@ class Lost(Exception):
     """This attempt no longer owns the run: stop without writing anything."""
 
 
+class OutputTooLarge(FinalTaskError):
+    """A task's output is over FLOW_MAX_OUTPUT_BYTES, or would take the run's outputs over FLOW_MAX_RUN_OUTPUT_BYTES."""
+
+
+class RateLimited(TaskError):
+    """A limit refused the task's model call or agent request (common.limits); a later try may pass."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+
+
 @dataclass
 class Execution:
     rt: Runtime
@@ -59,9 +78,12 @@ class Execution:
     attempt: int
     flow: FlowDefinition
     outputs: dict[str, Any] = field(default_factory=dict)
+    output_bytes: int = 0
     seq: int = 0
     lost: bool = False
     cancel_reason: str | None = None
+    deadline: float = float("inf")  # time.monotonic() at which the run has used up FLOW_TIMEOUT_SECONDS
+    timed_out: bool = False
 
     @property
     def run_id(self) -> str:
@@ -98,12 +120,16 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     row = await rt.db.fetchrow("SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2",
                                job.run_id, job.tenant_id)
     run = Execution(rt, runs, row, job.attempt, FlowDefinition.model_validate(row["flow_definition"]))
+    started = row["started_at"] or datetime.now(UTC)
+    used = (datetime.now(UTC) - started).total_seconds()
+    run.deadline = time.monotonic() + rt.settings.flow_timeout_seconds - used
     return await _execute(run)
 
 
 async def _execute(run: Execution) -> str:
     states = await run.runs.task_states(run.run_id, run.tenant_id)
     run.outputs = {t: s["output"] for t, s in states.items() if s["status"] == "completed"}
+    run.output_bytes = sum(len(orjson.dumps(output)) for output in run.outputs.values())
     opening: list[tuple[str, dict[str, Any]]] = []
     if run.attempt > 1:
         opening.append(("run.retrying", {"attempt": run.attempt, "reason": "previous worker was lost",
@@ -125,7 +151,11 @@ async def _execute(run: Execution) -> str:
             raise
         if run.lost:
             return "fenced"
-        status, error = CANCELLED, run.cancel_reason or "cancelled"
+        if run.timed_out:
+            status, error = FAILED, (f"the run took longer than {run.rt.settings.flow_timeout_seconds} s"
+                                     " (FLOW_TIMEOUT_SECONDS)")
+        else:
+            status, error = CANCELLED, run.cancel_reason or "cancelled"
     except Lost:
         return "fenced"
     except TaskFailed as exc:
@@ -136,12 +166,16 @@ async def _execute(run: Execution) -> str:
 
 
 async def _watch(run: Execution, work: asyncio.Task[None]) -> None:
-    """Keep the lease and stop the work on a cancel flag or a lost lease."""
+    """Keep the lease and stop the work on a cancel flag, a lost lease or the run's time limit."""
     settings = run.rt.settings
     flag = run_cancel_key(run.run_id, settings.stream_buckets)
     next_beat = time.monotonic() + settings.heartbeat_seconds
     while not work.done():
-        await asyncio.sleep(CANCEL_POLL_SECONDS)
+        await asyncio.sleep(max(0.0, min(CANCEL_POLL_SECONDS, run.deadline - time.monotonic())))
+        if time.monotonic() >= run.deadline:
+            run.timed_out = True
+            work.cancel()
+            return
         with contextlib.suppress(Exception):
             reason = await run.rt.streams.get(flag)
             if reason is not None:
@@ -156,24 +190,35 @@ async def _watch(run: Execution, work: asyncio.Task[None]) -> None:
 
 
 async def _run_dag(run: Execution) -> None:
-    running: dict[str, asyncio.Task[Any]] = {}
+    """Start each task once its dependencies completed, at most FLOW_MAX_PARALLEL at a time, in definition order."""
+    limit = run.rt.settings.flow_max_parallel
+    todo = [t for t in run.flow.tasks if t.id not in run.outputs]
+    waiting = {t.id: {d for d in t.depends_on if d not in run.outputs} for t in todo}
+    dependents: dict[str, list[FlowTask]] = {}
+    for task in todo:
+        for dep in waiting[task.id]:
+            dependents.setdefault(dep, []).append(task)
+    ready = deque(t for t in todo if not waiting[t.id])
+    running: dict[asyncio.Task[Any], str] = {}
     try:
         while True:
-            for task in run.flow.tasks:
-                if (task.id not in run.outputs and task.id not in running
-                        and all(dep in run.outputs for dep in task.depends_on)):
-                    running[task.id] = asyncio.create_task(_run_task(run, task), name=f"task:{task.id}")
+            while ready and len(running) < limit:
+                task = ready.popleft()
+                running[asyncio.create_task(_run_task(run, task), name=f"task:{task.id}")] = task.id
             if not running:
                 return
-            finished, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for done in finished:
-                task_id = next(t for t, job in running.items() if job is done)
-                del running[task_id]
+                task_id = running.pop(done)
                 run.outputs[task_id] = done.result()
+                for child in dependents.get(task_id, []):
+                    waiting[child.id].discard(task_id)
+                    if not waiting[child.id]:
+                        ready.append(child)
     finally:
-        for job in running.values():
+        for job in running:
             job.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _run_task(run: Execution, task: FlowTask) -> Any:
@@ -185,19 +230,25 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
         await run.runs.task_started(run.run_id, run.tenant_id, task.id, try_number)
         await run.emit(("task.started", {"task_id": task.id, "type": task.type, "try": try_number}))
         try:
-            task_input = render(task.input, run.scope())
+            task_input = render(task.input, run.scope(), run.rt.settings.flow_max_render_bytes)
             for pre in engine.pre_task:
                 pre.before_task(task, task_input, ctx)
             output = await asyncio.wait_for(_call(run, task, task_input, try_number), task.timeout_seconds)
             for post in engine.post_task:
                 post.after_task(task, output, ctx)
+            _admit_output(run, output)
         except TimeoutError:
             error = f"timed out after {task.timeout_seconds:g} s"
-        except (PolicyViolation, outbound.Refused, ModelRefused) as exc:
-            error = str(exc)
+        except PolicyViolation as exc:
+            error = scrub(str(exc))
             break  # a policy's verdict does not change on a retry
         except Exception as exc:
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+            error = public_message(exc)
+            if not isinstance(exc, TaskError):
+                log.warning("flow task raised", exc_info=True,
+                            extra={"run_id": run.run_id, "task_id": task.id, "try": try_number})
+            if isinstance(exc, FinalTaskError):
+                break
         else:
             if not await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "completed",
                                                 output, None):
@@ -212,10 +263,27 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
     raise TaskFailed(task.id, error)
 
 
+def _admit_output(run: Execution, output: Any) -> None:
+    """Count a task's output against FLOW_MAX_OUTPUT_BYTES and the run's FLOW_MAX_RUN_OUTPUT_BYTES."""
+    settings = run.rt.settings
+    try:
+        size = len(orjson.dumps(output))
+    except orjson.JSONEncodeError:
+        raise OutputTooLarge("the task's output is not JSON or is nested too deeply to be stored") from None
+    if size > settings.flow_max_output_bytes:
+        raise OutputTooLarge(f"the task's output is {size} bytes; at most {settings.flow_max_output_bytes}"
+                             " are allowed (FLOW_MAX_OUTPUT_BYTES)")
+    if run.output_bytes + size > settings.flow_max_run_output_bytes:
+        raise OutputTooLarge(f"the run's outputs would be {run.output_bytes + size} bytes; at most"
+                             f" {settings.flow_max_run_output_bytes} are allowed (FLOW_MAX_RUN_OUTPUT_BYTES)")
+    run.output_bytes += size
+
+
 async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int) -> Any:
     if not isinstance(task_input, dict):
-        raise TypeError("a task's input must render to an object")
+        raise TaskError("a task's input must render to an object")
     if task.type == "llm":
+        await _admit_work(run, f"{run.run_id}:{task.id}:{try_number}", admission.RUN_INTEGRATION, count_running=False)
         return await _llm(run, task, task_input)
     if task.type == "http":
         return await _http(task_input, task.timeout_seconds, run.rt.settings.outbound_policy())
@@ -223,7 +291,7 @@ async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int
         return await _agent(run, task, task_input, try_number)
     fn = functions.get(task.type)
     if fn is None:
-        raise LookupError(f"no task function {task.type!r} in this worker")
+        raise TaskError(f"no task function {task.type!r} in this worker")
     return await fn(functions.TaskCall(run.run_id, task.id, run.tenant_id, task_input, try_number))
 
 
@@ -251,11 +319,15 @@ async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> di
     return {"text": "".join(parts), "model": name}
 
 
-class HttpTaskError(Exception):
+class HttpTaskError(TaskError):
     pass
 
 
-class ModelRefused(Exception):
+class UrlRefused(FinalTaskError):
+    """The outbound guard refused the task's URL; the same URL is refused again."""
+
+
+class ModelRefused(FinalTaskError):
     """An llm task named a model the deployment did not configure; a retry is refused again."""
 
 
@@ -265,13 +337,18 @@ async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Poli
     method = str(task_input.get("method", "GET")).upper()
     url, headers, content = task_input.get("url"), task_input.get("headers") or {}, task_input.get("body")
     if not url:
-        raise ValueError("an http task needs input.url")
+        raise FinalTaskError("an http task needs input.url")
     if not isinstance(headers, dict):
-        raise TypeError("input.headers must be an object")
+        raise FinalTaskError("input.headers must be an object")
     if content is not None and not isinstance(content, str):
-        raise TypeError("input.body must be a string (input.json sends JSON)")
-    answer = await outbound.request(method, str(url), rules, headers={str(k): str(v) for k, v in headers.items()},
-                                    json=task_input.get("json"), content=content, seconds=seconds)
+        raise FinalTaskError("input.body must be a string (input.json sends JSON)")
+    try:
+        answer = await outbound.request(method, str(url), rules, headers={str(k): str(v) for k, v in headers.items()},
+                                        json=task_input.get("json"), content=content, seconds=seconds)
+    except outbound.Refused as exc:
+        raise UrlRefused(str(exc)) from None
+    except outbound.OutboundError as exc:  # its message is the guard's one safe line for every cause
+        raise HttpTaskError(str(exc)) from None
     body = answer.json()
     output: dict[str, Any] = {"status": answer.status, "json": body}
     if body is None:
@@ -292,12 +369,14 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
     rt = run.rt
     content = str(task_input.get("content") or "")
     if not content:
-        raise ValueError("an agent task needs input.content")
+        raise TaskError("an agent task needs input.content")
     agent = rt.agents.route(content, "tool", task_input.get("agent_id"))
     session_id = str(run.row["session_id"])
     request_id = str(uuid.uuid5(_REQUEST_NAMESPACE, f"{run.run_id}:{task.id}:{try_number}"))
     cid = run.row["correlation_id"]
     upcoming = None
+    if not await rt.db.fetchval("SELECT 1 FROM request_logs WHERE request_id = $1", request_id):
+        await _admit_work(run, request_id, "tool")
     async with rt.db.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
@@ -335,13 +414,21 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
                 return {"content": row["response_content"], "agent_id": agent.id, "request_id": request_id,
                         "session_id": session_id}
             if row["status"] in ("failed", "cancelled"):
-                raise RuntimeError(f"agent request {row['status']}: {row['error']}")
+                raise TaskError(f"agent request {row['status']}: {row['error']}")
             await asyncio.sleep(AGENT_POLL_SECONDS)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), "flow task stopped",
                                  ex=rt.settings.request_timeout_seconds)
         raise
+
+
+async def _admit_work(run: Execution, work_id: str, integration: str, *, count_running: bool = True) -> None:
+    """An llm call or an agent request counts against its user's limits like a request does."""
+    refusal = await admission.admit(run.rt.limits, run.rt.db, run.tenant_id, run.row["user_id"], integration, work_id,
+                                    count_running=count_running)
+    if refusal:
+        raise RateLimited(refusal)
 
 
 async def _finish(run: Execution, status: str, error: str | None) -> str:

@@ -67,7 +67,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         functions=[func(observed(process_request, settings.feature_queue(feature)),  # type: ignore[arg-type]
                         name="process_request", max_tries=10),
                    func(flows.process_flow_run, name=PROCESS_FLOW_RUN, max_tries=10,  # type: ignore[arg-type]
-                        timeout=settings.flow_timeout_seconds)],
+                        timeout=settings.flow_timeout_seconds + flows.FINISH_GRACE_SECONDS)],
         queue_name=settings.feature_queue(feature),
         redis_settings=RedisSettings.from_dsn(settings.queue_redis_url),
         max_jobs=settings.worker_max_jobs,

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 from common import delivery, ending, lifecycle, metrics, queue, sink, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
+from common.limits import Limits
 from common.logging import correlation_id
 from common.models import JobPayload
 from common.outages import STORE_ERRORS
@@ -63,8 +64,10 @@ class Runtime:
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
+    limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:
+        self.limits = Limits(self.streams, self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -11,16 +12,17 @@ from api.errors import ApiError
 from api.flows.schemas import FlowBody
 from common.auth import Principal
 from common.flows import functions
-from common.flows.model import FlowDefinition, FlowInvalid, validate_flow
+from common.flows.model import FlowCaps, FlowDefinition, FlowInvalid, validate_flow
 
 _COLUMNS = "flow_id, version, name, description, tags, definition, created_by, created_at"
 
 
-def check_definition(raw: dict[str, Any], tenant_id: str | None, flow_id: str | None = None) -> FlowDefinition:
+def check_definition(raw: dict[str, Any], tenant_id: str | None, caps: FlowCaps,
+                     flow_id: str | None = None) -> FlowDefinition:
     """400 listing every problem; 403 when the definition names another tenant than `tenant_id` (if given)."""
     problems: list[str] = []
     try:
-        flow = validate_flow(raw, functions.task_types())
+        flow = validate_flow(raw, functions.task_types(), caps)
     except FlowInvalid as exc:
         problems = exc.problems
         flow = None
@@ -32,6 +34,12 @@ def check_definition(raw: dict[str, Any], tenant_id: str | None, flow_id: str | 
         raise ApiError(403, f"TenantIsolationPolicy: flow belongs to tenant {flow.tenant_id!r}, not {tenant_id!r}",
                        error="policy_violation")
     return flow
+
+
+async def checked(gw: Gateway, raw: dict[str, Any], tenant_id: str | None,
+                  flow_id: str | None = None) -> FlowDefinition:
+    """`check_definition` on a worker thread: a large definition never holds up the event loop."""
+    return await asyncio.to_thread(check_definition, raw, tenant_id, FlowCaps.of(gw.settings), flow_id)
 
 
 async def _insert(conn: asyncpg.Connection, who: Principal, body: FlowBody, flow: FlowDefinition,
@@ -47,7 +55,7 @@ async def _insert(conn: asyncpg.Connection, who: Principal, body: FlowBody, flow
 
 async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
     functions.load_modules(gw.settings.flow_function_modules)
-    flow = check_definition(body.definition, who.tenant_id)
+    flow = await checked(gw, body.definition, who.tenant_id)
     async with gw.db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow.id)
         live, latest = await conn.fetchrow(
@@ -62,7 +70,7 @@ async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
 
 async def update(gw: Gateway, who: Principal, flow_id: str, body: FlowBody) -> dict[str, Any]:
     functions.load_modules(gw.settings.flow_function_modules)
-    flow = check_definition({"id": flow_id, **body.definition}, who.tenant_id, flow_id)
+    flow = await checked(gw, {"id": flow_id, **body.definition}, who.tenant_id, flow_id)
     async with gw.db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow_id)
         latest = await conn.fetchval(

@@ -118,17 +118,6 @@ async def unfinished_in_session(conn: Conn, who: Principal, session_id: str) -> 
     return [r["request_id"] for r in rows]
 
 
-async def still_active(conn: Conn, tenant_id: str, request_ids: list[str]) -> set[str]:
-    """Which of these requests are still queued or running (ids that are not UUIDs are not)."""
-    ids = [rid for rid in request_ids if parse_uuid(rid)]
-    rows = await conn.fetch(
-        "SELECT request_id::text FROM request_logs"
-        " WHERE request_id = ANY($1::uuid[]) AND tenant_id = $2 AND status IN ('queued','running')",
-        ids, tenant_id,
-    )
-    return {r["request_id"] for r in rows}
-
-
 _TURN_COLUMNS = f"""{COLUMNS}, r.normalized_request -> 'integration_context' -> 'langgraph' AS langgraph"""
 
 

@@ -18,6 +18,7 @@ from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
 from common import sink
+from common.admission import unfinished
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
 from common.ending import closing_events
 from common.keys import intake_key
@@ -121,7 +122,7 @@ async def _admit(gw: Gateway, intake: _Intake) -> None:
     tenant_id = intake.who.tenant_id
 
     async def still_active(request_ids: list[str]) -> set[str]:
-        return await request_repo.still_active(gw.db, tenant_id, request_ids)
+        return await unfinished(gw.db, tenant_id, request_ids)
 
     refusal = await gw.limits.admit_request(tenant_id, intake.user_id, intake.body.integration(),
                                             intake.request_id, still_active)

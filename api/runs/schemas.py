@@ -7,11 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from common.flows.depth import ShallowObject
+
 
 class RunBody(BaseModel):
     flow_id: str = Field(min_length=1, max_length=255)
     flow_definition: dict[str, Any] | None = None
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: ShallowObject = Field(default_factory=dict)
     tenant_id: str = Field(min_length=1, max_length=255)
     request_id: str | None = Field(default=None, min_length=1, max_length=255)
     version: int | None = Field(default=None, ge=1, description="registry version when no flow_definition is sent")

@@ -10,13 +10,13 @@ from typing import Any
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.flows import service as flows
 from api.runs.schemas import RunBody
-from common import sink
+from common import admission, sink
 from common.auth import Principal
 from common.flows.jobs import RunJob, enqueue_run
-from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
+from common.flows.policies import Evaluation, PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import ACTIVE, DOC_COLUMNS, PENDING, RunStore, status_doc
 from common.keys import run_cancel_key
 from common.streams import Event
@@ -49,13 +49,56 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
     else:
         registered = await flows.get(gw, who, body.flow_id, body.version)
         raw, source = registered["definition"], f"registry:v{registered['version']}"
-    flow = flows.check_definition(raw, None, body.flow_id)  # tenant isolation is the policy engine's to judge
+    flow = await flows.checked(gw, raw, None, body.flow_id)  # tenant isolation is the policy engine's to judge
     try:
         evaluated = policies.evaluate(flow, PolicyContext(who.tenant_id, who.user_id, gw.settings))
     except PolicyViolation as exc:
         raise ApiError(403, str(exc), error="policy_violation") from None
     run_id = str(uuid.uuid4())
     runs = RunStore.of(gw)
+    await _admit(gw, who, run_id)
+    try:
+        row = await _record(gw, who, body, evaluated, run_id, source, correlation_id, trigger)
+    except BaseException:
+        await _release(gw, who, run_id)
+        raise
+    if row is None:  # a concurrent call with the same request_id won
+        await _release(gw, who, run_id)
+        replay = await _replay(gw, who.tenant_id, body.request_id or "")
+        assert replay is not None
+        return replay
+    try:
+        await runs.cache_put(row)
+    except Exception as exc:  # Postgres holds the run; a cache miss reads it from there
+        log.warning("run status not cached", extra={"run_id": run_id, "error": repr(exc)})
+    sink.emit("run.created", run_id, {"flow_id": body.flow_id, "status": PENDING}, tenant_id=who.tenant_id,
+              correlation_id=correlation_id)
+    try:
+        await enqueue_run(gw.queue, gw.settings.flow_feature,
+                          RunJob(run_id=run_id, tenant_id=who.tenant_id, correlation_id=correlation_id))
+    except Exception as exc:
+        log.warning("enqueue failed; the stalled-run sweep will retry", extra={"run_id": run_id, "error": repr(exc)})
+    return Started(run_id, correlation_id)
+
+
+async def _admit(gw: Gateway, who: Principal, run_id: str) -> None:
+    """The run counts as a request of its user: 429 over a rate or the user's running requests."""
+    if gw.limits is None:
+        return
+    refusal = await admission.admit(gw.limits, gw.db, who.tenant_id, who.user_id, admission.RUN_INTEGRATION, run_id,
+                                    lease_seconds=gw.settings.flow_timeout_seconds)
+    if refusal:
+        raise refused(refusal)
+
+
+async def _release(gw: Gateway, who: Principal, run_id: str) -> None:
+    if gw.limits is not None:
+        await gw.limits.release_request(who.tenant_id, who.user_id, run_id)
+
+
+async def _record(gw: Gateway, who: Principal, body: RunBody, evaluated: Evaluation, run_id: str, source: str,
+                  correlation_id: str, trigger: dict[str, Any] | None) -> asyncpg.Record | None:
+    """The audit row and its first history row; None when another run holds `body.request_id`."""
     async with gw.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"""
@@ -73,22 +116,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
         if row is not None:
             await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
                                " VALUES ($1, $2, 'PENDING', $3)", run_id, who.tenant_id, f"created by {who.user_id}")
-    if row is None:  # a concurrent call with the same request_id won
-        replay = await _replay(gw, who.tenant_id, body.request_id or "")
-        assert replay is not None
-        return replay
-    try:
-        await runs.cache_put(row)
-    except Exception as exc:  # Postgres holds the run; a cache miss reads it from there
-        log.warning("run status not cached", extra={"run_id": run_id, "error": repr(exc)})
-    sink.emit("run.created", run_id, {"flow_id": body.flow_id, "status": PENDING}, tenant_id=who.tenant_id,
-              correlation_id=correlation_id)
-    try:
-        await enqueue_run(gw.queue, gw.settings.flow_feature,
-                          RunJob(run_id=run_id, tenant_id=who.tenant_id, correlation_id=correlation_id))
-    except Exception as exc:
-        log.warning("enqueue failed; the stalled-run sweep will retry", extra={"run_id": run_id, "error": repr(exc)})
-    return Started(run_id, correlation_id)
+    return row
 
 
 async def get(gw: Gateway, who: Principal, run_id: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from common.flows.depth import ShallowObject
+
 
 class WebhookConfigBody(BaseModel):
     webhook_id: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -14,7 +16,7 @@ class WebhookConfigBody(BaseModel):
     enabled: bool = True
     secret: str | None = Field(default=None, min_length=16, max_length=255,
                                description="a Standard Webhooks secret (`whsec_` + base64); generated when absent")
-    input_mapping: dict[str, Any] = Field(
+    input_mapping: ShallowObject = Field(
         default_factory=dict,
         description="run input field -> template over the call, e.g. {\"ticket\": \"{{ payload.id }}\"}",
     )
@@ -24,7 +26,7 @@ class WebhookConfigBody(BaseModel):
 class WebhookConfigUpdate(BaseModel):
     flow_id: str | None = Field(default=None, min_length=1, max_length=255)
     enabled: bool | None = None
-    input_mapping: dict[str, Any] | None = None
+    input_mapping: ShallowObject | None = None
     description: str | None = Field(default=None, max_length=2000)
     rotate_secret: bool = False
 
@@ -50,6 +52,6 @@ class WebhookCall(BaseModel):
     """What n8n/Zapier-style callers send to `POST /v1/webhooks/{webhook_id}`."""
 
     webhook_id: str | None = Field(default=None, max_length=255)
-    payload: dict[str, Any] = Field(default_factory=dict)
-    headers: dict[str, Any] = Field(default_factory=dict)
+    payload: ShallowObject = Field(default_factory=dict)
+    headers: ShallowObject = Field(default_factory=dict)
     source: str = Field(default="", max_length=255)

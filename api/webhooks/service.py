@@ -18,6 +18,7 @@ from api.runs import service as runs
 from api.runs.schemas import RunBody
 from api.webhooks.schemas import WebhookCall, WebhookConfigBody, WebhookConfigUpdate
 from common.auth import Principal
+from common.flows.depth import too_deep
 from common.flows.templates import TemplateError, render
 
 _COLUMNS = "webhook_id, flow_id, enabled, webhook_config, user_id, created_at, updated_at"
@@ -108,6 +109,24 @@ def run_request_id(webhook_id: str, delivery_id: str) -> str:
     return key if len(key) <= _MAX_REQUEST_ID else f"webhook:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def _run_input(gw: Gateway, row: Any, call: WebhookCall, webhook_id: str) -> dict[str, Any]:
+    """The run input the config's `input_mapping` builds from the call: 400 when it is too large or too deep."""
+    mapping = (row["webhook_config"] or {}).get("input_mapping") or {}
+    if not mapping:
+        return {"payload": call.payload, "source": call.source}
+    scope = {"payload": call.payload, "headers": call.headers, "source": call.source, "webhook_id": webhook_id}
+    try:
+        run_input: dict[str, Any] = render(mapping, scope, gw.settings.flow_max_render_bytes)
+    except TemplateError as exc:
+        raise ApiError(400, f"input mapping: {exc}") from None
+    deep = too_deep(run_input)
+    if deep:
+        raise ApiError(400, f"input mapping: the rendered input is {deep}")
+    return run_input
+
+
+
+
 async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, str],
                   correlation_id: str) -> runs.Started:
     """Verify the Standard Webhooks signature over the raw body, then start the run once per delivery id."""
@@ -127,12 +146,7 @@ async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, s
     if call.webhook_id not in (None, webhook_id):
         raise ApiError(400, "body webhook_id does not match the URL")
     delivery_id = headers.get("webhook-id", "")
-    mapping = (row["webhook_config"] or {}).get("input_mapping") or {}
-    scope = {"payload": call.payload, "headers": call.headers, "source": call.source, "webhook_id": webhook_id}
-    try:
-        run_input = render(mapping, scope) if mapping else {"payload": call.payload, "source": call.source}
-    except TemplateError as exc:
-        raise ApiError(400, f"input mapping: {exc}") from None
+    run_input = _run_input(gw, row, call, webhook_id)
     who = Principal(tenant_id=row["tenant_id"], user_id=row["user_id"], kind="tool")
     started = await runs.start(
         gw, who, RunBody(flow_id=row["flow_id"], input=run_input, tenant_id=row["tenant_id"],

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.flows.errors import TaskError
 from common.flows.model import BUILTIN_TYPES
 
 
@@ -68,7 +69,7 @@ async def sleep(call: TaskCall) -> Any:
     return call.input
 
 
-class TaskFunctionError(Exception):
+class TaskFunctionError(TaskError):
     """A function task failed on purpose; the message is shown in `task.failed`."""
 
 

@@ -10,9 +10,16 @@ import pytest
 
 from api.deps import Gateway
 from api.main import create_app
+from common import db, queue
+from common.agents import load_agents
 from common.auth import mint_token
+from common.keys import run_stream_key
 from common.settings import Settings
+from common.streams import Event, StreamWriter
+from common.streams import connect as connect_streams
 from tests.conftest import ROOT, Infra, settings_for
+from workers.flows import process_flow_run
+from workers.runner import Runtime
 
 ClientFor = Callable[..., httpx.AsyncClient]
 
@@ -44,6 +51,42 @@ async def gateway_app(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for ctx in reversed(contexts):
         await ctx.__aexit__(None, None, None)
+
+
+class Executor:
+    """A flow executor in the test's own process (what `process_flow_run` does on a worker), with its settings."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def run(self, run_id: str, tenant_id: str) -> str:
+        return await process_flow_run({"rt": self.rt}, {"run_id": run_id, "tenant_id": tenant_id})
+
+    async def events(self, run_id: str) -> list[Event]:
+        raw = await self.rt.streams.xrange(run_stream_key(run_id, self.rt.settings.stream_buckets))
+        return [Event.from_fields(fields) for _, fields in raw]
+
+
+@pytest.fixture
+async def executor(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
+    """Call with setting overrides to get an `Executor`; its connections are closed at the end of the test."""
+    opened: list[Runtime] = []
+
+    async def make(**overrides: Any) -> Executor:
+        settings = settings_for(infra, **overrides)
+        streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
+        rt = Runtime(settings=settings, db=await db.create_pool(infra.database_url), streams=streams,
+                     queue=await queue.connect(infra.redis_url),
+                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
+                     agents=load_agents(ROOT / "tests" / "agents.yaml"))
+        opened.append(rt)
+        return Executor(rt)
+
+    yield make
+    for rt in opened:
+        await rt.streams.aclose()
+        await rt.queue.aclose()
+        await rt.db.close()
 
 
 def dag(tenant: str, *tasks: dict[str, Any], flow_id: str = "f1") -> dict[str, Any]:

@@ -81,6 +81,6 @@ def test_validation_reports_every_problem() -> None:
 def test_templates_keep_types_and_fail_on_missing_paths() -> None:
     scope = {"input": {"n": 3, "items": ["x", "y"]}, "tasks": {"a": {"output": {"ok": True}}}}
     assert render({"n": "{{ input.n }}", "s": "n={{ input.n }} {{ input.items.1 }}", "ok": "{{tasks.a.output.ok}}"},
-                  scope) == {"n": 3, "s": "n=3 y", "ok": True}
+                  scope, 1024) == {"n": 3, "s": "n=3 y", "ok": True}
     with pytest.raises(TemplateError):
-        render("{{ input.missing }}", scope)
+        render("{{ input.missing }}", scope, 1024)
