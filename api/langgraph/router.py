@@ -41,12 +41,12 @@ async def info(_: PrincipalDep) -> dict[str, Any]:
     return {"version": "relaygate", "flags": {"assistants": True, "crons": False, "langsmith": False}}
 
 
-@router.post("/assistants/search")
+@router.post("/assistants/search", dependencies=_RUNS)
 async def search_assistants(body: AssistantSearch, gw: GatewayDep, _: PrincipalDep) -> list[dict[str, Any]]:
     return service.search_assistants(gw, body)
 
 
-@router.get("/assistants/{assistant_id}")
+@router.get("/assistants/{assistant_id}", dependencies=_RUNS)
 async def get_assistant(assistant_id: str, gw: GatewayDep, _: PrincipalDep) -> dict[str, Any]:
     return resources.assistant(service.agent(gw, assistant_id))
 
