@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ from common.settings import Settings
 
 STREAM_BUCKETS = 256
 EXPECTED_CLOSE_SLACK = 2.0
-WAIT_FOR_FAULT = 60.0
 READY_TIMEOUT = 300.0
 
 
@@ -67,7 +67,12 @@ def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[floa
 
 
 class Faults:
-    """Carries out the plan against the cluster; each fault is its own task, so a slow one delays no other."""
+    """Carries out the plan: worker kills one after another in one lane, the other faults in another.
+
+    A fault waits, up to `--fault-wait` seconds, until it can be done as planned: no store outage
+    and `--kill-min-ready` workers ready for a kill, every gateway serving for a gateway fault
+    (never both down at once). Past that it is skipped and reported.
+    """
 
     def __init__(self, cluster: Cluster, rng: random.Random, args: argparse.Namespace) -> None:
         self.cluster = cluster
@@ -77,35 +82,40 @@ class Faults:
         self.skipped: Counter[str] = Counter()
 
     async def run(self, plan: list[tuple[float, str]], t0: float) -> None:
-        tasks = []
+        kills = [p for p in plan if p[1] == "worker kill"]
+        others = [p for p in plan if p[1] != "worker kill"]
+        await asyncio.gather(self._lane(kills, t0), self._lane(others, t0))
+
+    async def _lane(self, plan: list[tuple[float, str]], t0: float) -> None:
         for at, kind in plan:
             await asyncio.sleep(max(0.0, t0 + at - time.time()))
-            tasks.append(asyncio.create_task(self.one(kind)))
-        await asyncio.gather(*tasks)
+            await self.one(kind)
+
+    async def _until(self, kind: str, ready: Callable[[], bool], why: str) -> bool:
+        deadline = time.monotonic() + self.args.fault_wait
+        while not ready():
+            if time.monotonic() > deadline:
+                self.skipped[kind] += 1
+                log(f"{kind} skipped: {why} for {self.args.fault_wait:g} s")
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    def _ready_workers(self) -> int:
+        return sum(1 for p in self.cluster.worker_procs if p is not None and p.alive() and p.ready_at)
 
     async def one(self, kind: str) -> None:
         c = self.cluster
         if kind == "worker kill":
-            await c.stores_up()
-            record = None
-            deadline = time.monotonic() + WAIT_FOR_FAULT
-            while record is None and time.monotonic() < deadline:
-                record = await c.kill_worker(self.rng.choice)
-                if record is None:
-                    await asyncio.sleep(0.2)
-            if record is None:
-                self.skipped[kind] += 1
-                log(f"worker kill skipped: no worker was ready for {WAIT_FOR_FAULT:.0f} s")
+            if not await self._until(kind, lambda: not c.outages and self._ready_workers() >= self.args.kill_min_ready,
+                                     f"fewer than {self.args.kill_min_ready} workers ready"):
                 return
+            record = await c.kill_worker(self.rng.choice)
+            assert record is not None
             log(f"worker kill -9: slot {record['slot']} pid {record['pid']} "
                 f"({record['other_workers_ready']} other workers ready)")
         elif kind in ("gateway drain", "gateway kill"):
-            deadline = time.monotonic() + WAIT_FOR_FAULT
-            while len(c.up) < c.gateways and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            if len(c.up) < c.gateways:
-                self.skipped[kind] += 1
-                log(f"{kind} skipped: a gateway has not been serving for {WAIT_FOR_FAULT:.0f} s")
+            if not await self._until(kind, lambda: len(c.up) == c.gateways, "a gateway was not serving"):
                 return
             slot = self.gateway_turn % c.gateways
             self.gateway_turn += 1
@@ -183,7 +193,7 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
         print(f"WARNING: faults skipped (the machine is too busy for the plan): {f['faults']['skipped']}")
     r = f["requests"]
     print(f"requests: {r['total']} ({r['stored']} stored: {r['by_status']}; {r['retried']} retried; "
-          f"{r['announced_not_stored']} announced but not stored)")
+          f"{r['announced_not_stored']} announced but not stored); {r['with_anomalies']} with an anomaly")
     print(f"stream entries: {f['entries']['in_streams']} in streams, {f['entries']['received']} received by clients")
     k = f["kill_to_next_token"]
     print(f"worker kill -> next token of an affected request ({k['affected_requests']} requests):")
@@ -267,6 +277,11 @@ async def main_async(args: argparse.Namespace, folder: Path) -> int:
         for proc in cluster.worker_procs:
             if proc is not None and proc.alive() and not proc.ready_at and time.time() - proc.spawned > 60:
                 anomalies.add("worker_never_ready", slot=proc.slot, pid=proc.pid, log=proc.tail())
+        verifier.figures["requests"]["with_anomalies"] = len(anomalies.requests)
+        for fault in cluster.faults:
+            new: Proc | None = fault.get("replacement")
+            if new is not None and new.ready_at:
+                fault["replacement_ready_s"] = round(new.ready_at - new.spawned, 2)
         figures: dict[str, Any] = {
             "run": {"duration_s": args.duration, "clients": args.clients, "gateways": args.gateways,
                     "workers": args.workers, "seed": args.seed, "folder": str(folder), "env": cluster.env_summary(),
@@ -307,6 +322,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gateway-kills", type=int, default=1)
     p.add_argument("--valkey-restarts", type=int, default=1)
     p.add_argument("--postgres-pauses", type=int, default=1)
+    p.add_argument("--kill-min-ready", type=int, default=1,
+                   help="workers that must be ready (the victim included) before a kill; 2 keeps a spare")
+    p.add_argument("--fault-wait", type=float, default=180,
+                   help="max seconds a fault waits until it can be done as planned (then it is skipped)")
     p.add_argument("--pause-seconds", type=float, default=5, help="how long Postgres stays SIGSTOPped")
     p.add_argument("--valkey-down-seconds", type=float, default=2, help="how long Valkey stays stopped")
     p.add_argument("--drain-timeout", type=float, default=10, help="the gateways' --timeout-graceful-shutdown")

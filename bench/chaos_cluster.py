@@ -242,7 +242,7 @@ class Cluster:
 
     async def kill_worker(self, choose: Callable[[list[Proc]], Proc]) -> dict[str, Any] | None:
         """kill -9 a ready worker and start its replacement at once."""
-        ready = [p for p in self.worker_procs if p is not None and p.alive() and p.ready_at]
+        ready = [p for p in self.worker_procs if p is not None and p.alive() and p.ready_at and not p.expected_exit]
         if not ready:
             return None
         victim = choose(ready)

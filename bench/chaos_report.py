@@ -19,9 +19,13 @@ class Anomalies:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[dict[str, Any]]] = {}
+        self.requests: set[str] = set()
 
     def add(self, kind: str, **example: Any) -> None:
+        """Count one anomaly; a `request_id` in the example also counts that request as one that ended wrongly."""
         self.counts[kind] += 1
+        if example.get("request_id"):
+            self.requests.add(str(example["request_id"]))
         kept = self.examples.setdefault(kind, [])
         if len(kept) < EXAMPLES_PER_KIND:
             kept.append(example)

@@ -143,14 +143,15 @@ class Verifier:
 
     def _one_request(self, request_id: str, events: list[Entry], row: asyncpg.Record | None) -> None:
         what = {"request_id": request_id, "status": row["status"] if row is not None else "not stored"}
+        still_open = row is not None and row["status"] in ACTIVE  # reported once, as `stuck`
         terminals = [i for i, e in enumerate(events) if e.type in TERMINALS]
         dones = [i for i, e in enumerate(events) if e.type == "done"]
-        if not terminals:
+        if not terminals and not still_open:
             self.anomalies.add("no_terminal", **what, last_event=events[-1].type)
         elif len(terminals) > 1:
             self.anomalies.add("double_terminal", **what,
                                terminals=[f"{events[i].type}@{events[i].attempt}" for i in terminals])
-        if not dones:
+        if not dones and not still_open:
             self.anomalies.add("missing_done", **what, last_event=events[-1].type, at=events[-1].id)
         elif len(dones) > 1:
             self.anomalies.add("double_done", **what, attempts=[events[i].attempt for i in dones])
@@ -250,6 +251,7 @@ class Verifier:
         affected = unfinished = 0
         for kill in kills:
             kill_ms = kill["at"] * 1000
+            kill["next_token_s"] = mine = []
             for request_id, attempt in running_at_kill(kill["log"]).items():
                 events = by_request.get(request_id, [])
                 if any(e.attempt > attempt and e.ms < kill_ms for e in events):
@@ -261,6 +263,7 @@ class Verifier:
                     continue
                 affected += 1
                 written.append((after[0].ms - kill_ms) / 1000)
+                mine.append(round(written[-1], 2))
                 if after[0].id in receipts:
                     received.append(receipts[after[0].id] - kill["at"])
         self.figures["kill_to_next_token"] = {
