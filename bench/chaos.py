@@ -322,8 +322,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gateway-kills", type=int, default=1)
     p.add_argument("--valkey-restarts", type=int, default=1)
     p.add_argument("--postgres-pauses", type=int, default=1)
-    p.add_argument("--kill-min-ready", type=int, default=1,
-                   help="workers that must be ready (the victim included) before a kill; 2 keeps a spare")
+    p.add_argument("--kill-min-ready", type=int, default=2,
+                   help="workers that must be ready (the victim included) before a kill: 2 keeps one serving, so a "
+                        "kill measures takeover; 1 also kills the last one (recovery then waits for a cold start)")
     p.add_argument("--fault-wait", type=float, default=180,
                    help="max seconds a fault waits until it can be done as planned (then it is skipped)")
     p.add_argument("--pause-seconds", type=float, default=5, help="how long Postgres stays SIGSTOPped")
