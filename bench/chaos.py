@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,13 @@ from common.auth import mint_token
 from common.keys import stream_key
 from common.settings import Settings
 
-STREAM_BUCKETS = 256
 EXPECTED_CLOSE_SLACK = 2.0
 READY_TIMEOUT = 300.0
+
+
+def buckets(cluster: Cluster) -> int:
+    """STREAM_BUCKETS as the gateways and workers see it (stream keys depend on it)."""
+    return int(cluster.env().get("STREAM_BUCKETS", Settings.model_fields["stream_buckets"].default))
 
 
 def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[float, str]]:
@@ -186,7 +191,7 @@ def ready_times(procs: list[Proc], reason: str) -> dict[str, Any]:
 def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
     f = figures
     print("\n=== chaos run ===")
-    print(f"run: {f['run']['duration_s']} s, {f['run']['clients']} clients, {f['run']['gateways']} gateways, "
+    print(f"run: {f['run']['traffic_s']} s of traffic, {f['run']['clients']} clients, {f['run']['gateways']} gateways, "
           f"{f['run']['workers']} workers, seed {f['run']['seed']}")
     print("faults: " + ", ".join(f"{k} x{n}" for k, n in f["faults"]["done"].items()))
     if f["faults"]["skipped"]:
@@ -215,88 +220,12 @@ async def main_async(args: argparse.Namespace, folder: Path) -> int:
     anomalies = Anomalies()
     extra = dict(kv.split("=", 1) for kv in args.env)
     cluster = Cluster(folder, args.gateways, args.workers, extra, args.drain_timeout, anomalies)
-    background: list[asyncio.Task[Any]] = []
     try:
         log(f"starting servers, {args.gateways} gateways and {args.workers} workers in {folder}")
         await cluster.start()
-        watcher = asyncio.create_task(cluster.watch(), name="watcher")
-        background.append(watcher)
-        tenant = f"chaos-{uuid.uuid4().hex[:8]}"
-        settings = Settings(jwt_secret_key=SecretStr(cluster.secret))
-        traffic = Traffic(anomalies)
-        pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think)
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
-        clients = [SessionClient(i, http, cluster.live_ports, mint_token(settings, user_id=f"user-{i}",
-                                                                         tenant_id=tenant), traffic, pace,
-                                 rng.randrange(2**32)) for i in range(args.clients)]
-        await asyncio.gather(*(c.open_session() for c in clients))
-        log(f"{len(clients)} clients following their sessions; faults for {args.duration} s")
-        stop = asyncio.Event()
-        t0 = time.time()
-        senders = [asyncio.create_task(c.converse(stop), name=f"sender-{c.index}") for c in clients]
-        background.append(asyncio.create_task(progress(clients, cluster)))
-        faults = Faults(cluster, rng, args)
-        plan = plan_faults(args, rng)
-        fault_task = asyncio.create_task(faults.run(plan, t0))
-        done, _ = await asyncio.wait([fault_task, watcher], return_when=asyncio.FIRST_COMPLETED)
-        if watcher in done:
-            watcher.result()
-        await fault_task
-        await asyncio.sleep(max(0.0, t0 + args.duration - time.time()))
-        stop.set()
-        log("traffic stopped; waiting for every request to end")
-        await settle(args, cluster, tenant, clients, senders)
-        for task in senders:
-            task.cancel()
-        await asyncio.gather(*senders, return_exceptions=True)
-        redis = Redis.from_url(cluster.redis_url)
-        tails = await catch_up(redis, clients, STREAM_BUCKETS, timeout=20)
-        for c in clients:
-            if c.reader:
-                c.reader.cancel()
-        await asyncio.gather(*(c.reader for c in clients if c.reader), return_exceptions=True)
-        await http.aclose()
-        if watcher.done():
-            watcher.result()
-        watcher.cancel()
-
+        run = await drive(args, cluster, rng)
         log("verifying every request")
-        streams = {c.session_id: await read_stream(redis, stream_key(c.session_id, STREAM_BUCKETS)) for c in clients}
-        await redis.aclose()
-        rows = await load_rows(cluster.database_url, tenant)
-        verifier = Verifier(anomalies)
-        by_request = verifier.requests(streams, rows)
-        verifier.clients(clients, streams, tails)
-        verifier.kills(cluster.kills, by_request, clients)
-        turns = [t for c in clients for t in c.turns]
-        for turn in turns:
-            if not turn.request_id:
-                anomalies.add("never_accepted", content=turn.content, tries=turn.post_tries)
-            elif turn.request_id not in rows and turn.request_id not in by_request:
-                anomalies.add("accepted_then_lost", request_id=turn.request_id)
-        for proc in cluster.worker_procs:
-            if proc is not None and proc.alive() and not proc.ready_at and time.time() - proc.spawned > 60:
-                anomalies.add("worker_never_ready", slot=proc.slot, pid=proc.pid, log=proc.tail())
-        verifier.figures["requests"]["with_anomalies"] = len(anomalies.requests)
-        for fault in cluster.faults:
-            new: Proc | None = fault.get("replacement")
-            if new is not None and new.ready_at:
-                fault["replacement_ready_s"] = round(new.ready_at - new.spawned, 2)
-        figures: dict[str, Any] = {
-            "run": {"duration_s": args.duration, "clients": args.clients, "gateways": args.gateways,
-                    "workers": args.workers, "seed": args.seed, "folder": str(folder), "env": cluster.env_summary(),
-                    "harness_cpu_s": round(time.process_time(), 1)},
-            "faults": {"done": dict(Counter(f["kind"] for f in cluster.faults)), "skipped": dict(faults.skipped),
-                       "timeline": [{k: (round(v - t0, 1) if k == "at" else v) for k, v in f.items()
-                                     if k not in ("log", "replacement")} for f in cluster.faults]},
-            **verifier.figures,
-            "worker_ready": {"after_kill": ready_times(cluster.history, "kill"),
-                             "initial": ready_times(cluster.history, "initial")},
-            "turns": {"sent": len(turns), "seconds": spread([t.done_at - t.posted_at for t in turns if t.done_at])},
-            "reconnects": reconnects(clients, cluster),
-            "http": dict(traffic.counts),
-            "anomalies": anomalies.as_dict(),
-        }
+        figures = await conclude(args, cluster, run)
         report(figures, anomalies)
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,10 +233,115 @@ async def main_async(args: argparse.Namespace, folder: Path) -> int:
         print(f"\nfigures written to {out}; logs in {folder / 'logs'}")
         return 1 if anomalies else 0
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.to_thread(cluster.stop)
+
+
+@dataclass
+class Run:
+    """What the traffic phase leaves for the verification."""
+
+    tenant: str
+    clients: list[SessionClient]
+    traffic: Traffic
+    faults: Faults
+    t0: float
+    seconds: float
+    tails: dict[str, str]
+
+
+async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> Run:
+    """Clients and faults until every planned fault is done and `--duration` is over, then the settle."""
+    watcher = asyncio.create_task(cluster.watch(), name="watcher")
+    tenant = f"chaos-{uuid.uuid4().hex[:8]}"
+    settings = Settings(jwt_secret_key=SecretStr(cluster.secret))
+    traffic = Traffic(cluster.anomalies)
+    pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
+    clients = [SessionClient(i, http, cluster.live_ports,
+                             mint_token(settings, user_id=f"user-{i}", tenant_id=tenant), traffic, pace,
+                             rng.randrange(2**32)) for i in range(args.clients)]
+    faults = Faults(cluster, rng, args)
+    senders: list[asyncio.Task[None]] = []
+    reporter = asyncio.create_task(progress(clients, cluster))
+    try:
+        await asyncio.gather(*(c.open_session() for c in clients))
+        log(f"{len(clients)} clients following their sessions; faults for {args.duration:g} s")
+        stop = asyncio.Event()
+        t0 = time.time()
+        senders = [asyncio.create_task(c.converse(stop), name=f"sender-{c.index}") for c in clients]
+        fault_task = asyncio.create_task(faults.run(plan_faults(args, rng), t0))
+        done, _ = await asyncio.wait([fault_task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done:
+            watcher.result()
+        await fault_task
+        await asyncio.sleep(max(0.0, t0 + args.duration - time.time()))
+        stop.set()
+        seconds = time.time() - t0
+        log(f"traffic stopped after {seconds:.0f} s; waiting for every request to end")
+        await settle(args, cluster, tenant, clients, senders)
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        redis = Redis.from_url(cluster.redis_url)
+        try:
+            tails = await catch_up(redis, clients, buckets(cluster), timeout=20)
+        finally:
+            await redis.aclose()
+        if watcher.done():
+            watcher.result()
+        return Run(tenant, clients, traffic, faults, t0, seconds, tails)
+    finally:
+        for task in [watcher, reporter, *senders, *(c.reader for c in clients if c.reader)]:
+            task.cancel()
+        await asyncio.gather(watcher, reporter, *senders, *(c.reader for c in clients if c.reader),
+                             return_exceptions=True)
+        await http.aclose()
+
+
+async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict[str, Any]:
+    """Every request verified; the figures of the run."""
+    anomalies = cluster.anomalies
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        streams = {c.session_id: await read_stream(redis, stream_key(c.session_id, buckets(cluster)))
+                   for c in run.clients}
+    finally:
+        await redis.aclose()
+    rows = await load_rows(cluster.database_url, run.tenant)
+    verifier = Verifier(anomalies)
+    by_request = verifier.requests(streams, rows)
+    verifier.clients(run.clients, streams, run.tails)
+    verifier.kills(cluster.kills, by_request, run.clients)
+    turns = [t for c in run.clients for t in c.turns]
+    for turn in turns:
+        if not turn.request_id:
+            anomalies.add("never_accepted", content=turn.content, tries=turn.post_tries)
+        elif turn.request_id not in rows and turn.request_id not in by_request:
+            anomalies.add("accepted_then_lost", request_id=turn.request_id)
+    for proc in cluster.worker_procs:
+        if proc is not None and proc.alive() and not proc.ready_at and time.time() - proc.spawned > 60:
+            anomalies.add("worker_never_ready", slot=proc.slot, pid=proc.pid, log=proc.tail())
+    verifier.figures["requests"]["with_anomalies"] = len(anomalies.requests)
+    for fault in cluster.faults:
+        new: Proc | None = fault.get("replacement")
+        if new is not None and new.ready_at:
+            fault["replacement_ready_s"] = round(new.ready_at - new.spawned, 2)
+    timeline = [{k: (round(v - run.t0, 1) if k == "at" else v) for k, v in f.items() if k not in ("log", "replacement")}
+                for f in sorted(cluster.faults, key=lambda f: f["at"])]
+    return {
+        "run": {"traffic_s": round(run.seconds), "clients": args.clients, "gateways": args.gateways,
+                "workers": args.workers, "seed": args.seed, "folder": str(cluster.folder),
+                "env": cluster.env_summary(), "harness_cpu_s": round(time.process_time(), 1)},
+        "faults": {"done": dict(Counter(f["kind"] for f in cluster.faults)), "skipped": dict(run.faults.skipped),
+                   "timeline": timeline},
+        **verifier.figures,
+        "worker_ready": {"after_kill": ready_times(cluster.history, "kill"),
+                         "initial": ready_times(cluster.history, "initial")},
+        "turns": {"sent": len(turns), "seconds": spread([t.done_at - t.posted_at for t in turns if t.done_at])},
+        "reconnects": reconnects(run.clients, cluster),
+        "http": dict(run.traffic.counts),
+        "anomalies": anomalies.as_dict(),
+    }
 
 
 def parse_args() -> argparse.Namespace:
