@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test test-fast lint unit bench bench-alternatives clean compose-smoke
+.PHONY: dev test test-fast lint unit bench bench-alternatives chaos clean compose-smoke
 
 PORT ?= 8000
 
@@ -28,6 +28,11 @@ test-fast: .venv/.synced
 
 bench: .venv/.synced
 	.venv/bin/python bench/run.py
+
+# Fault injection with every request verified (bench/chaos.py, bench/README.md "Chaos"); run by hand, not part of `test`.
+# Exits non-zero on any anomaly. CHAOS_ARGS passes options, e.g. CHAOS_ARGS="--duration 120 --clients 30".
+chaos: .venv/.synced
+	nice -n 10 .venv/bin/python bench/chaos.py $(CHAOS_ARGS)
 
 # sse-starlette and fakeredis against what relaygate uses instead (README); not project dependencies.
 bench-alternatives: .venv/.synced

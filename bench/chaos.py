@@ -1,0 +1,398 @@
+"""relaygate under faults, then every request verified: the chaos suite (run by hand, never in `make test`).
+
+    make chaos                                    # or: nice -n 10 .venv/bin/python bench/chaos.py
+    .venv/bin/python bench/chaos.py --duration 120 --clients 30 --worker-kills 10
+
+Starts its own embedded Postgres and Valkey (AOF on), 2 gateways and 3 agent workers on loopback
+(LEASE_SECONDS=4, HEARTBEAT_SECONDS=0.5), and 60 clients that each follow their own session over SSE
+through a random live gateway. During the run: worker kill -9s (each restarted at once), gateway
+SIGTERM drains and a kill -9 (restarted on the same port), a Valkey restart and a Postgres pause
+(SIGSTOP of the postmaster and its children). Then every request is checked (bench/chaos_verify.py).
+Prints the figures and the anomalies by kind; exits 1 on any anomaly. See bench/README.md ("Chaos").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx
+import run as bench
+from chaos_clients import Pace, SessionClient, Traffic
+from chaos_cluster import Cluster, Proc
+from chaos_report import Anomalies, fmt_spread, log, spread
+from chaos_verify import Verifier, active_rows, catch_up, load_rows, read_stream
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from common.auth import mint_token
+from common.keys import stream_key
+from common.settings import Settings
+
+EXPECTED_CLOSE_SLACK = 2.0
+READY_TIMEOUT = 300.0
+
+
+def buckets(cluster: Cluster) -> int:
+    """STREAM_BUCKETS as the gateways and workers see it (stream keys depend on it)."""
+    return int(cluster.env().get("STREAM_BUCKETS", Settings.model_fields["stream_buckets"].default))
+
+
+def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[float, str]]:
+    """When each fault happens, in seconds from the start: worker kills evenly spread (with jitter),
+    the other faults shuffled and evenly spaced over the same window."""
+    start, end = args.warmup, max(args.warmup + 1, args.duration - 10)
+    span = end - start
+    plan = []
+    for i in range(args.worker_kills):
+        gap = span / args.worker_kills
+        plan.append((start + gap * (i + 0.5) + rng.uniform(-0.3, 0.3) * gap, "worker kill"))
+    others = (["gateway drain"] * args.gateway_drains + ["gateway kill"] * args.gateway_kills
+              + ["valkey restart"] * args.valkey_restarts + ["postgres pause"] * args.postgres_pauses)
+    rng.shuffle(others)
+    for j, kind in enumerate(others):
+        plan.append((start + span * (j + 0.5) / len(others), kind))
+    return sorted(plan)
+
+
+class Faults:
+    """Carries out the plan: worker kills one after another in one lane, the other faults in another.
+
+    A fault waits, up to `--fault-wait` seconds, until it can be done as planned: no store outage
+    and `--kill-min-ready` workers ready for a kill, every gateway serving for a gateway fault
+    (never both down at once). Past that it is skipped and reported.
+    """
+
+    def __init__(self, cluster: Cluster, rng: random.Random, args: argparse.Namespace) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.args = args
+        self.gateway_turn = 0
+        self.skipped: Counter[str] = Counter()
+
+    async def run(self, plan: list[tuple[float, str]], t0: float) -> None:
+        kills = [p for p in plan if p[1] == "worker kill"]
+        others = [p for p in plan if p[1] != "worker kill"]
+        await asyncio.gather(self._lane(kills, t0), self._lane(others, t0))
+
+    async def _lane(self, plan: list[tuple[float, str]], t0: float) -> None:
+        for at, kind in plan:
+            await asyncio.sleep(max(0.0, t0 + at - time.time()))
+            await self.one(kind)
+
+    async def _until(self, kind: str, ready: Callable[[], bool], why: str) -> bool:
+        deadline = time.monotonic() + self.args.fault_wait
+        while not ready():
+            if time.monotonic() > deadline:
+                self.skipped[kind] += 1
+                log(f"{kind} skipped: {why} for {self.args.fault_wait:g} s")
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    def _ready_workers(self) -> int:
+        return sum(1 for p in self.cluster.worker_procs if p is not None and p.alive() and p.ready_at)
+
+    async def one(self, kind: str) -> None:
+        c = self.cluster
+        if kind == "worker kill":
+            if not await self._until(kind, lambda: not c.outages and self._ready_workers() >= self.args.kill_min_ready,
+                                     f"fewer than {self.args.kill_min_ready} workers ready"):
+                return
+            record = await c.kill_worker(self.rng.choice)
+            assert record is not None
+            log(f"worker kill -9: slot {record['slot']} pid {record['pid']} "
+                f"({record['other_workers_ready']} other workers ready)")
+        elif kind in ("gateway drain", "gateway kill"):
+            if not await self._until(kind, lambda: len(c.up) == c.gateways, "a gateway was not serving"):
+                return
+            slot = self.gateway_turn % c.gateways
+            self.gateway_turn += 1
+            sig = signal.SIGTERM if kind == "gateway drain" else signal.SIGKILL
+            log(f"{kind}: gateway {slot}")
+            record = await c.stop_gateway(slot, sig)
+            log(f"{kind}: gateway {slot} exited after {record['exit_seconds']} s (code {record['exit_code']}), "
+                f"serving again after {record['back_seconds']} s")
+        elif kind == "valkey restart":
+            log("valkey restart: stopping")
+            record = await c.restart_valkey(self.args.valkey_down_seconds)
+            log(f"valkey restart: back after {record['down_seconds']} s")
+        elif kind == "postgres pause":
+            log(f"postgres pause: SIGSTOP for {self.args.pause_seconds} s")
+            record = await c.pause_postgres(self.args.pause_seconds)
+            log(f"postgres pause: SIGCONT ({record['processes']} processes)")
+
+
+async def progress(clients: list[SessionClient], cluster: Cluster, every: float = 15) -> None:
+    while True:
+        await asyncio.sleep(every)
+        done = sum(len(c.done) for c in clients)
+        ready = sum(1 for p in cluster.worker_procs if p is not None and p.alive() and p.ready_at)
+        log(f"{done} requests done; gateways up {len(cluster.up)}/{cluster.gateways}, workers ready "
+            f"{ready}/{cluster.workers}; faults {len(cluster.faults)}; anomalies so far "
+            f"{sum(cluster.anomalies.counts.values())}")
+
+
+async def settle(args: argparse.Namespace, cluster: Cluster, tenant: str, clients: list[SessionClient],
+                 senders: list[asyncio.Task[None]]) -> None:
+    """After the traffic stops and every process is up again: until every turn ended and nothing is
+    queued or running, for at most `--settle` seconds (a slow cold start is not a stuck request)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not cluster.all_ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    deadline = time.monotonic() + args.settle
+    said = 0.0
+    while time.monotonic() < deadline:
+        pending = sum(not t.done() for t in senders)
+        unfinished = sum(len(c.open_requests()) for c in clients)
+        active = await active_rows(cluster.database_url, tenant)
+        if not pending and not unfinished and not active:
+            return
+        if time.monotonic() - said > 10:
+            log(f"settling: {pending} clients waiting, {unfinished} requests without done, {active} rows active")
+            said = time.monotonic()
+        await asyncio.sleep(1)
+    log(f"settle period of {args.settle:g} s over; what is still open is stuck")
+
+
+def reconnects(clients: list[SessionClient], cluster: Cluster) -> dict[str, Any]:
+    """Every SSE response after a client's first, by how the previous one ended; a close is expected
+    when its gateway was being drained, killed or restarted at that moment."""
+    causes: Counter[str] = Counter()
+    for client in clients:
+        for conn in client.connections[:-1]:
+            expected = conn.cause == "drain" or any(
+                port == conn.port and start - EXPECTED_CLOSE_SLACK <= conn.closed <= end + EXPECTED_CLOSE_SLACK
+                for port, start, end in cluster.gateway_down)
+            causes[f"{conn.cause} ({'gateway faulted' if expected else 'gateway up'})"] += 1
+    return {"total": sum(causes.values()), "by_cause": dict(causes)}
+
+
+def ready_times(procs: list[Proc], reason: str) -> dict[str, Any]:
+    return spread([p.ready_at - p.spawned for p in procs if p.role == "worker" and p.reason == reason and p.ready_at])
+
+
+def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
+    f = figures
+    print("\n=== chaos run ===")
+    print(f"run: {f['run']['traffic_s']} s of traffic, {f['run']['clients']} clients, {f['run']['gateways']} gateways, "
+          f"{f['run']['workers']} workers, seed {f['run']['seed']}")
+    print("faults: " + ", ".join(f"{k} x{n}" for k, n in f["faults"]["done"].items()))
+    if f["faults"]["skipped"]:
+        print(f"WARNING: faults skipped (the machine is too busy for the plan): {f['faults']['skipped']}")
+    r = f["requests"]
+    print(f"requests: {r['total']} ({r['stored']} stored: {r['by_status']}; {r['retried']} retried; "
+          f"{r['announced_not_stored']} announced but not stored); {r['with_anomalies']} with an anomaly")
+    print(f"stream entries: {f['entries']['in_streams']} in streams, {f['entries']['received']} received by clients")
+    k = f["kill_to_next_token"]
+    print(f"worker kill -> next token of an affected request ({k['affected_requests']} requests):")
+    print(f"    written:  {fmt_spread(k['written'])}")
+    print(f"    received: {fmt_spread(k['received'])}")
+    if k["retried_without_a_token"]:
+        print(f"    {k['retried_without_a_token']} requests running on a killed worker got no later token")
+    print(f"worker ready time after a kill: {fmt_spread(f['worker_ready']['after_kill'])}; "
+          f"at start: {fmt_spread(f['worker_ready']['initial'])}")
+    print(f"turn time (first POST -> done): {fmt_spread(f['turns']['seconds'])}")
+    print(f"reconnects: {f['reconnects']['total']} {f['reconnects']['by_cause']}")
+    print(f"http: {f['http']}")
+    print(f"harness cpu: {f['run']['harness_cpu_s']} s")
+    anomalies.print()
+
+
+async def main_async(args: argparse.Namespace, folder: Path) -> int:
+    rng = random.Random(args.seed)
+    anomalies = Anomalies()
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    cluster = Cluster(folder, args.gateways, args.workers, extra, args.drain_timeout, anomalies)
+    try:
+        log(f"starting servers, {args.gateways} gateways and {args.workers} workers in {folder}")
+        await cluster.start()
+        run = await drive(args, cluster, rng)
+        log("verifying every request")
+        figures = await conclude(args, cluster, run)
+        report(figures, anomalies)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=1, default=str))
+        print(f"\nfigures written to {out}; logs in {folder / 'logs'}")
+        return 1 if anomalies else 0
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+@dataclass
+class Run:
+    """What the traffic phase leaves for the verification."""
+
+    tenant: str
+    clients: list[SessionClient]
+    traffic: Traffic
+    faults: Faults
+    t0: float
+    seconds: float
+    tails: dict[str, str]
+
+
+async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> Run:
+    """Clients and faults until every planned fault is done and `--duration` is over, then the settle."""
+    watcher = asyncio.create_task(cluster.watch(), name="watcher")
+    tenant = f"chaos-{uuid.uuid4().hex[:8]}"
+    settings = Settings(jwt_secret_key=SecretStr(cluster.secret))
+    traffic = Traffic(cluster.anomalies)
+    pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
+    clients = [SessionClient(i, http, cluster.live_ports,
+                             mint_token(settings, user_id=f"user-{i}", tenant_id=tenant), traffic, pace,
+                             rng.randrange(2**32)) for i in range(args.clients)]
+    faults = Faults(cluster, rng, args)
+    senders: list[asyncio.Task[None]] = []
+    reporter = asyncio.create_task(progress(clients, cluster))
+    try:
+        await asyncio.gather(*(c.open_session() for c in clients))
+        log(f"{len(clients)} clients following their sessions; faults for {args.duration:g} s")
+        stop = asyncio.Event()
+        t0 = time.time()
+        senders = [asyncio.create_task(c.converse(stop), name=f"sender-{c.index}") for c in clients]
+        fault_task = asyncio.create_task(faults.run(plan_faults(args, rng), t0))
+        done, _ = await asyncio.wait([fault_task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done:
+            watcher.result()
+        await fault_task
+        await asyncio.sleep(max(0.0, t0 + args.duration - time.time()))
+        stop.set()
+        seconds = time.time() - t0
+        log(f"traffic stopped after {seconds:.0f} s; waiting for every request to end")
+        await settle(args, cluster, tenant, clients, senders)
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        redis = Redis.from_url(cluster.redis_url)
+        try:
+            tails = await catch_up(redis, clients, buckets(cluster), timeout=20)
+        finally:
+            await redis.aclose()
+        if watcher.done():
+            watcher.result()
+        return Run(tenant, clients, traffic, faults, t0, seconds, tails)
+    finally:
+        for task in [watcher, reporter, *senders, *(c.reader for c in clients if c.reader)]:
+            task.cancel()
+        await asyncio.gather(watcher, reporter, *senders, *(c.reader for c in clients if c.reader),
+                             return_exceptions=True)
+        await http.aclose()
+
+
+async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict[str, Any]:
+    """Every request verified; the figures of the run."""
+    anomalies = cluster.anomalies
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        streams = {c.session_id: await read_stream(redis, stream_key(c.session_id, buckets(cluster)))
+                   for c in run.clients}
+    finally:
+        await redis.aclose()
+    rows = await load_rows(cluster.database_url, run.tenant)
+    verifier = Verifier(anomalies)
+    by_request = verifier.requests(streams, rows)
+    verifier.clients(run.clients, streams, run.tails)
+    verifier.kills(cluster.kills, by_request, run.clients)
+    turns = [t for c in run.clients for t in c.turns]
+    for turn in turns:
+        if not turn.request_id:
+            anomalies.add("never_accepted", content=turn.content, tries=turn.post_tries)
+        elif turn.request_id not in rows and turn.request_id not in by_request:
+            anomalies.add("accepted_then_lost", request_id=turn.request_id)
+    for proc in cluster.worker_procs:
+        if proc is not None and proc.alive() and not proc.ready_at and time.time() - proc.spawned > 60:
+            anomalies.add("worker_never_ready", slot=proc.slot, pid=proc.pid, log=proc.tail())
+    verifier.figures["requests"]["with_anomalies"] = len(anomalies.requests)
+    for fault in cluster.faults:
+        new: Proc | None = fault.get("replacement")
+        if new is not None and new.ready_at:
+            fault["replacement_ready_s"] = round(new.ready_at - new.spawned, 2)
+    timeline = [{k: (round(v - run.t0, 1) if k == "at" else v) for k, v in f.items() if k not in ("log", "replacement")}
+                for f in sorted(cluster.faults, key=lambda f: f["at"])]
+    return {
+        "run": {"traffic_s": round(run.seconds), "clients": args.clients, "gateways": args.gateways,
+                "workers": args.workers, "seed": args.seed, "folder": str(cluster.folder),
+                "env": cluster.env_summary(), "harness_cpu_s": round(time.process_time(), 1)},
+        "faults": {"done": dict(Counter(f["kind"] for f in cluster.faults)), "skipped": dict(run.faults.skipped),
+                   "timeline": timeline},
+        **verifier.figures,
+        "worker_ready": {"after_kill": ready_times(cluster.history, "kill"),
+                         "initial": ready_times(cluster.history, "initial")},
+        "turns": {"sent": len(turns), "seconds": spread([t.done_at - t.posted_at for t in turns if t.done_at])},
+        "reconnects": reconnects(run.clients, cluster),
+        "http": dict(run.traffic.counts),
+        "anomalies": anomalies.as_dict(),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=240, help="seconds of traffic with faults")
+    p.add_argument("--warmup", type=float, default=15, help="seconds before the first fault")
+    p.add_argument("--clients", type=int, default=60)
+    p.add_argument("--gateways", type=int, default=2)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--worker-kills", type=int, default=20)
+    p.add_argument("--gateway-drains", type=int, default=3)
+    p.add_argument("--gateway-kills", type=int, default=1)
+    p.add_argument("--valkey-restarts", type=int, default=1)
+    p.add_argument("--postgres-pauses", type=int, default=1)
+    p.add_argument("--kill-min-ready", type=int, default=2,
+                   help="workers that must be ready (the victim included) before a kill: 2 keeps one serving, so a "
+                        "kill measures takeover; 1 also kills the last one (recovery then waits for a cold start)")
+    p.add_argument("--fault-wait", type=float, default=180,
+                   help="max seconds a fault waits until it can be done as planned (then it is skipped)")
+    p.add_argument("--pause-seconds", type=float, default=5, help="how long Postgres stays SIGSTOPped")
+    p.add_argument("--valkey-down-seconds", type=float, default=2, help="how long Valkey stays stopped")
+    p.add_argument("--drain-timeout", type=float, default=10, help="the gateways' --timeout-graceful-shutdown")
+    p.add_argument("--tokens-min", type=int, default=30, help="reply length range (offline model tokens)")
+    p.add_argument("--tokens-max", type=int, default=90)
+    p.add_argument("--rate", type=float, default=20, help="offline model tokens per second")
+    p.add_argument("--think", type=float, default=1.0, help="max seconds a client waits between requests")
+    p.add_argument("--settle", type=float, default=90,
+                   help="max seconds after the traffic stops for every request to end (then it is stuck)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for gateways and workers")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (always kept when anomalies are found)")
+    p.add_argument("--output", default=str(bench.BENCH / "results" / "chaos.json"))
+    args = p.parse_args()
+    if args.seed is None:
+        args.seed = random.randrange(1_000_000)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    bench.raise_nofile()
+    folder = Path(tempfile.mkdtemp(prefix="relaygate-chaos-"))
+    code = 2
+    with contextlib.suppress(KeyboardInterrupt):
+        with asyncio.Runner() as runner:
+            runner.get_loop().add_signal_handler(signal.SIGTERM, lambda: signal.raise_signal(signal.SIGINT))
+            code = runner.run(main_async(args, folder))
+    if code == 0 and not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

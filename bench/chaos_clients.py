@@ -1,0 +1,238 @@
+"""The chaos suite's clients.
+
+Each follows its own session over SSE through a random live gateway, sends requests into it one
+after another (the next once the previous one's `done` arrived), and resumes with `Last-Event-ID`
+whenever its stream ends: after a drain's `reconnect` frame, a dropped connection or a timeout.
+A POST that fails is repeated with the same `Idempotency-Key` through another gateway. Everything
+received is kept (entry id, type, request, attempt, the frame's data, when) for the verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from chaos_report import Anomalies
+
+from cli.sse import aiter_events
+
+STREAM_TIMEOUT = httpx.Timeout(5.0, read=45.0)
+POST_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+@dataclass
+class Received:
+    id: str
+    type: str
+    request_id: str
+    attempt: int
+    data: str
+    at: float
+
+
+@dataclass
+class Turn:
+    """One request a client sent, from its first POST to its `done`."""
+
+    content: str
+    tokens: int
+    key: str
+    posted_at: float
+    request_id: str = ""
+    post_tries: int = 0
+    done_at: float | None = None
+
+
+@dataclass
+class Connection:
+    """One SSE response with status 200: which gateway, when, and how it ended."""
+
+    port: int
+    opened: float
+    closed: float = 0.0
+    cause: str = ""
+
+
+@dataclass
+class Traffic:
+    """What all clients saw besides events: refusals, transport errors, statuses that are anomalies."""
+
+    anomalies: Anomalies
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def status(self, route: str, response: httpx.Response) -> None:
+        code = response.status_code
+        self.counts[f"{route} {code}"] += 1
+        if code == 503:
+            return
+        kind = "http_5xx" if code >= 500 else "http_unexpected_status"
+        self.anomalies.add(kind, route=route, status=code, body=response.text[:200])
+
+
+@dataclass
+class Pace:
+    tokens: tuple[int, int]
+    rate: float
+    think: float
+
+
+class SessionClient:
+    def __init__(self, index: int, http: httpx.AsyncClient, ports: Callable[[], list[int]], token: str,
+                 traffic: Traffic, pace: Pace, seed: int) -> None:
+        self.index = index
+        self.http = http
+        self.ports = ports
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.traffic = traffic
+        self.pace = pace
+        self.rng = random.Random(seed)
+        self.session_id = ""
+        self.received: list[Received] = []
+        self.last_id: str | None = None
+        self.accepted: set[str] = set()
+        self.done: dict[str, float] = {}
+        self.waiters: dict[str, asyncio.Event] = {}
+        self.turns: list[Turn] = []
+        self.connections: list[Connection] = []
+        self.reader: asyncio.Task[None] | None = None
+
+    async def _port(self) -> int:
+        while True:
+            live = self.ports()
+            if live:
+                return self.rng.choice(live)
+            await asyncio.sleep(0.1)
+
+    async def open_session(self) -> None:
+        while True:
+            port = await self._port()
+            try:
+                r = await self.http.post(f"http://127.0.0.1:{port}/api/v1/sessions", json={}, headers=self.auth,
+                                         timeout=POST_TIMEOUT)
+            except httpx.TransportError:
+                self.traffic.counts["session transport error"] += 1
+                await asyncio.sleep(0.2)
+                continue
+            if r.status_code == 201:
+                self.session_id = r.json()["session_id"]
+                self.reader = asyncio.create_task(self.follow(), name=f"reader-{self.index}")
+                return
+            self.traffic.status("session", r)
+            await asyncio.sleep(0.5)
+
+    def open_requests(self) -> set[str]:
+        """Requests this client saw announced on its stream whose `done` it has not seen."""
+        return self.accepted - self.done.keys()
+
+    # ------------------------------------------------------------------ reading the session
+
+    async def follow(self) -> None:
+        """Read the session's stream forever, resuming after the last entry received."""
+        url = f"/api/v1/sessions/{self.session_id}/stream"
+        while True:
+            port = await self._port()
+            headers = {**self.auth, "Accept": "text/event-stream"}
+            if self.last_id:
+                headers["Last-Event-ID"] = self.last_id
+            conn: Connection | None = None
+            try:
+                async with self.http.stream("GET", f"http://127.0.0.1:{port}{url}", headers=headers,
+                                            timeout=STREAM_TIMEOUT) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        self.traffic.status("stream", response)
+                        await asyncio.sleep(0.2)
+                        continue
+                    conn = Connection(port, time.time())
+                    self.connections.append(conn)
+                    conn.cause = "closed"
+                    async for event in aiter_events(response):
+                        if event.id is None and event.event == "reconnect":
+                            conn.cause = "drain"
+                            break
+                        self._receive(event.id, event.event, event.data)
+            except httpx.TimeoutException:
+                if conn is None:
+                    self.traffic.counts["stream connect timeout"] += 1
+                else:
+                    conn.cause = "timeout"
+            except (httpx.TransportError, httpx.StreamError):
+                if conn is None:
+                    self.traffic.counts["stream connect error"] += 1
+                else:
+                    conn.cause = "dropped"
+            if conn is not None:
+                conn.closed = time.time()
+            else:
+                await asyncio.sleep(0.1)
+
+    def _receive(self, entry_id: str | None, kind: str, data: str) -> None:
+        try:
+            body: dict[str, Any] = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.traffic.anomalies.add("bad_frame", session=self.session_id, id=entry_id, event=kind, data=data[:200])
+            return
+        if entry_id is None:
+            self.traffic.anomalies.add("frame_without_id", session=self.session_id, event=kind, data=data[:200])
+            return
+        request_id = str(body.get("request_id") or "")
+        self.received.append(Received(entry_id, kind, request_id, int(body.get("attempt") or 0), data, time.time()))
+        self.last_id = entry_id
+        if kind == "request.accepted":
+            self.accepted.add(request_id)
+        elif kind == "done" and request_id not in self.done:
+            self.done[request_id] = time.time()
+            waiter = self.waiters.pop(request_id, None)
+            if waiter is not None:
+                waiter.set()
+
+    # ------------------------------------------------------------------ sending
+
+    async def converse(self, stop: asyncio.Event) -> None:
+        """Send requests one after another until `stop`; each waits for the previous one's `done`."""
+        turn_no = 0
+        while not stop.is_set():
+            turn_no += 1
+            tokens = self.rng.randint(*self.pace.tokens)
+            turn = Turn(f"chaos client {self.index} turn {turn_no} {uuid.uuid4().hex[:8]}", tokens, uuid.uuid4().hex,
+                        time.time())
+            self.turns.append(turn)
+            turn.request_id = await self._post(turn)
+            if turn.request_id not in self.done:
+                waiter = self.waiters.setdefault(turn.request_id, asyncio.Event())
+                await waiter.wait()
+            turn.done_at = self.done[turn.request_id]
+            pause = self.rng.uniform(0, self.pace.think)
+            if pause:
+                try:
+                    await asyncio.wait_for(stop.wait(), pause)
+                except TimeoutError:
+                    pass
+
+    async def _post(self, turn: Turn) -> str:
+        body = {"content": turn.content, "session_id": self.session_id,
+                "metadata": {"offline": {"tokens": turn.tokens, "tokens_per_second": self.pace.rate}}}
+        headers = {**self.auth, "Idempotency-Key": turn.key}
+        while True:
+            port = await self._port()
+            turn.post_tries += 1
+            try:
+                r = await self.http.post(f"http://127.0.0.1:{port}/api/v1/requests/web", json=body, headers=headers,
+                                         timeout=POST_TIMEOUT)
+            except httpx.TransportError as exc:
+                self.traffic.counts[f"post {type(exc).__name__}"] += 1
+                await asyncio.sleep(0.2)
+                continue
+            if r.status_code == 202:
+                return str(r.json()["request_id"])
+            self.traffic.status("post", r)
+            retry_after = r.headers.get("Retry-After", "")
+            await asyncio.sleep(min(float(retry_after), 2.0) if retry_after.isdigit() else 0.5)
