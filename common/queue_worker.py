@@ -8,6 +8,11 @@ up (lag under WORKER_MAX_LAG_MS), so the rest stays queued in Redis, visible to 
 SIGTERM stops taking jobs; running ones get WORKER_DRAIN_SECONDS to finish (the rest are handed
 back by `workers.runner`).
 
+A worker that is not warm yet (its model layer still loading, see `warm`) takes only jobs that
+waited COLD_JOB_AGE_SECONDS: a warm worker takes a job within milliseconds, so a job that old has
+nobody faster to run it, and a replacement helps at once under a backlog without holding
+requests a warm peer would have started already.
+
 A job's in-progress key lives one lease (`in_progress_seconds`) and is renewed while the job runs,
 so a job taken by a worker that died is taken again within a lease, whatever its timeout. A Redis
 or Postgres outage makes the loop wait and reconnect (common.outages); it never exits for one.
@@ -33,13 +38,16 @@ from common.outages import STORE_ERRORS, outlast
 log = logging.getLogger(__name__)
 
 LAG_PROBE_SECONDS = 0.05
+COLD_JOB_AGE_SECONDS = 2.0
 BACKLOG_RECHECK_SECONDS = 0.02
 
 
 class RelayWorker(Worker):
     def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
-                 in_progress_seconds: float, on_lag: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+                 in_progress_seconds: float, on_lag: Callable[[float], None] | None = None,
+                 warm: Callable[[], bool] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.warm = warm
         self.in_progress_timeout_s = in_progress_seconds
         self.wake_key = queue_wake_key(self.queue_name)
         self.max_lag = max_lag_ms / 1000
@@ -74,8 +82,9 @@ class RelayWorker(Worker):
         """ARQ's iteration, except that a job whose own bookkeeping failed (Redis went away as it
         ended) is logged, not raised into this loop: its in-progress key lapses and it runs again."""
         if self.job_counter < self.max_jobs:
+            newest = timestamp_ms() - (0 if self.warm is None or self.warm() else int(COLD_JOB_AGE_SECONDS * 1000))
             job_ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), start=self._queue_read_offset,
-                                                    num=self.queue_read_limit, max=timestamp_ms())
+                                                    num=self.queue_read_limit, max=newest)
             await self.start_jobs(job_ids)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()

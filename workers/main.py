@@ -83,6 +83,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         in_progress_seconds=settings.lease_seconds,
         on_drain=drain,
         on_lag=observe_lag,
+        warm=model.ready,
     )
 
 
