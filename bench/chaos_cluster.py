@@ -29,7 +29,7 @@ from chaos_report import Anomalies, log
 from common import db
 from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
-READY_MSG = "worker ready"
+READY_MSG = "model layer ready"  # the worker runs replies at full speed from here (workers.model)
 HEALTH_TIMEOUT = 300.0
 RESPAWN_PAUSE = 1.0
 
