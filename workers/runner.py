@@ -27,10 +27,11 @@ from common.models import JobPayload
 from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
-from workers import model
+from workers import agent_loop, model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
+from workers.mcp_client import McpPool
 from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
@@ -63,8 +64,10 @@ class Runtime:
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
+    tools: McpPool = field(init=False)
 
     def __post_init__(self) -> None:
+        self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
@@ -157,20 +160,33 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
 
     async def generate() -> None:
         await append(rt, run, opening)
-        messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+        messages: list[dict[str, Any]] = []
+        if agent.system_prompt:
+            messages.append({"role": "system", "content": agent.system_prompt})
         messages += claimed.history
         messages.append({"role": "user", "content": row["request_content"]})
+        tokens = 0
+
+        async def on_text(text: str) -> None:
+            nonlocal tokens
+            rt.flusher.add(run, text)
+            tokens += 1
+            if tokens == 1:
+                start.done()
+            else:
+                await rt.priority.pause()
+
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
-            tokens = 0
-            async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
-                rt.flusher.add(run, text)
-                tokens += 1
-                if tokens == 1:
+            try:
+                if agent.tools is not None:
                     start.done()
+                    await agent_loop.run(rt, run, agent, model_name, messages, metadata, on_text)
                 else:
-                    await rt.priority.pause()
-            metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
+                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+                        await on_text(text)
+            finally:
+                metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
         await rt.flusher.drain(run)
 
     run.work = asyncio.create_task(generate())
@@ -191,6 +207,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
             RUNS.labels("fenced").inc()
             return "fenced"
         status, error = "cancelled", stop.reason
+    except agent_loop.AgentStopped as exc:
+        status, error = "failed", str(exc)
     except Exception as exc:
         log.warning("model call failed", extra={"request_id": payload.request_id, "error": repr(exc)})
         status, error = "failed", model.describe_error(exc)
