@@ -4,7 +4,8 @@ Each server's session is owned by a background task (the SDK's transports are co
 must open and close in one task); calls from any run share it. A server that cannot be reached, a
 call past TOOL_CALL_TIMEOUT_SECONDS or a broken session gives a clear error, never a hang; a result
 longer than TOOL_RESULT_MAX_CHARS is cut with a marker. Lists are refreshed after
-TOOL_LIST_TTL_SECONDS or when the server says its tools changed.
+TOOL_LIST_TTL_SECONDS or when the server says its tools changed. The SDK is imported on first use, so a
+worker whose agents have no tools does not pay for it at start.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx2
-import mcp_types
-from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
-from mcp.client.streamable_http import streamable_http_client
+from typing import TYPE_CHECKING, Any
 
 from common.agents import AgentTools, ToolServer
 from common.redact import scrub
 from common.settings import Settings
+
+if TYPE_CHECKING:
+    import mcp_types
+    from mcp.client.session import ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _text_of(result: mcp_types.CallToolResult) -> str:
+    import mcp_types
+
     parts = []
     for item in result.content:
         if isinstance(item, mcp_types.TextContent):
@@ -113,9 +114,11 @@ class _Link:
         self.task = asyncio.create_task(self._own(), name=f"mcp-{self.server.name}")
 
     async def _own(self) -> None:
+        from mcp.client.session import ClientSession
+
         try:
             async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport(stack))
+                read, write = await self._open(stack)
                 session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._message))
                 await session.initialize()
                 self.session = session
@@ -130,17 +133,26 @@ class _Link:
             self.done = True
             self.ready.set()
 
-    def _transport(self, stack: contextlib.AsyncExitStack) -> Any:
+    async def _open(self, stack: contextlib.AsyncExitStack) -> Any:
+        """The transport's read and write streams, closed (HTTP client and all) with `stack`."""
+        import httpx2
+        from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+
         server = self.server
         if server.url:
-            return streamable_http_client(server.url, http_client=httpx2.AsyncClient(
+            client = await stack.enter_async_context(httpx2.AsyncClient(
                 headers=server.resolved_headers(), timeout=httpx2.Timeout(30.0, read=300.0)))
+            return await stack.enter_async_context(streamable_http_client(server.url, http_client=client))
         command, *args = server.command
         if command in ("python", "python3"):
             command = sys.executable
-        return stdio_client(StdioServerParameters(command=command, args=args, env=get_default_environment()))
+        params = StdioServerParameters(command=command, args=args, env=get_default_environment())
+        return await stack.enter_async_context(stdio_client(params))
 
-    async def _message(self, message: IncomingMessage) -> None:
+    async def _message(self, message: Any) -> None:
+        import mcp_types
+
         if isinstance(message, mcp_types.ToolListChangedNotification):
             self.on_tools_changed(self.server)
 
