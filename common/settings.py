@@ -94,6 +94,7 @@ class Settings(BaseSettings):
 
     # Agents' MCP tools (README "Agents with tools").
     tool_call_timeout_seconds: float = Field(default=30.0, gt=0)
+    tool_connect_timeout_seconds: float = Field(default=30.0, gt=0)
     tool_result_max_chars: int = Field(default=16_000, ge=100)
     tool_list_ttl_seconds: float = Field(default=300.0, ge=0)
 

@@ -1,8 +1,9 @@
 """Agents' MCP tool servers seen from one worker: one live session per server, tool lists cached, calls bounded.
 
 Each server's session is owned by a background task (the SDK's transports are context managers that
-must open and close in one task); calls from any run share it. A server that cannot be reached, a
-call past TOOL_CALL_TIMEOUT_SECONDS or a broken session gives a clear error, never a hang; a result
+must open and close in one task); calls from any run share it. A server that cannot be reached within
+TOOL_CONNECT_TIMEOUT_SECONDS (a stdio server's start included), a call past TOOL_CALL_TIMEOUT_SECONDS
+or a broken session gives a clear error, never a hang; a result
 longer than TOOL_RESULT_MAX_CHARS is cut with a marker. Lists are refreshed after
 TOOL_LIST_TTL_SECONDS or when the server says its tools changed. The SDK is imported on first use, so a
 worker whose agents have no tools does not pay for it at start.
@@ -178,6 +179,7 @@ class McpPool:
 
     def __init__(self, settings: Settings) -> None:
         self.timeout = settings.tool_call_timeout_seconds
+        self.connect_timeout = settings.tool_connect_timeout_seconds
         self.max_chars = settings.tool_result_max_chars
         self.list_ttl = settings.tool_list_ttl_seconds
         self._links: dict[str, _Link] = {}
@@ -198,7 +200,12 @@ class McpPool:
     async def _session(self, server: ToolServer) -> ClientSession:
         link = self._link(server)
         try:
-            return await link.get()
+            async with asyncio.timeout(self.connect_timeout):
+                return await link.get()
+        except TimeoutError:
+            await self._drop(server)
+            raise Unavailable(f"tool server {server.name!r} did not connect within {self.connect_timeout:g} s"
+                              ) from None
         except Unavailable as exc:
             raise Unavailable(f"tool server {server.name!r} is unavailable ({exc})") from None
 
@@ -208,9 +215,9 @@ class McpPool:
         cached = self._lists.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.list_ttl:
             return cached[1]
+        session = await self._session(server)
         try:
             async with asyncio.timeout(self.timeout):
-                session = await self._session(server)
                 listed = await session.list_tools()
         except TimeoutError:
             await self._drop(server)
@@ -241,13 +248,14 @@ class McpPool:
     async def call(self, tool: Tool, arguments: dict[str, Any]) -> Outcome:
         """Run one call within the timeout; cancelling the caller cancels the call on the server too."""
         try:
+            session = await self._session(tool.server)
+        except Unavailable as exc:
+            return Outcome.failed(str(exc))
+        try:
             async with asyncio.timeout(self.timeout):
-                session = await self._session(tool.server)
                 result = await session.call_tool(tool.name, arguments)
         except TimeoutError:
             return Outcome.failed(f"tool {tool.qualified} timed out after {self.timeout:g} s")
-        except Unavailable as exc:
-            return Outcome.failed(str(exc))
         except Exception as exc:
             return Outcome.failed(f"tool {tool.qualified} failed ({_reason(exc)})")
         text = capped(_text_of(result), self.max_chars)

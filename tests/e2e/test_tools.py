@@ -48,7 +48,7 @@ def agents_file(folder: Path, mcp_url: str) -> Path:
         {"id": "remote", "feature": "tools", "model": MODEL, "max_steps": 3, "tools": {"servers": [
             remote, {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp"}]}},
         {"id": "crashy", "feature": "tools-chaos", "model": MODEL, "tools": {"servers": [remote],
-                                                                              "idempotent": ["t.slow"]}},
+                                                                              "idempotent": ["t.hold"]}},
     ]
     path = folder / "agents.yaml"
     path.write_text(yaml.safe_dump({"agents": agents}))
@@ -186,33 +186,37 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
         tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
     mcp.calls.clear()
     mcp.release.clear()
-    workers = [tools_stack.start_worker("tools-chaos", wait=False, LEASE_SECONDS="4") for _ in range(2)]
+    workers = [tools_stack.start_worker("tools-chaos", wait=False, LEASE_SECONDS="10") for _ in range(2)]
     for worker in workers:
         tools_stack.wait_ready(worker)
-    fake.tools(ToolCalls([("t__record", {"n": 1})]), ToolCalls([("t__block", {})]))
+    fake.tools(ToolCalls([("t__record", {"n": 1})]), ToolCalls([("t__block", {}), ("t__hold", {})]))
     fake.reply("Finished after the crash.")
     with tools_stack.client() as c:
         accepted = start(c, "crashy", f"crash {uuid.uuid4().hex[:6]}")
         rid = accepted["request_id"]
-        wait_until(lambda: mcp.in_flight["block"] == 1, 60, "the second tool call to start")
+        wait_until(lambda: mcp.in_flight["block"] == 1 and mcp.in_flight["hold"] == 1, 60,
+                   "the second step's calls to start")
         os.kill(tools_stack.worker_running(rid), signal.SIGKILL)
         events = read_until(c, accepted["stream_url"], done_for(rid), timeout=90)
         mcp.release.set()
         retried = [e.json() for e in events if e.json().get("request_id") == rid and e.json()["attempt"] == 2]
         by_type = {t: [e["data"] for e in retried if e["type"] == t] for t in ("tool.call", "tool.result")}
-        record_call, block_call = by_type["tool.call"]
-        record, block = by_type["tool.result"]
+        record_call, block_call, hold_call = by_type["tool.call"]
+        record, block, hold = by_type["tool.result"]
         assert (record_call["tool"], record_call.get("replayed")) == ("t.record", True)
         assert (block_call["tool"], block_call.get("replayed")) == ("t.block", True)
+        assert (hold_call["tool"], hold_call.get("replayed")) == ("t.hold", True)
         assert (record["ok"], record["output"], record.get("replayed")) == (True, "recorded 1", True)
         assert not block["ok"] and "not marked idempotent" in block["error"] and "replayed" not in block
+        assert (hold["ok"], hold["output"], hold.get("replayed")) == (True, "held", None)
         assert text_of(events, rid) == "Finished after the crash."
         stored = wait_status(c, rid, {"completed"})
         assert stored["attempt"] == 2
         assert [(s["tool"], s["status"], s["attempt"]) for s in stored["steps"]] == [
-            ("t.record", "ok", 1), ("t.block", "error", 2)]
+            ("t.record", "ok", 1), ("t.block", "error", 2), ("t.hold", "ok", 2)]
     assert mcp.calls["record"] == 1, "a finished call ran again"
     assert mcp.calls["block"] == 1, "a call in flight that is not idempotent ran again"
+    assert mcp.calls["hold"] == 2, "an idempotent call in flight runs again"
     for worker in workers:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

@@ -2,8 +2,9 @@
 served by uvicorn from a daemon thread, counting every call so a test can prove what ran and how often.
 
 Tools: `echo`, `add`, `record` (counted), `fail` (a tool error), `slow` (sleeps), `block` (waits until
-the test releases it; a cancelled call is noted), `pair` (returns only once two calls are in flight
-together, so sequential calls fail), `big` (a long result) and `header` (a request header's value).
+the test releases it; a cancelled call is noted), `hold` (only its first call waits), `pair` (returns
+only once two calls are in flight together, so sequential calls fail), `big` (a long result) and
+`header` (a request header's value).
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ class FakeMcp:
                 with self._lock:
                     self.in_flight["block"] -= 1
             return "released"
+
+        @server.tool()
+        async def hold() -> str:
+            """The first call waits until the test releases it; later calls answer at once."""
+            self._count("hold")
+            with self._lock:
+                self.in_flight["hold"] += 1
+            try:
+                while self.calls["hold"] < 2 and not self.release.is_set():
+                    await anyio.sleep(0.02)
+            finally:
+                with self._lock:
+                    self.in_flight["hold"] -= 1
+            return "held"
 
         @server.tool()
         async def pair(name: str) -> str:
