@@ -228,6 +228,8 @@ def _tool_line(kind: str, data: dict[str, Any]) -> str:
     replayed = " (replayed)" if data.get("replayed") else ""
     if kind == "tool.call":
         text = f"[tool {data.get('tool')} {json.dumps(data.get('arguments'), separators=(',', ':'))}]"
+    elif kind == "tool.approval_required":
+        text = f"[tool {data.get('tool')} waits for approval of call {data.get('call_id')}]"
     elif data.get("ok"):
         text = f"[tool {data.get('tool')} -> {data.get('output')}]"
     else:
@@ -244,7 +246,7 @@ def _print_event(event: SseEvent, state: dict[str, str], home: Path) -> str | No
         write_state(home, state)
     elif event.event == "token":
         click.echo(data.get("text", ""), nl=False)
-    elif event.event in ("tool.call", "tool.result"):
+    elif event.event in ("tool.call", "tool.result", "tool.approval_required"):
         click.echo(_tool_line(event.event, data), err=True)
     elif event.event == "run.retrying":
         click.echo(f"\n[worker lost; retrying, attempt {data.get('attempt')}]", err=True)

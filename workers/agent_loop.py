@@ -3,7 +3,10 @@
 Every call is checkpointed in `tool_steps` (common.tool_steps): `running` before it starts, finished
 before the loop goes on. A retried attempt first replays the finished steps (their events again, marked
 `replayed`, and the conversation rebuilt from them) and never calls a finished tool again; a call that
-was in flight when its worker died runs again only if the agent lists it `idempotent`.
+was in flight when its worker died runs again only if the agent lists it `idempotent`. A call to a tool
+the agent lists under `approval` is `awaiting` instead: the step's other calls run, then the attempt
+ends `Parked` (the request waits with no worker) until a person decides; the next attempt runs an
+approved call and feeds a denial to the model.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from workers.tool_names import provider_name, provider_names
 
 class AgentStopped(Exception):
     """The loop ended without an answer; the message is the request's error, as is."""
+
+
+class Parked(Exception):
+    """The attempt stops here: calls await a person's approval."""
 
 
 @dataclass
@@ -57,11 +64,12 @@ class Toolbox:
     def provider(self, qualified: str) -> str:
         return self.to_provider.get(qualified) or provider_name(qualified)
 
+    def needs_approval(self, call: Call) -> bool:
+        return call.problem is None and self.agent.tools is not None and call.tool in self.agent.tools.approval
+
     def refusal(self, qualified: str) -> str | None:
-        """Why a call to `qualified` must not run now, or None."""
+        """Why a call to `qualified` cannot run, or None."""
         if qualified in self.tools:
-            if self.agent.tools and qualified in self.agent.tools.approval:
-                return f"tool {qualified} needs a person's approval, which this worker cannot ask for"
             return None
         server = qualified.partition(".")[0]
         if server in self.down:
@@ -96,12 +104,18 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
             raise AgentStopped(f"agent {agent.id} stopped after max_steps ({agent.max_steps}) tool steps "
                                "without a final answer")
         calls = [_call(box, r, step, i) for i, r in enumerate(requests)]
+        awaiting = [c for c in calls if box.needs_approval(c)]
+        ready = [c for c in calls if c not in awaiting]
         await rt.flusher.drain(run)
-        await _begin(rt, run, step, "".join(reply), calls)
-        await runner.append(rt, run, [_call_event(run, c) for c in calls])
-        outcomes = await asyncio.gather(*(_execute(rt, box, c) for c in calls))
-        await _checkpoint(rt, run, calls, outcomes)
-        await runner.append(rt, run, [_result_event(run, c, o) for c, o in zip(calls, outcomes, strict=True)])
+        await _begin(rt, run, step, "".join(reply), calls, frozenset(c.id for c in awaiting))
+        await runner.append(rt, run, [_call_event(run, c) for c in calls] + [
+            run.event("tool.approval_required", {"call_id": c.id, "tool": c.tool, "arguments": c.arguments})
+            for c in awaiting])
+        outcomes = await asyncio.gather(*(_execute(rt, box, c) for c in ready))
+        await _checkpoint(rt, run, ready, outcomes)
+        await runner.append(rt, run, [_result_event(run, c, o) for c, o in zip(ready, outcomes, strict=True)])
+        if awaiting:
+            raise Parked
         _extend(messages, box, "".join(reply), calls, outcomes)
 
 
@@ -124,11 +138,12 @@ async def _execute(rt: runner.Runtime, box: Toolbox, call: Call) -> Outcome:
     return await rt.tools.call(box.tools[call.tool], call.arguments)
 
 
-async def _begin(rt: runner.Runtime, run: Attempt, step: int, reply: str, calls: list[Call]) -> None:
+async def _begin(rt: runner.Runtime, run: Attempt, step: int, reply: str, calls: list[Call],
+                 awaiting: frozenset[str] = frozenset()) -> None:
     p = run.payload
     rows = [(c.id, c.tool, c.arguments) for c in calls]
-    await runner.persist("tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, step, reply, rows),
-                         run)
+    await runner.persist("tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, step, reply, rows,
+                                                                awaiting), run)
 
 
 async def _checkpoint(rt: runner.Runtime, run: Attempt, calls: list[Call], outcomes: list[Outcome]) -> None:
@@ -174,6 +189,8 @@ async def _replay(rt: runner.Runtime, run: Attempt, box: Toolbox, messages: list
     if run.payload.attempt == 1:
         return 0
     rows = await runner.persist("tool steps", lambda: tool_steps.load(rt.db, run.payload.request_id), run)
+    if any(r["status"] == "awaiting" for r in rows):
+        raise Parked
     last = 0
     for step, group in itertools.groupby(rows, key=lambda r: int(r["step"])):
         last, done = step, list(group)
@@ -184,22 +201,27 @@ async def _replay(rt: runner.Runtime, run: Attempt, box: Toolbox, messages: list
         calls = [Call(r["call_id"], r["tool"], dict(r["arguments"])) for r in done]
         await runner.append(rt, run, [_call_event(run, c, replayed=True) for c in calls])
         outcomes = await asyncio.gather(*(_resume(rt, run, box, c, r) for c, r in zip(calls, done, strict=True)))
-        await runner.append(rt, run, [_result_event(run, c, o, replayed=r["status"] != "running")
+        await runner.append(rt, run, [_result_event(run, c, o, replayed=r["status"] in ("ok", "error"))
                                       for c, o, r in zip(calls, outcomes, done, strict=True)])
         _extend(messages, box, reply, calls, outcomes)
     return last
 
 
 async def _resume(rt: runner.Runtime, run: Attempt, box: Toolbox, call: Call, row: asyncpg.Record) -> Outcome:
-    """A checkpointed call's outcome; one left in flight runs again only if its tool is idempotent."""
-    if row["status"] != "running":
-        return Outcome(row["status"] == "ok", row["output"] or "", row["error"])
+    """A checkpointed call's outcome: a finished one's as stored, an approved one runs now, a denied one
+    fails with the person's reason; one left in flight runs again only if its tool is idempotent."""
+    status = row["status"]
+    if status in ("ok", "error"):
+        return Outcome(status == "ok", row["output"] or "", row["error"])
     p = run.payload
-    idempotent = box.agent.tools is not None and call.tool in box.agent.tools.idempotent
+    idempotent = status == "approved" or (box.agent.tools is not None and call.tool in box.agent.tools.idempotent)
     await runner.persist("tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, int(row["step"]),
                                                                 str(row["reply"]), [(call.id, call.tool,
                                                                                      call.arguments)]), run)
-    if idempotent:
+    if status == "denied":
+        reason = f": {row['error']}" if row["error"] else ""
+        outcome = Outcome.failed(f"a person denied this call to {call.tool}{reason}")
+    elif idempotent:
         outcome = await _execute(rt, box, call)
     else:
         outcome = Outcome.failed(f"tool {call.tool} was running when its worker stopped; it is not marked "

@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, ending, lifecycle, metrics, queue, sink, tracing
+from common import delivery, ending, lifecycle, metrics, queue, sink, tool_steps, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -154,7 +154,10 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     model_name = model.model_for(agent, rt.settings)
     opening = []
     if payload.attempt > 1:
-        opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
+        decided = agent.tools is not None and await persist(
+            "tool steps", lambda: tool_steps.decided(rt.db, payload.request_id), run)
+        reason = "a person decided on a tool call" if decided else "previous attempt was lost"
+        opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": reason}))
     opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 
@@ -207,6 +210,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
             RUNS.labels("fenced").inc()
             return "fenced"
         status, error = "cancelled", stop.reason
+    except agent_loop.Parked:
+        return await _park(rt, run)
     except agent_loop.AgentStopped as exc:
         status, error = "failed", str(exc)
     except Exception as exc:
@@ -217,6 +222,18 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     except Stop:
         RUNS.labels("fenced").inc()
         return "fenced"
+
+
+async def _park(rt: Runtime, run: Attempt) -> str:
+    """The request waits for a person's approval with no worker: its row says `waiting` until a decision
+    queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
+    payload = run.payload
+    parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds))
+    status = "waiting" if parked else "fenced"
+    RUNS.labels(status).inc()
+    log.info("run waiting for an approval" if parked else "lease lost; abandoning attempt",
+             extra={"request_id": payload.request_id})
+    return status
 
 
 async def _finish(

@@ -112,18 +112,18 @@ async def checkpoint_of_running(conn: Conn, who: Principal, session_id: str) -> 
 async def unfinished_in_session(conn: Conn, who: Principal, session_id: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT request_id::text FROM request_logs"
-        " WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued','running') ORDER BY id",
+        " WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued','running','waiting') ORDER BY id",
         session_id, who.tenant_id,
     )
     return [r["request_id"] for r in rows]
 
 
 async def still_active(conn: Conn, tenant_id: str, request_ids: list[str]) -> set[str]:
-    """Which of these requests are still queued or running (ids that are not UUIDs are not)."""
+    """Which of these requests are still queued, running or waiting (ids that are not UUIDs are not)."""
     ids = [rid for rid in request_ids if parse_uuid(rid)]
     rows = await conn.fetch(
         "SELECT request_id::text FROM request_logs"
-        " WHERE request_id = ANY($1::uuid[]) AND tenant_id = $2 AND status IN ('queued','running')",
+        " WHERE request_id = ANY($1::uuid[]) AND tenant_id = $2 AND status IN ('queued','running','waiting')",
         ids, tenant_id,
     )
     return {r["request_id"] for r in rows}

@@ -12,6 +12,8 @@ from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.requests import service
 from api.requests.schemas import (
     Accepted,
+    ApprovalDecision,
+    ApprovalResult,
     CliRequest,
     GenericRequest,
     RequestResult,
@@ -123,6 +125,14 @@ async def get_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> Req
     row = await service.get(gw, who, request_id)
     steps = [ToolStep(**tool_steps.public(r)) for r in await tool_steps.load(gw.db, row["request_id"])]
     return RequestResult(**_result(row), steps=steps)
+
+
+@router.post("/{request_id}/approvals/{call_id}", response_model=ApprovalResult)
+async def decide_approval(request_id: str, call_id: str, body: ApprovalDecision, gw: GatewayDep,
+                          who: PrincipalDep) -> ApprovalResult:
+    """Approve or deny a tool call the request waits on; once none waits, the request is queued again."""
+    status = await service.decide(gw, who, request_id, call_id, body.approve, body.reason)
+    return ApprovalResult(request_id=request_id, call_id=call_id, approved=body.approve, status=status)
 
 
 @router.post("/{request_id}/cancel", status_code=202)

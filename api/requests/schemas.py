@@ -103,6 +103,18 @@ class Accepted(BaseModel):
     stream_entry_id: str | None = None
 
 
+class ApprovalDecision(BaseModel):
+    approve: bool
+    reason: str = Field(default="", max_length=1000)
+
+
+class ApprovalResult(BaseModel):
+    request_id: str
+    call_id: str
+    approved: bool
+    status: str
+
+
 class ToolStep(BaseModel):
     """One tool call of an agent, as checkpointed (README "Agents with tools")."""
 

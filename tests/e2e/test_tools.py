@@ -25,6 +25,7 @@ from tests.fakes.mcp_server import FakeMcp
 MODEL = "openai/fake-model"
 TOKEN = "mcp-token-" + uuid.uuid4().hex
 TIMEOUT = 5
+APPROVAL_SECONDS = 20
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def agents_file(folder: Path, mcp_url: str) -> Path:
             {"name": "demo", "command": ["python", "-m", "workers.mcp_demo"]}]}},
         {"id": "remote", "feature": "tools", "model": MODEL, "max_steps": 3, "tools": {"servers": [
             remote, {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp"}]}},
+        {"id": "guarded", "feature": "tools", "model": MODEL, "tools": {"servers": [remote],
+                                                                        "approval": ["t.record"]}},
         {"id": "crashy", "feature": "tools-chaos", "model": MODEL, "tools": {"servers": [remote],
                                                                               "idempotent": ["t.hold"]}},
     ]
@@ -61,7 +64,8 @@ def tools_stack(infra: Infra, fake: FakeOpenAI, mcp: FakeMcp, tmp_path_factory: 
     folder = tmp_path_factory.mktemp("tools")
     env = stack_env(infra, AGENTS_FILE=str(agents_file(folder, mcp.url)), LLM_API_BASE=fake.base_url,
                     LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1", RG_TEST_MCP_TOKEN=TOKEN,
-                    TOOL_CALL_TIMEOUT_SECONDS=str(TIMEOUT), TOOL_RESULT_MAX_CHARS="1000")
+                    TOOL_CALL_TIMEOUT_SECONDS=str(TIMEOUT), TOOL_RESULT_MAX_CHARS="1000",
+                    APPROVAL_TIMEOUT_SECONDS=str(APPROVAL_SECONDS))
     s = Stack(infra, folder, env)
     try:
         s.start_gateway()
@@ -220,3 +224,90 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
     for worker in workers:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
+
+
+def wait_for_approval(c: httpx.Client, accepted: dict[str, Any]) -> tuple[list[SseEvent], dict[str, Any]]:
+    """Read the request's events up to its approval request; returns them and the request as stored."""
+    rid = accepted["request_id"]
+    events = read_until(c, accepted["stream_url"],
+                        lambda e: e.event == "tool.approval_required" and e.json()["request_id"] == rid)
+    return events, wait_status(c, rid, {"waiting"})
+
+
+def test_approved_call_runs_after_the_decision_and_no_worker_waits(
+        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    mcp.calls.clear()
+    content = f"approve me {uuid.uuid4().hex[:6]}"
+    fake.tools(ToolCalls([("t__record", {"n": 7}), ("t__echo", {"text": "free"})]))
+    fake.reply("Recorded.")
+    user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    with tools_stack.client(user, tenant) as c, tools_stack.client(None, tenant) as other:
+        accepted = start(c, "guarded", content)
+        rid = accepted["request_id"]
+        events, stored = wait_for_approval(c, accepted)
+        [pending] = data(events, "tool.approval_required")
+        assert (pending["tool"], pending["arguments"]) == ("t.record", {"n": 7})
+        assert stored["status"] == "waiting"
+        assert {s["tool"]: s["status"] for s in stored["steps"]} == {"t.record": "awaiting", "t.echo": "ok"}
+        assert mcp.calls["record"] == 0 and mcp.calls["echo"] == 1
+        assert other.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
+                          json={"approve": True}).status_code == 404, "only the request's user decides"
+        assert c.post(f"/api/v1/requests/{rid}/approvals/nope", json={"approve": True}).status_code == 404
+        r = c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": True})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"request_id": rid, "call_id": pending["call_id"], "approved": True, "status": "queued"}
+        assert c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
+                      json={"approve": True}).status_code == 409, "decided once"
+        rest = read_until(c, accepted["stream_url"], done_for(rid), last_event_id=events[-1].id)
+        results = {d["tool"]: d for d in data(rest, "tool.result")}
+        assert (results["t.record"]["ok"], results["t.record"]["output"]) == (True, "recorded 7")
+        assert results["t.echo"].get("replayed") is True
+        assert data(rest, "run.retrying")[0]["reason"] == "a person decided on a tool call"
+        assert text_of(rest, rid) == "Recorded."
+        assert wait_status(c, rid, {"completed"})["status"] == "completed"
+    assert mcp.calls["record"] == 1 and mcp.calls["echo"] == 1
+    tools_log = next(p for p in tools_stack.folder.glob("worker-tools-*.log") if "chaos" not in p.name)
+    assert "run waiting for an approval" in tools_log.read_text()
+
+
+def test_denied_call_is_fed_to_the_model(tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    mcp.calls.clear()
+    content = f"deny me {uuid.uuid4().hex[:6]}"
+    fake.tools(ToolCalls([("t__record", {"n": 8})]))
+    fake.reply("Understood, not recorded.")
+    with tools_stack.client() as c:
+        accepted = start(c, "guarded", content)
+        rid = accepted["request_id"]
+        events, _ = wait_for_approval(c, accepted)
+        [pending] = data(events, "tool.approval_required")
+        r = c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
+                   json={"approve": False, "reason": "not today"})
+        assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+        rest = read_until(c, accepted["stream_url"], done_for(rid), last_event_id=events[-1].id)
+        [result] = data(rest, "tool.result")
+        assert not result["ok"] and result["error"] == "a person denied this call to t.record: not today"
+        assert wait_status(c, rid, {"completed"})["status"] == "completed"
+    assert mcp.calls["record"] == 0
+    fed = [m for m in fake.calls_with(content)[-1].messages if m["role"] == "tool"]
+    assert fed[-1]["content"] == f"error: {result['error']}"
+
+
+def test_unanswered_approval_expires_and_frees_the_session(
+        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    fake.tools(ToolCalls([("t__record", {"n": 9})]))
+    with tools_stack.client() as c:
+        accepted = start(c, "guarded", f"expire me {uuid.uuid4().hex[:6]}")
+        rid = accepted["request_id"]
+        events, _ = wait_for_approval(c, accepted)
+        fake.reply("The next one.")
+        r = c.post("/api/v1/requests/web", json={"content": "after the wait", "agent_id": "remote",
+                                                 "session_id": accepted["session_id"]})
+        assert r.status_code == 202, r.text
+        nxt = r.json()["request_id"]
+        assert wait_status(c, nxt, {"queued"})["status"] == "queued", "the waiting request heads its session"
+        rest = read_until(c, accepted["stream_url"], done_for(nxt), last_event_id=events[-1].id,
+                          timeout=APPROVAL_SECONDS + 60)
+        [failed] = [e.json()["data"] for e in rest if e.event == "run.failed" and e.json()["request_id"] == rid]
+        assert "approval" in failed["error"] and "expired" in failed["error"]
+        assert wait_status(c, rid, {"failed"})["status"] == "failed"
+        assert wait_status(c, nxt, {"completed"})["status"] == "completed"

@@ -81,3 +81,5 @@ def test_cli_prints_a_compact_line_per_step() -> None:
     assert _tool_line("tool.result", {"tool": "t.x", "ok": False, "error": "down", "replayed": True}) == (
         "[tool t.x failed: down] (replayed)")
     assert len(_tool_line("tool.result", {"tool": "t.big", "ok": True, "output": "y" * 5000})) == 200
+    assert _tool_line("tool.approval_required", {"tool": "t.close", "call_id": "c1"}) == (
+        "[tool t.close waits for approval of call c1]")
