@@ -311,3 +311,18 @@ def test_unanswered_approval_expires_and_frees_the_session(
         assert "approval" in failed["error"] and "expired" in failed["error"]
         assert wait_status(c, rid, {"failed"})["status"] == "failed"
         assert wait_status(c, nxt, {"completed"})["status"] == "completed"
+
+
+def test_cancel_while_waiting_ends_the_request(tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    fake.tools(ToolCalls([("t__record", {"n": 10})]))
+    with tools_stack.client() as c:
+        accepted = start(c, "guarded", f"cancel the wait {uuid.uuid4().hex[:6]}")
+        rid = accepted["request_id"]
+        events, _ = wait_for_approval(c, accepted)
+        assert c.post(f"/api/v1/requests/{rid}/cancel").status_code == 202
+        rest = read_until(c, accepted["stream_url"], done_for(rid), last_event_id=events[-1].id)
+        assert [e.event for e in rest][-2:] == ["run.cancelled", "done"]
+        assert wait_status(c, rid, {"cancelled"})["status"] == "cancelled"
+        [pending] = data(events, "tool.approval_required")
+        assert c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
+                      json={"approve": True}).status_code == 409
