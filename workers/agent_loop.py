@@ -90,6 +90,7 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
     """Turns of the model until it answers without asking for tools, at most `agent.max_steps` of them."""
     box = await toolbox(rt, agent)
     step = await _replay(rt, run, box, messages, on_text)
+    seen = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     while True:
         requests: list[model.ToolRequest] = []
         reply: list[str] = []
@@ -103,7 +104,7 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
         if step > agent.max_steps:
             raise AgentStopped(f"agent {agent.id} stopped after max_steps ({agent.max_steps}) tool steps "
                                "without a final answer")
-        calls = [_call(box, r, step, i) for i, r in enumerate(requests)]
+        calls = [_call(box, r, step, i, seen) for i, r in enumerate(requests)]
         awaiting = [c for c in calls if box.needs_approval(c)]
         ready = [c for c in calls if c not in awaiting]
         await rt.flusher.drain(run)
@@ -119,9 +120,14 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
         _extend(messages, box, "".join(reply), calls, outcomes)
 
 
-def _call(box: Toolbox, request: model.ToolRequest, step: int, index: int) -> Call:
+def _call(box: Toolbox, request: model.ToolRequest, step: int, index: int, seen: set[str]) -> Call:
+    """The call as relaygate names it; its id is unique in the request (its checkpoint's key) even when a
+    provider reuses ids across turns."""
     qualified = box.from_provider.get(request.name) or request.name.replace("__", ".", 1)
     call_id = request.id or f"step{step}-{index}"
+    if call_id in seen:
+        call_id = f"{call_id}-step{step}-{index}"
+    seen.add(call_id)
     try:
         arguments = json.loads(request.arguments or "{}")
     except ValueError:

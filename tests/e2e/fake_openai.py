@@ -45,6 +45,7 @@ class ToolCalls:
 
     calls: list[tuple[str, dict[str, Any]]]
     text: str = ""
+    ids: list[str] | None = None  # the calls' ids (default: fresh ones)
 
 
 @dataclass
@@ -147,7 +148,8 @@ class FakeOpenAI:
                     for index, (name, arguments) in enumerate(answer.calls):
                         raw = json.dumps(arguments)
                         half = len(raw) // 2
-                        send({"tool_calls": [{"index": index, "id": f"call_{uuid.uuid4().hex[:10]}", "type": "function",
+                        call_id = answer.ids[index] if answer.ids else f"call_{uuid.uuid4().hex[:10]}"
+                        send({"tool_calls": [{"index": index, "id": call_id, "type": "function",
                                               "function": {"name": name, "arguments": raw[:half]}}]})
                         send({"tool_calls": [{"index": index, "function": {"arguments": raw[half:]}}]})
                     send({}, "tool_calls")

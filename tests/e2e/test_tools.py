@@ -160,6 +160,18 @@ def test_tool_error_timeout_down_server_and_cap_reach_the_model(
     assert fed[0] == f"error: {failed['error']}" and fed[1] == f"error: {slow['error']}"
 
 
+def test_a_provider_reusing_call_ids_keeps_every_step(tools_stack: Stack, fake: FakeOpenAI) -> None:
+    fake.tools(ToolCalls([("t__echo", {"text": "a"})], ids=["call_0"]),
+               ToolCalls([("t__echo", {"text": "b"})], ids=["call_0"]))
+    fake.reply("Both echoed.")
+    with tools_stack.client() as c:
+        accepted, events = ask(c, "remote", f"same ids {uuid.uuid4().hex[:6]}")
+        steps = wait_status(c, accepted["request_id"], {"completed"})["steps"]
+    assert [(s["step"], s["output"]) for s in steps] == [(1, "a"), (2, "b")]
+    assert len({s["call_id"] for s in steps}) == 2
+    assert [r["call_id"] for r in data(events, "tool.result")] == [s["call_id"] for s in steps]
+
+
 def test_max_steps_ends_the_request(tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
     mcp.calls.clear()
     fake.tools(*[ToolCalls([("t__echo", {"text": f"round {i}"})]) for i in range(4)])
