@@ -225,6 +225,21 @@ def chat(text: str, session_id: str | None, new: bool, agent_id: str | None, url
         sys.exit(EXIT_FAILED)
 
 
+def _tool_line(kind: str, data: dict[str, Any]) -> str:
+    """One compact line per tool step: the call with its arguments, then its output or error (cut at 200)."""
+    replayed = " (replayed)" if data.get("replayed") else ""
+    if kind == "tool.call":
+        text = f"[tool {data.get('tool')} {json.dumps(data.get('arguments'), separators=(',', ':'))}]"
+    elif kind == "tool.approval_required":
+        text = f"[tool {data.get('tool')} waits for approval of call {data.get('call_id')}]"
+    elif data.get("ok"):
+        text = f"[tool {data.get('tool')} -> {data.get('output')}]"
+    else:
+        text = f"[tool {data.get('tool')} failed: {data.get('error')}]"
+    text = " ".join(text.split())
+    return (text if len(text) <= 200 else text[:198] + "…]") + replayed
+
+
 def _print_event(event: SseEvent, state: dict[str, str], home: Path) -> str | None:
     payload = event.json()
     data = payload.get("data", {})
@@ -233,6 +248,8 @@ def _print_event(event: SseEvent, state: dict[str, str], home: Path) -> str | No
         write_state(home, state)
     elif event.event == "token":
         click.echo(data.get("text", ""), nl=False)
+    elif event.event in ("tool.call", "tool.result", "tool.approval_required"):
+        click.echo(_tool_line(event.event, data), err=True)
     elif event.event == "run.retrying":
         click.echo(f"\n[worker lost; retrying, attempt {data.get('attempt')}]", err=True)
     elif event.event == "run.failed":

@@ -21,7 +21,7 @@ RUN_INTEGRATION = "flow"
 
 _UNFINISHED = """
 SELECT request_id::text AS id FROM request_logs
- WHERE request_id = ANY($1::uuid[]) AND tenant_id = $3 AND status IN ('queued', 'running')
+ WHERE request_id = ANY($1::uuid[]) AND tenant_id = $3 AND status IN ('queued', 'running', 'waiting')
 UNION ALL
 SELECT run_id FROM flow_runs_audit
  WHERE run_id = ANY($2::text[]) AND tenant_id = $3 AND status IN ('PENDING', 'RUNNING')

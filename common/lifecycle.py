@@ -1,6 +1,8 @@
 """The request state machine in Postgres, shared by gateway and workers.
 
-queued -> running -> completed | failed | cancelled. A session runs one request at a
+queued -> running -> completed | failed | cancelled; running -> waiting -> queued while an agent's tool
+call waits for a person's approval (no worker holds it; the deadline is the approval's expiry). A
+waiting request still heads its session. A session runs one request at a
 time, oldest first; every transition that can free a session returns the request that
 should be queued next. Transitions are conditional updates, so a late write from a lost
 attempt never overwrites a newer attempt or a terminal state.
@@ -23,7 +25,7 @@ ENDED = ("request_id::text, session_id::text, attempt, status, response_content,
 
 _HEAD = """
 SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
-FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running')
+FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running', 'waiting')
 ORDER BY id LIMIT 1
 """
 
@@ -71,7 +73,7 @@ async def claim_many(
         """
         WITH heads AS (
             SELECT DISTINCT ON (session_id) request_id FROM request_logs
-             WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running')
+             WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running', 'waiting')
              ORDER BY session_id, id)
         UPDATE request_logs r
            SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
@@ -135,12 +137,12 @@ async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> bool:
 async def cancel_queued(
     conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
 ) -> tuple[list[asyncpg.Record], tuple[str, JobPayload] | None]:
-    """Cancel requests that have not started (caller holds the session lock)."""
+    """Cancel requests no worker holds: not started, or waiting for an approval (caller holds the session lock)."""
     rows = await conn.fetch(
         f"""
         UPDATE request_logs SET status = 'cancelled', error = $2, completed_at = now(), updated_at = now(),
                done_pending = true
-         WHERE request_id = ANY($1::uuid[]) AND status = 'queued'
+         WHERE request_id = ANY($1::uuid[]) AND status IN ('queued', 'waiting')
         RETURNING {ENDED}
         """,
         request_ids, reason,
@@ -190,6 +192,34 @@ async def release(db: asyncpg.Pool, payload: JobPayload) -> tuple[str, JobPayloa
     return job_for(row) if row is not None else None
 
 
+async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float) -> bool:
+    """A running attempt waits for an approval with no worker: False when it no longer holds the request."""
+    return bool(await db.fetchval(
+        """
+        UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
+               deadline_at = now() + make_interval(secs => $3)
+         WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+        RETURNING 1
+        """,
+        payload.request_id, payload.attempt, expires_in_seconds,
+    ))
+
+
+async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: float) -> tuple[str, JobPayload] | None:
+    """A waiting request whose approvals are all decided goes back to the queue as its next attempt."""
+    row = await conn.fetchrow(
+        """
+        UPDATE request_logs SET status = 'queued', attempt = attempt + 1, updated_at = now(),
+               deadline_at = now() + make_interval(secs => $2)
+         WHERE request_id = $1 AND status = 'waiting'
+           AND NOT EXISTS (SELECT 1 FROM tool_steps WHERE request_id = $1 AND status = 'awaiting')
+        RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+        """,
+        request_id, timeout_seconds,
+    )
+    return job_for(row) if row is not None else None
+
+
 async def reap_expired(
     conn: asyncpg.Connection, max_attempts: int
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -225,10 +255,12 @@ async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
             f"""
-            UPDATE request_logs SET status = 'failed', error = 'timed out', completed_at = now(),
+            UPDATE request_logs SET status = 'failed', completed_at = now(),
+                   error = CASE WHEN status = 'waiting' THEN 'no decision on the tool call awaiting approval '
+                                'before it expired' ELSE 'timed out' END,
                    updated_at = now(), lease_expires_at = NULL, done_pending = true
              WHERE id IN (SELECT id FROM request_logs
-                           WHERE status IN ('queued', 'running') AND deadline_at < now()
+                           WHERE status IN ('queued', 'running', 'waiting') AND deadline_at < now()
                            LIMIT 500 FOR UPDATE SKIP LOCKED)
             RETURNING {ENDED}
             """
@@ -243,7 +275,7 @@ async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> 
         SELECT * FROM (
             SELECT DISTINCT ON (session_id) request_id::text, session_id::text, tenant_id, attempt,
                    status, feature, correlation_id, updated_at
-              FROM request_logs WHERE status IN ('queued', 'running') ORDER BY session_id, id) heads
+              FROM request_logs WHERE status IN ('queued', 'running', 'waiting') ORDER BY session_id, id) heads
          WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
          LIMIT 500
         """,
@@ -259,7 +291,7 @@ async def expire_sessions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         UPDATE request_sessions s SET status = 'expired', updated_at = now()
          WHERE s.status = 'active' AND s.expires_at < now()
            AND NOT EXISTS (SELECT 1 FROM request_logs r
-                            WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running'))
+                            WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running', 'waiting'))
         RETURNING session_id::text, tenant_id
         """
     ))

@@ -17,8 +17,8 @@ def lower_name(value: object) -> object:
 
 
 Multitask = Literal["enqueue", "reject", "interrupt"]
-RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
-ACTIVE_STATUSES = ("queued", "running")
+RequestStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
+ACTIVE_STATUSES = ("queued", "running", "waiting")
 
 
 class NormalizedRequest(BaseModel):

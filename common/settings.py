@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     offline_model_tokens: int = 60
     offline_model_tokens_per_second: float = 40.0
 
+    # Agents' MCP tools (README "Agents with tools").
+    tool_call_timeout_seconds: float = Field(default=30.0, gt=0)
+    tool_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    tool_result_max_chars: int = Field(default=16_000, ge=100)
+    tool_list_ttl_seconds: float = Field(default=300.0, ge=0)
+    approval_timeout_seconds: float = Field(default=3600.0, gt=0)
+
     # Flow runs.
     redis_cache_ttl: int = 300
     flow_feature: str = "default"

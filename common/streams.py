@@ -22,6 +22,7 @@ EventType = Literal[
     "message",
     "tool.call",
     "tool.result",
+    "tool.approval_required",
     "run.retrying",
     "run.cancelled",
     "run.failed",

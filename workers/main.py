@@ -60,6 +60,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         await asyncio.gather(*tasks, return_exceptions=True)
         rt: Runtime | None = ctx.get("rt")
         if rt is not None:
+            await rt.tools.close()
             await rt.streams.aclose()
             await rt.db.close()
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -113,6 +114,15 @@ def configured(settings: Settings, agents: AgentRegistry) -> frozenset[str]:
     return frozenset({settings.llm_model or OFFLINE_MODEL, *(model_for(a, settings) for a in agents.agents)})
 
 
+@dataclass
+class ToolRequest:
+    """A tool call the model asked for, assembled from its streamed deltas (`name` is the provider's name)."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, readable reason for clients: truncated, scrubbed of URLs and keys, never a traceback."""
     message = scrub(" ".join(str(exc).split()))
@@ -121,13 +131,17 @@ def describe_error(exc: BaseException) -> str:
 
 
 async def stream_reply(
-    settings: Settings, model: str, messages: list[dict[str, str]], metadata: dict[str, Any]
+    settings: Settings, model: str, messages: list[dict[str, Any]], metadata: dict[str, Any],
+    tools: list[dict[str, Any]] | None = None, calls: list[ToolRequest] | None = None,
 ) -> AsyncIterator[str]:
-    """Yields text chunks. Transient failures before the first chunk are retried with backoff."""
+    """Yields text chunks; with `tools`, the tool calls the model asks for are collected into `calls`.
+    Transient failures before the first chunk are retried with backoff."""
     litellm = await litellm_module()
     options = model_options(metadata)
     kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                               "metadata": {k: v for k, v in options.items() if k == "offline"}}
+    if tools:
+        kwargs["tools"] = tools
     if not model.startswith(OFFLINE_PROVIDER):
         caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
         if caps:
@@ -155,12 +169,30 @@ async def stream_reply(
             if choice is not None:
                 if choice.delta.content:
                     yield choice.delta.content
+                if calls is not None and getattr(choice.delta, "tool_calls", None):
+                    _collect(calls, choice.delta.tool_calls)
                 if choice.finish_reason:
                     break
             chunk = await anext(chunks, None)
         finished = True
     finally:
         await _release(response, drain=finished)
+
+
+def _collect(calls: list[ToolRequest], deltas: list[Any]) -> None:
+    """Fold streamed tool-call deltas into whole calls: the first delta of an index names it, later ones
+    append to its arguments."""
+    for delta in deltas:
+        index = getattr(delta, "index", None)
+        index = len(calls) if index is None else int(index)
+        while len(calls) <= index:
+            calls.append(ToolRequest())
+        call = calls[index]
+        call.id = call.id or (delta.id or "")
+        function = delta.function
+        if function is not None:
+            call.name = call.name or (function.name or "")
+            call.arguments += function.arguments or ""
 
 
 async def _release(response: Any, *, drain: bool) -> None:

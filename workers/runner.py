@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, ending, lifecycle, metrics, queue, sink, tracing
+from common import delivery, ending, lifecycle, metrics, queue, sink, tool_steps, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.limits import Limits
@@ -28,10 +28,11 @@ from common.models import JobPayload
 from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
-from workers import model
+from workers import agent_loop, model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
+from workers.mcp_client import McpPool
 from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
@@ -65,9 +66,11 @@ class Runtime:
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
     limits: Limits = field(init=False)
+    tools: McpPool = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.streams, self.settings)
+        self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
@@ -154,27 +157,43 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     model_name = model.model_for(agent, rt.settings)
     opening = []
     if payload.attempt > 1:
-        opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
+        decided = agent.tools is not None and await persist(
+            "tool steps", lambda: tool_steps.decided(rt.db, payload.request_id), run)
+        reason = "a person decided on a tool call" if decided else "previous attempt was lost"
+        opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": reason}))
     opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
     log.info("run started", extra={"request_id": payload.request_id, "attempt": payload.attempt, "agent": agent.id})
 
     async def generate() -> None:
         await append(rt, run, opening)
-        messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+        messages: list[dict[str, Any]] = []
+        if agent.system_prompt:
+            messages.append({"role": "system", "content": agent.system_prompt})
         given = request.get("conversation")
         messages += claimed.history if given is None else given
         messages.append({"role": "user", "content": row["request_content"]})
+        tokens = 0
+
+        async def on_text(text: str) -> None:
+            nonlocal tokens
+            rt.flusher.add(run, text)
+            tokens += 1
+            if tokens == 1:
+                start.done()
+            else:
+                await rt.priority.pause()
+
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
-            tokens = 0
-            async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
-                rt.flusher.add(run, text)
-                tokens += 1
-                if tokens == 1:
+            try:
+                if agent.tools is not None:
                     start.done()
+                    await agent_loop.run(rt, run, agent, model_name, messages, metadata, on_text)
                 else:
-                    await rt.priority.pause()
-            metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
+                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+                        await on_text(text)
+            finally:
+                metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
         await rt.flusher.drain(run)
 
     run.work = asyncio.create_task(generate())
@@ -195,6 +214,10 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
             RUNS.labels("fenced").inc()
             return "fenced"
         status, error = "cancelled", stop.reason
+    except agent_loop.Parked:
+        return await _park(rt, run)
+    except agent_loop.AgentStopped as exc:
+        status, error = "failed", str(exc)
     except Exception as exc:
         log.warning("model call failed", extra={"request_id": payload.request_id, "error": repr(exc)})
         status, error = "failed", model.describe_error(exc)
@@ -203,6 +226,18 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     except Stop:
         RUNS.labels("fenced").inc()
         return "fenced"
+
+
+async def _park(rt: Runtime, run: Attempt) -> str:
+    """The request waits for a person's approval with no worker: its row says `waiting` until a decision
+    queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
+    payload = run.payload
+    parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds))
+    status = "waiting" if parked else "fenced"
+    RUNS.labels(status).inc()
+    log.info("run waiting for an approval" if parked else "lease lost; abandoning attempt",
+             extra={"request_id": payload.request_id})
+    return status
 
 
 async def _finish(

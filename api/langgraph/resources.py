@@ -11,8 +11,8 @@ from common.agents import Agent
 # Agents come from a file and carry no timestamps of their own.
 _AGENTS_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
-_RUN_STATUS = {"queued": "pending", "running": "running", "completed": "success", "failed": "error",
-               "cancelled": "interrupted"}
+_RUN_STATUS = {"queued": "pending", "running": "running", "waiting": "interrupted", "completed": "success",
+               "failed": "error", "cancelled": "interrupted"}
 TIMED_OUT = "timed out"  # the error of a request its deadline ended (common.lifecycle)
 
 
@@ -39,7 +39,7 @@ def thread(session: dict[str, Any], status: str, turns: list[dict[str, Any]]) ->
 
 
 def thread_status(turns: list[dict[str, Any]]) -> str:
-    if any(t["status"] in ("queued", "running") for t in turns):
+    if any(t["status"] in ("queued", "running", "waiting") for t in turns):
         return "busy"
     return "error" if turns and turns[-1]["status"] == "failed" else "idle"
 

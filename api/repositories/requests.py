@@ -112,7 +112,7 @@ async def checkpoint_of_running(conn: Conn, who: Principal, session_id: str) -> 
 async def unfinished_in_session(conn: Conn, who: Principal, session_id: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT request_id::text FROM request_logs"
-        " WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued','running') ORDER BY id",
+        " WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued','running','waiting') ORDER BY id",
         session_id, who.tenant_id,
     )
     return [r["request_id"] for r in rows]

@@ -125,7 +125,8 @@ async def mark_inactive(conn: Conn, who: Principal, session_id: str) -> None:
 
 # A session's state as a LangGraph thread: busy while a request is unfinished, error when its last one failed.
 _THREAD_STATUS = """
-CASE WHEN EXISTS (SELECT 1 FROM request_logs r WHERE r.session_id = s.session_id AND r.status IN ('queued','running'))
+CASE WHEN EXISTS (SELECT 1 FROM request_logs r
+                   WHERE r.session_id = s.session_id AND r.status IN ('queued','running','waiting'))
      THEN 'busy'
      WHEN (SELECT r.status FROM request_logs r WHERE r.session_id = s.session_id ORDER BY r.id DESC LIMIT 1) = 'failed'
      THEN 'error'

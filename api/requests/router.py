@@ -12,10 +12,13 @@ from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.requests import service
 from api.requests.schemas import (
     Accepted,
+    ApprovalDecision,
+    ApprovalResult,
     CliRequest,
     GenericRequest,
     RequestResult,
     ToolRequest,
+    ToolStep,
     WebRequest,
     _RequestBody,
 )
@@ -23,6 +26,7 @@ from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
 from common import logging as rg_logging
+from common import tool_steps
 from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import stream_key
 from common.logging import correlation_id
@@ -118,7 +122,17 @@ async def generic(body: GenericRequest, request: Request, gw: GatewayDep, who: P
 
 @router.get("/{request_id}", response_model=RequestResult)
 async def get_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> RequestResult:
-    return RequestResult(**_result(await service.get(gw, who, request_id)))
+    row = await service.get(gw, who, request_id)
+    steps = [ToolStep(**tool_steps.public(r)) for r in await tool_steps.load(gw.db, row["request_id"])]
+    return RequestResult(**_result(row), steps=steps)
+
+
+@router.post("/{request_id}/approvals/{call_id}", response_model=ApprovalResult)
+async def decide_approval(request_id: str, call_id: str, body: ApprovalDecision, gw: GatewayDep,
+                          who: PrincipalDep) -> ApprovalResult:
+    """Approve or deny a tool call the request waits on; once none waits, the request is queued again."""
+    status = await service.decide(gw, who, request_id, call_id, body.approve, body.reason)
+    return ApprovalResult(request_id=request_id, call_id=call_id, approved=body.approve, status=status)
 
 
 @router.post("/{request_id}/cancel", status_code=202)

@@ -127,6 +127,34 @@ class Accepted(BaseModel):
     stream_entry_id: str | None = None
 
 
+class ApprovalDecision(BaseModel):
+    approve: bool
+    reason: str = Field(default="", max_length=1000)
+
+
+class ApprovalResult(BaseModel):
+    request_id: str
+    call_id: str
+    approved: bool
+    status: str
+
+
+class ToolStep(BaseModel):
+    """One tool call of an agent, as checkpointed (README "Agents with tools")."""
+
+    call_id: str
+    step: int
+    tool: str
+    arguments: dict[str, Any]
+    status: str
+    output: str | None = None
+    error: str | None = None
+    attempt: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+
+
 class RequestResult(BaseModel):
     request_id: str
     session_id: str
@@ -139,3 +167,4 @@ class RequestResult(BaseModel):
     processing_time_ms: int | None = None
     created_at: datetime | None = None
     completed_at: datetime | None = None
+    steps: list[ToolStep] = Field(default_factory=list)

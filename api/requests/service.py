@@ -17,7 +17,7 @@ from api.lifecycle import cancel_many, cancel_queued, end_streams, enqueue_safel
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
-from common import sink
+from common import lifecycle, sink, tool_steps
 from common.admission import unfinished
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
 from common.ending import closing_events
@@ -217,7 +217,7 @@ async def _join_session(
         return intake.job(), [], []
     if multitask != "interrupt":
         return None, [], []
-    queued = [r["request_id"] for r in active if r["status"] == "queued"]
+    queued = [r["request_id"] for r in active if r["status"] in ("queued", "waiting")]
     upcoming, cancelled = await cancel_queued(conn, intake.session_id, queued, "interrupted by a newer request")
     return upcoming, [r["request_id"] for r in active if r["status"] == "running"], cancelled
 
@@ -281,6 +281,21 @@ async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "request not found")
     return row
+
+
+async def decide(gw: Gateway, who: Principal, request_id: str, call_id: str, approve: bool, reason: str) -> str:
+    """Record a person's decision on a call awaiting approval; returns the request's status after it."""
+    row = await get(gw, who, request_id)
+    async with gw.db.acquire() as conn, conn.transaction():
+        await lifecycle.lock_session(conn, row["session_id"])
+        status = await conn.fetchval("SELECT status FROM request_logs WHERE request_id = $1", row["request_id"])
+        if status != "waiting":
+            raise ApiError(409, f"request is {status}, not waiting for an approval")
+        if not await tool_steps.decide(conn, row["request_id"], call_id, approve, reason):
+            raise ApiError(404, "no tool call of this request awaits approval with this call_id")
+        upcoming = await lifecycle.unpark(conn, row["request_id"], gw.settings.request_timeout_seconds)
+    await enqueue_safely(gw, upcoming)
+    return "queued" if upcoming else "waiting"
 
 
 async def cancel(gw: Gateway, who: Principal, request_id: str, reason: str = "cancelled by user") -> str:

@@ -39,6 +39,16 @@ class Call:
 
 
 @dataclass
+class ToolCalls:
+    """A turn that asks for tool calls: (provider tool name, arguments) pairs, streamed as `tool_calls`
+    deltas (each call's arguments split over two chunks, as providers do) ending with `tool_calls`."""
+
+    calls: list[tuple[str, dict[str, Any]]]
+    text: str = ""
+    ids: list[str] | None = None  # the calls' ids (default: fresh ones)
+
+
+@dataclass
 class Fail:
     status: int
     message: str = "The server is overloaded, please try again later."
@@ -51,7 +61,7 @@ class FakeOpenAI:
 
     calls: list[Call] = field(default_factory=list)
     usage_trailer: bool = False  # after the finish chunk, a usage chunk with no choices (as `include_usage` sends)
-    _script: deque[str | Fail] = field(default_factory=deque)
+    _script: deque[str | Fail | ToolCalls] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -65,6 +75,11 @@ class FakeOpenAI:
         with self._lock:
             self._script.extend(texts)
 
+    def tools(self, *turns: ToolCalls) -> None:
+        """The next calls ask for these tool calls, one turn per call."""
+        with self._lock:
+            self._script.extend(turns)
+
     def fail(self, status: int, times: int = 1, message: str | None = None,
              type: str = "server_error") -> None:
         """The next `times` calls answer HTTP `status` with an OpenAI error body."""
@@ -76,7 +91,7 @@ class FakeOpenAI:
         with self._lock:
             return [c for c in self.calls if c.user_text == text]
 
-    def _next(self, call: Call) -> str | Fail:
+    def _next(self, call: Call) -> str | Fail | ToolCalls:
         with self._lock:
             self.calls.append(call)
             return self._script.popleft() if self._script else DEFAULT_REPLY
@@ -109,7 +124,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, model: str, text: str) -> None:
+            def _stream(self, model: str, answer: str | ToolCalls) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -124,11 +139,22 @@ class FakeOpenAI:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
 
-                words = text.split(" ")
+                text = answer.text if isinstance(answer, ToolCalls) else answer
+                words = text.split(" ") if text else []
                 for i, word in enumerate(words):
                     piece = word if i == len(words) - 1 else word + " "
                     send({"role": "assistant", "content": piece} if i == 0 else {"content": piece})
-                send({}, "stop")
+                if isinstance(answer, ToolCalls):
+                    for index, (name, arguments) in enumerate(answer.calls):
+                        raw = json.dumps(arguments)
+                        half = len(raw) // 2
+                        call_id = answer.ids[index] if answer.ids else f"call_{uuid.uuid4().hex[:10]}"
+                        send({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                              "function": {"name": name, "arguments": raw[:half]}}]})
+                        send({"tool_calls": [{"index": index, "function": {"arguments": raw[half:]}}]})
+                    send({}, "tool_calls")
+                else:
+                    send({}, "stop")
                 if fake.usage_trailer:
                     usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
                     trailer = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
