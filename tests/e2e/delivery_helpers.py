@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import ssl
@@ -17,7 +18,14 @@ import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from common import db, queue
+from common.delivery import DeliveryJob
 from common.embedded import free_port
+from common.settings import Settings
+from common.streams import StreamWriter
+from common.streams import connect as connect_streams
+from dispatcher import jobs
+from dispatcher.runtime import Runtime
 from tests.conftest import Stack, wait_until
 from tests.e2e.streams import read_until
 
@@ -140,3 +148,22 @@ def message_of(raw: bytes) -> Message:
 def full_logs(stack: Stack) -> str:
     """Every line every process of the stack logged (Stack.logs() keeps only each file's tail)."""
     return "\n".join(p.read_text(errors="replace") for p in stack._logs if p.exists())
+
+
+def deliver_now(settings: Settings, job: DeliveryJob) -> str:
+    """Run one delivery job in this process (a dispatcher's `deliver`) against the test's servers."""
+    async def run() -> str:
+        streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
+        rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
+                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
+                     queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
+                     http=httpx.AsyncClient())
+        try:
+            return await jobs.deliver({"rt": rt}, job.model_dump())
+        finally:
+            await rt.http.aclose()
+            await rt.queue.aclose()
+            await streams.aclose()
+            await rt.db.close()
+
+    return asyncio.run(run())

@@ -19,6 +19,7 @@ from tests.e2e.delivery_helpers import (
     Dispatchers,
     Mailbox,
     ask,
+    deliver_now,
     deliveries,
     delivery_events,
     full_logs,
@@ -220,15 +221,9 @@ def test_test_channel_records_and_disabled_override_sends_nothing(stack: Stack, 
 
 def test_attempt_past_its_expiry_is_expired(stack: Stack) -> None:
     """Runs the dispatcher's job in-process against the real servers: an overdue attempt is not sent."""
-    import asyncio
     import time
 
-    from common import db, queue
     from common.delivery import DeliveryJob
-    from common.streams import StreamWriter
-    from common.streams import connect as connect_streams
-    from dispatcher import jobs
-    from dispatcher.runtime import Runtime
     from tests.conftest import settings_for
     from tests.e2e.streams import wait_status
 
@@ -237,24 +232,9 @@ def test_attempt_past_its_expiry_is_expired(stack: Stack) -> None:
     assert wait_status(c, accepted["request_id"], {"completed"})["status"] == "completed"
     tenant = c.get("/api/v1/me").json()["tenant_id"]
 
-    async def run() -> str:
-        settings = settings_for(stack.infra)
-        streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
-        rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
-                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
-                     queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
-                     http=httpx.AsyncClient())
-        try:
-            job = DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id=tenant,
-                              user_id=uid, channel="TEST", expires_at=time.time() - 1)
-            return await jobs.deliver({"rt": rt}, job.model_dump())
-        finally:
-            await rt.http.aclose()
-            await rt.queue.aclose()
-            await streams.aclose()
-            await rt.db.close()
-
-    assert asyncio.run(run()) == "EXPIRED"
+    job = DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id=tenant,
+                      user_id=uid, channel="TEST", expires_at=time.time() - 1)
+    assert deliver_now(settings_for(stack.infra), job) == "EXPIRED"
     assert [r["status"] for r in deliveries(c, uid)] == ["EXPIRED"]
     events = delivery_events(c, accepted, final)
     assert [(e["type"], e["data"]["status"]) for e in events] == [("delivery.failed", "EXPIRED")]

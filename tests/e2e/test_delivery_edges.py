@@ -6,7 +6,6 @@ PENDING forever; now the subject is one line, and any unexpected error is a fail
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,15 +13,19 @@ from typing import Any
 import httpx
 import pytest
 
-from common import db, queue
 from common.delivery import DeliveryJob
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
-from dispatcher import jobs
 from dispatcher.channels import email
-from dispatcher.runtime import Runtime
 from tests.conftest import Stack, settings_for
-from tests.e2e.delivery_helpers import Mailbox, ask, deliveries, message_of, smtp_port, smtp_server, wait_for
+from tests.e2e.delivery_helpers import (
+    Mailbox,
+    ask,
+    deliver_now,
+    deliveries,
+    message_of,
+    smtp_port,
+    smtp_server,
+    wait_for,
+)
 from tests.e2e.streams import wait_status
 
 
@@ -50,25 +53,10 @@ def user() -> tuple[str, str]:
 
 
 def deliver_email(stack: Stack, port: int, tenant: str, uid: str, accepted: dict[str, Any]) -> str:
-    async def run() -> str:
-        settings = settings_for(stack.infra, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False,
-                                smtp_from="relaygate@test.local")
-        streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
-        rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
-                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
-                     queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
-                     http=httpx.AsyncClient())
-        try:
-            job = DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id=tenant,
-                              user_id=uid, channel="EMAIL")
-            return await jobs.deliver({"rt": rt}, job.model_dump())
-        finally:
-            await rt.http.aclose()
-            await rt.queue.aclose()
-            await streams.aclose()
-            await rt.db.close()
-
-    return asyncio.run(run())
+    settings = settings_for(stack.infra, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False,
+                            smtp_from="relaygate@test.local")
+    return deliver_now(settings, DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"],
+                                             tenant_id=tenant, user_id=uid, channel="EMAIL"))
 
 
 def test_a_line_break_in_the_request_makes_a_one_line_subject(stack: Stack, smtp: tuple[int, Mailbox]) -> None:
