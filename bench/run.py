@@ -188,7 +188,7 @@ class Stack:
         while time.monotonic() < deadline:
             if self.worker.poll() is not None:
                 raise RuntimeError(f"worker exited; see {log_path}")
-            if b"worker ready" in log_path.read_bytes():
+            if b"model layer ready" in log_path.read_bytes():
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"worker did not become ready; see {log_path}")

@@ -134,7 +134,8 @@ class Stack:
 
     def wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
         log = self._worker_logs[worker.pid]
-        wait_until(lambda: worker.poll() is not None or "worker ready" in log.read_text(), 90,
+        # Ready to run replies at full speed: its model layer (litellm, loaded in the background) too.
+        wait_until(lambda: worker.poll() is not None or "model layer ready" in log.read_text(), 90,
                    f"worker to start (log: {log})")
         assert worker.poll() is None, log.read_text()
 
