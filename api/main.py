@@ -27,6 +27,7 @@ from api.runs.router import router as runs_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
+from api.usage.router import router as usage_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
 from common import logging as rg_logging
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router):
+                   integrations_router, slack_router, usage_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -25,6 +25,7 @@ SCOPE_RUNS = "runs"  # /v1/runs, /v1/flows, /v1/webhook-configs
 ROUTE_SCOPES = frozenset({SCOPE_REQUESTS, SCOPE_SESSIONS, SCOPE_METRICS, SCOPE_RUNS})
 SCOPE_ACT_AS_USER = "act-as-user"  # start requests for any user of the tenant (in a new session)
 SCOPE_JOIN_SESSIONS = "join-user-sessions"  # ... and join that user's existing sessions
+SCOPE_ADMIN = "admin"  # see the whole tenant's usage and set its budgets
 
 
 class AuthError(Exception):

@@ -27,7 +27,8 @@ from common.models import JobPayload
 from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
-from workers import model
+from common.usage import Usage
+from workers import metering, model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
@@ -137,8 +138,10 @@ async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> 
 async def _hand_back(rt: Runtime, run: Attempt) -> None:
     """A stopping worker gives a run it cannot finish back to the queue, as the next attempt, now."""
     run.halt(Stop("worker stopping", fenced=True))
-    upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload))
+    used = await _usage(rt, run, run.meter.model)
+    upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload, used))
     if upcoming:
+        metrics.count_usage(run.meter.agent_id, run.meter.model, used)
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
@@ -148,7 +151,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     request = row["normalized_request"]
     started = time.monotonic()
     agent = rt.agents.get(row["agent_id"] or "") or rt.agents.route(row["request_content"], request["integration_type"])
-    model_name = model.model_for(agent, rt.settings)
+    model_name = run.meter.model = model.model_for(agent, rt.settings)
+    run.meter.agent_id = agent.id
     opening = []
     if payload.attempt > 1:
         opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": "previous attempt was lost"}))
@@ -163,7 +167,7 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
         with tracing.span("model call", attributes={"gen_ai.request.model": model_name}):
             metadata = dict(request.get("metadata") or {})
             tokens = 0
-            async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+            async for text in model.stream_reply(rt.settings, model_name, messages, metadata, run.meter):
                 rt.flusher.add(run, text)
                 tokens += 1
                 if tokens == 1:
@@ -213,24 +217,29 @@ async def _finish(
     payload = run.payload
     reply = "".join(run.parts)
     elapsed_ms = int((time.monotonic() - started) * 1000)
+    used = await _usage(rt, run, model_name)
     tries = [0]
 
-    async def finish_once() -> tuple[bool, tuple[str, JobPayload] | None]:
+    async def finish_once() -> tuple[Usage | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
-        applied, upcoming = await lifecycle.finish(
+        total, upcoming = await lifecycle.finish(
             rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-            agent_id=agent_id, metadata={"model": model_name},
+            agent_id=agent_id, metadata={"model": model_name}, usage=used,
         )
-        if not applied and tries[0] > 1 and await lifecycle.ended_as(rt.db, payload, status):
-            return True, await lifecycle.advance(rt.db, payload.session_id)  # an earlier try committed
-        return applied, upcoming
+        if total is None and tries[0] > 1:
+            total = await lifecycle.ended_as(rt.db, payload, status)
+            if total is not None:  # an earlier try committed
+                return total, await lifecycle.advance(rt.db, payload.session_id)
+        return total, upcoming
 
-    applied, upcoming = await persist("finish", finish_once)
-    if not applied:
+    total, upcoming = await persist("finish", finish_once)
+    if total is None:
         RUNS.labels("fenced").inc()
         return "fenced"
+    metrics.count_usage(agent_id, model_name, used)
     closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
-                                    agent_id=agent_id, processing_time_ms=elapsed_ms, seq=run.seq + 1)
+                                    agent_id=agent_id, processing_time_ms=elapsed_ms, usage=total,
+                                    seq=run.seq + 1)
     await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
@@ -245,3 +254,13 @@ async def _finish(
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status
+
+
+async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
+    """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
+    try:
+        return await metering.measure(await model.litellm_module(), run.meter, model_name, "".join(run.parts),
+                                      rt.agents.prices)
+    except Exception as exc:
+        log.warning("counting usage failed", extra={"request_id": run.payload.request_id, "error": repr(exc)})
+        return Usage()

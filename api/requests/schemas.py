@@ -103,6 +103,15 @@ class Accepted(BaseModel):
     stream_entry_id: str | None = None
 
 
+class UsageOut(BaseModel):
+    """Tokens and cost of a request, the total of its attempts; `estimated` when a provider sent no count."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    estimated: bool = False
+
+
 class RequestResult(BaseModel):
     request_id: str
     session_id: str
@@ -115,3 +124,4 @@ class RequestResult(BaseModel):
     processing_time_ms: int | None = None
     created_at: datetime | None = None
     completed_at: datetime | None = None
+    usage: UsageOut | None = None
