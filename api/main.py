@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.budgets.router import router as budgets_router
 from api.deps import Gateway
 from api.events.router import router as events_router
 from api.flows.router import router as flows_router
@@ -32,6 +33,7 @@ from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
 from common import logging as rg_logging
 from common import queue, runtime, tracing
+from common.budgets import BudgetBook
 from common.context import open_stores, start_hub
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
@@ -93,7 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
         settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
-        agents=stores.agents, limits=limits, slots=slots,
+        agents=stores.agents, limits=limits, slots=slots, budgets=BudgetBook(stores.db, settings),
     )
     restore_signals = _drain_on_signal(hub)
     try:
@@ -117,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router, usage_router):
+                   integrations_router, slack_router, usage_router, budgets_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

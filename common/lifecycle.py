@@ -97,11 +97,11 @@ async def finish(
     agent_id: str | None = None,
     metadata: dict[str, Any] | None = None,
     usage: Usage | None = None,
-) -> tuple[Usage | None, tuple[str, JobPayload] | None]:
+) -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
     """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
 
-    Returns (the request's total usage, or None when the attempt no longer held it; the next request
-    of the session to queue).
+    Returns ((the request's total usage, its user), or None when the attempt no longer held it; the
+    next request of the session to queue).
     """
     usage = usage or Usage()
     async with db.acquire() as conn, conn.transaction():
@@ -116,7 +116,7 @@ async def finish(
                    input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
                    cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
-            RETURNING input_tokens, output_tokens, cost_usd, usage_estimated
+            RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
             """,
             payload.request_id, payload.attempt, status, response, error, agent_id, metadata or {},
             usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.estimated,
@@ -131,18 +131,18 @@ async def finish(
             """,
             payload.session_id, agent_id,
         )
-        return of_row(row), await next_in_session(conn, payload.session_id)
+        return (of_row(row), row["user_id"]), await next_in_session(conn, payload.session_id)
 
 
-async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> Usage | None:
-    """The request's usage if this attempt already ended with `status` (a `finish` whose reply was lost
-    did apply), else None."""
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> tuple[Usage, str] | None:
+    """The request's usage and user if this attempt already ended with `status` (a `finish` whose reply
+    was lost did apply), else None."""
     row = await db.fetchrow(
-        "SELECT input_tokens, output_tokens, cost_usd, usage_estimated FROM request_logs"
+        "SELECT input_tokens, output_tokens, cost_usd, usage_estimated, user_id FROM request_logs"
         " WHERE request_id = $1 AND attempt = $2 AND status = $3",
         payload.request_id, payload.attempt, status,
     )
-    return of_row(row) if row is not None else None
+    return (of_row(row), row["user_id"]) if row is not None else None
 
 
 async def cancel_queued(

@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, ending, lifecycle, metrics, queue, sink, tracing
+from common import budgets, delivery, ending, lifecycle, metrics, queue, sink, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.logging import correlation_id
@@ -220,22 +220,23 @@ async def _finish(
     used = await _usage(rt, run, model_name)
     tries = [0]
 
-    async def finish_once() -> tuple[Usage | None, tuple[str, JobPayload] | None]:
+    async def finish_once() -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
-        total, upcoming = await lifecycle.finish(
+        ended, upcoming = await lifecycle.finish(
             rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
             agent_id=agent_id, metadata={"model": model_name}, usage=used,
         )
-        if total is None and tries[0] > 1:
-            total = await lifecycle.ended_as(rt.db, payload, status)
-            if total is not None:  # an earlier try committed
-                return total, await lifecycle.advance(rt.db, payload.session_id)
-        return total, upcoming
+        if ended is None and tries[0] > 1:
+            ended = await lifecycle.ended_as(rt.db, payload, status)
+            if ended is not None:  # an earlier try committed
+                return ended, await lifecycle.advance(rt.db, payload.session_id)
+        return ended, upcoming
 
-    total, upcoming = await persist("finish", finish_once)
-    if total is None:
+    ended, upcoming = await persist("finish", finish_once)
+    if ended is None:
         RUNS.labels("fenced").inc()
         return "fenced"
+    total, user_id = ended
     metrics.count_usage(agent_id, model_name, used)
     closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
                                     agent_id=agent_id, processing_time_ms=elapsed_ms, usage=total,
@@ -246,6 +247,11 @@ async def _finish(
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
     await persist("ended", lambda: lifecycle.mark_ended(rt.db, [payload.request_id]))
     await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
+    try:
+        await budgets.record(rt.streams, payload.tenant_id, user_id, used, payload.correlation_id)
+    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.budgets)
+        log.warning("counting usage against budgets failed", extra={"request_id": payload.request_id,
+                                                                    "error": repr(exc)})
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
