@@ -25,6 +25,7 @@ from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.runs.router import router as runs_router
+from api.schedules.router import router as schedules_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router, usage_router, budgets_router):
+                   integrations_router, slack_router, usage_router, budgets_router,
+                   schedules_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

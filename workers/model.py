@@ -121,14 +121,20 @@ def describe_error(exc: BaseException) -> str:
     return f"model provider error ({name}): {message[:300]}" if message else f"model provider error ({name})"
 
 
+_usage_streamers: dict[str, bool] = {}
+
+
 def _streams_usage(litellm: ModuleType, model: str) -> bool:
     """Whether the provider takes `stream_options` (then it is asked to end a stream with its usage)."""
-    try:
-        name, provider, _, _ = litellm.get_llm_provider(model)
-        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
-    except Exception:
-        return False
-    return bool(supported) and "stream_options" in supported
+    known = _usage_streamers.get(model)
+    if known is None:
+        try:
+            name, provider, _, _ = litellm.get_llm_provider(model)
+            supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+        except Exception:
+            supported = None
+        known = _usage_streamers[model] = bool(supported) and "stream_options" in supported
+    return known
 
 
 async def stream_reply(
