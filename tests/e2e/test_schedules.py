@@ -1,7 +1,7 @@
 """Scheduled runs end to end: the API, and each tick fired exactly once by three workers, one of them
 killed as the ticks come due, a claim left by a dead worker, a tick whose request was sent by a worker
 that died before recording it, and one catch-up after downtime. A refused firing is recorded and the
-schedule moves on."""
+schedule moves on. `deliver` sends the reply through the user's delivery settings, and only then."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from api.main import create_app
 from api.schedules import service
 from common.auth import mint_token
 from tests.conftest import ROOT, Stack, settings_for, wait_until
+from tests.e2e.delivery_helpers import Dispatchers, deliveries, wait_for
 from tests.e2e.streams import wait_status
 
 
@@ -121,3 +122,22 @@ def test_a_refused_firing_is_recorded_and_the_schedule_moves_on(stack: Stack) ->
         shown = cat.get(f"/api/v1/schedules/{schedule['schedule_id']}").json()
     assert shown["last_status"] == "refused" and shown["last_error"].startswith("rate_limited: budget:")
     assert shown["runs"] == 3 and requests_of(stack, schedule["schedule_id"]) == 1
+
+
+def test_deliver_sends_the_reply_through_the_users_delivery_settings(stack: Stack) -> None:
+    dispatchers = Dispatchers(stack, {"DELIVERY_RETRY_DELAY_SCALE": "0.01"})
+    dispatchers.start()
+    try:
+        uid, tenant = f"u-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+        with client(stack, uid, tenant) as c:
+            assert c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "TEST"}).status_code == 201
+            sent = {}
+            for deliver in (False, True):
+                schedule = c.post("/api/v1/schedules", json={"cron": "0 3 1 1 *", "content": f"deliver {deliver}",
+                                                             "deliver": deliver}).json()
+                sent[deliver] = c.post(f"/api/v1/schedules/{schedule['schedule_id']}/run").json()["request_id"]
+                assert wait_status(c, sent[deliver], {"completed"})["status"] == "completed"
+            rows = wait_for(lambda: [r for r in deliveries(c, uid) if r["status"] == "SUCCESS"])
+            assert [(r["request_id"], r["integration_type"]) for r in rows] == [(sent[True], "TEST")]
+    finally:
+        dispatchers.stop()
