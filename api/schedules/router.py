@@ -59,20 +59,9 @@ async def _get(gw: GatewayDep, who: Principal, schedule_id: uuid.UUID) -> dict[s
 
 @router.post("", status_code=201)
 async def create(body: NewSchedule, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
-    service.validate(gw, body.cron, body.timezone, body.agent_id)
-    session = str(body.session_id) if body.session_id else None
-    await service.own_session(gw, who, session)
-    first = schedules.next_run(body.cron, body.timezone, datetime.now(UTC))
-    row = await gw.db.fetchrow(
-        f"""
-        INSERT INTO schedules (schedule_id, tenant_id, user_id, cron, timezone, agent_id, content, session_id,
-                               deliver, next_run_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {service.COLUMNS}
-        """,
-        uuid.uuid4(), who.tenant_id, who.user_id, " ".join(body.cron.split()), body.timezone, body.agent_id,
-        body.content, body.session_id, body.deliver, first,
-    )
-    return dict(row)
+    return await service.create(gw, who, cron=body.cron, timezone=body.timezone, content=body.content,
+                                agent_id=body.agent_id, session_id=str(body.session_id) if body.session_id else None,
+                                deliver=body.deliver)
 
 
 @router.get("")
@@ -128,8 +117,7 @@ async def delete(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> 
 @router.post("/{schedule_id}/run", status_code=202)
 async def run_now(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
     await _get(gw, who, schedule_id)
-    row = await gw.db.fetchrow("SELECT schedule_id::text, tenant_id, user_id, agent_id, content, session_id::text,"
-                               " deliver FROM schedules WHERE schedule_id = $1", schedule_id)
+    row = await gw.db.fetchrow(f"SELECT {service.FIRING} FROM schedules WHERE schedule_id = $1", schedule_id)
     if row is None:
         raise ApiError(404, "schedule not found")
     outcome = await service.fire(gw, row, f"now:{uuid.uuid4()}")

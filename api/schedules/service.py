@@ -13,12 +13,16 @@ from api.deps import Gateway
 from api.errors import ApiError
 from api.requests import service as requests
 from api.requests.schemas import _RequestBody
-from common import schedules
+from common import delivery, schedules
 from common.auth import Principal
+from common.delivery import SlackFollow, SlackTarget
 from common.models import IntegrationType
+from common.streams import format_id, id_before, parse_id
 
 COLUMNS = ("schedule_id::text, cron, timezone, agent_id, content, session_id::text, deliver, enabled, next_run_at,"
            " last_run_at, last_request_id::text, last_status, last_error, runs, created_at, updated_at")
+
+FIRING = "schedule_id::text, tenant_id, user_id, agent_id, content, session_id::text, deliver, slack_target"
 
 # A claimed tick not finished within this (its worker died) is fired again, under the same idempotency key.
 CLAIM_SECONDS = 15
@@ -51,7 +55,32 @@ async def fire(gw: Gateway, row: asyncpg.Record, tick: str) -> tuple[str, str | 
                                          correlation_id=f"schedule-{row['schedule_id']}")
     except ApiError as exc:
         return "refused", None, f"{exc.error}: {exc.detail}"
+    target = row["slack_target"]
+    if target and not accepted.replayed and accepted.stream_entry_id:
+        await delivery.enqueue_slack(gw.queue, SlackFollow(
+            request_id=accepted.request_id, session_id=accepted.session_id, tenant_id=row["tenant_id"],
+            user_id=row["user_id"], after=format_id(id_before(parse_id(accepted.stream_entry_id))),
+            target=SlackTarget.model_validate(target), correlation_id=f"schedule-{row['schedule_id']}"))
     return "sent", accepted.request_id, None
+
+
+async def create(gw: Gateway, who: Principal, *, cron: str, timezone: str, content: str, agent_id: str | None = None,
+                 session_id: str | None = None, deliver: bool = False,
+                 slack_target: SlackTarget | None = None) -> dict[str, Any]:
+    """Store a schedule for `who` (validated) and return it, `next_run_at` included."""
+    validate(gw, cron, timezone, agent_id)
+    await own_session(gw, who, session_id)
+    row = await gw.db.fetchrow(
+        f"""
+        INSERT INTO schedules (schedule_id, tenant_id, user_id, cron, timezone, agent_id, content, session_id,
+                               deliver, next_run_at, slack_target)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}
+        """,
+        uuid.uuid4(), who.tenant_id, who.user_id, " ".join(cron.split()), timezone, agent_id, content,
+        uuid.UUID(session_id) if session_id else None, deliver,
+        schedules.next_run(cron, timezone, datetime.now(UTC)), slack_target.model_dump() if slack_target else None,
+    )
+    return dict(row)
 
 
 async def record(db: asyncpg.Pool | asyncpg.Connection, schedule_id: str, tick: datetime | None,
@@ -80,12 +109,12 @@ async def record(db: asyncpg.Pool | asyncpg.Connection, schedule_id: str, tick: 
 async def claim_due(db: asyncpg.Pool, limit: int = 20) -> list[asyncpg.Record]:
     """Take the due ticks no live worker holds (a short claim; the tick itself moves on at `record`)."""
     return list(await db.fetch(
-        """
+        f"""
         UPDATE schedules SET claimed_until = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM schedules
                        WHERE enabled AND next_run_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                        ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-        RETURNING schedule_id::text, tenant_id, user_id, agent_id, content, session_id::text, deliver, next_run_at
+        RETURNING {FIRING}, next_run_at
         """,
         limit, CLAIM_SECONDS,
     ))

@@ -12,6 +12,7 @@ CREATE TABLE schedules (
     content          TEXT NOT NULL,
     session_id       UUID,
     deliver          BOOLEAN NOT NULL DEFAULT false,
+    slack_target     JSONB,  -- made by the Slack slash command: replies go to that channel, as they are written
     enabled          BOOLEAN NOT NULL DEFAULT true,
     next_run_at      TIMESTAMPTZ NOT NULL,
     claimed_until    TIMESTAMPTZ,

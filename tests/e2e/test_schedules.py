@@ -53,8 +53,7 @@ async def send_without_recording(stack: Stack, schedule_id: str) -> str:
     app = create_app(settings_for(stack.infra, agents_file=ROOT / "tests" / "agents.yaml"))
     async with app.router.lifespan_context(app):
         gw = app.state.gateway
-        row = await gw.db.fetchrow("SELECT schedule_id::text, tenant_id, user_id, agent_id, content,"
-                                   " session_id::text, deliver, next_run_at FROM schedules WHERE schedule_id = $1",
+        row = await gw.db.fetchrow(f"SELECT {service.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1",
                                    uuid.UUID(schedule_id))
         status, request_id, _ = await service.fire(gw, row, row["next_run_at"].isoformat())
         assert status == "sent" and request_id
