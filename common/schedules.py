@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 
 class ScheduleError(ValueError):
@@ -25,10 +25,10 @@ def zone(name: str) -> ZoneInfo:
 
 
 def check(cron: str, timezone: str) -> None:
-    """Refuse anything but a standard five-field line and a known IANA zone."""
+    """Refuse anything but a standard five-field line that fires, and a known IANA zone."""
     if len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise ScheduleError(f"not a five-field cron line: {cron!r}")
-    zone(timezone)
+    next_run(cron, timezone, datetime.now(UTC))
 
 
 def _second_occurrence(moment: datetime, tz: ZoneInfo) -> bool:
@@ -44,9 +44,12 @@ def next_run(cron: str, timezone: str, after: datetime) -> datetime:
     tz = zone(timezone)
     fixed_hours = "*" not in cron.split()[1]
     ticks = croniter(cron, after.astimezone(tz))
-    for _ in range(10_000):
-        moment: datetime = ticks.get_next(datetime)
-        if fixed_hours and _second_occurrence(moment, tz):
-            continue
-        return moment.astimezone(UTC)
+    try:
+        for _ in range(10_000):
+            moment: datetime = ticks.get_next(datetime)
+            if fixed_hours and _second_occurrence(moment, tz):
+                continue
+            return moment.astimezone(UTC)
+    except CroniterBadDateError:
+        pass
     raise ScheduleError(f"{cron!r} never fires")

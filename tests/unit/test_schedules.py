@@ -41,7 +41,8 @@ def test_weekday_mornings_keep_local_time_across_the_change() -> None:
 
 
 @pytest.mark.parametrize(("cron", "zone"), [("0 9 * * 1-5 2026", "UTC"), ("61 * * * *", "UTC"),
-                                            ("@daily", "UTC"), ("0 9 * * *", "Mars/Olympus")])
+                                            ("@daily", "UTC"), ("0 9 * * *", "Mars/Olympus"),
+                                            ("0 0 31 2 *", "UTC")])
 def test_only_five_fields_and_known_zones(cron: str, zone: str) -> None:
     with pytest.raises(ScheduleError):
         check(cron, zone)
