@@ -14,6 +14,7 @@ from api.auth import Authenticator, LookupBudgetExceeded
 from api.errors import ApiError
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal
+from common.budgets import BudgetBook
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
 from common.settings import Settings
@@ -32,6 +33,7 @@ class Gateway:
     auth: Authenticator = field(default_factory=Authenticator)
     limits: Limits | None = None  # None: no rate or concurrency limits (e.g. a Gateway built by a test)
     slots: StreamSlots | None = None
+    budgets: BudgetBook | None = None  # None: no budgets (e.g. a Gateway built by a test)
 
 
 async def get_gateway(request: Request) -> Gateway:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from api import cors, errors
 from api.aisdk.router import router as aisdk_router
+from api.budgets.router import router as budgets_router
 from api.deps import Gateway
 from api.events.router import router as events_router
 from api.flows.router import router as flows_router
@@ -28,13 +29,16 @@ from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
 from api.runs.router import router as runs_router
+from api.schedules.router import router as schedules_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
 from api.streams.router import router as stream_router
+from api.usage.router import router as usage_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
 from common import logging as rg_logging
 from common import queue, runtime, tracing
+from common.budgets import BudgetBook
 from common.context import open_stores, start_hub
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
@@ -96,7 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
         settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
-        agents=stores.agents, limits=limits, slots=slots,
+        agents=stores.agents, limits=limits, slots=slots, budgets=BudgetBook(stores.db, settings),
     )
     restore_signals = _drain_on_signal(hub)
     try:
@@ -127,7 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
                    runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router, langgraph_router, aisdk_router, openai_router):
+                   integrations_router, slack_router, langgraph_router, aisdk_router, openai_router,
+                   usage_router, budgets_router, schedules_router):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

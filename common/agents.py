@@ -79,8 +79,16 @@ class Agent(BaseModel):
     max_steps: int = Field(default=8, ge=1, le=100)
 
 
+class ModelPrice(BaseModel):
+    """An operator's price for a model, used instead of litellm's cost map (USD per million tokens)."""
+
+    input_usd_per_million_tokens: float = Field(ge=0)
+    output_usd_per_million_tokens: float = Field(ge=0)
+
+
 class AgentRegistry(BaseModel):
     agents: list[Agent]
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)  # by model name, as agents and LLM_MODEL name it
 
     def get(self, agent_id: str) -> Agent | None:
         return next((a for a in self.agents if a.id == agent_id), None)

@@ -26,6 +26,7 @@ SCOPE_INTEGRATIONS = "integrations"  # /api/v1/integration-defaults, /api/v1/use
 ROUTE_SCOPES = frozenset({SCOPE_REQUESTS, SCOPE_SESSIONS, SCOPE_METRICS, SCOPE_RUNS, SCOPE_INTEGRATIONS})
 SCOPE_ACT_AS_USER = "act-as-user"  # start requests for any user of the tenant (in a new session)
 SCOPE_JOIN_SESSIONS = "join-user-sessions"  # ... and join that user's existing sessions
+SCOPE_ADMIN = "admin"  # see the whole tenant's usage and set its budgets
 
 
 class AuthError(Exception):

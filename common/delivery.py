@@ -83,7 +83,8 @@ async def enqueue_slack(pool: ArqRedis, follow: SlackFollow) -> bool:
 _REQUEST = """
 SELECT r.user_id, r.normalized_request->>'integration_type' AS integration_type,
        EXISTS (SELECT 1 FROM user_integration_configs u
-                WHERE u.tenant_id = r.tenant_id AND u.user_id = r.user_id AND u.enabled) AS overridden
+                WHERE u.tenant_id = r.tenant_id AND u.user_id = r.user_id AND u.enabled) AS overridden,
+       coalesce(r.normalized_request->'integration_context'->>'deliver', 'true') <> 'false' AS wanted
   FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2
 """
 
@@ -116,7 +117,9 @@ async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, pa
         return
     try:
         row: dict[str, Any] | None = await db.fetchrow(_REQUEST, payload.request_id, payload.tenant_id)
-        if row is None or not (row["overridden"] or await integrations.defaults_deliver_alone(db, settings)):
+        if row is None or not row["wanted"]:
+            return  # a scheduled run without `deliver`
+        if not (row["overridden"] or await integrations.defaults_deliver_alone(db, settings)):
             return  # the common case costs this one query
         if await channels_for(db, settings, payload.tenant_id, row["user_id"], row["integration_type"]):
             await enqueue_request(pool, payload)

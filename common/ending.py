@@ -17,6 +17,7 @@ import asyncpg
 
 from common import lifecycle
 from common.streams import Event, StreamWriter
+from common.usage import Usage, of_row
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ def closing_events(
     agent_id: str | None = None,
     processing_time_ms: int | None = None,
     output_chunks: int | None = None,
+    usage: Usage | None = None,
     seq: int = 0,
 ) -> list[Event]:
-    """`message` and `run.completed`, or `run.failed` / `run.cancelled`; then `done`.
+    """`message` and `run.completed` (with the request's `usage`), or `run.failed` / `run.cancelled`;
+    then `done`.
 
     `seq` numbers the events from that value on (0 leaves them unnumbered, for enders that are not
     the attempt itself). `output_chunks` (the text chunks the model streamed) is known only to the attempt.
     """
     body: list[tuple[str, dict[str, Any]]]
     if status == "completed":
-        completed: dict[str, Any] = {"processing_time_ms": processing_time_ms}
+        completed: dict[str, Any] = {"processing_time_ms": processing_time_ms, "usage": (usage or Usage()).as_data()}
         if output_chunks is not None:
             completed["output_chunks"] = output_chunks
         body = [("message", {"content": reply or "", "agent_id": agent_id}), ("run.completed", completed)]
@@ -60,7 +63,7 @@ def closing_for_row(row: Mapping[str, Any]) -> list[Event]:
     """The closing events of a terminal row (its lifecycle.ENDED columns)."""
     return closing_events(row["request_id"], row["attempt"], row["status"], reply=row["response_content"],
                           error=row["error"], agent_id=row["agent_id"],
-                          processing_time_ms=row["processing_time_ms"])
+                          processing_time_ms=row["processing_time_ms"], usage=of_row(row))
 
 
 async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[str, Any]]

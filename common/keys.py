@@ -88,6 +88,12 @@ def running_key(tenant_id: str, user_id: str) -> str:
     return f"{_tenant_tagged(tenant_id)}running:{user_id}"
 
 
+def budget_key(tenant_id: str, scope: str, user_id: str, period_id: str) -> str:
+    """A budget's usage in one period (a hash: `tokens`, `cost`, and the limits `tl`, `cl` last checked);
+    scope `tenant` (user_id '') or `user`, period_id `2026-12-06` or `2026-12`."""
+    return f"{_tenant_tagged(tenant_id)}budget:{scope}:{user_id}:{period_id}"
+
+
 def open_streams_key(tenant_id: str, user_id: str) -> str:
     """The user's open SSE streams (a sorted set of stream ids scored by lease expiry, ms)."""
     return f"{_tenant_tagged(tenant_id)}sse:{user_id}"

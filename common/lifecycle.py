@@ -18,10 +18,11 @@ from typing import Any
 import asyncpg
 
 from common.models import JobPayload
+from common.usage import Usage, of_row
 
 # What common.ending needs of a terminal row to write its closing events.
 ENDED = ("request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
-         "processing_time_ms")
+         "processing_time_ms, input_tokens, output_tokens, cost_usd, usage_estimated")
 
 _HEAD = """
 SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
@@ -97,8 +98,14 @@ async def finish(
     error: str | None = None,
     agent_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> tuple[bool, tuple[str, JobPayload] | None]:
-    """End a running attempt. Returns (applied, next request of the session to queue)."""
+    usage: Usage | None = None,
+) -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
+    """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
+
+    Returns ((the request's total usage, its user), or None when the attempt no longer held it; the
+    next request of the session to queue).
+    """
+    usage = usage or Usage()
     async with db.acquire() as conn, conn.transaction():
         await lock_session(conn, payload.session_id)
         row = await conn.fetchrow(
@@ -107,14 +114,17 @@ async def finish(
                SET status = $3, response_content = coalesce($4, response_content), error = $5,
                    agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
                    processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
-                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
+                   input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
+                   cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
-            RETURNING processing_time_ms
+            RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
             """,
             payload.request_id, payload.attempt, status, response, error, agent_id, metadata or {},
+            usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.estimated,
         )
         if row is None:
-            return False, None
+            return None, None
         await conn.execute(
             """
             UPDATE request_sessions
@@ -123,15 +133,18 @@ async def finish(
             """,
             payload.session_id, agent_id,
         )
-        return True, await next_in_session(conn, payload.session_id)
+        return (of_row(row), row["user_id"]), await next_in_session(conn, payload.session_id)
 
 
-async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> bool:
-    """Whether this attempt already ended with `status` (a `finish` whose reply was lost did apply)."""
-    return bool(await db.fetchval(
-        "SELECT 1 FROM request_logs WHERE request_id = $1 AND attempt = $2 AND status = $3",
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> tuple[Usage, str] | None:
+    """The request's usage and user if this attempt already ended with `status` (a `finish` whose reply
+    was lost did apply), else None."""
+    row = await db.fetchrow(
+        "SELECT input_tokens, output_tokens, cost_usd, usage_estimated, user_id FROM request_logs"
+        " WHERE request_id = $1 AND attempt = $2 AND status = $3",
         payload.request_id, payload.attempt, status,
-    ))
+    )
+    return (of_row(row), row["user_id"]) if row is not None else None
 
 
 async def cancel_queued(
@@ -175,19 +188,24 @@ async def heartbeat(
     return {r["request_id"] for r in rows}
 
 
-async def release(db: asyncpg.Pool, payload: JobPayload) -> tuple[str, JobPayload] | None:
-    """Give a running attempt back to the queue as the next attempt (its worker is stopping).
+async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = None
+                  ) -> tuple[str, JobPayload] | None:
+    """Give a running attempt back to the queue as the next attempt (its worker is stopping), adding
+    what it used to the request's usage.
 
     Returns the job to enqueue, or None when the attempt no longer holds the request.
     """
+    usage = usage or Usage()
     row = await db.fetchrow(
         """
         UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
-               updated_at = now()
+               updated_at = now(), input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
+               cost_usd = cost_usd + $5, usage_estimated = usage_estimated OR $6
          WHERE request_id = $1 AND attempt = $2 AND status = 'running'
         RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
         """,
-        payload.request_id, payload.attempt,
+        payload.request_id, payload.attempt, usage.input_tokens, usage.output_tokens, usage.cost_usd,
+        usage.estimated,
     )
     return job_for(row) if row is not None else None
 

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
 
+from common.budgets import Budget
 from common.keys import open_streams_key, rate_key, running_key
 from common.settings import Settings
 
@@ -26,36 +27,50 @@ REFUSALS = Counter("relaygate_limit_refusals_total", "Requests and streams refus
 
 WINDOW_MS = 60_000
 
-# KEYS: n rate keys, then the running set. ARGV: n, then (interval ms) per rate key, then
-# running cap, request id, deadline ms. Returns {0} when admitted, else {index of the limit
-# refused (n + 1 = running), retry ms, members of the running set...}. Nothing is consumed on refusal.
+# KEYS: m budget hashes, n rate keys, then the running set. ARGV: m, then (token limit, cost limit) per
+# budget, then n, (interval ms) per rate key, running cap, request id, deadline ms. Returns {0} when
+# admitted; {-1, j} when budget j has no hash yet (seed it, then ask again); {-2, j, kind (0 tokens,
+# 1 cost), used} when budget j is spent; else {index of the limit refused (n + 1 = running), retry ms,
+# members of the running set...}. Nothing is consumed on refusal.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
+local m = tonumber(ARGV[1])
+for j = 1, m do
+  if redis.call('EXISTS', KEYS[j]) == 0 then return {-1, j} end
+end
+for j = 1, m do
+  local tl, cl = tonumber(ARGV[2 * j]), tonumber(ARGV[2 * j + 1])
+  redis.call('HSET', KEYS[j], 'tl', ARGV[2 * j], 'cl', ARGV[2 * j + 1])
+  local used = redis.call('HMGET', KEYS[j], 'tokens', 'cost')
+  if tl > 0 and tonumber(used[1] or '0') >= tl then return {-2, j, 0, used[1] or '0'} end
+  if cl > 0 and tonumber(used[2] or '0') >= cl then return {-2, j, 1, used[2] or '0'} end
+end
+local a = 2 * m + 1
+local n = tonumber(ARGV[a + 1])
 local window = %d
 local tats = {}
 for i = 1, n do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local tat = tonumber(redis.call('GET', KEYS[m + i]) or '0')
   if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[1 + i])
+  local new = tat + tonumber(ARGV[a + 1 + i])
   if new - now > window then return {i, new - now - window} end
   tats[i] = new
 end
-local cap = tonumber(ARGV[n + 2])
+local cap = tonumber(ARGV[a + n + 2])
 if cap > 0 then
-  local key = KEYS[n + 1]
+  local key = KEYS[m + n + 1]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   if redis.call('ZCARD', key) >= cap then
     local refused = {n + 1, 1000}
     for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do refused[#refused + 1] = member end
     return refused
   end
-  local ttl = tonumber(ARGV[n + 4])
-  redis.call('ZADD', key, now + ttl, ARGV[n + 3])
+  local ttl = tonumber(ARGV[a + n + 4])
+  redis.call('ZADD', key, now + ttl, ARGV[a + n + 3])
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-for i = 1, n do redis.call('SET', KEYS[i], tats[i], 'PX', tats[i] - now) end
+for i = 1, n do redis.call('SET', KEYS[m + i], tats[i], 'PX', tats[i] - now) end
 return {0}
 """ % WINDOW_MS  # noqa: UP031
 
@@ -95,6 +110,7 @@ class Refusal:
 
 
 StillActive = Callable[[list[str]], Awaitable[set[str]]]
+Seed = Callable[[Budget], Awaitable[None]]
 
 
 def max_reply_tokens_refusal(metadata: dict[str, Any], ceiling: int) -> str | None:
@@ -129,32 +145,45 @@ class Limits:
 
     async def admit_request(
         self, tenant_id: str, user_id: str, integration: str, request_id: str, still_active: StillActive, *,
-        lease_seconds: float | None = None, count_running: bool = True,
+        lease_seconds: float | None = None, count_running: bool = True, budgets: Sequence[Budget] = (),
+        seed: Seed | None = None,
     ) -> Refusal | None:
-        """Count a new request against the rates and the user's unfinished requests.
+        """Check the budgets, then count a new request against the rates and the user's unfinished requests.
 
-        When the unfinished set is full, its members are checked against Postgres once
+        A budget whose usage is not in Redis yet is seeded (`seed`, from Postgres) and the check
+        repeated. When the unfinished set is full, its members are checked against Postgres once
         (`still_active`) and finished ones dropped: only a user at the cap pays that query.
         A flow run holds its place for `lease_seconds` (its own time limit) at most;
         `count_running=False` counts against the rates only.
         """
+        spendable = [b for b in budgets if b.active]
         rates = self._rates(tenant_id, user_id, integration)
-        keys = [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
+        keys = [b.key for b in spendable] + [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
         cap = self.settings.max_running_requests_per_user if count_running else 0
         lease = lease_seconds if lease_seconds is not None else self.settings.request_timeout_seconds
-        args: list[Any] = [len(rates), *(WINDOW_MS // limit or 1 for _, _, limit in rates), cap, request_id,
+        args: list[Any] = [len(spendable), *(x for b in spendable for x in (b.tokens, repr(b.cost_usd))),
+                           len(rates), *(WINDOW_MS // limit or 1 for _, _, limit in rates), cap, request_id,
                            int(lease * 1000)]
-        for reconciled in (False, True):
+        reconciled, seeded = False, 0
+        while True:
             result = await self._admit(keys=keys, args=args)
             code = int(result[0])
             if code == 0:
                 return None
+            if code == -1 and seed is not None and seeded <= len(spendable):
+                seeded += 1
+                await seed(spendable[int(result[1]) - 1])
+                continue
+            if code < 0:
+                return _over_budget(spendable[int(result[1]) - 1], int(result[2]), result[3]) if code == -2 \
+                    else _refused("budget", "budget: usage could not be counted; retry", 1000)
             if code <= len(rates):
                 name, _, limit = rates[code - 1]
                 return _refused(name, f"{name}: more than {limit} requests a minute",
                                 int(result[1]))
             members = [m.decode() if isinstance(m, bytes) else str(m) for m in result[2:]]
             if not reconciled:
+                reconciled = True
                 finished = set(members) - await still_active(members)
                 if finished:
                     await self.redis.zrem(keys[-1], *finished)
@@ -167,6 +196,16 @@ class Limits:
         """A request counted by `admit_request` was not stored after all."""
         with contextlib.suppress(Exception):
             await self.redis.zrem(running_key(tenant_id, user_id), request_id)
+
+
+def _over_budget(budget: Budget, kind: int, used: Any) -> Refusal:
+    """429 until the budget's period resets."""
+    spent = float(used.decode() if isinstance(used, bytes) else used)
+    what = (f"{int(spent)} of {budget.tokens} tokens" if kind == 0
+            else f"{spent:.4f} of {budget.cost_usd:g} USD")
+    detail = (f"budget: {budget.scope} {'tokens' if kind == 0 else 'cost'} per {budget.period}: {what} used;"
+              f" resets at {budget.resets_at.isoformat().replace('+00:00', 'Z')}")
+    return _refused("budget", detail, budget.seconds_left() * 1000)
 
 
 def _refused(limit: str, detail: str, retry_ms: int) -> Refusal:

@@ -9,6 +9,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common.usage import Usage
+
 JOBS_ENQUEUED = Counter("relaygate_jobs_enqueued_total", "Jobs added to a feature queue", ["queue"])
 JOBS_STARTED = Counter("relaygate_jobs_started_total", "Job attempts a worker started", ["queue"])
 JOBS_SUCCEEDED = Counter("relaygate_jobs_succeeded_total", "Job attempts that completed the reply", ["queue"])
@@ -21,6 +23,10 @@ QUEUE_DEPTH = Gauge("relaygate_queue_depth", "Jobs in a feature queue (waiting, 
                     ["queue"])
 TOKENS_GENERATED = Counter("relaygate_tokens_generated_total", "Tokens (text chunks) the model produced",
                            ["model"])
+USAGE_TOKENS = Counter("relaygate_usage_tokens_total", "Model tokens used, as providers report or relaygate "
+                       "estimates them", ["agent", "model", "direction"])
+USAGE_COST = Counter("relaygate_usage_cost_usd_total", "Model cost in USD (agents file prices, else litellm's map)",
+                     ["agent", "model"])
 
 DELIVERIES = Counter("relaygate_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"])
 EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gateway sent to SSE clients")
@@ -41,6 +47,13 @@ PROTOCOL_STREAM_ENDINGS = Counter("relaygate_protocol_stream_endings_total",
                                   "How reply streams of a client protocol ended", ["protocol", "ending"])
 
 _pools: dict[str, asyncpg.Pool] = {}
+
+
+def count_usage(agent_id: str, model: str, usage: Usage) -> None:
+    """Add one attempt's usage to the counters (by agent and model: never per user)."""
+    USAGE_TOKENS.labels(agent_id, model, "input").inc(usage.input_tokens)
+    USAGE_TOKENS.labels(agent_id, model, "output").inc(usage.output_tokens)
+    USAGE_COST.labels(agent_id, model).inc(usage.cost_usd)
 
 
 def track_pool(name: str, pool: asyncpg.Pool) -> None:

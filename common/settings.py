@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     max_streams_per_process: int = Field(default=10_000, ge=0)
     max_reply_tokens: int = Field(default=4_096, ge=0)
 
+    # Budgets (README "Usage and budgets"): defaults per UTC day and month; 0 turns one off.
+    budget_tenant_tokens_per_day: int = Field(default=0, ge=0)
+    budget_tenant_tokens_per_month: int = Field(default=0, ge=0)
+    budget_tenant_cost_usd_per_day: float = Field(default=0.0, ge=0)
+    budget_tenant_cost_usd_per_month: float = Field(default=0.0, ge=0)
+    budget_user_tokens_per_day: int = Field(default=0, ge=0)
+    budget_user_tokens_per_month: int = Field(default=0, ge=0)
+    budget_user_cost_usd_per_day: float = Field(default=0.0, ge=0)
+    budget_user_cost_usd_per_month: float = Field(default=0.0, ge=0)
+
     # HTTP.
     max_body_bytes: int = 256 * 1024
     # Browser origins allowed to call the API (comma-separated; empty: none). `relaygate dev` sets

@@ -95,7 +95,7 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
         requests: list[model.ToolRequest] = []
         reply: list[str] = []
         async for text in model.stream_reply(rt.settings, model_name, messages, metadata,
-                                             tools=box.definitions() or None, calls=requests):
+                                             tools=box.definitions() or None, calls=requests, meter=run.meter):
             reply.append(text)
             await on_text(text)
         if not requests:

@@ -8,6 +8,7 @@ from typing import Any
 
 from common.models import JobPayload
 from common.streams import Event
+from workers.metering import Meter
 
 
 class Stop(Exception):
@@ -36,6 +37,7 @@ class Attempt:
     stop: Stop | None = None
     work: asyncio.Task[None] | None = None
     written: asyncio.Event = field(default_factory=asyncio.Event)
+    meter: Meter = field(default_factory=Meter)
 
     def event(self, type_: str, data: dict[str, Any]) -> Event:
         self.seq += 1

@@ -15,6 +15,7 @@ import asyncpg
 from common import ending, lifecycle, queue, sink
 from common.keys import cancel_key, intake_keys
 from common.outages import STORE_ERRORS
+from workers import schedules
 from workers.attempt import Stop
 from workers.runner import Runtime
 
@@ -163,4 +164,5 @@ def start(rt: Runtime) -> list[asyncio.Task[None]]:
         asyncio.create_task(rt.flusher.run(), name="flusher"),
         asyncio.create_task(every(s.reaper_interval_seconds, reap_once, rt), name="reaper"),
         asyncio.create_task(every(s.maintenance_interval_seconds, sweep_once, rt), name="sweeps"),
+        asyncio.create_task(every(s.maintenance_interval_seconds, schedules.fire_due_once, rt), name="schedules"),
     ]

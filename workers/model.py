@@ -24,6 +24,7 @@ from common.agents import Agent, AgentRegistry
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
+from workers.metering import Meter
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +131,40 @@ def describe_error(exc: BaseException) -> str:
     return f"model provider error ({name}): {message[:300]}" if message else f"model provider error ({name})"
 
 
+_usage_streamers: dict[str, bool] = {}
+
+
+def _streams_usage(litellm: ModuleType, model: str) -> bool:
+    """Whether the provider takes `stream_options` (then it is asked to end a stream with its usage)."""
+    known = _usage_streamers.get(model)
+    if known is None:
+        try:
+            name, provider, _, _ = litellm.get_llm_provider(model)
+            supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+        except Exception:
+            supported = None
+        known = _usage_streamers[model] = bool(supported) and "stream_options" in supported
+    return known
+
+
 async def stream_reply(
     settings: Settings, model: str, messages: list[dict[str, Any]], metadata: dict[str, Any],
-    tools: list[dict[str, Any]] | None = None, calls: list[ToolRequest] | None = None,
+    tools: list[dict[str, Any]] | None = None, calls: list[ToolRequest] | None = None, meter: Meter | None = None,
 ) -> AsyncIterator[str]:
     """Yields text chunks; with `tools`, the tool calls the model asks for are collected into `calls`.
-    Transient failures before the first chunk are retried with backoff."""
+    `meter` receives the chunk count and the provider's usage, when it sends one. Transient failures
+    before the first chunk are retried with backoff."""
     litellm = await litellm_module()
+    meter = meter if meter is not None else Meter()
+    meter.begin(messages, model.startswith(OFFLINE_PROVIDER))
     options = model_options(metadata)
     kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                               "metadata": {k: v for k, v in options.items() if k == "offline"}}
     if tools:
         kwargs["tools"] = tools
-    if not model.startswith(OFFLINE_PROVIDER):
+    if not meter.offline:
+        if _streams_usage(litellm, model):
+            kwargs["stream_options"] = {"include_usage": True}
         caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
         if caps:
             kwargs["max_tokens"] = min(caps)
@@ -165,9 +187,11 @@ async def stream_reply(
     finished = False
     try:
         while chunk is not None:
+            meter.report(getattr(chunk, "usage", None))
             choice = chunk.choices[0] if chunk.choices else None
             if choice is not None:
                 if choice.delta.content:
+                    meter.chunks += 1
                     yield choice.delta.content
                 if calls is not None and getattr(choice.delta, "tool_calls", None):
                     _collect(calls, choice.delta.tool_calls)
@@ -176,7 +200,7 @@ async def stream_reply(
             chunk = await anext(chunks, None)
         finished = True
     finally:
-        await _release(response, drain=finished)
+        await _release(response, drain=finished, meter=meter)
 
 
 def _collect(calls: list[ToolRequest], deltas: list[Any]) -> None:
@@ -195,18 +219,19 @@ def _collect(calls: list[ToolRequest], deltas: list[Any]) -> None:
             call.arguments += function.arguments or ""
 
 
-async def _release(response: Any, *, drain: bool) -> None:
+async def _release(response: Any, *, drain: bool, meter: Meter) -> None:
     """End a stream at its finish reason, skipping litellm's end-of-stream work.
 
     Reading the wrapper to its end makes litellm rebuild the whole response from every chunk
     for usage and cost logging (`stream_chunk_builder`, a few ms of CPU per reply) that
     relaygate does not use. The provider's own trailer (a usage chunk, `[DONE]`) is still read,
-    briefly, so its HTTP connection goes back to the pool; an abandoned stream is closed.
+    briefly, so its HTTP connection goes back to the pool and its usage reaches `meter`; an
+    abandoned stream is closed.
     """
     rest: Any = getattr(response, "completion_stream", None)
     if drain and hasattr(rest, "__aiter__"):
         with contextlib.suppress(Exception):
             async with asyncio.timeout(TRAILER_SECONDS):
-                async for _ in rest:
-                    pass
+                async for raw in rest:
+                    meter.report(raw.get("usage") if isinstance(raw, dict) else getattr(raw, "usage", None))
     await response.aclose()

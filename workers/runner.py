@@ -19,7 +19,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import delivery, ending, lifecycle, metrics, queue, sink, tool_steps, tracing
+from common import budgets, delivery, ending, lifecycle, metrics, queue, sink, tool_steps, tracing
 from common.agents import AgentRegistry
 from common.keys import cancel_key
 from common.limits import Limits
@@ -28,7 +28,8 @@ from common.models import JobPayload
 from common.outages import STORE_ERRORS
 from common.settings import Settings
 from common.streams import Event, StreamsRedis, StreamWriter
-from workers import agent_loop, model
+from common.usage import Usage
+from workers import agent_loop, metering, model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
@@ -143,8 +144,10 @@ async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> 
 async def _hand_back(rt: Runtime, run: Attempt) -> None:
     """A stopping worker gives a run it cannot finish back to the queue, as the next attempt, now."""
     run.halt(Stop("worker stopping", fenced=True))
-    upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload))
+    used = await _usage(rt, run, run.meter.model)
+    upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload, used))
     if upcoming:
+        metrics.count_usage(run.meter.agent_id, run.meter.model, used)
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
@@ -154,7 +157,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     request = row["normalized_request"]
     started = time.monotonic()
     agent = rt.agents.get(row["agent_id"] or "") or rt.agents.route(row["request_content"], request["integration_type"])
-    model_name = model.model_for(agent, rt.settings)
+    model_name = run.meter.model = model.model_for(agent, rt.settings)
+    run.meter.agent_id = agent.id
     opening = []
     if payload.attempt > 1:
         decided = agent.tools is not None and await persist(
@@ -190,7 +194,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
                     start.done()
                     await agent_loop.run(rt, run, agent, model_name, messages, metadata, on_text)
                 else:
-                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata):
+                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata,
+                                                         meter=run.meter):
                         await on_text(text)
             finally:
                 metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
@@ -252,24 +257,30 @@ async def _finish(
     payload = run.payload
     reply = "".join(run.parts)
     elapsed_ms = int((time.monotonic() - started) * 1000)
+    used = await _usage(rt, run, model_name)
     tries = [0]
 
-    async def finish_once() -> tuple[bool, tuple[str, JobPayload] | None]:
+    async def finish_once() -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
-        applied, upcoming = await lifecycle.finish(
+        ended, upcoming = await lifecycle.finish(
             rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-            agent_id=agent_id, metadata={"model": model_name},
+            agent_id=agent_id, metadata={"model": model_name}, usage=used,
         )
-        if not applied and tries[0] > 1 and await lifecycle.ended_as(rt.db, payload, status):
-            return True, await lifecycle.advance(rt.db, payload.session_id)  # an earlier try committed
-        return applied, upcoming
+        if ended is None and tries[0] > 1:
+            ended = await lifecycle.ended_as(rt.db, payload, status)
+            if ended is not None:  # an earlier try committed
+                return ended, await lifecycle.advance(rt.db, payload.session_id)
+        return ended, upcoming
 
-    applied, upcoming = await persist("finish", finish_once)
-    if not applied:
+    ended, upcoming = await persist("finish", finish_once)
+    if ended is None:
         RUNS.labels("fenced").inc()
         return "fenced"
+    total, user_id = ended
+    metrics.count_usage(agent_id, model_name, used)
     closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
-                                    agent_id=agent_id, processing_time_ms=elapsed_ms, output_chunks=len(run.parts),
+                                    agent_id=agent_id, processing_time_ms=elapsed_ms, usage=total,
+                                    output_chunks=len(run.parts),
                                     seq=run.seq + 1)
     await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
@@ -277,6 +288,11 @@ async def _finish(
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
     await persist("ended", lambda: lifecycle.mark_ended(rt.db, [payload.request_id]))
     await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
+    try:
+        await budgets.record(rt.streams, payload.tenant_id, user_id, used, payload.correlation_id)
+    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.budgets)
+        log.warning("counting usage against budgets failed", extra={"request_id": payload.request_id,
+                                                                    "error": repr(exc)})
     RUNS.labels(status).inc()
     sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
@@ -285,3 +301,13 @@ async def _finish(
               tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status
+
+
+async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
+    """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
+    try:
+        return await metering.measure(await model.litellm_module(), run.meter, model_name, "".join(run.parts),
+                                      rt.agents.prices)
+    except Exception as exc:
+        log.warning("counting usage failed", extra={"request_id": run.payload.request_id, "error": repr(exc)})
+        return Usage()

@@ -15,7 +15,9 @@ Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 COLUMNS = """
 r.request_id::text, r.session_id::text, r.status, r.request_content AS content, r.response_content AS response,
 r.error, r.attempt, r.agent_id, r.request_type AS integration_type, r.stream_entry_id, r.processing_time_ms,
-r.created_at, r.completed_at
+r.created_at, r.completed_at,
+jsonb_build_object('input_tokens', r.input_tokens, 'output_tokens', r.output_tokens, 'cost_usd', r.cost_usd,
+                   'estimated', r.usage_estimated) AS usage
 """
 
 _INSERT = """

@@ -83,6 +83,7 @@ async def _intake(
                 response=outcome.get("response"), agent_id=outcome.get("agent_id"),
                 error=outcome.get("terminal", {}).get("error") or outcome.get("terminal", {}).get("reason"),
                 processing_time_ms=outcome.get("terminal", {}).get("processing_time_ms"),
+                usage=outcome.get("terminal", {}).get("usage"),
             )
             return JSONResponse(result.model_dump(mode="json"), headers=headers)
     body_out = Accepted(

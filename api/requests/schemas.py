@@ -155,6 +155,15 @@ class ToolStep(BaseModel):
     duration_ms: int | None = None
 
 
+class UsageOut(BaseModel):
+    """Tokens and cost of a request, the total of its attempts; `estimated` when a provider sent no count."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    estimated: bool = False
+
+
 class RequestResult(BaseModel):
     request_id: str
     session_id: str
@@ -168,3 +177,4 @@ class RequestResult(BaseModel):
     created_at: datetime | None = None
     completed_at: datetime | None = None
     steps: list[ToolStep] = Field(default_factory=list)
+    usage: UsageOut | None = None

@@ -17,9 +17,10 @@ from api.lifecycle import cancel_many, cancel_queued, end_streams, enqueue_safel
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
 from api.requests.schemas import _RequestBody
-from common import lifecycle, sink, tool_steps
+from common import budgets, lifecycle, sink, tool_steps
 from common.admission import unfinished
 from common.auth import SCOPE_JOIN_SESSIONS, Principal
+from common.budgets import Budget
 from common.ending import closing_events
 from common.keys import intake_key
 from common.limits import REFUSALS, max_reply_tokens_refusal
@@ -124,8 +125,12 @@ async def _admit(gw: Gateway, intake: _Intake) -> None:
     async def still_active(request_ids: list[str]) -> set[str]:
         return await unfinished(gw.db, tenant_id, request_ids)
 
+    async def seed(budget: Budget) -> None:
+        await budgets.seed(gw.streams, gw.db, budget)
+
+    spendable = await gw.budgets.budgets(tenant_id, intake.user_id) if gw.budgets is not None else []
     refusal = await gw.limits.admit_request(tenant_id, intake.user_id, intake.body.integration(),
-                                            intake.request_id, still_active)
+                                            intake.request_id, still_active, budgets=spendable, seed=seed)
     if refusal:
         raise refused(refusal)
 

@@ -24,7 +24,7 @@ from api.errors import ApiError
 from api.requests import service as requests_service
 from api.requests.schemas import Accepted
 from api.responses import JSONResponse
-from api.slack import service
+from api.slack import schedules, service
 from api.slack.schemas import SlackRequest
 from api.slack.verify import seconds_valid, verify
 from common import mrkdwn
@@ -210,6 +210,9 @@ async def commands(gw: GatewayDep, signed_request: Annotated[Signed, Depends(sig
         return JSONResponse({"response_type": "ephemeral", "text": usage})
     inst = _known(signed_request)
     user = form.get("user_id", "")
+    if text.split()[0].lower() == "schedule":
+        answer = await schedules.command(gw, inst, user, form.get("channel_id", ""), text)
+        return JSONResponse({"response_type": "ephemeral", "text": answer})
     body = SlackRequest(user_id=user, content=text, channel_id=form.get("channel_id", ""), slack_user_id=user,
                         slack_team_id=inst.team_id, new_session=True)
     trigger = form.get("trigger_id")

@@ -459,3 +459,30 @@ def test_reply_outlasting_one_job_continues_in_the_next(stack: Stack, workspace:
     wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
     assert [d["status"] for d in sql(stack, query, row["request_id"])] == ["SUCCESS"]
     assert f"{row['request_id']}:SLACK:follow_slack ● 'continued'" in full_logs(stack)
+
+
+def test_slash_command_schedules_a_run_that_replies_in_the_channel(stack: Stack, workspace: Workspace,
+                                                                   fake_slack: FakeSlack,
+                                                                   slack_stack: Dispatchers) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+
+    def command(text: str) -> str:
+        body = urlencode({"command": "/relaygate", "text": text, "team_id": workspace.team, "user_id": user,
+                          "channel_id": channel, "trigger_id": uuid.uuid4().hex}).encode()
+        r = httpx.post(f"{stack.base_url}/slack/commands", content=body,
+                       headers={**signed(workspace, body), "content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200 and r.json()["response_type"] == "ephemeral", r.text
+        return str(r.json()["text"])
+
+    made = command('schedule "0 9 * * 1-5" tz=Europe/Berlin summarise open tickets')
+    assert made.startswith("Scheduled `"), made
+    schedule_id = made.split("`")[1]
+    assert schedule_id in command("schedule list")
+    assert command('schedule "every morning" summarise').startswith("Could not schedule that")
+    sql(stack, "UPDATE schedules SET next_run_at = now() WHERE schedule_id = $1::uuid", schedule_id)
+    final = finished(fake_slack, channel)
+    (row,) = reply_of(stack, workspace, user)
+    assert "summarise open tickets" in row["response_content"]
+    assert final[-1].args["text"] == row["response_content"]
+    assert command(f"schedule delete {schedule_id}") == f"Deleted `{schedule_id}`."
+    assert command("schedule list") == "No schedules."

@@ -1,0 +1,81 @@
+"""One attempt's token usage and cost: the provider's own count when it sends one, else litellm's
+token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from common.agents import ModelPrice
+from common.usage import Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Meter:
+    """Filled by `workers.model.stream_reply` while a reply streams."""
+
+    agent_id: str = ""
+    model: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 0  # text chunks received
+    reported: tuple[int, int] | None = None  # the provider's (prompt, completion) tokens of the current call
+    earlier: tuple[int, int] = (0, 0)  # what the provider reported for the attempt's earlier calls (tool steps)
+    offline: bool = False  # the offline model: its chunks are its tokens and it costs nothing
+
+    def begin(self, messages: list[dict[str, Any]], offline: bool) -> None:
+        """A model call of the attempt starts (an agent with tools makes one per step)."""
+        if self.reported is not None:
+            self.earlier = (self.earlier[0] + self.reported[0], self.earlier[1] + self.reported[1])
+            self.reported = None
+        self.messages, self.offline = messages, offline
+
+    def report(self, usage: Any) -> None:
+        """Take a provider usage object or dict (`prompt_tokens`, `completion_tokens`), if it is one."""
+        if usage is None:
+            return
+        fields = usage if isinstance(usage, dict) else vars(usage) if hasattr(usage, "__dict__") else {}
+        prompt, completion = fields.get("prompt_tokens"), fields.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            self.reported = (prompt, completion)
+
+
+def price(litellm: ModuleType, model: str, input_tokens: int, output_tokens: int,
+          prices: dict[str, ModelPrice]) -> float:
+    """USD for these tokens: the operator's price for the model, else litellm's cost map, else 0."""
+    override = prices.get(model)
+    if override is not None:
+        return (input_tokens * override.input_usd_per_million_tokens
+                + output_tokens * override.output_usd_per_million_tokens) / 1_000_000
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=input_tokens,
+                                                              completion_tokens=output_tokens)
+    except Exception:
+        return 0.0  # a model litellm has no price for: set one under `prices` in the agents file
+    return float(prompt_cost) + float(completion_cost)
+
+
+def _count(litellm: ModuleType, model: str, messages: list[dict[str, Any]], reply: str) -> tuple[int, int]:
+    prompt = int(litellm.token_counter(model=model, messages=messages)) if messages else 0
+    return prompt, int(litellm.token_counter(model=model, text=reply)) if reply else 0
+
+
+async def measure(litellm: ModuleType, meter: Meter, model: str, reply: str,
+                  prices: dict[str, ModelPrice]) -> Usage:
+    """What the attempt used. A call that produced nothing and reported nothing used nothing."""
+    if meter.offline:
+        words = sum(len(str(m.get("content", "")).split()) for m in meter.messages)
+        return Usage(words if meter.chunks else 0, meter.chunks, 0.0, False)
+    if meter.reported is not None or meter.earlier != (0, 0):
+        last = meter.reported or (0, 0)
+        prompt, completion, estimated = meter.earlier[0] + last[0], meter.earlier[1] + last[1], False
+    elif meter.chunks:
+        prompt, completion = await asyncio.to_thread(_count, litellm, model, meter.messages, reply)
+        estimated = True
+    else:
+        return Usage()
+    return Usage(prompt, completion, price(litellm, model, prompt, completion, prices), estimated)
