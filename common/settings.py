@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # Set by `relaygate dev`: a JWT secret shorter than 32 bytes is accepted there only.
     relaygate_dev: bool = False
 
-    # Limits (README "Limits and quotas"); 0 turns a limit off.
+    # Limits (docs/API.md "Limits and quotas"); 0 turns a limit off.
     rate_limit_user_per_minute: int = Field(default=600, ge=0)
     rate_limit_tenant_per_minute: int = Field(default=6_000, ge=0)
     rate_limit_integration_per_minute: int = Field(default=3_000, ge=0)
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     max_streams_per_process: int = Field(default=10_000, ge=0)
     max_reply_tokens: int = Field(default=4_096, ge=0)
 
-    # Budgets (README "Usage and budgets"): defaults per UTC day and month; 0 turns one off.
+    # Budgets (docs/USAGE.md): defaults per UTC day and month; 0 turns one off.
     budget_tenant_tokens_per_day: int = Field(default=0, ge=0)
     budget_tenant_tokens_per_month: int = Field(default=0, ge=0)
     budget_tenant_cost_usd_per_day: float = Field(default=0.0, ge=0)
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     offline_model_tokens: int = 60
     offline_model_tokens_per_second: float = 40.0
 
-    # Agents' MCP tools (README "Agents with tools").
+    # Agents' MCP tools (docs/AGENTS.md).
     tool_call_timeout_seconds: float = Field(default=30.0, gt=0)
     tool_connect_timeout_seconds: float = Field(default=30.0, gt=0)
     tool_result_max_chars: int = Field(default=16_000, ge=100)
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     flow_function_modules: str = ""
     # Longest a run may take from its first start, over every attempt; then it fails.
     flow_timeout_seconds: int = Field(default=86_400, gt=0)
-    # Bounds on one flow (README "Limits of flow runs"): over one, a 400 before anything runs,
+    # Bounds on one flow (docs/FLOWS.md "Limits of flow runs"): over one, a 400 before anything runs,
     # or a failed task with a clear error.
     flow_max_tasks: int = Field(default=500, ge=1)
     flow_max_dependencies: int = Field(default=100, ge=1)
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     event_sink_url: str = ""
     event_sink_retries: int = 5
 
-    # Dispatcher and delivery channels (integration guide; README "Delivery").
+    # Dispatcher and delivery channels (integration guide; docs/DELIVERY.md).
     dispatcher_max_jobs: int = 200
     delivery_job_timeout_seconds: int = 60
     delivery_retry_delay_scale: float = 1.0
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     slack_max_retry_after_seconds: float = 5.0
     slack_message_chars: int = 3500
 
-    # Requests to URLs users choose (flow http tasks, webhook deliveries; README "Outbound requests").
+    # Requests to URLs users choose (flow http tasks, webhook deliveries; docs/OPERATIONS.md "Outbound requests").
     # Comma list of host names and CIDRs that may be private; everything else must be public.
     outbound_allow_hosts: str = ""
     outbound_max_response_bytes: int = Field(default=1024 * 1024, ge=1)

@@ -140,7 +140,7 @@ class ApprovalResult(BaseModel):
 
 
 class ToolStep(BaseModel):
-    """One tool call of an agent, as checkpointed (README "Agents with tools")."""
+    """One tool call of an agent, as checkpointed (docs/AGENTS.md)."""
 
     call_id: str
     step: int
