@@ -23,9 +23,9 @@ RETRIED = "the reply restarted after its worker was lost; the text sent so far i
 DRAINED = "the gateway is shutting down; the reply was cut short: ask again"
 
 
-def usage(completion_tokens: int) -> dict[str, int]:
-    """relaygate does not count prompt tokens: completion tokens are the text chunks the model streamed."""
-    return {"prompt_tokens": 0, "completion_tokens": completion_tokens, "total_tokens": completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 class Reply:
@@ -52,9 +52,13 @@ class Reply:
             self.status = str(orjson.loads(entry.json)["data"].get("status", ""))
         return fresh
 
-    @property
-    def completion_tokens(self) -> int:
-        return int(self.terminal.get("output_chunks") or 0)
+    def usage(self) -> dict[str, int]:
+        """The request's own count (`run.completed`'s `usage`, the total of its attempts), else the text
+        chunks the model streamed as completion tokens."""
+        counted = self.terminal.get("usage") or {}
+        if counted.get("output_tokens") is not None:
+            return usage(int(counted.get("input_tokens") or 0), int(counted["output_tokens"]))
+        return usage(0, int(self.terminal.get("output_chunks") or 0))
 
     def failure(self) -> tuple[int, str, str]:
         """(status, code, message) of a reply that did not complete."""
@@ -108,7 +112,7 @@ class CompletionChunks:
         out = self._chunk({}, "stop")
         if self.include_usage:
             out += b"data: " + orjson.dumps({**self.base, "choices": [],
-                                             "usage": usage(self.reply.completion_tokens)}) + b"\n\n"
+                                             "usage": self.reply.usage()}) + b"\n\n"
         return out + DONE
 
 
@@ -117,4 +121,4 @@ def completion(request_id: str, model: str, reply: Reply) -> dict[str, Any]:
     message = {"role": "assistant", "content": "".join(reply.text), "refusal": None}
     return {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage(reply.completion_tokens)}
+            "usage": reply.usage()}
