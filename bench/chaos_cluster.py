@@ -61,7 +61,7 @@ class Proc:
         return ""
 
     def scan_ready(self) -> None:
-        """Set `ready_at` from the worker's "worker ready" log line (its own timestamp)."""
+        """Set `ready_at` from the worker's READY_MSG log line (its own timestamp)."""
         with contextlib.suppress(OSError):
             for line in self.log.read_bytes().splitlines():
                 if READY_MSG.encode() in line:
