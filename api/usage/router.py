@@ -26,7 +26,7 @@ async def usage(
     group_by: service.GroupBy = "day",
 ) -> Response:
     end = end or datetime.now(UTC).date()
-    start = start or end - timedelta(days=29)
+    start = start or (end - timedelta(days=29) if end.toordinal() > 29 else date.min)
     if start > end:
         raise ApiError(422, "`from` is after `to`")
     if (end - start).days >= MAX_DAYS:

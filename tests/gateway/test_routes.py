@@ -142,3 +142,11 @@ async def test_every_route_refuses_a_credential_scoped_elsewhere(app: App, metho
         response = await scraper.request(method, path.format(session=MISSING, request=MISSING), json=body)
     assert response.status_code == 403, response.text
     assert response.json()["error"] == "forbidden"
+
+
+async def test_usage_range_at_the_calendar_edges_is_no_500(app: App) -> None:
+    async with app.client() as client:
+        for query in ("to=0001-01-01", "from=0001-01-01&to=0001-01-02", "to=9999-12-31"):
+            r = await client.get(f"/api/v1/usage?{query}")
+            assert r.status_code in (200, 422), (query, r.text)
+        assert (await client.get("/api/v1/usage?to=0001-01-01")).json()["from"] == "0001-01-01"
