@@ -4,6 +4,7 @@ and the gateway and workers as processes on loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -23,6 +25,7 @@ from common.auth import mint_token
 from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from common.settings import Settings
 from tests.cluster import EmbeddedValkeyCluster
+from tests.fakes.http_target import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 32
@@ -132,6 +135,17 @@ class Stack:
             self.wait_ready(worker)
         return worker
 
+    @contextlib.contextmanager
+    def serving(self, feature: str, **env: str) -> Iterator[Stack]:
+        """A worker on `feature` for the length of the block (a module's tests), stopped after it."""
+        worker = self.start_worker(feature, **env)
+        try:
+            yield self
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(15)
+
     def wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
         log = self._worker_logs[worker.pid]
         # Ready to run replies at full speed: its model layer (litellm, loaded in the background) too.
@@ -182,6 +196,18 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self._logs if p.exists())
+
+
+def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of one query on the stack's database, from a synchronous test."""
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(stack.infra.database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def _healthy(url: str) -> bool:
@@ -261,3 +287,13 @@ def chaos_workers(stack: Stack) -> Callable[[], None]:
             stack.wait_ready(worker)
 
     return ensure_two
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    """A loopback HTTP server that records what it is sent (tests/fakes/http_target.py)."""
+    t = Target().start()
+    try:
+        yield t
+    finally:
+        t.stop()

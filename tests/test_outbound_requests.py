@@ -7,7 +7,6 @@ import ipaddress
 import json
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ from tests.fakes.http_target import Target
 from tests.fakes.tls import make_ca_and_cert
 
 LOOPBACK = outbound.Policy(networks=(ipaddress.ip_network("127.0.0.1/32"),))
-
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    t = Target().start()
-    try:
-        yield t
-    finally:
-        t.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ errors raise the SDK's own exception types; the conversation the client sends is
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -44,22 +43,11 @@ def streamed_text(chunks: Any) -> tuple[str, list[Any]]:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
     """A worker for the `provider` agent, talking to the fake provider (see tests/e2e/test_provider.py)."""
-    worker = stack.start_worker("provider", LLM_MODEL="openai/fake-model", LLM_API_BASE=fake.base_url,
-                                LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1", LEASE_SECONDS="30")
-    try:
-        yield stack
-    finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(15)
+    with stack.serving("provider", LLM_MODEL="openai/fake-model", LLM_API_BASE=fake.base_url,
+                       LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1", LEASE_SECONDS="30") as served:
+        yield served
 
 
 def test_models_are_the_agents(stack: Stack) -> None:

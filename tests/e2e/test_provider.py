@@ -8,7 +8,6 @@ errors are retried and permanent ones end the request with a readable error.
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,12 +25,6 @@ SYSTEM_PROMPT = "You are tested against a fake provider."  # the `provider` agen
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
     """One worker on the `provider` feature for the whole module (litellm makes it slow to boot).
 
@@ -39,14 +32,9 @@ def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
     first call imports the OpenAI SDK inside the event loop, which can stall the heartbeat
     for seconds on a busy machine and make the reaper start a second attempt.
     """
-    worker = stack.start_worker("provider", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY=API_KEY,
-                                LLM_RETRIES="3", LEASE_SECONDS="30")
-    try:
-        yield stack
-    finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(15)
+    with stack.serving("provider", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY=API_KEY,
+                       LLM_RETRIES="3", LEASE_SECONDS="30") as served:
+        yield served
 
 
 def ask(c: httpx.Client, content: str, session_id: str | None = None) -> tuple[dict[str, Any], list[Any]]:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-import asyncpg
 import httpx
 
 from api.main import create_app
 from api.schedules import service
 from common.auth import mint_token
-from tests.conftest import ROOT, Stack, settings_for, wait_until
+from tests.conftest import ROOT, Stack, settings_for, sql, wait_until
 from tests.e2e.delivery_helpers import Dispatchers, deliveries, wait_for
 from tests.e2e.streams import wait_status
 
@@ -24,17 +22,6 @@ from tests.e2e.streams import wait_status
 def client(stack: Stack, user_id: str, tenant_id: str, *scopes: str) -> httpx.Client:
     token = mint_token(settings_for(stack.infra), user_id=user_id, tenant_id=tenant_id, scopes=list(scopes))
     return httpx.Client(base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"})
-
-
-def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.infra.database_url)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def requests_of(stack: Stack, schedule_id: str) -> int:

@@ -3,7 +3,6 @@ thread by a real dispatcher through the real slack-sdk client, against a fake Sl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import signal
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from tests.conftest import Stack
+from tests.conftest import Stack, sql
 from tests.e2e.delivery_helpers import Dispatchers, full_logs, wait_for
 from tests.fakes.slack_api import Call, FakeSlack
 
@@ -41,17 +40,6 @@ def fake_slack() -> Iterator[FakeSlack]:
         yield fake
     finally:
         fake.stop()
-
-
-def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.infra.database_url)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")

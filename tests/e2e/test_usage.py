@@ -4,7 +4,6 @@ and the worker's Prometheus counters."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,21 +24,10 @@ METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def metered(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
-    worker = stack.start_worker("metered", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY="sk-test",
-                                LLM_RETRIES="1", LEASE_SECONDS="30", WORKER_METRICS_PORT=str(METRICS_PORT))
-    try:
-        yield stack
-    finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(15)
+    with stack.serving("metered", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY="sk-test",
+                       LLM_RETRIES="1", LEASE_SECONDS="30", WORKER_METRICS_PORT=str(METRICS_PORT)) as served:
+        yield served
 
 
 def client(stack: Stack, user_id: str, tenant_id: str, *scopes: str) -> httpx.Client:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-
-import pytest
 
 from common import db, queue
 from common.agents import load_agents
@@ -24,15 +22,6 @@ from workers.flows import process_flow_run
 from workers.runner import Runtime
 
 RunFlow = Callable[..., Awaitable[tuple[dict[str, Any], list[Event]]]]
-
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    t = Target().start()
-    try:
-        yield t
-    finally:
-        t.stop()
 
 
 @contextlib.asynccontextmanager
