@@ -38,6 +38,8 @@ CASES: dict[str, dict[str, Any]] = {
     "rg-20ms": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50"}},
     "rg-20ms-1ev": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50",
                                                           "TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
+    # the worker streams from a fake OpenAI-compatible provider (bench/fake_provider.py) instead of the offline model
+    "rg-openai": {"system": "rg", "workers": 1, "env": {}, "provider": True},
 }
 TOKENS = 200
 
@@ -51,9 +53,12 @@ class System:
         self.case = case
         self.stack = bench.Stack(infra, folder, "bench-" + uuid.uuid4().hex + uuid.uuid4().hex, env)
         self.workers: list[Any] = []
+        self.provider: Any = None
 
     async def start(self) -> None:
         s = self.stack
+        if self.case.get("provider"):
+            await self._start_provider()
         if self.case["system"] == "proto":
             s.port = bench.free_port()
             s.gateway = s._spawn("proto-app", [sys.executable, "-m", "uvicorn", "bench.prototype.app:app",
@@ -69,6 +74,18 @@ class System:
                 await s.start_worker()
                 self.workers.append(s.worker)
         await asyncio.sleep(1)
+
+    async def _start_provider(self) -> None:
+        s = self.stack
+        self.provider = s._spawn("provider", [sys.executable, str(bench.BENCH / "fake_provider.py"),
+                                              "--tokens", str(TOKENS)])
+        log, deadline = s.logs[-1], time.monotonic() + 30
+        while b"BASE_URL " not in log.read_bytes():
+            if self.provider.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fake provider did not start; see {log}")
+            await asyncio.sleep(0.05)
+        base = log.read_bytes().split(b"BASE_URL ", 1)[1].split()[0].decode()
+        s.extra_env.update({"LLM_MODEL": "openai/fake-model", "LLM_API_BASE": base, "LLM_API_KEY": "sk-bench"})
 
     async def _health(self) -> None:
         import httpx
@@ -92,7 +109,7 @@ class System:
         return procs
 
     async def stop(self) -> None:
-        for proc in [self.stack.gateway, *self.workers]:
+        for proc in [self.stack.gateway, *self.workers, self.provider]:
             await bench._terminate(proc, 20)
 
 
@@ -129,6 +146,7 @@ async def one_run(system: System, folder: Path, clients: int, procs: int, timeou
         "run_retrying": sum(r["retrying"] for r in results),
         "run_failed": sum(r["failed"] for r in results),
         "server_cpu_s": round(sum(v for k, v in window.used.items() if k != "load"), 1),
+        "worker_cpu_us_per_token": round(window.used.get("worker", 0.0) / max(tokens, 1) * 1e6, 1),
         "cpu_percent": cpu,
         "seconds": round(end - start, 2),
     }
@@ -168,13 +186,14 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}{'rate p10':>10}"
-          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}")
+          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}{'wrk us/tok':>11}")
     for r in results:
         m = r["median"]
         print(f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
               f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['stream_rate_p10']:>10.1f}"
               f"{m['complete']:>7.0f}{m['cut_short']:>7}"
-              f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}")
+              f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}"
+              f"{m['worker_cpu_us_per_token']:>11.1f}")
 
 
 def main() -> None:

@@ -61,6 +61,7 @@ class FakeOpenAI:
 
     calls: list[Call] = field(default_factory=list)
     usage_trailer: bool = False  # after the finish chunk, a usage chunk with no choices (as `include_usage` sends)
+    default: str = DEFAULT_REPLY  # the answer of calls nothing was scripted for
     _script: deque[str | Fail | ToolCalls] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -94,7 +95,7 @@ class FakeOpenAI:
     def _next(self, call: Call) -> str | Fail | ToolCalls:
         with self._lock:
             self.calls.append(call)
-            return self._script.popleft() if self._script else DEFAULT_REPLY
+            return self._script.popleft() if self._script else self.default
 
     def start(self) -> FakeOpenAI:
         fake = self
