@@ -100,7 +100,7 @@ class System:
 
     def processes(self) -> dict[str, list[psutil.Process]]:
         procs: dict[str, list[psutil.Process]] = {}
-        for name, group in (("gateway", [self.stack.gateway]), ("worker", self.workers)):
+        for name, group in (("gateway", [self.stack.gateway]), ("worker", self.workers), ("provider", [self.provider])):
             for proc in group:
                 if proc is not None and proc.poll() is None:
                     with contextlib.suppress(psutil.Error):
