@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     llm_api_base: str = ""
     llm_api_key: SecretStr = SecretStr("")
     llm_retries: int = 3
+    # `auto`: openai/ and hosted_vllm/ models at LLM_API_BASE stream through the lean client (workers/model.py);
+    # `off`: every real model goes through litellm.
+    llm_fast_path: Literal["auto", "off"] = "auto"
     offline_model_tokens: int = 60
     offline_model_tokens_per_second: float = 40.0
 

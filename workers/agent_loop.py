@@ -27,6 +27,7 @@ from workers import model, runner
 from workers.attempt import Attempt, Stop
 from workers.mcp_client import Outcome, Tool
 from workers.tool_names import provider_name, provider_names
+from workers.tool_requests import ToolRequest
 
 
 class AgentStopped(Exception):
@@ -92,7 +93,7 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
     step = await _replay(rt, run, box, messages, on_text)
     seen = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     while True:
-        requests: list[model.ToolRequest] = []
+        requests: list[ToolRequest] = []
         reply: list[str] = []
         async for text in model.stream_reply(rt.settings, model_name, messages, metadata,
                                              tools=box.definitions() or None, calls=requests, meter=run.meter):
@@ -120,7 +121,7 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
         _extend(messages, box, "".join(reply), calls, outcomes)
 
 
-def _call(box: Toolbox, request: model.ToolRequest, step: int, index: int, seen: set[str]) -> Call:
+def _call(box: Toolbox, request: ToolRequest, step: int, index: int, seen: set[str]) -> Call:
     """The call as relaygate names it; its id is unique in the request (its checkpoint's key) even when a
     provider reuses ids across turns."""
     qualified = box.from_provider.get(request.name) or request.name.replace("__", ".", 1)

@@ -35,14 +35,21 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         rt = Runtime(settings=settings, db=stores.db, streams=stores.streams, queue=ctx["redis"], writer=stores.writer,
                      agents=stores.agents, idle_seconds=idle_seconds)
         ctx["rt"] = rt
+        ctx["models"] = model.configured(settings, stores.agents)
         ctx["tasks"] = maintenance.start(rt) + flows.start(rt)
         runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
+        model.configure()  # if nothing needed litellm at once, it loads now, off the start's critical path
 
     def observe_lag(lag: float) -> None:
         rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
         if rt is not None:
             rt.priority.observe_lag(lag)
+
+    def warm() -> bool:
+        """Takes new jobs at once: every model it may call starts without waiting for litellm."""
+        models: frozenset[str] | None = ctx_ref.get("ctx", {}).get("models")
+        return models is not None and model.ready_for(models, settings)
 
     def drain() -> None:
         rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
@@ -84,7 +91,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         in_progress_seconds=settings.lease_seconds,
         on_drain=drain,
         on_lag=observe_lag,
-        warm=model.ready,
+        warm=warm,
     )
 
 
@@ -93,7 +100,8 @@ def run(feature: str | None = None) -> None:
     rg_logging.configure(settings.log_level, settings.log_format)
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate worker: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
-    model.configure(settings)
+    if model.path_for(settings.llm_model or model.OFFLINE_MODEL, settings) == "litellm":
+        model.configure()  # its import overlaps the worker's start; otherwise it waits until the worker is ready
     tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)

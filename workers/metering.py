@@ -1,16 +1,19 @@
 """One attempt's token usage and cost: the provider's own count when it sends one, else litellm's
-token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map."""
+token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map
+(read as JSON for replies that did not go through litellm, so they never wait for its import)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from common.agents import ModelPrice
 from common.usage import Usage
+from workers import cost_map
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +29,14 @@ class Meter:
     reported: tuple[int, int] | None = None  # the provider's (prompt, completion) tokens of the current call
     earlier: tuple[int, int] = (0, 0)  # what the provider reported for the attempt's earlier calls (tool steps)
     offline: bool = False  # the offline model: its chunks are its tokens and it costs nothing
+    via_litellm: bool = False  # served by litellm (priced with its own cost functions)
 
-    def begin(self, messages: list[dict[str, Any]], offline: bool) -> None:
+    def begin(self, messages: list[dict[str, Any]], offline: bool, via_litellm: bool) -> None:
         """A model call of the attempt starts (an agent with tools makes one per step)."""
         if self.reported is not None:
             self.earlier = (self.earlier[0] + self.reported[0], self.earlier[1] + self.reported[1])
             self.reported = None
-        self.messages, self.offline = messages, offline
+        self.messages, self.offline, self.via_litellm = messages, offline, via_litellm
 
     def report(self, usage: Any) -> None:
         """Take a provider usage object or dict (`prompt_tokens`, `completion_tokens`), if it is one."""
@@ -44,13 +48,16 @@ class Meter:
             self.reported = (prompt, completion)
 
 
-def price(litellm: ModuleType, model: str, input_tokens: int, output_tokens: int,
+def price(litellm: ModuleType | None, model: str, input_tokens: int, output_tokens: int,
           prices: dict[str, ModelPrice]) -> float:
-    """USD for these tokens: the operator's price for the model, else litellm's cost map, else 0."""
+    """USD for these tokens: the operator's price for the model, else litellm's cost map (through litellm
+    when given, else read from its file; the map must be loaded, see `cost_map.load`), else 0."""
     override = prices.get(model)
     if override is not None:
         return (input_tokens * override.input_usd_per_million_tokens
                 + output_tokens * override.output_usd_per_million_tokens) / 1_000_000
+    if litellm is None:
+        return cost_map.cost(model, input_tokens, output_tokens) or 0.0
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=input_tokens,
                                                               completion_tokens=output_tokens)
@@ -64,18 +71,24 @@ def _count(litellm: ModuleType, model: str, messages: list[dict[str, Any]], repl
     return prompt, int(litellm.token_counter(model=model, text=reply)) if reply else 0
 
 
-async def measure(litellm: ModuleType, meter: Meter, model: str, reply: str,
-                  prices: dict[str, ModelPrice]) -> Usage:
-    """What the attempt used. A call that produced nothing and reported nothing used nothing."""
+async def measure(meter: Meter, model: str, reply: str, prices: dict[str, ModelPrice],
+                  litellm_module: Callable[[], Awaitable[ModuleType]]) -> Usage:
+    """What the attempt used. A call that produced nothing and reported nothing used nothing.
+    litellm (`litellm_module`) is awaited only to count tokens a provider did not report, and to price
+    replies litellm served."""
     if meter.offline:
         words = sum(len(str(m.get("content", "")).split()) for m in meter.messages)
         return Usage(words if meter.chunks else 0, meter.chunks, 0.0, False)
+    litellm = await litellm_module() if meter.via_litellm else None
     if meter.reported is not None or meter.earlier != (0, 0):
         last = meter.reported or (0, 0)
         prompt, completion, estimated = meter.earlier[0] + last[0], meter.earlier[1] + last[1], False
     elif meter.chunks:
-        prompt, completion = await asyncio.to_thread(_count, litellm, model, meter.messages, reply)
+        counter = litellm or await litellm_module()
+        prompt, completion = await asyncio.to_thread(_count, counter, model, meter.messages, reply)
         estimated = True
     else:
         return Usage()
+    if litellm is None and model not in prices and not cost_map.loaded():
+        await asyncio.to_thread(cost_map.load)
     return Usage(prompt, completion, price(litellm, model, prompt, completion, prices), estimated)

@@ -1,8 +1,11 @@
-"""Model calls through litellm: the configured model or the built-in offline one.
+"""Model calls: the built-in offline model, a lean client for OpenAI-compatible endpoints, else litellm.
 
-litellm's import is most of a worker's start (seconds of CPU), and only model calls need it: `configure`
-starts it in a thread, so the worker opens its stores and takes jobs meanwhile, and a model call waits
-for it only if it comes first.
+Every call goes through `stream_reply`, whichever path serves it (`path_for`): the offline model is a
+native generator (workers.offline_model); an `openai/` or `hosted_vllm/` model with LLM_API_BASE set
+streams through workers.openai_stream unless LLM_FAST_PATH=off; every other provider goes through
+litellm. litellm's import is most of a worker's start (seconds of CPU): `configure` starts it in a
+thread, so the worker opens its stores and answers on the first two paths meanwhile, and a litellm
+call waits for it only if it comes first.
 """
 
 from __future__ import annotations
@@ -10,27 +13,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.agents import Agent, AgentRegistry
 from common.models import model_options
 from common.redact import scrub
 from common.settings import Settings
+from workers import offline_model, openai_stream
 from workers.metering import Meter
+from workers.tool_requests import ToolRequest
 
 log = logging.getLogger(__name__)
 
-# The offline model's names, without importing it (workers.offline_model imports litellm).
 OFFLINE_PROVIDER = "relaygate-offline"
 OFFLINE_MODEL = f"{OFFLINE_PROVIDER}/echo"
+# Providers whose streams the lean client serves when LLM_API_BASE names their endpoint, and the
+# environment variable litellm would take their key from when LLM_API_KEY is empty.
+OPENAI_COMPATIBLE = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}
+Path = Literal["offline", "openai", "litellm"]
 
 # How long a finished stream's trailer may take before its connection is just closed.
 TRAILER_SECONDS = 2.0
@@ -38,15 +46,10 @@ TRAILER_SECONDS = 2.0
 _loaded: Future[ModuleType] | None = None
 
 
-def configure(settings: Settings) -> None:
-    """Start loading and configuring litellm in a background thread (once per process; a later call
-    with other settings re-registers the offline model once litellm is loaded)."""
+def configure() -> None:
+    """Start loading and configuring litellm in a background thread (once per process)."""
     global _loaded
     if _loaded is not None:
-        if _loaded.done() and _loaded.exception() is None:
-            from workers import offline_model
-
-            offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
         return
     _loaded = Future()
     loaded = _loaded
@@ -54,7 +57,7 @@ def configure(settings: Settings) -> None:
     def load() -> None:
         started = time.monotonic()
         try:
-            loaded.set_result(_load(settings))
+            loaded.set_result(_load())
         except BaseException as exc:
             log.exception("loading the model layer failed")
             loaded.set_exception(exc)
@@ -65,8 +68,23 @@ def configure(settings: Settings) -> None:
 
 
 def ready() -> bool:
-    """Whether litellm is loaded (model calls start without waiting)."""
+    """Whether litellm is loaded (litellm calls start without waiting)."""
     return _loaded is not None and _loaded.done()
+
+
+def path_for(model: str, settings: Settings) -> Path:
+    """Which client serves `model`: the offline model, the lean OpenAI-compatible one, or litellm."""
+    provider, _, _ = model.partition("/")
+    if provider == OFFLINE_PROVIDER:
+        return "offline"
+    if settings.llm_fast_path == "auto" and settings.llm_api_base and provider in OPENAI_COMPATIBLE:
+        return "openai"
+    return "litellm"
+
+
+def ready_for(models: Iterable[str], settings: Settings) -> bool:
+    """Whether calls to every one of `models` start without waiting for litellm."""
+    return ready() or all(path_for(m, settings) != "litellm" for m in models)
 
 
 async def litellm_module() -> ModuleType:
@@ -75,14 +93,12 @@ async def litellm_module() -> ModuleType:
     return await asyncio.wrap_future(_loaded)
 
 
-def _load(settings: Settings) -> ModuleType:
+def _load() -> ModuleType:
     import litellm
 
     # litellm imports the OpenAI SDK's resources on its first call, synchronously; doing it
     # here keeps that stall out of the event loop that runs the lease heartbeats.
     import openai.resources.chat  # noqa: F401
-
-    from workers import offline_model
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
@@ -94,7 +110,6 @@ def _load(settings: Settings) -> ModuleType:
     litellm.success_callback = []
     litellm.failure_callback = []
     litellm.callbacks = []
-    offline_model.register(settings.offline_model_tokens, settings.offline_model_tokens_per_second)
     return litellm
 
 
@@ -113,15 +128,6 @@ def configured(settings: Settings, agents: AgentRegistry) -> frozenset[str]:
     """The models this deployment set up (LLM_MODEL, or the offline model, and every agent's): the only
     ones a flow's llm task may name, so a flow cannot pick a provider or a local endpoint of its own."""
     return frozenset({settings.llm_model or OFFLINE_MODEL, *(model_for(a, settings) for a in agents.agents)})
-
-
-@dataclass
-class ToolRequest:
-    """A tool call the model asked for, assembled from its streamed deltas (`name` is the provider's name)."""
-
-    id: str = ""
-    name: str = ""
-    arguments: str = ""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -154,32 +160,104 @@ async def stream_reply(
     """Yields text chunks; with `tools`, the tool calls the model asks for are collected into `calls`.
     `meter` receives the chunk count and the provider's usage, when it sends one. Transient failures
     before the first chunk are retried with backoff."""
-    litellm = await litellm_module()
     meter = meter if meter is not None else Meter()
-    meter.begin(messages, model.startswith(OFFLINE_PROVIDER))
+    path = path_for(model, settings)
+    meter.begin(messages, path == "offline", path == "litellm")
     options = model_options(metadata)
-    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
-                              "metadata": {k: v for k, v in options.items() if k == "offline"}}
+    source: AsyncIterator[str]
+    if path == "offline":
+        length, rate = offline_model.options(options.get("offline"), settings.offline_model_tokens,
+                                             settings.offline_model_tokens_per_second)
+        source = offline_model.stream(messages, tools, calls, length, rate)
+    elif path == "openai":
+        source = _openai(settings, model, messages, options, tools, calls, meter)
+    else:
+        source = _litellm(settings, model, messages, options, tools, calls, meter)
+    async with contextlib.aclosing(source):  # type: ignore[type-var]
+        async for text in source:
+            meter.chunks += 1
+            yield text
+
+
+def _retrying(settings: Settings, retry: Any) -> AsyncRetrying:
+    return AsyncRetrying(stop=stop_after_attempt(max(1, settings.llm_retries)),
+                         wait=wait_exponential(multiplier=0.2, max=5), retry=retry, reraise=True)
+
+
+def _max_tokens(settings: Settings, options: dict[str, Any]) -> int | None:
+    caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
+    return min(caps) if caps else None
+
+
+async def _openai(
+    settings: Settings, model: str, messages: list[dict[str, Any]], options: dict[str, Any],
+    tools: list[dict[str, Any]] | None, calls: list[ToolRequest] | None, meter: Meter,
+) -> AsyncIterator[str]:
+    """The lean path: one streamed POST to `{LLM_API_BASE}/chat/completions`, parsed by hand."""
+    provider, _, name = model.partition("/")
+    body: dict[str, Any] = {"model": name, "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if tools:
+        body["tools"] = tools
+    if (cap := _max_tokens(settings, options)) is not None:
+        body["max_tokens"] = cap
+    key = settings.llm_api_key.get_secret_value() or os.environ.get(OPENAI_COMPATIBLE[provider], "")
+    url = settings.llm_api_base.rstrip("/") + "/chat/completions"
+    async for attempt in _retrying(settings, retry_if_exception(openai_stream.retryable)):
+        with attempt:
+            stream = openai_stream.Stream(url, body, key)
+            events = stream.events()
+            try:
+                await stream.open()
+                event = await anext(events, None)
+            except BaseException:
+                await events.aclose()
+                await stream.close()
+                raise
+    try:
+        while event is not None:
+            meter.report(event.get("usage"))
+            choices = event.get("choices")
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                if content := delta.get("content"):
+                    yield content
+                if calls is not None and delta.get("tool_calls"):
+                    _collect(calls, delta["tool_calls"])
+                if choice.get("finish_reason"):
+                    break
+            event = await anext(events, None)
+        else:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(TRAILER_SECONDS):
+                async for event in events:
+                    meter.report(event.get("usage"))
+    finally:
+        await events.aclose()
+        await stream.close()
+
+
+async def _litellm(
+    settings: Settings, model: str, messages: list[dict[str, Any]], options: dict[str, Any],
+    tools: list[dict[str, Any]] | None, calls: list[ToolRequest] | None, meter: Meter,
+) -> AsyncIterator[str]:
+    """Every other provider, through litellm (waits for its import if it is still loading)."""
+    litellm = await litellm_module()
+    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     if tools:
         kwargs["tools"] = tools
-    if not meter.offline:
-        if _streams_usage(litellm, model):
-            kwargs["stream_options"] = {"include_usage": True}
-        caps = [int(c) for c in (options.get("max_tokens"), settings.max_reply_tokens) if c]
-        if caps:
-            kwargs["max_tokens"] = min(caps)
-        kwargs["max_retries"] = 0  # the provider SDK's own retries would multiply ours
-        if settings.llm_api_base:
-            kwargs["api_base"] = settings.llm_api_base
-        if settings.llm_api_key.get_secret_value():
-            kwargs["api_key"] = settings.llm_api_key.get_secret_value()
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(max(1, settings.llm_retries)),
-        wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type(transient_errors(litellm)),
-        reraise=True,
-    )
-    async for attempt in retrying:
+    if _streams_usage(litellm, model):
+        kwargs["stream_options"] = {"include_usage": True}
+    if (cap := _max_tokens(settings, options)) is not None:
+        kwargs["max_tokens"] = cap
+    kwargs["max_retries"] = 0  # the provider SDK's own retries would multiply ours
+    if settings.llm_api_base:
+        kwargs["api_base"] = settings.llm_api_base
+    if settings.llm_api_key.get_secret_value():
+        kwargs["api_key"] = settings.llm_api_key.get_secret_value()
+    async for attempt in _retrying(settings, retry_if_exception_type(transient_errors(litellm))):
         with attempt:
             response = await litellm.acompletion(**kwargs)
             chunks = response.__aiter__()
@@ -191,7 +269,6 @@ async def stream_reply(
             choice = chunk.choices[0] if chunk.choices else None
             if choice is not None:
                 if choice.delta.content:
-                    meter.chunks += 1
                     yield choice.delta.content
                 if calls is not None and getattr(choice.delta, "tool_calls", None):
                     _collect(calls, choice.delta.tool_calls)
@@ -203,20 +280,25 @@ async def stream_reply(
         await _release(response, drain=finished, meter=meter)
 
 
+def _field(item: Any, name: str) -> Any:
+    """`name` of a streamed delta: a dict on the lean path, an object from litellm."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
 def _collect(calls: list[ToolRequest], deltas: list[Any]) -> None:
     """Fold streamed tool-call deltas into whole calls: the first delta of an index names it, later ones
     append to its arguments."""
     for delta in deltas:
-        index = getattr(delta, "index", None)
+        index = _field(delta, "index")
         index = len(calls) if index is None else int(index)
         while len(calls) <= index:
             calls.append(ToolRequest())
         call = calls[index]
-        call.id = call.id or (delta.id or "")
-        function = delta.function
+        call.id = call.id or (_field(delta, "id") or "")
+        function = _field(delta, "function")
         if function is not None:
-            call.name = call.name or (function.name or "")
-            call.arguments += function.arguments or ""
+            call.name = call.name or (_field(function, "name") or "")
+            call.arguments += _field(function, "arguments") or ""
 
 
 async def _release(response: Any, *, drain: bool, meter: Meter) -> None:

@@ -1,6 +1,7 @@
-"""The built-in offline model: a litellm custom provider that streams a deterministic reply.
+"""The built-in offline model: an async generator that streams a deterministic reply, without litellm.
 
-It lets relaygate run, demo and test with no model provider. Its replies say so.
+It lets relaygate run, demo and test with no model provider, and a worker answers with it as soon as
+its stores are open (litellm's import takes seconds). Its replies say so.
 Length (tokens) and speed (tokens per second, 0 = as fast as possible) come from the
 request's `metadata.offline` or from OFFLINE_MODEL_TOKENS / OFFLINE_MODEL_TOKENS_PER_SECOND.
 Given tools, a message line `/tool SERVER.TOOL {json arguments}` makes it call that tool (one call per
@@ -15,12 +16,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import litellm
-from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import GenericStreamingChunk
-
-from workers.model import OFFLINE_PROVIDER as PROVIDER
 from workers.tool_names import provider_name
+from workers.tool_requests import ToolRequest
 
 _FILLER = (
     "Replies stream token by token through a Redis Stream and reach you over server-sent events, "
@@ -35,11 +32,6 @@ def compose_reply(prompt: str, tokens: int) -> list[str]:
     words += list(itertools.islice(itertools.cycle(_FILLER), max(tokens - len(words), 0)))
     words = words[: max(tokens, 1)]
     return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
-
-
-def _chunk(text: str, finished: bool = False, reason: str = "stop") -> GenericStreamingChunk:
-    return {"text": text, "is_finished": finished, "finish_reason": reason if finished else "",
-            "usage": None, "index": 0, "tool_use": None}
 
 
 def requested_tools(prompt: str, offered: set[str]) -> list[tuple[str, str]]:
@@ -67,44 +59,26 @@ def quote_results(prompt: str, messages: list[dict[str, Any]]) -> list[str]:
     return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
 
 
-class OfflineModel(CustomLLM):
-    def __init__(self, tokens: int, tokens_per_second: float) -> None:
-        super().__init__()
-        self.tokens = tokens
-        self.tokens_per_second = tokens_per_second
-
-    def _options(self, litellm_params: dict[str, Any] | None) -> tuple[int, float]:
-        metadata = (litellm_params or {}).get("metadata") or {}
-        options = metadata.get("offline") or {}
-        tokens = int(options.get("tokens", self.tokens))
-        rate = float(options.get("tokens_per_second", self.tokens_per_second))
-        return max(1, min(tokens, 100_000)), max(0.0, rate)
-
-    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:  # type: ignore[override]
-        messages: list[dict[str, Any]] = kwargs.get("messages") or (args[1] if len(args) > 1 else [])
-        prompt = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
-        tokens, rate = self._options(kwargs.get("litellm_params"))
-        delay = 1.0 / rate if rate else 0.0
-        tools = (kwargs.get("optional_params") or {}).get("tools") or []
-        offered = {t["function"]["name"] for t in tools}
-        calls = requested_tools(prompt, offered) if messages and messages[-1].get("role") == "user" else []
-        if calls:
-            for index, (name, arguments) in enumerate(calls):
-                chunk = _chunk("")
-                chunk["tool_use"] = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "index": index,
-                                     "function": {"name": name, "arguments": arguments}}
-                yield chunk
-            yield _chunk("", finished=True, reason="tool_calls")
-            return
-        after_tools = bool(messages) and messages[-1].get("role") == "tool"
-        reply = quote_results(prompt, messages) if after_tools else compose_reply(prompt, tokens)
-        for token in reply:
-            await asyncio.sleep(delay)  # at full speed too: replies interleave token by token, as over a network
-            yield _chunk(token)
-        yield _chunk("", finished=True)
+def options(offline: dict[str, Any] | None, tokens: int, tokens_per_second: float) -> tuple[int, float]:
+    """The reply's length and speed: the request's `metadata.offline`, else the deployment's defaults."""
+    given = offline or {}
+    length = int(given.get("tokens", tokens))
+    rate = float(given.get("tokens_per_second", tokens_per_second))
+    return max(1, min(length, 100_000)), max(0.0, rate)
 
 
-def register(tokens: int, tokens_per_second: float) -> None:
-    litellm.custom_provider_map = [
-        item for item in litellm.custom_provider_map if item["provider"] != PROVIDER
-    ] + [{"provider": PROVIDER, "custom_handler": OfflineModel(tokens, tokens_per_second)}]
+async def stream(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                 calls: list[ToolRequest] | None, length: int, rate: float) -> AsyncIterator[str]:
+    """Yields the reply's tokens; asked for offered tools, it yields nothing and fills `calls` instead."""
+    prompt = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+    offered = {t["function"]["name"] for t in tools or []}
+    wanted = requested_tools(prompt, offered) if messages and messages[-1].get("role") == "user" else []
+    if wanted:
+        if calls is not None:
+            calls.extend(ToolRequest(f"call_{uuid.uuid4().hex[:12]}", name, arguments) for name, arguments in wanted)
+        return
+    delay = 1.0 / rate if rate else 0.0
+    after_tools = bool(messages) and messages[-1].get("role") == "tool"
+    for token in quote_results(prompt, messages) if after_tools else compose_reply(prompt, length):
+        await asyncio.sleep(delay)  # at full speed too: replies interleave token by token, as over a network
+        yield token

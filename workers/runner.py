@@ -306,8 +306,8 @@ async def _finish(
 async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
     """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
     try:
-        return await metering.measure(await model.litellm_module(), run.meter, model_name, "".join(run.parts),
-                                      rt.agents.prices)
+        return await metering.measure(run.meter, model_name, "".join(run.parts), rt.agents.prices,
+                                      model.litellm_module)
     except Exception as exc:
         log.warning("counting usage failed", extra={"request_id": run.payload.request_id, "error": repr(exc)})
         return Usage()

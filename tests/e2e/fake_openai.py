@@ -62,6 +62,8 @@ class FakeOpenAI:
     calls: list[Call] = field(default_factory=list)
     usage_trailer: bool = False  # after the finish chunk, a usage chunk with no choices (as `include_usage` sends)
     default: str = DEFAULT_REPLY  # the answer of calls nothing was scripted for
+    pace: float = 0.0  # seconds between a reply's text chunks
+    disconnects: int = 0  # replies whose client went away before their end
     _script: deque[str | Fail | ToolCalls] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -115,7 +117,11 @@ class FakeOpenAI:
                 if isinstance(answer, Fail):
                     return self._json(answer.status, {"error": {"message": answer.message, "type": answer.type,
                                                                 "param": None, "code": None}})
-                self._stream(str(body.get("model", "")), answer)
+                try:
+                    self._stream(str(body.get("model", "")), answer)
+                except (BrokenPipeError, ConnectionResetError):
+                    with fake._lock:
+                        fake.disconnects += 1
 
             def _json(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -145,6 +151,8 @@ class FakeOpenAI:
                 for i, word in enumerate(words):
                     piece = word if i == len(words) - 1 else word + " "
                     send({"role": "assistant", "content": piece} if i == 0 else {"content": piece})
+                    if fake.pace:
+                        time.sleep(fake.pace)
                 if isinstance(answer, ToolCalls):
                     for index, (name, arguments) in enumerate(answer.calls):
                         raw = json.dumps(arguments)

@@ -101,7 +101,7 @@ async def test_a_run_past_flow_timeout_seconds_fails_clearly(gateway_app: Any, e
 async def test_llm_and_agent_tasks_count_against_the_user_rate(gateway_app: Any, executor: Any) -> None:
     gw = await _gateway(gateway_app, rate_limit_user_per_minute=0)
     ex: Executor = await executor(rate_limit_user_per_minute=2, offline_model_tokens_per_second=1000)
-    model.configure(ex.rt.settings)
+    model.configure()
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
         run_id = await _start(c, tenant, task("a", "llm", input={"prompt": "one"}),

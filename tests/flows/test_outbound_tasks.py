@@ -29,7 +29,7 @@ async def executor(infra: Infra, gateway_app: Any, **overrides: Any) -> AsyncIte
     """Run one flow at a time: created through the gateway, executed here, read back with GET /v1/runs/{id}."""
     feature = f"idle-{uuid.uuid4().hex[:6]}"  # no worker serves it: this test executes the run itself
     settings = settings_for(infra, flow_feature=feature, **overrides)
-    model.configure(settings)
+    model.configure()
     gw = await gateway_app(flow_feature=feature, **overrides)
     streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
     arq = await queue.connect(infra.redis_url)

@@ -87,7 +87,7 @@ async def test_one_trace_spans_gateway_queue_worker_and_model(infra: Infra, tmp_
     http_spans = {s.context.trace_id for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER}
     exporter.clear()
 
-    model.configure(settings)
+    model.configure()
     streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=8)
     rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url, name="test-worker"),
                  streams=streams, queue=await queue.connect(settings.queue_redis_url),
