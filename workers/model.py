@@ -214,8 +214,9 @@ async def _openai(
                 await events.aclose()
                 await stream.close()
                 raise
+    finished = False
     try:
-        while event is not None:
+        while event is not None and not finished:
             meter.report(event.get("usage"))
             choices = event.get("choices")
             if choices:
@@ -225,15 +226,14 @@ async def _openai(
                     yield content
                 if calls is not None and delta.get("tool_calls"):
                     _collect(calls, delta["tool_calls"])
-                if choice.get("finish_reason"):
-                    break
-            event = await anext(events, None)
-        else:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(TRAILER_SECONDS):
-                async for event in events:
-                    meter.report(event.get("usage"))
+                finished = bool(choice.get("finish_reason"))
+            if not finished:
+                event = await anext(events, None)
+        if finished:  # the trailer: the usage chunk and [DONE], so the connection can be reused
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(TRAILER_SECONDS):
+                    async for event in events:
+                        meter.report(event.get("usage"))
     finally:
         await events.aclose()
         await stream.close()

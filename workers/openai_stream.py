@@ -103,7 +103,9 @@ class Stream:
                         done = True
                         break
                     event = orjson.loads(payload)
-                    if isinstance(event, dict) and event.get("error"):
+                    if not isinstance(event, dict):
+                        continue
+                    if event.get("error"):
                         error = event["error"]
                         message = error.get("message") if isinstance(error, dict) else error
                         raise ProviderError(None, str(message or error))
