@@ -4,7 +4,9 @@ Starts a gateway on embedded Postgres + Valkey, then `--runs` times spawns an ag
 (`python -m cli.main worker`) and at the same moment sends it a request (offline model, 20 tokens,
 `POST /stream`), and prints, per run and as medians, the seconds from spawn to "worker ready" (stores
 open, taking jobs), to the request's **first token** (what a user waiting on a fresh worker sees), and
-to "model layer ready" (litellm loaded in its background thread; only litellm's providers wait for it).
+to "model layer ready" (every model of the worker runs without waiting: at once for the offline model
+and OpenAI-compatible endpoints, after litellm's import for other providers), and the worker's RSS at
+its first token.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import orjson
+import psutil
 import run as bench
 
 
@@ -45,10 +48,9 @@ async def _first_token(client: httpx.AsyncClient, token: str, started: float) ->
     raise RuntimeError("the stream ended without a token")
 
 
-async def measure(runs: int, folder: Path) -> None:
-    infra = bench.Infra.start(folder)
+async def measure(runs: int, folder: Path, infra: bench.Infra) -> None:
     stack = bench.Stack(infra, folder, "start-" + uuid.uuid4().hex, {"OFFLINE_MODEL_TOKENS": "20"})
-    ready, first, model = [], [], []
+    ready, first, model, rss = [], [], [], []
     try:
         await stack.start_gateway()
         token = stack.token("start-user", "bench-start-" + uuid.uuid4().hex[:6])
@@ -61,18 +63,20 @@ async def measure(runs: int, folder: Path) -> None:
                     asked = asyncio.create_task(_first_token(client, token, started))
                     ready.append(await _seconds_until(log, b'"worker ready"', started, deadline))
                     first.append(await asked)
+                    rss.append(psutil.Process(worker.pid).memory_info().rss / 2**20)
                     model.append(await _seconds_until(log, b'"model layer ready"', started, deadline))
                 finally:
                     worker.terminate()
                     worker.wait(30)
                 print(f"run {n + 1}: worker ready {ready[-1]:.2f} s, first token {first[-1]:.2f} s, "
-                      f"model layer ready {model[-1]:.2f} s", flush=True)
+                      f"model layer ready {model[-1]:.2f} s, RSS {rss[-1]:.0f} MB", flush=True)
     finally:
         await stack.stop_gateway()
         infra.stop()
     print(f"median of {runs}: worker ready {statistics.median(ready):.2f} s (max {max(ready):.2f}), "
           f"first token {statistics.median(first):.2f} s (max {max(first):.2f}), "
-          f"model layer ready {statistics.median(model):.2f} s (max {max(model):.2f})")
+          f"model layer ready {statistics.median(model):.2f} s (max {max(model):.2f}), "
+          f"RSS {statistics.median(rss):.0f} MB")
 
 
 def main() -> None:
@@ -80,7 +84,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rg-start-") as tmp:
-        asyncio.run(measure(args.runs, Path(tmp)))
+        asyncio.run(measure(args.runs, Path(tmp), bench.Infra.start(Path(tmp))))
 
 
 if __name__ == "__main__":

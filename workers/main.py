@@ -35,11 +35,17 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         rt = Runtime(settings=settings, db=stores.db, streams=stores.streams, queue=ctx["redis"], writer=stores.writer,
                      agents=stores.agents, idle_seconds=idle_seconds)
         ctx["rt"] = rt
-        ctx["models"] = model.configured(settings, stores.agents)
-        ctx["tasks"] = maintenance.start(rt) + flows.start(rt)
+        models = ctx["models"] = model.configured(settings, stores.agents)
+        ctx["tasks"] = maintenance.start(rt) + flows.start(rt) + [asyncio.create_task(announce(models))]
         runtime.tune_gc()
         log.info("worker ready", extra={"feature": feature, "queue": settings.feature_queue(feature)})
-        model.configure()  # if nothing needed litellm at once, it loads now, off the start's critical path
+
+    async def announce(models: frozenset[str]) -> None:
+        """Log "model layer ready" once every model of this worker runs without waiting (loading litellm
+        first if one of them needs it)."""
+        if not model.ready_for(models, settings):
+            await model.litellm_module()
+        log.info("model layer ready", extra={"litellm": model.ready()})
 
     def observe_lag(lag: float) -> None:
         rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
@@ -101,7 +107,7 @@ def run(feature: str | None = None) -> None:
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate worker: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
     if model.path_for(settings.llm_model or model.OFFLINE_MODEL, settings) == "litellm":
-        model.configure()  # its import overlaps the worker's start; otherwise it waits until the worker is ready
+        model.configure()  # its import overlaps the worker's start
     tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)

@@ -47,7 +47,8 @@ _loaded: Future[ModuleType] | None = None
 
 
 def configure() -> None:
-    """Start loading and configuring litellm in a background thread (once per process)."""
+    """Start loading and configuring litellm in a background thread (once per process). A worker whose
+    models all run without it never calls this: litellm then loads only when a token count needs it."""
     global _loaded
     if _loaded is not None:
         return
@@ -59,10 +60,10 @@ def configure() -> None:
         try:
             loaded.set_result(_load())
         except BaseException as exc:
-            log.exception("loading the model layer failed")
+            log.exception("loading litellm failed")
             loaded.set_exception(exc)
         else:
-            log.info("model layer ready", extra={"seconds": round(time.monotonic() - started, 2)})
+            log.info("litellm loaded", extra={"seconds": round(time.monotonic() - started, 2)})
 
     threading.Thread(target=load, name="litellm-import", daemon=True).start()
 
@@ -88,8 +89,9 @@ def ready_for(models: Iterable[str], settings: Settings) -> bool:
 
 
 async def litellm_module() -> ModuleType:
-    if _loaded is None:
-        raise RuntimeError("workers.model.configure() was not called")
+    """litellm, once loaded (loading starts here if nothing started it)."""
+    configure()
+    assert _loaded is not None
     return await asyncio.wrap_future(_loaded)
 
 
