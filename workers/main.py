@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from common import logging as rg_logging
 from common import runtime, tracing
+from common.agents import load_agents
 from common.context import open_stores
 from common.flows.jobs import PROCESS_FLOW_RUN
 from common.queue_worker import RelayWorker
@@ -106,8 +107,8 @@ def run(feature: str | None = None) -> None:
     rg_logging.configure(settings.log_level, settings.log_format)
     if not settings.database_url or not settings.queue_redis_url:
         raise SystemExit("relaygate worker: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
-    if model.path_for(settings.llm_model or model.OFFLINE_MODEL, settings) == "litellm":
-        model.configure()  # its import overlaps the worker's start
+    if not model.ready_for(model.configured(settings, load_agents(settings.agents_file)), settings):
+        model.configure()  # a model of this worker needs litellm: its import overlaps the worker's start
     tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
