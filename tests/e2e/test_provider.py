@@ -1,8 +1,8 @@
-"""A worker talking to a model provider through litellm, end to end.
+"""A worker talking to a model provider, end to end, through each of its clients.
 
 The provider is a fake OpenAI-compatible server on a loopback port (tests/e2e/fake_openai.py),
-so litellm's real OpenAI client, streaming parser, error mapping and the worker's retries
-all run: replies stream through to SSE clients, history reaches the provider, transient
+so the lean client's (or litellm's real OpenAI client's) streaming parser, error mapping and the
+worker's retries all run: replies stream through to SSE clients, history reaches the provider, transient
 errors are retried and permanent ones end the request with a readable error.
 """
 
@@ -24,16 +24,17 @@ API_KEY = "sk-test-" + uuid.uuid4().hex
 SYSTEM_PROMPT = "You are tested against a fake provider."  # the `provider` agent in tests/agents.yaml
 
 
-@pytest.fixture(scope="module")
-def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
-    """One worker on the `provider` feature for the whole module (litellm makes it slow to boot).
+@pytest.fixture(scope="module", params=["auto", "off"])
+def provider(request: pytest.FixtureRequest, stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
+    """One worker on the `provider` feature per client: the lean OpenAI-compatible one (LLM_FAST_PATH=auto)
+    and litellm's (off), each for the whole module.
 
     Its lease is long: this module tests the provider path, not lease recovery, and litellm's
     first call imports the OpenAI SDK inside the event loop, which can stall the heartbeat
     for seconds on a busy machine and make the reaper start a second attempt.
     """
     with stack.serving("provider", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY=API_KEY,
-                       LLM_RETRIES="3", LEASE_SECONDS="30") as served:
+                       LLM_RETRIES="3", LEASE_SECONDS="30", LLM_FAST_PATH=str(request.param)) as served:
         yield served
 
 
