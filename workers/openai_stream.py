@@ -35,14 +35,26 @@ class ProviderError(Exception):
         self.transient = status in TRANSIENT_STATUSES
 
 
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=None, max_keepalive_connections=200))
+
+
 def client() -> httpx.AsyncClient:
     """This event loop's connection pool (one per loop: an httpx client cannot move between loops)."""
     loop = asyncio.get_running_loop()
     found = _clients.get(loop)
     if found is None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
-        found = _clients[loop] = httpx.AsyncClient(timeout=TIMEOUT, limits=limits)
+        found = _clients[loop] = _new_client()
     return found
+
+
+async def prepare() -> None:
+    """Build this loop's pool in a thread: the first one imports httpcore and loads the CA certificates,
+    up to a second of CPU on a busy machine that would otherwise stall the loop at the first reply."""
+    loop = asyncio.get_running_loop()
+    if loop not in _clients:
+        made = await asyncio.to_thread(_new_client)
+        _clients.setdefault(loop, made)
 
 
 def retryable(exc: BaseException) -> bool:
