@@ -139,7 +139,8 @@ async def test_a_dead_endpoint_is_a_readable_connection_error(fake: FakeOpenAI, 
     fake.stop()
     with pytest.raises(Exception) as raised:
         await reply(s)
-    assert model.describe_error(raised.value).startswith("model provider error (")
+    error = model.describe_error(raised.value)
+    assert error.startswith("model provider error (") and "Connect" in error, error  # ConnectError / APIConnectionError
 
 
 async def test_a_consumer_that_stops_early_closes_the_connection(fake: FakeOpenAI, fast_path: str) -> None:
