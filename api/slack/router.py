@@ -24,7 +24,7 @@ from api.errors import ApiError
 from api.requests import service as requests_service
 from api.requests.schemas import Accepted
 from api.responses import JSONResponse
-from api.slack import schedules, service
+from api.slack import approvals, schedules, service
 from api.slack.schemas import SlackRequest
 from api.slack.verify import seconds_valid, verify
 from common import mrkdwn
@@ -40,6 +40,8 @@ router = APIRouter(tags=["slack"])
 EVENT_DEDUPE_SECONDS = 3600
 CANCEL_ACTION = "rg_cancel"
 NEW_ACTION = "rg_new"
+APPROVE_ACTION = "rg_approve"
+DENY_ACTION = "rg_deny"
 MAX_FORM_FIELDS = 100
 _CLOCK = Clock()
 
@@ -229,16 +231,18 @@ async def interactive(gw: GatewayDep,
     inst = _known(signed_request)
     team_id = inst.team_id
     who = Principal(tenant_id=inst.tenant_id, user_id=str((payload.get("user") or {}).get("id") or ""))
+    channel = str((payload.get("channel") or {}).get("id") or "")
     for action in payload.get("actions") or []:
         value = str(action.get("value") or "")
-        if action.get("action_id") == CANCEL_ACTION:
+        if action.get("action_id") in (APPROVE_ACTION, DENY_ACTION):
+            await approvals.press(gw, inst, who, channel, value, approve=action.get("action_id") == APPROVE_ACTION)
+        elif action.get("action_id") == CANCEL_ACTION:
             try:
                 await requests_service.cancel(gw, who, value, "cancelled in Slack")
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
         elif action.get("action_id") == NEW_ACTION:
-            channel = str((payload.get("channel") or {}).get("id") or "")
             thread_ts = (payload.get("message") or {}).get("thread_ts")
             dm = channel.startswith("D")
             await service.new_conversation(gw, service.session_key(team_id, channel, thread_ts, who.user_id, dm=dm))
