@@ -122,9 +122,9 @@ async def measure(infra: bench.Infra, runs: int, folder: Path) -> None:
     print(_line("direct", direct))
     print(_line("plain", plain))
     print(_line("tool", tool))
-    added = statistics.median(tool) - statistics.median(plain)
+    added, call = statistics.median(tool) - statistics.median(plain), statistics.median(direct)
     print(f"one tool round trip adds {added * 1000:.2f} ms at p50 to a request; the MCP call itself is "
-          f"{statistics.median(direct) * 1000:.2f} ms of it, relaygate's share {(added - statistics.median(direct)) * 1000:.2f} ms")
+          f"{call * 1000:.2f} ms of it, relaygate's share {(added - call) * 1000:.2f} ms")
 
 
 def main() -> None:
