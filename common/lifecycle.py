@@ -173,14 +173,15 @@ async def cancel_queued(
 
 async def heartbeat(
     conn: asyncpg.Connection | asyncpg.Pool,
-    leases: list[tuple[str, int, str | None, str | None, Usage]],
+    leases: list[tuple[str, int, str | None, str | None, Usage, str]],
     lease_seconds: float,
 ) -> set[str]:
     """Extend leases, checkpoint the partial replies given (None keeps the stored one) and store each
-    attempt's usage so far; returns the request ids still held."""
+    attempt's usage so far and its model (the usage rollup's key if the attempt is lost); returns the
+    request ids still held."""
     if not leases:
         return set()
-    ids, attempts, partials, stream_ids, used = (list(col) for col in zip(*leases, strict=True))
+    ids, attempts, partials, stream_ids, used, models = (list(col) for col in zip(*leases, strict=True))
     rows = await conn.fetch(
         """
         UPDATE request_logs r
@@ -188,14 +189,18 @@ async def heartbeat(
                response_content = coalesce(v.partial, r.response_content),
                response_stream_id = coalesce(v.stream_id, r.response_stream_id), updated_at = now(),
                attempt_input_tokens = v.input_tokens, attempt_output_tokens = v.output_tokens,
-               attempt_cost_usd = v.cost_usd
-          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[])
-               AS v(request_id, attempt, partial, stream_id, input_tokens, output_tokens, cost_usd)
+               attempt_cost_usd = v.cost_usd,
+               response_metadata = CASE WHEN v.model = '' OR r.response_metadata ->> 'model' = v.model
+                                        THEN r.response_metadata
+                                        ELSE r.response_metadata || jsonb_build_object('model', v.model) END
+          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[],
+                      $9::text[]) AS v(request_id, attempt, partial, stream_id, input_tokens, output_tokens,
+                                        cost_usd, model)
          WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
         RETURNING r.request_id::text
         """,
         ids, attempts, partials, stream_ids, lease_seconds, [u.input_tokens for u in used],
-        [u.output_tokens for u in used], [u.cost_usd for u in used],
+        [u.output_tokens for u in used], [u.cost_usd for u in used], models,
     )
     return {r["request_id"] for r in rows}
 

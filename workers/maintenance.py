@@ -38,7 +38,7 @@ async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
     runs = [r for r in rt.active.values() if r.stop is None]
     if not runs:
         return
-    leases: list[tuple[str, int, str | None, str | None, Usage]] = []
+    leases: list[tuple[str, int, str | None, str | None, Usage, str]] = []
     checkpoint = beat % CHECKPOINT_EVERY == 0
     litellm = await _litellm()
     for r in runs:
@@ -47,7 +47,7 @@ async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
             partial = "".join(r.parts)
             r.checkpointed = len(r.parts)
         leases.append((r.payload.request_id, r.payload.attempt, partial, r.last_stream_id,
-                       _so_far(r, litellm, rt.agents.prices)))
+                       _so_far(r, litellm, rt.agents.prices), r.meter.model))
     held = await lifecycle.heartbeat(rt.db, leases, rt.settings.lease_seconds)
     for run in runs:
         if run.payload.request_id not in held:

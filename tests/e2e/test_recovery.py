@@ -41,6 +41,10 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
     used = stored["usage"]
     assert used["output_tokens"] >= 150 + lost_at_least and used["estimated"] is True, used
     assert used["input_tokens"] == 2 * len("survive this".split()), used
+    rolled = sql(stack, "SELECT u.model, u.output_tokens, r.response_metadata ->> 'model' AS used FROM usage_daily u"
+                        " JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
+                        " WHERE r.request_id = $1::uuid", r["request_id"])
+    assert [(x["model"], x["output_tokens"]) for x in rolled] == [(rolled[0]["used"], used["output_tokens"])]
 
 
 def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: Callable[[], None]) -> None:
