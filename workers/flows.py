@@ -34,8 +34,9 @@ from common.limits import Refusal
 from common.logging import correlation_id
 from common.models import NormalizedRequest
 from common.streams import Event
-from workers import model
+from workers import flow_usage, model
 from workers.maintenance import every
+from workers.metering import Meter
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ class OutputTooLarge(FinalTaskError):
 
 class RateLimited(TaskError):
     """A limit refused the task's model call or agent request (common.limits); a later try may pass."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+
+
+class OverBudget(FinalTaskError):
+    """The run's user (or tenant) has spent a budget: no try passes before its period resets."""
 
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.detail)
@@ -296,7 +304,8 @@ async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int
 
 
 async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> dict[str, Any]:
-    """A prompt through litellm, streamed to the run as `token` events (coalesced like replies)."""
+    """A prompt through litellm, streamed to the run as `token` events (coalesced like replies); what it
+    used, even when it fails or is stopped midway, counts for the run's user and is in its output."""
     settings = run.rt.settings
     messages = [{"role": "system", "content": str(task_input["system"])}] if task_input.get("system") else []
     messages.append({"role": "user", "content": str(task_input.get("prompt", ""))})
@@ -306,17 +315,22 @@ async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> di
     parts: list[str] = []
     pending: list[str] = []
     flushed = time.monotonic()
-    async for text in model.stream_reply(settings, name, messages, {}):
-        parts.append(text)
-        pending.append(text)
-        due = (time.monotonic() - flushed) * 1000 >= settings.token_flush_ms
-        if due or len(pending) >= settings.token_flush_tokens:
+    meter = Meter(agent_id=flow_usage.AGENT, model=name)
+    try:
+        async for text in model.stream_reply(settings, name, messages, {}, meter=meter):
+            parts.append(text)
+            pending.append(text)
+            due = (time.monotonic() - flushed) * 1000 >= settings.token_flush_ms
+            if due or len(pending) >= settings.token_flush_tokens:
+                await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
+                pending.clear()
+                flushed = time.monotonic()
+        if pending:
             await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
-            pending.clear()
-            flushed = time.monotonic()
-    if pending:
-        await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
-    return {"text": "".join(parts), "model": name}
+    finally:
+        used = await flow_usage.measure(run.rt, meter, "".join(parts))
+        await flow_usage.record(run.rt, run.tenant_id, run.row["user_id"], name, used, run.row["correlation_id"])
+    return {"text": "".join(parts), "model": name, "usage": used.as_data()}
 
 
 class HttpTaskError(TaskError):
@@ -424,11 +438,11 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
 
 
 async def _admit_work(run: Execution, work_id: str, integration: str, *, count_running: bool = True) -> None:
-    """An llm call or an agent request counts against its user's limits like a request does."""
+    """An llm call or an agent request counts against its user's limits and budgets like a request does."""
     refusal = await admission.admit(run.rt.limits, run.rt.db, run.tenant_id, run.row["user_id"], integration, work_id,
-                                    count_running=count_running)
+                                    count_running=count_running, budgeted=True)
     if refusal:
-        raise RateLimited(refusal)
+        raise OverBudget(refusal) if refusal.limit == "budget" else RateLimited(refusal)
 
 
 async def _finish(run: Execution, status: str, error: str | None) -> str:

@@ -1,5 +1,7 @@
 """One attempt's token usage and cost: the provider's own count when it sends one, else litellm's
-token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map."""
+token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map.
+While an attempt runs, `Meter.so_far` is what it used until now, which its worker's heartbeat stores
+so that an attempt lost with its worker still counts (common.lifecycle)."""
 
 from __future__ import annotations
 
@@ -26,13 +28,30 @@ class Meter:
     reported: tuple[int, int] | None = None  # the provider's (prompt, completion) tokens of the current call
     earlier: tuple[int, int] = (0, 0)  # what the provider reported for the attempt's earlier calls (tool steps)
     offline: bool = False  # the offline model: its chunks are its tokens and it costs nothing
+    prompt_estimate: int | None = None  # litellm's count of the current call's messages, once `so_far` needed it
 
     def begin(self, messages: list[dict[str, Any]], offline: bool) -> None:
         """A model call of the attempt starts (an agent with tools makes one per step)."""
         if self.reported is not None:
             self.earlier = (self.earlier[0] + self.reported[0], self.earlier[1] + self.reported[1])
             self.reported = None
-        self.messages, self.offline = messages, offline
+        self.messages, self.offline, self.prompt_estimate = messages, offline, None
+
+    def so_far(self, litellm: ModuleType | None, prices: dict[str, ModelPrice]) -> Usage:
+        """An estimate of what the attempt used until now: the provider's counts of finished calls, the
+        prompt counted by litellm and a token per text chunk since. Counts the prompt once per call."""
+        if self.offline:
+            words = sum(len(str(m.get("content", "")).split()) for m in self.messages)
+            return Usage(words if self.chunks else 0, self.chunks, 0.0, True)
+        if litellm is None or not (self.chunks or self.reported or self.earlier != (0, 0)):
+            return Usage()
+        if self.reported is None and self.prompt_estimate is None:
+            self.prompt_estimate = int(litellm.token_counter(model=self.model, messages=self.messages)) \
+                if self.messages else 0
+        last = self.reported or (self.prompt_estimate or 0, 0)
+        prompt, completion = self.earlier[0] + last[0], max(self.earlier[1] + last[1], self.chunks)
+        per_input, per_output = unit_prices(litellm, self.model, prices)
+        return Usage(prompt, completion, prompt * per_input + completion * per_output, True)
 
     def report(self, usage: Any) -> None:
         """Take a provider usage object or dict (`prompt_tokens`, `completion_tokens`), if it is one."""
@@ -57,6 +76,18 @@ def price(litellm: ModuleType, model: str, input_tokens: int, output_tokens: int
     except Exception:
         return 0.0  # a model litellm has no price for: set one under `prices` in the agents file
     return float(prompt_cost) + float(completion_cost)
+
+
+_unit_prices: dict[str, tuple[float, float]] = {}
+
+
+def unit_prices(litellm: ModuleType, model: str, prices: dict[str, ModelPrice]) -> tuple[float, float]:
+    """USD per input and per output token of `model`, looked up once per process (prices are read at start)."""
+    found = _unit_prices.get(model)
+    if found is None:
+        found = _unit_prices[model] = (price(litellm, model, 1_000_000, 0, prices) / 1_000_000,
+                                       price(litellm, model, 0, 1_000_000, prices) / 1_000_000)
+    return found
 
 
 def _count(litellm: ModuleType, model: str, messages: list[dict[str, Any]], reply: str) -> tuple[int, int]:

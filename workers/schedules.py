@@ -40,7 +40,6 @@ async def fire_due_once(rt: Runtime) -> int:
         outcome = await service.fire(_intake(rt), row, tick.isoformat())
         if await service.record(rt.db, row["schedule_id"], tick, outcome):
             fired += 1
-        status, request_id, error = outcome
-        log.info("schedule fired", extra={"schedule_id": row["schedule_id"], "status": status,
-                                          "request_id": request_id, "error": error})
+        log.info("schedule fired", extra={"schedule_id": row["schedule_id"], "status": outcome.status,
+                                          "request_id": outcome.request_id, "error": outcome.error})
     return fired

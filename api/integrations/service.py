@@ -6,8 +6,8 @@ from typing import Any
 
 from api.deps import Gateway
 from api.errors import ApiError
-from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs
-from common import integrations, outbound, slack_access
+from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs, Verified
+from common import integrations, outbound, slack_access, verification
 from common.auth import Principal
 from common.integrations import Channel, ChannelConfig, ConfigError
 
@@ -79,7 +79,9 @@ async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cf
         who.tenant_id, user_id, channel, cfg.enabled, cfg.priority, cfg.retry_count, cfg.retry_delay_seconds,
         cfg.config,
     )
-    return Override(user_id=user_id, integration_type=channel, **shown(cfg).model_dump())
+    to = verification.destination(channel, cfg.config) if cfg.enabled else None
+    status = await verification.request(gw.db, gw.queue, who.tenant_id, user_id, channel, to) if to else None
+    return Override(user_id=user_id, integration_type=channel, verification=status, **shown(cfg).model_dump())
 
 
 def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
@@ -108,6 +110,19 @@ async def update(gw: Gateway, who: Principal, user_id: str, channel: Channel, bo
         current = (await integrations.defaults(gw.db, gw.settings, who.tenant_id))[channel]
     cfg = _checked(channel, _apply(current, body.model_dump(exclude_none=True)))
     return await _store(gw, who, user_id, channel, cfg)
+
+
+async def verify(gw: Gateway, who: Principal, user_id: str, channel: Channel, code: str) -> Verified:
+    """The code sent to the destination the user's override names: right, and replies may go there."""
+    authorize(who, user_id)
+    if channel not in verification.FIELDS:
+        raise ApiError(422, f"{channel} destinations need no verification")
+    current = (await integrations.overrides(gw.db, who.tenant_id, user_id)).get(channel)
+    to = verification.destination(channel, current.config) if current else None
+    outcome = await verification.confirm(gw.db, who.tenant_id, user_id, channel, to, code)
+    if not outcome.verified:
+        raise ApiError(422, outcome.problem or "not verified")
+    return Verified(integration_type=channel, destination=str(outcome.destination), verified=True)
 
 
 async def delete(gw: Gateway, who: Principal, user_id: str, channel: Channel) -> None:

@@ -122,7 +122,7 @@ async def run_now(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) ->
         raise ApiError(404, "schedule not found")
     outcome = await service.fire(gw, row, f"now:{uuid.uuid4()}")
     await service.record(gw.db, str(schedule_id), None, outcome)
-    status, request_id, error = outcome
-    if status == "refused":
-        raise ApiError(429 if error and error.startswith("rate_limited") else 409, error or "refused")
-    return {"schedule_id": str(schedule_id), "request_id": request_id, "status": "queued"}
+    if outcome.status == "refused":
+        limited = bool(outcome.error and outcome.error.startswith("rate_limited"))
+        raise ApiError(429 if limited else 409, outcome.error or "refused", headers=outcome.headers)
+    return {"schedule_id": str(schedule_id), "request_id": outcome.request_id, "status": "queued"}
