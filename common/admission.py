@@ -12,11 +12,11 @@ import logging
 import uuid
 
 import asyncpg
-from redis.exceptions import RedisClusterException, RedisError
 
 from common import budgets
 from common.budgets import Budget
 from common.limits import Limits, Refusal
+from common.outages import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,6 @@ async def admit(limits: Limits, db: asyncpg.Pool, tenant_id: str, user_id: str, 
         return await limits.admit_request(tenant_id, user_id, integration, work_id, still_active,
                                           lease_seconds=lease_seconds, count_running=count_running,
                                           budgets=spendable, seed=seed)
-    except (RedisError, RedisClusterException) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("limits unavailable; admitted uncounted", extra={"work_id": work_id, "error": repr(exc)})
         return None

@@ -33,6 +33,7 @@ from common.keys import cancel_key, run_cancel_key
 from common.limits import Refusal
 from common.logging import correlation_id
 from common.models import NormalizedRequest
+from common.outages import POSTGRES_ERRORS
 from common.streams import Event
 from workers import flow_usage, model
 from workers.maintenance import every
@@ -45,7 +46,6 @@ MAX_ATTEMPTS = 5
 CANCEL_POLL_SECONDS = 0.25
 AGENT_POLL_SECONDS = 0.2
 FINISH_GRACE_SECONDS = 60  # the job's ARQ timeout over FLOW_TIMEOUT_SECONDS: the run fails itself first
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
 _REQUEST_NAMESPACE = uuid.UUID("6f1c1a8e-58a7-4c8e-9a57-1f9f5b1e0b11")
 
 
@@ -121,7 +121,7 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     runs = RunStore.of(rt)
     try:
         claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds)
-    except _DB_ERRORS as exc:
+    except POSTGRES_ERRORS as exc:
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
@@ -190,7 +190,7 @@ async def _watch(run: Execution, work: asyncio.Task[None]) -> None:
                 run.cancel_reason = reason.decode() or "cancelled"
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + settings.heartbeat_seconds
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*POSTGRES_ERRORS):
                 run.lost = not await run.runs.heartbeat(run.run_id, run.attempt, settings.lease_seconds)
         if run.lost or run.cancel_reason:
             work.cancel()
@@ -449,7 +449,7 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
     output = {"tasks": run.outputs} if status == COMPLETED else None
     try:
         row = await run.runs.finish(run.run_id, run.tenant_id, run.attempt, status, output=output, error=error)
-    except _DB_ERRORS:
+    except POSTGRES_ERRORS:
         row = None
     if row is None:
         return "fenced"

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import Invalid, NotFound, responses
 from api.integrations import service
 from api.integrations.schemas import (
     Deliveries,
@@ -23,7 +24,8 @@ from common.auth import SCOPE_INTEGRATIONS
 from common.integrations import Channel
 
 router = APIRouter(prefix="/api/v1", tags=["integrations"],
-                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))])
+                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))],
+                   responses=responses(NotFound, Invalid))
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 

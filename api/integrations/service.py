@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import Forbidden, Invalid, NotFound
 from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs, Verified
 from common import integrations, outbound, slack_access, verification
 from common.auth import Principal
@@ -17,7 +17,7 @@ ADMIN_SCOPE = "admin"
 def authorize(who: Principal, user_id: str) -> None:
     """A user manages their own integrations; an `admin` manages anyone's in the same tenant."""
     if user_id != who.user_id and ADMIN_SCOPE not in who.scopes:
-        raise ApiError(403, "only the user themself or an admin of the tenant may manage these integrations")
+        raise Forbidden("only the user themself or an admin of the tenant may manage these integrations")
 
 
 def shown(cfg: ChannelConfig) -> ChannelConfig:
@@ -40,7 +40,7 @@ def _checked(channel: Channel, cfg: ChannelConfig) -> ChannelConfig:
     try:
         clean = integrations.validate_config(channel, cfg.config, enabled=cfg.enabled)
     except ConfigError as exc:
-        raise ApiError(422, exc.errors) from None  # type: ignore[arg-type]
+        raise Invalid(exc.errors) from None  # type: ignore[arg-type]
     return cfg.model_copy(update={"config": clean})
 
 
@@ -51,7 +51,7 @@ async def _reachable(gw: Gateway, channel: Channel, cfg: ChannelConfig) -> None:
         try:
             await outbound.check(str(url), gw.settings.outbound_policy())
         except outbound.OutboundError as exc:
-            raise ApiError(422, [{"field": "config.url", "message": str(exc)}]) from None
+            raise Invalid([{"field": "config.url", "message": str(exc)}]) from None
 
 
 async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> None:
@@ -61,7 +61,7 @@ async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, 
     try:
         await slack_access.destination(gw.db, gw.settings, who.tenant_id, user_id, cfg.config)
     except slack_access.Refused as exc:
-        raise ApiError(422, [{"field": exc.field, "message": exc.message}]) from None
+        raise Invalid([{"field": exc.field, "message": exc.message}]) from None
 
 
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
@@ -116,12 +116,12 @@ async def verify(gw: Gateway, who: Principal, user_id: str, channel: Channel, co
     """The code sent to the destination the user's override names: right, and replies may go there."""
     authorize(who, user_id)
     if channel not in verification.FIELDS:
-        raise ApiError(422, f"{channel} destinations need no verification")
+        raise Invalid(f"{channel} destinations need no verification")
     current = (await integrations.overrides(gw.db, who.tenant_id, user_id)).get(channel)
     to = verification.destination(channel, current.config) if current else None
     outcome = await verification.confirm(gw.db, who.tenant_id, user_id, channel, to, code)
     if not outcome.verified:
-        raise ApiError(422, outcome.problem or "not verified")
+        raise Invalid(outcome.problem or "not verified")
     return Verified(integration_type=channel, destination=str(outcome.destination), verified=True)
 
 
@@ -131,7 +131,7 @@ async def delete(gw: Gateway, who: Principal, user_id: str, channel: Channel) ->
         "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3",
         who.tenant_id, user_id, channel)
     if status.endswith(" 0"):
-        raise ApiError(404, f"no {channel} override for this user")
+        raise NotFound(f"no {channel} override for this user")
 
 
 async def reset(gw: Gateway, who: Principal, user_id: str) -> int:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from starlette.responses import StreamingResponse
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import Invalid
 from api.langgraph import resources, service
 from api.langgraph.errors import LangGraphRoute
 from api.langgraph.events import Renderer, frames, metadata
@@ -180,7 +180,7 @@ def _modes(stream_mode: list[str] | None) -> list[StreamMode] | None:
     chosen = [m for m in stream_mode or [] if m]
     unknown = [m for m in chosen if m not in _MODES]
     if unknown:
-        raise ApiError(422, f"unknown stream_mode {unknown[0][:32]!r}")
+        raise Invalid(f"unknown stream_mode {unknown[0][:32]!r}")
     return chosen or None  # type: ignore[return-value]
 
 
@@ -233,5 +233,5 @@ async def cancel_run(
 ) -> dict[str, Any]:
     """Stop the run: it ends `interrupted` (its stream with `end`, no error)."""
     if action != "interrupt":
-        raise ApiError(422, f"cancel action {action[:20]!r} is not supported; use interrupt")
+        raise Invalid(f"cancel action {action[:20]!r} is not supported; use interrupt")
     return await service.cancel_run(gw, who, thread_id, run_id, wait=bool(wait))

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.responses import Response
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, NotFound
 from api.openai.chunks import CompletionChunks, Reply, completion
 from api.openai.errors import error_body
 from api.openai.schemas import CompletionRequest
@@ -37,7 +37,7 @@ def model(agent: Agent) -> dict[str, Any]:
 def agent_for(gw: Gateway, model_id: str) -> Agent:
     agent = gw.agents.get(model_id)
     if agent is None:
-        raise ApiError(404, f"The model {model_id!r} does not exist: GET /v1/models lists the agents",
+        raise NotFound(f"The model {model_id!r} does not exist: GET /v1/models lists the agents",
                        error="model_not_found")
     return agent
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import Invalid
 from api.lifecycle import cancel_many
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
@@ -55,7 +55,7 @@ def turn_body(**fields: Any) -> ConversationRequest:
         return ConversationRequest(**fields)
     except ValidationError as exc:
         problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-        raise ApiError(422, problems, error="validation_error") from None
+        raise Invalid(problems) from None
 
 
 async def accept(gw: Gateway, who: Principal, protocol: str, body: ConversationRequest, *,

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, Invalid, NotFound
 from api.requests import service as requests
 from api.requests.schemas import _RequestBody
 from common import delivery, schedules
@@ -133,9 +133,9 @@ def validate(gw: Gateway, cron: str, timezone: str, agent_id: str | None) -> Non
     try:
         schedules.check(cron, timezone)
     except schedules.ScheduleError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     if agent_id and gw.agents.get(agent_id) is None:
-        raise ApiError(422, f"unknown agent_id {agent_id!r}")
+        raise Invalid(f"unknown agent_id {agent_id!r}")
 
 
 async def own_session(gw: Gateway, who: Principal, session_id: str | None) -> None:
@@ -147,4 +147,4 @@ async def own_session(gw: Gateway, who: Principal, session_id: str | None) -> No
     except ValueError:
         found = None
     if not found:
-        raise ApiError(404, "session not found")
+        raise NotFound("session not found")

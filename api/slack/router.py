@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from slack_sdk.signature import Clock
 
 from api.deps import Gateway, GatewayDep
-from api.errors import ApiError
+from api.errors import ApiError, BadRequest, Unauthorized, responses
 from api.requests import service as requests_service
 from api.requests.schemas import Accepted
 from api.responses import JSONResponse
@@ -35,7 +35,8 @@ from common.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["slack"])
+router = APIRouter(tags=["slack"],
+                   responses=responses(BadRequest, Unauthorized, signed_in=False))
 
 EVENT_DEDUPE_SECONDS = 3600
 CANCEL_ACTION = "rg_cancel"
@@ -58,9 +59,9 @@ def _json(raw: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ApiError(400, "body is not JSON") from None
+        raise BadRequest("body is not JSON") from None
     if not isinstance(value, dict):
-        raise ApiError(400, "body is not a JSON object")
+        raise BadRequest("body is not a JSON object")
     return value
 
 
@@ -68,7 +69,7 @@ def _form(raw: bytes) -> dict[str, str]:
     try:
         fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
-        raise ApiError(400, f"form body with more than {MAX_FORM_FIELDS} fields") from None
+        raise BadRequest(f"form body with more than {MAX_FORM_FIELDS} fields") from None
     return {k: v[0] for k, v in fields.items()}
 
 
@@ -134,12 +135,12 @@ def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
         elif not team and workspace_optional:
             secrets = await cache.signing_secrets(gw.db, gw.settings)
         else:
-            raise ApiError(401, "invalid or expired Slack signature")
+            raise Unauthorized("invalid or expired Slack signature")
         clock: Clock = getattr(request.app.state, "slack_clock", _CLOCK)
         verify(raw, request.headers, secrets, clock)
         key = slack_replay_key(request.headers["x-slack-request-timestamp"], request.headers["x-slack-signature"])
         if not await gw.streams.set(key, "1", nx=True, ex=seconds_valid(request.headers, clock)):
-            raise ApiError(401, "this signed Slack request was already received: a replay is refused")
+            raise Unauthorized("this signed Slack request was already received: a replay is refused")
         try:
             yield Signed(raw, found)
         except BaseException:
@@ -152,7 +153,7 @@ def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
 def _known(signed_request: Signed) -> installations.Installation:
     """The installation of a route whose body must name its workspace (the signature check made sure)."""
     if signed_request.installation is None:
-        raise ApiError(401, "the Slack request names no workspace")
+        raise Unauthorized("the Slack request names no workspace")
     return signed_request.installation
 
 
@@ -172,7 +173,7 @@ async def events(gw: GatewayDep,
     if payload.get("type") != "event_callback":
         return JSONResponse({"ok": True})
     if inst is None:
-        raise ApiError(400, "a Slack event must name its workspace (team_id)")
+        raise BadRequest("a Slack event must name its workspace (team_id)")
     event = payload.get("event")
     if not isinstance(event, dict):
         return JSONResponse({"ok": True})
