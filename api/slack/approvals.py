@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, BadRequest
 from api.requests import service as requests_service
 from common import delivery
 from common.auth import Principal
@@ -23,7 +23,7 @@ def _call(value: str) -> tuple[str, str]:
         found = orjson.loads(value)
         return str(found["request_id"]), str(found["call_id"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise ApiError(400, "an approval button names no request_id and call_id") from None
+        raise BadRequest("an approval button names no request_id and call_id") from None
 
 
 async def press(gw: Gateway, inst: Installation, who: Principal, channel_id: str, value: str, approve: bool) -> None:
