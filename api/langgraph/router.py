@@ -120,7 +120,7 @@ async def stream_run(thread_id: str, body: RunCreate, gw: GatewayDep, who: Princ
     except BaseException:
         release_stream(gw, slot)
         raise
-    PROTOCOL_STREAMS.labels("langgraph", "new").inc()
+    PROTOCOL_STREAMS.labels("langgraph", "opened", "new").inc()
     key = stream_key(started.view.thread_id, gw.settings.stream_buckets)
     after = just_before(started.entry_id) if started.entry_id else (0, 0)
     body_frames = run_frames(gw.hub, key, after, (0, 0), Renderer(started.view), metadata_first=False)
@@ -203,7 +203,7 @@ async def join_stream(
     view = service.view_of(gw, who, row, _modes(stream_mode))
     resume = _resume(last_event_id)
     slot = await reserve_stream(gw, who)
-    PROTOCOL_STREAMS.labels("langgraph", "join" if resume is None else "resume").inc()
+    PROTOCOL_STREAMS.labels("langgraph", "opened", "join" if resume is None else "resume").inc()
     key = stream_key(row["session_id"], gw.settings.stream_buckets)
     first = just_before(row["stream_entry_id"]) if row["stream_entry_id"] else (0, 0)
     finished = row["status"] not in ACTIVE_STATUSES

@@ -29,7 +29,7 @@ from common.agents import Agent
 from common.auth import Principal
 from common.keys import stream_key
 from common.logging import correlation_id
-from common.metrics import PROTOCOL_RUNS
+from common.metrics import PROTOCOL_REQUESTS
 from common.models import ACTIVE_STATUSES
 
 THREAD_TURNS = 200  # the most turns a thread's state shows
@@ -165,7 +165,7 @@ async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate
     await session_repo.tag_graph(gw.db, sid, chosen.id)
     accepted = await request_service.accept(gw, who, request, idempotency_key=None,
                                             correlation_id=correlation_id.get())
-    PROTOCOL_RUNS.labels("langgraph", via).inc()
+    PROTOCOL_REQUESTS.labels("langgraph", via).inc()
     turn = {"content": text, "request_id": accepted.request_id, "langgraph": {"message_id": message_id}}
     view = RunView(accepted.request_id, sid, chosen.id, human_of(turn), frozenset(body.modes()),
                    _prior(gw, who, sid, accepted.request_id))
