@@ -43,9 +43,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: 
 
 
 # Versions recorded under the names the migrations had before they were numbered without gaps.
-RENAMED = {"0003_auth_edges": "0002_auth_edges", "0004_delivery": "0003_delivery", "0006_flows": "0004_flows",
-           "0007_done_pending": "0005_done_pending", "0008_tool_steps": "0006_tool_steps",
-           "0009_usage": "0007_usage", "0010_budgets": "0008_budgets", "0011_schedules": "0009_schedules"}
+RENAMED = {
+    "0003_auth_edges": "0002_auth_edges",
+    "0004_delivery": "0003_delivery",
+    "0006_flows": "0004_flows",
+    "0007_done_pending": "0005_done_pending",
+    "0008_tool_steps": "0006_tool_steps",
+    "0009_usage": "0007_usage",
+    "0010_budgets": "0008_budgets",
+    "0011_schedules": "0009_schedules",
+    "0012_attempt_usage": "0010_attempt_usage",
+    "0013_destination_verifications": "0011_destination_verifications",
+}
 
 
 def migrations() -> list[tuple[str, str]]:
