@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test test-fast lint unit bench bench-alternatives chaos clean compose-smoke
+.PHONY: dev test test-fast lint format unit bench bench-alternatives chaos clean compose-smoke
 
 PORT ?= 8000
 
@@ -18,6 +18,11 @@ test: lint
 lint: .venv/.synced
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+
+# Rewrites files: ruff's formatter, then the import order and other fixes `ruff check` can make.
+format: .venv/.synced
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
 
 unit: .venv/.synced
 	.venv/bin/pytest tests/unit tests/test_supply_chain.py

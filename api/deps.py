@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
 from api.auth import Authenticator, LookupBudgetExceeded
-from api.errors import ApiError
+from api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal
 from common.budgets import BudgetBook
@@ -50,7 +50,7 @@ def _credential(request: Request) -> str:
         return api_key.strip()
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise ApiError(401, "missing credentials: send Authorization: Bearer <token> or x-api-key")
+        raise Unauthorized("missing credentials: send Authorization: Bearer <token> or x-api-key")
     return value.strip()
 
 
@@ -60,14 +60,14 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
         try:
             principal = await gateway.auth.principal_for_key(gateway.db, gateway.settings, credential)
         except LookupBudgetExceeded:
-            raise ApiError(503, "too many unknown API keys; retry shortly", headers={"Retry-After": "1"}) from None
+            raise ServiceUnavailable("too many unknown API keys; retry shortly", headers={"Retry-After": "1"}) from None
         if principal is None:
-            raise ApiError(401, "invalid API key")
+            raise Unauthorized("invalid API key")
     else:
         try:
             principal = gateway.auth.principal_for_token(gateway.settings, credential)
         except AuthError as exc:
-            raise ApiError(401, str(exc)) from None
+            raise Unauthorized(str(exc)) from None
     request.state.principal = principal
     return principal
 
@@ -86,7 +86,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[[Principal], Await
 
     async def check(principal: PrincipalDep) -> Principal:
         if not any(principal.allows(s) for s in wanted):
-            raise ApiError(403, f"this credential lacks the {' or '.join(repr(s) for s in wanted)} scope")
+            raise Forbidden(f"this credential lacks the {' or '.join(repr(s) for s in wanted)} scope")
         return principal
 
     return check

@@ -14,6 +14,7 @@ import asyncpg
 import click
 import httpx
 
+from cli import approvals
 from cli.dev import read_state, run_dev, write_state
 from cli.sse import SseEvent, iter_events
 from common import db
@@ -195,7 +196,8 @@ TOKEN_OPTION = click.option("--token", "token_", envvar="RELAYGATE_TOKEN", help=
 @TOKEN_OPTION
 def chat(text: str, session_id: str | None, new: bool, agent_id: str | None, url: str | None,
          token_: str | None) -> None:
-    """Send TEXT and print the reply token by token as it streams."""
+    """Send TEXT and print the reply token by token as it streams (a line per tool step; a tool call that
+    needs approval asks you first)."""
     url, token_, home = _client_config(url, token_)
     state = read_state(home)
     if not session_id and not new:
@@ -215,6 +217,9 @@ def chat(text: str, session_id: str | None, new: bool, agent_id: str | None, url
                 raise _http_error(response)
             for event in iter_events(response):
                 status = _print_event(event, state, home) or status
+                if event.event == "tool.approval_required":
+                    payload = event.json()
+                    approvals.ask(url, token_, payload["request_id"], payload.get("data", {}))
     except httpx.HTTPError as exc:
         error = click.ClickException(f"cannot reach the gateway at {url}: {exc}")
         error.exit_code = EXIT_UNAVAILABLE

@@ -2,7 +2,8 @@
 
 A run counts as a request of integration `flow` and holds a place among its user's unfinished
 requests until it ends; an `agent` task's request is a `tool` request like any other; each `llm`
-task try counts against the per-minute rates (its run already holds the running place).
+task try counts against the per-minute rates (its run already holds the running place). Work that
+spends tokens (`budgeted`: `llm` and `agent` tasks) is checked against its user's budgets too.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import logging
 import uuid
 
 import asyncpg
-from redis.exceptions import RedisClusterException, RedisError
 
+from common import budgets
+from common.budgets import Budget
 from common.limits import Limits, Refusal
+from common.outages import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,9 @@ async def unfinished(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, ids:
 
 
 async def admit(limits: Limits, db: asyncpg.Pool, tenant_id: str, user_id: str, integration: str, work_id: str, *,
-                lease_seconds: float | None = None, count_running: bool = True) -> Refusal | None:
-    """Count one run or task against the limits; None when admitted.
+                lease_seconds: float | None = None, count_running: bool = True,
+                budgeted: bool = False) -> Refusal | None:
+    """Count one run or task against the limits (and, `budgeted`, the user's budgets); None when admitted.
 
     The limits live in the streams Redis. When it is unreachable the work is admitted uncounted
     (Postgres is a run's record, and a run accepted then is swept to the queue later).
@@ -53,9 +57,15 @@ async def admit(limits: Limits, db: asyncpg.Pool, tenant_id: str, user_id: str, 
     async def still_active(members: list[str]) -> set[str]:
         return await unfinished(db, tenant_id, members)
 
+    async def seed(budget: Budget) -> None:
+        await budgets.seed(limits.redis, db, budget)
+
+    spendable = budgets.budgets_for(limits.settings, await budgets.overrides(db, tenant_id, user_id), tenant_id,
+                                    user_id) if budgeted else []
     try:
         return await limits.admit_request(tenant_id, user_id, integration, work_id, still_active,
-                                          lease_seconds=lease_seconds, count_running=count_running)
-    except (RedisError, RedisClusterException) as exc:
+                                          lease_seconds=lease_seconds, count_running=count_running,
+                                          budgets=spendable, seed=seed)
+    except REDIS_ERRORS as exc:
         log.warning("limits unavailable; admitted uncounted", extra={"work_id": work_id, "error": repr(exc)})
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 DELIVER_REQUEST = "deliver_request"
 DELIVER = "deliver"
 FOLLOW_SLACK = "follow_slack"
+SLACK_NOTICE = "slack_notice"
 
 
 class DeliveryJob(BaseModel):
@@ -62,6 +64,16 @@ class SlackFollow(BaseModel):
     part: int = 0  # continuations of a reply that outlasts one job
 
 
+class SlackNotice(BaseModel):
+    """An ephemeral message to one Slack user in a channel, posted by their tenant's installation."""
+
+    team_id: str
+    tenant_id: str
+    channel_id: str
+    slack_user_id: str
+    text: str
+
+
 async def _enqueue(pool: ArqRedis, function: str, job_id: str, arg: BaseModel, *, defer: float = 0) -> bool:
     return await queue.push(pool, dispatcher_queue(), function, job_id, (arg.model_dump(),), defer_seconds=defer)
 
@@ -78,6 +90,10 @@ async def enqueue_attempt(pool: ArqRedis, job: DeliveryJob, *, defer: float = 0)
 async def enqueue_slack(pool: ArqRedis, follow: SlackFollow) -> bool:
     suffix = f":{follow.part}" if follow.part else ""
     return await _enqueue(pool, FOLLOW_SLACK, f"dlv:{follow.request_id}:SLACK{suffix}", follow)
+
+
+async def enqueue_slack_notice(pool: ArqRedis, notice: SlackNotice) -> bool:
+    return await _enqueue(pool, SLACK_NOTICE, f"slack-notice:{uuid.uuid4()}", notice)
 
 
 _REQUEST = """

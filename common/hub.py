@@ -23,9 +23,10 @@ from typing import Any, Protocol
 
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisError
 
 from common.keys import hub_bucket_wake_key, hub_wake_key
+from common.outages import REDIS_ERRORS
 from common.streams import StreamsRedis, event_json, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class _Reader:
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
                     backoff, failed, self.up = 0.1, False, True
-                except (RedisError, RedisClusterException) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("stream reader: redis unavailable, retrying", extra={"error": str(exc)})
                     self.up = False
                     if conn is not None:

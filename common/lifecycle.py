@@ -24,6 +24,14 @@ from common.usage import Usage, of_row
 ENDED = ("request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
          "processing_time_ms, input_tokens, output_tokens, cost_usd, usage_estimated")
 
+# Ends an attempt no worker finished (lost, or past the deadline): what its heartbeat last stored counts, estimated.
+_ADD_LOST_ATTEMPT = ("input_tokens = input_tokens + attempt_input_tokens, output_tokens = output_tokens"
+                     " + attempt_output_tokens, cost_usd = cost_usd + attempt_cost_usd, usage_estimated ="
+                     " usage_estimated OR attempt_input_tokens + attempt_output_tokens > 0, attempt_input_tokens = 0,"
+                     " attempt_output_tokens = 0, attempt_cost_usd = 0")
+# A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
+_DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
+
 _HEAD = """
 SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
 FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running', 'waiting')
@@ -109,14 +117,14 @@ async def finish(
     async with db.acquire() as conn, conn.transaction():
         await lock_session(conn, payload.session_id)
         row = await conn.fetchrow(
-            """
+            f"""
             UPDATE request_logs
                SET status = $3, response_content = coalesce($4, response_content), error = $5,
                    agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
                    processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
                    completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
                    input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
-                   cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11
+                   cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11, {_DROP_ESTIMATE}
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
             RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
             """,
@@ -165,25 +173,34 @@ async def cancel_queued(
 
 async def heartbeat(
     conn: asyncpg.Connection | asyncpg.Pool,
-    leases: list[tuple[str, int, str | None, str | None]],
+    leases: list[tuple[str, int, str | None, str | None, Usage, str]],
     lease_seconds: float,
 ) -> set[str]:
-    """Extend leases, and checkpoint the partial replies given (None keeps the stored one);
-    returns the request ids still held."""
+    """Extend leases, checkpoint the partial replies given (None keeps the stored one) and store each
+    attempt's usage so far and its model (the usage rollup's key if the attempt is lost); returns the
+    request ids still held."""
     if not leases:
         return set()
-    ids, attempts, partials, stream_ids = (list(col) for col in zip(*leases, strict=True))
+    ids, attempts, partials, stream_ids, used, models = (list(col) for col in zip(*leases, strict=True))
     rows = await conn.fetch(
         """
         UPDATE request_logs r
            SET lease_expires_at = now() + make_interval(secs => $5),
                response_content = coalesce(v.partial, r.response_content),
-               response_stream_id = coalesce(v.stream_id, r.response_stream_id), updated_at = now()
-          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[]) AS v(request_id, attempt, partial, stream_id)
+               response_stream_id = coalesce(v.stream_id, r.response_stream_id), updated_at = now(),
+               attempt_input_tokens = v.input_tokens, attempt_output_tokens = v.output_tokens,
+               attempt_cost_usd = v.cost_usd,
+               response_metadata = CASE WHEN v.model = '' OR r.response_metadata ->> 'model' = v.model
+                                        THEN r.response_metadata
+                                        ELSE r.response_metadata || jsonb_build_object('model', v.model) END
+          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[],
+                      $9::text[]) AS v(request_id, attempt, partial, stream_id, input_tokens, output_tokens,
+                                        cost_usd, model)
          WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
         RETURNING r.request_id::text
         """,
-        ids, attempts, partials, stream_ids, lease_seconds,
+        ids, attempts, partials, stream_ids, lease_seconds, [u.input_tokens for u in used],
+        [u.output_tokens for u in used], [u.cost_usd for u in used], models,
     )
     return {r["request_id"] for r in rows}
 
@@ -197,10 +214,10 @@ async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = N
     """
     usage = usage or Usage()
     row = await db.fetchrow(
-        """
+        f"""
         UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
                updated_at = now(), input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
-               cost_usd = cost_usd + $5, usage_estimated = usage_estimated OR $6
+               cost_usd = cost_usd + $5, usage_estimated = usage_estimated OR $6, {_DROP_ESTIMATE}
          WHERE request_id = $1 AND attempt = $2 AND status = 'running'
         RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
         """,
@@ -210,16 +227,22 @@ async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = N
     return job_for(row) if row is not None else None
 
 
-async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float) -> bool:
-    """A running attempt waits for an approval with no worker: False when it no longer holds the request."""
+async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None
+               ) -> bool:
+    """A running attempt waits for an approval with no worker, adding what it used to the request's usage:
+    False when it no longer holds the request."""
+    usage = usage or Usage()
     return bool(await db.fetchval(
-        """
+        f"""
         UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
-               deadline_at = now() + make_interval(secs => $3)
+               deadline_at = now() + make_interval(secs => $3), input_tokens = input_tokens + $4,
+               output_tokens = output_tokens + $5, cost_usd = cost_usd + $6,
+               usage_estimated = usage_estimated OR $7, {_DROP_ESTIMATE}
          WHERE request_id = $1 AND attempt = $2 AND status = 'running'
         RETURNING 1
         """,
-        payload.request_id, payload.attempt, expires_in_seconds,
+        payload.request_id, payload.attempt, expires_in_seconds, usage.input_tokens, usage.output_tokens,
+        usage.cost_usd, usage.estimated,
     ))
 
 
@@ -241,12 +264,13 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
 async def reap_expired(
     conn: asyncpg.Connection, max_attempts: int
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-    """Requeue running requests whose lease lapsed. Returns (requeued, failed for too many attempts)."""
+    """Requeue running requests whose lease lapsed, counting what the lost attempt used (estimated).
+    Returns (requeued, failed for too many attempts)."""
     async with conn.transaction():
         requeued = await conn.fetch(
-            """
+            f"""
             UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
-                   updated_at = now()
+                   updated_at = now(), {_ADD_LOST_ATTEMPT}
              WHERE id IN (SELECT id FROM request_logs
                            WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
                            ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
@@ -257,7 +281,8 @@ async def reap_expired(
         failed = await conn.fetch(
             f"""
             UPDATE request_logs SET status = 'failed', error = 'the request''s worker was lost too many times',
-                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
+                   {_ADD_LOST_ATTEMPT}
              WHERE id IN (SELECT id FROM request_logs
                            WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
                            LIMIT 200 FOR UPDATE SKIP LOCKED)
@@ -269,14 +294,15 @@ async def reap_expired(
 
 
 async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Fail requests past their deadline, whatever state they are stuck in."""
+    """Fail requests past their deadline, whatever state they are stuck in (a running attempt's usage so far counts:
+    its worker's own ending is fenced now)."""
     return list(
         await conn.fetch(
             f"""
             UPDATE request_logs SET status = 'failed', completed_at = now(),
                    error = CASE WHEN status = 'waiting' THEN 'no decision on the tool call awaiting approval '
                                 'before it expired' ELSE 'timed out' END,
-                   updated_at = now(), lease_expires_at = NULL, done_pending = true
+                   updated_at = now(), lease_expires_at = NULL, done_pending = true, {_ADD_LOST_ATTEMPT}
              WHERE id IN (SELECT id FROM request_logs
                            WHERE status IN ('queued', 'running', 'waiting') AND deadline_at < now()
                            LIMIT 500 FOR UPDATE SKIP LOCKED)

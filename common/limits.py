@@ -48,7 +48,7 @@ for j = 1, m do
 end
 local a = 2 * m + 1
 local n = tonumber(ARGV[a + 1])
-local window = %d
+local window = WINDOW_MS
 local tats = {}
 for i = 1, n do
   local tat = tonumber(redis.call('GET', KEYS[m + i]) or '0')
@@ -72,7 +72,7 @@ if cap > 0 then
 end
 for i = 1, n do redis.call('SET', KEYS[m + i], tats[i], 'PX', tats[i] - now) end
 return {0}
-""" % WINDOW_MS  # noqa: UP031
+""".replace("WINDOW_MS", str(WINDOW_MS))
 
 # KEYS[1] the user's open streams. ARGV: cap (0: none), stream id, lease ms. 1 admitted, 0 refused.
 _OPEN_STREAM = """

@@ -33,18 +33,13 @@ EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gate
 RELAY_LAG = Histogram("relaygate_relay_lag_seconds",
                       "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-# Per client protocol (`langgraph`, ...): what its routes started and the streams they served.
-PROTOCOL_RUNS = Counter("relaygate_protocol_runs_total", "Requests started through a client protocol's routes",
-                        ["protocol", "via"])
-PROTOCOL_STREAMS = Counter("relaygate_protocol_streams_total",
-                           "SSE streams a client protocol's routes opened: new, a join, a resume with Last-Event-ID",
-                           ["protocol", "kind"])
-# Chat UI and SDK protocols (AI SDK, OpenAI, ...): turns accepted, and how their streams ended
-# (completed, failed, cancelled, retried, drained, disconnected).
-PROTOCOL_TURNS = Counter("relaygate_protocol_turns_total", "Requests accepted through a client protocol's route",
-                         ["protocol"])
-PROTOCOL_STREAM_ENDINGS = Counter("relaygate_protocol_stream_endings_total",
-                                  "How reply streams of a client protocol ended", ["protocol", "ending"])
+# Per client protocol (langgraph, aisdk, openai): the requests its routes accepted (`via`: stream, background,
+# wait) and its reply streams, as they opened (`stage="opened"`, `kind`: new, join, resume) and ended
+# (`stage="ended"`, `kind`: completed, failed, cancelled, retried, drained, disconnected).
+PROTOCOL_REQUESTS = Counter("relaygate_protocol_requests_total", "Requests accepted through a client protocol's routes",
+                            ["protocol", "via"])
+PROTOCOL_STREAMS = Counter("relaygate_protocol_streams_total", "Reply streams of a client protocol, opened and ended",
+                           ["protocol", "stage", "kind"])
 
 _pools: dict[str, asyncpg.Pool] = {}
 

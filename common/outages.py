@@ -8,19 +8,23 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A connection refused, reset or timed out (OSError covers TimeoutError), Redis down or loading,
-# a Postgres connection lost, refused while starting, or shut down by an operator.
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, RedisError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+# A connection refused, reset or timed out (OSError covers TimeoutError), a Postgres connection lost,
+# refused while starting, or shut down by an operator.
+POSTGRES_ERRORS: tuple[type[Exception], ...] = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
 )
+# Redis down, loading or read-only, or a Cluster with a slot no node covers (not a RedisError).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+# Everything that means "a store is down for now": the one list every retry and 503 uses.
+STORE_ERRORS: tuple[type[Exception], ...] = (*POSTGRES_ERRORS, *REDIS_ERRORS)
 
 
 def _log_wait(what: str) -> Callable[[RetryCallState], None]:

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     # Slack (single-workspace install; more workspaces live in `slack_installations`).
     slack_signing_secret: SecretStr = SecretStr("")
     slack_bot_token: SecretStr = SecretStr("")
-    slack_team_id: str = ""
+    slack_team_id: str = ""  # required with slack_bot_token
     slack_tenant_id: str = "slack"
     slack_api_url: str = ""
     slack_native_streaming: bool = False
@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     def _allow_list(cls, value: str) -> str:
         outbound.parse_allow(value)  # a bad entry stops the process, named
         return value
+
+    @model_validator(mode="after")
+    def _slack_bound(self) -> Settings:
+        """The settings' bot token serves exactly one workspace: without its id it would answer any."""
+        if self.slack_bot_token.get_secret_value() and not self.slack_team_id:
+            raise ValueError("SLACK_BOT_TOKEN needs SLACK_TEAM_ID, the id (T…) of the workspace the token belongs to:"
+                             " relaygate answers only that workspace with it (more workspaces: slack_installations)")
+        return self
 
     @model_validator(mode="after")
     def _default_redis_roles(self) -> Settings:

@@ -1,6 +1,6 @@
 """Slack installations: which tenant a workspace is, its bot token and its app's signing secret.
 
-A single-workspace install needs only SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN; more
+A single-workspace install needs SLACK_SIGNING_SECRET, SLACK_BOT_TOKEN and SLACK_TEAM_ID; more
 workspaces are rows of `slack_installations`. An installation belongs to exactly one tenant
 (a row's `tenant_id`; SLACK_TENANT_ID for the settings' one), and nothing of another
 tenant's ever reaches it.
@@ -37,10 +37,10 @@ def _of_row(row: asyncpg.Record) -> Installation:
 
 
 def from_settings(settings: Settings, team_id: str) -> Installation | None:
-    """The SLACK_BOT_TOKEN installation, if it answers `team_id`: SLACK_TEAM_ID, or any workspace without a row
-    while SLACK_TEAM_ID is unset. It always belongs to SLACK_TENANT_ID."""
+    """The SLACK_BOT_TOKEN installation, if `team_id` is its SLACK_TEAM_ID (Settings requires one with the
+    token, so no other workspace is ever answered with it). It always belongs to SLACK_TENANT_ID."""
     token = settings.slack_bot_token.get_secret_value()
-    if token and team_id and settings.slack_team_id in ("", team_id):
+    if token and team_id and team_id == settings.slack_team_id:
         return Installation(team_id, settings.slack_tenant_id, token, settings.slack_signing_secret.get_secret_value())
     return None
 

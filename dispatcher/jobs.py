@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from common import delivery, integrations
+from common import delivery, integrations, verification
 from common.delivery import DeliveryJob
 from common.logging import correlation_id
 from common.models import JobPayload
@@ -50,6 +50,15 @@ async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     return len(channels)
 
 
+async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig) -> str | None:
+    """Why an EMAIL or SMS destination may not be sent to (nobody confirmed the code sent there), else None."""
+    to = verification.destination(job.channel, cfg.config)
+    if to is None or await verification.allowed(rt.db, job.tenant_id, job.user_id, job.channel, to):
+        return None
+    return (f"not sent: {job.channel} destination {to} is not verified; confirm the code relaygate sent there"
+            f" (POST /api/v1/users/{{user_id}}/integrations/{job.channel}/verify)")
+
+
 async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
     if job.channel == "EMAIL":
         return await email.send(rt.settings, cfg.config, reply)
@@ -83,6 +92,12 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     cfg = configs.get(job.channel)
     if cfg is None or not integrations.deliverable(job.channel, cfg):
         await _outcome(rt, job, reply, delivery_id, "FAILED", f"{job.channel} is disabled for this user")
+        return "FAILED"
+    unverified = await _unverified(rt, job, cfg)
+    if unverified:
+        await _outcome(rt, job, reply, delivery_id, "FAILED", unverified)
+        log.info("delivery skipped: destination not verified", extra={"request_id": job.request_id,
+                                                                       "channel": job.channel})
         return "FAILED"
     try:
         ref = await _send(rt, job, cfg, reply)

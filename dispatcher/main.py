@@ -13,14 +13,15 @@ from arq.worker import func
 from prometheus_client import start_http_server
 
 from common import logging as rg_logging
-from common import runtime
+from common import runtime, verification
 from common.context import open_stores, start_hub
-from common.delivery import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK
+from common.delivery import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK, SLACK_NOTICE
 from common.keys import dispatcher_queue
 from common.queue_worker import RelayWorker
 from common.settings import Settings, get_settings
 from dispatcher import jobs, slack
 from dispatcher.runtime import Runtime
+from dispatcher.verification import send_verification
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ def build_worker(settings: Settings) -> RelayWorker:
             func(jobs.deliver_request, name=DELIVER_REQUEST, max_tries=5, timeout=short),  # type: ignore[arg-type]
             func(jobs.deliver, name=DELIVER, max_tries=5, timeout=short),  # type: ignore[arg-type]
             func(slack.follow, name=FOLLOW_SLACK, max_tries=5, timeout=short),  # type: ignore[arg-type]
+            func(slack.notice, name=SLACK_NOTICE, max_tries=1, timeout=short),  # type: ignore[arg-type]
+            func(send_verification, name=verification.SEND_VERIFICATION, max_tries=3,  # type: ignore[arg-type]
+                 timeout=short),
         ],
         queue_name=dispatcher_queue(),
         redis_settings=RedisSettings.from_dsn(settings.queue_redis_url),

@@ -9,6 +9,7 @@ edits that message instead of posting another.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from common.hub import Entry, batches
 from common.keys import slack_edit_budget_key
 from common.logging import correlation_id
 from common.streams import parse_id
-from dispatcher import records
+from dispatcher import records, slack_steps
 from dispatcher.channels import DeliveryError, Reply
 from dispatcher.runtime import Runtime
 
@@ -134,6 +135,8 @@ class Message:
     status: str | None = None
     error: str | None = None
     refs: list[str] = field(default_factory=list)
+    steps: dict[str, slack_steps.Step] = field(default_factory=dict)
+    urgent: bool = False  # a call waits for a person: show it now, whatever the edit interval
 
     def apply(self, event: dict[str, Any]) -> None:
         kind, data = event["type"], event.get("data") or {}
@@ -141,7 +144,9 @@ class Message:
             return
         if event["attempt"] > self.attempt:
             self.attempt, self.text = event["attempt"], ""  # a new attempt replaces the lost one's words
-        if kind == "token":
+        if kind.startswith("tool."):
+            self.urgent = slack_steps.apply(self.steps, kind, data) or self.urgent
+        elif kind == "token":
             self.text += data.get("text", "")
         elif kind == "message":
             self.text = data.get("content", self.text)
@@ -167,6 +172,7 @@ class Message:
 
     def blocks(self, text: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        out += slack_steps.blocks(self.steps, self.request_id, open_=self.status is None)
         if self.status is None:
             out.append({"type": "actions", "elements": [{"type": "button", "action_id": CANCEL_ACTION,
                                                          "text": {"type": "plain_text", "text": "Cancel"},
@@ -219,7 +225,19 @@ class Poster:
                 await self._remember()
         self.last_edit = time.monotonic()
 
+    async def _leave_stream(self) -> None:
+        """Tool steps and their buttons need blocks, which a streamed message gets only at its end: stop
+        streaming and edit the message from here on."""
+        self.native = False
+        if self.streamer is not None:
+            await self.streamer.stop()
+            if self.streamer.ts and not self.msg.refs:
+                self.msg.refs.append(self.streamer.ts)
+                await self._remember()
+
     async def show(self, *, final: bool = False) -> None:
+        if self.native and self.msg.steps:
+            await self._leave_stream()
         if self.native:
             await self._stream(final=final)
             return
@@ -294,16 +312,9 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     try:
         if not msg.refs and not poster.native:
             await poster.show()
-        async for batch in batches(rt.hub, rt.writer.key(f.session_id), parse_id(f.after)):
-            for item in batch:
-                if isinstance(item, Entry) and item.request_id.decode() == f.request_id:
-                    msg.apply(orjson.loads(item.json))
-            if msg.status:
-                break
-            if time.monotonic() > deadline:
-                await delivery.enqueue_slack(rt.queue, f.model_copy(update={"part": f.part + 1}))
-                return "continued"
-            await poster.maybe_edit()
+        if not await _follow_until(rt, f, poster, deadline):
+            await delivery.enqueue_slack(rt.queue, f.model_copy(update={"part": f.part + 1}))
+            return "continued"
         await poster.show(final=True)
     except SlackApiError as exc:
         failure = _failure(exc)
@@ -316,6 +327,30 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         return "FAILED"
     await _close(rt, job, msg, delivery_id, "SUCCESS", None)
     return "SUCCESS"
+
+
+async def _follow_until(rt: Runtime, f: SlackFollow, poster: Poster, deadline: float) -> bool:
+    """Show the request's events as they come; True once it ended, False when the job's time ran out first
+    (also while nothing happens, e.g. a request waiting for an approval)."""
+    msg = poster.msg
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0)) as limit:
+            async for batch in batches(rt.hub, rt.writer.key(f.session_id), parse_id(f.after)):
+                for item in batch:
+                    if isinstance(item, Entry) and item.request_id.decode() == f.request_id:
+                        msg.apply(orjson.loads(item.json))
+                if msg.status:
+                    return True
+                if msg.urgent:
+                    msg.urgent = False
+                    await poster.show()
+                else:
+                    await poster.maybe_edit()
+    except TimeoutError:
+        if limit.expired():
+            return False
+        raise
+    return True
 
 
 async def _close(rt: Runtime, job: DeliveryJob, msg: Message, delivery_id: str,
@@ -351,3 +386,19 @@ async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], repl
     except SlackApiError as exc:
         raise _failure(exc) from None
     return ",".join(refs)
+
+
+async def notice(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
+    """An ephemeral message to one Slack user (e.g. why their button press was refused), by their tenant's bot."""
+    rt: Runtime = ctx["rt"]
+    n = delivery.SlackNotice.model_validate(raw)
+    inst = await installations.of_tenant(rt.db, rt.settings, n.tenant_id, n.team_id)
+    if inst is None:
+        log.warning("Slack notice for a workspace not installed for its tenant", extra={"team_id": n.team_id})
+        return "FAILED"
+    try:
+        await client(rt, inst.bot_token).chat_postEphemeral(channel=n.channel_id, user=n.slack_user_id, text=n.text)
+    except SlackApiError as exc:
+        log.warning("Slack notice not sent", extra={"team_id": n.team_id, "error": str(_failure(exc))})
+        return "FAILED"
+    return "SUCCESS"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -55,17 +56,15 @@ class Kube:
         create: Callable[[], Awaitable[Any]]
         patch: Callable[[], Awaitable[Any]]
         if kind == "Deployment":
-            create = lambda: self.apps.create_namespaced_deployment(ns, obj)  # noqa: E731
-            patch = lambda: self.apps.patch_namespaced_deployment(  # noqa: E731
-                name, ns, patch_body, _content_type=MERGE_PATCH)
+            create = partial(self.apps.create_namespaced_deployment, ns, obj)
+            patch = partial(self.apps.patch_namespaced_deployment, name, ns, patch_body, _content_type=MERGE_PATCH)
         elif kind == "Service":
-            create = lambda: self.core.create_namespaced_service(ns, obj)  # noqa: E731
-            patch = lambda: self.core.patch_namespaced_service(  # noqa: E731
-                name, ns, obj, _content_type=MERGE_PATCH)
+            create = partial(self.core.create_namespaced_service, ns, obj)
+            patch = partial(self.core.patch_namespaced_service, name, ns, obj, _content_type=MERGE_PATCH)
         elif kind == "ScaledObject":
-            create = lambda: self.custom.create_namespaced_custom_object(*KEDA[:2], ns, KEDA[2], obj)  # noqa: E731
-            patch = lambda: self.custom.patch_namespaced_custom_object(  # noqa: E731
-                *KEDA[:2], ns, KEDA[2], name, obj, _content_type=MERGE_PATCH)
+            create = partial(self.custom.create_namespaced_custom_object, *KEDA[:2], ns, KEDA[2], obj)
+            patch = partial(self.custom.patch_namespaced_custom_object, *KEDA[:2], ns, KEDA[2], name, obj,
+                            _content_type=MERGE_PATCH)
         else:
             raise ValueError(f"unsupported kind {kind}")
         try:

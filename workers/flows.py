@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +20,11 @@ import asyncpg
 import orjson
 from arq import Retry
 
-from common import admission, lifecycle, outbound, queue, sink
+from api.errors import ApiError, TooManyRequests
+from api.repositories import sessions as session_repo
+from api.requests import service as requests
+from common import admission, outbound, sink
+from common.auth import Principal
 from common.flows import functions
 from common.flows.errors import FinalTaskError, TaskError, public_message, scrub
 from common.flows.jobs import RunJob, enqueue_run
@@ -30,12 +33,13 @@ from common.flows.policies import PolicyContext, PolicyViolation, configured_eng
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
 from common.keys import cancel_key, run_cancel_key
-from common.limits import Refusal
 from common.logging import correlation_id
-from common.models import NormalizedRequest
+from common.outages import POSTGRES_ERRORS
 from common.streams import Event
-from workers import model
+from workers import flow_usage, intake, model
+from workers.intake import FlowAgentRequest
 from workers.maintenance import every
+from workers.metering import Meter
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,6 @@ MAX_ATTEMPTS = 5
 CANCEL_POLL_SECONDS = 0.25
 AGENT_POLL_SECONDS = 0.2
 FINISH_GRACE_SECONDS = 60  # the job's ARQ timeout over FLOW_TIMEOUT_SECONDS: the run fails itself first
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
-_REQUEST_NAMESPACE = uuid.UUID("6f1c1a8e-58a7-4c8e-9a57-1f9f5b1e0b11")
 
 
 class TaskFailed(Exception):
@@ -66,8 +68,9 @@ class OutputTooLarge(FinalTaskError):
 class RateLimited(TaskError):
     """A limit refused the task's model call or agent request (common.limits); a later try may pass."""
 
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.detail)
+
+class OverBudget(FinalTaskError):
+    """The run's user (or tenant) has spent a budget: no try passes before its period resets."""
 
 
 @dataclass
@@ -113,7 +116,7 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     runs = RunStore.of(rt)
     try:
         claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds)
-    except _DB_ERRORS as exc:
+    except POSTGRES_ERRORS as exc:
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
@@ -182,7 +185,7 @@ async def _watch(run: Execution, work: asyncio.Task[None]) -> None:
                 run.cancel_reason = reason.decode() or "cancelled"
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + settings.heartbeat_seconds
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*POSTGRES_ERRORS):
                 run.lost = not await run.runs.heartbeat(run.run_id, run.attempt, settings.lease_seconds)
         if run.lost or run.cancel_reason:
             work.cancel()
@@ -296,7 +299,8 @@ async def _call(run: Execution, task: FlowTask, task_input: Any, try_number: int
 
 
 async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> dict[str, Any]:
-    """A prompt through litellm, streamed to the run as `token` events (coalesced like replies)."""
+    """A prompt through litellm, streamed to the run as `token` events (coalesced like replies); what it
+    used, even when it fails or is stopped midway, counts for the run's user and is in its output."""
     settings = run.rt.settings
     messages = [{"role": "system", "content": str(task_input["system"])}] if task_input.get("system") else []
     messages.append({"role": "user", "content": str(task_input.get("prompt", ""))})
@@ -306,17 +310,22 @@ async def _llm(run: Execution, task: FlowTask, task_input: dict[str, Any]) -> di
     parts: list[str] = []
     pending: list[str] = []
     flushed = time.monotonic()
-    async for text in model.stream_reply(settings, name, messages, {}):
-        parts.append(text)
-        pending.append(text)
-        due = (time.monotonic() - flushed) * 1000 >= settings.token_flush_ms
-        if due or len(pending) >= settings.token_flush_tokens:
+    meter = Meter(agent_id=flow_usage.AGENT, model=name)
+    try:
+        async for text in model.stream_reply(settings, name, messages, {}, meter=meter):
+            parts.append(text)
+            pending.append(text)
+            due = (time.monotonic() - flushed) * 1000 >= settings.token_flush_ms
+            if due or len(pending) >= settings.token_flush_tokens:
+                await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
+                pending.clear()
+                flushed = time.monotonic()
+        if pending:
             await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
-            pending.clear()
-            flushed = time.monotonic()
-    if pending:
-        await run.emit(("token", {"task_id": task.id, "text": "".join(pending)}))
-    return {"text": "".join(parts), "model": name}
+    finally:
+        used = await flow_usage.measure(run.rt, meter, "".join(parts))
+        await flow_usage.record(run.rt, run.tenant_id, run.row["user_id"], name, used, run.row["correlation_id"])
+    return {"text": "".join(parts), "model": name, "usage": used.as_data()}
 
 
 class HttpTaskError(TaskError):
@@ -361,57 +370,36 @@ async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Poli
 
 
 async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try_number: int) -> dict[str, Any]:
-    """A message to a relaygate agent in the run's own session; its reply is the output.
+    """A message to a relaygate agent in the run's own session, sent through the one request intake; its reply
+    is the output.
 
-    The request id is derived from (run, task, try), so an attempt that takes over the run
-    waits for the request the lost worker already made instead of sending it twice.
+    The idempotency key names (run, task, try), so an attempt that takes over the run waits for the
+    request the lost worker already made instead of sending it twice.
     """
     rt = run.rt
     content = str(task_input.get("content") or "")
     if not content:
         raise TaskError("an agent task needs input.content")
-    agent = rt.agents.route(content, "tool", task_input.get("agent_id"))
+    who = Principal(tenant_id=run.tenant_id, user_id=run.row["user_id"])
     session_id = str(run.row["session_id"])
-    request_id = str(uuid.uuid5(_REQUEST_NAMESPACE, f"{run.run_id}:{task.id}:{try_number}"))
-    cid = run.row["correlation_id"]
-    upcoming = None
-    if not await rt.db.fetchval("SELECT 1 FROM request_logs WHERE request_id = $1", request_id):
-        await _admit_work(run, request_id, "tool")
-    async with rt.db.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-            " VALUES ($1, $2, $3, 'tool', now() + make_interval(secs => $4)) ON CONFLICT (session_id) DO NOTHING",
-            session_id, run.tenant_id, run.row["user_id"], rt.settings.session_ttl_seconds,
-        )
-        await lifecycle.lock_session(conn, session_id)
-        if not await conn.fetchval("SELECT 1 FROM request_logs WHERE request_id = $1", request_id):
-            normalized = NormalizedRequest(
-                request_id=request_id, session_id=session_id, tenant_id=run.tenant_id, user_id=run.row["user_id"],
-                integration_type="tool", request_type="tool", content=content, agent_id=agent.id,
-                feature=agent.feature, integration_context={"run_id": run.run_id, "task_id": task.id},
-                correlation_id=cid,
-            )
-            (entry_id,) = await rt.writer.append(session_id, [Event(
-                type="request.accepted", request_id=request_id,
-                data={"content": content, "session_id": session_id, "agent_id": agent.id, "run_id": run.run_id})])
-            await conn.execute(
-                """
-                INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
-                    normalized_request, agent_id, feature, correlation_id, stream_entry_id, deadline_at)
-                VALUES ($1, $2, $3, $4, 'tool', $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
-                """,
-                request_id, session_id, run.tenant_id, run.row["user_id"], content, normalized.model_dump(),
-                agent.id, agent.feature, cid, entry_id, rt.settings.request_timeout_seconds,
-            )
-            upcoming = await lifecycle.next_in_session(conn, session_id)
-    if upcoming:
-        await queue.enqueue(rt.queue, *upcoming)
+    await session_repo.ensure(rt.db, who, session_id, "tool", rt.settings.session_ttl_seconds)
+    body = FlowAgentRequest(content=content, agent_id=task_input.get("agent_id"), session_id=session_id,
+                            run_id=run.run_id, task_id=task.id)
+    try:
+        accepted = await requests.accept(intake.gateway(rt), who, body, correlation_id=run.row["correlation_id"],
+                                         idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}")
+    except TooManyRequests as exc:
+        detail = str(exc.detail)
+        raise OverBudget(detail) if detail.startswith("budget") else RateLimited(detail) from None
+    except ApiError as exc:
+        raise FinalTaskError(f"agent request refused: {exc.detail}") from None
+    request_id = accepted.request_id
     try:
         while True:
-            row = await rt.db.fetchrow("SELECT status, response_content, error FROM request_logs"
+            row = await rt.db.fetchrow("SELECT status, response_content, error, agent_id FROM request_logs"
                                        " WHERE request_id = $1 AND tenant_id = $2", request_id, run.tenant_id)
             if row["status"] == "completed":
-                return {"content": row["response_content"], "agent_id": agent.id, "request_id": request_id,
+                return {"content": row["response_content"], "agent_id": row["agent_id"], "request_id": request_id,
                         "session_id": session_id}
             if row["status"] in ("failed", "cancelled"):
                 raise TaskError(f"agent request {row['status']}: {row['error']}")
@@ -424,18 +412,18 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
 
 
 async def _admit_work(run: Execution, work_id: str, integration: str, *, count_running: bool = True) -> None:
-    """An llm call or an agent request counts against its user's limits like a request does."""
+    """An llm call or an agent request counts against its user's limits and budgets like a request does."""
     refusal = await admission.admit(run.rt.limits, run.rt.db, run.tenant_id, run.row["user_id"], integration, work_id,
-                                    count_running=count_running)
+                                    count_running=count_running, budgeted=True)
     if refusal:
-        raise RateLimited(refusal)
+        raise OverBudget(refusal.detail) if refusal.limit == "budget" else RateLimited(refusal.detail)
 
 
 async def _finish(run: Execution, status: str, error: str | None) -> str:
     output = {"tasks": run.outputs} if status == COMPLETED else None
     try:
         row = await run.runs.finish(run.run_id, run.tenant_id, run.attempt, status, output=output, error=error)
-    except _DB_ERRORS:
+    except POSTGRES_ERRORS:
         row = None
     if row is None:
         return "fenced"

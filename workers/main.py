@@ -19,7 +19,7 @@ from common.context import open_stores
 from common.flows.jobs import PROCESS_FLOW_RUN
 from common.queue_worker import RelayWorker
 from common.settings import Settings, get_settings
-from workers import flows, maintenance, model, openai_stream
+from workers import cost_map, flows, maintenance, model, openai_stream
 from workers.observe import observed
 from workers.runner import Runtime, process_request
 
@@ -46,6 +46,8 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         first if one of them needs it)."""
         if any(model.path_for(m, settings) == "openai" for m in models):
             await openai_stream.prepare()
+        if any(model.path_for(m, settings) != "offline" for m in models):
+            await asyncio.to_thread(cost_map.load)  # prices for heartbeats' usage estimates, off the loop
         if not model.ready_for(models, settings):
             await model.litellm_module()
         log.info("model layer ready", extra={"litellm": model.ready()})

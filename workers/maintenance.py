@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import ModuleType
 
 import asyncpg
 
 from common import ending, lifecycle, queue, sink
+from common.agents import ModelPrice
 from common.keys import cancel_key, intake_keys
 from common.outages import STORE_ERRORS
-from workers import schedules
-from workers.attempt import Stop
+from common.usage import Usage
+from workers import model, schedules
+from workers.attempt import Attempt, Stop
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,23 +32,45 @@ CHECKPOINT_EVERY = 10
 
 
 async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
-    """Extend every lease of this worker in one statement; every CHECKPOINT_EVERY beats also
-    store the partial replies that grew (not the whole reply every second)."""
+    """Extend every lease of this worker in one statement, with each attempt's usage so far (what counts
+    if the worker is lost); every CHECKPOINT_EVERY beats also store the partial replies that grew (not
+    the whole reply every second)."""
     runs = [r for r in rt.active.values() if r.stop is None]
     if not runs:
         return
-    leases: list[tuple[str, int, str | None, str | None]] = []
+    leases: list[tuple[str, int, str | None, str | None, Usage, str]] = []
     checkpoint = beat % CHECKPOINT_EVERY == 0
+    litellm = await _litellm()
     for r in runs:
         partial = None
         if checkpoint and len(r.parts) > r.checkpointed:
             partial = "".join(r.parts)
             r.checkpointed = len(r.parts)
-        leases.append((r.payload.request_id, r.payload.attempt, partial, r.last_stream_id))
+        leases.append((r.payload.request_id, r.payload.attempt, partial, r.last_stream_id,
+                       _so_far(r, litellm, rt.agents.prices), r.meter.model))
     held = await lifecycle.heartbeat(rt.db, leases, rt.settings.lease_seconds)
     for run in runs:
         if run.payload.request_id not in held:
             run.halt(Stop("lease lost", fenced=True))
+
+
+async def _litellm() -> ModuleType | None:
+    """litellm once the model layer is loaded (until then no attempt has called a model)."""
+    if not model.ready():
+        return None
+    try:
+        return await model.litellm_module()
+    except Exception:
+        return None
+
+
+def _so_far(run: Attempt, litellm: ModuleType | None, prices: dict[str, ModelPrice]) -> Usage:
+    """The attempt's usage estimate; a failure to count stores none (it never stops the heartbeat)."""
+    try:
+        return run.meter.so_far(litellm, prices)
+    except Exception as exc:
+        log.warning("estimating usage failed", extra={"request_id": run.payload.request_id, "error": repr(exc)})
+        return Usage()
 
 
 async def heartbeats(rt: Runtime) -> None:

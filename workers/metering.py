@@ -1,6 +1,8 @@
 """One attempt's token usage and cost: the provider's own count when it sends one, else litellm's
 token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map
-(read as JSON for replies that did not go through litellm, so they never wait for its import)."""
+(read as JSON for replies that did not go through litellm, so they never wait for its import).
+While an attempt runs, `Meter.so_far` is what it used until now, which its worker's heartbeat stores
+so that an attempt lost with its worker still counts (common.lifecycle)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Meter:
     earlier: tuple[int, int] = (0, 0)  # what the provider reported for the attempt's earlier calls (tool steps)
     offline: bool = False  # the offline model: its chunks are its tokens and it costs nothing
     via_litellm: bool = False  # served by litellm (priced with its own cost functions)
+    prompt_estimate: int | None = None  # litellm's count of the current call's messages, once `so_far` needed it
 
     def begin(self, messages: list[dict[str, Any]], offline: bool, via_litellm: bool) -> None:
         """A model call of the attempt starts (an agent with tools makes one per step)."""
@@ -37,6 +40,25 @@ class Meter:
             self.earlier = (self.earlier[0] + self.reported[0], self.earlier[1] + self.reported[1])
             self.reported = None
         self.messages, self.offline, self.via_litellm = messages, offline, via_litellm
+        self.prompt_estimate = None
+
+    def so_far(self, litellm: ModuleType | None, prices: dict[str, ModelPrice]) -> Usage:
+        """An estimate of what the attempt used until now: the provider's counts of finished calls, the
+        prompt counted by litellm (when loaded; a worker on the lean path may never load it, and then
+        counts the prompt only once the provider reports it) and a token per text chunk since. Counts
+        the prompt once per call."""
+        if self.offline:
+            words = sum(len(str(m.get("content", "")).split()) for m in self.messages)
+            return Usage(words if self.chunks else 0, self.chunks, 0.0, True)
+        if not (self.chunks or self.reported or self.earlier != (0, 0)):
+            return Usage()
+        if litellm is not None and self.reported is None and self.prompt_estimate is None:
+            self.prompt_estimate = int(litellm.token_counter(model=self.model, messages=self.messages)) \
+                if self.messages else 0
+        last = self.reported or (self.prompt_estimate or 0, 0)
+        prompt, completion = self.earlier[0] + last[0], max(self.earlier[1] + last[1], self.chunks)
+        per_input, per_output = unit_prices(litellm if self.via_litellm else None, self.model, prices)
+        return Usage(prompt, completion, prompt * per_input + completion * per_output, True)
 
     def report(self, usage: Any) -> None:
         """Take a provider usage object or dict (`prompt_tokens`, `completion_tokens`), if it is one."""
@@ -64,6 +86,18 @@ def price(litellm: ModuleType | None, model: str, input_tokens: int, output_toke
     except Exception:
         return 0.0  # a model litellm has no price for: set one under `prices` in the agents file
     return float(prompt_cost) + float(completion_cost)
+
+
+_unit_prices: dict[str, tuple[float, float]] = {}
+
+
+def unit_prices(litellm: ModuleType | None, model: str, prices: dict[str, ModelPrice]) -> tuple[float, float]:
+    """USD per input and per output token of `model`, looked up once per process (prices are read at start)."""
+    found = _unit_prices.get(model)
+    if found is None:
+        found = _unit_prices[model] = (price(litellm, model, 1_000_000, 0, prices) / 1_000_000,
+                                       price(litellm, model, 0, 1_000_000, prices) / 1_000_000)
+    return found
 
 
 def _count(litellm: ModuleType, model: str, messages: list[dict[str, Any]], reply: str) -> tuple[int, int]:

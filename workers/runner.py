@@ -234,10 +234,13 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
 
 
 async def _park(rt: Runtime, run: Attempt) -> str:
-    """The request waits for a person's approval with no worker: its row says `waiting` until a decision
-    queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
+    """The request waits for a person's approval with no worker: its row says `waiting` (with what this
+    attempt used added) until a decision queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
     payload = run.payload
-    parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds))
+    used = await _usage(rt, run, run.meter.model)
+    parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds, used))
+    if parked:
+        metrics.count_usage(run.meter.agent_id, run.meter.model, used)
     status = "waiting" if parked else "fenced"
     RUNS.labels(status).inc()
     log.info("run waiting for an approval" if parked else "lease lost; abandoning attempt",

@@ -8,39 +8,21 @@ dies in between leaves the claim to lapse; the next one sends the same key and g
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from api.deps import Gateway
 from api.schedules import service
-from common.budgets import BudgetBook
-from common.limits import Limits
+from workers import intake
 from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
-
-_intakes: dict[int, Gateway] = {}
-
-
-def _intake(rt: Runtime) -> Gateway:
-    """The intake as the gateway runs it, over this worker's stores (it never reads a hub)."""
-    gw = _intakes.get(id(rt))
-    if gw is None:
-        hub: Any = None
-        gw = _intakes[id(rt)] = Gateway(settings=rt.settings, db=rt.db, streams=rt.streams, queue=rt.queue, hub=hub,
-                                        writer=rt.writer, agents=rt.agents, limits=Limits(rt.streams, rt.settings),
-                                        budgets=BudgetBook(rt.db, rt.settings))
-    return gw
-
 
 async def fire_due_once(rt: Runtime) -> int:
     """Fire the due ticks this worker could claim; returns how many it recorded."""
     fired = 0
     for row in await service.claim_due(rt.db):
         tick = row["next_run_at"]
-        outcome = await service.fire(_intake(rt), row, tick.isoformat())
+        outcome = await service.fire(intake.gateway(rt), row, tick.isoformat())
         if await service.record(rt.db, row["schedule_id"], tick, outcome):
             fired += 1
-        status, request_id, error = outcome
-        log.info("schedule fired", extra={"schedule_id": row["schedule_id"], "status": status,
-                                          "request_id": request_id, "error": error})
+        log.info("schedule fired", extra={"schedule_id": row["schedule_id"], "status": outcome.status,
+                                          "request_id": outcome.request_id, "error": outcome.error})
     return fired

@@ -10,10 +10,18 @@ from starlette.responses import Response, StreamingResponse
 from api.aisdk import service
 from api.aisdk.schemas import CHAT_ID_PATTERN, ChatRequest
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.responses import JSONResponse
 from common.auth import SCOPE_REQUESTS
 
-router = APIRouter(prefix="/api/chat", tags=["ai-sdk"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+router = APIRouter(prefix="/api/chat", tags=["ai-sdk"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
 
 ChatId = Annotated[str, Path(pattern=CHAT_ID_PATTERN)]
 

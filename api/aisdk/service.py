@@ -7,7 +7,7 @@ from starlette.responses import Response, StreamingResponse
 from api.aisdk.chunks import UiMessageStream
 from api.aisdk.schemas import ChatRequest
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import Invalid
 from api.requests import turns
 from api.streams.follow import rendered
 from api.streams.sse import held_response, release_stream, reserve_stream
@@ -25,7 +25,7 @@ def _conversation(body: ChatRequest) -> tuple[str, list[dict[str, str]]]:
     last = next((i for i in range(len(body.messages) - 1, -1, -1)
                  if body.messages[i].role == "user" and body.messages[i].text()), None)
     if last is None:
-        raise ApiError(422, "the chat has no user message with text", error="validation_error")
+        raise Invalid("the chat has no user message with text")
     before = [{"role": m.role, "content": m.text()} for m in body.messages[:last] if m.text()]
     return body.messages[last].text(), before
 

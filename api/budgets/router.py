@@ -9,12 +9,13 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import Forbidden, Invalid, responses
 from common import budgets
 from common.auth import SCOPE_ADMIN, SCOPE_REQUESTS, Principal
 
 router = APIRouter(prefix="/api/v1/budgets", tags=["budgets"],
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(Invalid))
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
@@ -32,7 +33,7 @@ class Limits(BaseModel):
 
 def _admin(who: Principal) -> None:
     if SCOPE_ADMIN not in who.scopes:
-        raise ApiError(403, f"budgets of others need the {SCOPE_ADMIN!r} scope")
+        raise Forbidden(f"budgets of others need the {SCOPE_ADMIN!r} scope")
 
 
 def _left(limit: float, spent: float) -> float | None:

@@ -13,7 +13,14 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.requests import service as requests
 from api.requests.schemas import GenericRequest
 from api.responses import JSONResponse
@@ -25,7 +32,8 @@ from common.logging import correlation_id
 
 # Each event type needs its own scope (checked per event); a credential with neither gets no further.
 router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS, SCOPE_RUNS))])
+                   dependencies=[Depends(require_scope(SCOPE_REQUESTS, SCOPE_RUNS))],
+                   responses=responses(BadRequest, NotFound, Conflict, TooManyRequests))
 
 REQUEST_CREATED = "com.relaygate.request.created"
 RUN_REQUESTED = "com.relaygate.run.requested"
@@ -44,22 +52,22 @@ def parse(headers: dict[str, str], body: bytes) -> BaseCloudEvent:
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ApiError(400, "not a valid CloudEvent: the body is not JSON") from None
+            raise BadRequest("not a valid CloudEvent: the body is not JSON") from None
         present = set(document) if isinstance(document, dict) else set()
     missing = [name for name in REQUIRED if name not in present]
     if missing:
-        raise ApiError(400, f"not a valid CloudEvent: missing {', '.join(missing)}")
+        raise BadRequest(f"not a valid CloudEvent: missing {', '.join(missing)}")
     try:
         return from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
     except Exception as exc:  # the SDK raises validation, value and JSON errors alike
         message = " ".join(str(exc).split())[:500] or type(exc).__name__
-        raise ApiError(400, f"not a valid CloudEvent: {message}") from None
+        raise BadRequest(f"not a valid CloudEvent: {message}") from None
 
 
 def _data(event: BaseCloudEvent) -> dict[str, Any]:
     data = event.get_data()
     if not isinstance(data, dict):
-        raise ApiError(400, f"{event.get_type()} needs a JSON object as data")
+        raise BadRequest(f"{event.get_type()} needs a JSON object as data")
     return data
 
 
@@ -71,7 +79,7 @@ async def _request(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRe
     try:
         body = GenericRequest.model_validate({"integration_type": "generic", **_data(event)})
     except ValidationError as exc:
-        raise ApiError(400, _problems(exc)) from None
+        raise BadRequest(_problems(exc)) from None
     # The event's (source, id) is its identity: a redelivered event replays the same request.
     key = "ce:" + hashlib.sha256(f"{event.get_source()}\n{event.get_id()}".encode()).hexdigest()
     accepted = await requests.accept(gw, who, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -89,7 +97,7 @@ async def _run(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRespon
     try:
         body = RunBody.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, _problems(exc)) from None
+        raise BadRequest(_problems(exc)) from None
     started = await runs.start(gw, who, body, correlation_id=correlation_id.get(),
                                trigger={"via": "cloudevents", "id": event.get_id(), "source": event.get_source()})
     return JSONResponse({"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202)
@@ -102,9 +110,9 @@ async def receive(request: Request, gw: GatewayDep, who: PrincipalDep) -> JSONRe
     kind = event.get_type()
     scope = {REQUEST_CREATED: SCOPE_REQUESTS, RUN_REQUESTED: SCOPE_RUNS}.get(kind)
     if scope is not None and not who.allows(scope):
-        raise ApiError(403, f"this credential lacks the {scope!r} scope")
+        raise Forbidden(f"this credential lacks the {scope!r} scope")
     if kind == REQUEST_CREATED:
         return await _request(gw, who, event)
     if kind == RUN_REQUESTED:
         return await _run(gw, who, event)
-    raise ApiError(400, f"unsupported CloudEvent type {kind!r}: send {REQUEST_CREATED} or {RUN_REQUESTED}")
+    raise BadRequest(f"unsupported CloudEvent type {kind!r}: send {REQUEST_CREATED} or {RUN_REQUESTED}")

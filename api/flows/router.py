@@ -7,13 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import BadRequest, Conflict, NotFound, responses
 from api.flows import service
 from api.flows.schemas import FlowBody, FlowOut, FlowPage
 from api.runs.contract import ContractRoute
 from common.auth import SCOPE_RUNS
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_RUNS))])
+                   dependencies=[Depends(require_scope(SCOPE_RUNS))],
+                   responses=responses(BadRequest, NotFound, Conflict))
 
 
 @router.post("", status_code=201, response_model=FlowOut)

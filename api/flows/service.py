@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import BadRequest, Conflict, NotFound, PolicyRefused
 from api.flows.schemas import FlowBody
 from common.auth import Principal
 from common.flows import functions
@@ -29,10 +29,9 @@ def check_definition(raw: dict[str, Any], tenant_id: str | None, caps: FlowCaps,
     if flow_id is not None and raw.get("id") not in (None, flow_id):
         problems.append(f"definition id {raw.get('id')!r} does not match flow_id {flow_id!r}")
     if problems or flow is None:
-        raise ApiError(400, problems)
+        raise BadRequest(problems)
     if tenant_id is not None and flow.tenant_id != tenant_id:
-        raise ApiError(403, f"TenantIsolationPolicy: flow belongs to tenant {flow.tenant_id!r}, not {tenant_id!r}",
-                       error="policy_violation")
+        raise PolicyRefused(f"TenantIsolationPolicy: flow belongs to tenant {flow.tenant_id!r}, not {tenant_id!r}")
     return flow
 
 
@@ -63,7 +62,7 @@ async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
             who.tenant_id, flow.id,
         )
         if live:
-            raise ApiError(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} adds a version")
+            raise Conflict(f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} adds a version")
         # A deleted flow's id can be registered again; its versions keep counting up.
         return await _insert(conn, who, body, flow, (latest or 0) + 1)
 
@@ -78,7 +77,7 @@ async def update(gw: Gateway, who: Principal, flow_id: str, body: FlowBody) -> d
             who.tenant_id, flow_id,
         )
         if latest is None:
-            raise ApiError(404, "flow not found")
+            raise NotFound("flow not found")
         return await _insert(conn, who, body, flow, latest + 1)
 
 
@@ -89,7 +88,7 @@ async def get(gw: Gateway, who: Principal, flow_id: str, version: int | None = N
         who.tenant_id, flow_id, version,
     )
     if row is None:
-        raise ApiError(404, "flow not found" if version is None else f"flow {flow_id!r} has no version {version}")
+        raise NotFound("flow not found" if version is None else f"flow {flow_id!r} has no version {version}")
     return dict(row)
 
 
@@ -117,4 +116,4 @@ async def delete(gw: Gateway, who: Principal, flow_id: str) -> None:
         who.tenant_id, flow_id,
     )
     if result.endswith(" 0"):
-        raise ApiError(404, "flow not found")
+        raise NotFound("flow not found")

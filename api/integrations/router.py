@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import Invalid, NotFound, responses
 from api.integrations import service
 from api.integrations.schemas import (
     Deliveries,
@@ -15,13 +16,16 @@ from api.integrations.schemas import (
     OverrideUpdate,
     SystemDefaults,
     UserConfigs,
+    Verified,
+    VerifyCode,
 )
 from common import integrations
 from common.auth import SCOPE_INTEGRATIONS
 from common.integrations import Channel
 
 router = APIRouter(prefix="/api/v1", tags=["integrations"],
-                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))])
+                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))],
+                   responses=responses(NotFound, Invalid))
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
@@ -46,6 +50,13 @@ async def create_override(user_id: UserId, body: OverrideCreate, gw: GatewayDep,
 async def update_override(user_id: UserId, integration_type: Channel, body: OverrideUpdate, gw: GatewayDep,
                           who: PrincipalDep) -> Override:
     return await service.update(gw, who, user_id, integration_type, body)
+
+
+@router.post("/users/{user_id}/integrations/{integration_type}/verify", response_model=Verified)
+async def verify(user_id: UserId, integration_type: Channel, body: VerifyCode, gw: GatewayDep,
+                 who: PrincipalDep) -> Verified:
+    """Confirm an EMAIL or SMS destination with the code relaygate sent to it; until then nothing is delivered there."""
+    return await service.verify(gw, who, user_id, integration_type, body.code)
 
 
 @router.delete("/users/{user_id}/integrations/{integration_type}", status_code=204)

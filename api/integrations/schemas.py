@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,20 @@ class Override(BaseModel):
     retry_count: int
     retry_delay_seconds: int
     config: dict[str, Any]
+    # EMAIL and SMS: whether replies may go to the destination yet (`pending`: a code was sent there).
+    verification: Literal["verified", "pending"] | None = None
+
+
+class VerifyCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=16)
+
+
+class Verified(BaseModel):
+    integration_type: Channel
+    destination: str
+    verified: bool
 
 
 class Delivery(BaseModel):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from api.deps import Gateway
-from api.errors import ApiError
-from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs
-from common import integrations, outbound, slack_access
+from api.errors import Forbidden, Invalid, NotFound
+from api.integrations.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs, Verified
+from common import integrations, outbound, slack_access, verification
 from common.auth import Principal
 from common.integrations import Channel, ChannelConfig, ConfigError
 
@@ -17,7 +17,7 @@ ADMIN_SCOPE = "admin"
 def authorize(who: Principal, user_id: str) -> None:
     """A user manages their own integrations; an `admin` manages anyone's in the same tenant."""
     if user_id != who.user_id and ADMIN_SCOPE not in who.scopes:
-        raise ApiError(403, "only the user themself or an admin of the tenant may manage these integrations")
+        raise Forbidden("only the user themself or an admin of the tenant may manage these integrations")
 
 
 def shown(cfg: ChannelConfig) -> ChannelConfig:
@@ -40,7 +40,7 @@ def _checked(channel: Channel, cfg: ChannelConfig) -> ChannelConfig:
     try:
         clean = integrations.validate_config(channel, cfg.config, enabled=cfg.enabled)
     except ConfigError as exc:
-        raise ApiError(422, exc.errors) from None  # type: ignore[arg-type]
+        raise Invalid(exc.errors) from None  # type: ignore[arg-type]
     return cfg.model_copy(update={"config": clean})
 
 
@@ -51,7 +51,7 @@ async def _reachable(gw: Gateway, channel: Channel, cfg: ChannelConfig) -> None:
         try:
             await outbound.check(str(url), gw.settings.outbound_policy())
         except outbound.OutboundError as exc:
-            raise ApiError(422, [{"field": "config.url", "message": str(exc)}]) from None
+            raise Invalid([{"field": "config.url", "message": str(exc)}]) from None
 
 
 async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> None:
@@ -61,7 +61,7 @@ async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, 
     try:
         await slack_access.destination(gw.db, gw.settings, who.tenant_id, user_id, cfg.config)
     except slack_access.Refused as exc:
-        raise ApiError(422, [{"field": exc.field, "message": exc.message}]) from None
+        raise Invalid([{"field": exc.field, "message": exc.message}]) from None
 
 
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
@@ -79,7 +79,9 @@ async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cf
         who.tenant_id, user_id, channel, cfg.enabled, cfg.priority, cfg.retry_count, cfg.retry_delay_seconds,
         cfg.config,
     )
-    return Override(user_id=user_id, integration_type=channel, **shown(cfg).model_dump())
+    to = verification.destination(channel, cfg.config) if cfg.enabled else None
+    status = await verification.request(gw.db, gw.queue, who.tenant_id, user_id, channel, to) if to else None
+    return Override(user_id=user_id, integration_type=channel, verification=status, **shown(cfg).model_dump())
 
 
 def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
@@ -110,13 +112,26 @@ async def update(gw: Gateway, who: Principal, user_id: str, channel: Channel, bo
     return await _store(gw, who, user_id, channel, cfg)
 
 
+async def verify(gw: Gateway, who: Principal, user_id: str, channel: Channel, code: str) -> Verified:
+    """The code sent to the destination the user's override names: right, and replies may go there."""
+    authorize(who, user_id)
+    if channel not in verification.FIELDS:
+        raise Invalid(f"{channel} destinations need no verification")
+    current = (await integrations.overrides(gw.db, who.tenant_id, user_id)).get(channel)
+    to = verification.destination(channel, current.config) if current else None
+    outcome = await verification.confirm(gw.db, who.tenant_id, user_id, channel, to, code)
+    if not outcome.verified:
+        raise Invalid(outcome.problem or "not verified")
+    return Verified(integration_type=channel, destination=str(outcome.destination), verified=True)
+
+
 async def delete(gw: Gateway, who: Principal, user_id: str, channel: Channel) -> None:
     authorize(who, user_id)
     status = await gw.db.execute(
         "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3",
         who.tenant_id, user_id, channel)
     if status.endswith(" 0"):
-        raise ApiError(404, f"no {channel} override for this user")
+        raise NotFound(f"no {channel} override for this user")
 
 
 async def reset(gw: Gateway, who: Principal, user_id: str) -> int:

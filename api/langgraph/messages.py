@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from api.errors import ApiError
+from api.errors import Invalid
 
 _HUMAN_ROLES = ("human", "user")
 
@@ -44,9 +44,9 @@ def _text(content: Any) -> str:
                 parts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ApiError(422, f"message content of type {kind!r} is not supported: send text")
+                raise Invalid(f"message content of type {kind!r} is not supported: send text")
         return "".join(parts)
-    raise ApiError(422, "message content must be text or a list of text parts")
+    raise Invalid("message content must be text or a list of text parts")
 
 
 def _role_and_content(message: Any) -> tuple[str, Any, str | None]:
@@ -58,7 +58,7 @@ def _role_and_content(message: Any) -> tuple[str, Any, str | None]:
         role = message.get("type") or message.get("role")
         message_id = message.get("id")
         return str(role), message.get("content"), message_id if isinstance(message_id, str) else None
-    raise ApiError(422, "each input message must be an object with a role (or type) and content")
+    raise Invalid("each input message must be an object with a role (or type) and content")
 
 
 def user_turn(run_input: dict[str, Any] | None) -> tuple[str, str | None]:
@@ -71,15 +71,15 @@ def user_turn(run_input: dict[str, Any] | None) -> tuple[str, str | None]:
     if isinstance(messages, dict | str):
         messages = [messages]
     if not isinstance(messages, list):
-        raise ApiError(422, "input.messages must hold the user's message")
+        raise Invalid("input.messages must hold the user's message")
     for message in reversed(messages):
         role, content, message_id = _role_and_content(message)
         if role in _HUMAN_ROLES:
             text = _text(content)
             if not text.strip():
-                raise ApiError(422, "the user's message is empty")
+                raise Invalid("the user's message is empty")
             return text, message_id
-    raise ApiError(422, "input.messages has no human (user) message to answer")
+    raise Invalid("input.messages has no human (user) message to answer")
 
 
 def human_of(turn: dict[str, Any]) -> dict[str, Any]:

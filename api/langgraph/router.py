@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from starlette.responses import StreamingResponse
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import Invalid
 from api.langgraph import resources, service
 from api.langgraph.errors import LangGraphRoute
 from api.langgraph.events import Renderer, frames, metadata
@@ -120,7 +120,7 @@ async def stream_run(thread_id: str, body: RunCreate, gw: GatewayDep, who: Princ
     except BaseException:
         release_stream(gw, slot)
         raise
-    PROTOCOL_STREAMS.labels("langgraph", "new").inc()
+    PROTOCOL_STREAMS.labels("langgraph", "opened", "new").inc()
     key = stream_key(started.view.thread_id, gw.settings.stream_buckets)
     after = just_before(started.entry_id) if started.entry_id else (0, 0)
     body_frames = run_frames(gw.hub, key, after, (0, 0), Renderer(started.view), metadata_first=False)
@@ -180,7 +180,7 @@ def _modes(stream_mode: list[str] | None) -> list[StreamMode] | None:
     chosen = [m for m in stream_mode or [] if m]
     unknown = [m for m in chosen if m not in _MODES]
     if unknown:
-        raise ApiError(422, f"unknown stream_mode {unknown[0][:32]!r}")
+        raise Invalid(f"unknown stream_mode {unknown[0][:32]!r}")
     return chosen or None  # type: ignore[return-value]
 
 
@@ -203,7 +203,7 @@ async def join_stream(
     view = service.view_of(gw, who, row, _modes(stream_mode))
     resume = _resume(last_event_id)
     slot = await reserve_stream(gw, who)
-    PROTOCOL_STREAMS.labels("langgraph", "join" if resume is None else "resume").inc()
+    PROTOCOL_STREAMS.labels("langgraph", "opened", "join" if resume is None else "resume").inc()
     key = stream_key(row["session_id"], gw.settings.stream_buckets)
     first = just_before(row["stream_entry_id"]) if row["stream_entry_id"] else (0, 0)
     finished = row["status"] not in ACTIVE_STATUSES
@@ -233,5 +233,5 @@ async def cancel_run(
 ) -> dict[str, Any]:
     """Stop the run: it ends `interrupted` (its stream with `end`, no error)."""
     if action != "interrupt":
-        raise ApiError(422, f"cancel action {action[:20]!r} is not supported; use interrupt")
+        raise Invalid(f"cancel action {action[:20]!r} is not supported; use interrupt")
     return await service.cancel_run(gw, who, thread_id, run_id, wait=bool(wait))

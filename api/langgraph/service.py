@@ -12,7 +12,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, Conflict, Invalid, NotFound
 from api.langgraph import resources
 from api.langgraph.events import LgEvent, RunView, failure
 from api.langgraph.messages import ai, ai_id, conversation, human_of, user_turn
@@ -29,7 +29,7 @@ from common.agents import Agent
 from common.auth import Principal
 from common.keys import stream_key
 from common.logging import correlation_id
-from common.metrics import PROTOCOL_RUNS
+from common.metrics import PROTOCOL_REQUESTS
 from common.models import ACTIVE_STATUSES
 
 THREAD_TURNS = 200  # the most turns a thread's state shows
@@ -39,7 +39,7 @@ CANCEL_WAIT_SECONDS = 10.0
 def agent(gw: Gateway, assistant_id: str) -> Agent:
     found = gw.agents.get(assistant_id)
     if found is None:
-        raise ApiError(404, f"assistant {assistant_id[:64]!r} not found")
+        raise NotFound(f"assistant {assistant_id[:64]!r} not found")
     return found
 
 
@@ -54,7 +54,7 @@ async def owned_thread(gw: Gateway, who: Principal, thread_id: str) -> dict[str,
     """The caller's session; another user's, an archived (deleted) one and a malformed id are all a 404."""
     session = await session_repo.get(gw.db, who, thread_id)
     if session is None or session["status"] == "archived":
-        raise ApiError(404, "thread not found")
+        raise NotFound("thread not found")
     return session
 
 
@@ -79,7 +79,7 @@ async def state(gw: Gateway, who: Principal, thread_id: str) -> dict[str, Any]:
 async def create_thread(gw: Gateway, who: Principal, body: ThreadCreate) -> dict[str, Any]:
     chosen = None
     if body.thread_id is not None and (chosen := parse_uuid(body.thread_id)) is None:
-        raise ApiError(422, "thread_id must be a UUID")
+        raise Invalid("thread_id must be a UUID")
     try:
         session = await session_repo.create(gw.db, who, who.user_id,
                                             {"integration_type": "web", "integration_metadata": body.metadata},
@@ -88,14 +88,14 @@ async def create_thread(gw: Gateway, who: Principal, body: ThreadCreate) -> dict
         existing = await session_repo.get(gw.db, who, chosen or "")
         if body.if_exists == "do_nothing" and existing is not None and existing["status"] != "archived":
             return await thread(gw, who, existing["session_id"])
-        raise ApiError(409, "a thread with this thread_id already exists") from None
+        raise Conflict("a thread with this thread_id already exists") from None
     sink.emit("session.created", session["session_id"], {"user_id": who.user_id}, tenant_id=who.tenant_id)
     return resources.thread(session, "idle", [])
 
 
 async def search_threads(gw: Gateway, who: Principal, body: ThreadSearch) -> list[dict[str, Any]]:
     if body.values:
-        raise ApiError(422, "searching threads by values is not supported; search by metadata")
+        raise Invalid("searching threads by values is not supported; search by metadata")
     ids = None if body.ids is None else [u for u in map(parse_uuid, body.ids) if u]
     sessions = await session_repo.search_threads(
         gw.db, who, metadata=body.metadata, status=body.status, ids=ids, sort_by=body.sort_by,
@@ -124,7 +124,7 @@ async def _thread_for_run(gw: Gateway, who: Principal, thread_id: str, if_not_ex
             sink.emit("session.created", chosen, {"user_id": who.user_id}, tenant_id=who.tenant_id)
         session = await session_repo.get(gw.db, who, thread_id)
     if session is None or session["status"] == "archived":
-        raise ApiError(404, "thread not found")
+        raise NotFound("thread not found")
     return str(session["session_id"])
 
 
@@ -149,7 +149,7 @@ def _request(text: str, message_id: str | None, thread_id: str, agent_id: str, b
                           "metadata": body.metadata or {}, "message_id": message_id},
         })
     except ValidationError as exc:
-        raise ApiError(422, [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+        raise Invalid([{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                              for e in exc.errors()]) from None
 
 
@@ -157,7 +157,7 @@ async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate
     """Accept the run's user turn as a request in the thread's session (multitask_strategy as `multitask`)."""
     reason = body.unsupported()
     if reason:
-        raise ApiError(422, reason)
+        raise Invalid(reason)
     chosen = agent(gw, body.assistant_id)
     text, message_id = user_turn(body.input)
     sid = await _thread_for_run(gw, who, thread_id, body.if_not_exists)
@@ -165,7 +165,7 @@ async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate
     await session_repo.tag_graph(gw.db, sid, chosen.id)
     accepted = await request_service.accept(gw, who, request, idempotency_key=None,
                                             correlation_id=correlation_id.get())
-    PROTOCOL_RUNS.labels("langgraph", via).inc()
+    PROTOCOL_REQUESTS.labels("langgraph", via).inc()
     turn = {"content": text, "request_id": accepted.request_id, "langgraph": {"message_id": message_id}}
     view = RunView(accepted.request_id, sid, chosen.id, human_of(turn), frozenset(body.modes()),
                    _prior(gw, who, sid, accepted.request_id))
@@ -184,7 +184,7 @@ def _prior(gw: Gateway, who: Principal, session_id: str, request_id: str) -> Cal
 async def owned_run(gw: Gateway, who: Principal, thread_id: str, run_id: str) -> dict[str, Any]:
     row = await request_repo.with_options(gw.db, who, run_id)
     if row is None or row["session_id"] != parse_uuid(thread_id):
-        raise ApiError(404, "run not found")
+        raise NotFound("run not found")
     await owned_thread(gw, who, thread_id)
     return row
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.errors import ApiError
+from api.errors import BadRequest
 from api.requests.schemas import MAX_CONTENT, MAX_TURNS
 from common.models import reject_unstorable
 
@@ -30,7 +30,7 @@ class Message(BaseModel):
             return self.content or ""
         kinds = {p.type for p in self.content} - {"text"}
         if kinds:
-            raise ApiError(400, f"only text content is supported, not {sorted(kinds)[0]!r}", error="invalid_request")
+            raise BadRequest(f"only text content is supported, not {sorted(kinds)[0]!r}", error="invalid_request")
         return "".join(p.text or "" for p in self.content)
 
 
@@ -61,11 +61,11 @@ class CompletionRequest(BaseModel):
         """The last message (a user's) is the request; the ones before it are what the model sees first."""
         last = self.messages[-1]
         if last.role != "user" or not last.text():
-            raise ApiError(400, "the last message must be a user message with text", error="invalid_request")
+            raise BadRequest("the last message must be a user message with text", error="invalid_request")
         before = []
         for m in self.messages[:-1]:
             if m.role in ("tool", "function"):
-                raise ApiError(400, f"{m.role} messages are not supported", error="invalid_request")
+                raise BadRequest(f"{m.role} messages are not supported", error="invalid_request")
             if text := m.text():
                 before.append({"role": "system" if m.role == "developer" else m.role, "content": text})
         return last.text(), before

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.responses import Response
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, NotFound
 from api.openai.chunks import CompletionChunks, Reply, completion
 from api.openai.errors import error_body
 from api.openai.schemas import CompletionRequest
@@ -22,7 +22,7 @@ from api.streams.sse import held_response, release_stream, reserve_stream
 from common.agents import Agent
 from common.auth import Principal
 from common.hub import DRAIN, Entry
-from common.metrics import PROTOCOL_STREAM_ENDINGS
+from common.metrics import PROTOCOL_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def model(agent: Agent) -> dict[str, Any]:
 def agent_for(gw: Gateway, model_id: str) -> Agent:
     agent = gw.agents.get(model_id)
     if agent is None:
-        raise ApiError(404, f"The model {model_id!r} does not exist: GET /v1/models lists the agents",
+        raise NotFound(f"The model {model_id!r} does not exist: GET /v1/models lists the agents",
                        error="model_not_found")
     return agent
 
@@ -60,7 +60,8 @@ async def complete(gw: Gateway, who: Principal, body: CompletionRequest, session
         request = turns.turn_body(integration_type="generic", session_id=session_id, new_session=session_id is None,
                                   agent_id=agent.id, content=content, conversation=before, metadata=metadata,
                                   context=context)
-        turn = await turns.accept(gw, who, PROTOCOL, request, unseen_session=created)
+        turn = await turns.accept(gw, who, PROTOCOL, request, unseen_session=created,
+                                  via="stream" if body.stream else "wait")
     except BaseException:
         release_stream(gw, slot)
         raise
@@ -80,12 +81,12 @@ async def _answer(gw: Gateway, turn: turns.Turn, model_id: str, headers: dict[st
     async for batch in request_batches(gw.hub, turn.key, turn.after, turn.request_id):
         for item in batch:
             if item is DRAIN:
-                PROTOCOL_STREAM_ENDINGS.labels(PROTOCOL, "drained").inc()
+                PROTOCOL_STREAMS.labels(PROTOCOL, "ended", "drained").inc()
                 body = error_body("the gateway is shutting down; ask again", 503, "gateway_shutting_down")
                 return JSONResponse(body, status_code=503, headers={**headers, "Retry-After": "1"})
             if isinstance(item, Entry):
                 reply.add(item)
-    PROTOCOL_STREAM_ENDINGS.labels(PROTOCOL, reply.status or "failed").inc()
+    PROTOCOL_STREAMS.labels(PROTOCOL, "ended", reply.status or "failed").inc()
     if reply.status == "completed":
         return JSONResponse(completion(turn.request_id, model_id, reply), headers=headers)
     status, code, message = reply.failure()

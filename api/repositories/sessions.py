@@ -41,6 +41,15 @@ async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any
     return dict(row)
 
 
+async def ensure(conn: Conn, who: Principal, session_id: str, integration: str, ttl_seconds: int) -> None:
+    """Create the session `session_id` for `who` unless it exists (a flow run's session, at its first agent task)."""
+    await conn.execute(
+        "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) ON CONFLICT (session_id) DO NOTHING",
+        session_id, who.tenant_id, who.user_id, integration, ttl_seconds,
+    )
+
+
 async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seconds: int) -> tuple[str, bool]:
     """The caller's active `generic` session named `external_id`, created when none is (race-free),
     and whether this call created it.

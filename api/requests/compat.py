@@ -8,7 +8,13 @@ from fastapi import APIRouter, Body, Depends, Query
 from starlette.responses import StreamingResponse
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.repositories import sessions as session_repo
 from api.requests import service
 from api.requests.schemas import GenericRequest
@@ -18,7 +24,8 @@ from common.auth import SCOPE_REQUESTS, Principal
 from common.keys import start_key, stream_key
 from common.logging import correlation_id
 
-router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
 
 Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -35,10 +42,10 @@ async def compat_stream(
 ) -> StreamingResponse:
     """Starts generation when the chat has none running, relays it, ends with `data: [DONE]`."""
     if content and "\x00" in content:
-        raise ApiError(422, "content may not contain NUL (\\u0000) characters", error="validation_error")
+        raise Invalid("content may not contain NUL (\\u0000) characters")
     agent = next((a for a in gw.agents.agents if a.feature == feature_id), None)
     if agent is None:
-        raise ApiError(404, f"no agent serves feature {feature_id!r}")
+        raise NotFound(f"no agent serves feature {feature_id!r}")
     slot = await reserve_stream(gw, who)
     try:
         return await _start_or_join(gw, who, feature_id, chat_id, content, agent.id, slot)
@@ -70,7 +77,7 @@ async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: 
     else:
         request_id = (await gw.streams.get(claim) or b"").decode()
         if request_id.startswith("pending:"):
-            raise ApiError(409, "generation for this chat is starting; retry in a moment")
+            raise Conflict("generation for this chat is starting; retry in a moment")
         row = await service.get(gw, who, request_id)
         entry_id = row["stream_entry_id"]
     after = just_before(entry_id) if entry_id else (0, 0)

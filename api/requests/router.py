@@ -9,6 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
+from api.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.requests import service
 from api.requests.schemas import (
     Accepted,
@@ -32,7 +39,8 @@ from common.keys import stream_key
 from common.logging import correlation_id
 from common.models import ACTIVE_STATUSES
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 

@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 
 from api.deps import Gateway
-from api.errors import ApiError, refused
+from api.errors import Conflict, Forbidden, Invalid, LimitExceeded, NotFound, refused
 from api.lifecycle import cancel_many, cancel_queued, end_streams, enqueue_safely, flag_running
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
@@ -82,11 +82,11 @@ async def accept(
     and nothing else sends into it yet (a named chat's first turn), so it needs no session lock."""
     user_id = body.user_id or who.user_id
     if not who.may_act_for(user_id):
-        raise ApiError(403, "this credential may not send requests for another user")
+        raise Forbidden("this credential may not send requests for another user")
     try:
         agent = gw.agents.route(body.content, body.integration(), body.agent_id)
     except KeyError:
-        raise ApiError(422, f"unknown agent_id {body.agent_id!r}") from None
+        raise Invalid(f"unknown agent_id {body.agent_id!r}") from None
     digest = body_hash(body)
     if idempotency_key:
         replay = await _replay(gw.db, who, user_id, idempotency_key, digest)
@@ -117,7 +117,7 @@ async def _admit(gw: Gateway, intake: _Intake) -> None:
     too_long = max_reply_tokens_refusal(intake.body.metadata.model_dump(), gw.settings.max_reply_tokens)
     if too_long:
         REFUSALS.labels("max_reply_tokens").inc()
-        raise ApiError(422, too_long, error="limit_exceeded")
+        raise LimitExceeded(too_long)
     if gw.limits is None:
         return
     tenant_id = intake.who.tenant_id
@@ -146,7 +146,7 @@ async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_
     if row is None:
         return None
     if row["body_hash"] != digest:
-        raise ApiError(409, "Idempotency-Key was already used with a different request body")
+        raise Conflict("Idempotency-Key was already used with a different request body")
     return Accepted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], replayed=True)
 
 
@@ -216,7 +216,7 @@ async def _join_session(
     active = await request_repo.active_in_session(conn, existing) if existing else []
     multitask = intake.body.multitask
     if active and multitask == "reject":
-        raise ApiError(409, "another request is still running in this session (multitask=reject)")
+        raise Conflict("another request is still running in this session (multitask=reject)")
     await _record(gw, conn, intake, existing=existing)
     if not active:
         return intake.job(), [], []
@@ -235,12 +235,12 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
     who, body = intake.who, intake.body
     if body.session_id:
         if _acting_without_join(intake):
-            raise ApiError(403, f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
+            raise Forbidden(f"joining another user's session needs the {SCOPE_JOIN_SESSIONS!r} scope")
         row = await session_repo.lock_owned(conn, who.tenant_id, intake.user_id, body.session_id)
         if not row:
-            raise ApiError(404, "session not found")
+            raise NotFound("session not found")
         if row["status"] != "active":
-            raise ApiError(409, f"session is {row['status']}; start a new one")
+            raise Conflict(f"session is {row['status']}; start a new one")
         return str(row["session_id"])
     if body.new_session or _acting_without_join(intake):
         return None
@@ -284,7 +284,7 @@ async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
 async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
     row = await request_repo.get(gw.db, who, request_id)
     if row is None:
-        raise ApiError(404, "request not found")
+        raise NotFound("request not found")
     return row
 
 
@@ -295,9 +295,9 @@ async def decide(gw: Gateway, who: Principal, request_id: str, call_id: str, app
         await lifecycle.lock_session(conn, row["session_id"])
         status = await conn.fetchval("SELECT status FROM request_logs WHERE request_id = $1", row["request_id"])
         if status != "waiting":
-            raise ApiError(409, f"request is {status}, not waiting for an approval")
+            raise Conflict(f"request is {status}, not waiting for an approval")
         if not await tool_steps.decide(conn, row["request_id"], call_id, approve, reason):
-            raise ApiError(404, "no tool call of this request awaits approval with this call_id")
+            raise NotFound("no tool call of this request awaits approval with this call_id")
         upcoming = await lifecycle.unpark(conn, row["request_id"], gw.settings.request_timeout_seconds)
     await enqueue_safely(gw, upcoming)
     return "queued" if upcoming else "waiting"
@@ -307,6 +307,6 @@ async def cancel(gw: Gateway, who: Principal, request_id: str, reason: str = "ca
     """Flag the request for its worker and cancel it outright if it has not started."""
     row = await get(gw, who, request_id)
     if row["status"] not in ACTIVE_STATUSES:
-        raise ApiError(409, f"request already {row['status']}")
+        raise Conflict(f"request already {row['status']}")
     await cancel_many(gw, row["session_id"], [request_id], reason)
     return "cancelling"

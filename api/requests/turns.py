@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import Invalid
 from api.lifecycle import cancel_many
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
@@ -20,7 +20,7 @@ from common import logging as rg_logging
 from common.auth import Principal
 from common.keys import stream_key
 from common.logging import correlation_id
-from common.metrics import PROTOCOL_TURNS
+from common.metrics import PROTOCOL_REQUESTS
 
 
 @dataclass
@@ -55,16 +55,16 @@ def turn_body(**fields: Any) -> ConversationRequest:
         return ConversationRequest(**fields)
     except ValidationError as exc:
         problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-        raise ApiError(422, problems, error="validation_error") from None
+        raise Invalid(problems) from None
 
 
 async def accept(gw: Gateway, who: Principal, protocol: str, body: ConversationRequest, *,
-                 unseen_session: bool = False) -> Turn:
+                 unseen_session: bool = False, via: str = "stream") -> Turn:
     """Store and queue the turn through the same intake as every other route."""
     accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(),
                                     unseen_session=unseen_session)
     rg_logging.bind(request=accepted.request_id, session=accepted.session_id, tenant=who.tenant_id)
-    PROTOCOL_TURNS.labels(protocol).inc()
+    PROTOCOL_REQUESTS.labels(protocol, via).inc()
     after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
     return Turn(accepted.request_id, accepted.session_id, stream_key(accepted.session_id, gw.settings.stream_buckets),
                 after)

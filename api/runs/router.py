@@ -9,7 +9,14 @@ from fastapi import APIRouter, Depends, Header, Query
 from starlette.responses import StreamingResponse
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.runs import service
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunAccepted, RunBody, RunPage, RunStatus
@@ -21,7 +28,8 @@ from common.logging import correlation_id
 from common.streams import parse_id
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_RUNS))])
+                   dependencies=[Depends(require_scope(SCOPE_RUNS))],
+                   responses=responses(BadRequest, NotFound, Conflict, TooManyRequests))
 
 
 @router.post("", status_code=202, response_model=RunAccepted)
@@ -37,7 +45,7 @@ async def list_runs(
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> RunPage:
     if status is not None and status.upper() not in STATUSES:
-        raise ApiError(400, [{"field": "query.status", "message": f"one of {', '.join(STATUSES)}"}])
+        raise BadRequest([{"field": "query.status", "message": f"one of {', '.join(STATUSES)}"}])
     items, next_cursor = await service.search(gw, who, flow_id=flow_id, status=status, limit=limit, cursor=cursor)
     return RunPage(items=[RunStatus(**i) for i in items], next_cursor=next_cursor)
 
@@ -63,7 +71,7 @@ async def stream_run(
     try:
         resume = resume_point(last_event_id if last_event_id is not None else from_)
     except ApiError as exc:
-        raise ApiError(400, exc.detail) from None
+        raise BadRequest(exc.detail) from None
     key = RunStore.of(gw).stream_key(run_id)
     finished = doc["status"] not in ACTIVE
     after = resume if resume is not None else parse_id(await gw.hub.last_id(key))

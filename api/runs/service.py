@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError, refused
+from api.errors import Conflict, Forbidden, NotFound, PolicyRefused, refused
 from api.flows import service as flows
 from api.runs.schemas import RunBody
 from common import admission, sink
@@ -40,7 +40,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
                 trigger: dict[str, Any] | None = None) -> Started:
     """Validate, apply the policies, record the audit row and queue the run; idempotent on `request_id`."""
     if body.tenant_id != who.tenant_id:
-        raise ApiError(403, f"TenantIsolationPolicy: the token's tenant may not start runs for {body.tenant_id!r}")
+        raise Forbidden(f"TenantIsolationPolicy: the token's tenant may not start runs for {body.tenant_id!r}")
     if body.request_id and (replay := await _replay(gw, who.tenant_id, body.request_id)):
         return replay
     policies = configured_engine(gw.settings)
@@ -53,7 +53,7 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
     try:
         evaluated = policies.evaluate(flow, PolicyContext(who.tenant_id, who.user_id, gw.settings))
     except PolicyViolation as exc:
-        raise ApiError(403, str(exc), error="policy_violation") from None
+        raise PolicyRefused(str(exc)) from None
     run_id = str(uuid.uuid4())
     runs = RunStore.of(gw)
     await _admit(gw, who, run_id)
@@ -127,7 +127,7 @@ async def get(gw: Gateway, who: Principal, run_id: str) -> dict[str, Any]:
         return cached
     row = await runs.load(run_id, who.tenant_id)
     if row is None:
-        raise ApiError(404, "run not found")
+        raise NotFound("run not found")
     await runs.cache_put(row)
     return status_doc(row)
 
@@ -147,9 +147,9 @@ async def search(gw: Gateway, who: Principal, *, flow_id: str | None, status: st
 async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
     row = await RunStore.of(gw).load(run_id, who.tenant_id)
     if row is None:
-        raise ApiError(404, "run not found")
+        raise NotFound("run not found")
     if row["status"] not in ACTIVE:
-        raise ApiError(409, f"run already {row['status']}")
+        raise Conflict(f"run already {row['status']}")
     reason = f"cancelled by {who.user_id}"
     await gw.streams.set(run_cancel_key(run_id, gw.settings.stream_buckets), reason,
                          ex=gw.settings.flow_timeout_seconds)

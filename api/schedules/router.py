@@ -10,7 +10,13 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    responses,
+)
 from api.requests.schemas import MAX_CONTENT
 from api.schedules import service
 from common import schedules
@@ -18,7 +24,8 @@ from common.auth import SCOPE_REQUESTS, Principal
 from common.models import reject_unstorable
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"],
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
 
 ScheduleId = Annotated[uuid.UUID, Path()]
 
@@ -53,7 +60,7 @@ async def _get(gw: GatewayDep, who: Principal, schedule_id: uuid.UUID) -> dict[s
     row = await gw.db.fetchrow(f"SELECT {service.COLUMNS} FROM schedules WHERE schedule_id = $1 AND tenant_id = $2"
                                " AND user_id = $3", schedule_id, who.tenant_id, who.user_id)
     if row is None:
-        raise ApiError(404, "schedule not found")
+        raise NotFound("schedule not found")
     return dict(row)
 
 
@@ -102,7 +109,7 @@ async def change(schedule_id: ScheduleId, body: ScheduleChange, gw: GatewayDep, 
         current["deliver"] if body.deliver is None else body.deliver, enabled, following, who.user_id,
     )
     if row is None:
-        raise ApiError(404, "schedule not found")
+        raise NotFound("schedule not found")
     return dict(row)
 
 
@@ -111,7 +118,7 @@ async def delete(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> 
     result: str = await gw.db.execute("DELETE FROM schedules WHERE schedule_id = $1 AND tenant_id = $2"
                                       " AND user_id = $3", schedule_id, who.tenant_id, who.user_id)
     if not result.endswith(" 1"):
-        raise ApiError(404, "schedule not found")
+        raise NotFound("schedule not found")
 
 
 @router.post("/{schedule_id}/run", status_code=202)
@@ -119,10 +126,10 @@ async def run_now(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) ->
     await _get(gw, who, schedule_id)
     row = await gw.db.fetchrow(f"SELECT {service.FIRING} FROM schedules WHERE schedule_id = $1", schedule_id)
     if row is None:
-        raise ApiError(404, "schedule not found")
+        raise NotFound("schedule not found")
     outcome = await service.fire(gw, row, f"now:{uuid.uuid4()}")
     await service.record(gw.db, str(schedule_id), None, outcome)
-    status, request_id, error = outcome
-    if status == "refused":
-        raise ApiError(429 if error and error.startswith("rate_limited") else 409, error or "refused")
-    return {"schedule_id": str(schedule_id), "request_id": request_id, "status": "queued"}
+    if outcome.status == "refused":
+        refusal = TooManyRequests if outcome.error and outcome.error.startswith("rate_limited") else Conflict
+        raise refusal(outcome.error or "refused", headers=outcome.headers)
+    return {"schedule_id": str(schedule_id), "request_id": outcome.request_id, "status": "queued"}

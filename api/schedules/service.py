@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import ApiError, Invalid, NotFound
 from api.requests import service as requests
 from api.requests.schemas import _RequestBody
 from common import delivery, schedules
@@ -41,12 +41,22 @@ class ScheduledRequest(_RequestBody):
         return {"schedule_id": self.schedule_id, "deliver": self.deliver}
 
 
+class Firing(NamedTuple):
+    """A firing's outcome: `sent` with its request, or `refused` with why (and the refusal's headers,
+    e.g. `Retry-After` of a limit or budget, for a caller that answers it)."""
+
+    status: str
+    request_id: str | None
+    error: str | None = None
+    headers: dict[str, str] = {}
+
+
 def owner(row: asyncpg.Record) -> Principal:
     return Principal(tenant_id=row["tenant_id"], user_id=row["user_id"])
 
 
-async def fire(gw: Gateway, row: asyncpg.Record, tick: str) -> tuple[str, str | None, str | None]:
-    """Send one firing; returns (status: `sent` or `refused`, request id, why refused)."""
+async def fire(gw: Gateway, row: asyncpg.Record, tick: str) -> Firing:
+    """Send one firing through the ordinary intake."""
     body = ScheduledRequest(content=row["content"], agent_id=row["agent_id"], session_id=row["session_id"],
                             new_session=row["session_id"] is None, schedule_id=str(row["schedule_id"]),
                             deliver=row["deliver"])
@@ -54,14 +64,14 @@ async def fire(gw: Gateway, row: asyncpg.Record, tick: str) -> tuple[str, str | 
         accepted = await requests.accept(gw, owner(row), body, idempotency_key=f"schedule:{row['schedule_id']}:{tick}",
                                          correlation_id=f"schedule-{row['schedule_id']}")
     except ApiError as exc:
-        return "refused", None, f"{exc.error}: {exc.detail}"
+        return Firing("refused", None, f"{exc.error}: {exc.detail}", exc.headers)
     target = row["slack_target"]
     if target and not accepted.replayed and accepted.stream_entry_id:
         await delivery.enqueue_slack(gw.queue, SlackFollow(
             request_id=accepted.request_id, session_id=accepted.session_id, tenant_id=row["tenant_id"],
             user_id=row["user_id"], after=format_id(id_before(parse_id(accepted.stream_entry_id))),
             target=SlackTarget.model_validate(target), correlation_id=f"schedule-{row['schedule_id']}"))
-    return "sent", accepted.request_id, None
+    return Firing("sent", accepted.request_id)
 
 
 async def create(gw: Gateway, who: Principal, *, cron: str, timezone: str, content: str, agent_id: str | None = None,
@@ -84,10 +94,9 @@ async def create(gw: Gateway, who: Principal, *, cron: str, timezone: str, conte
 
 
 async def record(db: asyncpg.Pool | asyncpg.Connection, schedule_id: str, tick: datetime | None,
-                 outcome: tuple[str, str | None, str | None]) -> bool:
+                 outcome: Firing) -> bool:
     """Store a firing's outcome; for a tick (not a run-now), move next_run_at on past now (one catch-up at
     most) only if the tick is still the current one. False when another worker already did."""
-    status, request_id, error = outcome
     row = await db.fetchrow("SELECT cron, timezone FROM schedules WHERE schedule_id = $1", schedule_id)
     if row is None:
         return False
@@ -101,7 +110,7 @@ async def record(db: asyncpg.Pool | asyncpg.Connection, schedule_id: str, tick: 
                runs = runs + 1, updated_at = now()
          WHERE schedule_id = $1 AND ($2::timestamptz IS NULL OR next_run_at = $2)
         """,
-        schedule_id, tick, following, request_id, status, error,
+        schedule_id, tick, following, outcome.request_id, outcome.status, outcome.error,
     )
     return result.endswith(" 1")
 
@@ -124,9 +133,9 @@ def validate(gw: Gateway, cron: str, timezone: str, agent_id: str | None) -> Non
     try:
         schedules.check(cron, timezone)
     except schedules.ScheduleError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     if agent_id and gw.agents.get(agent_id) is None:
-        raise ApiError(422, f"unknown agent_id {agent_id!r}")
+        raise Invalid(f"unknown agent_id {agent_id!r}")
 
 
 async def own_session(gw: Gateway, who: Principal, session_id: str | None) -> None:
@@ -138,4 +147,4 @@ async def own_session(gw: Gateway, who: Principal, session_id: str | None) -> No
     except ValueError:
         found = None
     if not found:
-        raise ApiError(404, "session not found")
+        raise NotFound("session not found")

@@ -7,12 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import Conflict, Invalid, NotFound, responses
 from api.repositories import sessions as session_repo
 from api.sessions import service
 from api.sessions.schemas import RequestPage, SessionCreate, SessionOut, SessionPage
 from common.auth import SCOPE_SESSIONS
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"])
+router = APIRouter(prefix="/api/v1", tags=["sessions"],
+                   responses=responses(NotFound, Conflict, Invalid))
 
 _SESSIONS = [Depends(require_scope(SCOPE_SESSIONS))]
 

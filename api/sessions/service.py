@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import Conflict, NotFound
 from api.lifecycle import cancel_many
 from api.repositories import requests as request_repo
 from api.repositories import sessions as session_repo
@@ -21,7 +21,7 @@ async def create(gw: Gateway, who: Principal, body: SessionCreate) -> dict[str, 
         session = await session_repo.create(gw.db, who, who.user_id, body.model_dump(),
                                             gw.settings.session_ttl_seconds)
     except asyncpg.UniqueViolationError:
-        raise ApiError(409, "a session with this external_session_id already exists") from None
+        raise Conflict("a session with this external_session_id already exists") from None
     sink.emit("session.created", session["session_id"], {"user_id": who.user_id}, tenant_id=who.tenant_id)
     return session
 
@@ -29,7 +29,7 @@ async def create(gw: Gateway, who: Principal, body: SessionCreate) -> dict[str, 
 async def owned(gw: Gateway, who: Principal, session_id: str) -> dict[str, Any]:
     session = await session_repo.get(gw.db, who, session_id)
     if session is None:
-        raise ApiError(404, "session not found")
+        raise NotFound("session not found")
     return session
 
 

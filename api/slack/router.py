@@ -20,11 +20,11 @@ from pydantic import ValidationError
 from slack_sdk.signature import Clock
 
 from api.deps import Gateway, GatewayDep
-from api.errors import ApiError
+from api.errors import ApiError, BadRequest, Unauthorized, responses
 from api.requests import service as requests_service
 from api.requests.schemas import Accepted
 from api.responses import JSONResponse
-from api.slack import schedules, service
+from api.slack import approvals, schedules, service
 from api.slack.schemas import SlackRequest
 from api.slack.verify import seconds_valid, verify
 from common import mrkdwn
@@ -35,11 +35,14 @@ from common.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["slack"])
+router = APIRouter(tags=["slack"],
+                   responses=responses(BadRequest, Unauthorized, signed_in=False))
 
 EVENT_DEDUPE_SECONDS = 3600
 CANCEL_ACTION = "rg_cancel"
 NEW_ACTION = "rg_new"
+APPROVE_ACTION = "rg_approve"
+DENY_ACTION = "rg_deny"
 MAX_FORM_FIELDS = 100
 _CLOCK = Clock()
 
@@ -56,9 +59,9 @@ def _json(raw: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ApiError(400, "body is not JSON") from None
+        raise BadRequest("body is not JSON") from None
     if not isinstance(value, dict):
-        raise ApiError(400, "body is not a JSON object")
+        raise BadRequest("body is not a JSON object")
     return value
 
 
@@ -66,7 +69,7 @@ def _form(raw: bytes) -> dict[str, str]:
     try:
         fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
-        raise ApiError(400, f"form body with more than {MAX_FORM_FIELDS} fields") from None
+        raise BadRequest(f"form body with more than {MAX_FORM_FIELDS} fields") from None
     return {k: v[0] for k, v in fields.items()}
 
 
@@ -132,12 +135,12 @@ def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
         elif not team and workspace_optional:
             secrets = await cache.signing_secrets(gw.db, gw.settings)
         else:
-            raise ApiError(401, "invalid or expired Slack signature")
+            raise Unauthorized("invalid or expired Slack signature")
         clock: Clock = getattr(request.app.state, "slack_clock", _CLOCK)
         verify(raw, request.headers, secrets, clock)
         key = slack_replay_key(request.headers["x-slack-request-timestamp"], request.headers["x-slack-signature"])
         if not await gw.streams.set(key, "1", nx=True, ex=seconds_valid(request.headers, clock)):
-            raise ApiError(401, "this signed Slack request was already received: a replay is refused")
+            raise Unauthorized("this signed Slack request was already received: a replay is refused")
         try:
             yield Signed(raw, found)
         except BaseException:
@@ -150,7 +153,7 @@ def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
 def _known(signed_request: Signed) -> installations.Installation:
     """The installation of a route whose body must name its workspace (the signature check made sure)."""
     if signed_request.installation is None:
-        raise ApiError(401, "the Slack request names no workspace")
+        raise Unauthorized("the Slack request names no workspace")
     return signed_request.installation
 
 
@@ -170,7 +173,7 @@ async def events(gw: GatewayDep,
     if payload.get("type") != "event_callback":
         return JSONResponse({"ok": True})
     if inst is None:
-        raise ApiError(400, "a Slack event must name its workspace (team_id)")
+        raise BadRequest("a Slack event must name its workspace (team_id)")
     event = payload.get("event")
     if not isinstance(event, dict):
         return JSONResponse({"ok": True})
@@ -229,16 +232,18 @@ async def interactive(gw: GatewayDep,
     inst = _known(signed_request)
     team_id = inst.team_id
     who = Principal(tenant_id=inst.tenant_id, user_id=str((payload.get("user") or {}).get("id") or ""))
+    channel = str((payload.get("channel") or {}).get("id") or "")
     for action in payload.get("actions") or []:
         value = str(action.get("value") or "")
-        if action.get("action_id") == CANCEL_ACTION:
+        if action.get("action_id") in (APPROVE_ACTION, DENY_ACTION):
+            await approvals.press(gw, inst, who, channel, value, approve=action.get("action_id") == APPROVE_ACTION)
+        elif action.get("action_id") == CANCEL_ACTION:
             try:
                 await requests_service.cancel(gw, who, value, "cancelled in Slack")
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
         elif action.get("action_id") == NEW_ACTION:
-            channel = str((payload.get("channel") or {}).get("id") or "")
             thread_ts = (payload.get("message") or {}).get("thread_ts")
             dm = channel.startswith("D")
             await service.new_conversation(gw, service.session_key(team_id, channel, thread_ts, who.user_id, dm=dm))

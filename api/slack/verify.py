@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from api.errors import ApiError
+from api.errors import Unauthorized
 
 WINDOW_SECONDS = 300  # SignatureVerifier accepts a timestamp this far either side of now
 
@@ -19,15 +19,15 @@ def verify(body: bytes, headers: Mapping[str, str], secrets: list[str], clock: C
     timestamp = headers.get("x-slack-request-timestamp", "")
     signature = headers.get("x-slack-signature", "")
     if not secrets:
-        raise ApiError(401, "Slack is not configured on this gateway")
+        raise Unauthorized("Slack is not configured on this gateway")
     if not timestamp or not signature:
-        raise ApiError(401, "missing Slack signature headers")
+        raise Unauthorized("missing Slack signature headers")
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-        raise ApiError(401, "invalid Slack request timestamp")
+        raise Unauthorized("invalid Slack request timestamp")
     for secret in secrets:
         if SignatureVerifier(secret, clock=clock).is_valid(body=body, timestamp=timestamp, signature=signature):
             return
-    raise ApiError(401, "invalid or expired Slack signature")
+    raise Unauthorized("invalid or expired Slack signature")
 
 
 def seconds_valid(headers: Mapping[str, str], clock: Clock) -> int:

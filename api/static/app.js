@@ -198,7 +198,9 @@ async function openSession(sessionId) {
   closeConversation();
   const turns = document.createElement("div");
   $("messages").append(turns);
-  const conversation = new Conversation(turns, { scroller: $("messages"), onCancel: cancelRequest });
+  const conversation = new Conversation(turns, {
+    scroller: $("messages"), onCancel: cancelRequest, onDecide: decideToolCall,
+  });
   state.sessionId = sessionId;
   state.conversation = conversation;
   hideError();
@@ -249,6 +251,18 @@ function onStreamEvent(conversation, { id, event, data }) {
 async function cancelRequest(requestId) {
   try {
     await state.api.post(`/api/v1/requests/${encodeURIComponent(requestId)}/cancel`);
+  } catch (err) {
+    handleError(err);
+    throw err;
+  }
+}
+
+async function decideToolCall(requestId, callId, approve) {
+  try {
+    await state.api.post(
+      `/api/v1/requests/${encodeURIComponent(requestId)}/approvals/${encodeURIComponent(callId)}`,
+      { approve, reason: approve ? "" : "denied in the web UI" },
+    );
   } catch (err) {
     handleError(err);
     throw err;

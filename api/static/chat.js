@@ -5,6 +5,7 @@
  */
 
 import { renderMarkdown } from "./markdown.js";
+import { applyToolEvent, awaitingApproval, renderSteps } from "./tools.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STATUS_BY_EVENT = {
@@ -24,12 +25,14 @@ export class Conversation {
   /**
    * Renders into its own `listEl` (so a conversation closed while a send was in flight
    * only touches a detached node) inside the scrolling `scroller`. `onCancel(requestId)`
-   * is called when the person presses a Cancel button.
+   * is called when the person presses a Cancel button, `onDecide(requestId, callId, approve)`
+   * when they approve or deny a tool call; both return promises.
    */
-  constructor(listEl, { scroller, onCancel }) {
+  constructor(listEl, { scroller, onCancel, onDecide }) {
     this.listEl = listEl;
     this.scroller = scroller;
     this.onCancel = onCancel;
+    this.onDecide = onDecide;
     this.requests = new Map();
     this.lastId = "";
     this.dirty = new Set();
@@ -122,9 +125,10 @@ export class Conversation {
     if (!req) {
       req = {
         id: requestId, content, status, text: "", attempt: 1, live: false,
-        error: null, notice: null, deliveries: [], cancelling: false,
+        error: null, notice: null, deliveries: [], cancelling: false, steps: new Map(),
       };
       req.view = createTurnView(req, () => this.requestCancel(req));
+      req.view.decide = (step, approve) => this.requestDecision(req, step, approve);
       this.requests.set(requestId, req);
       this.listEl.append(req.view.root);
     }
@@ -138,6 +142,20 @@ export class Conversation {
       req.cancelling = false;
       this.markDirty(req);
     });
+  }
+
+  requestDecision(req, step, approve) {
+    step.deciding = true;
+    this.markDirty(req);
+    this.onDecide(req.id, step.callId, approve)
+      .then(() => {
+        step.decided = approve ? "approved" : "denied";
+      })
+      .catch(() => {})
+      .finally(() => {
+        step.deciding = false;
+        this.markDirty(req);
+      });
   }
 
   markDirty(req) {
@@ -197,11 +215,19 @@ function applyToRequest(req, event, data) {
     case "delivery.failed":
       req.deliveries.push({ ok: event === "delivery.succeeded", channel: data.channel, detail: data.detail });
       break;
+    case "tool.approval_required":
+      applyToolEvent(req.steps, event, data);
+      req.status = "waiting";
+      break;
+    case "tool.call":
+    case "tool.result":
+      applyToolEvent(req.steps, event, data);
+      break;
     case "done":
       if (TERMINAL.has(data.status)) req.status = data.status;
       break;
     default:
-      break; // tool.call, tool.result and future types have no view yet
+      break; // future types have no view yet
   }
 }
 
@@ -213,16 +239,19 @@ function createTurnView(req, onCancel) {
   user.append(el("span", "visually-hidden", "You said:"), userText);
 
   const reply = el("div", "msg msg-assistant");
+  const steps = el("ul", "tool-steps");
+  steps.setAttribute("aria-label", "Tool steps");
+  steps.hidden = true;
   const body = el("div", "reply-body");
   const status = el("p", "reply-status");
   const deliveries = el("ul", "deliveries");
   const cancel = el("button", "btn btn-ghost btn-cancel", "Cancel");
   cancel.type = "button";
   cancel.addEventListener("click", onCancel);
-  reply.append(el("span", "visually-hidden", "Assistant:"), body, status, deliveries, cancel);
+  reply.append(el("span", "visually-hidden", "Assistant:"), steps, body, status, deliveries, cancel);
   root.append(user, reply);
   root.dataset.requestId = req.id;
-  return { root, userText, reply, body, status, deliveries, cancel, renderedText: null };
+  return { root, userText, reply, steps, stepViews: new Map(), body, status, deliveries, cancel, renderedText: null };
 }
 
 function renderTurn(req) {
@@ -240,6 +269,7 @@ function renderTurn(req) {
   v.cancel.hidden = !pending || req.id.startsWith("pending-"); // nothing to cancel yet
   v.cancel.disabled = req.cancelling;
   v.cancel.textContent = req.cancelling ? "Cancelling…" : "Cancel";
+  renderSteps(req.steps, v.steps, v.stepViews, v.decide);
   renderStatus(req, v.status);
   v.deliveries.replaceChildren(...req.deliveries.map(deliveryItem));
 }
@@ -258,6 +288,8 @@ function statusLine(req) {
     case "sending": return ["info", "Sending…"];
     case "queued": return ["info", "Waiting for an agent…"];
     case "running": return ["info", req.notice ?? (req.text ? "" : "Thinking…")];
+    case "waiting":
+      return ["info", awaitingApproval(req.steps) ? "Waiting for your approval of a tool call…" : "Continuing…"];
     case "cancelled": return ["cancelled", "Reply cancelled."];
     case "failed": return ["failed", `The reply failed: ${req.error || "unknown error"}`];
     default: return ["info", ""];

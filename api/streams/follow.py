@@ -11,7 +11,7 @@ from typing import Protocol
 
 from api.streams.relay import _observe
 from common.hub import DRAIN, HEARTBEAT, Entry, Hub, batches
-from common.metrics import PROTOCOL_STREAM_ENDINGS
+from common.metrics import PROTOCOL_STREAMS
 
 Item = Entry | object  # an Entry of the request, HEARTBEAT or DRAIN
 
@@ -69,4 +69,4 @@ async def rendered(hub: Hub, key: str, after: tuple[int, int], request_id: str, 
             if renderer.ended:
                 return
     finally:
-        PROTOCOL_STREAM_ENDINGS.labels(protocol, renderer.ended or "disconnected").inc()
+        PROTOCOL_STREAMS.labels(protocol, "ended", renderer.ended or "disconnected").inc()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from starlette.responses import StreamingResponse
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import BadRequest, Invalid, NotFound, responses
 from api.sessions import service as session_service
 from api.streams.relay import session_frames
 from api.streams.sse import open_stream, resume_point
@@ -15,7 +16,8 @@ from common.auth import SCOPE_SESSIONS
 from common.keys import stream_key
 from common.streams import parse_id
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))])
+router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))],
+                   responses=responses(BadRequest, NotFound, Invalid))
 
 
 @router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import StreamingResponse
 
 from api.deps import Gateway
-from api.errors import ApiError, refused
+from api.errors import BadRequest, Invalid, ServiceUnavailable, refused
 from common.auth import Principal
 from common.streams import id_before, parse_id, valid_id
 
@@ -26,7 +26,7 @@ async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
     None when this gateway counts no streams. Pass the slot to `held_response` or `release_stream`.
     """
     if gw.hub.draining:
-        raise ApiError(503, "this gateway is shutting down; reconnect", headers={"Retry-After": "1"})
+        raise ServiceUnavailable("this gateway is shutting down; reconnect", headers={"Retry-After": "1"})
     if gw.slots is None:
         return None
     slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)
@@ -64,10 +64,10 @@ def resume_point(value: str | None) -> tuple[int, int] | None:
     if value == "$":
         return None
     if not valid_id(value):
-        raise ApiError(422, f"invalid stream id {value[:64]!r}: expected <milliseconds>-<sequence>")
+        raise Invalid(f"invalid stream id {value[:64]!r}: expected <milliseconds>-<sequence>")
     parsed = parse_id(value)
     if max(parsed) > MAX_ID_PART:
-        raise ApiError(400, f"stream id {value[:64]!r} is outside Redis' 64-bit id space")
+        raise BadRequest(f"stream id {value[:64]!r} is outside Redis' 64-bit id space")
     return parsed
 
 

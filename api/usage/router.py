@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
-from api.errors import ApiError
+from api.errors import Invalid, responses
 from api.responses import JSONResponse
 from api.usage import service
 from common.auth import SCOPE_REQUESTS
 
-router = APIRouter(prefix="/api/v1/usage", tags=["usage"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+router = APIRouter(prefix="/api/v1/usage", tags=["usage"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+                   responses=responses(Invalid))
 
 MAX_DAYS = 400
 
@@ -28,9 +29,9 @@ async def usage(
     end = end or datetime.now(UTC).date()
     start = start or (end - timedelta(days=29) if end.toordinal() > 29 else date.min)
     if start > end:
-        raise ApiError(422, "`from` is after `to`")
+        raise Invalid("`from` is after `to`")
     if (end - start).days >= MAX_DAYS:
-        raise ApiError(422, f"ask for at most {MAX_DAYS} days at a time")
+        raise Invalid(f"ask for at most {MAX_DAYS} days at a time")
     rows = await service.totals(gw.db, who, start, end, group_by)
     if "text/csv" in request.headers.get("accept", ""):
         return Response(service.as_csv(group_by, rows), media_type="text/csv")

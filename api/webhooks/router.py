@@ -7,6 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
+from api.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    responses,
+)
 from api.responses import JSONResponse
 from api.runs.contract import ContractRoute
 from api.runs.schemas import RunAccepted
@@ -16,8 +24,10 @@ from common.auth import SCOPE_RUNS
 from common.logging import correlation_id
 
 configs = APIRouter(prefix="/v1/webhook-configs", tags=["webhooks"], route_class=ContractRoute,
-                    dependencies=[Depends(require_scope(SCOPE_RUNS))])
-intake = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=ContractRoute)
+                    dependencies=[Depends(require_scope(SCOPE_RUNS))],
+                    responses=responses(BadRequest, NotFound, Conflict))
+intake = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=ContractRoute,
+                   responses=responses(BadRequest, Unauthorized, NotFound, TooManyRequests, signed_in=False))
 
 
 @configs.post("", status_code=201, response_model=WebhookConfigOut)

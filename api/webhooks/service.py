@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.deps import Gateway
-from api.errors import ApiError
+from api.errors import BadRequest, Conflict, NotFound, Unauthorized
 from api.runs import service as runs
 from api.runs.schemas import RunBody
 from api.webhooks.schemas import WebhookCall, WebhookConfigBody, WebhookConfigUpdate
@@ -38,7 +38,7 @@ def _check_secret(secret: str) -> None:
     except ValueError:
         key = b""
     if not secret.startswith("whsec_") or len(key) < 16:
-        raise ApiError(400, [{"field": "body.secret", "message": "not a Standard Webhooks secret"}]) from None
+        raise BadRequest([{"field": "body.secret", "message": "not a Standard Webhooks secret"}]) from None
 
 
 def public(row: Any, secret: str | None = None) -> dict[str, Any]:
@@ -60,7 +60,7 @@ async def create(gw: Gateway, who: Principal, body: WebhookConfigBody) -> dict[s
         webhook_id, body.flow_id, who.tenant_id, who.user_id, config, body.enabled, secret,
     )
     if row is None:
-        raise ApiError(409, f"webhook {webhook_id!r} already exists")
+        raise Conflict(f"webhook {webhook_id!r} already exists")
     return public(row, secret)
 
 
@@ -68,7 +68,7 @@ async def get(gw: Gateway, who: Principal, webhook_id: str) -> dict[str, Any]:
     row = await gw.db.fetchrow(f"SELECT {_COLUMNS} FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2",
                                webhook_id, who.tenant_id)
     if row is None:
-        raise ApiError(404, "webhook not found")
+        raise NotFound("webhook not found")
     return public(row)
 
 
@@ -92,7 +92,7 @@ async def update(gw: Gateway, who: Principal, webhook_id: str, body: WebhookConf
         webhook_id, who.tenant_id, body.flow_id, body.enabled, patch, secret,
     )
     if row is None:
-        raise ApiError(404, "webhook not found")
+        raise NotFound("webhook not found")
     return public(row, secret)
 
 
@@ -100,7 +100,7 @@ async def delete(gw: Gateway, who: Principal, webhook_id: str) -> None:
     result: str = await gw.db.execute("DELETE FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2",
                                       webhook_id, who.tenant_id)
     if result.endswith(" 0"):
-        raise ApiError(404, "webhook not found")
+        raise NotFound("webhook not found")
 
 
 def run_request_id(webhook_id: str, delivery_id: str) -> str:
@@ -118,10 +118,10 @@ def _run_input(gw: Gateway, row: Any, call: WebhookCall, webhook_id: str) -> dic
     try:
         run_input: dict[str, Any] = render(mapping, scope, gw.settings.flow_max_render_bytes)
     except TemplateError as exc:
-        raise ApiError(400, f"input mapping: {exc}") from None
+        raise BadRequest(f"input mapping: {exc}") from None
     deep = too_deep(run_input)
     if deep:
-        raise ApiError(400, f"input mapping: the rendered input is {deep}")
+        raise BadRequest(f"input mapping: the rendered input is {deep}")
     return run_input
 
 
@@ -131,20 +131,20 @@ async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, s
                   correlation_id: str) -> runs.Started:
     """Verify the Standard Webhooks signature over the raw body, then start the run once per delivery id."""
     if len(headers.get("webhook-id", "")) > MAX_DELIVERY_ID:
-        raise ApiError(400, f"the webhook-id header may be at most {MAX_DELIVERY_ID} characters long")
+        raise BadRequest(f"the webhook-id header may be at most {MAX_DELIVERY_ID} characters long")
     row = await gw.db.fetchrow("SELECT * FROM webhook_configs WHERE webhook_id = $1", webhook_id)
     if row is None or not row["enabled"]:
-        raise ApiError(404, "webhook not found or disabled")
+        raise NotFound("webhook not found or disabled")
     try:
         Webhook(row["secret"]).verify(raw, headers, json_parse=False)
     except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(401, f"webhook signature rejected: {exc}") from None
+        raise Unauthorized(f"webhook signature rejected: {exc}") from None
     try:
         call = WebhookCall.model_validate(orjson.loads(raw) if raw else {})
     except (orjson.JSONDecodeError, ValidationError) as exc:
-        raise ApiError(400, f"invalid webhook body: {str(exc).splitlines()[0]}") from None
+        raise BadRequest(f"invalid webhook body: {str(exc).splitlines()[0]}") from None
     if call.webhook_id not in (None, webhook_id):
-        raise ApiError(400, "body webhook_id does not match the URL")
+        raise BadRequest("body webhook_id does not match the URL")
     delivery_id = headers.get("webhook-id", "")
     run_input = _run_input(gw, row, call, webhook_id)
     who = Principal(tenant_id=row["tenant_id"], user_id=row["user_id"], kind="tool")

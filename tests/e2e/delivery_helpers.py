@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
@@ -24,8 +25,10 @@ from common.embedded import free_port
 from common.settings import Settings
 from common.streams import StreamWriter
 from common.streams import connect as connect_streams
+from common.verification import VerificationJob
 from dispatcher import jobs
 from dispatcher.runtime import Runtime
+from dispatcher.verification import send_verification
 from tests.conftest import Stack, wait_until
 from tests.e2e.streams import read_until
 
@@ -150,20 +153,47 @@ def full_logs(stack: Stack) -> str:
     return "\n".join(p.read_text(errors="replace") for p in stack._logs if p.exists())
 
 
+@contextlib.asynccontextmanager
+async def dispatcher_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """A dispatcher's runtime in this process, against the test's servers."""
+    streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
+    rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
+                 writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
+                 queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
+                 http=httpx.AsyncClient())
+    try:
+        yield rt
+    finally:
+        await rt.http.aclose()
+        await rt.queue.aclose()
+        await streams.aclose()
+        await rt.db.close()
+
+
 def deliver_now(settings: Settings, job: DeliveryJob) -> str:
-    """Run one delivery job in this process (a dispatcher's `deliver`) against the test's servers."""
+    """Run one delivery job in this process (a dispatcher's `deliver`)."""
     async def run() -> str:
-        streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
-        rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
-                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
-                     queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
-                     http=httpx.AsyncClient())
-        try:
+        async with dispatcher_runtime(settings) as rt:
             return await jobs.deliver({"rt": rt}, job.model_dump())
-        finally:
-            await rt.http.aclose()
-            await rt.queue.aclose()
-            await streams.aclose()
-            await rt.db.close()
 
     return asyncio.run(run())
+
+
+def send_code_now(settings: Settings, job: VerificationJob) -> str:
+    """Run one `send_verification` job in this process (what a dispatcher does after an override is saved)."""
+    async def run() -> str:
+        async with dispatcher_runtime(settings) as rt:
+            return await send_verification({"rt": rt}, job.model_dump())
+
+    return asyncio.run(run())
+
+
+def code_in(text: str) -> str:
+    """The confirmation code of a verification message."""
+    found = re.search(r"confirmation code is (\d{6})", text)
+    assert found, text
+    return found.group(1)
+
+
+def verify(c: httpx.Client, uid: str, channel: str, code: str) -> httpx.Response:
+    return c.post(f"/api/v1/users/{uid}/integrations/{channel}/verify", json={"code": code})

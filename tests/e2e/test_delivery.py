@@ -19,6 +19,7 @@ from tests.e2e.delivery_helpers import (
     Dispatchers,
     Mailbox,
     ask,
+    code_in,
     deliver_now,
     deliveries,
     delivery_events,
@@ -26,6 +27,7 @@ from tests.e2e.delivery_helpers import (
     message_of,
     smtp_port,
     smtp_server,
+    verify,
     wait_for,
 )
 from tests.fakes.http_receiver import Receiver, basic_auth, sms_form
@@ -156,11 +158,13 @@ def test_email_html_and_text(stack: Stack, dispatchers: Dispatchers) -> None:
         address = f"{uid}@example.com"
         r = c.post(f"/api/v1/users/{uid}/integrations",
                    json={"integration_type": "EMAIL", "config": {"email_address": address, "format": fmt}})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 201 and r.json()["verification"] == "pending", r.text
+        mail = wait_for(lambda a=address: next((m for m in map(message_of, box.messages) if m["To"] == a), None))
+        assert verify(c, uid, "EMAIL", code_in(mail.get_payload(decode=True).decode())).status_code == 200
         accepted = ask(c, f"mail me as {fmt}")
         events = delivery_events(c, accepted, final)
         assert [e["data"]["status"] for e in events] == ["SUCCESS"]
-        sent[fmt] = wait_for(lambda a=address: next((m for m in map(message_of, box.messages) if m["To"] == a), None))
+        sent[fmt] = wait_for(lambda a=address: [m for m in map(message_of, box.messages) if m["To"] == a][1:])[0]
     html, text = sent["html"], sent["text"]
     assert html.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in html.get_payload()] == ["text/plain", "text/html"]
@@ -175,9 +179,16 @@ def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receive
     phone = "+1555" + str(uuid.uuid4().int)[:7]
     r = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "SMS", "config": {"phone_number": phone}})
     assert r.status_code == 201, r.text
+    texts = "/2010-04-01/Accounts/AC123/Messages.json"
+
+    def bodies() -> list[str]:
+        return [sms_form(h)["Body"] for h in receiver.on(texts) if sms_form(h)["To"] == phone]
+
+    codes = wait_for(lambda: bodies() if " ".join(bodies()).endswith("ignore this message.") else None)
+    assert verify(c, uid, "SMS", code_in(" ".join(codes))).status_code == 200
     events = delivery_events(c, ask(c), final)
     assert [e["data"]["status"] for e in events] == ["SUCCESS"]
-    hits = [h for h in receiver.on("/2010-04-01/Accounts/AC123/Messages.json") if sms_form(h)["To"] == phone]
+    hits = [h for h in receiver.on(texts) if sms_form(h)["To"] == phone][len(codes):]
     assert len(hits) > 1
     assert all(len(sms_form(h)["Body"]) <= 40 and sms_form(h)["From"] == "+15550001111" for h in hits)
     assert basic_auth(hits[0]) == ("AC123", SMS_TOKEN)

@@ -15,7 +15,7 @@ import pytest
 
 from common.delivery import DeliveryJob
 from dispatcher.channels import email
-from tests.conftest import Stack, settings_for
+from tests.conftest import Stack, settings_for, sql
 from tests.e2e.delivery_helpers import (
     Mailbox,
     ask,
@@ -38,11 +38,14 @@ def smtp() -> Iterator[tuple[int, Mailbox]]:
         controller.stop()
 
 
-def emailed_request(c: httpx.Client, uid: str, content: str) -> dict[str, Any]:
-    """An EMAIL override for `uid` and one completed request of `content`."""
+def emailed_request(stack: Stack, c: httpx.Client, tenant: str, uid: str, content: str) -> dict[str, Any]:
+    """A verified EMAIL override for `uid` (confirmed as test_destination_verification does it by mail) and one
+    completed request of `content`."""
     r = c.post(f"/api/v1/users/{uid}/integrations",
                json={"integration_type": "EMAIL", "retry_count": 0, "config": {"email_address": f"{uid}@example.com"}})
     assert r.status_code == 201, r.text
+    sql(stack, "UPDATE destination_verifications SET verified_at = now() WHERE tenant_id = $1 AND user_id = $2",
+        tenant, uid)
     accepted = ask(c, content)
     assert wait_status(c, accepted["request_id"], {"completed"}, 60)["status"] == "completed"
     return accepted
@@ -63,7 +66,7 @@ def test_a_line_break_in_the_request_makes_a_one_line_subject(stack: Stack, smtp
     port, box = smtp
     uid, tenant = user()
     with stack.client(uid, tenant) as c:
-        accepted = emailed_request(c, uid, "first line\r\nBcc: victim@example.com\nthird")
+        accepted = emailed_request(stack, c, tenant, uid, "first line\r\nBcc: victim@example.com\nthird")
         assert deliver_email(stack, port, tenant, uid, accepted) == "SUCCESS"
         sent = wait_for(lambda: next((m for m in map(message_of, box.messages)
                                       if m["To"] == f"{uid}@example.com"), None))
@@ -82,7 +85,7 @@ def test_an_unexpected_send_error_is_a_failed_attempt(stack: Stack, smtp: tuple[
     monkeypatch.setattr(email, "send", broken)
     uid, tenant = user()
     with stack.client(uid, tenant) as c:
-        accepted = emailed_request(c, uid, "hello")
+        accepted = emailed_request(stack, c, tenant, uid, "hello")
         assert deliver_email(stack, port, tenant, uid, accepted) == "FAILED"
         (row,) = deliveries(c, uid)
         assert row["status"] == "FAILED"

@@ -1,4 +1,5 @@
-"""At-least-once with fast recovery: a worker killed mid-reply is replaced within seconds."""
+"""At-least-once with fast recovery: a worker killed mid-reply is replaced within seconds, and what the lost
+attempt streamed still counts in the request's usage (estimated)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from tests.conftest import Stack, wait_until
+from tests.conftest import Stack, sql, wait_until
 from tests.e2e.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply
 
@@ -17,8 +18,16 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
     c = stack.client()
     r = c.post("/api/v1/requests/web", json={"content": "survive this", "agent_id": "chaos", "new_session": True,
                                              "metadata": offline(150, 30)}).json()
-    # Let some tokens out, then kill the worker producing them without warning.
+    # Let some tokens out (and a heartbeat store them as used), then kill the worker producing them without warning.
     seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
+
+    def counted() -> int:
+        rows = sql(stack, "SELECT attempt_output_tokens AS n FROM request_logs WHERE request_id = $1::uuid",
+                   r["request_id"])
+        return int(rows[0]["n"])
+
+    wait_until(lambda: counted() > 0, 10, "a heartbeat to store the attempt's usage so far")
+    lost_at_least = counted()
     os.kill(stack.worker_running(r["request_id"]), signal.SIGKILL)
     rest = read_until(c, r["stream_url"], done_for(r["request_id"]), last_event_id=seen[-1].id, timeout=60)
     events = seen + rest
@@ -29,6 +38,13 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
     assert text_of(events, r["request_id"]) == expected
     stored = wait_status(c, r["request_id"], {"completed"})
     assert stored["response"] == expected and stored["attempt"] == 2
+    used = stored["usage"]
+    assert used["output_tokens"] >= 150 + lost_at_least and used["estimated"] is True, used
+    assert used["input_tokens"] == 2 * len("survive this".split()), used
+    rolled = sql(stack, "SELECT u.model, u.output_tokens, r.response_metadata ->> 'model' AS used FROM usage_daily u"
+                        " JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
+                        " WHERE r.request_id = $1::uuid", r["request_id"])
+    assert [(x["model"], x["output_tokens"]) for x in rolled] == [(rolled[0]["used"], used["output_tokens"])]
 
 
 def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: Callable[[], None]) -> None:

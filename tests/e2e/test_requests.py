@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 import uuid
 
 from tests.conftest import Stack
@@ -242,11 +241,11 @@ def test_sessions_listing_paging_and_end(stack: Stack) -> None:
 
 def test_cancel_reaches_a_model_that_sends_nothing(stack: Stack) -> None:
     with stack.client() as c:
+        # 1,000 s before the first token: a cancel the model only noticed at its next token would outlast the test.
         r = c.post("/api/v1/requests/web", json={"content": "slow thinker", "new_session": True,
-                                                 "metadata": offline(5, 0.1)}).json()
+                                                 "metadata": offline(5, 0.001)}).json()
         wait_status(c, r["request_id"], {"running"})
-        started = time.monotonic()
         assert c.post(f"/api/v1/requests/{r['request_id']}/cancel").status_code == 202
         events = read_until(c, r["stream_url"], done_for(r["request_id"]))
         assert [e.event for e in events][-2:] == ["run.cancelled", "done"]
-        assert time.monotonic() - started < 5
+        assert "token" not in [e.event for e in events]

@@ -42,9 +42,9 @@ async def send_without_recording(stack: Stack, schedule_id: str) -> str:
         gw = app.state.gateway
         row = await gw.db.fetchrow(f"SELECT {service.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1",
                                    uuid.UUID(schedule_id))
-        status, request_id, _ = await service.fire(gw, row, row["next_run_at"].isoformat())
-        assert status == "sent" and request_id
-        return request_id
+        firing = await service.fire(gw, row, row["next_run_at"].isoformat())
+        assert firing.status == "sent" and firing.request_id
+        return firing.request_id
 
 
 def test_schedules_fire_each_tick_exactly_once(new_stack: Stack) -> None:
@@ -103,6 +103,7 @@ def test_a_refused_firing_is_recorded_and_the_schedule_moves_on(stack: Stack) ->
         assert admin.put("/api/v1/budgets/users/cat", json={"tokens_per_day": 1}).status_code == 200
         refused = cat.post(f"/api/v1/schedules/{schedule['schedule_id']}/run")
         assert refused.status_code == 429 and "budget: user tokens per day" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 86400
         sql(stack, "UPDATE schedules SET next_run_at = now() WHERE schedule_id = $1::uuid", schedule["schedule_id"])
         wait_until(lambda: fired(stack, [schedule["schedule_id"]]), 30, "the refused tick to be recorded")
         shown = cat.get(f"/api/v1/schedules/{schedule['schedule_id']}").json()

@@ -474,3 +474,90 @@ def test_slash_command_schedules_a_run_that_replies_in_the_channel(stack: Stack,
     assert final[-1].args["text"] == row["response_content"]
     assert command(f"schedule delete {schedule_id}") == f"Deleted `{schedule_id}`."
     assert command("schedule list") == "No schedules."
+
+
+@pytest.fixture(scope="module")
+def tools_worker(stack: Stack) -> Iterator[Stack]:
+    """A worker for the `tools-ui` agent: the demo MCP server, its calculator behind a person's approval."""
+    with stack.serving("tools-ui") as served:
+        yield served
+
+
+def ask_tools(stack: Stack, ws: Workspace, user: str, channel: str) -> None:
+    """A Slack request to the `tools-ui` agent: the clock runs, the calculator waits for approval."""
+    body = json.dumps({"user_id": user, "content": '/tool demo.now\n/tool demo.calculate {"expression": "6*7"}',
+                       "agent_id": "tools-ui", "channel_id": channel, "thread_id": "1700000020.1",
+                       "slack_user_id": user, "slack_team_id": ws.team}).encode()
+    r = httpx.post(f"{stack.base_url}/api/v1/requests/slack", content=body,
+                   headers={**signed(ws, body), "content-type": "application/json"})
+    assert r.status_code == 202, r.text
+
+
+def press(stack: Stack, ws: Workspace, user: str, channel: str, button: dict[str, Any]) -> None:
+    payload = {"type": "block_actions", "team": {"id": ws.team}, "user": {"id": user}, "channel": {"id": channel},
+               "actions": [{"action_id": button["action_id"], "value": button["value"]}]}
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    r = httpx.post(f"{stack.base_url}/slack/interactive", content=body, headers=signed(ws, body))
+    assert r.status_code == 200, r.text
+
+
+def decision_buttons(fake: FakeSlack, channel: str) -> dict[str, dict[str, Any]]:
+    """The Approve and Deny buttons of the reply once it shows them, by action_id."""
+    def shown() -> dict[str, dict[str, Any]]:
+        for call in reversed(fake.of("chat.update", channel) + fake.of("chat.postMessage", channel)):
+            for block in call.args.get("blocks") or []:
+                elements = block.get("elements") or []
+                if block["type"] == "actions" and elements[0]["action_id"] == "rg_approve":
+                    return {e["action_id"]: e for e in elements}
+        return {}
+    found: dict[str, dict[str, Any]] = wait_for(shown, 60)
+    return found
+
+
+def step_lines(call: Call) -> list[str]:
+    return [b["elements"][0]["text"] for b in call.args["blocks"] if b["type"] == "context"
+            and "Answered by" not in b["elements"][0]["text"]]
+
+
+def ephemeral_to(fake: FakeSlack, channel: str, user: str) -> list[Call]:
+    return list(wait_for(lambda: [c for c in fake.of("chat.postEphemeral", channel) if c.args["user"] == user]))
+
+
+def test_tool_steps_and_approval_buttons_in_the_thread(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                       slack_stack: Dispatchers, tools_worker: Stack) -> None:
+    user, other, channel = f"U{uuid.uuid4().hex[:8]}", f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    ask_tools(stack, workspace, user, channel)
+    buttons = decision_buttons(fake_slack, channel)
+    assert buttons["rg_approve"]["text"]["text"] == "Approve demo.calculate" and "rg_deny" in buttons
+    [row] = reply_of(stack, workspace, user)
+    assert row["status"] == "waiting"
+
+    press(stack, workspace, other, channel, buttons["rg_approve"])
+    [refusal] = ephemeral_to(fake_slack, channel, other)
+    assert refusal.args["text"] == "Only the person who asked can approve or deny this tool call."
+    assert reply_of(stack, workspace, user)[0]["status"] == "waiting", "another user's press decides nothing"
+
+    press(stack, workspace, user, channel, buttons["rg_approve"])
+    final = finished(fake_slack, channel)[-1]
+    lines = step_lines(final)
+    assert len(lines) == 2, lines  # the steps the retried attempt replays update their lines
+    assert lines[0].startswith(":wrench: `demo.now` {} → ") and lines[1] == (
+        ':wrench: `demo.calculate` {"expression":"6*7"} → 42')
+    assert "rg_approve" not in json.dumps(final.args["blocks"])
+    assert "demo.calculate returned: 42" in final.args["text"]
+    assert reply_of(stack, workspace, user)[0]["status"] == "completed"
+
+    press(stack, workspace, user, channel, buttons["rg_approve"])  # a second press of the same button
+    [late] = ephemeral_to(fake_slack, channel, user)
+    assert late.args["text"].startswith("This tool call was already decided")
+
+
+def test_deny_button_feeds_the_denial_to_the_model(stack: Stack, workspace: Workspace, fake_slack: FakeSlack,
+                                                   slack_stack: Dispatchers, tools_worker: Stack) -> None:
+    user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
+    ask_tools(stack, workspace, user, channel)
+    press(stack, workspace, user, channel, decision_buttons(fake_slack, channel)["rg_deny"])
+    final = finished(fake_slack, channel)[-1]
+    assert step_lines(final)[1] == (':warning: `demo.calculate` {"expression":"6*7"} failed:'
+                                    " a person denied this call to demo.calculate: denied in Slack")
+    assert reply_of(stack, workspace, user)[0]["status"] == "completed"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import yaml
 
 from cli.sse import SseEvent
 from common.embedded import free_port
-from tests.conftest import Infra, Stack, stack_env, wait_until
+from tests.conftest import ROOT, Infra, Stack, stack_env, wait_until
 from tests.e2e.fake_openai import FakeOpenAI, ToolCalls
 from tests.e2e.streams import done_for, read_until, text_of, wait_status
 from tests.fakes.mcp_server import FakeMcp
@@ -338,3 +340,69 @@ def test_cancel_while_waiting_ends_the_request(tools_stack: Stack, fake: FakeOpe
         [pending] = data(events, "tool.approval_required")
         assert c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
                       json={"approve": True}).status_code == 409
+
+
+def cli_chat(stack: Stack, home: Path, content: str, answer: str, user: str, tenant: str
+             ) -> subprocess.Popen[str]:
+    """The real `relaygate chat` against the stack, asking the `guarded` agent; `answer` is what the person types."""
+    typed = home / "typed.txt"
+    typed.write_text(answer)
+    with typed.open() as stdin:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "chat", content, "--new", "--agent", "guarded",
+             "--url", stack.base_url, "--token", stack.mint(user, tenant)],
+            env={**stack.env, "RELAYGATE_HOME": str(home)}, cwd=ROOT, text=True,
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize(("answer", "said", "result"), [
+    ("y\n", "[approved]", "[tool t.record -> recorded 11]"),
+    ("not on a friday\n", "[denied: not on a friday]",
+     "[tool t.record failed: a person denied this call to t.record: not on a friday]"),
+])
+def test_cli_prompts_for_approval_and_posts_the_answer(
+        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp, tmp_path: Path, answer: str, said: str,
+        result: str) -> None:
+    mcp.calls.clear()
+    fake.tools(ToolCalls([("t__record", {"n": 11})]))
+    fake.reply("Done in the terminal.")
+    user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = cli_chat(tools_stack, tmp_path, f"cli approval {uuid.uuid4().hex[:6]}", answer, user, tenant)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 'approve t.record {"n":11}? [y/N/reason]' in err
+    assert said in err and result in err
+    assert out.strip() == "Done in the terminal."
+    assert mcp.calls["record"] == (1 if answer == "y\n" else 0)
+
+
+def waiting_request(c: httpx.Client) -> dict[str, Any]:
+    """The only request of the client's user, once it waits for an approval (with its steps)."""
+    found: list[dict[str, Any]] = []
+
+    def waits() -> bool:
+        for session in c.get("/api/v1/sessions").json()["items"]:
+            for item in c.get(f"/api/v1/sessions/{session['session_id']}/requests").json()["items"]:
+                if item["status"] == "waiting":
+                    found[:] = [c.get(f"/api/v1/requests/{item['request_id']}").json()]
+        return bool(found)
+
+    wait_until(waits, 60, "the CLI's request to wait for an approval")
+    return found[0]
+
+
+def test_cli_without_an_answer_leaves_the_call_waiting(tools_stack: Stack, fake: FakeOpenAI, tmp_path: Path
+                                                       ) -> None:
+    fake.tools(ToolCalls([("t__record", {"n": 12})]))
+    fake.reply("Decided elsewhere.")
+    user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = cli_chat(tools_stack, tmp_path, f"cli no answer {uuid.uuid4().hex[:6]}", "", user, tenant)
+    with tools_stack.client(user, tenant) as c:
+        waiting = waiting_request(c)
+        call_id = waiting["steps"][0]["call_id"]
+        assert c.post(f"/api/v1/requests/{waiting['request_id']}/approvals/{call_id}",
+                      json={"approve": True}).status_code == 200
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"[no answer: the call waits; decide with POST /api/v1/requests/{waiting['request_id']}" in err
+    assert out.strip() == "Decided elsewhere."

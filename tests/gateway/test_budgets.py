@@ -63,6 +63,26 @@ async def test_user_budget_refuses_until_the_day_ends(make_app: Callable[..., An
     assert month["tokens"] == {"limit": 0, "used": 100, "remaining": None}
 
 
+async def test_a_spent_budget_is_429_in_each_protocols_shape(make_app: Callable[..., Any]) -> None:
+    user, tenant = _unique()
+    async with make_app(budget_user_tokens_per_day=10) as app:
+        await _spend(app, tenant, user, 10)
+        async with app.client(user, tenant) as client:
+            openai = await client.post("/v1/chat/completions", json={
+                "model": "assistant", "messages": [{"role": "user", "content": "hi"}]})
+            ui = await client.post("/api/chat", json={"id": "c1", "trigger": "submit-message", "messages": [
+                {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]})
+            thread = (await client.post("/langgraph/threads", json={})).json()["thread_id"]
+            langgraph = await client.post(f"/langgraph/threads/{thread}/runs", json={
+                "assistant_id": "assistant", "input": {"messages": [{"type": "human", "content": "hi"}]}})
+    for refused in (openai, ui, langgraph):
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
+    assert openai.json()["error"]["code"] == "rate_limit_exceeded"
+    assert openai.json()["error"]["message"].startswith("budget: user tokens per day: 10 of 10 tokens used")
+    assert ui.json()["error"] == "rate_limited" and ui.json()["detail"].startswith("budget: user tokens per day")
+    assert list(langgraph.json()) == ["detail"] and langgraph.json()["detail"].startswith("budget: user tokens")
+
+
 async def test_admin_overrides_per_user_and_tenant(make_app: Callable[..., Any]) -> None:
     user, tenant = _unique()
     async with make_app(budget_user_tokens_per_day=1_000) as app:

@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 from slack_sdk.signature import SignatureVerifier
 
 from common import integrations, slack_access
+from common.settings import Settings
 from common.slack import InstallationCache
 from tests.gateway.conftest import App
 
@@ -187,20 +189,30 @@ async def test_the_operators_default_channel_is_allowed(slack_app: App, monkeypa
                                        {**config, "channel_id": "C-ELSE"})
 
 
-async def test_the_settings_installation_answers_only_its_own_tenant(make_app: Callable[..., Any]) -> None:
-    """SLACK_BOT_TOKEN without SLACK_TEAM_ID: whatever team an override names, only SLACK_TENANT_ID may use it."""
+def test_the_settings_bot_token_needs_the_workspace_it_belongs_to() -> None:
+    """Without SLACK_TEAM_ID the settings' installation would answer every workspace: the process refuses to start."""
+    with pytest.raises(ValidationError, match="SLACK_BOT_TOKEN needs SLACK_TEAM_ID"):
+        Settings(slack_bot_token="xoxb-env", slack_signing_secret="s" * 32)
+
+
+async def test_the_settings_installation_answers_only_its_workspace_and_tenant(make_app: Callable[..., Any]) -> None:
+    """The SLACK_BOT_TOKEN installation serves SLACK_TEAM_ID for SLACK_TENANT_ID, and nothing else."""
     secret, env_tenant = secrets.token_hex(16), f"env-{uuid.uuid4().hex[:6]}"
-    async with make_app(slack_bot_token="xoxb-env", slack_signing_secret=secret, slack_tenant_id=env_tenant) as app:
+    env_ws = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=env_tenant, secret=secret)
+    async with make_app(slack_bot_token="xoxb-env", slack_signing_secret=secret, slack_tenant_id=env_tenant,
+                        slack_team_id=env_ws.team) as app:
+        stranger = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=env_tenant, secret=secret)
+        foreign = guide_body(stranger, channel="C1")
+        assert (await send(app, foreign, signature(secret, foreign))).status_code == 401
         outsider = f"U{uuid.uuid4().hex[:8].upper()}"
         async with app.client(outsider, f"t-{uuid.uuid4().hex[:8]}") as c:
-            r = await c.put(f"/api/v1/users/{outsider}/integrations/SLACK", json=slack_override("C1", "TANY"))
+            r = await c.put(f"/api/v1/users/{outsider}/integrations/SLACK", json=slack_override("C1", env_ws.team))
             assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.team_id", r.text
         user = f"U{uuid.uuid4().hex[:8].upper()}"
-        env_ws = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=env_tenant, secret=secret)
         asked = guide_body(env_ws, user=user, channel="C1")
         assert (await send(app, asked, signature(secret, asked))).status_code == 202
         async with app.client(user, env_tenant) as c:
             r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json=slack_override("C1", env_ws.team))
             assert r.status_code == 200, r.text
-            r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json=slack_override("C1", "TELSEWHERE"))
-            assert r.status_code == 422, r.text
+            r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json=slack_override("C1", stranger.team))
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.team_id", r.text

@@ -207,7 +207,7 @@ async def test_completion_endings_are_error_frames(app: App) -> None:
 
 
 async def test_drain_ends_each_protocol_the_way_its_client_understands(make_app: Callable[..., Any]) -> None:
-    drained = {p: count("relaygate_protocol_stream_endings_total", protocol=p, ending="drained")
+    drained = {p: count("relaygate_protocol_streams_total", protocol=p, stage="ended", kind="drained")
                for p in ("aisdk", "openai")}
     async with make_app() as app, app.client() as client:
         calls = [("/api/chat", HELLO_CHAT), ("/v1/chat/completions", {**HELLO_COMPLETION, "stream": True}),
@@ -226,8 +226,9 @@ async def test_drain_ends_each_protocol_the_way_its_client_understands(make_app:
     assert chunks(streamed.text)[-2]["error"]["code"] == "gateway_shutting_down"
     assert whole.status_code == 503 and whole.json()["error"]["code"] == "gateway_shutting_down"
     assert whole.headers["retry-after"] == "1"
-    assert count("relaygate_protocol_stream_endings_total", protocol="aisdk", ending="drained") == drained["aisdk"] + 1
-    assert count("relaygate_protocol_stream_endings_total", protocol="openai", ending="drained") == \
+    assert count("relaygate_protocol_streams_total", protocol="aisdk", stage="ended", kind="drained") == \
+        drained["aisdk"] + 1
+    assert count("relaygate_protocol_streams_total", protocol="openai", stage="ended", kind="drained") == \
         drained["openai"] + 2
 
 

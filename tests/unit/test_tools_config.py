@@ -83,3 +83,12 @@ def test_cli_prints_a_compact_line_per_step() -> None:
     assert len(_tool_line("tool.result", {"tool": "t.big", "ok": True, "output": "y" * 5000})) == 200
     assert _tool_line("tool.approval_required", {"tool": "t.close", "call_id": "c1"}) == (
         "[tool t.close waits for approval of call c1]")
+
+
+def test_cli_approval_answers() -> None:
+    from cli.approvals import parse, question
+
+    assert question({"tool": "t.close", "arguments": {"id": 4}}) == 'approve t.close {"id":4}? [y/N/reason]'
+    assert parse("y") == parse(" YES ") == (True, "")
+    assert parse("") == parse("n") == parse("No") == (False, "")
+    assert parse(" wrong ticket ") == (False, "wrong ticket")
