@@ -37,7 +37,7 @@ import httpx
 import psutil
 import run as bench
 from redis import Redis
-from run import ROOT, CpuWindow, LoadProc, log, raise_nofile
+from run import ROOT, CpuWindow, LoadProc, Profiler, log, raise_nofile
 
 from common import db
 from common.auth import mint_token
@@ -197,18 +197,19 @@ async def stop_gateways(gateways: list[Gateway]) -> None:
 
 def redis_connections(servers: Servers, gateways: list[Gateway]) -> list[dict[str, Any]]:
     """Per gateway: its connections on each cluster node (hub readers apart) and on the queue Valkey."""
-    owner: dict[int, int] = {}
+    # Keyed by (local port, server port): one local port may serve connections to several servers.
+    owner: dict[tuple[int, int], int] = {}
     for i, gw in enumerate(gateways):
         with contextlib.suppress(psutil.Error):
             for c in gw.proc.net_connections(kind="tcp"):
                 if c.raddr and c.laddr:
-                    owner[c.laddr.port] = i
+                    owner[(c.laddr.port, c.raddr.port)] = i
     out: list[dict[str, Any]] = [{"cluster_total": 0, "readers": 0, "commands": 0, "per_node": [0] * 3, "queue": 0}
                                  for _ in gateways]
     for n, node in enumerate(servers.cluster.nodes):
         with Redis(port=node.port) as r:
             for c in r.client_list():
-                i = owner.get(int(c["addr"].rsplit(":", 1)[1]))
+                i = owner.get((int(c["addr"].rsplit(":", 1)[1]), node.port))
                 if i is None:
                     continue
                 out[i]["cluster_total"] += 1
@@ -216,7 +217,7 @@ def redis_connections(servers: Servers, gateways: list[Gateway]) -> list[dict[st
                 out[i]["readers" if c.get("name") == HUB_READER_NAME else "commands"] += 1
     with Redis(port=servers.queue.port) as r:
         for c in r.client_list():
-            i = owner.get(int(c["addr"].rsplit(":", 1)[1]))
+            i = owner.get((int(c["addr"].rsplit(":", 1)[1]), servers.queue.port))
             if i is not None:
                 out[i]["queue"] += 1
     return out
@@ -255,7 +256,7 @@ def check_shares(args: argparse.Namespace) -> None:
 
 async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out: dict[str, Any]) -> None:
     secret = os.urandom(32).hex()
-    settings = Settings(jwt_secret_key=secret)  # type: ignore[arg-type]
+    settings = Settings(jwt_secret_key=secret, stream_buckets=int(args.env.get("STREAM_BUCKETS", 256)))  # type: ignore[arg-type]
     tenant = f"bench-100k-{uuid.uuid4().hex[:6]}"
     sessions = await insert_sessions(servers.postgres.url, tenant, args.streams)
     users = math.ceil(args.streams / STREAMS_PER_USER)
@@ -293,7 +294,9 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         # Clients and writers exit as soon as they are done: their CPU comes from their own reports.
         window = CpuWindow(lambda: {"gateways": [gw.proc for gw in gateways], **servers.processes()})
         request_ids = {s: str(uuid.uuid4()) for s, _ in sessions}
+        profiler = Profiler(args.profile, ROOT / "bench" / "results" / "profile-streams-100k-gateway.txt")
         window.begin()
+        profiler.begin(gateways[0].popen.pid)
         for share in split(sessions, args.writer_procs):
             writers.append(await LoadProc.start("writer", {
                 "redis_url": servers.cluster.url, "buckets": settings.stream_buckets, "maxlen": 1000,
@@ -304,6 +307,7 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         await asyncio.sleep(args.seconds / 2)
         out["redis_connections_busy"] = redis_connections(servers, gateways)
         written = await asyncio.gather(*(w.expect("RESULT", args.seconds * 4 + 300) for w in writers))
+        profiler.end()
         results = await bench.results_within(clients, 60)
         cpu = window.end({
             "clients": sum(r["cpu_s"] - r0["cpu_s"] for r, r0 in zip(results, ready, strict=True)),
@@ -406,6 +410,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--open-concurrency", type=int, default=100, help="handshakes in flight per client process")
     p.add_argument("--open-timeout", type=float, default=120.0)
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a gateway setting")
+    p.add_argument("--profile", metavar="PY_SPY", help="record gateway 0 with py-spy while tokens are written")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs) afterwards")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "streams_100k.json")
     args = p.parse_args()
