@@ -56,11 +56,13 @@ KERNEL = [
 PORT_RANGE = (10000, 65000)  # ip_local_port_range: ports per (source address, gateway) 4-tuple
 DESCRIPTOR_RESERVE = 600  # per process: Redis (readers, pools), Postgres, listening socket, files
 BACKLOG = 16384
+WRITER_WAIT = 4 * 3600.0
 STREAMS_PER_USER = 50  # under the default MAX_STREAMS_PER_USER (100): the per-user limit stays on
 
 
-def tune_kernel() -> dict[str, Any]:
-    """Raise what is too low where /proc/sys is writable; report each setting before and after."""
+def tune_kernel(restore: dict[Path, str]) -> dict[str, Any]:
+    """Raise what is too low where /proc/sys is writable (noting the old value in `restore`); report
+    each setting before and after."""
     out: dict[str, Any] = {}
     for name, wanted, why in KERNEL:
         path = Path("/proc/sys") / name
@@ -69,6 +71,7 @@ def tune_kernel() -> dict[str, Any]:
         if before < wanted:
             try:
                 path.write_text(str(wanted))
+                restore[path] = str(before)
                 after, note = int(path.read_text().split()[0]), "raised"
             except OSError as exc:
                 note = f"too low and not writable ({exc.strerror}): {why}"
@@ -79,10 +82,12 @@ def tune_kernel() -> dict[str, Any]:
     if hi - lo < PORT_RANGE[1] - PORT_RANGE[0]:
         try:
             path.write_text(f"{PORT_RANGE[0]} {PORT_RANGE[1]}")
+            restore[path] = f"{lo} {hi}"
             note = "widened"
         except OSError as exc:
             note = f"not writable ({exc.strerror}); each client process needs fewer streams than the range"
-    out["net.ipv4.ip_local_port_range"] = {"before": f"{lo} {hi}", "after": path.read_text().strip(), "note": note}
+    out["net.ipv4.ip_local_port_range"] = {"before": f"{lo} {hi}", "after": " ".join(path.read_text().split()),
+                                           "note": note}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     out["RLIMIT_NOFILE"] = {"soft": soft, "hard": hard, "note": "per process; the hard limit cannot be raised here"}
     return out
@@ -306,7 +311,8 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         writing = await asyncio.gather(*(w.expect("STARTED", 60) for w in writers))
         await asyncio.sleep(args.seconds / 2)
         out["redis_connections_busy"] = redis_connections(servers, gateways)
-        written = await asyncio.gather(*(w.expect("RESULT", args.seconds * 4 + 300) for w in writers))
+        # A starved machine writes slowly; a writer that fails exits, which ends the wait.
+        written = await asyncio.gather(*(w.expect("RESULT", WRITER_WAIT) for w in writers))
         profiler.end()
         results = await bench.results_within(clients, 60)
         cpu = window.end({
@@ -428,7 +434,8 @@ def main() -> None:
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": {
                                "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(),
                                "mem_total_mb": round(psutil.virtual_memory().total / 2**20)}}
-    out["kernel"] = tune_kernel()
+    restore: dict[Path, str] = {}
+    out["kernel"] = tune_kernel(restore)
     for name, k in out["kernel"].items():
         if "not writable" in str(k.get("note")):
             log(f"kernel: {name} {k}")
@@ -437,15 +444,20 @@ def main() -> None:
     servers = Servers.start(folder)
     try:
         asyncio.run(scenario(args, servers, folder, out))
+    except BaseException as exc:
+        out["error"] = repr(exc)  # what was measured before it stays in the JSON
+        raise
     finally:
         servers.stop()
+        for path, value in restore.items():
+            path.write_text(value)
         if args.keep:
             log(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=2, default=str))
-    report(out)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(out, indent=2, default=str))
+        report(out)
 
 
 if __name__ == "__main__":
