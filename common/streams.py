@@ -12,6 +12,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
 
 from common.keys import bucket, fence_key, intake_key, stream_key
 
@@ -131,15 +132,48 @@ def event_json(fields: Mapping[bytes, bytes]) -> bytes:
 StreamsRedis = Redis | RedisCluster
 
 
+class WaitingRedisCluster(RedisCluster):
+    """A Redis Cluster client whose calls wait for a free connection instead of failing.
+
+    redis-py's cluster client raises MaxConnectionsError as soon as one node's `max_connections` are
+    busy, where a single server's BlockingConnectionPool waits: a burst (a worker flushing the streams
+    of many buckets at once, a gateway opening many streams) would fail. Calls in flight are bounded by
+    `max_connections` here, and each uses at most one connection per node, so no node's pool runs out.
+    """
+
+    def __init__(self, *args: Any, max_connections: int = 2**31, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self.calls = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.calls:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        super().pipeline(transaction, shard_hint)  # refuses what a cluster pipeline cannot do
+        return _WaitingPipeline(self)  # type: ignore[abstract]  # typed abstract, complete at runtime
+
+
+class _WaitingPipeline(ClusterPipeline):
+    """A cluster pipeline that takes one of its client's call slots while it executes."""
+
+    _client: WaitingRedisCluster
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        async with self._client.calls:
+            return await super().execute(raise_on_error, allow_redirections)
+
+
 def connect(url: str, *, cluster: bool, max_connections: int, pool_timeout: float | None = 5,
             **options: Any) -> StreamsRedis:
     """The streams Redis: one server, or a Redis Cluster (every key of a session shares a slot).
 
     On one server the pool waits for a free connection instead of failing under a burst
-    (`pool_timeout` None: as long as it takes, for workers whose writes must never be dropped).
+    (`pool_timeout` None: as long as it takes, for workers whose writes must never be dropped); on a
+    cluster calls wait for a free slot of `max_connections` (WaitingRedisCluster).
     """
     if cluster:
-        cluster_client: RedisCluster = RedisCluster.from_url(url, max_connections=max_connections, **options)
+        cluster_client: RedisCluster = WaitingRedisCluster.from_url(url, max_connections=max_connections, **options)
         return cluster_client
     return Redis(connection_pool=BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout, **options))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+from common.keys import bucket
 from common.streams import Event, StreamWriter, connect
+from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Infra
 
 
@@ -27,5 +30,27 @@ async def test_append_many_writes_every_stream_reads_flags_and_dedupes_retries(i
         assert [e[1][b"seq"] for e in entries] == [b"1", b"2", b"3"]
         await writer.append_many([(a, events)])
         assert await redis.xlen(writer.key(a)) == 5
+    finally:
+        await redis.aclose()
+
+
+async def test_a_burst_over_many_buckets_waits_for_the_cluster_connections(
+        valkey_cluster: EmbeddedValkeyCluster) -> None:
+    """One append_many call is one script call per bucket, all at once: with two connections per node,
+    the burst must wait for them, not fail with MaxConnectionsError (as redis-py's cluster client does)."""
+    redis = connect(valkey_cluster.url, cluster=True, max_connections=2)
+    writer = StreamWriter(redis, buckets=256, maxlen=1000, ttl_seconds=60)
+    try:
+        sessions = [str(uuid.uuid4()) for _ in range(200)]
+        assert len({bucket(s, 256) for s in sessions}) > 50
+        got = await writer.append_many([(s, [Event(type="token", request_id=f"r-{s}", seq=1, data={})])
+                                        for s in sessions])
+        assert all(got.ids) and not any(got.refused)
+        pipes = []
+        for s in sessions[:40]:
+            pipe = redis.pipeline(transaction=False)
+            pipe.xlen(writer.key(s))
+            pipes.append(pipe.execute())
+        assert [r[0] for r in await asyncio.gather(*pipes)] == [1] * 40
     finally:
         await redis.aclose()
