@@ -563,6 +563,7 @@ class Bench:
                         "gateway_cpu_ms_per_open": round(opening.used["gateway"] / max(opened, 1) * 1e3, 2),
                         "cpu_percent_while_opening": opening_cpu,
                         "gateway_redis_connections": redis_conns, "rss_start_mb": round(rss_start, 1),
+                        "gateway_kb_per_stream": round((rss - rss_start) * 1024 / max(held, 1), 1),
                         "cpu_percent_while_idle": cpu},
         }
 
