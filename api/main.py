@@ -40,6 +40,7 @@ from common import logging as rg_logging
 from common import queue, runtime, tracing
 from common.budgets import BudgetBook
 from common.context import open_stores, start_hub
+from common.descriptors import stream_capacity
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
@@ -90,6 +91,7 @@ def _drain_on_signal(hub: Hub) -> Callable[[], None]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
+    capacity = stream_capacity(settings.stream_fd_reserve)
     stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
                                pool_name="gateway", health_check_interval=30)
     arq = await queue.connect(settings.queue_redis_url)
@@ -101,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.gateway = Gateway(
         settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
         agents=stores.agents, limits=limits, slots=slots, budgets=BudgetBook(stores.db, settings),
+        capacity=capacity,
     )
     restore_signals = _drain_on_signal(hub)
     try:

@@ -9,6 +9,7 @@ from starlette.responses import StreamingResponse
 from api.deps import Gateway
 from api.errors import ApiError, refused
 from common.auth import Principal
+from common.limits import REFUSALS
 from common.streams import id_before, parse_id, valid_id
 
 MAX_ID_PART = 2**64 - 1
@@ -21,7 +22,8 @@ def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
-    """A slot under the stream limits, taken before anything else is done: 429 over a limit, 503 if Redis is down.
+    """A slot under the stream limits, taken before anything else is done: 429 over a limit, 503 if Redis is down
+    or the process is a reserve short of its descriptor limit.
 
     None when this gateway counts no streams. Pass the slot to `held_response` or `release_stream`.
     """
@@ -29,6 +31,12 @@ async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
         raise ApiError(503, "this gateway is shutting down; reconnect", headers={"Retry-After": "1"})
     if gw.slots is None:
         return None
+    if gw.capacity is not None and gw.capacity.full(gw.slots.count):
+        REFUSALS.labels("file_descriptors").inc()
+        # Connection: close frees the refused connection's descriptor at once.
+        raise ApiError(503, f"this gateway holds {gw.slots.count} streams, as many as its descriptor limit "
+                       f"({gw.capacity.limit}) allows; retry (another replica may take it)",
+                       headers={"Retry-After": "1", "Connection": "close"})
     slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)
     if refusal is not None:
         raise refused(refusal)
