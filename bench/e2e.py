@@ -35,6 +35,7 @@ CASES: dict[str, dict[str, Any]] = {
     "proto-20ms": {"system": "proto", "workers": 1, "env": {"PROTO_DELAY_MS": "20"}},
     "rg": {"system": "rg", "workers": 1, "env": {}},
     "rg-2w": {"system": "rg", "workers": 2, "env": {}},
+    "rg-2p": {"system": "rg", "workers": 1, "env": {"WORKER_PROCESSES": "2"}},  # relaygate worker --processes 2
     "rg-1ev": {"system": "rg", "workers": 1, "env": {"TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
     "rg-20ms": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50"}},
     "rg-20ms-1ev": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50",

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     worker_drain_seconds: float = 20.0
     worker_stream_connections: int = 16
     worker_metrics_port: int = 0
+    # `relaygate worker` runs this many processes under one supervisor (one per core).
+    worker_processes: int = Field(default=1, ge=1)
     token_flush_ms: float = Field(default=15.0, ge=0)
     token_flush_tokens: int = 32
     lease_seconds: float = 15.0
