@@ -32,6 +32,7 @@ from api.runs.router import router as runs_router
 from api.schedules.router import router as schedules_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
+from api.streams.handoff import StreamHandoff
 from api.streams.router import router as stream_router
 from api.usage.router import router as usage_router
 from api.webhooks.router import configs as webhook_configs_router
@@ -118,10 +119,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 class _GatewayApp(FastAPI):
-    """The security headers wrap even Starlette's error layer, so an unexpected 500 carries them too."""
+    """The security headers wrap even Starlette's error layer, so an unexpected 500 carries them too;
+    SSE bodies are streamed outside every layer (api/streams/handoff.py)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(super().build_middleware_stack())
+        return StreamHandoff(SecurityHeaders(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

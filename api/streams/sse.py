@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from starlette.responses import StreamingResponse
-
 from api.deps import Gateway
 from api.errors import ApiError, refused
+from api.streams.handoff import SseResponse
 from common.auth import Principal
 from common.limits import REFUSALS
 from common.streams import id_before, parse_id, valid_id
@@ -17,8 +16,8 @@ MAX_ID_PART = 2**64 - 1
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(frames: AsyncIterator[bytes]) -> SseResponse:
+    return SseResponse(frames, headers=SSE_HEADERS)
 
 
 async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
@@ -48,12 +47,12 @@ def release_stream(gw: Gateway, slot: str | None) -> None:
         gw.slots.release(slot)
 
 
-def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> StreamingResponse:
+def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> SseResponse:
     """The SSE response of a reserved slot, which is freed when the stream ends or its client leaves."""
     return sse_response(_holding(gw, slot, frames))
 
 
-async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> StreamingResponse:
+async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> SseResponse:
     return held_response(gw, await reserve_stream(gw, who), frames)
 
 
