@@ -529,7 +529,7 @@ class Bench:
         opening = self.cpu_window()
         opening.begin()
         loads = await self.stream_clients("idle", token, sessions, hold=a.hold)
-        held_info = [await lp.expect("HELD", 300) for lp in loads]
+        held_info = [await lp.expect("HELD", 300 + a.streams / 20) for lp in loads]
         opening_cpu = opening.end({"load": sum(h["cpu_s"] for h in held_info)})
         opened = sum(h["opened"] for h in held_info)
         window = self.cpu_window()
