@@ -15,6 +15,7 @@ from api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from common.agents import AgentRegistry
 from common.auth import API_KEY_PREFIX, AuthError, Principal
 from common.budgets import BudgetBook
+from common.descriptors import StreamCapacity
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
 from common.settings import Settings
@@ -33,6 +34,7 @@ class Gateway:
     auth: Authenticator = field(default_factory=Authenticator)
     limits: Limits | None = None  # None: no rate or concurrency limits (e.g. a Gateway built by a test)
     slots: StreamSlots | None = None
+    capacity: StreamCapacity | None = None  # None: no descriptor guard (streams are counted by `slots`)
     budgets: BudgetBook | None = None  # None: no budgets (e.g. a Gateway built by a test)
 
 

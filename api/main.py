@@ -32,6 +32,7 @@ from api.runs.router import router as runs_router
 from api.schedules.router import router as schedules_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
+from api.streams.handoff import StreamHandoff
 from api.streams.router import router as stream_router
 from api.usage.router import router as usage_router
 from api.webhooks.router import configs as webhook_configs_router
@@ -40,6 +41,7 @@ from common import logging as rg_logging
 from common import queue, runtime, tracing
 from common.budgets import BudgetBook
 from common.context import open_stores, start_hub
+from common.descriptors import stream_capacity
 from common.hub import Hub
 from common.limits import Limits, StreamSlots
 from common.settings import Settings, get_settings
@@ -90,6 +92,7 @@ def _drain_on_signal(hub: Hub) -> Callable[[], None]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
+    capacity = stream_capacity(settings.stream_fd_reserve)
     stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
                                pool_name="gateway", health_check_interval=30)
     arq = await queue.connect(settings.queue_redis_url)
@@ -101,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.gateway = Gateway(
         settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
         agents=stores.agents, limits=limits, slots=slots, budgets=BudgetBook(stores.db, settings),
+        capacity=capacity,
     )
     restore_signals = _drain_on_signal(hub)
     try:
@@ -115,10 +119,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 class _GatewayApp(FastAPI):
-    """The security headers wrap even Starlette's error layer, so an unexpected 500 carries them too."""
+    """The security headers wrap even Starlette's error layer, so an unexpected 500 carries them too;
+    SSE bodies are streamed outside every layer (api/streams/handoff.py)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(super().build_middleware_stack())
+        return StreamHandoff(SecurityHeaders(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

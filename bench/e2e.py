@@ -1,12 +1,13 @@
 """relaygate end to end under load, beside the original prototype, in the same run.
 
-    uv run --extra worker python bench/e2e.py [--runs 1] [--clients 50,200,1000] [--cases ...]
+    uv run --extra worker python bench/e2e.py [--runs 1] [--clients 50,200,1000] [--cases ...] [--client aiohttp]
 
 Starts embedded Postgres + Valkey, then for each case one gateway (`uvicorn api.main:app`) and
 N agent workers (`python -m cli.main worker`), or the prototype (bench/prototype: FastAPI +
 an ARQ worker, arq max_jobs=1000). C clients at once, from separate load processes
 (bench/e2e_load.py), each `POST /stream?feature_id=default&chat_id=<its own>` with a bearer
-token, read to `data: [DONE]`. See bench/README.md ("End to end") for the figures.
+token, read to `data: [DONE]`, by raw-socket clients (`--client light`) or aiohttp ones (`--client aiohttp`).
+See bench/README.md ("End to end") for the figures.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CASES: dict[str, dict[str, Any]] = {
     "proto-20ms": {"system": "proto", "workers": 1, "env": {"PROTO_DELAY_MS": "20"}},
     "rg": {"system": "rg", "workers": 1, "env": {}},
     "rg-2w": {"system": "rg", "workers": 2, "env": {}},
+    "rg-2p": {"system": "rg", "workers": 1, "env": {"WORKER_PROCESSES": "2"}},  # relaygate worker --processes 2
     "rg-1ev": {"system": "rg", "workers": 1, "env": {"TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
     "rg-20ms": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50"}},
     "rg-20ms-1ev": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50",
@@ -104,7 +106,8 @@ class System:
             for proc in group:
                 if proc is not None and proc.poll() is None:
                     with contextlib.suppress(psutil.Error):
-                        procs.setdefault(name, []).append(psutil.Process(proc.pid))
+                        found = psutil.Process(proc.pid)
+                        procs.setdefault(name, []).extend([found, *found.children(recursive=True)])
         procs.update(self.stack.infra.server_processes())
         return procs
 
@@ -113,19 +116,64 @@ class System:
             await bench._terminate(proc, 20)
 
 
-async def one_run(system: System, folder: Path, clients: int, procs: int, timeout: float) -> dict[str, Any]:
+class MemoryPeak:
+    """Peak memory of the servers while a run goes, per process group (RSS and PSS) and in all (PSS).
+
+    PSS splits shared pages (Postgres' shared buffers, the pages a forked worker shares with its
+    supervisor) between the processes that map them, so the total does not count them twice.
+    """
+
+    def __init__(self, lister: Any, every: float = 0.5) -> None:
+        self.lister = lister
+        self.every = every
+        self.peaks: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        now: dict[str, float] = {}
+        for name, procs in self.lister().items():
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    info = proc.memory_full_info()
+                    now[f"{name}_rss"] = now.get(f"{name}_rss", 0.0) + info.rss / 2**20
+                    now[f"{name}_pss"] = now.get(f"{name}_pss", 0.0) + info.pss / 2**20
+        now["pss_total"] = sum(v for k, v in now.items() if k.endswith("_pss"))
+        for key, value in now.items():
+            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(self.every)
+
+    def begin(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def end(self) -> dict[str, int]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return {k: round(v) for k, v in sorted(self.peaks.items())}
+
+
+async def one_run(system: System, folder: Path, clients: int, procs: int, timeout: float,
+                  client: str) -> dict[str, Any]:
     token = system.stack.token(f"user-{uuid.uuid4().hex[:6]}", f"bench-e2e-{uuid.uuid4().hex[:6]}")
     chats = [uuid.uuid4().hex[:12] for _ in range(clients)]
     window = bench.CpuWindow(system.processes)
+    memory = MemoryPeak(system.processes)
     loads = [await bench.LoadProc.start("e2e", {
-        "port": system.stack.port, "token": token, "chats": part, "timeout": timeout,
+        "port": system.stack.port, "token": token, "chats": part, "timeout": timeout, "client": client,
         "expect_tokens": TOKENS, "sample_every": max(1, clients // 50)}, folder, script="e2e_load.py")
         for part in bench.split(chats, procs)]
     for lp in loads:
         await lp.expect("READY", 30)
     window.begin()
+    memory.begin()
     results = [await lp.expect("RESULT", timeout + 30) for lp in loads]
     cpu = window.end()
+    peak_mb = await memory.end()
     for lp in loads:
         await lp.wait()
     start = min(r["start"] for r in results)
@@ -147,6 +195,8 @@ async def one_run(system: System, folder: Path, clients: int, procs: int, timeou
         "run_failed": sum(r["failed"] for r in results),
         "server_cpu_s": round(sum(v for k, v in window.used.items() if k != "load"), 1),
         "worker_cpu_us_per_token": round(window.used.get("worker", 0.0) / max(tokens, 1) * 1e6, 1),
+        "peak_mb": peak_mb["pss_total"],
+        "peak_memory_mb": peak_mb,
         "cpu_percent": cpu,
         "seconds": round(end - start, 2),
     }
@@ -174,7 +224,7 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
                 for c in [int(x) for x in args.clients.split(",")]:
                     runs = []
                     for i in range(args.runs):
-                        r = await one_run(system, folder, c, args.load_procs, args.timeout)
+                        r = await one_run(system, folder, c, args.load_procs, args.timeout, args.client)
                         bench.log(f"{name} C={c} run {i + 1}: {json.dumps(r)}")
                         runs.append(r)
                     results.append({"case": name, "clients": c, "median": median_of(runs), "runs": runs})
@@ -186,14 +236,14 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}{'rate p10':>10}"
-          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}{'wrk us/tok':>11}")
+          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}{'wrk us/tok':>11}{'peak MB':>9}")
     for r in results:
         m = r["median"]
         print(f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
               f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['stream_rate_p10']:>10.1f}"
               f"{m['complete']:>7.0f}{m['cut_short']:>7}"
               f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}"
-              f"{m['worker_cpu_us_per_token']:>11.1f}")
+              f"{m['worker_cpu_us_per_token']:>11.1f}{m['peak_mb']:>9.0f}")
 
 
 def main() -> None:
@@ -202,6 +252,8 @@ def main() -> None:
     p.add_argument("--clients", default="50,200,1000")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--load-procs", type=int, default=2)
+    p.add_argument("--client", choices=["light", "aiohttp"], default="light",
+                   help="light: raw sockets on uvloop; aiohttp: an aiohttp session on asyncio, json.loads per event")
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for gateway and workers")
     p.add_argument("--output", default=str(bench.BENCH / "results" / "e2e.json"))

@@ -3,6 +3,10 @@
 `python bench/e2e_load.py e2e CONFIG.json`; reads every reply to `data: [DONE]` and reports one
 `RESULT {json}` line (see bench/README.md, "End to end"). Works against relaygate (events with
 `type`, `ts`, `data.text`) and the prototype (one message per event, `ts` in its data).
+
+Two clients (`client` in the config): `light`, raw sockets parsed by httptools on uvloop with
+orjson; `aiohttp`, an aiohttp session on the default asyncio loop reading the body line by line
+and decoding each event with `json.loads`, as a typical Python consumer does.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import uvloop
 from load import Frames, Http, connect, emit, post_request, raise_nofile
@@ -39,32 +45,34 @@ class Client:
             return
         now = time.time()
         for frame in chunk.split(b"\n\n"):
-            if not frame.startswith(b"data: "):
-                continue
-            payload = frame[6:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                self.last = now
-                continue
-            event = orjson.loads(payload)
-            kind = event.get("type")
-            if kind is None:  # the prototype: every message is one token
-                count, ts = 1, float(event["ts"])
-            elif kind == "token":
-                count, ts = len(event["data"]["text"].split()), float(event["ts"])
-            else:
-                self.kinds[kind] = self.kinds.get(kind, 0) + 1
-                continue
-            if not self.first:
-                self.first = now
-            self.tokens += count
-            self.events += 1
+            if frame.startswith(b"data: "):
+                self.data(frame[6:].strip(), now, orjson.loads)
+
+    def data(self, payload: bytes, now: float, loads: Callable[[bytes], Any]) -> None:
+        """One `data:` payload received at `now`."""
+        if payload == b"[DONE]":
+            self.done = True
             self.last = now
-            if self.events % self.sample_every == 0:
-                self.samples.append((now - ts) * 1000)
+            return
+        event = loads(payload)
+        kind = event.get("type")
+        if kind is None:  # the prototype: every message is one token
+            count, ts = 1, float(event["ts"])
+        elif kind == "token":
+            count, ts = len(event["data"]["text"].split()), float(event["ts"])
+        else:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            return
+        if not self.first:
+            self.first = now
+        self.tokens += count
+        self.events += 1
+        self.last = now
+        if self.events % self.sample_every == 0:
+            self.samples.append((now - ts) * 1000)
 
 
-async def one(cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
+async def one_light(cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
     client = Client(samples, cfg.get("sample_every", 5))
     try:
         http: Http = await connect(cfg["port"])
@@ -80,11 +88,38 @@ async def one(cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
     return client
 
 
+async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat: str,
+                      samples: list[float]) -> Client:
+    client = Client(samples, cfg.get("sample_every", 5))
+    client.sent = time.time()
+    url = f"http://127.0.0.1:{cfg['port']}/stream?feature_id=default&chat_id={chat}"
+    try:
+        async with asyncio.timeout(cfg["timeout"]), session.post(
+                url, json={}, headers={"Authorization": f"Bearer {cfg['token']}"}) as response:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    client.data(line[6:].strip(), time.time(), json.loads)
+                    if client.done:
+                        break
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    return client
+
+
+async def run_clients(cfg: dict[str, Any], samples: list[float]) -> list[Client]:
+    if cfg.get("client", "light") == "light":
+        return await asyncio.gather(*(one_light(cfg, chat, samples) for chat in cfg["chats"]))
+    # One connection per client (no pool limit), as C separate users would have.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        return await asyncio.gather(*(one_aiohttp(session, cfg, chat, samples) for chat in cfg["chats"]))
+
+
 async def main_async(cfg: dict[str, Any]) -> None:
     samples: list[float] = []
     emit("READY")
     start = time.time()
-    clients = await asyncio.gather(*(one(cfg, chat, samples) for chat in cfg["chats"]))
+    clients = await run_clients(cfg, samples)
     emit("RESULT", {
         "start": start,
         "end": max((c.last for c in clients), default=start),
@@ -105,7 +140,10 @@ async def main_async(cfg: dict[str, Any]) -> None:
 def main() -> None:
     raise_nofile()
     cfg = json.loads(open(sys.argv[-1]).read())
-    uvloop.run(main_async(cfg))
+    if cfg.get("client", "light") == "light":
+        uvloop.run(main_async(cfg))
+    else:
+        asyncio.run(main_async(cfg))
 
 
 if __name__ == "__main__":

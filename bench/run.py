@@ -529,7 +529,7 @@ class Bench:
         opening = self.cpu_window()
         opening.begin()
         loads = await self.stream_clients("idle", token, sessions, hold=a.hold)
-        held_info = [await lp.expect("HELD", 300) for lp in loads]
+        held_info = [await lp.expect("HELD", 300 + a.streams / 20) for lp in loads]
         opening_cpu = opening.end({"load": sum(h["cpu_s"] for h in held_info)})
         opened = sum(h["opened"] for h in held_info)
         window = self.cpu_window()
@@ -563,6 +563,7 @@ class Bench:
                         "gateway_cpu_ms_per_open": round(opening.used["gateway"] / max(opened, 1) * 1e3, 2),
                         "cpu_percent_while_opening": opening_cpu,
                         "gateway_redis_connections": redis_conns, "rss_start_mb": round(rss_start, 1),
+                        "gateway_kb_per_stream": round((rss - rss_start) * 1024 / max(held, 1), 1),
                         "cpu_percent_while_idle": cpu},
         }
 

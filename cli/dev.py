@@ -65,11 +65,16 @@ RESTARTS_PER_MINUTE = 5
 
 @dataclass
 class Child:
-    """A process `relaygate dev` keeps running: restarted when it dies, up to RESTARTS_PER_MINUTE."""
+    """A process `owner` keeps running: restarted when it dies, up to RESTARTS_PER_MINUTE.
+
+    `own_session` keeps a terminal's Ctrl-C from reaching it: only `owner` signals it.
+    """
 
     name: str
     args: list[str]
     env: dict[str, str]
+    owner: str = "relaygate dev"
+    own_session: bool = False
     process: subprocess.Popen[bytes] = field(init=False)
     restarts: list[float] = field(default_factory=list)
 
@@ -77,7 +82,7 @@ class Child:
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, env=self.env)
+        self.process = subprocess.Popen(self.args, env=self.env, start_new_session=self.own_session)
 
     def revive(self) -> bool:
         """Restart the process if it died; False once it died too often to go on."""
@@ -87,23 +92,26 @@ class Child:
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < 60] + [now]
         if len(self.restarts) > RESTARTS_PER_MINUTE:
-            click.echo(f"relaygate dev: the {self.name} exited with code {code} "
+            click.echo(f"{self.owner}: the {self.name} exited with code {code} "
                        f"{RESTARTS_PER_MINUTE} times in a minute; giving up", err=True)
             return False
-        click.echo(f"relaygate dev: the {self.name} exited with code {code}; restarting it", err=True)
+        click.echo(f"{self.owner}: the {self.name} exited with code {code}; restarting it", err=True)
         self.start()
         return True
 
 
-def _stop(children: list[Child]) -> None:
+def stop_children(children: list[Child], timeout: float = 15) -> None:
+    """SIGTERM every child, wait up to `timeout` seconds for all of them, then kill what is left."""
     for child in children:
         if child.process.poll() is None:
             child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
     for child in children:
         try:
-            child.process.wait(15)
+            child.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.process.kill()
+            child.process.wait()
 
 
 def _guard(postgres: EmbeddedPostgres | None, valkey: EmbeddedValkey | None) -> subprocess.Popen[bytes] | None:
@@ -181,7 +189,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: 
     except KeyboardInterrupt:
         click.echo("\nstopping ...", err=True)
     finally:
-        _stop(children)
+        stop_children(children)
         if valkey:
             valkey.stop()
         if postgres:

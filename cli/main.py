@@ -305,8 +305,17 @@ def _follow(url: str, token_: str, session_id: str, last: str | None) -> str | N
 
 @main.command()
 @click.option("--feature", default=None, help="serve this feature's queue (default: FEATURE or 'default')")
-def worker(feature: str | None) -> None:
-    """Run an agent worker."""
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="worker processes under one supervisor, one per core (default: WORKER_PROCESSES or 1)")
+def worker(feature: str | None, processes: int | None) -> None:
+    """Run an agent worker (N processes on one queue with --processes N)."""
+    settings = get_settings()
+    count = processes or settings.worker_processes
+    if count > 1:
+        from cli.supervisor import supervise
+
+        supervise(settings, feature, count)
+        return
     from workers.main import run
 
     run(feature)

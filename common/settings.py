@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     rate_limit_integration_per_minute: int = Field(default=3_000, ge=0)
     max_running_requests_per_user: int = Field(default=50, ge=0)
     max_streams_per_user: int = Field(default=100, ge=0)
-    max_streams_per_process: int = Field(default=10_000, ge=0)
+    max_streams_per_process: int = Field(default=0, ge=0)
+    # Descriptors a gateway keeps for everything but SSE streams (Postgres and Redis connections,
+    # other HTTP connections, files): past RLIMIT_NOFILE less this, new streams get 503.
+    stream_fd_reserve: int = Field(default=1_000, ge=0)
     max_reply_tokens: int = Field(default=4_096, ge=0)
 
     # Budgets (docs/USAGE.md): defaults per UTC day and month; 0 turns one off.
@@ -89,6 +92,8 @@ class Settings(BaseSettings):
     worker_drain_seconds: float = 20.0
     worker_stream_connections: int = 16
     worker_metrics_port: int = 0
+    # `relaygate worker` runs this many processes under one supervisor (one per core).
+    worker_processes: int = Field(default=1, ge=1)
     token_flush_ms: float = Field(default=15.0, ge=0)
     token_flush_tokens: int = 32
     lease_seconds: float = 15.0

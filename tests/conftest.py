@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -112,18 +114,23 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str],
+               preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
         log = self.folder / f"{name}-{len(self._logs)}.log"
         self._logs.append(log)
         with log.open("wb") as out:
-            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    preexec_fn=preexec_fn)
 
-    def start_gateway(self, **env: str) -> None:
+    def start_gateway(self, nofile: int | None = None, **env: str) -> None:
+        """Start the gateway; `nofile` caps its descriptors (soft and hard RLIMIT_NOFILE) as a host would."""
         self.port = self.port or free_port()
+        limit = None if nofile is None else functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE,
+                                                               (nofile, nofile))
         self.gateway = self._spawn("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                                                "127.0.0.1", "--port", str(self.port), "--no-access-log",
                                                "--timeout-graceful-shutdown", "3"],
-                                   {**self.env, **env})
+                                   {**self.env, **env}, limit)
         wait_until(lambda: _healthy(self.base_url), 60, f"gateway on {self.base_url} (log: {self._logs[-1]})")
 
     def start_worker(self, feature: str = "default", *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from starlette.responses import StreamingResponse
-
 from api.deps import Gateway
 from api.errors import BadRequest, Invalid, ServiceUnavailable, refused
+from api.streams.handoff import SseResponse
 from common.auth import Principal
+from common.limits import REFUSALS
 from common.streams import id_before, parse_id, valid_id
 
 MAX_ID_PART = 2**64 - 1
@@ -16,12 +16,13 @@ MAX_ID_PART = 2**64 - 1
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(frames: AsyncIterator[bytes]) -> SseResponse:
+    return SseResponse(frames, headers=SSE_HEADERS)
 
 
 async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
-    """A slot under the stream limits, taken before anything else is done: 429 over a limit, 503 if Redis is down.
+    """A slot under the stream limits, taken before anything else is done: 429 over a limit, 503 if Redis is down
+    or the process is a reserve short of its descriptor limit.
 
     None when this gateway counts no streams. Pass the slot to `held_response` or `release_stream`.
     """
@@ -29,6 +30,12 @@ async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
         raise ServiceUnavailable("this gateway is shutting down; reconnect", headers={"Retry-After": "1"})
     if gw.slots is None:
         return None
+    if gw.capacity is not None and gw.capacity.full(gw.slots.count):
+        REFUSALS.labels("file_descriptors").inc()
+        # Connection: close frees the refused connection's descriptor at once.
+        raise ServiceUnavailable(f"this gateway holds {gw.slots.count} streams, as many as its descriptor limit "
+                       f"({gw.capacity.limit}) allows; retry (another replica may take it)",
+                       headers={"Retry-After": "1", "Connection": "close"})
     slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)
     if refusal is not None:
         raise refused(refusal)
@@ -40,12 +47,12 @@ def release_stream(gw: Gateway, slot: str | None) -> None:
         gw.slots.release(slot)
 
 
-def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> StreamingResponse:
+def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> SseResponse:
     """The SSE response of a reserved slot, which is freed when the stream ends or its client leaves."""
     return sse_response(_holding(gw, slot, frames))
 
 
-async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> StreamingResponse:
+async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> SseResponse:
     return held_response(gw, await reserve_stream(gw, who), frames)
 
 

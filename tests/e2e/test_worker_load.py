@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from cli.sse import SseEvent
@@ -148,3 +149,27 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
     except subprocess.TimeoutExpired:
         pytest.fail("the worker did not stop")
     wait_until(lambda: "run handed back" in gateway.logs(), 5, "the hand-back to be logged")
+
+
+def test_worker_processes_are_restarted_and_drain_on_sigterm(gateway: Stack) -> None:
+    supervisor = gateway.start_worker("load", WORKER_PROCESSES="2", WORKER_DRAIN_SECONDS="10", **LEASES)
+    log = gateway._worker_logs[supervisor.pid]
+
+    def ready(count: int) -> bool:
+        return log.read_text().count("model layer ready") >= count
+
+    wait_until(lambda: ready(2), 90, f"two worker processes to be ready (log: {log})")
+    children = psutil.Process(supervisor.pid).children()
+    assert len(children) == 2, children
+    children[0].kill()
+    wait_until(lambda: ready(3), 90, f"the killed worker process to be replaced (log: {log})")
+    now = psutil.Process(supervisor.pid).children()
+    assert len(now) == 2 and children[0].pid not in {p.pid for p in now}, now
+    assert "worker process 1 exited with code -9; restarting it" in log.read_text()
+
+    c, r = _start(gateway, "finish before you go", 30, 15)
+    first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
+    supervisor.send_signal(signal.SIGTERM)
+    _assert_completed_once(_whole_reply(c, r, first), "finish before you go", 30)
+    assert supervisor.wait(40) == 0, log.read_text()[-3000:]
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in now)
