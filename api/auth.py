@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from common.auth import Principal, decode_jwt, hash_api_key, lookup_api_key, well_formed_api_key
-from common.settings import Settings
+from common.platform.credentials import Principal, decode_jwt, hash_api_key, lookup_api_key, well_formed_api_key
+from common.platform.settings import Settings
 
 _MAX_ENTRIES = 10_000
 

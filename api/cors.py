@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from common.settings import Settings
+from common.platform.settings import Settings
 
 # Response headers a script on another origin may read (the rest stay hidden by the browser).
 EXPOSED_HEADERS = ["Location", "Content-Location", "Retry-After", "x-correlation-id", "x-vercel-ai-ui-message-stream",

@@ -12,14 +12,15 @@ from fastapi import Depends, Request
 
 from api.auth import Authenticator, LookupBudgetExceeded
 from api.errors import Forbidden, ServiceUnavailable, Unauthorized
-from common.agents import AgentRegistry
-from common.auth import API_KEY_PREFIX, AuthError, Principal
-from common.budgets import BudgetBook
-from common.descriptors import StreamCapacity
-from common.hub import Hub
-from common.limits import Limits, StreamSlots
-from common.settings import Settings
-from common.streams import StreamsRedis, StreamWriter
+from api.streams.capacity import StreamCapacity
+from common.agents.registry import AgentRegistry
+from common.platform.credentials import API_KEY_PREFIX, AuthError, Principal
+from common.platform.settings import Settings
+from common.requests.limits import Limits, StreamSlots
+from common.streams.hub import Hub
+from common.streams.protocol import StreamsRedis
+from common.streams.writer import StreamWriter
+from common.usage.budgets import BudgetBook
 
 
 @dataclass
@@ -81,7 +82,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[[Principal], Await
     """A dependency (for a route or a router) that answers 403 unless the credential allows `scope`
     (or one of `alternatives`, for a route that serves several kinds of work).
 
-    Scopes are in `common.auth`: a credential naming none of the route scopes may use every
+    Scopes are in `common.platform.credentials`: a credential naming none of the route scopes may use every
     route but /metrics; one naming some may use only those routes.
     """
     wanted = (scope, *alternatives)

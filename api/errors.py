@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import JSONResponse
-from common.limits import Refusal
-from common.outages import POSTGRES_ERRORS, REDIS_ERRORS
+from common.platform.outages import POSTGRES_ERRORS, REDIS_ERRORS
+from common.requests.limits import Refusal
 
 log = logging.getLogger(__name__)
 

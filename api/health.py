@@ -15,9 +15,9 @@ from redis.exceptions import RedisError
 
 from api.deps import Gateway, GatewayDep, require_scope
 from api.responses import JSONResponse
-from common.auth import SCOPE_METRICS, Principal
-from common.keys import queue_name
-from common.metrics import QUEUE_DEPTH
+from common.platform.credentials import SCOPE_METRICS, Principal
+from common.platform.keys import queue_name
+from common.platform.metrics import QUEUE_DEPTH
 
 router = APIRouter(tags=["health"])
 

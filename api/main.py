@@ -17,35 +17,37 @@ from starlette.types import ASGIApp
 from api import cors, errors
 from api.aisdk.router import router as aisdk_router
 from api.budgets.router import router as budgets_router
+from api.delivery.router import router as integrations_router
 from api.deps import Gateway
 from api.events.router import router as events_router
 from api.flows.router import router as flows_router
+from api.flows.runs.router import router as runs_router
 from api.health import router as health_router
-from api.integrations.router import router as integrations_router
 from api.langgraph.router import router as langgraph_router
 from api.middleware import GatewayMiddleware, SecurityHeaders
 from api.openai.router import router as openai_router
 from api.openapi import router as openapi_router
 from api.requests.compat import router as compat_router
 from api.requests.router import router as requests_router
-from api.runs.router import router as runs_router
 from api.schedules.router import router as schedules_router
 from api.sessions.router import router as sessions_router
 from api.slack.router import router as slack_router
+from api.streams.capacity import stream_capacity
 from api.streams.handoff import StreamHandoff
 from api.streams.router import router as stream_router
 from api.usage.router import router as usage_router
 from api.webhooks.router import configs as webhook_configs_router
 from api.webhooks.router import intake as webhook_intake_router
-from common import logging as rg_logging
-from common import queue, runtime, tracing
-from common.budgets import BudgetBook
-from common.context import open_stores, start_hub
-from common.descriptors import stream_capacity
-from common.hub import Hub
-from common.limits import Limits, StreamSlots
-from common.settings import Settings, get_settings
-from common.tracing import TracingMiddleware
+from common.platform import logging as rg_logging
+from common.platform import tracing
+from common.platform import tuning as runtime
+from common.platform.context import open_stores, start_hub
+from common.platform.settings import Settings, get_settings
+from common.platform.tracing import TracingMiddleware
+from common.queue import enqueue as queue
+from common.requests.limits import Limits, StreamSlots
+from common.streams.hub import Hub
+from common.usage.budgets import BudgetBook
 
 STATIC = Path(__file__).parent / "static"
 

@@ -10,7 +10,7 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.logging import correlation_id
+from common.platform.logging import correlation_id
 
 log = logging.getLogger("relaygate.access")
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.streams.relay import sse_frame
 from api.streams.sse import sse_response
-from common.hub import Entry, to_entry
-from common.streams import Event
+from common.streams.hub import Entry, to_entry
+from common.streams.protocol import Event
 
 EVENTS = 100_000
 IDLE_STREAMS = 2_000
@@ -159,7 +159,7 @@ async def sse() -> None:
 
 async def _fake_checks(redis: Any, other: Any) -> dict[str, str]:
     """The behaviours relaygate relies on, on one server reached by two clients."""
-    from common.streams import StreamWriter
+    from common.streams.writer import StreamWriter
 
     results: dict[str, str] = {}
     key = f"rg:{{b1}}:{uuid.uuid4()}"
@@ -190,7 +190,7 @@ async def _fake_checks(redis: Any, other: Any) -> dict[str, str]:
         return bool(await redis.client_kill_filter(_type="normal", skipme=True))
 
     async def hub_relay() -> bool:
-        from common.hub import Hub, ServerConnections
+        from common.streams.hub import Hub, ServerConnections
 
         hub = Hub(redis, ServerConnections(redis.connection_pool), readers=1, block_ms=1000, queue_size=10,
                   heartbeat_seconds=60)
@@ -216,7 +216,7 @@ async def fakeredis_vs_valkey() -> None:
     import fakeredis
     from redis.asyncio import Redis
 
-    from common.embedded import EmbeddedValkey
+    from cli.dev.embedded import EmbeddedValkey
 
     start = time.perf_counter()
     server = fakeredis.FakeServer()

@@ -41,9 +41,9 @@ from chaos_verify import Verifier, active_rows, catch_up, load_rows, read_stream
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from common.auth import mint_token
-from common.keys import stream_key
-from common.settings import Settings
+from common.platform.credentials import mint_token
+from common.platform.keys import stream_key
+from common.platform.settings import Settings
 
 EXPECTED_CLOSE_SLACK = 2.0
 READY_TIMEOUT = 300.0

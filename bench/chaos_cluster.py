@@ -26,8 +26,8 @@ import psutil
 import run as bench
 from chaos_report import Anomalies, log
 
-from common import db
-from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from common.platform import db
 
 READY_MSG = "model layer ready"  # the worker runs replies at full speed from here (workers.model)
 HEALTH_TIMEOUT = 300.0

@@ -24,8 +24,8 @@ from chaos_clients import Received, SessionClient
 from chaos_report import Anomalies, spread
 from redis.asyncio import Redis
 
-from common.keys import stream_key
-from common.streams import event_json, parse_id
+from common.platform.keys import stream_key
+from common.streams.protocol import event_json, parse_id
 
 TERMINALS = {"run.completed", "run.failed", "run.cancelled"}
 ACTIVE = {"queued", "running"}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
 import run as bench
 
-from cli.dev import wait_healthy
+from cli.dev.command import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,11 +42,11 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from common import db  # noqa: E402
-from common.auth import mint_token  # noqa: E402
-from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
-from common.keys import stream_key  # noqa: E402
-from common.settings import Settings  # noqa: E402
+from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
+from common.platform import db  # noqa: E402
+from common.platform.credentials import mint_token  # noqa: E402
+from common.platform.keys import stream_key  # noqa: E402
+from common.platform.settings import Settings  # noqa: E402
 
 # The benchmarks drive one user far past the per-user limits on purpose.
 UNLIMITED = {name: "0" for name in ("RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_TENANT_PER_MINUTE",

@@ -39,11 +39,11 @@ import run as bench
 from redis import Redis
 from run import ROOT, CpuWindow, LoadProc, Profiler, log, raise_nofile
 
-from common import db
-from common.auth import mint_token
-from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from common.hub import HUB_READER_NAME
-from common.settings import Settings
+from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from common.platform import db
+from common.platform.credentials import mint_token
+from common.platform.settings import Settings
+from common.streams.hub import HUB_READER_NAME
 from tests.cluster import EmbeddedValkeyCluster
 
 # Kernel settings the scenario needs at 100,000 connections: (sysctl, at least, why).

@@ -22,7 +22,8 @@ import orjson
 import uvloop
 from load import emit, raise_nofile
 
-from common.streams import Event, StreamWriter, connect
+from common.streams.protocol import Event, connect
+from common.streams.writer import StreamWriter
 
 IN_FLIGHT = 4  # ticks whose appends may overlap when one takes longer than a tick
 

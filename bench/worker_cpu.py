@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.settings import Settings  # noqa: E402
+from common.platform.settings import Settings  # noqa: E402
 from workers import model  # noqa: E402
 
 MODEL = "openai/bench-model"

@@ -15,12 +15,12 @@ import click
 import httpx
 
 from cli import approvals
-from cli.dev import read_state, run_dev, write_state
+from cli.dev.command import read_state, run_dev, write_state
+from cli.dev.embedded import EmbeddedPostgres
 from cli.sse import SseEvent, iter_events
-from common import db
-from common.auth import AuthError, create_api_key, list_api_keys, mint_token, revoke_api_key
-from common.embedded import EmbeddedPostgres
-from common.settings import Settings, get_settings
+from common.platform import db
+from common.platform.credentials import AuthError, create_api_key, list_api_keys, mint_token, revoke_api_key
+from common.platform.settings import Settings, get_settings
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def token(user_id: str, tenant_id: str, ttl: int, scopes: tuple[str, ...]) -> No
     """Mint a development JWT (HS256, JWT_SECRET_KEY or the `relaygate dev` secret)."""
     settings = get_settings()
     if not settings.jwt_secret_key.get_secret_value():
-        from common.embedded import dev_secret
+        from cli.dev.embedded import dev_secret
 
         settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(
             dev_secret(settings.data_dir.resolve()))})

@@ -15,8 +15,8 @@ import time
 
 import click
 
-from cli.dev import Child, stop_children
-from common.settings import Settings
+from cli.dev.command import Child, stop_children
+from common.platform.settings import Settings
 
 OWNER = "relaygate worker"
 STOP_MARGIN_SECONDS = 10  # past a child's own drain deadline, before it is killed

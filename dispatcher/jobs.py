@@ -6,12 +6,14 @@ import logging
 import time
 from typing import Any
 
-from common import delivery, integrations, verification
-from common.delivery import DeliveryJob
-from common.logging import correlation_id
-from common.models import JobPayload
-from dispatcher import records, slack
-from dispatcher.channels import DeliveryError, Reply, email, sms, webhook
+from common.delivery import configs as integrations
+from common.delivery import jobs as delivery
+from common.delivery import verification
+from common.delivery.jobs import DeliveryJob
+from common.platform.logging import correlation_id
+from common.requests.models import JobPayload
+from dispatcher import records
+from dispatcher.channels import DeliveryError, Reply, email, slack, sms, webhook
 from dispatcher.runtime import Runtime
 
 log = logging.getLogger(__name__)

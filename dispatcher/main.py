@@ -12,14 +12,16 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from prometheus_client import start_http_server
 
-from common import logging as rg_logging
-from common import runtime, verification
-from common.context import open_stores, start_hub
-from common.delivery import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK, SLACK_NOTICE
-from common.keys import dispatcher_queue
-from common.queue_worker import RelayWorker
-from common.settings import Settings, get_settings
-from dispatcher import jobs, slack
+from common.delivery import verification
+from common.delivery.jobs import DELIVER, DELIVER_REQUEST, FOLLOW_SLACK, SLACK_NOTICE
+from common.platform import logging as rg_logging
+from common.platform import tuning as runtime
+from common.platform.context import open_stores, start_hub
+from common.platform.keys import dispatcher_queue
+from common.platform.settings import Settings, get_settings
+from common.queue.worker import RelayWorker
+from dispatcher import jobs
+from dispatcher.channels import slack
 from dispatcher.runtime import Runtime
 from dispatcher.verification import send_verification
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import asyncpg
 
-from common import sink
-from common.delivery import DeliveryJob
-from common.integrations import DeliveryStatus
-from common.metrics import DELIVERIES
-from common.streams import Event, EventType, StreamWriter
+from common.delivery.configs import DeliveryStatus
+from common.delivery.jobs import DeliveryJob
+from common.platform import sink
+from common.platform.metrics import DELIVERIES
+from common.streams.protocol import Event, EventType
+from common.streams.writer import StreamWriter
 
 
 async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:

@@ -9,9 +9,10 @@ import asyncpg
 import httpx
 from arq.connections import ArqRedis
 
-from common.hub import Hub
-from common.settings import Settings
-from common.streams import StreamsRedis, StreamWriter
+from common.platform.settings import Settings
+from common.streams.hub import Hub
+from common.streams.protocol import StreamsRedis
+from common.streams.writer import StreamWriter
 
 
 @dataclass

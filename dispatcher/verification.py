@@ -1,5 +1,5 @@
 """The dispatcher's `send_verification` job: a new code to a destination a user saved, sent through the
-channel itself (common.verification); a failed send is retried, then logged, and saving again resends."""
+channel itself (common.delivery.verification); a failed send is retried, then logged, and saving again resends."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from arq import Retry
 
-from common import verification
-from common.verification import CODE_SECONDS, VerificationJob
+from common.delivery import verification
+from common.delivery.verification import CODE_SECONDS, VerificationJob
 from dispatcher.channels import DeliveryError, Reply, email, sms
 from dispatcher.runtime import Runtime
 

@@ -11,9 +11,9 @@ from kubernetes_asyncio.config import ConfigException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from common.agents import AgentRegistry, load_agents
-from common.keys import queue_name
-from common.settings import Settings, get_settings
+from common.agents.registry import AgentRegistry, load_agents
+from common.platform.keys import queue_name
+from common.platform.settings import Settings, get_settings
 from orchestrator import objects
 from orchestrator.config import OrchestratorSettings
 from orchestrator.kube import Kube, KubeError, connect

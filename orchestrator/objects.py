@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from common.keys import queue_name
+from common.platform.keys import queue_name
 from orchestrator.config import OrchestratorSettings
 
 MANAGED_BY = "relaygate.io/managed-by"

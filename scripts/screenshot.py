@@ -15,8 +15,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, Route, sync_playwright
 
-from cli.dev import read_state
-from common.settings import Settings
+from cli.dev.command import read_state
+from common.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

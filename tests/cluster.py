@@ -7,7 +7,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from common.embedded import EmbeddedValkey, free_port
+from cli.dev.embedded import EmbeddedValkey, free_port
 
 SLOTS = 16384
 

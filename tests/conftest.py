@@ -22,10 +22,10 @@ import asyncpg
 import httpx
 import pytest
 
-from common import db
-from common.auth import mint_token
-from common.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from common.settings import Settings
+from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from common.platform import db
+from common.platform.credentials import mint_token
+from common.platform.settings import Settings
 from tests.cluster import EmbeddedValkeyCluster
 from tests.fakes.http_target import Target
 

@@ -9,9 +9,11 @@ import uuid
 import asyncpg
 import pytest
 
-from common import db, lifecycle, queue
-from common.keys import queue_name, queue_wake_key
-from common.models import JobPayload
+from common.platform import db
+from common.platform.keys import queue_name, queue_wake_key
+from common.queue import enqueue as queue
+from common.requests import lifecycle
+from common.requests.models import JobPayload
 from tests.conftest import Infra
 from workers import claims as claims_module
 from workers.claims import ClaimBatcher

@@ -11,8 +11,8 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from arq.worker import func
 
-from common import queue
-from common.queue_worker import COLD_JOB_AGE_SECONDS, RelayWorker
+from common.queue import enqueue as queue
+from common.queue.worker import COLD_JOB_AGE_SECONDS, RelayWorker
 from tests.conftest import Infra
 
 

@@ -15,7 +15,8 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import SlotNotCoveredError
 
-from common.hub import (
+from common.platform.keys import bucket, stream_key
+from common.streams.hub import (
     HEARTBEAT,
     OVERFLOW,
     ClusterConnections,
@@ -27,8 +28,8 @@ from common.hub import (
     _Reader,
     batches,
 )
-from common.keys import bucket, stream_key
-from common.streams import Event, StreamWriter, connect, parse_id
+from common.streams.protocol import Event, connect, parse_id
+from common.streams.writer import StreamWriter
 from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Infra
 

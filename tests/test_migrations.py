@@ -9,7 +9,7 @@ import re
 import asyncpg
 import pytest
 
-from common import db
+from common.platform import db
 from tests.conftest import Infra, _external_database
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from common import outbound
-from common.embedded import free_port
+from cli.dev.embedded import free_port
+from common.platform import outbound
 from tests.fakes.http_target import Target
 from tests.fakes.tls import make_ca_and_cert
 

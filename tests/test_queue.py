@@ -7,9 +7,9 @@ import uuid
 from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job
 
-from common import queue
-from common.keys import queue_name
-from common.models import JobPayload
+from common.platform.keys import queue_name
+from common.queue import enqueue as queue
+from common.requests.models import JobPayload
 from tests.conftest import Infra
 
 

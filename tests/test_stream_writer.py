@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from common.keys import bucket
-from common.streams import Event, StreamWriter, connect
+from common.platform.keys import bucket
+from common.streams.protocol import Event, connect
+from common.streams.writer import StreamWriter
 from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Infra
 

@@ -1,6 +1,6 @@
 """The agent loop: the model with the agent's MCP tools, each asked-for call run and fed back, to an answer.
 
-Every call is checkpointed in `tool_steps` (common.tool_steps): `running` before it starts, finished
+Every call is checkpointed in `tool_steps` (common.agents.tool_steps): `running` before it starts, finished
 before the loop goes on. A retried attempt first replays the finished steps (their events again, marked
 `replayed`, and the conversation rebuilt from them) and never calls a finished tool again; a call that
 was in flight when its worker died runs again only if the agent lists it `idempotent`. A call to a tool
@@ -20,9 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from common import tool_steps
-from common.agents import Agent
-from common.streams import Event
+from common.agents import tool_steps
+from common.agents.registry import Agent
+from common.streams.protocol import Event
 from workers import model, runner
 from workers.attempt import Attempt, Stop
 from workers.mcp_client import Outcome, Tool

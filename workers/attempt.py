@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.models import JobPayload
-from common.streams import Event
+from common.requests.models import JobPayload
+from common.streams.protocol import Event
 from workers.metering import Meter
 
 

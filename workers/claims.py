@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from common import lifecycle
-from common.models import JobPayload
+from common.requests import lifecycle
+from common.requests.models import JobPayload
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from common import budgets, metrics
-from common.outages import STORE_ERRORS
-from common.usage import Usage
+from common.platform import metrics
+from common.platform.outages import STORE_ERRORS
+from common.usage import budgets
+from common.usage.models import Usage
 from workers import metering, model
 from workers.runner import Runtime, persist
 
@@ -46,5 +47,5 @@ async def record(rt: Runtime, tenant_id: str, user_id: str, model_name: str, usa
     metrics.count_usage(AGENT, model_name, usage)
     try:
         await budgets.record(rt.streams, tenant_id, user_id, usage, correlation_id)
-    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.budgets)
+    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
         log.warning("counting a flow task's usage against budgets failed", extra={"error": repr(exc)})

@@ -21,21 +21,21 @@ import orjson
 from arq import Retry
 
 from api.errors import ApiError, TooManyRequests
-from api.repositories import sessions as session_repo
 from api.requests import service as requests
-from common import admission, outbound, sink
-from common.auth import Principal
-from common.flows import functions
+from common.flows import admission, functions
 from common.flows.errors import FinalTaskError, TaskError, public_message, scrub
 from common.flows.jobs import RunJob, enqueue_run
 from common.flows.model import FlowDefinition, FlowTask
 from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
-from common.keys import cancel_key, run_cancel_key
-from common.logging import correlation_id
-from common.outages import POSTGRES_ERRORS
-from common.streams import Event
+from common.platform import outbound, sink
+from common.platform.credentials import Principal
+from common.platform.keys import cancel_key, run_cancel_key
+from common.platform.logging import correlation_id
+from common.platform.outages import POSTGRES_ERRORS
+from common.sessions import repository as session_repo
+from common.streams.protocol import Event
 from workers import flow_usage, intake, model
 from workers.intake import FlowAgentRequest
 from workers.maintenance import every
@@ -66,7 +66,7 @@ class OutputTooLarge(FinalTaskError):
 
 
 class RateLimited(TaskError):
-    """A limit refused the task's model call or agent request (common.limits); a later try may pass."""
+    """A limit refused the task's model call or agent request (common.requests.limits); a later try may pass."""
 
 
 class OverBudget(FinalTaskError):

@@ -16,9 +16,9 @@ import time
 
 from prometheus_client import Counter
 
-from common.outages import STORE_ERRORS
-from common.settings import Settings
-from common.streams import StreamWriter
+from common.platform.outages import STORE_ERRORS
+from common.platform.settings import Settings
+from common.streams.writer import StreamWriter
 from workers.attempt import Attempt, Stop
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from typing import Any
 
 from api.deps import Gateway
 from api.requests.schemas import _RequestBody
-from common.budgets import BudgetBook
-from common.limits import Limits
-from common.models import IntegrationType
+from common.requests.limits import Limits
+from common.requests.models import IntegrationType
+from common.usage.budgets import BudgetBook
 from workers.runner import Runtime
 
 _gateways: dict[int, Gateway] = {}

@@ -12,13 +12,14 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from prometheus_client import start_http_server
 
-from common import logging as rg_logging
-from common import runtime, tracing
-from common.agents import load_agents
-from common.context import open_stores
+from common.agents.registry import load_agents
 from common.flows.jobs import PROCESS_FLOW_RUN
-from common.queue_worker import RelayWorker
-from common.settings import Settings, get_settings
+from common.platform import logging as rg_logging
+from common.platform import tracing
+from common.platform import tuning as runtime
+from common.platform.context import open_stores
+from common.platform.settings import Settings, get_settings
+from common.queue.worker import RelayWorker
 from workers import cost_map, flows, maintenance, model, openai_stream
 from workers.observe import observed
 from workers.runner import Runtime, process_request

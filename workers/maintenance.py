@@ -13,11 +13,13 @@ from types import ModuleType
 
 import asyncpg
 
-from common import ending, lifecycle, queue, sink
-from common.agents import ModelPrice
-from common.keys import cancel_key, intake_keys
-from common.outages import STORE_ERRORS
-from common.usage import Usage
+from common.agents.registry import ModelPrice
+from common.platform import sink
+from common.platform.keys import cancel_key, intake_keys
+from common.platform.outages import STORE_ERRORS
+from common.queue import enqueue as queue
+from common.requests import ending, lifecycle
+from common.usage.models import Usage
 from workers import model, schedules
 from workers.attempt import Attempt, Stop
 from workers.runner import Runtime

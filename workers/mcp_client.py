@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from common.agents import AgentTools, ToolServer
-from common.redact import scrub
-from common.settings import Settings
+from common.agents.registry import AgentTools, ToolServer
+from common.platform.redact import scrub
+from common.platform.settings import Settings
 
 if TYPE_CHECKING:
     import mcp_types

@@ -2,7 +2,7 @@
 token counter (marked estimated); priced from the agents file's `prices`, else litellm's cost map
 (read as JSON for replies that did not go through litellm, so they never wait for its import).
 While an attempt runs, `Meter.so_far` is what it used until now, which its worker's heartbeat stores
-so that an attempt lost with its worker still counts (common.lifecycle)."""
+so that an attempt lost with its worker still counts (common.requests.lifecycle)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from common.agents import ModelPrice
-from common.usage import Usage
+from common.agents.registry import ModelPrice
+from common.usage.models import Usage
 from workers import cost_map
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from common.agents import Agent, AgentRegistry
-from common.models import model_options
-from common.redact import scrub
-from common.settings import Settings
+from common.agents.registry import Agent, AgentRegistry
+from common.platform.redact import scrub
+from common.platform.settings import Settings
+from common.requests.models import model_options
 from workers import offline_model, openai_stream
 from workers.metering import Meter
 from workers.tool_requests import ToolRequest

@@ -9,9 +9,9 @@ from typing import Any
 from arq import Retry
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common import logging as rg_logging
-from common import metrics, tracing
-from common.models import JobPayload
+from common.platform import logging as rg_logging
+from common.platform import metrics, tracing
+from common.requests.models import JobPayload
 
 Job = Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]
 

@@ -19,16 +19,22 @@ from arq import Retry
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge
 
-from common import budgets, delivery, ending, lifecycle, metrics, queue, sink, tool_steps, tracing
-from common.agents import AgentRegistry
-from common.keys import cancel_key
-from common.limits import Limits
-from common.logging import correlation_id
-from common.models import JobPayload
-from common.outages import STORE_ERRORS
-from common.settings import Settings
-from common.streams import Event, StreamsRedis, StreamWriter
-from common.usage import Usage
+from common.agents import tool_steps
+from common.agents.registry import AgentRegistry
+from common.delivery import jobs as delivery
+from common.platform import metrics, sink, tracing
+from common.platform.keys import cancel_key
+from common.platform.logging import correlation_id
+from common.platform.outages import STORE_ERRORS
+from common.platform.settings import Settings
+from common.queue import enqueue as queue
+from common.requests import ending, lifecycle
+from common.requests.limits import Limits
+from common.requests.models import JobPayload
+from common.streams.protocol import Event, StreamsRedis
+from common.streams.writer import StreamWriter
+from common.usage import budgets
+from common.usage.models import Usage
 from workers import agent_loop, metering, model
 from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
@@ -62,7 +68,7 @@ class Runtime:
     active: dict[str, Attempt] = field(default_factory=dict)
     draining: bool = False
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
-    idle_seconds: Callable[[], float] | None = None  # the event loop's time waiting in select (common.runtime)
+    idle_seconds: Callable[[], float] | None = None  # the event loop's time waiting in select (common.platform.tuning)
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
@@ -255,7 +261,7 @@ async def _finish(
 
     The row's conditional update proves this attempt still owns the request. Its closing events go
     out in one fenced append after it, so no other attempt can end it too; a worker that dies in
-    between leaves `done_pending` set for the ending sweep (common.ending).
+    between leaves `done_pending` set for the ending sweep (common.requests.ending).
     """
     payload = run.payload
     reply = "".join(run.parts)
@@ -293,7 +299,7 @@ async def _finish(
     await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
     try:
         await budgets.record(rt.streams, payload.tenant_id, user_id, used, payload.correlation_id)
-    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.budgets)
+    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
         log.warning("counting usage against budgets failed", extra={"request_id": payload.request_id,
                                                                     "error": repr(exc)})
     RUNS.labels(status).inc()

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from api.streams.follow import Item
-from common.hub import DRAIN, HEARTBEAT, Entry
-from common.redact import scrub
+from common.platform.redact import scrub
+from common.streams.hub import DRAIN, HEARTBEAT, Entry
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"

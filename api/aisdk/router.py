@@ -18,7 +18,7 @@ from api.errors import (
     responses,
 )
 from api.responses import JSONResponse
-from common.auth import SCOPE_REQUESTS
+from common.platform.credentials import SCOPE_REQUESTS
 
 router = APIRouter(prefix="/api/chat", tags=["ai-sdk"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
                    responses=responses(NotFound, Conflict, Invalid, TooManyRequests))

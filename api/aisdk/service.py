@@ -11,7 +11,7 @@ from api.errors import Invalid
 from api.requests import turns
 from api.streams.follow import rendered
 from api.streams.sse import held_response, release_stream, reserve_stream
-from common.auth import Principal
+from common.platform.credentials import Principal
 
 PROTOCOL = "aisdk"
 STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}

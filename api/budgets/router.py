@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Gateway, GatewayDep, PrincipalDep, require_scope
 from api.errors import Forbidden, Invalid, responses
-from common import budgets
-from common.auth import SCOPE_ADMIN, SCOPE_REQUESTS, Principal
+from common.platform.credentials import SCOPE_ADMIN, SCOPE_REQUESTS, Principal
+from common.usage import budgets
 
 router = APIRouter(prefix="/api/v1/budgets", tags=["budgets"],
                    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],

@@ -21,14 +21,14 @@ from api.errors import (
     TooManyRequests,
     responses,
 )
+from api.flows.runs import service as runs
+from api.flows.runs.contract import ContractRoute
+from api.flows.runs.schemas import RunBody
 from api.requests import service as requests
 from api.requests.schemas import GenericRequest
 from api.responses import JSONResponse
-from api.runs import service as runs
-from api.runs.contract import ContractRoute
-from api.runs.schemas import RunBody
-from common.auth import SCOPE_REQUESTS, SCOPE_RUNS, Principal
-from common.logging import correlation_id
+from common.platform.credentials import SCOPE_REQUESTS, SCOPE_RUNS, Principal
+from common.platform.logging import correlation_id
 
 # Each event type needs its own scope (checked per event); a credential with neither gets no further.
 router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute,

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.errors import BadRequest, Conflict, NotFound, responses
 from api.flows import service
+from api.flows.runs.contract import ContractRoute
 from api.flows.schemas import FlowBody, FlowOut, FlowPage
-from api.runs.contract import ContractRoute
-from common.auth import SCOPE_RUNS
+from common.platform.credentials import SCOPE_RUNS
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"], route_class=ContractRoute,
                    dependencies=[Depends(require_scope(SCOPE_RUNS))],

@@ -10,9 +10,9 @@ import asyncpg
 from api.deps import Gateway
 from api.errors import BadRequest, Conflict, NotFound, PolicyRefused
 from api.flows.schemas import FlowBody
-from common.auth import Principal
 from common.flows import functions
 from common.flows.model import FlowCaps, FlowDefinition, FlowInvalid, validate_flow
+from common.platform.credentials import Principal
 
 _COLUMNS = "flow_id, version, name, description, tags, definition, created_by, created_at"
 

@@ -10,7 +10,7 @@ import orjson
 
 from api.langgraph.messages import ai, ai_id
 from api.langgraph.resources import TIMED_OUT
-from common.hub import Entry
+from common.streams.hub import Entry
 
 LgEvent = tuple[str, Any]
 HEARTBEAT = b": heartbeat\n\n"

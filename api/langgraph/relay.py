@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from api.langgraph.events import HEARTBEAT, Renderer, frames, metadata
-from common.hub import DRAIN, OVERFLOW, Entry, Hub, batches
-from common.hub import HEARTBEAT as HUB_HEARTBEAT
-from common.metrics import EVENTS_RELAYED
+from common.platform.metrics import EVENTS_RELAYED
+from common.streams.hub import DRAIN, OVERFLOW, Entry, Hub, batches
+from common.streams.hub import HEARTBEAT as HUB_HEARTBEAT
 
 Fallback = Callable[[], Awaitable[list[tuple[str, Any]]]]
 

@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.langgraph.messages import conversation
-from common.agents import Agent
+from common.agents.registry import Agent
 
 # Agents come from a file and carry no timestamps of their own.
 _AGENTS_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 _RUN_STATUS = {"queued": "pending", "running": "running", "waiting": "interrupted", "completed": "success",
                "failed": "error", "cancelled": "interrupted"}
-TIMED_OUT = "timed out"  # the error of a request its deadline ended (common.lifecycle)
+TIMED_OUT = "timed out"  # the error of a request its deadline ended (common.requests.lifecycle)
 
 
 def run_status(status: str, error: str | None) -> str:

@@ -22,11 +22,11 @@ from api.langgraph.schemas import AssistantSearch, HistoryQuery, RunCreate, Stre
 from api.responses import JSONResponse
 from api.streams.relay import check_resume
 from api.streams.sse import SSE_HEADERS, held_response, just_before, release_stream, reserve_stream, resume_point
-from common.auth import SCOPE_REQUESTS, SCOPE_SESSIONS
-from common.keys import stream_key
-from common.metrics import PROTOCOL_STREAMS
-from common.models import ACTIVE_STATUSES
-from common.streams import parse_id
+from common.platform.credentials import SCOPE_REQUESTS, SCOPE_SESSIONS
+from common.platform.keys import stream_key
+from common.platform.metrics import PROTOCOL_STREAMS
+from common.requests.models import ACTIVE_STATUSES
+from common.streams.protocol import parse_id
 
 router = APIRouter(prefix="/langgraph", tags=["langgraph"], route_class=LangGraphRoute)
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.requests.schemas import _RequestBody
-from common.models import IntegrationType, reject_unstorable
+from common.requests.models import IntegrationType, reject_unstorable
 
 StreamMode = Literal["values", "messages", "messages-tuple", "updates", "events", "debug", "custom", "tasks",
                      "checkpoints"]

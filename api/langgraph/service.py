@@ -17,20 +17,20 @@ from api.langgraph import resources
 from api.langgraph.events import LgEvent, RunView, failure
 from api.langgraph.messages import ai, ai_id, conversation, human_of, user_turn
 from api.langgraph.schemas import AssistantSearch, LangGraphRequest, RunCreate, StreamMode, ThreadCreate, ThreadSearch
-from api.lifecycle import cancel_many
-from api.repositories import parse_uuid
-from api.repositories import requests as request_repo
-from api.repositories import sessions as session_repo
 from api.requests import service as request_service
+from api.requests.cancelling import cancel_many
 from api.streams.relay import wait_for_result
 from api.streams.sse import just_before
-from common import sink
-from common.agents import Agent
-from common.auth import Principal
-from common.keys import stream_key
-from common.logging import correlation_id
-from common.metrics import PROTOCOL_REQUESTS
-from common.models import ACTIVE_STATUSES
+from common.agents.registry import Agent
+from common.platform import sink
+from common.platform.credentials import Principal
+from common.platform.ids import parse_uuid
+from common.platform.keys import stream_key
+from common.platform.logging import correlation_id
+from common.platform.metrics import PROTOCOL_REQUESTS
+from common.requests import repository as request_repo
+from common.requests.models import ACTIVE_STATUSES
+from common.sessions import repository as session_repo
 
 THREAD_TURNS = 200  # the most turns a thread's state shows
 CANCEL_WAIT_SECONDS = 10.0

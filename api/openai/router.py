@@ -11,7 +11,7 @@ from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.openai import service
 from api.openai.errors import OpenAIRoute
 from api.openai.schemas import CompletionRequest
-from common.auth import SCOPE_REQUESTS
+from common.platform.credentials import SCOPE_REQUESTS
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute,
                    dependencies=[Depends(require_scope(SCOPE_REQUESTS))])

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import BadRequest
 from api.requests.schemas import MAX_CONTENT, MAX_TURNS
-from common.models import reject_unstorable
+from common.requests.models import reject_unstorable
 
 
 class ContentPart(BaseModel):

@@ -19,10 +19,10 @@ from api.requests import service, turns
 from api.responses import JSONResponse
 from api.streams.follow import rendered, request_batches
 from api.streams.sse import held_response, release_stream, reserve_stream
-from common.agents import Agent
-from common.auth import Principal
-from common.hub import DRAIN, Entry
-from common.metrics import PROTOCOL_STREAMS
+from common.agents.registry import Agent
+from common.platform.credentials import Principal
+from common.platform.metrics import PROTOCOL_STREAMS
+from common.streams.hub import DRAIN, Entry
 
 log = logging.getLogger(__name__)
 

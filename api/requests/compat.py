@@ -15,14 +15,14 @@ from api.errors import (
     TooManyRequests,
     responses,
 )
-from api.repositories import sessions as session_repo
 from api.requests import service
 from api.requests.schemas import GenericRequest
 from api.streams.relay import request_frames
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
-from common.auth import SCOPE_REQUESTS, Principal
-from common.keys import start_key, stream_key
-from common.logging import correlation_id
+from common.platform.credentials import SCOPE_REQUESTS, Principal
+from common.platform.keys import start_key, stream_key
+from common.platform.logging import correlation_id
+from common.sessions import repository as session_repo
 
 router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
                    responses=responses(NotFound, Conflict, Invalid, TooManyRequests))

@@ -32,12 +32,12 @@ from api.requests.schemas import (
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
-from common import logging as rg_logging
-from common import tool_steps
-from common.auth import SCOPE_REQUESTS, Principal
-from common.keys import stream_key
-from common.logging import correlation_id
-from common.models import ACTIVE_STATUSES
+from common.agents import tool_steps
+from common.platform import logging as rg_logging
+from common.platform.credentials import SCOPE_REQUESTS, Principal
+from common.platform.keys import stream_key
+from common.platform.logging import correlation_id
+from common.requests.models import ACTIVE_STATUSES
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
                    responses=responses(NotFound, Conflict, Invalid, TooManyRequests))

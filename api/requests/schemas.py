@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.models import IntegrationType, Multitask, lower_name, reject_unstorable
+from common.requests.models import IntegrationType, Multitask, lower_name, reject_unstorable
 
 MAX_CONTENT = 100_000
 MAX_TURNS = 1_000  # messages of a conversation a client sends

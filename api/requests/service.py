@@ -13,19 +13,22 @@ import orjson
 
 from api.deps import Gateway
 from api.errors import Conflict, Forbidden, Invalid, LimitExceeded, NotFound, refused
-from api.lifecycle import cancel_many, cancel_queued, end_streams, enqueue_safely, flag_running
-from api.repositories import requests as request_repo
-from api.repositories import sessions as session_repo
+from api.requests.cancelling import cancel_many, cancel_queued, end_streams, enqueue_safely, flag_running
 from api.requests.schemas import _RequestBody
-from common import budgets, lifecycle, sink, tool_steps
-from common.admission import unfinished
-from common.auth import SCOPE_JOIN_SESSIONS, Principal
-from common.budgets import Budget
-from common.ending import closing_events
-from common.keys import intake_key
-from common.limits import REFUSALS, max_reply_tokens_refusal
-from common.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
-from common.streams import Event, intake_member
+from common.agents import tool_steps
+from common.flows.admission import unfinished
+from common.platform import sink
+from common.platform.credentials import SCOPE_JOIN_SESSIONS, Principal
+from common.platform.keys import intake_key
+from common.requests import lifecycle
+from common.requests import repository as request_repo
+from common.requests.ending import closing_events
+from common.requests.limits import REFUSALS, max_reply_tokens_refusal
+from common.requests.models import ACTIVE_STATUSES, JobPayload, NormalizedRequest, model_options
+from common.sessions import repository as session_repo
+from common.streams.protocol import Event, intake_member
+from common.usage import budgets
+from common.usage.budgets import Budget
 
 
 @dataclass

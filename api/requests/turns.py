@@ -10,17 +10,17 @@ from pydantic import ValidationError
 
 from api.deps import Gateway
 from api.errors import Invalid
-from api.lifecycle import cancel_many
-from api.repositories import requests as request_repo
-from api.repositories import sessions as session_repo
 from api.requests import service
+from api.requests.cancelling import cancel_many
 from api.requests.schemas import ConversationRequest
 from api.streams.sse import just_before
-from common import logging as rg_logging
-from common.auth import Principal
-from common.keys import stream_key
-from common.logging import correlation_id
-from common.metrics import PROTOCOL_REQUESTS
+from common.platform import logging as rg_logging
+from common.platform.credentials import Principal
+from common.platform.keys import stream_key
+from common.platform.logging import correlation_id
+from common.platform.metrics import PROTOCOL_REQUESTS
+from common.requests import repository as request_repo
+from common.sessions import repository as session_repo
 
 
 @dataclass

@@ -19,9 +19,9 @@ from api.errors import (
 )
 from api.requests.schemas import MAX_CONTENT
 from api.schedules import service
-from common import schedules
-from common.auth import SCOPE_REQUESTS, Principal
-from common.models import reject_unstorable
+from common.platform.credentials import SCOPE_REQUESTS, Principal
+from common.requests.models import reject_unstorable
+from common.schedules import cron as schedules
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"],
                    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],

@@ -13,11 +13,12 @@ from api.deps import Gateway
 from api.errors import ApiError, Invalid, NotFound
 from api.requests import service as requests
 from api.requests.schemas import _RequestBody
-from common import delivery, schedules
-from common.auth import Principal
-from common.delivery import SlackFollow, SlackTarget
-from common.models import IntegrationType
-from common.streams import format_id, id_before, parse_id
+from common.delivery import jobs as delivery
+from common.delivery.jobs import SlackFollow, SlackTarget
+from common.platform.credentials import Principal
+from common.requests.models import IntegrationType
+from common.schedules import cron as schedules
+from common.streams.protocol import format_id, id_before, parse_id
 
 COLUMNS = ("schedule_id::text, cron, timezone, agent_id, content, session_id::text, deliver, enabled, next_run_at,"
            " last_run_at, last_request_id::text, last_status, last_error, runs, created_at, updated_at")

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.errors import Conflict, Invalid, NotFound, responses
-from api.repositories import sessions as session_repo
 from api.sessions import service
 from api.sessions.schemas import RequestPage, SessionCreate, SessionOut, SessionPage
-from common.auth import SCOPE_SESSIONS
+from common.platform.credentials import SCOPE_SESSIONS
+from common.sessions import repository as session_repo
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"],
                    responses=responses(NotFound, Conflict, Invalid))

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from common.models import IntegrationType, lower_name, reject_unstorable
+from common.requests.models import IntegrationType, lower_name, reject_unstorable
 
 
 class SessionCreate(BaseModel):

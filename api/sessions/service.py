@@ -1,4 +1,4 @@
-"""Session rules: ownership, creation and ending. SQL lives in `api.repositories`."""
+"""Session rules: ownership, creation and ending. SQL lives in `common.sessions.repository`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import asyncpg
 
 from api.deps import Gateway
 from api.errors import Conflict, NotFound
-from api.lifecycle import cancel_many
-from api.repositories import requests as request_repo
-from api.repositories import sessions as session_repo
+from api.requests.cancelling import cancel_many
 from api.sessions.schemas import SessionCreate
-from common import sink
-from common.auth import Principal
+from common.platform import sink
+from common.platform.credentials import Principal
+from common.requests import repository as request_repo
+from common.sessions import repository as session_repo
 
 
 async def create(gw: Gateway, who: Principal, body: SessionCreate) -> dict[str, Any]:

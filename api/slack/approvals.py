@@ -8,10 +8,10 @@ import orjson
 from api.deps import Gateway
 from api.errors import ApiError, BadRequest
 from api.requests import service as requests_service
-from common import delivery
-from common.auth import Principal
-from common.delivery import SlackNotice
-from common.slack import Installation
+from common.delivery import jobs as delivery
+from common.delivery.jobs import SlackNotice
+from common.platform.credentials import Principal
+from common.slack.installations import Installation
 
 NOT_YOURS = "Only the person who asked can approve or deny this tool call."
 NOT_WAITING = "This tool call was already decided, or its request no longer waits for a decision."

@@ -27,11 +27,10 @@ from api.responses import JSONResponse
 from api.slack import approvals, schedules, service
 from api.slack.schemas import SlackRequest
 from api.slack.verify import seconds_valid, verify
-from common import mrkdwn
-from common import slack as installations
-from common.auth import Principal
-from common.keys import slack_event_key, slack_replay_key
-from common.logging import correlation_id
+from common.platform.credentials import Principal
+from common.platform.keys import slack_event_key, slack_replay_key
+from common.platform.logging import correlation_id
+from common.slack import installations, mrkdwn
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import uuid
 from api.deps import Gateway
 from api.errors import ApiError
 from api.schedules import service
-from common.auth import Principal
-from common.delivery import SlackTarget
-from common.slack import Installation
+from common.delivery.jobs import SlackTarget
+from common.platform.credentials import Principal
+from common.slack.installations import Installation
 
 USAGE = ('Usage: schedule "<minute hour day month weekday>" [tz=Europe/Berlin] <what to ask>'
          " | schedule list | schedule delete <id>")

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from api.requests.schemas import _RequestBody
-from common.models import IntegrationType
+from common.requests.models import IntegrationType
 
 
 class SlackRequest(_RequestBody):

@@ -10,12 +10,12 @@ from api.errors import ApiError
 from api.requests import service as requests
 from api.requests.service import Accepted
 from api.slack.schemas import SlackRequest
-from common import delivery
-from common.auth import Principal
-from common.delivery import SlackFollow, SlackTarget
-from common.keys import slack_dm_session_key, slack_thread_session_key
-from common.slack import Installation
-from common.streams import format_id, id_before, parse_id
+from common.delivery import jobs as delivery
+from common.delivery.jobs import SlackFollow, SlackTarget
+from common.platform.credentials import Principal
+from common.platform.keys import slack_dm_session_key, slack_thread_session_key
+from common.slack.installations import Installation
+from common.streams.protocol import format_id, id_before, parse_id
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from api.streams.relay import _observe
-from common.hub import DRAIN, HEARTBEAT, Entry, Hub, batches
-from common.metrics import PROTOCOL_STREAMS
+from common.platform.metrics import PROTOCOL_STREAMS
+from common.streams.hub import DRAIN, HEARTBEAT, Entry, Hub, batches
 
 Item = Entry | object  # an Entry of the request, HEARTBEAT or DRAIN
 

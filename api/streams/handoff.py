@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common.logging import correlation_id
+from common.platform.logging import correlation_id
 
 HANDOFF = "relaygate.handoff"  # scope key of the request's _Handoff
 

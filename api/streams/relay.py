@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from common.hub import DRAIN, HEARTBEAT, OVERFLOW, Entry, Hub, batches
-from common.metrics import EVENTS_RELAYED, RELAY_LAG
-from common.streams import StreamsRedis, format_id, id_before, parse_id
+from common.platform.metrics import EVENTS_RELAYED, RELAY_LAG
+from common.streams.hub import DRAIN, HEARTBEAT, OVERFLOW, Entry, Hub, batches
+from common.streams.protocol import StreamsRedis, format_id, id_before, parse_id
 
 Snapshot = Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]]
 

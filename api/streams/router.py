@@ -12,9 +12,9 @@ from api.errors import BadRequest, Invalid, NotFound, responses
 from api.sessions import service as session_service
 from api.streams.relay import session_frames
 from api.streams.sse import open_stream, resume_point
-from common.auth import SCOPE_SESSIONS
-from common.keys import stream_key
-from common.streams import parse_id
+from common.platform.credentials import SCOPE_SESSIONS
+from common.platform.keys import stream_key
+from common.streams.protocol import parse_id
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))],
                    responses=responses(BadRequest, NotFound, Invalid))

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from api.deps import Gateway
 from api.errors import BadRequest, Invalid, ServiceUnavailable, refused
 from api.streams.handoff import SseResponse
-from common.auth import Principal
-from common.limits import REFUSALS
-from common.streams import id_before, parse_id, valid_id
+from common.platform.credentials import Principal
+from common.requests.limits import REFUSALS
+from common.streams.protocol import id_before, parse_id, valid_id
 
 MAX_ID_PART = 2**64 - 1
 

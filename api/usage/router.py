@@ -11,7 +11,7 @@ from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.errors import Invalid, responses
 from api.responses import JSONResponse
 from api.usage import service
-from common.auth import SCOPE_REQUESTS
+from common.platform.credentials import SCOPE_REQUESTS
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
                    responses=responses(Invalid))

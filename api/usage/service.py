@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from common.auth import SCOPE_ADMIN, Principal
+from common.platform.credentials import SCOPE_ADMIN, Principal
 
 GroupBy = Literal["day", "user", "agent", "model"]
 _KEY = {"day": "day", "user": "user_id", "agent": "agent_id", "model": "model"}

@@ -15,13 +15,13 @@ from api.errors import (
     Unauthorized,
     responses,
 )
+from api.flows.runs.contract import ContractRoute
+from api.flows.runs.schemas import RunAccepted
 from api.responses import JSONResponse
-from api.runs.contract import ContractRoute
-from api.runs.schemas import RunAccepted
 from api.webhooks import service
 from api.webhooks.schemas import WebhookConfigBody, WebhookConfigOut, WebhookConfigPage, WebhookConfigUpdate
-from common.auth import SCOPE_RUNS
-from common.logging import correlation_id
+from common.platform.credentials import SCOPE_RUNS
+from common.platform.logging import correlation_id
 
 configs = APIRouter(prefix="/v1/webhook-configs", tags=["webhooks"], route_class=ContractRoute,
                     dependencies=[Depends(require_scope(SCOPE_RUNS))],

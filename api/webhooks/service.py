@@ -14,12 +14,12 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.deps import Gateway
 from api.errors import BadRequest, Conflict, NotFound, Unauthorized
-from api.runs import service as runs
-from api.runs.schemas import RunBody
+from api.flows.runs import service as runs
+from api.flows.runs.schemas import RunBody
 from api.webhooks.schemas import WebhookCall, WebhookConfigBody, WebhookConfigUpdate
-from common.auth import Principal
 from common.flows.depth import too_deep
 from common.flows.templates import TemplateError, render
+from common.platform.credentials import Principal
 
 _COLUMNS = "webhook_id, flow_id, enabled, webhook_config, user_id, created_at, updated_at"
 MAX_DELIVERY_ID = 128  # the `webhook-id` header (Standard Webhooks message ids are about 30 characters)

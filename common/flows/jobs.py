@@ -5,8 +5,8 @@ from __future__ import annotations
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from common.keys import queue_name
-from common.queue import push
+from common.platform.keys import queue_name
+from common.queue.enqueue import push
 
 PROCESS_FLOW_RUN = "process_flow_run"
 
@@ -22,6 +22,6 @@ class RunJob(BaseModel):
 
 async def enqueue_run(pool: ArqRedis, feature: str, job: RunJob) -> bool:
     """True when queued now; False when this attempt's job already exists. Like requests, through
-    `common.queue.push`, which wakes an idle worker instead of leaving the run to its next poll."""
+    `common.queue.enqueue.push`, which wakes an idle worker instead of leaving the run to its next poll."""
     return await push(pool, queue_name(feature), PROCESS_FLOW_RUN, f"flow:{job.run_id}:{job.attempt}",
                       (job.model_dump(),))

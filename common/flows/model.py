@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.flows.depth import too_deep
-from common.settings import Settings
+from common.platform.settings import Settings
 
 BUILTIN_TYPES = ("llm", "http", "agent")
 MAX_PROBLEMS = 100

@@ -13,7 +13,7 @@ from typing import Any
 
 from common.flows import functions
 from common.flows.model import FlowDefinition, FlowTask
-from common.settings import Settings
+from common.platform.settings import Settings
 
 
 @dataclass(frozen=True)

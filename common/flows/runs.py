@@ -18,9 +18,10 @@ import orjson
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from common.keys import run_cache_key, run_stream_key
-from common.settings import Settings
-from common.streams import Event, StreamsRedis, StreamWriter
+from common.platform.keys import run_cache_key, run_stream_key
+from common.platform.settings import Settings
+from common.streams.protocol import Event, StreamsRedis
+from common.streams.writer import StreamWriter
 
 log = logging.getLogger(__name__)
 

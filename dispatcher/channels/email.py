@@ -8,7 +8,7 @@ from typing import Any
 
 import aiosmtplib
 
-from common.settings import Settings
+from common.platform.settings import Settings
 from dispatcher.channels import DeliveryError, Reply
 
 MAX_SUBJECT = 200

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from common.settings import Settings
+from common.platform.settings import Settings
 from dispatcher.channels import DeliveryError, Reply, retry_after
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from standardwebhooks import Webhook
 
-from common import outbound
-from common.integrations import WEBHOOK_OWN_HEADERS
+from common.delivery.configs import WEBHOOK_OWN_HEADERS
+from common.platform import outbound
 from dispatcher.channels import DeliveryError, Reply, retry_after
 
 EVENT_TYPE = "request.completed"

@@ -19,13 +19,14 @@ import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from common import db, queue
-from common.delivery import DeliveryJob
-from common.embedded import free_port
-from common.settings import Settings
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
-from common.verification import VerificationJob
+from cli.dev.embedded import free_port
+from common.delivery.jobs import DeliveryJob
+from common.delivery.verification import VerificationJob
+from common.platform import db
+from common.platform.settings import Settings
+from common.queue import enqueue as queue
+from common.streams.protocol import connect as connect_streams
+from common.streams.writer import StreamWriter
 from dispatcher import jobs
 from dispatcher.runtime import Runtime
 from dispatcher.verification import send_verification

@@ -7,7 +7,7 @@ import contextlib
 import threading
 from urllib.parse import urlsplit
 
-from common.embedded import free_port
+from cli.dev.embedded import free_port
 
 
 class CuttableProxy:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from api.aisdk.chunks import RESUME_PREFIX, UiMessageStream
-from common.hub import Entry
+from common.streams.hub import Entry
 from tests.conftest import ROOT, Stack, wait_until
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.e2e.streams import offline, wait_status

@@ -8,7 +8,7 @@ import pytest
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from common.keys import stream_key
+from common.platform.keys import stream_key
 from tests.cluster import EmbeddedValkeyCluster
 from tests.conftest import Stack
 from tests.e2e.streams import done_for, offline, read_until, text_of, wait_status

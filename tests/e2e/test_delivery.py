@@ -234,7 +234,7 @@ def test_attempt_past_its_expiry_is_expired(stack: Stack) -> None:
     """Runs the dispatcher's job in-process against the real servers: an overdue attempt is not sent."""
     import time
 
-    from common.delivery import DeliveryJob
+    from common.delivery.jobs import DeliveryJob
     from tests.conftest import settings_for
     from tests.e2e.streams import wait_status
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.delivery import DeliveryJob
+from common.delivery.jobs import DeliveryJob
 from dispatcher.channels import email
 from tests.conftest import Stack, settings_for, sql
 from tests.e2e.delivery_helpers import (

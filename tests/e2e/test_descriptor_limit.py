@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from common.auth import mint_token
+from common.platform.credentials import mint_token
 from tests.conftest import Stack, settings_for, wait_until
 
 NOFILE = 256

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from common.delivery import DeliveryJob
-from common.settings import Settings
-from common.verification import VerificationJob
+from common.delivery.jobs import DeliveryJob
+from common.delivery.verification import VerificationJob
+from common.platform.settings import Settings
 from tests.conftest import Stack, settings_for, sql
 from tests.e2e.delivery_helpers import (
     Mailbox,

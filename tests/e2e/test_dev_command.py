@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common.embedded import free_port
+from cli.dev.embedded import free_port
 from tests.conftest import ROOT, wait_until
 from workers.offline_model import compose_reply
 

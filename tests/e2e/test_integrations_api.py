@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from common.auth import mint_token
+from common.platform.credentials import mint_token
 from tests.conftest import Stack, settings_for
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="

@@ -16,8 +16,8 @@ from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import AuthenticationError, ConflictError, NotFoundError
 from langgraph_sdk.schema import StreamPart
 
-from common.auth import create_api_key
-from common.streams import parse_id
+from common.platform.credentials import create_api_key
+from common.streams.protocol import parse_id
 from tests.conftest import Stack
 from tests.e2e.proxy import CuttableProxy
 from tests.e2e.streams import offline

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.agents import AgentTools
-from common.settings import Settings
+from common.agents.registry import AgentTools
+from common.platform.settings import Settings
 from tests.conftest import wait_until
 from tests.fakes.mcp_server import FakeMcp
 from workers.mcp_client import McpPool

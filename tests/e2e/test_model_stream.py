@@ -16,7 +16,7 @@ from typing import Any
 import litellm
 import pytest
 
-from common.settings import Settings
+from common.platform.settings import Settings
 from tests.e2e.fake_openai import FakeOpenAI, ToolCalls
 from workers import model
 from workers.metering import Meter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from common.keys import stream_key
+from common.platform.keys import stream_key
 from tests.conftest import Stack
 from tests.e2e.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply

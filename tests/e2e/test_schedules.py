@@ -13,7 +13,7 @@ import httpx
 
 from api.main import create_app
 from api.schedules import service
-from common.auth import mint_token
+from common.platform.credentials import mint_token
 from tests.conftest import ROOT, Stack, settings_for, sql, wait_until
 from tests.e2e.delivery_helpers import Dispatchers, deliveries, wait_for
 from tests.e2e.streams import wait_status

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
+from cli.dev.embedded import free_port
 from cli.sse import SseEvent
-from common.embedded import free_port
 from tests.conftest import ROOT, Infra, Stack, stack_env, wait_until
 from tests.e2e.fake_openai import FakeOpenAI, ToolCalls
 from tests.e2e.streams import done_for, read_until, text_of, wait_status

@@ -12,8 +12,8 @@ import httpx
 import litellm
 import pytest
 
-from common.auth import mint_token
-from common.embedded import free_port
+from cli.dev.embedded import free_port
+from common.platform.credentials import mint_token
 from tests.conftest import Stack, settings_for, wait_until
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.e2e.streams import done_for, offline, read_until, wait_status

@@ -19,7 +19,7 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from common.embedded import free_port
+from cli.dev.embedded import free_port
 
 
 class FakeMcp:

@@ -10,13 +10,15 @@ import pytest
 
 from api.deps import Gateway
 from api.main import create_app
-from common import db, queue
-from common.agents import load_agents
-from common.auth import mint_token
-from common.keys import run_stream_key
-from common.settings import Settings
-from common.streams import Event, StreamWriter
-from common.streams import connect as connect_streams
+from common.agents.registry import load_agents
+from common.platform import db
+from common.platform.credentials import mint_token
+from common.platform.keys import run_stream_key
+from common.platform.settings import Settings
+from common.queue import enqueue as queue
+from common.streams.protocol import Event
+from common.streams.protocol import connect as connect_streams
+from common.streams.writer import StreamWriter
 from tests.conftest import ROOT, Infra, settings_for
 from workers.flows import process_flow_run
 from workers.runner import Runtime

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from common.flows.errors import public_message, scrub
-from common.streams import Event
+from common.streams.protocol import Event
 from tests.flows.conftest import Executor, dag, task
 from tests.flows.task_functions import SECRET_PATH
 from workers import model

@@ -15,7 +15,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http, to_binary_eve
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from common import sink
+from common.platform import sink
 from tests.flows.conftest import dag, task
 
 

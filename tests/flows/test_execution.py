@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from common.keys import run_stream_key
-from common.streams import Event
+from common.platform.keys import run_stream_key
+from common.streams.protocol import Event
 from tests.conftest import Stack
 from tests.e2e.streams import read_until
 from tests.flows.conftest import dag, task

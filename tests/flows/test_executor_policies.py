@@ -7,12 +7,14 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from common import db, queue
-from common.agents import load_agents
+from common.agents.registry import load_agents
 from common.flows.runs import FAILED
-from common.keys import run_stream_key
-from common.streams import Event, StreamWriter
-from common.streams import connect as connect_streams
+from common.platform import db
+from common.platform.keys import run_stream_key
+from common.queue import enqueue as queue
+from common.streams.protocol import Event
+from common.streams.protocol import connect as connect_streams
+from common.streams.writer import StreamWriter
 from tests.conftest import ROOT, Infra, settings_for
 from tests.flows.conftest import dag, task
 from workers.flows import process_flow_run

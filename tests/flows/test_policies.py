@@ -16,7 +16,7 @@ from common.flows.policies import (
     load_engine,
 )
 from common.flows.templates import TemplateError, render
-from common.settings import Settings
+from common.platform.settings import Settings
 
 
 class NoHttpPolicy(FlowPolicy, PreTaskPolicy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from common.keys import run_stream_key
+from common.platform.keys import run_stream_key
 from tests.flows.conftest import dag, task
 
 
@@ -101,7 +101,7 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
 
 
 def _bucket(run_id: str) -> int:
-    from common.keys import bucket
+    from common.platform.keys import bucket
 
     return bucket(run_id, 256)
 

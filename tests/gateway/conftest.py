@@ -11,8 +11,8 @@ import pytest
 
 from api.deps import Gateway
 from api.main import create_app
-from common.auth import mint_token
-from common.settings import Settings
+from common.platform.credentials import mint_token
+from common.platform.settings import Settings
 from tests.conftest import ROOT, Infra, settings_for
 
 

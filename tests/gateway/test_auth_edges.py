@@ -15,8 +15,8 @@ from jose import jwt
 from pydantic import ValidationError
 
 from cli.main import main as cli
-from common.auth import API_KEY_PREFIX, create_api_key
-from common.settings import Settings
+from common.platform.credentials import API_KEY_PREFIX, create_api_key
+from common.platform.settings import Settings
 from tests.conftest import JWT_SECRET, Infra
 from tests.gateway.conftest import App
 

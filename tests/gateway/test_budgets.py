@@ -14,8 +14,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from common import budgets, sink
-from common.usage import Usage
+from common.platform import sink
+from common.usage import budgets
+from common.usage.models import Usage
 from tests.gateway.conftest import App
 
 

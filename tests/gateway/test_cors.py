@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from common.settings import DEV_CORS_ORIGIN_REGEX
+from common.platform.settings import DEV_CORS_ORIGIN_REGEX
 
 PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
 ROUTES = ["/api/chat", "/api/chat/c1/stream", "/v1/chat/completions", "/v1/models", "/api/v1/requests/web",

@@ -7,9 +7,9 @@ import asyncio
 import uuid
 from typing import Any
 
-from common import queue
-from common.ending import closing_events
-from common.streams import Event
+from common.queue import enqueue as queue
+from common.requests.ending import closing_events
+from common.streams.protocol import Event
 from tests.gateway.conftest import App
 from workers.maintenance import end_streams, repair_endings_once
 from workers.runner import Runtime
@@ -124,8 +124,8 @@ async def test_an_idempotency_race_leaves_no_phantom_turn(app: App) -> None:
 
 
 async def test_a_request_announced_but_never_stored_gets_its_stream_ended(app: App) -> None:
-    from common.keys import intake_key
-    from common.streams import intake_member
+    from common.platform.keys import intake_key
+    from common.streams.protocol import intake_member
     from workers.maintenance import end_unstored_once
 
     gw = app.gateway

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from common.models import MAX_JSON_DEPTH
+from common.requests.models import MAX_JSON_DEPTH
 from tests.gateway.conftest import App
 
 

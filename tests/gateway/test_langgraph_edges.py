@@ -15,9 +15,9 @@ from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import RateLimitError
 
 from api.langgraph.messages import ai_id
-from common.auth import SCOPE_SESSIONS
-from common.keys import stream_key
-from common.streams import Event
+from common.platform.credentials import SCOPE_SESSIONS
+from common.platform.keys import stream_key
+from common.streams.protocol import Event
 from tests.gateway.conftest import App
 
 SAY = {"messages": [{"type": "human", "content": [{"type": "text", "text": "hi there"}], "id": "client-msg-1"}]}

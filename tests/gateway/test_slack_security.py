@@ -16,9 +16,10 @@ import pytest
 from pydantic import ValidationError
 from slack_sdk.signature import SignatureVerifier
 
-from common import integrations, slack_access
-from common.settings import Settings
-from common.slack import InstallationCache
+from common.delivery import configs as integrations
+from common.platform.settings import Settings
+from common.slack import access as slack_access
+from common.slack.installations import InstallationCache
 from tests.gateway.conftest import App
 
 

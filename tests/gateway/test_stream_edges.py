@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from common.embedded import EmbeddedValkey
-from common.hub import Entry, batches
-from common.streams import Event
+from cli.dev.embedded import EmbeddedValkey
+from common.streams.hub import Entry, batches
+from common.streams.protocol import Event
 from tests.conftest import Infra
 from tests.gateway.conftest import App
 

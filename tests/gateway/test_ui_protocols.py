@@ -12,7 +12,7 @@ import httpx
 from prometheus_client import REGISTRY
 
 from api.aisdk.chunks import DRAINED, RESUME_PREFIX
-from common.streams import Event
+from common.streams.protocol import Event
 from tests.gateway.conftest import App
 
 HELLO_CHAT = {"id": "c1", "trigger": "submit-message",

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from common.keys import queue_name
+from common.platform.keys import queue_name
 from orchestrator import objects
 from tests.ops.manifests import (
     KUBERNETES_VERSION,

@@ -11,10 +11,10 @@ from prometheus_client import REGISTRY
 
 from api.main import create_app
 from api.streams.relay import _observe
-from common import db
-from common.auth import mint_token
-from common.hub import HEARTBEAT, Entry
-from common.keys import queue_name
+from common.platform import db
+from common.platform.credentials import mint_token
+from common.platform.keys import queue_name
+from common.streams.hub import HEARTBEAT, Entry
 from tests.conftest import Infra, settings_for
 
 AGENTS = """

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from cli.main import main as cli_main
-from common.keys import queue_name
-from common.settings import Settings
+from common.platform.keys import queue_name
+from common.platform.settings import Settings
 from orchestrator import objects
 from orchestrator.config import OrchestratorSettings
 from orchestrator.handler import handle
@@ -217,7 +217,7 @@ def test_cli_runs_the_handler(infra: Infra, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("REDIS_URL", infra.redis_url)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    from common.settings import get_settings
+    from common.platform.settings import get_settings
 
     get_settings.cache_clear()
     try:

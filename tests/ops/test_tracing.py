@@ -19,13 +19,14 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind
 from prometheus_client import REGISTRY
 
 from api.main import create_app
-from common import db, queue, tracing
-from common import logging as rg_logging
-from common.agents import load_agents
-from common.auth import mint_token
-from common.keys import queue_name
-from common.streams import StreamWriter
-from common.streams import connect as connect_streams
+from common.agents.registry import load_agents
+from common.platform import db, tracing
+from common.platform import logging as rg_logging
+from common.platform.credentials import mint_token
+from common.platform.keys import queue_name
+from common.queue import enqueue as queue
+from common.streams.protocol import connect as connect_streams
+from common.streams.writer import StreamWriter
 from tests.conftest import Infra, settings_for
 from workers import model
 from workers.observe import observed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from common.descriptors import StreamCapacity, raise_soft_limit
+from api.streams.capacity import StreamCapacity, raise_soft_limit
 
 
 def test_capacity_keeps_the_reserve() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.settings import Settings
+from common.platform.settings import Settings
 from dispatcher.channels import Reply
 from dispatcher.channels.email import MAX_SUBJECT, build, subject
 

@@ -11,7 +11,7 @@ from redis.exceptions import ClusterDownError, ConnectionError, SlotNotCoveredEr
 
 from api import errors
 from api.main import create_app
-from common.outages import STORE_ERRORS
+from common.platform.outages import STORE_ERRORS
 from tests.conftest import ROOT
 
 
@@ -35,7 +35,7 @@ async def test_stream_store_errors_answer_503(exc: Exception) -> None:
 
 @pytest.mark.parametrize("exc", [cls("unavailable") for cls in STORE_ERRORS if cls is not OSError] + [OSError("down")])
 async def test_every_store_error_answers_503(exc: Exception) -> None:
-    """The one list of store errors (common.outages.STORE_ERRORS) is the list the gateway answers 503 for."""
+    """The one list of store errors (common.platform.outages.STORE_ERRORS) is the list the gateway answers 503 for."""
     assert (await _answer(exc)).status_code == 503
 
 

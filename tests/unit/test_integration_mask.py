@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.integrations import MASK, mask, unmask_headers
+from common.delivery.configs import MASK, mask, unmask_headers
 
 
 def test_header_values_are_masked() -> None:

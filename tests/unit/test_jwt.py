@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from common.auth import AuthError, decode_jwt, mint_token
-from common.settings import Settings
+from common.platform.credentials import AuthError, decode_jwt, mint_token
+from common.platform.settings import Settings
 
 SECRET = "unit-secret-" + "y" * 32
 

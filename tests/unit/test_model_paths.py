@@ -8,7 +8,7 @@ import sys
 import litellm
 import pytest
 
-from common.settings import Settings
+from common.platform.settings import Settings
 from workers import cost_map, model, offline_model
 from workers.metering import Meter, measure
 from workers.tool_requests import ToolRequest

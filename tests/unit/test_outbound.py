@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from common import outbound
-from common.settings import Settings
+from common.platform import outbound
+from common.platform.settings import Settings
 
 DENY = outbound.Policy()
 PUBLIC = "93.184.215.14"

@@ -83,7 +83,7 @@ async def test_a_loop_that_never_waits_is_saturated_though_it_does_not_lag() -> 
 
 
 async def test_the_idle_timing_selector_counts_time_spent_waiting() -> None:
-    from common.runtime import IdleTimingSelector
+    from common.platform.tuning import IdleTimingSelector
 
     selector = IdleTimingSelector()
     try:

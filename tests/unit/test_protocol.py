@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from cli.sse import SseParser
-from common.agents import load_agents
-from common.keys import bucket, stream_key
-from common.streams import Event, event_json, id_before, parse_id, valid_id
+from common.agents.registry import load_agents
+from common.platform.keys import bucket, stream_key
+from common.streams.protocol import Event, event_json, id_before, parse_id, valid_id
 from tests.conftest import ROOT
 from workers.offline_model import compose_reply
 

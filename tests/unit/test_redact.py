@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.redact import scrub
+from common.platform.redact import scrub
 from workers.model import describe_error
 
 

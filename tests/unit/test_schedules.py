@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.schedules import ScheduleError, check, next_run
+from common.schedules.cron import ScheduleError, check, next_run
 
 
 def firings(cron: str, zone: str, start: datetime, count: int) -> list[str]:

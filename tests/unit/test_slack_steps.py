@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dispatcher.slack_steps import MAX_DECISIONS, MAX_LINES, Step, apply, blocks, line
+from dispatcher.channels.slack_steps import MAX_DECISIONS, MAX_LINES, Step, apply, blocks, line
 
 
 def test_replayed_events_update_the_same_step() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from common import mrkdwn
-from common.delivery import SlackTarget
-from common.settings import Settings
-from dispatcher.slack import Message, Poster, chunks
+from common.delivery.jobs import SlackTarget
+from common.platform.settings import Settings
+from common.slack import mrkdwn
+from dispatcher.channels.slack import Message, Poster, chunks
 
 HOSTILE = "hi <!channel> <https://evil.example|your bank> & <@U999>"
 ESCAPED = "hi &lt;!channel&gt; &lt;https://evil.example|your bank&gt; &amp; &lt;@U999&gt;"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from common.agents import AgentTools, ToolServer, load_agents
+from common.agents.registry import AgentTools, ToolServer, load_agents
 from workers.mcp_client import capped
 from workers.offline_model import quote_results, requested_tools
 from workers.tool_names import provider_name, provider_names

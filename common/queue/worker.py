@@ -1,0 +1,200 @@
+"""The ARQ worker loop of the agent workers and the dispatcher: woken by enqueues instead of polling,
+admitting jobs by capacity.
+
+ARQ's `Worker` polls its queue every `poll_delay` and starts every ready job up to `max_jobs`.
+Here an idle worker blocks on the queue's wake list (pushed by `common.queue.enqueue.push`) and
+re-checks only every WORKER_POLL_DELAY; and a job is started only while the event loop keeps
+up (lag under WORKER_MAX_LAG_MS), so the rest stays queued in Redis, visible to autoscaling.
+SIGTERM stops taking jobs; running ones get WORKER_DRAIN_SECONDS to finish (the rest are handed
+back by `workers.runner`).
+
+A worker that is not warm yet (its model layer still loading, see `warm`) takes only jobs that
+waited COLD_JOB_AGE_SECONDS: a warm worker takes a job within milliseconds, so a job that old has
+nobody faster to run it, and a replacement helps at once under a backlog without holding
+requests a warm peer would have started already.
+
+A job's in-progress key lives one lease (`in_progress_seconds`) and is renewed while the job runs,
+so a job taken by a worker that died is taken again within a lease, whatever its timeout. A Redis
+or Postgres outage makes the loop wait and reconnect (common.platform.outages); it never exits for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from signal import Signals
+from typing import Any
+
+from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+
+from common.platform.keys import queue_wake_key
+from common.platform.outages import STORE_ERRORS, outlast
+
+log = logging.getLogger(__name__)
+
+LAG_PROBE_SECONDS = 0.05
+COLD_JOB_AGE_SECONDS = 2.0
+BACKLOG_RECHECK_SECONDS = 0.02
+
+
+class RelayWorker(Worker):
+    def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
+                 in_progress_seconds: float, on_lag: Callable[[float], None] | None = None,
+                 warm: Callable[[], bool] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warm = warm
+        self.in_progress_timeout_s = in_progress_seconds
+        self.wake_key = queue_wake_key(self.queue_name)
+        self.max_lag = max_lag_ms / 1000
+        self.admit_batch = max(1, admit_batch)
+        self.on_drain = on_drain
+        self.on_lag = on_lag
+        self.lag = 0.0
+        self.backlog = False
+        self.wakeup = asyncio.Event()
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await outlast("queue connect", lambda: create_pool(
+                self.redis_settings, job_deserializer=self.job_deserializer, job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms,
+            ))
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await outlast("startup", lambda: self.on_startup(self.ctx))  # type: ignore[misc]
+        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._probe_lag()),
+                   asyncio.create_task(self._hold_in_progress())]
+        try:
+            while True:
+                await outlast("queue poll", self._poll_iteration)
+                await self._wait()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _poll_iteration(self) -> None:
+        """ARQ's iteration, except that a job whose own bookkeeping failed (Redis went away as it
+        ended) is logged, not raised into this loop: its in-progress key lapses and it runs again."""
+        if self.job_counter < self.max_jobs:
+            newest = timestamp_ms() - (0 if self.warm is None or self.warm() else int(COLD_JOB_AGE_SECONDS * 1000))
+            job_ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), start=self._queue_read_offset,
+                                                    num=self.queue_read_limit, max=newest)
+            await self.start_jobs(job_ids)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    log.warning("job bookkeeping failed; it runs again after its in-progress key lapses",
+                                extra={"job_id": job_id, "error": repr(error)})
+        await self.heart_beat()
+
+    async def _hold_in_progress(self) -> None:
+        """Renew the in-progress keys of the jobs running here, three times a lease."""
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self.in_progress_timeout_s / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+                    await pipe.execute()
+            except STORE_ERRORS as exc:
+                log.warning("renewing in-progress keys failed", extra={"error": repr(exc)})
+
+    async def _wait(self) -> None:
+        """Until there may be work: a wake, a finished job (when jobs were left queued), or a timeout."""
+        timeout = BACKLOG_RECHECK_SECONDS if self.backlog else self.poll_delay_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.wakeup.wait()
+        self.wakeup.clear()
+
+    async def _listen(self) -> None:
+        """Block on the wake list (one connection); each push wakes the loop."""
+        while True:
+            try:
+                got = await self.pool.blpop([self.wake_key], timeout=max(1, int(self.poll_delay_s)))  # type: ignore[misc]
+                if got:
+                    self.wakeup.set()
+            except STORE_ERRORS as exc:
+                log.warning("queue wake list unavailable", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+
+    async def _probe_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.lag = max(0.0, loop.time() - before - LAG_PROBE_SECONDS)
+            if self.on_lag is not None:
+                self.on_lag(self.lag)
+
+    def room(self) -> int:
+        """How many more jobs this worker starts now: none while its loop lags (unless idle)."""
+        if self.job_counter > 0 and self.lag > self.max_lag:
+            return 0
+        return max(0, min(self.admit_batch, self.max_jobs - self.job_counter))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Start up to `room()` ready jobs with two pipelined round trips in all.
+
+        ARQ claims one job at a time (a WATCH/MULTI exchange each), and every round trip of a
+        busy worker waits a whole turn of its event loop: a burst of hundreds took seconds.
+        """
+        candidates = [j for j in job_ids if j.decode() not in self.tasks]
+        if candidates:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for j in candidates:
+                    pipe.exists(in_progress_key_prefix + j.decode())
+                running = await pipe.execute()
+            candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
+        room = self.room()
+        self.backlog = len(candidates) > room
+        chosen = [j.decode() for j in candidates[:room]]
+        if not chosen:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in chosen:
+                pipe.set(in_progress_key_prefix + job_id, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
+                pipe.zscore(self.queue_name, job_id)
+            replies = await pipe.execute()
+        now = timestamp_ms()
+        stale = []
+        for n, job_id in enumerate(chosen):
+            claimed, score = replies[2 * n], replies[2 * n + 1]
+            if not claimed:
+                continue
+            if not score or score > now:
+                stale.append(in_progress_key_prefix + job_id)
+                continue
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+        if stale:
+            await self.pool.delete(*stale)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self.backlog:
+            self.wakeup.set()
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self.on_drain()
+        super().handle_sig_wait_for_completion(signum)
+
+    def handle_sig(self, signum: Signals) -> None:
+        self.on_drain()
+        super().handle_sig(signum)

@@ -1,0 +1,84 @@
+"""How a request ends on its stream, whoever ends it: the closing events, written once, after the row.
+
+Postgres is the outcome: a request's row becomes terminal first (with `done_pending`), then its
+closing events go to the stream in one fenced append (common.streams.writer.StreamWriter.end), then the
+flag is cleared. A writer that dies in between leaves the flag set, and the workers' sweep writes
+the same events from the row. The stream fence makes the ending happen at most once, so between
+them it happens exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+
+from common.requests import lifecycle
+from common.streams.protocol import Event
+from common.streams.writer import StreamWriter
+from common.usage.models import Usage, of_row
+
+log = logging.getLogger(__name__)
+
+# A terminal row's own writer normally clears its flag within milliseconds; the sweep waits this long.
+SWEEP_GRACE_SECONDS = 2.0
+
+
+def closing_events(
+    request_id: str,
+    attempt: int,
+    status: str,
+    *,
+    reply: str | None = None,
+    error: str | None = None,
+    agent_id: str | None = None,
+    processing_time_ms: int | None = None,
+    output_chunks: int | None = None,
+    usage: Usage | None = None,
+    seq: int = 0,
+) -> list[Event]:
+    """`message` and `run.completed` (with the request's `usage`), or `run.failed` / `run.cancelled`;
+    then `done`.
+
+    `seq` numbers the events from that value on (0 leaves them unnumbered, for enders that are not
+    the attempt itself). `output_chunks` (the text chunks the model streamed) is known only to the attempt.
+    """
+    body: list[tuple[str, dict[str, Any]]]
+    if status == "completed":
+        completed: dict[str, Any] = {"processing_time_ms": processing_time_ms, "usage": (usage or Usage()).as_data()}
+        if output_chunks is not None:
+            completed["output_chunks"] = output_chunks
+        body = [("message", {"content": reply or "", "agent_id": agent_id}), ("run.completed", completed)]
+    elif status == "cancelled":
+        body = [("run.cancelled", {"reason": error})]
+    else:
+        body = [("run.failed", {"error": error})]
+    body.append(("done", {"request_id": request_id, "status": status}))
+    return [Event(type=kind, request_id=request_id, attempt=attempt, seq=seq + n if seq else 0,  # type: ignore[arg-type]
+                  data=data) for n, (kind, data) in enumerate(body)]
+
+
+def closing_for_row(row: Mapping[str, Any]) -> list[Event]:
+    """The closing events of a terminal row (its lifecycle.ENDED columns)."""
+    return closing_events(row["request_id"], row["attempt"], row["status"], reply=row["response_content"],
+                          error=row["error"], agent_id=row["agent_id"],
+                          processing_time_ms=row["processing_time_ms"], usage=of_row(row))
+
+
+async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[str, Any]]
+                ) -> list[Mapping[str, Any]]:
+    """Write the closing events of terminal rows, then clear their `done_pending`; returns the rows
+    closed. A row whose write fails is logged and left flagged for the ending sweep; the rest go on."""
+    closed = []
+    for row in rows:
+        try:
+            await writer.end(row["session_id"], closing_for_row(row))
+            closed.append(row)
+        except Exception as exc:
+            log.warning("writing a request's ending failed; the ending sweep retries it",
+                        extra={"request_id": row["request_id"], "error": repr(exc)})
+    if closed:
+        await lifecycle.mark_ended(db, [row["request_id"] for row in closed])
+    return closed

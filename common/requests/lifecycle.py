@@ -1,0 +1,366 @@
+"""The request state machine in Postgres, shared by gateway and workers.
+
+queued -> running -> completed | failed | cancelled; running -> waiting -> queued while an agent's tool
+call waits for a person's approval (no worker holds it; the deadline is the approval's expiry). A
+waiting request still heads its session. A session runs one request at a
+time, oldest first; every transition that can free a session returns the request that
+should be queued next. Transitions are conditional updates, so a late write from a lost
+attempt never overwrites a newer attempt or a terminal state.
+
+Every transition to a terminal state sets `done_pending` and returns the row's ENDED columns:
+whoever ended it then writes the closing events (common.requests.ending) and clears the flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from common.requests.models import JobPayload
+from common.usage.models import Usage, of_row
+
+# What common.requests.ending needs of a terminal row to write its closing events.
+ENDED = ("request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
+         "processing_time_ms, input_tokens, output_tokens, cost_usd, usage_estimated")
+
+# Ends an attempt no worker finished (lost, or past the deadline): what its heartbeat last stored counts, estimated.
+_ADD_LOST_ATTEMPT = ("input_tokens = input_tokens + attempt_input_tokens, output_tokens = output_tokens"
+                     " + attempt_output_tokens, cost_usd = cost_usd + attempt_cost_usd, usage_estimated ="
+                     " usage_estimated OR attempt_input_tokens + attempt_output_tokens > 0, attempt_input_tokens = 0,"
+                     " attempt_output_tokens = 0, attempt_cost_usd = 0")
+# A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
+_DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
+
+_HEAD = """
+SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
+FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running', 'waiting')
+ORDER BY id LIMIT 1
+"""
+
+
+def job_for(row: asyncpg.Record) -> tuple[str, JobPayload]:
+    """(feature, job) of a request row carrying the job's columns."""
+    return row["feature"], JobPayload(
+        request_id=row["request_id"],
+        session_id=row["session_id"],
+        tenant_id=row["tenant_id"],
+        attempt=row["attempt"],
+        correlation_id=row["correlation_id"] or "",
+    )
+
+
+async def lock_session(conn: asyncpg.Connection, session_id: str) -> None:
+    await conn.execute("SELECT 1 FROM request_sessions WHERE session_id = $1 FOR UPDATE", session_id)
+
+
+async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[str, JobPayload] | None:
+    """The queued head of the session when nothing runs there (caller holds the session lock)."""
+    row = await conn.fetchrow(_HEAD, session_id)
+    if row is None or row["status"] != "queued":
+        return None
+    return job_for(row)
+
+
+async def claim_many(
+    conn: asyncpg.Connection, payloads: list[JobPayload], lease_seconds: float
+) -> dict[str, asyncpg.Record]:
+    """Start the attempts that are still current and head their session, in the caller's
+    transaction: their rows by request id (an attempt left out has nothing to do).
+
+    The sessions are locked first (in a fixed order, so two batches never deadlock), then one
+    statement, with a snapshot taken after the locks, starts every job that heads its session.
+    """
+    if not payloads:
+        return {}
+    sessions = sorted({p.session_id for p in payloads})
+    await conn.execute(
+        "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
+        sessions,
+    )
+    rows = await conn.fetch(
+        """
+        WITH heads AS (
+            SELECT DISTINCT ON (session_id) request_id FROM request_logs
+             WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running', 'waiting')
+             ORDER BY session_id, id)
+        UPDATE request_logs r
+           SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
+               started_at = coalesce(started_at, now()), updated_at = now()
+          FROM unnest($1::uuid[], $2::int[]) AS v(request_id, attempt)
+         WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'queued'
+           AND r.request_id IN (SELECT request_id FROM heads)
+        RETURNING r.*
+        """,
+        [p.request_id for p in payloads], [p.attempt for p in payloads], sessions, lease_seconds,
+    )
+    return {str(row["request_id"]): row for row in rows}
+
+
+async def finish(
+    db: asyncpg.Pool,
+    payload: JobPayload,
+    *,
+    status: str,
+    response: str | None = None,
+    error: str | None = None,
+    agent_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    usage: Usage | None = None,
+) -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
+    """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
+
+    Returns ((the request's total usage, its user), or None when the attempt no longer held it; the
+    next request of the session to queue).
+    """
+    usage = usage or Usage()
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, payload.session_id)
+        row = await conn.fetchrow(
+            f"""
+            UPDATE request_logs
+               SET status = $3, response_content = coalesce($4, response_content), error = $5,
+                   agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
+                   processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
+                   input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
+                   cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11, {_DROP_ESTIMATE}
+             WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+            RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
+            """,
+            payload.request_id, payload.attempt, status, response, error, agent_id, metadata or {},
+            usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.estimated,
+        )
+        if row is None:
+            return None, None
+        await conn.execute(
+            """
+            UPDATE request_sessions
+               SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
+             WHERE session_id = $1
+            """,
+            payload.session_id, agent_id,
+        )
+        return (of_row(row), row["user_id"]), await next_in_session(conn, payload.session_id)
+
+
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> tuple[Usage, str] | None:
+    """The request's usage and user if this attempt already ended with `status` (a `finish` whose reply
+    was lost did apply), else None."""
+    row = await db.fetchrow(
+        "SELECT input_tokens, output_tokens, cost_usd, usage_estimated, user_id FROM request_logs"
+        " WHERE request_id = $1 AND attempt = $2 AND status = $3",
+        payload.request_id, payload.attempt, status,
+    )
+    return (of_row(row), row["user_id"]) if row is not None else None
+
+
+async def cancel_queued(
+    conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
+) -> tuple[list[asyncpg.Record], tuple[str, JobPayload] | None]:
+    """Cancel requests no worker holds: not started, or waiting for an approval (caller holds the session lock)."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE request_logs SET status = 'cancelled', error = $2, completed_at = now(), updated_at = now(),
+               done_pending = true
+         WHERE request_id = ANY($1::uuid[]) AND status IN ('queued', 'waiting')
+        RETURNING {ENDED}
+        """,
+        request_ids, reason,
+    )
+    return list(rows), await next_in_session(conn, session_id)
+
+
+async def heartbeat(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    leases: list[tuple[str, int, str | None, str | None, Usage, str]],
+    lease_seconds: float,
+) -> set[str]:
+    """Extend leases, checkpoint the partial replies given (None keeps the stored one) and store each
+    attempt's usage so far and its model (the usage rollup's key if the attempt is lost); returns the
+    request ids still held."""
+    if not leases:
+        return set()
+    ids, attempts, partials, stream_ids, used, models = (list(col) for col in zip(*leases, strict=True))
+    rows = await conn.fetch(
+        """
+        UPDATE request_logs r
+           SET lease_expires_at = now() + make_interval(secs => $5),
+               response_content = coalesce(v.partial, r.response_content),
+               response_stream_id = coalesce(v.stream_id, r.response_stream_id), updated_at = now(),
+               attempt_input_tokens = v.input_tokens, attempt_output_tokens = v.output_tokens,
+               attempt_cost_usd = v.cost_usd,
+               response_metadata = CASE WHEN v.model = '' OR r.response_metadata ->> 'model' = v.model
+                                        THEN r.response_metadata
+                                        ELSE r.response_metadata || jsonb_build_object('model', v.model) END
+          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[],
+                      $9::text[]) AS v(request_id, attempt, partial, stream_id, input_tokens, output_tokens,
+                                        cost_usd, model)
+         WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
+        RETURNING r.request_id::text
+        """,
+        ids, attempts, partials, stream_ids, lease_seconds, [u.input_tokens for u in used],
+        [u.output_tokens for u in used], [u.cost_usd for u in used], models,
+    )
+    return {r["request_id"] for r in rows}
+
+
+async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = None
+                  ) -> tuple[str, JobPayload] | None:
+    """Give a running attempt back to the queue as the next attempt (its worker is stopping), adding
+    what it used to the request's usage.
+
+    Returns the job to enqueue, or None when the attempt no longer holds the request.
+    """
+    usage = usage or Usage()
+    row = await db.fetchrow(
+        f"""
+        UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
+               updated_at = now(), input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
+               cost_usd = cost_usd + $5, usage_estimated = usage_estimated OR $6, {_DROP_ESTIMATE}
+         WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+        RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+        """,
+        payload.request_id, payload.attempt, usage.input_tokens, usage.output_tokens, usage.cost_usd,
+        usage.estimated,
+    )
+    return job_for(row) if row is not None else None
+
+
+async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None
+               ) -> bool:
+    """A running attempt waits for an approval with no worker, adding what it used to the request's usage:
+    False when it no longer holds the request."""
+    usage = usage or Usage()
+    return bool(await db.fetchval(
+        f"""
+        UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
+               deadline_at = now() + make_interval(secs => $3), input_tokens = input_tokens + $4,
+               output_tokens = output_tokens + $5, cost_usd = cost_usd + $6,
+               usage_estimated = usage_estimated OR $7, {_DROP_ESTIMATE}
+         WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+        RETURNING 1
+        """,
+        payload.request_id, payload.attempt, expires_in_seconds, usage.input_tokens, usage.output_tokens,
+        usage.cost_usd, usage.estimated,
+    ))
+
+
+async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: float) -> tuple[str, JobPayload] | None:
+    """A waiting request whose approvals are all decided goes back to the queue as its next attempt."""
+    row = await conn.fetchrow(
+        """
+        UPDATE request_logs SET status = 'queued', attempt = attempt + 1, updated_at = now(),
+               deadline_at = now() + make_interval(secs => $2)
+         WHERE request_id = $1 AND status = 'waiting'
+           AND NOT EXISTS (SELECT 1 FROM tool_steps WHERE request_id = $1 AND status = 'awaiting')
+        RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+        """,
+        request_id, timeout_seconds,
+    )
+    return job_for(row) if row is not None else None
+
+
+async def reap_expired(
+    conn: asyncpg.Connection, max_attempts: int
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Requeue running requests whose lease lapsed, counting what the lost attempt used (estimated).
+    Returns (requeued, failed for too many attempts)."""
+    async with conn.transaction():
+        requeued = await conn.fetch(
+            f"""
+            UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
+                   updated_at = now(), {_ADD_LOST_ATTEMPT}
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
+                           ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
+            RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+            """,
+            max_attempts,
+        )
+        failed = await conn.fetch(
+            f"""
+            UPDATE request_logs SET status = 'failed', error = 'the request''s worker was lost too many times',
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
+                   {_ADD_LOST_ATTEMPT}
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
+                           LIMIT 200 FOR UPDATE SKIP LOCKED)
+            RETURNING {ENDED}
+            """,
+            max_attempts,
+        )
+    return list(requeued), list(failed)
+
+
+async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Fail requests past their deadline, whatever state they are stuck in (a running attempt's usage so far counts:
+    its worker's own ending is fenced now)."""
+    return list(
+        await conn.fetch(
+            f"""
+            UPDATE request_logs SET status = 'failed', completed_at = now(),
+                   error = CASE WHEN status = 'waiting' THEN 'no decision on the tool call awaiting approval '
+                                'before it expired' ELSE 'timed out' END,
+                   updated_at = now(), lease_expires_at = NULL, done_pending = true, {_ADD_LOST_ATTEMPT}
+             WHERE id IN (SELECT id FROM request_logs
+                           WHERE status IN ('queued', 'running', 'waiting') AND deadline_at < now()
+                           LIMIT 500 FOR UPDATE SKIP LOCKED)
+            RETURNING {ENDED}
+            """
+        )
+    )
+
+
+async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> list[tuple[str, JobPayload]]:
+    """Queued session heads not picked up for a while (e.g. the queue was down when they came)."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM (
+            SELECT DISTINCT ON (session_id) request_id::text, session_id::text, tenant_id, attempt,
+                   status, feature, correlation_id, updated_at
+              FROM request_logs WHERE status IN ('queued', 'running', 'waiting') ORDER BY session_id, id) heads
+         WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+         LIMIT 500
+        """,
+        older_than_seconds,
+    )
+    return [job_for(r) for r in rows]
+
+
+async def expire_sessions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """End idle sessions past their expiry; returns their (session_id, tenant_id)."""
+    return list(await conn.fetch(
+        """
+        UPDATE request_sessions s SET status = 'expired', updated_at = now()
+         WHERE s.status = 'active' AND s.expires_at < now()
+           AND NOT EXISTS (SELECT 1 FROM request_logs r
+                            WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running', 'waiting'))
+        RETURNING session_id::text, tenant_id
+        """
+    ))
+
+
+async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] | None:
+    """What to queue next in a session after something outside a worker ended a request."""
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, session_id)
+        return await next_in_session(conn, session_id)
+
+
+async def mark_ended(db: asyncpg.Pool | asyncpg.Connection, request_ids: list[str]) -> None:
+    """The closing events of these requests are on their streams (and what follows is queued)."""
+    await db.execute("UPDATE request_logs SET done_pending = false WHERE request_id = ANY($1::uuid[]) AND done_pending",
+                     request_ids)
+
+
+async def unended(db: asyncpg.Pool, older_than_seconds: float, limit: int = 200) -> list[asyncpg.Record]:
+    """Terminal rows whose closing events were not confirmed for a while (their writer died)."""
+    return list(await db.fetch(
+        f"""
+        SELECT {ENDED} FROM request_logs
+         WHERE done_pending AND completed_at < now() - make_interval(secs => $1)
+         ORDER BY completed_at LIMIT $2
+        """,
+        older_than_seconds, limit,
+    ))

@@ -1,0 +1,1 @@
+"""Schedules: when a cron schedule fires next."""

@@ -1,0 +1,1 @@
+"""Sessions: the conversations requests belong to, and their SQL."""
