@@ -17,6 +17,7 @@ test: lint
 
 lint: .venv/.synced
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
 # Rewrites files: ruff's formatter, then the import order and other fixes `ruff check` can make.

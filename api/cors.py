@@ -8,8 +8,16 @@ from starlette.middleware.cors import CORSMiddleware
 from common.platform.settings import Settings
 
 # Response headers a script on another origin may read (the rest stay hidden by the browser).
-EXPOSED_HEADERS = ["Location", "Content-Location", "Retry-After", "x-correlation-id", "x-vercel-ai-ui-message-stream",
-                   "X-Session-Id", "Idempotent-Replayed", "Preference-Applied"]
+EXPOSED_HEADERS = [
+    "Location",
+    "Content-Location",
+    "Retry-After",
+    "x-correlation-id",
+    "x-vercel-ai-ui-message-stream",
+    "X-Session-Id",
+    "Idempotent-Replayed",
+    "Preference-Applied",
+]
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -21,5 +29,12 @@ def install(app: FastAPI, settings: Settings) -> None:
     origins, regex = settings.cors_origins(), settings.cors_allow_origin_regex or None
     if not origins and not regex:
         return
-    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=regex, allow_methods=["*"],
-                       allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=600)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_origin_regex=regex,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )

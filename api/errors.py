@@ -17,9 +17,18 @@ from common.requests.limits import Refusal
 
 log = logging.getLogger(__name__)
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "payload_too_large", 422: "validation_error", 429: "rate_limited",
-          503: "service_unavailable"}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
 
 # A message, a list of messages, or one {"field", "message"} per invalid field.
 Detail = str | list[str] | list[dict[str, str]]
@@ -138,9 +147,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in exc.errors()
-        ]
+        fields = [{"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in exc.errors()]
         return error_response(422, "validation_error", fields)
 
     @app.exception_handler(asyncpg.DataError)
@@ -150,13 +157,15 @@ def install(app: FastAPI) -> None:
 
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable", extra={"error": repr(exc)})
-        return error_response(503, "service_unavailable", "the database is unavailable; retry shortly",
-                              {"Retry-After": "2"})
+        return error_response(
+            503, "service_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "2"}
+        )
 
     async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable", extra={"error": repr(exc)})
-        return error_response(503, "service_unavailable", "the stream store is unavailable; retry shortly",
-                              {"Retry-After": "2"})
+        return error_response(
+            503, "service_unavailable", "the stream store is unavailable; retry shortly", {"Retry-After": "2"}
+        )
 
     for error in POSTGRES_ERRORS:
         app.add_exception_handler(error, _db_down)

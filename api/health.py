@@ -48,8 +48,11 @@ async def _probe_all(gw: Gateway) -> dict[str, str]:
         _probe(gw.db.fetchval("SELECT 1")), _probe(gw.streams.ping()), _probe(gw.queue.ping())
     )
     down = gw.hub.readers_down
-    checks = {"postgres": postgres, "redis": streams if streams != "ok" else queue,
-              "stream_readers": f"unavailable: {down} of {len(gw.hub.readers)} down" if down else "ok"}
+    checks = {
+        "postgres": postgres,
+        "redis": streams if streams != "ok" else queue,
+        "stream_readers": f"unavailable: {down} of {len(gw.hub.readers)} down" if down else "ok",
+    }
     healthy = all(v == "ok" for v in checks.values())
     return {"status": "ok" if healthy else "unavailable", **checks}
 

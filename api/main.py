@@ -53,8 +53,11 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _require(settings: Settings) -> None:
-    missing = [name for name, value in (("DATABASE_URL", settings.database_url),
-                                        ("REDIS_URL", settings.stream_redis_url)) if not value]
+    missing = [
+        name
+        for name, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.stream_redis_url))
+        if not value
+    ]
     if missing:
         raise SystemExit(f"relaygate gateway: {', '.join(missing)} not set (use `relaygate dev` for embedded servers)")
     problem = settings.auth_problem()
@@ -95,8 +98,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
     capacity = stream_capacity(settings.stream_fd_reserve)
-    stores = await open_stores(settings, db_max_size=settings.db_pool_size, stream_connections=128,
-                               pool_name="gateway", health_check_interval=30)
+    stores = await open_stores(
+        settings,
+        db_max_size=settings.db_pool_size,
+        stream_connections=128,
+        pool_name="gateway",
+        health_check_interval=30,
+    )
     arq = await queue.connect(settings.queue_redis_url)
     hub = start_hub(settings, stores.streams, readers=settings.hub_readers)
     runtime.tune_gc()
@@ -104,8 +112,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     slots = StreamSlots(limits)
     renewing = asyncio.create_task(slots.renew_forever(), name="stream-leases")
     app.state.gateway = Gateway(
-        settings=settings, db=stores.db, streams=stores.streams, queue=arq, hub=hub, writer=stores.writer,
-        agents=stores.agents, limits=limits, slots=slots, budgets=BudgetBook(stores.db, settings),
+        settings=settings,
+        db=stores.db,
+        streams=stores.streams,
+        queue=arq,
+        hub=hub,
+        writer=stores.writer,
+        agents=stores.agents,
+        limits=limits,
+        slots=slots,
+        budgets=BudgetBook(stores.db, settings),
         capacity=capacity,
     )
     restore_signals = _drain_on_signal(hub)
@@ -132,14 +148,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     rg_logging.configure(settings.log_level, settings.log_format)
     # No public /docs or /openapi.json: the schema is served to authenticated callers only.
-    app = _GatewayApp(title="relaygate", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = _GatewayApp(
+        title="relaygate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
     errors.install(app)
-    for router in (health_router, openapi_router, sessions_router, requests_router, compat_router, stream_router,
-                   runs_router, flows_router, webhook_configs_router, webhook_intake_router, events_router,
-                   integrations_router, slack_router, langgraph_router, aisdk_router, openai_router,
-                   usage_router, budgets_router, schedules_router):
+    for router in (
+        health_router,
+        openapi_router,
+        sessions_router,
+        requests_router,
+        compat_router,
+        stream_router,
+        runs_router,
+        flows_router,
+        webhook_configs_router,
+        webhook_intake_router,
+        events_router,
+        integrations_router,
+        slack_router,
+        langgraph_router,
+        aisdk_router,
+        openai_router,
+        usage_router,
+        budgets_router,
+        schedules_router,
+    ):
         app.include_router(router)
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")

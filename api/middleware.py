@@ -15,13 +15,17 @@ from common.platform.logging import correlation_id
 log = logging.getLogger("relaygate.access")
 
 HTTP_REQUESTS = Counter("relaygate_http_requests_total", "HTTP requests", ["method", "route", "status"])
-HTTP_LATENCY = Histogram("relaygate_http_request_seconds", "HTTP request latency (to response start)",
-                         ["method", "route"])
+HTTP_LATENCY = Histogram(
+    "relaygate_http_request_seconds", "HTTP request latency (to response start)", ["method", "route"]
+)
 
 
 # No MIME sniffing and no framing (clickjacking), on every answer of the UI and the API.
-SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"content-security-policy", b"frame-ancestors 'none'"))
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
 
 
 class SecurityHeaders:
@@ -47,8 +51,13 @@ class SecurityHeaders:
 
 async def _reject(send: Send, status: int, error: str, detail: str) -> None:
     body = orjson.dumps({"error": error, "detail": detail})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -115,6 +124,13 @@ class GatewayMiddleware:
             if not rejected:
                 raise
         finally:
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "ms": round((time.perf_counter() - started) * 1000, 1)})
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
             correlation_id.reset(token)

@@ -38,13 +38,21 @@ from common.streams.protocol import Event
 
 EVENTS = 100_000
 IDLE_STREAMS = 2_000
-SCOPE = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "method": "GET", "path": "/",
-         "headers": [], "query_string": b""}
+SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.4"},
+    "method": "GET",
+    "path": "/",
+    "headers": [],
+    "query_string": b"",
+}
 
 
 def _entries(n: int) -> list[Entry]:
-    fields = {k.encode(): v.encode() for k, v in
-              Event(type="token", request_id=str(uuid.uuid4()), seq=1, data={"text": "hello "}).fields().items()}
+    fields = {
+        k.encode(): v.encode()
+        for k, v in Event(type="token", request_id=str(uuid.uuid4()), seq=1, data={"text": "hello "}).fields().items()
+    }
     return [to_entry(f"{1700000000000 + i}-0".encode(), fields) for i in range(n)]
 
 
@@ -76,8 +84,10 @@ def _relaygate(batch: int) -> Callable[[list[Entry]], Any]:
     def make(entries: list[Entry]) -> Any:
         async def frames() -> AsyncIterator[bytes]:
             for i in range(0, len(entries), batch):
-                yield b"".join(sse_frame(e) for e in entries[i:i + batch])
+                yield b"".join(sse_frame(e) for e in entries[i : i + batch])
+
         return sse_response(frames())
+
     return make
 
 
@@ -88,7 +98,9 @@ def _sse_starlette_events() -> Callable[[list[Entry]], Any]:
         async def events() -> AsyncIterator[ServerSentEvent]:
             for e in entries:
                 yield ServerSentEvent(data=e.json.decode(), id=e.raw_id.decode(), event=e.type.decode())
+
         return EventSourceResponse(events(), ping=15)
+
     return make
 
 
@@ -98,8 +110,10 @@ def _sse_starlette_bytes(batch: int) -> Callable[[list[Entry]], Any]:
     def make(entries: list[Entry]) -> Any:
         async def frames() -> AsyncIterator[bytes]:
             for i in range(0, len(entries), batch):
-                yield b"".join(sse_frame(e) for e in entries[i:i + batch])
+                yield b"".join(sse_frame(e) for e in entries[i : i + batch])
+
         return EventSourceResponse(frames(), ping=15)
+
     return make
 
 
@@ -126,6 +140,7 @@ def _idle_relaygate() -> Any:
     async def frames() -> AsyncIterator[bytes]:
         await asyncio.Event().wait()
         yield b""
+
     return sse_response(frames())
 
 
@@ -135,6 +150,7 @@ def _idle_sse_starlette() -> Any:
     async def frames() -> AsyncIterator[bytes]:
         await asyncio.Event().wait()
         yield b""
+
     return EventSourceResponse(frames(), ping=15)
 
 
@@ -192,8 +208,14 @@ async def _fake_checks(redis: Any, other: Any) -> dict[str, str]:
     async def hub_relay() -> bool:
         from common.streams.hub import Hub, ServerConnections
 
-        hub = Hub(redis, ServerConnections(redis.connection_pool), readers=1, block_ms=1000, queue_size=10,
-                  heartbeat_seconds=60)
+        hub = Hub(
+            redis,
+            ServerConnections(redis.connection_pool),
+            readers=1,
+            block_ms=1000,
+            queue_size=10,
+            heartbeat_seconds=60,
+        )
         hub.start()
         try:
             sub = await hub.subscribe(key + "h")

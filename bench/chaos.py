@@ -63,8 +63,12 @@ def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[floa
     for i in range(args.worker_kills):
         gap = span / args.worker_kills
         plan.append((start + gap * (i + 0.5) + rng.uniform(-0.3, 0.3) * gap, "worker kill"))
-    others = (["gateway drain"] * args.gateway_drains + ["gateway kill"] * args.gateway_kills
-              + ["valkey restart"] * args.valkey_restarts + ["postgres pause"] * args.postgres_pauses)
+    others = (
+        ["gateway drain"] * args.gateway_drains
+        + ["gateway kill"] * args.gateway_kills
+        + ["valkey restart"] * args.valkey_restarts
+        + ["postgres pause"] * args.postgres_pauses
+    )
     rng.shuffle(others)
     for j, kind in enumerate(others):
         plan.append((start + span * (j + 0.5) / len(others), kind))
@@ -112,13 +116,18 @@ class Faults:
     async def one(self, kind: str) -> None:
         c = self.cluster
         if kind == "worker kill":
-            if not await self._until(kind, lambda: not c.outages and self._ready_workers() >= self.args.kill_min_ready,
-                                     f"fewer than {self.args.kill_min_ready} workers ready"):
+            if not await self._until(
+                kind,
+                lambda: not c.outages and self._ready_workers() >= self.args.kill_min_ready,
+                f"fewer than {self.args.kill_min_ready} workers ready",
+            ):
                 return
             record = await c.kill_worker(self.rng.choice)
             assert record is not None
-            log(f"worker kill -9: slot {record['slot']} pid {record['pid']} "
-                f"({record['other_workers_ready']} other workers ready)")
+            log(
+                f"worker kill -9: slot {record['slot']} pid {record['pid']} "
+                f"({record['other_workers_ready']} other workers ready)"
+            )
         elif kind in ("gateway drain", "gateway kill"):
             if not await self._until(kind, lambda: len(c.up) == c.gateways, "a gateway was not serving"):
                 return
@@ -127,8 +136,10 @@ class Faults:
             sig = signal.SIGTERM if kind == "gateway drain" else signal.SIGKILL
             log(f"{kind}: gateway {slot}")
             record = await c.stop_gateway(slot, sig)
-            log(f"{kind}: gateway {slot} exited after {record['exit_seconds']} s (code {record['exit_code']}), "
-                f"serving again after {record['back_seconds']} s")
+            log(
+                f"{kind}: gateway {slot} exited after {record['exit_seconds']} s (code {record['exit_code']}), "
+                f"serving again after {record['back_seconds']} s"
+            )
         elif kind == "valkey restart":
             log("valkey restart: stopping")
             record = await c.restart_valkey(self.args.valkey_down_seconds)
@@ -144,13 +155,20 @@ async def progress(clients: list[SessionClient], cluster: Cluster, every: float 
         await asyncio.sleep(every)
         done = sum(len(c.done) for c in clients)
         ready = sum(1 for p in cluster.worker_procs if p is not None and p.alive() and p.ready_at)
-        log(f"{done} requests done; gateways up {len(cluster.up)}/{cluster.gateways}, workers ready "
+        log(
+            f"{done} requests done; gateways up {len(cluster.up)}/{cluster.gateways}, workers ready "
             f"{ready}/{cluster.workers}; faults {len(cluster.faults)}; anomalies so far "
-            f"{sum(cluster.anomalies.counts.values())}")
+            f"{sum(cluster.anomalies.counts.values())}"
+        )
 
 
-async def settle(args: argparse.Namespace, cluster: Cluster, tenant: str, clients: list[SessionClient],
-                 senders: list[asyncio.Task[None]]) -> None:
+async def settle(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    tenant: str,
+    clients: list[SessionClient],
+    senders: list[asyncio.Task[None]],
+) -> None:
     """After the traffic stops and every process is up again: until every turn ended and nothing is
     queued or running, for at most `--settle` seconds (a slow cold start is not a stuck request)."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -179,7 +197,8 @@ def reconnects(clients: list[SessionClient], cluster: Cluster) -> dict[str, Any]
         for conn in client.connections[:-1]:
             expected = conn.cause == "drain" or any(
                 port == conn.port and start - EXPECTED_CLOSE_SLACK <= conn.closed <= end + EXPECTED_CLOSE_SLACK
-                for port, start, end in cluster.gateway_down)
+                for port, start, end in cluster.gateway_down
+            )
             causes[f"{conn.cause} ({'gateway faulted' if expected else 'gateway up'})"] += 1
     return {"total": sum(causes.values()), "by_cause": dict(causes)}
 
@@ -191,14 +210,18 @@ def ready_times(procs: list[Proc], reason: str) -> dict[str, Any]:
 def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
     f = figures
     print("\n=== chaos run ===")
-    print(f"run: {f['run']['traffic_s']} s of traffic, {f['run']['clients']} clients, {f['run']['gateways']} gateways, "
-          f"{f['run']['workers']} workers, seed {f['run']['seed']}")
+    print(
+        f"run: {f['run']['traffic_s']} s of traffic, {f['run']['clients']} clients, {f['run']['gateways']} gateways, "
+        f"{f['run']['workers']} workers, seed {f['run']['seed']}"
+    )
     print("faults: " + ", ".join(f"{k} x{n}" for k, n in f["faults"]["done"].items()))
     if f["faults"]["skipped"]:
         print(f"WARNING: faults skipped (the machine is too busy for the plan): {f['faults']['skipped']}")
     r = f["requests"]
-    print(f"requests: {r['total']} ({r['stored']} stored: {r['by_status']}; {r['retried']} retried; "
-          f"{r['announced_not_stored']} announced but not stored); {r['with_anomalies']} with an anomaly")
+    print(
+        f"requests: {r['total']} ({r['stored']} stored: {r['by_status']}; {r['retried']} retried; "
+        f"{r['announced_not_stored']} announced but not stored); {r['with_anomalies']} with an anomaly"
+    )
     print(f"stream entries: {f['entries']['in_streams']} in streams, {f['entries']['received']} received by clients")
     k = f["kill_to_next_token"]
     print(f"worker kill -> next token of an affected request ({k['affected_requests']} requests):")
@@ -206,8 +229,10 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
     print(f"    received: {fmt_spread(k['received'])}")
     if k["retried_without_a_token"]:
         print(f"    {k['retried_without_a_token']} requests running on a killed worker got no later token")
-    print(f"worker ready time after a kill: {fmt_spread(f['worker_ready']['after_kill'])}; "
-          f"at start: {fmt_spread(f['worker_ready']['initial'])}")
+    print(
+        f"worker ready time after a kill: {fmt_spread(f['worker_ready']['after_kill'])}; "
+        f"at start: {fmt_spread(f['worker_ready']['initial'])}"
+    )
     print(f"turn time (first POST -> done): {fmt_spread(f['turns']['seconds'])}")
     print(f"reconnects: {f['reconnects']['total']} {f['reconnects']['by_cause']}")
     print(f"http: {f['http']}")
@@ -257,9 +282,18 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     traffic = Traffic(cluster.anomalies)
     pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
-    clients = [SessionClient(i, http, cluster.live_ports,
-                             mint_token(settings, user_id=f"user-{i}", tenant_id=tenant), traffic, pace,
-                             rng.randrange(2**32)) for i in range(args.clients)]
+    clients = [
+        SessionClient(
+            i,
+            http,
+            cluster.live_ports,
+            mint_token(settings, user_id=f"user-{i}", tenant_id=tenant),
+            traffic,
+            pace,
+            rng.randrange(2**32),
+        )
+        for i in range(args.clients)
+    ]
     faults = Faults(cluster, rng, args)
     senders: list[asyncio.Task[None]] = []
     reporter = asyncio.create_task(progress(clients, cluster))
@@ -293,8 +327,9 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     finally:
         for task in [watcher, reporter, *senders, *(c.reader for c in clients if c.reader)]:
             task.cancel()
-        await asyncio.gather(watcher, reporter, *senders, *(c.reader for c in clients if c.reader),
-                             return_exceptions=True)
+        await asyncio.gather(
+            watcher, reporter, *senders, *(c.reader for c in clients if c.reader), return_exceptions=True
+        )
         await http.aclose()
 
 
@@ -303,8 +338,9 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
     anomalies = cluster.anomalies
     redis = Redis.from_url(cluster.redis_url)
     try:
-        streams = {c.session_id: await read_stream(redis, stream_key(c.session_id, buckets(cluster)))
-                   for c in run.clients}
+        streams = {
+            c.session_id: await read_stream(redis, stream_key(c.session_id, buckets(cluster))) for c in run.clients
+        }
     finally:
         await redis.aclose()
     rows = await load_rows(cluster.database_url, run.tenant)
@@ -326,17 +362,31 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
         new: Proc | None = fault.get("replacement")
         if new is not None and new.ready_at:
             fault["replacement_ready_s"] = round(new.ready_at - new.spawned, 2)
-    timeline = [{k: (round(v - run.t0, 1) if k == "at" else v) for k, v in f.items() if k not in ("log", "replacement")}
-                for f in sorted(cluster.faults, key=lambda f: f["at"])]
+    timeline = [
+        {k: (round(v - run.t0, 1) if k == "at" else v) for k, v in f.items() if k not in ("log", "replacement")}
+        for f in sorted(cluster.faults, key=lambda f: f["at"])
+    ]
     return {
-        "run": {"traffic_s": round(run.seconds), "clients": args.clients, "gateways": args.gateways,
-                "workers": args.workers, "seed": args.seed, "folder": str(cluster.folder),
-                "env": cluster.env_summary(), "harness_cpu_s": round(time.process_time(), 1)},
-        "faults": {"done": dict(Counter(f["kind"] for f in cluster.faults)), "skipped": dict(run.faults.skipped),
-                   "timeline": timeline},
+        "run": {
+            "traffic_s": round(run.seconds),
+            "clients": args.clients,
+            "gateways": args.gateways,
+            "workers": args.workers,
+            "seed": args.seed,
+            "folder": str(cluster.folder),
+            "env": cluster.env_summary(),
+            "harness_cpu_s": round(time.process_time(), 1),
+        },
+        "faults": {
+            "done": dict(Counter(f["kind"] for f in cluster.faults)),
+            "skipped": dict(run.faults.skipped),
+            "timeline": timeline,
+        },
         **verifier.figures,
-        "worker_ready": {"after_kill": ready_times(cluster.history, "kill"),
-                         "initial": ready_times(cluster.history, "initial")},
+        "worker_ready": {
+            "after_kill": ready_times(cluster.history, "kill"),
+            "initial": ready_times(cluster.history, "initial"),
+        },
         "turns": {"sent": len(turns), "seconds": spread([t.done_at - t.posted_at for t in turns if t.done_at])},
         "reconnects": reconnects(run.clients, cluster),
         "http": dict(run.traffic.counts),
@@ -356,11 +406,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gateway-kills", type=int, default=1)
     p.add_argument("--valkey-restarts", type=int, default=1)
     p.add_argument("--postgres-pauses", type=int, default=1)
-    p.add_argument("--kill-min-ready", type=int, default=2,
-                   help="workers that must be ready (the victim included) before a kill: 2 keeps one serving, so a "
-                        "kill measures takeover; 1 also kills the last one (recovery then waits for a cold start)")
-    p.add_argument("--fault-wait", type=float, default=180,
-                   help="max seconds a fault waits until it can be done as planned (then it is skipped)")
+    p.add_argument(
+        "--kill-min-ready",
+        type=int,
+        default=2,
+        help="workers that must be ready (the victim included) before a kill: 2 keeps one serving, so a "
+        "kill measures takeover; 1 also kills the last one (recovery then waits for a cold start)",
+    )
+    p.add_argument(
+        "--fault-wait",
+        type=float,
+        default=180,
+        help="max seconds a fault waits until it can be done as planned (then it is skipped)",
+    )
     p.add_argument("--pause-seconds", type=float, default=5, help="how long Postgres stays SIGSTOPped")
     p.add_argument("--valkey-down-seconds", type=float, default=2, help="how long Valkey stays stopped")
     p.add_argument("--drain-timeout", type=float, default=10, help="the gateways' --timeout-graceful-shutdown")
@@ -368,8 +426,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokens-max", type=int, default=90)
     p.add_argument("--rate", type=float, default=20, help="offline model tokens per second")
     p.add_argument("--think", type=float, default=1.0, help="max seconds a client waits between requests")
-    p.add_argument("--settle", type=float, default=90,
-                   help="max seconds after the traffic stops for every request to end (then it is stuck)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=90,
+        help="max seconds after the traffic stops for every request to end (then it is stuck)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for gateways and workers")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (always kept when anomalies are found)")

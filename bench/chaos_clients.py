@@ -85,8 +85,16 @@ class Pace:
 
 
 class SessionClient:
-    def __init__(self, index: int, http: httpx.AsyncClient, ports: Callable[[], list[int]], token: str,
-                 traffic: Traffic, pace: Pace, seed: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        http: httpx.AsyncClient,
+        ports: Callable[[], list[int]],
+        token: str,
+        traffic: Traffic,
+        pace: Pace,
+        seed: int,
+    ) -> None:
         self.index = index
         self.http = http
         self.ports = ports
@@ -115,8 +123,9 @@ class SessionClient:
         while True:
             port = await self._port()
             try:
-                r = await self.http.post(f"http://127.0.0.1:{port}/api/v1/sessions", json={}, headers=self.auth,
-                                         timeout=POST_TIMEOUT)
+                r = await self.http.post(
+                    f"http://127.0.0.1:{port}/api/v1/sessions", json={}, headers=self.auth, timeout=POST_TIMEOUT
+                )
             except httpx.TransportError:
                 self.traffic.counts["session transport error"] += 1
                 await asyncio.sleep(0.2)
@@ -144,8 +153,9 @@ class SessionClient:
                 headers["Last-Event-ID"] = self.last_id
             conn: Connection | None = None
             try:
-                async with self.http.stream("GET", f"http://127.0.0.1:{port}{url}", headers=headers,
-                                            timeout=STREAM_TIMEOUT) as response:
+                async with self.http.stream(
+                    "GET", f"http://127.0.0.1:{port}{url}", headers=headers, timeout=STREAM_TIMEOUT
+                ) as response:
                     if response.status_code != 200:
                         await response.aread()
                         self.traffic.status("stream", response)
@@ -202,8 +212,12 @@ class SessionClient:
         while not stop.is_set():
             turn_no += 1
             tokens = self.rng.randint(*self.pace.tokens)
-            turn = Turn(f"chaos client {self.index} turn {turn_no} {uuid.uuid4().hex[:8]}", tokens, uuid.uuid4().hex,
-                        time.time())
+            turn = Turn(
+                f"chaos client {self.index} turn {turn_no} {uuid.uuid4().hex[:8]}",
+                tokens,
+                uuid.uuid4().hex,
+                time.time(),
+            )
             self.turns.append(turn)
             turn.request_id = await self._post(turn)
             if turn.request_id not in self.done:
@@ -218,15 +232,19 @@ class SessionClient:
                     pass
 
     async def _post(self, turn: Turn) -> str:
-        body = {"content": turn.content, "session_id": self.session_id,
-                "metadata": {"offline": {"tokens": turn.tokens, "tokens_per_second": self.pace.rate}}}
+        body = {
+            "content": turn.content,
+            "session_id": self.session_id,
+            "metadata": {"offline": {"tokens": turn.tokens, "tokens_per_second": self.pace.rate}},
+        }
         headers = {**self.auth, "Idempotency-Key": turn.key}
         while True:
             port = await self._port()
             turn.post_tries += 1
             try:
-                r = await self.http.post(f"http://127.0.0.1:{port}/api/v1/requests/web", json=body, headers=headers,
-                                         timeout=POST_TIMEOUT)
+                r = await self.http.post(
+                    f"http://127.0.0.1:{port}/api/v1/requests/web", json=body, headers=headers, timeout=POST_TIMEOUT
+                )
             except httpx.TransportError as exc:
                 self.traffic.counts[f"post {type(exc).__name__}"] += 1
                 await asyncio.sleep(0.2)

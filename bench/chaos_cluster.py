@@ -131,11 +131,20 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
-        env.update({"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, "JWT_SECRET_KEY": self.secret,
-                    "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO", **bench.UNLIMITED,
-                    "LEASE_SECONDS": "4", "HEARTBEAT_SECONDS": "0.5",
-                    # Nothing is trimmed during the run: the verification compares every entry.
-                    "STREAM_MAXLEN": "10000000"})
+        env.update(
+            {
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis_url,
+                "JWT_SECRET_KEY": self.secret,
+                "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": "INFO",
+                **bench.UNLIMITED,
+                "LEASE_SECONDS": "4",
+                "HEARTBEAT_SECONDS": "0.5",
+                # Nothing is trimmed during the run: the verification compares every entry.
+                "STREAM_MAXLEN": "10000000",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -147,8 +156,14 @@ class Cluster:
     def _spawn(self, role: str, slot: int, args: list[str], reason: str, port: int = 0) -> Proc:
         path = self.folder / "logs" / f"{role}{slot}-{len(self.history)}.log"
         with path.open("wb") as out:
-            popen = subprocess.Popen(args, env=self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=bench.ROOT,
-                                     preexec_fn=bench.raise_nofile)
+            popen = subprocess.Popen(
+                args,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=bench.ROOT,
+                preexec_fn=bench.raise_nofile,
+            )
         proc = Proc(role, slot, popen, path, time.time(), reason, port)
         self.history.append(proc)
         return proc
@@ -160,9 +175,25 @@ class Cluster:
 
     async def start_gateway(self, slot: int, reason: str) -> None:
         port = self.ports[slot]
-        proc = self._spawn("gateway", slot, [
-            sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", f"{self.graceful_seconds:g}"], reason, port)
+        proc = self._spawn(
+            "gateway",
+            slot,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                f"{self.graceful_seconds:g}",
+            ],
+            reason,
+            port,
+        )
         self.gateway_procs[slot] = proc
         deadline = time.monotonic() + HEALTH_TIMEOUT
         async with httpx.AsyncClient() as client:
@@ -182,7 +213,8 @@ class Cluster:
     def all_ready(self) -> bool:
         """Every gateway serving and every worker ready."""
         return len(self.up) == self.gateways and all(
-            p is not None and p.alive() and p.ready_at for p in self.worker_procs)
+            p is not None and p.alive() and p.ready_at for p in self.worker_procs
+        )
 
     def current(self) -> list[Proc]:
         return [p for p in [*self.gateway_procs, *self.worker_procs] if p is not None]
@@ -198,9 +230,16 @@ class Cluster:
                 code = proc.popen.poll()
                 if code is not None and not proc.expected_exit:
                     proc.expected_exit = True
-                    self.anomalies.add("unexpected_exit", role=proc.role, slot=proc.slot, pid=proc.pid, code=code,
-                                       at=time.strftime("%H:%M:%S"), outage=",".join(sorted(self.outages)) or "-",
-                                       log=proc.tail())
+                    self.anomalies.add(
+                        "unexpected_exit",
+                        role=proc.role,
+                        slot=proc.slot,
+                        pid=proc.pid,
+                        code=code,
+                        at=time.strftime("%H:%M:%S"),
+                        outage=",".join(sorted(self.outages)) or "-",
+                        log=proc.tail(),
+                    )
                     log(f"UNEXPECTED EXIT: {proc.role} {proc.slot} (pid {proc.pid}) exited with {code}; restarting")
                     if proc.role == "gateway":
                         self.up.discard(proc.slot)
@@ -251,8 +290,15 @@ class Cluster:
         os.kill(victim.pid, signal.SIGKILL)
         await asyncio.to_thread(victim.popen.wait)
         replacement = self.start_worker(victim.slot, "kill")
-        record = {"kind": "worker kill -9", "at": at, "slot": victim.slot, "pid": victim.pid, "log": victim.log,
-                  "replacement": replacement, "other_workers_ready": len(ready) - 1}
+        record = {
+            "kind": "worker kill -9",
+            "at": at,
+            "slot": victim.slot,
+            "pid": victim.pid,
+            "log": victim.log,
+            "replacement": replacement,
+            "other_workers_ready": len(ready) - 1,
+        }
         self.kills.append(record)
         self.faults.append(record)
         return record
@@ -265,8 +311,12 @@ class Cluster:
         proc.expected_exit = True
         at = time.time()
         proc.popen.send_signal(sig)
-        record: dict[str, Any] = {"kind": "gateway drain" if sig == signal.SIGTERM else "gateway kill -9",
-                                  "at": at, "slot": slot, "pid": proc.pid}
+        record: dict[str, Any] = {
+            "kind": "gateway drain" if sig == signal.SIGTERM else "gateway kill -9",
+            "at": at,
+            "slot": slot,
+            "pid": proc.pid,
+        }
         try:
             await asyncio.wait_for(asyncio.to_thread(proc.popen.wait), self.graceful_seconds + 10)
         except TimeoutError:

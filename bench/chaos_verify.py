@@ -55,8 +55,15 @@ async def read_stream(redis: Redis, key: str) -> list[Entry]:
     while True:
         page = await redis.xrange(key, start, "+", count=PAGE)
         for raw_id, fields in page:
-            entries.append(Entry(raw_id.decode(), fields[b"type"].decode(), fields[b"request_id"].decode(),
-                                 int(fields[b"attempt"]), event_json(fields)))
+            entries.append(
+                Entry(
+                    raw_id.decode(),
+                    fields[b"type"].decode(),
+                    fields[b"request_id"].decode(),
+                    int(fields[b"attempt"]),
+                    event_json(fields),
+                )
+            )
         if len(page) < PAGE:
             return entries
         start = "(" + page[-1][0].decode()
@@ -65,8 +72,11 @@ async def read_stream(redis: Redis, key: str) -> list[Entry]:
 async def active_rows(database_url: str, tenant: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM request_logs WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM request_logs WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant
+            )
+        )
     finally:
         await conn.close()
 
@@ -77,7 +87,9 @@ async def load_rows(database_url: str, tenant: str) -> dict[str, asyncpg.Record]
         rows = await conn.fetch(
             "SELECT request_id::text AS request_id, session_id::text AS session_id, status, attempt,"
             " response_content, error, created_at, extract(epoch FROM now() - created_at) AS age"
-            " FROM request_logs WHERE tenant_id = $1", tenant)
+            " FROM request_logs WHERE tenant_id = $1",
+            tenant,
+        )
     finally:
         await conn.close()
     return {r["request_id"]: r for r in rows}
@@ -98,8 +110,11 @@ async def catch_up(redis: Redis, clients: list[SessionClient], buckets: int, tim
     tails = await stream_tails(redis, clients, buckets)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(c.last_id is not None and parse_id(c.last_id) >= parse_id(tails[c.session_id])
-               for c in clients if c.session_id in tails):
+        if all(
+            c.last_id is not None and parse_id(c.last_id) >= parse_id(tails[c.session_id])
+            for c in clients
+            if c.session_id in tails
+        ):
             break
         await asyncio.sleep(0.2)
     return tails
@@ -128,18 +143,27 @@ class Verifier:
         for request_id, row in rows.items():
             statuses[row["status"]] += 1
             if row["status"] in ACTIVE:
-                self.anomalies.add("stuck", request_id=request_id, status=row["status"], attempt=row["attempt"],
-                                   age_s=round(float(row["age"]), 1),
-                                   last_event=by_request[request_id][-1].type if by_request.get(request_id) else "-")
+                self.anomalies.add(
+                    "stuck",
+                    request_id=request_id,
+                    status=row["status"],
+                    attempt=row["attempt"],
+                    age_s=round(float(row["age"]), 1),
+                    last_event=by_request[request_id][-1].type if by_request.get(request_id) else "-",
+                )
             elif row["status"] != "completed":
                 # A request that waited out its whole deadline (REQUEST_TIMEOUT_SECONDS) was stuck until then.
                 kind = "timed_out" if row["error"] == "timed out" else f"ended_{row['status']}"
                 self.anomalies.add(kind, request_id=request_id, attempt=row["attempt"], error=row["error"])
             if request_id not in by_request:
                 self.anomalies.add("row_without_events", request_id=request_id, status=row["status"])
-        self.figures["requests"] = {"total": len(by_request.keys() | rows.keys()), "stored": len(rows),
-                                    "by_status": dict(statuses), "retried": retried,
-                                    "announced_not_stored": unstored}
+        self.figures["requests"] = {
+            "total": len(by_request.keys() | rows.keys()),
+            "stored": len(rows),
+            "by_status": dict(statuses),
+            "retried": retried,
+            "announced_not_stored": unstored,
+        }
         return by_request
 
     def _one_request(self, request_id: str, events: list[Entry], row: asyncpg.Record | None) -> None:
@@ -150,8 +174,9 @@ class Verifier:
         if not terminals and not still_open:
             self.anomalies.add("no_terminal", **what, last_event=events[-1].type)
         elif len(terminals) > 1:
-            self.anomalies.add("double_terminal", **what,
-                               terminals=[f"{events[i].type}@{events[i].attempt}" for i in terminals])
+            self.anomalies.add(
+                "double_terminal", **what, terminals=[f"{events[i].type}@{events[i].attempt}" for i in terminals]
+            )
         if not dones and not still_open:
             self.anomalies.add("missing_done", **what, last_event=events[-1].type, at=events[-1].id)
         elif len(dones) > 1:
@@ -159,7 +184,7 @@ class Verifier:
         if terminals and dones and dones[0] < terminals[-1]:
             self.anomalies.add("done_before_terminal", **what)
         if dones:
-            after = [e.type for e in events[dones[0] + 1:] if not e.type.startswith("delivery.")]
+            after = [e.type for e in events[dones[0] + 1 :] if not e.type.startswith("delivery.")]
             if after:
                 self.anomalies.add("event_after_done", **what, events=after[:6])
         highest, stale = 0, []
@@ -207,8 +232,11 @@ class Verifier:
             total += len(got)
             resumed += max(0, len(client.connections) - 1)
             self._compare(client, got, stream, parse_id(tails.get(client.session_id, "0-0")))
-        self.figures["entries"] = {"in_streams": sum(len(s) for s in streams.values()), "received": total,
-                                   "connections_resumed": resumed}
+        self.figures["entries"] = {
+            "in_streams": sum(len(s) for s in streams.values()),
+            "received": total,
+            "connections_resumed": resumed,
+        }
 
     def _compare(self, client: SessionClient, got: list[Received], stream: list[Entry], tail: tuple[int, int]) -> None:
         """The ids received equal the stream's ids up to `tail`, in order; the frames equal the entries."""
@@ -240,8 +268,9 @@ class Verifier:
 
     # ------------------------------------------------------------------ faults
 
-    def kills(self, kills: list[dict[str, Any]], by_request: dict[str, list[Entry]],
-              clients: list[SessionClient]) -> None:
+    def kills(
+        self, kills: list[dict[str, Any]], by_request: dict[str, list[Entry]], clients: list[SessionClient]
+    ) -> None:
         """Worker kill -9 -> the next token of a request that worker was running (written, and received)."""
         receipts: dict[str, float] = {}
         for client in clients:
@@ -268,8 +297,11 @@ class Verifier:
                 if after[0].id in receipts:
                     received.append(receipts[after[0].id] - kill["at"])
         self.figures["kill_to_next_token"] = {
-            "written": spread(written), "received": spread(received), "affected_requests": affected,
-            "retried_without_a_token": unfinished}
+            "written": spread(written),
+            "received": spread(received),
+            "affected_requests": affected,
+            "retried_without_a_token": unfinished,
+        }
 
 
 def running_at_kill(log: Path) -> dict[str, int]:

@@ -38,8 +38,11 @@ CASES: dict[str, dict[str, Any]] = {
     "rg-2p": {"system": "rg", "workers": 1, "env": {"WORKER_PROCESSES": "2"}},  # relaygate worker --processes 2
     "rg-1ev": {"system": "rg", "workers": 1, "env": {"TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
     "rg-20ms": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50"}},
-    "rg-20ms-1ev": {"system": "rg", "workers": 1, "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50",
-                                                          "TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"}},
+    "rg-20ms-1ev": {
+        "system": "rg",
+        "workers": 1,
+        "env": {"OFFLINE_MODEL_TOKENS_PER_SECOND": "50", "TOKEN_FLUSH_TOKENS": "1", "TOKEN_FLUSH_MS": "0"},
+    },
     # the worker streams from a fake OpenAI-compatible provider (bench/fake_provider.py) instead of the offline model
     "rg-openai": {"system": "rg", "workers": 1, "env": {}, "provider": True},
 }
@@ -50,8 +53,13 @@ class System:
     """The processes of one case: a gateway (or the prototype's app) and its workers."""
 
     def __init__(self, infra: bench.Infra, folder: Path, case: dict[str, Any], extra: dict[str, str]) -> None:
-        env = {"OFFLINE_MODEL_TOKENS": str(TOKENS), "OFFLINE_MODEL_TOKENS_PER_SECOND": "0",
-               "PROTO_MESSAGES": str(TOKENS), **extra, **case["env"]}
+        env = {
+            "OFFLINE_MODEL_TOKENS": str(TOKENS),
+            "OFFLINE_MODEL_TOKENS_PER_SECOND": "0",
+            "PROTO_MESSAGES": str(TOKENS),
+            **extra,
+            **case["env"],
+        }
         self.case = case
         self.stack = bench.Stack(infra, folder, "bench-" + uuid.uuid4().hex + uuid.uuid4().hex, env)
         self.workers: list[Any] = []
@@ -63,11 +71,24 @@ class System:
             await self._start_provider()
         if self.case["system"] == "proto":
             s.port = bench.free_port()
-            s.gateway = s._spawn("proto-app", [sys.executable, "-m", "uvicorn", "bench.prototype.app:app",
-                                               "--host", "127.0.0.1", "--port", str(s.port), "--no-access-log"])
+            s.gateway = s._spawn(
+                "proto-app",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.prototype.app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(s.port),
+                    "--no-access-log",
+                ],
+            )
             for _ in range(self.case["workers"]):
-                self.workers.append(s._spawn("proto-worker", [sys.executable, "-m", "arq",
-                                                               "bench.prototype.worker.WorkerSettings"]))
+                self.workers.append(
+                    s._spawn("proto-worker", [sys.executable, "-m", "arq", "bench.prototype.worker.WorkerSettings"])
+                )
             await self._health()
         else:
             await s.start_gateway()
@@ -79,8 +100,9 @@ class System:
 
     async def _start_provider(self) -> None:
         s = self.stack
-        self.provider = s._spawn("provider", [sys.executable, str(bench.BENCH / "fake_provider.py"),
-                                              "--tokens", str(TOKENS)])
+        self.provider = s._spawn(
+            "provider", [sys.executable, str(bench.BENCH / "fake_provider.py"), "--tokens", str(TOKENS)]
+        )
         log, deadline = s.logs[-1], time.monotonic() + 30
         while b"BASE_URL " not in log.read_bytes():
             if self.provider.poll() is not None or time.monotonic() > deadline:
@@ -91,6 +113,7 @@ class System:
 
     async def _health(self) -> None:
         import httpx
+
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
@@ -157,16 +180,30 @@ class MemoryPeak:
         return {k: round(v) for k, v in sorted(self.peaks.items())}
 
 
-async def one_run(system: System, folder: Path, clients: int, procs: int, timeout: float,
-                  client: str) -> dict[str, Any]:
+async def one_run(
+    system: System, folder: Path, clients: int, procs: int, timeout: float, client: str
+) -> dict[str, Any]:
     token = system.stack.token(f"user-{uuid.uuid4().hex[:6]}", f"bench-e2e-{uuid.uuid4().hex[:6]}")
     chats = [uuid.uuid4().hex[:12] for _ in range(clients)]
     window = bench.CpuWindow(system.processes)
     memory = MemoryPeak(system.processes)
-    loads = [await bench.LoadProc.start("e2e", {
-        "port": system.stack.port, "token": token, "chats": part, "timeout": timeout, "client": client,
-        "expect_tokens": TOKENS, "sample_every": max(1, clients // 50)}, folder, script="e2e_load.py")
-        for part in bench.split(chats, procs)]
+    loads = [
+        await bench.LoadProc.start(
+            "e2e",
+            {
+                "port": system.stack.port,
+                "token": token,
+                "chats": part,
+                "timeout": timeout,
+                "client": client,
+                "expect_tokens": TOKENS,
+                "sample_every": max(1, clients // 50),
+            },
+            folder,
+            script="e2e_load.py",
+        )
+        for part in bench.split(chats, procs)
+    ]
     for lp in loads:
         await lp.expect("READY", 30)
     window.begin()
@@ -207,8 +244,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in runs[0].items():
         if isinstance(value, int | float):
             values = [r[key] for r in runs]
-            out[key] = max(values) if key in {"cut_short", "unfinished", "run_retrying", "run_failed"} \
+            out[key] = (
+                max(values)
+                if key in {"cut_short", "unfinished", "run_retrying", "run_failed"}
                 else statistics.median(values)
+            )
     return out
 
 
@@ -235,15 +275,19 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print(f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}{'rate p10':>10}"
-          f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}{'wrk us/tok':>11}{'peak MB':>9}")
+    print(
+        f"\n{'case':<14}{'C':>6}{'tok/s':>9}{'first p50':>11}{'relay p50':>11}{'p99':>8}{'rate p10':>10}"
+        f"{'done':>7}{'short':>7}{'unfin':>7}{'retry':>7}{'fail':>6}{'cpu s':>8}{'wrk us/tok':>11}{'peak MB':>9}"
+    )
     for r in results:
         m = r["median"]
-        print(f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
-              f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['stream_rate_p10']:>10.1f}"
-              f"{m['complete']:>7.0f}{m['cut_short']:>7}"
-              f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}"
-              f"{m['worker_cpu_us_per_token']:>11.1f}{m['peak_mb']:>9.0f}")
+        print(
+            f"{r['case']:<14}{r['clients']:>6}{m['tokens_per_s']:>9.0f}{m['first_p50_ms']:>11.0f}"
+            f"{m['relay_p50_ms']:>11.1f}{m['relay_p99_ms']:>8.0f}{m['stream_rate_p10']:>10.1f}"
+            f"{m['complete']:>7.0f}{m['cut_short']:>7}"
+            f"{m['unfinished']:>7}{m['run_retrying']:>7}{m['run_failed']:>6}{m['server_cpu_s']:>8.1f}"
+            f"{m['worker_cpu_us_per_token']:>11.1f}{m['peak_mb']:>9.0f}"
+        )
 
 
 def main() -> None:
@@ -252,8 +296,12 @@ def main() -> None:
     p.add_argument("--clients", default="50,200,1000")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--load-procs", type=int, default=2)
-    p.add_argument("--client", choices=["light", "aiohttp"], default="light",
-                   help="light: raw sockets on uvloop; aiohttp: an aiohttp session on asyncio, json.loads per event")
+    p.add_argument(
+        "--client",
+        choices=["light", "aiohttp"],
+        default="light",
+        help="light: raw sockets on uvloop; aiohttp: an aiohttp session on asyncio, json.loads per event",
+    )
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for gateway and workers")
     p.add_argument("--output", default=str(bench.BENCH / "results" / "e2e.json"))

@@ -88,14 +88,15 @@ async def one_light(cfg: dict[str, Any], chat: str, samples: list[float]) -> Cli
     return client
 
 
-async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat: str,
-                      samples: list[float]) -> Client:
+async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
     client = Client(samples, cfg.get("sample_every", 5))
     client.sent = time.time()
     url = f"http://127.0.0.1:{cfg['port']}/stream?feature_id=default&chat_id={chat}"
     try:
-        async with asyncio.timeout(cfg["timeout"]), session.post(
-                url, json={}, headers={"Authorization": f"Bearer {cfg['token']}"}) as response:
+        async with (
+            asyncio.timeout(cfg["timeout"]),
+            session.post(url, json={}, headers={"Authorization": f"Bearer {cfg['token']}"}) as response,
+        ):
             async for line in response.content:
                 if line.startswith(b"data: "):
                     client.data(line[6:].strip(), time.time(), json.loads)
@@ -120,21 +121,26 @@ async def main_async(cfg: dict[str, Any]) -> None:
     emit("READY")
     start = time.time()
     clients = await run_clients(cfg, samples)
-    emit("RESULT", {
-        "start": start,
-        "end": max((c.last for c in clients), default=start),
-        "tokens": sum(c.tokens for c in clients),
-        "events": sum(c.events for c in clients),
-        "complete": sum(1 for c in clients if c.done and c.tokens >= cfg["expect_tokens"]),
-        "short": sum(1 for c in clients if c.done and c.tokens < cfg["expect_tokens"]),
-        "unfinished": sum(1 for c in clients if not c.done),
-        "retrying": sum(c.kinds.get("run.retrying", 0) for c in clients),
-        "failed": sum(c.kinds.get("run.failed", 0) for c in clients),
-        "first_ms": [round((c.first - c.sent) * 1000, 2) for c in clients if c.first],
-        # each reply's own rate, first token to last: is a stream held at the model's pace?
-        "rates": [round((c.tokens - 1) / (c.last - c.first), 2) for c in clients if c.tokens > 1 and c.last > c.first],
-        "latency_ms": samples[:50_000],
-    })
+    emit(
+        "RESULT",
+        {
+            "start": start,
+            "end": max((c.last for c in clients), default=start),
+            "tokens": sum(c.tokens for c in clients),
+            "events": sum(c.events for c in clients),
+            "complete": sum(1 for c in clients if c.done and c.tokens >= cfg["expect_tokens"]),
+            "short": sum(1 for c in clients if c.done and c.tokens < cfg["expect_tokens"]),
+            "unfinished": sum(1 for c in clients if not c.done),
+            "retrying": sum(c.kinds.get("run.retrying", 0) for c in clients),
+            "failed": sum(c.kinds.get("run.failed", 0) for c in clients),
+            "first_ms": [round((c.first - c.sent) * 1000, 2) for c in clients if c.first],
+            # each reply's own rate, first token to last: is a stream held at the model's pace?
+            "rates": [
+                round((c.tokens - 1) / (c.last - c.first), 2) for c in clients if c.tokens > 1 and c.last > c.first
+            ],
+            "latency_ms": samples[:50_000],
+        },
+    )
 
 
 def main() -> None:

@@ -65,23 +65,33 @@ def dev_stack(seconds: float, folder: Path) -> None:
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
     env["RELAYGATE_HOME"] = str(folder / "home")
-    dev = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--port", str(port)], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "dev", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", [dev], timeout=180)
         time.sleep(15)  # the workers import litellm after the gateway is up
         root = psutil.Process(dev.pid)
         procs = [root, *root.children(recursive=True)]
         home = env["RELAYGATE_HOME"]  # embedded Postgres daemonizes: find it by its data folder
-        servers = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in {q.pid for q in procs}
-                   and any(home in part for part in p.info["cmdline"] or [])]
+        servers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.pid not in {q.pid for q in procs} and any(home in part for part in p.info["cmdline"] or [])
+        ]
         procs += [q for server in servers for q in (server, *server.children(recursive=True))]
         names = sorted({p.name() for p in procs})
         before, t0 = cpu_seconds(procs), time.monotonic()
         time.sleep(seconds)
         used, elapsed = cpu_seconds(procs) - before, time.monotonic() - t0
-        print(f"idle `relaygate dev` ({len(procs)} processes: {', '.join(names)}): {used:.2f} CPU-s in "
-              f"{elapsed:.1f} s = {used / elapsed * 100:.2f} % of one core")
+        print(
+            f"idle `relaygate dev` ({len(procs)} processes: {', '.join(names)}): {used:.2f} CPU-s in "
+            f"{elapsed:.1f} s = {used / elapsed * 100:.2f} % of one core"
+        )
     finally:
         dev.send_signal(signal.SIGINT)
         try:

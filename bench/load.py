@@ -137,14 +137,16 @@ async def connect(port: int) -> Http:
 
 
 def get_request(path: str, token: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            "Accept: text/event-stream\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
 
 
 def post_request(path: str, token: str, body: bytes, accept: str = "application/json") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nAccept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nAccept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def stream_path(session_id: str) -> str:
@@ -165,12 +167,13 @@ class Frames:
         if end < 0:
             self.tail = buf
             return b""
-        self.tail = buf[end + 2:]
+        self.tail = buf[end + 2 :]
         return buf[: end + 1]
 
 
-async def open_streams(cfg: dict[str, Any], make_sink: Callable[[int], Callable[[bytes], None] | None]
-                       ) -> tuple[list[Http], dict[str, Any]]:
+async def open_streams(
+    cfg: dict[str, Any], make_sink: Callable[[int], Callable[[bytes], None] | None]
+) -> tuple[list[Http], dict[str, Any]]:
     """Open one SSE stream per session, at most `open_concurrency` handshakes in flight."""
     port, token = cfg["port"], cfg["token"]
     sem = asyncio.Semaphore(cfg.get("open_concurrency", 200))
@@ -281,8 +284,18 @@ async def mode_relay(cfg: dict[str, Any]) -> None:
     closed_early = sum(1 for c in conns if not c.open and not c.sink.finished)  # type: ignore[union-attr,misc]
     for c in conns:
         c.close()
-    emit("RESULT", {**info, "tokens": stats.tokens, "first": stats.first, "last": stats.last, "done": stats.done,
-                    "all_done": finished, "closed_early": closed_early})
+    emit(
+        "RESULT",
+        {
+            **info,
+            "tokens": stats.tokens,
+            "first": stats.first,
+            "last": stats.last,
+            "done": stats.done,
+            "all_done": finished,
+            "closed_early": closed_early,
+        },
+    )
 
 
 class LatencySink:
@@ -303,7 +316,7 @@ class LatencySink:
         st = self.stats
         for frame in chunk.split(b"\n\n"):
             if TOKEN_MARK in frame:
-                event = orjson.loads(frame[frame.index(b"\ndata: ") + 7:])
+                event = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])
                 st.tokens += 1
                 if event["seq"] > self.warmup_seq:
                     self.samples.append(now - event["data"]["t"])
@@ -324,8 +337,16 @@ async def mode_latency(cfg: dict[str, Any]) -> None:
     finished = await wait_done(stats.all_done, stop, cfg["timeout"])
     for c in conns:
         c.close()
-    emit("RESULT", {**info, "tokens": stats.tokens, "done": stats.done, "all_done": finished,
-                    "samples_ms": [round(s * 1000, 3) for s in samples]})
+    emit(
+        "RESULT",
+        {
+            **info,
+            "tokens": stats.tokens,
+            "done": stats.done,
+            "all_done": finished,
+            "samples_ms": [round(s * 1000, 3) for s in samples],
+        },
+    )
 
 
 class FirstTokenSink:
@@ -350,7 +371,7 @@ class FirstTokenSink:
             start = frame.find(b"\ndata: ")
             if start < 0:
                 continue
-            event = orjson.loads(frame[start + 7:])
+            event = orjson.loads(frame[start + 7 :])
             self.ts.setdefault(event["type"], event["ts"])
             if event["type"] == "token":
                 self.first, self.first_wall = now, wall
@@ -374,8 +395,13 @@ async def mode_first_token(cfg: dict[str, Any]) -> None:
     failures: dict[str, int] = {}
     conn: Http | None = None
     for session_id in cfg["sessions"]:
-        body = orjson.dumps({"content": "hi", "session_id": session_id,
-                             "metadata": {"offline": {"tokens": cfg["tokens"], "tokens_per_second": 0}}})
+        body = orjson.dumps(
+            {
+                "content": "hi",
+                "session_id": session_id,
+                "metadata": {"offline": {"tokens": cfg["tokens"], "tokens_per_second": 0}},
+            }
+        )
         if conn is None or not conn.open:
             conn = await connect(port)
         sink = FirstTokenSink()
@@ -401,14 +427,23 @@ async def mode_first_token(cfg: dict[str, Any]) -> None:
                 segments[name].append((marks[b] - marks[a]) * 1000)
     if conn is not None:
         conn.close()
-    emit("RESULT", {"first_ms": first_ms, "headers_ms": headers_ms, "total_ms": total_ms, "failed": failures,
-                    "segments_ms": segments})
+    emit(
+        "RESULT",
+        {
+            "first_ms": first_ms,
+            "headers_ms": headers_ms,
+            "total_ms": total_ms,
+            "failed": failures,
+            "segments_ms": segments,
+        },
+    )
 
 
 async def mode_accept(cfg: dict[str, Any]) -> None:
     port, token = cfg["port"], cfg["token"]
-    body = orjson.dumps({"content": "hi", "new_session": True,
-                         "metadata": {"offline": {"tokens": 1, "tokens_per_second": 0}}})
+    body = orjson.dumps(
+        {"content": "hi", "new_session": True, "metadata": {"offline": {"tokens": 1, "tokens_per_second": 0}}}
+    )
     request = post_request("/api/v1/requests/web", token, body)
     start = time.perf_counter()
     measure_from = start + cfg["warmup"]
@@ -444,8 +479,16 @@ async def mode_accept(cfg: dict[str, Any]) -> None:
             conn.close()
 
     await asyncio.gather(*(client() for _ in range(cfg["connections"])))
-    emit("RESULT", {"accepted": accepted, "seconds": cfg["seconds"], "statuses": statuses, "responses": responses,
-                    "latency_ms": latencies})
+    emit(
+        "RESULT",
+        {
+            "accepted": accepted,
+            "seconds": cfg["seconds"],
+            "statuses": statuses,
+            "responses": responses,
+            "latency_ms": latencies,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- writer modes
@@ -500,15 +543,36 @@ class RespConn:
 
 
 def xadd(key: bytes, type_: bytes, request_id: bytes, seq: int, ts: float, data: bytes, maxlen: bytes) -> bytes:
-    return resp(b"XADD", key, b"MAXLEN", b"~", maxlen, b"*", b"type", type_, b"request_id", request_id,
-                b"attempt", b"1", b"seq", str(seq).encode(), b"ts", f"{ts:.6f}".encode(), b"data", data)
+    return resp(
+        b"XADD",
+        key,
+        b"MAXLEN",
+        b"~",
+        maxlen,
+        b"*",
+        b"type",
+        type_,
+        b"request_id",
+        request_id,
+        b"attempt",
+        b"1",
+        b"seq",
+        str(seq).encode(),
+        b"ts",
+        f"{ts:.6f}".encode(),
+        b"data",
+        data,
+    )
 
 
-async def finish_streams(conn: RespConn, keys: list[bytes], request_ids: list[bytes], seq: int,
-                         maxlen: bytes) -> None:
+async def finish_streams(conn: RespConn, keys: list[bytes], request_ids: list[bytes], seq: int, maxlen: bytes) -> None:
     now = time.time()
-    await conn.batch([xadd(k, b"done", r, seq, now, b'{"status":"completed"}', maxlen)
-                      for k, r in zip(keys, request_ids, strict=True)])
+    await conn.batch(
+        [
+            xadd(k, b"done", r, seq, now, b'{"status":"completed"}', maxlen)
+            for k, r in zip(keys, request_ids, strict=True)
+        ]
+    )
     await conn.batch([resp(b"EXPIRE", k, b"3600") for k in keys])
 
 
@@ -562,15 +626,22 @@ async def mode_write_paced(cfg: dict[str, Any]) -> None:
         t = time.time()
         for i in members[n % groups]:
             seqs[i] += 1
-            batch.append(xadd(keys[i], b"token", request_ids[i], seqs[i], t,
-                              b'{"text":"x","t":%.6f}' % t, maxlen))
+            batch.append(xadd(keys[i], b"token", request_ids[i], seqs[i], t, b'{"text":"x","t":%.6f}' % t, maxlen))
         await conn.batch(batch)
         written += len(batch)
     elapsed = time.perf_counter() - started
     await finish_streams(conn, keys, request_ids, max(seqs) + 1, maxlen)
     conn.close()
-    emit("RESULT", {"written": written, "seconds": round(elapsed, 3), "xadd_per_s": round(written / elapsed),
-                    "late_ticks": late, "ticks": ticks})
+    emit(
+        "RESULT",
+        {
+            "written": written,
+            "seconds": round(elapsed, 3),
+            "xadd_per_s": round(written / elapsed),
+            "late_ticks": late,
+            "ticks": ticks,
+        },
+    )
 
 
 MODES = {

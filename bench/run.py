@@ -49,9 +49,17 @@ from common.platform.keys import stream_key  # noqa: E402
 from common.platform.settings import Settings  # noqa: E402
 
 # The benchmarks drive one user far past the per-user limits on purpose.
-UNLIMITED = {name: "0" for name in ("RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_TENANT_PER_MINUTE",
-                                      "RATE_LIMIT_INTEGRATION_PER_MINUTE", "MAX_RUNNING_REQUESTS_PER_USER",
-                                      "MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_PROCESS")}
+UNLIMITED = {
+    name: "0"
+    for name in (
+        "RATE_LIMIT_USER_PER_MINUTE",
+        "RATE_LIMIT_TENANT_PER_MINUTE",
+        "RATE_LIMIT_INTEGRATION_PER_MINUTE",
+        "MAX_RUNNING_REQUESTS_PER_USER",
+        "MAX_STREAMS_PER_USER",
+        "MAX_STREAMS_PER_PROCESS",
+    )
+}
 
 
 SCENARIOS = ["idle", "relay", "latency", "first-token", "accept"]
@@ -145,8 +153,15 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
-        env.update({"DATABASE_URL": self.infra.database_url, "REDIS_URL": self.infra.redis_url,
-                    "JWT_SECRET_KEY": self.secret, "PYTHONUNBUFFERED": "1", **UNLIMITED})
+        env.update(
+            {
+                "DATABASE_URL": self.infra.database_url,
+                "REDIS_URL": self.infra.redis_url,
+                "JWT_SECRET_KEY": self.secret,
+                "PYTHONUNBUFFERED": "1",
+                **UNLIMITED,
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -154,16 +169,34 @@ class Stack:
         path = self.folder / f"{name}-{len(self.logs)}.log"
         self.logs.append(path)
         with path.open("wb") as out:
-            return subprocess.Popen(args, env=self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                    preexec_fn=raise_nofile)
+            return subprocess.Popen(
+                args, env=self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=raise_nofile
+            )
 
     async def start_gateway(self) -> None:
         self.port = self.port or free_port()
-        self.gateway = self._spawn("gateway", [
-            sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-            "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--backlog", "4096",
-            "--timeout-graceful-shutdown", "5",
-        ])
+        self.gateway = self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--backlog",
+                "4096",
+                "--timeout-graceful-shutdown",
+                "5",
+            ],
+        )
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
@@ -231,9 +264,16 @@ class LoadProc:
         cfg_path.write_text(json.dumps(cfg))
         err = (folder / f"{name}.log").open("wb")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCH / script), mode, str(cfg_path), cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-            limit=1 << 28, preexec_fn=raise_nofile,
+            sys.executable,
+            str(BENCH / script),
+            mode,
+            str(cfg_path),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            limit=1 << 28,
+            preexec_fn=raise_nofile,
         )
         err.close()
         return cls(proc, name)
@@ -247,8 +287,10 @@ class LoadProc:
                 raise TimeoutError(f"{self.name}: no {kind} within {timeout:.0f}s")
             line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
             if not line:
-                raise RuntimeError(f"{self.name} exited (rc={await self.proc.wait()}) before {kind}; "
-                                   f"see its log next to the bench config")
+                raise RuntimeError(
+                    f"{self.name} exited (rc={await self.proc.wait()}) before {kind}; "
+                    f"see its log next to the bench config"
+                )
             got, _, payload = line.decode().partition(" ")
             if got == kind:
                 return dict(json.loads(payload))
@@ -368,9 +410,23 @@ class Profiler:
         if not self.pyspy:
             return
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([self.pyspy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-                                      "--nonblocking", "--output", str(self.out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                self.pyspy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.started = time.monotonic()
 
     def end(self) -> None:
@@ -403,8 +459,12 @@ def summarize_profile(path: Path, expected_samples: float) -> None:
             own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
-    lines = [f"{total} samples while busy of ~{expected_samples:.0f} taken "
-             f"(process busy ~{100 * total / max(expected_samples, 1):.0f}% of one core)", "", "self:"]
+    lines = [
+        f"{total} samples while busy of ~{expected_samples:.0f} taken "
+        f"(process busy ~{100 * total / max(expected_samples, 1):.0f}% of one core)",
+        "",
+        "self:",
+    ]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in own.most_common(30)]
     lines += ["", "inclusive:"]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in incl.most_common(60)]
@@ -476,19 +536,24 @@ class Bench:
             "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
             " SELECT gen_random_uuid(), $1, $2, 'web', now() + interval '1 day' FROM generate_series(1, $3)"
             " RETURNING session_id::text",
-            tenant, user, n,
+            tenant,
+            user,
+            n,
         )
         return [r["session_id"] for r in rows]
 
     async def post_sessions(self, token: str, n: int) -> list[str]:
         sem = asyncio.Semaphore(20)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.stack.port}", timeout=30,
-                                     headers={"Authorization": f"Bearer {token}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.stack.port}", timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+
             async def one() -> str:
                 async with sem:
                     r = await client.post("/api/v1/sessions", json={"integration_type": "web"})
                     r.raise_for_status()
                     return str(r.json()["session_id"])
+
             return list(await asyncio.gather(*(one() for _ in range(n))))
 
     def cpu_window_lister(self) -> Callable[[], dict[str, list[psutil.Process]]]:
@@ -515,9 +580,20 @@ class Bench:
 
     async def stream_clients(self, mode: str, token: str, sessions: list[str], **cfg: Any) -> list[LoadProc]:
         """Load processes that each open one SSE stream per session of their share."""
-        return [await LoadProc.start(mode, {"port": self.stack.port, "token": token, "sessions": part,
-                                            "open_concurrency": self.args.open_concurrency, **cfg}, self.folder)
-                for part in split(sessions, self.load_procs())]
+        return [
+            await LoadProc.start(
+                mode,
+                {
+                    "port": self.stack.port,
+                    "token": token,
+                    "sessions": part,
+                    "open_concurrency": self.args.open_concurrency,
+                    **cfg,
+                },
+                self.folder,
+            )
+            for part in split(sessions, self.load_procs())
+        ]
 
     # -- 1. idle streams
     async def idle(self, run: int) -> dict[str, Any]:
@@ -556,15 +632,22 @@ class Bench:
         for r in results:
             failed.update(r["failed"])
         return {
-            "figures": {"streams held": held, "Redis reading conns": redis_conns.get("reading", 0),
-                        "gateway RSS MB": round(rss, 1)},
-            "details": {"opened": opened, "open_failures": dict(failed),
-                        "open_seconds": max(h["open_seconds"] for h in held_info),
-                        "gateway_cpu_ms_per_open": round(opening.used["gateway"] / max(opened, 1) * 1e3, 2),
-                        "cpu_percent_while_opening": opening_cpu,
-                        "gateway_redis_connections": redis_conns, "rss_start_mb": round(rss_start, 1),
-                        "gateway_kb_per_stream": round((rss - rss_start) * 1024 / max(held, 1), 1),
-                        "cpu_percent_while_idle": cpu},
+            "figures": {
+                "streams held": held,
+                "Redis reading conns": redis_conns.get("reading", 0),
+                "gateway RSS MB": round(rss, 1),
+            },
+            "details": {
+                "opened": opened,
+                "open_failures": dict(failed),
+                "open_seconds": max(h["open_seconds"] for h in held_info),
+                "gateway_cpu_ms_per_open": round(opening.used["gateway"] / max(opened, 1) * 1e3, 2),
+                "cpu_percent_while_opening": opening_cpu,
+                "gateway_redis_connections": redis_conns,
+                "rss_start_mb": round(rss_start, 1),
+                "gateway_kb_per_stream": round((rss - rss_start) * 1024 / max(held, 1), 1),
+                "cpu_percent_while_idle": cpu,
+            },
         }
 
     # -- 2. token relay throughput
@@ -579,16 +662,28 @@ class Bench:
         window.begin()
         prof = self.profiler("relay", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
-        writer = await LoadProc.start("write-burst", {
-            "redis_url": self.stack.infra.redis_url, "keys": [stream_key(s, a.buckets) for s in sessions],
-            "tokens": a.relay_tokens, "maxlen": 10_000, "batch": 1000}, self.folder)
+        writer = await LoadProc.start(
+            "write-burst",
+            {
+                "redis_url": self.stack.infra.redis_url,
+                "keys": [stream_key(s, a.buckets) for s in sessions],
+                "tokens": a.relay_tokens,
+                "maxlen": 10_000,
+                "batch": 1000,
+            },
+            self.folder,
+        )
         wrote = await writer.expect("RESULT", 300)
         await writer.wait()
         # Every client normally sees its `done` within moments of the last write; give it a bound.
         results = await results_within(loads, 30)
         prof.end()
-        cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
-                          "writer": wrote["cpu_s"]})
+        cpu = window.end(
+            {
+                "load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
+                "writer": wrote["cpu_s"],
+            }
+        )
         for lp in loads:
             await lp.wait()
         tokens = sum(r["tokens"] for r in results)
@@ -598,12 +693,17 @@ class Bench:
         expected = a.relay_tokens * sum(r["opened"] for r in ready)
         return {
             "figures": {"token events/s": round(rate)},
-            "details": {"clients": sum(r["opened"] for r in ready), "tokens_received": tokens,
-                        "tokens_expected": expected, "relay_seconds": round(last - first, 3),
-                        "clients_done": sum(r["done"] for r in results),
-                        "closed_early": sum(r["closed_early"] for r in results), "writer": wrote,
-                        "gateway_cpu_us_per_event": round(window.used["gateway"] / max(tokens, 1) * 1e6, 1),
-                        "cpu_percent": cpu},
+            "details": {
+                "clients": sum(r["opened"] for r in ready),
+                "tokens_received": tokens,
+                "tokens_expected": expected,
+                "relay_seconds": round(last - first, 3),
+                "clients_done": sum(r["done"] for r in results),
+                "closed_early": sum(r["closed_early"] for r in results),
+                "writer": wrote,
+                "gateway_cpu_us_per_event": round(window.used["gateway"] / max(tokens, 1) * 1e6, 1),
+                "cpu_percent": cpu,
+            },
         }
 
     # -- 3. relay latency
@@ -611,35 +711,54 @@ class Bench:
         a = self.args
         tenant, user, token = self.principal("latency", run)
         sessions = await self.insert_sessions(tenant, user, a.latency_streams)
-        loads = await self.stream_clients("latency", token, sessions, timeout=a.latency_seconds + 120,
-                                          warmup_seq=int(a.latency_rate))
+        loads = await self.stream_clients(
+            "latency", token, sessions, timeout=a.latency_seconds + 120, warmup_seq=int(a.latency_rate)
+        )
         ready = [await lp.expect("READY", 180) for lp in loads]
         await asyncio.sleep(0.5)
         window = self.cpu_window()
         window.begin()
         prof = self.profiler("latency", run)
         prof.begin(self.stack.gateway.pid)  # type: ignore[union-attr]
-        writer = await LoadProc.start("write-paced", {
-            "redis_url": self.stack.infra.redis_url, "keys": [stream_key(s, a.buckets) for s in sessions],
-            "rate": a.latency_rate, "seconds": a.latency_seconds, "maxlen": 10_000}, self.folder)
+        writer = await LoadProc.start(
+            "write-paced",
+            {
+                "redis_url": self.stack.infra.redis_url,
+                "keys": [stream_key(s, a.buckets) for s in sessions],
+                "rate": a.latency_rate,
+                "seconds": a.latency_seconds,
+                "maxlen": 10_000,
+            },
+            self.folder,
+        )
         wrote = await writer.expect("RESULT", a.latency_seconds + 120)
         await writer.wait()
         prof.end()
         results = await results_within(loads, 20)
-        cpu = window.end({"load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
-                          "writer": wrote["cpu_s"]})
+        cpu = window.end(
+            {
+                "load": sum(r["cpu_s"] - w["cpu_s"] for r, w in zip(results, ready, strict=True)),
+                "writer": wrote["cpu_s"],
+            }
+        )
         for lp in loads:
             await lp.wait()
         samples = [s for r in results for s in r["samples_ms"]]
         return {
             "figures": {"p50 ms": round(percentile(samples, 0.50), 2), "p99 ms": round(percentile(samples, 0.99), 2)},
-            "details": {"streams": sum(r["opened"] for r in ready), "samples": len(samples),
-                        "tokens_received": sum(r["tokens"] for r in results),
-                        "p90_ms": round(percentile(samples, 0.90), 2), "p999_ms": round(percentile(samples, 0.999), 2),
-                        "max_ms": round(max(samples), 2) if samples else None, "writer": wrote,
-                        "gateway_cpu_us_per_event": round(
-                            window.used["gateway"] / max(sum(r["tokens"] for r in results), 1) * 1e6, 1),
-                        "cpu_percent": cpu},
+            "details": {
+                "streams": sum(r["opened"] for r in ready),
+                "samples": len(samples),
+                "tokens_received": sum(r["tokens"] for r in results),
+                "p90_ms": round(percentile(samples, 0.90), 2),
+                "p999_ms": round(percentile(samples, 0.999), 2),
+                "max_ms": round(max(samples), 2) if samples else None,
+                "writer": wrote,
+                "gateway_cpu_us_per_event": round(
+                    window.used["gateway"] / max(sum(r["tokens"] for r in results), 1) * 1e6, 1
+                ),
+                "cpu_percent": cpu,
+            },
         }
 
     # -- 4. first token
@@ -648,8 +767,9 @@ class Bench:
         await self.stack.start_worker()
         _, _, token = self.principal("first", run)
         sessions = await self.post_sessions(token, a.first_token_requests)
-        load = await LoadProc.start("first-token", {"port": self.stack.port, "token": token, "sessions": sessions,
-                                                     "tokens": 20}, self.folder)
+        load = await LoadProc.start(
+            "first-token", {"port": self.stack.port, "token": token, "sessions": sessions, "tokens": 20}, self.folder
+        )
         window = self.cpu_window()
         window.begin()
         calls = await redis_calls(self.redis)  # type: ignore[arg-type]
@@ -666,16 +786,19 @@ class Bench:
         first, headers, total = r["first_ms"], r["headers_ms"], r["total_ms"]
         return {
             "figures": {"p50 ms": round(percentile(first, 0.5), 1)},
-            "details": {"requests": len(first), "failed": r["failed"],
-                        "first_token_p90_ms": round(percentile(first, 0.9), 1),
-                        "first_token_p99_ms": round(percentile(first, 0.99), 1),
-                        "accepted_headers_p50_ms": round(percentile(headers, 0.5), 1),
-                        "done_p50_ms": round(percentile(total, 0.5), 1),
-                        "breakdown_p50_ms": {k: round(percentile(v, 0.5), 1) for k, v in r["segments_ms"].items()},
-                        "redis_commands_per_request": per_request(calls, calls_after, len(first)),
-                        "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(len(first), 1) * 1e3, 2),
-                        "worker_cpu_ms_per_request": round(window.used.get("worker", 0) / max(len(first), 1) * 1e3, 2),
-                        "cpu_percent": cpu},
+            "details": {
+                "requests": len(first),
+                "failed": r["failed"],
+                "first_token_p90_ms": round(percentile(first, 0.9), 1),
+                "first_token_p99_ms": round(percentile(first, 0.99), 1),
+                "accepted_headers_p50_ms": round(percentile(headers, 0.5), 1),
+                "done_p50_ms": round(percentile(total, 0.5), 1),
+                "breakdown_p50_ms": {k: round(percentile(v, 0.5), 1) for k, v in r["segments_ms"].items()},
+                "redis_commands_per_request": per_request(calls, calls_after, len(first)),
+                "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(len(first), 1) * 1e3, 2),
+                "worker_cpu_ms_per_request": round(window.used.get("worker", 0) / max(len(first), 1) * 1e3, 2),
+                "cpu_percent": cpu,
+            },
         }
 
     # -- 5. accept rate
@@ -687,9 +810,20 @@ class Bench:
             await self.stack.start_worker()
         _, _, token = self.principal("accept", run)
         parts = split(list(range(a.accept_conns)), self.load_procs())
-        loads = [await LoadProc.start("accept", {"port": self.stack.port, "token": token, "connections": len(part),
-                                                 "seconds": a.accept_seconds, "warmup": 1.0}, self.folder)
-                 for part in parts]
+        loads = [
+            await LoadProc.start(
+                "accept",
+                {
+                    "port": self.stack.port,
+                    "token": token,
+                    "connections": len(part),
+                    "seconds": a.accept_seconds,
+                    "warmup": 1.0,
+                },
+                self.folder,
+            )
+            for part in parts
+        ]
         window = self.cpu_window()
         window.begin()
         calls = await redis_calls(self.redis)  # type: ignore[arg-type]
@@ -710,17 +844,22 @@ class Bench:
             statuses.update(r["statuses"])
         return {
             "figures": {"accepted/s": round(accepted / a.accept_seconds)},
-            "details": {"accepted": accepted, "statuses": dict(statuses), "worker_running": a.accept_with_worker,
-                        "latency_p50_ms": round(percentile(latencies, 0.5), 1),
-                        "latency_p99_ms": round(percentile(latencies, 0.99), 1),
-                        "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(responses, 1) * 1e3, 2),
-                        "postgres_cpu_ms_per_request": round(postgres_s / max(responses, 1) * 1e3, 2),
-                        "redis_commands_per_request": per_request(calls, calls_after, responses),
-                        "cpu_percent": cpu},
+            "details": {
+                "accepted": accepted,
+                "statuses": dict(statuses),
+                "worker_running": a.accept_with_worker,
+                "latency_p50_ms": round(percentile(latencies, 0.5), 1),
+                "latency_p99_ms": round(percentile(latencies, 0.99), 1),
+                "gateway_cpu_ms_per_request": round(window.used["gateway"] / max(responses, 1) * 1e3, 2),
+                "postgres_cpu_ms_per_request": round(postgres_s / max(responses, 1) * 1e3, 2),
+                "redis_commands_per_request": per_request(calls, calls_after, responses),
+                "cpu_percent": cpu,
+            },
         }
 
 
 # --------------------------------------------------------------------------- report
+
 
 # (scenario, figure, target text, predicate on the median)
 def targets(args: argparse.Namespace) -> list[tuple[str, str, str, Any]]:
@@ -752,11 +891,21 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
             continue
         median = statistics.median(runs)
         met = "-" if ok is None else ("yes" if ok(median) else "NO")
-        rows.append({"scenario": TITLES[scenario], "figure": figure, "target": target, "median": median,
-                     "runs": runs, "met": met})
+        rows.append(
+            {
+                "scenario": TITLES[scenario],
+                "figure": figure,
+                "target": target,
+                "median": median,
+                "runs": runs,
+                "met": met,
+            }
+        )
     table = [["scenario", "figure", "target", "median", "runs", "met"]]
-    table += [[r["scenario"], r["figure"], r["target"], fmt(r["median"]), ", ".join(fmt(v) for v in r["runs"]),
-               r["met"]] for r in rows]
+    table += [
+        [r["scenario"], r["figure"], r["target"], fmt(r["median"]), ", ".join(fmt(v) for v in r["runs"]), r["met"]]
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     print()
     for i, row in enumerate(table):
@@ -775,8 +924,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)")
     p.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
     p.add_argument("--streams", type=int, default=5000, help="idle: concurrent idle streams (default 5000)")
-    p.add_argument("--open-concurrency", type=int, default=200,
-                   help="SSE handshakes in flight at once per load process while opening streams (default 200)")
+    p.add_argument(
+        "--open-concurrency",
+        type=int,
+        default=200,
+        help="SSE handshakes in flight at once per load process while opening streams (default 200)",
+    )
     p.add_argument("--hold", type=float, default=10.0, help="idle: seconds to hold the streams (default 10)")
     p.add_argument("--relay-clients", type=int, default=1000, help="relay: SSE clients (default 1000)")
     p.add_argument("--relay-tokens", type=int, default=200, help="relay: token events per stream (default 200)")
@@ -786,22 +939,52 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--first-token-requests", type=int, default=200, help="first-token: requests (default 200)")
     p.add_argument("--accept-conns", type=int, default=50, help="accept: keep-alive connections (default 50)")
     p.add_argument("--accept-seconds", type=float, default=10.0, help="accept: measured seconds (default 10)")
-    p.add_argument("--accept-with-worker", action="store_true",
-                   help="accept: keep the agent worker running (default: stopped, gateway intake only)")
-    p.add_argument("--load-procs", type=int, default=1,
-                   help="split the clients of idle/relay/latency/accept over this many load processes (default 1)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the gateway and worker (e.g. HUB_READERS=4); repeatable")
-    p.add_argument("--profile", metavar="PY_SPY", default=None,
-                   help="path to a py-spy binary: profile the gateway in the first run of each scenario "
-                        "(bench/results/profile-<scenario>.txt and .top.txt)")
-    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                   help="before every run, wait up to this long for other processes' CPU use to drop to the "
-                        "busy threshold")
-    p.add_argument("--busy-threshold", type=float, default=35, metavar="PERCENT",
-                   help="a run during which other processes used more than this %% of a core is flagged (default 35)")
-    p.add_argument("--busy-retries", type=int, default=0, metavar="N",
-                   help="repeat a flagged run up to N times per scenario (discarded runs stay in the JSON)")
+    p.add_argument(
+        "--accept-with-worker",
+        action="store_true",
+        help="accept: keep the agent worker running (default: stopped, gateway intake only)",
+    )
+    p.add_argument(
+        "--load-procs",
+        type=int,
+        default=1,
+        help="split the clients of idle/relay/latency/accept over this many load processes (default 1)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway and worker (e.g. HUB_READERS=4); repeatable",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        default=None,
+        help="path to a py-spy binary: profile the gateway in the first run of each scenario "
+        "(bench/results/profile-<scenario>.txt and .top.txt)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before every run, wait up to this long for other processes' CPU use to drop to the busy threshold",
+    )
+    p.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=35,
+        metavar="PERCENT",
+        help="a run during which other processes used more than this %% of a core is flagged (default 35)",
+    )
+    p.add_argument(
+        "--busy-retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="repeat a flagged run up to N times per scenario (discarded runs stay in the JSON)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, load configs)")
     p.add_argument("--output", default=str(BENCH / "results" / "latest.json"), help="JSON results file")
     args = p.parse_args()
@@ -830,8 +1013,7 @@ async def run_all(args: argparse.Namespace, stack: Stack, folder: Path) -> tuple
             retries = 0
             while run <= args.runs:
                 if args.wait_quiet:
-                    await asyncio.to_thread(wait_quiet, args.wait_quiet, bench.cpu_window_lister(),
-                                            args.busy_threshold)
+                    await asyncio.to_thread(wait_quiet, args.wait_quiet, bench.cpu_window_lister(), args.busy_threshold)
                 await stack.start_gateway()
                 log(f"{TITLES[scenario]}: run {run}/{args.runs}")
                 started = time.monotonic()
@@ -881,8 +1063,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
     log(f"working folder {folder}")
     infra = Infra.start(folder)
-    log(f"postgres {'embedded' if infra.postgres else 'from DATABASE_URL'}, "
-        f"valkey {'embedded' if infra.valkey else 'from REDIS_URL'}")
+    log(
+        f"postgres {'embedded' if infra.postgres else 'from DATABASE_URL'}, "
+        f"valkey {'embedded' if infra.valkey else 'from REDIS_URL'}"
+    )
     stack = Stack(infra, folder, secret="bench-" + uuid.uuid4().hex + uuid.uuid4().hex, extra_env=args.env)
     background = wait_quiet(0, infra.server_processes)
     log(f"other processes use {background}% of a core" + (" (figures will be lower)" if background > 20 else ""))
@@ -902,16 +1086,26 @@ def main() -> None:
     rows = report(args, results)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
-        "total_seconds": round(time.monotonic() - started, 1),
-        "background_cpu_percent_before": background,
-        "table": rows,
-        "runs": results,
-        "discarded_runs": discarded,
-    }, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
+                "total_seconds": round(time.monotonic() - started, 1),
+                "background_cpu_percent_before": background,
+                "table": rows,
+                "runs": results,
+                "discarded_runs": discarded,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     log(f"wrote {out} (total {time.monotonic() - started:.0f}s)")
 
 

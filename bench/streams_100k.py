@@ -86,8 +86,11 @@ def tune_kernel(restore: dict[Path, str]) -> dict[str, Any]:
             note = "widened"
         except OSError as exc:
             note = f"not writable ({exc.strerror}); each client process needs fewer streams than the range"
-    out["net.ipv4.ip_local_port_range"] = {"before": f"{lo} {hi}", "after": " ".join(path.read_text().split()),
-                                           "note": note}
+    out["net.ipv4.ip_local_port_range"] = {
+        "before": f"{lo} {hi}",
+        "after": " ".join(path.read_text().split()),
+        "note": note,
+    }
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     out["RLIMIT_NOFILE"] = {"soft": soft, "hard": hard, "note": "per process; the hard limit cannot be raised here"}
     return out
@@ -115,8 +118,10 @@ class Servers:
         self.postgres.stop()
 
     def processes(self) -> dict[str, list[psutil.Process]]:
-        found = {"valkey-cluster": [psutil.Process(n.process.pid) for n in self.cluster.nodes],
-                 "valkey-queue": [psutil.Process(self.queue.process.pid)]}
+        found = {
+            "valkey-cluster": [psutil.Process(n.process.pid) for n in self.cluster.nodes],
+            "valkey-queue": [psutil.Process(self.queue.process.pid)],
+        }
         marker = str((self.folder / "pg").resolve())
         for proc in psutil.process_iter(["name", "cmdline"]):
             with contextlib.suppress(psutil.Error):
@@ -147,15 +152,21 @@ class Gateway:
 
 def gateway_env(servers: Servers, secret: str, extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
-    env.update({
-        "DATABASE_URL": servers.postgres.url, "REDIS_URL": servers.queue.url,
-        "STREAM_REDIS_URL": servers.cluster.url, "STREAM_REDIS_CLUSTER": "true",
-        "JWT_SECRET_KEY": secret, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING",
-        # Six gateways share the embedded Postgres (max_connections 100); opens need one query each.
-        "DB_POOL_SIZE": "8",
-        # The process cap defaults to 10,000 streams; this scenario gives a gateway up to its descriptors.
-        "MAX_STREAMS_PER_PROCESS": "0",
-    })
+    env.update(
+        {
+            "DATABASE_URL": servers.postgres.url,
+            "REDIS_URL": servers.queue.url,
+            "STREAM_REDIS_URL": servers.cluster.url,
+            "STREAM_REDIS_CLUSTER": "true",
+            "JWT_SECRET_KEY": secret,
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "WARNING",
+            # Six gateways share the embedded Postgres (max_connections 100); opens need one query each.
+            "DB_POOL_SIZE": "8",
+            # The process cap defaults to 10,000 streams; this scenario gives a gateway up to its descriptors.
+            "MAX_STREAMS_PER_PROCESS": "0",
+        }
+    )
     env.update(extra)
     return env
 
@@ -166,11 +177,32 @@ async def start_gateways(n: int, env: dict[str, str], folder: Path) -> list[Gate
         port = free_port()
         path = folder / f"gateway-{i}.log"
         with path.open("wb") as out:
-            popen = subprocess.Popen([
-                sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--backlog", str(BACKLOG),
-                "--timeout-graceful-shutdown", "5",
-            ], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=raise_nofile)
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.main:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--backlog",
+                    str(BACKLOG),
+                    "--timeout-graceful-shutdown",
+                    "5",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                preexec_fn=raise_nofile,
+            )
         gateways.append(Gateway(port, popen, path))
     deadline = time.monotonic() + 120
     async with httpx.AsyncClient() as client:
@@ -209,8 +241,9 @@ def redis_connections(servers: Servers, gateways: list[Gateway]) -> list[dict[st
             for c in gw.proc.net_connections(kind="tcp"):
                 if c.raddr and c.laddr:
                     owner[(c.laddr.port, c.raddr.port)] = i
-    out: list[dict[str, Any]] = [{"cluster_total": 0, "readers": 0, "commands": 0, "per_node": [0] * 3, "queue": 0}
-                                 for _ in gateways]
+    out: list[dict[str, Any]] = [
+        {"cluster_total": 0, "readers": 0, "commands": 0, "per_node": [0] * 3, "queue": 0} for _ in gateways
+    ]
     for n, node in enumerate(servers.cluster.nodes):
         with Redis(port=node.port) as r:
             for c in r.client_list():
@@ -237,7 +270,9 @@ async def insert_sessions(url: str, tenant: str, streams: int) -> list[tuple[str
             "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
             " SELECT gen_random_uuid(), $1, 'user-' || u, 'web', now() + interval '1 day'"
             " FROM unnest($2::int[]) WITH ORDINALITY AS t(u, n) ORDER BY n RETURNING session_id::text, user_id",
-            tenant, users)
+            tenant,
+            users,
+        )
     finally:
         await conn.close()
     return [(r["session_id"], int(r["user_id"].removeprefix("user-"))) for r in rows]
@@ -253,8 +288,10 @@ def check_shares(args: argparse.Namespace) -> None:
     room = hard - DESCRIPTOR_RESERVE
     for what, n in (("--gateways", args.gateways), ("--client-procs", args.client_procs)):
         if math.ceil(args.streams / n) > room:
-            raise SystemExit(f"{args.streams} streams over {n} processes is {math.ceil(args.streams / n)} per process;"
-                             f" a process may open {hard} descriptors here ({room} after a reserve): raise {what}")
+            raise SystemExit(
+                f"{args.streams} streams over {n} processes is {math.ceil(args.streams / n)} per process;"
+                f" a process may open {hard} descriptors here ({room} after a reserve): raise {what}"
+            )
     if args.client_procs > 250:
         raise SystemExit("--client-procs: at most 250 (one 127.0.0.x source address each)")
 
@@ -277,10 +314,20 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         streams = [(s, u, gateways[i % len(gateways)].port) for i, (s, u) in enumerate(sessions)]
         opened_at = time.monotonic()
         for n, share in enumerate(split(streams, args.client_procs)):
-            clients.append(await LoadProc.start("clients", {
-                "source": f"127.0.0.{n + 2}", "streams": share, "tokens": tokens,
-                "open_concurrency": args.open_concurrency, "open_timeout": args.open_timeout,
-            }, folder, script="streams_100k_load.py"))
+            clients.append(
+                await LoadProc.start(
+                    "clients",
+                    {
+                        "source": f"127.0.0.{n + 2}",
+                        "streams": share,
+                        "tokens": tokens,
+                        "open_concurrency": args.open_concurrency,
+                        "open_timeout": args.open_timeout,
+                    },
+                    folder,
+                    script="streams_100k_load.py",
+                )
+            )
         sampling = asyncio.create_task(sample_forever(gateways))
         ready = await asyncio.gather(*(c.expect("READY", args.open_timeout * 6 + 600) for c in clients))
         out["open_seconds"] = round(time.monotonic() - opened_at, 1)
@@ -303,11 +350,24 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         window.begin()
         profiler.begin(gateways[0].popen.pid)
         for share in split(sessions, args.writer_procs):
-            writers.append(await LoadProc.start("writer", {
-                "redis_url": servers.cluster.url, "buckets": settings.stream_buckets, "maxlen": 1000,
-                "ttl": 3600, "connections": 64, "rate": 1, "seconds": args.seconds,
-                "ticks_per_second": args.ticks_per_second, "sessions": [(s, request_ids[s]) for s, _ in share],
-            }, folder, script="streams_100k_writer.py"))
+            writers.append(
+                await LoadProc.start(
+                    "writer",
+                    {
+                        "redis_url": servers.cluster.url,
+                        "buckets": settings.stream_buckets,
+                        "maxlen": 1000,
+                        "ttl": 3600,
+                        "connections": 64,
+                        "rate": 1,
+                        "seconds": args.seconds,
+                        "ticks_per_second": args.ticks_per_second,
+                        "sessions": [(s, request_ids[s]) for s, _ in share],
+                    },
+                    folder,
+                    script="streams_100k_writer.py",
+                )
+            )
         writing = await asyncio.gather(*(w.expect("STARTED", 60) for w in writers))
         await asyncio.sleep(args.seconds / 2)
         out["redis_connections_busy"] = redis_connections(servers, gateways)
@@ -315,9 +375,12 @@ async def scenario(args: argparse.Namespace, servers: Servers, folder: Path, out
         written = await asyncio.gather(*(w.expect("RESULT", WRITER_WAIT) for w in writers))
         profiler.end()
         results = await bench.results_within(clients, 60)
-        cpu = window.end({
-            "clients": sum(r["cpu_s"] - r0["cpu_s"] for r, r0 in zip(results, ready, strict=True)),
-            "writers": sum(w["cpu_s"] - w0["cpu_s"] for w, w0 in zip(written, writing, strict=True))})
+        cpu = window.end(
+            {
+                "clients": sum(r["cpu_s"] - r0["cpu_s"] for r, r0 in zip(results, ready, strict=True)),
+                "writers": sum(w["cpu_s"] - w0["cpu_s"] for w, w0 in zip(written, writing, strict=True)),
+            }
+        )
         cpu_seconds = dict(window.used)
         sampling.cancel()
         out["writers"] = written
@@ -337,9 +400,15 @@ async def sample_forever(gateways: list[Gateway]) -> None:
         await asyncio.sleep(2)
 
 
-def summarize(out: dict[str, Any], args: argparse.Namespace, results: list[dict[str, Any]],
-              written: list[dict[str, Any]], gateways: list[Gateway], cpu: dict[str, int],
-              cpu_seconds: dict[str, float]) -> None:
+def summarize(
+    out: dict[str, Any],
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    written: list[dict[str, Any]],
+    gateways: list[Gateway],
+    cpu: dict[str, int],
+    cpu_seconds: dict[str, float],
+) -> None:
     relay: dict[float, int] = {}
     end_to_end: dict[float, int] = {}
     for r in results:
@@ -349,11 +418,16 @@ def summarize(out: dict[str, Any], args: argparse.Namespace, results: list[dict[
     events = sum(w["written"] for w in written)
     received = sum(r["tokens"] for r in results)
     out.update(
-        held=sum(r["held"] for r in results), dropped=sum(r["dropped"] for r in results),
-        unfinished=sum(r["unfinished"] for r in results), events_written=events, tokens_received=received,
+        held=sum(r["held"] for r in results),
+        dropped=sum(r["dropped"] for r in results),
+        unfinished=sum(r["unfinished"] for r in results),
+        events_written=events,
+        tokens_received=received,
         writer_events_per_s=sum(w["events_per_s"] for w in written),
-        writer_refused=sum(w["refused"] for w in written), writer_late_ticks=sum(w["late_ticks"] for w in written),
-        relay_ms=quantiles(relay), end_to_end_ms=quantiles(end_to_end),
+        writer_refused=sum(w["refused"] for w in written),
+        writer_late_ticks=sum(w["late_ticks"] for w in written),
+        relay_ms=quantiles(relay),
+        end_to_end_ms=quantiles(end_to_end),
         gateway_rss_mb_max=[round(max(gw.rss_mb)) for gw in gateways],
         gateway_fds_max=[max(gw.fds) for gw in gateways],
         cpu_percent=cpu,
@@ -362,8 +436,9 @@ def summarize(out: dict[str, Any], args: argparse.Namespace, results: list[dict[
     start = out["gateway_rss_mb_start"]
     idle = out["gateway_idle"]
     share = args.streams / args.gateways
-    out["gateway_kb_per_idle_stream"] = [round((i["rss_mb"] - s) * 1024 / share, 1) for s, i in zip(start, idle,
-                                                                                                     strict=True)]
+    out["gateway_kb_per_idle_stream"] = [
+        round((i["rss_mb"] - s) * 1024 / share, 1) for s, i in zip(start, idle, strict=True)
+    ]
 
 
 def quantiles(hist: dict[float, int]) -> dict[str, float]:
@@ -430,10 +505,15 @@ def main() -> None:
     check_shares(args)
     raise_nofile()
     os.environ["PYTHONPATH"] = str(ROOT)  # the writer imports relaygate's StreamWriter
-    out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": {
-                               "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(),
-                               "mem_total_mb": round(psutil.virtual_memory().total / 2**20)}}
+    out: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_before": os.getloadavg(),
+            "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
+        },
+    }
     restore: dict[Path, str] = {}
     out["kernel"] = tune_kernel(restore)
     for name, k in out["kernel"].items():

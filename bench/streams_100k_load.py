@@ -53,8 +53,8 @@ class Follower:
         run = self.run
         for frame in chunk.split(b"\n\n"):
             if TOKEN_MARK in frame:
-                ts = orjson.loads(frame[frame.index(b"\ndata: ") + 7:])["ts"]
-                written_ms = int(frame[frame.index(b"id: ") + 4:frame.index(b"-")])
+                ts = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])["ts"]
+                written_ms = int(frame[frame.index(b"id: ") + 4 : frame.index(b"-")])
                 run.tokens += 1
                 run.relay[latency_bucket(now * 1000 - written_ms)] += 1
                 run.end_to_end[latency_bucket((now - ts) * 1000)] += 1
@@ -130,8 +130,11 @@ async def open_all(cfg: dict[str, Any], run: Run) -> tuple[list[Follower], dict[
 
     opened = await asyncio.gather(*(one(s, u, p) for s, u, p in cfg["streams"]))
     followers = [f for f in opened if f is not None]
-    return followers, {"opened": len(followers), "open_failed": dict(failures),
-                       "open_seconds": round(time.perf_counter() - started, 2)}
+    return followers, {
+        "opened": len(followers),
+        "open_failed": dict(failures),
+        "open_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 async def main(cfg: dict[str, Any]) -> None:
@@ -150,9 +153,18 @@ async def main(cfg: dict[str, Any]) -> None:
     for f in followers:
         if f.conn is not None:
             f.conn.close()
-    emit("RESULT", {**info, "held": held, "dropped": dropped, "unfinished": len(followers) - held - dropped,
-                    "tokens": run.tokens, "relay_ms": list(run.relay.items()),
-                    "end_to_end_ms": list(run.end_to_end.items())})
+    emit(
+        "RESULT",
+        {
+            **info,
+            "held": held,
+            "dropped": dropped,
+            "unfinished": len(followers) - held - dropped,
+            "tokens": run.tokens,
+            "relay_ms": list(run.relay.items()),
+            "end_to_end_ms": list(run.end_to_end.items()),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -65,24 +65,35 @@ async def main(cfg: dict[str, Any]) -> None:
         batches = []
         for session_id, request_id in groups[n % per_second]:
             seqs[session_id] += 1
-            batches.append((session_id, [Event(type="token", request_id=request_id, seq=seqs[session_id],
-                                               data={"text": "x"})]))
+            batches.append(
+                (session_id, [Event(type="token", request_id=request_id, seq=seqs[session_id], data={"text": "x"})])
+            )
         task = asyncio.create_task(append(batches))
         pending.add(task)
         task.add_done_callback(pending.discard)
     await asyncio.gather(*pending)
     elapsed = time.perf_counter() - started
     for i in range(0, len(sessions), 2000):
-        chunk = sessions[i:i + 2000]
-        got = await writer.append_many([(s, [Event(type="done", request_id=r, seq=seqs[s] + 1,
-                                                   data={"status": "completed"})]) for s, r in chunk])
+        chunk = sessions[i : i + 2000]
+        got = await writer.append_many(
+            [(s, [Event(type="done", request_id=r, seq=seqs[s] + 1, data={"status": "completed"})]) for s, r in chunk]
+        )
         refused += sum(got.refused)
     await redis.aclose()
     tick_ms.sort()
-    emit("RESULT", {"written": written, "refused": refused, "seconds": round(elapsed, 2),
-                    "events_per_s": round(written / elapsed), "ticks": ticks, "late_ticks": late,
-                    "append_p50_ms": round(tick_ms[len(tick_ms) // 2], 2) if tick_ms else None,
-                    "append_max_ms": round(tick_ms[-1], 2) if tick_ms else None})
+    emit(
+        "RESULT",
+        {
+            "written": written,
+            "refused": refused,
+            "seconds": round(elapsed, 2),
+            "events_per_s": round(written / elapsed),
+            "ticks": ticks,
+            "late_ticks": late,
+            "append_p50_ms": round(tick_ms[len(tick_ms) // 2], 2) if tick_ms else None,
+            "append_max_ms": round(tick_ms[-1], 2) if tick_ms else None,
+        },
+    )
 
 
 if __name__ == "__main__":

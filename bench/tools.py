@@ -36,17 +36,32 @@ TOOL_LINE = '/tool demo.calculate {"expression": "6*7"}'
 
 def _agents_file(folder: Path, mcp_url: str) -> Path:
     path = folder / "agents.yaml"
-    path.write_text(yaml.safe_dump({"agents": [{
-        "id": "bench-tools", "default": True, "feature": "default",
-        "tools": {"servers": [{"name": "demo", "url": mcp_url}]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "agents": [
+                    {
+                        "id": "bench-tools",
+                        "default": True,
+                        "feature": "default",
+                        "tools": {"servers": [{"name": "demo", "url": mcp_url}]},
+                    }
+                ]
+            }
+        )
+    )
     return path
 
 
 def _mcp_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = bench.free_port()
     log = (folder / "mcp.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "workers.mcp_demo", "--http", str(port)], cwd=bench.ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.mcp_demo", "--http", str(port)],
+        cwd=bench.ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -75,9 +90,11 @@ async def _direct(url: str, runs: int) -> list[float]:
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    async with httpx2.AsyncClient(timeout=30) as client, \
-            streamable_http_client(url, http_client=client) as (read, write, *_), \
-            ClientSession(read, write) as session:
+    async with (
+        httpx2.AsyncClient(timeout=30) as client,
+        streamable_http_client(url, http_client=client) as (read, write, *_),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
 
         async def call() -> None:
@@ -90,6 +107,7 @@ async def _direct(url: str, runs: int) -> list[float]:
 async def _requests(stack: bench.Stack, content: str, runs: int) -> list[float]:
     headers = {"Authorization": f"Bearer {stack.token('bench', 'bench')}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.port}", headers=headers, timeout=60) as client:
+
         async def call() -> None:
             r = await client.post("/api/v1/requests/web?wait=30", json={"content": content, "new_session": True})
             assert r.status_code == 200 and r.json()["status"] == "completed", r.text
@@ -99,15 +117,24 @@ async def _requests(stack: bench.Stack, content: str, runs: int) -> list[float]:
 
 def _line(name: str, seconds: list[float]) -> str:
     ms = sorted(s * 1000 for s in seconds)
-    return (f"{name:<7} p50 {statistics.median(ms):7.2f} ms   p95 {bench.percentile(ms, 0.95):7.2f} ms"
-            f"   mean {statistics.fmean(ms):7.2f} ms   (n={len(ms)})")
+    return (
+        f"{name:<7} p50 {statistics.median(ms):7.2f} ms   p95 {bench.percentile(ms, 0.95):7.2f} ms"
+        f"   mean {statistics.fmean(ms):7.2f} ms   (n={len(ms)})"
+    )
 
 
 async def measure(infra: bench.Infra, runs: int, folder: Path) -> None:
     mcp, url = _mcp_server(folder)
-    stack = bench.Stack(infra, folder, "tools-" + uuid.uuid4().hex, {
-        "AGENTS_FILE": str(_agents_file(folder, url)), "OFFLINE_MODEL_TOKENS": "5",
-        "OFFLINE_MODEL_TOKENS_PER_SECOND": "0"})
+    stack = bench.Stack(
+        infra,
+        folder,
+        "tools-" + uuid.uuid4().hex,
+        {
+            "AGENTS_FILE": str(_agents_file(folder, url)),
+            "OFFLINE_MODEL_TOKENS": "5",
+            "OFFLINE_MODEL_TOKENS_PER_SECOND": "0",
+        },
+    )
     try:
         await stack.start_gateway()
         await stack.start_worker()
@@ -123,8 +150,10 @@ async def measure(infra: bench.Infra, runs: int, folder: Path) -> None:
     print(_line("plain", plain))
     print(_line("tool", tool))
     added, call = statistics.median(tool) - statistics.median(plain), statistics.median(direct)
-    print(f"one tool round trip adds {added * 1000:.2f} ms at p50 to a request; the MCP call itself is "
-          f"{call * 1000:.2f} ms of it, relaygate's share {(added - call) * 1000:.2f} ms")
+    print(
+        f"one tool round trip adds {added * 1000:.2f} ms at p50 to a request; the MCP call itself is "
+        f"{call * 1000:.2f} ms of it, relaygate's share {(added - call) * 1000:.2f} ms"
+    )
 
 
 def main() -> None:

@@ -45,11 +45,17 @@ async def one_run(settings: Settings, name: str, clients: int) -> tuple[float, i
 async def measure(base_url: str, args: argparse.Namespace) -> None:
     model.configure()
     await model.litellm_module()  # loaded before any window: its import is not a cost per token
-    common = {"llm_api_base": base_url, "llm_api_key": "sk-bench", "offline_model_tokens": args.tokens,
-              "offline_model_tokens_per_second": 0}
-    paths = {"lean": (Settings(llm_fast_path="auto", **common), MODEL),  # type: ignore[arg-type]
-             "litellm": (Settings(llm_fast_path="off", **common), MODEL),  # type: ignore[arg-type]
-             "offline": (Settings(**common), model.OFFLINE_MODEL)}  # type: ignore[arg-type]
+    common = {
+        "llm_api_base": base_url,
+        "llm_api_key": "sk-bench",
+        "offline_model_tokens": args.tokens,
+        "offline_model_tokens_per_second": 0,
+    }
+    paths = {
+        "lean": (Settings(llm_fast_path="auto", **common), MODEL),  # type: ignore[arg-type]
+        "litellm": (Settings(llm_fast_path="off", **common), MODEL),  # type: ignore[arg-type]
+        "offline": (Settings(**common), model.OFFLINE_MODEL),
+    }  # type: ignore[arg-type]
     for path in args.paths.split(","):
         settings, name = paths[path]
         await one_run(settings, name, min(args.clients, 20))  # warm-up: connections, caches, first-call imports
@@ -68,8 +74,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--paths", default="lean,litellm,offline")
     args = parser.parse_args()
-    provider = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_provider.py"),
-                                 "--tokens", str(args.tokens)], stdout=subprocess.PIPE, text=True)
+    provider = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fake_provider.py"), "--tokens", str(args.tokens)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert provider.stdout is not None
         line = provider.stdout.readline()

@@ -68,15 +68,20 @@ async def measure(runs: int, folder: Path, infra: bench.Infra) -> None:
                 finally:
                     worker.terminate()
                     worker.wait(30)
-                print(f"run {n + 1}: worker ready {ready[-1]:.2f} s, first token {first[-1]:.2f} s, "
-                      f"model layer ready {model[-1]:.2f} s, RSS {rss[-1]:.0f} MB", flush=True)
+                print(
+                    f"run {n + 1}: worker ready {ready[-1]:.2f} s, first token {first[-1]:.2f} s, "
+                    f"model layer ready {model[-1]:.2f} s, RSS {rss[-1]:.0f} MB",
+                    flush=True,
+                )
     finally:
         await stack.stop_gateway()
         infra.stop()
-    print(f"median of {runs}: worker ready {statistics.median(ready):.2f} s (max {max(ready):.2f}), "
-          f"first token {statistics.median(first):.2f} s (max {max(first):.2f}), "
-          f"model layer ready {statistics.median(model):.2f} s (max {max(model):.2f}), "
-          f"RSS {statistics.median(rss):.0f} MB")
+    print(
+        f"median of {runs}: worker ready {statistics.median(ready):.2f} s (max {max(ready):.2f}), "
+        f"first token {statistics.median(first):.2f} s (max {max(first):.2f}), "
+        f"model layer ready {statistics.median(model):.2f} s (max {max(model):.2f}), "
+        f"RSS {statistics.median(rss):.0f} MB"
+    )
 
 
 def main() -> None:

@@ -37,8 +37,12 @@ def ask(url: str, token: str, request_id: str, data: dict[str, Any]) -> None:
         return
     approve, reason = parse(answer)
     try:
-        response = httpx.post(f"{url}{path}", json={"approve": approve, "reason": reason},
-                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = httpx.post(
+            f"{url}{path}",
+            json={"approve": approve, "reason": reason},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
     except httpx.HTTPError as exc:
         click.echo(f"[could not send the decision: {exc}; the call waits: POST {path}]", err=True)
         return

@@ -38,8 +38,13 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="agent worker processes")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="how the processes log: readable lines, or one JSON object per line as in production")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="how the processes log: readable lines, or one JSON object per line as in production",
+)
 def dev(host: str, port: int, workers: int, log_format: str) -> None:
     """Run everything locally: embedded Postgres and Valkey unless DATABASE_URL / REDIS_URL are set."""
     run_dev(get_settings(), host, port, workers, log_format)
@@ -76,8 +81,9 @@ def token(user_id: str, tenant_id: str, ttl: int, scopes: tuple[str, ...]) -> No
     if not settings.jwt_secret_key.get_secret_value():
         from cli.dev.embedded import dev_secret
 
-        settings = settings.model_copy(update={"jwt_secret_key": type(settings.jwt_secret_key)(
-            dev_secret(settings.data_dir.resolve()))})
+        settings = settings.model_copy(
+            update={"jwt_secret_key": type(settings.jwt_secret_key)(dev_secret(settings.data_dir.resolve()))}
+        )
     try:
         click.echo(mint_token(settings, user_id=user_id, tenant_id=tenant_id, ttl_seconds=ttl, scopes=list(scopes)))
     except AuthError as exc:
@@ -92,8 +98,12 @@ def apikey() -> None:
 @apikey.command("create")
 @click.option("--tenant", "tenant_id", required=True)
 @click.option("--user", "user_id", required=True, help="the user (or tool id) the key acts as")
-@click.option("--tool", is_flag=True, help="a tool key: gets the act-as-user scope (requests for any user of its "
-              "tenant, each in a new session unless it also holds join-user-sessions)")
+@click.option(
+    "--tool",
+    is_flag=True,
+    help="a tool key: gets the act-as-user scope (requests for any user of its "
+    "tenant, each in a new session unless it also holds join-user-sessions)",
+)
 @click.option("--scope", "scopes", multiple=True)
 @click.option("--name", default="")
 def apikey_create(tenant_id: str, user_id: str, tool: bool, scopes: tuple[str, ...], name: str) -> None:
@@ -104,8 +114,14 @@ def apikey_create(tenant_id: str, user_id: str, tool: bool, scopes: tuple[str, .
         await db.migrate(url)
         pool = await db.create_pool(url, max_size=1)
         try:
-            return await create_api_key(pool, tenant_id=tenant_id, user_id=user_id,
-                                        kind="tool" if tool else "user", scopes=list(scopes), name=name)
+            return await create_api_key(
+                pool,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                kind="tool" if tool else "user",
+                scopes=list(scopes),
+                name=name,
+            )
         finally:
             await pool.close()
 
@@ -144,8 +160,20 @@ def apikey_list(tenant_id: str | None) -> None:
     keys = _with_database(lambda pool: list_api_keys(pool, tenant_id))
     for k in keys:
         revoked = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
-        click.echo("\t".join([k["key_id"], k["tenant_id"], k["user_id"], k["kind"], ",".join(k["scopes"]) or "-",
-                              k["name"] or "-", f"{k['created_at']:%Y-%m-%d %H:%M}", revoked]))
+        click.echo(
+            "\t".join(
+                [
+                    k["key_id"],
+                    k["tenant_id"],
+                    k["user_id"],
+                    k["kind"],
+                    ",".join(k["scopes"]) or "-",
+                    k["name"] or "-",
+                    f"{k['created_at']:%Y-%m-%d %H:%M}",
+                    revoked,
+                ]
+            )
+        )
 
 
 @apikey.command("revoke")
@@ -165,8 +193,9 @@ def _client_config(url: str | None, token_: str | None) -> tuple[str, str, Path]
     url = url or state.get("url")
     token_ = token_ or state.get("token")
     if not url or not token_:
-        raise click.UsageError("no gateway known: run `make dev`, or pass --url and --token "
-                               "(or set RELAYGATE_URL and RELAYGATE_TOKEN)")
+        raise click.UsageError(
+            "no gateway known: run `make dev`, or pass --url and --token (or set RELAYGATE_URL and RELAYGATE_TOKEN)"
+        )
     return url.rstrip("/"), token_, home
 
 
@@ -194,8 +223,9 @@ TOKEN_OPTION = click.option("--token", "token_", envvar="RELAYGATE_TOKEN", help=
 @click.option("--agent", "agent_id", help="ask this agent explicitly")
 @URL_OPTION
 @TOKEN_OPTION
-def chat(text: str, session_id: str | None, new: bool, agent_id: str | None, url: str | None,
-         token_: str | None) -> None:
+def chat(
+    text: str, session_id: str | None, new: bool, agent_id: str | None, url: str | None, token_: str | None
+) -> None:
     """Send TEXT and print the reply token by token as it streams (a line per tool step; a tool call that
     needs approval asks you first)."""
     url, token_, home = _client_config(url, token_)
@@ -211,8 +241,9 @@ def chat(text: str, session_id: str | None, new: bool, agent_id: str | None, url
     headers = {"Authorization": f"Bearer {token_}", "Accept": "text/event-stream"}
     status = "failed"
     try:
-        with httpx.stream("POST", f"{url}/api/v1/requests/cli", json=body, headers=headers,
-                          timeout=httpx.Timeout(10, read=None)) as response:
+        with httpx.stream(
+            "POST", f"{url}/api/v1/requests/cli", json=body, headers=headers, timeout=httpx.Timeout(10, read=None)
+        ) as response:
             if response.status_code >= 400:
                 raise _http_error(response)
             for event in iter_events(response):
@@ -291,8 +322,9 @@ def _follow(url: str, token_: str, session_id: str, last: str | None) -> str | N
     if last:
         headers["Last-Event-ID"] = last
     try:
-        with httpx.stream("GET", f"{url}/api/v1/sessions/{session_id}/stream", headers=headers,
-                          timeout=httpx.Timeout(10, read=None)) as response:
+        with httpx.stream(
+            "GET", f"{url}/api/v1/sessions/{session_id}/stream", headers=headers, timeout=httpx.Timeout(10, read=None)
+        ) as response:
             if response.status_code >= 400:
                 raise _http_error(response)
             for event in iter_events(response):
@@ -305,8 +337,12 @@ def _follow(url: str, token_: str, session_id: str, last: str | None) -> str | N
 
 @main.command()
 @click.option("--feature", default=None, help="serve this feature's queue (default: FEATURE or 'default')")
-@click.option("--processes", type=click.IntRange(min=1), default=None,
-              help="worker processes under one supervisor, one per core (default: WORKER_PROCESSES or 1)")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="worker processes under one supervisor, one per core (default: WORKER_PROCESSES or 1)",
+)
 def worker(feature: str | None, processes: int | None) -> None:
     """Run an agent worker (N processes on one queue with --processes N)."""
     settings = get_settings()
@@ -332,8 +368,12 @@ def dispatcher() -> None:
 @main.command()
 @click.argument("action", type=click.Choice(["create", "delete", "cleanup", "list"]))
 @click.argument("feature_id", required=False)
-@click.option("--idle-seconds", type=int, default=None, help="cleanup: idle time before removal "
-              "(default ORCHESTRATOR_IDLE_SECONDS)")
+@click.option(
+    "--idle-seconds",
+    type=int,
+    default=None,
+    help="cleanup: idle time before removal (default ORCHESTRATOR_IDLE_SECONDS)",
+)
 def orchestrator(action: str, feature_id: str | None, idle_seconds: int | None) -> None:
     """Manage per-feature workers on Kubernetes: create/delete FEATURE_ID, cleanup idle ones, list."""
     from orchestrator.handler import handle

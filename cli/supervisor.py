@@ -52,10 +52,20 @@ def supervise(settings: Settings, feature: str | None, processes: int) -> None:
     failed = False
     try:
         for index in range(processes):
-            children.append(Child(f"worker process {index + 1}", child_args(feature), child_env(settings, index),
-                                  owner=OWNER, own_session=True))
-        click.echo(f"{OWNER}: {processes} processes on the {settings.feature_queue(feature)} "
-                   f"queue (pids {', '.join(str(c.process.pid) for c in children)})", err=True)
+            children.append(
+                Child(
+                    f"worker process {index + 1}",
+                    child_args(feature),
+                    child_env(settings, index),
+                    owner=OWNER,
+                    own_session=True,
+                )
+            )
+        click.echo(
+            f"{OWNER}: {processes} processes on the {settings.feature_queue(feature)} "
+            f"queue (pids {', '.join(str(c.process.pid) for c in children)})",
+            err=True,
+        )
         while all(child.revive() for child in children):
             time.sleep(0.5)
         failed = True

@@ -27,8 +27,16 @@ def stream(host: str, port: int, token: str, n: int, reply: Reply, started: thre
     body = json.dumps({"content": f"smoke request {n}", "new_session": True})
     conn = http.client.HTTPConnection(host, port, timeout=300)
     try:
-        conn.request("POST", "/api/v1/requests/cli", body=body, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "text/event-stream"})
+        conn.request(
+            "POST",
+            "/api/v1/requests/cli",
+            body=body,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+            },
+        )
         response = conn.getresponse()
         if response.status >= 400:
             reply.error = f"HTTP {response.status} {response.read()[:200]!r}"
@@ -59,8 +67,10 @@ def stream(host: str, port: int, token: str, n: int, reply: Reply, started: thre
 
 def active_runs(container: str) -> float:
     """relaygate_worker_active_runs of one worker container, read from its metrics port."""
-    code = ("import os,urllib.request;print(urllib.request.urlopen('http://127.0.0.1:%s/metrics'"
-            " % os.environ['WORKER_METRICS_PORT']).read().decode())")
+    code = (
+        "import os,urllib.request;print(urllib.request.urlopen('http://127.0.0.1:%s/metrics'"
+        " % os.environ['WORKER_METRICS_PORT']).read().decode())"
+    )
     argv = ["podman", "exec", container, "python3", "-c", code]
     out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
     for line in out.splitlines():
@@ -74,8 +84,10 @@ def main() -> int:
     workers = sys.argv[5:]
     replies = [Reply() for _ in range(count)]
     flags = [threading.Event() for _ in range(count)]
-    threads = [threading.Thread(target=stream, args=(host, port, token, i, replies[i], flags[i]), daemon=True)
-               for i in range(count)]
+    threads = [
+        threading.Thread(target=stream, args=(host, port, token, i, replies[i], flags[i]), daemon=True)
+        for i in range(count)
+    ]
     begin = time.monotonic()
     for t in threads:
         t.start()
@@ -85,8 +97,11 @@ def main() -> int:
     busy_runs = active_runs(busy)
     killed_at = time.monotonic()
     subprocess.run(["podman", "kill", "--signal", "KILL", busy], check=True, capture_output=True)  # noqa: S607
-    print(f"killed worker {busy} mid-reply ({busy_runs:.0f} replies running on it), "
-          f"{killed_at - begin:.1f}s after the first request", flush=True)
+    print(
+        f"killed worker {busy} mid-reply ({busy_runs:.0f} replies running on it), "
+        f"{killed_at - begin:.1f}s after the first request",
+        flush=True,
+    )
     for t in threads:
         t.join(timeout=300)
     completed = [r for r in replies if r.status == "completed"]

@@ -29,9 +29,16 @@ async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Repl
     row = await rt.db.fetchrow(_REPLY, request_id, tenant_id)
     if row is None or row["status"] != "completed":
         return None
-    return Reply(request_id=row["request_id"], session_id=row["session_id"], tenant_id=row["tenant_id"],
-                 user_id=row["user_id"], content=row["request_content"], response=row["response_content"] or "",
-                 agent_id=row["agent_id"], attempt=row["attempt"]), row["integration_type"]
+    return Reply(
+        request_id=row["request_id"],
+        session_id=row["session_id"],
+        tenant_id=row["tenant_id"],
+        user_id=row["user_id"],
+        content=row["request_content"],
+        response=row["response_content"] or "",
+        agent_id=row["agent_id"],
+        attempt=row["attempt"],
+    ), row["integration_type"]
 
 
 async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
@@ -46,9 +53,18 @@ async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     channels = await delivery.channels_for(rt.db, rt.settings, reply.tenant_id, reply.user_id, integration_type)
     expires = time.time() + rt.settings.delivery_expiry_seconds
     for channel, _ in channels:
-        await delivery.enqueue_attempt(rt.queue, DeliveryJob(
-            request_id=reply.request_id, session_id=reply.session_id, tenant_id=reply.tenant_id,
-            user_id=reply.user_id, channel=channel, expires_at=expires, correlation_id=payload.correlation_id))
+        await delivery.enqueue_attempt(
+            rt.queue,
+            DeliveryJob(
+                request_id=reply.request_id,
+                session_id=reply.session_id,
+                tenant_id=reply.tenant_id,
+                user_id=reply.user_id,
+                channel=channel,
+                expires_at=expires,
+                correlation_id=payload.correlation_id,
+            ),
+        )
     return len(channels)
 
 
@@ -57,8 +73,10 @@ async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelCo
     to = verification.destination(job.channel, cfg.config)
     if to is None or await verification.allowed(rt.db, job.tenant_id, job.user_id, job.channel, to):
         return None
-    return (f"not sent: {job.channel} destination {to} is not verified; confirm the code relaygate sent there"
-            f" (POST /api/v1/users/{{user_id}}/integrations/{job.channel}/verify)")
+    return (
+        f"not sent: {job.channel} destination {to} is not verified; confirm the code relaygate sent there"
+        f" (POST /api/v1/users/{{user_id}}/integrations/{job.channel}/verify)"
+    )
 
 
 async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
@@ -98,16 +116,19 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     unverified = await _unverified(rt, job, cfg)
     if unverified:
         await _outcome(rt, job, reply, delivery_id, "FAILED", unverified)
-        log.info("delivery skipped: destination not verified", extra={"request_id": job.request_id,
-                                                                       "channel": job.channel})
+        log.info(
+            "delivery skipped: destination not verified", extra={"request_id": job.request_id, "channel": job.channel}
+        )
         return "FAILED"
     try:
         ref = await _send(rt, job, cfg, reply)
     except DeliveryError as exc:
         return await _failed(rt, job, cfg, reply, delivery_id, exc)
     except Exception as exc:  # a bug or an input no channel foresaw: a failed attempt, never a PENDING row
-        log.warning("delivery raised an unexpected error", extra={
-            "request_id": job.request_id, "channel": job.channel, "error": type(exc).__name__})
+        log.warning(
+            "delivery raised an unexpected error",
+            extra={"request_id": job.request_id, "channel": job.channel, "error": type(exc).__name__},
+        )
         unexpected = DeliveryError(f"{job.channel} delivery failed: unexpected {type(exc).__name__}", retryable=False)
         return await _failed(rt, job, cfg, reply, delivery_id, unexpected)
     await _outcome(rt, job, reply, delivery_id, "SUCCESS", None, ref)
@@ -115,8 +136,9 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     return "SUCCESS"
 
 
-async def _failed(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply, delivery_id: str,
-                  exc: DeliveryError) -> str:
+async def _failed(
+    rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply, delivery_id: str, exc: DeliveryError
+) -> str:
     detail = str(exc)
     if exc.disable:
         await rt.db.execute(
@@ -126,24 +148,45 @@ async def _failed(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig
             VALUES ($1, $2, $3, false, $4, $5, $6, $7)
             ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE SET enabled = false, updated_at = now()
             """,
-            job.tenant_id, job.user_id, job.channel, cfg.priority, cfg.retry_count, cfg.retry_delay_seconds,
+            job.tenant_id,
+            job.user_id,
+            job.channel,
+            cfg.priority,
+            cfg.retry_count,
+            cfg.retry_delay_seconds,
             cfg.config,
         )
     if exc.retryable and job.attempt <= cfg.retry_count:
         delay = max(cfg.retry_delay_seconds * rt.settings.delivery_retry_delay_scale, exc.retry_after or 0)
         await delivery.enqueue_attempt(rt.queue, job.model_copy(update={"attempt": job.attempt + 1}), defer=delay)
         await _outcome(rt, job, reply, delivery_id, "RETRYING", detail)
-        log.warning("delivery attempt failed; retrying",
-                    extra={"request_id": job.request_id, "channel": job.channel, "attempt": job.attempt,
-                           "error": detail, "retry_in": delay})
+        log.warning(
+            "delivery attempt failed; retrying",
+            extra={
+                "request_id": job.request_id,
+                "channel": job.channel,
+                "attempt": job.attempt,
+                "error": detail,
+                "retry_in": delay,
+            },
+        )
         return "RETRYING"
     await _outcome(rt, job, reply, delivery_id, "FAILED", detail)
-    log.warning("delivery failed", extra={"request_id": job.request_id, "channel": job.channel,
-                                          "attempt": job.attempt, "error": detail})
+    log.warning(
+        "delivery failed",
+        extra={"request_id": job.request_id, "channel": job.channel, "attempt": job.attempt, "error": detail},
+    )
     return "FAILED"
 
 
-async def _outcome(rt: Runtime, job: DeliveryJob, reply: Reply, delivery_id: str,
-                   status: integrations.DeliveryStatus, detail: str | None, ref: str | None = None) -> None:
+async def _outcome(
+    rt: Runtime,
+    job: DeliveryJob,
+    reply: Reply,
+    delivery_id: str,
+    status: integrations.DeliveryStatus,
+    detail: str | None,
+    ref: str | None = None,
+) -> None:
     await records.close_attempt(rt.db, delivery_id, status, detail, ref)
     await records.announce(rt.writer, job, reply.attempt, delivery_id, status, detail)

@@ -61,8 +61,12 @@ def build_worker(settings: Settings) -> RelayWorker:
             func(jobs.deliver, name=DELIVER, max_tries=5, timeout=short),  # type: ignore[arg-type]
             func(slack.follow, name=FOLLOW_SLACK, max_tries=5, timeout=short),  # type: ignore[arg-type]
             func(slack.notice, name=SLACK_NOTICE, max_tries=1, timeout=short),  # type: ignore[arg-type]
-            func(send_verification, name=verification.SEND_VERIFICATION, max_tries=3,  # type: ignore[arg-type]
-                 timeout=short),
+            func(
+                send_verification,
+                name=verification.SEND_VERIFICATION,
+                max_tries=3,  # type: ignore[arg-type]
+                timeout=short,
+            ),
         ],
         queue_name=dispatcher_queue(),
         redis_settings=RedisSettings.from_dsn(settings.queue_redis_url),

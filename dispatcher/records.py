@@ -25,44 +25,79 @@ async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:
         ON CONFLICT (delivery_key, attempt) DO UPDATE SET updated_at = now()
         RETURNING delivery_id::text, status, external_ref
         """,
-        uuid.uuid4(), job.key, job.attempt, job.tenant_id, job.user_id, job.request_id, job.session_id, job.channel,
+        uuid.uuid4(),
+        job.key,
+        job.attempt,
+        job.tenant_id,
+        job.user_id,
+        job.request_id,
+        job.session_id,
+        job.channel,
     )
     assert row is not None
     return row
 
 
-async def close_attempt(db: asyncpg.Pool, delivery_id: str, status: DeliveryStatus, error: str | None = None,
-                        external_ref: str | None = None) -> None:
+async def close_attempt(
+    db: asyncpg.Pool,
+    delivery_id: str,
+    status: DeliveryStatus,
+    error: str | None = None,
+    external_ref: str | None = None,
+) -> None:
     await db.execute(
         "UPDATE delivery_logs SET status = $2, error_message = $3, external_ref = coalesce($4, external_ref),"
         " updated_at = now() WHERE delivery_id = $1",
-        delivery_id, status, error, external_ref,
+        delivery_id,
+        status,
+        error,
+        external_ref,
     )
 
 
 async def set_ref(db: asyncpg.Pool, delivery_id: str, external_ref: str) -> None:
-    await db.execute("UPDATE delivery_logs SET external_ref = $2, updated_at = now() WHERE delivery_id = $1",
-                     delivery_id, external_ref)
+    await db.execute(
+        "UPDATE delivery_logs SET external_ref = $2, updated_at = now() WHERE delivery_id = $1",
+        delivery_id,
+        external_ref,
+    )
 
 
 async def previous_ref(db: asyncpg.Pool, key: str) -> str | None:
     """What an earlier attempt of this delivery already created (a Slack message ts), if anything."""
     ref: str | None = await db.fetchval(
         "SELECT external_ref FROM delivery_logs WHERE delivery_key = $1 AND external_ref IS NOT NULL"
-        " ORDER BY attempt DESC LIMIT 1", key)
+        " ORDER BY attempt DESC LIMIT 1",
+        key,
+    )
     return ref
 
 
-async def announce(writer: StreamWriter, job: DeliveryJob, request_attempt: int, delivery_id: str,
-                   status: DeliveryStatus, detail: str | None) -> None:
+async def announce(
+    writer: StreamWriter,
+    job: DeliveryJob,
+    request_attempt: int,
+    delivery_id: str,
+    status: DeliveryStatus,
+    detail: str | None,
+) -> None:
     """`delivery.succeeded` or `delivery.failed` (with the attempt's status) on the session stream."""
-    data: dict[str, Any] = {"delivery_id": delivery_id, "channel": job.channel, "attempt": job.attempt,
-                            "status": status}
+    data: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "channel": job.channel,
+        "attempt": job.attempt,
+        "status": status,
+    }
     if detail:
         data["detail"] = detail
     kind: EventType = "delivery.succeeded" if status == "SUCCESS" else "delivery.failed"
     DELIVERIES.labels(job.channel, status).inc()
-    sink.emit(kind, delivery_id, {"request_id": job.request_id, "session_id": job.session_id, "channel": job.channel,
-                                  "status": status}, tenant_id=job.tenant_id)
-    await writer.append(job.session_id, [Event(type=kind, request_id=job.request_id, attempt=request_attempt,
-                                               data=data)])
+    sink.emit(
+        kind,
+        delivery_id,
+        {"request_id": job.request_id, "session_id": job.session_id, "channel": job.channel, "status": status},
+        tenant_id=job.tenant_id,
+    )
+    await writer.append(
+        job.session_id, [Event(type=kind, request_id=job.request_id, attempt=request_attempt, data=data)]
+    )

@@ -65,25 +65,37 @@ class Orchestrator:
         if feature not in self.features:
             raise EventError("unknown_feature", f"no agent in agents.yaml serves feature {feature!r}")
         ns = self.kube.namespace
-        wanted = [objects.deployment(feature, self.cfg, ns, _now().isoformat()),
-                  objects.scaled_object(feature, self.cfg, ns), objects.service(feature, ns)]
+        wanted = [
+            objects.deployment(feature, self.cfg, ns, _now().isoformat()),
+            objects.scaled_object(feature, self.cfg, ns),
+            objects.service(feature, ns),
+        ]
         done = [{"kind": o["kind"], "name": o["metadata"]["name"], "result": await self.kube.apply(o)} for o in wanted]
         return {"action": "create", "feature_id": feature, "agents": self.features[feature], "objects": done}
 
     async def delete(self, feature: str | None) -> dict[str, Any]:
         """Remove the ScaledObject first (so KEDA stops scaling), then the Deployment and Service."""
         feature = self._check(feature)
-        names = {"Deployment": objects.deployment_name(feature), "ScaledObject": objects.deployment_name(feature),
-                 "Service": objects.service_name(feature)}
-        done = [{"kind": k, "name": names[k], "result": await self.kube.delete(k, names[k])}
-                for k in ("ScaledObject", "Deployment", "Service")]
+        names = {
+            "Deployment": objects.deployment_name(feature),
+            "ScaledObject": objects.deployment_name(feature),
+            "Service": objects.service_name(feature),
+        }
+        done = [
+            {"kind": k, "name": names[k], "result": await self.kube.delete(k, names[k])}
+            for k in ("ScaledObject", "Deployment", "Service")
+        ]
         return {"action": "delete", "feature_id": feature, "objects": done}
 
     async def _managed(self) -> list[dict[str, Any]]:
         selector = f"app=relaygate-worker,{objects.MANAGED_BY}=orchestrator"
         found = await self.kube.deployments(selector)
-        return [d for d in found if d["metadata"].get("labels", {}).get(objects.MANAGED_BY) == "orchestrator"
-                and d["metadata"].get("labels", {}).get("app") == "relaygate-worker"]
+        return [
+            d
+            for d in found
+            if d["metadata"].get("labels", {}).get(objects.MANAGED_BY) == "orchestrator"
+            and d["metadata"].get("labels", {}).get("app") == "relaygate-worker"
+        ]
 
     async def list(self) -> dict[str, Any]:
         """Each feature the orchestrator runs: replicas, ready replicas, queue depth, last activity."""
@@ -91,14 +103,16 @@ class Orchestrator:
         for d in await self._managed():
             feature = d["metadata"]["labels"]["feature"]
             status = d.get("status") or {}
-            features.append({
-                "feature_id": feature,
-                "agents": self.features.get(feature, []),
-                "replicas": (d.get("spec") or {}).get("replicas", 0),
-                "ready_replicas": status.get("readyReplicas", 0),
-                "queue_depth": await self.queue_depth(feature),
-                "last_active": (d["metadata"].get("annotations") or {}).get(objects.LAST_ACTIVE),
-            })
+            features.append(
+                {
+                    "feature_id": feature,
+                    "agents": self.features.get(feature, []),
+                    "replicas": (d.get("spec") or {}).get("replicas", 0),
+                    "ready_replicas": status.get("readyReplicas", 0),
+                    "queue_depth": await self.queue_depth(feature),
+                    "last_active": (d["metadata"].get("annotations") or {}).get(objects.LAST_ACTIVE),
+                }
+            )
         return {"action": "list", "features": sorted(features, key=lambda f: f["feature_id"])}
 
     async def cleanup(self, idle_seconds: int | None = None) -> dict[str, Any]:
@@ -130,8 +144,13 @@ class Orchestrator:
         return {"action": "cleanup", "idle_seconds": idle, "removed": removed, "kept": kept}
 
 
-async def handle(event: dict[str, Any], *, kube_host: str | None = None, settings: Settings | None = None,
-                 cfg: OrchestratorSettings | None = None) -> dict[str, Any]:
+async def handle(
+    event: dict[str, Any],
+    *,
+    kube_host: str | None = None,
+    settings: Settings | None = None,
+    cfg: OrchestratorSettings | None = None,
+) -> dict[str, Any]:
     """Run one event: `{"action": "create"|"delete"|"cleanup"|"list", "feature_id": ..., "idle_seconds": ...}`."""
     settings = settings or get_settings()
     cfg = cfg or OrchestratorSettings()

@@ -63,8 +63,9 @@ class Kube:
             patch = partial(self.core.patch_namespaced_service, name, ns, obj, _content_type=MERGE_PATCH)
         elif kind == "ScaledObject":
             create = partial(self.custom.create_namespaced_custom_object, *KEDA[:2], ns, KEDA[2], obj)
-            patch = partial(self.custom.patch_namespaced_custom_object, *KEDA[:2], ns, KEDA[2], name, obj,
-                            _content_type=MERGE_PATCH)
+            patch = partial(
+                self.custom.patch_namespaced_custom_object, *KEDA[:2], ns, KEDA[2], name, obj, _content_type=MERGE_PATCH
+            )
         else:
             raise ValueError(f"unsupported kind {kind}")
         try:
@@ -108,7 +109,6 @@ class Kube:
     async def annotate(self, name: str, annotations: dict[str, str]) -> None:
         body = {"metadata": {"annotations": annotations}}
         try:
-            await self.apps.patch_namespaced_deployment(
-                name, self.namespace, body, _content_type=MERGE_PATCH)
+            await self.apps.patch_namespaced_deployment(name, self.namespace, body, _content_type=MERGE_PATCH)
         except ApiException as exc:
             raise KubeError("patch", "Deployment", name, exc) from None

@@ -46,24 +46,42 @@ def deployment(feature: str, cfg: OrchestratorSettings, namespace: str, last_act
                 "spec": {
                     "terminationGracePeriodSeconds": 60,
                     "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "worker",
-                        "image": cfg.worker_image,
-                        "command": ["relaygate", "worker", "--feature", feature],
-                        "env": [{"name": "FEATURE", "value": feature}],
-                        "envFrom": [{"configMapRef": {"name": cfg.config_map}}, {"secretRef": {"name": cfg.secret}}],
-                        "ports": [{"name": "metrics", "containerPort": 9100}],
-                        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10},
-                        "livenessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"},
-                                          "initialDelaySeconds": 15, "periodSeconds": 15, "failureThreshold": 3},
-                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "resources": {"requests": {"cpu": "250m", "memory": "384Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}},
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
-                    }],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": cfg.worker_image,
+                            "command": ["relaygate", "worker", "--feature", feature],
+                            "env": [{"name": "FEATURE", "value": feature}],
+                            "envFrom": [
+                                {"configMapRef": {"name": cfg.config_map}},
+                                {"secretRef": {"name": cfg.secret}},
+                            ],
+                            "ports": [{"name": "metrics", "containerPort": 9100}],
+                            "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10},
+                            "livenessProbe": {
+                                "httpGet": {"path": "/metrics", "port": "metrics"},
+                                "initialDelaySeconds": 15,
+                                "periodSeconds": 15,
+                                "failureThreshold": 3,
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "384Mi"},
+                                "limits": {"cpu": "1", "memory": "1Gi"},
+                            },
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+                        }
+                    ],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
@@ -93,12 +111,21 @@ def scaled_object(feature: str, cfg: OrchestratorSettings, namespace: str) -> di
             "maxReplicaCount": cfg.max_replicas,
             "pollingInterval": 15,
             "cooldownPeriod": cfg.cooldown_seconds,
-            "advanced": {"horizontalPodAutoscalerConfig": {
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": cfg.cooldown_seconds}}}},
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": cfg.cooldown_seconds}}
+                }
+            },
             "triggers": [
-                {"type": "redis", "metadata": {
-                    "addressFromEnv": cfg.redis_address_env, "listName": queue_name(feature),
-                    "listLength": str(cfg.jobs_per_replica), "activationListLength": "0"}},
+                {
+                    "type": "redis",
+                    "metadata": {
+                        "addressFromEnv": cfg.redis_address_env,
+                        "listName": queue_name(feature),
+                        "listLength": str(cfg.jobs_per_replica),
+                        "activationListLength": "0",
+                    },
+                },
                 {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}},
                 {"type": "memory", "metricType": "Utilization", "metadata": {"value": "80"}},
             ],

@@ -19,9 +19,18 @@ class EmbeddedValkeyCluster:
         # The bus port defaults to port + 10000, out of range for a high free port: name it.
         self.bus_ports = [free_port() for _ in range(nodes)]
         self.nodes = [
-            EmbeddedValkey(folder / f"node{i}", persistent=False,
-                           extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                       "--cluster-port", str(bus)))
+            EmbeddedValkey(
+                folder / f"node{i}",
+                persistent=False,
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(bus),
+                ),
+            )
             for i, bus in enumerate(self.bus_ports)
         ]
         self.url = self.nodes[0].url.removesuffix("/0")

@@ -92,8 +92,12 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 
 def settings_for(infra: Infra, **overrides: object) -> Settings:
-    values: dict[str, object] = {"database_url": infra.database_url, "redis_url": infra.redis_url,
-                                 "jwt_secret_key": JWT_SECRET, **overrides}
+    values: dict[str, object] = {
+        "database_url": infra.database_url,
+        "redis_url": infra.redis_url,
+        "jwt_secret_key": JWT_SECRET,
+        **overrides,
+    }
     return Settings(**values)  # type: ignore[arg-type]
 
 
@@ -114,28 +118,46 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str],
-               preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.folder / f"{name}-{len(self._logs)}.log"
         self._logs.append(log)
         with log.open("wb") as out:
-            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                    preexec_fn=preexec_fn)
+            return subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec_fn
+            )
 
     def start_gateway(self, nofile: int | None = None, **env: str) -> None:
         """Start the gateway; `nofile` caps its descriptors (soft and hard RLIMIT_NOFILE) as a host would."""
         self.port = self.port or free_port()
-        limit = None if nofile is None else functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE,
-                                                               (nofile, nofile))
-        self.gateway = self._spawn("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                                               "127.0.0.1", "--port", str(self.port), "--no-access-log",
-                                               "--timeout-graceful-shutdown", "3"],
-                                   {**self.env, **env}, limit)
+        limit = (
+            None if nofile is None else functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
+        )
+        self.gateway = self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "3",
+            ],
+            {**self.env, **env},
+            limit,
+        )
         wait_until(lambda: _healthy(self.base_url), 60, f"gateway on {self.base_url} (log: {self._logs[-1]})")
 
     def start_worker(self, feature: str = "default", *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
-        worker = self._spawn(f"worker-{feature}", [sys.executable, "-m", "cli.main", "worker", "--feature", feature],
-                             {**self.env, **env})
+        worker = self._spawn(
+            f"worker-{feature}", [sys.executable, "-m", "cli.main", "worker", "--feature", feature], {**self.env, **env}
+        )
         self.workers.append(worker)
         self._worker_logs[worker.pid] = self._logs[-1]
         if wait:
@@ -156,8 +178,11 @@ class Stack:
     def wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
         log = self._worker_logs[worker.pid]
         # Ready to run replies at full speed: its model layer (litellm, loaded in the background) too.
-        wait_until(lambda: worker.poll() is not None or "model layer ready" in log.read_text(), 90,
-                   f"worker to start (log: {log})")
+        wait_until(
+            lambda: worker.poll() is not None or "model layer ready" in log.read_text(),
+            90,
+            f"worker to start (log: {log})",
+        )
         assert worker.poll() is None, log.read_text()
 
     def stop_gateway(self) -> None:
@@ -182,8 +207,9 @@ class Stack:
     def client(self, user_id: str | None = None, tenant_id: str | None = None) -> httpx.Client:
         user_id = user_id or f"user-{uuid.uuid4().hex[:8]}"
         tenant_id = tenant_id or f"tenant-{uuid.uuid4().hex[:8]}"
-        return httpx.Client(base_url=self.base_url, timeout=30,
-                            headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"})
+        return httpx.Client(
+            base_url=self.base_url, timeout=30, headers={"Authorization": f"Bearer {self.mint(user_id, tenant_id)}"}
+        )
 
     def worker_running(self, request_id: str, timeout: float = 30) -> int:
         """The pid of the worker that started request (or flow run) `request_id` last, from the workers' logs
@@ -207,6 +233,7 @@ class Stack:
 
 def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
     """Rows of one query on the stack's database, from a synchronous test."""
+
     async def run() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(stack.infra.database_url)
         try:
@@ -235,25 +262,27 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
 
 def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_"))}
-    env.update({
-        "DATABASE_URL": infra.database_url,
-        "REDIS_URL": infra.redis_url,
-        "JWT_SECRET_KEY": JWT_SECRET,
-        "AGENTS_FILE": str(ROOT / "tests" / "agents.yaml"),
-        "LEASE_SECONDS": "3",
-        "HEARTBEAT_SECONDS": "0.5",
-        "REAPER_INTERVAL_SECONDS": "0.5",
-        "MAINTENANCE_INTERVAL_SECONDS": "1",
-        "OFFLINE_MODEL_TOKENS": "30",
-        "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
-        "PYTHONUNBUFFERED": "1",
-        # The processes' tests drive single users hard; tests/gateway/test_limits.py covers the limits.
-        "RATE_LIMIT_USER_PER_MINUTE": "0",
-        "MAX_RUNNING_REQUESTS_PER_USER": "0",
-        "MAX_STREAMS_PER_USER": "0",
-        # The local fakes that flow http tasks and webhook deliveries reach (the default refuses loopback).
-        "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
-    })
+    env.update(
+        {
+            "DATABASE_URL": infra.database_url,
+            "REDIS_URL": infra.redis_url,
+            "JWT_SECRET_KEY": JWT_SECRET,
+            "AGENTS_FILE": str(ROOT / "tests" / "agents.yaml"),
+            "LEASE_SECONDS": "3",
+            "HEARTBEAT_SECONDS": "0.5",
+            "REAPER_INTERVAL_SECONDS": "0.5",
+            "MAINTENANCE_INTERVAL_SECONDS": "1",
+            "OFFLINE_MODEL_TOKENS": "30",
+            "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
+            "PYTHONUNBUFFERED": "1",
+            # The processes' tests drive single users hard; tests/gateway/test_limits.py covers the limits.
+            "RATE_LIMIT_USER_PER_MINUTE": "0",
+            "MAX_RUNNING_REQUESTS_PER_USER": "0",
+            "MAX_STREAMS_PER_USER": "0",
+            # The local fakes that flow http tasks and webhook deliveries reach (the default refuses loopback).
+            "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
+        }
+    )
     env.update(overrides)
     return env
 

@@ -27,7 +27,9 @@ async def _request(conn: asyncpg.Connection, session_id: str, tenant: str) -> Jo
                                   normalized_request, deadline_at)
         VALUES ($1, $2, $3, 'u', 'web', 'hi', '{}', now() + interval '1 hour')
         """,
-        request_id, session_id, tenant,
+        request_id,
+        session_id,
+        tenant,
     )
     return JobPayload(request_id=request_id, session_id=session_id, tenant_id=tenant)
 
@@ -41,7 +43,10 @@ async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
             for session_id in sessions:
                 await conn.execute(
                     "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
+                    session_id,
+                    tenant,
+                )
             first = await _request(conn, sessions[0], tenant)
             second = await _request(conn, sessions[0], tenant)  # waits behind `first`
             other = await _request(conn, sessions[1], tenant)
@@ -78,20 +83,31 @@ async def test_a_claim_carries_each_sessions_latest_turns(infra: Infra) -> None:
             for session_id in (talkative, fresh):
                 await conn.execute(
                     "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
+                    session_id,
+                    tenant,
+                )
             for n in range(3):
                 done = await _request(conn, talkative, tenant)
-                await conn.execute("UPDATE request_logs SET status = 'completed', request_content = $2,"
-                                   " response_content = $3 WHERE request_id = $1",
-                                   done.request_id, f"q{n}", f"a{n}")
+                await conn.execute(
+                    "UPDATE request_logs SET status = 'completed', request_content = $2,"
+                    " response_content = $3 WHERE request_id = $1",
+                    done.request_id,
+                    f"q{n}",
+                    f"a{n}",
+                )
             failed = await _request(conn, talkative, tenant)
             await conn.execute("UPDATE request_logs SET status = 'failed' WHERE request_id = $1", failed.request_id)
             asked, first = await _request(conn, talkative, tenant), await _request(conn, fresh, tenant)
         claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2)
         got = await asyncio.gather(claims.claim(asked), claims.claim(first))
         assert [c.history if c else None for c in got] == [
-            [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-             {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
+            [
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "a1"},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a2"},
+            ],
             [],
         ]
     finally:
@@ -106,7 +122,10 @@ async def test_a_failed_history_read_undoes_the_claims(infra: Infra, monkeypatch
             session_id = str(uuid.uuid4())
             await conn.execute(
                 "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')", session_id, tenant)
+                " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
+                session_id,
+                tenant,
+            )
             asked = await _request(conn, session_id, tenant)
 
         async def unavailable(*args: object) -> None:

@@ -26,9 +26,16 @@ async def taken(infra: Infra, warm: bool, waited: float) -> bool:
 
     settings = RedisSettings.from_dsn(infra.redis_url)
     pool = await create_pool(settings)
-    worker = RelayWorker(functions=[func(job, name="job")], queue_name=name, redis_settings=settings,
-                         max_lag_ms=1000, admit_batch=10, on_drain=lambda: None, in_progress_seconds=5,
-                         warm=lambda: warm)
+    worker = RelayWorker(
+        functions=[func(job, name="job")],
+        queue_name=name,
+        redis_settings=settings,
+        max_lag_ms=1000,
+        admit_batch=10,
+        on_drain=lambda: None,
+        in_progress_seconds=5,
+        warm=lambda: warm,
+    )
     try:
         await queue.push(pool, name, "job", uuid.uuid4().hex, ("tag",), defer_seconds=-waited)
         worker._pool = pool
@@ -46,4 +53,3 @@ async def test_a_cold_worker_leaves_fresh_jobs_to_warm_peers(infra: Infra) -> No
 
 async def test_a_cold_worker_takes_jobs_nobody_took(infra: Infra) -> None:
     assert await taken(infra, warm=False, waited=COLD_JOB_AGE_SECONDS + 1) is True
-

@@ -37,8 +37,9 @@ READER_NAME = f"test-hub-{uuid.uuid4().hex[:8]}"
 
 
 @asynccontextmanager
-async def _started_hub(request: pytest.FixtureRequest, infra: Infra, *, block_ms: int,
-                       client_name: str) -> AsyncIterator[Hub]:
+async def _started_hub(
+    request: pytest.FixtureRequest, infra: Infra, *, block_ms: int, client_name: str
+) -> AsyncIterator[Hub]:
     readers: ReaderConnections
     if request.param == "cluster":
         cluster: EmbeddedValkeyCluster = request.getfixturevalue("valkey_cluster")
@@ -48,8 +49,14 @@ async def _started_hub(request: pytest.FixtureRequest, infra: Infra, *, block_ms
     else:
         redis = connect(infra.redis_url, cluster=False, max_connections=64)
         readers = ServerConnections(ConnectionPool.from_url(infra.redis_url, client_name=client_name))
-    h = Hub(redis, readers, readers=None if request.param == "cluster" else 2, block_ms=block_ms, queue_size=50,
-            heartbeat_seconds=0.2)
+    h = Hub(
+        redis,
+        readers,
+        readers=None if request.param == "cluster" else 2,
+        block_ms=block_ms,
+        queue_size=50,
+        heartbeat_seconds=0.2,
+    )
     h.start()
     try:
         yield h
@@ -179,9 +186,25 @@ def test_the_hand_packed_xread_is_the_command_redis_py_would_send() -> None:
         reader.watch(f"rg:{{b{i}}}:s{i}".encode(), f"{i}-0".encode())
     reader.unwatch(b"rg:{b1}:s1")
     reader.watch(b"rg:{b1}:s1", b"7-7")
-    expected = Redis().connection_pool.make_connection().pack_command(
-        "XREAD", "COUNT", 500, "BLOCK", 5000, "STREAMS",
-        b"rg:wake:x:0", b"rg:{b0}:s0", b"rg:{b2}:s2", b"rg:{b1}:s1", b"0-0", b"0-0", b"2-0", b"7-7",
+    expected = (
+        Redis()
+        .connection_pool.make_connection()
+        .pack_command(
+            "XREAD",
+            "COUNT",
+            500,
+            "BLOCK",
+            5000,
+            "STREAMS",
+            b"rg:wake:x:0",
+            b"rg:{b0}:s0",
+            b"rg:{b2}:s2",
+            b"rg:{b1}:s1",
+            b"0-0",
+            b"0-0",
+            b"2-0",
+            b"7-7",
+        )
     )
     assert reader._command(b"0-0") == b"".join(expected)
 

@@ -27,8 +27,13 @@ def test_every_old_name_maps_to_a_migration() -> None:
 def test_a_database_migrated_under_the_old_names_upgrades_without_reapplying(infra: Infra) -> None:
     url = _external_database(infra.database_url)
     asyncio.run(db.migrate(url))
-    asyncio.run(_execute(url, "UPDATE schema_migrations SET version = $1 WHERE version = $2",
-                         *[(old, new) for old, new in db.RENAMED.items()]))
+    asyncio.run(
+        _execute(
+            url,
+            "UPDATE schema_migrations SET version = $1 WHERE version = $2",
+            *[(old, new) for old, new in db.RENAMED.items()],
+        )
+    )
     assert set(db.RENAMED) <= asyncio.run(_versions(url))
 
     assert asyncio.run(db.migrate(url)) == []

@@ -52,8 +52,13 @@ def resolves_to(address: str) -> tuple[outbound.Resolver, list[str]]:
 
 
 async def test_the_default_policy_never_reaches_a_loopback_server(target: Target) -> None:
-    for url in (target.url, f"http://127.1:{target.port}/", f"http://2130706433:{target.port}/",
-                f"http://localhost:{target.port}/", f"http://[::ffff:127.0.0.1]:{target.port}/"):
+    for url in (
+        target.url,
+        f"http://127.1:{target.port}/",
+        f"http://2130706433:{target.port}/",
+        f"http://localhost:{target.port}/",
+        f"http://[::ffff:127.0.0.1]:{target.port}/",
+    ):
         with pytest.raises(outbound.Refused):
             await outbound.request("GET", url, outbound.Policy())
     assert target.hits == []
@@ -66,15 +71,17 @@ async def test_the_allow_list_lets_the_fake_through(target: Target) -> None:
 
 
 async def test_the_connection_goes_to_the_checked_address_with_the_name_kept(
-        target: Target, no_name_lookups: list[str]) -> None:
+    target: Target, no_name_lookups: list[str]
+) -> None:
     resolve, calls = resolves_to("127.0.0.1")
     answer = await outbound.request("GET", f"http://svc.test:{target.port}/echo", LOOPBACK, resolve=resolve)
     assert answer.json()["headers"]["host"] == f"svc.test:{target.port}"
     assert calls == ["svc.test"] and no_name_lookups == []  # looked up once, by the guard, never again
 
 
-async def test_tls_keeps_the_name_for_sni_and_certificate_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 no_name_lookups: list[str]) -> None:
+async def test_tls_keeps_the_name_for_sni_and_certificate_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_name_lookups: list[str]
+) -> None:
     ca_file, server_tls = make_ca_and_cert(tmp_path, dns_names=("svc.test",))
     monkeypatch.setattr(outbound, "_tls", lambda: ssl.create_default_context(cafile=str(ca_file)))
     target = Target().start(server_tls)
@@ -126,9 +133,19 @@ async def test_closed_ports_and_silent_servers_fail_with_the_same_message(target
 
 
 async def test_chosen_headers_cannot_replace_the_host_or_framing(target: Target) -> None:
-    answer = await outbound.request("POST", f"{target.url}/echo", LOOPBACK, content="hi", headers={
-        "Host": "metadata.google.internal", "Transfer-Encoding": "chunked", "Connection": "upgrade",
-        "Authorization": "Bearer mine", "X-Custom": "1"})
+    answer = await outbound.request(
+        "POST",
+        f"{target.url}/echo",
+        LOOPBACK,
+        content="hi",
+        headers={
+            "Host": "metadata.google.internal",
+            "Transfer-Encoding": "chunked",
+            "Connection": "upgrade",
+            "Authorization": "Bearer mine",
+            "X-Custom": "1",
+        },
+    )
     seen = json.loads(answer.body)["headers"]
     assert seen["host"] == f"127.0.0.1:{target.port}" and seen["content-length"] == "2"
     assert "transfer-encoding" not in seen and seen.get("connection") != "upgrade"

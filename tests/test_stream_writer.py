@@ -36,7 +36,8 @@ async def test_append_many_writes_every_stream_reads_flags_and_dedupes_retries(i
 
 
 async def test_a_burst_over_many_buckets_waits_for_the_cluster_connections(
-        valkey_cluster: EmbeddedValkeyCluster) -> None:
+    valkey_cluster: EmbeddedValkeyCluster,
+) -> None:
     """One append_many call is one script call per bucket, all at once: with two connections per node,
     the burst must wait for them, not fail with MaxConnectionsError (as redis-py's cluster client does)."""
     redis = connect(valkey_cluster.url, cluster=True, max_connections=2)
@@ -44,8 +45,9 @@ async def test_a_burst_over_many_buckets_waits_for_the_cluster_connections(
     try:
         sessions = [str(uuid.uuid4()) for _ in range(200)]
         assert len({bucket(s, 256) for s in sessions}) > 50
-        got = await writer.append_many([(s, [Event(type="token", request_id=f"r-{s}", seq=1, data={})])
-                                        for s in sessions])
+        got = await writer.append_many(
+            [(s, [Event(type="token", request_id=f"r-{s}", seq=1, data={})]) for s in sessions]
+        )
         assert all(got.ids) and not any(got.refused)
         pipes = []
         for s in sessions[:40]:

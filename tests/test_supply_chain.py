@@ -38,8 +38,9 @@ def _first_line(path: Path) -> str:
 def test_no_unexpected_pth_files() -> None:
     pth_files = [p for d in _site_dirs() for p in sorted(d.glob("*.pth"))]
     unexpected = [f"{p} (first line: {_first_line(p)!r})" for p in pth_files if p.name not in ALLOWED_PTH]
-    assert not unexpected, "unexpected .pth files in site-packages (they can run code at every Python start):\n" \
-        + "\n".join(unexpected)
+    assert not unexpected, (
+        "unexpected .pth files in site-packages (they can run code at every Python start):\n" + "\n".join(unexpected)
+    )
     for p in pth_files:  # the allowed ones only add paths: a line starting with `import` would run code
         code = [line for line in p.read_text().splitlines() if line.lstrip().startswith("import")]
         assert not code, f"{p} runs code: {code[0][:200]!r}"
@@ -62,17 +63,29 @@ def test_lock_pins_every_package_with_hashes() -> None:
         artifacts = ([package["sdist"]] if "sdist" in package else []) + package.get("wheels", [])
         if not artifacts:
             problems.append(f"{name}: no sdist or wheels")
-        problems += [f"{name}: {a.get('url')} has no sha256 hash" for a in artifacts
-                     if not str(a.get("hash", "")).startswith("sha256:")]
+        problems += [
+            f"{name}: {a.get('url')} has no sha256 hash"
+            for a in artifacts
+            if not str(a.get("hash", "")).startswith("sha256:")
+        ]
     assert not problems, "\n".join(problems)
     locked = {p["version"] for p in registry_packages if p["name"] == "litellm"}
     assert locked and not locked & COMPROMISED_LITELLM, f"locked litellm {locked}"
 
 
 def test_gateway_does_not_import_litellm() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")
-           and not k.startswith(("QUEUE_REDIS", "STREAM_REDIS"))}
-    result = subprocess.run([sys.executable, "-c", "import api.main, sys; print('litellm' in sys.modules)"],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith(("QUEUE_REDIS", "STREAM_REDIS"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import api.main, sys; print('litellm' in sys.modules)"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", result.stdout + result.stderr

@@ -59,8 +59,13 @@ class Toolbox:
     from_provider: dict[str, str]
 
     def definitions(self) -> list[dict[str, Any]]:
-        return [{"type": "function", "function": {"name": self.to_provider[q], "description": t.description,
-                                                  "parameters": t.schema}} for q, t in self.tools.items()]
+        return [
+            {
+                "type": "function",
+                "function": {"name": self.to_provider[q], "description": t.description, "parameters": t.schema},
+            }
+            for q, t in self.tools.items()
+        ]
 
     def provider(self, qualified: str) -> str:
         return self.to_provider.get(qualified) or provider_name(qualified)
@@ -82,12 +87,20 @@ async def toolbox(rt: runner.Runtime, agent: Agent) -> Toolbox:
     assert agent.tools is not None
     tools, down = await rt.tools.catalog(agent.tools)
     from_provider = provider_names(t.qualified for t in tools)
-    return Toolbox(agent, {t.qualified: t for t in tools}, down, {q: p for p, q in from_provider.items()},
-                   from_provider)
+    return Toolbox(
+        agent, {t.qualified: t for t in tools}, down, {q: p for p, q in from_provider.items()}, from_provider
+    )
 
 
-async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, messages: list[dict[str, Any]],
-              metadata: dict[str, Any], on_text: Callable[[str], Awaitable[None]]) -> None:
+async def run(
+    rt: runner.Runtime,
+    run: Attempt,
+    agent: Agent,
+    model_name: str,
+    messages: list[dict[str, Any]],
+    metadata: dict[str, Any],
+    on_text: Callable[[str], Awaitable[None]],
+) -> None:
     """Turns of the model until it answers without asking for tools, at most `agent.max_steps` of them."""
     box = await toolbox(rt, agent)
     step = await _replay(rt, run, box, messages, on_text)
@@ -95,24 +108,38 @@ async def run(rt: runner.Runtime, run: Attempt, agent: Agent, model_name: str, m
     while True:
         requests: list[ToolRequest] = []
         reply: list[str] = []
-        async for text in model.stream_reply(rt.settings, model_name, messages, metadata,
-                                             tools=box.definitions() or None, calls=requests, meter=run.meter):
+        async for text in model.stream_reply(
+            rt.settings,
+            model_name,
+            messages,
+            metadata,
+            tools=box.definitions() or None,
+            calls=requests,
+            meter=run.meter,
+        ):
             reply.append(text)
             await on_text(text)
         if not requests:
             return
         step += 1
         if step > agent.max_steps:
-            raise AgentStopped(f"agent {agent.id} stopped after max_steps ({agent.max_steps}) tool steps "
-                               "without a final answer")
+            raise AgentStopped(
+                f"agent {agent.id} stopped after max_steps ({agent.max_steps}) tool steps without a final answer"
+            )
         calls = [_call(box, r, step, i, seen) for i, r in enumerate(requests)]
         awaiting = [c for c in calls if box.needs_approval(c)]
         ready = [c for c in calls if c not in awaiting]
         await rt.flusher.drain(run)
         await _begin(rt, run, step, "".join(reply), calls, frozenset(c.id for c in awaiting))
-        await runner.append(rt, run, [_call_event(run, c) for c in calls] + [
-            run.event("tool.approval_required", {"call_id": c.id, "tool": c.tool, "arguments": c.arguments})
-            for c in awaiting])
+        await runner.append(
+            rt,
+            run,
+            [_call_event(run, c) for c in calls]
+            + [
+                run.event("tool.approval_required", {"call_id": c.id, "tool": c.tool, "arguments": c.arguments})
+                for c in awaiting
+            ],
+        )
         outcomes = await asyncio.gather(*(_execute(rt, box, c) for c in ready))
         await _checkpoint(rt, run, ready, outcomes)
         await runner.append(rt, run, [_result_event(run, c, o) for c, o in zip(ready, outcomes, strict=True)])
@@ -145,20 +172,22 @@ async def _execute(rt: runner.Runtime, box: Toolbox, call: Call) -> Outcome:
     return await rt.tools.call(box.tools[call.tool], call.arguments)
 
 
-async def _begin(rt: runner.Runtime, run: Attempt, step: int, reply: str, calls: list[Call],
-                 awaiting: frozenset[str] = frozenset()) -> None:
+async def _begin(
+    rt: runner.Runtime, run: Attempt, step: int, reply: str, calls: list[Call], awaiting: frozenset[str] = frozenset()
+) -> None:
     p = run.payload
     rows = [(c.id, c.tool, c.arguments) for c in calls]
-    await runner.persist("tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, step, reply, rows,
-                                                                awaiting), run)
+    await runner.persist(
+        "tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, step, reply, rows, awaiting), run
+    )
 
 
 async def _checkpoint(rt: runner.Runtime, run: Attempt, calls: list[Call], outcomes: list[Outcome]) -> None:
     p = run.payload
     for call, outcome in zip(calls, outcomes, strict=True):
+
         def once(call: Call = call, outcome: Outcome = outcome) -> Awaitable[bool]:
-            return tool_steps.finish(rt.db, p.request_id, p.attempt, call.id, outcome.ok, outcome.output,
-                                     outcome.error)
+            return tool_steps.finish(rt.db, p.request_id, p.attempt, call.id, outcome.ok, outcome.output, outcome.error)
 
         if not await runner.persist("tool checkpoint", once, run):
             raise Stop("superseded by a newer attempt", fenced=True)
@@ -180,18 +209,36 @@ def _result_event(run: Attempt, call: Call, outcome: Outcome, replayed: bool = F
     return run.event("tool.result", data)
 
 
-def _extend(messages: list[dict[str, Any]], box: Toolbox, reply: str, calls: list[Call],
-            outcomes: list[Outcome]) -> None:
+def _extend(
+    messages: list[dict[str, Any]], box: Toolbox, reply: str, calls: list[Call], outcomes: list[Outcome]
+) -> None:
     """The turn as the model sees it next: its own tool calls, then one result message per call."""
-    messages.append({"role": "assistant", "content": reply or None, "tool_calls": [
-        {"id": c.id, "type": "function",
-         "function": {"name": box.provider(c.tool), "arguments": json.dumps(c.arguments)}} for c in calls]})
-    messages += [{"role": "tool", "tool_call_id": c.id, "content": o.for_model()}
-                 for c, o in zip(calls, outcomes, strict=True)]
+    messages.append(
+        {
+            "role": "assistant",
+            "content": reply or None,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": box.provider(c.tool), "arguments": json.dumps(c.arguments)},
+                }
+                for c in calls
+            ],
+        }
+    )
+    messages += [
+        {"role": "tool", "tool_call_id": c.id, "content": o.for_model()} for c, o in zip(calls, outcomes, strict=True)
+    ]
 
 
-async def _replay(rt: runner.Runtime, run: Attempt, box: Toolbox, messages: list[dict[str, Any]],
-                  on_text: Callable[[str], Awaitable[None]]) -> int:
+async def _replay(
+    rt: runner.Runtime,
+    run: Attempt,
+    box: Toolbox,
+    messages: list[dict[str, Any]],
+    on_text: Callable[[str], Awaitable[None]],
+) -> int:
     """Rebuild the steps earlier attempts finished; returns the last step number (0 when there is none)."""
     if run.payload.attempt == 1:
         return 0
@@ -208,8 +255,14 @@ async def _replay(rt: runner.Runtime, run: Attempt, box: Toolbox, messages: list
         calls = [Call(r["call_id"], r["tool"], dict(r["arguments"])) for r in done]
         await runner.append(rt, run, [_call_event(run, c, replayed=True) for c in calls])
         outcomes = await asyncio.gather(*(_resume(rt, run, box, c, r) for c, r in zip(calls, done, strict=True)))
-        await runner.append(rt, run, [_result_event(run, c, o, replayed=r["status"] in ("ok", "error"))
-                                      for c, o, r in zip(calls, outcomes, done, strict=True)])
+        await runner.append(
+            rt,
+            run,
+            [
+                _result_event(run, c, o, replayed=r["status"] in ("ok", "error"))
+                for c, o, r in zip(calls, outcomes, done, strict=True)
+            ],
+        )
         _extend(messages, box, reply, calls, outcomes)
     return last
 
@@ -222,16 +275,22 @@ async def _resume(rt: runner.Runtime, run: Attempt, box: Toolbox, call: Call, ro
         return Outcome(status == "ok", row["output"] or "", row["error"])
     p = run.payload
     idempotent = status == "approved" or (box.agent.tools is not None and call.tool in box.agent.tools.idempotent)
-    await runner.persist("tool steps", lambda: tool_steps.begin(rt.db, p.request_id, p.attempt, int(row["step"]),
-                                                                str(row["reply"]), [(call.id, call.tool,
-                                                                                     call.arguments)]), run)
+    await runner.persist(
+        "tool steps",
+        lambda: tool_steps.begin(
+            rt.db, p.request_id, p.attempt, int(row["step"]), str(row["reply"]), [(call.id, call.tool, call.arguments)]
+        ),
+        run,
+    )
     if status == "denied":
         reason = f": {row['error']}" if row["error"] else ""
         outcome = Outcome.failed(f"a person denied this call to {call.tool}{reason}")
     elif idempotent:
         outcome = await _execute(rt, box, call)
     else:
-        outcome = Outcome.failed(f"tool {call.tool} was running when its worker stopped; it is not marked "
-                                 "idempotent, so it was not run again and its effect is unknown")
+        outcome = Outcome.failed(
+            f"tool {call.tool} was running when its worker stopped; it is not marked "
+            "idempotent, so it was not run again and its effect is unknown"
+        )
     await _checkpoint(rt, run, [call], [outcome])
     return outcome

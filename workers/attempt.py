@@ -41,8 +41,13 @@ class Attempt:
 
     def event(self, type_: str, data: dict[str, Any]) -> Event:
         self.seq += 1
-        return Event(type=type_, request_id=self.payload.request_id, attempt=self.payload.attempt,  # type: ignore[arg-type]
-                     seq=self.seq, data=data)
+        return Event(
+            type=type_,  # type: ignore[arg-type]
+            request_id=self.payload.request_id,
+            attempt=self.payload.attempt,
+            seq=self.seq,
+            data=data,
+        )
 
     def halt(self, stop: Stop) -> None:
         """Stop the generation (a cancel flag, a lost lease) at its next await."""

@@ -87,12 +87,17 @@ async def histories(
                 ORDER BY id DESC LIMIT $4) h
          ORDER BY c.request_id, h.id
         """,
-        [r["request_id"] for r in rows], [r["session_id"] for r in rows], [r["id"] for r in rows], turns,
+        [r["request_id"] for r in rows],
+        [r["session_id"] for r in rows],
+        [r["id"] for r in rows],
+        turns,
     )
     messages: dict[str, list[dict[str, str]]] = {}
     for turn in found:
-        messages.setdefault(turn["for_request"], []).extend([
-            {"role": "user", "content": turn["request_content"]},
-            {"role": "assistant", "content": turn["response_content"]},
-        ])
+        messages.setdefault(turn["for_request"], []).extend(
+            [
+                {"role": "user", "content": turn["request_content"]},
+                {"role": "assistant", "content": turn["response_content"]},
+            ]
+        )
     return messages

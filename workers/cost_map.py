@@ -44,6 +44,7 @@ def cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
     for name in (model, model.partition("/")[2]):
         entry = prices.get(name) if name else None
         if isinstance(entry, dict) and "input_cost_per_token" in entry:
-            return (input_tokens * float(entry.get("input_cost_per_token") or 0)
-                    + output_tokens * float(entry.get("output_cost_per_token") or 0))
+            return input_tokens * float(entry.get("input_cost_per_token") or 0) + output_tokens * float(
+                entry.get("output_cost_per_token") or 0
+            )
     return None

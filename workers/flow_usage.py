@@ -37,13 +37,16 @@ async def measure(rt: Runtime, meter: metering.Meter, reply: str) -> Usage:
         return Usage()
 
 
-async def record(rt: Runtime, tenant_id: str, user_id: str, model_name: str, usage: Usage,
-                 correlation_id: str) -> None:
+async def record(rt: Runtime, tenant_id: str, user_id: str, model_name: str, usage: Usage, correlation_id: str) -> None:
     """Add one llm call's usage to its user's rollup (retried across store errors), counters and budgets."""
     if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
         return
-    await persist("flow usage", lambda: rt.db.execute(_ROLLUP, tenant_id, user_id, AGENT, model_name,
-                                                       usage.input_tokens, usage.output_tokens, usage.cost_usd))
+    await persist(
+        "flow usage",
+        lambda: rt.db.execute(
+            _ROLLUP, tenant_id, user_id, AGENT, model_name, usage.input_tokens, usage.output_tokens, usage.cost_usd
+        ),
+    )
     metrics.count_usage(AGENT, model_name, usage)
     try:
         await budgets.record(rt.streams, tenant_id, user_id, usage, correlation_id)

@@ -100,13 +100,23 @@ class Execution:
         batch = []
         for kind, data in events:
             self.seq += 1
-            batch.append(Event(type=kind, request_id=self.run_id, attempt=self.attempt,  # type: ignore[arg-type]
-                               seq=self.seq, data=data))
+            batch.append(
+                Event(
+                    type=kind,  # type: ignore[arg-type]
+                    request_id=self.run_id,
+                    attempt=self.attempt,
+                    seq=self.seq,
+                    data=data,
+                )
+            )
         await self.runs.events(self.run_id, batch)
 
     def scope(self) -> dict[str, Any]:
-        return {"input": self.row["input_data"], "run": {"id": self.run_id, "tenant_id": self.tenant_id},
-                "tasks": {task_id: {"output": output} for task_id, output in self.outputs.items()}}
+        return {
+            "input": self.row["input_data"],
+            "run": {"id": self.run_id, "tenant_id": self.tenant_id},
+            "tasks": {task_id: {"output": output} for task_id, output in self.outputs.items()},
+        }
 
 
 async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
@@ -120,8 +130,9 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
-    row = await rt.db.fetchrow("SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2",
-                               job.run_id, job.tenant_id)
+    row = await rt.db.fetchrow(
+        "SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", job.run_id, job.tenant_id
+    )
     run = Execution(rt, runs, row, job.attempt, FlowDefinition.model_validate(row["flow_definition"]))
     started = row["started_at"] or datetime.now(UTC)
     used = (datetime.now(UTC) - started).total_seconds()
@@ -135,13 +146,26 @@ async def _execute(run: Execution) -> str:
     run.output_bytes = sum(len(orjson.dumps(output)) for output in run.outputs.values())
     opening: list[tuple[str, dict[str, Any]]] = []
     if run.attempt > 1:
-        opening.append(("run.retrying", {"attempt": run.attempt, "reason": "previous worker was lost",
-                                         "completed_tasks": sorted(run.outputs)}))
-    opening.append(("run.started", {"flow_id": run.flow.id, "flow_version": run.flow.version,
-                                     "resumed_tasks": sorted(run.outputs)}))
+        opening.append(
+            (
+                "run.retrying",
+                {"attempt": run.attempt, "reason": "previous worker was lost", "completed_tasks": sorted(run.outputs)},
+            )
+        )
+    opening.append(
+        (
+            "run.started",
+            {"flow_id": run.flow.id, "flow_version": run.flow.version, "resumed_tasks": sorted(run.outputs)},
+        )
+    )
     await run.emit(*opening)
-    sink.emit("run.started", run.run_id, {"flow_id": run.flow.id, "attempt": run.attempt}, tenant_id=run.tenant_id,
-              correlation_id=run.row["correlation_id"])
+    sink.emit(
+        "run.started",
+        run.run_id,
+        {"flow_id": run.flow.id, "attempt": run.attempt},
+        tenant_id=run.tenant_id,
+        correlation_id=run.row["correlation_id"],
+    )
     log.info("flow run started", extra={"run_id": run.run_id, "attempt": run.attempt})
     work = asyncio.create_task(_run_dag(run))
     watcher = asyncio.create_task(_watch(run, work))
@@ -155,8 +179,10 @@ async def _execute(run: Execution) -> str:
         if run.lost:
             return "fenced"
         if run.timed_out:
-            status, error = FAILED, (f"the run took longer than {run.rt.settings.flow_timeout_seconds} s"
-                                     " (FLOW_TIMEOUT_SECONDS)")
+            status, error = (
+                FAILED,
+                (f"the run took longer than {run.rt.settings.flow_timeout_seconds} s (FLOW_TIMEOUT_SECONDS)"),
+            )
         else:
             status, error = CANCELLED, run.cancel_reason or "cancelled"
     except Lost:
@@ -248,13 +274,17 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
         except Exception as exc:
             error = public_message(exc)
             if not isinstance(exc, TaskError):
-                log.warning("flow task raised", exc_info=True,
-                            extra={"run_id": run.run_id, "task_id": task.id, "try": try_number})
+                log.warning(
+                    "flow task raised",
+                    exc_info=True,
+                    extra={"run_id": run.run_id, "task_id": task.id, "try": try_number},
+                )
             if isinstance(exc, FinalTaskError):
                 break
         else:
-            if not await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "completed",
-                                                output, None):
+            if not await run.runs.task_finished(
+                run.run_id, run.tenant_id, run.attempt, task.id, "completed", output, None
+            ):
                 raise Lost
             await run.emit(("task.completed", {"task_id": task.id, "try": try_number, "output": output}))
             return output
@@ -274,11 +304,15 @@ def _admit_output(run: Execution, output: Any) -> None:
     except orjson.JSONEncodeError:
         raise OutputTooLarge("the task's output is not JSON or is nested too deeply to be stored") from None
     if size > settings.flow_max_output_bytes:
-        raise OutputTooLarge(f"the task's output is {size} bytes; at most {settings.flow_max_output_bytes}"
-                             " are allowed (FLOW_MAX_OUTPUT_BYTES)")
+        raise OutputTooLarge(
+            f"the task's output is {size} bytes; at most {settings.flow_max_output_bytes}"
+            " are allowed (FLOW_MAX_OUTPUT_BYTES)"
+        )
     if run.output_bytes + size > settings.flow_max_run_output_bytes:
-        raise OutputTooLarge(f"the run's outputs would be {run.output_bytes + size} bytes; at most"
-                             f" {settings.flow_max_run_output_bytes} are allowed (FLOW_MAX_RUN_OUTPUT_BYTES)")
+        raise OutputTooLarge(
+            f"the run's outputs would be {run.output_bytes + size} bytes; at most"
+            f" {settings.flow_max_run_output_bytes} are allowed (FLOW_MAX_RUN_OUTPUT_BYTES)"
+        )
     run.output_bytes += size
 
 
@@ -352,8 +386,15 @@ async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Poli
     if content is not None and not isinstance(content, str):
         raise FinalTaskError("input.body must be a string (input.json sends JSON)")
     try:
-        answer = await outbound.request(method, str(url), rules, headers={str(k): str(v) for k, v in headers.items()},
-                                        json=task_input.get("json"), content=content, seconds=seconds)
+        answer = await outbound.request(
+            method,
+            str(url),
+            rules,
+            headers={str(k): str(v) for k, v in headers.items()},
+            json=task_input.get("json"),
+            content=content,
+            seconds=seconds,
+        )
     except outbound.Refused as exc:
         raise UrlRefused(str(exc)) from None
     except outbound.OutboundError as exc:  # its message is the guard's one safe line for every cause
@@ -383,11 +424,17 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
     who = Principal(tenant_id=run.tenant_id, user_id=run.row["user_id"])
     session_id = str(run.row["session_id"])
     await session_repo.ensure(rt.db, who, session_id, "tool", rt.settings.session_ttl_seconds)
-    body = FlowAgentRequest(content=content, agent_id=task_input.get("agent_id"), session_id=session_id,
-                            run_id=run.run_id, task_id=task.id)
+    body = FlowAgentRequest(
+        content=content, agent_id=task_input.get("agent_id"), session_id=session_id, run_id=run.run_id, task_id=task.id
+    )
     try:
-        accepted = await requests.accept(intake.gateway(rt), who, body, correlation_id=run.row["correlation_id"],
-                                         idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}")
+        accepted = await requests.accept(
+            intake.gateway(rt),
+            who,
+            body,
+            correlation_id=run.row["correlation_id"],
+            idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}",
+        )
     except TooManyRequests as exc:
         detail = str(exc.detail)
         raise OverBudget(detail) if detail.startswith("budget") else RateLimited(detail) from None
@@ -396,25 +443,44 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
     request_id = accepted.request_id
     try:
         while True:
-            row = await rt.db.fetchrow("SELECT status, response_content, error, agent_id FROM request_logs"
-                                       " WHERE request_id = $1 AND tenant_id = $2", request_id, run.tenant_id)
+            row = await rt.db.fetchrow(
+                "SELECT status, response_content, error, agent_id FROM request_logs"
+                " WHERE request_id = $1 AND tenant_id = $2",
+                request_id,
+                run.tenant_id,
+            )
             if row["status"] == "completed":
-                return {"content": row["response_content"], "agent_id": row["agent_id"], "request_id": request_id,
-                        "session_id": session_id}
+                return {
+                    "content": row["response_content"],
+                    "agent_id": row["agent_id"],
+                    "request_id": request_id,
+                    "session_id": session_id,
+                }
             if row["status"] in ("failed", "cancelled"):
                 raise TaskError(f"agent request {row['status']}: {row['error']}")
             await asyncio.sleep(AGENT_POLL_SECONDS)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await rt.streams.set(cancel_key(session_id, request_id, rt.settings.stream_buckets), "flow task stopped",
-                                 ex=rt.settings.request_timeout_seconds)
+            await rt.streams.set(
+                cancel_key(session_id, request_id, rt.settings.stream_buckets),
+                "flow task stopped",
+                ex=rt.settings.request_timeout_seconds,
+            )
         raise
 
 
 async def _admit_work(run: Execution, work_id: str, integration: str, *, count_running: bool = True) -> None:
     """An llm call or an agent request counts against its user's limits and budgets like a request does."""
-    refusal = await admission.admit(run.rt.limits, run.rt.db, run.tenant_id, run.row["user_id"], integration, work_id,
-                                    count_running=count_running, budgeted=True)
+    refusal = await admission.admit(
+        run.rt.limits,
+        run.rt.db,
+        run.tenant_id,
+        run.row["user_id"],
+        integration,
+        work_id,
+        count_running=count_running,
+        budgeted=True,
+    )
     if refusal:
         raise OverBudget(refusal.detail) if refusal.limit == "budget" else RateLimited(refusal.detail)
 
@@ -431,8 +497,13 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
     data: dict[str, Any] = {"output": output} if status == COMPLETED else {"error": error}
     await run.emit((f"run.{kind}", data), ("done", {"run_id": run.run_id, "status": kind}))
     await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
-    sink.emit(f"run.{kind}", run.run_id, {"flow_id": run.flow.id, **data}, tenant_id=run.tenant_id,
-              correlation_id=run.row["correlation_id"])
+    sink.emit(
+        f"run.{kind}",
+        run.run_id,
+        {"flow_id": run.flow.id, **data},
+        tenant_id=run.tenant_id,
+        correlation_id=run.row["correlation_id"],
+    )
     log.info("flow run finished", extra={"run_id": run.run_id, "status": status})
     return kind
 
@@ -443,24 +514,45 @@ async def reap_once(rt: Runtime) -> None:
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
     for row in requeued:
         log.warning("flow run lease expired; requeued", extra={"run_id": row["run_id"], "attempt": row["attempt"]})
-        await enqueue_run(rt.queue, row["feature"], RunJob(run_id=row["run_id"], tenant_id=row["tenant_id"],
-                                                           attempt=row["attempt"],
-                                                           correlation_id=row["correlation_id"]))
+        await enqueue_run(
+            rt.queue,
+            row["feature"],
+            RunJob(
+                run_id=row["run_id"],
+                tenant_id=row["tenant_id"],
+                attempt=row["attempt"],
+                correlation_id=row["correlation_id"],
+            ),
+        )
     for row in failed:
         error = "the run's worker was lost too many times"
-        await runs.events(row["run_id"], [
-            Event(type="run.failed", request_id=row["run_id"], attempt=row["attempt"], data={"error": error}),
-            Event(type="done", request_id=row["run_id"], attempt=row["attempt"],
-                  data={"run_id": row["run_id"], "status": "failed"}),
-        ])
+        await runs.events(
+            row["run_id"],
+            [
+                Event(type="run.failed", request_id=row["run_id"], attempt=row["attempt"], data={"error": error}),
+                Event(
+                    type="done",
+                    request_id=row["run_id"],
+                    attempt=row["attempt"],
+                    data={"run_id": row["run_id"], "status": "failed"},
+                ),
+            ],
+        )
 
 
 async def sweep_once(rt: Runtime) -> None:
     """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
     for row in await RunStore.of(rt).stalled(older_than_seconds=10):
-        await enqueue_run(rt.queue, row["feature"], RunJob(run_id=row["run_id"], tenant_id=row["tenant_id"],
-                                                           attempt=row["attempt"],
-                                                           correlation_id=row["correlation_id"]))
+        await enqueue_run(
+            rt.queue,
+            row["feature"],
+            RunJob(
+                run_id=row["run_id"],
+                tenant_id=row["tenant_id"],
+                attempt=row["attempt"],
+                correlation_id=row["correlation_id"],
+            ),
+        )
 
 
 def start(rt: Runtime) -> list[asyncio.Task[None]]:

@@ -88,7 +88,7 @@ class Flusher:
             if run.pending:
                 pending, step = run.pending, self.batch
                 for i in range(0, len(pending), step):
-                    run.unsent.append(run.event("token", {"text": "".join(pending[i:i + step])}))
+                    run.unsent.append(run.event("token", {"text": "".join(pending[i : i + step])}))
                 pending.clear()
             if run.unsent:
                 batches.append(run)

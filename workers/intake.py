@@ -20,9 +20,17 @@ def gateway(rt: Runtime) -> Gateway:
     gw = _gateways.get(id(rt))
     if gw is None:
         hub: Any = None
-        gw = _gateways[id(rt)] = Gateway(settings=rt.settings, db=rt.db, streams=rt.streams, queue=rt.queue, hub=hub,
-                                         writer=rt.writer, agents=rt.agents, limits=Limits(rt.streams, rt.settings),
-                                         budgets=BudgetBook(rt.db, rt.settings))
+        gw = _gateways[id(rt)] = Gateway(
+            settings=rt.settings,
+            db=rt.db,
+            streams=rt.streams,
+            queue=rt.queue,
+            hub=hub,
+            writer=rt.writer,
+            agents=rt.agents,
+            limits=Limits(rt.streams, rt.settings),
+            budgets=BudgetBook(rt.db, rt.settings),
+        )
     return gw
 
 

@@ -32,10 +32,22 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx_ref["ctx"] = ctx
-        stores = await open_stores(settings, db_max_size=20, stream_connections=settings.worker_stream_connections,
-                                   pool_name="worker", pool_timeout=None)
-        rt = Runtime(settings=settings, db=stores.db, streams=stores.streams, queue=ctx["redis"], writer=stores.writer,
-                     agents=stores.agents, idle_seconds=idle_seconds)
+        stores = await open_stores(
+            settings,
+            db_max_size=20,
+            stream_connections=settings.worker_stream_connections,
+            pool_name="worker",
+            pool_timeout=None,
+        )
+        rt = Runtime(
+            settings=settings,
+            db=stores.db,
+            streams=stores.streams,
+            queue=ctx["redis"],
+            writer=stores.writer,
+            agents=stores.agents,
+            idle_seconds=idle_seconds,
+        )
         ctx["rt"] = rt
         models = ctx["models"] = model.configured(settings, stores.agents)
         ctx["tasks"] = maintenance.start(rt) + flows.start(rt) + [asyncio.create_task(announce(models))]
@@ -84,10 +96,19 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             await rt.db.close()
 
     return RelayWorker(
-        functions=[func(observed(process_request, settings.feature_queue(feature)),  # type: ignore[arg-type]
-                        name="process_request", max_tries=10),
-                   func(flows.process_flow_run, name=PROCESS_FLOW_RUN, max_tries=10,  # type: ignore[arg-type]
-                        timeout=settings.flow_timeout_seconds + flows.FINISH_GRACE_SECONDS)],
+        functions=[
+            func(
+                observed(process_request, settings.feature_queue(feature)),  # type: ignore[arg-type]
+                name="process_request",
+                max_tries=10,
+            ),
+            func(
+                flows.process_flow_run,
+                name=PROCESS_FLOW_RUN,
+                max_tries=10,  # type: ignore[arg-type]
+                timeout=settings.flow_timeout_seconds + flows.FINISH_GRACE_SECONDS,
+            ),
+        ],
         queue_name=settings.feature_queue(feature),
         redis_settings=RedisSettings.from_dsn(settings.queue_redis_url),
         max_jobs=settings.worker_max_jobs,

@@ -48,8 +48,16 @@ async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
         if checkpoint and len(r.parts) > r.checkpointed:
             partial = "".join(r.parts)
             r.checkpointed = len(r.parts)
-        leases.append((r.payload.request_id, r.payload.attempt, partial, r.last_stream_id,
-                       _so_far(r, litellm, rt.agents.prices), r.meter.model))
+        leases.append(
+            (
+                r.payload.request_id,
+                r.payload.attempt,
+                partial,
+                r.last_stream_id,
+                _so_far(r, litellm, rt.agents.prices),
+                r.meter.model,
+            )
+        )
     held = await lifecycle.heartbeat(rt.db, leases, rt.settings.lease_seconds)
     for run in runs:
         if run.payload.request_id not in held:
@@ -98,8 +106,11 @@ async def end_streams(rt: Runtime, rows: list[asyncpg.Record]) -> None:
         return
     pipe = rt.streams.pipeline(transaction=False)
     for row in rows:
-        pipe.set(cancel_key(row["session_id"], row["request_id"], rt.settings.stream_buckets),
-                 row["error"] or row["status"], ex=rt.settings.request_timeout_seconds)
+        pipe.set(
+            cancel_key(row["session_id"], row["request_id"], rt.settings.stream_buckets),
+            row["error"] or row["status"],
+            ex=rt.settings.request_timeout_seconds,
+        )
     await pipe.execute()
     closed = await ending.close(rt.writer, rt.db, rows)
     for session_id in {row["session_id"] for row in closed}:
@@ -143,15 +154,18 @@ async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
     if not found:
         return 0
     ids = [member.split(" ", 1)[1] for _, member in found]
-    stored = {r["request_id"] for r in await rt.db.fetch(
-        "SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", ids)}
+    stored = {
+        r["request_id"]
+        for r in await rt.db.fetch("SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", ids)
+    }
     ended_now = 0
     for key, member in found:
         session_id, request_id = member.split(" ", 1)
         if not await rt.streams.zrem(key, member) or request_id in stored:
             continue
-        await rt.writer.end(session_id, ending.closing_events(request_id, 1, "failed",
-                                                              error="the request was not stored"))
+        await rt.writer.end(
+            session_id, ending.closing_events(request_id, 1, "failed", error="the request was not stored")
+        )
         ended_now += 1
     return ended_now
 
@@ -168,8 +182,7 @@ async def sweep_once(rt: Runtime) -> None:
     for session in expired:
         sink.emit("session.ended", session["session_id"], {"status": "expired"}, tenant_id=session["tenant_id"])
     if overdue or stalled or expired:
-        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled),
-                                 "sessions_expired": len(expired)})
+        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": len(expired)})
 
 
 async def every(seconds: float, step: object, rt: Runtime) -> None:

@@ -142,8 +142,9 @@ class _Link:
 
         server = self.server
         if server.url:
-            client = await stack.enter_async_context(httpx2.AsyncClient(
-                headers=server.resolved_headers(), timeout=httpx2.Timeout(30.0, read=300.0)))
+            client = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=server.resolved_headers(), timeout=httpx2.Timeout(30.0, read=300.0))
+            )
             return await stack.enter_async_context(streamable_http_client(server.url, http_client=client))
         command, *args = server.command
         if command in ("python", "python3"):
@@ -204,8 +205,9 @@ class McpPool:
                 return await link.get()
         except TimeoutError:
             await self._drop(server)
-            raise Unavailable(f"tool server {server.name!r} did not connect within {self.connect_timeout:g} s"
-                              ) from None
+            raise Unavailable(
+                f"tool server {server.name!r} did not connect within {self.connect_timeout:g} s"
+            ) from None
         except Unavailable as exc:
             raise Unavailable(f"tool server {server.name!r} is unavailable ({exc})") from None
 

@@ -53,8 +53,9 @@ class Meter:
         if not (self.chunks or self.reported or self.earlier != (0, 0)):
             return Usage()
         if litellm is not None and self.reported is None and self.prompt_estimate is None:
-            self.prompt_estimate = int(litellm.token_counter(model=self.model, messages=self.messages)) \
-                if self.messages else 0
+            self.prompt_estimate = (
+                int(litellm.token_counter(model=self.model, messages=self.messages)) if self.messages else 0
+            )
         last = self.reported or (self.prompt_estimate or 0, 0)
         prompt, completion = self.earlier[0] + last[0], max(self.earlier[1] + last[1], self.chunks)
         per_input, per_output = unit_prices(litellm if self.via_litellm else None, self.model, prices)
@@ -70,19 +71,23 @@ class Meter:
             self.reported = (prompt, completion)
 
 
-def price(litellm: ModuleType | None, model: str, input_tokens: int, output_tokens: int,
-          prices: dict[str, ModelPrice]) -> float:
+def price(
+    litellm: ModuleType | None, model: str, input_tokens: int, output_tokens: int, prices: dict[str, ModelPrice]
+) -> float:
     """USD for these tokens: the operator's price for the model, else litellm's cost map (through litellm
     when given, else read from its file; the map must be loaded, see `cost_map.load`), else 0."""
     override = prices.get(model)
     if override is not None:
-        return (input_tokens * override.input_usd_per_million_tokens
-                + output_tokens * override.output_usd_per_million_tokens) / 1_000_000
+        return (
+            input_tokens * override.input_usd_per_million_tokens
+            + output_tokens * override.output_usd_per_million_tokens
+        ) / 1_000_000
     if litellm is None:
         return cost_map.cost(model, input_tokens, output_tokens) or 0.0
     try:
-        prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=input_tokens,
-                                                              completion_tokens=output_tokens)
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=input_tokens, completion_tokens=output_tokens
+        )
     except Exception:
         return 0.0  # a model litellm has no price for: set one under `prices` in the agents file
     return float(prompt_cost) + float(completion_cost)
@@ -95,8 +100,10 @@ def unit_prices(litellm: ModuleType | None, model: str, prices: dict[str, ModelP
     """USD per input and per output token of `model`, looked up once per process (prices are read at start)."""
     found = _unit_prices.get(model)
     if found is None:
-        found = _unit_prices[model] = (price(litellm, model, 1_000_000, 0, prices) / 1_000_000,
-                                       price(litellm, model, 0, 1_000_000, prices) / 1_000_000)
+        found = _unit_prices[model] = (
+            price(litellm, model, 1_000_000, 0, prices) / 1_000_000,
+            price(litellm, model, 0, 1_000_000, prices) / 1_000_000,
+        )
     return found
 
 
@@ -105,8 +112,13 @@ def _count(litellm: ModuleType, model: str, messages: list[dict[str, Any]], repl
     return prompt, int(litellm.token_counter(model=model, text=reply)) if reply else 0
 
 
-async def measure(meter: Meter, model: str, reply: str, prices: dict[str, ModelPrice],
-                  litellm_module: Callable[[], Awaitable[ModuleType]]) -> Usage:
+async def measure(
+    meter: Meter,
+    model: str,
+    reply: str,
+    prices: dict[str, ModelPrice],
+    litellm_module: Callable[[], Awaitable[ModuleType]],
+) -> Usage:
     """What the attempt used. A call that produced nothing and reported nothing used nothing.
     litellm (`litellm_module`) is awaited only to count tokens a provider did not report, and to price
     replies litellm served."""

@@ -118,8 +118,13 @@ def _load() -> ModuleType:
 def transient_errors(litellm: ModuleType) -> tuple[type[Exception], ...]:
     """Provider failures worth retrying before the first chunk."""
     errors = litellm.exceptions
-    return (errors.APIConnectionError, errors.RateLimitError, errors.ServiceUnavailableError,
-            errors.InternalServerError, errors.Timeout)
+    return (
+        errors.APIConnectionError,
+        errors.RateLimitError,
+        errors.ServiceUnavailableError,
+        errors.InternalServerError,
+        errors.Timeout,
+    )
 
 
 def model_for(agent: Agent, settings: Settings) -> str:
@@ -156,8 +161,13 @@ def _streams_usage(litellm: ModuleType, model: str) -> bool:
 
 
 async def stream_reply(
-    settings: Settings, model: str, messages: list[dict[str, Any]], metadata: dict[str, Any],
-    tools: list[dict[str, Any]] | None = None, calls: list[ToolRequest] | None = None, meter: Meter | None = None,
+    settings: Settings,
+    model: str,
+    messages: list[dict[str, Any]],
+    metadata: dict[str, Any],
+    tools: list[dict[str, Any]] | None = None,
+    calls: list[ToolRequest] | None = None,
+    meter: Meter | None = None,
 ) -> AsyncIterator[str]:
     """Yields text chunks; with `tools`, the tool calls the model asks for are collected into `calls`.
     `meter` receives the chunk count and the provider's usage, when it sends one. Transient failures
@@ -168,8 +178,9 @@ async def stream_reply(
     options = model_options(metadata)
     source: AsyncIterator[str]
     if path == "offline":
-        length, rate = offline_model.options(options.get("offline"), settings.offline_model_tokens,
-                                             settings.offline_model_tokens_per_second)
+        length, rate = offline_model.options(
+            options.get("offline"), settings.offline_model_tokens, settings.offline_model_tokens_per_second
+        )
         source = offline_model.stream(messages, tools, calls, length, rate)
     elif path == "openai":
         source = _openai(settings, model, messages, options, tools, calls, meter)
@@ -182,8 +193,12 @@ async def stream_reply(
 
 
 def _retrying(settings: Settings, retry: Any) -> AsyncRetrying:
-    return AsyncRetrying(stop=stop_after_attempt(max(1, settings.llm_retries)),
-                         wait=wait_exponential(multiplier=0.2, max=5), retry=retry, reraise=True)
+    return AsyncRetrying(
+        stop=stop_after_attempt(max(1, settings.llm_retries)),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry,
+        reraise=True,
+    )
 
 
 def _max_tokens(settings: Settings, options: dict[str, Any]) -> int | None:
@@ -192,13 +207,22 @@ def _max_tokens(settings: Settings, options: dict[str, Any]) -> int | None:
 
 
 async def _openai(
-    settings: Settings, model: str, messages: list[dict[str, Any]], options: dict[str, Any],
-    tools: list[dict[str, Any]] | None, calls: list[ToolRequest] | None, meter: Meter,
+    settings: Settings,
+    model: str,
+    messages: list[dict[str, Any]],
+    options: dict[str, Any],
+    tools: list[dict[str, Any]] | None,
+    calls: list[ToolRequest] | None,
+    meter: Meter,
 ) -> AsyncIterator[str]:
     """The lean path: one streamed POST to `{LLM_API_BASE}/chat/completions`, parsed by hand."""
     provider, _, name = model.partition("/")
-    body: dict[str, Any] = {"model": name, "messages": messages, "stream": True,
-                            "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {
+        "model": name,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if tools:
         body["tools"] = tools
     if (cap := _max_tokens(settings, options)) is not None:
@@ -242,8 +266,13 @@ async def _openai(
 
 
 async def _litellm(
-    settings: Settings, model: str, messages: list[dict[str, Any]], options: dict[str, Any],
-    tools: list[dict[str, Any]] | None, calls: list[ToolRequest] | None, meter: Meter,
+    settings: Settings,
+    model: str,
+    messages: list[dict[str, Any]],
+    options: dict[str, Any],
+    tools: list[dict[str, Any]] | None,
+    calls: list[ToolRequest] | None,
+    meter: Meter,
 ) -> AsyncIterator[str]:
     """Every other provider, through litellm (waits for its import if it is still loading)."""
     litellm = await litellm_module()

@@ -22,16 +22,24 @@ def observed(job: Job, queue: str) -> Job:
 
     async def run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         payload = JobPayload.model_validate(raw)
-        rg_logging.bind(request=payload.request_id, session=payload.session_id, tenant=payload.tenant_id,
-                        correlation=payload.correlation_id)
+        rg_logging.bind(
+            request=payload.request_id,
+            session=payload.session_id,
+            tenant=payload.tenant_id,
+            correlation=payload.correlation_id,
+        )
         metrics.JOBS_STARTED.labels(queue).inc()
         if payload.attempt > 1:
             metrics.JOBS_RETRIED.labels(queue).inc()
         started, status = time.monotonic(), "error"
-        attributes: dict[str, str | int] = {"messaging.destination.name": queue, "relaygate.attempt": payload.attempt,
-                                            "relaygate.request_id": payload.request_id}
-        with tracing.span(f"process {queue}", parent=payload.trace_context, kind=SpanKind.CONSUMER,
-                          attributes=attributes) as span:
+        attributes: dict[str, str | int] = {
+            "messaging.destination.name": queue,
+            "relaygate.attempt": payload.attempt,
+            "relaygate.request_id": payload.request_id,
+        }
+        with tracing.span(
+            f"process {queue}", parent=payload.trace_context, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
             try:
                 status = await job(ctx, raw)
             except Retry:

@@ -67,8 +67,13 @@ def options(offline: dict[str, Any] | None, tokens: int, tokens_per_second: floa
     return max(1, min(length, 100_000)), max(0.0, rate)
 
 
-async def stream(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                 calls: list[ToolRequest] | None, length: int, rate: float) -> AsyncIterator[str]:
+async def stream(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    calls: list[ToolRequest] | None,
+    length: int,
+    rate: float,
+) -> AsyncIterator[str]:
     """Yields the reply's tokens; asked for offered tools, it yields nothing and fills `calls` instead."""
     prompt = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
     offered = {t["function"]["name"] for t in tools or []}

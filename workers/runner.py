@@ -168,7 +168,8 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
     opening = []
     if payload.attempt > 1:
         decided = agent.tools is not None and await persist(
-            "tool steps", lambda: tool_steps.decided(rt.db, payload.request_id), run)
+            "tool steps", lambda: tool_steps.decided(rt.db, payload.request_id), run
+        )
         reason = "a person decided on a tool call" if decided else "previous attempt was lost"
         opening.append(run.event("run.retrying", {"attempt": payload.attempt, "reason": reason}))
     opening.append(run.event("run.started", {"agent_id": agent.id, "model": model_name}))
@@ -200,8 +201,7 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
                     start.done()
                     await agent_loop.run(rt, run, agent, model_name, messages, metadata, on_text)
                 else:
-                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata,
-                                                         meter=run.meter):
+                    async for text in model.stream_reply(rt.settings, model_name, messages, metadata, meter=run.meter):
                         await on_text(text)
             finally:
                 metrics.TOKENS_GENERATED.labels(model_name).inc(tokens)
@@ -249,8 +249,10 @@ async def _park(rt: Runtime, run: Attempt) -> str:
         metrics.count_usage(run.meter.agent_id, run.meter.model, used)
     status = "waiting" if parked else "fenced"
     RUNS.labels(status).inc()
-    log.info("run waiting for an approval" if parked else "lease lost; abandoning attempt",
-             extra={"request_id": payload.request_id})
+    log.info(
+        "run waiting for an approval" if parked else "lease lost; abandoning attempt",
+        extra={"request_id": payload.request_id},
+    )
     return status
 
 
@@ -272,8 +274,14 @@ async def _finish(
     async def finish_once() -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
         ended, upcoming = await lifecycle.finish(
-            rt.db, payload, status=status, response=reply, error=error if status != "completed" else None,
-            agent_id=agent_id, metadata={"model": model_name}, usage=used,
+            rt.db,
+            payload,
+            status=status,
+            response=reply,
+            error=error if status != "completed" else None,
+            agent_id=agent_id,
+            metadata={"model": model_name},
+            usage=used,
         )
         if ended is None and tries[0] > 1:
             ended = await lifecycle.ended_as(rt.db, payload, status)
@@ -287,10 +295,18 @@ async def _finish(
         return "fenced"
     total, user_id = ended
     metrics.count_usage(agent_id, model_name, used)
-    closing = ending.closing_events(payload.request_id, payload.attempt, status, reply=reply, error=error,
-                                    agent_id=agent_id, processing_time_ms=elapsed_ms, usage=total,
-                                    output_chunks=len(run.parts),
-                                    seq=run.seq + 1)
+    closing = ending.closing_events(
+        payload.request_id,
+        payload.attempt,
+        status,
+        reply=reply,
+        error=error,
+        agent_id=agent_id,
+        processing_time_ms=elapsed_ms,
+        usage=total,
+        output_chunks=len(run.parts),
+        seq=run.seq + 1,
+    )
     await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
     await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
@@ -300,14 +316,24 @@ async def _finish(
     try:
         await budgets.record(rt.streams, payload.tenant_id, user_id, used, payload.correlation_id)
     except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
-        log.warning("counting usage against budgets failed", extra={"request_id": payload.request_id,
-                                                                    "error": repr(exc)})
+        log.warning(
+            "counting usage against budgets failed", extra={"request_id": payload.request_id, "error": repr(exc)}
+        )
     RUNS.labels(status).inc()
-    sink.emit(f"request.{status}", payload.request_id, {"session_id": payload.session_id, "agent_id": agent_id},
-              tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
-    sink.emit("session.updated", payload.session_id,
-              {"last_request_id": payload.request_id, "current_agent_id": agent_id},
-              tenant_id=payload.tenant_id, correlation_id=payload.correlation_id)
+    sink.emit(
+        f"request.{status}",
+        payload.request_id,
+        {"session_id": payload.session_id, "agent_id": agent_id},
+        tenant_id=payload.tenant_id,
+        correlation_id=payload.correlation_id,
+    )
+    sink.emit(
+        "session.updated",
+        payload.session_id,
+        {"last_request_id": payload.request_id, "current_agent_id": agent_id},
+        tenant_id=payload.tenant_id,
+        correlation_id=payload.correlation_id,
+    )
     log.info("run finished", extra={"request_id": payload.request_id, "status": status, "ms": elapsed_ms})
     return status
 
@@ -315,8 +341,7 @@ async def _finish(
 async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
     """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
     try:
-        return await metering.measure(run.meter, model_name, "".join(run.parts), rt.agents.prices,
-                                      model.litellm_module)
+        return await metering.measure(run.meter, model_name, "".join(run.parts), rt.agents.prices, model.litellm_module)
     except Exception as exc:
         log.warning("counting usage failed", extra={"request_id": run.payload.request_id, "error": repr(exc)})
         return Usage()

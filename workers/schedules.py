@@ -15,6 +15,7 @@ from workers.runner import Runtime
 
 log = logging.getLogger(__name__)
 
+
 async def fire_due_once(rt: Runtime) -> int:
     """Fire the due ticks this worker could claim; returns how many it recorded."""
     fired = 0
@@ -23,6 +24,13 @@ async def fire_due_once(rt: Runtime) -> int:
         outcome = await service.fire(intake.gateway(rt), row, tick.isoformat())
         if await service.record(rt.db, row["schedule_id"], tick, outcome):
             fired += 1
-        log.info("schedule fired", extra={"schedule_id": row["schedule_id"], "status": outcome.status,
-                                          "request_id": outcome.request_id, "error": outcome.error})
+        log.info(
+            "schedule fired",
+            extra={
+                "schedule_id": row["schedule_id"],
+                "status": outcome.status,
+                "request_id": outcome.request_id,
+                "error": outcome.error,
+            },
+        )
     return fired

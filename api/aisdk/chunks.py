@@ -43,8 +43,13 @@ class UiMessageStream:
         self.ended: str | None = None
 
     def opening(self) -> bytes:
-        return frame({"type": "start", "messageId": self.request_id,
-                      "messageMetadata": {"request_id": self.request_id, "session_id": self.session_id}})
+        return frame(
+            {
+                "type": "start",
+                "messageId": self.request_id,
+                "messageMetadata": {"request_id": self.request_id, "session_id": self.session_id},
+            }
+        )
 
     def render(self, item: Item) -> bytes:
         if item is HEARTBEAT:
@@ -106,13 +111,32 @@ class UiMessageStream:
         if kind == b"tool.call":
             name = str(data.get("name") or data.get("tool") or "tool")
             tool_input = data.get("arguments", data.get("input", {}))
-            return out + frame({"type": "tool-input-available", "toolCallId": call_id, "toolName": name,
-                                "input": tool_input, "dynamic": True})
+            return out + frame(
+                {
+                    "type": "tool-input-available",
+                    "toolCallId": call_id,
+                    "toolName": name,
+                    "input": tool_input,
+                    "dynamic": True,
+                }
+            )
         if data.get("error"):
-            return out + frame({"type": "tool-output-error", "toolCallId": call_id,
-                                "errorText": scrub(str(data["error"])), "dynamic": True})
-        return out + frame({"type": "tool-output-available", "toolCallId": call_id,
-                            "output": data.get("result", data.get("output")), "dynamic": True})
+            return out + frame(
+                {
+                    "type": "tool-output-error",
+                    "toolCallId": call_id,
+                    "errorText": scrub(str(data["error"])),
+                    "dynamic": True,
+                }
+            )
+        return out + frame(
+            {
+                "type": "tool-output-available",
+                "toolCallId": call_id,
+                "output": data.get("result", data.get("output")),
+                "dynamic": True,
+            }
+        )
 
     def _finish(self, status: str) -> bytes:
         """The ending at the request's `done`: a failure is an `error` chunk, a stop a clean `finish`."""
@@ -122,8 +146,10 @@ class UiMessageStream:
         out = self._close_text() + (frame({"type": "finish-step"}) if self.step else b"")
         if status == "cancelled":
             reason = str(self.terminal.get("reason") or "cancelled")
-            return self._end("cancelled", out + frame({"type": "abort", "reason": reason})
-                             + frame({"type": "finish", "finishReason": "other"}))
+            return self._end(
+                "cancelled",
+                out + frame({"type": "abort", "reason": reason}) + frame({"type": "finish", "finishReason": "other"}),
+            )
         return self._end("completed", out + frame({"type": "finish", "finishReason": "stop"}))
 
     def _end(self, how: str, out: bytes) -> bytes:

@@ -20,8 +20,12 @@ from api.errors import (
 from api.responses import JSONResponse
 from common.platform.credentials import SCOPE_REQUESTS
 
-router = APIRouter(prefix="/api/chat", tags=["ai-sdk"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
+router = APIRouter(
+    prefix="/api/chat",
+    tags=["ai-sdk"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(NotFound, Conflict, Invalid, TooManyRequests),
+)
 
 ChatId = Annotated[str, Path(pattern=CHAT_ID_PATTERN)]
 
@@ -32,8 +36,11 @@ async def chat(body: ChatRequest, gw: GatewayDep, who: PrincipalDep) -> Streamin
     return await service.chat(gw, who, body)
 
 
-@router.get("/{chat_id}/stream", response_class=StreamingResponse,
-            responses={204: {"description": "the chat has no reply in progress"}})
+@router.get(
+    "/{chat_id}/stream",
+    response_class=StreamingResponse,
+    responses={204: {"description": "the chat has no reply in progress"}},
+)
 async def resume(chat_id: ChatId, gw: GatewayDep, who: PrincipalDep) -> Response:
     """`resumeStream()`: the reply in progress from its start (same message id), then live."""
     return await service.resume(gw, who, chat_id)

@@ -22,8 +22,14 @@ def _conversation(body: ChatRequest) -> tuple[str, list[dict[str, str]]]:
 
     A regenerate or an edit arrives with the later messages already dropped by the client.
     """
-    last = next((i for i in range(len(body.messages) - 1, -1, -1)
-                 if body.messages[i].role == "user" and body.messages[i].text()), None)
+    last = next(
+        (
+            i
+            for i in range(len(body.messages) - 1, -1, -1)
+            if body.messages[i].role == "user" and body.messages[i].text()
+        ),
+        None,
+    )
     if last is None:
         raise Invalid("the chat has no user message with text")
     before = [{"role": m.role, "content": m.text()} for m in body.messages[:last] if m.text()]
@@ -36,9 +42,15 @@ async def chat(gw: Gateway, who: Principal, body: ChatRequest) -> StreamingRespo
     slot = await reserve_stream(gw, who)
     try:
         session_id, created = await turns.chat_session(gw, who, PROTOCOL, body.id)
-        request = turns.turn_body(integration_type="web", session_id=session_id, agent_id=body.agent_id,
-                                  content=content, conversation=before, metadata=body.metadata,
-                                  context={"protocol": PROTOCOL, "chat_id": body.id})
+        request = turns.turn_body(
+            integration_type="web",
+            session_id=session_id,
+            agent_id=body.agent_id,
+            content=content,
+            conversation=before,
+            metadata=body.metadata,
+            context={"protocol": PROTOCOL, "chat_id": body.id},
+        )
         turn = await turns.accept(gw, who, PROTOCOL, request, unseen_session=created)
     except BaseException:
         release_stream(gw, slot)

@@ -13,9 +13,12 @@ from api.errors import Forbidden, Invalid, responses
 from common.platform.credentials import SCOPE_ADMIN, SCOPE_REQUESTS, Principal
 from common.usage import budgets
 
-router = APIRouter(prefix="/api/v1/budgets", tags=["budgets"],
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(Invalid))
+router = APIRouter(
+    prefix="/api/v1/budgets",
+    tags=["budgets"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(Invalid),
+)
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
@@ -40,8 +43,9 @@ def _left(limit: float, spent: float) -> float | None:
     return max(0.0, limit - spent) if limit > 0 else None
 
 
-async def _report(db: asyncpg.Pool, settings: Any, tenant_id: str, user_id: str,
-                  scopes: tuple[budgets.Scope, ...] = budgets.SCOPES) -> dict[str, Any]:
+async def _report(
+    db: asyncpg.Pool, settings: Any, tenant_id: str, user_id: str, scopes: tuple[budgets.Scope, ...] = budgets.SCOPES
+) -> dict[str, Any]:
     """Every budget of these scopes: limit (0 = off), used this period (from Postgres), remaining, reset."""
     found = await budgets.overrides(db, tenant_id, user_id)
     out = []
@@ -50,12 +54,24 @@ async def _report(db: asyncpg.Pool, settings: Any, tenant_id: str, user_id: str,
             continue
         tokens, cost = await budgets.used(db, b)
         left_tokens = _left(b.tokens, tokens)
-        out.append({"scope": b.scope, "user_id": b.user_id or None, "period": b.period,
-                    "resets_at": b.resets_at.isoformat().replace("+00:00", "Z"),
-                    "tokens": {"limit": b.tokens, "used": tokens,
-                               "remaining": None if left_tokens is None else int(left_tokens)},
-                    "cost_usd": {"limit": b.cost_usd, "used": round(cost, 6),
-                                 "remaining": None if (left := _left(b.cost_usd, cost)) is None else round(left, 6)}})
+        out.append(
+            {
+                "scope": b.scope,
+                "user_id": b.user_id or None,
+                "period": b.period,
+                "resets_at": b.resets_at.isoformat().replace("+00:00", "Z"),
+                "tokens": {
+                    "limit": b.tokens,
+                    "used": tokens,
+                    "remaining": None if left_tokens is None else int(left_tokens),
+                },
+                "cost_usd": {
+                    "limit": b.cost_usd,
+                    "used": round(cost, 6),
+                    "remaining": None if (left := _left(b.cost_usd, cost)) is None else round(left, 6),
+                },
+            }
+        )
     overrides = {scope: found.get(scope) for scope in scopes}
     return {"tenant_id": tenant_id, "budgets": out, "overrides": overrides}
 
@@ -64,11 +80,13 @@ async def _store(gw: Gateway, tenant_id: str, user_id: str, limits: Limits) -> N
     values = limits.model_dump()
     await gw.db.execute(
         f"""
-        INSERT INTO budgets (tenant_id, user_id, {', '.join(budgets.LIMITS)}) VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO budgets (tenant_id, user_id, {", ".join(budgets.LIMITS)}) VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (tenant_id, user_id) DO UPDATE
-           SET {', '.join(f'{name} = EXCLUDED.{name}' for name in budgets.LIMITS)}, updated_at = now()
+           SET {", ".join(f"{name} = EXCLUDED.{name}" for name in budgets.LIMITS)}, updated_at = now()
         """,
-        tenant_id, user_id, *(values[name] for name in budgets.LIMITS),
+        tenant_id,
+        user_id,
+        *(values[name] for name in budgets.LIMITS),
     )
     if gw.budgets is not None:
         gw.budgets.forget(tenant_id)

@@ -23,9 +23,12 @@ from common.delivery import configs as integrations
 from common.delivery.configs import Channel
 from common.platform.credentials import SCOPE_INTEGRATIONS
 
-router = APIRouter(prefix="/api/v1", tags=["integrations"],
-                   dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))],
-                   responses=responses(NotFound, Invalid))
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["integrations"],
+    dependencies=[Depends(require_scope(SCOPE_INTEGRATIONS))],
+    responses=responses(NotFound, Invalid),
+)
 
 UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
@@ -47,14 +50,16 @@ async def create_override(user_id: UserId, body: OverrideCreate, gw: GatewayDep,
 
 
 @router.put("/users/{user_id}/integrations/{integration_type}", response_model=Override)
-async def update_override(user_id: UserId, integration_type: Channel, body: OverrideUpdate, gw: GatewayDep,
-                          who: PrincipalDep) -> Override:
+async def update_override(
+    user_id: UserId, integration_type: Channel, body: OverrideUpdate, gw: GatewayDep, who: PrincipalDep
+) -> Override:
     return await service.update(gw, who, user_id, integration_type, body)
 
 
 @router.post("/users/{user_id}/integrations/{integration_type}/verify", response_model=Verified)
-async def verify(user_id: UserId, integration_type: Channel, body: VerifyCode, gw: GatewayDep,
-                 who: PrincipalDep) -> Verified:
+async def verify(
+    user_id: UserId, integration_type: Channel, body: VerifyCode, gw: GatewayDep, who: PrincipalDep
+) -> Verified:
     """Confirm an EMAIL or SMS destination with the code relaygate sent to it; until then nothing is delivered there."""
     return await service.verify(gw, who, user_id, integration_type, body.code)
 
@@ -72,8 +77,12 @@ async def reset(user_id: UserId, gw: GatewayDep, who: PrincipalDep) -> dict[str,
 
 
 @router.get("/users/{user_id}/deliveries", response_model=Deliveries)
-async def deliveries(user_id: UserId, gw: GatewayDep, who: PrincipalDep,
-                     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> Deliveries:
+async def deliveries(
+    user_id: UserId,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Deliveries:
     rows = await service.deliveries(gw, who, user_id, limit, offset)
     return Deliveries(user_id=user_id, deliveries=rows, limit=limit, offset=offset)

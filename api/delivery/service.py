@@ -79,7 +79,13 @@ async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cf
            SET enabled = EXCLUDED.enabled, priority = EXCLUDED.priority, retry_count = EXCLUDED.retry_count,
                retry_delay_seconds = EXCLUDED.retry_delay_seconds, config = EXCLUDED.config, updated_at = now()
         """,
-        who.tenant_id, user_id, channel, cfg.enabled, cfg.priority, cfg.retry_count, cfg.retry_delay_seconds,
+        who.tenant_id,
+        user_id,
+        channel,
+        cfg.enabled,
+        cfg.priority,
+        cfg.retry_count,
+        cfg.retry_delay_seconds,
         cfg.config,
     )
     to = verification.destination(channel, cfg.config) if cfg.enabled else None
@@ -132,15 +138,19 @@ async def delete(gw: Gateway, who: Principal, user_id: str, channel: Channel) ->
     authorize(who, user_id)
     status = await gw.db.execute(
         "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3",
-        who.tenant_id, user_id, channel)
+        who.tenant_id,
+        user_id,
+        channel,
+    )
     if status.endswith(" 0"):
         raise NotFound(f"no {channel} override for this user")
 
 
 async def reset(gw: Gateway, who: Principal, user_id: str) -> int:
     authorize(who, user_id)
-    status = await gw.db.execute("DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2",
-                                 who.tenant_id, user_id)
+    status = await gw.db.execute(
+        "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2", who.tenant_id, user_id
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
@@ -150,5 +160,9 @@ async def deliveries(gw: Gateway, who: Principal, user_id: str, limit: int, offs
         "SELECT delivery_id::text, request_id::text, session_id::text, integration_type, attempt, status,"
         " error_message, created_at, updated_at FROM delivery_logs WHERE tenant_id = $1 AND user_id = $2"
         " ORDER BY id DESC LIMIT $3 OFFSET $4",
-        who.tenant_id, user_id, limit, offset)
+        who.tenant_id,
+        user_id,
+        limit,
+        offset,
+    )
     return [Delivery(**dict(row)) for row in rows]

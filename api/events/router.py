@@ -31,9 +31,13 @@ from common.platform.credentials import SCOPE_REQUESTS, SCOPE_RUNS, Principal
 from common.platform.logging import correlation_id
 
 # Each event type needs its own scope (checked per event); a credential with neither gets no further.
-router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS, SCOPE_RUNS))],
-                   responses=responses(BadRequest, NotFound, Conflict, TooManyRequests))
+router = APIRouter(
+    prefix="/api/v1/events",
+    tags=["events"],
+    route_class=ContractRoute,
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS, SCOPE_RUNS))],
+    responses=responses(BadRequest, NotFound, Conflict, TooManyRequests),
+)
 
 REQUEST_CREATED = "com.relaygate.request.created"
 RUN_REQUESTED = "com.relaygate.run.requested"
@@ -83,23 +87,38 @@ async def _request(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRe
     # The event's (source, id) is its identity: a redelivered event replays the same request.
     key = "ce:" + hashlib.sha256(f"{event.get_source()}\n{event.get_id()}".encode()).hexdigest()
     accepted = await requests.accept(gw, who, body, idempotency_key=key, correlation_id=correlation_id.get())
-    await gw.db.execute("UPDATE request_logs SET cloudevent_id = $2, cloudevent_type = $3"
-                        " WHERE request_id = $1 AND tenant_id = $4",
-                        accepted.request_id, event.get_id(), event.get_type(), who.tenant_id)
-    return JSONResponse({"request_id": accepted.request_id, "session_id": accepted.session_id,
-                         "status": accepted.status, "stream_url": f"/api/v1/sessions/{accepted.session_id}/stream",
-                         "stream_entry_id": accepted.stream_entry_id}, status_code=202)
+    await gw.db.execute(
+        "UPDATE request_logs SET cloudevent_id = $2, cloudevent_type = $3 WHERE request_id = $1 AND tenant_id = $4",
+        accepted.request_id,
+        event.get_id(),
+        event.get_type(),
+        who.tenant_id,
+    )
+    return JSONResponse(
+        {
+            "request_id": accepted.request_id,
+            "session_id": accepted.session_id,
+            "status": accepted.status,
+            "stream_url": f"/api/v1/sessions/{accepted.session_id}/stream",
+            "stream_entry_id": accepted.stream_entry_id,
+        },
+        status_code=202,
+    )
 
 
 async def _run(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONResponse:
-    data = {"tenant_id": who.tenant_id, "request_id": f"ce:{event.get_source()}:{event.get_id()}"[:255],
-            **_data(event)}
+    data = {"tenant_id": who.tenant_id, "request_id": f"ce:{event.get_source()}:{event.get_id()}"[:255], **_data(event)}
     try:
         body = RunBody.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(_problems(exc)) from None
-    started = await runs.start(gw, who, body, correlation_id=correlation_id.get(),
-                               trigger={"via": "cloudevents", "id": event.get_id(), "source": event.get_source()})
+    started = await runs.start(
+        gw,
+        who,
+        body,
+        correlation_id=correlation_id.get(),
+        trigger={"via": "cloudevents", "id": event.get_id(), "source": event.get_source()},
+    )
     return JSONResponse({"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202)
 
 

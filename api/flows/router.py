@@ -13,9 +13,13 @@ from api.flows.runs.contract import ContractRoute
 from api.flows.schemas import FlowBody, FlowOut, FlowPage
 from common.platform.credentials import SCOPE_RUNS
 
-router = APIRouter(prefix="/v1/flows", tags=["flows"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_RUNS))],
-                   responses=responses(BadRequest, NotFound, Conflict))
+router = APIRouter(
+    prefix="/v1/flows",
+    tags=["flows"],
+    route_class=ContractRoute,
+    dependencies=[Depends(require_scope(SCOPE_RUNS))],
+    responses=responses(BadRequest, NotFound, Conflict),
+)
 
 
 @router.post("", status_code=201, response_model=FlowOut)
@@ -25,8 +29,11 @@ async def create_flow(body: FlowBody, gw: GatewayDep, who: PrincipalDep) -> Flow
 
 @router.get("", response_model=FlowPage)
 async def list_flows(
-    gw: GatewayDep, who: PrincipalDep, name: Annotated[str | None, Query(max_length=255)] = None,
-    tag: Annotated[str | None, Query(max_length=255)] = None, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    name: Annotated[str | None, Query(max_length=255)] = None,
+    tag: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=255)] = None,
 ) -> FlowPage:
     items, next_cursor = await service.search(gw, who, name=name, tag=tag, limit=limit, cursor=cursor)
@@ -34,8 +41,9 @@ async def list_flows(
 
 
 @router.get("/{flow_id}", response_model=FlowOut)
-async def get_flow(flow_id: str, gw: GatewayDep, who: PrincipalDep,
-                   version: Annotated[int | None, Query(ge=1)] = None) -> FlowOut:
+async def get_flow(
+    flow_id: str, gw: GatewayDep, who: PrincipalDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> FlowOut:
     return FlowOut(**await service.get(gw, who, flow_id, version))
 
 

@@ -17,8 +17,9 @@ from common.platform.credentials import Principal
 _COLUMNS = "flow_id, version, name, description, tags, definition, created_by, created_at"
 
 
-def check_definition(raw: dict[str, Any], tenant_id: str | None, caps: FlowCaps,
-                     flow_id: str | None = None) -> FlowDefinition:
+def check_definition(
+    raw: dict[str, Any], tenant_id: str | None, caps: FlowCaps, flow_id: str | None = None
+) -> FlowDefinition:
     """400 listing every problem; 403 when the definition names another tenant than `tenant_id` (if given)."""
     problems: list[str] = []
     try:
@@ -35,19 +36,28 @@ def check_definition(raw: dict[str, Any], tenant_id: str | None, caps: FlowCaps,
     return flow
 
 
-async def checked(gw: Gateway, raw: dict[str, Any], tenant_id: str | None,
-                  flow_id: str | None = None) -> FlowDefinition:
+async def checked(
+    gw: Gateway, raw: dict[str, Any], tenant_id: str | None, flow_id: str | None = None
+) -> FlowDefinition:
     """`check_definition` on a worker thread: a large definition never holds up the event loop."""
     return await asyncio.to_thread(check_definition, raw, tenant_id, FlowCaps.of(gw.settings), flow_id)
 
 
-async def _insert(conn: asyncpg.Connection, who: Principal, body: FlowBody, flow: FlowDefinition,
-                  version: int) -> dict[str, Any]:
+async def _insert(
+    conn: asyncpg.Connection, who: Principal, body: FlowBody, flow: FlowDefinition, version: int
+) -> dict[str, Any]:
     definition = {**flow.model_dump(mode="json"), "version": str(version)}
     row = await conn.fetchrow(
         f"INSERT INTO flows (tenant_id, flow_id, version, name, description, tags, definition, created_by)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
-        who.tenant_id, flow.id, version, body.name or flow.id, body.description, body.tags, definition, who.user_id,
+        who.tenant_id,
+        flow.id,
+        version,
+        body.name or flow.id,
+        body.description,
+        body.tags,
+        definition,
+        who.user_id,
     )
     return dict(row)
 
@@ -59,7 +69,8 @@ async def create(gw: Gateway, who: Principal, body: FlowBody) -> dict[str, Any]:
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow.id)
         live, latest = await conn.fetchrow(
             "SELECT bool_or(deleted_at IS NULL), max(version) FROM flows WHERE tenant_id = $1 AND flow_id = $2",
-            who.tenant_id, flow.id,
+            who.tenant_id,
+            flow.id,
         )
         if live:
             raise Conflict(f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} adds a version")
@@ -74,7 +85,8 @@ async def update(gw: Gateway, who: Principal, flow_id: str, body: FlowBody) -> d
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))", who.tenant_id, flow_id)
         latest = await conn.fetchval(
             "SELECT max(version) FROM flows WHERE tenant_id = $1 AND flow_id = $2 AND deleted_at IS NULL",
-            who.tenant_id, flow_id,
+            who.tenant_id,
+            flow_id,
         )
         if latest is None:
             raise NotFound("flow not found")
@@ -85,15 +97,18 @@ async def get(gw: Gateway, who: Principal, flow_id: str, version: int | None = N
     row = await gw.db.fetchrow(
         f"SELECT {_COLUMNS} FROM flows WHERE tenant_id = $1 AND flow_id = $2 AND deleted_at IS NULL"
         " AND ($3::int IS NULL OR version = $3) ORDER BY version DESC LIMIT 1",
-        who.tenant_id, flow_id, version,
+        who.tenant_id,
+        flow_id,
+        version,
     )
     if row is None:
         raise NotFound("flow not found" if version is None else f"flow {flow_id!r} has no version {version}")
     return dict(row)
 
 
-async def search(gw: Gateway, who: Principal, *, name: str | None, tag: str | None, limit: int,
-                 cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+async def search(
+    gw: Gateway, who: Principal, *, name: str | None, tag: str | None, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
     """The latest version of each flow, by flow id; `name` matches part of the name or id."""
     rows = await gw.db.fetch(
         f"""
@@ -104,7 +119,11 @@ async def search(gw: Gateway, who: Principal, *, name: str | None, tag: str | No
            AND ($3::text IS NULL OR $3 = ANY(tags)) AND ($4::text IS NULL OR flow_id > $4)
          ORDER BY flow_id LIMIT $5
         """,
-        who.tenant_id, name, tag, cursor, limit + 1,
+        who.tenant_id,
+        name,
+        tag,
+        cursor,
+        limit + 1,
     )
     items = [dict(r) for r in rows[:limit]]
     return items, (items[-1]["flow_id"] if len(rows) > limit else None)
@@ -113,7 +132,8 @@ async def search(gw: Gateway, who: Principal, *, name: str | None, tag: str | No
 async def delete(gw: Gateway, who: Principal, flow_id: str) -> None:
     result: str = await gw.db.execute(
         "UPDATE flows SET deleted_at = now() WHERE tenant_id = $1 AND flow_id = $2 AND deleted_at IS NULL",
-        who.tenant_id, flow_id,
+        who.tenant_id,
+        flow_id,
     )
     if result.endswith(" 0"):
         raise NotFound("flow not found")

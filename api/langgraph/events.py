@@ -64,8 +64,15 @@ class Renderer:
 
     def _meta(self, attempt: int) -> dict[str, Any]:
         v = self.view
-        return {"run_id": v.run_id, "thread_id": v.thread_id, "assistant_id": v.agent_id, "graph_id": v.agent_id,
-                "langgraph_node": v.agent_id, "langgraph_step": 1, "attempt": attempt}
+        return {
+            "run_id": v.run_id,
+            "thread_id": v.thread_id,
+            "assistant_id": v.agent_id,
+            "graph_id": v.agent_id,
+            "langgraph_node": v.agent_id,
+            "langgraph_step": 1,
+            "attempt": attempt,
+        }
 
     async def events(self, entry: Entry, *, emit: bool) -> list[LgEvent]:
         """The events of `entry`; with `emit` False (entries the client already has) only what it changes is kept."""

@@ -11,15 +11,29 @@ _HUMAN_ROLES = ("human", "user")
 
 
 def human(content: str, message_id: str) -> dict[str, Any]:
-    return {"type": "human", "content": content, "id": message_id, "additional_kwargs": {}, "response_metadata": {},
-            "name": None, "example": False}
+    return {
+        "type": "human",
+        "content": content,
+        "id": message_id,
+        "additional_kwargs": {},
+        "response_metadata": {},
+        "name": None,
+        "example": False,
+    }
 
 
 def ai(content: str, message_id: str, *, chunk: bool = False) -> dict[str, Any]:
     """The assistant's reply, or (`chunk`) one streamed piece of it as `messages-tuple` sends it."""
     message: dict[str, Any] = {
-        "type": "AIMessageChunk" if chunk else "ai", "content": content, "id": message_id, "additional_kwargs": {},
-        "response_metadata": {}, "name": None, "example": False, "tool_calls": [], "invalid_tool_calls": [],
+        "type": "AIMessageChunk" if chunk else "ai",
+        "content": content,
+        "id": message_id,
+        "additional_kwargs": {},
+        "response_metadata": {},
+        "name": None,
+        "example": False,
+        "tool_calls": [],
+        "invalid_tool_calls": [],
         "usage_metadata": None,
     }
     if chunk:

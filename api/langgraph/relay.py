@@ -21,8 +21,9 @@ from common.streams.hub import HEARTBEAT as HUB_HEARTBEAT
 Fallback = Callable[[], Awaitable[list[tuple[str, Any]]]]
 
 
-async def run_frames(hub: Hub, key: str, after: tuple[int, int], skip_until: tuple[int, int], renderer: Renderer,
-                     *, metadata_first: bool) -> AsyncIterator[bytes]:
+async def run_frames(
+    hub: Hub, key: str, after: tuple[int, int], skip_until: tuple[int, int], renderer: Renderer, *, metadata_first: bool
+) -> AsyncIterator[bytes]:
     """SSE of one run from `after` (just before its first entry), ending after its `end`."""
     wanted = renderer.view.run_id.encode()
     if metadata_first:
@@ -47,8 +48,9 @@ async def run_frames(hub: Hub, key: str, after: tuple[int, int], skip_until: tup
             yield b"".join(out)
 
 
-async def outcome_body(hub: Hub, key: str, after: tuple[int, int], run_id: str,
-                       result: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+async def outcome_body(
+    hub: Hub, key: str, after: tuple[int, int], run_id: str, result: Callable[[], Awaitable[dict[str, Any]]]
+) -> AsyncIterator[bytes]:
     """A JSON body that waits for the run to end: newlines keep idle proxies from closing it (JSON
     parsers skip them), then the result. A draining gateway answers an error the SDK raises."""
     wanted = run_id.encode()
@@ -57,9 +59,14 @@ async def outcome_body(hub: Hub, key: str, after: tuple[int, int], run_id: str,
             if item is HUB_HEARTBEAT:
                 yield b"\n"
             elif item is DRAIN or item is OVERFLOW:
-                yield orjson.dumps({"__error__": {
-                    "error": "Unavailable",
-                    "message": "the gateway is shutting down; the run goes on: join it again"}})
+                yield orjson.dumps(
+                    {
+                        "__error__": {
+                            "error": "Unavailable",
+                            "message": "the gateway is shutting down; the run goes on: join it again",
+                        }
+                    }
+                )
                 return
             elif isinstance(item, Entry) and item.request_id == wanted and item.type == b"done":
                 yield orjson.dumps(await result(), default=str)

@@ -100,8 +100,11 @@ async def _released(gw: Gateway, slot: str | None, body: AsyncIterator[bytes]) -
 
 def _waiting(gw: Gateway, slot: str | None, body: AsyncIterator[bytes], location: str) -> StreamingResponse:
     """A JSON body held open until the run ends; `Location` is where the SDK asks again if it is cut."""
-    return StreamingResponse(_released(gw, slot, body), media_type="application/json",
-                             headers={**SSE_HEADERS, "Location": f"{location}/join", "Content-Location": location})
+    return StreamingResponse(
+        _released(gw, slot, body),
+        media_type="application/json",
+        headers={**SSE_HEADERS, "Location": f"{location}/join", "Content-Location": location},
+    )
 
 
 @router.post("/threads/{thread_id}/runs", dependencies=_RUNS)
@@ -148,11 +151,15 @@ async def wait_run(thread_id: str, body: RunCreate, gw: GatewayDep, who: Princip
 
 @router.get("/threads/{thread_id}/runs", dependencies=_RUNS)
 async def list_runs(
-    thread_id: str, gw: GatewayDep, who: PrincipalDep, limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0, status: Annotated[str | None, Query(max_length=20)] = None,
+    thread_id: str,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[str | None, Query(max_length=20)] = None,
 ) -> list[dict[str, Any]]:
     runs = [resources.run(t) for t in reversed(await service.runs_of(gw, who, thread_id))]
-    return [r for r in runs if status in (None, r["status"])][offset:offset + limit]
+    return [r for r in runs if status in (None, r["status"])][offset : offset + limit]
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", dependencies=_RUNS)
@@ -195,7 +202,11 @@ def _resume(last_event_id: str | None) -> tuple[int, int] | None:
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream", response_class=StreamingResponse, dependencies=_RUNS)
 async def join_stream(
-    thread_id: str, run_id: str, gw: GatewayDep, who: PrincipalDep, last_event_id: LastEventId = None,
+    thread_id: str,
+    run_id: str,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    last_event_id: LastEventId = None,
     stream_mode: Annotated[list[str] | None, Query(max_length=20)] = None,
 ) -> StreamingResponse:
     """Join a run: live from now, or after `Last-Event-ID` (`-1`: from its start), ending with `end`."""
@@ -228,8 +239,12 @@ async def join_stream(
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", dependencies=_RUNS)
 async def cancel_run(
-    thread_id: str, run_id: str, gw: GatewayDep, who: PrincipalDep,
-    wait: Annotated[int, Query(ge=0, le=1)] = 0, action: Annotated[str, Query(max_length=20)] = "interrupt",
+    thread_id: str,
+    run_id: str,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    wait: Annotated[int, Query(ge=0, le=1)] = 0,
+    action: Annotated[str, Query(max_length=20)] = "interrupt",
 ) -> dict[str, Any]:
     """Stop the run: it ends `interrupted` (its stream with `end`, no error)."""
     if action != "interrupt":

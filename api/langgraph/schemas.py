@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from api.requests.schemas import _RequestBody
 from common.requests.models import IntegrationType, reject_unstorable
 
-StreamMode = Literal["values", "messages", "messages-tuple", "updates", "events", "debug", "custom", "tasks",
-                     "checkpoints"]
+StreamMode = Literal[
+    "values", "messages", "messages-tuple", "updates", "events", "debug", "custom", "tasks", "checkpoints"
+]
 # The modes relaygate has content for; the others are accepted and stay silent (relaygate agents
 # emit no custom events, debug or task records).
 RENDERED_MODES = frozenset({"values", "messages-tuple", "updates"})

@@ -44,10 +44,11 @@ def agent(gw: Gateway, assistant_id: str) -> Agent:
 
 
 def search_assistants(gw: Gateway, body: AssistantSearch) -> list[dict[str, Any]]:
-    found = [resources.assistant(a) for a in gw.agents.agents
-             if body.graph_id in (None, a.id) and body.name in (None, a.id)]
+    found = [
+        resources.assistant(a) for a in gw.agents.agents if body.graph_id in (None, a.id) and body.name in (None, a.id)
+    ]
     found = [a for a in found if body.metadata.items() <= a["metadata"].items()]
-    return found[body.offset:body.offset + body.limit]
+    return found[body.offset : body.offset + body.limit]
 
 
 async def owned_thread(gw: Gateway, who: Principal, thread_id: str) -> dict[str, Any]:
@@ -81,9 +82,14 @@ async def create_thread(gw: Gateway, who: Principal, body: ThreadCreate) -> dict
     if body.thread_id is not None and (chosen := parse_uuid(body.thread_id)) is None:
         raise Invalid("thread_id must be a UUID")
     try:
-        session = await session_repo.create(gw.db, who, who.user_id,
-                                            {"integration_type": "web", "integration_metadata": body.metadata},
-                                            gw.settings.session_ttl_seconds, session_id=chosen)
+        session = await session_repo.create(
+            gw.db,
+            who,
+            who.user_id,
+            {"integration_type": "web", "integration_metadata": body.metadata},
+            gw.settings.session_ttl_seconds,
+            session_id=chosen,
+        )
     except asyncpg.UniqueViolationError:
         existing = await session_repo.get(gw.db, who, chosen or "")
         if body.if_exists == "do_nothing" and existing is not None and existing["status"] != "archived":
@@ -98,8 +104,16 @@ async def search_threads(gw: Gateway, who: Principal, body: ThreadSearch) -> lis
         raise Invalid("searching threads by values is not supported; search by metadata")
     ids = None if body.ids is None else [u for u in map(parse_uuid, body.ids) if u]
     sessions = await session_repo.search_threads(
-        gw.db, who, metadata=body.metadata, status=body.status, ids=ids, sort_by=body.sort_by,
-        descending=body.sort_order == "desc", limit=body.limit, offset=body.offset)
+        gw.db,
+        who,
+        metadata=body.metadata,
+        status=body.status,
+        ids=ids,
+        sort_by=body.sort_by,
+        descending=body.sort_order == "desc",
+        limit=body.limit,
+        offset=body.offset,
+    )
     turns = await _turns(gw, who, [s["session_id"] for s in sessions])
     return [resources.thread(s, s["thread_status"], turns[s["session_id"]]) for s in sessions]
 
@@ -119,8 +133,9 @@ async def _thread_for_run(gw: Gateway, who: Principal, thread_id: str, if_not_ex
     session = await session_repo.get(gw.db, who, thread_id)
     if session is None and if_not_exists == "create" and (chosen := parse_uuid(thread_id)):
         with contextlib.suppress(asyncpg.UniqueViolationError):  # taken already: found below, or not the caller's
-            await session_repo.create(gw.db, who, who.user_id, {"integration_type": "web"},
-                                      gw.settings.session_ttl_seconds, session_id=chosen)
+            await session_repo.create(
+                gw.db, who, who.user_id, {"integration_type": "web"}, gw.settings.session_ttl_seconds, session_id=chosen
+            )
             sink.emit("session.created", chosen, {"user_id": who.user_id}, tenant_id=who.tenant_id)
         session = await session_repo.get(gw.db, who, thread_id)
     if session is None or session["status"] == "archived":
@@ -142,15 +157,25 @@ class StartedRun:
 def _request(text: str, message_id: str | None, thread_id: str, agent_id: str, body: RunCreate) -> LangGraphRequest:
     strategy = body.multitask_strategy or "reject"  # LangGraph's default for a busy thread
     try:
-        return LangGraphRequest.model_validate({
-            "content": text, "session_id": thread_id, "agent_id": agent_id, "multitask": strategy,
-            "metadata": body.metadata or {},
-            "langgraph": {"stream_mode": body.modes(), "multitask_strategy": strategy,
-                          "metadata": body.metadata or {}, "message_id": message_id},
-        })
+        return LangGraphRequest.model_validate(
+            {
+                "content": text,
+                "session_id": thread_id,
+                "agent_id": agent_id,
+                "multitask": strategy,
+                "metadata": body.metadata or {},
+                "langgraph": {
+                    "stream_mode": body.modes(),
+                    "multitask_strategy": strategy,
+                    "metadata": body.metadata or {},
+                    "message_id": message_id,
+                },
+            }
+        )
     except ValidationError as exc:
-        raise Invalid([{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                             for e in exc.errors()]) from None
+        raise Invalid(
+            [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        ) from None
 
 
 async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate, *, via: str) -> StartedRun:
@@ -163,12 +188,17 @@ async def start_run(gw: Gateway, who: Principal, thread_id: str, body: RunCreate
     sid = await _thread_for_run(gw, who, thread_id, body.if_not_exists)
     request = _request(text, message_id, sid, chosen.id, body)
     await session_repo.tag_graph(gw.db, sid, chosen.id)
-    accepted = await request_service.accept(gw, who, request, idempotency_key=None,
-                                            correlation_id=correlation_id.get())
+    accepted = await request_service.accept(gw, who, request, idempotency_key=None, correlation_id=correlation_id.get())
     PROTOCOL_REQUESTS.labels("langgraph", via).inc()
     turn = {"content": text, "request_id": accepted.request_id, "langgraph": {"message_id": message_id}}
-    view = RunView(accepted.request_id, sid, chosen.id, human_of(turn), frozenset(body.modes()),
-                   _prior(gw, who, sid, accepted.request_id))
+    view = RunView(
+        accepted.request_id,
+        sid,
+        chosen.id,
+        human_of(turn),
+        frozenset(body.modes()),
+        _prior(gw, who, sid, accepted.request_id),
+    )
     return StartedRun(view, accepted.stream_entry_id)
 
 
@@ -176,8 +206,10 @@ def _prior(gw: Gateway, who: Principal, session_id: str, request_id: str) -> Cal
     """The thread's messages before the run, read when a `values` event first needs them."""
 
     async def load() -> list[dict[str, Any]]:
-        return conversation(await request_repo.turns_of(gw.db, who, [session_id], THREAD_TURNS,
-                                                        before_request=request_id))
+        return conversation(
+            await request_repo.turns_of(gw.db, who, [session_id], THREAD_TURNS, before_request=request_id)
+        )
+
     return load
 
 
@@ -192,8 +224,14 @@ async def owned_run(gw: Gateway, who: Principal, thread_id: str, run_id: str) ->
 def view_of(gw: Gateway, who: Principal, row: dict[str, Any], modes: list[StreamMode] | None) -> RunView:
     """An existing run's view; no `modes` means the modes it was started with."""
     own = (row.get("langgraph") or {}).get("stream_mode") or ["values"]
-    return RunView(row["request_id"], row["session_id"], row["agent_id"] or "", human_of(row),
-                   frozenset(modes or own), _prior(gw, who, row["session_id"], row["request_id"]))
+    return RunView(
+        row["request_id"],
+        row["session_id"],
+        row["agent_id"] or "",
+        human_of(row),
+        frozenset(modes or own),
+        _prior(gw, who, row["session_id"], row["request_id"]),
+    )
 
 
 async def outcome(gw: Gateway, who: Principal, thread_id: str, run_id: str) -> dict[str, Any]:
@@ -217,8 +255,9 @@ async def cancel_run(gw: Gateway, who: Principal, thread_id: str, run_id: str, *
         if wait and row["stream_entry_id"]:
             key = stream_key(row["session_id"], gw.settings.stream_buckets)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wait_for_result(gw.hub, key, just_before(row["stream_entry_id"]), run_id),
-                                       CANCEL_WAIT_SECONDS)
+                await asyncio.wait_for(
+                    wait_for_result(gw.hub, key, just_before(row["stream_entry_id"]), run_id), CANCEL_WAIT_SECONDS
+                )
         row = await owned_run(gw, who, thread_id, run_id)
     return resources.run(row)
 

@@ -24,8 +24,11 @@ DRAINED = "the gateway is shutting down; the reply was cut short: ask again"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class Reply:
@@ -71,8 +74,12 @@ class CompletionChunks:
     """Renders one request's events as `chat.completion.chunk` frames."""
 
     def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
-        self.base = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": model}
+        self.base = {
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
         self.include_usage = include_usage
         self.reply = Reply()
         self.shown = False
@@ -111,14 +118,18 @@ class CompletionChunks:
         self.ended = "completed"
         out = self._chunk({}, "stop")
         if self.include_usage:
-            out += b"data: " + orjson.dumps({**self.base, "choices": [],
-                                             "usage": self.reply.usage()}) + b"\n\n"
+            out += b"data: " + orjson.dumps({**self.base, "choices": [], "usage": self.reply.usage()}) + b"\n\n"
         return out + DONE
 
 
 def completion(request_id: str, model: str, reply: Reply) -> dict[str, Any]:
     """The `chat.completion` of a completed reply."""
     message = {"role": "assistant", "content": "".join(reply.text), "refusal": None}
-    return {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-            "usage": reply.usage()}
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": reply.usage(),
+    }

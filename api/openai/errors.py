@@ -15,11 +15,20 @@ from fastapi.routing import APIRoute
 
 from api.responses import JSONResponse
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-          429: "rate_limit_error"}
-_CODES = {"unauthorized": "invalid_api_key", "validation_error": "invalid_request",
-          "rate_limited": "rate_limit_exceeded"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_CODES = {
+    "unauthorized": "invalid_api_key",
+    "validation_error": "invalid_request",
+    "rate_limited": "rate_limit_exceeded",
+}
 _KEPT_HEADERS = ("retry-after", "www-authenticate", "x-should-retry")
 
 
@@ -31,8 +40,10 @@ def _message(detail: Any) -> tuple[str, str | None]:
     """A readable message, and the field a validation error is about (as OpenAI's `param`)."""
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
         fields = [str(d.get("field", "")).removeprefix("body.") for d in detail]
-        return "; ".join(f"{f}: {d.get('message', '')}" if f else str(d.get("message", ""))
-                         for f, d in zip(fields, detail, strict=True)), fields[0] or None
+        return "; ".join(
+            f"{f}: {d.get('message', '')}" if f else str(d.get("message", ""))
+            for f, d in zip(fields, detail, strict=True)
+        ), fields[0] or None
     return str(detail), None
 
 
@@ -48,8 +59,9 @@ def in_openai_shape(response: Response) -> Response:
     message, param = _message(body.get("detail", ""))
     code = str(body.get("error") or "") or None
     headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
-    return JSONResponse(error_body(message, status, _CODES.get(code or "", code), param), status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        error_body(message, status, _CODES.get(code or "", code), param), status_code=status, headers=headers
+    )
 
 
 class OpenAIRoute(APIRoute):
@@ -62,8 +74,14 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                render = next((request.app.exception_handlers[cls] for cls in type(exc).__mro__
-                               if cls in request.app.exception_handlers), None)
+                render = next(
+                    (
+                        request.app.exception_handlers[cls]
+                        for cls in type(exc).__mro__
+                        if cls in request.app.exception_handlers
+                    ),
+                    None,
+                )
                 if render is None:
                     raise
                 return in_openai_shape(await render(request, exc))

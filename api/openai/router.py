@@ -13,8 +13,9 @@ from api.openai.errors import OpenAIRoute
 from api.openai.schemas import CompletionRequest
 from common.platform.credentials import SCOPE_REQUESTS
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute,
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))])
+router = APIRouter(
+    prefix="/v1", tags=["openai"], route_class=OpenAIRoute, dependencies=[Depends(require_scope(SCOPE_REQUESTS))]
+)
 
 SessionHeader = Annotated[str | None, Header(alias="X-Session-Id", max_length=64)]
 ChatHeader = Annotated[str | None, Header(alias="X-Chat-Id", min_length=1, max_length=255)]
@@ -32,7 +33,12 @@ async def get_model(model_id: str, gw: GatewayDep) -> dict[str, Any]:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: CompletionRequest, gw: GatewayDep, who: PrincipalDep,
-                           session_id: SessionHeader = None, chat_id: ChatHeader = None) -> Response:
+async def chat_completions(
+    body: CompletionRequest,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    session_id: SessionHeader = None,
+    chat_id: ChatHeader = None,
+) -> Response:
     """`model` is an agent id; `X-Session-Id` continues a session, `X-Chat-Id` names one (Open WebUI: `{{CHAT_ID}}`)."""
     return await service.complete(gw, who, body, session_id or None, chat_id or None)

@@ -37,13 +37,15 @@ def model(agent: Agent) -> dict[str, Any]:
 def agent_for(gw: Gateway, model_id: str) -> Agent:
     agent = gw.agents.get(model_id)
     if agent is None:
-        raise NotFound(f"The model {model_id!r} does not exist: GET /v1/models lists the agents",
-                       error="model_not_found")
+        raise NotFound(
+            f"The model {model_id!r} does not exist: GET /v1/models lists the agents", error="model_not_found"
+        )
     return agent
 
 
-async def complete(gw: Gateway, who: Principal, body: CompletionRequest, session_id: str | None,
-                   chat_id: str | None) -> Response:
+async def complete(
+    gw: Gateway, who: Principal, body: CompletionRequest, session_id: str | None, chat_id: str | None
+) -> Response:
     """Store the call as a turn (of `session_id`, of the chat `chat_id`, else of a new session) and answer it."""
     agent = agent_for(gw, body.model)
     content, before = body.conversation()
@@ -55,13 +57,24 @@ async def complete(gw: Gateway, who: Principal, body: CompletionRequest, session
         created = False
         if session_id is None and chat_id:
             session_id, created = await turns.chat_session(gw, who, PROTOCOL, chat_id)
-        context = {"protocol": PROTOCOL, **({"chat_id": chat_id} if chat_id else {}),
-                   **({"user": body.user} if body.user else {})}
-        request = turns.turn_body(integration_type="generic", session_id=session_id, new_session=session_id is None,
-                                  agent_id=agent.id, content=content, conversation=before, metadata=metadata,
-                                  context=context)
-        turn = await turns.accept(gw, who, PROTOCOL, request, unseen_session=created,
-                                  via="stream" if body.stream else "wait")
+        context = {
+            "protocol": PROTOCOL,
+            **({"chat_id": chat_id} if chat_id else {}),
+            **({"user": body.user} if body.user else {}),
+        }
+        request = turns.turn_body(
+            integration_type="generic",
+            session_id=session_id,
+            new_session=session_id is None,
+            agent_id=agent.id,
+            content=content,
+            conversation=before,
+            metadata=metadata,
+            context=context,
+        )
+        turn = await turns.accept(
+            gw, who, PROTOCOL, request, unseen_session=created, via="stream" if body.stream else "wait"
+        )
     except BaseException:
         release_stream(gw, slot)
         raise
@@ -91,12 +104,14 @@ async def _answer(gw: Gateway, turn: turns.Turn, model_id: str, headers: dict[st
         return JSONResponse(completion(turn.request_id, model_id, reply), headers=headers)
     status, code, message = reply.failure()
     # The worker already retried what was transient: the SDK's own retries would only repeat the turn.
-    return JSONResponse(error_body(message, status, code), status_code=status,
-                        headers={**headers, "x-should-retry": "false"})
+    return JSONResponse(
+        error_body(message, status, code), status_code=status, headers={**headers, "x-should-retry": "false"}
+    )
 
 
-async def _cancel_when_abandoned(gw: Gateway, who: Principal, request_id: str, chunks: CompletionChunks,
-                                 frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _cancel_when_abandoned(
+    gw: Gateway, who: Principal, request_id: str, chunks: CompletionChunks, frames: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
     """A client that closes the stream stops the reply, as with OpenAI: it cannot resume and would wait for it."""
     try:
         async for frame in frames:

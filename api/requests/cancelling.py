@@ -15,8 +15,9 @@ from common.requests.models import JobPayload
 log = logging.getLogger(__name__)
 
 
-async def cancel_queued(conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
-                        ) -> tuple[tuple[str, JobPayload] | None, list[asyncpg.Record]]:
+async def cancel_queued(
+    conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
+) -> tuple[tuple[str, JobPayload] | None, list[asyncpg.Record]]:
     """Cancel the requests that have not started, inside the caller's transaction.
 
     Returns the session's next job and the cancelled rows, whose streams the caller ends with
@@ -40,8 +41,11 @@ async def end_streams(gw: Gateway, rows: list[asyncpg.Record]) -> None:
 async def flag_running(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
     """Ask the workers running these requests to stop; they write the terminal events."""
     for request_id in request_ids:
-        await gw.streams.set(cancel_key(session_id, request_id, gw.settings.stream_buckets), reason,
-                             ex=gw.settings.request_timeout_seconds)
+        await gw.streams.set(
+            cancel_key(session_id, request_id, gw.settings.stream_buckets),
+            reason,
+            ex=gw.settings.request_timeout_seconds,
+        )
 
 
 async def cancel_many(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
@@ -61,5 +65,7 @@ async def enqueue_safely(gw: Gateway, upcoming: tuple[str, JobPayload] | None) -
     try:
         await queue.enqueue(gw.queue, feature, payload)
     except Exception as exc:
-        log.warning("enqueue failed; the stalled-request sweep will retry",
-                    extra={"request_id": payload.request_id, "error": repr(exc)})
+        log.warning(
+            "enqueue failed; the stalled-request sweep will retry",
+            extra={"request_id": payload.request_id, "error": repr(exc)},
+        )

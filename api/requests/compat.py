@@ -24,8 +24,11 @@ from common.platform.keys import start_key, stream_key
 from common.platform.logging import correlation_id
 from common.sessions import repository as session_repo
 
-router = APIRouter(tags=["streams"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
+router = APIRouter(
+    tags=["streams"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(NotFound, Conflict, Invalid, TooManyRequests),
+)
 
 Name = Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -37,7 +40,10 @@ def session_name(feature_id: str, chat_id: str) -> str:
 
 @router.post("/stream", response_class=StreamingResponse)
 async def compat_stream(
-    feature_id: Name, chat_id: Name, gw: GatewayDep, who: PrincipalDep,
+    feature_id: Name,
+    chat_id: Name,
+    gw: GatewayDep,
+    who: PrincipalDep,
     content: Annotated[str | None, Body(embed=True, max_length=100_000)] = None,
 ) -> StreamingResponse:
     """Starts generation when the chat has none running, relays it, ends with `data: [DONE]`."""
@@ -54,21 +60,26 @@ async def compat_stream(
         raise
 
 
-async def _start_or_join(gw: Gateway, who: Principal, feature_id: str, chat_id: str, content: str | None,
-                         agent_id: str, slot: str | None) -> StreamingResponse:
+async def _start_or_join(
+    gw: Gateway, who: Principal, feature_id: str, chat_id: str, content: str | None, agent_id: str, slot: str | None
+) -> StreamingResponse:
     """Start the chat's generation unless one is already claimed, then relay that one."""
-    session_id, created = await session_repo.for_external_id(gw.db, who, session_name(feature_id, chat_id),
-                                                             gw.settings.session_ttl_seconds)
+    session_id, created = await session_repo.for_external_id(
+        gw.db, who, session_name(feature_id, chat_id), gw.settings.session_ttl_seconds
+    )
     claim = start_key(session_id, gw.settings.stream_buckets)
     pending = f"pending:{correlation_id.get()}"
     if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
         body = GenericRequest(
-            integration_type="generic", session_id=session_id, agent_id=agent_id,
+            integration_type="generic",
+            session_id=session_id,
+            agent_id=agent_id,
             content=content or f"Generate messages for chat {chat_id} of feature {feature_id}.",
         )
         try:
-            accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(),
-                                           unseen_session=created)
+            accepted = await service.accept(
+                gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(), unseen_session=created
+            )
         except BaseException:
             await gw.streams.delete(claim)
             raise

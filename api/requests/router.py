@@ -39,8 +39,12 @@ from common.platform.keys import stream_key
 from common.platform.logging import correlation_id
 from common.requests.models import ACTIVE_STATUSES
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
+router = APIRouter(
+    prefix="/api/v1/requests",
+    tags=["requests"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(NotFound, Conflict, Invalid, TooManyRequests),
+)
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
@@ -56,14 +60,19 @@ def _wait_seconds(request: Request, wait: float | None, limit: float) -> float |
 
 
 async def _intake(
-    request: Request, body: _RequestBody, gw: Gateway, who: Principal, idempotency_key: str | None,
+    request: Request,
+    body: _RequestBody,
+    gw: Gateway,
+    who: Principal,
+    idempotency_key: str | None,
     wait: float | None,
 ) -> Response:
     streaming = "text/event-stream" in request.headers.get("accept", "")
     slot = await reserve_stream(gw, who) if streaming else None
     try:
-        accepted = await service.accept(gw, who, body, idempotency_key=idempotency_key,
-                                        correlation_id=correlation_id.get())
+        accepted = await service.accept(
+            gw, who, body, idempotency_key=idempotency_key, correlation_id=correlation_id.get()
+        )
         rg_logging.bind(request=accepted.request_id, session=accepted.session_id, tenant=who.tenant_id)
     except BaseException:
         release_stream(gw, slot)
@@ -78,8 +87,9 @@ async def _intake(
     wait_seconds = _wait_seconds(request, wait, gw.settings.max_wait_seconds)
     if wait_seconds:
         if accepted.replayed and accepted.status not in ACTIVE_STATUSES:
-            return JSONResponse(RequestResult(**_result(await service.get(gw, who, accepted.request_id))).model_dump(),
-                                  headers=headers)
+            return JSONResponse(
+                RequestResult(**_result(await service.get(gw, who, accepted.request_id))).model_dump(), headers=headers
+            )
         try:
             outcome = await asyncio.wait_for(wait_for_result(gw.hub, key, after, accepted.request_id), wait_seconds)
         except TimeoutError:
@@ -87,16 +97,22 @@ async def _intake(
         if outcome:
             headers["Preference-Applied"] = f"wait={wait_seconds:g}"
             result = RequestResult(
-                request_id=accepted.request_id, session_id=accepted.session_id, status=outcome["status"],
-                response=outcome.get("response"), agent_id=outcome.get("agent_id"),
+                request_id=accepted.request_id,
+                session_id=accepted.session_id,
+                status=outcome["status"],
+                response=outcome.get("response"),
+                agent_id=outcome.get("agent_id"),
                 error=outcome.get("terminal", {}).get("error") or outcome.get("terminal", {}).get("reason"),
                 processing_time_ms=outcome.get("terminal", {}).get("processing_time_ms"),
                 usage=outcome.get("terminal", {}).get("usage"),
             )
             return JSONResponse(result.model_dump(mode="json"), headers=headers)
     body_out = Accepted(
-        request_id=accepted.request_id, session_id=accepted.session_id, status=accepted.status,
-        stream_url=f"/api/v1/sessions/{accepted.session_id}/stream", stream_entry_id=accepted.stream_entry_id,
+        request_id=accepted.request_id,
+        session_id=accepted.session_id,
+        status=accepted.status,
+        stream_url=f"/api/v1/sessions/{accepted.session_id}/stream",
+        stream_entry_id=accepted.stream_entry_id,
     )
     return JSONResponse(body_out.model_dump(), status_code=202, headers=headers)
 
@@ -106,26 +122,50 @@ def _result(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/web", status_code=202, response_model=Accepted)
-async def web(body: WebRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
-              idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+async def web(
+    body: WebRequest,
+    request: Request,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = None,
+) -> Response:
     return await _intake(request, body, gw, who, idempotency_key, wait)
 
 
 @router.post("/cli", status_code=202, response_model=Accepted)
-async def cli(body: CliRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
-              idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+async def cli(
+    body: CliRequest,
+    request: Request,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = None,
+) -> Response:
     return await _intake(request, body, gw, who, idempotency_key, wait)
 
 
 @router.post("/tool", status_code=202, response_model=Accepted)
-async def tool(body: ToolRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
-               idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+async def tool(
+    body: ToolRequest,
+    request: Request,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = None,
+) -> Response:
     return await _intake(request, body, gw, who, idempotency_key, wait)
 
 
 @router.post("/generic", status_code=202, response_model=Accepted)
-async def generic(body: GenericRequest, request: Request, gw: GatewayDep, who: PrincipalDep,
-                  idempotency_key: IdempotencyKey = None, wait: Wait = None) -> Response:
+async def generic(
+    body: GenericRequest,
+    request: Request,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = None,
+) -> Response:
     return await _intake(request, body, gw, who, idempotency_key, wait)
 
 
@@ -137,8 +177,9 @@ async def get_request(request_id: str, gw: GatewayDep, who: PrincipalDep) -> Req
 
 
 @router.post("/{request_id}/approvals/{call_id}", response_model=ApprovalResult)
-async def decide_approval(request_id: str, call_id: str, body: ApprovalDecision, gw: GatewayDep,
-                          who: PrincipalDep) -> ApprovalResult:
+async def decide_approval(
+    request_id: str, call_id: str, body: ApprovalDecision, gw: GatewayDep, who: PrincipalDep
+) -> ApprovalResult:
     """Approve or deny a tool call the request waits on; once none waits, the request is queued again."""
     status = await service.decide(gw, who, request_id, call_id, body.approve, body.reason)
     return ApprovalResult(request_id=request_id, call_id=call_id, approved=body.approve, status=status)

@@ -61,16 +61,28 @@ class _Intake:
     def normalized(self) -> NormalizedRequest:
         body = self.body
         return NormalizedRequest(
-            request_id=self.request_id, session_id=self.session_id, tenant_id=self.who.tenant_id,
-            user_id=self.user_id, integration_type=body.integration(), request_type=body.integration(),
-            content=body.content, agent_id=body.agent_id or self.agent_id, feature=self.feature,
-            integration_context=body.integration_context(), metadata=model_options(body.metadata.model_dump()),
-            correlation_id=self.correlation_id, conversation=body.conversation_messages(),
+            request_id=self.request_id,
+            session_id=self.session_id,
+            tenant_id=self.who.tenant_id,
+            user_id=self.user_id,
+            integration_type=body.integration(),
+            request_type=body.integration(),
+            content=body.content,
+            agent_id=body.agent_id or self.agent_id,
+            feature=self.feature,
+            integration_context=body.integration_context(),
+            metadata=model_options(body.metadata.model_dump()),
+            correlation_id=self.correlation_id,
+            conversation=body.conversation_messages(),
         )
 
     def job(self) -> tuple[str, JobPayload]:
-        return self.feature, JobPayload(request_id=self.request_id, session_id=self.session_id,
-                                        tenant_id=self.who.tenant_id, correlation_id=self.correlation_id)
+        return self.feature, JobPayload(
+            request_id=self.request_id,
+            session_id=self.session_id,
+            tenant_id=self.who.tenant_id,
+            correlation_id=self.correlation_id,
+        )
 
 
 def body_hash(body: _RequestBody) -> str:
@@ -78,7 +90,12 @@ def body_hash(body: _RequestBody) -> str:
 
 
 async def accept(
-    gw: Gateway, who: Principal, body: _RequestBody, *, idempotency_key: str | None, correlation_id: str,
+    gw: Gateway,
+    who: Principal,
+    body: _RequestBody,
+    *,
+    idempotency_key: str | None,
+    correlation_id: str,
     unseen_session: bool = False,
 ) -> Accepted:
     """Store and queue a request. `unseen_session`: the caller created `body.session_id` a moment ago
@@ -95,8 +112,17 @@ async def accept(
         replay = await _replay(gw.db, who, user_id, idempotency_key, digest)
         if replay:
             return replay
-    intake = _Intake(who, user_id, body, agent.id, agent.feature, idempotency_key, digest, correlation_id,
-                     unseen_session=unseen_session)
+    intake = _Intake(
+        who,
+        user_id,
+        body,
+        agent.id,
+        agent.feature,
+        idempotency_key,
+        digest,
+        correlation_id,
+        unseen_session=unseen_session,
+    )
     await _admit(gw, intake)
     try:
         accepted = await _accept_new(gw, intake)
@@ -132,8 +158,15 @@ async def _admit(gw: Gateway, intake: _Intake) -> None:
         await budgets.seed(gw.streams, gw.db, budget)
 
     spendable = await gw.budgets.budgets(tenant_id, intake.user_id) if gw.budgets is not None else []
-    refusal = await gw.limits.admit_request(tenant_id, intake.user_id, intake.body.integration(),
-                                            intake.request_id, still_active, budgets=spendable, seed=seed)
+    refusal = await gw.limits.admit_request(
+        tenant_id,
+        intake.user_id,
+        intake.body.integration(),
+        intake.request_id,
+        still_active,
+        budgets=spendable,
+        seed=seed,
+    )
     if refusal:
         raise refused(refusal)
 
@@ -143,8 +176,9 @@ async def _release(gw: Gateway, intake: _Intake) -> None:
         await gw.limits.release_request(intake.who.tenant_id, intake.user_id, intake.request_id)
 
 
-async def _replay(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str,
-                  digest: str) -> Accepted | None:
+async def _replay(
+    conn: asyncpg.Connection | asyncpg.Pool, who: Principal, user_id: str, key: str, digest: str
+) -> Accepted | None:
     row = await request_repo.by_idempotency_key(conn, who.tenant_id, user_id, key)
     if row is None:
         return None
@@ -177,10 +211,16 @@ async def _accept_new(gw: Gateway, intake: _Intake) -> Accepted:
     await enqueue_safely(gw, upcoming)
     tenant, cid = intake.who.tenant_id, intake.correlation_id
     if intake.new_session:
-        sink.emit("session.created", intake.session_id, {"user_id": intake.user_id}, tenant_id=tenant,
-                  correlation_id=cid)
-    sink.emit("request.accepted", intake.request_id, {"session_id": intake.session_id, "agent_id": intake.agent_id},
-              tenant_id=tenant, correlation_id=cid)
+        sink.emit(
+            "session.created", intake.session_id, {"user_id": intake.user_id}, tenant_id=tenant, correlation_id=cid
+        )
+    sink.emit(
+        "request.accepted",
+        intake.request_id,
+        {"session_id": intake.session_id, "agent_id": intake.agent_id},
+        tenant_id=tenant,
+        correlation_id=cid,
+    )
     return Accepted(intake.request_id, intake.session_id, "queued", intake.entry_id)
 
 
@@ -259,18 +299,40 @@ async def _record(gw: Gateway, conn: asyncpg.Connection, intake: _Intake, *, exi
     intake.session_id, intake.new_session = existing or str(uuid.uuid4()), existing is None
     normalized = intake.normalized()
     accepted_event = Event(
-        type="request.accepted", request_id=intake.request_id,
-        data={"content": intake.body.content, "session_id": intake.session_id, "user_id": intake.user_id,
-              "integration_type": normalized.integration_type, "agent_id": normalized.agent_id,
-              "correlation_id": intake.correlation_id},
+        type="request.accepted",
+        request_id=intake.request_id,
+        data={
+            "content": intake.body.content,
+            "session_id": intake.session_id,
+            "user_id": intake.user_id,
+            "integration_type": normalized.integration_type,
+            "agent_id": normalized.agent_id,
+            "correlation_id": intake.correlation_id,
+        },
     )
     (intake.entry_id,) = await gw.writer.announce(intake.session_id, intake.request_id, [accepted_event])
-    await request_repo.insert(conn, new_session=existing is None, values=(
-        intake.request_id, intake.session_id, intake.who.tenant_id, intake.user_id, normalized.request_type,
-        intake.body.content, normalized.model_dump(), normalized.agent_id, intake.feature, intake.idempotency_key,
-        intake.digest, intake.correlation_id, intake.entry_id, gw.settings.request_timeout_seconds,
-        gw.settings.session_ttl_seconds, None if intake.user_id == intake.who.user_id else intake.who.user_id,
-    ))
+    await request_repo.insert(
+        conn,
+        new_session=existing is None,
+        values=(
+            intake.request_id,
+            intake.session_id,
+            intake.who.tenant_id,
+            intake.user_id,
+            normalized.request_type,
+            intake.body.content,
+            normalized.model_dump(),
+            normalized.agent_id,
+            intake.feature,
+            intake.idempotency_key,
+            intake.digest,
+            intake.correlation_id,
+            intake.entry_id,
+            gw.settings.request_timeout_seconds,
+            gw.settings.session_ttl_seconds,
+            None if intake.user_id == intake.who.user_id else intake.who.user_id,
+        ),
+    )
 
 
 async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
@@ -278,10 +340,13 @@ async def _end_unstored(gw: Gateway, intake: _Intake) -> None:
     if intake.entry_id is None:
         return
     with contextlib.suppress(Exception):
-        await gw.writer.end(intake.session_id, closing_events(intake.request_id, 1, "failed",
-                                                              error="the request was not stored"))
-        await gw.streams.zrem(intake_key(intake.session_id, gw.settings.stream_buckets),
-                              intake_member(intake.session_id, intake.request_id))
+        await gw.writer.end(
+            intake.session_id, closing_events(intake.request_id, 1, "failed", error="the request was not stored")
+        )
+        await gw.streams.zrem(
+            intake_key(intake.session_id, gw.settings.stream_buckets),
+            intake_member(intake.session_id, intake.request_id),
+        )
 
 
 async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:

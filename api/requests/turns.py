@@ -41,8 +41,7 @@ def chat_name(protocol: str, chat_id: str) -> str:
 
 async def chat_session(gw: Gateway, who: Principal, protocol: str, chat_id: str) -> tuple[str, bool]:
     """The chat's session, created on its first turn; and whether this call created it."""
-    return await session_repo.for_external_id(gw.db, who, chat_name(protocol, chat_id),
-                                              gw.settings.session_ttl_seconds)
+    return await session_repo.for_external_id(gw.db, who, chat_name(protocol, chat_id), gw.settings.session_ttl_seconds)
 
 
 async def find_chat_session(gw: Gateway, who: Principal, protocol: str, chat_id: str) -> str | None:
@@ -58,16 +57,25 @@ def turn_body(**fields: Any) -> ConversationRequest:
         raise Invalid(problems) from None
 
 
-async def accept(gw: Gateway, who: Principal, protocol: str, body: ConversationRequest, *,
-                 unseen_session: bool = False, via: str = "stream") -> Turn:
+async def accept(
+    gw: Gateway,
+    who: Principal,
+    protocol: str,
+    body: ConversationRequest,
+    *,
+    unseen_session: bool = False,
+    via: str = "stream",
+) -> Turn:
     """Store and queue the turn through the same intake as every other route."""
-    accepted = await service.accept(gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(),
-                                    unseen_session=unseen_session)
+    accepted = await service.accept(
+        gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(), unseen_session=unseen_session
+    )
     rg_logging.bind(request=accepted.request_id, session=accepted.session_id, tenant=who.tenant_id)
     PROTOCOL_REQUESTS.labels(protocol, via).inc()
     after = just_before(accepted.stream_entry_id) if accepted.stream_entry_id else (0, 0)
-    return Turn(accepted.request_id, accepted.session_id, stream_key(accepted.session_id, gw.settings.stream_buckets),
-                after)
+    return Turn(
+        accepted.request_id, accepted.session_id, stream_key(accepted.session_id, gw.settings.stream_buckets), after
+    )
 
 
 async def reply_in_progress(gw: Gateway, who: Principal, session_id: str) -> Turn | None:
@@ -77,8 +85,13 @@ async def reply_in_progress(gw: Gateway, who: Principal, session_id: str) -> Tur
         return None
     row = await service.get(gw, who, active[-1]["request_id"])
     entry = row["stream_entry_id"]
-    return Turn(row["request_id"], session_id, stream_key(session_id, gw.settings.stream_buckets),
-                just_before(entry) if entry else (0, 0), attempt=row["attempt"])
+    return Turn(
+        row["request_id"],
+        session_id,
+        stream_key(session_id, gw.settings.stream_buckets),
+        just_before(entry) if entry else (0, 0),
+        attempt=row["attempt"],
+    )
 
 
 async def stop(gw: Gateway, who: Principal, session_id: str, reason: str) -> list[str]:

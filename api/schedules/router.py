@@ -23,9 +23,12 @@ from common.platform.credentials import SCOPE_REQUESTS, Principal
 from common.requests.models import reject_unstorable
 from common.schedules import cron as schedules
 
-router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"],
-                   dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(NotFound, Conflict, Invalid, TooManyRequests))
+router = APIRouter(
+    prefix="/api/v1/schedules",
+    tags=["schedules"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(NotFound, Conflict, Invalid, TooManyRequests),
+)
 
 ScheduleId = Annotated[uuid.UUID, Path()]
 
@@ -57,8 +60,12 @@ class ScheduleChange(_Fields):
 
 
 async def _get(gw: GatewayDep, who: Principal, schedule_id: uuid.UUID) -> dict[str, Any]:
-    row = await gw.db.fetchrow(f"SELECT {service.COLUMNS} FROM schedules WHERE schedule_id = $1 AND tenant_id = $2"
-                               " AND user_id = $3", schedule_id, who.tenant_id, who.user_id)
+    row = await gw.db.fetchrow(
+        f"SELECT {service.COLUMNS} FROM schedules WHERE schedule_id = $1 AND tenant_id = $2 AND user_id = $3",
+        schedule_id,
+        who.tenant_id,
+        who.user_id,
+    )
     if row is None:
         raise NotFound("schedule not found")
     return dict(row)
@@ -66,15 +73,25 @@ async def _get(gw: GatewayDep, who: Principal, schedule_id: uuid.UUID) -> dict[s
 
 @router.post("", status_code=201)
 async def create(body: NewSchedule, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
-    return await service.create(gw, who, cron=body.cron, timezone=body.timezone, content=body.content,
-                                agent_id=body.agent_id, session_id=str(body.session_id) if body.session_id else None,
-                                deliver=body.deliver)
+    return await service.create(
+        gw,
+        who,
+        cron=body.cron,
+        timezone=body.timezone,
+        content=body.content,
+        agent_id=body.agent_id,
+        session_id=str(body.session_id) if body.session_id else None,
+        deliver=body.deliver,
+    )
 
 
 @router.get("")
 async def list_schedules(gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
-    rows = await gw.db.fetch(f"SELECT {service.COLUMNS} FROM schedules WHERE tenant_id = $1 AND user_id = $2"
-                             " ORDER BY id LIMIT 1000", who.tenant_id, who.user_id)
+    rows = await gw.db.fetch(
+        f"SELECT {service.COLUMNS} FROM schedules WHERE tenant_id = $1 AND user_id = $2 ORDER BY id LIMIT 1000",
+        who.tenant_id,
+        who.user_id,
+    )
     return {"items": [dict(r) for r in rows]}
 
 
@@ -105,8 +122,17 @@ async def change(schedule_id: ScheduleId, body: ScheduleChange, gw: GatewayDep, 
                enabled = $9, next_run_at = $10, updated_at = now()
          WHERE schedule_id = $1 AND tenant_id = $2 AND user_id = $11 RETURNING {service.COLUMNS}
         """,
-        schedule_id, who.tenant_id, cron, timezone, agent_id, body.content or current["content"], session,
-        current["deliver"] if body.deliver is None else body.deliver, enabled, following, who.user_id,
+        schedule_id,
+        who.tenant_id,
+        cron,
+        timezone,
+        agent_id,
+        body.content or current["content"],
+        session,
+        current["deliver"] if body.deliver is None else body.deliver,
+        enabled,
+        following,
+        who.user_id,
     )
     if row is None:
         raise NotFound("schedule not found")
@@ -115,8 +141,12 @@ async def change(schedule_id: ScheduleId, body: ScheduleChange, gw: GatewayDep, 
 
 @router.delete("/{schedule_id}", status_code=204)
 async def delete(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> None:
-    result: str = await gw.db.execute("DELETE FROM schedules WHERE schedule_id = $1 AND tenant_id = $2"
-                                      " AND user_id = $3", schedule_id, who.tenant_id, who.user_id)
+    result: str = await gw.db.execute(
+        "DELETE FROM schedules WHERE schedule_id = $1 AND tenant_id = $2 AND user_id = $3",
+        schedule_id,
+        who.tenant_id,
+        who.user_id,
+    )
     if not result.endswith(" 1"):
         raise NotFound("schedule not found")
 

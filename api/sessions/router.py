@@ -13,8 +13,7 @@ from api.sessions.schemas import RequestPage, SessionCreate, SessionOut, Session
 from common.platform.credentials import SCOPE_SESSIONS
 from common.sessions import repository as session_repo
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"],
-                   responses=responses(NotFound, Conflict, Invalid))
+router = APIRouter(prefix="/api/v1", tags=["sessions"], responses=responses(NotFound, Conflict, Invalid))
 
 _SESSIONS = [Depends(require_scope(SCOPE_SESSIONS))]
 
@@ -31,7 +30,8 @@ async def create_session(body: SessionCreate, gw: GatewayDep, who: PrincipalDep)
 
 @router.get("/sessions", response_model=SessionPage, dependencies=_SESSIONS)
 async def list_sessions(
-    gw: GatewayDep, who: PrincipalDep,
+    gw: GatewayDep,
+    who: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Annotated[str | None, Query(pattern="^(active|inactive|expired|archived)$")] = None,

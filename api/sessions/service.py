@@ -18,8 +18,7 @@ from common.sessions import repository as session_repo
 
 async def create(gw: Gateway, who: Principal, body: SessionCreate) -> dict[str, Any]:
     try:
-        session = await session_repo.create(gw.db, who, who.user_id, body.model_dump(),
-                                            gw.settings.session_ttl_seconds)
+        session = await session_repo.create(gw.db, who, who.user_id, body.model_dump(), gw.settings.session_ttl_seconds)
     except asyncpg.UniqueViolationError:
         raise Conflict("a session with this external_session_id already exists") from None
     sink.emit("session.created", session["session_id"], {"user_id": who.user_id}, tenant_id=who.tenant_id)

@@ -44,5 +44,9 @@ async def press(gw: Gateway, inst: Installation, who: Principal, channel_id: str
 
 
 async def _tell(gw: Gateway, inst: Installation, who: Principal, channel_id: str, text: str) -> None:
-    await delivery.enqueue_slack_notice(gw.queue, SlackNotice(
-        team_id=inst.team_id, tenant_id=inst.tenant_id, channel_id=channel_id, slack_user_id=who.user_id, text=text))
+    await delivery.enqueue_slack_notice(
+        gw.queue,
+        SlackNotice(
+            team_id=inst.team_id, tenant_id=inst.tenant_id, channel_id=channel_id, slack_user_id=who.user_id, text=text
+        ),
+    )

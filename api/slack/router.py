@@ -34,8 +34,7 @@ from common.slack import installations, mrkdwn
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["slack"],
-                   responses=responses(BadRequest, Unauthorized, signed_in=False))
+router = APIRouter(tags=["slack"], responses=responses(BadRequest, Unauthorized, signed_in=False))
 
 EVENT_DEDUPE_SECONDS = 3600
 CANCEL_ACTION = "rg_cancel"
@@ -112,8 +111,9 @@ def _cache(request: Request) -> installations.InstallationCache:
     return cache
 
 
-def signed(team_of: Callable[[bytes], str], *, workspace_optional: bool = False
-           ) -> Callable[[Request, Gateway], AsyncIterator[Signed]]:
+def signed(
+    team_of: Callable[[bytes], str], *, workspace_optional: bool = False
+) -> Callable[[Request, Gateway], AsyncIterator[Signed]]:
     """A dependency: the body verified with the secret of the workspace `team_of` reads from it, once.
 
     The installation comes from the gateway's cached copy, so no unsigned request reaches
@@ -158,13 +158,18 @@ def _known(signed_request: Signed) -> installations.Installation:
 
 def _ignored(event: dict[str, Any], inst: installations.Installation) -> bool:
     """Bots (relaygate included) never start a request: no reply loops. Edits and joins neither."""
-    return bool(event.get("bot_id") or event.get("subtype") or not event.get("user")
-                or (inst.bot_user_id and event.get("user") == inst.bot_user_id))
+    return bool(
+        event.get("bot_id")
+        or event.get("subtype")
+        or not event.get("user")
+        or (inst.bot_user_id and event.get("user") == inst.bot_user_id)
+    )
 
 
 @router.post("/slack/events", include_in_schema=False)
-async def events(gw: GatewayDep,
-                 signed_request: Annotated[Signed, Depends(signed(_event_team, workspace_optional=True))]) -> Response:
+async def events(
+    gw: GatewayDep, signed_request: Annotated[Signed, Depends(signed(_event_team, workspace_optional=True))]
+) -> Response:
     payload = _json(signed_request.raw)
     if payload.get("type") == "url_verification":
         return JSONResponse({"challenge": payload.get("challenge", "")})
@@ -192,11 +197,24 @@ async def events(gw: GatewayDep,
         thread_ts = event.get("thread_ts")
         reply_ts = thread_ts or (None if dm else event.get("ts"))
         user = str(event["user"])
-        body = SlackRequest(user_id=user, content=text or "(empty message)", channel_id=str(event.get("channel")),
-                            thread_id=reply_ts, slack_user_id=user, slack_team_id=team_id)
-        await service.start(gw, inst, body, key=service.session_key(team_id, body.channel_id, reply_ts, user, dm=dm),
-                            reply_ts=reply_ts, idempotency_key=f"slack-event:{event_id}",
-                            correlation_id=correlation_id.get(), message_ts=event.get("ts"))
+        body = SlackRequest(
+            user_id=user,
+            content=text or "(empty message)",
+            channel_id=str(event.get("channel")),
+            thread_id=reply_ts,
+            slack_user_id=user,
+            slack_team_id=team_id,
+        )
+        await service.start(
+            gw,
+            inst,
+            body,
+            key=service.session_key(team_id, body.channel_id, reply_ts, user, dm=dm),
+            reply_ts=reply_ts,
+            idempotency_key=f"slack-event:{event_id}",
+            correlation_id=correlation_id.get(),
+            message_ts=event.get("ts"),
+        )
     except BaseException:
         await gw.streams.delete(key)  # not queued: Slack's retry must be able to try again
         raise
@@ -215,18 +233,31 @@ async def commands(gw: GatewayDep, signed_request: Annotated[Signed, Depends(sig
     if text.split()[0].lower() == "schedule":
         answer = await schedules.command(gw, inst, user, form.get("channel_id", ""), text)
         return JSONResponse({"response_type": "ephemeral", "text": answer})
-    body = SlackRequest(user_id=user, content=text, channel_id=form.get("channel_id", ""), slack_user_id=user,
-                        slack_team_id=inst.team_id, new_session=True)
+    body = SlackRequest(
+        user_id=user,
+        content=text,
+        channel_id=form.get("channel_id", ""),
+        slack_user_id=user,
+        slack_team_id=inst.team_id,
+        new_session=True,
+    )
     trigger = form.get("trigger_id")
-    await service.start(gw, inst, body, key=None, reply_ts=None,
-                        idempotency_key=f"slack-command:{trigger}" if trigger else None,
-                        correlation_id=correlation_id.get())
+    await service.start(
+        gw,
+        inst,
+        body,
+        key=None,
+        reply_ts=None,
+        idempotency_key=f"slack-command:{trigger}" if trigger else None,
+        correlation_id=correlation_id.get(),
+    )
     return JSONResponse({"response_type": "ephemeral", "text": "Working on it…"})
 
 
 @router.post("/slack/interactive", include_in_schema=False)
-async def interactive(gw: GatewayDep,
-                      signed_request: Annotated[Signed, Depends(signed(_interactive_team))]) -> Response:
+async def interactive(
+    gw: GatewayDep, signed_request: Annotated[Signed, Depends(signed(_interactive_team))]
+) -> Response:
     payload = _json(_form(signed_request.raw).get("payload", "").encode())
     inst = _known(signed_request)
     team_id = inst.team_id
@@ -249,11 +280,26 @@ async def interactive(gw: GatewayDep,
     return Response(status_code=200)
 
 
-@router.post("/api/v1/requests/slack", status_code=202, response_model=Accepted, tags=["requests"],
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": SlackRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+@router.post(
+    "/api/v1/requests/slack",
+    status_code=202,
+    response_model=Accepted,
+    tags=["requests"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": SlackRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+)
 async def slack_request(
-    request: Request, gw: GatewayDep, signed_request: Annotated[Signed, Depends(signed(_request_team))],
+    request: Request,
+    gw: GatewayDep,
+    signed_request: Annotated[Signed, Depends(signed(_request_team))],
     x_slack_signature: Annotated[str | None, Header(description="v0=<hex HMAC-SHA256>")] = None,
     x_slack_request_timestamp: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -265,11 +311,21 @@ async def slack_request(
     inst = _known(signed_request)
     thread = body.thread_id
     accepted = await service.start(
-        gw, inst, body, key=service.session_key(inst.team_id, body.channel_id, thread, body.slack_user_id,
-                                                dm=body.channel_id.startswith("D")),
-        reply_ts=thread, idempotency_key=request.headers.get("idempotency-key"),
-        correlation_id=correlation_id.get())
-    out = Accepted(request_id=accepted.request_id, session_id=accepted.session_id, status=accepted.status,
-                   stream_url=f"/api/v1/sessions/{accepted.session_id}/stream",
-                   stream_entry_id=accepted.stream_entry_id)
+        gw,
+        inst,
+        body,
+        key=service.session_key(
+            inst.team_id, body.channel_id, thread, body.slack_user_id, dm=body.channel_id.startswith("D")
+        ),
+        reply_ts=thread,
+        idempotency_key=request.headers.get("idempotency-key"),
+        correlation_id=correlation_id.get(),
+    )
+    out = Accepted(
+        request_id=accepted.request_id,
+        session_id=accepted.session_id,
+        status=accepted.status,
+        stream_url=f"/api/v1/sessions/{accepted.session_id}/stream",
+        stream_entry_id=accepted.stream_entry_id,
+    )
     return JSONResponse(out.model_dump(), status_code=202)

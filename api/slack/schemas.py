@@ -20,5 +20,9 @@ class SlackRequest(_RequestBody):
         return "slack"
 
     def integration_context(self) -> dict[str, Any]:
-        return {"channel_id": self.channel_id, "thread_id": self.thread_id, "slack_user_id": self.slack_user_id,
-                "slack_team_id": self.slack_team_id}
+        return {
+            "channel_id": self.channel_id,
+            "thread_id": self.thread_id,
+            "slack_user_id": self.slack_user_id,
+            "slack_team_id": self.slack_team_id,
+        }

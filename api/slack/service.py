@@ -33,31 +33,59 @@ def session_key(team_id: str, channel_id: str, thread_ts: str | None, user_id: s
     return slack_thread_session_key(team_id, channel_id, thread_ts or "", user_id)
 
 
-async def start(gw: Gateway, inst: Installation, body: SlackRequest, *, key: str | None, reply_ts: str | None,
-                idempotency_key: str | None, correlation_id: str, message_ts: str | None = None) -> Accepted:
+async def start(
+    gw: Gateway,
+    inst: Installation,
+    body: SlackRequest,
+    *,
+    key: str | None,
+    reply_ts: str | None,
+    idempotency_key: str | None,
+    correlation_id: str,
+    message_ts: str | None = None,
+) -> Accepted:
     """Accept the request in the session `key` names (a new one when none is active) and follow its reply."""
     who = Principal(tenant_id=inst.tenant_id, user_id=body.user_id or body.slack_user_id)
     existing = await gw.streams.get(key) if key else None
     accepted: Accepted | None = None
     if existing:
         try:
-            accepted = await requests.accept(gw, who, body.model_copy(update={"session_id": existing.decode()}),
-                                             idempotency_key=idempotency_key, correlation_id=correlation_id)
+            accepted = await requests.accept(
+                gw,
+                who,
+                body.model_copy(update={"session_id": existing.decode()}),
+                idempotency_key=idempotency_key,
+                correlation_id=correlation_id,
+            )
         except ApiError as exc:
             if exc.status not in (404, 409):
                 raise
     if accepted is None:
-        accepted = await requests.accept(gw, who, body.model_copy(update={"new_session": True}),
-                                         idempotency_key=idempotency_key, correlation_id=correlation_id)
+        accepted = await requests.accept(
+            gw,
+            who,
+            body.model_copy(update={"new_session": True}),
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )
     if key:
         await gw.streams.set(key, accepted.session_id, ex=gw.settings.session_ttl_seconds)
     if not accepted.replayed and accepted.stream_entry_id:
         follow = SlackFollow(
-            request_id=accepted.request_id, session_id=accepted.session_id, tenant_id=inst.tenant_id,
-            user_id=who.user_id, after=format_id(id_before(parse_id(accepted.stream_entry_id))),
-            target=SlackTarget(team_id=inst.team_id, channel_id=body.channel_id, thread_ts=reply_ts,
-                               slack_user_id=body.slack_user_id, message_ts=message_ts),
-            correlation_id=correlation_id)
+            request_id=accepted.request_id,
+            session_id=accepted.session_id,
+            tenant_id=inst.tenant_id,
+            user_id=who.user_id,
+            after=format_id(id_before(parse_id(accepted.stream_entry_id))),
+            target=SlackTarget(
+                team_id=inst.team_id,
+                channel_id=body.channel_id,
+                thread_ts=reply_ts,
+                slack_user_id=body.slack_user_id,
+                message_ts=message_ts,
+            ),
+            correlation_id=correlation_id,
+        )
         await delivery.enqueue_slack(gw.queue, follow)
     return accepted
 

@@ -46,6 +46,8 @@ class StreamCapacity:
 def stream_capacity(reserve: int) -> StreamCapacity:
     """This process's capacity, after raising its soft limit as far as it may go."""
     capacity = StreamCapacity(raise_soft_limit(), reserve)
-    log.info("stream capacity", extra={"descriptor_limit": capacity.limit, "reserve": reserve,
-                                       "max_streams": capacity.max_streams})
+    log.info(
+        "stream capacity",
+        extra={"descriptor_limit": capacity.limit, "reserve": reserve, "max_streams": capacity.max_streams},
+    )
     return capacity

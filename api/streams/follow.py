@@ -53,8 +53,9 @@ class Renderer(Protocol):
     def render(self, item: Item) -> bytes: ...
 
 
-async def rendered(hub: Hub, key: str, after: tuple[int, int], request_id: str, renderer: Renderer,
-                   protocol: str) -> AsyncIterator[bytes]:
+async def rendered(
+    hub: Hub, key: str, after: tuple[int, int], request_id: str, renderer: Renderer, protocol: str
+) -> AsyncIterator[bytes]:
     """The request's stream in `renderer`'s protocol, counted per protocol and ending (a client that left too)."""
     try:
         yield renderer.opening()

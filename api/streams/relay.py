@@ -94,8 +94,11 @@ async def session_frames(hub: Hub, key: str, after: tuple[int, int], snapshot: S
         yield frame
     async for batch in batches(hub, key, after):
         _observe(batch)
-        chunk = b"".join(sse_frame(i) if isinstance(i, Entry) else RECONNECT if i is DRAIN else KEEPALIVE
-                         for i in batch if i is not OVERFLOW)
+        chunk = b"".join(
+            sse_frame(i) if isinstance(i, Entry) else RECONNECT if i is DRAIN else KEEPALIVE
+            for i in batch
+            if i is not OVERFLOW
+        )
         if chunk:
             yield chunk
 

@@ -16,13 +16,19 @@ from common.platform.credentials import SCOPE_SESSIONS
 from common.platform.keys import stream_key
 from common.streams.protocol import parse_id
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_scope(SCOPE_SESSIONS))],
-                   responses=responses(BadRequest, NotFound, Invalid))
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["sessions"],
+    dependencies=[Depends(require_scope(SCOPE_SESSIONS))],
+    responses=responses(BadRequest, NotFound, Invalid),
+)
 
 
 @router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)
 async def session_stream(
-    session_id: str, gw: GatewayDep, who: PrincipalDep,
+    session_id: str,
+    gw: GatewayDep,
+    who: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
 ) -> StreamingResponse:

@@ -33,9 +33,11 @@ async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
     if gw.capacity is not None and gw.capacity.full(gw.slots.count):
         REFUSALS.labels("file_descriptors").inc()
         # Connection: close frees the refused connection's descriptor at once.
-        raise ServiceUnavailable(f"this gateway holds {gw.slots.count} streams, as many as its descriptor limit "
-                       f"({gw.capacity.limit}) allows; retry (another replica may take it)",
-                       headers={"Retry-After": "1", "Connection": "close"})
+        raise ServiceUnavailable(
+            f"this gateway holds {gw.slots.count} streams, as many as its descriptor limit "
+            f"({gw.capacity.limit}) allows; retry (another replica may take it)",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
     slot, refusal = await gw.slots.acquire(who.tenant_id, who.user_id)
     if refusal is not None:
         raise refused(refusal)

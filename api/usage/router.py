@@ -13,15 +13,21 @@ from api.responses import JSONResponse
 from api.usage import service
 from common.platform.credentials import SCOPE_REQUESTS
 
-router = APIRouter(prefix="/api/v1/usage", tags=["usage"], dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
-                   responses=responses(Invalid))
+router = APIRouter(
+    prefix="/api/v1/usage",
+    tags=["usage"],
+    dependencies=[Depends(require_scope(SCOPE_REQUESTS))],
+    responses=responses(Invalid),
+)
 
 MAX_DAYS = 400
 
 
 @router.get("")
 async def usage(
-    request: Request, gw: GatewayDep, who: PrincipalDep,
+    request: Request,
+    gw: GatewayDep,
+    who: PrincipalDep,
     start: Annotated[date | None, Query(alias="from", description="first UTC day (default: 30 days ago)")] = None,
     end: Annotated[date | None, Query(alias="to", description="last UTC day, included (default: today)")] = None,
     group_by: service.GroupBy = "day",
@@ -36,5 +42,6 @@ async def usage(
     if "text/csv" in request.headers.get("accept", ""):
         return Response(service.as_csv(group_by, rows), media_type="text/csv")
     total = {f: sum(r[f] for r in rows) for f in service.FIELDS}
-    return JSONResponse({"from": start.isoformat(), "to": end.isoformat(), "group_by": group_by,
-                         "rows": rows, "total": total})
+    return JSONResponse(
+        {"from": start.isoformat(), "to": end.isoformat(), "group_by": group_by, "rows": rows, "total": total}
+    )

@@ -16,8 +16,7 @@ _KEY = {"day": "day", "user": "user_id", "agent": "agent_id", "model": "model"}
 FIELDS = ("requests", "completed", "failed", "cancelled", "input_tokens", "output_tokens", "cost_usd")
 
 
-async def totals(db: asyncpg.Pool, who: Principal, start: date, end: date, group_by: GroupBy
-                 ) -> list[dict[str, Any]]:
+async def totals(db: asyncpg.Pool, who: Principal, start: date, end: date, group_by: GroupBy) -> list[dict[str, Any]]:
     """One row per group between `start` and `end` (UTC days, both included), in the caller's tenant:
     its whole tenant for an `admin`, else the caller's own requests."""
     key = _KEY[group_by]
@@ -31,10 +30,15 @@ async def totals(db: asyncpg.Pool, who: Principal, start: date, end: date, group
          WHERE tenant_id = $1 AND day BETWEEN $2 AND $3 AND ($4::text IS NULL OR user_id = $4)
          GROUP BY {key} ORDER BY {key}
         """,
-        who.tenant_id, start, end, None if SCOPE_ADMIN in who.scopes else who.user_id,
+        who.tenant_id,
+        start,
+        end,
+        None if SCOPE_ADMIN in who.scopes else who.user_id,
     )
-    return [{group_by: r["key"].isoformat() if isinstance(r["key"], date) else r["key"],
-             **{f: r[f] for f in FIELDS}} for r in rows]
+    return [
+        {group_by: r["key"].isoformat() if isinstance(r["key"], date) else r["key"], **{f: r[f] for f in FIELDS}}
+        for r in rows
+    ]
 
 
 def as_csv(group_by: GroupBy, rows: list[dict[str, Any]]) -> str:

@@ -23,11 +23,19 @@ from api.webhooks.schemas import WebhookConfigBody, WebhookConfigOut, WebhookCon
 from common.platform.credentials import SCOPE_RUNS
 from common.platform.logging import correlation_id
 
-configs = APIRouter(prefix="/v1/webhook-configs", tags=["webhooks"], route_class=ContractRoute,
-                    dependencies=[Depends(require_scope(SCOPE_RUNS))],
-                    responses=responses(BadRequest, NotFound, Conflict))
-intake = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=ContractRoute,
-                   responses=responses(BadRequest, Unauthorized, NotFound, TooManyRequests, signed_in=False))
+configs = APIRouter(
+    prefix="/v1/webhook-configs",
+    tags=["webhooks"],
+    route_class=ContractRoute,
+    dependencies=[Depends(require_scope(SCOPE_RUNS))],
+    responses=responses(BadRequest, NotFound, Conflict),
+)
+intake = APIRouter(
+    prefix="/v1/webhooks",
+    tags=["webhooks"],
+    route_class=ContractRoute,
+    responses=responses(BadRequest, Unauthorized, NotFound, TooManyRequests, signed_in=False),
+)
 
 
 @configs.post("", status_code=201, response_model=WebhookConfigOut)
@@ -37,8 +45,9 @@ async def create_config(body: WebhookConfigBody, gw: GatewayDep, who: PrincipalD
 
 
 @configs.get("", response_model=WebhookConfigPage, response_model_exclude_none=True)
-async def list_configs(gw: GatewayDep, who: PrincipalDep,
-                       flow_id: Annotated[str | None, Query(max_length=255)] = None) -> WebhookConfigPage:
+async def list_configs(
+    gw: GatewayDep, who: PrincipalDep, flow_id: Annotated[str | None, Query(max_length=255)] = None
+) -> WebhookConfigPage:
     return WebhookConfigPage(items=[WebhookConfigOut(**c) for c in await service.search(gw, who, flow_id)])
 
 
@@ -48,8 +57,9 @@ async def get_config(webhook_id: str, gw: GatewayDep, who: PrincipalDep) -> Webh
 
 
 @configs.put("/{webhook_id}", response_model=WebhookConfigOut, response_model_exclude_none=True)
-async def update_config(webhook_id: str, body: WebhookConfigUpdate, gw: GatewayDep,
-                        who: PrincipalDep) -> WebhookConfigOut:
+async def update_config(
+    webhook_id: str, body: WebhookConfigUpdate, gw: GatewayDep, who: PrincipalDep
+) -> WebhookConfigOut:
     """`rotate_secret: true` answers the new secret, once."""
     return WebhookConfigOut(**await service.update(gw, who, webhook_id, body))
 
@@ -65,5 +75,6 @@ async def receive(webhook_id: str, request: Request, gw: GatewayDep) -> JSONResp
     """Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`) sign the raw body."""
     started = await service.receive(gw, webhook_id, await request.body(), dict(request.headers), correlation_id.get())
     headers = {"Idempotent-Replayed": "true"} if started.replayed else None
-    return JSONResponse({"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202,
-                        headers=headers)
+    return JSONResponse(
+        {"run_id": started.run_id, "correlation_id": started.correlation_id}, status_code=202, headers=headers
+    )

@@ -14,11 +14,15 @@ class WebhookConfigBody(BaseModel):
     webhook_id: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     flow_id: str = Field(min_length=1, max_length=255)
     enabled: bool = True
-    secret: str | None = Field(default=None, min_length=16, max_length=255,
-                               description="a Standard Webhooks secret (`whsec_` + base64); generated when absent")
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=255,
+        description="a Standard Webhooks secret (`whsec_` + base64); generated when absent",
+    )
     input_mapping: ShallowObject = Field(
         default_factory=dict,
-        description="run input field -> template over the call, e.g. {\"ticket\": \"{{ payload.id }}\"}",
+        description='run input field -> template over the call, e.g. {"ticket": "{{ payload.id }}"}',
     )
     description: str = Field(default="", max_length=2000)
 

@@ -43,10 +43,18 @@ def _check_secret(secret: str) -> None:
 
 def public(row: Any, secret: str | None = None) -> dict[str, Any]:
     config = row["webhook_config"] or {}
-    return {"webhook_id": row["webhook_id"], "flow_id": row["flow_id"], "enabled": row["enabled"],
-            "input_mapping": config.get("input_mapping", {}), "description": config.get("description", ""),
-            "user_id": row["user_id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "url": f"/v1/webhooks/{row['webhook_id']}", "secret": secret}
+    return {
+        "webhook_id": row["webhook_id"],
+        "flow_id": row["flow_id"],
+        "enabled": row["enabled"],
+        "input_mapping": config.get("input_mapping", {}),
+        "description": config.get("description", ""),
+        "user_id": row["user_id"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "url": f"/v1/webhooks/{row['webhook_id']}",
+        "secret": secret,
+    }
 
 
 async def create(gw: Gateway, who: Principal, body: WebhookConfigBody) -> dict[str, Any]:
@@ -57,7 +65,13 @@ async def create(gw: Gateway, who: Principal, body: WebhookConfigBody) -> dict[s
     row = await gw.db.fetchrow(
         f"INSERT INTO webhook_configs (webhook_id, flow_id, tenant_id, user_id, webhook_config, enabled, secret)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (webhook_id) DO NOTHING RETURNING {_COLUMNS}",
-        webhook_id, body.flow_id, who.tenant_id, who.user_id, config, body.enabled, secret,
+        webhook_id,
+        body.flow_id,
+        who.tenant_id,
+        who.user_id,
+        config,
+        body.enabled,
+        secret,
     )
     if row is None:
         raise Conflict(f"webhook {webhook_id!r} already exists")
@@ -65,23 +79,29 @@ async def create(gw: Gateway, who: Principal, body: WebhookConfigBody) -> dict[s
 
 
 async def get(gw: Gateway, who: Principal, webhook_id: str) -> dict[str, Any]:
-    row = await gw.db.fetchrow(f"SELECT {_COLUMNS} FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2",
-                               webhook_id, who.tenant_id)
+    row = await gw.db.fetchrow(
+        f"SELECT {_COLUMNS} FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2", webhook_id, who.tenant_id
+    )
     if row is None:
         raise NotFound("webhook not found")
     return public(row)
 
 
 async def search(gw: Gateway, who: Principal, flow_id: str | None) -> list[dict[str, Any]]:
-    rows = await gw.db.fetch(f"SELECT {_COLUMNS} FROM webhook_configs WHERE tenant_id = $1"
-                             " AND ($2::text IS NULL OR flow_id = $2) ORDER BY id LIMIT 500", who.tenant_id, flow_id)
+    rows = await gw.db.fetch(
+        f"SELECT {_COLUMNS} FROM webhook_configs WHERE tenant_id = $1"
+        " AND ($2::text IS NULL OR flow_id = $2) ORDER BY id LIMIT 500",
+        who.tenant_id,
+        flow_id,
+    )
     return [public(r) for r in rows]
 
 
 async def update(gw: Gateway, who: Principal, webhook_id: str, body: WebhookConfigUpdate) -> dict[str, Any]:
     secret = new_secret() if body.rotate_secret else None
-    patch = {k: v for k, v in (("input_mapping", body.input_mapping), ("description", body.description))
-             if v is not None}
+    patch = {
+        k: v for k, v in (("input_mapping", body.input_mapping), ("description", body.description)) if v is not None
+    }
     row = await gw.db.fetchrow(
         f"""
         UPDATE webhook_configs SET flow_id = coalesce($3, flow_id), enabled = coalesce($4, enabled),
@@ -89,7 +109,12 @@ async def update(gw: Gateway, who: Principal, webhook_id: str, body: WebhookConf
                secret = coalesce($6, secret), updated_at = now()
          WHERE webhook_id = $1 AND tenant_id = $2 RETURNING {_COLUMNS}
         """,
-        webhook_id, who.tenant_id, body.flow_id, body.enabled, patch, secret,
+        webhook_id,
+        who.tenant_id,
+        body.flow_id,
+        body.enabled,
+        patch,
+        secret,
     )
     if row is None:
         raise NotFound("webhook not found")
@@ -97,8 +122,9 @@ async def update(gw: Gateway, who: Principal, webhook_id: str, body: WebhookConf
 
 
 async def delete(gw: Gateway, who: Principal, webhook_id: str) -> None:
-    result: str = await gw.db.execute("DELETE FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2",
-                                      webhook_id, who.tenant_id)
+    result: str = await gw.db.execute(
+        "DELETE FROM webhook_configs WHERE webhook_id = $1 AND tenant_id = $2", webhook_id, who.tenant_id
+    )
     if result.endswith(" 0"):
         raise NotFound("webhook not found")
 
@@ -125,10 +151,9 @@ def _run_input(gw: Gateway, row: Any, call: WebhookCall, webhook_id: str) -> dic
     return run_input
 
 
-
-
-async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, str],
-                  correlation_id: str) -> runs.Started:
+async def receive(
+    gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, str], correlation_id: str
+) -> runs.Started:
     """Verify the Standard Webhooks signature over the raw body, then start the run once per delivery id."""
     if len(headers.get("webhook-id", "")) > MAX_DELIVERY_ID:
         raise BadRequest(f"the webhook-id header may be at most {MAX_DELIVERY_ID} characters long")
@@ -149,11 +174,21 @@ async def receive(gw: Gateway, webhook_id: str, raw: bytes, headers: dict[str, s
     run_input = _run_input(gw, row, call, webhook_id)
     who = Principal(tenant_id=row["tenant_id"], user_id=row["user_id"], kind="tool")
     started = await runs.start(
-        gw, who, RunBody(flow_id=row["flow_id"], input=run_input, tenant_id=row["tenant_id"],
-                         request_id=run_request_id(webhook_id, delivery_id)),
+        gw,
+        who,
+        RunBody(
+            flow_id=row["flow_id"],
+            input=run_input,
+            tenant_id=row["tenant_id"],
+            request_id=run_request_id(webhook_id, delivery_id),
+        ),
         correlation_id=correlation_id,
         trigger={"via": "webhook", "webhook_id": webhook_id, "delivery_id": delivery_id, "source": call.source},
     )
-    await gw.db.execute("INSERT INTO webhook_deliveries (webhook_id, delivery_id, run_id) VALUES ($1, $2, $3)"
-                        " ON CONFLICT DO NOTHING", webhook_id, delivery_id, started.run_id)
+    await gw.db.execute(
+        "INSERT INTO webhook_deliveries (webhook_id, delivery_id, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        webhook_id,
+        delivery_id,
+        started.run_id,
+    )
     return started

@@ -26,10 +26,17 @@ async def generate_messages(ctx: dict[str, Any], feature_id: str, chat_id: str) 
     for i in range(MESSAGES):
         if DELAY:
             await asyncio.sleep(DELAY)
-        data = {"id": str(i), "feature_id": feature_id, "chat_id": chat_id,
-                "message": f"Message {i} from feature {feature_id}, chat {chat_id}",
-                "timestamp": datetime.now().isoformat(), "ts": time.time(),
-                "container_id": socket.gethostname(), "container_feature_id": "worker-default", "worker": "arq"}
+        data = {
+            "id": str(i),
+            "feature_id": feature_id,
+            "chat_id": chat_id,
+            "message": f"Message {i} from feature {feature_id}, chat {chat_id}",
+            "timestamp": datetime.now().isoformat(),
+            "ts": time.time(),
+            "container_id": socket.gethostname(),
+            "container_feature_id": "worker-default",
+            "worker": "arq",
+        }
         await redis.xadd(key, {"data": json.dumps(data)})
         await redis.expire(key, 60)
     await redis.xadd(key, {"data": "[DONE]"})

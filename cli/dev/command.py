@@ -92,8 +92,11 @@ class Child:
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < 60] + [now]
         if len(self.restarts) > RESTARTS_PER_MINUTE:
-            click.echo(f"{self.owner}: the {self.name} exited with code {code} "
-                       f"{RESTARTS_PER_MINUTE} times in a minute; giving up", err=True)
+            click.echo(
+                f"{self.owner}: the {self.name} exited with code {code} "
+                f"{RESTARTS_PER_MINUTE} times in a minute; giving up",
+                err=True,
+            )
             return False
         click.echo(f"{self.owner}: the {self.name} exited with code {code}; restarting it", err=True)
         self.start()
@@ -139,8 +142,10 @@ def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: 
     home.mkdir(parents=True, exist_ok=True)
     with socket.socket() as probe:
         if probe.connect_ex((host, port)) == 0:
-            raise click.ClickException(f"port {port} on {host} is already in use: stop what runs there, "
-                                       f"or choose another port (make dev PORT=8001, relaygate dev --port 8001)")
+            raise click.ClickException(
+                f"port {port} on {host} is already in use: stop what runs there, "
+                f"or choose another port (make dev PORT=8001, relaygate dev --port 8001)"
+            )
     postgres = valkey = None
     guardian: subprocess.Popen[bytes] | None = None
     children: list[Child] = []
@@ -159,12 +164,35 @@ def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: 
         applied = asyncio.run(db.migrate(database_url))
         click.echo(f"migrations: {', '.join(applied) if applied else 'up to date'}", err=True)
         secret = settings.jwt_secret_key.get_secret_value() or dev_secret(home)
-        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": secret,
-               "RELAYGATE_DEV": "true", "LOG_FORMAT": log_format}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "JWT_SECRET_KEY": secret,
+            "RELAYGATE_DEV": "true",
+            "LOG_FORMAT": log_format,
+        }
         if not settings.cors_allow_origins and not settings.cors_allow_origin_regex:
             env["CORS_ALLOW_ORIGIN_REGEX"] = DEV_CORS_ORIGIN_REGEX  # UIs on any local port (a Next.js app on :3000)
-        children.append(Child("gateway", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port",
-                                          str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"], env))
+        children.append(
+            Child(
+                "gateway",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.main:app",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--timeout-graceful-shutdown",
+                    "3",
+                ],
+                env,
+            )
+        )
         for n in range(workers):
             children.append(Child(f"worker {n + 1}", [sys.executable, "-m", "cli.main", "worker"], env))
         children.append(Child("dispatcher", [sys.executable, "-m", "cli.main", "dispatcher"], env))
@@ -180,7 +208,7 @@ def run_dev(settings: Settings, host: str, port: int, workers: int, log_format: 
             f"  valkey    {'embedded, ' + str(home / 'valkey') if valkey else 'REDIS_URL'}\n"
             f"  model     {settings.llm_model or 'built-in offline model (set LLM_MODEL for a real one)'}\n"
             f"  token     {token}\n\n"
-            f"try:  .venv/bin/relaygate chat \"Hello there\"\n"
+            f'try:  .venv/bin/relaygate chat "Hello there"\n'
             f"Ctrl-C stops everything.\n"
         )
         while all(child.revive() for child in children):

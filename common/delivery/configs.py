@@ -82,11 +82,18 @@ class TestConfig(BaseModel):
 
 
 CONFIG_MODELS: dict[Channel, type[BaseModel]] = {
-    "SLACK": SlackConfig, "EMAIL": EmailConfig, "WEBHOOK": WebhookConfig, "SMS": SmsConfig, "TEST": TestConfig,
+    "SLACK": SlackConfig,
+    "EMAIL": EmailConfig,
+    "WEBHOOK": WebhookConfig,
+    "SMS": SmsConfig,
+    "TEST": TestConfig,
 }
 # What an enabled channel cannot deliver without (SLACK reaches a Slack request's own thread).
-REQUIRED: dict[Channel, tuple[str, ...]] = {"EMAIL": ("email_address",), "WEBHOOK": ("url", "secret"),
-                                             "SMS": ("phone_number",)}
+REQUIRED: dict[Channel, tuple[str, ...]] = {
+    "EMAIL": ("email_address",),
+    "WEBHOOK": ("url", "secret"),
+    "SMS": ("phone_number",),
+}
 
 
 class ConfigError(Exception):
@@ -102,14 +109,22 @@ def validate_config(channel: Channel, config: dict[str, Any], *, enabled: bool) 
     try:
         model = CONFIG_MODELS[channel].model_validate(config)
     except ValidationError as exc:
-        raise ConfigError([{"field": ".".join(["config", *(str(p) for p in err["loc"])]), "message": err["msg"]}
-                           for err in exc.errors()]) from None
+        raise ConfigError(
+            [
+                {"field": ".".join(["config", *(str(p) for p in err["loc"])]), "message": err["msg"]}
+                for err in exc.errors()
+            ]
+        ) from None
     clean = model.model_dump(exclude_none=True)
     if enabled:
         missing = [name for name in REQUIRED.get(channel, ()) if not clean.get(name)]
         if missing:
-            raise ConfigError([{"field": f"config.{name}", "message": f"required for an enabled {channel} integration"}
-                               for name in missing])
+            raise ConfigError(
+                [
+                    {"field": f"config.{name}", "message": f"required for an enabled {channel} integration"}
+                    for name in missing
+                ]
+            )
     return clean
 
 
@@ -153,8 +168,10 @@ async def _default_rows(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.R
     global _cached
     now = time.monotonic()
     if now - _cached[0] > _DEFAULTS_CACHE_SECONDS:
-        rows = await db.fetch("SELECT integration_type, enabled, priority, retry_count, retry_delay_seconds, config"
-                              " FROM integration_default_configs ORDER BY priority")
+        rows = await db.fetch(
+            "SELECT integration_type, enabled, priority, retry_count, retry_delay_seconds, config"
+            " FROM integration_default_configs ORDER BY priority"
+        )
         _cached = (now, list(rows))
     return _cached[1]
 
@@ -180,8 +197,9 @@ async def defaults_deliver_alone(db: asyncpg.Pool | asyncpg.Connection, settings
     return False
 
 
-async def defaults(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str
-                   ) -> dict[Channel, ChannelConfig]:
+async def defaults(
+    db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str
+) -> dict[Channel, ChannelConfig]:
     """The system defaults as they apply now: `enabled` only while the channel is configured."""
     rows = await _default_rows(db)
     slack = await slack_installed(db, settings, tenant_id)
@@ -190,33 +208,44 @@ async def defaults(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, te
         channel: Channel = row["integration_type"]
         out[channel] = ChannelConfig(
             enabled=row["enabled"] and available(channel, settings, slack_installed=slack),
-            priority=row["priority"], retry_count=row["retry_count"],
-            retry_delay_seconds=row["retry_delay_seconds"], config=dict(row["config"]),
+            priority=row["priority"],
+            retry_count=row["retry_count"],
+            retry_delay_seconds=row["retry_delay_seconds"],
+            config=dict(row["config"]),
         )
     return out
 
 
-async def overrides(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
-                    ) -> dict[Channel, ChannelConfig]:
+async def overrides(
+    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
+) -> dict[Channel, ChannelConfig]:
     rows = await db.fetch(
         "SELECT integration_type, enabled, priority, retry_count, retry_delay_seconds, config"
         " FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 ORDER BY priority",
-        tenant_id, user_id,
+        tenant_id,
+        user_id,
     )
-    return {row["integration_type"]: ChannelConfig(
-        enabled=row["enabled"], priority=row["priority"], retry_count=row["retry_count"],
-        retry_delay_seconds=row["retry_delay_seconds"], config=dict(row["config"])) for row in rows}
+    return {
+        row["integration_type"]: ChannelConfig(
+            enabled=row["enabled"],
+            priority=row["priority"],
+            retry_count=row["retry_count"],
+            retry_delay_seconds=row["retry_delay_seconds"],
+            config=dict(row["config"]),
+        )
+        for row in rows
+    }
 
 
-def effective(system: dict[Channel, ChannelConfig], user: dict[Channel, ChannelConfig]
-              ) -> dict[Channel, ChannelConfig]:
+def effective(system: dict[Channel, ChannelConfig], user: dict[Channel, ChannelConfig]) -> dict[Channel, ChannelConfig]:
     """An override replaces its channel's default whole; other channels keep the default (lazy)."""
     merged = {**system, **user}
     return dict(sorted(merged.items(), key=lambda item: (item[1].priority, CHANNELS.index(item[0]))))
 
 
-async def effective_for(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str, user_id: str
-                        ) -> dict[Channel, ChannelConfig]:
+async def effective_for(
+    db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str, user_id: str
+) -> dict[Channel, ChannelConfig]:
     return effective(await defaults(db, settings, tenant_id), await overrides(db, tenant_id, user_id))
 
 

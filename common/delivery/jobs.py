@@ -106,8 +106,9 @@ SELECT r.user_id, r.normalized_request->>'integration_type' AS integration_type,
 """
 
 
-async def channels_for(db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str,
-                       integration_type: str) -> list[tuple[Channel, integrations.ChannelConfig]]:
+async def channels_for(
+    db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str, integration_type: str
+) -> list[tuple[Channel, integrations.ChannelConfig]]:
     """The channels a finished reply goes to after it ends, in priority order.
 
     A Slack request's own thread is followed live from its start (FOLLOW_SLACK), so SLACK
@@ -124,8 +125,7 @@ async def channels_for(db: asyncpg.Pool, settings: Settings, tenant_id: str, use
     return out
 
 
-async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload,
-                        status: str) -> None:
+async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload, status: str) -> None:
     """Called where a request's outcome is final: enqueue its delivery when a channel wants it.
 
     Never raises: the reply is already stored and streamed; a lost enqueue is logged.

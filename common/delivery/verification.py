@@ -59,26 +59,34 @@ def destination(channel: Channel, config: dict[str, Any]) -> str | None:
 
 
 def _digest(job: VerificationJob, code: str) -> str:
-    return hashlib.sha256(f"{job.tenant_id}\n{job.user_id}\n{job.channel}\n{job.destination}\n{code}".encode()
-                          ).hexdigest()
+    return hashlib.sha256(
+        f"{job.tenant_id}\n{job.user_id}\n{job.channel}\n{job.destination}\n{code}".encode()
+    ).hexdigest()
 
 
 async def _operator_chosen(db: asyncpg.Pool | asyncpg.Connection, channel: Channel, to: str) -> bool:
     return destination(channel, await integrations.default_config(db, channel)) == to
 
 
-async def allowed(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str, channel: Channel,
-                  to: str) -> bool:
+async def allowed(
+    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str, channel: Channel, to: str
+) -> bool:
     """Whether replies may go to `to`: the operator's default, or confirmed by this user."""
     if await _operator_chosen(db, channel, to):
         return True
-    return bool(await db.fetchval(
-        "SELECT 1 FROM destination_verifications WHERE tenant_id = $1 AND user_id = $2 AND channel = $3"
-        " AND destination = $4 AND verified_at IS NOT NULL", tenant_id, user_id, channel, to))
+    return bool(
+        await db.fetchval(
+            "SELECT 1 FROM destination_verifications WHERE tenant_id = $1 AND user_id = $2 AND channel = $3"
+            " AND destination = $4 AND verified_at IS NOT NULL",
+            tenant_id,
+            user_id,
+            channel,
+            to,
+        )
+    )
 
 
-async def request(db: asyncpg.Pool, pool: ArqRedis, tenant_id: str, user_id: str, channel: Channel,
-                  to: str) -> Status:
+async def request(db: asyncpg.Pool, pool: ArqRedis, tenant_id: str, user_id: str, channel: Channel, to: str) -> Status:
     """A destination was saved: `verified` when it may be used already, else a code is on its way
     (unless one was sent within RESEND_SECONDS) and it is `pending`."""
     if await allowed(db, tenant_id, user_id, channel, to):
@@ -90,7 +98,11 @@ async def request(db: asyncpg.Pool, pool: ArqRedis, tenant_id: str, user_id: str
         ON CONFLICT (tenant_id, user_id, channel, destination) DO UPDATE SET tries = destination_verifications.tries
         RETURNING sent_at IS NULL OR sent_at < now() - make_interval(secs => $5)
         """,
-        tenant_id, user_id, channel, to, RESEND_SECONDS,
+        tenant_id,
+        user_id,
+        channel,
+        to,
+        RESEND_SECONDS,
     )
     if due:
         job = VerificationJob(tenant_id=tenant_id, user_id=user_id, channel=channel, destination=to)
@@ -108,13 +120,19 @@ async def issue(db: asyncpg.Pool, job: VerificationJob) -> str | None:
          WHERE tenant_id = $1 AND user_id = $2 AND channel = $3 AND destination = $4 AND verified_at IS NULL
         RETURNING 1
         """,
-        job.tenant_id, job.user_id, job.channel, job.destination, _digest(job, code), CODE_SECONDS,
+        job.tenant_id,
+        job.user_id,
+        job.channel,
+        job.destination,
+        _digest(job, code),
+        CODE_SECONDS,
     )
     return code if stored else None
 
 
-async def confirm(db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Channel, to: str | None,
-                  code: str) -> Confirmation:
+async def confirm(
+    db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Channel, to: str | None, code: str
+) -> Confirmation:
     """Check a code for the destination the user's override names now."""
     if to is None:
         return Confirmation(False, None, f"the {channel} override names no destination")
@@ -122,21 +140,36 @@ async def confirm(db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Chann
         row = await conn.fetchrow(
             "SELECT code_hash, expires_at < now() AS expired, tries, verified_at FROM destination_verifications"
             " WHERE tenant_id = $1 AND user_id = $2 AND channel = $3 AND destination = $4 FOR UPDATE",
-            tenant_id, user_id, channel, to)
+            tenant_id,
+            user_id,
+            channel,
+            to,
+        )
         if row is not None and row["verified_at"] is not None:
             return Confirmation(True, to)
         if row is None or row["code_hash"] is None:
             return Confirmation(False, to, f"no code was sent to {to} yet: save the override to send one")
         if row["expired"] or row["tries"] >= MAX_TRIES:
-            return Confirmation(False, to, "the code expired or was tried too often: save the override again"
-                                           " (PUT) for a new one")
+            return Confirmation(
+                False, to, "the code expired or was tried too often: save the override again (PUT) for a new one"
+            )
         job = VerificationJob(tenant_id=tenant_id, user_id=user_id, channel=channel, destination=to)
         if not hmac.compare_digest(row["code_hash"], _digest(job, code.strip())):
-            await conn.execute("UPDATE destination_verifications SET tries = tries + 1 WHERE tenant_id = $1"
-                               " AND user_id = $2 AND channel = $3 AND destination = $4",
-                               tenant_id, user_id, channel, to)
+            await conn.execute(
+                "UPDATE destination_verifications SET tries = tries + 1 WHERE tenant_id = $1"
+                " AND user_id = $2 AND channel = $3 AND destination = $4",
+                tenant_id,
+                user_id,
+                channel,
+                to,
+            )
             return Confirmation(False, to, f"wrong code: {MAX_TRIES - row['tries'] - 1} tries left")
-        await conn.execute("UPDATE destination_verifications SET verified_at = now(), code_hash = NULL"
-                           " WHERE tenant_id = $1 AND user_id = $2 AND channel = $3 AND destination = $4",
-                           tenant_id, user_id, channel, to)
+        await conn.execute(
+            "UPDATE destination_verifications SET verified_at = now(), code_hash = NULL"
+            " WHERE tenant_id = $1 AND user_id = $2 AND channel = $3 AND destination = $4",
+            tenant_id,
+            user_id,
+            channel,
+            to,
+        )
     return Confirmation(True, to)

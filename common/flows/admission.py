@@ -45,9 +45,18 @@ async def unfinished(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, ids:
     return {r["id"] for r in rows}
 
 
-async def admit(limits: Limits, db: asyncpg.Pool, tenant_id: str, user_id: str, integration: str, work_id: str, *,
-                lease_seconds: float | None = None, count_running: bool = True,
-                budgeted: bool = False) -> Refusal | None:
+async def admit(
+    limits: Limits,
+    db: asyncpg.Pool,
+    tenant_id: str,
+    user_id: str,
+    integration: str,
+    work_id: str,
+    *,
+    lease_seconds: float | None = None,
+    count_running: bool = True,
+    budgeted: bool = False,
+) -> Refusal | None:
     """Count one run or task against the limits (and, `budgeted`, the user's budgets); None when admitted.
 
     The limits live in the streams Redis. When it is unreachable the work is admitted uncounted
@@ -60,12 +69,23 @@ async def admit(limits: Limits, db: asyncpg.Pool, tenant_id: str, user_id: str, 
     async def seed(budget: Budget) -> None:
         await budgets.seed(limits.redis, db, budget)
 
-    spendable = budgets.budgets_for(limits.settings, await budgets.overrides(db, tenant_id, user_id), tenant_id,
-                                    user_id) if budgeted else []
+    spendable = (
+        budgets.budgets_for(limits.settings, await budgets.overrides(db, tenant_id, user_id), tenant_id, user_id)
+        if budgeted
+        else []
+    )
     try:
-        return await limits.admit_request(tenant_id, user_id, integration, work_id, still_active,
-                                          lease_seconds=lease_seconds, count_running=count_running,
-                                          budgets=spendable, seed=seed)
+        return await limits.admit_request(
+            tenant_id,
+            user_id,
+            integration,
+            work_id,
+            still_active,
+            lease_seconds=lease_seconds,
+            count_running=count_running,
+            budgets=spendable,
+            seed=seed,
+        )
     except REDIS_ERRORS as exc:
         log.warning("limits unavailable; admitted uncounted", extra={"work_id": work_id, "error": repr(exc)})
         return None

@@ -23,5 +23,6 @@ class RunJob(BaseModel):
 async def enqueue_run(pool: ArqRedis, feature: str, job: RunJob) -> bool:
     """True when queued now; False when this attempt's job already exists. Like requests, through
     `common.queue.enqueue.push`, which wakes an idle worker instead of leaving the run to its next poll."""
-    return await push(pool, queue_name(feature), PROCESS_FLOW_RUN, f"flow:{job.run_id}:{job.attempt}",
-                      (job.model_dump(),))
+    return await push(
+        pool, queue_name(feature), PROCESS_FLOW_RUN, f"flow:{job.run_id}:{job.attempt}", (job.model_dump(),)
+    )

@@ -104,7 +104,7 @@ def _cycle(deps: dict[str, list[str]], ordered: set[str]) -> list[str] | None:
         seen[node] = len(path)
         path.append(node)
         node = next(d for d in deps[node] if d not in ordered)
-    return [*path[seen[node]:], node]
+    return [*path[seen[node] :], node]
 
 
 def _upstream(deps: dict[str, list[str]], order: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -140,10 +140,14 @@ def _loose_tasks(raw: Any) -> list[FlowTask]:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         deps = item.get("depends_on") or []
-        loose.append(FlowTask.model_construct(
-            id=item["id"], type=str(item.get("type", "")),
-            depends_on=[d for d in deps if isinstance(d, str)] if isinstance(deps, list) else [],
-            input=item.get("input") if isinstance(item.get("input"), dict) else {}))
+        loose.append(
+            FlowTask.model_construct(
+                id=item["id"],
+                type=str(item.get("type", "")),
+                depends_on=[d for d in deps if isinstance(d, str)] if isinstance(deps, list) else [],
+                input=item.get("input") if isinstance(item.get("input"), dict) else {},
+            )
+        )
     return loose
 
 
@@ -193,8 +197,10 @@ def _cap_problems(raw: Any, caps: FlowCaps) -> list[str]:
     for i, item in enumerate(tasks):
         deps = item.get("depends_on") if isinstance(item, dict) else None
         if isinstance(deps, list) and len(deps) > caps.max_dependencies:
-            problems.append(f"tasks.{i}.depends_on: {len(deps)} dependencies; at most {caps.max_dependencies}"
-                            " are allowed (FLOW_MAX_DEPENDENCIES)")
+            problems.append(
+                f"tasks.{i}.depends_on: {len(deps)} dependencies; at most {caps.max_dependencies}"
+                " are allowed (FLOW_MAX_DEPENDENCIES)"
+            )
     return problems
 
 

@@ -86,8 +86,9 @@ class RetryLimitPolicy(FlowPolicy):
         tasks = []
         for task in flow.tasks:
             if task.retries > limit:
-                changes.append({"policy": self.name, "task_id": task.id, "field": "retries",
-                                "from": task.retries, "to": limit})
+                changes.append(
+                    {"policy": self.name, "task_id": task.id, "field": "retries", "from": task.retries, "to": limit}
+                )
                 task = task.model_copy(update={"retries": limit})
             tasks.append(task)
         return flow.model_copy(update={"tasks": tasks})

@@ -30,8 +30,10 @@ PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "PENDING", "RUNNING", "COMPLETE
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
 ACTIVE = (PENDING, RUNNING)
 
-DOC_COLUMNS = ("run_id, status, created_at, updated_at, tenant_id, flow_id, input_data, output_data, error_message,"
-               " version, correlation_id, user_id, flow_version, attempt")
+DOC_COLUMNS = (
+    "run_id, status, created_at, updated_at, tenant_id, flow_id, input_data, output_data, error_message,"
+    " version, correlation_id, user_id, flow_version, attempt"
+)
 
 # Write the cached document only when it is newer than what the cache holds.
 _CACHE_PUT = """
@@ -48,11 +50,20 @@ return 1
 def status_doc(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     """`GET /v1/runs/{id}` as the original contract names the fields."""
     return {
-        "run_id": row["run_id"], "status": row["status"], "created_at": row["created_at"],
-        "updated_at": row["updated_at"], "tenant_id": row["tenant_id"], "flow_id": row["flow_id"],
-        "flow_version": row["flow_version"], "user_id": row["user_id"], "correlation_id": row["correlation_id"],
-        "attempt": row["attempt"], "input": row["input_data"], "output": row["output_data"],
-        "error": row["error_message"], "version": row["version"],
+        "run_id": row["run_id"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "tenant_id": row["tenant_id"],
+        "flow_id": row["flow_id"],
+        "flow_version": row["flow_version"],
+        "user_id": row["user_id"],
+        "correlation_id": row["correlation_id"],
+        "attempt": row["attempt"],
+        "input": row["input_data"],
+        "output": row["output_data"],
+        "error": row["error_message"],
+        "version": row["version"],
     }
 
 
@@ -76,8 +87,7 @@ class RunStore:
     @classmethod
     def of(cls, owner: HasStores) -> RunStore:
         """The store of a gateway or a worker runtime."""
-        return cls(owner.db, owner.streams, owner.writer, owner.settings.stream_buckets,
-                   owner.settings.redis_cache_ttl)
+        return cls(owner.db, owner.streams, owner.writer, owner.settings.stream_buckets, owner.settings.redis_cache_ttl)
 
     def stream_key(self, run_id: str) -> str:
         return run_stream_key(run_id, self.buckets)
@@ -85,8 +95,10 @@ class RunStore:
     async def cache_put(self, row: asyncpg.Record | dict[str, Any]) -> None:
         doc = status_doc(row)
         script = self.redis.register_script(_CACHE_PUT)  # type: ignore[misc]
-        await script(keys=[run_cache_key(doc["run_id"], self.buckets)],
-                     args=[doc["version"], orjson.dumps(doc, default=str).decode(), self.cache_ttl])
+        await script(
+            keys=[run_cache_key(doc["run_id"], self.buckets)],
+            args=[doc["version"], orjson.dumps(doc, default=str).decode(), self.cache_ttl],
+        )
 
     async def cache_get(self, run_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(run_cache_key(run_id, self.buckets))
@@ -97,71 +109,112 @@ class RunStore:
         return doc
 
     async def load(self, run_id: str, tenant_id: str) -> asyncpg.Record | None:
-        return await self.db.fetchrow(f"SELECT {DOC_COLUMNS} FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2",
-                                      run_id, tenant_id)
+        return await self.db.fetchrow(
+            f"SELECT {DOC_COLUMNS} FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", run_id, tenant_id
+        )
 
     async def events(self, run_id: str, events: list[Event]) -> list[str]:
         return await self.writer.append_to(self.stream_key(run_id), events)
 
-    async def transition(self, run_id: str, tenant_id: str, to: str, *, where: str, args: tuple[Any, ...] = (),
-                         sets: str = "", detail: str | None = None) -> asyncpg.Record | None:
+    async def transition(
+        self,
+        run_id: str,
+        tenant_id: str,
+        to: str,
+        *,
+        where: str,
+        args: tuple[Any, ...] = (),
+        sets: str = "",
+        detail: str | None = None,
+    ) -> asyncpg.Record | None:
         """One conditional status change with its history row; the cache follows. None: not applied."""
         async with self.db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE flow_runs_audit SET status = $3, version = version + 1, updated_at = now(){sets}"
                 f" WHERE run_id = $1 AND tenant_id = $2 AND ({where}) RETURNING {DOC_COLUMNS}",
-                run_id, tenant_id, to, *args,
+                run_id,
+                tenant_id,
+                to,
+                *args,
             )
             if row is None:
                 return None
-            await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
-                               " VALUES ($1, $2, $3, $4)", run_id, tenant_id, to, detail)
+            await conn.execute(
+                "INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail) VALUES ($1, $2, $3, $4)",
+                run_id,
+                tenant_id,
+                to,
+                detail,
+            )
         await self.cache_after_change(row)
         return row
 
     async def cache_after_change(self, row: asyncpg.Record) -> None:
         """The change is committed: the cache must follow, so a Redis blip is retried for a while."""
         try:
-            async for attempt in AsyncRetrying(stop=stop_after_delay(CACHE_RETRY_SECONDS), wait=wait_fixed(0.2),
-                                               retry=retry_if_exception_type(RedisError), reraise=True):
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(CACHE_RETRY_SECONDS),
+                wait=wait_fixed(0.2),
+                retry=retry_if_exception_type(RedisError),
+                reraise=True,
+            ):
                 with attempt:
                     await self.cache_put(row)
         except RedisError as exc:
-            log.error("run status cache not updated; it may lag until it expires",
-                      extra={"run_id": row["run_id"], "error": repr(exc)})
+            log.error(
+                "run status cache not updated; it may lag until it expires",
+                extra={"run_id": row["run_id"], "error": repr(exc)},
+            )
 
     async def claim(self, run_id: str, tenant_id: str, attempt: int, lease_seconds: float) -> asyncpg.Record | None:
         return await self.transition(
-            run_id, tenant_id, RUNNING, where="status = 'PENDING' AND attempt = $4", args=(attempt, lease_seconds),
+            run_id,
+            tenant_id,
+            RUNNING,
+            where="status = 'PENDING' AND attempt = $4",
+            args=(attempt, lease_seconds),
             sets=", lease_expires_at = now() + make_interval(secs => $5), started_at = coalesce(started_at, now())",
             detail=f"attempt {attempt}",
         )
 
-    async def finish(self, run_id: str, tenant_id: str, attempt: int, status: str, *, output: Any = None,
-                     error: str | None = None) -> asyncpg.Record | None:
+    async def finish(
+        self, run_id: str, tenant_id: str, attempt: int, status: str, *, output: Any = None, error: str | None = None
+    ) -> asyncpg.Record | None:
         return await self.transition(
-            run_id, tenant_id, status, where="status = 'RUNNING' AND attempt = $4", args=(attempt, output, error),
+            run_id,
+            tenant_id,
+            status,
+            where="status = 'RUNNING' AND attempt = $4",
+            args=(attempt, output, error),
             sets=", output_data = $5::jsonb, error_message = $6, completed_at = now(), lease_expires_at = NULL",
             detail=error,
         )
 
     async def cancel_pending(self, run_id: str, tenant_id: str, reason: str) -> asyncpg.Record | None:
         return await self.transition(
-            run_id, tenant_id, CANCELLED, where="status = 'PENDING'", args=(reason,),
-            sets=", error_message = $4, completed_at = now()", detail=reason,
+            run_id,
+            tenant_id,
+            CANCELLED,
+            where="status = 'PENDING'",
+            args=(reason,),
+            sets=", error_message = $4, completed_at = now()",
+            detail=reason,
         )
 
     async def heartbeat(self, run_id: str, attempt: int, lease_seconds: float) -> bool:
         held = await self.db.fetchval(
             "UPDATE flow_runs_audit SET lease_expires_at = now() + make_interval(secs => $3)"
             " WHERE run_id = $1 AND attempt = $2 AND status = 'RUNNING' RETURNING 1",
-            run_id, attempt, lease_seconds,
+            run_id,
+            attempt,
+            lease_seconds,
         )
         return held is not None
 
     async def task_states(self, run_id: str, tenant_id: str) -> dict[str, asyncpg.Record]:
-        rows = await self.db.fetch("SELECT * FROM flow_run_tasks WHERE run_id = $1 AND tenant_id = $2",
-                                   run_id, tenant_id)
+        rows = await self.db.fetch(
+            "SELECT * FROM flow_run_tasks WHERE run_id = $1 AND tenant_id = $2", run_id, tenant_id
+        )
         return {r["task_id"]: r for r in rows}
 
     async def task_started(self, run_id: str, tenant_id: str, task_id: str, tries: int) -> None:
@@ -172,11 +225,15 @@ class RunStore:
                SET status = 'running', tries = excluded.tries, error = NULL, started_at = now()
              WHERE flow_run_tasks.status <> 'completed'
             """,
-            run_id, task_id, tenant_id, tries,
+            run_id,
+            task_id,
+            tenant_id,
+            tries,
         )
 
-    async def task_finished(self, run_id: str, tenant_id: str, attempt: int, task_id: str, status: str,
-                            output: Any, error: str | None) -> bool:
+    async def task_finished(
+        self, run_id: str, tenant_id: str, attempt: int, task_id: str, status: str, output: Any, error: str | None
+    ) -> bool:
         """Record a task's end, only while this attempt still owns the run."""
         done = await self.db.fetchval(
             """
@@ -186,7 +243,13 @@ class RunStore:
                AND r.attempt = $3 AND r.status = 'RUNNING'
             RETURNING 1
             """,
-            run_id, tenant_id, attempt, task_id, status, output, error,
+            run_id,
+            tenant_id,
+            attempt,
+            task_id,
+            status,
+            output,
+            error,
         )
         return done is not None
 
@@ -215,18 +278,27 @@ class RunStore:
                 """,
                 max_attempts,
             )
-            for row, detail in [*((r, "worker lost; requeued") for r in requeued),
-                                *((r, "worker lost too many times") for r in failed)]:
-                await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
-                                   " VALUES ($1, $2, $3, $4)", row["run_id"], row["tenant_id"], row["status"], detail)
+            for row, detail in [
+                *((r, "worker lost; requeued") for r in requeued),
+                *((r, "worker lost too many times") for r in failed),
+            ]:
+                await conn.execute(
+                    "INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail) VALUES ($1, $2, $3, $4)",
+                    row["run_id"],
+                    row["tenant_id"],
+                    row["status"],
+                    detail,
+                )
         for row in [*requeued, *failed]:
             await self.cache_after_change(row)
         return list(requeued), list(failed)
 
     async def stalled(self, older_than_seconds: float) -> list[asyncpg.Record]:
         """PENDING runs nobody picked up (the queue was down when they were created)."""
-        return list(await self.db.fetch(
-            "SELECT run_id, tenant_id, attempt, correlation_id, feature FROM flow_runs_audit"
-            " WHERE status = 'PENDING' AND updated_at < now() - make_interval(secs => $1) LIMIT 200",
-            older_than_seconds,
-        ))
+        return list(
+            await self.db.fetch(
+                "SELECT run_id, tenant_id, attempt, correlation_id, feature FROM flow_runs_audit"
+                " WHERE status = 'PENDING' AND updated_at < now() - make_interval(secs => $1) LIMIT 200",
+                older_than_seconds,
+            )
+        )

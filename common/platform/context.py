@@ -33,15 +33,21 @@ class Stores:
         await self.db.close()
 
 
-async def open_stores(settings: Settings, *, db_max_size: int, stream_connections: int, pool_name: str,
-                      **stream_options: Any) -> Stores:
+async def open_stores(
+    settings: Settings, *, db_max_size: int, stream_connections: int, pool_name: str, **stream_options: Any
+) -> Stores:
     """Connect to Postgres and the streams Redis (one server or a cluster) and load the agents."""
     agents = load_agents(settings.agents_file)
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=db_max_size, name=pool_name)
-    streams = connect_streams(settings.stream_redis_url, cluster=settings.stream_redis_cluster,
-                              max_connections=stream_connections, **stream_options)
-    writer = StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                          ttl_seconds=settings.stream_ttl_seconds)
+    streams = connect_streams(
+        settings.stream_redis_url,
+        cluster=settings.stream_redis_cluster,
+        max_connections=stream_connections,
+        **stream_options,
+    )
+    writer = StreamWriter(
+        streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen, ttl_seconds=settings.stream_ttl_seconds
+    )
     return Stores(settings, pool, streams, writer, agents)
 
 
@@ -51,10 +57,14 @@ def start_hub(settings: Settings, streams: StreamsRedis, *, readers: int) -> Hub
     if isinstance(streams, RedisCluster):
         connections = ClusterConnections(streams, client_name=HUB_READER_NAME)
     else:
-        connections = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url,
-                                                                client_name=HUB_READER_NAME))
-    hub = Hub(streams, connections, readers=None if settings.stream_redis_cluster else readers,
-              block_ms=settings.hub_block_ms, queue_size=settings.sse_client_queue,
-              heartbeat_seconds=settings.sse_heartbeat_seconds)
+        connections = ServerConnections(ConnectionPool.from_url(settings.stream_redis_url, client_name=HUB_READER_NAME))
+    hub = Hub(
+        streams,
+        connections,
+        readers=None if settings.stream_redis_cluster else readers,
+        block_ms=settings.hub_block_ms,
+        queue_size=settings.sse_client_queue,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+    )
     hub.start()
     return hub

@@ -81,8 +81,13 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
             audience=audience,
             issuer=issuer,
             # python-jose skips a missing `aud` unless it is required; `iss` is checked when set.
-            options={"require_exp": True, "require_sub": True, "verify_aud": audience is not None,
-                     "require_aud": audience is not None, "require_iss": issuer is not None},
+            options={
+                "require_exp": True,
+                "require_sub": True,
+                "verify_aud": audience is not None,
+                "require_aud": audience is not None,
+                "require_iss": issuer is not None,
+            },
         )
     except JWTError as exc:
         message = "token expired" if "expired" in str(exc).lower() else "invalid token"
@@ -95,8 +100,14 @@ def decode_jwt(token: str, settings: Settings) -> Principal:
     listed = raw if isinstance(raw, list) else []
     scopes = raw.split() if isinstance(raw, str) else [x for x in listed if isinstance(x, str)]
     kind: Literal["user", "tool"] = "tool" if claims.get("kind") == "tool" else "user"
-    return Principal(tenant_id=tenant, user_id=subject, kind=kind, scopes=frozenset(scopes), via="jwt",
-                     expires_at=float(claims["exp"]))
+    return Principal(
+        tenant_id=tenant,
+        user_id=subject,
+        kind=kind,
+        scopes=frozenset(scopes),
+        via="jwt",
+        expires_at=float(claims["exp"]),
+    )
 
 
 def mint_token(
@@ -142,7 +153,13 @@ async def create_api_key(
     await conn.execute(
         "INSERT INTO api_keys (key_id, key_hash, tenant_id, user_id, kind, scopes, name)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        key_id, hash_api_key(key), tenant_id, user_id, kind, scopes or [], name,
+        key_id,
+        hash_api_key(key),
+        tenant_id,
+        user_id,
+        kind,
+        scopes or [],
+        name,
     )
     return key_id, key
 
@@ -151,8 +168,13 @@ def well_formed_api_key(key: str) -> bool:
     """`rgk_<hex key id>_<43 url-safe chars>`: anything else is refused without a lookup."""
     prefix, _, rest = key.partition(API_KEY_PREFIX)
     key_id, _, secret = rest.partition("_")
-    return (not prefix and len(key_id) in (8, 2 * KEY_ID_BYTES) and all(c in "0123456789abcdef" for c in key_id)
-            and len(secret) == 43 and all(c.isascii() and (c.isalnum() or c in "-_") for c in secret))
+    return (
+        not prefix
+        and len(key_id) in (8, 2 * KEY_ID_BYTES)
+        and all(c in "0123456789abcdef" for c in key_id)
+        and len(secret) == 43
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in secret)
+    )
 
 
 async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str | None) -> list[dict[str, Any]]:
@@ -170,7 +192,8 @@ async def revoke_api_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str, t
     result: str = await conn.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
         " AND ($2::text IS NULL OR tenant_id = $2)",
-        key_id, tenant_id,
+        key_id,
+        tenant_id,
     )
     return result.endswith(" 1")
 

@@ -34,7 +34,11 @@ class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "main") -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
         connection_class=_PooledConnection,
     )
     assert pool is not None
@@ -87,8 +91,10 @@ async def migrate(dsn: str) -> list[str]:
                 if version in done:
                     continue
                 if done and version < max(done):
-                    raise RuntimeError(f"migration {version} sorts before the applied {max(done)}: number a new "
-                                       "migration after the last one, never between applied ones")
+                    raise RuntimeError(
+                        f"migration {version} sorts before the applied {max(done)}: number a new "
+                        "migration after the last one, never between applied ones"
+                    )
                 async with conn.transaction():
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
@@ -99,4 +105,3 @@ async def migrate(dsn: str) -> list[str]:
     finally:
         await conn.close()
     return applied
-

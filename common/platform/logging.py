@@ -23,10 +23,15 @@ _IDS = (("request_id", request_id), ("session_id", session_id), ("tenant_id", te
 
 def bind(*, request: str = "", session: str = "", tenant: str = "", correlation: str = "") -> None:
     """Put these ids on every later log line of the current task (the ones given non-empty)."""
-    for var, value in ((request_id, request), (session_id, session), (tenant_id, tenant),
-                       (correlation_id, correlation)):
+    for var, value in (
+        (request_id, request),
+        (session_id, session),
+        (tenant_id, tenant),
+        (correlation_id, correlation),
+    ):
         if value:
             var.set(value)
+
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -34,8 +39,7 @@ _RESERVED = set(vars(logging.makeLogRecord({})))
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -59,10 +63,15 @@ class TextFormatter(logging.Formatter):
     """`HH:MM:SS level logger: message key=value ...`: the JSON fields, for a person at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{key}={value}" for key, value in vars(record).items()
-                         if key not in _RESERVED and not key.startswith("_") and key != "color_message")
-        line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():7} "
-                f"{record.name}: {record.getMessage()}{' ' + extra if extra else ''}")
+        extra = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _RESERVED and not key.startswith("_") and key != "color_message"
+        )
+        line = (
+            f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():7} "
+            f"{record.name}: {record.getMessage()}{' ' + extra if extra else ''}"
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -15,31 +15,42 @@ JOBS_ENQUEUED = Counter("relaygate_jobs_enqueued_total", "Jobs added to a featur
 JOBS_STARTED = Counter("relaygate_jobs_started_total", "Job attempts a worker started", ["queue"])
 JOBS_SUCCEEDED = Counter("relaygate_jobs_succeeded_total", "Job attempts that completed the reply", ["queue"])
 JOBS_FAILED = Counter("relaygate_jobs_failed_total", "Job attempts that ended failed or raised", ["queue"])
-JOBS_RETRIED = Counter("relaygate_jobs_retried_total", "Attempts after the first (a lost or deferred run)",
-                       ["queue"])
-JOB_SECONDS = Histogram("relaygate_job_run_seconds", "Job attempt run time", ["queue", "status"],
-                        buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-QUEUE_DEPTH = Gauge("relaygate_queue_depth", "Jobs in a feature queue (waiting, deferred and running)",
-                    ["queue"])
-TOKENS_GENERATED = Counter("relaygate_tokens_generated_total", "Tokens (text chunks) the model produced",
-                           ["model"])
-USAGE_TOKENS = Counter("relaygate_usage_tokens_total", "Model tokens used, as providers report or relaygate "
-                       "estimates them", ["agent", "model", "direction"])
-USAGE_COST = Counter("relaygate_usage_cost_usd_total", "Model cost in USD (agents file prices, else litellm's map)",
-                     ["agent", "model"])
+JOBS_RETRIED = Counter("relaygate_jobs_retried_total", "Attempts after the first (a lost or deferred run)", ["queue"])
+JOB_SECONDS = Histogram(
+    "relaygate_job_run_seconds",
+    "Job attempt run time",
+    ["queue", "status"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+QUEUE_DEPTH = Gauge("relaygate_queue_depth", "Jobs in a feature queue (waiting, deferred and running)", ["queue"])
+TOKENS_GENERATED = Counter("relaygate_tokens_generated_total", "Tokens (text chunks) the model produced", ["model"])
+USAGE_TOKENS = Counter(
+    "relaygate_usage_tokens_total",
+    "Model tokens used, as providers report or relaygate estimates them",
+    ["agent", "model", "direction"],
+)
+USAGE_COST = Counter(
+    "relaygate_usage_cost_usd_total", "Model cost in USD (agents file prices, else litellm's map)", ["agent", "model"]
+)
 
 DELIVERIES = Counter("relaygate_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"])
 EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gateway sent to SSE clients")
-RELAY_LAG = Histogram("relaygate_relay_lag_seconds",
-                      "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
-                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+RELAY_LAG = Histogram(
+    "relaygate_relay_lag_seconds",
+    "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 # Per client protocol (langgraph, aisdk, openai): the requests its routes accepted (`via`: stream, background,
 # wait) and its reply streams, as they opened (`stage="opened"`, `kind`: new, join, resume) and ended
 # (`stage="ended"`, `kind`: completed, failed, cancelled, retried, drained, disconnected).
-PROTOCOL_REQUESTS = Counter("relaygate_protocol_requests_total", "Requests accepted through a client protocol's routes",
-                            ["protocol", "via"])
-PROTOCOL_STREAMS = Counter("relaygate_protocol_streams_total", "Reply streams of a client protocol, opened and ended",
-                           ["protocol", "stage", "kind"])
+PROTOCOL_REQUESTS = Counter(
+    "relaygate_protocol_requests_total", "Requests accepted through a client protocol's routes", ["protocol", "via"]
+)
+PROTOCOL_STREAMS = Counter(
+    "relaygate_protocol_streams_total",
+    "Reply streams of a client protocol, opened and ended",
+    ["protocol", "stage", "kind"],
+)
 
 _pools: dict[str, asyncpg.Pool] = {}
 
@@ -60,8 +71,9 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         size = GaugeMetricFamily("relaygate_db_pool_connections", "Open Postgres connections", labels=["pool"])
         idle = GaugeMetricFamily("relaygate_db_pool_idle_connections", "Idle Postgres connections", labels=["pool"])
-        in_use = GaugeMetricFamily("relaygate_db_pool_in_use_connections", "Postgres connections in use",
-                                   labels=["pool"])
+        in_use = GaugeMetricFamily(
+            "relaygate_db_pool_in_use_connections", "Postgres connections in use", labels=["pool"]
+        )
         for name, pool in list(_pools.items()):
             if pool.is_closing():
                 _pools.pop(name, None)

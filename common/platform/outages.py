@@ -18,7 +18,10 @@ T = TypeVar("T")
 # A connection refused, reset or timed out (OSError covers TimeoutError), a Postgres connection lost,
 # refused while starting, or shut down by an operator.
 POSTGRES_ERRORS: tuple[type[Exception], ...] = (
-    OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
 )
 # Redis down, loading or read-only, or a Cluster with a slot no node covers (not a RedisError).
@@ -32,18 +35,24 @@ def _log_wait(what: str) -> Callable[[RetryCallState], None]:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0
         level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
-        log.log(level, "store unavailable; waiting", extra={"step": what, "error": repr(error),
-                                                            "retry_in_s": round(wait, 2),
-                                                            "attempt": state.attempt_number})
+        log.log(
+            level,
+            "store unavailable; waiting",
+            extra={"step": what, "error": repr(error), "retry_in_s": round(wait, 2), "attempt": state.attempt_number},
+        )
+
     return before_sleep
 
 
 async def outlast(what: str, call: Callable[[], Awaitable[T]], *, max_wait: float = 5.0) -> T:
     """Run `call` until it succeeds, waiting with jittered exponential backoff (at most `max_wait`
     seconds) after each store error; other errors propagate at once."""
-    async for attempt in AsyncRetrying(retry=retry_if_exception_type(STORE_ERRORS),
-                                       wait=wait_exponential_jitter(initial=0.1, max=max_wait),
-                                       before_sleep=_log_wait(what), reraise=True):
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(STORE_ERRORS),
+        wait=wait_exponential_jitter(initial=0.1, max=max_wait),
+        before_sleep=_log_wait(what),
+        reraise=True,
+    ):
         with attempt:
             return await call()
     raise AssertionError("unreachable: AsyncRetrying without a stop retries until success")

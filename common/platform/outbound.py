@@ -39,10 +39,23 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 # Set by relaygate for every request, or hop-by-hop (RFC 9110 §7.6.1): a caller's own value is dropped.
-DROPPED_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "upgrade",
-    "te", "trailer", "expect", "proxy-authorization", "proxy-authenticate", "accept-encoding",
-})
+DROPPED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "accept-encoding",
+    }
+)
 
 
 class OutboundError(Exception):
@@ -151,11 +164,17 @@ def address_problem(ip: Address) -> str | None:
     inner = _embedded_v4(ip)
     if inner is not None:
         return address_problem(inner)
-    checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-              ("multicast", ip.is_multicast), ("shared (CGNAT)", ip in _CGNAT), ("reserved", ip.is_reserved),
-              ("private", ip.is_private),
-              ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
-              ("non-public", not ip.is_global))
+    checks = (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("shared (CGNAT)", ip in _CGNAT),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
+        ("non-public", not ip.is_global),
+    )
     return next((name for name, hit in checks if hit), None)
 
 
@@ -219,8 +238,10 @@ async def check(url: str, rules: Policy, resolve: Resolver = system_resolve) -> 
         problem = None if _allowed(ip, rules.networks) else address_problem(ip)
         if problem is not None:
             verb = "is" if numeric is not None else "resolves to"
-            raise Refused(f"{host} {verb} a {problem} address; relaygate only calls public addresses "
-                          "(an operator may allow this host with OUTBOUND_ALLOW_HOSTS)")
+            raise Refused(
+                f"{host} {verb} a {problem} address; relaygate only calls public addresses "
+                "(an operator may allow this host with OUTBOUND_ALLOW_HOSTS)"
+            )
     return Target(parsed, numeric or host, port, tuple(addresses), literal=numeric is not None)
 
 
@@ -248,9 +269,17 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-async def request(method: str, url: str, rules: Policy, *, headers: Mapping[str, str] | None = None,
-                  json: Any = None, content: str | bytes | None = None, seconds: float | None = None,
-                  resolve: Resolver = system_resolve) -> Answer:
+async def request(
+    method: str,
+    url: str,
+    rules: Policy,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    content: str | bytes | None = None,
+    seconds: float | None = None,
+    resolve: Resolver = system_resolve,
+) -> Answer:
     """Check url, then send one request to a checked address and read the answer up to the caps.
 
     Raises Refused (the URL is not allowed) or Unreachable (anything between resolving and the last
@@ -266,18 +295,32 @@ async def request(method: str, url: str, rules: Policy, *, headers: Mapping[str,
         raise Unreachable(f"could not reach {target.host}") from None
 
 
-async def _exchange(method: str, target: Target, rules: Policy, headers: dict[str, str], json: Any,
-                    content: str | bytes | None, seconds: float) -> Answer:
+async def _exchange(
+    method: str,
+    target: Target,
+    rules: Policy,
+    headers: dict[str, str],
+    json: Any,
+    content: str | bytes | None,
+    seconds: float,
+) -> Answer:
     extensions = {} if target.literal or target.url.scheme != "https" else {"sni_hostname": target.host}
     failure: Exception | None = None
     async with httpx.AsyncClient(verify=_tls(), trust_env=False, follow_redirects=False, timeout=seconds) as client:
         for address in target.addresses:
             try:
-                async with client.stream(method, target.url.copy_with(host=address), headers=headers, json=json,
-                                         content=content, extensions=extensions) as response:
+                async with client.stream(
+                    method,
+                    target.url.copy_with(host=address),
+                    headers=headers,
+                    json=json,
+                    content=content,
+                    extensions=extensions,
+                ) as response:
                     body, truncated = await _read(response, rules.max_response_bytes)
-                    return Answer(response.status_code, response.headers, body, truncated,
-                                  response.charset_encoding or "utf-8")
+                    return Answer(
+                        response.status_code, response.headers, body, truncated, response.charset_encoding or "utf-8"
+                    )
             except httpx.ConnectError as exc:
                 failure = exc  # nothing was sent: the next address may answer
             except httpx.HTTPError as exc:

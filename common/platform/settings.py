@@ -126,8 +126,10 @@ class Settings(BaseSettings):
     # Flow runs.
     redis_cache_ttl: int = 300
     flow_feature: str = "default"
-    flow_policies: str = ("common.flows.policies:TenantIsolationPolicy,common.flows.policies:RetryLimitPolicy,"
-                          "common.flows.policies:TimeoutLimitPolicy")
+    flow_policies: str = (
+        "common.flows.policies:TenantIsolationPolicy,common.flows.policies:RetryLimitPolicy,"
+        "common.flows.policies:TimeoutLimitPolicy"
+    )
     flow_max_retries: int = 10
     flow_max_timeout_seconds: int = 7200
     flow_retry_limit_action: str = "clamp"
@@ -199,8 +201,10 @@ class Settings(BaseSettings):
     def _slack_bound(self) -> Settings:
         """The settings' bot token serves exactly one workspace: without its id it would answer any."""
         if self.slack_bot_token.get_secret_value() and not self.slack_team_id:
-            raise ValueError("SLACK_BOT_TOKEN needs SLACK_TEAM_ID, the id (T…) of the workspace the token belongs to:"
-                             " relaygate answers only that workspace with it (more workspaces: slack_installations)")
+            raise ValueError(
+                "SLACK_BOT_TOKEN needs SLACK_TEAM_ID, the id (T…) of the workspace the token belongs to:"
+                " relaygate answers only that workspace with it (more workspaces: slack_installations)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -218,8 +222,9 @@ class Settings(BaseSettings):
 
     def outbound_policy(self) -> outbound.Policy:
         """The outbound guard's policy of these settings."""
-        return outbound.policy(self.outbound_allow_hosts, self.outbound_max_response_bytes,
-                               self.outbound_timeout_seconds)
+        return outbound.policy(
+            self.outbound_allow_hosts, self.outbound_max_response_bytes, self.outbound_timeout_seconds
+        )
 
     def cors_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]

@@ -63,15 +63,16 @@ class EventSink:
                 response = await client.post(self.url, headers=message.headers, content=message.body)
                 if response.status_code < 500 and response.status_code != 429:
                     if response.status_code >= 400:
-                        log.warning("event sink refused an event", extra={"status": response.status_code,
-                                                                         "type": event.get_type()})
+                        log.warning(
+                            "event sink refused an event",
+                            extra={"status": response.status_code, "type": event.get_type()},
+                        )
                     return
             except httpx.HTTPError as exc:
                 log.info("event sink unreachable", extra={"attempt": attempt, "error": type(exc).__name__})
             if attempt < self.retries:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-        log.warning("event sink delivery failed; event dropped", extra={"type": event.get_type(),
-                                                                       "id": event.get_id()})
+        log.warning("event sink delivery failed; event dropped", extra={"type": event.get_type(), "id": event.get_id()})
 
     async def drain(self) -> None:
         """Wait until everything queued was sent or given up (tests, shutdown)."""
@@ -86,8 +87,9 @@ def current() -> EventSink | None:
     global _sink, _configured
     if not _configured:
         settings = get_settings()
-        _sink = EventSink(settings.event_sink_url, retries=settings.event_sink_retries) \
-            if settings.event_sink_url else None
+        _sink = (
+            EventSink(settings.event_sink_url, retries=settings.event_sink_retries) if settings.event_sink_url else None
+        )
         _configured = True
     return _sink
 
@@ -106,8 +108,13 @@ def emit(kind: str, subject: str, data: dict[str, Any], *, tenant_id: str, corre
     if sink is None:
         return
     try:
-        attributes = {"type": f"com.relaygate.{kind}", "source": f"/{SOURCE}/{tenant_id}", "subject": subject,
-                      "datacontenttype": "application/json", "tenantid": tenant_id}
+        attributes = {
+            "type": f"com.relaygate.{kind}",
+            "source": f"/{SOURCE}/{tenant_id}",
+            "subject": subject,
+            "datacontenttype": "application/json",
+            "tenantid": tenant_id,
+        }
         if correlation_id:
             attributes["correlationid"] = correlation_id
         sink.put(CloudEvent(attributes, data))

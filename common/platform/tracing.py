@@ -60,8 +60,13 @@ def extract(carrier: dict[str, str]) -> Context:
 
 
 @contextmanager
-def span(name: str, *, parent: dict[str, str] | None = None, kind: SpanKind = SpanKind.INTERNAL,
-         attributes: Mapping[str, str | int | float | bool] | None = None) -> Iterator[Span]:
+def span(
+    name: str,
+    *,
+    parent: dict[str, str] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> Iterator[Span]:
     """A span under the current one, or under the propagated `parent` context."""
     context = extract(parent) if parent else None
     with tracer().start_as_current_span(name, context=context, kind=kind, attributes=attributes) as current:
@@ -87,8 +92,9 @@ class TracingMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        with tracer().start_as_current_span(f"HTTP {scope['method']}", context=extract(headers),
-                                            kind=SpanKind.SERVER) as current:
+        with tracer().start_as_current_span(
+            f"HTTP {scope['method']}", context=extract(headers), kind=SpanKind.SERVER
+        ) as current:
             try:
                 await self.app(scope, receive, send_status)
             finally:

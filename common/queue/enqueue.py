@@ -46,8 +46,9 @@ async def connect(url: str) -> ArqRedis:
     return await create_pool(RedisSettings.from_dsn(url), default_queue_name=queue_name("default"))
 
 
-async def push(pool: ArqRedis, queue: str, function: str, jid: str, args: tuple[Any, ...], *,
-               defer_seconds: float = 0) -> bool:
+async def push(
+    pool: ArqRedis, queue: str, function: str, jid: str, args: tuple[Any, ...], *, defer_seconds: float = 0
+) -> bool:
     """Queue `function(*args)` as job `jid` on any relaygate queue and wake an idle worker of it.
 
     False when a job with this id already exists (queued, running or done).
@@ -56,21 +57,28 @@ async def push(pool: ArqRedis, queue: str, function: str, jid: str, args: tuple[
     defer_ms = int(defer_seconds * 1000)
     job = serialize_job(function, args, {}, None, now, serializer=pool.job_serializer)
     script = pool.register_script(_ENQUEUE)
-    queued = await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue),
-                                in_progress_key_prefix + jid],
-                          args=[pool.expires_extra_ms + defer_ms, job, now + defer_ms, jid])
+    queued = await script(
+        keys=[
+            job_key_prefix + jid,
+            result_key_prefix + jid,
+            queue,
+            queue_wake_key(queue),
+            in_progress_key_prefix + jid,
+        ],
+        args=[pool.expires_extra_ms + defer_ms, job, now + defer_ms, jid],
+    )
     return bool(queued)
 
 
 async def enqueue(pool: ArqRedis, feature: str, payload: JobPayload) -> bool:
     """Queue a request's attempt on its feature's queue; False when that attempt is already queued or done."""
     queue = queue_name(feature)
-    with tracing.span(f"enqueue {queue}", kind=SpanKind.PRODUCER,
-                      attributes={"messaging.destination.name": queue}):
+    with tracing.span(f"enqueue {queue}", kind=SpanKind.PRODUCER, attributes={"messaging.destination.name": queue}):
         if not payload.trace_context and (context := tracing.inject()):
             payload = payload.model_copy(update={"trace_context": context})
-        queued = await push(pool, queue, PROCESS_REQUEST, job_id(payload.request_id, payload.attempt),
-                            (payload.model_dump(),))
+        queued = await push(
+            pool, queue, PROCESS_REQUEST, job_id(payload.request_id, payload.attempt), (payload.model_dump(),)
+        )
         if queued:
             metrics.JOBS_ENQUEUED.labels(queue).inc()
     return queued

@@ -43,9 +43,17 @@ BACKLOG_RECHECK_SECONDS = 0.02
 
 
 class RelayWorker(Worker):
-    def __init__(self, *args: Any, max_lag_ms: float, admit_batch: int, on_drain: Callable[[], None],
-                 in_progress_seconds: float, on_lag: Callable[[float], None] | None = None,
-                 warm: Callable[[], bool] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_lag_ms: float,
+        admit_batch: int,
+        on_drain: Callable[[], None],
+        in_progress_seconds: float,
+        on_lag: Callable[[float], None] | None = None,
+        warm: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.warm = warm
         self.in_progress_timeout_s = in_progress_seconds
@@ -60,15 +68,24 @@ class RelayWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await outlast("queue connect", lambda: create_pool(
-                self.redis_settings, job_deserializer=self.job_deserializer, job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms,
-            ))
+            self._pool = await outlast(
+                "queue connect",
+                lambda: create_pool(
+                    self.redis_settings,
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                ),
+            )
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await outlast("startup", lambda: self.on_startup(self.ctx))  # type: ignore[misc]
-        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._probe_lag()),
-                   asyncio.create_task(self._hold_in_progress())]
+        helpers = [
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._probe_lag()),
+            asyncio.create_task(self._hold_in_progress()),
+        ]
         try:
             while True:
                 await outlast("queue poll", self._poll_iteration)
@@ -83,8 +100,9 @@ class RelayWorker(Worker):
         ended) is logged, not raised into this loop: its in-progress key lapses and it runs again."""
         if self.job_counter < self.max_jobs:
             newest = timestamp_ms() - (0 if self.warm is None or self.warm() else int(COLD_JOB_AGE_SECONDS * 1000))
-            job_ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), start=self._queue_read_offset,
-                                                    num=self.queue_read_limit, max=newest)
+            job_ids = await self.pool.zrangebyscore(
+                self.queue_name, min=float("-inf"), start=self._queue_read_offset, num=self.queue_read_limit, max=newest
+            )
             await self.start_jobs(job_ids)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
@@ -92,8 +110,10 @@ class RelayWorker(Worker):
             if task.done():
                 del self.tasks[job_id]
                 if not task.cancelled() and (error := task.exception()) is not None:
-                    log.warning("job bookkeeping failed; it runs again after its in-progress key lapses",
-                                extra={"job_id": job_id, "error": repr(error)})
+                    log.warning(
+                        "job bookkeeping failed; it runs again after its in-progress key lapses",
+                        extra={"job_id": job_id, "error": repr(error)},
+                    )
         await self.heart_beat()
 
     async def _hold_in_progress(self) -> None:

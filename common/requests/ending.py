@@ -56,19 +56,33 @@ def closing_events(
     else:
         body = [("run.failed", {"error": error})]
     body.append(("done", {"request_id": request_id, "status": status}))
-    return [Event(type=kind, request_id=request_id, attempt=attempt, seq=seq + n if seq else 0,  # type: ignore[arg-type]
-                  data=data) for n, (kind, data) in enumerate(body)]
+    return [
+        Event(
+            type=kind,  # type: ignore[arg-type]
+            request_id=request_id,
+            attempt=attempt,
+            seq=seq + n if seq else 0,
+            data=data,
+        )
+        for n, (kind, data) in enumerate(body)
+    ]
 
 
 def closing_for_row(row: Mapping[str, Any]) -> list[Event]:
     """The closing events of a terminal row (its lifecycle.ENDED columns)."""
-    return closing_events(row["request_id"], row["attempt"], row["status"], reply=row["response_content"],
-                          error=row["error"], agent_id=row["agent_id"],
-                          processing_time_ms=row["processing_time_ms"], usage=of_row(row))
+    return closing_events(
+        row["request_id"],
+        row["attempt"],
+        row["status"],
+        reply=row["response_content"],
+        error=row["error"],
+        agent_id=row["agent_id"],
+        processing_time_ms=row["processing_time_ms"],
+        usage=of_row(row),
+    )
 
 
-async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[str, Any]]
-                ) -> list[Mapping[str, Any]]:
+async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Write the closing events of terminal rows, then clear their `done_pending`; returns the rows
     closed. A row whose write fails is logged and left flagged for the ending sweep; the rest go on."""
     closed = []
@@ -77,8 +91,10 @@ async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[s
             await writer.end(row["session_id"], closing_for_row(row))
             closed.append(row)
         except Exception as exc:
-            log.warning("writing a request's ending failed; the ending sweep retries it",
-                        extra={"request_id": row["request_id"], "error": repr(exc)})
+            log.warning(
+                "writing a request's ending failed; the ending sweep retries it",
+                extra={"request_id": row["request_id"], "error": repr(exc)},
+            )
     if closed:
         await lifecycle.mark_ended(db, [row["request_id"] for row in closed])
     return closed

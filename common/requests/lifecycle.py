@@ -21,14 +21,18 @@ from common.requests.models import JobPayload
 from common.usage.models import Usage, of_row
 
 # What common.requests.ending needs of a terminal row to write its closing events.
-ENDED = ("request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
-         "processing_time_ms, input_tokens, output_tokens, cost_usd, usage_estimated")
+ENDED = (
+    "request_id::text, session_id::text, attempt, status, response_content, error, agent_id, "
+    "processing_time_ms, input_tokens, output_tokens, cost_usd, usage_estimated"
+)
 
 # Ends an attempt no worker finished (lost, or past the deadline): what its heartbeat last stored counts, estimated.
-_ADD_LOST_ATTEMPT = ("input_tokens = input_tokens + attempt_input_tokens, output_tokens = output_tokens"
-                     " + attempt_output_tokens, cost_usd = cost_usd + attempt_cost_usd, usage_estimated ="
-                     " usage_estimated OR attempt_input_tokens + attempt_output_tokens > 0, attempt_input_tokens = 0,"
-                     " attempt_output_tokens = 0, attempt_cost_usd = 0")
+_ADD_LOST_ATTEMPT = (
+    "input_tokens = input_tokens + attempt_input_tokens, output_tokens = output_tokens"
+    " + attempt_output_tokens, cost_usd = cost_usd + attempt_cost_usd, usage_estimated ="
+    " usage_estimated OR attempt_input_tokens + attempt_output_tokens > 0, attempt_input_tokens = 0,"
+    " attempt_output_tokens = 0, attempt_cost_usd = 0"
+)
 # A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
 _DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
 
@@ -92,7 +96,10 @@ async def claim_many(
            AND r.request_id IN (SELECT request_id FROM heads)
         RETURNING r.*
         """,
-        [p.request_id for p in payloads], [p.attempt for p in payloads], sessions, lease_seconds,
+        [p.request_id for p in payloads],
+        [p.attempt for p in payloads],
+        sessions,
+        lease_seconds,
     )
     return {str(row["request_id"]): row for row in rows}
 
@@ -128,8 +135,17 @@ async def finish(
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
             RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
             """,
-            payload.request_id, payload.attempt, status, response, error, agent_id, metadata or {},
-            usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.estimated,
+            payload.request_id,
+            payload.attempt,
+            status,
+            response,
+            error,
+            agent_id,
+            metadata or {},
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_usd,
+            usage.estimated,
         )
         if row is None:
             return None, None
@@ -139,7 +155,8 @@ async def finish(
                SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
              WHERE session_id = $1
             """,
-            payload.session_id, agent_id,
+            payload.session_id,
+            agent_id,
         )
         return (of_row(row), row["user_id"]), await next_in_session(conn, payload.session_id)
 
@@ -150,7 +167,9 @@ async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> tuple[
     row = await db.fetchrow(
         "SELECT input_tokens, output_tokens, cost_usd, usage_estimated, user_id FROM request_logs"
         " WHERE request_id = $1 AND attempt = $2 AND status = $3",
-        payload.request_id, payload.attempt, status,
+        payload.request_id,
+        payload.attempt,
+        status,
     )
     return (of_row(row), row["user_id"]) if row is not None else None
 
@@ -166,7 +185,8 @@ async def cancel_queued(
          WHERE request_id = ANY($1::uuid[]) AND status IN ('queued', 'waiting')
         RETURNING {ENDED}
         """,
-        request_ids, reason,
+        request_ids,
+        reason,
     )
     return list(rows), await next_in_session(conn, session_id)
 
@@ -199,14 +219,20 @@ async def heartbeat(
          WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
         RETURNING r.request_id::text
         """,
-        ids, attempts, partials, stream_ids, lease_seconds, [u.input_tokens for u in used],
-        [u.output_tokens for u in used], [u.cost_usd for u in used], models,
+        ids,
+        attempts,
+        partials,
+        stream_ids,
+        lease_seconds,
+        [u.input_tokens for u in used],
+        [u.output_tokens for u in used],
+        [u.cost_usd for u in used],
+        models,
     )
     return {r["request_id"] for r in rows}
 
 
-async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = None
-                  ) -> tuple[str, JobPayload] | None:
+async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = None) -> tuple[str, JobPayload] | None:
     """Give a running attempt back to the queue as the next attempt (its worker is stopping), adding
     what it used to the request's usage.
 
@@ -221,19 +247,23 @@ async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = N
          WHERE request_id = $1 AND attempt = $2 AND status = 'running'
         RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
         """,
-        payload.request_id, payload.attempt, usage.input_tokens, usage.output_tokens, usage.cost_usd,
+        payload.request_id,
+        payload.attempt,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cost_usd,
         usage.estimated,
     )
     return job_for(row) if row is not None else None
 
 
-async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None
-               ) -> bool:
+async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None) -> bool:
     """A running attempt waits for an approval with no worker, adding what it used to the request's usage:
     False when it no longer holds the request."""
     usage = usage or Usage()
-    return bool(await db.fetchval(
-        f"""
+    return bool(
+        await db.fetchval(
+            f"""
         UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
                deadline_at = now() + make_interval(secs => $3), input_tokens = input_tokens + $4,
                output_tokens = output_tokens + $5, cost_usd = cost_usd + $6,
@@ -241,9 +271,15 @@ async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float,
          WHERE request_id = $1 AND attempt = $2 AND status = 'running'
         RETURNING 1
         """,
-        payload.request_id, payload.attempt, expires_in_seconds, usage.input_tokens, usage.output_tokens,
-        usage.cost_usd, usage.estimated,
-    ))
+            payload.request_id,
+            payload.attempt,
+            expires_in_seconds,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_usd,
+            usage.estimated,
+        )
+    )
 
 
 async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: float) -> tuple[str, JobPayload] | None:
@@ -256,7 +292,8 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
            AND NOT EXISTS (SELECT 1 FROM tool_steps WHERE request_id = $1 AND status = 'awaiting')
         RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
         """,
-        request_id, timeout_seconds,
+        request_id,
+        timeout_seconds,
     )
     return job_for(row) if row is not None else None
 
@@ -330,15 +367,17 @@ async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> 
 
 async def expire_sessions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """End idle sessions past their expiry; returns their (session_id, tenant_id)."""
-    return list(await conn.fetch(
-        """
+    return list(
+        await conn.fetch(
+            """
         UPDATE request_sessions s SET status = 'expired', updated_at = now()
          WHERE s.status = 'active' AND s.expires_at < now()
            AND NOT EXISTS (SELECT 1 FROM request_logs r
                             WHERE r.session_id = s.session_id AND r.status IN ('queued', 'running', 'waiting'))
         RETURNING session_id::text, tenant_id
         """
-    ))
+        )
+    )
 
 
 async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] | None:
@@ -350,17 +389,21 @@ async def advance(db: asyncpg.Pool, session_id: str) -> tuple[str, JobPayload] |
 
 async def mark_ended(db: asyncpg.Pool | asyncpg.Connection, request_ids: list[str]) -> None:
     """The closing events of these requests are on their streams (and what follows is queued)."""
-    await db.execute("UPDATE request_logs SET done_pending = false WHERE request_id = ANY($1::uuid[]) AND done_pending",
-                     request_ids)
+    await db.execute(
+        "UPDATE request_logs SET done_pending = false WHERE request_id = ANY($1::uuid[]) AND done_pending", request_ids
+    )
 
 
 async def unended(db: asyncpg.Pool, older_than_seconds: float, limit: int = 200) -> list[asyncpg.Record]:
     """Terminal rows whose closing events were not confirmed for a while (their writer died)."""
-    return list(await db.fetch(
-        f"""
+    return list(
+        await db.fetch(
+            f"""
         SELECT {ENDED} FROM request_logs
          WHERE done_pending AND completed_at < now() - make_interval(secs => $1)
          ORDER BY completed_at LIMIT $2
         """,
-        older_than_seconds, limit,
-    ))
+            older_than_seconds,
+            limit,
+        )
+    )

@@ -137,15 +137,28 @@ class Limits:
 
     def _rates(self, tenant_id: str, user_id: str, integration: str) -> list[tuple[str, str, int]]:
         s = self.settings
-        wanted = [("user_requests_per_minute", rate_key(tenant_id, "user", user_id), s.rate_limit_user_per_minute),
-                  ("tenant_requests_per_minute", rate_key(tenant_id, "tenant", ""), s.rate_limit_tenant_per_minute),
-                  ("integration_requests_per_minute", rate_key(tenant_id, "integration", integration),
-                   s.rate_limit_integration_per_minute)]
+        wanted = [
+            ("user_requests_per_minute", rate_key(tenant_id, "user", user_id), s.rate_limit_user_per_minute),
+            ("tenant_requests_per_minute", rate_key(tenant_id, "tenant", ""), s.rate_limit_tenant_per_minute),
+            (
+                "integration_requests_per_minute",
+                rate_key(tenant_id, "integration", integration),
+                s.rate_limit_integration_per_minute,
+            ),
+        ]
         return [(name, key, limit) for name, key, limit in wanted if limit > 0]
 
     async def admit_request(
-        self, tenant_id: str, user_id: str, integration: str, request_id: str, still_active: StillActive, *,
-        lease_seconds: float | None = None, count_running: bool = True, budgets: Sequence[Budget] = (),
+        self,
+        tenant_id: str,
+        user_id: str,
+        integration: str,
+        request_id: str,
+        still_active: StillActive,
+        *,
+        lease_seconds: float | None = None,
+        count_running: bool = True,
+        budgets: Sequence[Budget] = (),
         seed: Seed | None = None,
     ) -> Refusal | None:
         """Check the budgets, then count a new request against the rates and the user's unfinished requests.
@@ -161,9 +174,15 @@ class Limits:
         keys = [b.key for b in spendable] + [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
         cap = self.settings.max_running_requests_per_user if count_running else 0
         lease = lease_seconds if lease_seconds is not None else self.settings.request_timeout_seconds
-        args: list[Any] = [len(spendable), *(x for b in spendable for x in (b.tokens, repr(b.cost_usd))),
-                           len(rates), *(WINDOW_MS // limit or 1 for _, _, limit in rates), cap, request_id,
-                           int(lease * 1000)]
+        args: list[Any] = [
+            len(spendable),
+            *(x for b in spendable for x in (b.tokens, repr(b.cost_usd))),
+            len(rates),
+            *(WINDOW_MS // limit or 1 for _, _, limit in rates),
+            cap,
+            request_id,
+            int(lease * 1000),
+        ]
         reconciled, seeded = False, 0
         while True:
             result = await self._admit(keys=keys, args=args)
@@ -175,12 +194,14 @@ class Limits:
                 await seed(spendable[int(result[1]) - 1])
                 continue
             if code < 0:
-                return _over_budget(spendable[int(result[1]) - 1], int(result[2]), result[3]) if code == -2 \
+                return (
+                    _over_budget(spendable[int(result[1]) - 1], int(result[2]), result[3])
+                    if code == -2
                     else _refused("budget", "budget: usage could not be counted; retry", 1000)
+                )
             if code <= len(rates):
                 name, _, limit = rates[code - 1]
-                return _refused(name, f"{name}: more than {limit} requests a minute",
-                                int(result[1]))
+                return _refused(name, f"{name}: more than {limit} requests a minute", int(result[1]))
             members = [m.decode() if isinstance(m, bytes) else str(m) for m in result[2:]]
             if not reconciled:
                 reconciled = True
@@ -189,8 +210,9 @@ class Limits:
                     await self.redis.zrem(keys[-1], *finished)
                     continue
             break
-        return _refused("running_requests_per_user",
-                        f"running_requests_per_user: {cap} requests are still queued or running", 1000)
+        return _refused(
+            "running_requests_per_user", f"running_requests_per_user: {cap} requests are still queued or running", 1000
+        )
 
     async def release_request(self, tenant_id: str, user_id: str, request_id: str) -> None:
         """A request counted by `admit_request` was not stored after all."""
@@ -201,10 +223,11 @@ class Limits:
 def _over_budget(budget: Budget, kind: int, used: Any) -> Refusal:
     """429 until the budget's period resets."""
     spent = float(used.decode() if isinstance(used, bytes) else used)
-    what = (f"{int(spent)} of {budget.tokens} tokens" if kind == 0
-            else f"{spent:.4f} of {budget.cost_usd:g} USD")
-    detail = (f"budget: {budget.scope} {'tokens' if kind == 0 else 'cost'} per {budget.period}: {what} used;"
-              f" resets at {budget.resets_at.isoformat().replace('+00:00', 'Z')}")
+    what = f"{int(spent)} of {budget.tokens} tokens" if kind == 0 else f"{spent:.4f} of {budget.cost_usd:g} USD"
+    detail = (
+        f"budget: {budget.scope} {'tokens' if kind == 0 else 'cost'} per {budget.period}: {what} used;"
+        f" resets at {budget.resets_at.isoformat().replace('+00:00', 'Z')}"
+    )
     return _refused("budget", detail, budget.seconds_left() * 1000)
 
 
@@ -230,21 +253,27 @@ class StreamSlots:
         """(slot id, None) when the stream may open, else (None, why not). Touches Redis before the 200."""
         s = self.limits.settings
         if 0 < s.max_streams_per_process <= len(self._open):
-            return None, _refused("streams_per_process", "streams_per_process: this gateway holds "
-                                  f"{s.max_streams_per_process} streams; retry (another replica may take it)", 1000)
+            return None, _refused(
+                "streams_per_process",
+                "streams_per_process: this gateway holds "
+                f"{s.max_streams_per_process} streams; retry (another replica may take it)",
+                1000,
+            )
         slot = uuid.uuid4().hex
         self._open[slot] = (tenant_id, user_id)
         try:
             admitted = await self.limits._open_stream(
                 keys=[open_streams_key(tenant_id, user_id)],
-                args=[s.max_streams_per_user, slot, int(self.lease_seconds * 1000)])
+                args=[s.max_streams_per_user, slot, int(self.lease_seconds * 1000)],
+            )
         except BaseException:
             self._open.pop(slot, None)
             raise
         if not admitted:
             self._open.pop(slot, None)
-            return None, _refused("streams_per_user",
-                                  f"streams_per_user: {s.max_streams_per_user} streams are already open", 1000)
+            return None, _refused(
+                "streams_per_user", f"streams_per_user: {s.max_streams_per_user} streams are already open", 1000
+            )
         return slot, None
 
     def release(self, slot: str) -> None:

@@ -67,8 +67,11 @@ def model_options(metadata: dict[str, Any]) -> dict[str, Any]:
         options["max_tokens"] = max_tokens
     offline = metadata.get("offline")
     if isinstance(offline, dict):
-        tuned = {k: v for k, v in offline.items()
-                 if k in ("tokens", "tokens_per_second") and isinstance(v, int | float) and not isinstance(v, bool)}
+        tuned = {
+            k: v
+            for k, v in offline.items()
+            if k in ("tokens", "tokens_per_second") and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if tuned:
             options["offline"] = tuned
     return options

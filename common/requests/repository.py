@@ -28,17 +28,23 @@ _INSERT = """
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14), $16))
 """
 # The session row goes with the request row, in one statement either way.
-_INTO_SESSION = _INSERT + """
+_INTO_SESSION = (
+    _INSERT
+    + """
     UPDATE request_sessions
        SET last_request_id = $1, last_request_at = now(), updated_at = now(),
            total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
      WHERE session_id = $2
 """
-_WITH_NEW_SESSION = _INSERT + """
+)
+_WITH_NEW_SESSION = (
+    _INSERT
+    + """
     INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at,
                                   last_request_id, last_request_at, total_requests)
     VALUES ($2, $3, $4, $5, now() + make_interval(secs => $15), $1, now(), 1)
 """
+)
 
 
 async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> None:
@@ -55,24 +61,30 @@ async def by_idempotency_key(conn: Conn, tenant_id: str, user_id: str, key: str)
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT request_id::text, session_id::text, status, stream_entry_id, body_hash FROM request_logs"
         " WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
-        tenant_id, user_id, key,
+        tenant_id,
+        user_id,
+        key,
     )
     return row
 
 
 async def lock_idempotency_key(conn: asyncpg.Connection, tenant_id: str, user_id: str, key: str) -> None:
     """A transaction lock on one (tenant, user, Idempotency-Key); read the key's row after it (new snapshot)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                       f"idempotency\x1f{tenant_id}\x1f{user_id}\x1f{key}")
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"idempotency\x1f{tenant_id}\x1f{user_id}\x1f{key}"
+    )
 
 
 async def active_in_session(conn: Conn, session_id: str) -> list[asyncpg.Record]:
     """(request_id, status) of the session's queued and running requests, oldest first."""
-    return list(await conn.fetch(
-        "SELECT request_id::text, status FROM request_logs"
-        " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
-        session_id, list(ACTIVE_STATUSES),
-    ))
+    return list(
+        await conn.fetch(
+            "SELECT request_id::text, status FROM request_logs"
+            " WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+            session_id,
+            list(ACTIVE_STATUSES),
+        )
+    )
 
 
 async def get(conn: Conn, who: Principal, request_id: str) -> dict[str, Any] | None:
@@ -81,7 +93,9 @@ async def get(conn: Conn, who: Principal, request_id: str) -> dict[str, Any] | N
     row = rid and await conn.fetchrow(
         f"SELECT {COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
         " AND (r.user_id = $3 OR r.created_by = $3)",
-        rid, who.tenant_id, who.user_id,
+        rid,
+        who.tenant_id,
+        who.user_id,
     )
     return dict(row) if row else None
 
@@ -96,7 +110,10 @@ async def of_session(conn: Conn, who: Principal, session_id: str, limit: int) ->
              ORDER BY r.id DESC LIMIT $4) recent
         ORDER BY id
         """,
-        session_id, who.tenant_id, who.user_id, limit,
+        session_id,
+        who.tenant_id,
+        who.user_id,
+        limit,
     )
     return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
 
@@ -106,7 +123,8 @@ async def checkpoint_of_running(conn: Conn, who: Principal, session_id: str) -> 
     value: str | None = await conn.fetchval(
         "SELECT response_stream_id FROM request_logs WHERE session_id = $1 AND tenant_id = $2 AND status = 'running'"
         " LIMIT 1",
-        session_id, who.tenant_id,
+        session_id,
+        who.tenant_id,
     )
     return value
 
@@ -115,7 +133,8 @@ async def unfinished_in_session(conn: Conn, who: Principal, session_id: str) -> 
     rows = await conn.fetch(
         "SELECT request_id::text FROM request_logs"
         " WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued','running','waiting') ORDER BY id",
-        session_id, who.tenant_id,
+        session_id,
+        who.tenant_id,
     )
     return [r["request_id"] for r in rows]
 
@@ -123,8 +142,9 @@ async def unfinished_in_session(conn: Conn, who: Principal, session_id: str) -> 
 _TURN_COLUMNS = f"""{COLUMNS}, r.normalized_request -> 'integration_context' -> 'langgraph' AS langgraph"""
 
 
-async def turns_of(conn: Conn, who: Principal, session_ids: list[str], per_session: int,
-                   before_request: str | None = None) -> list[dict[str, Any]]:
+async def turns_of(
+    conn: Conn, who: Principal, session_ids: list[str], per_session: int, before_request: str | None = None
+) -> list[dict[str, Any]]:
     """The last `per_session` requests of each session (oldest first), with the LangGraph options they were sent with.
 
     `before_request`: only the requests stored before that one (its session's earlier turns).
@@ -139,7 +159,11 @@ async def turns_of(conn: Conn, who: Principal, session_ids: list[str], per_sessi
                 ORDER BY r.id DESC LIMIT $4) t
          ORDER BY t.session_id, t.id
         """,
-        session_ids, who.tenant_id, who.user_id, per_session, before_request,
+        session_ids,
+        who.tenant_id,
+        who.user_id,
+        per_session,
+        before_request,
     )
     return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
 
@@ -150,6 +174,8 @@ async def with_options(conn: Conn, who: Principal, request_id: str) -> dict[str,
     row = rid and await conn.fetchrow(
         f"SELECT {_TURN_COLUMNS} FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2"
         " AND (r.user_id = $3 OR r.created_by = $3)",
-        rid, who.tenant_id, who.user_id,
+        rid,
+        who.tenant_id,
+        who.user_id,
     )
     return dict(row) if row else None

@@ -35,8 +35,9 @@ def _second_occurrence(moment: datetime, tz: ZoneInfo) -> bool:
     """Whether `moment` is the repeat of a local time that a fall-back shows twice."""
     naive = moment.astimezone(tz).replace(tzinfo=None)
     first = naive.replace(fold=0, tzinfo=tz)
-    return first.utcoffset() != naive.replace(fold=1, tzinfo=tz).utcoffset() and \
-        first.astimezone(UTC) != moment.astimezone(UTC)
+    return first.utcoffset() != naive.replace(fold=1, tzinfo=tz).utcoffset() and first.astimezone(
+        UTC
+    ) != moment.astimezone(UTC)
 
 
 def next_run(cron: str, timezone: str, after: datetime) -> datetime:

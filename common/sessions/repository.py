@@ -21,8 +21,9 @@ s.last_request_id::text, s.last_request_at, s.expires_at, s.created_at, s.update
 """
 
 
-async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any], ttl_seconds: int,
-                 session_id: str | None = None) -> dict[str, Any]:
+async def create(
+    conn: Conn, who: Principal, user_id: str, values: dict[str, Any], ttl_seconds: int, session_id: str | None = None
+) -> dict[str, Any]:
     """A new session; `session_id` (a UUID) is the caller's choice of id, else a random one."""
     row = await conn.fetchrow(
         f"""
@@ -33,9 +34,16 @@ async def create(conn: Conn, who: Principal, user_id: str, values: dict[str, Any
             RETURNING *)
         SELECT {_COLUMNS} FROM s
         """,
-        session_id or uuid.uuid4(), who.tenant_id, user_id, values["integration_type"], values.get("channel_id"),
-        values.get("thread_id"), values.get("external_session_id"), values.get("user_context") or {},
-        values.get("integration_metadata") or {}, ttl_seconds,
+        session_id or uuid.uuid4(),
+        who.tenant_id,
+        user_id,
+        values["integration_type"],
+        values.get("channel_id"),
+        values.get("thread_id"),
+        values.get("external_session_id"),
+        values.get("user_context") or {},
+        values.get("integration_metadata") or {},
+        ttl_seconds,
     )
     assert row is not None
     return dict(row)
@@ -46,7 +54,11 @@ async def ensure(conn: Conn, who: Principal, session_id: str, integration: str, 
     await conn.execute(
         "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
         " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) ON CONFLICT (session_id) DO NOTHING",
-        session_id, who.tenant_id, who.user_id, integration, ttl_seconds,
+        session_id,
+        who.tenant_id,
+        who.user_id,
+        integration,
+        ttl_seconds,
     )
 
 
@@ -71,7 +83,10 @@ async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seco
            AND status = 'active'
         LIMIT 1
         """,
-        who.tenant_id, who.user_id, external_id, ttl_seconds,
+        who.tenant_id,
+        who.user_id,
+        external_id,
+        ttl_seconds,
     )
     return row["session_id"], row["created"]
 
@@ -82,7 +97,9 @@ async def get(conn: Conn, who: Principal, session_id: str) -> dict[str, Any] | N
         return None
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM request_sessions s WHERE s.session_id = $1 AND s.tenant_id = $2 AND s.user_id = $3",
-        sid, who.tenant_id, who.user_id,
+        sid,
+        who.tenant_id,
+        who.user_id,
     )
     return dict(row) if row else None
 
@@ -94,7 +111,11 @@ async def list_for(conn: Conn, who: Principal, limit: int, offset: int, status: 
          WHERE s.tenant_id = $1 AND s.user_id = $2 AND ($5::text IS NULL OR s.status = $5)
          ORDER BY s.updated_at DESC, s.id DESC LIMIT $3 OFFSET $4
         """,
-        who.tenant_id, who.user_id, limit, offset, status,
+        who.tenant_id,
+        who.user_id,
+        limit,
+        offset,
+        status,
     )
     return [dict(r) for r in rows]
 
@@ -107,7 +128,9 @@ async def lock_owned(conn: asyncpg.Connection, tenant_id: str, user_id: str, ses
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT session_id::text, status FROM request_sessions"
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3 FOR UPDATE",
-        sid, tenant_id, user_id,
+        sid,
+        tenant_id,
+        user_id,
     )
     return row
 
@@ -119,7 +142,9 @@ async def lock_latest_active(conn: asyncpg.Connection, tenant_id: str, user_id: 
         " WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3 AND status = 'active'"
         "   AND external_session_id IS NULL"
         " ORDER BY updated_at DESC LIMIT 1 FOR UPDATE",
-        tenant_id, user_id, integration,
+        tenant_id,
+        user_id,
+        integration,
     )
     return found
 
@@ -128,7 +153,9 @@ async def mark_inactive(conn: Conn, who: Principal, session_id: str) -> None:
     await conn.execute(
         "UPDATE request_sessions SET status = 'inactive', updated_at = now()"
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
-        session_id, who.tenant_id, who.user_id,
+        session_id,
+        who.tenant_id,
+        who.user_id,
     )
 
 
@@ -141,13 +168,26 @@ CASE WHEN EXISTS (SELECT 1 FROM request_logs r
      THEN 'error'
      ELSE 'idle' END
 """
-_THREAD_SORT = {"thread_id": "session_id", "created_at": "created_at", "updated_at": "updated_at",
-                "status": "thread_status"}
+_THREAD_SORT = {
+    "thread_id": "session_id",
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+    "status": "thread_status",
+}
 
 
-async def search_threads(conn: Conn, who: Principal, *, metadata: dict[str, Any], status: str | None,
-                         ids: list[str] | None, sort_by: str, descending: bool, limit: int,
-                         offset: int) -> list[dict[str, Any]]:
+async def search_threads(
+    conn: Conn,
+    who: Principal,
+    *,
+    metadata: dict[str, Any],
+    status: str | None,
+    ids: list[str] | None,
+    sort_by: str,
+    descending: bool,
+    limit: int,
+    offset: int,
+) -> list[dict[str, Any]]:
     """The caller's sessions that are not archived, as threads: `integration_metadata` holds `metadata`."""
     order = _THREAD_SORT[sort_by]
     rows = await conn.fetch(
@@ -161,7 +201,13 @@ async def search_threads(conn: Conn, who: Principal, *, metadata: dict[str, Any]
          ORDER BY t.{order} {"DESC" if descending else "ASC"}, t.id {"DESC" if descending else "ASC"}
          LIMIT $6 OFFSET $7
         """,
-        who.tenant_id, who.user_id, metadata, ids, status, limit, offset,
+        who.tenant_id,
+        who.user_id,
+        metadata,
+        ids,
+        status,
+        limit,
+        offset,
     )
     return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
 
@@ -173,7 +219,8 @@ async def tag_graph(conn: Conn, session_id: str, agent_id: str) -> None:
         "   SET integration_metadata = jsonb_build_object('graph_id', $2::text, 'assistant_id', $2::text)"
         "       || integration_metadata"
         " WHERE session_id = $1 AND NOT integration_metadata ? 'graph_id'",
-        session_id, agent_id,
+        session_id,
+        agent_id,
     )
 
 
@@ -181,7 +228,9 @@ async def mark_archived(conn: Conn, who: Principal, session_id: str) -> None:
     await conn.execute(
         "UPDATE request_sessions SET status = 'archived', updated_at = now()"
         " WHERE session_id = $1 AND tenant_id = $2 AND user_id = $3",
-        session_id, who.tenant_id, who.user_id,
+        session_id,
+        who.tenant_id,
+        who.user_id,
     )
 
 
@@ -190,6 +239,8 @@ async def find_external_id(conn: Conn, who: Principal, external_id: str) -> str 
     found: str | None = await conn.fetchval(
         "SELECT session_id::text FROM request_sessions WHERE tenant_id = $1 AND user_id = $2"
         " AND integration_type = 'generic' AND external_session_id = $3 AND status = 'active'",
-        who.tenant_id, who.user_id, external_id,
+        who.tenant_id,
+        who.user_id,
+        external_id,
     )
     return found

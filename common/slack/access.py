@@ -37,14 +37,14 @@ class Refused(Exception):
         self.message = message
 
 
-async def _operator_default(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, team: str,
-                            channel: str) -> bool:
+async def _operator_default(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, team: str, channel: str) -> bool:
     default = await integrations.default_config(db, "SLACK")
     return default.get("channel_id") == channel and (default.get("team_id") or settings.slack_team_id) == team
 
 
-async def destination(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str, user_id: str,
-                      config: dict[str, Any]) -> Installation | None:
+async def destination(
+    db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str, user_id: str, config: dict[str, Any]
+) -> Installation | None:
     """The installation that posts to `config`'s channel for this user, None when it names no channel,
     or Refused when the user may not post there."""
     channel = config.get("channel_id")
@@ -56,8 +56,13 @@ async def destination(db: asyncpg.Pool | asyncpg.Connection, settings: Settings,
     found = await of_tenant(db, settings, tenant_id, team)
     if found is None:
         raise Refused("config.team_id", f"no Slack workspace {team!r} is installed for this tenant")
-    if not (await _operator_default(db, settings, team, channel)
-            or await db.fetchval(_ASKED_THERE, tenant_id, user_id, team, channel)):
-        raise Refused("config.channel_id", f"relaygate posts only where this user has asked it something: mention"
-                                           f" the app in {channel!r} (or send it a DM there) first")
+    if not (
+        await _operator_default(db, settings, team, channel)
+        or await db.fetchval(_ASKED_THERE, tenant_id, user_id, team, channel)
+    ):
+        raise Refused(
+            "config.channel_id",
+            f"relaygate posts only where this user has asked it something: mention"
+            f" the app in {channel!r} (or send it a DM there) first",
+        )
     return found

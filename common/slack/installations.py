@@ -51,8 +51,9 @@ async def installation(db: asyncpg.Pool | asyncpg.Connection, settings: Settings
     return _of_row(row) if row is not None else from_settings(settings, team_id)
 
 
-async def of_tenant(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str,
-                    team_id: str) -> Installation | None:
+async def of_tenant(
+    db: asyncpg.Pool | asyncpg.Connection, settings: Settings, tenant_id: str, team_id: str
+) -> Installation | None:
     """The installation `team_id` names, only when it belongs to `tenant_id` (never another tenant's bot)."""
     found = await installation(db, settings, team_id)
     return found if found is not None and found.tenant_id == tenant_id else None

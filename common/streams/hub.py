@@ -116,8 +116,10 @@ def to_entries(key: bytes | str, pairs: Iterable[tuple[bytes, dict[bytes, bytes]
         try:
             entries.append(to_entry(raw_id, fields))
         except (KeyError, ValueError):
-            log.warning("stream entry is not a relaygate event; skipped",
-                        extra={"key": key if isinstance(key, str) else key.decode(), "entry_id": raw_id.decode()})
+            log.warning(
+                "stream entry is not a relaygate event; skipped",
+                extra={"key": key if isinstance(key, str) else key.decode(), "entry_id": raw_id.decode()},
+            )
     return entries
 
 
@@ -201,12 +203,16 @@ class _Reader:
         if self._keys_packed is None:
             self._keys_packed = b"".join(self._key_frags.values())
         n = len(self._id_frags) + 1
-        return b"".join((
-            b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n500\r\n$5\r\nBLOCK\r\n%b$7\r\nSTREAMS\r\n"
-            % (6 + 2 * n, _bulk(b"%d" % self.block_ms)),
-            _bulk(self.wake_key), self._keys_packed,
-            _bulk(wake_cursor), *self._id_frags.values(),
-        ))
+        return b"".join(
+            (
+                b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n500\r\n$5\r\nBLOCK\r\n%b$7\r\nSTREAMS\r\n"
+                % (6 + 2 * n, _bulk(b"%d" % self.block_ms)),
+                _bulk(self.wake_key),
+                self._keys_packed,
+                _bulk(wake_cursor),
+                *self._id_frags.values(),
+            )
+        )
 
     async def run(self) -> None:
         wake_cursor = b"0-0"
@@ -280,7 +286,7 @@ def _streams(response: Any) -> Iterable[tuple[bytes, list[list[Any]]]]:
 def _bucket_tag(key: bytes) -> bytes:
     """The Redis Cluster hash tag of a stream key, `{b<n>}` in `rg:{b<n>}:<session>`."""
     start = key.index(b"{")
-    return key[start:key.index(b"}", start) + 1]
+    return key[start : key.index(b"}", start) + 1]
 
 
 class Hub:
@@ -290,8 +296,16 @@ class Hub:
     Cluster) starts one reader per bucket on its first subscriber.
     """
 
-    def __init__(self, redis: StreamsRedis, connections: ReaderConnections, *, readers: int | None, block_ms: int,
-                 queue_size: int, heartbeat_seconds: float) -> None:
+    def __init__(
+        self,
+        redis: StreamsRedis,
+        connections: ReaderConnections,
+        *,
+        readers: int | None,
+        block_ms: int,
+        queue_size: int,
+        heartbeat_seconds: float,
+    ) -> None:
         self.redis = redis
         self.connections = connections
         self.block_ms = block_ms
@@ -439,8 +453,9 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
     try:
         last = after
         while last < sub.catchup_until:
-            page = await hub.redis.xrange(key, min=b"(" + format_id(last).encode(),
-                                          max=format_id(sub.catchup_until).encode(), count=500)
+            page = await hub.redis.xrange(
+                key, min=b"(" + format_id(last).encode(), max=format_id(sub.catchup_until).encode(), count=500
+            )
             if not page:
                 break
             last = parse_id(page[-1][0])

@@ -108,12 +108,28 @@ def event_json(fields: Mapping[bytes, bytes]) -> bytes:
     This runs once per entry in the gateway, so the common case is plain byte formatting,
     taken only when every field is a bare name or number that needs no JSON escaping.
     """
-    kind, request_id, attempt, seq, ts = (fields[b"type"], fields[b"request_id"], fields[b"attempt"],
-                                          fields[b"seq"], fields[b"ts"])
-    if (_NAME.match(kind) and _NAME.match(request_id) and _NUMBER.match(attempt) and _NUMBER.match(seq)
-            and _NUMBER.match(ts)):
+    kind, request_id, attempt, seq, ts = (
+        fields[b"type"],
+        fields[b"request_id"],
+        fields[b"attempt"],
+        fields[b"seq"],
+        fields[b"ts"],
+    )
+    if (
+        _NAME.match(kind)
+        and _NAME.match(request_id)
+        and _NUMBER.match(attempt)
+        and _NUMBER.match(seq)
+        and _NUMBER.match(ts)
+    ):
         return b'{"type":"%s","request_id":"%s","attempt":%s,"seq":%s,"ts":%s,"data":%s}' % (
-            kind, request_id, attempt, seq, ts, fields[b"data"])
+            kind,
+            request_id,
+            attempt,
+            seq,
+            ts,
+            fields[b"data"],
+        )
     return orjson.dumps(
         {
             "type": fields[b"type"].decode(),
@@ -161,8 +177,9 @@ class _WaitingPipeline(ClusterPipeline):
             return await super().execute(raise_on_error, allow_redirections)
 
 
-def connect(url: str, *, cluster: bool, max_connections: int, pool_timeout: float | None = 5,
-            **options: Any) -> StreamsRedis:
+def connect(
+    url: str, *, cluster: bool, max_connections: int, pool_timeout: float | None = 5, **options: Any
+) -> StreamsRedis:
     """The streams Redis: one server, or a Redis Cluster (every key of a session shares a slot).
 
     On one server the pool waits for a free connection instead of failing under a burst
@@ -172,8 +189,11 @@ def connect(url: str, *, cluster: bool, max_connections: int, pool_timeout: floa
     if cluster:
         cluster_client: RedisCluster = WaitingRedisCluster.from_url(url, max_connections=max_connections, **options)
         return cluster_client
-    return Redis(connection_pool=BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout, **options))
+    return Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout, **options
+        )
+    )
 
 
 def intake_member(session_id: str, request_id: str) -> str:

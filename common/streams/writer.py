@@ -70,8 +70,12 @@ class StreamWriter:
         return [_text(i) for i in ids]
 
     async def append_many(
-        self, batches: list[tuple[str, list[Event]]], reads: list[tuple[str, str]] | None = None,
-        *, dedupe: bool = False, fenced: bool = True,
+        self,
+        batches: list[tuple[str, list[Event]]],
+        reads: list[tuple[str, str]] | None = None,
+        *,
+        dedupe: bool = False,
+        fenced: bool = True,
     ) -> Appended:
         """Append the events of many sessions and GET keys of those sessions in one round trip.
 
@@ -89,9 +93,12 @@ class StreamWriter:
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[0].append(n)
         for n, (session_id, _) in enumerate(reads):
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[1].append(n)
-        results = await asyncio.gather(*(
-            self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe, fenced)
-            for b, r in groups.values()))
+        results = await asyncio.gather(
+            *(
+                self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe, fenced)
+                for b, r in groups.values()
+            )
+        )
         merged = Appended([None] * len(batches), [None] * len(reads), [False] * len(batches))
         for (b, r), got in zip(groups.values(), results, strict=True):
             for i, entry_id, refused in zip(b, got.ids, got.refused, strict=True):
@@ -105,8 +112,9 @@ class StreamWriter:
         attempt took it over; False when refused. Safe to repeat: only the first ending is written."""
         return not (await self.append_many([(session_id, events)])).refused[0]
 
-    async def _call_many(self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool,
-                         fenced: bool) -> Appended:
+    async def _call_many(
+        self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool, fenced: bool
+    ) -> Appended:
         args: list[str | int] = [self.maxlen, self.ttl, len(batches), int(dedupe)]
         fences = []
         for session_id, events in batches:
@@ -115,8 +123,9 @@ class StreamWriter:
                 f = event.fields()
                 args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
             request_id = events[0].request_id if events else ""
-            fences.append(fence_key(session_id, request_id, self.buckets) if fenced and events
-                          else self.key(session_id))
+            fences.append(
+                fence_key(session_id, request_id, self.buckets) if fenced and events else self.key(session_id)
+            )
         keys = [self.key(session_id) for session_id, _ in batches] + fences + reads
         last, values, refused = await self._append_many(keys=keys, args=args)
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
@@ -125,5 +134,6 @@ class StreamWriter:
 
     async def announce(self, session_id: str, request_id: str, events: Iterable[Event]) -> list[str]:
         """Append a new request's first events and record it in the bucket's intake set, atomically."""
-        return await self._call_append([self.key(session_id), intake_key(session_id, self.buckets)],
-                                       intake_member(session_id, request_id), events)
+        return await self._call_append(
+            [self.key(session_id), intake_key(session_id, self.buckets)], intake_member(session_id, request_id), events
+        )

@@ -109,12 +109,14 @@ def _default(settings: Settings, scope: Scope, limit: str) -> float:
     return float(getattr(settings, f"budget_{scope}_{limit}"))
 
 
-async def overrides(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
-                    ) -> dict[Scope, dict[str, float | None]]:
+async def overrides(
+    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
+) -> dict[Scope, dict[str, float | None]]:
     """The tenant's and the user's override rows (a missing row or column: the setting's default)."""
     rows = await db.fetch(
         f"SELECT user_id, {', '.join(LIMITS)} FROM budgets WHERE tenant_id = $1 AND user_id = ANY($2::text[])",
-        tenant_id, ["", user_id],
+        tenant_id,
+        ["", user_id],
     )
     found: dict[Scope, dict[str, float | None]] = {}
     for row in rows:
@@ -123,8 +125,13 @@ async def overrides(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_
     return found
 
 
-def budgets_for(settings: Settings, rows: dict[Scope, dict[str, float | None]], tenant_id: str, user_id: str,
-                now: datetime | None = None) -> list[Budget]:
+def budgets_for(
+    settings: Settings,
+    rows: dict[Scope, dict[str, float | None]],
+    tenant_id: str,
+    user_id: str,
+    now: datetime | None = None,
+) -> list[Budget]:
     """The four budgets of a user (tenant day and month, user day and month), on or off."""
     now = now or datetime.now(UTC)
     out = []
@@ -136,8 +143,17 @@ def budgets_for(settings: Settings, rows: dict[Scope, dict[str, float | None]], 
                 name = f"{kind}_per_{period}"
                 value = row.get(name)
                 limits[kind] = _default(settings, scope, name) if value is None else value
-            out.append(Budget(tenant_id, scope, user_id if scope == "user" else "", period, int(limits["tokens"]),
-                              limits["cost_usd"], now))
+            out.append(
+                Budget(
+                    tenant_id,
+                    scope,
+                    user_id if scope == "user" else "",
+                    period,
+                    int(limits["tokens"]),
+                    limits["cost_usd"],
+                    now,
+                )
+            )
     return out
 
 
@@ -150,7 +166,9 @@ async def used(db: asyncpg.Pool | asyncpg.Connection, budget: Budget) -> tuple[i
           FROM usage_daily
          WHERE tenant_id = $1 AND day >= $2 AND ($3 = '' OR user_id = $3)
         """,
-        budget.tenant_id, budget.first_day, budget.user_id,
+        budget.tenant_id,
+        budget.first_day,
+        budget.user_id,
     )
     assert row is not None
     return int(row["tokens"]), float(row["cost"])
@@ -187,26 +205,41 @@ class BudgetBook:
             self._cache.pop(key, None)
 
 
-async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = ""
-                 ) -> list[Budget]:
+async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = "") -> list[Budget]:
     """Add a finished attempt's usage to its budgets in Redis (those a gateway is counting) and report
     each budget it took past the soft threshold (returned too)."""
     if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
         return []
     now = datetime.now(UTC)
-    every = [Budget(tenant_id, scope, user_id if scope == "user" else "", period, 0, 0.0, now)
-             for scope in SCOPES for period in PERIODS]
+    every = [
+        Budget(tenant_id, scope, user_id if scope == "user" else "", period, 0, 0.0, now)
+        for scope in SCOPES
+        for period in PERIODS
+    ]
     keys = [b.key for b in every] + [f"{b.key}:soft" for b in every]
-    args: list[Any] = [usage.input_tokens + usage.output_tokens, repr(usage.cost_usd), SOFT_SHARE,
-                       *(b.seconds_left() * 1000 for b in every)]
+    args: list[Any] = [
+        usage.input_tokens + usage.output_tokens,
+        repr(usage.cost_usd),
+        SOFT_SHARE,
+        *(b.seconds_left() * 1000 for b in every),
+    ]
     crossed = []
     for index, tokens, cost, token_limit, cost_limit in await redis.register_script(_FEED)(keys=keys, args=args):
         budget = every[int(index) - 1]
         crossed.append(budget)
-        sink.emit("budget.threshold", budget.key, {
-            "scope": budget.scope, "user_id": budget.user_id or None, "period": budget.period,
-            "resets_at": budget.resets_at.isoformat(), "share": SOFT_SHARE,
-            "tokens": {"used": int(float(tokens)), "limit": int(float(token_limit))},
-            "cost_usd": {"used": float(cost), "limit": float(cost_limit)},
-        }, tenant_id=tenant_id, correlation_id=correlation_id)
+        sink.emit(
+            "budget.threshold",
+            budget.key,
+            {
+                "scope": budget.scope,
+                "user_id": budget.user_id or None,
+                "period": budget.period,
+                "resets_at": budget.resets_at.isoformat(),
+                "share": SOFT_SHARE,
+                "tokens": {"used": int(float(tokens)), "limit": int(float(token_limit))},
+                "cost_usd": {"used": float(cost), "limit": float(cost_limit)},
+            },
+            tenant_id=tenant_id,
+            correlation_id=correlation_id,
+        )
     return crossed

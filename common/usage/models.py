@@ -17,11 +17,19 @@ class Usage:
     estimated: bool = False
 
     def as_data(self) -> dict[str, Any]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "cost_usd": round(self.cost_usd, 10), "estimated": self.estimated}
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 10),
+            "estimated": self.estimated,
+        }
 
 
 def of_row(row: Any) -> Usage:
     """The request totals of a request_logs row (or mapping; missing usage columns count as none)."""
-    return Usage(int(row.get("input_tokens") or 0), int(row.get("output_tokens") or 0),
-                 float(row.get("cost_usd") or 0), bool(row.get("usage_estimated")))
+    return Usage(
+        int(row.get("input_tokens") or 0),
+        int(row.get("output_tokens") or 0),
+        float(row.get("cost_usd") or 0),
+        bool(row.get("usage_estimated")),
+    )

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 class DeliveryError(Exception):
     """A failed attempt. `retryable` attempts are tried again; `retry_after` is the receiver's wish."""
 
-    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None,
-                 disable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None, disable: bool = False
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after

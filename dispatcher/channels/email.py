@@ -46,10 +46,13 @@ async def send(settings: Settings, config: dict[str, Any], reply: Reply) -> str 
     message = build(settings, config, reply)
     try:
         await aiosmtplib.send(
-            message, hostname=settings.smtp_host, port=settings.smtp_port,
+            message,
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
             username=settings.smtp_username or None,
             password=settings.smtp_password.get_secret_value() or None,
-            start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout_seconds,
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_seconds,
             cert_bundle=settings.smtp_ca_file or None,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -63,8 +63,14 @@ class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
         super().__init__(max_retry_count=2)
         self.max_wait = max_wait
 
-    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
-                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
         if response is None or response.status_code != 429:
             return False
         return _retry_after(response.headers) <= self.max_wait
@@ -86,11 +92,16 @@ def client(rt: Runtime, token: str) -> AsyncWebClient:
     found = rt.slack_clients.get(token)
     if found is None:
         base = rt.settings.slack_api_url or AsyncWebClient.BASE_URL
-        found = AsyncWebClient(token=token, base_url=base, timeout=15, retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncServerErrorRetryHandler(max_retry_count=2),
-            ShortRateLimitRetryHandler(rt.settings.slack_max_retry_after_seconds),
-        ])
+        found = AsyncWebClient(
+            token=token,
+            base_url=base,
+            timeout=15,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+                ShortRateLimitRetryHandler(rt.settings.slack_max_retry_after_seconds),
+            ],
+        )
         rt.slack_clients[token] = found
     return found
 
@@ -176,16 +187,41 @@ class Message:
         out: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
         out += slack_steps.blocks(self.steps, self.request_id, open_=self.status is None)
         if self.status is None:
-            out.append({"type": "actions", "elements": [{"type": "button", "action_id": CANCEL_ACTION,
-                                                         "text": {"type": "plain_text", "text": "Cancel"},
-                                                         "value": self.request_id, "style": "danger"}]})
+            out.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "action_id": CANCEL_ACTION,
+                            "text": {"type": "plain_text", "text": "Cancel"},
+                            "value": self.request_id,
+                            "style": "danger",
+                        }
+                    ],
+                }
+            )
             return out
         if self.config.get("include_agent_info", True) and self.agent_id:
-            out.append({"type": "context", "elements": [{"type": "mrkdwn",
-                                                         "text": f"Answered by {mrkdwn.escape(self.agent_id)}"}]})
-        out.append({"type": "actions", "elements": [{"type": "button", "action_id": NEW_ACTION,
-                                                     "text": {"type": "plain_text", "text": "New conversation"},
-                                                     "value": "new"}]})
+            out.append(
+                {
+                    "type": "context",
+                    "elements": [{"type": "mrkdwn", "text": f"Answered by {mrkdwn.escape(self.agent_id)}"}],
+                }
+            )
+        out.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": NEW_ACTION,
+                        "text": {"type": "plain_text", "text": "New conversation"},
+                        "value": "new",
+                    }
+                ],
+            }
+        )
         return out
 
 
@@ -209,9 +245,13 @@ class Poster:
         target = self.msg.target
         if self.streamer is None:
             self.streamer = await self.web.chat_stream(
-                channel=target.channel_id, thread_ts=target.thread_ts or "", buffer_size=1,
-                recipient_team_id=target.team_id, recipient_user_id=target.slack_user_id or None)
-        delta = self.msg.text[self.streamed:]
+                channel=target.channel_id,
+                thread_ts=target.thread_ts or "",
+                buffer_size=1,
+                recipient_team_id=target.team_id,
+                recipient_user_id=target.slack_user_id or None,
+            )
+        delta = self.msg.text[self.streamed :]
         if delta and not final:
             await self.streamer.append(markdown_text=mrkdwn.escape(delta))
             self.streamed += len(delta)
@@ -219,8 +259,11 @@ class Poster:
             self.msg.refs.append(self.streamer.ts)
             await self._remember()
         if final:
-            tail = mrkdwn.escape(delta) if self.msg.status == "completed" \
+            tail = (
+                mrkdwn.escape(delta)
+                if self.msg.status == "completed"
                 else self.msg.body(self.rt.settings.slack_message_chars)
+            )
             await self.streamer.stop(markdown_text=tail or None, blocks=self.msg.blocks("")[1:])
             if self.streamer.ts and not self.msg.refs:
                 self.msg.refs.append(self.streamer.ts)
@@ -249,13 +292,15 @@ class Poster:
             return
         target = self.msg.target
         if not self.msg.refs:
-            response = await self.web.chat_postMessage(channel=target.channel_id, thread_ts=target.thread_ts,
-                                                       text=text, blocks=self.msg.blocks(text))
+            response = await self.web.chat_postMessage(
+                channel=target.channel_id, thread_ts=target.thread_ts, text=text, blocks=self.msg.blocks(text)
+            )
             self.msg.refs.append(str(response["ts"]))
             await self._remember()
         else:
-            await self.web.chat_update(channel=target.channel_id, ts=self.msg.refs[0], text=text,
-                                       blocks=self.msg.blocks(text))
+            await self.web.chat_update(
+                channel=target.channel_id, ts=self.msg.refs[0], text=text, blocks=self.msg.blocks(text)
+            )
         self.shown, self.last_edit = text, time.monotonic()
         if final and self.msg.status == "completed":
             await self._follow_ups(size)
@@ -267,8 +312,7 @@ class Poster:
         for index, part in enumerate(parts, start=1):
             if index < len(self.msg.refs):
                 continue
-            response = await self.web.chat_postMessage(channel=self.msg.target.channel_id, thread_ts=thread,
-                                                       text=part)
+            response = await self.web.chat_postMessage(channel=self.msg.target.channel_id, thread_ts=thread, text=part)
             self.msg.refs.append(str(response["ts"]))
             await self._remember()
 
@@ -292,8 +336,14 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     rt: Runtime = ctx["rt"]
     f = SlackFollow.model_validate(raw)
     correlation_id.set(f.correlation_id)
-    job = DeliveryJob(request_id=f.request_id, session_id=f.session_id, tenant_id=f.tenant_id, user_id=f.user_id,
-                      channel="SLACK", correlation_id=f.correlation_id)
+    job = DeliveryJob(
+        request_id=f.request_id,
+        session_id=f.session_id,
+        tenant_id=f.tenant_id,
+        user_id=f.user_id,
+        channel="SLACK",
+        correlation_id=f.correlation_id,
+    )
     row = await records.open_attempt(rt.db, job)
     if row["status"] != "PENDING":
         return str(row["status"])
@@ -303,8 +353,12 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     target = f.target
     if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
         target = target.model_copy(update={"thread_ts": target.message_ts})
-    msg = Message(target=target, config=cfg.config, request_id=f.request_id,
-                  refs=[r for r in (row["external_ref"] or "").split(",") if r])
+    msg = Message(
+        target=target,
+        config=cfg.config,
+        request_id=f.request_id,
+        refs=[r for r in (row["external_ref"] or "").split(",") if r],
+    )
     inst = await installations.of_tenant(rt.db, rt.settings, f.tenant_id, f.target.team_id)
     if inst is None:
         await _close(rt, job, msg, delivery_id, "FAILED", "the Slack workspace is not installed for this tenant")
@@ -323,8 +377,9 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         tries = int(ctx.get("job_try", 1))
         if failure.retryable and tries <= cfg.retry_count:
             log.warning("Slack delivery will be retried", extra={"request_id": f.request_id, "error": str(failure)})
-            raise Retry(defer=max(failure.retry_after or 0, cfg.retry_delay_seconds
-                                  * rt.settings.delivery_retry_delay_scale)) from None
+            raise Retry(
+                defer=max(failure.retry_after or 0, cfg.retry_delay_seconds * rt.settings.delivery_retry_delay_scale)
+            ) from None
         await _close(rt, job, msg, delivery_id, "FAILED", str(failure))
         return "FAILED"
     await _close(rt, job, msg, delivery_id, "SUCCESS", None)
@@ -355,11 +410,18 @@ async def _follow_until(rt: Runtime, f: SlackFollow, poster: Poster, deadline: f
     return True
 
 
-async def _close(rt: Runtime, job: DeliveryJob, msg: Message, delivery_id: str,
-                 status: integrations.DeliveryStatus, detail: str | None) -> None:
+async def _close(
+    rt: Runtime,
+    job: DeliveryJob,
+    msg: Message,
+    delivery_id: str,
+    status: integrations.DeliveryStatus,
+    detail: str | None,
+) -> None:
     await records.close_attempt(rt.db, delivery_id, status, detail, ",".join(msg.refs) or None)
-    await records.announce(rt.writer, job, max(msg.attempt, 1), delivery_id, status,
-                           detail or f"Slack {msg.target.channel_id}")
+    await records.announce(
+        rt.writer, job, max(msg.attempt, 1), delivery_id, status, detail or f"Slack {msg.target.channel_id}"
+    )
 
 
 async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], reply: Reply) -> str | None:
@@ -382,8 +444,9 @@ async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], repl
     refs: list[str] = []
     try:
         for part in parts:
-            response = await web.chat_postMessage(channel=config["channel_id"], text=part,
-                                                  thread_ts=refs[0] if refs else None)
+            response = await web.chat_postMessage(
+                channel=config["channel_id"], text=part, thread_ts=refs[0] if refs else None
+            )
             refs.append(str(response["ts"]))
     except SlackApiError as exc:
         raise _failure(exc) from None

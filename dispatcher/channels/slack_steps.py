@@ -46,7 +46,7 @@ def apply(steps: dict[str, Step], kind: str, data: dict[str, Any]) -> bool:
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
-    return mrkdwn.escape(text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS - 1] + "…")
+    return mrkdwn.escape(text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…")
 
 
 def line(step: Step) -> str:
@@ -81,9 +81,22 @@ def _context(text: str) -> dict[str, Any]:
 def _decision(step: Step, request_id: str) -> dict[str, Any]:
     value = json.dumps({"request_id": request_id, "call_id": step.call_id}, separators=(",", ":"))
     label = step.tool if len(step.tool) <= 60 else step.tool[:59] + "…"
-    return {"type": "actions", "elements": [
-        {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": value,
-         "text": {"type": "plain_text", "text": f"Approve {label}"}},
-        {"type": "button", "action_id": DENY_ACTION, "style": "danger", "value": value,
-         "text": {"type": "plain_text", "text": "Deny"}},
-    ]}
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "style": "primary",
+                "value": value,
+                "text": {"type": "plain_text", "text": f"Approve {label}"},
+            },
+            {
+                "type": "button",
+                "action_id": DENY_ACTION,
+                "style": "danger",
+                "value": value,
+                "text": {"type": "plain_text", "text": "Deny"},
+            },
+        ],
+    }

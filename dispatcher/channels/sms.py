@@ -29,13 +29,15 @@ async def send(http: httpx.AsyncClient, settings: Settings, config: dict[str, An
     sids: list[str] = []
     for text in parts(reply.response, settings.sms_max_chars):
         try:
-            response = await http.post(url, auth=auth, data={"To": config["phone_number"],
-                                                             "From": settings.sms_from, "Body": text})
+            response = await http.post(
+                url, auth=auth, data={"To": config["phone_number"], "From": settings.sms_from, "Body": text}
+            )
         except httpx.HTTPError as exc:
             raise DeliveryError(f"SMS API unreachable: {type(exc).__name__}") from None
         if response.status_code == 429 or response.status_code >= 500:
-            raise DeliveryError(f"SMS API answered {response.status_code}",
-                                retry_after=retry_after(response.headers.get("retry-after")))
+            raise DeliveryError(
+                f"SMS API answered {response.status_code}", retry_after=retry_after(response.headers.get("retry-after"))
+            )
         if not response.is_success:
             raise DeliveryError(f"SMS API answered {response.status_code}", retryable=False)
         sids.append(str(response.json().get("sid", "")))

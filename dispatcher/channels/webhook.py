@@ -16,12 +16,20 @@ EVENT_TYPE = "request.completed"
 
 
 def payload(reply: Reply) -> str:
-    return orjson.dumps({
-        "type": EVENT_TYPE,
-        "timestamp": datetime.now(UTC).isoformat(),
-        "data": {"request_id": reply.request_id, "session_id": reply.session_id, "user_id": reply.user_id,
-                 "content": reply.content, "response": reply.response, "agent_id": reply.agent_id},
-    }).decode()
+    return orjson.dumps(
+        {
+            "type": EVENT_TYPE,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": {
+                "request_id": reply.request_id,
+                "session_id": reply.session_id,
+                "user_id": reply.user_id,
+                "content": reply.content,
+                "response": reply.response,
+                "agent_id": reply.agent_id,
+            },
+        }
+    ).decode()
 
 
 async def send(rules: outbound.Policy, config: dict[str, Any], reply: Reply, seconds: float) -> str | None:
@@ -31,12 +39,15 @@ async def send(rules: outbound.Policy, config: dict[str, Any], reply: Reply, sec
     body = payload(reply)
     now = datetime.now(UTC)
     chosen = {k: v for k, v in config.get("headers", {}).items() if k.lower() not in WEBHOOK_OWN_HEADERS}
-    headers = {**chosen, "content-type": "application/json", "webhook-id": msg_id,
-               "webhook-timestamp": str(int(now.timestamp())),
-               "webhook-signature": Webhook(config["secret"]).sign(msg_id, now, body)}
+    headers = {
+        **chosen,
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(config["secret"]).sign(msg_id, now, body),
+    }
     try:
-        response = await outbound.request("POST", config["url"], rules, headers=headers, content=body,
-                                          seconds=seconds)
+        response = await outbound.request("POST", config["url"], rules, headers=headers, content=body, seconds=seconds)
     except outbound.Refused as exc:
         raise DeliveryError(f"webhook {exc}", retryable=False) from None
     except outbound.Unreachable:

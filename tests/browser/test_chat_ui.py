@@ -204,9 +204,7 @@ def test_reload_mid_reply_completes_without_duplication(page: Page, stack: Stack
     expect(page.locator("#messages .turn")).to_have_count(1)
 
 
-def test_network_drop_resumes_without_losing_or_repeating_text(
-    page: Page, stack: Stack, cutting_proxy: Any
-) -> None:
+def test_network_drop_resumes_without_losing_or_repeating_text(page: Page, stack: Stack, cutting_proxy: Any) -> None:
     _, token = new_user(stack)
     resumed_from: list[str] = []
 
@@ -232,7 +230,8 @@ def test_network_drop_resumes_without_losing_or_repeating_text(
 
 
 def test_gateway_crash_and_restart_mid_reply_resumes_without_losing_or_repeating_text(
-    new_stack: Stack, page: Page  # this order closes the page before its stack stops
+    new_stack: Stack,
+    page: Page,  # this order closes the page before its stack stops
 ) -> None:
     new_stack.start_gateway()  # the shared stack's workers serve its requests
     _, token = new_user(new_stack)
@@ -350,11 +349,21 @@ def test_conversation_applies_retries_resets_and_deliveries(page: Page, stack: S
         }"""
     )
     assert turns == [
-        {"id": "r1", "status": "completed", "text": "Hello", "note": "",
-         "deliveries": ["Also sent to slack: #general", "Could not send to email: bounced"]},
+        {
+            "id": "r1",
+            "status": "completed",
+            "text": "Hello",
+            "note": "",
+            "deliveries": ["Also sent to slack: #general", "Could not send to email: bounced"],
+        },
         {"id": "r2", "status": "running", "text": "abcdefgh", "note": "", "deliveries": []},
-        {"id": "r3", "status": "failed", "text": "part and rest",
-         "note": "The reply failed: model timed out", "deliveries": []},
+        {
+            "id": "r3",
+            "status": "failed",
+            "text": "part and rest",
+            "note": "The reply failed: model timed out",
+            "deliveries": [],
+        },
     ]
 
 

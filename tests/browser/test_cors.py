@@ -104,7 +104,8 @@ def stream_from(page: Page, gateway: Stack, token: str, text: str) -> dict[str, 
     result: dict[str, Any] = page.evaluate(
         "([gateway, token, chatId, text]) => streamChat(gateway, token, chatId, text,"
         " {offline: {tokens: 60, tokens_per_second: 60}})",
-        [gateway.base_url, token, f"cors-{uuid.uuid4().hex[:8]}", text])
+        [gateway.base_url, token, f"cors-{uuid.uuid4().hex[:8]}", text],
+    )
     return result
 
 
@@ -119,11 +120,11 @@ def test_a_page_on_another_origin_streams_a_reply(page: Page, page_server: PageS
     assert result["protocol"] == "v1" and result["session"] and result["correlation"], "exposed headers"
 
 
-def test_a_page_on_an_origin_not_allowed_is_refused(page: Page, page_server: PageServer,
-                                                    cors_gateway: Stack) -> None:
+def test_a_page_on_an_origin_not_allowed_is_refused(page: Page, page_server: PageServer, cors_gateway: Stack) -> None:
     token = cors_gateway.mint(f"cors-{uuid.uuid4().hex[:8]}", "tenant-cors")
     page.goto(f"http://localhost:{page_server.port}/")
     error = page.evaluate(
         "([gateway, token]) => streamChat(gateway, token, 'c1', 'hi', {}).then(() => 'allowed', e => e.name)",
-        [cors_gateway.base_url, token])
+        [cors_gateway.base_url, token],
+    )
     assert error == "TypeError"

@@ -88,7 +88,7 @@ def test_deny_is_shown_as_the_steps_error(page: Page, tools_worker: Stack) -> No
     expect(turn).to_have_attribute("data-status", "completed")
     expect(calculate).to_have_attribute("data-state", "error")
     expect(calculate.locator(".tool-result")).to_have_text(
-        "a person denied this call to demo.calculate: denied in the web UI")
+        "a person denied this call to demo.calculate: denied in the web UI"
+    )
     stored = wait_stored_terminal(tools_worker, token, request_id_of(page))
     assert [s["status"] for s in stored["steps"]] == ["ok", "error"]
-

@@ -52,12 +52,16 @@ class Dispatchers:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> subprocess.Popen[bytes]:
-        proc = self.stack._spawn("dispatcher", [sys.executable, "-m", "cli.main", "dispatcher"],
-                                 {**self.stack.env, **self.env})
+        proc = self.stack._spawn(
+            "dispatcher", [sys.executable, "-m", "cli.main", "dispatcher"], {**self.stack.env, **self.env}
+        )
         log = self.stack._logs[-1]
         self.procs.append(proc)
-        wait_until(lambda: proc.poll() is not None or "dispatcher ready" in log.read_text(), 60,
-                   f"dispatcher to start (log: {log})")
+        wait_until(
+            lambda: proc.poll() is not None or "dispatcher ready" in log.read_text(),
+            60,
+            f"dispatcher to start (log: {log})",
+        )
         assert proc.poll() is None, log.read_text()
         return proc
 
@@ -88,8 +92,7 @@ class Dispatchers:
             self.start()
 
 
-def smtp_server(tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
-                ) -> tuple[Controller, Mailbox]:
+def smtp_server(tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None) -> tuple[Controller, Mailbox]:
     """aiosmtpd on a loopback port; with `tls`, STARTTLS is required, and with `login`, AUTH after it."""
     box = Mailbox()
 
@@ -118,11 +121,13 @@ def ask(c: httpx.Client, content: str = "hello delivery") -> dict[str, Any]:
     return body
 
 
-def delivery_events(c: httpx.Client, accepted: dict[str, Any], stop: Callable[[Any], bool],
-                    timeout: float = 60) -> list[dict[str, Any]]:
+def delivery_events(
+    c: httpx.Client, accepted: dict[str, Any], stop: Callable[[Any], bool], timeout: float = 60
+) -> list[dict[str, Any]]:
     """The `delivery.*` events of the request, read from its session stream until `stop(event)`."""
-    events = read_until(c, accepted["stream_url"], lambda e: e.event.startswith("delivery.") and stop(e.json()),
-                        timeout=timeout)
+    events = read_until(
+        c, accepted["stream_url"], lambda e: e.event.startswith("delivery.") and stop(e.json()), timeout=timeout
+    )
     return [e.json() for e in events if e.event.startswith("delivery.")]
 
 
@@ -158,10 +163,15 @@ def full_logs(stack: Stack) -> str:
 async def dispatcher_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """A dispatcher's runtime in this process, against the test's servers."""
     streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
-    rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url), streams=streams,
-                 writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
-                 queue=await queue.connect(settings.queue_redis_url), hub=None,  # type: ignore[arg-type]
-                 http=httpx.AsyncClient())
+    rt = Runtime(
+        settings=settings,
+        db=await db.create_pool(settings.database_url),
+        streams=streams,
+        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=60),
+        queue=await queue.connect(settings.queue_redis_url),
+        hub=None,  # type: ignore[arg-type]
+        http=httpx.AsyncClient(),
+    )
     try:
         yield rt
     finally:
@@ -173,6 +183,7 @@ async def dispatcher_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
 def deliver_now(settings: Settings, job: DeliveryJob) -> str:
     """Run one delivery job in this process (a dispatcher's `deliver`)."""
+
     async def run() -> str:
         async with dispatcher_runtime(settings) as rt:
             return await jobs.deliver({"rt": rt}, job.model_dump())
@@ -182,6 +193,7 @@ def deliver_now(settings: Settings, job: DeliveryJob) -> str:
 
 def send_code_now(settings: Settings, job: VerificationJob) -> str:
     """Run one `send_verification` job in this process (what a dispatcher does after an override is saved)."""
+
     async def run() -> str:
         async with dispatcher_runtime(settings) as rt:
             return await send_verification({"rt": rt}, job.model_dump())

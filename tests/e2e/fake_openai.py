@@ -83,8 +83,7 @@ class FakeOpenAI:
         with self._lock:
             self._script.extend(turns)
 
-    def fail(self, status: int, times: int = 1, message: str | None = None,
-             type: str = "server_error") -> None:
+    def fail(self, status: int, times: int = 1, message: str | None = None, type: str = "server_error") -> None:
         """The next `times` calls answer HTTP `status` with an OpenAI error body."""
         with self._lock:
             self._script.extend([Fail(status, message or Fail.message, type)] * times)
@@ -115,8 +114,10 @@ class FakeOpenAI:
                 body = json.loads(raw or b"{}")
                 answer = fake._next(Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if isinstance(answer, Fail):
-                    return self._json(answer.status, {"error": {"message": answer.message, "type": answer.type,
-                                                                "param": None, "code": None}})
+                    return self._json(
+                        answer.status,
+                        {"error": {"message": answer.message, "type": answer.type, "param": None, "code": None}},
+                    )
                 try:
                     self._stream(str(body.get("model", "")), answer)
                 except (BrokenPipeError, ConnectionResetError):
@@ -141,8 +142,13 @@ class FakeOpenAI:
                 chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
                 def send(delta: dict[str, Any], finish: str | None = None) -> None:
-                    chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    chunk = {
+                        "id": chunk_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
 
@@ -158,16 +164,32 @@ class FakeOpenAI:
                         raw = json.dumps(arguments)
                         half = len(raw) // 2
                         call_id = answer.ids[index] if answer.ids else f"call_{uuid.uuid4().hex[:10]}"
-                        send({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                              "function": {"name": name, "arguments": raw[:half]}}]})
+                        send(
+                            {
+                                "tool_calls": [
+                                    {
+                                        "index": index,
+                                        "id": call_id,
+                                        "type": "function",
+                                        "function": {"name": name, "arguments": raw[:half]},
+                                    }
+                                ]
+                            }
+                        )
                         send({"tool_calls": [{"index": index, "function": {"arguments": raw[half:]}}]})
                     send({}, "tool_calls")
                 else:
                     send({}, "stop")
                 if fake.usage_trailer:
                     usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
-                    trailer = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                               "choices": [], "usage": usage}
+                    trailer = {
+                        "id": chunk_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
                     self.wfile.write(f"data: {json.dumps(trailer)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()

@@ -53,6 +53,7 @@ class CuttableProxy:
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones, as a crashed server would."""
+
         async def stop() -> None:
             assert self.server is not None
             self.server.close()
@@ -64,6 +65,7 @@ class CuttableProxy:
 
     def drop(self) -> None:
         """Drop the open connections but keep accepting new ones, as a flaky network would."""
+
         async def abort() -> None:
             for writer in self.writers:
                 writer.transport.abort()

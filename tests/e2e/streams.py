@@ -10,16 +10,24 @@ import httpx
 from cli.sse import SseEvent, iter_events
 
 
-def read_until(client: httpx.Client, url: str, stop: Any, *, last_event_id: str | None = None,
-               params: dict[str, str] | None = None, timeout: float = 60) -> list[SseEvent]:
+def read_until(
+    client: httpx.Client,
+    url: str,
+    stop: Any,
+    *,
+    last_event_id: str | None = None,
+    params: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> list[SseEvent]:
     """GET an SSE stream and collect events until `stop(event)` is true."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
     events: list[SseEvent] = []
     deadline = time.monotonic() + timeout
-    with client.stream("GET", url, headers=headers, params=params,
-                       timeout=httpx.Timeout(timeout, read=timeout)) as response:
+    with client.stream(
+        "GET", url, headers=headers, params=params, timeout=httpx.Timeout(timeout, read=timeout)
+    ) as response:
         assert response.status_code == 200, response.read()
         for event in iter_events(response):
             events.append(event)
@@ -35,8 +43,11 @@ def done_for(request_id: str) -> Any:
 def text_of(events: list[SseEvent], request_id: str) -> str:
     """The reply as a client assembles it: tokens of the latest attempt only."""
     latest = max((e.json()["attempt"] for e in events if e.json().get("request_id") == request_id), default=1)
-    return "".join(e.json()["data"]["text"] for e in events
-                   if e.event == "token" and e.json()["request_id"] == request_id and e.json()["attempt"] == latest)
+    return "".join(
+        e.json()["data"]["text"]
+        for e in events
+        if e.event == "token" and e.json()["request_id"] == request_id and e.json()["attempt"] == latest
+    )
 
 
 def wait_status(client: httpx.Client, request_id: str, statuses: set[str], timeout: float = 30) -> dict[str, Any]:

@@ -37,8 +37,7 @@ def node() -> str:
     if not binary or not npm:
         pytest.skip("node and npm are needed for the AI SDK client tests")
     if not (JS / "node_modules" / "ai").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, timeout=600,
-                       capture_output=True)
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, timeout=600, capture_output=True)
     return binary
 
 
@@ -52,21 +51,38 @@ class Chat:
         self.chat_id = f"chat-{uuid.uuid4().hex[:10]}"
 
     def env(self, text: str = "Hello", **body: Any) -> dict[str, str]:
-        return {**os.environ, "BASE": self.stack.base_url, "TOKEN": self.token, "CHAT_ID": self.chat_id,
-                "TEXT": text, "BODY": json.dumps(body)}
+        return {
+            **os.environ,
+            "BASE": self.stack.base_url,
+            "TOKEN": self.token,
+            "CHAT_ID": self.chat_id,
+            "TEXT": text,
+            "BODY": json.dumps(body),
+        }
 
     def run(self, mode: str, text: str = "Hello", stdin: bytes | None = None, **body: Any) -> dict[str, Any]:
-        done = subprocess.run([self.node, "chat.mjs", mode], cwd=JS, env=self.env(text, **body), input=stdin,
-                              capture_output=True, timeout=120)
+        done = subprocess.run(
+            [self.node, "chat.mjs", mode],
+            cwd=JS,
+            env=self.env(text, **body),
+            input=stdin,
+            capture_output=True,
+            timeout=120,
+        )
         return result_of(done.stdout.decode(), done.stderr.decode())
 
     def start(self, mode: str, text: str = "Hello", **body: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen([self.node, "chat.mjs", mode], cwd=JS, env=self.env(text, **body), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [self.node, "chat.mjs", mode],
+            cwd=JS,
+            env=self.env(text, **body),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.stack.base_url, headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=30)
+        return httpx.Client(base_url=self.stack.base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
 
 
 def result_of(stdout: str, stderr: str = "") -> dict[str, Any]:
@@ -166,9 +182,14 @@ def test_stop_ends_the_stream_cleanly_and_resume_then_answers_204(stack: Stack, 
 def failing_provider(stack: Stack) -> Iterator[FakeOpenAI]:
     """A worker for the `provider` agent whose fake provider refuses every call with a 401."""
     with FakeOpenAI() as fake:
-        worker = stack.start_worker("provider", LLM_MODEL="openai/fake-model", LLM_API_BASE=fake.base_url,
-                                    LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1",
-                                    LEASE_SECONDS="30")
+        worker = stack.start_worker(
+            "provider",
+            LLM_MODEL="openai/fake-model",
+            LLM_API_BASE=fake.base_url,
+            LLM_API_KEY="sk-test-" + uuid.uuid4().hex,
+            LLM_RETRIES="1",
+            LEASE_SECONDS="30",
+        )
         try:
             yield fake
         finally:
@@ -186,16 +207,27 @@ def test_a_failed_reply_is_an_error_chunk(stack: Stack, node: str, failing_provi
 
 def _entry(n: int, kind: str, attempt: int, data: dict[str, Any]) -> Entry:
     body = {"type": kind, "request_id": "r1", "attempt": attempt, "seq": n, "ts": 0, "data": data}
-    return Entry(id=(n, 0), raw_id=f"{n}-0".encode(), type=kind.encode(), request_id=b"r1", attempt=attempt,
-                 json=json.dumps(body).encode())
+    return Entry(
+        id=(n, 0),
+        raw_id=f"{n}-0".encode(),
+        type=kind.encode(),
+        request_id=b"r1",
+        attempt=attempt,
+        json=json.dumps(body).encode(),
+    )
 
 
 RETRIED_REPLY = [
-    _entry(1, "request.accepted", 1, {}), _entry(2, "run.started", 1, {}),
-    _entry(3, "token", 1, {"text": "First attempt "}), _entry(4, "token", 1, {"text": "cut"}),
-    _entry(5, "run.retrying", 2, {"attempt": 2}), _entry(6, "run.started", 2, {}),
-    _entry(7, "token", 2, {"text": "Second "}), _entry(8, "token", 2, {"text": "attempt."}),
-    _entry(9, "message", 2, {"content": "Second attempt."}), _entry(10, "run.completed", 2, {}),
+    _entry(1, "request.accepted", 1, {}),
+    _entry(2, "run.started", 1, {}),
+    _entry(3, "token", 1, {"text": "First attempt "}),
+    _entry(4, "token", 1, {"text": "cut"}),
+    _entry(5, "run.retrying", 2, {"attempt": 2}),
+    _entry(6, "run.started", 2, {}),
+    _entry(7, "token", 2, {"text": "Second "}),
+    _entry(8, "token", 2, {"text": "attempt."}),
+    _entry(9, "message", 2, {"content": "Second attempt."}),
+    _entry(10, "run.completed", 2, {}),
     _entry(11, "done", 2, {"status": "completed"}),
 ]
 
@@ -217,24 +249,34 @@ def test_the_client_never_shows_two_attempts_concatenated(stack: Stack, node: st
     replay = chat.run("parse", stdin=_sse(UiMessageStream("r1", "s1", superseded_below=2)))
     assert replay["text"] == "Second attempt." and replay["errors"] == [] and grows(replay["texts"])
     unseen = UiMessageStream("r1", "s1")
-    fresh = chat.run("parse", stdin=unseen.opening() + b"".join(unseen.render(e) for e in RETRIED_REPLY[:2]
-                                                                + RETRIED_REPLY[4:]))
+    fresh = chat.run(
+        "parse", stdin=unseen.opening() + b"".join(unseen.render(e) for e in RETRIED_REPLY[:2] + RETRIED_REPLY[4:])
+    )
     assert fresh["text"] == "Second attempt." and fresh["errors"] == [], "no text shown yet: nothing to retract"
 
 
 def test_tool_steps_are_tool_parts_for_the_client(stack: Stack, node: str) -> None:
-    steps = [_entry(1, "run.started", 1, {}), _entry(2, "token", 1, {"text": "Let me look. "}),
-             _entry(3, "tool.call", 1, {"id": "call-1", "name": "search", "arguments": {"q": "relaygate"}}),
-             _entry(4, "tool.result", 1, {"id": "call-1", "result": {"hits": 3}}),
-             _entry(5, "token", 1, {"text": "Found 3."}), _entry(6, "run.completed", 1, {}),
-             _entry(7, "done", 1, {"status": "completed"})]
+    steps = [
+        _entry(1, "run.started", 1, {}),
+        _entry(2, "token", 1, {"text": "Let me look. "}),
+        _entry(3, "tool.call", 1, {"id": "call-1", "name": "search", "arguments": {"q": "relaygate"}}),
+        _entry(4, "tool.result", 1, {"id": "call-1", "result": {"hits": 3}}),
+        _entry(5, "token", 1, {"text": "Found 3."}),
+        _entry(6, "run.completed", 1, {}),
+        _entry(7, "done", 1, {"status": "completed"}),
+    ]
     renderer = UiMessageStream("r1", "s1")
     body = renderer.opening() + b"".join(renderer.render(e) for e in steps)
     parsed = Chat(stack, node).run("parse", stdin=body)
     assert parsed["errors"] == [] and parsed["text"] == "Let me look. Found 3."
     assert parsed["parts"] == ["step-start", "text", "dynamic-tool", "text"]
-    assert parsed["tool"] == {"toolName": "search", "toolCallId": "call-1", "state": "output-available",
-                              "input": {"q": "relaygate"}, "output": {"hits": 3}}
+    assert parsed["tool"] == {
+        "toolName": "search",
+        "toolCallId": "call-1",
+        "state": "output-available",
+        "input": {"q": "relaygate"},
+        "output": {"hits": 3},
+    }
 
 
 def test_a_killed_worker_never_concatenates_attempts(stack: Stack, node: str, chaos_workers: Any) -> None:
@@ -271,4 +313,3 @@ def _active_request(chat: Chat) -> str:
                 assert start["type"] == "start"
                 return str(start["messageId"])
     raise AssertionError("no start chunk")
-

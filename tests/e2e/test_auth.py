@@ -18,8 +18,14 @@ from tests.unit.test_jwt import claims, forge, rsa_keypair
 
 def _create_key(stack: Stack, tenant: str, user: str, *extra: str) -> str:
     env = {**os.environ, "DATABASE_URL": stack.infra.database_url}
-    result = subprocess.run([sys.executable, "-m", "cli.main", "apikey", "create", "--tenant", tenant, "--user", user,
-                             *extra], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "apikey", "create", "--tenant", tenant, "--user", user, *extra],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -66,12 +72,17 @@ def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
     assert bearer.json()["user_id"] == "bob"
     schema = httpx.get(f"{stack.base_url}/api/v1/openapi.json", headers={"x-api-key": user_key}).json()
     assert "/api/v1/requests/web" in schema["paths"]
-    as_other = httpx.post(f"{stack.base_url}/api/v1/requests/web", headers={"x-api-key": user_key},
-                          json={"user_id": "carol", "content": "hi"})
+    as_other = httpx.post(
+        f"{stack.base_url}/api/v1/requests/web",
+        headers={"x-api-key": user_key},
+        json={"user_id": "carol", "content": "hi"},
+    )
     assert as_other.status_code == 403
-    by_tool = httpx.post(f"{stack.base_url}/api/v1/requests/tool", headers={"x-api-key": tool_key},
-                         json={"user_id": "carol", "content": "ticket", "tool_id": "snow",
-                               "trigger_event": "incident.created"})
+    by_tool = httpx.post(
+        f"{stack.base_url}/api/v1/requests/tool",
+        headers={"x-api-key": tool_key},
+        json={"user_id": "carol", "content": "ticket", "tool_id": "snow", "trigger_event": "incident.created"},
+    )
     assert by_tool.status_code == 202
     carol = stack.client("carol", tenant)
     assert carol.get(f"/api/v1/sessions/{by_tool.json()['session_id']}").status_code == 200
@@ -83,14 +94,20 @@ def test_api_keys_authenticate_and_tools_act_for_users(stack: Stack) -> None:
 
 def test_other_tenants_and_users_see_404(stack: Stack) -> None:
     owner = stack.client("alice", "tenant-a")
-    r = owner.post("/api/v1/requests/web", json={"content": "secret plans", "new_session": True,
-                                                 "metadata": offline(200, 50)}).json()
+    r = owner.post(
+        "/api/v1/requests/web", json={"content": "secret plans", "new_session": True, "metadata": offline(200, 50)}
+    ).json()
     sid, rid = r["session_id"], r["request_id"]
     wait_status(owner, rid, {"running", "completed"})
     for intruder in (stack.client("alice", "tenant-b"), stack.client("mallory", "tenant-a")):
-        for method, path in (("GET", f"/api/v1/sessions/{sid}"), ("GET", f"/api/v1/sessions/{sid}/stream"),
-                             ("GET", f"/api/v1/sessions/{sid}/requests"), ("GET", f"/api/v1/requests/{rid}"),
-                             ("POST", f"/api/v1/requests/{rid}/cancel"), ("POST", f"/api/v1/sessions/{sid}/end")):
+        for method, path in (
+            ("GET", f"/api/v1/sessions/{sid}"),
+            ("GET", f"/api/v1/sessions/{sid}/stream"),
+            ("GET", f"/api/v1/sessions/{sid}/requests"),
+            ("GET", f"/api/v1/requests/{rid}"),
+            ("POST", f"/api/v1/requests/{rid}/cancel"),
+            ("POST", f"/api/v1/sessions/{sid}/end"),
+        ):
             assert intruder.request(method, path).status_code == 404, (method, path)
         joined = intruder.post("/api/v1/requests/web", json={"content": "let me in", "session_id": sid})
         assert joined.status_code == 404

@@ -22,8 +22,11 @@ def gateways(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     started = []
     try:
         for _ in range(2):
-            gw = Stack(stack.infra, tmp_path_factory.mktemp("budget-gateway"),
-                       stack_env(stack.infra, BUDGET_USER_TOKENS_PER_DAY=str(BUDGET)))
+            gw = Stack(
+                stack.infra,
+                tmp_path_factory.mktemp("budget-gateway"),
+                stack_env(stack.infra, BUDGET_USER_TOKENS_PER_DAY=str(BUDGET)),
+            )
             started.append(gw)
             gw.start_gateway()
         yield started
@@ -36,19 +39,25 @@ def test_two_gateways_refuse_together_once_the_budget_is_spent(gateways: list[St
     one, two = gateways
     user, tenant = "spender", f"tenant-{uuid.uuid4().hex[:8]}"
     with one.client(user, tenant) as a, two.client(user, tenant) as b:
-        running = [c.post("/api/v1/requests/web", json={"content": "spend", "new_session": True,
-                                                          "metadata": offline(30, 60)}).json() for c in (a, b)]
+        running = [
+            c.post(
+                "/api/v1/requests/web", json={"content": "spend", "new_session": True, "metadata": offline(30, 60)}
+            ).json()
+            for c in (a, b)
+        ]
         for accepted in running:
-            assert wait_status(a, accepted["request_id"], {"completed", "failed", "cancelled"})["status"] \
-                == "completed"
+            assert wait_status(a, accepted["request_id"], {"completed", "failed", "cancelled"})["status"] == "completed"
         spent = sum(wait_status(a, r["request_id"], {"completed"})["usage"]["output_tokens"] for r in running)
         assert spent == 60
 
         async def both() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=one.base_url, headers=a.headers) as x, \
-                    httpx.AsyncClient(base_url=two.base_url, headers=b.headers) as y:
-                return list(await asyncio.gather(*(c.post("/api/v1/requests/web", json={"content": "more"})
-                                                   for c in (x, y))))
+            async with (
+                httpx.AsyncClient(base_url=one.base_url, headers=a.headers) as x,
+                httpx.AsyncClient(base_url=two.base_url, headers=b.headers) as y,
+            ):
+                return list(
+                    await asyncio.gather(*(c.post("/api/v1/requests/web", json={"content": "more"}) for c in (x, y)))
+                )
 
         for refused in asyncio.run(both()):
             assert refused.status_code == 429, refused.text

@@ -24,13 +24,16 @@ def cluster_stack(new_stack: Stack, valkey_cluster: EmbeddedValkeyCluster) -> It
     yield new_stack
 
 
-def test_replies_stream_resume_and_cancel_on_a_cluster(cluster_stack: Stack,
-                                                       valkey_cluster: EmbeddedValkeyCluster) -> None:
+def test_replies_stream_resume_and_cancel_on_a_cluster(
+    cluster_stack: Stack, valkey_cluster: EmbeddedValkeyCluster
+) -> None:
     with cluster_stack.client() as c:
         sessions = []
         for text in ("first on the cluster", "second on the cluster", "third on the cluster"):
-            r = c.post("/api/v1/requests/web", json={"content": text, "new_session": True, "agent_id": "cluster",
-                                                     "metadata": offline(40, 400)})
+            r = c.post(
+                "/api/v1/requests/web",
+                json={"content": text, "new_session": True, "agent_id": "cluster", "metadata": offline(40, 400)},
+            )
             assert r.status_code == 202, r.text
             sessions.append((text, r.json()))
         for text, r in sessions:
@@ -46,8 +49,10 @@ def test_replies_stream_resume_and_cancel_on_a_cluster(cluster_stack: Stack,
             assert all(cluster.exists(k) for k in keys)
             assert not any(q.exists(k) for k in keys)
 
-        slow = c.post("/api/v1/requests/web", json={"content": "cancel me", "new_session": True, "agent_id": "cluster",
-                                                    "metadata": offline(500, 50)}).json()
+        slow = c.post(
+            "/api/v1/requests/web",
+            json={"content": "cancel me", "new_session": True, "agent_id": "cluster", "metadata": offline(500, 50)},
+        ).json()
         wait_status(c, slow["request_id"], {"running"})
         assert c.post(f"/api/v1/requests/{slow['request_id']}/cancel").status_code == 202
         events = read_until(c, slow["stream_url"], done_for(slow["request_id"]))

@@ -50,13 +50,25 @@ def receiver() -> Iterator[Receiver]:
 def dispatchers(stack: Stack, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dispatchers]:
     ca_file, tls = make_ca_and_cert(tmp_path_factory.mktemp("tls"))
     controller, box = smtp_server(tls, ("relaygate", SMTP_PASSWORD))
-    d = Dispatchers(stack, {
-        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port(controller)), "SMTP_STARTTLS": "true",
-        "SMTP_CA_FILE": str(ca_file), "SMTP_USERNAME": "relaygate", "SMTP_PASSWORD": SMTP_PASSWORD,
-        "SMTP_FROM": "relaygate@test.local", "SMS_API_URL": receiver.base_url, "SMS_ACCOUNT_SID": "AC123",
-        "SMS_AUTH_TOKEN": SMS_TOKEN, "SMS_FROM": "+15550001111", "SMS_MAX_CHARS": "40",
-        "DELIVERY_RETRY_DELAY_SCALE": "0.01", "DELIVERY_JOB_TIMEOUT_SECONDS": "3",
-    })
+    d = Dispatchers(
+        stack,
+        {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp_port(controller)),
+            "SMTP_STARTTLS": "true",
+            "SMTP_CA_FILE": str(ca_file),
+            "SMTP_USERNAME": "relaygate",
+            "SMTP_PASSWORD": SMTP_PASSWORD,
+            "SMTP_FROM": "relaygate@test.local",
+            "SMS_API_URL": receiver.base_url,
+            "SMS_ACCOUNT_SID": "AC123",
+            "SMS_AUTH_TOKEN": SMS_TOKEN,
+            "SMS_FROM": "+15550001111",
+            "SMS_MAX_CHARS": "40",
+            "DELIVERY_RETRY_DELAY_SCALE": "0.01",
+            "DELIVERY_JOB_TIMEOUT_SECONDS": "3",
+        },
+    )
     d.mailbox = box  # type: ignore[attr-defined]
     d.start()
     try:
@@ -78,9 +90,16 @@ def user(stack: Stack) -> tuple[httpx.Client, str]:
 def webhook_override(c: httpx.Client, uid: str, receiver: Receiver, path: str, **fields: Any) -> str:
     secret = whsec()
     receiver.secrets[path] = secret
-    r = c.post(f"/api/v1/users/{uid}/integrations", json={
-        "integration_type": "WEBHOOK", "enabled": True, "retry_delay_seconds": 1,
-        "config": {"url": receiver.base_url + path, "secret": secret}, **fields})
+    r = c.post(
+        f"/api/v1/users/{uid}/integrations",
+        json={
+            "integration_type": "WEBHOOK",
+            "enabled": True,
+            "retry_delay_seconds": 1,
+            "config": {"url": receiver.base_url + path, "secret": secret},
+            **fields,
+        },
+    )
     assert r.status_code == 201, r.text
     assert secret not in r.text
     return secret
@@ -98,7 +117,10 @@ def test_webhook_fails_twice_then_succeeds(stack: Stack, dispatchers: Dispatcher
     accepted = ask(c)
     events = delivery_events(c, accepted, final)
     assert [(e["type"], e["data"]["status"], e["data"]["attempt"]) for e in events] == [
-        ("delivery.failed", "RETRYING", 1), ("delivery.failed", "RETRYING", 2), ("delivery.succeeded", "SUCCESS", 3)]
+        ("delivery.failed", "RETRYING", 1),
+        ("delivery.failed", "RETRYING", 2),
+        ("delivery.succeeded", "SUCCESS", 3),
+    ]
     rows = deliveries(c, uid)
     assert [(r["attempt"], r["status"]) for r in rows] == [(3, "SUCCESS"), (2, "RETRYING"), (1, "RETRYING")]
     assert {r["delivery_id"] for r in rows} == {e["data"]["delivery_id"] for e in events}
@@ -111,8 +133,9 @@ def test_webhook_fails_twice_then_succeeds(stack: Stack, dispatchers: Dispatcher
     assert secret not in full_logs(dispatchers.stack)
 
 
-def test_permanent_failure_ends_failed_after_retry_count(stack: Stack, dispatchers: Dispatchers,
-                                                         receiver: Receiver) -> None:
+def test_permanent_failure_ends_failed_after_retry_count(
+    stack: Stack, dispatchers: Dispatchers, receiver: Receiver
+) -> None:
     c, uid = user(stack)
     path = f"/hook/{uid}"
     webhook_override(c, uid, receiver, path, retry_count=2)
@@ -136,8 +159,9 @@ def test_gone_webhook_is_disabled(stack: Stack, dispatchers: Dispatchers, receiv
     assert configs["user_overrides"]["WEBHOOK"]["enabled"] is False
 
 
-def test_a_webhook_url_refused_at_send_time_is_never_called(stack: Stack, dispatchers: Dispatchers,
-                                                            receiver: Receiver) -> None:
+def test_a_webhook_url_refused_at_send_time_is_never_called(
+    stack: Stack, dispatchers: Dispatchers, receiver: Receiver
+) -> None:
     """Saved while the allow-list named it; a dispatcher whose allow-list no longer does refuses it."""
     c, uid = user(stack)
     path = f"/hook/{uid}"
@@ -156,8 +180,10 @@ def test_email_html_and_text(stack: Stack, dispatchers: Dispatchers) -> None:
     for fmt in ("html", "text"):
         c, uid = user(stack)
         address = f"{uid}@example.com"
-        r = c.post(f"/api/v1/users/{uid}/integrations",
-                   json={"integration_type": "EMAIL", "config": {"email_address": address, "format": fmt}})
+        r = c.post(
+            f"/api/v1/users/{uid}/integrations",
+            json={"integration_type": "EMAIL", "config": {"email_address": address, "format": fmt}},
+        )
         assert r.status_code == 201 and r.json()["verification"] == "pending", r.text
         mail = wait_for(lambda a=address: next((m for m in map(message_of, box.messages) if m["To"] == a), None))
         assert verify(c, uid, "EMAIL", code_in(mail.get_payload(decode=True).decode())).status_code == 200
@@ -188,15 +214,16 @@ def test_sms_long_reply_in_parts(stack: Stack, dispatchers: Dispatchers, receive
     assert verify(c, uid, "SMS", code_in(" ".join(codes))).status_code == 200
     events = delivery_events(c, ask(c), final)
     assert [e["data"]["status"] for e in events] == ["SUCCESS"]
-    hits = [h for h in receiver.on(texts) if sms_form(h)["To"] == phone][len(codes):]
+    hits = [h for h in receiver.on(texts) if sms_form(h)["To"] == phone][len(codes) :]
     assert len(hits) > 1
     assert all(len(sms_form(h)["Body"]) <= 40 and sms_form(h)["From"] == "+15550001111" for h in hits)
     assert basic_auth(hits[0]) == ("AC123", SMS_TOKEN)
     assert SMS_TOKEN not in full_logs(stack)
 
 
-def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers: Dispatchers,
-                                                      receiver: Receiver) -> None:
+def test_dispatcher_killed_mid_delivery_delivers_once(
+    stack: Stack, dispatchers: Dispatchers, receiver: Receiver
+) -> None:
     c, uid = user(stack)
     path = f"/hook/{uid}"
     webhook_override(c, uid, receiver, path, retry_count=0)
@@ -217,8 +244,9 @@ def test_dispatcher_killed_mid_delivery_delivers_once(stack: Stack, dispatchers:
     assert len(receiver.processed[path]) == 1
 
 
-def test_test_channel_records_and_disabled_override_sends_nothing(stack: Stack, dispatchers: Dispatchers,
-                                                                  receiver: Receiver) -> None:
+def test_test_channel_records_and_disabled_override_sends_nothing(
+    stack: Stack, dispatchers: Dispatchers, receiver: Receiver
+) -> None:
     c, uid = user(stack)
     assert c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "TEST"}).status_code == 201
     path = f"/hook/{uid}"
@@ -243,8 +271,14 @@ def test_attempt_past_its_expiry_is_expired(stack: Stack) -> None:
     assert wait_status(c, accepted["request_id"], {"completed"})["status"] == "completed"
     tenant = c.get("/api/v1/me").json()["tenant_id"]
 
-    job = DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id=tenant,
-                      user_id=uid, channel="TEST", expires_at=time.time() - 1)
+    job = DeliveryJob(
+        request_id=accepted["request_id"],
+        session_id=accepted["session_id"],
+        tenant_id=tenant,
+        user_id=uid,
+        channel="TEST",
+        expires_at=time.time() - 1,
+    )
     assert deliver_now(settings_for(stack.infra), job) == "EXPIRED"
     assert [r["status"] for r in deliveries(c, uid)] == ["EXPIRED"]
     events = delivery_events(c, accepted, final)

@@ -41,11 +41,17 @@ def smtp() -> Iterator[tuple[int, Mailbox]]:
 def emailed_request(stack: Stack, c: httpx.Client, tenant: str, uid: str, content: str) -> dict[str, Any]:
     """A verified EMAIL override for `uid` (confirmed as test_destination_verification does it by mail) and one
     completed request of `content`."""
-    r = c.post(f"/api/v1/users/{uid}/integrations",
-               json={"integration_type": "EMAIL", "retry_count": 0, "config": {"email_address": f"{uid}@example.com"}})
+    r = c.post(
+        f"/api/v1/users/{uid}/integrations",
+        json={"integration_type": "EMAIL", "retry_count": 0, "config": {"email_address": f"{uid}@example.com"}},
+    )
     assert r.status_code == 201, r.text
-    sql(stack, "UPDATE destination_verifications SET verified_at = now() WHERE tenant_id = $1 AND user_id = $2",
-        tenant, uid)
+    sql(
+        stack,
+        "UPDATE destination_verifications SET verified_at = now() WHERE tenant_id = $1 AND user_id = $2",
+        tenant,
+        uid,
+    )
     accepted = ask(c, content)
     assert wait_status(c, accepted["request_id"], {"completed"}, 60)["status"] == "completed"
     return accepted
@@ -56,10 +62,19 @@ def user() -> tuple[str, str]:
 
 
 def deliver_email(stack: Stack, port: int, tenant: str, uid: str, accepted: dict[str, Any]) -> str:
-    settings = settings_for(stack.infra, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False,
-                            smtp_from="relaygate@test.local")
-    return deliver_now(settings, DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"],
-                                             tenant_id=tenant, user_id=uid, channel="EMAIL"))
+    settings = settings_for(
+        stack.infra, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False, smtp_from="relaygate@test.local"
+    )
+    return deliver_now(
+        settings,
+        DeliveryJob(
+            request_id=accepted["request_id"],
+            session_id=accepted["session_id"],
+            tenant_id=tenant,
+            user_id=uid,
+            channel="EMAIL",
+        ),
+    )
 
 
 def test_a_line_break_in_the_request_makes_a_one_line_subject(stack: Stack, smtp: tuple[int, Mailbox]) -> None:
@@ -68,15 +83,17 @@ def test_a_line_break_in_the_request_makes_a_one_line_subject(stack: Stack, smtp
     with stack.client(uid, tenant) as c:
         accepted = emailed_request(stack, c, tenant, uid, "first line\r\nBcc: victim@example.com\nthird")
         assert deliver_email(stack, port, tenant, uid, accepted) == "SUCCESS"
-        sent = wait_for(lambda: next((m for m in map(message_of, box.messages)
-                                      if m["To"] == f"{uid}@example.com"), None))
+        sent = wait_for(
+            lambda: next((m for m in map(message_of, box.messages) if m["To"] == f"{uid}@example.com"), None)
+        )
         assert sent["Subject"] == "Reply to: first line Bcc: victim@example.com third"
         assert sent["Bcc"] is None
         assert [r["status"] for r in deliveries(c, uid)] == ["SUCCESS"]
 
 
-def test_an_unexpected_send_error_is_a_failed_attempt(stack: Stack, smtp: tuple[int, Mailbox],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_send_error_is_a_failed_attempt(
+    stack: Stack, smtp: tuple[int, Mailbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
     port, _ = smtp
 
     async def broken(*args: Any) -> str:

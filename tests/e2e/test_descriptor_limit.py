@@ -29,8 +29,12 @@ def test_streams_past_the_reserve_get_503_and_held_ones_stay(new_stack: Stack) -
     tenant, user = f"t-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
     token = mint_token(settings_for(new_stack.infra), user_id=user, tenant_id=tenant)
     limits = httpx.Limits(max_connections=NOFILE * 2, max_keepalive_connections=0)
-    with httpx.Client(base_url=new_stack.base_url, timeout=30, limits=limits,
-                      headers={"Authorization": f"Bearer {token}"}) as client, contextlib.ExitStack() as held:
+    with (
+        httpx.Client(
+            base_url=new_stack.base_url, timeout=30, limits=limits, headers={"Authorization": f"Bearer {token}"}
+        ) as client,
+        contextlib.ExitStack() as held,
+    ):
         sessions = [client.post("/api/v1/sessions", json={}).json()["session_id"] for _ in range(RESERVE + 3)]
         streams = []
         for session in sessions[:RESERVE]:

@@ -45,16 +45,25 @@ def servers() -> Iterator[tuple[int, Mailbox, Receiver]]:
 
 def dispatcher_settings(stack: Stack, servers: tuple[int, Mailbox, Receiver]) -> Settings:
     port, _, receiver = servers
-    return settings_for(stack.infra, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False,
-                        smtp_from="relaygate@test.local", sms_api_url=receiver.base_url, sms_account_sid="AC9",
-                        sms_auth_token="token", sms_from="+15550001111")
+    return settings_for(
+        stack.infra,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_starttls=False,
+        smtp_from="relaygate@test.local",
+        sms_api_url=receiver.base_url,
+        sms_account_sid="AC9",
+        sms_auth_token="token",
+        sms_from="+15550001111",
+    )
 
 
 def completed(c: Any) -> DeliveryJob:
     accepted = ask(c, "deliver me")
     assert wait_status(c, accepted["request_id"], {"completed"}, 60)["status"] == "completed"
-    return DeliveryJob(request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id="",
-                       user_id="", channel="EMAIL")
+    return DeliveryJob(
+        request_id=accepted["request_id"], session_id=accepted["session_id"], tenant_id="", user_id="", channel="EMAIL"
+    )
 
 
 def mails_to(box: Mailbox, address: str) -> list[Any]:
@@ -62,13 +71,16 @@ def mails_to(box: Mailbox, address: str) -> list[Any]:
 
 
 def test_an_email_address_gets_replies_only_after_its_code_comes_back(
-        stack: Stack, servers: tuple[int, Mailbox, Receiver]) -> None:
+    stack: Stack, servers: tuple[int, Mailbox, Receiver]
+) -> None:
     settings, box = dispatcher_settings(stack, servers), servers[1]
     uid, tenant = f"u-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     address = f"{uid}@example.com"
     with stack.client(uid, tenant) as c:
-        saved = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "EMAIL", "retry_count": 0,
-                                                                  "config": {"email_address": address}})
+        saved = c.post(
+            f"/api/v1/users/{uid}/integrations",
+            json={"integration_type": "EMAIL", "retry_count": 0, "config": {"email_address": address}},
+        )
         assert saved.status_code == 201 and saved.json()["verification"] == "pending", saved.text
         job = completed(c).model_copy(update={"tenant_id": tenant, "user_id": uid})
         assert deliver_now(settings, job) == "FAILED"
@@ -77,8 +89,12 @@ def test_an_email_address_gets_replies_only_after_its_code_comes_back(
         assert mails_to(box, address) == []
 
         assert verify(c, uid, "EMAIL", "000000").status_code == 422  # no code was sent yet
-        assert send_code_now(settings, VerificationJob(tenant_id=tenant, user_id=uid, channel="EMAIL",
-                                                       destination=address)) == "sent"
+        assert (
+            send_code_now(
+                settings, VerificationJob(tenant_id=tenant, user_id=uid, channel="EMAIL", destination=address)
+            )
+            == "sent"
+        )
         (mail,) = mails_to(box, address)
         assert mail["Subject"] == "relaygate: confirm this address"
         code = code_in(mail.get_payload(decode=True).decode())
@@ -87,31 +103,38 @@ def test_an_email_address_gets_replies_only_after_its_code_comes_back(
         stored = sql(stack, "SELECT code_hash FROM destination_verifications WHERE user_id = $1", uid)[0]["code_hash"]
         assert code not in stored
         right = verify(c, uid, "EMAIL", code)
-        assert right.status_code == 200 and right.json() == {"integration_type": "EMAIL", "destination": address,
-                                                             "verified": True}
+        assert right.status_code == 200 and right.json() == {
+            "integration_type": "EMAIL",
+            "destination": address,
+            "verified": True,
+        }
 
-        assert deliver_now(settings, completed(c).model_copy(update={"tenant_id": tenant, "user_id": uid})) \
-            == "SUCCESS"
+        assert deliver_now(settings, completed(c).model_copy(update={"tenant_id": tenant, "user_id": uid})) == "SUCCESS"
         assert len(mails_to(box, address)) == 2
         again = c.put(f"/api/v1/users/{uid}/integrations/EMAIL", json={"config": {"format": "text"}})
         assert again.json()["verification"] == "verified"
 
     other, other_tenant = f"u-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     with stack.client(other, other_tenant) as c:
-        theirs = c.post(f"/api/v1/users/{other}/integrations", json={"integration_type": "EMAIL",
-                                                                     "config": {"email_address": address}})
+        theirs = c.post(
+            f"/api/v1/users/{other}/integrations",
+            json={"integration_type": "EMAIL", "config": {"email_address": address}},
+        )
         assert theirs.json()["verification"] == "pending"  # confirmed by one user, not by anyone who names it
         assert verify(c, other, "EMAIL", code).status_code == 422
 
 
 def test_a_phone_number_is_verified_by_text_and_codes_wear_out(
-        stack: Stack, servers: tuple[int, Mailbox, Receiver]) -> None:
+    stack: Stack, servers: tuple[int, Mailbox, Receiver]
+) -> None:
     settings, receiver = dispatcher_settings(stack, servers), servers[2]
     uid, tenant = f"u-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     phone = "+1555" + str(uuid.uuid4().int)[:7]
     with stack.client(uid, tenant) as c:
-        saved = c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "SMS", "retry_count": 0,
-                                                                  "config": {"phone_number": phone}})
+        saved = c.post(
+            f"/api/v1/users/{uid}/integrations",
+            json={"integration_type": "SMS", "retry_count": 0, "config": {"phone_number": phone}},
+        )
         assert saved.json()["verification"] == "pending", saved.text
         job = VerificationJob(tenant_id=tenant, user_id=uid, channel="SMS", destination=phone)
         assert send_code_now(settings, job) == "sent"

@@ -20,23 +20,41 @@ from workers.offline_model import compose_reply
 
 def _cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**_env(home)}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_", "JWT_", "RELAYGATE_"))}
-    return {**env, "RELAYGATE_HOME": str(home), "OFFLINE_MODEL_TOKENS_PER_SECOND": "200",
-            "OFFLINE_MODEL_TOKENS": "25", "PYTHONUNBUFFERED": "1"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "REDIS_", "QUEUE_", "STREAM_", "JWT_", "RELAYGATE_"))
+    }
+    return {
+        **env,
+        "RELAYGATE_HOME": str(home),
+        "OFFLINE_MODEL_TOKENS_PER_SECOND": "200",
+        "OFFLINE_MODEL_TOKENS": "25",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _start_dev(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        dev = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--port", str(port)], env=_env(home),
-                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(lambda: dev.poll() is not None or "Ctrl-C stops everything" in log.read_text(), 120,
-               f"relaygate dev to start (log: {log})")
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "dev", "--port", str(port)],
+            env=_env(home),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_until(
+        lambda: dev.poll() is not None or "Ctrl-C stops everything" in log.read_text(),
+        120,
+        f"relaygate dev to start (log: {log})",
+    )
     assert dev.poll() is None, log.read_text()
     return dev
 
@@ -63,8 +81,14 @@ def test_dev_chat_tail_ctrl_c_and_restart(tmp_path: Path) -> None:
         assert session in first.stderr
         second = _cli(home, "chat", "second turn")
         assert second.returncode == 0 and session in second.stderr
-        tail = subprocess.Popen([sys.executable, "-m", "cli.main", "tail", session, "--from", "0-0"],
-                                env=_env(home), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "tail", session, "--from", "0-0"],
+            env=_env(home),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(3)
         tail.send_signal(signal.SIGINT)
         lines = tail.communicate(timeout=15)[0].splitlines()
@@ -72,15 +96,23 @@ def test_dev_chat_tail_ctrl_c_and_restart(tmp_path: Path) -> None:
         bad = _cli(home, "chat", "x", "--session", "00000000-0000-0000-0000-000000000000")
         assert bad.returncode == 1 and "session not found" in bad.stderr
         for origin, allowed in (("http://localhost:3000", True), ("http://example.com", False)):
-            preflight = httpx.options(f"{state['url']}/api/chat", headers={
-                "Origin": origin, "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization,content-type"})
+            preflight = httpx.options(
+                f"{state['url']}/api/chat",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization,content-type",
+                },
+            )
             assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed, preflight.headers
     finally:
         children = _stop_dev(dev)
     assert dev.returncode == 0, log.read_text()[-2000:]
-    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 30,
-               "every process `relaygate dev` started to exit")
+    wait_until(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        30,
+        "every process `relaygate dev` started to exit",
+    )
 
     dev = _start_dev(home, port, tmp_path / "dev-again.log")
     try:
@@ -110,8 +142,11 @@ def test_dev_restarts_a_dead_child_and_its_servers_do_not_outlive_it(tmp_path: P
         valkey = [c for c in children if "valkey" in c.name()]
         worker = next(c for c in children if c.cmdline()[-1:] == ["worker"])
         worker.kill()
-        wait_until(lambda: "the worker 1 exited with code -9; restarting it" in log.read_text(), 30,
-                   "relaygate dev to restart its worker")
+        wait_until(
+            lambda: "the worker 1 exited with code -9; restarting it" in log.read_text(),
+            30,
+            "relaygate dev to restart its worker",
+        )
         assert dev.poll() is None
         after = _cli(home, "chat", "still here")
         assert after.returncode == 0, after.stderr + log.read_text()[-2000:]
@@ -125,5 +160,8 @@ def test_dev_restarts_a_dead_child_and_its_servers_do_not_outlive_it(tmp_path: P
         time.sleep(0.5)
         os.killpg(dev.pid, signal.SIGKILL)
         dev.wait(30)
-    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers), 30,
-               "the embedded PostgreSQL and Valkey to stop after relaygate dev was killed")
+    wait_until(
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers),
+        30,
+        "the embedded PostgreSQL and Valkey to stop after relaygate dev was killed",
+    )

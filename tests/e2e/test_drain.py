@@ -36,4 +36,3 @@ def test_sigterm_ends_open_streams_with_a_reconnect_frame(new_stack: Stack) -> N
     assert "event: reconnect" in frames and '"reason":"gateway shutting down"' in frames, frames
     assert frames.rstrip().endswith('data: {"type":"reconnect","reason":"gateway shutting down"}')
     assert "retry: 0" in frames
-

@@ -34,8 +34,9 @@ async def _key(stack: Stack, tenant: str, user: str) -> str:
         await conn.close()
 
 
-async def _client(stack: Stack, tenant: str | None = None, user: str | None = None, *,
-                  url: str | None = None) -> LangGraphClient:
+async def _client(
+    stack: Stack, tenant: str | None = None, user: str | None = None, *, url: str | None = None
+) -> LangGraphClient:
     """An SDK client as its users make one: the gateway's URL plus `/langgraph` and an API key (`x-api-key`)."""
     key = await _key(stack, tenant or f"t-{uuid.uuid4().hex[:8]}", user or f"u-{uuid.uuid4().hex[:8]}")
     return get_client(url=f"{url or stack.base_url}/langgraph", api_key=key)
@@ -79,8 +80,12 @@ async def test_stream_a_run_then_read_the_thread(stack: Stack) -> None:
     assert {a["assistant_id"] for a in await client.assistants.search()} >= {"assistant", "it-support"}
     thread = await client.threads.create(metadata={"project": "atlas"})
     tid = thread["thread_id"]
-    parts = [p async for p in client.runs.stream(tid, "assistant", input=_say("hello graph"), stream_mode=MODES,
-                                                 metadata=offline(20, 0))]
+    parts = [
+        p
+        async for p in client.runs.stream(
+            tid, "assistant", input=_say("hello graph"), stream_mode=MODES, metadata=offline(20, 0)
+        )
+    ]
     _assert_gapless(parts)
     run_id = parts[0].data["run_id"]
     reply = _reply("hello graph", 20)
@@ -97,8 +102,11 @@ async def test_stream_a_run_then_read_the_thread(stack: Stack) -> None:
     state = await client.threads.get_state(tid)
     assert state["values"]["messages"] == values[-1]
     got = await client.threads.get(tid)
-    assert got["status"] == "idle" and got["metadata"] == {"project": "atlas", "graph_id": "assistant",
-                                                           "assistant_id": "assistant"}
+    assert got["status"] == "idle" and got["metadata"] == {
+        "project": "atlas",
+        "graph_id": "assistant",
+        "assistant_id": "assistant",
+    }
     assert (await client.runs.get(tid, run_id))["status"] == "success"
     found = await client.threads.search(metadata={"graph_id": "assistant", "project": "atlas"})
     assert [t["thread_id"] for t in found] == [tid]
@@ -118,8 +126,13 @@ async def test_a_cut_connection_is_resumed_by_the_sdk_with_no_gap(stack: Stack) 
         client = await _client(stack, url=f"http://127.0.0.1:{proxy.port}")
         tid = (await client.threads.create())["thread_id"]
         parts: list[StreamPart] = []
-        async for part in client.runs.stream(tid, "assistant", input=_say("survive a cut"),
-                                             stream_mode=["messages-tuple", "values"], metadata=offline(120, 60)):
+        async for part in client.runs.stream(
+            tid,
+            "assistant",
+            input=_say("survive a cut"),
+            stream_mode=["messages-tuple", "values"],
+            metadata=offline(120, 60),
+        ):
             parts.append(part)
             if sum(p.event == "messages" for p in parts) == 5:
                 before = proxy.connections
@@ -134,8 +147,9 @@ async def test_a_cut_connection_is_resumed_by_the_sdk_with_no_gap(stack: Stack) 
 async def test_join_a_run_in_progress_live_or_from_its_start(stack: Stack) -> None:
     client = await _client(stack)
     tid = (await client.threads.create())["thread_id"]
-    run = await client.runs.create(tid, "assistant", input=_say("join me"), stream_mode=["messages-tuple", "values"],
-                                   metadata=offline(150, 60))
+    run = await client.runs.create(
+        tid, "assistant", input=_say("join me"), stream_mode=["messages-tuple", "values"], metadata=offline(150, 60)
+    )
     assert run["status"] == "pending"
     await _wait_status(client, tid, run["run_id"], {"running"})
     live = [p async for p in client.runs.join_stream(tid, run["run_id"])]
@@ -172,11 +186,13 @@ async def test_multitask_strategies_on_a_busy_thread(stack: Stack) -> None:
         await client.runs.create(tid, "assistant", input=_say("rejected"), multitask_strategy="reject")
     with pytest.raises(ConflictError):  # LangGraph's default strategy is reject
         await client.runs.create(tid, "assistant", input=_say("rejected too"))
-    queued = await client.runs.create(tid, "assistant", input=_say("queued"), multitask_strategy="enqueue",
-                                      metadata=offline(5, 0))
+    queued = await client.runs.create(
+        tid, "assistant", input=_say("queued"), multitask_strategy="enqueue", metadata=offline(5, 0)
+    )
     assert queued["status"] == "pending"
-    newest = await client.runs.wait(tid, "assistant", input=_say("interrupting"), multitask_strategy="interrupt",
-                                    metadata=offline(5, 0))
+    newest = await client.runs.wait(
+        tid, "assistant", input=_say("interrupting"), multitask_strategy="interrupt", metadata=offline(5, 0)
+    )
     assert (await client.runs.get(tid, busy["run_id"]))["status"] == "interrupted"
     assert (await client.runs.get(tid, queued["run_id"]))["status"] == "interrupted"
     assert newest["messages"][-1]["content"] == _reply("interrupting", 5)  # type: ignore[index]
@@ -189,9 +205,14 @@ async def test_another_users_thread_and_run_are_not_found(stack: Stack) -> None:
     run = await owner.runs.wait(tid, "assistant", input=_say("mine"), metadata=offline(3, 0))
     rid = (await owner.runs.list(tid))[0]["run_id"]
     assert run["messages"][-1]["type"] == "ai"  # type: ignore[index]
-    for attempt in (other.threads.get(tid), other.threads.get_state(tid), other.runs.get(tid, rid),
-                    other.threads.delete(tid), other.runs.cancel(tid, rid),
-                    other.runs.create(tid, "assistant", input=_say("theirs"))):
+    for attempt in (
+        other.threads.get(tid),
+        other.threads.get_state(tid),
+        other.runs.get(tid, rid),
+        other.threads.delete(tid),
+        other.runs.cancel(tid, rid),
+        other.runs.create(tid, "assistant", input=_say("theirs")),
+    ):
         with pytest.raises(NotFoundError):
             await attempt
     with pytest.raises(httpx.HTTPStatusError) as joined:  # `join` raises httpx's own error type
@@ -210,8 +231,11 @@ async def test_credentials_and_deleting_a_thread(stack: Stack) -> None:
     with pytest.raises(AuthenticationError) as refused:
         await anonymous.threads.create()
     assert "credentials" in refused.value.message
-    bearer = get_client(url=f"{stack.base_url}/langgraph", api_key=None,
-                        headers={"Authorization": f"Bearer {stack.mint('jwt-user', 'jwt-tenant')}"})
+    bearer = get_client(
+        url=f"{stack.base_url}/langgraph",
+        api_key=None,
+        headers={"Authorization": f"Bearer {stack.mint('jwt-user', 'jwt-tenant')}"},
+    )
     tid = (await bearer.threads.create())["thread_id"]
     assert (await bearer.threads.get(tid))["thread_id"] == tid
     run = await bearer.runs.create(tid, "assistant", input=_say("delete me"), metadata=offline(600, 40))
@@ -239,8 +263,9 @@ async def test_a_draining_gateway_ends_the_stream_so_the_client_rejoins(new_stac
     client = await _client(new_stack)
     tid = (await client.threads.create())["thread_id"]
     parts: list[StreamPart] = []
-    async for part in client.runs.stream(tid, "load", input=_say("drain me"), stream_mode=["messages-tuple"],
-                                         metadata=offline(3000, 40)):
+    async for part in client.runs.stream(
+        tid, "load", input=_say("drain me"), stream_mode=["messages-tuple"], metadata=offline(3000, 40)
+    ):
         parts.append(part)
         if sum(p.event == "messages" for p in parts) == 3:
             assert new_stack.gateway is not None

@@ -49,8 +49,10 @@ def test_a_job_taken_by_a_worker_that_dies_before_its_claim_runs_again_within_a_
     new_stack.start_gateway()
     queue = redis.Redis.from_url(new_stack.infra.redis_url)
     with new_stack.client() as c:
-        accepted = c.post("/api/v1/requests/web", json={"content": "taken, never claimed", "new_session": True,
-                                                       "agent_id": "unclaimed"})
+        accepted = c.post(
+            "/api/v1/requests/web",
+            json={"content": "taken, never claimed", "new_session": True, "agent_id": "unclaimed"},
+        )
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["request_id"]
         in_progress = in_progress_key_prefix + request_id
@@ -83,8 +85,10 @@ def test_workers_ride_out_redis_and_postgres_outages(new_stack: Stack) -> None:
         assert worker.poll() is None, new_stack.logs()
         pg.restore()
         with new_stack.client() as c:
-            accepted = c.post("/api/v1/requests/web", json={"content": "after the outages", "new_session": True,
-                                                           "agent_id": "outages"}).json()
+            accepted = c.post(
+                "/api/v1/requests/web",
+                json={"content": "after the outages", "new_session": True, "agent_id": "outages"},
+            ).json()
             stored = wait_status(c, accepted["request_id"], {"completed", "failed"}, timeout=60)
         assert stored["status"] == "completed", (stored, new_stack.logs())
         assert worker.poll() is None

@@ -22,8 +22,9 @@ def mcp() -> Iterator[FakeMcp]:
 
 
 def config(mcp: FakeMcp) -> AgentTools:
-    return AgentTools.model_validate({"servers": [{"name": "t", "url": mcp.url}], "allow": ["t.echo", "t.extra",
-                                                                                          "t.block"]})
+    return AgentTools.model_validate(
+        {"servers": [{"name": "t", "url": mcp.url}], "allow": ["t.echo", "t.extra", "t.block"]}
+    )
 
 
 async def test_tool_lists_are_cached_until_their_ttl(mcp: FakeMcp) -> None:

@@ -59,12 +59,18 @@ def settings(fake: FakeOpenAI, fast_path: str, **extra: Any) -> Settings:
     return s
 
 
-async def reply(s: Settings, limit: int | None = None, meter: Meter | None = None,
-                calls: list[ToolRequest] | None = None, tools: list[dict[str, Any]] | None = None,
-                metadata: dict[str, Any] | None = None) -> list[str]:
+async def reply(
+    s: Settings,
+    limit: int | None = None,
+    meter: Meter | None = None,
+    calls: list[ToolRequest] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[str]:
     pieces: list[str] = []
-    stream = model.stream_reply(s, MODEL, [{"role": "user", "content": "hi"}], metadata or {}, tools=tools,
-                                calls=calls, meter=meter)
+    stream = model.stream_reply(
+        s, MODEL, [{"role": "user", "content": "hi"}], metadata or {}, tools=tools, calls=calls, meter=meter
+    )
     async for text in stream:
         pieces.append(text)
         if limit is not None and len(pieces) >= limit:
@@ -98,11 +104,14 @@ async def test_the_request_carries_key_cap_tools_and_asks_for_usage(fake: FakeOp
 
 
 async def test_tool_call_deltas_are_folded_into_whole_calls(fake: FakeOpenAI, fast_path: str) -> None:
-    fake.tools(ToolCalls([("lookup", {"q": "weather in Oslo"}), ("clock", {})], text="Let me look.",
-                         ids=["call_a", "call_b"]))
+    fake.tools(
+        ToolCalls([("lookup", {"q": "weather in Oslo"}), ("clock", {})], text="Let me look.", ids=["call_a", "call_b"])
+    )
     calls: list[ToolRequest] = []
-    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
-             for n in ("lookup", "clock")]
+    tools = [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+        for n in ("lookup", "clock")
+    ]
     assert "".join(await reply(settings(fake, fast_path), calls=calls, tools=tools)) == "Let me look."
     assert calls == [ToolRequest("call_a", "lookup", '{"q": "weather in Oslo"}'), ToolRequest("call_b", "clock", "{}")]
 

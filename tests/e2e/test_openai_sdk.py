@@ -27,9 +27,13 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def sdk(stack: Stack, token: str | None = None, base_url: str | None = None, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url or stack.base_url}/v1", max_retries=0, timeout=60,
-                         api_key=token or stack.mint(f"sdk-{uuid.uuid4().hex[:8]}", "tenant-sdk"),
-                         default_headers=headers or None)
+    return openai.OpenAI(
+        base_url=f"{base_url or stack.base_url}/v1",
+        max_retries=0,
+        timeout=60,
+        api_key=token or stack.mint(f"sdk-{uuid.uuid4().hex[:8]}", "tenant-sdk"),
+        default_headers=headers or None,
+    )
 
 
 def request_id(completion_id: str) -> str:
@@ -45,16 +49,37 @@ def streamed_text(chunks: Any) -> tuple[str, list[Any]]:
 @pytest.fixture(scope="module")
 def provider(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
     """A worker for the `provider` agent, talking to the fake provider (see tests/e2e/test_provider.py)."""
-    with stack.serving("provider", LLM_MODEL="openai/fake-model", LLM_API_BASE=fake.base_url,
-                       LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1", LEASE_SECONDS="30") as served:
+    with stack.serving(
+        "provider",
+        LLM_MODEL="openai/fake-model",
+        LLM_API_BASE=fake.base_url,
+        LLM_API_KEY="sk-test-" + uuid.uuid4().hex,
+        LLM_RETRIES="1",
+        LEASE_SECONDS="30",
+    ) as served:
         yield served
 
 
 def test_models_are_the_agents(stack: Stack) -> None:
     env = {**os.environ, "DATABASE_URL": stack.infra.database_url}
-    api_key = subprocess.run([sys.executable, "-m", "cli.main", "apikey", "create", "--tenant", "tenant-sdk",
-                              "--user", f"sdk-{uuid.uuid4().hex[:8]}"], env=env, cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
+    api_key = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "apikey",
+            "create",
+            "--tenant",
+            "tenant-sdk",
+            "--user",
+            f"sdk-{uuid.uuid4().hex[:8]}",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     client = sdk(stack, api_key)  # an API key, as Open WebUI and LibreChat send it: Authorization: Bearer
     ids = [m.id for m in client.models.list()]
     assert {"assistant", "it-support", "chaos"} <= set(ids)
@@ -67,7 +92,8 @@ def test_models_are_the_agents(stack: Stack) -> None:
 def test_a_completion_is_a_stored_turn(stack: Stack) -> None:
     client = sdk(stack)
     raw = client.chat.completions.with_raw_response.create(
-        model="assistant", messages=[{"role": "user", "content": "Hello SDK"}], extra_body={"metadata": offline(25, 0)})
+        model="assistant", messages=[{"role": "user", "content": "Hello SDK"}], extra_body={"metadata": offline(25, 0)}
+    )
     completion = raw.parse()
     expected = "".join(compose_reply("Hello SDK", 25))
     assert completion.object == "chat.completion" and completion.model == "assistant"
@@ -83,8 +109,12 @@ def test_a_completion_is_a_stored_turn(stack: Stack) -> None:
 def test_a_streamed_completion_with_usage(stack: Stack) -> None:
     client = sdk(stack)
     stream = client.chat.completions.create(
-        model="assistant", messages=[{"role": "user", "content": [{"type": "text", "text": "Stream me"}]}],
-        stream=True, stream_options={"include_usage": True}, extra_body={"metadata": offline(30, 300)})
+        model="assistant",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Stream me"}]}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"metadata": offline(30, 300)},
+    )
     text, chunks = streamed_text(stream)
     assert text == "".join(compose_reply("Stream me", 30))
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
@@ -98,16 +128,24 @@ def test_a_streamed_completion_with_usage(stack: Stack) -> None:
 
 def test_session_and_chat_headers_choose_the_session(stack: Stack) -> None:
     token = stack.mint(f"sdk-{uuid.uuid4().hex[:8]}", "tenant-sdk")
-    ask: dict[str, Any] = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}],
-                           "extra_body": {"metadata": offline(3, 0)}}
-    fresh = [sdk(stack, token).chat.completions.with_raw_response.create(**ask).headers["x-session-id"]
-             for _ in range(2)]
+    ask: dict[str, Any] = {
+        "model": "assistant",
+        "messages": [{"role": "user", "content": "hi"}],
+        "extra_body": {"metadata": offline(3, 0)},
+    }
+    fresh = [
+        sdk(stack, token).chat.completions.with_raw_response.create(**ask).headers["x-session-id"] for _ in range(2)
+    ]
     assert fresh[0] != fresh[1], "without a header every call starts a session"
     again = sdk(stack, token, **{"X-Session-Id": fresh[0]}).chat.completions.with_raw_response.create(**ask)
     assert again.headers["x-session-id"] == fresh[0]
     chat = f"owui-{uuid.uuid4().hex[:8]}"
-    named = [sdk(stack, token, **{"X-Chat-Id": chat}).chat.completions.with_raw_response.create(**ask)
-             .headers["x-session-id"] for _ in range(2)]
+    named = [
+        sdk(stack, token, **{"X-Chat-Id": chat})
+        .chat.completions.with_raw_response.create(**ask)
+        .headers["x-session-id"]
+        for _ in range(2)
+    ]
     assert named[0] == named[1] and named[0] not in fresh
     someone_else = sdk(stack, None, **{"X-Chat-Id": chat}).chat.completions.with_raw_response.create(**ask)
     assert someone_else.headers["x-session-id"] != named[0], "a chat id is per user"
@@ -147,8 +185,11 @@ def test_over_the_rate_limit_is_a_rate_limit_error(stack: Stack, tmp_path: Any) 
     try:
         limited.start_gateway()
         client = sdk(stack, base_url=limited.base_url)
-        ask: dict[str, Any] = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}],
-                               "extra_body": {"metadata": offline(2, 0)}}
+        ask: dict[str, Any] = {
+            "model": "assistant",
+            "messages": [{"role": "user", "content": "hi"}],
+            "extra_body": {"metadata": offline(2, 0)},
+        }
         client.chat.completions.create(**ask)
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(**ask)
@@ -184,8 +225,11 @@ def test_a_failed_reply_raises_streamed_or_not(provider: Stack, fake: FakeOpenAI
     client = sdk(provider)
     fake.fail(401, message="Incorrect API key provided", type="invalid_request_error")
     with pytest.raises(openai.APIError) as streamed:
-        streamed_text(client.chat.completions.create(
-            model="provider", messages=[{"role": "user", "content": "fail streamed"}], stream=True))
+        streamed_text(
+            client.chat.completions.create(
+                model="provider", messages=[{"role": "user", "content": "fail streamed"}], stream=True
+            )
+        )
     assert "Incorrect API key provided" in streamed.value.message
     assert isinstance(streamed.value.body, dict) and streamed.value.body["code"] == "run_failed"
     fake.fail(401, message="Incorrect API key provided", type="invalid_request_error")
@@ -198,8 +242,11 @@ def test_a_failed_reply_raises_streamed_or_not(provider: Stack, fake: FakeOpenAI
 def test_closing_the_stream_cancels_the_reply(stack: Stack) -> None:
     client = sdk(stack)
     stream = client.chat.completions.create(
-        model="assistant", messages=[{"role": "user", "content": "long one"}], stream=True,
-        extra_body={"metadata": offline(400, 20)})
+        model="assistant",
+        messages=[{"role": "user", "content": "long one"}],
+        stream=True,
+        extra_body={"metadata": offline(400, 20)},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             break

@@ -33,8 +33,15 @@ def provider(request: pytest.FixtureRequest, stack: Stack, fake: FakeOpenAI) -> 
     first call imports the OpenAI SDK inside the event loop, which can stall the heartbeat
     for seconds on a busy machine and make the reaper start a second attempt.
     """
-    with stack.serving("provider", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY=API_KEY,
-                       LLM_RETRIES="3", LEASE_SECONDS="30", LLM_FAST_PATH=str(request.param)) as served:
+    with stack.serving(
+        "provider",
+        LLM_MODEL=MODEL,
+        LLM_API_BASE=fake.base_url,
+        LLM_API_KEY=API_KEY,
+        LLM_RETRIES="3",
+        LEASE_SECONDS="30",
+        LLM_FAST_PATH=str(request.param),
+    ) as served:
         yield served
 
 

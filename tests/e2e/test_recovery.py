@@ -16,14 +16,17 @@ from workers.offline_model import compose_reply
 def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers: Callable[[], None]) -> None:
     chaos_workers()
     c = stack.client()
-    r = c.post("/api/v1/requests/web", json={"content": "survive this", "agent_id": "chaos", "new_session": True,
-                                             "metadata": offline(150, 30)}).json()
+    r = c.post(
+        "/api/v1/requests/web",
+        json={"content": "survive this", "agent_id": "chaos", "new_session": True, "metadata": offline(150, 30)},
+    ).json()
     # Let some tokens out (and a heartbeat store them as used), then kill the worker producing them without warning.
     seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
 
     def counted() -> int:
-        rows = sql(stack, "SELECT attempt_output_tokens AS n FROM request_logs WHERE request_id = $1::uuid",
-                   r["request_id"])
+        rows = sql(
+            stack, "SELECT attempt_output_tokens AS n FROM request_logs WHERE request_id = $1::uuid", r["request_id"]
+        )
         return int(rows[0]["n"])
 
     wait_until(lambda: counted() > 0, 10, "a heartbeat to store the attempt's usage so far")
@@ -41,9 +44,13 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
     used = stored["usage"]
     assert used["output_tokens"] >= 150 + lost_at_least and used["estimated"] is True, used
     assert used["input_tokens"] == 2 * len("survive this".split()), used
-    rolled = sql(stack, "SELECT u.model, u.output_tokens, r.response_metadata ->> 'model' AS used FROM usage_daily u"
-                        " JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
-                        " WHERE r.request_id = $1::uuid", r["request_id"])
+    rolled = sql(
+        stack,
+        "SELECT u.model, u.output_tokens, r.response_metadata ->> 'model' AS used FROM usage_daily u"
+        " JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
+        " WHERE r.request_id = $1::uuid",
+        r["request_id"],
+    )
     assert [(x["model"], x["output_tokens"]) for x in rolled] == [(rolled[0]["used"], used["output_tokens"])]
 
 
@@ -51,8 +58,10 @@ def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: C
     """A worker frozen past its lease (SIGSTOP) wakes after the retry finished and must change nothing."""
     chaos_workers()
     c = stack.client()
-    r = c.post("/api/v1/requests/web", json={"content": "frozen", "agent_id": "chaos", "new_session": True,
-                                             "metadata": offline(60, 20)}).json()
+    r = c.post(
+        "/api/v1/requests/web",
+        json={"content": "frozen", "agent_id": "chaos", "new_session": True, "metadata": offline(60, 20)},
+    ).json()
     read_until(c, r["stream_url"], lambda e: e.event == "token")
     frozen = next(w for w in stack.workers if w.pid == stack.worker_running(r["request_id"]))
     os.kill(frozen.pid, signal.SIGSTOP)

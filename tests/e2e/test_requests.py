@@ -42,8 +42,14 @@ def test_reply_streams_in_order_and_is_stored(stack: Stack) -> None:
 
 def test_routing_rules_and_history(stack: Stack) -> None:
     with stack.client() as c:
-        first = c.post("/api/v1/requests/cli?wait=20", json={"content": "my laptop is slow", "new_session": True,
-                                                             "metadata": {"terminal": "xterm", "command": "chat"}})
+        first = c.post(
+            "/api/v1/requests/cli?wait=20",
+            json={
+                "content": "my laptop is slow",
+                "new_session": True,
+                "metadata": {"terminal": "xterm", "command": "chat"},
+            },
+        )
         assert first.status_code == 200, first.text
         assert first.json()["agent_id"] == "it-support"
         sid = first.json()["session_id"]
@@ -56,9 +62,11 @@ def test_routing_rules_and_history(stack: Stack) -> None:
 
 def test_two_sessions_at_once(stack: Stack) -> None:
     with stack.client() as c:
+
         def run(text: str) -> tuple[str, str]:
-            r = c.post("/api/v1/requests/web", json={"content": text, "new_session": True,
-                                                     "metadata": offline(60, 100)})
+            r = c.post(
+                "/api/v1/requests/web", json={"content": text, "new_session": True, "metadata": offline(60, 100)}
+            )
             body = r.json()
             events = read_until(c, body["stream_url"], done_for(body["request_id"]))
             session = c.get(f"/api/v1/sessions/{body['session_id']}").json()
@@ -77,9 +85,12 @@ def test_two_sessions_at_once(stack: Stack) -> None:
 def test_one_request_at_a_time_in_arrival_order(stack: Stack) -> None:
     with stack.client() as c:
         sid = c.post("/api/v1/sessions", json={"integration_type": "web"}).json()["session_id"]
-        ids = [c.post("/api/v1/requests/web", json={"content": f"turn {i}", "session_id": sid,
-                                                    "metadata": offline(20, 100)}).json()["request_id"]
-               for i in range(3)]
+        ids = [
+            c.post(
+                "/api/v1/requests/web", json={"content": f"turn {i}", "session_id": sid, "metadata": offline(20, 100)}
+            ).json()["request_id"]
+            for i in range(3)
+        ]
         events = read_until(c, f"/api/v1/sessions/{sid}/stream", done_for(ids[-1]))
         starts = [e.json()["request_id"] for e in events if e.event == "run.started"]
         assert starts == ids
@@ -96,15 +107,18 @@ def test_one_request_at_a_time_in_arrival_order(stack: Stack) -> None:
 def test_multitask_reject_and_interrupt(stack: Stack) -> None:
     with stack.client() as c:
         sid = c.post("/api/v1/sessions", json={}).json()["session_id"]
-        slow = c.post("/api/v1/requests/web", json={"content": "long one", "session_id": sid,
-                                                    "metadata": offline(400, 40)}).json()
+        slow = c.post(
+            "/api/v1/requests/web", json={"content": "long one", "session_id": sid, "metadata": offline(400, 40)}
+        ).json()
         wait_status(c, slow["request_id"], {"running"})
         rejected = c.post("/api/v1/requests/web", json={"content": "no", "session_id": sid, "multitask": "reject"})
         assert rejected.status_code == 409
         assert rejected.json()["error"] == "conflict"
         queued = c.post("/api/v1/requests/web", json={"content": "queued", "session_id": sid}).json()
-        urgent = c.post("/api/v1/requests/web", json={"content": "urgent", "session_id": sid,
-                                                      "multitask": "interrupt", "metadata": offline(10, 100)}).json()
+        urgent = c.post(
+            "/api/v1/requests/web",
+            json={"content": "urgent", "session_id": sid, "multitask": "interrupt", "metadata": offline(10, 100)},
+        ).json()
         events = read_until(c, f"/api/v1/sessions/{sid}/stream", done_for(urgent["request_id"]))
         by_request = {e.json()["request_id"]: [] for e in events}
         for e in events:
@@ -115,14 +129,19 @@ def test_multitask_reject_and_interrupt(stack: Stack) -> None:
         assert by_request[urgent["request_id"]][-3:] == ["message", "run.completed", "done"]
         assert wait_status(c, slow["request_id"], {"cancelled"})["status"] == "cancelled"
         assert wait_status(c, queued["request_id"], {"cancelled"})["status"] == "cancelled"
-        assert c.post("/api/v1/requests/web", json={"content": "free now", "session_id": sid,
-                                                    "multitask": "reject"}).status_code == 202
+        assert (
+            c.post(
+                "/api/v1/requests/web", json={"content": "free now", "session_id": sid, "multitask": "reject"}
+            ).status_code
+            == 202
+        )
 
 
 def test_cancel_running_request(stack: Stack) -> None:
     with stack.client() as c:
-        r = c.post("/api/v1/requests/web", json={"content": "cancel me", "new_session": True,
-                                                 "metadata": offline(500, 50)}).json()
+        r = c.post(
+            "/api/v1/requests/web", json={"content": "cancel me", "new_session": True, "metadata": offline(500, 50)}
+        ).json()
         wait_status(c, r["request_id"], {"running"})
         cancel = c.post(f"/api/v1/requests/{r['request_id']}/cancel")
         assert cancel.status_code == 202
@@ -144,8 +163,7 @@ def test_idempotency_key_returns_the_same_request(stack: Stack) -> None:
         assert first.status_code == second.status_code == 202
         assert first.json()["request_id"] == second.json()["request_id"]
         assert second.headers["Idempotent-Replayed"] == "true"
-        other = c.post("/api/v1/requests/web", json={**body, "content": "different"},
-                       headers={"Idempotency-Key": key})
+        other = c.post("/api/v1/requests/web", json={**body, "content": "different"}, headers={"Idempotency-Key": key})
         assert other.status_code == 409
         history = c.get(f"/api/v1/sessions/{first.json()['session_id']}/requests").json()["items"]
         assert len(history) == 1
@@ -153,22 +171,30 @@ def test_idempotency_key_returns_the_same_request(stack: Stack) -> None:
 
 def test_wait_returns_the_finished_reply(stack: Stack) -> None:
     with stack.client() as c:
-        r = c.post("/api/v1/requests/generic", json={"content": "wait for me", "integration_type": "test"},
-                   headers={"Prefer": "wait=20"})
+        r = c.post(
+            "/api/v1/requests/generic",
+            json={"content": "wait for me", "integration_type": "test"},
+            headers={"Prefer": "wait=20"},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "completed"
         assert body["response"] == "".join(compose_reply("wait for me", 30))
         assert r.headers["Preference-Applied"] == "wait=20"
-        slow = c.post("/api/v1/requests/web?wait=0.2", json={"content": "slow", "new_session": True,
-                                                              "metadata": offline(200, 50)})
+        slow = c.post(
+            "/api/v1/requests/web?wait=0.2", json={"content": "slow", "new_session": True, "metadata": offline(200, 50)}
+        )
         assert slow.status_code == 202
 
 
 def test_post_can_stream_its_own_events(stack: Stack) -> None:
     with stack.client() as c:
-        body = {"content": "stream me", "tool_id": "snow", "trigger_event": "ticket.created",
-                "tool_context": {"ticket": "INC1"}}
+        body = {
+            "content": "stream me",
+            "tool_id": "snow",
+            "trigger_event": "ticket.created",
+            "tool_context": {"ticket": "INC1"},
+        }
         with c.stream("POST", "/api/v1/requests/tool", json=body, headers={"Accept": "text/event-stream"}) as r:
             assert r.status_code == 200
             from cli.sse import iter_events
@@ -176,8 +202,9 @@ def test_post_can_stream_its_own_events(stack: Stack) -> None:
             events = list(iter_events(r))
         assert events[0].event == "request.accepted"
         assert events[-1].event == "done"
-        assert "".join(e.json()["data"]["text"] for e in events if e.event == "token") == \
-            "".join(compose_reply("stream me", 30))
+        assert "".join(e.json()["data"]["text"] for e in events if e.event == "token") == "".join(
+            compose_reply("stream me", 30)
+        )
 
 
 def test_compat_stream_endpoint(stack: Stack) -> None:
@@ -194,15 +221,21 @@ def test_compat_stream_endpoint(stack: Stack) -> None:
         assert again == lines
         assert c.post(f"/stream?feature_id=nope&chat_id={chat}").status_code == 404
         # Once the chat's session has ended, the chat starts a new session and generation.
-        session = next(s for s in c.get("/api/v1/sessions").json()["items"]
-                       if s["external_session_id"] and s["external_session_id"].endswith(f":{chat}"))
+        session = next(
+            s
+            for s in c.get("/api/v1/sessions").json()["items"]
+            if s["external_session_id"] and s["external_session_id"].endswith(f":{chat}")
+        )
         assert c.post(f"/api/v1/sessions/{session['session_id']}/end").status_code == 200
         with c.stream("POST", f"/stream?feature_id=default&chat_id={chat}") as r:
             assert r.status_code == 200
             fresh = [line for line in r.iter_lines() if line.startswith("data: ")]
         assert fresh[-1] == "data: [DONE]" and fresh != lines
-        renewed = [s for s in c.get("/api/v1/sessions").json()["items"]
-                   if s["external_session_id"] == session["external_session_id"]]
+        renewed = [
+            s
+            for s in c.get("/api/v1/sessions").json()["items"]
+            if s["external_session_id"] == session["external_session_id"]
+        ]
         assert [s["status"] for s in renewed] == ["active", "inactive"]
 
 
@@ -242,8 +275,9 @@ def test_sessions_listing_paging_and_end(stack: Stack) -> None:
 def test_cancel_reaches_a_model_that_sends_nothing(stack: Stack) -> None:
     with stack.client() as c:
         # 1,000 s before the first token: a cancel the model only noticed at its next token would outlast the test.
-        r = c.post("/api/v1/requests/web", json={"content": "slow thinker", "new_session": True,
-                                                 "metadata": offline(5, 0.001)}).json()
+        r = c.post(
+            "/api/v1/requests/web", json={"content": "slow thinker", "new_session": True, "metadata": offline(5, 0.001)}
+        ).json()
         wait_status(c, r["request_id"], {"running"})
         assert c.post(f"/api/v1/requests/{r['request_id']}/cancel").status_code == 202
         events = read_until(c, r["stream_url"], done_for(r["request_id"]))

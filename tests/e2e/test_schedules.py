@@ -25,8 +25,9 @@ def client(stack: Stack, user_id: str, tenant_id: str, *scopes: str) -> httpx.Cl
 
 
 def requests_of(stack: Stack, schedule_id: str) -> int:
-    rows = sql(stack, "SELECT count(*) AS n FROM request_logs WHERE idempotency_key LIKE $1",
-               f"schedule:{schedule_id}:%")
+    rows = sql(
+        stack, "SELECT count(*) AS n FROM request_logs WHERE idempotency_key LIKE $1", f"schedule:{schedule_id}:%"
+    )
     return int(rows[0]["n"])
 
 
@@ -40,8 +41,9 @@ async def send_without_recording(stack: Stack, schedule_id: str) -> str:
     app = create_app(settings_for(stack.infra, agents_file=ROOT / "tests" / "agents.yaml"))
     async with app.router.lifespan_context(app):
         gw = app.state.gateway
-        row = await gw.db.fetchrow(f"SELECT {service.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1",
-                                   uuid.UUID(schedule_id))
+        row = await gw.db.fetchrow(
+            f"SELECT {service.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1", uuid.UUID(schedule_id)
+        )
         firing = await service.fire(gw, row, row["next_run_at"].isoformat())
         assert firing.status == "sent" and firing.request_id
         return firing.request_id
@@ -56,10 +58,19 @@ def test_schedules_fire_each_tick_exactly_once(new_stack: Stack) -> None:
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
     with client(s, "ann", tenant) as ann, client(s, "bob", tenant) as bob:
         assert ann.post("/api/v1/schedules", json={"cron": "0 9 * * 1-5 2026", "content": "x"}).status_code == 422
-        assert ann.post("/api/v1/schedules", json={"cron": "0 9 * * *", "timezone": "Nowhere/City",
-                                                   "content": "x"}).status_code == 422
-        created = [ann.post("/api/v1/schedules", json={"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin",
-                                                       "content": f"summarise tickets {i}"}) for i in range(4)]
+        assert (
+            ann.post(
+                "/api/v1/schedules", json={"cron": "0 9 * * *", "timezone": "Nowhere/City", "content": "x"}
+            ).status_code
+            == 422
+        )
+        created = [
+            ann.post(
+                "/api/v1/schedules",
+                json={"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin", "content": f"summarise tickets {i}"},
+            )
+            for i in range(4)
+        ]
         assert all(r.status_code == 201 for r in created), created[0].text
         ids = [r.json()["schedule_id"] for r in created]
         first = datetime.fromisoformat(created[0].json()["next_run_at"])
@@ -69,8 +80,12 @@ def test_schedules_fire_each_tick_exactly_once(new_stack: Stack) -> None:
 
         # Two due ticks claimed by a worker that then died (the claims lapse): one before it sent anything,
         # one after it sent the tick's request but before it moved the schedule on.
-        sql(s, "UPDATE schedules SET next_run_at = now(), claimed_until = now() + interval '3 seconds'"
-               " WHERE schedule_id = ANY($1::uuid[])", ids[1:3])
+        sql(
+            s,
+            "UPDATE schedules SET next_run_at = now(), claimed_until = now() + interval '3 seconds'"
+            " WHERE schedule_id = ANY($1::uuid[])",
+            ids[1:3],
+        )
         sent_before = asyncio.run(send_without_recording(s, ids[2]))
         sql(s, "UPDATE schedules SET next_run_at = now() WHERE schedule_id = $1::uuid", ids[0])
         # Down for three days (three weekday ticks missed, say): one catch-up firing, then the next tick.
@@ -120,8 +135,9 @@ def test_deliver_sends_the_reply_through_the_users_delivery_settings(stack: Stac
             assert c.post(f"/api/v1/users/{uid}/integrations", json={"integration_type": "TEST"}).status_code == 201
             sent = {}
             for deliver in (False, True):
-                schedule = c.post("/api/v1/schedules", json={"cron": "0 3 1 1 *", "content": f"deliver {deliver}",
-                                                             "deliver": deliver}).json()
+                schedule = c.post(
+                    "/api/v1/schedules", json={"cron": "0 3 1 1 *", "content": f"deliver {deliver}", "deliver": deliver}
+                ).json()
                 sent[deliver] = c.post(f"/api/v1/schedules/{schedule['schedule_id']}/run").json()["request_id"]
                 assert wait_status(c, sent[deliver], {"completed"})["status"] == "completed"
             rows = wait_for(lambda: [r for r in deliveries(c, uid) if r["status"] == "SUCCESS"])

@@ -46,14 +46,25 @@ def agents_file(folder: Path, mcp_url: str) -> Path:
     remote = {"name": "t", "url": mcp_url, "headers": {"X-Token": "${RG_TEST_MCP_TOKEN}"}}
     agents = [
         {"id": "assistant", "feature": "tools", "default": True},
-        {"id": "demo", "feature": "tools", "tools": {"servers": [
-            {"name": "demo", "command": ["python", "-m", "workers.mcp_demo"]}]}},
-        {"id": "remote", "feature": "tools", "model": MODEL, "max_steps": 3, "tools": {"servers": [
-            remote, {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp"}]}},
-        {"id": "guarded", "feature": "tools", "model": MODEL, "tools": {"servers": [remote],
-                                                                        "approval": ["t.record"]}},
-        {"id": "crashy", "feature": "tools-chaos", "model": MODEL, "tools": {"servers": [remote],
-                                                                              "idempotent": ["t.hold"]}},
+        {
+            "id": "demo",
+            "feature": "tools",
+            "tools": {"servers": [{"name": "demo", "command": ["python", "-m", "workers.mcp_demo"]}]},
+        },
+        {
+            "id": "remote",
+            "feature": "tools",
+            "model": MODEL,
+            "max_steps": 3,
+            "tools": {"servers": [remote, {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp"}]},
+        },
+        {"id": "guarded", "feature": "tools", "model": MODEL, "tools": {"servers": [remote], "approval": ["t.record"]}},
+        {
+            "id": "crashy",
+            "feature": "tools-chaos",
+            "model": MODEL,
+            "tools": {"servers": [remote], "idempotent": ["t.hold"]},
+        },
     ]
     path = folder / "agents.yaml"
     path.write_text(yaml.safe_dump({"agents": agents}))
@@ -61,13 +72,21 @@ def agents_file(folder: Path, mcp_url: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tools_stack(infra: Infra, fake: FakeOpenAI, mcp: FakeMcp, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[Stack]:
+def tools_stack(
+    infra: Infra, fake: FakeOpenAI, mcp: FakeMcp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("tools")
-    env = stack_env(infra, AGENTS_FILE=str(agents_file(folder, mcp.url)), LLM_API_BASE=fake.base_url,
-                    LLM_API_KEY="sk-test-" + uuid.uuid4().hex, LLM_RETRIES="1", RG_TEST_MCP_TOKEN=TOKEN,
-                    TOOL_CALL_TIMEOUT_SECONDS=str(TIMEOUT), TOOL_RESULT_MAX_CHARS="1000",
-                    APPROVAL_TIMEOUT_SECONDS=str(APPROVAL_SECONDS))
+    env = stack_env(
+        infra,
+        AGENTS_FILE=str(agents_file(folder, mcp.url)),
+        LLM_API_BASE=fake.base_url,
+        LLM_API_KEY="sk-test-" + uuid.uuid4().hex,
+        LLM_RETRIES="1",
+        RG_TEST_MCP_TOKEN=TOKEN,
+        TOOL_CALL_TIMEOUT_SECONDS=str(TIMEOUT),
+        TOOL_RESULT_MAX_CHARS="1000",
+        APPROVAL_TIMEOUT_SECONDS=str(APPROVAL_SECONDS),
+    )
     s = Stack(infra, folder, env)
     try:
         s.start_gateway()
@@ -102,7 +121,11 @@ def test_offline_model_calls_the_demo_server_over_stdio(tools_stack: Stack) -> N
         assert (call["tool"], call["arguments"]) == ("demo.calculate", {"expression": "6*7"})
         [result] = data(events, "tool.result")
         assert (result["call_id"], result["tool"], result["ok"], result["output"]) == (
-            call["call_id"], "demo.calculate", True, "42")
+            call["call_id"],
+            "demo.calculate",
+            True,
+            "42",
+        )
         types = [e.event for e in events]
         assert types.index("tool.call") < types.index("tool.result") < types.index("run.completed")
         assert "demo.calculate returned: 42" in text_of(events, rid)
@@ -143,10 +166,20 @@ def test_parallel_calls_run_together(tools_stack: Stack, fake: FakeOpenAI, mcp: 
 
 
 def test_tool_error_timeout_down_server_and_cap_reach_the_model(
-        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp
+) -> None:
     content = f"everything fails {uuid.uuid4().hex[:6]}"
-    fake.tools(ToolCalls([("t__fail", {"reason": "no such ticket"}), ("t__slow", {"seconds": 120}),
-                          ("down__anything", {}), ("t__big", {"size": 5000}), ("nope__tool", {})]))
+    fake.tools(
+        ToolCalls(
+            [
+                ("t__fail", {"reason": "no such ticket"}),
+                ("t__slow", {"seconds": 120}),
+                ("down__anything", {}),
+                ("t__big", {"size": 5000}),
+                ("nope__tool", {}),
+            ]
+        )
+    )
     fake.reply("I could not do it.")
     with tools_stack.client() as c:
         accepted, events = ask(c, "remote", content)
@@ -163,8 +196,9 @@ def test_tool_error_timeout_down_server_and_cap_reach_the_model(
 
 
 def test_a_provider_reusing_call_ids_keeps_every_step(tools_stack: Stack, fake: FakeOpenAI) -> None:
-    fake.tools(ToolCalls([("t__echo", {"text": "a"})], ids=["call_0"]),
-               ToolCalls([("t__echo", {"text": "b"})], ids=["call_0"]))
+    fake.tools(
+        ToolCalls([("t__echo", {"text": "a"})], ids=["call_0"]), ToolCalls([("t__echo", {"text": "b"})], ids=["call_0"])
+    )
     fake.reply("Both echoed.")
     with tools_stack.client() as c:
         accepted, events = ask(c, "remote", f"same ids {uuid.uuid4().hex[:6]}")
@@ -201,7 +235,8 @@ def test_cancel_during_a_tool_call(tools_stack: Stack, fake: FakeOpenAI, mcp: Fa
 
 
 def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
-        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp
+) -> None:
     mcp.calls.clear()
     mcp.release.clear()
     workers = [tools_stack.start_worker("tools-chaos", wait=False, LEASE_SECONDS="10") for _ in range(2)]
@@ -212,8 +247,9 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
     with tools_stack.client() as c:
         accepted = start(c, "crashy", f"crash {uuid.uuid4().hex[:6]}")
         rid = accepted["request_id"]
-        wait_until(lambda: mcp.in_flight["block"] == 1 and mcp.in_flight["hold"] == 1, 60,
-                   "the second step's calls to start")
+        wait_until(
+            lambda: mcp.in_flight["block"] == 1 and mcp.in_flight["hold"] == 1, 60, "the second step's calls to start"
+        )
         os.kill(tools_stack.worker_running(rid), signal.SIGKILL)
         events = read_until(c, accepted["stream_url"], done_for(rid), timeout=90)
         mcp.release.set()
@@ -231,7 +267,10 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
         stored = wait_status(c, rid, {"completed"})
         assert stored["attempt"] == 2
         assert [(s["tool"], s["status"], s["attempt"]) for s in stored["steps"]] == [
-            ("t.record", "ok", 1), ("t.block", "error", 2), ("t.hold", "ok", 2)]
+            ("t.record", "ok", 1),
+            ("t.block", "error", 2),
+            ("t.hold", "ok", 2),
+        ]
     assert mcp.calls["record"] == 1, "a finished call ran again"
     assert mcp.calls["block"] == 1, "a call in flight that is not idempotent ran again"
     assert mcp.calls["hold"] == 2, "an idempotent call in flight runs again"
@@ -243,13 +282,15 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
 def wait_for_approval(c: httpx.Client, accepted: dict[str, Any]) -> tuple[list[SseEvent], dict[str, Any]]:
     """Read the request's events up to its approval request; returns them and the request as stored."""
     rid = accepted["request_id"]
-    events = read_until(c, accepted["stream_url"],
-                        lambda e: e.event == "tool.approval_required" and e.json()["request_id"] == rid)
+    events = read_until(
+        c, accepted["stream_url"], lambda e: e.event == "tool.approval_required" and e.json()["request_id"] == rid
+    )
     return events, wait_status(c, rid, {"waiting"})
 
 
 def test_approved_call_runs_after_the_decision_and_no_worker_waits(
-        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+    tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp
+) -> None:
     mcp.calls.clear()
     content = f"approve me {uuid.uuid4().hex[:6]}"
     fake.tools(ToolCalls([("t__record", {"n": 7}), ("t__echo", {"text": "free"})]))
@@ -264,14 +305,17 @@ def test_approved_call_runs_after_the_decision_and_no_worker_waits(
         assert stored["status"] == "waiting"
         assert {s["tool"]: s["status"] for s in stored["steps"]} == {"t.record": "awaiting", "t.echo": "ok"}
         assert mcp.calls["record"] == 0 and mcp.calls["echo"] == 1
-        assert other.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
-                          json={"approve": True}).status_code == 404, "only the request's user decides"
+        assert (
+            other.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": True}).status_code
+            == 404
+        ), "only the request's user decides"
         assert c.post(f"/api/v1/requests/{rid}/approvals/nope", json={"approve": True}).status_code == 404
         r = c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": True})
         assert r.status_code == 200, r.text
         assert r.json() == {"request_id": rid, "call_id": pending["call_id"], "approved": True, "status": "queued"}
-        assert c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
-                      json={"approve": True}).status_code == 409, "decided once"
+        assert (
+            c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": True}).status_code == 409
+        ), "decided once"
         rest = read_until(c, accepted["stream_url"], done_for(rid), last_event_id=events[-1].id)
         results = {d["tool"]: d for d in data(rest, "tool.result")}
         assert (results["t.record"]["ok"], results["t.record"]["output"]) == (True, "recorded 7")
@@ -294,8 +338,9 @@ def test_denied_call_is_fed_to_the_model(tools_stack: Stack, fake: FakeOpenAI, m
         rid = accepted["request_id"]
         events, _ = wait_for_approval(c, accepted)
         [pending] = data(events, "tool.approval_required")
-        r = c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
-                   json={"approve": False, "reason": "not today"})
+        r = c.post(
+            f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": False, "reason": "not today"}
+        )
         assert r.status_code == 200 and r.json()["status"] == "queued", r.text
         rest = read_until(c, accepted["stream_url"], done_for(rid), last_event_id=events[-1].id)
         [result] = data(rest, "tool.result")
@@ -306,21 +351,23 @@ def test_denied_call_is_fed_to_the_model(tools_stack: Stack, fake: FakeOpenAI, m
     assert fed[-1]["content"] == f"error: {result['error']}"
 
 
-def test_unanswered_approval_expires_and_frees_the_session(
-        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
+def test_unanswered_approval_expires_and_frees_the_session(tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp) -> None:
     fake.tools(ToolCalls([("t__record", {"n": 9})]))
     with tools_stack.client() as c:
         accepted = start(c, "guarded", f"expire me {uuid.uuid4().hex[:6]}")
         rid = accepted["request_id"]
         events, _ = wait_for_approval(c, accepted)
         fake.reply("The next one.")
-        r = c.post("/api/v1/requests/web", json={"content": "after the wait", "agent_id": "remote",
-                                                 "session_id": accepted["session_id"]})
+        r = c.post(
+            "/api/v1/requests/web",
+            json={"content": "after the wait", "agent_id": "remote", "session_id": accepted["session_id"]},
+        )
         assert r.status_code == 202, r.text
         nxt = r.json()["request_id"]
         assert wait_status(c, nxt, {"queued"})["status"] == "queued", "the waiting request heads its session"
-        rest = read_until(c, accepted["stream_url"], done_for(nxt), last_event_id=events[-1].id,
-                          timeout=APPROVAL_SECONDS + 60)
+        rest = read_until(
+            c, accepted["stream_url"], done_for(nxt), last_event_id=events[-1].id, timeout=APPROVAL_SECONDS + 60
+        )
         [failed] = [e.json()["data"] for e in rest if e.event == "run.failed" and e.json()["request_id"] == rid]
         assert "approval" in failed["error"] and "expired" in failed["error"]
         assert wait_status(c, rid, {"failed"})["status"] == "failed"
@@ -338,31 +385,54 @@ def test_cancel_while_waiting_ends_the_request(tools_stack: Stack, fake: FakeOpe
         assert [e.event for e in rest][-2:] == ["run.cancelled", "done"]
         assert wait_status(c, rid, {"cancelled"})["status"] == "cancelled"
         [pending] = data(events, "tool.approval_required")
-        assert c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}",
-                      json={"approve": True}).status_code == 409
+        assert (
+            c.post(f"/api/v1/requests/{rid}/approvals/{pending['call_id']}", json={"approve": True}).status_code == 409
+        )
 
 
-def cli_chat(stack: Stack, home: Path, content: str, answer: str, user: str, tenant: str
-             ) -> subprocess.Popen[str]:
+def cli_chat(stack: Stack, home: Path, content: str, answer: str, user: str, tenant: str) -> subprocess.Popen[str]:
     """The real `relaygate chat` against the stack, asking the `guarded` agent; `answer` is what the person types."""
     typed = home / "typed.txt"
     typed.write_text(answer)
     with typed.open() as stdin:
         return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "chat", content, "--new", "--agent", "guarded",
-             "--url", stack.base_url, "--token", stack.mint(user, tenant)],
-            env={**stack.env, "RELAYGATE_HOME": str(home)}, cwd=ROOT, text=True,
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "chat",
+                content,
+                "--new",
+                "--agent",
+                "guarded",
+                "--url",
+                stack.base_url,
+                "--token",
+                stack.mint(user, tenant),
+            ],
+            env={**stack.env, "RELAYGATE_HOME": str(home)},
+            cwd=ROOT,
+            text=True,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
 
-@pytest.mark.parametrize(("answer", "said", "result"), [
-    ("y\n", "[approved]", "[tool t.record -> recorded 11]"),
-    ("not on a friday\n", "[denied: not on a friday]",
-     "[tool t.record failed: a person denied this call to t.record: not on a friday]"),
-])
+@pytest.mark.parametrize(
+    ("answer", "said", "result"),
+    [
+        ("y\n", "[approved]", "[tool t.record -> recorded 11]"),
+        (
+            "not on a friday\n",
+            "[denied: not on a friday]",
+            "[tool t.record failed: a person denied this call to t.record: not on a friday]",
+        ),
+    ],
+)
 def test_cli_prompts_for_approval_and_posts_the_answer(
-        tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp, tmp_path: Path, answer: str, said: str,
-        result: str) -> None:
+    tools_stack: Stack, fake: FakeOpenAI, mcp: FakeMcp, tmp_path: Path, answer: str, said: str, result: str
+) -> None:
     mcp.calls.clear()
     fake.tools(ToolCalls([("t__record", {"n": 11})]))
     fake.reply("Done in the terminal.")
@@ -391,8 +461,7 @@ def waiting_request(c: httpx.Client) -> dict[str, Any]:
     return found[0]
 
 
-def test_cli_without_an_answer_leaves_the_call_waiting(tools_stack: Stack, fake: FakeOpenAI, tmp_path: Path
-                                                       ) -> None:
+def test_cli_without_an_answer_leaves_the_call_waiting(tools_stack: Stack, fake: FakeOpenAI, tmp_path: Path) -> None:
     fake.tools(ToolCalls([("t__record", {"n": 12})]))
     fake.reply("Decided elsewhere.")
     user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
@@ -400,8 +469,10 @@ def test_cli_without_an_answer_leaves_the_call_waiting(tools_stack: Stack, fake:
     with tools_stack.client(user, tenant) as c:
         waiting = waiting_request(c)
         call_id = waiting["steps"][0]["call_id"]
-        assert c.post(f"/api/v1/requests/{waiting['request_id']}/approvals/{call_id}",
-                      json={"approve": True}).status_code == 200
+        assert (
+            c.post(f"/api/v1/requests/{waiting['request_id']}/approvals/{call_id}", json={"approve": True}).status_code
+            == 200
+        )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert f"[no answer: the call waits; decide with POST /api/v1/requests/{waiting['request_id']}" in err

@@ -80,10 +80,12 @@ def test_postgres_down_gives_503_then_recovers(proxied: tuple[Stack, CuttablePro
         health = httpx.get(f"{stack.base_url}/health", timeout=10)
         assert health.status_code == 503
         assert health.json()["postgres"].startswith("unavailable") and health.json()["redis"] == "ok"
-        for method, path, body in (("POST", "/api/v1/requests/web", {"content": "hi", "session_id": session}),
-                                   ("POST", "/api/v1/requests/web", {"content": "hi", "new_session": True}),
-                                   ("GET", f"/api/v1/sessions/{session}", None),
-                                   ("GET", "/api/v1/sessions", None)):
+        for method, path, body in (
+            ("POST", "/api/v1/requests/web", {"content": "hi", "session_id": session}),
+            ("POST", "/api/v1/requests/web", {"content": "hi", "new_session": True}),
+            ("GET", f"/api/v1/sessions/{session}", None),
+            ("GET", "/api/v1/sessions", None),
+        ):
             r = c.request(method, path, json=body)
             assert r.status_code == 503, (path, r.text)
             assert r.json() == {"error": "service_unavailable", "detail": r.json()["detail"]}

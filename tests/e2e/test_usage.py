@@ -25,8 +25,15 @@ METRICS_PORT = free_port()
 
 @pytest.fixture(scope="module")
 def metered(stack: Stack, fake: FakeOpenAI) -> Iterator[Stack]:
-    with stack.serving("metered", LLM_MODEL=MODEL, LLM_API_BASE=fake.base_url, LLM_API_KEY="sk-test",
-                       LLM_RETRIES="1", LEASE_SECONDS="30", WORKER_METRICS_PORT=str(METRICS_PORT)) as served:
+    with stack.serving(
+        "metered",
+        LLM_MODEL=MODEL,
+        LLM_API_BASE=fake.base_url,
+        LLM_API_KEY="sk-test",
+        LLM_RETRIES="1",
+        LEASE_SECONDS="30",
+        WORKER_METRICS_PORT=str(METRICS_PORT),
+    ) as served:
         yield served
 
 
@@ -41,8 +48,9 @@ def ask(c: httpx.Client, content: str, agent_id: str, **extra: Any) -> tuple[str
     assert r.status_code == 202, r.text
     rid = r.json()["request_id"]
     events = read_until(c, r.json()["stream_url"], done_for(rid))
-    terminal = [e.json()["data"] for e in events if e.event in ("run.completed", "run.failed")
-                and e.json()["request_id"] == rid]
+    terminal = [
+        e.json()["data"] for e in events if e.event in ("run.completed", "run.failed") and e.json()["request_id"] == rid
+    ]
     return rid, terminal[-1]
 
 
@@ -58,8 +66,12 @@ def test_provider_usage_is_taken_and_priced_with_the_override(metered: Stack, fa
         fake.usage_trailer = False
     assert fake.calls[-1].body.get("stream_options") == {"include_usage": True}
     # The fake reports 3 prompt tokens and one completion token per word.
-    expected = {"input_tokens": 3, "output_tokens": 4, "estimated": False,
-                "cost_usd": pytest.approx((3 * PRICE_IN + 4 * PRICE_OUT) / 1e6)}
+    expected = {
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "estimated": False,
+        "cost_usd": pytest.approx((3 * PRICE_IN + 4 * PRICE_OUT) / 1e6),
+    }
     assert completed["usage"] == expected
     assert stored["usage"] == expected
 
@@ -87,8 +99,9 @@ def test_litellm_cost_map_prices_a_model_without_override(metered: Stack, fake: 
             _, completed = ask(c, "price me from the map", "metered-mapped")
     finally:
         fake.usage_trailer = False
-    prompt_cost, completion_cost = litellm.cost_per_token(model="openai/gpt-4o-mini", prompt_tokens=3,
-                                                          completion_tokens=2)
+    prompt_cost, completion_cost = litellm.cost_per_token(
+        model="openai/gpt-4o-mini", prompt_tokens=3, completion_tokens=2
+    )
     assert completed["usage"]["cost_usd"] == pytest.approx(prompt_cost + completion_cost)
     assert completed["usage"]["cost_usd"] > 0
 
@@ -107,8 +120,11 @@ def test_usage_api_groups_from_the_rollup_within_the_tenant(metered: Stack, fake
     tenant, other = f"tenant-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
     fake.usage_trailer = True
     try:
-        with client(metered, "ann", tenant) as ann, client(metered, "bob", tenant) as bob, \
-                client(metered, "eve", other) as eve:
+        with (
+            client(metered, "ann", tenant) as ann,
+            client(metered, "bob", tenant) as bob,
+            client(metered, "eve", other) as eve,
+        ):
             ask(ann, "one", "metered")
             ask(ann, "two", "metered")
             fake.fail(400, message="refused by the fake", type="invalid_request_error")
@@ -123,16 +139,27 @@ def test_usage_api_groups_from_the_rollup_within_the_tenant(metered: Stack, fake
         wait_until(lambda: admin.get("/api/v1/usage").json()["total"]["requests"] == 4, 10, "the rollup")
         by_user = {row["user"]: row for row in admin.get("/api/v1/usage", params={"group_by": "user"}).json()["rows"]}
         assert set(by_user) == {"ann", "bob"}
-        assert by_user["ann"] | {"cost_usd": 0} == {"user": "ann", "requests": 2, "completed": 2, "failed": 0,
-                                                    "cancelled": 0, "input_tokens": 6, "output_tokens": 10,
-                                                    "cost_usd": 0}
+        assert by_user["ann"] | {"cost_usd": 0} == {
+            "user": "ann",
+            "requests": 2,
+            "completed": 2,
+            "failed": 0,
+            "cancelled": 0,
+            "input_tokens": 6,
+            "output_tokens": 10,
+            "cost_usd": 0,
+        }
         assert by_user["ann"]["cost_usd"] == pytest.approx((6 * PRICE_IN + 10 * PRICE_OUT) / 1e6)
         assert (by_user["bob"]["requests"], by_user["bob"]["failed"], by_user["bob"]["cancelled"]) == (2, 1, 1)
-        by_agent = {row["agent"]: row["requests"] for row in
-                    admin.get("/api/v1/usage", params={"group_by": "agent"}).json()["rows"]}
+        by_agent = {
+            row["agent"]: row["requests"]
+            for row in admin.get("/api/v1/usage", params={"group_by": "agent"}).json()["rows"]
+        }
         assert by_agent == {"metered": 3, "orphan": 1}
-        by_model = {row["model"]: row["output_tokens"] for row in
-                    admin.get("/api/v1/usage", params={"group_by": "model"}).json()["rows"]}
+        by_model = {
+            row["model"]: row["output_tokens"]
+            for row in admin.get("/api/v1/usage", params={"group_by": "model"}).json()["rows"]
+        }
         assert by_model[MODEL] == 10
         days = admin.get("/api/v1/usage", params={"group_by": "day"}).json()["rows"]
         assert [d["requests"] for d in days] == [4]

@@ -29,16 +29,23 @@ def gateway(new_stack: Stack) -> Iterator[Stack]:
 
 def _start(stack: Stack, content: str, tokens: int, rate: float) -> tuple[object, dict[str, str]]:
     c = stack.client()
-    r = c.post("/api/v1/requests/web", json={"content": content, "agent_id": "load", "new_session": True,
-                                             "metadata": offline(tokens, rate)})
+    r = c.post(
+        "/api/v1/requests/web",
+        json={"content": content, "agent_id": "load", "new_session": True, "metadata": offline(tokens, rate)},
+    )
     assert r.status_code == 202, r.text
     return c, r.json()
 
 
 def _whole_reply(c, r: dict[str, str], first: list[SseEvent] | None = None) -> list[SseEvent]:  # type: ignore[no-untyped-def]
-    rest = read_until(c, r["stream_url"], done_for(r["request_id"]),
-                      last_event_id=first[-1].id if first else None, params=None if first else {"from": "0"},
-                      timeout=60)
+    rest = read_until(
+        c,
+        r["stream_url"],
+        done_for(r["request_id"]),
+        last_event_id=first[-1].id if first else None,
+        params=None if first else {"from": "0"},
+        timeout=60,
+    )
     return (first or []) + rest
 
 
@@ -109,8 +116,10 @@ def test_burst_of_ten_times_a_workers_capacity_all_complete(gateway: Stack) -> N
     c = gateway.client()
     ids = []
     for i in range(40):
-        r = c.post("/api/v1/requests/web", json={"content": f"burst {i}", "agent_id": "load", "new_session": True,
-                                                 "metadata": offline(20, 0)})
+        r = c.post(
+            "/api/v1/requests/web",
+            json={"content": f"burst {i}", "agent_id": "load", "new_session": True, "metadata": offline(20, 0)},
+        )
         assert r.status_code == 202, r.text
         ids.append(r.json()["request_id"])
     for request_id in ids:

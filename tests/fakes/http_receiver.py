@@ -67,8 +67,11 @@ class Receiver:
                 status, extra = owner.script[self.path].pop(0) if owner.script[self.path] else (200, {})
                 if 200 <= status < 300 and "webhook-id" in headers:
                     owner.processed[self.path].add(headers["webhook-id"])
-                self.answer(status, extra, {"sid": f"SM{len(owner.received)}"} if "/Messages.json" in self.path
-                            else {"ok": True})
+                self.answer(
+                    status,
+                    extra,
+                    {"sid": f"SM{len(owner.received)}"} if "/Messages.json" in self.path else {"ok": True},
+                )
 
         self.server = Loopback(Handler)
         return self

@@ -59,8 +59,16 @@ class Target:
                 elif url.path == "/hang":
                     owner.released.wait(30)
                 else:
-                    self.answer(200, {}, {"method": self.command, "path": self.path, "headers": headers,
-                                          "body": body.decode(errors="replace")})
+                    self.answer(
+                        200,
+                        {},
+                        {
+                            "method": self.command,
+                            "path": self.path,
+                            "headers": headers,
+                            "body": body.decode(errors="replace"),
+                        },
+                    )
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -74,4 +82,3 @@ class Target:
         self.released.set()
         if self.server:
             self.server.close()
-

@@ -26,7 +26,8 @@ class Call:
 class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     script: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     server: Loopback | None = None
     _ts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -36,8 +37,9 @@ class FakeSlack:
         assert self.server is not None
         return f"{self.server.url}/api/"
 
-    def fail_next(self, method: str, status: int, headers: dict[str, str] | None = None,
-                  body: dict[str, Any] | None = None) -> None:
+    def fail_next(
+        self, method: str, status: int, headers: dict[str, str] | None = None, body: dict[str, Any] | None = None
+    ) -> None:
         self.script[method].append((status, headers or {}, body or {"ok": False, "error": "ratelimited"}))
 
     def of(self, method: str, channel: str | None = None) -> list[Call]:

@@ -33,8 +33,9 @@ class InProcess:
 
     def client(self, user: str = "alice", tenant: str = "acme") -> httpx.AsyncClient:
         token = mint_token(self.gateway.settings, user_id=user, tenant_id=tenant)
-        return httpx.AsyncClient(transport=self.transport, base_url="http://gateway",
-                                 headers={"Authorization": f"Bearer {token}"})
+        return httpx.AsyncClient(
+            transport=self.transport, base_url="http://gateway", headers={"Authorization": f"Bearer {token}"}
+        )
 
 
 @pytest.fixture
@@ -77,10 +78,14 @@ async def executor(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
     async def make(**overrides: Any) -> Executor:
         settings = settings_for(infra, **overrides)
         streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
-        rt = Runtime(settings=settings, db=await db.create_pool(infra.database_url), streams=streams,
-                     queue=await queue.connect(infra.redis_url),
-                     writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
-                     agents=load_agents(ROOT / "tests" / "agents.yaml"))
+        rt = Runtime(
+            settings=settings,
+            db=await db.create_pool(infra.database_url),
+            streams=streams,
+            queue=await queue.connect(infra.redis_url),
+            writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
+            agents=load_agents(ROOT / "tests" / "agents.yaml"),
+        )
         opened.append(rt)
         return Executor(rt)
 

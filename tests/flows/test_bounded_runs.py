@@ -21,8 +21,10 @@ def _tenant() -> str:
 
 
 async def _start(c: Any, tenant: str, *tasks: dict[str, Any], run_input: dict[str, Any] | None = None) -> str:
-    r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {},
-                                       "flow_definition": dag(tenant, *tasks)})
+    r = await c.post(
+        "/v1/runs",
+        json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {}, "flow_definition": dag(tenant, *tasks)},
+    )
     assert r.status_code == 202, r.text
     run_id: str = r.json()["run_id"]
     return run_id
@@ -52,34 +54,47 @@ async def test_fan_out_runs_at_most_flow_max_parallel_tasks_at_once(gateway_app:
     assert most == 2
 
 
-async def test_renders_and_outputs_over_their_caps_fail_the_task_without_retrying(gateway_app: Any,
-                                                                                  executor: Any) -> None:
+async def test_renders_and_outputs_over_their_caps_fail_the_task_without_retrying(
+    gateway_app: Any, executor: Any
+) -> None:
     gw = await _gateway(gateway_app)
-    ex: Executor = await executor(flow_max_render_bytes=64 * 1024, flow_max_output_bytes=32 * 1024,
-                                  flow_max_run_output_bytes=64 * 1024)
+    ex: Executor = await executor(
+        flow_max_render_bytes=64 * 1024, flow_max_output_bytes=32 * 1024, flow_max_run_output_bytes=64 * 1024
+    )
     tenant = _tenant()
     blob = {"x": "A" * 20_000}
     async with gw.client("alice", tenant) as c:
         bomb = await _start(c, tenant, task("a", input={"t": "{{ input.x }}" * 4}, retries=3), run_input=blob)
-        too_big = await _start(c, tenant, task("a", input={"t": "{{ input.x }}{{ input.x }}"}, retries=3),
-                               run_input=blob)
-        too_many = await _start(c, tenant, *[task(f"t{i}", depends_on=(f"t{i - 1}",) if i else (),
-                                                  input={"t": "{{ input.x }}"}) for i in range(4)], run_input=blob)
+        too_big = await _start(
+            c, tenant, task("a", input={"t": "{{ input.x }}{{ input.x }}"}, retries=3), run_input=blob
+        )
+        too_many = await _start(
+            c,
+            tenant,
+            *[task(f"t{i}", depends_on=(f"t{i - 1}",) if i else (), input={"t": "{{ input.x }}"}) for i in range(4)],
+            run_input=blob,
+        )
         for run_id in (bomb, too_big, too_many):
             assert await ex.run(run_id, tenant) == "failed"
         assert _failed(await ex.events(bomb)) == {
-            "task_id": "a", "tries": 1,
-            "error": "RenderTooLarge: the rendered input is larger than 65536 bytes (FLOW_MAX_RENDER_BYTES)"}
+            "task_id": "a",
+            "tries": 1,
+            "error": "RenderTooLarge: the rendered input is larger than 65536 bytes (FLOW_MAX_RENDER_BYTES)",
+        }
         assert _failed(await ex.events(too_big)) == {
-            "task_id": "a", "tries": 1,
+            "task_id": "a",
+            "tries": 1,
             "error": "OutputTooLarge: the task's output is 40008 bytes; at most 32768 are allowed"
-                     " (FLOW_MAX_OUTPUT_BYTES)"}
+            " (FLOW_MAX_OUTPUT_BYTES)",
+        }
         events = await ex.events(too_many)
         assert [e.data["task_id"] for e in events if e.type == "task.completed"] == ["t0", "t1", "t2"]
         assert _failed(events) == {
-            "task_id": "t3", "tries": 1,
+            "task_id": "t3",
+            "tries": 1,
             "error": "OutputTooLarge: the run's outputs would be 80032 bytes; at most 65536 are allowed"
-                     " (FLOW_MAX_RUN_OUTPUT_BYTES)"}
+            " (FLOW_MAX_RUN_OUTPUT_BYTES)",
+        }
         status = (await c.get(f"/v1/runs/{too_many}")).json()
         assert status["status"] == "FAILED" and "FLOW_MAX_RUN_OUTPUT_BYTES" in status["error"]
 
@@ -104,14 +119,21 @@ async def test_llm_and_agent_tasks_count_against_the_user_rate(gateway_app: Any,
     model.configure()
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("a", "llm", input={"prompt": "one"}),
-                              task("b", "llm", ("a",), input={"prompt": "two"}),
-                              task("c", "agent", ("b",), input={"content": "three"}))
+        run_id = await _start(
+            c,
+            tenant,
+            task("a", "llm", input={"prompt": "one"}),
+            task("b", "llm", ("a",), input={"prompt": "two"}),
+            task("c", "agent", ("b",), input={"content": "three"}),
+        )
         assert await ex.run(run_id, tenant) == "failed"
         events = await ex.events(run_id)
         assert [e.data["task_id"] for e in events if e.type == "task.completed"] == ["a", "b"]
-        assert _failed(events) == {"task_id": "c", "tries": 1,
-                                   "error": "RateLimited: user_requests_per_minute: more than 2 requests a minute"}
+        assert _failed(events) == {
+            "task_id": "c",
+            "tries": 1,
+            "error": "RateLimited: user_requests_per_minute: more than 2 requests a minute",
+        }
         assert not await gw.gateway.db.fetchval("SELECT count(*) FROM request_logs WHERE tenant_id = $1", tenant)
         again = await _start(c, tenant, task("a", "llm", input={"prompt": "four"}))
         assert await ex.run(again, tenant) == "failed"
@@ -126,7 +148,8 @@ async def test_an_agent_task_counts_as_a_running_request_of_the_runs_user(gatewa
         run_id = await _start(c, tenant, task("ask", "agent", input={"content": "hello"}))
         assert await ex.run(run_id, tenant) == "failed"
         assert _failed(await ex.events(run_id))["error"] == (
-            "RateLimited: running_requests_per_user: 1 requests are still queued or running")
+            "RateLimited: running_requests_per_user: 1 requests are still queued or running"
+        )
 
 
 class _Records(logging.Handler):
@@ -157,9 +180,11 @@ async def test_task_errors_reach_clients_as_one_clean_line(gateway_app: Any, exe
     leaky_events = await ex.events(leaky)
     assert next(e.data for e in leaky_events if e.type == "task.retrying")["error"] == _failed(leaky_events)["error"]
     assert _failed(leaky_events)["error"] == (
-        "FileNotFoundError: unexpected error in the task (details are in the worker log)")
-    assert statuses[leaky]["error"] == ("task 'read' failed: FileNotFoundError: unexpected error in the task"
-                                        " (details are in the worker log)")
+        "FileNotFoundError: unexpected error in the task (details are in the worker log)"
+    )
+    assert statuses[leaky]["error"] == (
+        "task 'read' failed: FileNotFoundError: unexpected error in the task (details are in the worker log)"
+    )
     assert _failed(await ex.events(chatty))["error"] == "TaskFunctionError: lookup failed"
     assert statuses[chatty]["error"] == "task 'talk' failed: TaskFunctionError: lookup failed"
     streamed = [str(e.data) for run_id in (leaky, chatty) for e in await ex.events(run_id)]
@@ -170,10 +195,13 @@ async def test_task_errors_reach_clients_as_one_clean_line(gateway_app: Any, exe
 
 
 def test_scrub_leaves_one_short_line_without_frames_or_source_paths() -> None:
-    text = ('bad input\n  File "/app/workers/flows.py", line 12, in _call\n at /usr/lib/python3.11/site-packages/x/y.py'
-            " for /tickets/T-7 " + "z" * 400)
+    text = (
+        'bad input\n  File "/app/workers/flows.py", line 12, in _call\n at /usr/lib/python3.11/site-packages/x/y.py'
+        " for /tickets/T-7 " + "z" * 400
+    )
     line = scrub(text)
     assert "\n" not in line and len(line) == 300 and line.endswith("…")
     assert line.startswith("bad input at <path> for /tickets/T-7 zzz")
     assert public_message(KeyError("/etc/passwd")) == (
-        "KeyError: unexpected error in the task (details are in the worker log)")
+        "KeyError: unexpected error in the task (details are in the worker log)"
+    )

@@ -47,9 +47,13 @@ def test_a_long_chain_validates_without_recursion_and_a_long_cycle_is_reported_b
 
 
 def test_references_are_checked_against_what_is_upstream_only() -> None:
-    flow = dag("acme", task("a"), task("b", depends_on=("a",)),
-               task("c", depends_on=("b",), input={"x": ["{{ tasks.a.output }}", {"y": "{{ tasks.d.output.z }}"}]}),
-               task("d"))
+    flow = dag(
+        "acme",
+        task("a"),
+        task("b", depends_on=("a",)),
+        task("c", depends_on=("b",), input={"x": ["{{ tasks.a.output }}", {"y": "{{ tasks.d.output.z }}"}]}),
+        task("d"),
+    )
     with pytest.raises(FlowInvalid) as caught:
         validate_flow(flow, ["echo"])
     assert caught.value.problems == ["task 'c' uses the output of 'd', which is not upstream of it"]
@@ -59,23 +63,35 @@ async def test_caps_on_tasks_dependencies_and_depth_are_400_before_anything_runs
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        chain = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                               "flow_definition": _chain(tenant, 1500)})
+        chain = await c.post(
+            "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": _chain(tenant, 1500)}
+        )
         assert chain.status_code == 400, chain.text
         assert chain.json()["detail"] == ["tasks: the flow has 1500 tasks; at most 500 are allowed (FLOW_MAX_TASKS)"]
-        fan_in = dag(tenant, *[task(f"s{i}") for i in range(101)], task("join", depends_on=tuple(f"s{i}" for i in
-                                                                                                range(101))))
+        fan_in = dag(
+            tenant, *[task(f"s{i}") for i in range(101)], task("join", depends_on=tuple(f"s{i}" for i in range(101)))
+        )
         wide = await c.post("/v1/flows", json={"definition": fan_in})
         assert wide.status_code == 400
-        assert wide.json()["detail"] == ["tasks.101.depends_on: 101 dependencies; at most 100 are allowed"
-                                         " (FLOW_MAX_DEPENDENCIES)"]
-        deep_task = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(
-            tenant, task("a", input=_nested(300)))})
+        assert wide.json()["detail"] == [
+            "tasks.101.depends_on: 101 dependencies; at most 100 are allowed (FLOW_MAX_DEPENDENCIES)"
+        ]
+        deep_task = await c.post(
+            "/v1/runs",
+            json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, task("a", input=_nested(300)))},
+        )
         assert deep_task.status_code == 400
         [problem] = deep_task.json()["detail"]
         assert problem.startswith("flow_definition: nested 30") and problem.endswith("at most 64 are allowed")
-        deep_input = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": _nested(300),
-                                                    "flow_definition": dag(tenant, task("a"))})
+        deep_input = await c.post(
+            "/v1/runs",
+            json={
+                "flow_id": "f1",
+                "tenant_id": tenant,
+                "input": _nested(300),
+                "flow_definition": dag(tenant, task("a")),
+            },
+        )
         assert deep_input.status_code == 400
         assert deep_input.json()["detail"][0]["field"] == "body.input"
         deep_mapping = await c.post("/v1/webhook-configs", json={"flow_id": "f1", "input_mapping": _nested(300)})
@@ -88,15 +104,17 @@ async def test_a_long_chain_under_a_raised_cap_is_accepted(gateway_app: Any) -> 
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}", flow_max_tasks=2000)
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                           "flow_definition": _chain(tenant, 1500)})
+        r = await c.post(
+            "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": _chain(tenant, 1500)}
+        )
         assert r.status_code == 202, r.text
         cycle = await c.post("/v1/flows", json={"definition": _chain(tenant, 1500, closed=True)})
         assert cycle.status_code == 400 and cycle.json()["detail"][0].startswith("cycle: ")
 
 
-async def test_health_answers_while_a_large_flow_is_validated(gateway_app: Any,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_health_answers_while_a_large_flow_is_validated(
+    gateway_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Validation is held inside until /health has answered: on the event loop, /health could not answer."""
     inside, release = threading.Event(), threading.Event()
     outcome: dict[str, bool] = {}
@@ -112,8 +130,9 @@ async def test_health_answers_while_a_large_flow_is_validated(gateway_app: Any,
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
         large = _chain(tenant, 500)
-        posting = asyncio.create_task(c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                                               "flow_definition": large}))
+        posting = asyncio.create_task(
+            c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": large})
+        )
         assert await asyncio.to_thread(inside.wait, 30)
         health = await c.get("/health")
         in_flight = not posting.done()
@@ -145,13 +164,18 @@ async def test_a_webhook_input_mapping_bomb_is_400(gateway_app: Any) -> None:
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
         await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="hook")})
-        config = (await c.post("/v1/webhook-configs", json={
-            "flow_id": "hook", "input_mapping": {"copies": ["{{ payload.blob }}"] * 2_000}})).json()
+        config = (
+            await c.post(
+                "/v1/webhook-configs",
+                json={"flow_id": "hook", "input_mapping": {"copies": ["{{ payload.blob }}"] * 2_000}},
+            )
+        ).json()
         raw, headers = _signed(config["secret"], {"payload": {"blob": "B" * 100_000}})
         r = await c.post(f"/v1/webhooks/{config['webhook_id']}", content=raw, headers=headers)
         assert r.status_code == 400, r.text
-        assert r.json()["detail"] == ("input mapping: the rendered input is larger than 1048576 bytes"
-                                      " (FLOW_MAX_RENDER_BYTES)")
+        assert r.json()["detail"] == (
+            "input mapping: the rendered input is larger than 1048576 bytes (FLOW_MAX_RENDER_BYTES)"
+        )
         deep_raw, deep_headers = _signed(config["secret"], {"payload": _nested(200)})
         deep = await c.post(f"/v1/webhooks/{config['webhook_id']}", content=deep_raw, headers=deep_headers)
         assert deep.status_code == 400, deep.text

@@ -26,8 +26,9 @@ def _event(kind: str, data: dict[str, Any], event_id: str | None = None) -> Clou
 async def test_structured_run_requested_starts_a_run_once(gateway_app: Any) -> None:
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
     tenant = f"t-{uuid.uuid4().hex[:6]}"
-    event = _event("com.relaygate.run.requested", {"flow_id": "f1", "input": {"n": 1},
-                                                   "flow_definition": dag(tenant, task("a"))})
+    event = _event(
+        "com.relaygate.run.requested", {"flow_id": "f1", "input": {"n": 1}, "flow_definition": dag(tenant, task("a"))}
+    )
     message = to_structured_event(event)
     assert message.headers["content-type"] == "application/cloudevents+json"
     async with gw.client("alice", tenant) as c:
@@ -37,29 +38,35 @@ async def test_structured_run_requested_starts_a_run_once(gateway_app: Any) -> N
         assert again.json() == first.json()
         run = (await c.get(f"/v1/runs/{first.json()['run_id']}")).json()
         assert run["input"] == {"n": 1} and run["tenant_id"] == tenant and run["user_id"] == "alice"
-        foreign = to_structured_event(_event("com.relaygate.run.requested",
-                                             {"flow_id": "f1", "tenant_id": "other",
-                                              "flow_definition": dag("other", task("a"))}))
+        foreign = to_structured_event(
+            _event(
+                "com.relaygate.run.requested",
+                {"flow_id": "f1", "tenant_id": "other", "flow_definition": dag("other", task("a"))},
+            )
+        )
         r = await c.post("/api/v1/events/cloudevents", content=foreign.body, headers=foreign.headers)
         assert r.status_code == 403
-        invalid = to_structured_event(_event("com.relaygate.run.requested",
-                                             {"flow_id": "f1", "flow_definition": dag(tenant, task("a", "nope"))}))
+        invalid = to_structured_event(
+            _event("com.relaygate.run.requested", {"flow_id": "f1", "flow_definition": dag(tenant, task("a", "nope"))})
+        )
         r = await c.post("/api/v1/events/cloudevents", content=invalid.body, headers=invalid.headers)
         assert r.status_code == 400 and "unknown task type 'nope'" in r.json()["detail"][0]
         no_id = orjson.loads(message.body)
         del no_id["id"]
         r = await c.post("/api/v1/events/cloudevents", content=orjson.dumps(no_id), headers=message.headers)
         assert r.status_code == 400 and r.json()["detail"] == "not a valid CloudEvent: missing id"
-    trigger = await gw.gateway.db.fetchval("SELECT trigger FROM flow_runs_audit WHERE run_id = $1",
-                                           first.json()["run_id"])
+    trigger = await gw.gateway.db.fetchval(
+        "SELECT trigger FROM flow_runs_audit WHERE run_id = $1", first.json()["run_id"]
+    )
     assert trigger == {"via": "cloudevents", "id": event.get_id(), "source": "/tests/cloudevents"}
 
 
 async def test_binary_request_created_starts_a_request_and_other_types_are_refused(gateway_app: Any) -> None:
     gw = await gateway_app()
     tenant = f"t-{uuid.uuid4().hex[:6]}"
-    event = _event("com.relaygate.request.created", {"content": "from an event", "new_session": True,
-                                                     "agent_id": "orphan"})
+    event = _event(
+        "com.relaygate.request.created", {"content": "from an event", "new_session": True, "agent_id": "orphan"}
+    )
     message = to_binary_event(event)
     assert message.headers["ce-type"] == "com.relaygate.request.created"
     async with gw.client("bob", tenant) as c:
@@ -68,10 +75,16 @@ async def test_binary_request_created_starts_a_request_and_other_types_are_refus
         request_id = r.json()["request_id"]
         stored = (await c.get(f"/api/v1/requests/{request_id}")).json()
         assert stored["content"] == "from an event" and stored["agent_id"] == "orphan"
-        row = await gw.gateway.db.fetchrow("SELECT cloudevent_id, cloudevent_type, tenant_id, user_id"
-                                           " FROM request_logs WHERE request_id = $1", request_id)
-        assert dict(row) == {"cloudevent_id": event.get_id(), "cloudevent_type": "com.relaygate.request.created",
-                             "tenant_id": tenant, "user_id": "bob"}
+        row = await gw.gateway.db.fetchrow(
+            "SELECT cloudevent_id, cloudevent_type, tenant_id, user_id FROM request_logs WHERE request_id = $1",
+            request_id,
+        )
+        assert dict(row) == {
+            "cloudevent_id": event.get_id(),
+            "cloudevent_type": "com.relaygate.request.created",
+            "tenant_id": tenant,
+            "user_id": "bob",
+        }
         other = to_binary_event(_event("com.example.unknown", {"x": 1}))
         r = await c.post("/api/v1/events/cloudevents", content=other.body, headers=other.headers)
         assert r.status_code == 400 and "unsupported CloudEvent type" in r.json()["detail"]
@@ -82,8 +95,9 @@ async def test_binary_request_created_starts_a_request_and_other_types_are_refus
         r = await c.post("/api/v1/events/cloudevents", content=empty.body, headers=empty.headers)
         assert r.status_code == 400 and r.json()["detail"][0]["field"] == "data.content"
         c.headers.pop("Authorization")
-        assert (await c.post("/api/v1/events/cloudevents", content=message.body,
-                             headers=message.headers)).status_code == 401
+        assert (
+            await c.post("/api/v1/events/cloudevents", content=message.body, headers=message.headers)
+        ).status_code == 401
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -127,17 +141,23 @@ async def test_lifecycle_events_reach_the_sink_as_cloudevents_with_retries(gatew
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     async with gw.client("alice", tenant) as c:
-        run = (await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                              "flow_definition": dag(tenant, task("a"))})).json()
+        run = (
+            await c.post(
+                "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, task("a"))}
+            )
+        ).json()
         await c.post(f"/v1/runs/{run['run_id']}/cancel")
         session = (await c.post("/api/v1/sessions", json={"integration_type": "web"})).json()
         await c.post(f"/api/v1/sessions/{session['session_id']}/end")
     await asyncio.wait_for(exporter.drain(), 20)
     events = [from_http(HTTPMessage(headers, body), JSONFormat()) for headers, body in received]
     seen = [(e.get_type(), e.get_subject()) for e in events]
-    assert seen == [("com.relaygate.run.created", run["run_id"]), ("com.relaygate.run.cancelled", run["run_id"]),
-                    ("com.relaygate.session.created", session["session_id"]),
-                    ("com.relaygate.session.ended", session["session_id"])]
+    assert seen == [
+        ("com.relaygate.run.created", run["run_id"]),
+        ("com.relaygate.run.cancelled", run["run_id"]),
+        ("com.relaygate.session.created", session["session_id"]),
+        ("com.relaygate.session.ended", session["session_id"]),
+    ]
     assert all(e.get_extension("tenantid") == tenant for e in events)
     assert events[1].get_data() == {"flow_id": "f1", "reason": "cancelled by alice"}
 
@@ -149,8 +169,9 @@ async def test_an_unreachable_sink_does_not_hold_up_requests(gateway_app: Any) -
         gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
         tenant = f"t-{uuid.uuid4().hex[:6]}"
         async with gw.client("alice", tenant) as c:
-            r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                               "flow_definition": dag(tenant, task("a"))})
+            r = await c.post(
+                "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, task("a"))}
+            )
             assert r.status_code == 202
         await asyncio.wait_for(exporter.drain(), 20)
         assert exporter.queue.empty()

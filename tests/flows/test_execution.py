@@ -20,8 +20,10 @@ from tests.flows.conftest import dag, task
 
 
 def _start(c: httpx.Client, tenant: str, *tasks: dict[str, Any], run_input: dict[str, Any] | None = None) -> str:
-    r = c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {},
-                                 "flow_definition": dag(tenant, *tasks)})
+    r = c.post(
+        "/v1/runs",
+        json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {}, "flow_definition": dag(tenant, *tasks)},
+    )
     assert r.status_code == 202, r.text
     run_id: str = r.json()["run_id"]
     return run_id
@@ -39,13 +41,20 @@ def test_ready_tasks_run_in_parallel_and_downstream_reads_upstream_outputs(stack
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     with stack.client("alice", tenant) as c:
         run_id = _start(
-            c, tenant,
+            c,
+            tenant,
             task("start", input={"greeting": "{{ input.greeting }}"}),
             task("left", "sleep", ("start",), input={"seconds": 0.4, "side": "L"}),
             task("right", "sleep", ("start",), input={"seconds": 0.4, "side": "R"}),
-            task("join", "echo", ("left", "right"),
-                 input={"pair": ["{{ tasks.left.output.side }}", "{{ tasks.right.output.side }}"],
-                        "text": "{{ tasks.start.output.greeting }}, {{ tasks.left.output.side }}!"}),
+            task(
+                "join",
+                "echo",
+                ("left", "right"),
+                input={
+                    "pair": ["{{ tasks.left.output.side }}", "{{ tasks.right.output.side }}"],
+                    "text": "{{ tasks.start.output.greeting }}, {{ tasks.left.output.side }}!",
+                },
+            ),
             run_input={"greeting": "hello"},
         )
         events = read_until(c, f"/v1/runs/{run_id}/stream", _done(run_id))
@@ -58,8 +67,9 @@ def test_ready_tasks_run_in_parallel_and_downstream_reads_upstream_outputs(stack
         assert position[("task.started", "left")] < first_branch_done
         assert position[("task.started", "right")] < first_branch_done
         assert position[("task.completed", "start")] < position[("task.started", "left")]
-        assert position[("task.started", "join")] > max(position[("task.completed", "left")],
-                                                         position[("task.completed", "right")])
+        assert position[("task.started", "join")] > max(
+            position[("task.completed", "left")], position[("task.completed", "right")]
+        )
         final = c.get(f"/v1/runs/{run_id}").json()
         assert final["status"] == "COMPLETED"
         assert final["output"]["tasks"]["join"] == {"pair": ["L", "R"], "text": "hello, L!"}
@@ -77,8 +87,12 @@ def test_task_retries_then_succeeds_and_a_timeout_fails_the_run(stack: Stack) ->
         assert _tasks(events, "task.completed") == ["flaky"]
         assert c.get(f"/v1/runs/{flaky}").json()["output"]["tasks"]["flaky"] == {"succeeded_on_try": 3}
 
-        slow = _start(c, tenant, task("slow", "sleep", input={"seconds": 30}, retries=1, timeout_seconds=0.3),
-                      task("after", "echo", ("slow",)))
+        slow = _start(
+            c,
+            tenant,
+            task("slow", "sleep", input={"seconds": 30}, retries=1, timeout_seconds=0.3),
+            task("after", "echo", ("slow",)),
+        )
         events = read_until(c, f"/v1/runs/{slow}/stream", _done(slow))
         assert _tasks(events, "task.retrying") == ["slow"]
         failed = next(e.json()["data"] for e in events if e.event == "task.failed")
@@ -124,16 +138,28 @@ def _started(events: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_worker_killed_mid_flow_resumes_without_repeating_finished_tasks(
-    gateway_app: Any, stack: Stack, chaos_workers: Callable[[], None],
+    gateway_app: Any,
+    stack: Stack,
+    chaos_workers: Callable[[], None],
 ) -> None:
     """The run goes to the `chaos` workers (which only the kill tests use); its worker is killed in `long`."""
     chaos_workers()
     gw = await gateway_app(flow_feature="chaos")
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     async with gw.client("alice", tenant) as c:
-        r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(
-            tenant, task("first", input={"n": 1}), task("long", "sleep", ("first",), input={"seconds": 2}),
-            task("last", "echo", ("long",), input={"from_long": "{{ tasks.long.output.seconds }}"}))})
+        r = await c.post(
+            "/v1/runs",
+            json={
+                "flow_id": "f1",
+                "tenant_id": tenant,
+                "flow_definition": dag(
+                    tenant,
+                    task("first", input={"n": 1}),
+                    task("long", "sleep", ("first",), input={"seconds": 2}),
+                    task("last", "echo", ("long",), input={"from_long": "{{ tasks.long.output.seconds }}"}),
+                ),
+            },
+        )
         run_id = r.json()["run_id"]
         await _wait_events(gw, run_id, lambda evs: "long" in _started(evs))
         os.kill(stack.worker_running(run_id), signal.SIGKILL)
@@ -146,6 +172,7 @@ async def test_worker_killed_mid_flow_resumes_without_repeating_finished_tasks(
         status = (await c.get(f"/v1/runs/{run_id}")).json()
         assert status["status"] == "COMPLETED" and status["attempt"] == 2
         assert status["output"]["tasks"]["last"] == {"from_long": 2}
-    history = await gw.gateway.db.fetch("SELECT status FROM flow_run_status_history WHERE run_id = $1 ORDER BY id",
-                                        run_id)
+    history = await gw.gateway.db.fetch(
+        "SELECT status FROM flow_run_status_history WHERE run_id = $1 ORDER BY id", run_id
+    )
     assert [h["status"] for h in history] == ["PENDING", "RUNNING", "PENDING", "RUNNING", "COMPLETED"]

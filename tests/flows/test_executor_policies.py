@@ -20,8 +20,10 @@ from tests.flows.conftest import dag, task
 from workers.flows import process_flow_run
 from workers.runner import Runtime
 
-POLICIES = ("common.flows.policies:TenantIsolationPolicy,tests.flows.test_policies:NoHttpPolicy,"
-            "tests.flows.test_policies:OutputSizePolicy")
+POLICIES = (
+    "common.flows.policies:TenantIsolationPolicy,tests.flows.test_policies:NoHttpPolicy,"
+    "tests.flows.test_policies:OutputSizePolicy"
+)
 
 
 async def test_task_policies_fail_a_task_without_retrying_it(infra: Infra, gateway_app: Any) -> None:
@@ -30,17 +32,25 @@ async def test_task_policies_fail_a_task_without_retrying_it(infra: Infra, gatew
     streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
     arq: ArqRedis = await queue.connect(infra.redis_url)
     pool = await db.create_pool(infra.database_url)
-    rt = Runtime(settings=settings, db=pool, streams=streams, queue=arq,
-                 writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
-                 agents=load_agents(ROOT / "tests" / "agents.yaml"))
+    rt = Runtime(
+        settings=settings,
+        db=pool,
+        streams=streams,
+        queue=arq,
+        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
+        agents=load_agents(ROOT / "tests" / "agents.yaml"),
+    )
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     try:
         async with gw.client("alice", tenant) as c:
             outcomes = {}
-            for name, flow_task in (("pre", task("call", "http", input={"url": "http://127.0.0.1:9/"}, retries=3)),
-                                    ("post", task("big", "echo", input={"text": "x" * 50}, retries=3))):
-                r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                                   "flow_definition": dag(tenant, flow_task)})
+            for name, flow_task in (
+                ("pre", task("call", "http", input={"url": "http://127.0.0.1:9/"}, retries=3)),
+                ("post", task("big", "echo", input={"text": "x" * 50}, retries=3)),
+            ):
+                r = await c.post(
+                    "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, flow_task)}
+                )
                 run_id = r.json()["run_id"]
                 assert await process_flow_run({"rt": rt}, {"run_id": run_id, "tenant_id": tenant}) == "failed"
                 raw = await streams.xrange(run_stream_key(run_id, settings.stream_buckets))
@@ -48,8 +58,11 @@ async def test_task_policies_fail_a_task_without_retrying_it(infra: Infra, gatew
                 outcomes[name] = next(e.data for e in events if e.type == "task.failed")
                 assert not [e for e in events if e.type == "task.retrying"]
                 assert (await c.get(f"/v1/runs/{run_id}")).json()["status"] == FAILED
-        assert outcomes["pre"] == {"task_id": "call", "tries": 1,
-                                   "error": "NoHttpPolicy: http tasks are not allowed here"}
+        assert outcomes["pre"] == {
+            "task_id": "call",
+            "tries": 1,
+            "error": "NoHttpPolicy: http tasks are not allowed here",
+        }
         assert outcomes["post"] == {"task_id": "big", "tries": 1, "error": "OutputSizePolicy: output too large"}
     finally:
         await streams.aclose()

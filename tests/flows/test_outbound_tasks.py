@@ -36,15 +36,21 @@ async def executor(infra: Infra, gateway_app: Any, **overrides: Any) -> AsyncIte
     streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
     arq = await queue.connect(infra.redis_url)
     pool = await db.create_pool(infra.database_url)
-    rt = Runtime(settings=settings, db=pool, streams=streams, queue=arq,
-                 writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
-                 agents=load_agents(ROOT / "tests" / "agents.yaml"))
+    rt = Runtime(
+        settings=settings,
+        db=pool,
+        streams=streams,
+        queue=arq,
+        writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=1000, ttl_seconds=600),
+        agents=load_agents(ROOT / "tests" / "agents.yaml"),
+    )
     tenant = f"t-{uuid.uuid4().hex[:6]}"
 
     async def run(*tasks: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
         async with gw.client("alice", tenant) as c:
-            r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                               "flow_definition": dag(tenant, *tasks)})
+            r = await c.post(
+                "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, *tasks)}
+            )
             assert r.status_code == 202, r.text
             run_id = r.json()["run_id"]
             await process_flow_run({"rt": rt}, {"run_id": run_id, "tenant_id": tenant})
@@ -67,15 +73,17 @@ def failure(events: list[Event]) -> dict[str, Any]:
 
 async def test_http_tasks_cannot_reach_loopback_in_any_form(infra: Infra, gateway_app: Any, target: Target) -> None:
     port = target.port
-    forms = {f"http://127.0.0.1:{port}/echo": "127.0.0.1 is a loopback address",
-             f"http://127.1:{port}/echo": "127.1 is a loopback address",
-             f"http://2130706433:{port}/echo": "2130706433 is a loopback address",
-             f"http://0x7f.1:{port}/echo": "0x7f.1 is a loopback address",
-             f"http://localhost:{port}/echo": "localhost resolves to a loopback address",
-             f"http://localhost.:{port}/echo": "localhost resolves to a loopback address",
-             f"http://[::1]:{port}/echo": "::1 is a loopback address",
-             f"http://[::ffff:127.0.0.1]:{port}/echo": "::ffff:127.0.0.1 is a loopback address",
-             "gopher://127.0.0.1:6379/_INFO": "only http and https URLs are allowed"}
+    forms = {
+        f"http://127.0.0.1:{port}/echo": "127.0.0.1 is a loopback address",
+        f"http://127.1:{port}/echo": "127.1 is a loopback address",
+        f"http://2130706433:{port}/echo": "2130706433 is a loopback address",
+        f"http://0x7f.1:{port}/echo": "0x7f.1 is a loopback address",
+        f"http://localhost:{port}/echo": "localhost resolves to a loopback address",
+        f"http://localhost.:{port}/echo": "localhost resolves to a loopback address",
+        f"http://[::1]:{port}/echo": "::1 is a loopback address",
+        f"http://[::ffff:127.0.0.1]:{port}/echo": "::ffff:127.0.0.1 is a loopback address",
+        "gopher://127.0.0.1:6379/_INFO": "only http and https URLs are allowed",
+    }
     async with executor(infra, gateway_app) as run:
         for url, reason in forms.items():
             shown, events = await run(task("call", "http", input={"url": url}, retries=2))
@@ -87,16 +95,27 @@ async def test_http_tasks_cannot_reach_loopback_in_any_form(infra: Infra, gatewa
 
 
 async def test_the_allow_list_lets_the_fake_through_without_redirects_and_cut_at_the_cap(
-        infra: Infra, gateway_app: Any, target: Target) -> None:
+    infra: Infra, gateway_app: Any, target: Target
+) -> None:
     forbidden = Target().start()  # another loopback port, only reached if a redirect were followed
     try:
-        async with executor(infra, gateway_app, outbound_allow_hosts="127.0.0.1",
-                            outbound_max_response_bytes=1000) as run:
+        async with executor(
+            infra, gateway_app, outbound_allow_hosts="127.0.0.1", outbound_max_response_bytes=1000
+        ) as run:
             shown, _ = await run(
-                task("post", "http", input={"method": "POST", "url": f"{target.url}/echo", "json": {"n": 1},
-                                            "headers": {"Host": "internal.example", "X-Flow": "yes"}}),
+                task(
+                    "post",
+                    "http",
+                    input={
+                        "method": "POST",
+                        "url": f"{target.url}/echo",
+                        "json": {"n": 1},
+                        "headers": {"Host": "internal.example", "X-Flow": "yes"},
+                    },
+                ),
                 task("moved", "http", input={"url": f"{target.url}/redirect?to=http://localhost:{forbidden.port}/"}),
-                task("big", "http", input={"url": f"{target.url}/big/200000"}))
+                task("big", "http", input={"url": f"{target.url}/big/200000"}),
+            )
             assert shown["status"] == "COMPLETED", shown
             outputs = shown["output"]["tasks"]
             echoed = outputs["post"]["json"]

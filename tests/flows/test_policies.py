@@ -43,8 +43,10 @@ def _flow(**task: Any) -> FlowDefinition:
 
 
 def test_policies_are_loaded_from_configuration_by_interface() -> None:
-    settings = Settings(flow_policies="common.flows.policies:RetryLimitPolicy,"
-                                      "tests.flows.test_policies:NoHttpPolicy,tests.flows.test_policies:OutputSizePolicy")
+    settings = Settings(
+        flow_policies="common.flows.policies:RetryLimitPolicy,"
+        "tests.flows.test_policies:NoHttpPolicy,tests.flows.test_policies:OutputSizePolicy"
+    )
     engine = load_engine(settings)
     assert [p.name for p in engine.flow] == ["RetryLimitPolicy", "NoHttpPolicy"]
     assert [p.name for p in engine.pre_task] == ["NoHttpPolicy"]
@@ -54,8 +56,9 @@ def test_policies_are_loaded_from_configuration_by_interface() -> None:
         engine.pre_task[0].before_task(FlowTask(id="x", type="http"), {}, ctx)
     evaluated = engine.evaluate(_flow(retries=12), ctx)
     assert evaluated.flow.tasks[0].retries == 10
-    assert evaluated.changes == [{"policy": "RetryLimitPolicy", "task_id": "a", "field": "retries",
-                                  "from": 12, "to": 10}]
+    assert evaluated.changes == [
+        {"policy": "RetryLimitPolicy", "task_id": "a", "field": "retries", "from": 12, "to": 10}
+    ]
 
 
 def test_retry_limit_can_refuse_instead_of_clamping() -> None:
@@ -69,18 +72,29 @@ def test_retry_limit_can_refuse_instead_of_clamping() -> None:
 
 def test_validation_reports_every_problem() -> None:
     with pytest.raises(FlowInvalid) as caught:
-        validate_flow({"id": "f", "tenant_id": "t", "type": "DAG", "tasks": [
-            {"id": "a", "type": "echo", "depends_on": ["a"]},
-            {"id": "b", "type": "echo", "retries": -1, "timeout_seconds": 0},
-        ]}, ["echo"])
-    assert caught.value.problems == ["tasks.1.retries: Input should be greater than or equal to 0",
-                                     "tasks.1.timeout_seconds: Input should be greater than 0",
-                                     "task 'a' depends on itself"]
+        validate_flow(
+            {
+                "id": "f",
+                "tenant_id": "t",
+                "type": "DAG",
+                "tasks": [
+                    {"id": "a", "type": "echo", "depends_on": ["a"]},
+                    {"id": "b", "type": "echo", "retries": -1, "timeout_seconds": 0},
+                ],
+            },
+            ["echo"],
+        )
+    assert caught.value.problems == [
+        "tasks.1.retries: Input should be greater than or equal to 0",
+        "tasks.1.timeout_seconds: Input should be greater than 0",
+        "task 'a' depends on itself",
+    ]
 
 
 def test_templates_keep_types_and_fail_on_missing_paths() -> None:
     scope = {"input": {"n": 3, "items": ["x", "y"]}, "tasks": {"a": {"output": {"ok": True}}}}
-    assert render({"n": "{{ input.n }}", "s": "n={{ input.n }} {{ input.items.1 }}", "ok": "{{tasks.a.output.ok}}"},
-                  scope, 1024) == {"n": 3, "s": "n=3 y", "ok": True}
+    assert render(
+        {"n": "{{ input.n }}", "s": "n={{ input.n }} {{ input.items.1 }}", "ok": "{{tasks.a.output.ok}}"}, scope, 1024
+    ) == {"n": 3, "s": "n=3 y", "ok": True}
     with pytest.raises(TemplateError):
         render("{{ input.missing }}", scope, 1024)

@@ -31,8 +31,12 @@ async def test_runs_from_every_entry_point_share_the_user_rate(gateway_app: Any)
         return await c.post(f"/v1/webhooks/{webhook_id}", content=raw, headers=headers)
 
     async def by_cloudevent(c: Any) -> Any:
-        message = to_structured_event(CloudEvent({"type": "com.relaygate.run.requested", "source": "/tests",
-                                                  "id": uuid.uuid4().hex}, {"flow_id": "f1", "flow_definition": flow}))
+        message = to_structured_event(
+            CloudEvent(
+                {"type": "com.relaygate.run.requested", "source": "/tests", "id": uuid.uuid4().hex},
+                {"flow_id": "f1", "flow_definition": flow},
+            )
+        )
         return await c.post("/api/v1/events/cloudevents", content=message.body, headers=message.headers)
 
     async with gw.client("alice", tenant) as c:
@@ -62,8 +66,10 @@ async def test_unfinished_runs_count_as_running_requests_until_they_end(gateway_
         request = await c.post("/api/v1/requests/web", json={"content": "hi", "agent_id": "orphan"})
         assert request.status_code == 202
         _assert_refused(await c.post("/v1/runs", json=body), "running_requests_per_user")
-        _assert_refused(await c.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
-                        "running_requests_per_user")
+        _assert_refused(
+            await c.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
+            "running_requests_per_user",
+        )
         replay = await c.post("/v1/runs", json={**body, "request_id": "first"})
         assert replay.status_code == 202 and replay.json() == first.json()
         assert (await c.post(f"/v1/runs/{first.json()['run_id']}/cancel")).json()["status"] == "CANCELLED"

@@ -17,8 +17,14 @@ async def test_invalid_dag_lists_every_problem_with_400(gateway_app: Any) -> Non
     gw = await gateway_app()
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        flow = dag(tenant, task("a", depends_on=("c",)), task("b", depends_on=("ghost",)), task("c", depends_on=("a",)),
-                   task("b"), task("d", "teleport", input={"x": "{{ tasks.a.output }}"}))
+        flow = dag(
+            tenant,
+            task("a", depends_on=("c",)),
+            task("b", depends_on=("ghost",)),
+            task("c", depends_on=("a",)),
+            task("b"),
+            task("d", "teleport", input={"x": "{{ tasks.a.output }}"}),
+        )
         r = await c.post("/v1/runs", json={"flow_id": "f1", "flow_definition": flow, "input": {}, "tenant_id": tenant})
         assert r.status_code == 400, r.text
         detail = r.json()["detail"]
@@ -38,23 +44,39 @@ async def test_policies_refuse_with_403_naming_the_policy_and_clamp_retries_in_t
     gw = await gateway_app()
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        other = await c.post("/v1/runs", json={"flow_id": "f1", "flow_definition": dag("someone-else", task("a")),
-                                               "tenant_id": tenant})
+        other = await c.post(
+            "/v1/runs", json={"flow_id": "f1", "flow_definition": dag("someone-else", task("a")), "tenant_id": tenant}
+        )
         assert other.status_code == 403 and "TenantIsolationPolicy" in other.json()["detail"]
-        slow = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                              "flow_definition": dag(tenant, task("a", timeout_seconds=3 * 3600))})
+        slow = await c.post(
+            "/v1/runs",
+            json={
+                "flow_id": "f1",
+                "tenant_id": tenant,
+                "flow_definition": dag(tenant, task("a", timeout_seconds=3 * 3600)),
+            },
+        )
         assert slow.status_code == 403 and "TimeoutLimitPolicy" in slow.json()["detail"]
-        token_tenant = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": "other",
-                                                      "flow_definition": dag("other", task("a"))})
+        token_tenant = await c.post(
+            "/v1/runs", json={"flow_id": "f1", "tenant_id": "other", "flow_definition": dag("other", task("a"))}
+        )
         assert token_tenant.status_code == 403
-        clamped = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": {"x": 1},
-                                                 "flow_definition": dag(tenant, task("a", retries=50))})
+        clamped = await c.post(
+            "/v1/runs",
+            json={
+                "flow_id": "f1",
+                "tenant_id": tenant,
+                "input": {"x": 1},
+                "flow_definition": dag(tenant, task("a", retries=50)),
+            },
+        )
         assert clamped.status_code == 202, clamped.text
     audit = await gw.gateway.db.fetchrow("SELECT * FROM flow_runs_audit WHERE run_id = $1", clamped.json()["run_id"])
     assert audit["user_id"] == "alice" and audit["tenant_id"] == tenant and audit["input_data"] == {"x": 1}
     assert audit["flow_definition"]["tasks"][0]["retries"] == 10
-    assert audit["policy_changes"] == [{"policy": "RetryLimitPolicy", "task_id": "a", "field": "retries",
-                                        "from": 50, "to": 10}]
+    assert audit["policy_changes"] == [
+        {"policy": "RetryLimitPolicy", "task_id": "a", "field": "retries", "from": 50, "to": 10}
+    ]
 
 
 async def test_run_creation_is_idempotent_on_request_id(gateway_app: Any) -> None:
@@ -76,8 +98,11 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        run = (await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant,
-                                              "flow_definition": dag(tenant, task("a"))})).json()
+        run = (
+            await c.post(
+                "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(tenant, task("a"))}
+            )
+        ).json()
         first = (await c.get(f"/v1/runs/{run['run_id']}")).json()
         assert first["status"] == "PENDING" and first["flow_id"] == "f1" and first["input"] == {}
         cancel = await c.post(f"/v1/runs/{run['run_id']}/cancel")
@@ -95,8 +120,9 @@ async def test_the_cached_status_follows_every_change(gateway_app: Any) -> None:
         await gw.gateway.streams.delete(run_stream_key(run["run_id"], 256))
         expired = await c.get(f"/v1/runs/{run['run_id']}/stream")
         assert "event: stream.reset" in expired.text and '"status":"CANCELLED"' in expired.text
-    history = await gw.gateway.db.fetch("SELECT status FROM flow_run_status_history WHERE run_id = $1 ORDER BY id",
-                                        run["run_id"])
+    history = await gw.gateway.db.fetch(
+        "SELECT status FROM flow_run_status_history WHERE run_id = $1 ORDER BY id", run["run_id"]
+    )
     assert [h["status"] for h in history] == ["PENDING", "CANCELLED"]
 
 
@@ -110,16 +136,19 @@ async def test_registry_versions_search_and_runs_from_the_registry(gateway_app: 
     gw = await gateway_app(flow_feature=f"idle-{uuid.uuid4().hex[:6]}")
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        created = await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="greet"),
-                                                  "name": "Greeter", "tags": ["demo"]})
+        created = await c.post(
+            "/v1/flows",
+            json={"definition": dag(tenant, task("a"), flow_id="greet"), "name": "Greeter", "tags": ["demo"]},
+        )
         assert created.status_code == 201 and created.json()["version"] == 1
         again = await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="greet")})
         assert again.status_code == 409
         two_tasks = dag(tenant, task("a"), task("b", depends_on=("a",)), flow_id="greet")
         v2 = await c.put("/v1/flows/greet", json={"definition": two_tasks, "name": "Greeter", "tags": ["demo"]})
         assert v2.json()["version"] == 2
-        bad = await c.put("/v1/flows/greet", json={"definition": dag(tenant, task("a", depends_on=("zz",)),
-                                                                     flow_id="greet")})
+        bad = await c.put(
+            "/v1/flows/greet", json={"definition": dag(tenant, task("a", depends_on=("zz",)), flow_id="greet")}
+        )
         assert bad.status_code == 400
         assert (await c.get("/v1/flows/greet")).json()["version"] == 2
         assert len((await c.get("/v1/flows/greet", params={"version": 1})).json()["definition"]["tasks"]) == 1
@@ -139,8 +168,12 @@ async def test_registry_versions_search_and_runs_from_the_registry(gateway_app: 
         assert (await c.get("/v1/flows/greet")).status_code == 404
         again = await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="greet")})
         assert again.status_code == 201 and again.json()["version"] == 3
-    versions = {r["run_id"]: r["flow_version"] for r in await gw.gateway.db.fetch(
-        "SELECT run_id, flow_version FROM flow_runs_audit WHERE tenant_id = $1", tenant)}
+    versions = {
+        r["run_id"]: r["flow_version"]
+        for r in await gw.gateway.db.fetch(
+            "SELECT run_id, flow_version FROM flow_runs_audit WHERE tenant_id = $1", tenant
+        )
+    }
     assert versions == {latest["run_id"]: "2", pinned["run_id"]: "1"}
 
 
@@ -150,9 +183,13 @@ async def test_other_tenants_see_404_on_every_route(gateway_app: Any) -> None:
     async with gw.client("alice", tenant) as owner, gw.client("alice", _tenant()) as intruder:
         await owner.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="private")})
         run = (await owner.post("/v1/runs", json={"flow_id": "private", "tenant_id": tenant})).json()
-        for method, path in (("GET", f"/v1/runs/{run['run_id']}"), ("POST", f"/v1/runs/{run['run_id']}/cancel"),
-                             ("GET", f"/v1/runs/{run['run_id']}/stream"), ("GET", "/v1/flows/private"),
-                             ("DELETE", "/v1/flows/private")):
+        for method, path in (
+            ("GET", f"/v1/runs/{run['run_id']}"),
+            ("POST", f"/v1/runs/{run['run_id']}/cancel"),
+            ("GET", f"/v1/runs/{run['run_id']}/stream"),
+            ("GET", "/v1/flows/private"),
+            ("DELETE", "/v1/flows/private"),
+        ):
             assert (await intruder.request(method, path)).status_code == 404, (method, path)
         theirs = await intruder.put("/v1/flows/private", json={"definition": dag(tenant, task("a"), flow_id="private")})
         assert theirs.status_code == 403  # a definition naming the owner's tenant is refused outright

@@ -48,16 +48,26 @@ def test_llm_http_and_agent_tasks_chain_their_outputs(stack: Stack, local_api: s
         flow = dag(
             tenant,
             task("draft", "llm", input={"prompt": "Summarise ticket {{ input.ticket }}"}),
-            task("post", "http", ("draft",), input={
-                "method": "POST", "url": local_api + "/tickets/{{ input.ticket }}",
-                "json": {"summary": "{{ tasks.draft.output.text }}", "n": "{{ input.n }}"}}),
+            task(
+                "post",
+                "http",
+                ("draft",),
+                input={
+                    "method": "POST",
+                    "url": local_api + "/tickets/{{ input.ticket }}",
+                    "json": {"summary": "{{ tasks.draft.output.text }}", "n": "{{ input.n }}"},
+                },
+            ),
             task("ask", "agent", ("post",), input={"content": "Ticket stored at {{ tasks.post.output.json.path }}"}),
         )
-        r = c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": flow,
-                                     "input": {"ticket": "T-7", "n": 3}})
+        r = c.post(
+            "/v1/runs",
+            json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": flow, "input": {"ticket": "T-7", "n": 3}},
+        )
         run_id = r.json()["run_id"]
-        events = read_until(c, f"/v1/runs/{run_id}/stream",
-                            lambda e: e.event == "done" and e.json()["request_id"] == run_id)
+        events = read_until(
+            c, f"/v1/runs/{run_id}/stream", lambda e: e.event == "done" and e.json()["request_id"] == run_id
+        )
         assert [e.event for e in events][-2:] == ["run.completed", "done"], [e.data for e in events]
         expected = "".join(compose_reply("Summarise ticket T-7", 30))
         tokens = [e.json()["data"] for e in events if e.event == "token"]
@@ -73,10 +83,19 @@ def test_llm_http_and_agent_tasks_chain_their_outputs(stack: Stack, local_api: s
         request = c.get(f"/api/v1/requests/{agent['request_id']}").json()
         assert request["status"] == "completed" and request["session_id"] == agent["session_id"]
 
-        failing = c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "flow_definition": dag(
-            tenant, task("boom", "http", input={"method": "POST", "url": local_api, "json": {"explode": True}}))})
+        failing = c.post(
+            "/v1/runs",
+            json={
+                "flow_id": "f1",
+                "tenant_id": tenant,
+                "flow_definition": dag(
+                    tenant, task("boom", "http", input={"method": "POST", "url": local_api, "json": {"explode": True}})
+                ),
+            },
+        )
         run_id = failing.json()["run_id"]
-        events = read_until(c, f"/v1/runs/{run_id}/stream",
-                            lambda e: e.event == "done" and e.json()["request_id"] == run_id)
+        events = read_until(
+            c, f"/v1/runs/{run_id}/stream", lambda e: e.event == "done" and e.json()["request_id"] == run_id
+        )
         failed = next(e.json()["data"] for e in events if e.event == "task.failed")
         assert failed["error"] == "HttpTaskError: POST answered 500"

@@ -13,16 +13,22 @@ from workers import flow_usage, model
 
 
 async def _start(c: Any, tenant: str, *tasks: dict[str, Any]) -> str:
-    r = await c.post("/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": {},
-                                       "flow_definition": dag(tenant, *tasks)})
+    r = await c.post(
+        "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": {}, "flow_definition": dag(tenant, *tasks)}
+    )
     assert r.status_code == 202, r.text
     run_id: str = r.json()["run_id"]
     return run_id
 
 
 def _counted(direction: str) -> float:
-    return REGISTRY.get_sample_value("relaygate_usage_tokens_total", {
-        "agent": flow_usage.AGENT, "model": model.OFFLINE_MODEL, "direction": direction}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "relaygate_usage_tokens_total",
+            {"agent": flow_usage.AGENT, "model": model.OFFLINE_MODEL, "direction": direction},
+        )
+        or 0.0
+    )
 
 
 async def test_an_llm_task_records_its_usage_for_the_runs_user(gateway_app: Any, executor: Any) -> None:
@@ -38,8 +44,9 @@ async def test_an_llm_task_records_its_usage_for_the_runs_user(gateway_app: Any,
         used = output["usage"]
         assert used["input_tokens"] == 3 and used["output_tokens"] > 0 and used["cost_usd"] == 0
         shown = (await c.get("/api/v1/usage", params={"group_by": "agent"})).json()["rows"]
-    assert [(r["agent"], r["input_tokens"], r["output_tokens"], r["requests"]) for r in shown] == \
-        [(flow_usage.AGENT, 3, used["output_tokens"], 0)]
+    assert [(r["agent"], r["input_tokens"], r["output_tokens"], r["requests"]) for r in shown] == [
+        (flow_usage.AGENT, 3, used["output_tokens"], 0)
+    ]
     assert _counted("output") - before == used["output_tokens"]
 
 
@@ -49,8 +56,12 @@ async def test_over_budget_llm_and_agent_tasks_are_refused_without_retries(gatew
     model.configure()
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("a", "llm", input={"prompt": "spend it all"}),
-                              task("b", "llm", ("a",), input={"prompt": "and more"}, retries=2))
+        run_id = await _start(
+            c,
+            tenant,
+            task("a", "llm", input={"prompt": "spend it all"}),
+            task("b", "llm", ("a",), input={"prompt": "and more"}, retries=2),
+        )
         assert await ex.run(run_id, tenant) == "failed"
         events = await ex.events(run_id)
         assert [e.data["task_id"] for e in events if e.type == "task.completed"] == ["a"]

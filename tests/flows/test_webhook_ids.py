@@ -16,9 +16,12 @@ from tests.flows.conftest import dag, task
 def signed(secret: str, body: dict[str, Any], msg_id: str) -> tuple[bytes, dict[str, str]]:
     raw = orjson.dumps(body)
     at = datetime.now(UTC)
-    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
-                 "webhook-signature": Webhook(secret).sign(msg_id, at, raw.decode()),
-                 "content-type": "application/json"}
+    return raw, {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, raw.decode()),
+        "content-type": "application/json",
+    }
 
 
 async def test_delivery_id_length(gateway_app: Any) -> None:

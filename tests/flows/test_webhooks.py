@@ -12,14 +12,19 @@ from standardwebhooks.webhooks import Webhook
 from tests.flows.conftest import dag, task
 
 
-def _signed(secret: str, body: dict[str, Any], *, msg_id: str | None = None,
-            at: datetime | None = None) -> tuple[bytes, dict[str, str]]:
+def _signed(
+    secret: str, body: dict[str, Any], *, msg_id: str | None = None, at: datetime | None = None
+) -> tuple[bytes, dict[str, str]]:
     raw = orjson.dumps(body)
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     at = at or datetime.now(UTC)
     signature = Webhook(secret).sign(msg_id, at, raw.decode())
-    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
-                 "webhook-signature": signature, "content-type": "application/json"}
+    return raw, {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
 
 
 async def test_signed_calls_start_a_run_once_and_bad_signatures_get_401(gateway_app: Any) -> None:
@@ -27,8 +32,10 @@ async def test_signed_calls_start_a_run_once_and_bad_signatures_get_401(gateway_
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     async with gw.client("alice", tenant) as c:
         await c.post("/v1/flows", json={"definition": dag(tenant, task("a"), flow_id="on-ticket")})
-        created = await c.post("/v1/webhook-configs", json={
-            "flow_id": "on-ticket", "input_mapping": {"ticket": "{{ payload.id }}", "from": "{{ source }}"}})
+        created = await c.post(
+            "/v1/webhook-configs",
+            json={"flow_id": "on-ticket", "input_mapping": {"ticket": "{{ payload.id }}", "from": "{{ source }}"}},
+        )
         assert created.status_code == 201, created.text
         config = created.json()
         secret, webhook_id = config["secret"], config["webhook_id"]
@@ -53,8 +60,12 @@ async def test_signed_calls_start_a_run_once_and_bad_signatures_get_401(gateway_
         stale_raw, stale = _signed(secret, call, at=datetime.now(UTC) - timedelta(minutes=10))
         wrong_raw, wrong = _signed("whsec_" + "QUJD" * 8, call)  # a valid secret, not this webhook's
         missing = {k: v for k, v in headers.items() if k != "webhook-signature"}
-        for name, body, hdrs in (("tampered", tampered, headers), ("stale", stale_raw, stale),
-                                 ("wrong secret", wrong_raw, wrong), ("unsigned", raw, missing)):
+        for name, body, hdrs in (
+            ("tampered", tampered, headers),
+            ("stale", stale_raw, stale),
+            ("wrong secret", wrong_raw, wrong),
+            ("unsigned", raw, missing),
+        ):
             r = await c.post(f"/v1/webhooks/{webhook_id}", content=body, headers=hdrs)
             assert r.status_code == 401, name
             assert r.json()["error"] == "unauthorized" and secret not in r.text
@@ -64,8 +75,9 @@ async def test_signed_calls_start_a_run_once_and_bad_signatures_get_401(gateway_
         assert disabled.json()["enabled"] is False and "secret" not in disabled.json()
         raw2, headers2 = _signed(secret, call)
         assert (await c.post(f"/v1/webhooks/{webhook_id}", content=raw2, headers=headers2)).status_code == 404
-        rotated = (await c.put(f"/v1/webhook-configs/{webhook_id}",
-                               json={"enabled": True, "rotate_secret": True})).json()
+        rotated = (
+            await c.put(f"/v1/webhook-configs/{webhook_id}", json={"enabled": True, "rotate_secret": True})
+        ).json()
         assert rotated["secret"] != secret
         raw3, headers3 = _signed(secret, call)
         assert (await c.post(f"/v1/webhooks/{webhook_id}", content=raw3, headers=headers3)).status_code == 401
@@ -73,8 +85,9 @@ async def test_signed_calls_start_a_run_once_and_bad_signatures_get_401(gateway_
         assert (await c.post(f"/v1/webhooks/{webhook_id}", content=raw4, headers=headers4)).status_code == 202
     runs = await gw.gateway.db.fetch("SELECT trigger FROM flow_runs_audit WHERE tenant_id = $1", tenant)
     assert len(runs) == 2 and {r["trigger"]["via"] for r in runs} == {"webhook"}
-    deliveries = await gw.gateway.db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1",
-                                              webhook_id)
+    deliveries = await gw.gateway.db.fetchval(
+        "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", webhook_id
+    )
     assert deliveries == 2
 
 

@@ -27,13 +27,23 @@ class App:
     def token(self, user_id: str, tenant_id: str, scopes: list[str] | None = None) -> str:
         return mint_token(self.settings, user_id=user_id, tenant_id=tenant_id, scopes=scopes)
 
-    def client(self, user_id: str | None = None, tenant_id: str | None = None, *, scopes: list[str] | None = None,
-               headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    def client(
+        self,
+        user_id: str | None = None,
+        tenant_id: str | None = None,
+        *,
+        scopes: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.AsyncClient:
         user_id = user_id or f"user-{uuid.uuid4().hex[:8]}"
         tenant_id = tenant_id or f"tenant-{uuid.uuid4().hex[:8]}"
         auth = {"Authorization": f"Bearer {self.token(user_id, tenant_id, scopes)}"}
-        return httpx.AsyncClient(transport=self.transport, base_url="http://gateway",
-                                 headers=headers if headers is not None else auth, timeout=10)
+        return httpx.AsyncClient(
+            transport=self.transport,
+            base_url="http://gateway",
+            headers=headers if headers is not None else auth,
+            timeout=10,
+        )
 
 
 AppFactory = Callable[..., "AsyncIterator[App]"]

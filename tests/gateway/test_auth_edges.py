@@ -46,8 +46,13 @@ async def test_route_scopes_limit_a_credential_to_the_routes_they_name(app: App)
         assert accepted.status_code == 202
         assert (await intake_only.get(f"/api/v1/requests/{accepted.json()['request_id']}")).status_code == 200
         sid = accepted.json()["session_id"]
-        for path in ("/api/v1/sessions", f"/api/v1/sessions/{sid}", f"/api/v1/sessions/{sid}/stream",
-                     f"/api/v1/sessions/{sid}/requests", "/metrics"):
+        for path in (
+            "/api/v1/sessions",
+            f"/api/v1/sessions/{sid}",
+            f"/api/v1/sessions/{sid}/stream",
+            f"/api/v1/sessions/{sid}/requests",
+            "/metrics",
+        ):
             assert (await intake_only.get(path)).status_code == 403, path
         assert (await intake_only.get("/api/v1/me")).status_code == 200
     async with app.client(scopes=["sessions"]) as reader:
@@ -64,11 +69,17 @@ async def test_flow_routes_need_the_runs_scope(app: App) -> None:
             assert refused.status_code == 403, path
             assert refused.json()["detail"] == "this credential lacks the 'runs' scope"
             assert (await flows.get(path)).status_code != 403, path
-        run = await intake_only.post("/api/v1/events/cloudevents", content=b"{}",
-                                     headers={**ce_headers, "ce-type": "com.relaygate.run.requested"})
+        run = await intake_only.post(
+            "/api/v1/events/cloudevents",
+            content=b"{}",
+            headers={**ce_headers, "ce-type": "com.relaygate.run.requested"},
+        )
         assert run.status_code == 403 and "'runs' scope" in run.json()["detail"]
-        request = await flows.post("/api/v1/events/cloudevents", content=b'{"content": "hi"}',
-                                   headers={**ce_headers, "ce-type": "com.relaygate.request.created"})
+        request = await flows.post(
+            "/api/v1/events/cloudevents",
+            content=b'{"content": "hi"}',
+            headers={**ce_headers, "ce-type": "com.relaygate.request.created"},
+        )
         assert request.status_code == 403 and "'requests' scope" in request.json()["detail"]
 
 
@@ -83,17 +94,20 @@ async def test_api_key_scopes_are_enforced(app: App) -> None:
 async def test_a_kind_claim_alone_grants_nothing(app: App) -> None:
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     async with app.client(headers=bearer(tool_token(app, tenant, []))) as tool:
-        response = await tool.post("/api/v1/requests/tool", json={
-            "user_id": "carol", "content": "x", "tool_id": "snow", "trigger_event": "e"})
+        response = await tool.post(
+            "/api/v1/requests/tool", json={"user_id": "carol", "content": "x", "tool_id": "snow", "trigger_event": "e"}
+        )
     assert response.status_code == 403
 
 
 async def test_a_tool_starts_requests_for_a_user_but_joins_their_sessions_only_with_the_scope(app: App) -> None:
     tenant = f"t-{uuid.uuid4().hex[:6]}"
     body = {"user_id": "carol", "content": "ticket", "tool_id": "snow", "trigger_event": "incident.created"}
-    async with app.client("carol", tenant) as carol, \
-            app.client(headers=bearer(tool_token(app, tenant, ["act-as-user"]))) as tool, \
-            app.client(headers=bearer(tool_token(app, tenant, ["act-as-user", "join-user-sessions"]))) as joiner:
+    async with (
+        app.client("carol", tenant) as carol,
+        app.client(headers=bearer(tool_token(app, tenant, ["act-as-user"]))) as tool,
+        app.client(headers=bearer(tool_token(app, tenant, ["act-as-user", "join-user-sessions"]))) as joiner,
+    ):
         own = (await carol.post("/api/v1/requests/tool", json={**body, "user_id": None})).json()
         started = await tool.post("/api/v1/requests/tool", json=body)
         assert started.status_code == 202
@@ -174,6 +188,7 @@ def test_apikey_list_and_revoke(infra: Infra, monkeypatch: pytest.MonkeyPatch) -
             await conn.close()
 
     import asyncio
+
     assert asyncio.run(still_valid()) is False
     assert "revoked" in runner.invoke(cli, ["apikey", "list", "--tenant", tenant]).stdout
 

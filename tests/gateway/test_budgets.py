@@ -32,7 +32,10 @@ async def _spend(app: App, tenant: str, user: str, tokens: int, cost: float = 0.
             "INSERT INTO usage_daily (tenant_id, day, user_id, agent_id, model, requests, completed, input_tokens,"
             " output_tokens, cost_usd) VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, 'assistant', 'm', 1, 1, 0,"
             " $3, $4)",
-            tenant, user, tokens, cost,
+            tenant,
+            user,
+            tokens,
+            cost,
         )
     finally:
         await conn.close()
@@ -69,13 +72,22 @@ async def test_a_spent_budget_is_429_in_each_protocols_shape(make_app: Callable[
     async with make_app(budget_user_tokens_per_day=10) as app:
         await _spend(app, tenant, user, 10)
         async with app.client(user, tenant) as client:
-            openai = await client.post("/v1/chat/completions", json={
-                "model": "assistant", "messages": [{"role": "user", "content": "hi"}]})
-            ui = await client.post("/api/chat", json={"id": "c1", "trigger": "submit-message", "messages": [
-                {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]})
+            openai = await client.post(
+                "/v1/chat/completions", json={"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            ui = await client.post(
+                "/api/chat",
+                json={
+                    "id": "c1",
+                    "trigger": "submit-message",
+                    "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+                },
+            )
             thread = (await client.post("/langgraph/threads", json={})).json()["thread_id"]
-            langgraph = await client.post(f"/langgraph/threads/{thread}/runs", json={
-                "assistant_id": "assistant", "input": {"messages": [{"type": "human", "content": "hi"}]}})
+            langgraph = await client.post(
+                f"/langgraph/threads/{thread}/runs",
+                json={"assistant_id": "assistant", "input": {"messages": [{"type": "human", "content": "hi"}]}},
+            )
     for refused in (openai, ui, langgraph):
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
     assert openai.json()["error"]["code"] == "rate_limit_exceeded"
@@ -87,14 +99,18 @@ async def test_a_spent_budget_is_429_in_each_protocols_shape(make_app: Callable[
 async def test_admin_overrides_per_user_and_tenant(make_app: Callable[..., Any]) -> None:
     user, tenant = _unique()
     async with make_app(budget_user_tokens_per_day=1_000) as app:
-        async with app.client(user, tenant) as client, app.client("boss", tenant, scopes=["admin"]) as admin, \
-                app.client("intruder", f"other-{tenant}", scopes=["admin"]) as outsider:
+        async with (
+            app.client(user, tenant) as client,
+            app.client("boss", tenant, scopes=["admin"]) as admin,
+            app.client("intruder", f"other-{tenant}", scopes=["admin"]) as outsider,
+        ):
             await _spend(app, tenant, user, 50, cost=0.25)
             assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
             denied = await client.put(f"/api/v1/budgets/users/{user}", json={"tokens_per_day": 0})
             assert denied.status_code == 403
-            assert (await outsider.put(f"/api/v1/budgets/users/{user}", json={"tokens_per_day": 10})).status_code \
-                == 200  # stored for the outsider's own tenant only
+            assert (
+                await outsider.put(f"/api/v1/budgets/users/{user}", json={"tokens_per_day": 10})
+            ).status_code == 200  # stored for the outsider's own tenant only
             assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
             stored = await admin.put(f"/api/v1/budgets/users/{user}", json={"tokens_per_day": 50})
             assert stored.status_code == 200, stored.text
@@ -140,8 +156,9 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         sink.configure("")
 
 
-async def test_soft_threshold_is_reported_once_per_period(make_app: Callable[..., Any],
-                                                         receiver: tuple[str, list[dict[str, Any]]]) -> None:
+async def test_soft_threshold_is_reported_once_per_period(
+    make_app: Callable[..., Any], receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
     url, received = receiver
     user, tenant = _unique()
     exporter = sink.configure(url, retries=2, backoff_seconds=0.01)

@@ -10,8 +10,16 @@ import pytest
 from common.platform.settings import DEV_CORS_ORIGIN_REGEX
 
 PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
-ROUTES = ["/api/chat", "/api/chat/c1/stream", "/v1/chat/completions", "/v1/models", "/api/v1/requests/web",
-          "/api/v1/sessions/x/stream", "/langgraph/threads", "/metrics"]
+ROUTES = [
+    "/api/chat",
+    "/api/chat/c1/stream",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/api/v1/requests/web",
+    "/api/v1/sessions/x/stream",
+    "/langgraph/threads",
+    "/metrics",
+]
 
 
 async def test_no_origin_is_allowed_by_default(make_app: Callable[..., Any]) -> None:
@@ -24,8 +32,10 @@ async def test_no_origin_is_allowed_by_default(make_app: Callable[..., Any]) -> 
 
 @pytest.mark.parametrize("path", ROUTES)
 async def test_preflight_of_an_allowed_origin(make_app: Callable[..., Any], path: str) -> None:
-    async with make_app(cors_allow_origins="http://localhost:3000, https://chat.example") as app, \
-            app.client(headers={}) as anonymous:
+    async with (
+        make_app(cors_allow_origins="http://localhost:3000, https://chat.example") as app,
+        app.client(headers={}) as anonymous,
+    ):
         for origin in ("http://localhost:3000", "https://chat.example"):
             response = await anonymous.options(path, headers={"Origin": origin, **PREFLIGHT})
             assert response.status_code == 200, response.text
@@ -42,8 +52,13 @@ async def test_responses_expose_the_headers_clients_read(make_app: Callable[...,
         origin = {"Origin": "http://localhost:3000"}
         ok = await client.get("/api/v1/me", headers=origin)
         exposed = {h.strip().lower() for h in ok.headers["access-control-expose-headers"].split(",")}
-        assert {"location", "retry-after", "x-correlation-id", "x-vercel-ai-ui-message-stream",
-                "x-session-id"} <= exposed
+        assert {
+            "location",
+            "retry-after",
+            "x-correlation-id",
+            "x-vercel-ai-ui-message-stream",
+            "x-session-id",
+        } <= exposed
         assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
         async with app.client(headers=origin) as anonymous:
             unauthorized = await anonymous.post("/v1/chat/completions", json={})
@@ -51,10 +66,17 @@ async def test_responses_expose_the_headers_clients_read(make_app: Callable[...,
         assert unauthorized.headers["access-control-allow-origin"] == "http://localhost:3000"
 
 
-@pytest.mark.parametrize(("origin", "allowed"), [
-    ("http://localhost:3000", True), ("http://127.0.0.1:5173", True), ("http://localhost", True),
-    ("https://localhost:3000", False), ("http://localhost.evil.example", False), ("http://10.0.0.1:3000", False),
-])
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:3000", True),
+        ("http://127.0.0.1:5173", True),
+        ("http://localhost", True),
+        ("https://localhost:3000", False),
+        ("http://localhost.evil.example", False),
+        ("http://10.0.0.1:3000", False),
+    ],
+)
 async def test_the_dev_origins(make_app: Callable[..., Any], origin: str, allowed: bool) -> None:
     async with make_app(cors_allow_origin_regex=DEV_CORS_ORIGIN_REGEX) as app, app.client(headers={}) as anonymous:
         response = await anonymous.options("/api/chat", headers={"Origin": origin, **PREFLIGHT})

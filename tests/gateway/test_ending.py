@@ -29,22 +29,24 @@ async def test_a_cancel_whose_stream_write_fails_is_ended_by_the_sweep_once(app:
     gw = app.gateway
     async with app.client() as client:
         first = (await client.post("/api/v1/requests/web", json={"content": "one"})).json()
-        second = (await client.post("/api/v1/requests/web", json={"content": "two", "session_id": first["session_id"]})
-                  ).json()
+        second = (
+            await client.post("/api/v1/requests/web", json={"content": "two", "session_id": first["session_id"]})
+        ).json()
         key = gw.writer.key(first["session_id"])
         saved = await gw.streams.dump(key)
         await gw.streams.delete(key)
         await gw.streams.set(key, "not a stream")  # every append to it now fails
         assert (await client.post(f"/api/v1/requests/{second['request_id']}/cancel")).status_code == 202
         assert (await client.get(f"/api/v1/requests/{second['request_id']}")).json()["status"] == "cancelled"
-        assert await gw.db.fetchval("SELECT done_pending FROM request_logs WHERE request_id = $1",
-                                    second["request_id"])
+        assert await gw.db.fetchval("SELECT done_pending FROM request_logs WHERE request_id = $1", second["request_id"])
         await gw.streams.delete(key)
         await gw.streams.restore(key, 0, saved)
     arq = await queue.connect(app.settings.queue_redis_url)
     try:
-        await gw.db.execute("UPDATE request_logs SET completed_at = now() - interval '1 minute' "
-                            "WHERE request_id = $1", second["request_id"])
+        await gw.db.execute(
+            "UPDATE request_logs SET completed_at = now() - interval '1 minute' WHERE request_id = $1",
+            second["request_id"],
+        )
         assert await repair_endings_once(_runtime(app, arq)) >= 1
         assert await repair_endings_once(_runtime(app, arq)) == 0
     finally:
@@ -61,15 +63,20 @@ async def test_a_request_that_became_terminal_without_its_done_is_ended_exactly_
     request_id, session_id = accepted["request_id"], accepted["session_id"]
     await gw.db.execute(
         "UPDATE request_logs SET status = 'completed', response_content = 'the reply', done_pending = true, "
-        "completed_at = now() - interval '1 minute' WHERE request_id = $1", request_id)
+        "completed_at = now() - interval '1 minute' WHERE request_id = $1",
+        request_id,
+    )
     arq = await queue.connect(app.settings.queue_redis_url)
     try:
         swept = await asyncio.gather(*(repair_endings_once(_runtime(app, arq)) for _ in range(3)))
         assert sum(swept) >= 1
     finally:
         await arq.aclose()
-    events = [Event.from_fields(f) for _, f in await gw.streams.xrange(gw.writer.key(session_id))
-              if f[b"request_id"] == request_id.encode()]
+    events = [
+        Event.from_fields(f)
+        for _, f in await gw.streams.xrange(gw.writer.key(session_id))
+        if f[b"request_id"] == request_id.encode()
+    ]
     assert [e.type for e in events] == ["request.accepted", "message", "run.completed", "done"]
     assert events[1].data["content"] == "the reply"
     assert not await gw.db.fetchval("SELECT done_pending FROM request_logs WHERE request_id = $1", request_id)
@@ -97,9 +104,18 @@ async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None
     gw = app.gateway
     arq = await queue.connect(app.settings.queue_redis_url)
     rows: list[dict[str, Any]] = [
-        {"session_id": str(uuid.uuid4()), "request_id": str(uuid.uuid4()), "attempt": 1, "status": "failed",
-         "error": "timed out", "response_content": None, "agent_id": None, "processing_time_ms": None}
-        for _ in range(3)]
+        {
+            "session_id": str(uuid.uuid4()),
+            "request_id": str(uuid.uuid4()),
+            "attempt": 1,
+            "status": "failed",
+            "error": "timed out",
+            "response_content": None,
+            "agent_id": None,
+            "processing_time_ms": None,
+        }
+        for _ in range(3)
+    ]
     await gw.streams.set(gw.writer.key(rows[0]["session_id"]), "not a stream")
     try:
         await end_streams(_runtime(app, arq), rows)  # type: ignore[arg-type]
@@ -113,8 +129,9 @@ async def test_an_idempotency_race_leaves_no_phantom_turn(app: App) -> None:
     async with app.client() as client:
         first = (await client.post("/api/v1/requests/web", json={"content": "first"})).json()
         body = {"content": "only once", "session_id": first["session_id"]}
-        answers = await asyncio.gather(*(client.post("/api/v1/requests/web", json=body,
-                                                     headers={"Idempotency-Key": "race-1"}) for _ in range(6)))
+        answers = await asyncio.gather(
+            *(client.post("/api/v1/requests/web", json=body, headers={"Idempotency-Key": "race-1"}) for _ in range(6))
+        )
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["request_id"] for a in answers}) == 1
     entries = await app.gateway.streams.xrange(app.gateway.writer.key(first["session_id"]))

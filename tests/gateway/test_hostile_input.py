@@ -17,12 +17,15 @@ def nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/api/v1/requests/web", {"content": "hi", "metadata": {"deep": nested(300)}}),
-    ("/api/v1/requests/generic", {"content": "hi", "integration_type": "web", "metadata": nested(300)}),
-    ("/api/v1/requests/tool", {"content": "hi", "tool_id": "t", "trigger_event": "e", "tool_context": nested(300)}),
-    ("/api/v1/sessions", {"user_context": nested(300)}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/requests/web", {"content": "hi", "metadata": {"deep": nested(300)}}),
+        ("/api/v1/requests/generic", {"content": "hi", "integration_type": "web", "metadata": nested(300)}),
+        ("/api/v1/requests/tool", {"content": "hi", "tool_id": "t", "trigger_event": "e", "tool_context": nested(300)}),
+        ("/api/v1/sessions", {"user_context": nested(300)}),
+    ],
+)
 async def test_deep_nesting_is_a_422(app: App, path: str, body: dict[str, Any]) -> None:
     async with app.client() as c:
         response = await c.post(path, json=body)
@@ -32,6 +35,7 @@ async def test_deep_nesting_is_a_422(app: App, path: str, body: dict[str, Any]) 
 
 async def test_nesting_within_the_cap_is_accepted(app: App) -> None:
     async with app.client() as c:
-        response = await c.post("/api/v1/requests/web",
-                                json={"content": "hi", "metadata": {"deep": nested(MAX_JSON_DEPTH - 3)}})
+        response = await c.post(
+            "/api/v1/requests/web", json={"content": "hi", "metadata": {"deep": nested(MAX_JSON_DEPTH - 3)}}
+        )
     assert response.status_code == 202, response.text

@@ -44,24 +44,26 @@ async def test_requests_per_minute_per_tenant(make_app: Callable[..., Any]) -> N
         async with app.client(None, tenant) as a, app.client(None, tenant) as b, app.client() as elsewhere:
             assert (await a.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
             assert (await b.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
-            _assert_refused(await a.post("/api/v1/requests/cli", json={"content": "hi"}),
-                            "tenant_requests_per_minute")
+            _assert_refused(await a.post("/api/v1/requests/cli", json={"content": "hi"}), "tenant_requests_per_minute")
             assert (await elsewhere.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
 
 
 async def test_requests_per_minute_per_integration(make_app: Callable[..., Any]) -> None:
     async with make_app(rate_limit_integration_per_minute=1) as app, app.client() as client:
         assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
-        _assert_refused(await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
-                        "integration_requests_per_minute")
+        _assert_refused(
+            await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
+            "integration_requests_per_minute",
+        )
         assert (await client.post("/api/v1/requests/cli", json={"content": "hi"})).status_code == 202
 
 
 async def test_refused_requests_are_not_stored_or_counted(make_app: Callable[..., Any]) -> None:
     async with make_app(rate_limit_user_per_minute=1) as app, app.client() as client:
         first = (await client.post("/api/v1/requests/web", json={"content": "hi"})).json()
-        _assert_refused(await client.post("/api/v1/requests/web", json={"content": "again"}),
-                        "user_requests_per_minute")
+        _assert_refused(
+            await client.post("/api/v1/requests/web", json={"content": "again"}), "user_requests_per_minute"
+        )
         history = (await client.get(f"/api/v1/sessions/{first['session_id']}/requests")).json()["items"]
     assert [r["content"] for r in history] == ["hi"]
 
@@ -72,18 +74,23 @@ async def test_running_requests_per_user(make_app: Callable[..., Any], app_setti
         for _ in range(2):
             response = await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True})
             ids.append(response.json()["request_id"])
-        _assert_refused(await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
-                        "running_requests_per_user")
+        _assert_refused(
+            await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
+            "running_requests_per_user",
+        )
         conn = await asyncpg.connect(app_settings().database_url)
         try:
             await conn.execute("UPDATE request_logs SET status = 'completed' WHERE request_id = $1", ids[0])
         finally:
             await conn.close()
         # A finished request frees its place at once, though no worker told the gateway.
-        assert (await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True})
-                ).status_code == 202
-        _assert_refused(await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
-                        "running_requests_per_user")
+        assert (
+            await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True})
+        ).status_code == 202
+        _assert_refused(
+            await client.post("/api/v1/requests/web", json={"content": "hi", "new_session": True}),
+            "running_requests_per_user",
+        )
 
 
 async def test_failed_accept_gives_its_place_back(make_app: Callable[..., Any]) -> None:
@@ -117,10 +124,15 @@ async def test_streams_per_user_refused_before_the_200(make_app: Callable[..., A
         async with one.client(user, tenant) as client:
             stream = f"/api/v1/sessions/{session}/stream"
             _assert_refused(await client.get(stream), "streams_per_user")
-            _assert_refused(await client.post("/api/v1/requests/web", json={"content": "hi"},
-                                              headers={"Accept": "text/event-stream"}), "streams_per_user")
-            _assert_refused(await client.post("/stream?feature_id=gateway-tests&chat_id=c", json={}),
-                            "streams_per_user")
+            _assert_refused(
+                await client.post(
+                    "/api/v1/requests/web", json={"content": "hi"}, headers={"Accept": "text/event-stream"}
+                ),
+                "streams_per_user",
+            )
+            _assert_refused(
+                await client.post("/stream?feature_id=gateway-tests&chat_id=c", json={}), "streams_per_user"
+            )
             assert (await client.get(f"/api/v1/sessions/{session}/requests")).json()["items"] == []
         two.gateway.slots.release(slot)
         await two.gateway.slots.flush()
@@ -141,13 +153,25 @@ async def test_streams_per_process(make_app: Callable[..., Any]) -> None:
 
 async def test_only_known_metadata_reaches_the_model(app: App, app_settings: Callable[..., Any]) -> None:
     async with app.client() as client:
-        accepted = (await client.post("/api/v1/requests/cli", json={"content": "hi", "metadata": {
-            "terminal": "xterm", "api_base": "http://attacker.example", "offline": {"tokens": 5, "evil": 1},
-            "max_tokens": 50}})).json()
+        accepted = (
+            await client.post(
+                "/api/v1/requests/cli",
+                json={
+                    "content": "hi",
+                    "metadata": {
+                        "terminal": "xterm",
+                        "api_base": "http://attacker.example",
+                        "offline": {"tokens": 5, "evil": 1},
+                        "max_tokens": 50,
+                    },
+                },
+            )
+        ).json()
     conn = await asyncpg.connect(app_settings().database_url)
     try:
-        stored = await conn.fetchval("SELECT normalized_request FROM request_logs WHERE request_id = $1",
-                                     accepted["request_id"])
+        stored = await conn.fetchval(
+            "SELECT normalized_request FROM request_logs WHERE request_id = $1", accepted["request_id"]
+        )
     finally:
         await conn.close()
     stored = json.loads(stored)

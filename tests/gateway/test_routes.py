@@ -40,10 +40,15 @@ async def test_every_route_needs_credentials(app: App, method: str, path: str, b
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/sessions/{id}", "/api/v1/sessions/{id}/requests", "/api/v1/sessions/{id}/stream",
-    "/api/v1/requests/{id}",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/sessions/{id}",
+        "/api/v1/sessions/{id}/requests",
+        "/api/v1/sessions/{id}/stream",
+        "/api/v1/requests/{id}",
+    ],
+)
 @pytest.mark.parametrize("ident", [MISSING, "not-a-uuid"])
 async def test_unknown_ids_are_404(app: App, path: str, ident: str) -> None:
     async with app.client() as client:
@@ -62,27 +67,33 @@ async def test_unknown_ids_are_404_on_actions(app: App, path: str) -> None:
 async def test_another_users_session_and_request_are_404(app: App) -> None:
     async with app.client("owner", "acme") as owner, app.client("other", "acme") as other:
         accepted = (await owner.post("/api/v1/requests/web", json={"content": "mine"})).json()
-        for path in (f"/api/v1/sessions/{accepted['session_id']}", f"/api/v1/requests/{accepted['request_id']}",
-                     f"/api/v1/sessions/{accepted['session_id']}/stream"):
+        for path in (
+            f"/api/v1/sessions/{accepted['session_id']}",
+            f"/api/v1/requests/{accepted['request_id']}",
+            f"/api/v1/sessions/{accepted['session_id']}/stream",
+        ):
             assert (await other.get(path)).status_code == 404
         assert (await other.post(f"/api/v1/requests/{accepted['request_id']}/cancel")).status_code == 404
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/api/v1/requests/web", {}),
-    ("/api/v1/requests/web", {"content": ""}),
-    ("/api/v1/requests/cli", {"content": "x", "multitask": "sometimes"}),
-    ("/api/v1/requests/tool", {"content": "x"}),
-    ("/api/v1/requests/generic", {"content": "x", "integration_type": "carrier-pigeon"}),
-    ("/api/v1/requests/web", {"content": "x", "agent_id": "nobody"}),
-    ("/api/v1/sessions", {"integration_type": "nope"}),
-    ("/stream?feature_id=a/b&chat_id=c", {}),
-    # What Postgres or the JSON encoder cannot store is refused up front, not a 500 (found by tests/schema).
-    ("/api/v1/requests/web", {"content": "a\u0000b"}),
-    ("/api/v1/requests/cli", {"content": "x", "metadata": {"n": 2**70}}),
-    ("/api/v1/sessions", {"user_context": {"k\u0000": 1}}),
-    ("/stream?feature_id=gateway-tests&chat_id=c", {"content": "a\u0000"}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/requests/web", {}),
+        ("/api/v1/requests/web", {"content": ""}),
+        ("/api/v1/requests/cli", {"content": "x", "multitask": "sometimes"}),
+        ("/api/v1/requests/tool", {"content": "x"}),
+        ("/api/v1/requests/generic", {"content": "x", "integration_type": "carrier-pigeon"}),
+        ("/api/v1/requests/web", {"content": "x", "agent_id": "nobody"}),
+        ("/api/v1/sessions", {"integration_type": "nope"}),
+        ("/stream?feature_id=a/b&chat_id=c", {}),
+        # What Postgres or the JSON encoder cannot store is refused up front, not a 500 (found by tests/schema).
+        ("/api/v1/requests/web", {"content": "a\u0000b"}),
+        ("/api/v1/requests/cli", {"content": "x", "metadata": {"n": 2**70}}),
+        ("/api/v1/sessions", {"user_context": {"k\u0000": 1}}),
+        ("/stream?feature_id=gateway-tests&chat_id=c", {"content": "a\u0000"}),
+    ],
+)
 async def test_invalid_bodies_are_422(app: App, path: str, body: object) -> None:
     async with app.client() as client:
         response = await client.post(path, json=body)
@@ -104,10 +115,15 @@ async def test_happy_paths(app: App) -> None:
         session = await client.post("/api/v1/sessions", json={"integration_type": "web"})
         assert session.status_code == 201
         sid = session.json()["session_id"]
-        for kind, body in (("web", {}), ("cli", {}), ("tool", {"tool_id": "t", "trigger_event": "e"}),
-                           ("generic", {"integration_type": "web"})):
-            accepted = await client.post(f"/api/v1/requests/{kind}",
-                                         json={"content": f"via {kind}", "session_id": sid, **body})
+        for kind, body in (
+            ("web", {}),
+            ("cli", {}),
+            ("tool", {"tool_id": "t", "trigger_event": "e"}),
+            ("generic", {"integration_type": "web"}),
+        ):
+            accepted = await client.post(
+                f"/api/v1/requests/{kind}", json={"content": f"via {kind}", "session_id": sid, **body}
+            )
             assert accepted.status_code == 202, accepted.text
             assert accepted.json()["session_id"] == sid
         rid = accepted.json()["request_id"]
@@ -120,7 +136,8 @@ async def test_happy_paths(app: App) -> None:
         ended = await client.post(f"/api/v1/sessions/{sid}/end")
         assert ended.json()["status"] == "inactive"
         assert [r["status"] for r in (await client.get(f"/api/v1/sessions/{sid}/requests")).json()["items"]] == [
-            "cancelled"] * 4
+            "cancelled"
+        ] * 4
         assert (await client.get("/api/v1/openapi.json")).json()["info"]["title"] == "relaygate"
         assert (await client.get("/health")).json()["status"] == "ok"
 
@@ -136,8 +153,9 @@ SCOPED = [(m, p, b) for m, p, b in ROUTES if p not in ("/metrics", "/api/v1/open
 
 
 @pytest.mark.parametrize(("method", "path", "body"), SCOPED, ids=[f"{m} {p}" for m, p, _ in SCOPED])
-async def test_every_route_refuses_a_credential_scoped_elsewhere(app: App, method: str, path: str,
-                                                                  body: object) -> None:
+async def test_every_route_refuses_a_credential_scoped_elsewhere(
+    app: App, method: str, path: str, body: object
+) -> None:
     async with app.client(scopes=["metrics"]) as scraper:
         response = await scraper.request(method, path.format(session=MISSING, request=MISSING), json=body)
     assert response.status_code == 403, response.text

@@ -18,7 +18,9 @@ UNSCOPED = {
     ("GET", "/api/v1/me"),  # who the credential is
     ("GET", "/api/v1/openapi.json"),  # the schema
     ("GET", "/langgraph/info"),  # the server's LangGraph capabilities, asked by clients before anything else
-    ("POST", "/slack/events"), ("POST", "/slack/commands"), ("POST", "/slack/interactive"),  # Slack's signature
+    ("POST", "/slack/events"),
+    ("POST", "/slack/commands"),
+    ("POST", "/slack/interactive"),  # Slack's signature
     ("POST", "/api/v1/requests/slack"),  # Slack's signature
     ("POST", "/v1/webhooks/{webhook_id}"),  # Standard Webhooks signature
 }
@@ -53,11 +55,20 @@ async def test_a_metrics_only_credential_reaches_no_other_route(app: App) -> Non
                 assert r.json()["error"] == "forbidden", (method, path, r.text)
 
 
-@pytest.mark.parametrize(("scopes", "allowed"), [
-    (["metrics"], False), (["requests"], False), (["sessions"], False), (["runs"], False),
-    (["requests", "sessions", "runs"], False), (["integrations"], True), (["integrations", "metrics"], True),
-    ([], True), (["admin"], True),
-])
+@pytest.mark.parametrize(
+    ("scopes", "allowed"),
+    [
+        (["metrics"], False),
+        (["requests"], False),
+        (["sessions"], False),
+        (["runs"], False),
+        (["requests", "sessions", "runs"], False),
+        (["integrations"], True),
+        (["integrations", "metrics"], True),
+        ([], True),
+        (["admin"], True),
+    ],
+)
 async def test_integration_routes_need_the_integrations_scope(app: App, scopes: list[str], allowed: bool) -> None:
     user, tenant = f"u-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     async with app.client(user, tenant, scopes=scopes) as c:
@@ -69,7 +80,8 @@ async def test_integration_routes_need_the_integrations_scope(app: App, scopes: 
                 assert r.status_code == 403, (method, path, r.text)
                 assert "'integrations'" in r.json()["detail"]
     overrides = await app.gateway.db.fetchval(
-        "SELECT count(*) FROM user_integration_configs WHERE tenant_id = $1", tenant)
+        "SELECT count(*) FROM user_integration_configs WHERE tenant_id = $1", tenant
+    )
     assert overrides == 0  # refused or deleted again at the end; never changed by a refused credential
 
 

@@ -31,30 +31,46 @@ class Workspace:
 
 
 async def install(app: App, tenant: str | None = None) -> Workspace:
-    ws = Workspace(team=f"T{uuid.uuid4().hex[:10].upper()}", tenant=tenant or f"t-{uuid.uuid4().hex[:8]}",
-                   secret=secrets.token_hex(16))
+    ws = Workspace(
+        team=f"T{uuid.uuid4().hex[:10].upper()}",
+        tenant=tenant or f"t-{uuid.uuid4().hex[:8]}",
+        secret=secrets.token_hex(16),
+    )
     await app.gateway.db.execute(
         "INSERT INTO slack_installations (team_id, tenant_id, bot_token, signing_secret) VALUES ($1, $2, $3, $4)",
-        ws.team, ws.tenant, "xoxb-" + secrets.token_hex(8), ws.secret)
+        ws.team,
+        ws.tenant,
+        "xoxb-" + secrets.token_hex(8),
+        ws.secret,
+    )
     return ws
 
 
 def signature(secret: str, body: bytes, *, age: int = 0) -> dict[str, str]:
     ts = str(int(time.time()) - age)
-    return {"x-slack-request-timestamp": ts,
-            "x-slack-signature": SignatureVerifier(secret).generate_signature(timestamp=ts, body=body) or "",
-            "content-type": "application/json"}
+    return {
+        "x-slack-request-timestamp": ts,
+        "x-slack-signature": SignatureVerifier(secret).generate_signature(timestamp=ts, body=body) or "",
+        "content-type": "application/json",
+    }
 
 
 def guide_body(ws: Workspace, *, user: str | None = None, channel: str = "C1", **extra: Any) -> bytes:
     """The integration guide's Slack request, as a signed caller sends it to /api/v1/requests/slack."""
     slack_user = f"U{uuid.uuid4().hex[:8].upper()}"
-    return orjson.dumps({"user_id": user or slack_user, "content": "hello", "channel_id": channel,
-                         "slack_user_id": slack_user, "slack_team_id": ws.team, **extra})
+    return orjson.dumps(
+        {
+            "user_id": user or slack_user,
+            "content": "hello",
+            "channel_id": channel,
+            "slack_user_id": slack_user,
+            "slack_team_id": ws.team,
+            **extra,
+        }
+    )
 
 
-async def send(app: App, body: bytes, headers: dict[str, str], path: str = "/api/v1/requests/slack"
-               ) -> httpx.Response:
+async def send(app: App, body: bytes, headers: dict[str, str], path: str = "/api/v1/requests/slack") -> httpx.Response:
     async with app.client(headers={}) as anonymous:
         return await anonymous.post(path, content=body, headers=headers)
 
@@ -73,7 +89,8 @@ async def test_a_workspace_is_verified_with_its_own_secret_only(slack_app: App) 
     accepted = await send(slack_app, body, signature(b.secret, body))
     assert accepted.status_code == 202, accepted.text
     tenants = await slack_app.gateway.db.fetch(
-        "SELECT tenant_id FROM request_logs WHERE request_id = ANY($1::uuid[])", [accepted.json()["request_id"]])
+        "SELECT tenant_id FROM request_logs WHERE request_id = ANY($1::uuid[])", [accepted.json()["request_id"]]
+    )
     assert [r["tenant_id"] for r in tenants] == [b.tenant]
     unknown = orjson.dumps({**orjson.loads(body), "slack_team_id": "TNOWHERE"})
     assert (await send(slack_app, unknown, signature(b.secret, unknown))).status_code == 401
@@ -101,8 +118,14 @@ async def test_a_request_that_failed_gives_its_signature_back(slack_app: App) ->
 
 async def test_events_are_verified_with_the_named_workspaces_secret(slack_app: App) -> None:
     a, b = await install(slack_app), await install(slack_app)
-    event = orjson.dumps({"type": "event_callback", "team_id": b.team, "event_id": f"Ev{uuid.uuid4().hex}",
-                          "event": {"type": "app_mention", "user": "UX", "channel": "C1", "text": "hi", "ts": "1.1"}})
+    event = orjson.dumps(
+        {
+            "type": "event_callback",
+            "team_id": b.team,
+            "event_id": f"Ev{uuid.uuid4().hex}",
+            "event": {"type": "app_mention", "user": "UX", "channel": "C1", "text": "hi", "ts": "1.1"},
+        }
+    )
     assert (await send(slack_app, event, signature(a.secret, event), "/slack/events")).status_code == 401
     challenge = orjson.dumps({"type": "url_verification", "challenge": "c-123"})
     answered = await send(slack_app, challenge, signature(a.secret, challenge), "/slack/events")
@@ -164,8 +187,9 @@ async def test_an_override_names_only_its_tenants_workspace_and_a_channel_the_us
         assert r.status_code == 200, r.text
         r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json=slack_override("C-OTHER", mine.team))
         assert r.status_code == 422, r.text
-        r = await c.put(f"/api/v1/users/{user}/integrations/SLACK",
-                        json={**slack_override("C-OTHER", mine.team), "enabled": False})
+        r = await c.put(
+            f"/api/v1/users/{user}/integrations/SLACK", json={**slack_override("C-OTHER", mine.team), "enabled": False}
+        )
         assert r.status_code == 200, r.text  # a disabled override posts nothing; enabling it is checked again
         r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json={"enabled": True})
         assert r.status_code == 422, r.text
@@ -186,8 +210,9 @@ async def test_the_operators_default_channel_is_allowed(slack_app: App, monkeypa
     found = await slack_access.destination(slack_app.gateway.db, slack_app.settings, ws.tenant, "anyone", config)
     assert found is not None and found.team_id == ws.team
     with pytest.raises(slack_access.Refused):
-        await slack_access.destination(slack_app.gateway.db, slack_app.settings, ws.tenant, "anyone",
-                                       {**config, "channel_id": "C-ELSE"})
+        await slack_access.destination(
+            slack_app.gateway.db, slack_app.settings, ws.tenant, "anyone", {**config, "channel_id": "C-ELSE"}
+        )
 
 
 def test_the_settings_bot_token_needs_the_workspace_it_belongs_to() -> None:
@@ -200,8 +225,9 @@ async def test_the_settings_installation_answers_only_its_workspace_and_tenant(m
     """The SLACK_BOT_TOKEN installation serves SLACK_TEAM_ID for SLACK_TENANT_ID, and nothing else."""
     secret, env_tenant = secrets.token_hex(16), f"env-{uuid.uuid4().hex[:6]}"
     env_ws = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=env_tenant, secret=secret)
-    async with make_app(slack_bot_token="xoxb-env", slack_signing_secret=secret, slack_tenant_id=env_tenant,
-                        slack_team_id=env_ws.team) as app:
+    async with make_app(
+        slack_bot_token="xoxb-env", slack_signing_secret=secret, slack_tenant_id=env_tenant, slack_team_id=env_ws.team
+    ) as app:
         stranger = Workspace(team=f"T{uuid.uuid4().hex[:8].upper()}", tenant=env_tenant, secret=secret)
         foreign = guide_body(stranger, channel="C1")
         assert (await send(app, foreign, signature(secret, foreign))).status_code == 401

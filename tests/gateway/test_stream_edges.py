@@ -35,8 +35,9 @@ async def test_chunked_body_over_the_limit_is_413(make_app: Callable[..., Any]) 
         yield b'"}'
 
     async with make_app(max_body_bytes=4096) as app, app.client() as client:
-        response = await client.post("/api/v1/requests/web", content=chunks(),
-                                     headers={"Content-Type": "application/json"})
+        response = await client.post(
+            "/api/v1/requests/web", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert "content-length" not in response.request.headers
         assert response.status_code == 413, response.text
         assert response.json() == {"error": "payload_too_large", "detail": "request body exceeds 4096 bytes"}

@@ -15,8 +15,11 @@ from api.aisdk.chunks import DRAINED, RESUME_PREFIX
 from common.streams.protocol import Event
 from tests.gateway.conftest import App
 
-HELLO_CHAT = {"id": "c1", "trigger": "submit-message",
-              "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}
+HELLO_CHAT = {
+    "id": "c1",
+    "trigger": "submit-message",
+    "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+}
 HELLO_COMPLETION = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -30,7 +33,10 @@ async def newest_request(app: App, client: httpx.AsyncClient, *, besides: str | 
     for _ in range(250):
         row = await app.gateway.db.fetchrow(
             "SELECT request_id::text, session_id::text FROM request_logs WHERE tenant_id = $1 AND user_id = $2"
-            " ORDER BY id DESC LIMIT 1", me["tenant_id"], me["user_id"])
+            " ORDER BY id DESC LIMIT 1",
+            me["tenant_id"],
+            me["user_id"],
+        )
         if row and row["request_id"] != besides:
             return row["request_id"], row["session_id"]
         await asyncio.sleep(0.02)
@@ -41,7 +47,9 @@ async def newest_id(app: App, client: httpx.AsyncClient) -> str | None:
     me = (await client.get("/api/v1/me")).json()
     found: str | None = await app.gateway.db.fetchval(
         "SELECT request_id::text FROM request_logs WHERE tenant_id = $1 AND user_id = $2 ORDER BY id DESC LIMIT 1",
-        me["tenant_id"], me["user_id"])
+        me["tenant_id"],
+        me["user_id"],
+    )
     return found
 
 
@@ -50,18 +58,34 @@ def worker_events(request_id: str, *texts: str, attempt: int = 1, status: str = 
     events = [Event(type="run.started", request_id=request_id, attempt=attempt, data={"agent_id": "assistant"})]
     events += [Event(type="token", request_id=request_id, attempt=attempt, data={"text": t}) for t in texts]
     if status == "completed":
-        events += [Event(type="message", request_id=request_id, attempt=attempt, data={"content": "".join(texts)}),
-                   Event(type="run.completed", request_id=request_id, attempt=attempt,
-                         data={"processing_time_ms": 5, "output_chunks": len(texts)})]
+        events += [
+            Event(type="message", request_id=request_id, attempt=attempt, data={"content": "".join(texts)}),
+            Event(
+                type="run.completed",
+                request_id=request_id,
+                attempt=attempt,
+                data={"processing_time_ms": 5, "output_chunks": len(texts)},
+            ),
+        ]
     elif status == "failed":
-        events.append(Event(type="run.failed", request_id=request_id, attempt=attempt,
-                            data={"error": "model provider error (X): api_key=sk-abcdefghijkl12345 bad"}))
+        events.append(
+            Event(
+                type="run.failed",
+                request_id=request_id,
+                attempt=attempt,
+                data={"error": "model provider error (X): api_key=sk-abcdefghijkl12345 bad"},
+            )
+        )
     elif status == "cancelled":
-        events.append(Event(type="run.cancelled", request_id=request_id, attempt=attempt,
-                            data={"reason": "stopped by user"}))
+        events.append(
+            Event(type="run.cancelled", request_id=request_id, attempt=attempt, data={"reason": "stopped by user"})
+        )
     if status != "open":
-        events.append(Event(type="done", request_id=request_id, attempt=attempt,
-                            data={"request_id": request_id, "status": status}))
+        events.append(
+            Event(
+                type="done", request_id=request_id, attempt=attempt, data={"request_id": request_id, "status": status}
+            )
+        )
     return events
 
 
@@ -71,8 +95,14 @@ def chunks(body: str) -> list[Any]:
     return [f if f == "[DONE]" else json.loads(f) for f in frames]
 
 
-async def staged(app: App, client: httpx.AsyncClient, path: str, body: dict[str, Any],
-                 stage: Callable[[str, str], Any], **kwargs: Any) -> httpx.Response:
+async def staged(
+    app: App,
+    client: httpx.AsyncClient,
+    path: str,
+    body: dict[str, Any],
+    stage: Callable[[str, str], Any],
+    **kwargs: Any,
+) -> httpx.Response:
     """POST `body`, then let `stage(request_id, session_id)` play the worker (or the gateway's drain)."""
     before = await newest_id(app, client)
     call = asyncio.create_task(client.post(path, json=body, **kwargs))
@@ -83,6 +113,7 @@ async def staged(app: App, client: httpx.AsyncClient, path: str, body: dict[str,
 
 async def test_a_reply_as_ui_message_chunks(app: App) -> None:
     async with app.client() as client:
+
         async def play(rid: str, sid: str) -> None:
             await app.gateway.writer.append(sid, worker_events(rid, "Hel", "lo"))
 
@@ -94,15 +125,20 @@ async def test_a_reply_as_ui_message_chunks(app: App) -> None:
     assert "event:" not in response.text and "id:" not in response.text, "data: lines only"
     assert chunks(response.text) == [
         {"type": "start", "messageId": rid, "messageMetadata": {"request_id": rid, "session_id": sid}},
-        {"type": "start-step"}, {"type": "text-start", "id": "text-1"},
-        {"type": "text-delta", "id": "text-1", "delta": "Hel"}, {"type": "text-delta", "id": "text-1", "delta": "lo"},
-        {"type": "text-end", "id": "text-1"}, {"type": "finish-step"}, {"type": "finish", "finishReason": "stop"},
+        {"type": "start-step"},
+        {"type": "text-start", "id": "text-1"},
+        {"type": "text-delta", "id": "text-1", "delta": "Hel"},
+        {"type": "text-delta", "id": "text-1", "delta": "lo"},
+        {"type": "text-end", "id": "text-1"},
+        {"type": "finish-step"},
+        {"type": "finish", "finishReason": "stop"},
         "[DONE]",
     ]
 
 
 async def test_ui_message_endings(app: App) -> None:
     async with app.client() as client:
+
         async def fail(rid: str, sid: str) -> None:
             await app.gateway.writer.append(sid, worker_events(rid, "par", status="failed"))
 
@@ -114,14 +150,20 @@ async def test_ui_message_endings(app: App) -> None:
         cancelled = chunks((await staged(app, client, "/api/chat", HELLO_CHAT, cancel)).text)
 
         async def retry(rid: str, sid: str) -> None:
-            await app.gateway.writer.append(sid, worker_events(rid, "first", status="open")
-                                            + worker_events(rid, "second", attempt=2))
+            await app.gateway.writer.append(
+                sid, worker_events(rid, "first", status="open") + worker_events(rid, "second", attempt=2)
+            )
 
         retried = chunks((await staged(app, client, "/api/chat", HELLO_CHAT, retry)).text)
     assert failed[-2]["type"] == "error" and failed[-1] == "[DONE]"
     assert "[redacted]" in failed[-2]["errorText"] and "sk-abcdefghijkl12345" not in failed[-2]["errorText"]
     assert [c if isinstance(c, str) else c["type"] for c in cancelled[-5:]] == [
-        "text-end", "finish-step", "abort", "finish", "[DONE]"]
+        "text-end",
+        "finish-step",
+        "abort",
+        "finish",
+        "[DONE]",
+    ]
     assert cancelled[-2]["finishReason"] == "other" and not any(c["type"] == "error" for c in cancelled[:-1])
     assert [c["delta"] for c in retried if isinstance(c, dict) and c["type"] == "text-delta"] == ["first"]
     assert retried[-2]["type"] == "error" and retried[-2]["errorText"].startswith(RESUME_PREFIX)
@@ -132,15 +174,16 @@ async def test_resume_replays_only_the_latest_attempt_and_stop_cancels(app: App)
         assert (await client.get("/api/chat/c1/stream")).status_code == 204, "a chat never used"
         first = asyncio.create_task(client.post("/api/chat", json=HELLO_CHAT))
         rid, sid = await newest_request(app, client)
-        await app.gateway.db.execute("UPDATE request_logs SET attempt = 2, status = 'running' WHERE request_id = $1",
-                                     rid)
-        await app.gateway.writer.append(sid, worker_events(rid, "first", status="open")
-                                        + worker_events(rid, "sec", attempt=2, status="open"))
+        await app.gateway.db.execute(
+            "UPDATE request_logs SET attempt = 2, status = 'running' WHERE request_id = $1", rid
+        )
+        await app.gateway.writer.append(
+            sid, worker_events(rid, "first", status="open") + worker_events(rid, "sec", attempt=2, status="open")
+        )
 
         async def rest() -> None:
             await asyncio.sleep(0.2)
-            await app.gateway.writer.append(sid, [Event(type="token", request_id=rid, attempt=2,
-                                                        data={"text": "ond"})])
+            await app.gateway.writer.append(sid, [Event(type="token", request_id=rid, attempt=2, data={"text": "ond"})])
             stop = await client.post("/api/chat/c1/stop")
             assert stop.status_code == 202 and stop.json()["request_ids"] == [rid]
             await app.gateway.writer.append(sid, worker_events(rid, status="cancelled", attempt=2)[1:])
@@ -160,6 +203,7 @@ async def test_resume_replays_only_the_latest_attempt_and_stop_cancels(app: App)
 
 async def test_completion_chunks_and_usage(app: App) -> None:
     async with app.client() as client:
+
         async def play(rid: str, sid: str) -> None:
             await app.gateway.writer.append(sid, worker_events(rid, "Hel", "lo"))
 
@@ -170,32 +214,44 @@ async def test_completion_chunks_and_usage(app: App) -> None:
     assert frames[-1] == "[DONE]"
     assert {f["id"] for f in frames[:-1]} == {f"chatcmpl-{rid}"}
     assert [f["choices"][0]["delta"] for f in frames[:4]] == [
-        {"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {}]
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+        {"content": "lo"},
+        {},
+    ]
     assert frames[3]["choices"][0]["finish_reason"] == "stop"
-    assert frames[4]["choices"] == [] and frames[4]["usage"] == {"prompt_tokens": 0, "completion_tokens": 2,
-                                                                 "total_tokens": 2}
+    assert frames[4]["choices"] == [] and frames[4]["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 2,
+        "total_tokens": 2,
+    }
 
 
 async def test_completion_endings_are_error_frames(app: App) -> None:
     async with app.client() as client:
         endings = {}
         for status in ("failed", "cancelled"):
+
             async def play(rid: str, sid: str, status: str = status) -> None:
                 await app.gateway.writer.append(sid, worker_events(rid, "par", status=status))
 
-            endings[status] = chunks((await staged(app, client, "/v1/chat/completions",
-                                                   {**HELLO_COMPLETION, "stream": True}, play)).text)
+            endings[status] = chunks(
+                (await staged(app, client, "/v1/chat/completions", {**HELLO_COMPLETION, "stream": True}, play)).text
+            )
 
         async def retry(rid: str, sid: str) -> None:
-            await app.gateway.writer.append(sid, worker_events(rid, "first", status="open")
-                                            + worker_events(rid, "second", attempt=2))
+            await app.gateway.writer.append(
+                sid, worker_events(rid, "first", status="open") + worker_events(rid, "second", attempt=2)
+            )
 
-        retried = chunks((await staged(app, client, "/v1/chat/completions", {**HELLO_COMPLETION, "stream": True},
-                                       retry)).text)
+        retried = chunks(
+            (await staged(app, client, "/v1/chat/completions", {**HELLO_COMPLETION, "stream": True}, retry)).text
+        )
 
         async def quiet_retry(rid: str, sid: str) -> None:
-            await app.gateway.writer.append(sid, worker_events(rid, status="open")
-                                            + worker_events(rid, "second", attempt=2))
+            await app.gateway.writer.append(
+                sid, worker_events(rid, status="open") + worker_events(rid, "second", attempt=2)
+            )
 
         whole = await staged(app, client, "/v1/chat/completions", HELLO_COMPLETION, quiet_retry)
     assert endings["failed"][-2]["error"]["code"] == "run_failed"
@@ -207,11 +263,16 @@ async def test_completion_endings_are_error_frames(app: App) -> None:
 
 
 async def test_drain_ends_each_protocol_the_way_its_client_understands(make_app: Callable[..., Any]) -> None:
-    drained = {p: count("relaygate_protocol_streams_total", protocol=p, stage="ended", kind="drained")
-               for p in ("aisdk", "openai")}
+    drained = {
+        p: count("relaygate_protocol_streams_total", protocol=p, stage="ended", kind="drained")
+        for p in ("aisdk", "openai")
+    }
     async with make_app() as app, app.client() as client:
-        calls = [("/api/chat", HELLO_CHAT), ("/v1/chat/completions", {**HELLO_COMPLETION, "stream": True}),
-                 ("/v1/chat/completions", HELLO_COMPLETION)]
+        calls = [
+            ("/api/chat", HELLO_CHAT),
+            ("/v1/chat/completions", {**HELLO_COMPLETION, "stream": True}),
+            ("/v1/chat/completions", HELLO_COMPLETION),
+        ]
         tasks = []
         for path, body in calls:
             before = await newest_id(app, client)
@@ -226,10 +287,14 @@ async def test_drain_ends_each_protocol_the_way_its_client_understands(make_app:
     assert chunks(streamed.text)[-2]["error"]["code"] == "gateway_shutting_down"
     assert whole.status_code == 503 and whole.json()["error"]["code"] == "gateway_shutting_down"
     assert whole.headers["retry-after"] == "1"
-    assert count("relaygate_protocol_streams_total", protocol="aisdk", stage="ended", kind="drained") == \
-        drained["aisdk"] + 1
-    assert count("relaygate_protocol_streams_total", protocol="openai", stage="ended", kind="drained") == \
-        drained["openai"] + 2
+    assert (
+        count("relaygate_protocol_streams_total", protocol="aisdk", stage="ended", kind="drained")
+        == drained["aisdk"] + 1
+    )
+    assert (
+        count("relaygate_protocol_streams_total", protocol="openai", stage="ended", kind="drained")
+        == drained["openai"] + 2
+    )
 
 
 async def test_auth_scopes_and_limits_in_each_protocols_shape(make_app: Callable[..., Any]) -> None:

@@ -21,8 +21,9 @@ async def test_loopback_is_refused_unless_allowed(make_app: Any) -> None:
                 assert r.json()["error"] == "validation_error"
                 [problem] = r.json()["detail"]
                 assert problem["field"] == "config.url" and "loopback address" in problem["message"], r.text
-            r = await c.post("/api/v1/users/u1/integrations", json={**webhook("http://127.0.0.1:9/hook"),
-                                                                     "enabled": False})
+            r = await c.post(
+                "/api/v1/users/u1/integrations", json={**webhook("http://127.0.0.1:9/hook"), "enabled": False}
+            )
             assert r.status_code == 422, "a disabled override's URL is checked too"
     async with make_app(outbound_allow_hosts="127.0.0.1") as app:
         async with app.client("u1") as c:

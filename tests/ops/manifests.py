@@ -64,20 +64,35 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions", []):
         key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
         if not ok:
             return False
     return True
 
 
-def egress_allowed(objects: list[dict[str, Any]], pod: dict[str, str], address: str, port: int,
-                   protocol: str = "TCP", in_cluster: bool = False) -> bool:
+def egress_allowed(
+    objects: list[dict[str, Any]],
+    pod: dict[str, str],
+    address: str,
+    port: int,
+    protocol: str = "TCP",
+    in_cluster: bool = False,
+) -> bool:
     """Whether the NetworkPolicies let a pod with these labels connect to address:port, as Kubernetes
     decides it: unrestricted unless a policy with Egress selects the pod, then allowed when any rule of
     any such policy allows it. `in_cluster` says the address is a pod's (namespace/pod selectors match)."""
-    policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy" and _selects(o["spec"]["podSelector"], pod)
-                and "Egress" in o["spec"].get("policyTypes", ["Egress"] if "egress" in o["spec"] else [])]
+    policies = [
+        o["spec"]
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and _selects(o["spec"]["podSelector"], pod)
+        and "Egress" in o["spec"].get("policyTypes", ["Egress"] if "egress" in o["spec"] else [])
+    ]
     if not policies:
         return True
     ip = ipaddress.ip_address(address)
@@ -92,8 +107,9 @@ def egress_allowed(objects: list[dict[str, Any]], pod: dict[str, str], address: 
     for spec in policies:
         for rule in spec.get("egress", []):
             ports = rule.get("ports")
-            if ports is not None and not any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
-                                             for p in ports):
+            if ports is not None and not any(
+                p.get("protocol", "TCP") == protocol and p.get("port") in (None, port) for p in ports
+            ):
                 continue
             if "to" not in rule or any(peer_matches(peer) for peer in rule["to"]):
                 return True

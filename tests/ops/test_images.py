@@ -13,8 +13,12 @@ import yaml
 
 from tests.ops.manifests import ROOT, is_relaygate_command
 
-DOCKERFILES = ["Dockerfile.api", "Dockerfile.worker", "compose/images/postgres.Dockerfile",
-               "compose/images/valkey.Dockerfile"]
+DOCKERFILES = [
+    "Dockerfile.api",
+    "Dockerfile.worker",
+    "compose/images/postgres.Dockerfile",
+    "compose/images/valkey.Dockerfile",
+]
 COMPOSE_FILES = ["docker-compose.yaml", "compose/smoke.override.yaml"]
 
 
@@ -80,8 +84,11 @@ def test_compose_scales_workers_without_port_clashes() -> None:
         assert set(conditions.values()) <= {"service_healthy", "service_completed_successfully"}
     prom = yaml.safe_load((ROOT / "compose" / "prometheus.yml").read_text())
     worker_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "relaygate-worker")
-    env = dict(line.split("=", 1) for line in (ROOT / "compose/.env.example").read_text().splitlines()
-               if line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "compose/.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     sd = worker_job["dns_sd_configs"][0]
     assert (sd["names"], sd["type"], sd["port"]) == (["worker"], "A", int(env["WORKER_METRICS_PORT"]))
 
@@ -91,8 +98,12 @@ def test_every_file_a_dockerfile_copies_exists(path: str) -> None:
     context = ROOT if path.startswith("Dockerfile") else (ROOT / path).parent
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()} if context == ROOT else set()
     copies = [shlex.split(rest) for word, rest in instructions(path) if word == "COPY"]
-    sources = [src for args in copies if not any(a.startswith("--from") for a in args)
-               for src in [a for a in args if not a.startswith("--")][:-1]]
+    sources = [
+        src
+        for args in copies
+        if not any(a.startswith("--from") for a in args)
+        for src in [a for a in args if not a.startswith("--")][:-1]
+    ]
     assert sources or path.endswith("valkey.Dockerfile")
     for src in sources:
         assert (context / src).exists(), src
@@ -107,7 +118,7 @@ def test_images_are_production_images(path: str) -> None:
     syncs = [rest for word, rest in steps if word == "RUN" and "uv sync" in rest]
     assert syncs and all("--frozen" in s and "--no-dev" in s and "--extra dev" not in s for s in syncs)
     assert all(("--extra worker" in s) == (path == "Dockerfile.worker") for s in syncs)
-    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
+    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM") :]
     assert ("USER", "10001") in final
     assert any(w == "HEALTHCHECK" for w, _ in final)
     assert not any(w == "RUN" for w, _ in final), "the final stage installs nothing"

@@ -55,8 +55,9 @@ def test_the_crd_schema_rejects_a_broken_scaledobject() -> None:
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 @pytest.mark.parametrize("name", NAMES)
 def test_the_python_renderer_matches_kubectl_kustomize(name: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, check=True
+    ).stdout
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     assert sorted([o for o in yaml.safe_load_all(out) if o], key=key) == sorted(rendered(name), key=key)
 
@@ -64,8 +65,11 @@ def test_the_python_renderer_matches_kubectl_kustomize(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_workloads_are_locked_down(name: str) -> None:
     workloads = [o for o in rendered(name) if o["kind"] in {"Deployment", "Job", "CronJob"}]
-    assert {o["metadata"]["name"] for o in workloads} >= {"relaygate-api", "relaygate-worker-default",
-                                                          "relaygate-migrate"}
+    assert {o["metadata"]["name"] for o in workloads} >= {
+        "relaygate-api",
+        "relaygate-worker-default",
+        "relaygate-migrate",
+    }
     for obj in workloads:
         spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
         pod = spec["template"]["spec"]
@@ -126,26 +130,44 @@ def test_only_the_gateway_is_reachable_from_outside(name: str) -> None:
 
 
 # Pods that call URLs users choose: the base's workers, a feature's workers made by the orchestrator, dispatchers.
-OUTBOUND_PODS = [{"app": "relaygate-worker", "feature": "default"}, objects.labels("billing"),
-                 {"app": "relaygate-dispatcher"}]
+OUTBOUND_PODS = [
+    {"app": "relaygate-worker", "feature": "default"},
+    objects.labels("billing"),
+    {"app": "relaygate-dispatcher"},
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("pod", OUTBOUND_PODS, ids=lambda p: "-".join(p.values()))
 def test_workers_and_dispatchers_reach_only_dns_the_stores_and_the_public_internet(
-        name: str, pod: dict[str, str]) -> None:
+    name: str, pod: dict[str, str]
+) -> None:
     objs = rendered(name)
-    allowed = [("8.8.8.8", 443, "TCP", False), ("93.184.215.14", 8443, "TCP", False),
-               ("2606:4700::1111", 443, "TCP", False),
-               ("10.96.0.10", 53, "UDP", False), ("169.254.20.10", 53, "UDP", False),  # kube-dns, node-local cache
-               ("10.244.1.7", 5432, "TCP", True), ("10.244.1.8", 6379, "TCP", True),  # in-cluster Postgres, Valkey
-               ("10.20.0.5", 5432, "TCP", False), ("192.168.4.4", 6379, "TCP", False)]  # managed, in the VPC
-    refused = [("169.254.169.254", 80, "TCP", False),  # cloud metadata
-               ("10.96.0.1", 443, "TCP", False),  # the Kubernetes API's service address
-               ("10.244.1.9", 8000, "TCP", True),  # another pod, e.g. the gateway
-               ("10.20.0.5", 80, "TCP", False), ("172.16.0.1", 443, "TCP", False), ("192.168.1.1", 80, "TCP", False),
-               ("100.64.0.1", 443, "TCP", False), ("127.0.0.1", 8000, "TCP", False), ("0.0.0.0", 80, "TCP", False),
-               ("fd00::1", 443, "TCP", False), ("fe80::1", 80, "TCP", False), ("::ffff:10.0.0.1", 80, "TCP", False)]
+    allowed = [
+        ("8.8.8.8", 443, "TCP", False),
+        ("93.184.215.14", 8443, "TCP", False),
+        ("2606:4700::1111", 443, "TCP", False),
+        ("10.96.0.10", 53, "UDP", False),
+        ("169.254.20.10", 53, "UDP", False),  # kube-dns, node-local cache
+        ("10.244.1.7", 5432, "TCP", True),
+        ("10.244.1.8", 6379, "TCP", True),  # in-cluster Postgres, Valkey
+        ("10.20.0.5", 5432, "TCP", False),
+        ("192.168.4.4", 6379, "TCP", False),
+    ]  # managed, in the VPC
+    refused = [
+        ("169.254.169.254", 80, "TCP", False),  # cloud metadata
+        ("10.96.0.1", 443, "TCP", False),  # the Kubernetes API's service address
+        ("10.244.1.9", 8000, "TCP", True),  # another pod, e.g. the gateway
+        ("10.20.0.5", 80, "TCP", False),
+        ("172.16.0.1", 443, "TCP", False),
+        ("192.168.1.1", 80, "TCP", False),
+        ("100.64.0.1", 443, "TCP", False),
+        ("127.0.0.1", 8000, "TCP", False),
+        ("0.0.0.0", 80, "TCP", False),
+        ("fd00::1", 443, "TCP", False),
+        ("fe80::1", 80, "TCP", False),
+        ("::ffff:10.0.0.1", 80, "TCP", False),
+    ]
     for address, port, protocol, in_cluster in allowed:
         assert egress_allowed(objs, pod, address, port, protocol, in_cluster), (address, port)
     for address, port, protocol, in_cluster in refused:

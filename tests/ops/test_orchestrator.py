@@ -43,8 +43,9 @@ agents:
 @pytest.fixture
 async def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     for resource, kind in RESOURCES.items():
-        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True,
-                                                       verbs={"get", "list", "create", "patch", "delete"})
+        kmock.resources[resource] = kmock.ResourceInfo(
+            kind=kind, namespaced=True, verbs={"get", "list", "create", "patch", "delete"}
+        )
     return kmock
 
 
@@ -67,8 +68,9 @@ async def redis(infra: Infra) -> AsyncIterator[Redis]:
 CFG = OrchestratorSettings(namespace=NS, worker_image="registry.example.com/relaygate-worker:1.0", idle_seconds=600)
 
 
-async def run(k8s: kmock.KubernetesEmulator, settings: Settings, cfg: OrchestratorSettings = CFG,
-              **event: Any) -> dict[str, Any]:
+async def run(
+    k8s: kmock.KubernetesEmulator, settings: Settings, cfg: OrchestratorSettings = CFG, **event: Any
+) -> dict[str, Any]:
     return await handle(event, kube_host=str(k8s.url).rstrip("/"), settings=settings, cfg=cfg)
 
 
@@ -83,9 +85,14 @@ async def fetch(k8s: kmock.KubernetesEmulator, path: str) -> dict[str, Any] | No
 
 async def scale(k8s: kmock.KubernetesEmulator, feature: str, replicas: int) -> None:
     """What KEDA's HPA does to a feature's Deployment."""
-    async with aiohttp.ClientSession() as session, session.patch(
-            f"{str(k8s.url).rstrip('/')}{paths(feature)['Deployment']}", json={"spec": {"replicas": replicas}},
-            headers={"Content-Type": "application/merge-patch+json"}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            f"{str(k8s.url).rstrip('/')}{paths(feature)['Deployment']}",
+            json={"spec": {"replicas": replicas}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as resp,
+    ):
         assert resp.status == 200, await resp.text()
 
 
@@ -102,7 +109,10 @@ async def test_create_makes_the_three_objects_and_reruns_converge(k8s: Any, sett
     first = await run(k8s, settings, action="create", feature_id="billing")
     assert first["agents"] == ["billing-bot", "invoices"]
     assert [(o["kind"], o["result"]) for o in first["objects"]] == [
-        ("Deployment", "created"), ("ScaledObject", "created"), ("Service", "created")]
+        ("Deployment", "created"),
+        ("ScaledObject", "created"),
+        ("Service", "created"),
+    ]
 
     found = {kind: await fetch(k8s, path) for kind, path in paths("billing").items()}
     deployment, scaled, service = found["Deployment"], found["ScaledObject"], found["Service"]
@@ -131,8 +141,9 @@ async def test_create_makes_the_three_objects_and_reruns_converge(k8s: Any, sett
 
 async def test_created_objects_are_valid_kubernetes_and_keda() -> None:
     for feature in ("billing", "a-b-3"):
-        kubernetes_validate.validate(objects.deployment(feature, CFG, NS, "2026-01-01T00:00:00+00:00"),
-                                     KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(
+            objects.deployment(feature, CFG, NS, "2026-01-01T00:00:00+00:00"), KUBERNETES_VERSION, strict=True
+        )
         kubernetes_validate.validate(objects.service(feature, NS), KUBERNETES_VERSION, strict=True)
         jsonschema.validate(objects.scaled_object(feature, CFG, NS), scaledobject_schema())
 
@@ -142,7 +153,10 @@ async def test_delete_removes_them_and_is_idempotent(k8s: Any, settings: Setting
     await run(k8s, settings, action="create", feature_id="search")
     gone = await run(k8s, settings, action="delete", feature_id="billing")
     assert [(o["kind"], o["result"]) for o in gone["objects"]] == [
-        ("ScaledObject", "deleted"), ("Deployment", "deleted"), ("Service", "deleted")]
+        ("ScaledObject", "deleted"),
+        ("Deployment", "deleted"),
+        ("Service", "deleted"),
+    ]
     for path in paths("billing").values():
         assert await fetch(k8s, path) is None
     for path in paths("search").values():
@@ -151,8 +165,7 @@ async def test_delete_removes_them_and_is_idempotent(k8s: Any, settings: Setting
     assert [o["result"] for o in again["objects"]] == ["absent", "absent", "absent"]
 
 
-async def test_a_create_that_fails_half_way_is_completed_by_a_retry(k8s: Any, settings: Settings,
-                                                                    redis: Redis) -> None:
+async def test_a_create_that_fails_half_way_is_completed_by_a_retry(k8s: Any, settings: Settings, redis: Redis) -> None:
     failures: list[object] = []
 
     def fail_first_scaledobject(request: Any) -> None:
@@ -186,8 +199,9 @@ async def test_list_reports_replicas_and_queue_depth(k8s: Any, settings: Setting
     assert by_id["search"]["replicas"] == 1 and by_id["search"]["agents"] == ["searcher"]
 
 
-async def test_cleanup_removes_idle_features_and_spares_one_with_queued_work(k8s: Any, settings: Settings,
-                                                                           redis: Redis) -> None:
+async def test_cleanup_removes_idle_features_and_spares_one_with_queued_work(
+    k8s: Any, settings: Settings, redis: Redis
+) -> None:
     await run(k8s, settings, action="create", feature_id="billing")
     await run(k8s, settings, action="create", feature_id="search")
     await redis.zadd(queue_name("search"), {"job-1": 1})

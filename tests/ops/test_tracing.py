@@ -61,23 +61,29 @@ def total(name: str) -> float:
     return sum(s.value for family in REGISTRY.collect() for s in family.samples if s.name == name)
 
 
-async def test_one_trace_spans_gateway_queue_worker_and_model(infra: Infra, tmp_path: Path,
-                                                              exporter: InMemorySpanExporter) -> None:
+async def test_one_trace_spans_gateway_queue_worker_and_model(
+    infra: Infra, tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
     agents = tmp_path / "agents.yaml"
     agents.write_text(AGENTS)
     settings = settings_for(infra, agents_file=agents)
     app = create_app(settings)
     token = mint_token(settings, user_id="tracer-user", tenant_id="tracer-tenant")
-    body = {"content": "trace me", "agent_id": "tracer", "new_session": True,
-            "metadata": {"offline": {"tokens": 5, "tokens_per_second": 1000}}}
+    body = {
+        "content": "trace me",
+        "agent_id": "tracer",
+        "new_session": True,
+        "metadata": {"offline": {"tokens": 5, "tokens_per_second": 1000}},
+    }
     enqueued = metric("relaygate_jobs_enqueued_total", queue=QUEUE)
     async with app.router.lifespan_context(app):
         gw = app.state.gateway
         await gw.queue.delete(QUEUE)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            accepted = await client.post("/api/v1/requests/web", json=body,
-                                         headers={"Authorization": f"Bearer {token}"})
+            accepted = await client.post(
+                "/api/v1/requests/web", json=body, headers={"Authorization": f"Bearer {token}"}
+            )
             assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["request_id"]
         job = await gw.queue.get(f"arq:job:{request_id}")
@@ -90,11 +96,19 @@ async def test_one_trace_spans_gateway_queue_worker_and_model(infra: Infra, tmp_
 
     model.configure()
     streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=8)
-    rt = Runtime(settings=settings, db=await db.create_pool(settings.database_url, name="test-worker"),
-                 streams=streams, queue=await queue.connect(settings.queue_redis_url),
-                 writer=StreamWriter(streams, buckets=settings.stream_buckets, maxlen=settings.stream_maxlen,
-                                     ttl_seconds=settings.stream_ttl_seconds),
-                 agents=load_agents(agents))
+    rt = Runtime(
+        settings=settings,
+        db=await db.create_pool(settings.database_url, name="test-worker"),
+        streams=streams,
+        queue=await queue.connect(settings.queue_redis_url),
+        writer=StreamWriter(
+            streams,
+            buckets=settings.stream_buckets,
+            maxlen=settings.stream_maxlen,
+            ttl_seconds=settings.stream_ttl_seconds,
+        ),
+        agents=load_agents(agents),
+    )
     started = metric("relaygate_jobs_started_total", queue=QUEUE)
     tokens = total("relaygate_tokens_generated_total")
     lines: list[str] = []

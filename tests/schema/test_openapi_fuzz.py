@@ -55,6 +55,7 @@ _DEFINITION_FIELDS = ("flow_definition", "definition")
 def _objects(data: Callable[[], Any] | None, definition: Callable[[], Any] | None) -> Callable[[Any], None]:
     """Put hostile data and definitions in every object field a flow or webhook body may have, in a body that
     otherwise gets past the tenant check (the body stays under its size limit)."""
+
     def mutate(case: Any) -> None:
         if not isinstance(case.body, dict):
             return
@@ -62,6 +63,7 @@ def _objects(data: Callable[[], Any] | None, definition: Callable[[], Any] | Non
             for name in fields if value else ():
                 case.body[name] = value()
         case.body.update(flow_id="chain", tenant_id=TENANT)
+
     return mutate
 
 
@@ -82,8 +84,9 @@ HOSTILE: dict[str, Callable[[Any], None]] = {
 }
 
 
-def _hostile_pass(stack: Stack, auth: dict[str, str], operation: Any, kind: str, mutate: Callable[[Any], None],
-                  failures: list[str]) -> None:
+def _hostile_pass(
+    stack: Stack, auth: dict[str, str], operation: Any, kind: str, mutate: Callable[[Any], None], failures: list[str]
+) -> None:
     @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy())
     def exercise(case: Any) -> None:
@@ -96,11 +99,15 @@ def _hostile_pass(stack: Stack, auth: dict[str, str], operation: Any, kind: str,
 
 
 def test_flow_and_webhook_routes_answer_deep_and_long_inputs_without_5xx(
-        served: tuple[Stack, dict[str, str], Any]) -> None:
+    served: tuple[Stack, dict[str, str], Any],
+) -> None:
     """Every flow and webhook route, each generated input made hostile in every way of HOSTILE."""
     stack, auth, schema = served
-    operations = [op for op in _operations(schema) if op.path.startswith(FLOW_ROUTES) and not
-                  (op.path.endswith("/stream") and op.method.upper() == "GET")]
+    operations = [
+        op
+        for op in _operations(schema)
+        if op.path.startswith(FLOW_ROUTES) and not (op.path.endswith("/stream") and op.method.upper() == "GET")
+    ]
     assert len(operations) >= 12
     failures: list[str] = []
     for operation in operations:
@@ -119,14 +126,17 @@ def test_no_route_answers_5xx_for_any_generated_input(served: tuple[Stack, dict[
             continue  # an open-ended SSE response: its error statuses are covered by tests/gateway
         strategy = operation.as_strategy()
 
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=strategy)
         def exercise(case: Any) -> None:
             response = case.call(base_url=stack.base_url, headers=auth, timeout=60)
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code} {response.text[:200]}"
-                                f" body={case.body!r:.200} query={case.query!r:.200}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} -> {response.status_code} {response.text[:200]}"
+                    f" body={case.body!r:.200} query={case.query!r:.200}"
+                )
 
         exercise()
     assert not failures, "\n".join(failures[:20])

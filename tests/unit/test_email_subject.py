@@ -10,8 +10,16 @@ from dispatcher.channels.email import MAX_SUBJECT, build, subject
 
 
 def reply(content: str) -> Reply:
-    return Reply(request_id="r1", session_id="s1", tenant_id="t", user_id="u", content=content, response="answer",
-                 agent_id="a", attempt=1)
+    return Reply(
+        request_id="r1",
+        session_id="s1",
+        tenant_id="t",
+        user_id="u",
+        content=content,
+        response="answer",
+        agent_id="a",
+        attempt=1,
+    )
 
 
 @pytest.mark.parametrize("content", ["line one\nline two", "a\r\nBcc: x@y.z", "tab\there\u2028sep", "\x1b[31mred"])

@@ -15,8 +15,14 @@ from common.platform.outages import STORE_ERRORS
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("exc", [ConnectionError("refused"), ClusterDownError("CLUSTERDOWN"),
-                                 SlotNotCoveredError('Slot "12" is not covered by the cluster.')])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionError("refused"),
+        ClusterDownError("CLUSTERDOWN"),
+        SlotNotCoveredError('Slot "12" is not covered by the cluster.'),
+    ],
+)
 async def test_stream_store_errors_answer_503(exc: Exception) -> None:
     r = await _answer(exc)
     assert r.status_code == 503
@@ -30,13 +36,21 @@ async def test_every_store_error_answers_503(exc: Exception) -> None:
     assert (await _answer(exc)).status_code == 503
 
 
-@pytest.mark.parametrize(("exc", "status", "code"), [
-    (errors.BadRequest("x"), 400, "bad_request"), (errors.Unauthorized("x"), 401, "unauthorized"),
-    (errors.Forbidden("x"), 403, "forbidden"), (errors.PolicyRefused("x"), 403, "policy_violation"),
-    (errors.NotFound("x"), 404, "not_found"), (errors.Conflict("x"), 409, "conflict"),
-    (errors.Invalid("x"), 422, "validation_error"), (errors.LimitExceeded("x"), 422, "limit_exceeded"),
-    (errors.TooManyRequests("x"), 429, "rate_limited"), (errors.ServiceUnavailable("x"), 503, "service_unavailable"),
-])
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (errors.BadRequest("x"), 400, "bad_request"),
+        (errors.Unauthorized("x"), 401, "unauthorized"),
+        (errors.Forbidden("x"), 403, "forbidden"),
+        (errors.PolicyRefused("x"), 403, "policy_violation"),
+        (errors.NotFound("x"), 404, "not_found"),
+        (errors.Conflict("x"), 409, "conflict"),
+        (errors.Invalid("x"), 422, "validation_error"),
+        (errors.LimitExceeded("x"), 422, "limit_exceeded"),
+        (errors.TooManyRequests("x"), 429, "rate_limited"),
+        (errors.ServiceUnavailable("x"), 503, "service_unavailable"),
+    ],
+)
 async def test_named_errors_keep_the_wire_format(exc: errors.ApiError, status: int, code: str) -> None:
     r = await _answer(exc)
     assert (r.status_code, r.json()) == (status, {"error": code, "detail": "x"})
@@ -52,8 +66,12 @@ def test_routes_declare_their_error_responses() -> None:
 
 def test_no_bare_status_raises_left() -> None:
     """Refusals name their class (api/errors.py); a bare `ApiError(<status>, ...)` is the untyped form."""
-    bare = [f"{path}:{n}" for path in (ROOT / "api").rglob("*.py")
-            for n, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\bApiError\(\d", line)]
+    bare = [
+        f"{path}:{n}"
+        for path in (ROOT / "api").rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bApiError\(\d", line)
+    ]
     assert bare == []
 
 

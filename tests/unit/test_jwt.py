@@ -36,11 +36,13 @@ def claims(**extra: object) -> dict[str, object]:
 def rsa_keypair() -> tuple[str, str, bytes]:
     """(private PEM, public PEM, public DER) of a fresh RSA key."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()).decode()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     public = private.public_key()
-    public_pem = public.public_bytes(serialization.Encoding.PEM,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
     public_der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private_pem, public_pem, public_der
 
@@ -73,11 +75,12 @@ def test_hs256_signed_with_the_rsa_public_key_is_rejected(rsa_keys: tuple[str, s
     [
         pytest.param(lambda: forge({"alg": "none", "typ": "JWT"}, claims(), b""), id="alg-none"),
         pytest.param(lambda: jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"), id="expired"),
-        pytest.param(lambda: jwt.encode({"sub": "alice", "tenant_id": "acme"}, SECRET, algorithm="HS256"),
-                     id="no-exp"),
+        pytest.param(lambda: jwt.encode({"sub": "alice", "tenant_id": "acme"}, SECRET, algorithm="HS256"), id="no-exp"),
         pytest.param(lambda: jwt.encode(claims(), "another-secret", algorithm="HS256"), id="wrong-secret"),
-        pytest.param(lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
-                     id="no-tenant"),
+        pytest.param(
+            lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+            id="no-tenant",
+        ),
         pytest.param(lambda: jwt.encode(claims(), SECRET, algorithm="HS512"), id="other-hmac-alg"),
         pytest.param(lambda: "not.a.token", id="garbage"),
     ],
@@ -91,16 +94,16 @@ def test_audience_and_issuer_are_checked_when_configured() -> None:
     settings = Settings(jwt_secret_key=SECRET, jwt_audience="relaygate", jwt_issuer="https://idp.example")
     good = jwt.encode(claims(aud="relaygate", iss="https://idp.example"), SECRET, algorithm="HS256")
     assert decode_jwt(good, settings).user_id == "alice"
-    for bad in (claims(aud="other", iss="https://idp.example"), claims(aud="relaygate", iss="https://evil"),
-                claims()):
+    for bad in (claims(aud="other", iss="https://idp.example"), claims(aud="relaygate", iss="https://evil"), claims()):
         with pytest.raises(AuthError):
             decode_jwt(jwt.encode(bad, SECRET, algorithm="HS256"), settings)
 
 
 def test_expired_token_says_so() -> None:
     with pytest.raises(AuthError, match="expired"):
-        decode_jwt(jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"),
-                   Settings(jwt_secret_key=SECRET))
+        decode_jwt(
+            jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"), Settings(jwt_secret_key=SECRET)
+        )
 
 
 def test_configured_audience_and_issuer_are_required() -> None:

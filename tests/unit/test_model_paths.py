@@ -16,16 +16,19 @@ from workers.tool_requests import ToolRequest
 BASE = "http://127.0.0.1:9/v1"
 
 
-@pytest.mark.parametrize(("name", "base", "fast_path", "path"), [
-    (model.OFFLINE_MODEL, "", "auto", "offline"),
-    (model.OFFLINE_MODEL, BASE, "off", "offline"),
-    ("openai/my-model", BASE, "auto", "openai"),
-    ("hosted_vllm/llama", BASE, "auto", "openai"),
-    ("openai/my-model", BASE, "off", "litellm"),
-    ("openai/gpt-4o", "", "auto", "litellm"),  # OpenAI's own API: litellm knows its per-model parameters
-    ("anthropic/claude-3-5-sonnet", BASE, "auto", "litellm"),
-    ("gpt-4o", BASE, "auto", "litellm"),
-])
+@pytest.mark.parametrize(
+    ("name", "base", "fast_path", "path"),
+    [
+        (model.OFFLINE_MODEL, "", "auto", "offline"),
+        (model.OFFLINE_MODEL, BASE, "off", "offline"),
+        ("openai/my-model", BASE, "auto", "openai"),
+        ("hosted_vllm/llama", BASE, "auto", "openai"),
+        ("openai/my-model", BASE, "off", "litellm"),
+        ("openai/gpt-4o", "", "auto", "litellm"),  # OpenAI's own API: litellm knows its per-model parameters
+        ("anthropic/claude-3-5-sonnet", BASE, "auto", "litellm"),
+        ("gpt-4o", BASE, "auto", "litellm"),
+    ],
+)
 def test_path_for(name: str, base: str, fast_path: str, path: str) -> None:
     assert model.path_for(name, Settings(llm_api_base=base, llm_fast_path=fast_path)) == path  # type: ignore[arg-type]
 

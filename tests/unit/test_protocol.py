@@ -29,12 +29,18 @@ def test_stream_keys_carry_a_stable_bucket_hash_tag() -> None:
 
 
 def test_event_fields_round_trip_and_render_without_reparsing_data() -> None:
-    event = Event(type="token", request_id="r1", attempt=2, seq=7, data={"text": "héllo \"x\""})
+    event = Event(type="token", request_id="r1", attempt=2, seq=7, data={"text": 'héllo "x"'})
     fields = {k.encode(): v.encode() for k, v in event.fields().items()}
     assert Event.from_fields(fields).model_dump(exclude={"ts"}) == event.model_dump(exclude={"ts"})
     rendered = orjson.loads(event_json(fields))
-    assert rendered == {"type": "token", "request_id": "r1", "attempt": 2, "seq": 7, "ts": pytest.approx(event.ts),
-                        "data": {"text": "héllo \"x\""}}
+    assert rendered == {
+        "type": "token",
+        "request_id": "r1",
+        "attempt": 2,
+        "seq": 7,
+        "ts": pytest.approx(event.ts),
+        "data": {"text": 'héllo "x"'},
+    }
 
 
 def test_routing_explicit_then_rules_then_default() -> None:
@@ -58,6 +64,6 @@ def test_offline_reply_is_deterministic_and_labelled() -> None:
 
 def test_sse_parser_handles_ids_events_comments_and_multiline_data() -> None:
     parser = SseParser()
-    lines = [": keepalive", "", "id: 1-0", "event: token", "data: {\"a\":", "data: 1}", "", "data: [DONE]", ""]
+    lines = [": keepalive", "", "id: 1-0", "event: token", 'data: {"a":', "data: 1}", "", "data: [DONE]", ""]
     events = [e for line in lines if (e := parser.feed(line))]
-    assert [(e.id, e.event, e.data) for e in events] == [("1-0", "token", "{\"a\":\n1}"), (None, "message", "[DONE]")]
+    assert [(e.id, e.event, e.data) for e in events] == [("1-0", "token", '{"a":\n1}'), (None, "message", "[DONE]")]

@@ -22,8 +22,10 @@ class At(Clock):
 
 def headers(body: bytes, ts: float = NOW, secret: str = SECRET) -> dict[str, str]:
     stamp = str(int(ts))
-    return {"x-slack-request-timestamp": stamp,
-            "x-slack-signature": SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body) or ""}
+    return {
+        "x-slack-request-timestamp": stamp,
+        "x-slack-signature": SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body) or "",
+    }
 
 
 def test_valid_within_the_window() -> None:
@@ -31,14 +33,17 @@ def test_valid_within_the_window() -> None:
     verify(body, headers(body), ["other-secret", SECRET], At(NOW + 299))
 
 
-@pytest.mark.parametrize(("body", "hdrs", "clock"), [
-    (b"x", headers(b"x"), At(NOW + 301)),              # stale
-    (b"x", headers(b"x"), At(NOW - 301)),              # from the future
-    (b"y", headers(b"x"), At(NOW)),                    # body changed
-    (b"x", headers(b"x", secret="nope"), At(NOW)),     # wrong secret
-    (b"x", {}, At(NOW)),                               # unsigned
-    (b"x", {**headers(b"x"), "x-slack-request-timestamp": "soon"}, At(NOW)),  # not a number
-])
+@pytest.mark.parametrize(
+    ("body", "hdrs", "clock"),
+    [
+        (b"x", headers(b"x"), At(NOW + 301)),  # stale
+        (b"x", headers(b"x"), At(NOW - 301)),  # from the future
+        (b"y", headers(b"x"), At(NOW)),  # body changed
+        (b"x", headers(b"x", secret="nope"), At(NOW)),  # wrong secret
+        (b"x", {}, At(NOW)),  # unsigned
+        (b"x", {**headers(b"x"), "x-slack-request-timestamp": "soon"}, At(NOW)),  # not a number
+    ],
+)
 def test_rejected(body: bytes, hdrs: dict[str, str], clock: Clock) -> None:
     with pytest.raises(ApiError) as err:
         verify(body, hdrs, [SECRET], clock)

@@ -17,8 +17,9 @@ ESCAPED = "hi &lt;!channel&gt; &lt;https://evil.example|your bank&gt; &amp; &lt;
 
 
 def message(config: dict[str, Any] | None = None, user: str = "U123") -> Message:
-    return Message(target=SlackTarget(team_id="T1", channel_id="C1", slack_user_id=user), config=config or {},
-                   request_id="r1")
+    return Message(
+        target=SlackTarget(team_id="T1", channel_id="C1", slack_user_id=user), config=config or {}, request_id="r1"
+    )
 
 
 def test_escape() -> None:
@@ -81,8 +82,11 @@ async def test_natively_streamed_text_is_escaped_too() -> None:
         async def chat_stream(self, **_: Any) -> FakeStream:
             return stream
 
-    msg = Message(target=SlackTarget(team_id="T1", channel_id="C1", thread_ts="1.1", slack_user_id="U1"), config={},
-                  request_id="r1")
+    msg = Message(
+        target=SlackTarget(team_id="T1", channel_id="C1", thread_ts="1.1", slack_user_id="U1"),
+        config={},
+        request_id="r1",
+    )
     poster = Poster(SimpleNamespace(settings=Settings(slack_native_streaming=True)), Web(), msg, "d1")  # type: ignore[arg-type]
     assert poster.native
     msg.text = HOSTILE

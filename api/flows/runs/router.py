@@ -27,9 +27,13 @@ from common.platform.credentials import SCOPE_RUNS
 from common.platform.logging import correlation_id
 from common.streams.protocol import parse_id
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=ContractRoute,
-                   dependencies=[Depends(require_scope(SCOPE_RUNS))],
-                   responses=responses(BadRequest, NotFound, Conflict, TooManyRequests))
+router = APIRouter(
+    prefix="/v1/runs",
+    tags=["runs"],
+    route_class=ContractRoute,
+    dependencies=[Depends(require_scope(SCOPE_RUNS))],
+    responses=responses(BadRequest, NotFound, Conflict, TooManyRequests),
+)
 
 
 @router.post("", status_code=202, response_model=RunAccepted)
@@ -40,8 +44,11 @@ async def create_run(body: RunBody, gw: GatewayDep, who: PrincipalDep) -> RunAcc
 
 @router.get("", response_model=RunPage)
 async def list_runs(
-    gw: GatewayDep, who: PrincipalDep, flow_id: Annotated[str | None, Query(max_length=255)] = None,
-    status: Annotated[str | None, Query(max_length=20)] = None, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    gw: GatewayDep,
+    who: PrincipalDep,
+    flow_id: Annotated[str | None, Query(max_length=255)] = None,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> RunPage:
     if status is not None and status.upper() not in STATUSES:
@@ -62,7 +69,9 @@ async def cancel_run(run_id: str, gw: GatewayDep, who: PrincipalDep) -> dict[str
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse)
 async def stream_run(
-    run_id: str, gw: GatewayDep, who: PrincipalDep,
+    run_id: str,
+    gw: GatewayDep,
+    who: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
 ) -> StreamingResponse:

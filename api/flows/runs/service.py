@@ -24,6 +24,7 @@ from common.streams.protocol import Event
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Started:
     run_id: str
@@ -32,13 +33,17 @@ class Started:
 
 
 async def _replay(gw: Gateway, tenant_id: str, request_id: str) -> Started | None:
-    row = await gw.db.fetchrow("SELECT run_id, correlation_id FROM flow_runs_audit WHERE tenant_id = $1"
-                               " AND request_id = $2", tenant_id, request_id)
+    row = await gw.db.fetchrow(
+        "SELECT run_id, correlation_id FROM flow_runs_audit WHERE tenant_id = $1 AND request_id = $2",
+        tenant_id,
+        request_id,
+    )
     return Started(row["run_id"], row["correlation_id"], replayed=True) if row else None
 
 
-async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: str,
-                trigger: dict[str, Any] | None = None) -> Started:
+async def start(
+    gw: Gateway, who: Principal, body: RunBody, *, correlation_id: str, trigger: dict[str, Any] | None = None
+) -> Started:
     """Validate, apply the policies, record the audit row and queue the run; idempotent on `request_id`."""
     if body.tenant_id != who.tenant_id:
         raise Forbidden(f"TenantIsolationPolicy: the token's tenant may not start runs for {body.tenant_id!r}")
@@ -72,11 +77,19 @@ async def start(gw: Gateway, who: Principal, body: RunBody, *, correlation_id: s
         await runs.cache_put(row)
     except Exception as exc:  # Postgres holds the run; a cache miss reads it from there
         log.warning("run status not cached", extra={"run_id": run_id, "error": repr(exc)})
-    sink.emit("run.created", run_id, {"flow_id": body.flow_id, "status": PENDING}, tenant_id=who.tenant_id,
-              correlation_id=correlation_id)
+    sink.emit(
+        "run.created",
+        run_id,
+        {"flow_id": body.flow_id, "status": PENDING},
+        tenant_id=who.tenant_id,
+        correlation_id=correlation_id,
+    )
     try:
-        await enqueue_run(gw.queue, gw.settings.flow_feature,
-                          RunJob(run_id=run_id, tenant_id=who.tenant_id, correlation_id=correlation_id))
+        await enqueue_run(
+            gw.queue,
+            gw.settings.flow_feature,
+            RunJob(run_id=run_id, tenant_id=who.tenant_id, correlation_id=correlation_id),
+        )
     except Exception as exc:
         log.warning("enqueue failed; the stalled-run sweep will retry", extra={"run_id": run_id, "error": repr(exc)})
     return Started(run_id, correlation_id)
@@ -86,8 +99,15 @@ async def _admit(gw: Gateway, who: Principal, run_id: str) -> None:
     """The run counts as a request of its user: 429 over a rate or the user's running requests."""
     if gw.limits is None:
         return
-    refusal = await admission.admit(gw.limits, gw.db, who.tenant_id, who.user_id, admission.RUN_INTEGRATION, run_id,
-                                    lease_seconds=gw.settings.flow_timeout_seconds)
+    refusal = await admission.admit(
+        gw.limits,
+        gw.db,
+        who.tenant_id,
+        who.user_id,
+        admission.RUN_INTEGRATION,
+        run_id,
+        lease_seconds=gw.settings.flow_timeout_seconds,
+    )
     if refusal:
         raise refused(refusal)
 
@@ -97,8 +117,16 @@ async def _release(gw: Gateway, who: Principal, run_id: str) -> None:
         await gw.limits.release_request(who.tenant_id, who.user_id, run_id)
 
 
-async def _record(gw: Gateway, who: Principal, body: RunBody, evaluated: Evaluation, run_id: str, source: str,
-                  correlation_id: str, trigger: dict[str, Any] | None) -> asyncpg.Record | None:
+async def _record(
+    gw: Gateway,
+    who: Principal,
+    body: RunBody,
+    evaluated: Evaluation,
+    run_id: str,
+    source: str,
+    correlation_id: str,
+    trigger: dict[str, Any] | None,
+) -> asyncpg.Record | None:
     """The audit row and its first history row; None when another run holds `body.request_id`."""
     async with gw.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -110,13 +138,29 @@ async def _record(gw: Gateway, who: Principal, body: RunBody, evaluated: Evaluat
             ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
             RETURNING {DOC_COLUMNS}
             """,
-            run_id, correlation_id, body.flow_id, who.tenant_id, who.user_id, body.request_id, body.input,
-            evaluated.flow.model_dump(mode="json"), evaluated.flow.version, source, evaluated.changes,
-            trigger or {"via": "api"}, uuid.uuid4(), gw.settings.flow_feature,
+            run_id,
+            correlation_id,
+            body.flow_id,
+            who.tenant_id,
+            who.user_id,
+            body.request_id,
+            body.input,
+            evaluated.flow.model_dump(mode="json"),
+            evaluated.flow.version,
+            source,
+            evaluated.changes,
+            trigger or {"via": "api"},
+            uuid.uuid4(),
+            gw.settings.flow_feature,
         )
         if row is not None:
-            await conn.execute("INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
-                               " VALUES ($1, $2, 'PENDING', $3)", run_id, who.tenant_id, f"created by {who.user_id}")
+            await conn.execute(
+                "INSERT INTO flow_run_status_history (run_id, tenant_id, status, detail)"
+                " VALUES ($1, $2, 'PENDING', $3)",
+                run_id,
+                who.tenant_id,
+                f"created by {who.user_id}",
+            )
     return row
 
 
@@ -133,13 +177,18 @@ async def get(gw: Gateway, who: Principal, run_id: str) -> dict[str, Any]:
     return status_doc(row)
 
 
-async def search(gw: Gateway, who: Principal, *, flow_id: str | None, status: str | None, limit: int,
-                 cursor: int | None) -> tuple[list[dict[str, Any]], str | None]:
+async def search(
+    gw: Gateway, who: Principal, *, flow_id: str | None, status: str | None, limit: int, cursor: int | None
+) -> tuple[list[dict[str, Any]], str | None]:
     rows = await gw.db.fetch(
         f"SELECT id, {DOC_COLUMNS} FROM flow_runs_audit WHERE tenant_id = $1"
         " AND ($2::text IS NULL OR flow_id = $2) AND ($3::text IS NULL OR status = $3)"
         " AND ($4::int IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
-        who.tenant_id, flow_id, status.upper() if status else None, cursor, limit + 1,
+        who.tenant_id,
+        flow_id,
+        status.upper() if status else None,
+        cursor,
+        limit + 1,
     )
     items = [status_doc(r) for r in rows[:limit]]
     return items, (str(rows[limit - 1]["id"]) if len(rows) > limit else None)
@@ -152,8 +201,9 @@ async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
     if row["status"] not in ACTIVE:
         raise Conflict(f"run already {row['status']}")
     reason = f"cancelled by {who.user_id}"
-    await gw.streams.set(run_cancel_key(run_id, gw.settings.stream_buckets), reason,
-                         ex=gw.settings.flow_timeout_seconds)
+    await gw.streams.set(
+        run_cancel_key(run_id, gw.settings.stream_buckets), reason, ex=gw.settings.flow_timeout_seconds
+    )
     cancelled = await RunStore.of(gw).cancel_pending(run_id, who.tenant_id, reason)
     if cancelled is None:
         return "CANCELLING"
@@ -163,9 +213,17 @@ async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
 
 async def announce_end(gw: Gateway, row: asyncpg.Record, status: str, data: dict[str, Any]) -> None:
     run_id, attempt = row["run_id"], row["attempt"]
-    await RunStore.of(gw).events(run_id, [
-        Event(type=f"run.{status}", request_id=run_id, attempt=attempt, data=data),  # type: ignore[arg-type]
-        Event(type="done", request_id=run_id, attempt=attempt, data={"run_id": run_id, "status": status}),
-    ])
-    sink.emit(f"run.{status}", run_id, {"flow_id": row["flow_id"], **data}, tenant_id=row["tenant_id"],
-              correlation_id=row["correlation_id"])
+    await RunStore.of(gw).events(
+        run_id,
+        [
+            Event(type=f"run.{status}", request_id=run_id, attempt=attempt, data=data),  # type: ignore[arg-type]
+            Event(type="done", request_id=run_id, attempt=attempt, data={"run_id": run_id, "status": status}),
+        ],
+    )
+    sink.emit(
+        f"run.{status}",
+        run_id,
+        {"flow_id": row["flow_id"], **data},
+        tenant_id=row["tenant_id"],
+        correlation_id=row["correlation_id"],
+    )
