@@ -743,7 +743,8 @@ def press(stack: Stack, ws: Workspace, user: str, channel: str, button: dict[str
         "team": {"id": ws.team},
         "user": {"id": user},
         "channel": {"id": channel},
-        "actions": [{"action_id": button["action_id"], "value": button["value"]}],
+        "trigger_id": uuid.uuid4().hex,  # unique per press in Slack's payloads, so two presses never sign alike
+        "actions": [{"action_id": button["action_id"], "value": button["value"], "action_ts": f"{time.time():.6f}"}],
     }
     body = urlencode({"payload": json.dumps(payload)}).encode()
     r = httpx.post(f"{stack.base_url}/slack/interactive", content=body, headers=signed(ws, body))
