@@ -7,6 +7,7 @@ so two reapers never requeue the same attempt twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from types import ModuleType
@@ -16,7 +17,7 @@ import asyncpg
 from common.agents.registry import ModelPrice
 from common.platform import sink
 from common.platform.keys import cancel_key, intake_keys
-from common.platform.outages import STORE_ERRORS
+from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
 from common.usage.models import Usage
@@ -124,7 +125,9 @@ async def reap_once(rt: Runtime) -> None:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
     for row in requeued:
         log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
-        await queue.enqueue(rt.queue, *lifecycle.job_for(row))
+        # The row is queued already; waiting out a Redis restart here starts it seconds after Redis is
+        # back, where giving up would leave it to the stalled sweep (10 s later).
+        await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
     await end_streams(rt, failed)
     await repair_endings_once(rt)
 

@@ -1,0 +1,44 @@
+"""The reaper requeues a lost attempt even when Redis is down at that moment (a restart mid-lease)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from workers import maintenance
+
+
+async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {"request_id": "r1", "attempt": 1}
+    job = ("default", SimpleNamespace(request_id="r1"))
+    tries: list[tuple[Any, ...]] = []
+
+    @contextlib.asynccontextmanager
+    async def acquire() -> AsyncIterator[None]:
+        yield None
+
+    async def reap_expired(conn: None, max_attempts: int) -> tuple[list[dict[str, Any]], list[Any]]:
+        return [row], []
+
+    async def enqueue(pool: object, feature: str, payload: object) -> None:
+        tries.append((feature, payload))
+        if len(tries) < 3:
+            raise RedisConnectionError("Connection refused")
+
+    async def nothing(*args: object) -> int:
+        return 0
+
+    monkeypatch.setattr(maintenance.lifecycle, "reap_expired", reap_expired)
+    monkeypatch.setattr(maintenance.lifecycle, "job_for", lambda r: job)
+    monkeypatch.setattr(maintenance.queue, "enqueue", enqueue)
+    monkeypatch.setattr(maintenance, "repair_endings_once", nothing)
+    rt: Any = SimpleNamespace(db=SimpleNamespace(acquire=acquire), queue=object())
+
+    await maintenance.reap_once(rt)
+
+    assert tries == [job, job, job]
