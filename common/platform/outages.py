@@ -49,7 +49,7 @@ async def outlast(what: str, call: Callable[[], Awaitable[T]], *, max_wait: floa
     seconds) after each store error; other errors propagate at once."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(STORE_ERRORS),
-        wait=wait_exponential_jitter(initial=0.1, max=max_wait),
+        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait),
         before_sleep=_log_wait(what),
         reraise=True,
     ):
