@@ -32,7 +32,7 @@ class Meter:
     earlier: tuple[int, int] = (0, 0)  # what the provider reported for the attempt's earlier calls (tool steps)
     offline: bool = False  # the offline model: its chunks are its tokens and it costs nothing
     via_litellm: bool = False  # served by litellm (priced with its own cost functions)
-    prompt_estimate: int | None = None  # litellm's count of the current call's messages, once `so_far` needed it
+    prompt_estimate: int | None = None  # the current call's prompt tokens as counted once `so_far` needed them
 
     def begin(self, messages: list[dict[str, Any]], offline: bool, via_litellm: bool) -> None:
         """A model call of the attempt starts (an agent with tools makes one per step)."""
@@ -48,8 +48,9 @@ class Meter:
         counts the prompt only once the provider reports it) and a token per text chunk since. Counts
         the prompt once per call."""
         if self.offline:
-            words = sum(len(str(m.get("content", "")).split()) for m in self.messages)
-            return Usage(words if self.chunks else 0, self.chunks, 0.0, True)
+            if self.prompt_estimate is None:
+                self.prompt_estimate = sum(len(str(m.get("content", "")).split()) for m in self.messages)
+            return Usage(self.prompt_estimate if self.chunks else 0, self.chunks, 0.0, True)
         if not (self.chunks or self.reported or self.earlier != (0, 0)):
             return Usage()
         if litellm is not None and self.reported is None and self.prompt_estimate is None:
