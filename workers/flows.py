@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +35,7 @@ from common.platform import outbound, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
-from common.platform.outages import POSTGRES_ERRORS
+from common.platform.outages import POSTGRES_ERRORS, outlast
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, intake, model
@@ -514,16 +516,8 @@ async def reap_once(rt: Runtime) -> None:
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
     for row in requeued:
         log.warning("flow run lease expired; requeued", extra={"run_id": row["run_id"], "attempt": row["attempt"]})
-        await enqueue_run(
-            rt.queue,
-            row["feature"],
-            RunJob(
-                run_id=row["run_id"],
-                tenant_id=row["tenant_id"],
-                attempt=row["attempt"],
-                correlation_id=row["correlation_id"],
-            ),
-        )
+        # As for requests (workers.maintenance.reap_once): the row is requeued already, so wait out Redis.
+        await outlast("requeue run", functools.partial(_enqueue_row, rt, row), max_wait=1.0)
     for row in failed:
         error = "the run's worker was lost too many times"
         await runs.events(
@@ -543,16 +537,14 @@ async def reap_once(rt: Runtime) -> None:
 async def sweep_once(rt: Runtime) -> None:
     """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
     for row in await RunStore.of(rt).stalled(older_than_seconds=10):
-        await enqueue_run(
-            rt.queue,
-            row["feature"],
-            RunJob(
-                run_id=row["run_id"],
-                tenant_id=row["tenant_id"],
-                attempt=row["attempt"],
-                correlation_id=row["correlation_id"],
-            ),
-        )
+        await _enqueue_row(rt, row)
+
+
+async def _enqueue_row(rt: Runtime, row: Mapping[str, Any]) -> None:
+    job = RunJob(
+        run_id=row["run_id"], tenant_id=row["tenant_id"], attempt=row["attempt"], correlation_id=row["correlation_id"]
+    )
+    await enqueue_run(rt.queue, row["feature"], job)
 
 
 def start(rt: Runtime) -> list[asyncio.Task[None]]:

@@ -1,4 +1,4 @@
-"""The reaper requeues a lost attempt even when Redis is down at that moment (a restart mid-lease)."""
+"""The reapers requeue a lost attempt or run even when Redis is down at that moment (a restart mid-lease)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from workers import maintenance
+from workers import flows, maintenance
 
 
 async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,3 +42,24 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     await maintenance.reap_once(rt)
 
     assert tries == [job, job, job]
+
+
+async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {"run_id": "run1", "tenant_id": "t1", "attempt": 2, "correlation_id": "c1", "feature": "default"}
+    tries: list[tuple[str, Any]] = []
+
+    async def reap_expired(max_attempts: int) -> tuple[list[dict[str, Any]], list[Any]]:
+        return [row], []
+
+    async def enqueue_run(pool: object, feature: str, job: Any) -> None:
+        tries.append((feature, job.run_id))
+        if len(tries) < 3:
+            raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(flows.RunStore, "of", lambda rt: SimpleNamespace(reap_expired=reap_expired))
+    monkeypatch.setattr(flows, "enqueue_run", enqueue_run)
+    rt: Any = SimpleNamespace(queue=object())
+
+    await flows.reap_once(rt)
+
+    assert tries == [("default", "run1")] * 3
