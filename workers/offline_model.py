@@ -84,6 +84,11 @@ async def stream(
         return
     delay = 1.0 / rate if rate else 0.0
     after_tools = bool(messages) and messages[-1].get("role") == "tool"
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     for token in quote_results(prompt, messages) if after_tools else compose_reply(prompt, length):
-        await asyncio.sleep(delay)  # at full speed too: replies interleave token by token, as over a network
+        # Paced on the reply's own clock, as a provider streams: a token the worker reads late leaves
+        # the next one no later (it was waiting in the socket), rather than pushing every later token back.
+        due += delay
+        await asyncio.sleep(max(due - loop.time(), 0.0))  # at full speed too: replies interleave, as over a network
         yield token
