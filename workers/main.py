@@ -91,6 +91,8 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         await asyncio.gather(*tasks, return_exceptions=True)
         rt: Runtime | None = ctx.get("rt")
         if rt is not None:
+            with contextlib.suppress(TimeoutError):  # what is left, the ending sweep clears
+                await asyncio.wait_for(rt.ended.close(), timeout=5)
             await rt.tools.close()
             await rt.streams.aclose()
             await rt.db.close()

@@ -74,6 +74,7 @@ class Runtime:
     priority: StartPriority = field(init=False)
     limits: Limits = field(init=False)
     tools: McpPool = field(init=False)
+    ended: ending.EndedMarks = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.streams, self.settings)
@@ -81,6 +82,7 @@ class Runtime:
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
+        self.ended = ending.EndedMarks(self.db)
 
 
 async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
@@ -271,7 +273,7 @@ async def _finish(
     used = await _usage(rt, run, model_name)
     tries = [0]
 
-    async def finish_once() -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
+    async def finish_once() -> tuple[lifecycle.Finished | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
         ended, upcoming = await lifecycle.finish(
             rt.db,
@@ -293,7 +295,6 @@ async def _finish(
     if ended is None:
         RUNS.labels("fenced").inc()
         return "fenced"
-    total, user_id = ended
     metrics.count_usage(agent_id, model_name, used)
     closing = ending.closing_events(
         payload.request_id,
@@ -303,18 +304,19 @@ async def _finish(
         error=error,
         agent_id=agent_id,
         processing_time_ms=elapsed_ms,
-        usage=total,
+        usage=ended.usage,
         output_chunks=len(run.parts),
         seq=run.seq + 1,
     )
     await persist("stream end", lambda: rt.writer.end(payload.session_id, closing))
-    await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
+    if status == "cancelled":  # a flag set too late to stop the run expires with its TTL, unread
+        await persist("cancel flag", lambda: rt.streams.delete(run.cancel_key))
     if upcoming:
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
-    await persist("ended", lambda: lifecycle.mark_ended(rt.db, [payload.request_id]))
-    await persist("delivery", lambda: delivery.after_request(rt.db, rt.queue, rt.settings, payload, status))
+    rt.ended.add(payload.request_id)
+    await delivery.after_request(rt.db, rt.queue, rt.settings, payload, status, ended)
     try:
-        await budgets.record(rt.streams, payload.tenant_id, user_id, used, payload.correlation_id)
+        await budgets.record(rt.streams, payload.tenant_id, ended.user_id, used, payload.correlation_id)
     except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
         log.warning(
             "counting usage against budgets failed", extra={"request_id": payload.request_id, "error": repr(exc)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -15,6 +14,7 @@ from common.delivery.configs import Channel
 from common.platform.keys import dispatcher_queue
 from common.platform.settings import Settings
 from common.queue import enqueue as queue
+from common.requests.lifecycle import Finished
 from common.requests.models import JobPayload
 
 log = logging.getLogger(__name__)
@@ -97,15 +97,6 @@ async def enqueue_slack_notice(pool: ArqRedis, notice: SlackNotice) -> bool:
     return await _enqueue(pool, SLACK_NOTICE, f"slack-notice:{uuid.uuid4()}", notice)
 
 
-_REQUEST = """
-SELECT r.user_id, r.normalized_request->>'integration_type' AS integration_type,
-       EXISTS (SELECT 1 FROM user_integration_configs u
-                WHERE u.tenant_id = r.tenant_id AND u.user_id = r.user_id AND u.enabled) AS overridden,
-       coalesce(r.normalized_request->'integration_context'->>'deliver', 'true') <> 'false' AS wanted
-  FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2
-"""
-
-
 async def channels_for(
     db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str, integration_type: str
 ) -> list[tuple[Channel, integrations.ChannelConfig]]:
@@ -125,20 +116,20 @@ async def channels_for(
     return out
 
 
-async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload, status: str) -> None:
+async def after_request(
+    db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload, status: str, ended: Finished
+) -> None:
     """Called where a request's outcome is final: enqueue its delivery when a channel wants it.
 
+    `ended` is what the ending statement returned, so the common case (no channel) costs no query.
     Never raises: the reply is already stored and streamed; a lost enqueue is logged.
     """
-    if status != "completed":
+    if status != "completed" or not ended.deliver:  # a scheduled run without `deliver` goes nowhere
         return
     try:
-        row: dict[str, Any] | None = await db.fetchrow(_REQUEST, payload.request_id, payload.tenant_id)
-        if row is None or not row["wanted"]:
-            return  # a scheduled run without `deliver`
-        if not (row["overridden"] or await integrations.defaults_deliver_alone(db, settings)):
-            return  # the common case costs this one query
-        if await channels_for(db, settings, payload.tenant_id, row["user_id"], row["integration_type"]):
+        if not (ended.overridden or await integrations.defaults_deliver_alone(db, settings)):
+            return
+        if await channels_for(db, settings, payload.tenant_id, ended.user_id, ended.integration_type):
             await enqueue_request(pool, payload)
     except Exception as exc:
         log.warning("delivery enqueue failed", extra={"request_id": payload.request_id, "error": repr(exc)})

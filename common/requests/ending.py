@@ -9,6 +9,7 @@ them it happens exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -98,3 +99,38 @@ async def close(writer: StreamWriter, db: asyncpg.Pool, rows: Iterable[Mapping[s
     if closed:
         await lifecycle.mark_ended(db, [row["request_id"] for row in closed])
     return closed
+
+
+class EndedMarks:
+    """Clears `done_pending` for the requests a worker ended, many per statement.
+
+    `add` never waits: one batch is in flight at a time and the marks added meanwhile go out together
+    when it returns (an idle worker's mark goes out at once). A batch lost to a store error or a dying
+    worker leaves its flags for the ending sweep, whose rewrite the stream fence refuses: nothing ends twice.
+    """
+
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self.db = db
+        self.waiting: list[str] = []
+        self.in_flight: asyncio.Task[None] | None = None
+
+    def add(self, request_id: str) -> None:
+        self.waiting.append(request_id)
+        if self.in_flight is None:
+            self.in_flight = asyncio.create_task(self._run(), name="ended marks")
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    await lifecycle.mark_ended(self.db, batch)
+                except Exception as exc:
+                    log.warning("clearing ended flags failed; the ending sweep clears them", extra={"error": repr(exc)})
+        finally:
+            self.in_flight = None
+
+    async def close(self) -> None:
+        """Wait for the marks already added (a stopping worker)."""
+        while self.in_flight is not None:
+            await asyncio.shield(self.in_flight)

@@ -13,6 +13,7 @@ whoever ended it then writes the closing events (common.requests.ending) and cle
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -41,6 +42,33 @@ SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, 
 FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running', 'waiting')
 ORDER BY id LIMIT 1
 """
+
+
+# What a worker needs of the row it ended, read by the ending statement itself: the request's usage
+# and user, and what common.delivery.jobs.after_request decides on (no second query per request).
+_FINISHED = """
+input_tokens, output_tokens, cost_usd, usage_estimated, user_id,
+normalized_request->>'integration_type' AS integration_type,
+coalesce(normalized_request->'integration_context'->>'deliver', 'true') <> 'false' AS deliver,
+EXISTS (SELECT 1 FROM user_integration_configs u
+         WHERE u.tenant_id = request_logs.tenant_id AND u.user_id = request_logs.user_id AND u.enabled)
+  AS overridden
+"""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A request its worker ended: its total usage, its user, and how its reply may be delivered."""
+
+    usage: Usage
+    user_id: str
+    integration_type: str
+    deliver: bool  # false for a scheduled run without `deliver`
+    overridden: bool  # the user has delivery settings of their own
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Finished:
+        return cls(of_row(row), row["user_id"], row["integration_type"] or "", row["deliver"], row["overridden"])
 
 
 def job_for(row: asyncpg.Record) -> tuple[str, JobPayload]:
@@ -114,11 +142,11 @@ async def finish(
     agent_id: str | None = None,
     metadata: dict[str, Any] | None = None,
     usage: Usage | None = None,
-) -> tuple[tuple[Usage, str] | None, tuple[str, JobPayload] | None]:
+) -> tuple[Finished | None, tuple[str, JobPayload] | None]:
     """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
 
-    Returns ((the request's total usage, its user), or None when the attempt no longer held it; the
-    next request of the session to queue).
+    Returns (the ended request, or None when the attempt no longer held it; the next request of the
+    session to queue).
     """
     usage = usage or Usage()
     async with db.acquire() as conn, conn.transaction():
@@ -133,7 +161,7 @@ async def finish(
                    input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
                    cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11, {_DROP_ESTIMATE}
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
-            RETURNING input_tokens, output_tokens, cost_usd, usage_estimated, user_id
+            RETURNING {_FINISHED}
             """,
             payload.request_id,
             payload.attempt,
@@ -149,29 +177,33 @@ async def finish(
         )
         if row is None:
             return None, None
-        await conn.execute(
-            """
-            UPDATE request_sessions
-               SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
-             WHERE session_id = $1
+        # The session's bookkeeping and its next head in one round trip: the head query sees this
+        # transaction's ending above (an earlier statement), not the session update beside it.
+        head = await conn.fetchrow(
+            f"""
+            WITH touched AS (
+              UPDATE request_sessions
+                 SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
+               WHERE session_id = $1
+            )
+            {_HEAD}
             """,
             payload.session_id,
             agent_id,
         )
-        return (of_row(row), row["user_id"]), await next_in_session(conn, payload.session_id)
+        return Finished.of(row), job_for(head) if head is not None and head["status"] == "queued" else None
 
 
-async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> tuple[Usage, str] | None:
-    """The request's usage and user if this attempt already ended with `status` (a `finish` whose reply
-    was lost did apply), else None."""
+async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> Finished | None:
+    """The ended request if this attempt already ended with `status` (a `finish` whose reply was lost
+    did apply), else None."""
     row = await db.fetchrow(
-        "SELECT input_tokens, output_tokens, cost_usd, usage_estimated, user_id FROM request_logs"
-        " WHERE request_id = $1 AND attempt = $2 AND status = $3",
+        f"SELECT {_FINISHED} FROM request_logs WHERE request_id = $1 AND attempt = $2 AND status = $3",
         payload.request_id,
         payload.attempt,
         status,
     )
-    return (of_row(row), row["user_id"]) if row is not None else None
+    return Finished.of(row) if row is not None else None
 
 
 async def cancel_queued(
