@@ -1,5 +1,9 @@
 """Real servers for the tests: embedded PostgreSQL and Valkey (or DATABASE_URL / REDIS_URL),
-and the gateway and workers as processes on loopback ports."""
+and the gateway and workers as processes on loopback ports.
+
+How a test runs is a marker set here from the fixtures it uses (`e2e`: relaygate's own
+processes, `browser`: headless Chromium), so `make test-fast` can leave those out without a
+list of folders."""
 
 from __future__ import annotations
 
@@ -31,6 +35,20 @@ from tests.fakes.http_target import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 32
+
+
+# A test that uses one of these, directly or through its other fixtures, starts server processes or a browser.
+E2E_FIXTURES = frozenset({"stack", "new_stack", "chaos_workers"})
+BROWSER_FIXTURES = frozenset({"browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
 
 
 @dataclass

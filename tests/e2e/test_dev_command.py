@@ -12,10 +12,13 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from cli.dev.embedded import free_port
 from tests.conftest import ROOT, wait_until
 from workers.offline_model import compose_reply
+
+pytestmark = pytest.mark.e2e  # runs `relaygate dev` itself, not through the `stack` fixture
 
 
 def _cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

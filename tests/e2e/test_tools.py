@@ -29,6 +29,8 @@ TOKEN = "mcp-token-" + uuid.uuid4().hex
 TIMEOUT = 5
 APPROVAL_SECONDS = 20
 
+pytestmark = pytest.mark.e2e  # its own gateway and workers (`tools_stack`), not the `stack` fixture
+
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
