@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_PREFERENCE := only-system
 
-.PHONY: dev test test-fast lint format unit bench bench-alternatives chaos clean compose-smoke
+.PHONY: dev test test-fast lint format bench bench-alternatives chaos clean compose-smoke
 
 PORT ?= 8000
 
@@ -25,12 +25,10 @@ format: .venv/.synced
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-unit: .venv/.synced
-	.venv/bin/pytest tests/unit tests/test_supply_chain.py
-
-# Unit, in-process gateway and store-level tests: no server processes, about a minute.
+# Every test that starts no relaygate process and no browser (the `e2e` and `browser` markers, set in
+# tests/conftest.py): unit, in-process gateway and store-level tests, about a minute.
 test-fast: .venv/.synced
-	.venv/bin/pytest tests/unit tests/gateway tests/test_*.py
+	.venv/bin/pytest -m "not e2e and not browser"
 
 bench: .venv/.synced
 	.venv/bin/python bench/run.py

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible provider for the benches: `python bench/fake_provider.py --tokens 200`.
 
-Serves tests/e2e/fake_openai.py's server (streamed `chat.completion.chunk`s, a usage trailer, `[DONE]`)
+Serves tests/fakes/openai_api.py's server (streamed `chat.completion.chunk`s, a usage trailer, `[DONE]`)
 answering every call with a reply of `--tokens` words, and prints `BASE_URL <url>` once it listens.
 It runs in its own process, so its CPU is not counted as the worker's.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.fake_openai import FakeOpenAI
+from tests.fakes.openai_api import FakeOpenAI
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from common.platform import db
 from common.platform.credentials import mint_token
 from common.platform.settings import Settings
 from common.streams.hub import HUB_READER_NAME
-from tests.cluster import EmbeddedValkeyCluster
+from tests.support.cluster import EmbeddedValkeyCluster
 
 # Kernel settings the scenario needs at 100,000 connections: (sysctl, at least, why).
 KERNEL = [

@@ -1,5 +1,9 @@
 """Real servers for the tests: embedded PostgreSQL and Valkey (or DATABASE_URL / REDIS_URL),
-and the gateway and workers as processes on loopback ports."""
+and the gateway and workers as processes on loopback ports.
+
+Tests are laid out by what they test; how a test runs is a marker set here from the fixtures it
+uses (`e2e`: relaygate's own processes, `browser`: headless Chromium), so `make test-fast` can
+leave those out without a list of folders."""
 
 from __future__ import annotations
 
@@ -26,11 +30,27 @@ from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from common.platform import db
 from common.platform.credentials import mint_token
 from common.platform.settings import Settings
-from tests.cluster import EmbeddedValkeyCluster
 from tests.fakes.http_target import Target
+from tests.support.cluster import EmbeddedValkeyCluster
+
+pytest_plugins = ["tests.support.app", "tests.support.browser", "tests.support.provider"]
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 32
+
+
+# A test that uses one of these, directly or through its other fixtures, starts server processes or a browser.
+E2E_FIXTURES = frozenset({"stack", "new_stack", "chaos_workers"})
+BROWSER_FIXTURES = frozenset({"browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
 
 
 @dataclass
@@ -275,7 +295,7 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
             "OFFLINE_MODEL_TOKENS": "30",
             "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
             "PYTHONUNBUFFERED": "1",
-            # The processes' tests drive single users hard; tests/gateway/test_limits.py covers the limits.
+            # The processes' tests drive single users hard; tests/requests/test_limits.py covers the limits.
             "RATE_LIMIT_USER_PER_MINUTE": "0",
             "MAX_RUNNING_REQUESTS_PER_USER": "0",
             "MAX_STREAMS_PER_USER": "0",

@@ -15,8 +15,8 @@ import httpx
 from common.platform.keys import run_stream_key
 from common.streams.protocol import Event
 from tests.conftest import Stack
-from tests.e2e.streams import read_until
 from tests.flows.conftest import dag, task
+from tests.support.streams import read_until
 
 
 def _start(c: httpx.Client, tenant: str, *tasks: dict[str, Any], run_input: dict[str, Any] | None = None) -> str:

@@ -1,6 +1,6 @@
 """Flow `http` and `llm` tasks through the outbound guard and the configured models, executed in-process
 on the real Postgres and Valkey against a loopback server that records every request it gets. Other
-non-public addresses are only classified (tests/unit/test_outbound.py), never aimed at."""
+non-public addresses are only classified (tests/platform/test_outbound.py), never aimed at."""
 
 from __future__ import annotations
 

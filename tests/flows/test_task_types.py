@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack
-from tests.e2e.streams import read_until
 from tests.flows.conftest import dag, task
+from tests.support.streams import read_until
 from workers.offline_model import compose_reply
 
 

@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from tests.conftest import Infra
-from tests.e2e.proxy import proxy_postgres, proxy_redis
 from tests.flows.conftest import dag, task
+from tests.support.proxy import proxy_postgres, proxy_redis
 
 
 async def test_database_down_is_503_and_redis_down_still_accepts_runs(infra: Infra, gateway_app: Any) -> None:

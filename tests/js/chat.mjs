@@ -1,5 +1,5 @@
 // The AI SDK's own chat state machine (`AbstractChat`, what `useChat` runs) and transport against relaygate.
-// Run by tests/e2e/test_aisdk_client.py:  node chat.mjs <mode>  with BASE, TOKEN, CHAT_ID, TEXT, BODY (JSON) in env.
+// Run by tests/protocols/test_aisdk_client.py:  node chat.mjs <mode>  with BASE, TOKEN, CHAT_ID, TEXT, BODY (JSON) in env.
 // Modes: send | resume | send-stop | reconnect | parse (stdin: an SSE body; prints the message it builds).
 // Prints progress lines ("text <n>") while it streams and one JSON line "result {...}" at the end.
 import { AbstractChat, DefaultChatTransport, readUIMessageStream, parseJsonEventStream, uiMessageChunkSchema } from 'ai';

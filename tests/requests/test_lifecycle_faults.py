@@ -1,0 +1,97 @@
+"""Faults at the worst moments of a request's life (issue 15): a job taken by a worker that dies before
+its claim, and store outages under a running worker. Each ends with the request finished, once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import redis
+from arq.constants import in_progress_key_prefix
+
+from tests.conftest import Stack, wait_until
+from tests.support.proxy import proxy_postgres, proxy_redis
+from tests.support.streams import done_for, read_until, wait_status
+
+
+@contextmanager
+def row_locked(database_url: str, request_id: str) -> Iterator[None]:
+    """Hold a lock on the request's row, so a worker's claim of it blocks until the block ends."""
+    locked, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM request_logs WHERE request_id = $1 FOR UPDATE", request_id)
+                locked.set()
+                await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        finally:
+            await conn.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
+    holder.start()
+    assert locked.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_a_job_taken_by_a_worker_that_dies_before_its_claim_runs_again_within_a_lease(new_stack: Stack) -> None:
+    new_stack.start_gateway()
+    queue = redis.Redis.from_url(new_stack.infra.redis_url)
+    with new_stack.client() as c:
+        accepted = c.post(
+            "/api/v1/requests/web",
+            json={"content": "taken, never claimed", "new_session": True, "agent_id": "unclaimed"},
+        )
+        assert accepted.status_code == 202, accepted.text
+        request_id = accepted.json()["request_id"]
+        in_progress = in_progress_key_prefix + request_id
+        with row_locked(new_stack.infra.database_url, request_id):
+            first = new_stack.start_worker("unclaimed")
+            wait_until(lambda: queue.exists(in_progress), 30, "the worker to take the job")
+            # The key lives one lease (LEASE_SECONDS=3 here), not the longest job timeout + 10 s (a day).
+            assert 0 < queue.pttl(in_progress) <= 3000
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+        new_stack.start_worker("unclaimed")
+        stored = wait_status(c, request_id, {"completed", "failed"}, timeout=60)
+        assert stored["status"] == "completed", (stored, new_stack.logs())
+        events = read_until(c, accepted.json()["stream_url"], done_for(request_id), params={"from": "0-0"})
+        assert [e.event for e in events].count("done") == 1
+
+
+def test_workers_ride_out_redis_and_postgres_outages(new_stack: Stack) -> None:
+    pg, pg_url = proxy_postgres(new_stack.infra.database_url)
+    rd, rd_url = proxy_redis(new_stack.infra.redis_url)
+    try:
+        new_stack.start_gateway()
+        worker = new_stack.start_worker("outages", DATABASE_URL=pg_url, REDIS_URL=rd_url)
+        rd.cut()  # what a Redis restart looks like to the worker: connections dropped, then refused
+        time.sleep(3)
+        assert worker.poll() is None, new_stack.logs()
+        rd.restore()
+        pg.cut()
+        time.sleep(3)
+        assert worker.poll() is None, new_stack.logs()
+        pg.restore()
+        with new_stack.client() as c:
+            accepted = c.post(
+                "/api/v1/requests/web",
+                json={"content": "after the outages", "new_session": True, "agent_id": "outages"},
+            ).json()
+            stored = wait_status(c, accepted["request_id"], {"completed", "failed"}, timeout=60)
+        assert stored["status"] == "completed", (stored, new_stack.logs())
+        assert worker.poll() is None
+    finally:
+        pg.close()
+        rd.close()
