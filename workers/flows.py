@@ -22,8 +22,6 @@ import asyncpg
 import orjson
 from arq import Retry
 
-from api.errors import ApiError, TooManyRequests
-from api.requests import service as requests
 from common.flows import admission, functions
 from common.flows.errors import FinalTaskError, TaskError, public_message, scrub
 from common.flows.jobs import RunJob, enqueue_run
@@ -36,10 +34,11 @@ from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
 from common.platform.outages import POSTGRES_ERRORS, outlast
+from common.requests import intake
+from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
-from workers import flow_usage, intake, model
-from workers.intake import FlowAgentRequest
+from workers import flow_usage, model
 from workers.maintenance import every
 from workers.metering import Meter
 from workers.runner import Runtime
@@ -412,6 +411,19 @@ async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Poli
     return output
 
 
+class FlowAgentRequest(RequestBody):
+    """The request a flow's `agent` task sends for the run's user, in the run's session."""
+
+    run_id: str
+    task_id: str
+
+    def integration(self) -> IntegrationType:
+        return "tool"
+
+    def integration_context(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "task_id": self.task_id}
+
+
 async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try_number: int) -> dict[str, Any]:
     """A message to a relaygate agent in the run's own session, sent through the one request intake; its reply
     is the output.
@@ -430,19 +442,18 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
         content=content, agent_id=task_input.get("agent_id"), session_id=session_id, run_id=run.run_id, task_id=task.id
     )
     try:
-        accepted = await requests.accept(
-            intake.gateway(rt),
+        admitted = await intake.accept(
+            rt,
             who,
             body,
             correlation_id=run.row["correlation_id"],
             idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}",
         )
-    except TooManyRequests as exc:
-        detail = str(exc.detail)
-        raise OverBudget(detail) if detail.startswith("budget") else RateLimited(detail) from None
-    except ApiError as exc:
+    except intake.Limited as exc:
+        raise OverBudget(exc.detail) if exc.refusal.limit == "budget" else RateLimited(exc.detail) from None
+    except intake.Refused as exc:
         raise FinalTaskError(f"agent request refused: {exc.detail}") from None
-    request_id = accepted.request_id
+    request_id = admitted.request_id
     try:
         while True:
             row = await rt.db.fetchrow(

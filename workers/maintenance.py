@@ -16,7 +16,7 @@ import asyncpg
 
 from common.agents.registry import ModelPrice
 from common.platform import sink
-from common.platform.keys import cancel_key, intake_keys
+from common.platform.keys import intake_keys
 from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
@@ -97,29 +97,6 @@ async def heartbeats(rt: Runtime) -> None:
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
-async def end_streams(rt: Runtime, rows: list[asyncpg.Record]) -> None:
-    """Close the streams of requests ended outside their worker, stop their workers, queue what follows.
-
-    The rows are already terminal in Postgres with `done_pending` set, so a failure here is retried
-    by `repair_endings_once`, not lost.
-    """
-    if not rows:
-        return
-    pipe = rt.streams.pipeline(transaction=False)
-    for row in rows:
-        pipe.set(
-            cancel_key(row["session_id"], row["request_id"], rt.settings.stream_buckets),
-            row["error"] or row["status"],
-            ex=rt.settings.request_timeout_seconds,
-        )
-    await pipe.execute()
-    closed = await ending.close(rt.writer, rt.db, rows)
-    for session_id in {row["session_id"] for row in closed}:
-        upcoming = await lifecycle.advance(rt.db, session_id)
-        if upcoming:
-            await queue.enqueue(rt.queue, *upcoming)
-
-
 async def reap_once(rt: Runtime) -> None:
     async with rt.db.acquire() as conn:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
@@ -128,7 +105,7 @@ async def reap_once(rt: Runtime) -> None:
         # The row is queued already; waiting out a Redis restart here starts it seconds after Redis is
         # back, where giving up would leave it to the stalled sweep (10 s later).
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
-    await end_streams(rt, failed)
+    await ending.end_elsewhere(rt, failed)
     await repair_endings_once(rt)
 
 
@@ -138,7 +115,7 @@ async def repair_endings_once(rt: Runtime) -> int:
     rows = await lifecycle.unended(rt.db, ending.SWEEP_GRACE_SECONDS)
     if rows:
         log.warning("writing endings their writer did not", extra={"requests": [r["request_id"] for r in rows]})
-        await end_streams(rt, rows)
+        await ending.end_elsewhere(rt, rows)
     return len(rows)
 
 
@@ -166,9 +143,7 @@ async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
         session_id, request_id = member.split(" ", 1)
         if not await rt.streams.zrem(key, member) or request_id in stored:
             continue
-        await rt.writer.end(
-            session_id, ending.closing_events(request_id, 1, "failed", error="the request was not stored")
-        )
+        await ending.end_unstored(rt.writer, session_id, request_id)
         ended_now += 1
     return ended_now
 
@@ -178,7 +153,7 @@ async def sweep_once(rt: Runtime) -> None:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
         expired = await lifecycle.expire_sessions(conn)
-    await end_streams(rt, overdue)
+    await ending.end_elsewhere(rt, overdue)
     await end_unstored_once(rt)
     for feature, payload in stalled:
         await queue.enqueue(rt.queue, feature, payload)

@@ -34,6 +34,7 @@ from common.requests.models import JobPayload
 from common.streams.protocol import Event, StreamsRedis
 from common.streams.writer import StreamWriter
 from common.usage import budgets
+from common.usage.budgets import BudgetBook
 from common.usage.models import Usage
 from workers import agent_loop, metering, model
 from workers.attempt import Attempt, Stop
@@ -73,10 +74,12 @@ class Runtime:
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
     limits: Limits = field(init=False)
+    budgets: BudgetBook = field(init=False)
     tools: McpPool = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.streams, self.settings)
+        self.budgets = BudgetBook(self.db, self.settings)
         self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)

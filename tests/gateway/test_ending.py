@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 from common.queue import enqueue as queue
-from common.requests.ending import closing_events
+from common.requests.ending import closing_events, end_elsewhere
 from common.streams.protocol import Event
 from tests.gateway.conftest import App
-from workers.maintenance import end_streams, repair_endings_once
+from workers.maintenance import repair_endings_once
 from workers.runner import Runtime
 
 
@@ -118,7 +118,7 @@ async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None
     ]
     await gw.streams.set(gw.writer.key(rows[0]["session_id"]), "not a stream")
     try:
-        await end_streams(_runtime(app, arq), rows)  # type: ignore[arg-type]
+        await end_elsewhere(_runtime(app, arq), rows)  # type: ignore[arg-type]
         for row in rows[1:]:
             assert await _types(app, row["session_id"], row["request_id"]) == ["run.failed", "done"]
     finally:
