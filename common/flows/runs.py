@@ -18,6 +18,7 @@ import orjson
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from common.platform import lua
 from common.platform.keys import run_cache_key, run_stream_key
 from common.platform.settings import Settings
 from common.streams.protocol import Event, StreamsRedis
@@ -35,16 +36,7 @@ DOC_COLUMNS = (
     " version, correlation_id, user_id, flow_version, attempt"
 )
 
-# Write the cached document only when it is newer than what the cache holds.
-_CACHE_PUT = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local held = tonumber(string.match(current, '^(%d+)\\n'))
-  if held and held >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'EX', ARGV[3])
-return 1
-"""
+_CACHE_PUT = lua.load(__file__, "cache_put.lua")
 
 
 def status_doc(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

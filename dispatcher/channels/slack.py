@@ -32,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from common.delivery import configs as integrations
 from common.delivery import jobs as delivery
 from common.delivery.jobs import DeliveryJob, SlackFollow, SlackTarget
+from common.platform import lua
 from common.platform.keys import slack_edit_budget_key
 from common.platform.logging import correlation_id
 from common.slack import access as slack_access
@@ -48,12 +49,7 @@ CANCEL_ACTION = "rg_cancel"
 NEW_ACTION = "rg_new"
 TERMINAL = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
 
-# INCR the minute's counter, expiring with its window: one atomic step shared by every dispatcher.
-_SPEND = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-return n
-"""
+_SPEND = lua.load(__file__, "spend.lua")
 
 
 class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
