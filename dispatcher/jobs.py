@@ -14,7 +14,7 @@ from common.platform.logging import correlation_id
 from common.requests.models import JobPayload
 from dispatcher import records
 from dispatcher.channels import DeliveryError, Reply, email, slack, sms, webhook
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ SELECT request_id::text, session_id::text, tenant_id, user_id, request_content, 
 """
 
 
-async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Reply, str] | None:
+async def load_reply(rt: DispatcherRuntime, request_id: str, tenant_id: str) -> tuple[Reply, str] | None:
     row = await rt.db.fetchrow(_REPLY, request_id, tenant_id)
     if row is None or row["status"] != "completed":
         return None
@@ -43,7 +43,7 @@ async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Repl
 
 async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     """One delivery per channel the user's configuration wants, enqueued in priority order."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     loaded = await load_reply(rt, payload.request_id, payload.tenant_id)
@@ -68,7 +68,7 @@ async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     return len(channels)
 
 
-async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig) -> str | None:
+async def _unverified(rt: DispatcherRuntime, job: DeliveryJob, cfg: integrations.ChannelConfig) -> str | None:
     """Why an EMAIL or SMS destination may not be sent to (nobody confirmed the code sent there), else None."""
     to = verification.destination(job.channel, cfg.config)
     if to is None or await verification.allowed(rt.db, job.tenant_id, job.user_id, job.channel, to):
@@ -79,7 +79,7 @@ async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelCo
     )
 
 
-async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
+async def _send(rt: DispatcherRuntime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
     if job.channel == "EMAIL":
         return await email.send(rt.settings, cfg.config, reply)
     if job.channel == "WEBHOOK":
@@ -93,7 +93,7 @@ async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, 
 
 async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     """One attempt: a delivery_logs row, the send, its outcome on the stream, and the next attempt if due."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     job = DeliveryJob.model_validate(raw)
     correlation_id.set(job.correlation_id)
     row = await records.open_attempt(rt.db, job)
@@ -137,7 +137,12 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
 
 
 async def _failed(
-    rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply, delivery_id: str, exc: DeliveryError
+    rt: DispatcherRuntime,
+    job: DeliveryJob,
+    cfg: integrations.ChannelConfig,
+    reply: Reply,
+    delivery_id: str,
+    exc: DeliveryError,
 ) -> str:
     detail = str(exc)
     if exc.disable:
@@ -180,7 +185,7 @@ async def _failed(
 
 
 async def _outcome(
-    rt: Runtime,
+    rt: DispatcherRuntime,
     job: DeliveryJob,
     reply: Reply,
     delivery_id: str,

@@ -41,7 +41,7 @@ from common.streams.protocol import Event
 from workers import flow_usage, model
 from workers.maintenance import every
 from workers.metering import Meter
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class OverBudget(FinalTaskError):
 
 @dataclass
 class Execution:
-    rt: Runtime
+    rt: WorkerRuntime
     runs: RunStore
     row: asyncpg.Record
     attempt: int
@@ -121,7 +121,7 @@ class Execution:
 
 
 async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
-    rt: Runtime = ctx["rt"]
+    rt: WorkerRuntime = ctx["rt"]
     job = RunJob.model_validate(raw)
     correlation_id.set(job.correlation_id)
     runs = RunStore.of(rt)
@@ -521,7 +521,7 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
     return kind
 
 
-async def reap_once(rt: Runtime) -> None:
+async def reap_once(rt: WorkerRuntime) -> None:
     """Requeue runs whose executor was lost; fail those lost too often (ending their streams)."""
     runs = RunStore.of(rt)
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
@@ -545,20 +545,20 @@ async def reap_once(rt: Runtime) -> None:
         )
 
 
-async def sweep_once(rt: Runtime) -> None:
+async def sweep_once(rt: WorkerRuntime) -> None:
     """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
     for row in await RunStore.of(rt).stalled(older_than_seconds=10):
         await _enqueue_row(rt, row)
 
 
-async def _enqueue_row(rt: Runtime, row: Mapping[str, Any]) -> None:
+async def _enqueue_row(rt: WorkerRuntime, row: Mapping[str, Any]) -> None:
     job = RunJob(
         run_id=row["run_id"], tenant_id=row["tenant_id"], attempt=row["attempt"], correlation_id=row["correlation_id"]
     )
     await enqueue_run(rt.queue, row["feature"], job)
 
 
-def start(rt: Runtime) -> list[asyncio.Task[None]]:
+def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:
     """The flow runs' reaper and sweep, beside the requests' own (workers.maintenance)."""
     configured_engine(rt.settings)
     return [

@@ -23,7 +23,7 @@ from common.requests import ending, lifecycle
 from common.usage.models import Usage
 from workers import model, schedules
 from workers.attempt import Attempt, Stop
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
 CHECKPOINT_EVERY = 10
 
 
-async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
+async def heartbeat_once(rt: WorkerRuntime, beat: int = 0) -> None:
     """Extend every lease of this worker in one statement, with each attempt's usage so far (what counts
     if the worker is lost); every CHECKPOINT_EVERY beats also store the partial replies that grew (not
     the whole reply every second)."""
@@ -84,7 +84,7 @@ def _so_far(run: Attempt, litellm: ModuleType | None, prices: dict[str, ModelPri
         return Usage()
 
 
-async def heartbeats(rt: Runtime) -> None:
+async def heartbeats(rt: WorkerRuntime) -> None:
     """The lease loop: every HEARTBEAT_SECONDS, and a failed beat is retried within a quarter of it."""
     beat = 0
     while True:
@@ -97,7 +97,7 @@ async def heartbeats(rt: Runtime) -> None:
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
-async def reap_once(rt: Runtime) -> None:
+async def reap_once(rt: WorkerRuntime) -> None:
     async with rt.db.acquire() as conn:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
     for row in requeued:
@@ -109,7 +109,7 @@ async def reap_once(rt: Runtime) -> None:
     await repair_endings_once(rt)
 
 
-async def repair_endings_once(rt: Runtime) -> int:
+async def repair_endings_once(rt: WorkerRuntime) -> int:
     """Close the streams of terminal requests whose ender died before writing their `done`, and queue
     their sessions' next requests. Safe in every worker at once: the stream fence writes each ending once."""
     rows = await lifecycle.unended(rt.db, ending.SWEEP_GRACE_SECONDS)
@@ -119,7 +119,7 @@ async def repair_endings_once(rt: Runtime) -> int:
     return len(rows)
 
 
-async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
+async def end_unstored_once(rt: WorkerRuntime, older_than_seconds: float = 60) -> int:
     """End the streams of requests a gateway announced but never stored (it died in between).
 
     Every announced request sits in its bucket's intake set; once old enough, those with a
@@ -148,7 +148,7 @@ async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
     return ended_now
 
 
-async def sweep_once(rt: Runtime) -> None:
+async def sweep_once(rt: WorkerRuntime) -> None:
     async with rt.db.acquire() as conn:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
@@ -163,7 +163,7 @@ async def sweep_once(rt: Runtime) -> None:
         log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": len(expired)})
 
 
-async def every(seconds: float, step: object, rt: Runtime) -> None:
+async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:
     """Run `step(rt)` forever; a failure is logged and retried next round, never fatal."""
     while True:
         await asyncio.sleep(seconds)
@@ -175,7 +175,7 @@ async def every(seconds: float, step: object, rt: Runtime) -> None:
             log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})
 
 
-def start(rt: Runtime) -> list[asyncio.Task[None]]:
+def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:
     s = rt.settings
     return [
         asyncio.create_task(heartbeats(rt), name="heartbeat"),

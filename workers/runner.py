@@ -43,7 +43,7 @@ from workers.flusher import TOKENS, Flusher
 from workers.mcp_client import McpPool
 from workers.priority import Start, StartPriority
 
-__all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
+__all__ = ["TOKENS", "Attempt", "Stop", "WorkerRuntime", "process_request"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 
 @dataclass
-class Runtime:
+class WorkerRuntime:
     """What every job of this worker process shares."""
 
     settings: Settings
@@ -86,7 +86,7 @@ class Runtime:
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
 
 
-async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
+async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:
     """Append a run's own events, retried across store errors without writing any twice; a newer
     attempt of the request (or its ending) on the stream fences this one."""
     tries = [0]
@@ -116,7 +116,7 @@ async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | No
 
 
 async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
-    rt: Runtime = ctx["rt"]
+    rt: WorkerRuntime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     start = rt.priority.start()
@@ -126,7 +126,7 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         start.done()
 
 
-async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> str:
+async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Start) -> str:
     try:
         claimed = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
@@ -150,7 +150,7 @@ async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> 
         ACTIVE.dec()
 
 
-async def _hand_back(rt: Runtime, run: Attempt) -> None:
+async def _hand_back(rt: WorkerRuntime, run: Attempt) -> None:
     """A stopping worker gives a run it cannot finish back to the queue, as the next attempt, now."""
     run.halt(Stop("worker stopping", fenced=True))
     used = await _usage(rt, run, run.meter.model)
@@ -161,7 +161,7 @@ async def _hand_back(rt: Runtime, run: Attempt) -> None:
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
 
-async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) -> str:
+async def _execute(rt: WorkerRuntime, run: Attempt, claimed: Claimed, start: Start) -> str:
     payload, row = run.payload, claimed.row
     request = row["normalized_request"]
     started = time.monotonic()
@@ -242,7 +242,7 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
         return "fenced"
 
 
-async def _park(rt: Runtime, run: Attempt) -> str:
+async def _park(rt: WorkerRuntime, run: Attempt) -> str:
     """The request waits for a person's approval with no worker: its row says `waiting` (with what this
     attempt used added) until a decision queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
     payload = run.payload
@@ -260,7 +260,7 @@ async def _park(rt: Runtime, run: Attempt) -> str:
 
 
 async def _finish(
-    rt: Runtime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
+    rt: WorkerRuntime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
 ) -> str:
     """The one place a request's outcome becomes final: the row first, then the stream, then what follows.
 
@@ -341,7 +341,7 @@ async def _finish(
     return status
 
 
-async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
+async def _usage(rt: WorkerRuntime, run: Attempt, model_name: str) -> Usage:
     """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
     try:
         return await metering.measure(run.meter, model_name, "".join(run.parts), rt.agents.prices, model.litellm_module)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 
 from common.schedules import firing
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
-async def fire_due_once(rt: Runtime) -> int:
+async def fire_due_once(rt: WorkerRuntime) -> int:
     """Fire the due ticks this worker could claim; returns how many it recorded."""
     fired = 0
     for row in await firing.claim_due(rt.db):

@@ -12,7 +12,7 @@ from common.requests.ending import closing_events, end_elsewhere
 from common.streams.protocol import Event
 from tests.gateway.conftest import App
 from workers.maintenance import repair_endings_once
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 
 async def _types(app: App, session_id: str, request_id: str) -> list[str]:
@@ -20,9 +20,11 @@ async def _types(app: App, session_id: str, request_id: str) -> list[str]:
     return [Event.from_fields(f).type for _, f in entries if f[b"request_id"] == request_id.encode()]
 
 
-def _runtime(app: App, arq: Any) -> Runtime:
+def _runtime(app: App, arq: Any) -> WorkerRuntime:
     gw = app.gateway
-    return Runtime(settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents)
+    return WorkerRuntime(
+        settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
+    )
 
 
 async def test_a_cancel_whose_stream_write_fails_is_ended_by_the_sweep_once(app: App) -> None:
