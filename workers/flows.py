@@ -35,6 +35,7 @@ from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
 from common.platform.outages import POSTGRES_ERRORS, outlast
 from common.requests import intake
+from common.requests import repository as request_repo
 from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
@@ -456,12 +457,9 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
     request_id = admitted.request_id
     try:
         while True:
-            row = await rt.db.fetchrow(
-                "SELECT status, response_content, error, agent_id FROM request_logs"
-                " WHERE request_id = $1 AND tenant_id = $2",
-                request_id,
-                run.tenant_id,
-            )
+            row = await request_repo.outcome(rt.db, run.tenant_id, request_id)
+            if row is None:
+                raise TaskError(f"agent request {request_id} is gone")
             if row["status"] == "completed":
                 return {
                     "content": row["response_content"],
@@ -508,15 +506,8 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
         return "fenced"
     kind = status.lower()
     data: dict[str, Any] = {"output": output} if status == COMPLETED else {"error": error}
-    await run.emit((f"run.{kind}", data), ("done", {"run_id": run.run_id, "status": kind}))
+    await run.runs.announce_end(row, kind, data, seq=run.seq + 1)
     await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
-    sink.emit(
-        f"run.{kind}",
-        run.run_id,
-        {"flow_id": run.flow.id, **data},
-        tenant_id=run.tenant_id,
-        correlation_id=run.row["correlation_id"],
-    )
     log.info("flow run finished", extra={"run_id": run.run_id, "status": status})
     return kind
 
@@ -530,19 +521,7 @@ async def reap_once(rt: WorkerRuntime) -> None:
         # As for requests (workers.maintenance.reap_once): the row is requeued already, so wait out Redis.
         await outlast("requeue run", functools.partial(_enqueue_row, rt, row), max_wait=1.0)
     for row in failed:
-        error = "the run's worker was lost too many times"
-        await runs.events(
-            row["run_id"],
-            [
-                Event(type="run.failed", request_id=row["run_id"], attempt=row["attempt"], data={"error": error}),
-                Event(
-                    type="done",
-                    request_id=row["run_id"],
-                    attempt=row["attempt"],
-                    data={"run_id": row["run_id"], "status": "failed"},
-                ),
-            ],
-        )
+        await runs.announce_end(row, "failed", {"error": "the run's worker was lost too many times"})
 
 
 async def sweep_once(rt: WorkerRuntime) -> None:

@@ -20,6 +20,7 @@ from common.platform.keys import intake_keys
 from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
+from common.requests import repository as request_repo
 from common.usage.models import Usage
 from workers import model, schedules
 from workers.attempt import Attempt, Stop
@@ -134,10 +135,7 @@ async def end_unstored_once(rt: WorkerRuntime, older_than_seconds: float = 60) -
     if not found:
         return 0
     ids = [member.split(" ", 1)[1] for _, member in found]
-    stored = {
-        r["request_id"]
-        for r in await rt.db.fetch("SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", ids)
-    }
+    stored = await request_repo.stored(rt.db, ids)
     ended_now = 0
     for key, member in found:
         session_id, request_id = member.split(" ", 1)

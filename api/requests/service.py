@@ -66,7 +66,7 @@ async def decide(gw: Gateway, who: Principal, request_id: str, call_id: str, app
     row = await get(gw, who, request_id)
     async with gw.db.acquire() as conn, conn.transaction():
         await lifecycle.lock_session(conn, row["session_id"])
-        status = await conn.fetchval("SELECT status FROM request_logs WHERE request_id = $1", row["request_id"])
+        status = await request_repo.status(conn, row["request_id"])
         if status != "waiting":
             raise Conflict(f"request is {status}, not waiting for an approval")
         if not await tool_steps.decide(conn, row["request_id"], call_id, approve, reason):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery.configs import Channel
 from common.platform.keys import dispatcher_queue
 from common.platform.settings import Settings
 from common.queue import enqueue as queue
+from common.requests import repository as request_repo
 from common.requests.models import JobPayload
 
 log = logging.getLogger(__name__)
@@ -97,27 +97,18 @@ async def enqueue_slack_notice(pool: ArqRedis, notice: SlackNotice) -> bool:
     return await _enqueue(pool, SLACK_NOTICE, f"slack-notice:{uuid.uuid4()}", notice)
 
 
-_REQUEST = """
-SELECT r.user_id, r.normalized_request->>'integration_type' AS integration_type,
-       EXISTS (SELECT 1 FROM user_integration_configs u
-                WHERE u.tenant_id = r.tenant_id AND u.user_id = r.user_id AND u.enabled) AS overridden,
-       coalesce(r.normalized_request->'integration_context'->>'deliver', 'true') <> 'false' AS wanted
-  FROM request_logs r WHERE r.request_id = $1 AND r.tenant_id = $2
-"""
-
-
 async def channels_for(
     db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str, integration_type: str
-) -> list[tuple[Channel, integrations.ChannelConfig]]:
+) -> list[tuple[Channel, channel_configs.ChannelConfig]]:
     """The channels a finished reply goes to after it ends, in priority order.
 
     A Slack request's own thread is followed live from its start (FOLLOW_SLACK), so SLACK
     here means only another channel named in the user's config.
     """
-    configs = await integrations.effective_for(db, settings, tenant_id, user_id)
-    out: list[tuple[Channel, integrations.ChannelConfig]] = []
+    configs = await channel_configs.effective_for(db, settings, tenant_id, user_id)
+    out: list[tuple[Channel, channel_configs.ChannelConfig]] = []
     for channel, cfg in configs.items():
-        if not integrations.deliverable(channel, cfg):
+        if not channel_configs.deliverable(channel, cfg):
             continue
         if channel == "SLACK" and (integration_type == "slack" or not cfg.config.get("channel_id")):
             continue
@@ -133,10 +124,10 @@ async def after_request(db: asyncpg.Pool, pool: ArqRedis, settings: Settings, pa
     if status != "completed":
         return
     try:
-        row: dict[str, Any] | None = await db.fetchrow(_REQUEST, payload.request_id, payload.tenant_id)
+        row = await request_repo.delivery_wishes(db, payload.tenant_id, payload.request_id)
         if row is None or not row["wanted"]:
             return  # a scheduled run without `deliver`
-        if not (row["overridden"] or await integrations.defaults_deliver_alone(db, settings)):
+        if not (row["overridden"] or await channel_configs.defaults_deliver_alone(db, settings)):
             return  # the common case costs this one query
         if await channels_for(db, settings, payload.tenant_id, row["user_id"], row["integration_type"]):
             await enqueue_request(pool, payload)

@@ -29,7 +29,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery import jobs as delivery
 from common.delivery.jobs import DeliveryJob, SlackFollow, SlackTarget
 from common.platform import lua
@@ -342,8 +342,8 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     if row["status"] != "PENDING":
         return str(row["status"])
     delivery_id = row["delivery_id"]
-    configs = await integrations.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
-    cfg = configs.get("SLACK") or integrations.ChannelConfig()
+    configs = await channel_configs.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
+    cfg = configs.get("SLACK") or channel_configs.ChannelConfig()
     target = f.target
     if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
         target = target.model_copy(update={"thread_ts": target.message_ts})
@@ -409,7 +409,7 @@ async def _close(
     job: DeliveryJob,
     msg: Message,
     delivery_id: str,
-    status: integrations.DeliveryStatus,
+    status: channel_configs.DeliveryStatus,
     detail: str | None,
 ) -> None:
     await records.close_attempt(rt.db, delivery_id, status, detail, ",".join(msg.refs) or None)
