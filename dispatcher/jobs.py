@@ -6,27 +6,22 @@ import logging
 import time
 from typing import Any
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery import jobs as delivery
 from common.delivery import verification
 from common.delivery.jobs import DeliveryJob
 from common.platform.logging import correlation_id
+from common.requests import repository as request_repo
 from common.requests.models import JobPayload
 from dispatcher import records
 from dispatcher.channels import DeliveryError, Reply, email, slack, sms, webhook
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 
 log = logging.getLogger(__name__)
 
-_REPLY = """
-SELECT request_id::text, session_id::text, tenant_id, user_id, request_content, response_content, agent_id,
-       attempt, status, normalized_request->>'integration_type' AS integration_type
-  FROM request_logs WHERE request_id = $1 AND tenant_id = $2
-"""
 
-
-async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Reply, str] | None:
-    row = await rt.db.fetchrow(_REPLY, request_id, tenant_id)
+async def load_reply(rt: DispatcherRuntime, request_id: str, tenant_id: str) -> tuple[Reply, str] | None:
+    row = await request_repo.reply(rt.db, tenant_id, request_id)
     if row is None or row["status"] != "completed":
         return None
     return Reply(
@@ -43,7 +38,7 @@ async def load_reply(rt: Runtime, request_id: str, tenant_id: str) -> tuple[Repl
 
 async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     """One delivery per channel the user's configuration wants, enqueued in priority order."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     loaded = await load_reply(rt, payload.request_id, payload.tenant_id)
@@ -68,7 +63,7 @@ async def deliver_request(ctx: dict[str, Any], raw: dict[str, Any]) -> int:
     return len(channels)
 
 
-async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig) -> str | None:
+async def _unverified(rt: DispatcherRuntime, job: DeliveryJob, cfg: channel_configs.ChannelConfig) -> str | None:
     """Why an EMAIL or SMS destination may not be sent to (nobody confirmed the code sent there), else None."""
     to = verification.destination(job.channel, cfg.config)
     if to is None or await verification.allowed(rt.db, job.tenant_id, job.user_id, job.channel, to):
@@ -79,7 +74,9 @@ async def _unverified(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelCo
     )
 
 
-async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply) -> str | None:
+async def _send(
+    rt: DispatcherRuntime, job: DeliveryJob, cfg: channel_configs.ChannelConfig, reply: Reply
+) -> str | None:
     if job.channel == "EMAIL":
         return await email.send(rt.settings, cfg.config, reply)
     if job.channel == "WEBHOOK":
@@ -93,7 +90,7 @@ async def _send(rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, 
 
 async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     """One attempt: a delivery_logs row, the send, its outcome on the stream, and the next attempt if due."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     job = DeliveryJob.model_validate(raw)
     correlation_id.set(job.correlation_id)
     row = await records.open_attempt(rt.db, job)
@@ -108,9 +105,9 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     if job.expires_at and time.time() > job.expires_at:
         await _outcome(rt, job, reply, delivery_id, "EXPIRED", "the delivery expired before it succeeded")
         return "EXPIRED"
-    configs = await integrations.effective_for(rt.db, rt.settings, job.tenant_id, job.user_id)
+    configs = await channel_configs.effective_for(rt.db, rt.settings, job.tenant_id, job.user_id)
     cfg = configs.get(job.channel)
-    if cfg is None or not integrations.deliverable(job.channel, cfg):
+    if cfg is None or not channel_configs.deliverable(job.channel, cfg):
         await _outcome(rt, job, reply, delivery_id, "FAILED", f"{job.channel} is disabled for this user")
         return "FAILED"
     unverified = await _unverified(rt, job, cfg)
@@ -137,25 +134,16 @@ async def deliver(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
 
 
 async def _failed(
-    rt: Runtime, job: DeliveryJob, cfg: integrations.ChannelConfig, reply: Reply, delivery_id: str, exc: DeliveryError
+    rt: DispatcherRuntime,
+    job: DeliveryJob,
+    cfg: channel_configs.ChannelConfig,
+    reply: Reply,
+    delivery_id: str,
+    exc: DeliveryError,
 ) -> str:
     detail = str(exc)
     if exc.disable:
-        await rt.db.execute(
-            """
-            INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority,
-                                                  retry_count, retry_delay_seconds, config)
-            VALUES ($1, $2, $3, false, $4, $5, $6, $7)
-            ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE SET enabled = false, updated_at = now()
-            """,
-            job.tenant_id,
-            job.user_id,
-            job.channel,
-            cfg.priority,
-            cfg.retry_count,
-            cfg.retry_delay_seconds,
-            cfg.config,
-        )
+        await channel_configs.disable_override(rt.db, job.tenant_id, job.user_id, job.channel, cfg)
     if exc.retryable and job.attempt <= cfg.retry_count:
         delay = max(cfg.retry_delay_seconds * rt.settings.delivery_retry_delay_scale, exc.retry_after or 0)
         await delivery.enqueue_attempt(rt.queue, job.model_copy(update={"attempt": job.attempt + 1}), defer=delay)
@@ -180,11 +168,11 @@ async def _failed(
 
 
 async def _outcome(
-    rt: Runtime,
+    rt: DispatcherRuntime,
     job: DeliveryJob,
     reply: Reply,
     delivery_id: str,
-    status: integrations.DeliveryStatus,
+    status: channel_configs.DeliveryStatus,
     detail: str | None,
     ref: str | None = None,
 ) -> None:

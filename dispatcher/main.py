@@ -22,7 +22,7 @@ from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
 from dispatcher import jobs
 from dispatcher.channels import slack
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 from dispatcher.verification import send_verification
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def build_worker(settings: Settings) -> RelayWorker:
     async def startup(ctx: dict[str, Any]) -> None:
         stores = await open_stores(settings, db_max_size=10, stream_connections=64, pool_name="dispatcher")
-        ctx["rt"] = Runtime(
+        ctx["rt"] = DispatcherRuntime(
             settings=settings,
             db=stores.db,
             streams=stores.streams,
@@ -44,7 +44,7 @@ def build_worker(settings: Settings) -> RelayWorker:
         log.info("dispatcher ready", extra={"queue": dispatcher_queue()})
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        rt: Runtime | None = ctx.get("rt")
+        rt: DispatcherRuntime | None = ctx.get("rt")
         if rt is not None:
             await rt.hub.stop()
             await rt.http.aclose()

@@ -16,7 +16,7 @@ from common.streams.writer import StreamWriter
 
 
 @dataclass
-class Runtime:
+class DispatcherRuntime:
     settings: Settings
     db: asyncpg.Pool
     streams: StreamsRedis

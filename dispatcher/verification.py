@@ -12,7 +12,7 @@ from arq import Retry
 from common.delivery import verification
 from common.delivery.verification import CODE_SECONDS, VerificationJob
 from dispatcher.channels import DeliveryError, Reply, email, sms
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def message(job: VerificationJob, code: str) -> Reply:
 
 
 async def send_verification(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     job = VerificationJob.model_validate(raw)
     code = await verification.issue(rt.db, job)
     if code is None:

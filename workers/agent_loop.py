@@ -83,7 +83,7 @@ class Toolbox:
         return f"unknown tool {qualified}"
 
 
-async def toolbox(rt: runner.Runtime, agent: Agent) -> Toolbox:
+async def toolbox(rt: runner.WorkerRuntime, agent: Agent) -> Toolbox:
     assert agent.tools is not None
     tools, down = await rt.tools.catalog(agent.tools)
     from_provider = provider_names(t.qualified for t in tools)
@@ -93,7 +93,7 @@ async def toolbox(rt: runner.Runtime, agent: Agent) -> Toolbox:
 
 
 async def run(
-    rt: runner.Runtime,
+    rt: runner.WorkerRuntime,
     run: Attempt,
     agent: Agent,
     model_name: str,
@@ -165,7 +165,7 @@ def _call(box: Toolbox, request: ToolRequest, step: int, index: int, seen: set[s
     return Call(call_id, qualified, arguments)
 
 
-async def _execute(rt: runner.Runtime, box: Toolbox, call: Call) -> Outcome:
+async def _execute(rt: runner.WorkerRuntime, box: Toolbox, call: Call) -> Outcome:
     problem = call.problem or box.refusal(call.tool)
     if problem is not None:
         return Outcome.failed(problem)
@@ -173,7 +173,12 @@ async def _execute(rt: runner.Runtime, box: Toolbox, call: Call) -> Outcome:
 
 
 async def _begin(
-    rt: runner.Runtime, run: Attempt, step: int, reply: str, calls: list[Call], awaiting: frozenset[str] = frozenset()
+    rt: runner.WorkerRuntime,
+    run: Attempt,
+    step: int,
+    reply: str,
+    calls: list[Call],
+    awaiting: frozenset[str] = frozenset(),
 ) -> None:
     p = run.payload
     rows = [(c.id, c.tool, c.arguments) for c in calls]
@@ -182,7 +187,7 @@ async def _begin(
     )
 
 
-async def _checkpoint(rt: runner.Runtime, run: Attempt, calls: list[Call], outcomes: list[Outcome]) -> None:
+async def _checkpoint(rt: runner.WorkerRuntime, run: Attempt, calls: list[Call], outcomes: list[Outcome]) -> None:
     p = run.payload
     for call, outcome in zip(calls, outcomes, strict=True):
 
@@ -233,7 +238,7 @@ def _extend(
 
 
 async def _replay(
-    rt: runner.Runtime,
+    rt: runner.WorkerRuntime,
     run: Attempt,
     box: Toolbox,
     messages: list[dict[str, Any]],
@@ -267,7 +272,7 @@ async def _replay(
     return last
 
 
-async def _resume(rt: runner.Runtime, run: Attempt, box: Toolbox, call: Call, row: asyncpg.Record) -> Outcome:
+async def _resume(rt: runner.WorkerRuntime, run: Attempt, box: Toolbox, call: Call, row: asyncpg.Record) -> Outcome:
     """A checkpointed call's outcome: a finished one's as stored, an approved one runs now, a denied one
     fails with the person's reason; one left in flight runs again only if its tool is idempotent."""
     status = row["status"]

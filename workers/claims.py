@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from common.requests import lifecycle
+from common.requests import repository as request_repo
 from common.requests.models import JobPayload
 
 
@@ -76,21 +77,8 @@ async def histories(
     rows = list(claimed)
     if not rows or turns <= 0:
         return {}
-    found = await conn.fetch(
-        """
-        SELECT c.request_id::text AS for_request, h.request_content, h.response_content
-          FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS c(request_id, session_id, before_id)
-         CROSS JOIN LATERAL (
-               SELECT id, request_content, response_content FROM request_logs
-                WHERE session_id = c.session_id AND id < c.before_id AND status = 'completed'
-                  AND response_content IS NOT NULL
-                ORDER BY id DESC LIMIT $4) h
-         ORDER BY c.request_id, h.id
-        """,
-        [r["request_id"] for r in rows],
-        [r["session_id"] for r in rows],
-        [r["id"] for r in rows],
-        turns,
+    found = await request_repo.earlier_turns(
+        conn, [r["request_id"] for r in rows], [r["session_id"] for r in rows], [r["id"] for r in rows], turns
     )
     messages: dict[str, list[dict[str, str]]] = {}
     for turn in found:

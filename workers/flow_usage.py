@@ -13,7 +13,7 @@ from common.platform.outages import STORE_ERRORS
 from common.usage import budgets
 from common.usage.models import Usage
 from workers import metering, model
-from workers.runner import Runtime, persist
+from workers.runner import WorkerRuntime, persist
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ ON CONFLICT (tenant_id, day, user_id, agent_id, model) DO UPDATE
 """
 
 
-async def measure(rt: Runtime, meter: metering.Meter, reply: str) -> Usage:
+async def measure(rt: WorkerRuntime, meter: metering.Meter, reply: str) -> Usage:
     """What one llm call used; a failure to count is logged and counts nothing (it never fails the task)."""
     try:
         return await metering.measure(meter, meter.model, reply, rt.agents.prices, model.litellm_module)
@@ -37,7 +37,9 @@ async def measure(rt: Runtime, meter: metering.Meter, reply: str) -> Usage:
         return Usage()
 
 
-async def record(rt: Runtime, tenant_id: str, user_id: str, model_name: str, usage: Usage, correlation_id: str) -> None:
+async def record(
+    rt: WorkerRuntime, tenant_id: str, user_id: str, model_name: str, usage: Usage, correlation_id: str
+) -> None:
     """Add one llm call's usage to its user's rollup (retried across store errors), counters and budgets."""
     if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
         return

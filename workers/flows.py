@@ -22,8 +22,6 @@ import asyncpg
 import orjson
 from arq import Retry
 
-from api.errors import ApiError, TooManyRequests
-from api.requests import service as requests
 from common.flows import admission, functions
 from common.flows.errors import FinalTaskError, TaskError, public_message, scrub
 from common.flows.jobs import RunJob, enqueue_run
@@ -36,13 +34,15 @@ from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
 from common.platform.outages import POSTGRES_ERRORS, outlast
+from common.requests import intake
+from common.requests import repository as request_repo
+from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
-from workers import flow_usage, intake, model
-from workers.intake import FlowAgentRequest
+from workers import flow_usage, model
 from workers.maintenance import every
 from workers.metering import Meter
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class OverBudget(FinalTaskError):
 
 @dataclass
 class Execution:
-    rt: Runtime
+    rt: WorkerRuntime
     runs: RunStore
     row: asyncpg.Record
     attempt: int
@@ -122,7 +122,7 @@ class Execution:
 
 
 async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
-    rt: Runtime = ctx["rt"]
+    rt: WorkerRuntime = ctx["rt"]
     job = RunJob.model_validate(raw)
     correlation_id.set(job.correlation_id)
     runs = RunStore.of(rt)
@@ -412,6 +412,19 @@ async def _http(task_input: dict[str, Any], seconds: float, rules: outbound.Poli
     return output
 
 
+class FlowAgentRequest(RequestBody):
+    """The request a flow's `agent` task sends for the run's user, in the run's session."""
+
+    run_id: str
+    task_id: str
+
+    def integration(self) -> IntegrationType:
+        return "tool"
+
+    def integration_context(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "task_id": self.task_id}
+
+
 async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try_number: int) -> dict[str, Any]:
     """A message to a relaygate agent in the run's own session, sent through the one request intake; its reply
     is the output.
@@ -430,27 +443,23 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
         content=content, agent_id=task_input.get("agent_id"), session_id=session_id, run_id=run.run_id, task_id=task.id
     )
     try:
-        accepted = await requests.accept(
-            intake.gateway(rt),
+        admitted = await intake.accept(
+            rt,
             who,
             body,
             correlation_id=run.row["correlation_id"],
             idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}",
         )
-    except TooManyRequests as exc:
-        detail = str(exc.detail)
-        raise OverBudget(detail) if detail.startswith("budget") else RateLimited(detail) from None
-    except ApiError as exc:
+    except intake.Limited as exc:
+        raise OverBudget(exc.detail) if exc.refusal.limit == "budget" else RateLimited(exc.detail) from None
+    except intake.Refused as exc:
         raise FinalTaskError(f"agent request refused: {exc.detail}") from None
-    request_id = accepted.request_id
+    request_id = admitted.request_id
     try:
         while True:
-            row = await rt.db.fetchrow(
-                "SELECT status, response_content, error, agent_id FROM request_logs"
-                " WHERE request_id = $1 AND tenant_id = $2",
-                request_id,
-                run.tenant_id,
-            )
+            row = await request_repo.outcome(rt.db, run.tenant_id, request_id)
+            if row is None:
+                raise TaskError(f"agent request {request_id} is gone")
             if row["status"] == "completed":
                 return {
                     "content": row["response_content"],
@@ -497,20 +506,13 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
         return "fenced"
     kind = status.lower()
     data: dict[str, Any] = {"output": output} if status == COMPLETED else {"error": error}
-    await run.emit((f"run.{kind}", data), ("done", {"run_id": run.run_id, "status": kind}))
+    await run.runs.announce_end(row, kind, data, seq=run.seq + 1)
     await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
-    sink.emit(
-        f"run.{kind}",
-        run.run_id,
-        {"flow_id": run.flow.id, **data},
-        tenant_id=run.tenant_id,
-        correlation_id=run.row["correlation_id"],
-    )
     log.info("flow run finished", extra={"run_id": run.run_id, "status": status})
     return kind
 
 
-async def reap_once(rt: Runtime) -> None:
+async def reap_once(rt: WorkerRuntime) -> None:
     """Requeue runs whose executor was lost; fail those lost too often (ending their streams)."""
     runs = RunStore.of(rt)
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
@@ -519,35 +521,23 @@ async def reap_once(rt: Runtime) -> None:
         # As for requests (workers.maintenance.reap_once): the row is requeued already, so wait out Redis.
         await outlast("requeue run", functools.partial(_enqueue_row, rt, row), max_wait=1.0)
     for row in failed:
-        error = "the run's worker was lost too many times"
-        await runs.events(
-            row["run_id"],
-            [
-                Event(type="run.failed", request_id=row["run_id"], attempt=row["attempt"], data={"error": error}),
-                Event(
-                    type="done",
-                    request_id=row["run_id"],
-                    attempt=row["attempt"],
-                    data={"run_id": row["run_id"], "status": "failed"},
-                ),
-            ],
-        )
+        await runs.announce_end(row, "failed", {"error": "the run's worker was lost too many times"})
 
 
-async def sweep_once(rt: Runtime) -> None:
+async def sweep_once(rt: WorkerRuntime) -> None:
     """Queue PENDING runs nobody picked up (the queue was down when they were created)."""
     for row in await RunStore.of(rt).stalled(older_than_seconds=10):
         await _enqueue_row(rt, row)
 
 
-async def _enqueue_row(rt: Runtime, row: Mapping[str, Any]) -> None:
+async def _enqueue_row(rt: WorkerRuntime, row: Mapping[str, Any]) -> None:
     job = RunJob(
         run_id=row["run_id"], tenant_id=row["tenant_id"], attempt=row["attempt"], correlation_id=row["correlation_id"]
     )
     await enqueue_run(rt.queue, row["feature"], job)
 
 
-def start(rt: Runtime) -> list[asyncio.Task[None]]:
+def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:
     """The flow runs' reaper and sweep, beside the requests' own (workers.maintenance)."""
     configured_engine(rt.settings)
     return [

@@ -22,7 +22,7 @@ from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
 from workers import cost_map, flows, maintenance, model, openai_stream
 from workers.observe import observed
-from workers.runner import Runtime, process_request
+from workers.runner import WorkerRuntime, process_request
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             pool_name="worker",
             pool_timeout=None,
         )
-        rt = Runtime(
+        rt = WorkerRuntime(
             settings=settings,
             db=stores.db,
             streams=stores.streams,
@@ -66,7 +66,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         log.info("model layer ready", extra={"litellm": model.ready()})
 
     def observe_lag(lag: float) -> None:
-        rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
+        rt: WorkerRuntime | None = ctx_ref.get("ctx", {}).get("rt")
         if rt is not None:
             rt.priority.observe_lag(lag)
 
@@ -76,20 +76,20 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         return models is not None and model.ready_for(models, settings)
 
     def drain() -> None:
-        rt: Runtime | None = ctx_ref.get("ctx", {}).get("rt")
+        rt: WorkerRuntime | None = ctx_ref.get("ctx", {}).get("rt")
         if rt is not None:
             rt.draining = True
         log.info("stopping: no new jobs; running ones get %ss", settings.worker_drain_seconds)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        rt_: Runtime | None = ctx.get("rt")
+        rt_: WorkerRuntime | None = ctx.get("rt")
         if rt_ is not None and rt_.handbacks:
             await asyncio.wait(rt_.handbacks, timeout=10)
         tasks = ctx.get("tasks", [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        rt: Runtime | None = ctx.get("rt")
+        rt: WorkerRuntime | None = ctx.get("rt")
         if rt is not None:
             with contextlib.suppress(TimeoutError):  # what is left, the ending sweep clears
                 await asyncio.wait_for(rt.ended.close(), timeout=5)

@@ -16,14 +16,15 @@ import asyncpg
 
 from common.agents.registry import ModelPrice
 from common.platform import sink
-from common.platform.keys import cancel_key, intake_keys
+from common.platform.keys import intake_keys
 from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
+from common.requests import repository as request_repo
 from common.usage.models import Usage
 from workers import model, schedules
 from workers.attempt import Attempt, Stop
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
 CHECKPOINT_EVERY = 10
 
 
-async def heartbeat_once(rt: Runtime, beat: int = 0) -> None:
+async def heartbeat_once(rt: WorkerRuntime, beat: int = 0) -> None:
     """Extend every lease of this worker in one statement, with each attempt's usage so far (what counts
     if the worker is lost); every CHECKPOINT_EVERY beats also store the partial replies that grew (not
     the whole reply every second)."""
@@ -84,7 +85,7 @@ def _so_far(run: Attempt, litellm: ModuleType | None, prices: dict[str, ModelPri
         return Usage()
 
 
-async def heartbeats(rt: Runtime) -> None:
+async def heartbeats(rt: WorkerRuntime) -> None:
     """The lease loop: every HEARTBEAT_SECONDS, and a failed beat is retried within a quarter of it."""
     beat = 0
     while True:
@@ -97,30 +98,7 @@ async def heartbeats(rt: Runtime) -> None:
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
-async def end_streams(rt: Runtime, rows: list[asyncpg.Record]) -> None:
-    """Close the streams of requests ended outside their worker, stop their workers, queue what follows.
-
-    The rows are already terminal in Postgres with `done_pending` set, so a failure here is retried
-    by `repair_endings_once`, not lost.
-    """
-    if not rows:
-        return
-    pipe = rt.streams.pipeline(transaction=False)
-    for row in rows:
-        pipe.set(
-            cancel_key(row["session_id"], row["request_id"], rt.settings.stream_buckets),
-            row["error"] or row["status"],
-            ex=rt.settings.request_timeout_seconds,
-        )
-    await pipe.execute()
-    closed = await ending.close(rt.writer, rt.db, rows)
-    for session_id in {row["session_id"] for row in closed}:
-        upcoming = await lifecycle.advance(rt.db, session_id)
-        if upcoming:
-            await queue.enqueue(rt.queue, *upcoming)
-
-
-async def reap_once(rt: Runtime) -> None:
+async def reap_once(rt: WorkerRuntime) -> None:
     async with rt.db.acquire() as conn:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
     for row in requeued:
@@ -128,21 +106,21 @@ async def reap_once(rt: Runtime) -> None:
         # The row is queued already; waiting out a Redis restart here starts it seconds after Redis is
         # back, where giving up would leave it to the stalled sweep (10 s later).
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
-    await end_streams(rt, failed)
+    await ending.end_elsewhere(rt, failed)
     await repair_endings_once(rt)
 
 
-async def repair_endings_once(rt: Runtime) -> int:
+async def repair_endings_once(rt: WorkerRuntime) -> int:
     """Close the streams of terminal requests whose ender died before writing their `done`, and queue
     their sessions' next requests. Safe in every worker at once: the stream fence writes each ending once."""
     rows = await lifecycle.unended(rt.db, ending.SWEEP_GRACE_SECONDS)
     if rows:
         log.warning("writing endings their writer did not", extra={"requests": [r["request_id"] for r in rows]})
-        await end_streams(rt, rows)
+        await ending.end_elsewhere(rt, rows)
     return len(rows)
 
 
-async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
+async def end_unstored_once(rt: WorkerRuntime, older_than_seconds: float = 60) -> int:
     """End the streams of requests a gateway announced but never stored (it died in between).
 
     Every announced request sits in its bucket's intake set; once old enough, those with a
@@ -157,28 +135,23 @@ async def end_unstored_once(rt: Runtime, older_than_seconds: float = 60) -> int:
     if not found:
         return 0
     ids = [member.split(" ", 1)[1] for _, member in found]
-    stored = {
-        r["request_id"]
-        for r in await rt.db.fetch("SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", ids)
-    }
+    stored = await request_repo.stored(rt.db, ids)
     ended_now = 0
     for key, member in found:
         session_id, request_id = member.split(" ", 1)
         if not await rt.streams.zrem(key, member) or request_id in stored:
             continue
-        await rt.writer.end(
-            session_id, ending.closing_events(request_id, 1, "failed", error="the request was not stored")
-        )
+        await ending.end_unstored(rt.writer, session_id, request_id)
         ended_now += 1
     return ended_now
 
 
-async def sweep_once(rt: Runtime) -> None:
+async def sweep_once(rt: WorkerRuntime) -> None:
     async with rt.db.acquire() as conn:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
         expired = await lifecycle.expire_sessions(conn)
-    await end_streams(rt, overdue)
+    await ending.end_elsewhere(rt, overdue)
     await end_unstored_once(rt)
     for feature, payload in stalled:
         await queue.enqueue(rt.queue, feature, payload)
@@ -188,7 +161,7 @@ async def sweep_once(rt: Runtime) -> None:
         log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": len(expired)})
 
 
-async def every(seconds: float, step: object, rt: Runtime) -> None:
+async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:
     """Run `step(rt)` forever; a failure is logged and retried next round, never fatal."""
     while True:
         await asyncio.sleep(seconds)
@@ -200,7 +173,7 @@ async def every(seconds: float, step: object, rt: Runtime) -> None:
             log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})
 
 
-def start(rt: Runtime) -> list[asyncio.Task[None]]:
+def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:
     s = rt.settings
     return [
         asyncio.create_task(heartbeats(rt), name="heartbeat"),

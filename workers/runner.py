@@ -34,6 +34,7 @@ from common.requests.models import JobPayload
 from common.streams.protocol import Event, StreamsRedis
 from common.streams.writer import StreamWriter
 from common.usage import budgets
+from common.usage.budgets import BudgetBook
 from common.usage.models import Usage
 from workers import agent_loop, metering, model
 from workers.attempt import Attempt, Stop
@@ -42,7 +43,7 @@ from workers.flusher import TOKENS, Flusher
 from workers.mcp_client import McpPool
 from workers.priority import Start, StartPriority
 
-__all__ = ["TOKENS", "Attempt", "Runtime", "Stop", "process_request"]
+__all__ = ["TOKENS", "Attempt", "Stop", "WorkerRuntime", "process_request"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ T = TypeVar("T")
 
 
 @dataclass
-class Runtime:
+class WorkerRuntime:
     """What every job of this worker process shares."""
 
     settings: Settings
@@ -73,11 +74,13 @@ class Runtime:
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
     limits: Limits = field(init=False)
+    budgets: BudgetBook = field(init=False)
     tools: McpPool = field(init=False)
     ended: ending.EndedMarks = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.streams, self.settings)
+        self.budgets = BudgetBook(self.db, self.settings)
         self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
         self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
@@ -85,7 +88,7 @@ class Runtime:
         self.ended = ending.EndedMarks(self.db)
 
 
-async def append(rt: Runtime, run: Attempt, events: list[Event]) -> None:
+async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:
     """Append a run's own events, retried across store errors without writing any twice; a newer
     attempt of the request (or its ending) on the stream fences this one."""
     tries = [0]
@@ -115,7 +118,7 @@ async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | No
 
 
 async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
-    rt: Runtime = ctx["rt"]
+    rt: WorkerRuntime = ctx["rt"]
     payload = JobPayload.model_validate(raw)
     correlation_id.set(payload.correlation_id)
     start = rt.priority.start()
@@ -125,7 +128,7 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         start.done()
 
 
-async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> str:
+async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Start) -> str:
     try:
         claimed = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
@@ -149,7 +152,7 @@ async def _claim_and_execute(rt: Runtime, payload: JobPayload, start: Start) -> 
         ACTIVE.dec()
 
 
-async def _hand_back(rt: Runtime, run: Attempt) -> None:
+async def _hand_back(rt: WorkerRuntime, run: Attempt) -> None:
     """A stopping worker gives a run it cannot finish back to the queue, as the next attempt, now."""
     run.halt(Stop("worker stopping", fenced=True))
     used = await _usage(rt, run, run.meter.model)
@@ -160,7 +163,7 @@ async def _hand_back(rt: Runtime, run: Attempt) -> None:
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
 
-async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) -> str:
+async def _execute(rt: WorkerRuntime, run: Attempt, claimed: Claimed, start: Start) -> str:
     payload, row = run.payload, claimed.row
     request = row["normalized_request"]
     started = time.monotonic()
@@ -241,7 +244,7 @@ async def _execute(rt: Runtime, run: Attempt, claimed: Claimed, start: Start) ->
         return "fenced"
 
 
-async def _park(rt: Runtime, run: Attempt) -> str:
+async def _park(rt: WorkerRuntime, run: Attempt) -> str:
     """The request waits for a person's approval with no worker: its row says `waiting` (with what this
     attempt used added) until a decision queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
     payload = run.payload
@@ -259,7 +262,7 @@ async def _park(rt: Runtime, run: Attempt) -> str:
 
 
 async def _finish(
-    rt: Runtime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
+    rt: WorkerRuntime, run: Attempt, agent_id: str, model_name: str, status: str, error: str | None, started: float
 ) -> str:
     """The one place a request's outcome becomes final: the row first, then the stream, then what follows.
 
@@ -340,7 +343,7 @@ async def _finish(
     return status
 
 
-async def _usage(rt: Runtime, run: Attempt, model_name: str) -> Usage:
+async def _usage(rt: WorkerRuntime, run: Attempt, model_name: str) -> Usage:
     """What this attempt used; a failure to count is logged and counts nothing (it never fails the run)."""
     try:
         return await metering.measure(run.meter, model_name, "".join(run.parts), rt.agents.prices, model.litellm_module)

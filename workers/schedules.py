@@ -1,6 +1,6 @@
 """Firing due schedules from every worker's maintenance loop, each tick exactly once.
 
-A worker claims a due tick briefly, sends its request through the gateway's own intake (limits and
+A worker claims a due tick briefly, sends its request through the one intake (limits and
 budgets included) under an idempotency key naming the tick, then moves the schedule on. A worker that
 dies in between leaves the claim to lapse; the next one sends the same key and gets the same request.
 """
@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import logging
 
-from api.schedules import service
-from workers import intake
-from workers.runner import Runtime
+from common.schedules import firing
+from workers.runner import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
-async def fire_due_once(rt: Runtime) -> int:
+async def fire_due_once(rt: WorkerRuntime) -> int:
     """Fire the due ticks this worker could claim; returns how many it recorded."""
     fired = 0
-    for row in await service.claim_due(rt.db):
+    for row in await firing.claim_due(rt.db):
         tick = row["next_run_at"]
-        outcome = await service.fire(intake.gateway(rt), row, tick.isoformat())
-        if await service.record(rt.db, row["schedule_id"], tick, outcome):
+        outcome = await firing.fire(rt, row, tick.isoformat())
+        if await firing.record(rt.db, row["schedule_id"], tick, outcome):
             fired += 1
         log.info(
             "schedule fired",

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.requests.schemas import MAX_CONTENT, MAX_TURNS
-from common.requests.models import reject_unstorable
+from api.requests.schemas import MAX_TURNS
+from common.requests.models import MAX_CONTENT, reject_unstorable
 
 # Printable ASCII but `/`: the chat id is a path segment of the resume and stop routes.
 CHAT_ID_PATTERN = r"^[!-.0-~]{1,255}$"

@@ -19,7 +19,7 @@ from api.delivery.schemas import (
 )
 from api.deps import GatewayDep, PrincipalDep, require_scope
 from api.errors import Invalid, NotFound, responses
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery.configs import Channel
 from common.platform.credentials import SCOPE_INTEGRATIONS
 
@@ -35,7 +35,7 @@ UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
 @router.get("/integration-defaults", response_model=SystemDefaults)
 async def system_defaults(gw: GatewayDep, who: PrincipalDep) -> SystemDefaults:
-    configs = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
+    configs = await channel_configs.defaults(gw.db, gw.settings, who.tenant_id)
     return SystemDefaults(integration_defaults={k: service.shown(v) for k, v in configs.items()})
 
 

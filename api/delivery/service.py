@@ -7,7 +7,7 @@ from typing import Any
 from api.delivery.schemas import Delivery, Override, OverrideCreate, OverrideUpdate, UserConfigs, Verified
 from api.deps import Gateway
 from api.errors import Forbidden, Invalid, NotFound
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery import verification
 from common.delivery.configs import Channel, ChannelConfig, ConfigError
 from common.platform import outbound
@@ -18,30 +18,30 @@ ADMIN_SCOPE = "admin"
 
 
 def authorize(who: Principal, user_id: str) -> None:
-    """A user manages their own integrations; an `admin` manages anyone's in the same tenant."""
+    """A user manages their own delivery channels; an `admin` manages anyone's in the same tenant."""
     if user_id != who.user_id and ADMIN_SCOPE not in who.scopes:
         raise Forbidden("only the user themself or an admin of the tenant may manage these integrations")
 
 
 def shown(cfg: ChannelConfig) -> ChannelConfig:
-    return cfg.model_copy(update={"config": integrations.mask(cfg.config)})
+    return cfg.model_copy(update={"config": channel_configs.mask(cfg.config)})
 
 
 async def user_configs(gw: Gateway, who: Principal, user_id: str) -> UserConfigs:
     authorize(who, user_id)
-    system = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
-    user = await integrations.overrides(gw.db, who.tenant_id, user_id)
+    system = await channel_configs.defaults(gw.db, gw.settings, who.tenant_id)
+    user = await channel_configs.overrides(gw.db, who.tenant_id, user_id)
     return UserConfigs(
         user_id=user_id,
         user_overrides={k: shown(v) for k, v in user.items()},
-        effective_configs={k: shown(v) for k, v in integrations.effective(system, user).items()},
+        effective_configs={k: shown(v) for k, v in channel_configs.effective(system, user).items()},
         using_integration_defaults=not user,
     )
 
 
 def _checked(channel: Channel, cfg: ChannelConfig) -> ChannelConfig:
     try:
-        clean = integrations.validate_config(channel, cfg.config, enabled=cfg.enabled)
+        clean = channel_configs.validate_config(channel, cfg.config, enabled=cfg.enabled)
     except ConfigError as exc:
         raise Invalid(exc.errors) from None  # type: ignore[arg-type]
     return cfg.model_copy(update={"config": clean})
@@ -70,24 +70,7 @@ async def _allowed(gw: Gateway, who: Principal, user_id: str, channel: Channel, 
 async def _store(gw: Gateway, who: Principal, user_id: str, channel: Channel, cfg: ChannelConfig) -> Override:
     await _reachable(gw, channel, cfg)
     await _allowed(gw, who, user_id, channel, cfg)
-    await gw.db.execute(
-        """
-        INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority, retry_count,
-                                              retry_delay_seconds, config)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE
-           SET enabled = EXCLUDED.enabled, priority = EXCLUDED.priority, retry_count = EXCLUDED.retry_count,
-               retry_delay_seconds = EXCLUDED.retry_delay_seconds, config = EXCLUDED.config, updated_at = now()
-        """,
-        who.tenant_id,
-        user_id,
-        channel,
-        cfg.enabled,
-        cfg.priority,
-        cfg.retry_count,
-        cfg.retry_delay_seconds,
-        cfg.config,
-    )
+    await channel_configs.save_override(gw.db, who.tenant_id, user_id, channel, cfg)
     to = verification.destination(channel, cfg.config) if cfg.enabled else None
     status = await verification.request(gw.db, gw.queue, who.tenant_id, user_id, channel, to) if to else None
     return Override(user_id=user_id, integration_type=channel, verification=status, **shown(cfg).model_dump())
@@ -97,7 +80,7 @@ def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
     """Unset fields keep the base; a config block is merged key by key into the base's."""
     given = changes.pop("config", None) or {}
     if isinstance(given.get("headers"), dict):
-        given = {**given, "headers": integrations.unmask_headers(base.config.get("headers") or {}, given["headers"])}
+        given = {**given, "headers": channel_configs.unmask_headers(base.config.get("headers") or {}, given["headers"])}
     config = {**base.config, **given}
     return ChannelConfig(**{**base.model_dump(), **changes, "config": config})
 
@@ -105,7 +88,7 @@ def _apply(base: ChannelConfig, changes: dict[str, Any]) -> ChannelConfig:
 async def create(gw: Gateway, who: Principal, user_id: str, body: OverrideCreate) -> Override:
     """A new override starts from the system default, so a partial body changes only what it names."""
     authorize(who, user_id)
-    system = await integrations.defaults(gw.db, gw.settings, who.tenant_id)
+    system = await channel_configs.defaults(gw.db, gw.settings, who.tenant_id)
     changes = body.model_dump(exclude_none=True, exclude={"integration_type"})
     cfg = _checked(body.integration_type, _apply(system[body.integration_type], changes))
     return await _store(gw, who, user_id, body.integration_type, cfg)
@@ -114,9 +97,9 @@ async def create(gw: Gateway, who: Principal, user_id: str, body: OverrideCreate
 async def update(gw: Gateway, who: Principal, user_id: str, channel: Channel, body: OverrideUpdate) -> Override:
     """Changes the override, or creates one from the default when the user has none yet."""
     authorize(who, user_id)
-    current = (await integrations.overrides(gw.db, who.tenant_id, user_id)).get(channel)
+    current = (await channel_configs.overrides(gw.db, who.tenant_id, user_id)).get(channel)
     if current is None:
-        current = (await integrations.defaults(gw.db, gw.settings, who.tenant_id))[channel]
+        current = (await channel_configs.defaults(gw.db, gw.settings, who.tenant_id))[channel]
     cfg = _checked(channel, _apply(current, body.model_dump(exclude_none=True)))
     return await _store(gw, who, user_id, channel, cfg)
 
@@ -126,7 +109,7 @@ async def verify(gw: Gateway, who: Principal, user_id: str, channel: Channel, co
     authorize(who, user_id)
     if channel not in verification.FIELDS:
         raise Invalid(f"{channel} destinations need no verification")
-    current = (await integrations.overrides(gw.db, who.tenant_id, user_id)).get(channel)
+    current = (await channel_configs.overrides(gw.db, who.tenant_id, user_id)).get(channel)
     to = verification.destination(channel, current.config) if current else None
     outcome = await verification.confirm(gw.db, who.tenant_id, user_id, channel, to, code)
     if not outcome.verified:
@@ -136,22 +119,13 @@ async def verify(gw: Gateway, who: Principal, user_id: str, channel: Channel, co
 
 async def delete(gw: Gateway, who: Principal, user_id: str, channel: Channel) -> None:
     authorize(who, user_id)
-    status = await gw.db.execute(
-        "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3",
-        who.tenant_id,
-        user_id,
-        channel,
-    )
-    if status.endswith(" 0"):
+    if not await channel_configs.delete_overrides(gw.db, who.tenant_id, user_id, channel):
         raise NotFound(f"no {channel} override for this user")
 
 
 async def reset(gw: Gateway, who: Principal, user_id: str) -> int:
     authorize(who, user_id)
-    status = await gw.db.execute(
-        "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2", who.tenant_id, user_id
-    )
-    return int(status.rsplit(" ", 1)[-1])
+    return await channel_configs.delete_overrides(gw.db, who.tenant_id, user_id)
 
 
 async def deliveries(gw: Gateway, who: Principal, user_id: str, limit: int, offset: int) -> list[Delivery]:

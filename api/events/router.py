@@ -29,6 +29,7 @@ from api.requests.schemas import GenericRequest
 from api.responses import JSONResponse
 from common.platform.credentials import SCOPE_REQUESTS, SCOPE_RUNS, Principal
 from common.platform.logging import correlation_id
+from common.requests import repository as request_repo
 
 # Each event type needs its own scope (checked per event); a credential with neither gets no further.
 router = APIRouter(
@@ -87,13 +88,7 @@ async def _request(gw: Gateway, who: Principal, event: BaseCloudEvent) -> JSONRe
     # The event's (source, id) is its identity: a redelivered event replays the same request.
     key = "ce:" + hashlib.sha256(f"{event.get_source()}\n{event.get_id()}".encode()).hexdigest()
     accepted = await requests.accept(gw, who, body, idempotency_key=key, correlation_id=correlation_id.get())
-    await gw.db.execute(
-        "UPDATE request_logs SET cloudevent_id = $2, cloudevent_type = $3 WHERE request_id = $1 AND tenant_id = $4",
-        accepted.request_id,
-        event.get_id(),
-        event.get_type(),
-        who.tenant_id,
-    )
+    await request_repo.set_cloudevent(gw.db, who.tenant_id, accepted.request_id, event.get_id(), event.get_type())
     return JSONResponse(
         {
             "request_id": accepted.request_id,

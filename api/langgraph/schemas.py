@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.requests.schemas import _RequestBody
-from common.requests.models import IntegrationType, reject_unstorable
+from common.requests.models import IntegrationType, RequestBody, reject_unstorable
 
 StreamMode = Literal[
     "values", "messages", "messages-tuple", "updates", "events", "debug", "custom", "tasks", "checkpoints"
@@ -104,7 +103,7 @@ class RunOptions(BaseModel):
     message_id: str | None = None
 
 
-class LangGraphRequest(_RequestBody):
+class LangGraphRequest(RequestBody):
     """A run as a relaygate request: it goes through the same intake as every other route."""
 
     langgraph: RunOptions

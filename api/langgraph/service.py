@@ -18,7 +18,6 @@ from api.langgraph.events import LgEvent, RunView, failure
 from api.langgraph.messages import ai, ai_id, conversation, human_of, user_turn
 from api.langgraph.schemas import AssistantSearch, LangGraphRequest, RunCreate, StreamMode, ThreadCreate, ThreadSearch
 from api.requests import service as request_service
-from api.requests.cancelling import cancel_many
 from api.streams.relay import wait_for_result
 from api.streams.sse import just_before
 from common.agents.registry import Agent
@@ -29,6 +28,7 @@ from common.platform.keys import stream_key
 from common.platform.logging import correlation_id
 from common.platform.metrics import PROTOCOL_REQUESTS
 from common.requests import repository as request_repo
+from common.requests.cancelling import cancel_many
 from common.requests.models import ACTIVE_STATUSES
 from common.sessions import repository as session_repo
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import BadRequest
-from api.requests.schemas import MAX_CONTENT, MAX_TURNS
-from common.requests.models import reject_unstorable
+from api.requests.schemas import MAX_TURNS
+from common.requests.models import MAX_CONTENT, reject_unstorable
 
 
 class ContentPart(BaseModel):

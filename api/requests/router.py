@@ -27,7 +27,6 @@ from api.requests.schemas import (
     ToolRequest,
     ToolStep,
     WebRequest,
-    _RequestBody,
 )
 from api.responses import JSONResponse
 from api.streams.relay import request_frames, wait_for_result
@@ -37,7 +36,7 @@ from common.platform import logging as rg_logging
 from common.platform.credentials import SCOPE_REQUESTS, Principal
 from common.platform.keys import stream_key
 from common.platform.logging import correlation_id
-from common.requests.models import ACTIVE_STATUSES
+from common.requests.models import ACTIVE_STATUSES, RequestBody
 
 router = APIRouter(
     prefix="/api/v1/requests",
@@ -61,7 +60,7 @@ def _wait_seconds(request: Request, wait: float | None, limit: float) -> float |
 
 async def _intake(
     request: Request,
-    body: _RequestBody,
+    body: RequestBody,
     gw: Gateway,
     who: Principal,
     idempotency_key: str | None,

@@ -5,41 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
-from common.requests.models import IntegrationType, Multitask, lower_name, reject_unstorable
+from common.requests.models import MAX_CONTENT, IntegrationType, RequestBody, _Metadata, lower_name
 
-MAX_CONTENT = 100_000
 MAX_TURNS = 1_000  # messages of a conversation a client sends
 
 
-class _Metadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _RequestBody(BaseModel):
-    _no_nul = model_validator(mode="before")(reject_unstorable)
-
-    user_id: str | None = Field(default=None, min_length=1, max_length=255)
-    content: str = Field(min_length=1, max_length=MAX_CONTENT)
-    session_id: str | None = None
-    new_session: bool = False
-    agent_id: str | None = Field(default=None, max_length=255)
-    multitask: Multitask = "enqueue"
-    metadata: _Metadata = Field(default_factory=_Metadata)
-
-    def integration(self) -> IntegrationType:
-        raise NotImplementedError
-
-    def integration_context(self) -> dict[str, Any]:
-        return {}
-
-    def conversation_messages(self) -> list[dict[str, str]] | None:
-        """The turns the client gave for the model (None: the session's stored history)."""
-        return None
-
-
-class WebRequest(_RequestBody):
+class WebRequest(RequestBody):
     client_ip: str | None = Field(default=None, max_length=64)
 
     def integration(self) -> IntegrationType:
@@ -54,7 +27,7 @@ class CliMetadata(_Metadata):
     command: str | None = None
 
 
-class CliRequest(_RequestBody):
+class CliRequest(RequestBody):
     metadata: CliMetadata = Field(default_factory=CliMetadata)
 
     def integration(self) -> IntegrationType:
@@ -70,7 +43,7 @@ class ToolMetadata(_Metadata):
     triggered_by: str | None = None
 
 
-class ToolRequest(_RequestBody):
+class ToolRequest(RequestBody):
     tool_id: str = Field(min_length=1, max_length=255)
     tool_instance_id: str | None = Field(default=None, max_length=255)
     trigger_event: str = Field(min_length=1, max_length=255)
@@ -91,7 +64,7 @@ class ToolRequest(_RequestBody):
         }
 
 
-class GenericRequest(_RequestBody):
+class GenericRequest(RequestBody):
     integration_type: IntegrationType
 
     _any_case = field_validator("integration_type", mode="before")(lower_name)

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from api.deps import Gateway
 from api.errors import Invalid
 from api.requests import service
-from api.requests.cancelling import cancel_many
 from api.requests.schemas import ConversationRequest
 from api.streams.sse import just_before
 from common.platform import logging as rg_logging
@@ -20,6 +19,7 @@ from common.platform.keys import stream_key
 from common.platform.logging import correlation_id
 from common.platform.metrics import PROTOCOL_REQUESTS
 from common.requests import repository as request_repo
+from common.requests.cancelling import cancel_many
 from common.sessions import repository as session_repo
 
 

@@ -17,11 +17,11 @@ from api.errors import (
     TooManyRequests,
     responses,
 )
-from api.requests.schemas import MAX_CONTENT
 from api.schedules import service
 from common.platform.credentials import SCOPE_REQUESTS, Principal
-from common.requests.models import reject_unstorable
+from common.requests.models import MAX_CONTENT, reject_unstorable
 from common.schedules import cron as schedules
+from common.schedules import firing
 
 router = APIRouter(
     prefix="/api/v1/schedules",
@@ -154,12 +154,13 @@ async def delete(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> 
 @router.post("/{schedule_id}/run", status_code=202)
 async def run_now(schedule_id: ScheduleId, gw: GatewayDep, who: PrincipalDep) -> dict[str, Any]:
     await _get(gw, who, schedule_id)
-    row = await gw.db.fetchrow(f"SELECT {service.FIRING} FROM schedules WHERE schedule_id = $1", schedule_id)
+    row = await gw.db.fetchrow(f"SELECT {firing.FIRING} FROM schedules WHERE schedule_id = $1", schedule_id)
     if row is None:
         raise NotFound("schedule not found")
-    outcome = await service.fire(gw, row, f"now:{uuid.uuid4()}")
-    await service.record(gw.db, str(schedule_id), None, outcome)
+    outcome = await firing.fire(gw, row, f"now:{uuid.uuid4()}")
+    await firing.record(gw.db, str(schedule_id), None, outcome)
     if outcome.status == "refused":
         refusal = TooManyRequests if outcome.error and outcome.error.startswith("rate_limited") else Conflict
-        raise refusal(outcome.error or "refused", headers=outcome.headers)
+        headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after is not None else None
+        raise refusal(outcome.error or "refused", headers=headers)
     return {"schedule_id": str(schedule_id), "request_id": outcome.request_id, "status": "queued"}

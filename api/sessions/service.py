@@ -8,11 +8,11 @@ import asyncpg
 
 from api.deps import Gateway
 from api.errors import Conflict, NotFound
-from api.requests.cancelling import cancel_many
 from api.sessions.schemas import SessionCreate
 from common.platform import sink
 from common.platform.credentials import Principal
 from common.requests import repository as request_repo
+from common.requests.cancelling import cancel_many
 from common.sessions import repository as session_repo
 
 

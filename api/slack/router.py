@@ -30,17 +30,13 @@ from api.slack.verify import seconds_valid, verify
 from common.platform.credentials import Principal
 from common.platform.keys import slack_event_key, slack_replay_key
 from common.platform.logging import correlation_id
-from common.slack import installations, mrkdwn
+from common.slack import actions, installations, mrkdwn
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["slack"], responses=responses(BadRequest, Unauthorized, signed_in=False))
 
 EVENT_DEDUPE_SECONDS = 3600
-CANCEL_ACTION = "rg_cancel"
-NEW_ACTION = "rg_new"
-APPROVE_ACTION = "rg_approve"
-DENY_ACTION = "rg_deny"
 MAX_FORM_FIELDS = 100
 _CLOCK = Clock()
 
@@ -265,15 +261,15 @@ async def interactive(
     channel = str((payload.get("channel") or {}).get("id") or "")
     for action in payload.get("actions") or []:
         value = str(action.get("value") or "")
-        if action.get("action_id") in (APPROVE_ACTION, DENY_ACTION):
-            await approvals.press(gw, inst, who, channel, value, approve=action.get("action_id") == APPROVE_ACTION)
-        elif action.get("action_id") == CANCEL_ACTION:
+        if action.get("action_id") in (actions.APPROVE, actions.DENY):
+            await approvals.press(gw, inst, who, channel, value, approve=action.get("action_id") == actions.APPROVE)
+        elif action.get("action_id") == actions.CANCEL:
             try:
                 await requests_service.cancel(gw, who, value, "cancelled in Slack")
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
-        elif action.get("action_id") == NEW_ACTION:
+        elif action.get("action_id") == actions.NEW:
             thread_ts = (payload.get("message") or {}).get("thread_ts")
             dm = channel.startswith("D")
             await service.new_conversation(gw, service.session_key(team_id, channel, thread_ts, who.user_id, dm=dm))

@@ -6,11 +6,10 @@ from typing import Any
 
 from pydantic import Field
 
-from api.requests.schemas import _RequestBody
-from common.requests.models import IntegrationType
+from common.requests.models import IntegrationType, RequestBody
 
 
-class SlackRequest(_RequestBody):
+class SlackRequest(RequestBody):
     channel_id: str = Field(min_length=1, max_length=64)
     thread_id: str | None = Field(default=None, max_length=64)
     slack_user_id: str = Field(min_length=1, max_length=64)

@@ -8,12 +8,12 @@ import re
 from api.deps import Gateway
 from api.errors import ApiError
 from api.requests import service as requests
-from api.requests.service import Accepted
 from api.slack.schemas import SlackRequest
 from common.delivery import jobs as delivery
 from common.delivery.jobs import SlackFollow, SlackTarget
 from common.platform.credentials import Principal
 from common.platform.keys import slack_dm_session_key, slack_thread_session_key
+from common.requests.intake import Admitted
 from common.slack.installations import Installation
 from common.streams.protocol import format_id, id_before, parse_id
 
@@ -43,11 +43,11 @@ async def start(
     idempotency_key: str | None,
     correlation_id: str,
     message_ts: str | None = None,
-) -> Accepted:
+) -> Admitted:
     """Accept the request in the session `key` names (a new one when none is active) and follow its reply."""
     who = Principal(tenant_id=inst.tenant_id, user_id=body.user_id or body.slack_user_id)
     existing = await gw.streams.get(key) if key else None
-    accepted: Accepted | None = None
+    accepted: Admitted | None = None
     if existing:
         try:
             accepted = await requests.accept(

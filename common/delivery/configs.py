@@ -237,6 +237,66 @@ async def overrides(
     }
 
 
+async def save_override(db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Channel, cfg: ChannelConfig) -> None:
+    """Store a user's override of `channel`, replacing the one they had."""
+    await db.execute(
+        """
+        INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority, retry_count,
+                                              retry_delay_seconds, config)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE
+           SET enabled = EXCLUDED.enabled, priority = EXCLUDED.priority, retry_count = EXCLUDED.retry_count,
+               retry_delay_seconds = EXCLUDED.retry_delay_seconds, config = EXCLUDED.config, updated_at = now()
+        """,
+        tenant_id,
+        user_id,
+        channel,
+        cfg.enabled,
+        cfg.priority,
+        cfg.retry_count,
+        cfg.retry_delay_seconds,
+        cfg.config,
+    )
+
+
+async def disable_override(
+    db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Channel, cfg: ChannelConfig
+) -> None:
+    """Turn `channel` off for the user (a destination that refuses for good); with no override yet, one is made
+    from `cfg`, the config in effect, disabled."""
+    await db.execute(
+        """
+        INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, priority,
+                                              retry_count, retry_delay_seconds, config)
+        VALUES ($1, $2, $3, false, $4, $5, $6, $7)
+        ON CONFLICT (tenant_id, user_id, integration_type) DO UPDATE SET enabled = false, updated_at = now()
+        """,
+        tenant_id,
+        user_id,
+        channel,
+        cfg.priority,
+        cfg.retry_count,
+        cfg.retry_delay_seconds,
+        cfg.config,
+    )
+
+
+async def delete_overrides(db: asyncpg.Pool, tenant_id: str, user_id: str, channel: Channel | None = None) -> int:
+    """Drop the user's override of `channel` (None: of every channel); returns how many there were."""
+    if channel is None:
+        status: str = await db.execute(
+            "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2", tenant_id, user_id
+        )
+    else:
+        status = await db.execute(
+            "DELETE FROM user_integration_configs WHERE tenant_id = $1 AND user_id = $2 AND integration_type = $3",
+            tenant_id,
+            user_id,
+            channel,
+        )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def effective(system: dict[Channel, ChannelConfig], user: dict[Channel, ChannelConfig]) -> dict[Channel, ChannelConfig]:
     """An override replaces its channel's default whole; other channels keep the default (lazy)."""
     merged = {**system, **user}

@@ -9,7 +9,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery.configs import Channel
 from common.platform.keys import dispatcher_queue
 from common.platform.settings import Settings
@@ -99,16 +99,16 @@ async def enqueue_slack_notice(pool: ArqRedis, notice: SlackNotice) -> bool:
 
 async def channels_for(
     db: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str, integration_type: str
-) -> list[tuple[Channel, integrations.ChannelConfig]]:
+) -> list[tuple[Channel, channel_configs.ChannelConfig]]:
     """The channels a finished reply goes to after it ends, in priority order.
 
     A Slack request's own thread is followed live from its start (FOLLOW_SLACK), so SLACK
     here means only another channel named in the user's config.
     """
-    configs = await integrations.effective_for(db, settings, tenant_id, user_id)
-    out: list[tuple[Channel, integrations.ChannelConfig]] = []
+    configs = await channel_configs.effective_for(db, settings, tenant_id, user_id)
+    out: list[tuple[Channel, channel_configs.ChannelConfig]] = []
     for channel, cfg in configs.items():
-        if not integrations.deliverable(channel, cfg):
+        if not channel_configs.deliverable(channel, cfg):
             continue
         if channel == "SLACK" and (integration_type == "slack" or not cfg.config.get("channel_id")):
             continue
@@ -127,7 +127,7 @@ async def after_request(
     if status != "completed" or not ended.deliver:  # a scheduled run without `deliver` goes nowhere
         return
     try:
-        if not (ended.overridden or await integrations.defaults_deliver_alone(db, settings)):
+        if not (ended.overridden or await channel_configs.defaults_deliver_alone(db, settings)):
             return
         if await channels_for(db, settings, payload.tenant_id, ended.user_id, ended.integration_type):
             await enqueue_request(pool, payload)

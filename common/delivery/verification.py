@@ -19,7 +19,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery.configs import Channel
 from common.platform.keys import dispatcher_queue
 from common.queue import enqueue as queue
@@ -65,7 +65,7 @@ def _digest(job: VerificationJob, code: str) -> str:
 
 
 async def _operator_chosen(db: asyncpg.Pool | asyncpg.Connection, channel: Channel, to: str) -> bool:
-    return destination(channel, await integrations.default_config(db, channel)) == to
+    return destination(channel, await channel_configs.default_config(db, channel)) == to
 
 
 async def allowed(

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import orjson
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from common.platform import lua, sink
 from common.platform.keys import run_cache_key, run_stream_key
-from common.platform.settings import Settings
+from common.requests.stores import Stores
 from common.streams.protocol import Event, StreamsRedis
 from common.streams.writer import StreamWriter
 
@@ -35,16 +36,7 @@ DOC_COLUMNS = (
     " version, correlation_id, user_id, flow_version, attempt"
 )
 
-# Write the cached document only when it is newer than what the cache holds.
-_CACHE_PUT = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local held = tonumber(string.match(current, '^(%d+)\\n'))
-  if held and held >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'EX', ARGV[3])
-return 1
-"""
+_CACHE_PUT = lua.load(__file__, "cache_put.lua")
 
 
 def status_doc(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
@@ -67,13 +59,6 @@ def status_doc(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class HasStores(Protocol):
-    settings: Settings
-    db: asyncpg.Pool
-    streams: StreamsRedis
-    writer: StreamWriter
-
-
 @dataclass
 class RunStore:
     """Run rows plus their cache and stream, as both processes see them."""
@@ -85,7 +70,7 @@ class RunStore:
     cache_ttl: int
 
     @classmethod
-    def of(cls, owner: HasStores) -> RunStore:
+    def of(cls, owner: Stores) -> RunStore:
         """The store of a gateway or a worker runtime."""
         return cls(owner.db, owner.streams, owner.writer, owner.settings.stream_buckets, owner.settings.redis_cache_ttl)
 
@@ -115,6 +100,26 @@ class RunStore:
 
     async def events(self, run_id: str, events: list[Event]) -> list[str]:
         return await self.writer.append_to(self.stream_key(run_id), events)
+
+    async def announce_end(self, row: asyncpg.Record, status: str, data: dict[str, Any], *, seq: int = 0) -> None:
+        """Write a finished run's closing events, `run.<status>` (`status` in lower case) with `data` then `done`,
+        and export the first to the event sink. `seq` numbers them from that value on (0: unnumbered)."""
+        run_id, attempt = row["run_id"], row["attempt"]
+        closing = [(f"run.{status}", data), ("done", {"run_id": run_id, "status": status})]
+        await self.events(
+            run_id,
+            [
+                Event(type=kind, request_id=run_id, attempt=attempt, seq=seq + n if seq else 0, data=body)  # type: ignore[arg-type]
+                for n, (kind, body) in enumerate(closing)
+            ],
+        )
+        sink.emit(
+            f"run.{status}",
+            run_id,
+            {"flow_id": row["flow_id"], **data},
+            tenant_id=row["tenant_id"],
+            correlation_id=row["correlation_id"],
+        )
 
     async def transition(
         self,

@@ -10,7 +10,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from opentelemetry.trace import SpanKind
 
-from common.platform import metrics, tracing
+from common.platform import lua, metrics, tracing
 from common.platform.keys import queue_name, queue_wake_key
 from common.requests.models import JobPayload
 
@@ -18,23 +18,7 @@ PROCESS_REQUEST = "process_request"
 
 WAKE_BACKLOG = 16
 
-# What ArqRedis.enqueue_job does (skip if the job or its result exists, store the job, add
-# it to the queue), in one round trip instead of a WATCH/MULTI exchange of three; then wake
-# one idle worker (the wake list is capped: a burst wakes every worker, not one per job).
-# A job that exists but is neither queued nor running (its queue entry was lost) is queued
-# again, so a sweep's re-enqueue always gets a stuck job moving.
-_ENQUEUE = f"""
-if redis.call('EXISTS', KEYS[2]) > 0 then return 0 end
-if redis.call('EXISTS', KEYS[1]) > 0 then
-  if redis.call('ZSCORE', KEYS[3], ARGV[4]) or redis.call('EXISTS', KEYS[5]) > 0 then return 0 end
-else
-  redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, {WAKE_BACKLOG - 1})
-return 1
-"""
+_ENQUEUE = lua.load(__file__, "enqueue.lua", WAKE_LAST=WAKE_BACKLOG - 1)
 
 
 def job_id(request_id: str, attempt: int) -> str:

@@ -61,6 +61,7 @@ class RelayWorker(Worker):
         self.max_lag = max_lag_ms / 1000
         self.admit_batch = max(1, admit_batch)
         self.on_drain = on_drain
+        self.stopping = False
         self.on_lag = on_lag
         self.lag = 0.0
         self.backlog = False
@@ -212,9 +213,17 @@ class RelayWorker(Worker):
             self.wakeup.set()
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        # Only the first stop signal counts: a terminal's Ctrl-C reaches the whole process group and then
+        # `relaygate dev` (or `relaygate worker --processes`) sends its own SIGTERM.
+        if self.stopping:
+            return
+        self.stopping = True
         self.on_drain()
         super().handle_sig_wait_for_completion(signum)
 
     def handle_sig(self, signum: Signals) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
         self.on_drain()
         super().handle_sig(signum)

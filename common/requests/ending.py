@@ -16,7 +16,10 @@ from typing import Any
 
 import asyncpg
 
+from common.platform.keys import cancel_key
+from common.queue import enqueue as queue
 from common.requests import lifecycle
+from common.requests.stores import Stores
 from common.streams.protocol import Event
 from common.streams.writer import StreamWriter
 from common.usage.models import Usage, of_row
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # A terminal row's own writer normally clears its flag within milliseconds; the sweep waits this long.
 SWEEP_GRACE_SECONDS = 2.0
+
+NOT_STORED = "the request was not stored"
 
 
 def closing_events(
@@ -134,3 +139,35 @@ class EndedMarks:
         """Wait for the marks already added (a stopping worker)."""
         while self.in_flight is not None:
             await asyncio.shield(self.in_flight)
+
+
+async def end_elsewhere(stores: Stores, rows: list[asyncpg.Record], *, queue_next: bool = True) -> None:
+    """End requests that something other than their worker made terminal (a cancel, the reaper, a deadline):
+    flag their workers to stop, write the closing events, then queue each session's next request
+    (`queue_next`; False for a caller that took it in the transaction that ended them).
+
+    The rows are already terminal with `done_pending` set, so a failure here is retried by the workers'
+    ending sweep, not lost.
+    """
+    if not rows:
+        return
+    pipe = stores.streams.pipeline(transaction=False)
+    for row in rows:
+        pipe.set(
+            cancel_key(row["session_id"], row["request_id"], stores.settings.stream_buckets),
+            row["error"] or row["status"],
+            ex=stores.settings.request_timeout_seconds,
+        )
+    await pipe.execute()
+    closed = await close(stores.writer, stores.db, rows)
+    if not queue_next:
+        return
+    for session_id in {row["session_id"] for row in closed}:
+        upcoming = await lifecycle.advance(stores.db, session_id)
+        if upcoming:
+            await queue.enqueue(stores.queue, *upcoming)
+
+
+async def end_unstored(writer: StreamWriter, session_id: str, request_id: str) -> None:
+    """End on its stream a request that was announced but whose row was never stored."""
+    await writer.end(session_id, closing_events(request_id, 1, "failed", error=NOT_STORED))

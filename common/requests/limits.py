@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from common.platform import lua
 from common.platform.keys import open_streams_key, rate_key, running_key
 from common.platform.settings import Settings
 from common.usage.budgets import Budget
@@ -27,77 +28,11 @@ REFUSALS = Counter("relaygate_limit_refusals_total", "Requests and streams refus
 
 WINDOW_MS = 60_000
 
-# KEYS: m budget hashes, n rate keys, then the running set. ARGV: m, then (token limit, cost limit) per
-# budget, then n, (interval ms) per rate key, running cap, request id, deadline ms. Returns {0} when
-# admitted; {-1, j} when budget j has no hash yet (seed it, then ask again); {-2, j, kind (0 tokens,
-# 1 cost), used} when budget j is spent; else {index of the limit refused (n + 1 = running), retry ms,
-# members of the running set...}. Nothing is consumed on refusal.
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local m = tonumber(ARGV[1])
-for j = 1, m do
-  if redis.call('EXISTS', KEYS[j]) == 0 then return {-1, j} end
-end
-for j = 1, m do
-  local tl, cl = tonumber(ARGV[2 * j]), tonumber(ARGV[2 * j + 1])
-  redis.call('HSET', KEYS[j], 'tl', ARGV[2 * j], 'cl', ARGV[2 * j + 1])
-  local used = redis.call('HMGET', KEYS[j], 'tokens', 'cost')
-  if tl > 0 and tonumber(used[1] or '0') >= tl then return {-2, j, 0, used[1] or '0'} end
-  if cl > 0 and tonumber(used[2] or '0') >= cl then return {-2, j, 1, used[2] or '0'} end
-end
-local a = 2 * m + 1
-local n = tonumber(ARGV[a + 1])
-local window = WINDOW_MS
-local tats = {}
-for i = 1, n do
-  local tat = tonumber(redis.call('GET', KEYS[m + i]) or '0')
-  if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[a + 1 + i])
-  if new - now > window then return {i, new - now - window} end
-  tats[i] = new
-end
-local cap = tonumber(ARGV[a + n + 2])
-if cap > 0 then
-  local key = KEYS[m + n + 1]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) >= cap then
-    local refused = {n + 1, 1000}
-    for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do refused[#refused + 1] = member end
-    return refused
-  end
-  local ttl = tonumber(ARGV[a + n + 4])
-  redis.call('ZADD', key, now + ttl, ARGV[a + n + 3])
-  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-end
-for i = 1, n do redis.call('SET', KEYS[m + i], tats[i], 'PX', tats[i] - now) end
-return {0}
-""".replace("WINDOW_MS", str(WINDOW_MS))
+_ADMIT = lua.load(__file__, "admit.lua", WINDOW_MS=WINDOW_MS)
 
-# KEYS[1] the user's open streams. ARGV: cap (0: none), stream id, lease ms. 1 admitted, 0 refused.
-_OPEN_STREAM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+_OPEN_STREAM = lua.load(__file__, "open_stream.lua")
 
-# KEYS: open-stream sets; ARGV: lease ms, then per key: how many ids follow, the ids.
-_RENEW = """
-local t = redis.call('TIME')
-local until_ = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local at = 2
-for i = 1, #KEYS do
-  local count = tonumber(ARGV[at])
-  for j = 1, count do redis.call('ZADD', KEYS[i], 'XX', until_, ARGV[at + j]) end
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  at = at + count + 1
-end
-return 1
-"""
+_RENEW = lua.load(__file__, "renew.lua")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""Pydantic models that cross process boundaries: normalised requests and job payloads."""
+"""Pydantic models that cross process boundaries: request bodies, normalised requests and job payloads."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 IntegrationType = Literal[
     "slack", "web", "cli", "tool", "email", "sms", "webhook", "teams", "discord", "test", "generic"
@@ -19,6 +19,8 @@ def lower_name(value: object) -> object:
 Multitask = Literal["enqueue", "reject", "interrupt"]
 RequestStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 ACTIVE_STATUSES = ("queued", "running", "waiting")
+
+MAX_CONTENT = 100_000
 
 
 class NormalizedRequest(BaseModel):
@@ -99,3 +101,34 @@ def reject_unstorable(value: Any) -> Any:
 
     walk(value, 0)
     return value
+
+
+# A request's free-form options (`model_options` picks what the model call gets). No docstring and this name:
+# both are the OpenAPI schema's, which clients generate code from.
+class _Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RequestBody(BaseModel):
+    """What every way in (an HTTP route, Slack, a schedule, a flow `agent` task) sends to the intake; each
+    subclass says where it came from (`integration`) and what to keep of its origin (`integration_context`)."""
+
+    _no_nul = model_validator(mode="before")(reject_unstorable)
+
+    user_id: str | None = Field(default=None, min_length=1, max_length=255)
+    content: str = Field(min_length=1, max_length=MAX_CONTENT)
+    session_id: str | None = None
+    new_session: bool = False
+    agent_id: str | None = Field(default=None, max_length=255)
+    multitask: Multitask = "enqueue"
+    metadata: _Metadata = Field(default_factory=_Metadata)
+
+    def integration(self) -> IntegrationType:
+        raise NotImplementedError
+
+    def integration_context(self) -> dict[str, Any]:
+        return {}
+
+    def conversation_messages(self) -> list[dict[str, str]] | None:
+        """The turns the client gave for the model (None: the session's stored history)."""
+        return None

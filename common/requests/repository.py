@@ -1,4 +1,8 @@
-"""`request_logs` SQL the gateway runs. Reads a caller names are scoped to its tenant and user."""
+"""`request_logs` SQL, for every process. Reads a caller names are scoped to its tenant and user.
+
+The state machine's conditional updates are in `lifecycle.py`; queries of other tables that only look
+into `request_logs` (a session's listing, Slack access, admission) stay with their own table.
+"""
 
 from __future__ import annotations
 
@@ -179,3 +183,73 @@ async def with_options(conn: Conn, who: Principal, request_id: str) -> dict[str,
         who.user_id,
     )
     return dict(row) if row else None
+
+
+async def status(conn: Conn, request_id: str) -> str | None:
+    """A request's status (the caller has checked whose it is)."""
+    found: str | None = await conn.fetchval("SELECT status FROM request_logs WHERE request_id = $1", request_id)
+    return found
+
+
+async def outcome(conn: Conn, tenant_id: str, request_id: str) -> asyncpg.Record | None:
+    """Status, reply, error and agent of a tenant's request."""
+    return await conn.fetchrow(
+        "SELECT status, response_content, error, agent_id FROM request_logs WHERE request_id = $1 AND tenant_id = $2",
+        request_id,
+        tenant_id,
+    )
+
+
+async def stored(conn: Conn, request_ids: list[str]) -> set[str]:
+    """Which of these requests have a row."""
+    rows = await conn.fetch("SELECT request_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])", request_ids)
+    return {r["request_id"] for r in rows}
+
+
+async def set_cloudevent(conn: Conn, tenant_id: str, request_id: str, event_id: str, event_type: str) -> None:
+    """Note the CloudEvent a request came from."""
+    await conn.execute(
+        "UPDATE request_logs SET cloudevent_id = $2, cloudevent_type = $3 WHERE request_id = $1 AND tenant_id = $4",
+        request_id,
+        event_id,
+        event_type,
+        tenant_id,
+    )
+
+
+async def earlier_turns(
+    conn: Conn, request_ids: list[str], session_ids: list[str], before_ids: list[int], turns: int
+) -> list[asyncpg.Record]:
+    """The last `turns` completed exchanges before each request in its session (`for_request`,
+    `request_content`, `response_content`), oldest first per request."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT c.request_id::text AS for_request, h.request_content, h.response_content
+              FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS c(request_id, session_id, before_id)
+             CROSS JOIN LATERAL (
+                   SELECT id, request_content, response_content FROM request_logs
+                    WHERE session_id = c.session_id AND id < c.before_id AND status = 'completed'
+                      AND response_content IS NOT NULL
+                    ORDER BY id DESC LIMIT $4) h
+             ORDER BY c.request_id, h.id
+            """,
+            request_ids,
+            session_ids,
+            before_ids,
+            turns,
+        )
+    )
+
+
+async def reply(conn: Conn, tenant_id: str, request_id: str) -> asyncpg.Record | None:
+    """What delivering a request's reply needs of its row."""
+    return await conn.fetchrow(
+        """
+        SELECT request_id::text, session_id::text, tenant_id, user_id, request_content, response_content, agent_id,
+               attempt, status, normalized_request->>'integration_type' AS integration_type
+          FROM request_logs WHERE request_id = $1 AND tenant_id = $2
+        """,
+        request_id,
+        tenant_id,
+    )

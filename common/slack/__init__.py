@@ -1,1 +1,1 @@
-"""Slack: installations, where a user's replies may be posted, and mrkdwn text."""
+"""Slack: installations, where a user's replies may be posted, mrkdwn text and the ids of relaygate's buttons."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.platform.settings import Settings
 from common.slack.installations import Installation, of_tenant
 
@@ -38,7 +38,7 @@ class Refused(Exception):
 
 
 async def _operator_default(db: asyncpg.Pool | asyncpg.Connection, settings: Settings, team: str, channel: str) -> bool:
-    default = await integrations.default_config(db, "SLACK")
+    default = await channel_configs.default_config(db, "SLACK")
     return default.get("channel_id") == channel and (default.get("team_id") or settings.slack_team_id) == team
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from redis.asyncio import RedisCluster
 
+from common.platform import lua
 from common.platform.keys import bucket, fence_key, intake_key, stream_key
 from common.streams.protocol import (
     Event,
@@ -20,13 +20,8 @@ from common.streams.protocol import (
     intake_member,
 )
 
-
-def _script(name: str) -> str:
-    return Path(__file__).with_name(name).read_text()
-
-
-_APPEND = _script("append.lua")
-_APPEND_MANY = _script("append_many.lua")
+_APPEND = lua.load(__file__, "append.lua")
+_APPEND_MANY = lua.load(__file__, "append_many.lua")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from common.platform import sink
+from common.platform import lua, sink
 from common.platform.keys import budget_key
 from common.platform.settings import Settings
 from common.usage.models import Usage
@@ -32,37 +32,9 @@ RESYNC_SECONDS = 300
 SOFT_SHARE = 0.8
 OVERRIDE_CACHE_SECONDS = 5.0
 
-# KEYS[1] a budget hash. ARGV: tokens, cost, ttl ms. Sets it only if missing (a concurrent seed wins).
-_SEED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'tokens', ARGV[1], 'cost', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return 1
-"""
+_SEED = lua.load(__file__, "seed.lua")
 
-# KEYS: k budget hashes, then their k soft-threshold flags. ARGV: tokens, cost, soft share, then a flag
-# ttl ms per budget. Adds to the hashes that exist; returns {index, tokens, cost, token limit, cost limit}
-# of each budget this addition took past the soft share for the first time in its period.
-_FEED = """
-local k = #KEYS / 2
-local crossed = {}
-for i = 1, k do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local t = redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[1])
-    local c = tonumber(redis.call('HINCRBYFLOAT', KEYS[i], 'cost', ARGV[2]))
-    local tl = tonumber(redis.call('HGET', KEYS[i], 'tl') or '0')
-    local cl = tonumber(redis.call('HGET', KEYS[i], 'cl') or '0')
-    local share = tonumber(ARGV[3])
-    if (tl > 0 and t >= share * tl) or (cl > 0 and c >= share * cl) then
-      if redis.call('SET', KEYS[k + i], '1', 'NX', 'PX', ARGV[3 + i]) then
-        crossed[#crossed + 1] = {i, tostring(t), tostring(c), tostring(tl), tostring(cl)}
-      end
-    end
-  end
-end
-return crossed
-"""
+_FEED = lua.load(__file__, "feed.lua")
 
 
 @dataclass(frozen=True)

@@ -29,31 +29,25 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from common.delivery import configs as integrations
+from common.delivery import configs as channel_configs
 from common.delivery import jobs as delivery
 from common.delivery.jobs import DeliveryJob, SlackFollow, SlackTarget
+from common.platform import lua
 from common.platform.keys import slack_edit_budget_key
 from common.platform.logging import correlation_id
 from common.slack import access as slack_access
-from common.slack import installations, mrkdwn
+from common.slack import actions, installations, mrkdwn
 from common.streams.hub import Entry, batches
 from common.streams.protocol import parse_id
 from dispatcher import records
 from dispatcher.channels import DeliveryError, Reply, slack_steps
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 
 log = logging.getLogger(__name__)
 
-CANCEL_ACTION = "rg_cancel"
-NEW_ACTION = "rg_new"
 TERMINAL = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
 
-# INCR the minute's counter, expiring with its window: one atomic step shared by every dispatcher.
-_SPEND = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-return n
-"""
+_SPEND = lua.load(__file__, "spend.lua")
 
 
 class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
@@ -87,7 +81,7 @@ def _retry_after(headers: dict[str, Any]) -> float:
     return 1.0
 
 
-def client(rt: Runtime, token: str) -> AsyncWebClient:
+def client(rt: DispatcherRuntime, token: str) -> AsyncWebClient:
     """One client per bot token and process, with retries for connection errors, 5xx and short 429s."""
     found = rt.slack_clients.get(token)
     if found is None:
@@ -106,7 +100,7 @@ def client(rt: Runtime, token: str) -> AsyncWebClient:
     return found
 
 
-async def close_clients(rt: Runtime) -> None:
+async def close_clients(rt: DispatcherRuntime) -> None:
     for web in rt.slack_clients.values():
         session = getattr(web, "session", None)
         if session is not None:
@@ -114,7 +108,7 @@ async def close_clients(rt: Runtime) -> None:
     rt.slack_clients.clear()
 
 
-async def spend_edit(rt: Runtime, team_id: str) -> bool:
+async def spend_edit(rt: DispatcherRuntime, team_id: str) -> bool:
     """Take one `chat.update` from the workspace's budget for this minute, if any is left."""
     window = int(time.time() // 60)
     used = await rt.queue.eval(_SPEND, 1, slack_edit_budget_key(team_id, window))  # type: ignore[misc]
@@ -193,7 +187,7 @@ class Message:
                     "elements": [
                         {
                             "type": "button",
-                            "action_id": CANCEL_ACTION,
+                            "action_id": actions.CANCEL,
                             "text": {"type": "plain_text", "text": "Cancel"},
                             "value": self.request_id,
                             "style": "danger",
@@ -215,7 +209,7 @@ class Message:
                 "elements": [
                     {
                         "type": "button",
-                        "action_id": NEW_ACTION,
+                        "action_id": actions.NEW,
                         "text": {"type": "plain_text", "text": "New conversation"},
                         "value": "new",
                     }
@@ -228,7 +222,7 @@ class Message:
 class Poster:
     """Posts once, then edits; remembers every message ts on the delivery row."""
 
-    def __init__(self, rt: Runtime, web: AsyncWebClient, msg: Message, delivery_id: str) -> None:
+    def __init__(self, rt: DispatcherRuntime, web: AsyncWebClient, msg: Message, delivery_id: str) -> None:
         self.rt, self.web, self.msg, self.delivery_id = rt, web, msg, delivery_id
         self.last_edit = 0.0
         self.shown = ""
@@ -333,7 +327,7 @@ def _failure(exc: SlackApiError) -> DeliveryError:
 
 async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     """Show a Slack request's reply in its thread while it is written; the final text always goes out."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     f = SlackFollow.model_validate(raw)
     correlation_id.set(f.correlation_id)
     job = DeliveryJob(
@@ -348,8 +342,8 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     if row["status"] != "PENDING":
         return str(row["status"])
     delivery_id = row["delivery_id"]
-    configs = await integrations.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
-    cfg = configs.get("SLACK") or integrations.ChannelConfig()
+    configs = await channel_configs.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
+    cfg = configs.get("SLACK") or channel_configs.ChannelConfig()
     target = f.target
     if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
         target = target.model_copy(update={"thread_ts": target.message_ts})
@@ -386,7 +380,7 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     return "SUCCESS"
 
 
-async def _follow_until(rt: Runtime, f: SlackFollow, poster: Poster, deadline: float) -> bool:
+async def _follow_until(rt: DispatcherRuntime, f: SlackFollow, poster: Poster, deadline: float) -> bool:
     """Show the request's events as they come; True once it ended, False when the job's time ran out first
     (also while nothing happens, e.g. a request waiting for an approval)."""
     msg = poster.msg
@@ -411,11 +405,11 @@ async def _follow_until(rt: Runtime, f: SlackFollow, poster: Poster, deadline: f
 
 
 async def _close(
-    rt: Runtime,
+    rt: DispatcherRuntime,
     job: DeliveryJob,
     msg: Message,
     delivery_id: str,
-    status: integrations.DeliveryStatus,
+    status: channel_configs.DeliveryStatus,
     detail: str | None,
 ) -> None:
     await records.close_attempt(rt.db, delivery_id, status, detail, ",".join(msg.refs) or None)
@@ -424,7 +418,7 @@ async def _close(
     )
 
 
-async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], reply: Reply) -> str | None:
+async def post_reply(rt: DispatcherRuntime, job: DeliveryJob, config: dict[str, Any], reply: Reply) -> str | None:
     """A finished reply posted to the Slack channel a user's SLACK override names (non-Slack requests).
 
     The channel is checked again here (the job's tenant's own workspace, a channel the user
@@ -455,7 +449,7 @@ async def post_reply(rt: Runtime, job: DeliveryJob, config: dict[str, Any], repl
 
 async def notice(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     """An ephemeral message to one Slack user (e.g. why their button press was refused), by their tenant's bot."""
-    rt: Runtime = ctx["rt"]
+    rt: DispatcherRuntime = ctx["rt"]
     n = delivery.SlackNotice.model_validate(raw)
     inst = await installations.of_tenant(rt.db, rt.settings, n.tenant_id, n.team_id)
     if inst is None:

@@ -9,10 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from common.slack import mrkdwn
+from common.slack import actions, mrkdwn
 
-APPROVE_ACTION = "rg_approve"
-DENY_ACTION = "rg_deny"
 MAX_LINES = 20  # the latest steps shown; Slack allows 50 blocks a message
 MAX_DECISIONS = 10  # calls with buttons at once; the others are decided in the web UI, the CLI or the API
 TEXT_CHARS = 200
@@ -86,14 +84,14 @@ def _decision(step: Step, request_id: str) -> dict[str, Any]:
         "elements": [
             {
                 "type": "button",
-                "action_id": APPROVE_ACTION,
+                "action_id": actions.APPROVE,
                 "style": "primary",
                 "value": value,
                 "text": {"type": "plain_text", "text": f"Approve {label}"},
             },
             {
                 "type": "button",
-                "action_id": DENY_ACTION,
+                "action_id": actions.DENY,
                 "style": "danger",
                 "value": value,
                 "text": {"type": "plain_text", "text": "Deny"},

@@ -116,6 +116,11 @@ def test_dev_chat_tail_ctrl_c_and_restart(tmp_path: Path) -> None:
         30,
         "every process `relaygate dev` started to exit",
     )
+    # Ctrl-C reads as cleanly as the start: no traceback, no warning, and each process stops once although
+    # it gets the terminal's SIGINT and then relaygate dev's SIGTERM.
+    output = log.read_text()
+    assert "Traceback" not in output and "warning" not in output.lower(), output[-3000:]
+    assert output.count("stopping: no new jobs") == 1 and output.count("stopping: no new deliveries") == 1, output
 
     dev = _start_dev(home, port, tmp_path / "dev-again.log")
     try:

@@ -21,7 +21,7 @@ from common.streams.protocol import connect as connect_streams
 from common.streams.writer import StreamWriter
 from tests.conftest import ROOT, Infra, settings_for
 from workers.flows import process_flow_run
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 ClientFor = Callable[..., httpx.AsyncClient]
 
@@ -59,7 +59,7 @@ async def gateway_app(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
 class Executor:
     """A flow executor in the test's own process (what `process_flow_run` does on a worker), with its settings."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: WorkerRuntime) -> None:
         self.rt = rt
 
     async def run(self, run_id: str, tenant_id: str) -> str:
@@ -73,12 +73,12 @@ class Executor:
 @pytest.fixture
 async def executor(infra: Infra) -> AsyncIterator[Callable[..., Any]]:
     """Call with setting overrides to get an `Executor`; its connections are closed at the end of the test."""
-    opened: list[Runtime] = []
+    opened: list[WorkerRuntime] = []
 
     async def make(**overrides: Any) -> Executor:
         settings = settings_for(infra, **overrides)
         streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
-        rt = Runtime(
+        rt = WorkerRuntime(
             settings=settings,
             db=await db.create_pool(infra.database_url),
             streams=streams,

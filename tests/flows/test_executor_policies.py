@@ -18,7 +18,7 @@ from common.streams.writer import StreamWriter
 from tests.conftest import ROOT, Infra, settings_for
 from tests.flows.conftest import dag, task
 from workers.flows import process_flow_run
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 POLICIES = (
     "common.flows.policies:TenantIsolationPolicy,tests.flows.test_policies:NoHttpPolicy,"
@@ -32,7 +32,7 @@ async def test_task_policies_fail_a_task_without_retrying_it(infra: Infra, gatew
     streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
     arq: ArqRedis = await queue.connect(infra.redis_url)
     pool = await db.create_pool(infra.database_url)
-    rt = Runtime(
+    rt = WorkerRuntime(
         settings=settings,
         db=pool,
         streams=streams,

@@ -21,7 +21,7 @@ from tests.fakes.http_target import Target
 from tests.flows.conftest import dag, task
 from workers import model
 from workers.flows import process_flow_run
-from workers.runner import Runtime
+from workers.runner import WorkerRuntime
 
 RunFlow = Callable[..., Awaitable[tuple[dict[str, Any], list[Event]]]]
 
@@ -36,7 +36,7 @@ async def executor(infra: Infra, gateway_app: Any, **overrides: Any) -> AsyncIte
     streams = connect_streams(infra.redis_url, cluster=False, max_connections=8)
     arq = await queue.connect(infra.redis_url)
     pool = await db.create_pool(infra.database_url)
-    rt = Runtime(
+    rt = WorkerRuntime(
         settings=settings,
         db=pool,
         streams=streams,

@@ -30,7 +30,7 @@ from common.streams.writer import StreamWriter
 from tests.conftest import Infra, settings_for
 from workers import model
 from workers.observe import observed
-from workers.runner import Runtime, process_request
+from workers.runner import WorkerRuntime, process_request
 
 FEATURE = "tracing"
 QUEUE = queue_name(FEATURE)
@@ -96,7 +96,7 @@ async def test_one_trace_spans_gateway_queue_worker_and_model(
 
     model.configure()
     streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=8)
-    rt = Runtime(
+    rt = WorkerRuntime(
         settings=settings,
         db=await db.create_pool(settings.database_url, name="test-worker"),
         streams=streams,

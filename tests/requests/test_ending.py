@@ -8,11 +8,11 @@ import uuid
 from typing import Any
 
 from common.queue import enqueue as queue
-from common.requests.ending import closing_events
+from common.requests.ending import closing_events, end_elsewhere
 from common.streams.protocol import Event
 from tests.support.app import App
-from workers.maintenance import end_streams, repair_endings_once
-from workers.runner import Runtime
+from workers.maintenance import repair_endings_once
+from workers.runner import WorkerRuntime
 
 
 async def _types(app: App, session_id: str, request_id: str) -> list[str]:
@@ -20,9 +20,11 @@ async def _types(app: App, session_id: str, request_id: str) -> list[str]:
     return [Event.from_fields(f).type for _, f in entries if f[b"request_id"] == request_id.encode()]
 
 
-def _runtime(app: App, arq: Any) -> Runtime:
+def _runtime(app: App, arq: Any) -> WorkerRuntime:
     gw = app.gateway
-    return Runtime(settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents)
+    return WorkerRuntime(
+        settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
+    )
 
 
 async def test_a_cancel_whose_stream_write_fails_is_ended_by_the_sweep_once(app: App) -> None:
@@ -118,7 +120,7 @@ async def test_sweep_ends_every_stream_though_one_append_fails(app: App) -> None
     ]
     await gw.streams.set(gw.writer.key(rows[0]["session_id"]), "not a stream")
     try:
-        await end_streams(_runtime(app, arq), rows)  # type: ignore[arg-type]
+        await end_elsewhere(_runtime(app, arq), rows)  # type: ignore[arg-type]
         for row in rows[1:]:
             assert await _types(app, row["session_id"], row["request_id"]) == ["run.failed", "done"]
     finally:

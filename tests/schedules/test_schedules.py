@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import httpx
 
 from api.main import create_app
-from api.schedules import service
 from common.platform.credentials import mint_token
+from common.schedules import firing
 from tests.conftest import ROOT, Stack, settings_for, sql, wait_until
 from tests.support.delivery import Dispatchers, deliveries, wait_for
 from tests.support.streams import wait_status
@@ -42,11 +42,11 @@ async def send_without_recording(stack: Stack, schedule_id: str) -> str:
     async with app.router.lifespan_context(app):
         gw = app.state.gateway
         row = await gw.db.fetchrow(
-            f"SELECT {service.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1", uuid.UUID(schedule_id)
+            f"SELECT {firing.FIRING}, next_run_at FROM schedules WHERE schedule_id = $1", uuid.UUID(schedule_id)
         )
-        firing = await service.fire(gw, row, row["next_run_at"].isoformat())
-        assert firing.status == "sent" and firing.request_id
-        return firing.request_id
+        fired_now = await firing.fire(gw, row, row["next_run_at"].isoformat())
+        assert fired_now.status == "sent" and fired_now.request_id
+        return fired_now.request_id
 
 
 def test_schedules_fire_each_tick_exactly_once(new_stack: Stack) -> None:

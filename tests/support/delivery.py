@@ -28,7 +28,7 @@ from common.queue import enqueue as queue
 from common.streams.protocol import connect as connect_streams
 from common.streams.writer import StreamWriter
 from dispatcher import jobs
-from dispatcher.runtime import Runtime
+from dispatcher.runtime import DispatcherRuntime
 from dispatcher.verification import send_verification
 from tests.conftest import Stack, wait_until
 from tests.support.streams import read_until
@@ -160,10 +160,10 @@ def full_logs(stack: Stack) -> str:
 
 
 @contextlib.asynccontextmanager
-async def dispatcher_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+async def dispatcher_runtime(settings: Settings) -> AsyncIterator[DispatcherRuntime]:
     """A dispatcher's runtime in this process, against the test's servers."""
     streams = connect_streams(settings.stream_redis_url, cluster=False, max_connections=4)
-    rt = Runtime(
+    rt = DispatcherRuntime(
         settings=settings,
         db=await db.create_pool(settings.database_url),
         streams=streams,

@@ -20,7 +20,6 @@ from common.flows.runs import ACTIVE, DOC_COLUMNS, PENDING, RunStore, status_doc
 from common.platform import sink
 from common.platform.credentials import Principal
 from common.platform.keys import run_cancel_key
-from common.streams.protocol import Event
 
 log = logging.getLogger(__name__)
 
@@ -207,23 +206,5 @@ async def cancel(gw: Gateway, who: Principal, run_id: str) -> str:
     cancelled = await RunStore.of(gw).cancel_pending(run_id, who.tenant_id, reason)
     if cancelled is None:
         return "CANCELLING"
-    await announce_end(gw, cancelled, "cancelled", {"reason": reason})
+    await RunStore.of(gw).announce_end(cancelled, "cancelled", {"reason": reason})
     return "CANCELLED"
-
-
-async def announce_end(gw: Gateway, row: asyncpg.Record, status: str, data: dict[str, Any]) -> None:
-    run_id, attempt = row["run_id"], row["attempt"]
-    await RunStore.of(gw).events(
-        run_id,
-        [
-            Event(type=f"run.{status}", request_id=run_id, attempt=attempt, data=data),  # type: ignore[arg-type]
-            Event(type="done", request_id=run_id, attempt=attempt, data={"run_id": run_id, "status": status}),
-        ],
-    )
-    sink.emit(
-        f"run.{status}",
-        run_id,
-        {"flow_id": row["flow_id"], **data},
-        tenant_id=row["tenant_id"],
-        correlation_id=row["correlation_id"],
-    )

@@ -1,4 +1,5 @@
-"""Ending requests outside their worker, from the gateway: cancel flags, terminal events, the next job."""
+"""Cancelling requests from outside their worker (the gateway, the intake's `interrupt`): cancel flags for the
+running ones, the queued ones ended at once, then the session's next job."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import logging
 
 import asyncpg
 
-from api.deps import Gateway
 from common.platform.keys import cancel_key
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
 from common.requests.models import JobPayload
+from common.requests.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -27,43 +28,41 @@ async def cancel_queued(
     return upcoming, cancelled
 
 
-async def end_streams(gw: Gateway, rows: list[asyncpg.Record]) -> None:
-    """Write the closing events of requests this gateway ended; on a store error the workers' ending
-    sweep writes them within seconds, so the caller is not failed for it."""
-    if not rows:
-        return
+async def end_streams(stores: Stores, rows: list[asyncpg.Record]) -> None:
+    """Write the closing events of requests cancelled before they started; on a store error the workers'
+    ending sweep writes them within seconds, so the caller is not failed for it."""
     try:
-        await ending.close(gw.writer, gw.db, rows)
-    except Exception as exc:  # Postgres failed to clear the flags: the sweep rewrites nothing twice
+        await ending.end_elsewhere(stores, rows, queue_next=False)
+    except Exception as exc:
         log.warning("ending streams failed; the ending sweep will retry", extra={"error": repr(exc)})
 
 
-async def flag_running(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
+async def flag_running(stores: Stores, session_id: str, request_ids: list[str], reason: str) -> None:
     """Ask the workers running these requests to stop; they write the terminal events."""
     for request_id in request_ids:
-        await gw.streams.set(
-            cancel_key(session_id, request_id, gw.settings.stream_buckets),
+        await stores.streams.set(
+            cancel_key(session_id, request_id, stores.settings.stream_buckets),
             reason,
-            ex=gw.settings.request_timeout_seconds,
+            ex=stores.settings.request_timeout_seconds,
         )
 
 
-async def cancel_many(gw: Gateway, session_id: str, request_ids: list[str], reason: str) -> None:
-    await flag_running(gw, session_id, request_ids, reason)
-    async with gw.db.acquire() as conn, conn.transaction():
+async def cancel_many(stores: Stores, session_id: str, request_ids: list[str], reason: str) -> None:
+    await flag_running(stores, session_id, request_ids, reason)
+    async with stores.db.acquire() as conn, conn.transaction():
         await lifecycle.lock_session(conn, session_id)
         upcoming, cancelled = await cancel_queued(conn, session_id, request_ids, reason)
-    await end_streams(gw, cancelled)
-    await enqueue_safely(gw, upcoming)
+    await end_streams(stores, cancelled)
+    await enqueue_safely(stores, upcoming)
 
 
-async def enqueue_safely(gw: Gateway, upcoming: tuple[str, JobPayload] | None) -> None:
+async def enqueue_safely(stores: Stores, upcoming: tuple[str, JobPayload] | None) -> None:
     """The request is durable in Postgres; if the queue is down, workers' sweep queues it later."""
     if upcoming is None:
         return
     feature, payload = upcoming
     try:
-        await queue.enqueue(gw.queue, feature, payload)
+        await queue.enqueue(stores.queue, feature, payload)
     except Exception as exc:
         log.warning(
             "enqueue failed; the stalled-request sweep will retry",
