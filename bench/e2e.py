@@ -67,6 +67,7 @@ class System:
 
     async def start(self) -> None:
         s = self.stack
+        await self._fresh_valkey()
         if self.case.get("provider"):
             await self._start_provider()
         if self.case["system"] == "proto":
@@ -97,6 +98,17 @@ class System:
                 await s.start_worker()
                 self.workers.append(s.worker)
         await asyncio.sleep(1)
+
+    async def _fresh_valkey(self) -> None:
+        """Restart the embedded Valkey empty (same port) for each case, so a case's memory figure holds its own
+        runs' streams, not an earlier case's: the prototype's 200 entries per reply left 140 MB behind, which
+        a FLUSHALL does not hand back to the system."""
+        infra = self.stack.infra
+        if infra.valkey is None:
+            return  # a server REDIS_URL names is left alone
+        port = infra.valkey.port
+        infra.valkey.stop()
+        infra.valkey = bench.EmbeddedValkey(infra.folder / "servers" / "valkey", persistent=False, port=port)
 
     async def _start_provider(self) -> None:
         s = self.stack
