@@ -2,9 +2,11 @@
 
 Each tick writes the pending tokens of all running attempts with one `StreamWriter.append_many`
 call (events of at most TOKEN_FLUSH_TOKENS tokens) and reads their cancel flags in that call.
-A reply's first token (or a full batch) wakes it at once; otherwise it waits out TOKEN_FLUSH_MS
-so tokens coalesce. It sleeps while nothing is pending (TOKEN_FLUSH_MS=0 never spins). A store
-error keeps every token for the next try.
+A reply's first token (or a full batch) wakes it at once; otherwise it waits out the tick so
+tokens coalesce: TOKEN_FLUSH_MS, widened with the number of running replies past
+TOKEN_EVENTS_PER_SECOND, since every event costs the stream, each gateway and each client as much
+as a token does. It sleeps while nothing is pending (TOKEN_FLUSH_MS=0 never spins). A store error
+keeps every token for the next try.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
 FLUSHES = Counter("relaygate_worker_flushes_total", "Round trips of the token flusher")
 CANCEL_POLL_SECONDS = 0.25
+MAX_WINDOW_SECONDS = 0.1
 RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -34,6 +37,7 @@ class Flusher:
         self.writer = writer
         self.active = active
         self.window = settings.token_flush_ms / 1000
+        self.events_per_second = settings.token_events_per_second
         self.batch = max(1, settings.token_flush_tokens)
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()
@@ -49,6 +53,12 @@ class Flusher:
             self.urgent.set()
         self.wake.set()
 
+    def tick(self) -> float:
+        """Seconds between flushes now: one event per reply per tick stays within the events budget."""
+        if not self.events_per_second or not self.window:
+            return self.window
+        return max(self.window, min(len(self.active) / self.events_per_second, MAX_WINDOW_SECONDS))
+
     async def drain(self, run: Attempt) -> None:
         """Wait until every token of `run` is written (across store errors)."""
         while not run.flushed and run.stop is None:
@@ -63,7 +73,7 @@ class Flusher:
                 async with asyncio.timeout(CANCEL_POLL_SECONDS):
                     await self.wake.wait()
             self.wake.clear()
-            remaining = self.window - (time.monotonic() - self.last_flush)
+            remaining = self.tick() - (time.monotonic() - self.last_flush)
             if remaining > 0 and not self.urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     worker_processes: int = Field(default=1, ge=1)
     token_flush_ms: float = Field(default=15.0, ge=0)
     token_flush_tokens: int = 32
+    # Past this many token events a second (its running replies / TOKEN_FLUSH_MS), a worker's tick
+    # widens (up to 100 ms) so tokens coalesce instead of every later stage paying per event; 0: never.
+    token_events_per_second: float = Field(default=10_000.0, ge=0)
     lease_seconds: float = 15.0
     heartbeat_seconds: float = 1.0
     reaper_interval_seconds: float = 1.0
