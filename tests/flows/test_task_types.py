@@ -35,7 +35,7 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture
 def local_api() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
