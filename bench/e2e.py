@@ -229,11 +229,13 @@ async def one_run(
     end = max(r["end"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     first = [v for r in results for v in r["first_ms"]]
+    accepted = [v for r in results for v in r.get("accept_ms", [])]
     rates = [v for r in results for v in r["rates"]]
     lat = [v for r in results for v in r["latency_ms"]]
     return {
         "tokens_per_s": round(tokens / max(end - start, 1e-6)),
         "first_p50_ms": round(bench.percentile(first, 0.5), 1),
+        "accept_p50_ms": round(bench.percentile(accepted, 0.5), 1) if accepted else None,  # headers (aiohttp)
         "relay_p50_ms": round(bench.percentile(lat, 0.5), 1),
         "relay_p99_ms": round(bench.percentile(lat, 0.99), 1),
         "stream_rate_p10": round(bench.percentile(rates, 0.1), 1),

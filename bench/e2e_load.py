@@ -34,6 +34,7 @@ class Client:
         self.tokens = 0
         self.events = 0
         self.sent = 0.0
+        self.accepted = 0.0  # the response's headers (aiohttp client only)
         self.first = 0.0
         self.last = 0.0
         self.done = False
@@ -97,6 +98,7 @@ async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat:
             asyncio.timeout(cfg["timeout"]),
             session.post(url, json={}, headers={"Authorization": f"Bearer {cfg['token']}"}) as response,
         ):
+            client.accepted = time.time()
             async for line in response.content:
                 if line.startswith(b"data: "):
                     client.data(line[6:].strip(), time.time(), json.loads)
@@ -134,6 +136,7 @@ async def main_async(cfg: dict[str, Any]) -> None:
             "retrying": sum(c.kinds.get("run.retrying", 0) for c in clients),
             "failed": sum(c.kinds.get("run.failed", 0) for c in clients),
             "first_ms": [round((c.first - c.sent) * 1000, 2) for c in clients if c.first],
+            "accept_ms": [round((c.accepted - c.sent) * 1000, 2) for c in clients if c.accepted],
             # each reply's own rate, first token to last: is a stream held at the model's pace?
             "rates": [
                 round((c.tokens - 1) / (c.last - c.first), 2) for c in clients if c.tokens > 1 and c.last > c.first
