@@ -6,13 +6,13 @@ import logging
 import re
 
 from api.deps import Gateway
-from api.errors import ApiError
 from api.requests import service as requests
 from api.slack.schemas import SlackRequest
 from common.delivery import jobs as delivery
 from common.delivery.jobs import SlackFollow, SlackTarget
 from common.platform.credentials import Principal
 from common.platform.keys import slack_dm_session_key, slack_thread_session_key
+from common.requests import intake
 from common.requests.intake import Admitted
 from common.slack.installations import Installation
 from common.streams.protocol import format_id, id_before, parse_id
@@ -50,16 +50,17 @@ async def start(
     accepted: Admitted | None = None
     if existing:
         try:
-            accepted = await requests.accept(
+            accepted = await intake.accept(
                 gw,
                 who,
                 body.model_copy(update={"session_id": existing.decode()}),
                 idempotency_key=idempotency_key,
                 correlation_id=correlation_id,
             )
-        except ApiError as exc:
-            if exc.status not in (404, 409):
-                raise
+        except (intake.NoSuchSession, intake.Conflicting):
+            pass  # the conversation's session is gone, closed or busy: it continues in a new one
+        except intake.Refused as exc:
+            raise requests.http_error(exc) from exc
     if accepted is None:
         accepted = await requests.accept(
             gw,

@@ -33,12 +33,6 @@ pytestmark = pytest.mark.e2e  # its own gateway and workers (`tools_stack`), not
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def mcp() -> Iterator[FakeMcp]:
     with FakeMcp() as server:
         yield server

@@ -589,38 +589,39 @@ def test_long_reply_continues_in_thread_follow_ups(
         assert all(len(p.args["text"]) <= 60 for p in posts[1:]) and len(final[-1].args["text"]) <= 60
 
 
+def dm_and_wait(stack: Stack, ws: Workspace, user: str, dm: str, text: str, count: int) -> list[asyncpg.Record]:
+    """Send `text` as a DM and wait until the user's `count`-th request has completed."""
+    post_event(
+        stack,
+        ws,
+        {
+            "type": "message",
+            "channel_type": "im",
+            "user": user,
+            "channel": dm,
+            "text": text,
+            "ts": f"{time.time():.6f}",
+        },
+    )
+    return list(
+        wait_for(
+            lambda: (
+                (rows := reply_of(stack, ws, user))
+                and len(rows) == count
+                and rows[-1]["status"] == "completed"
+                and rows
+            ),
+            60,
+        )
+    )
+
+
 def test_new_conversation_button_starts_a_new_dm_session(
     stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers
 ) -> None:
     user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
-
-    def dm_and_wait(text: str, count: int) -> list[asyncpg.Record]:
-        post_event(
-            stack,
-            workspace,
-            {
-                "type": "message",
-                "channel_type": "im",
-                "user": user,
-                "channel": dm,
-                "text": text,
-                "ts": f"{time.time():.6f}",
-            },
-        )
-        return list(
-            wait_for(
-                lambda: (
-                    (rows := reply_of(stack, workspace, user))
-                    and len(rows) == count
-                    and rows[-1]["status"] == "completed"
-                    and rows
-                ),
-                60,
-            )
-        )
-
-    dm_and_wait("one", 1)
-    rows = dm_and_wait("two", 2)
+    dm_and_wait(stack, workspace, user, dm, "one", 1)
+    rows = dm_and_wait(stack, workspace, user, dm, "two", 2)
     assert rows[0]["session_id"] == rows[1]["session_id"]
     payload = {
         "type": "block_actions",
@@ -635,8 +636,18 @@ def test_new_conversation_button_starts_a_new_dm_session(
         httpx.post(f"{stack.base_url}/slack/interactive", content=body, headers=signed(workspace, body)).status_code
         == 200
     )
-    rows = dm_and_wait("three", 3)
+    rows = dm_and_wait(stack, workspace, user, dm, "three", 3)
     assert rows[2]["session_id"] != rows[1]["session_id"]
+
+
+def test_a_dm_whose_session_ended_continues_in_a_new_one(
+    stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers
+) -> None:
+    user, dm = f"U{uuid.uuid4().hex[:8]}", f"D{uuid.uuid4().hex[:8]}"
+    first = dm_and_wait(stack, workspace, user, dm, "one", 1)[0]
+    sql(stack, "UPDATE request_sessions SET status = 'expired' WHERE session_id = $1", first["session_id"])
+    rows = dm_and_wait(stack, workspace, user, dm, "two", 2)  # the intake refuses the ended session
+    assert rows[1]["session_id"] != first["session_id"]
 
 
 def test_reply_outlasting_one_job_continues_in_the_next(
