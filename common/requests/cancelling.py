@@ -1,5 +1,6 @@
 """Cancelling requests from outside their worker (the gateway, the intake's `interrupt`): cancel flags for the
-running ones, the queued ones ended at once, then the session's next job."""
+running ones, the queued ones ended at once (`lifecycle.cancel_queued`, in the caller's transaction), then
+the session's next job."""
 
 from __future__ import annotations
 
@@ -16,18 +17,6 @@ from common.requests.stores import Stores
 log = logging.getLogger(__name__)
 
 
-async def cancel_queued(
-    conn: asyncpg.Connection, session_id: str, request_ids: list[str], reason: str
-) -> tuple[tuple[str, JobPayload] | None, list[asyncpg.Record]]:
-    """Cancel the requests that have not started, inside the caller's transaction.
-
-    Returns the session's next job and the cancelled rows, whose streams the caller ends with
-    `end_streams` once the transaction has committed (the ending sweep does it if that fails).
-    """
-    cancelled, upcoming = await lifecycle.cancel_queued(conn, session_id, request_ids, reason)
-    return upcoming, cancelled
-
-
 async def end_streams(stores: Stores, rows: list[asyncpg.Record]) -> None:
     """Write the closing events of requests cancelled before they started; on a store error the workers'
     ending sweep writes them within seconds, so the caller is not failed for it."""
@@ -39,19 +28,23 @@ async def end_streams(stores: Stores, rows: list[asyncpg.Record]) -> None:
 
 async def flag_running(stores: Stores, session_id: str, request_ids: list[str], reason: str) -> None:
     """Ask the workers running these requests to stop; they write the terminal events."""
+    if not request_ids:
+        return
+    pipe = stores.streams.pipeline(transaction=False)
     for request_id in request_ids:
-        await stores.streams.set(
+        pipe.set(
             cancel_key(session_id, request_id, stores.settings.stream_buckets),
             reason,
             ex=stores.settings.request_timeout_seconds,
         )
+    await pipe.execute()
 
 
 async def cancel_many(stores: Stores, session_id: str, request_ids: list[str], reason: str) -> None:
     await flag_running(stores, session_id, request_ids, reason)
     async with stores.db.acquire() as conn, conn.transaction():
         await lifecycle.lock_session(conn, session_id)
-        upcoming, cancelled = await cancel_queued(conn, session_id, request_ids, reason)
+        cancelled, upcoming = await lifecycle.cancel_queued(conn, session_id, request_ids, reason)
     await end_streams(stores, cancelled)
     await enqueue_safely(stores, upcoming)
 

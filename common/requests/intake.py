@@ -20,9 +20,9 @@ from common.flows.admission import unfinished
 from common.platform import sink
 from common.platform.credentials import SCOPE_JOIN_SESSIONS, Principal
 from common.platform.keys import intake_key
-from common.requests import ending
+from common.requests import ending, lifecycle
 from common.requests import repository as request_repo
-from common.requests.cancelling import cancel_queued, end_streams, enqueue_safely, flag_running
+from common.requests.cancelling import end_streams, enqueue_safely, flag_running
 from common.requests.limits import REFUSALS, Refusal, max_reply_tokens_refusal
 from common.requests.models import JobPayload, NormalizedRequest, RequestBody, model_options
 from common.requests.stores import IntakeStores
@@ -321,7 +321,8 @@ async def _join_session(
     if multitask != "interrupt":
         return None, [], []
     queued = [r["request_id"] for r in active if r["status"] in ("queued", "waiting")]
-    upcoming, cancelled = await cancel_queued(conn, intake.session_id, queued, "interrupted by a newer request")
+    reason = "interrupted by a newer request"
+    cancelled, upcoming = await lifecycle.cancel_queued(conn, intake.session_id, queued, reason)
     return upcoming, [r["request_id"] for r in active if r["status"] == "running"], cancelled
 
 
