@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -22,6 +23,7 @@ from api.streams.sse import held_response, just_before, release_stream, reserve_
 from common.platform.credentials import SCOPE_REQUESTS, Principal
 from common.platform.keys import start_key, stream_key
 from common.platform.logging import correlation_id
+from common.requests import repository as request_repo
 from common.sessions import repository as session_repo
 
 router = APIRouter(
@@ -68,8 +70,9 @@ async def _start_or_join(
         gw.db, who, session_name(feature_id, chat_id), gw.settings.session_ttl_seconds
     )
     claim = start_key(session_id, gw.settings.stream_buckets)
-    pending = f"pending:{correlation_id.get()}"
-    if await gw.streams.set(claim, pending, nx=True, ex=gw.settings.stream_ttl_seconds):
+    # The claim names the request before it is stored: one write, and a joiner that finds no row yet retries.
+    request_id = str(uuid.uuid4())
+    if await gw.streams.set(claim, request_id, nx=True, ex=gw.settings.stream_ttl_seconds):
         body = GenericRequest(
             integration_type="generic",
             session_id=session_id,
@@ -78,18 +81,23 @@ async def _start_or_join(
         )
         try:
             accepted = await service.accept(
-                gw, who, body, idempotency_key=None, correlation_id=correlation_id.get(), unseen_session=created
+                gw,
+                who,
+                body,
+                idempotency_key=None,
+                correlation_id=correlation_id.get(),
+                unseen_session=created,
+                request_id=request_id,
             )
         except BaseException:
             await gw.streams.delete(claim)
             raise
-        await gw.streams.set(claim, accepted.request_id, ex=gw.settings.stream_ttl_seconds)
-        request_id, entry_id = accepted.request_id, accepted.stream_entry_id
+        entry_id = accepted.stream_entry_id
     else:
         request_id = (await gw.streams.get(claim) or b"").decode()
-        if request_id.startswith("pending:"):
+        row = await request_repo.get(gw.db, who, request_id)
+        if row is None:
             raise Conflict("generation for this chat is starting; retry in a moment")
-        row = await service.get(gw, who, request_id)
         entry_id = row["stream_entry_id"]
     after = just_before(entry_id) if entry_id else (0, 0)
     key = stream_key(session_id, gw.settings.stream_buckets)

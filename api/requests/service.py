@@ -39,6 +39,7 @@ async def accept(
     idempotency_key: str | None,
     correlation_id: str,
     unseen_session: bool = False,
+    request_id: str | None = None,
 ) -> Admitted:
     """`common.requests.intake.accept`, refusals raised as the gateway's named errors."""
     try:
@@ -49,6 +50,7 @@ async def accept(
             idempotency_key=idempotency_key,
             correlation_id=correlation_id,
             unseen_session=unseen_session,
+            request_id=request_id,
         )
     except intake.Refused as exc:
         raise http_error(exc) from None

@@ -152,9 +152,12 @@ async def accept(
     idempotency_key: str | None,
     correlation_id: str,
     unseen_session: bool = False,
+    request_id: str | None = None,
 ) -> Admitted:
     """Store and queue a request. `unseen_session`: the caller created `body.session_id` a moment ago
-    and nothing else sends into it yet (a named chat's first turn), so it needs no session lock."""
+    and nothing else sends into it yet (a named chat's first turn), so it needs no session lock.
+    `request_id`: the id to store a new request under (a fresh one when None), for a caller that
+    publishes it before the intake ends."""
     user_id = body.user_id or who.user_id
     if not who.may_act_for(user_id):
         raise NotPermitted("this credential may not send requests for another user")
@@ -178,6 +181,8 @@ async def accept(
         correlation_id,
         unseen_session=unseen_session,
     )
+    if request_id:
+        intake.request_id = request_id
     await _admit(stores, intake)
     try:
         admitted = await _accept_new(stores, intake)

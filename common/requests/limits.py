@@ -106,8 +106,10 @@ class Limits:
         """
         spendable = [b for b in budgets if b.active]
         rates = self._rates(tenant_id, user_id, integration)
-        keys = [b.key for b in spendable] + [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
         cap = self.settings.max_running_requests_per_user if count_running else 0
+        if not (spendable or rates or cap > 0):
+            return None  # every limit is off: nothing to check or count
+        keys = [b.key for b in spendable] + [key for _, key, _ in rates] + [running_key(tenant_id, user_id)]
         lease = lease_seconds if lease_seconds is not None else self.settings.request_timeout_seconds
         args: list[Any] = [
             len(spendable),
@@ -151,6 +153,8 @@ class Limits:
 
     async def release_request(self, tenant_id: str, user_id: str, request_id: str) -> None:
         """A request counted by `admit_request` was not stored after all."""
+        if self.settings.max_running_requests_per_user <= 0:
+            return
         with contextlib.suppress(Exception):
             await self.redis.zrem(running_key(tenant_id, user_id), request_id)
 
@@ -173,7 +177,8 @@ def _refused(limit: str, detail: str, retry_ms: int) -> Refusal:
 
 @dataclass
 class StreamSlots:
-    """Open SSE streams of this process, counted per process here and per user in Redis."""
+    """Open SSE streams of this process, counted per process here and per user in Redis (only while
+    MAX_STREAMS_PER_USER is on: with it off, opening and closing a stream costs no round trip)."""
 
     limits: Limits
     lease_seconds: float = 60.0
@@ -183,6 +188,10 @@ class StreamSlots:
     @property
     def count(self) -> int:
         return len(self._open)
+
+    @property
+    def _per_user(self) -> bool:
+        return self.limits.settings.max_streams_per_user > 0
 
     async def acquire(self, tenant_id: str, user_id: str) -> tuple[str | None, Refusal | None]:
         """(slot id, None) when the stream may open, else (None, why not). Touches Redis before the 200."""
@@ -196,6 +205,8 @@ class StreamSlots:
             )
         slot = uuid.uuid4().hex
         self._open[slot] = (tenant_id, user_id)
+        if not self._per_user:
+            return slot, None
         try:
             admitted = await self.limits._open_stream(
                 keys=[open_streams_key(tenant_id, user_id)],
@@ -214,7 +225,7 @@ class StreamSlots:
     def release(self, slot: str) -> None:
         """Free a slot (sync: it runs while a cancelled response unwinds); Redis is told in the background."""
         owner = self._open.pop(slot, None)
-        if owner is None:
+        if owner is None or not self._per_user:
             return
         task = asyncio.get_running_loop().create_task(self._forget(owner, slot))
         self._tasks.add(task)
@@ -239,6 +250,8 @@ class StreamSlots:
                 log.warning("stream lease renewal failed", extra={"error": repr(exc)})
 
     async def renew_once(self) -> None:
+        if not self._per_user:
+            return
         by_key: dict[str, list[str]] = {}
         for slot, owner in list(self._open.items()):
             by_key.setdefault(open_streams_key(*owner), []).append(slot)

@@ -10,6 +10,7 @@ for no longer than that. A worker whose addition takes a budget past SOFT_SHARE 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +27,7 @@ Scope = Literal["tenant", "user"]
 Period = Literal["day", "month"]
 SCOPES: tuple[Scope, ...] = ("tenant", "user")
 PERIODS: tuple[Period, ...] = ("day", "month")
+Overrides = dict[Scope, dict[str, float | None]]
 LIMITS = ("tokens_per_day", "tokens_per_month", "cost_usd_per_day", "cost_usd_per_month")
 
 RESYNC_SECONDS = 300
@@ -83,14 +85,14 @@ def _default(settings: Settings, scope: Scope, limit: str) -> float:
 
 async def overrides(
     db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
-) -> dict[Scope, dict[str, float | None]]:
+) -> Overrides:
     """The tenant's and the user's override rows (a missing row or column: the setting's default)."""
     rows = await db.fetch(
         f"SELECT user_id, {', '.join(LIMITS)} FROM budgets WHERE tenant_id = $1 AND user_id = ANY($2::text[])",
         tenant_id,
         ["", user_id],
     )
-    found: dict[Scope, dict[str, float | None]] = {}
+    found: Overrides = {}
     for row in rows:
         scope: Scope = "tenant" if row["user_id"] == "" else "user"
         found[scope] = {name: None if row[name] is None else float(row[name]) for name in LIMITS}
@@ -99,7 +101,7 @@ async def overrides(
 
 def budgets_for(
     settings: Settings,
-    rows: dict[Scope, dict[str, float | None]],
+    rows: Overrides,
     tenant_id: str,
     user_id: str,
     now: datetime | None = None,
@@ -160,17 +162,25 @@ class BudgetBook:
 
     db: asyncpg.Pool
     settings: Settings
-    _cache: dict[tuple[str, str], tuple[float, dict[Scope, dict[str, float | None]]]] = field(default_factory=dict)
+    _cache: dict[tuple[str, str], tuple[float, asyncio.Future[Overrides]]] = field(default_factory=dict)
 
     async def budgets(self, tenant_id: str, user_id: str) -> list[Budget]:
-        now = time.monotonic()
-        cached = self._cache.get((tenant_id, user_id))
-        if cached is None or cached[0] < now:
+        """The user's budgets; a burst of requests from one user shares one lookup (a failed one is not kept)."""
+        key, now = (tenant_id, user_id), time.monotonic()
+        entry = self._cache.get(key)
+        if entry is None or entry[0] < now:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            cached = (now + OVERRIDE_CACHE_SECONDS, await overrides(self.db, tenant_id, user_id))
-            self._cache[(tenant_id, user_id)] = cached
-        return budgets_for(self.settings, cached[1], tenant_id, user_id)
+            lookup = asyncio.ensure_future(overrides(self.db, tenant_id, user_id))
+            lookup.add_done_callback(_retrieved)
+            entry = self._cache[key] = (now + OVERRIDE_CACHE_SECONDS, lookup)
+        try:
+            found = await asyncio.shield(entry[1])
+        except Exception:
+            if self._cache.get(key) is entry:
+                del self._cache[key]
+            raise
+        return budgets_for(self.settings, found, tenant_id, user_id)
 
     def forget(self, tenant_id: str) -> None:
         for key in [k for k in self._cache if k[0] == tenant_id]:
@@ -215,3 +225,9 @@ async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correla
             correlation_id=correlation_id,
         )
     return crossed
+
+
+def _retrieved(lookup: asyncio.Future[Overrides]) -> None:
+    """A lookup whose every waiter left still had its outcome read (no "never retrieved" warning)."""
+    if not lookup.cancelled():
+        lookup.exception()

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from common.platform.keys import open_streams_key, running_key
 from tests.support.app import App
 
 
@@ -177,3 +178,28 @@ async def test_only_known_metadata_reaches_the_model(app: App, app_settings: Cal
     stored = json.loads(stored)
     assert stored["metadata"] == {"offline": {"tokens": 5}, "max_tokens": 50}
     assert stored["integration_context"] == {"terminal": "xterm"}
+
+
+async def test_limits_that_are_off_cost_no_round_trip(make_app: Callable[..., Any]) -> None:
+    """With every request limit and MAX_STREAMS_PER_USER off, admitting and streaming leave nothing in Redis."""
+    user, tenant = _unique()
+    off = {
+        "rate_limit_user_per_minute": 0,
+        "rate_limit_tenant_per_minute": 0,
+        "rate_limit_integration_per_minute": 0,
+        "max_running_requests_per_user": 0,
+        "max_streams_per_user": 0,
+    }
+    async with make_app(**off) as app, app.client(user, tenant) as client:
+        assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
+        assert app.gateway.slots is not None
+        slot, refusal = await app.gateway.slots.acquire(tenant, user)
+        assert slot and refusal is None and app.gateway.slots.count == 1
+        await app.gateway.slots.renew_once()
+        streams = app.gateway.streams
+        assert not await streams.exists(open_streams_key(tenant, user), running_key(tenant, user))
+        app.gateway.slots.release(slot)
+        assert app.gateway.slots.count == 0
+    async with make_app(max_running_requests_per_user=5) as app, app.client(user, tenant) as client:
+        assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
+        assert await app.gateway.streams.zcard(running_key(tenant, user)) == 1

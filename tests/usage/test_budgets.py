@@ -3,6 +3,7 @@ left at /budgets/me, Redis seeded from Postgres's rollup, and the soft threshold
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -175,3 +176,33 @@ async def test_soft_threshold_is_reported_once_per_period(
     assert len(events) == 1
     assert events[0]["data"]["tokens"] == {"used": 80, "limit": 100}
     assert (events[0]["data"]["scope"], events[0]["data"]["user_id"]) == ("user", user)
+
+
+async def test_a_burst_shares_one_override_lookup_and_a_failed_one_is_not_kept(
+    app_settings: Callable[..., Any],
+) -> None:
+    class Db:
+        """Counts lookups; the first fails, the others wait until released."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.release = asyncio.Event()
+
+        async def fetch(self, *_: Any) -> list[dict[str, Any]]:
+            self.calls += 1
+            await self.release.wait()
+            if self.calls == 1:
+                raise ConnectionError("postgres went away")
+            return [{"user_id": "u", **{name: 7.0 for name in budgets.LIMITS}}]
+
+    db = Db()
+    book = budgets.BudgetBook(db, app_settings())  # type: ignore[arg-type]
+    burst = [asyncio.create_task(book.budgets("t", "u")) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    assert db.calls == 1
+    db.release.set()
+    outcomes = await asyncio.gather(*burst, return_exceptions=True)
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    found = await asyncio.gather(*(book.budgets("t", "u") for _ in range(50)))
+    assert db.calls == 2
+    assert {b.tokens for b in found[0] if b.scope == "user"} == {7}
