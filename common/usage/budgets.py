@@ -83,9 +83,7 @@ def _default(settings: Settings, scope: Scope, limit: str) -> float:
     return float(getattr(settings, f"budget_{scope}_{limit}"))
 
 
-async def overrides(
-    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str
-) -> Overrides:
+async def overrides(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, user_id: str) -> Overrides:
     """The tenant's and the user's override rows (a missing row or column: the setting's default)."""
     rows = await db.fetch(
         f"SELECT user_id, {', '.join(LIMITS)} FROM budgets WHERE tenant_id = $1 AND user_id = ANY($2::text[])",
