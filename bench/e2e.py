@@ -232,6 +232,7 @@ async def one_run(
     accepted = [v for r in results for v in r.get("accept_ms", [])]
     rates = [v for r in results for v in r["rates"]]
     lat = [v for r in results for v in r["latency_ms"]]
+    ending = [v for r in results for v in r.get("ending_ms", [])]
     return {
         "tokens_per_s": round(tokens / max(end - start, 1e-6)),
         "first_p50_ms": round(bench.percentile(first, 0.5), 1),
@@ -239,6 +240,8 @@ async def one_run(
         "relay_p50_ms": round(bench.percentile(lat, 0.5), 1),
         "relay_p99_ms": round(bench.percentile(lat, 0.99), 1),
         "stream_rate_p10": round(bench.percentile(rates, 0.1), 1),
+        "ending_p50_ms": round(bench.percentile(ending, 0.5), 1) if ending else None,  # last token -> [DONE]
+        "ending_p90_ms": round(bench.percentile(ending, 0.9), 1) if ending else None,
         "complete": sum(r["complete"] for r in results),
         "cut_short": sum(r["short"] for r in results),
         "unfinished": sum(r["unfinished"] for r in results),

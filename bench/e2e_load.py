@@ -37,6 +37,8 @@ class Client:
         self.accepted = 0.0  # the response's headers (aiohttp client only)
         self.first = 0.0
         self.last = 0.0
+        self.last_token = 0.0  # the last token's arrival; `ended` is [DONE]'s
+        self.ended = 0.0
         self.done = False
         self.kinds: dict[str, int] = {}
 
@@ -53,6 +55,7 @@ class Client:
         """One `data:` payload received at `now`."""
         if payload == b"[DONE]":
             self.done = True
+            self.ended = now
             self.last = now
             return
         event = loads(payload)
@@ -68,7 +71,7 @@ class Client:
             self.first = now
         self.tokens += count
         self.events += 1
-        self.last = now
+        self.last = self.last_token = now
         if self.events % self.sample_every == 0:
             self.samples.append((now - ts) * 1000)
 
@@ -141,6 +144,8 @@ async def main_async(cfg: dict[str, Any]) -> None:
             "rates": [
                 round((c.tokens - 1) / (c.last - c.first), 2) for c in clients if c.tokens > 1 and c.last > c.first
             ],
+            # from a reply's last token to its [DONE]: the worker's ending as the client sees it
+            "ending_ms": [round((c.ended - c.last_token) * 1000, 2) for c in clients if c.ended and c.last_token],
             "latency_ms": samples[:50_000],
         },
     )
