@@ -19,6 +19,17 @@ from workers import claims as claims_module
 from workers.claims import ClaimBatcher
 
 
+async def _session(conn: asyncpg.Connection, tenant: str) -> str:
+    session_id = str(uuid.uuid4())
+    await conn.execute(
+        "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+        " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
+        session_id,
+        tenant,
+    )
+    return session_id
+
+
 async def _request(conn: asyncpg.Connection, session_id: str, tenant: str) -> JobPayload:
     request_id = str(uuid.uuid4())
     await conn.execute(
@@ -39,14 +50,7 @@ async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
     pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
-            sessions = [str(uuid.uuid4()) for _ in range(2)]
-            for session_id in sessions:
-                await conn.execute(
-                    "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
-                    session_id,
-                    tenant,
-                )
+            sessions = [await _session(conn, tenant) for _ in range(2)]
             first = await _request(conn, sessions[0], tenant)
             second = await _request(conn, sessions[0], tenant)  # waits behind `first`
             other = await _request(conn, sessions[1], tenant)
@@ -79,14 +83,7 @@ async def test_a_claim_carries_each_sessions_latest_turns(infra: Infra) -> None:
     pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
-            talkative, fresh = str(uuid.uuid4()), str(uuid.uuid4())
-            for session_id in (talkative, fresh):
-                await conn.execute(
-                    "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                    " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
-                    session_id,
-                    tenant,
-                )
+            talkative, fresh = await _session(conn, tenant), await _session(conn, tenant)
             for n in range(3):
                 done = await _request(conn, talkative, tenant)
                 await conn.execute(
@@ -119,13 +116,7 @@ async def test_a_failed_history_read_undoes_the_claims(infra: Infra, monkeypatch
     pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
-            session_id = str(uuid.uuid4())
-            await conn.execute(
-                "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-                " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
-                session_id,
-                tenant,
-            )
+            session_id = await _session(conn, tenant)
             asked = await _request(conn, session_id, tenant)
 
         async def unavailable(*args: object) -> None:

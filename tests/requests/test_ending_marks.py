@@ -12,18 +12,7 @@ from common.platform import db
 from common.requests import ending, lifecycle
 from common.requests.models import JobPayload
 from tests.conftest import Infra
-from tests.queue.test_claims import _request
-
-
-async def _session(conn: asyncpg.Connection, tenant: str) -> str:
-    session_id = str(uuid.uuid4())
-    await conn.execute(
-        "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
-        " VALUES ($1, $2, 'u', 'web', now() + interval '1 day')",
-        session_id,
-        tenant,
-    )
-    return session_id
+from tests.queue.test_claims import _request, _session
 
 
 async def test_finish_returns_the_delivery_facts_and_the_next_request(infra: Infra) -> None:

@@ -104,6 +104,27 @@ def post_event(
     return httpx.post(f"{stack.base_url}/slack/events", content=body, headers=headers)
 
 
+def slash(stack: Stack, ws: Workspace, command: str, text: str, user: str, channel: str) -> httpx.Response:
+    """A signed slash command as Slack posts it; the gateway's answer is checked to be its ephemeral 200."""
+    body = urlencode(
+        {
+            "command": command,
+            "text": text,
+            "team_id": ws.team,
+            "user_id": user,
+            "channel_id": channel,
+            "trigger_id": uuid.uuid4().hex,
+        }
+    ).encode()
+    r = httpx.post(
+        f"{stack.base_url}/slack/commands",
+        content=body,
+        headers={**signed(ws, body), "content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200 and r.json()["response_type"] == "ephemeral", r.text
+    return r
+
+
 def finished(fake: FakeSlack, channel: str, ts: str | None = None) -> list[Call]:
     """Waits for the final update of the message in `channel` (it carries the New conversation button)."""
 
@@ -271,22 +292,7 @@ def test_thread_is_one_session_and_dms_continue(
 
 def test_slash_command(stack: Stack, workspace: Workspace, fake_slack: FakeSlack, slack_stack: Dispatchers) -> None:
     user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
-    body = urlencode(
-        {
-            "command": "/ask",
-            "text": "what is up",
-            "team_id": workspace.team,
-            "user_id": user,
-            "channel_id": channel,
-            "trigger_id": uuid.uuid4().hex,
-        }
-    ).encode()
-    r = httpx.post(
-        f"{stack.base_url}/slack/commands",
-        content=body,
-        headers={**signed(workspace, body), "content-type": "application/x-www-form-urlencoded"},
-    )
-    assert r.status_code == 200 and r.json()["response_type"] == "ephemeral", r.text
+    slash(stack, workspace, "/ask", "what is up", user, channel)
     final = finished(fake_slack, channel)
     (row,) = reply_of(stack, workspace, user)
     assert final[-1].args["text"] == row["response_content"]
@@ -688,23 +694,7 @@ def test_slash_command_schedules_a_run_that_replies_in_the_channel(
     user, channel = f"U{uuid.uuid4().hex[:8]}", f"C{uuid.uuid4().hex[:8]}"
 
     def command(text: str) -> str:
-        body = urlencode(
-            {
-                "command": "/relaygate",
-                "text": text,
-                "team_id": workspace.team,
-                "user_id": user,
-                "channel_id": channel,
-                "trigger_id": uuid.uuid4().hex,
-            }
-        ).encode()
-        r = httpx.post(
-            f"{stack.base_url}/slack/commands",
-            content=body,
-            headers={**signed(workspace, body), "content-type": "application/x-www-form-urlencoded"},
-        )
-        assert r.status_code == 200 and r.json()["response_type"] == "ephemeral", r.text
-        return str(r.json()["text"])
+        return str(slash(stack, workspace, "/relaygate", text, user, channel).json()["text"])
 
     made = command('schedule "0 9 * * 1-5" tz=Europe/Berlin summarise open tickets')
     assert made.startswith("Scheduled `"), made
