@@ -24,13 +24,27 @@ import uvloop
 from load import Frames, Http, connect, emit, post_request, raise_nofile
 
 
+class Samples:
+    """Relay latency of every `every`-th token event this process receives, counted across its
+    clients, so replies written in fewer events than `every` are sampled too."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.seen = 0
+        self.values: list[float] = []
+
+    def event(self, latency_ms: float) -> None:
+        self.seen += 1
+        if self.seen % self.every == 0:
+            self.values.append(latency_ms)
+
+
 class Client:
     """One reply: tokens counted, event latencies sampled, how it ended."""
 
-    def __init__(self, samples: list[float], sample_every: int) -> None:
+    def __init__(self, samples: Samples) -> None:
         self.frames = Frames()
         self.samples = samples
-        self.sample_every = sample_every
         self.tokens = 0
         self.events = 0
         self.sent = 0.0
@@ -72,12 +86,11 @@ class Client:
         self.tokens += count
         self.events += 1
         self.last = self.last_token = now
-        if self.events % self.sample_every == 0:
-            self.samples.append((now - ts) * 1000)
+        self.samples.event((now - ts) * 1000)
 
 
-async def one_light(cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
-    client = Client(samples, cfg.get("sample_every", 5))
+async def one_light(cfg: dict[str, Any], chat: str, samples: Samples) -> Client:
+    client = Client(samples)
     try:
         http: Http = await connect(cfg["port"])
     except OSError:
@@ -92,8 +105,8 @@ async def one_light(cfg: dict[str, Any], chat: str, samples: list[float]) -> Cli
     return client
 
 
-async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat: str, samples: list[float]) -> Client:
-    client = Client(samples, cfg.get("sample_every", 5))
+async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat: str, samples: Samples) -> Client:
+    client = Client(samples)
     client.sent = time.time()
     url = f"http://127.0.0.1:{cfg['port']}/stream?feature_id=default&chat_id={chat}"
     try:
@@ -112,7 +125,7 @@ async def one_aiohttp(session: aiohttp.ClientSession, cfg: dict[str, Any], chat:
     return client
 
 
-async def run_clients(cfg: dict[str, Any], samples: list[float]) -> list[Client]:
+async def run_clients(cfg: dict[str, Any], samples: Samples) -> list[Client]:
     if cfg.get("client", "light") == "light":
         return await asyncio.gather(*(one_light(cfg, chat, samples) for chat in cfg["chats"]))
     # One connection per client (no pool limit), as C separate users would have.
@@ -122,7 +135,7 @@ async def run_clients(cfg: dict[str, Any], samples: list[float]) -> list[Client]
 
 
 async def main_async(cfg: dict[str, Any]) -> None:
-    samples: list[float] = []
+    samples = Samples(cfg.get("sample_every", 5))
     emit("READY")
     start = time.time()
     clients = await run_clients(cfg, samples)
@@ -146,7 +159,7 @@ async def main_async(cfg: dict[str, Any]) -> None:
             ],
             # from a reply's last token to its [DONE]: the worker's ending as the client sees it
             "ending_ms": [round((c.ended - c.last_token) * 1000, 2) for c in clients if c.ended and c.last_token],
-            "latency_ms": samples[:50_000],
+            "latency_ms": samples.values[:50_000],
         },
     )
 
