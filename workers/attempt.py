@@ -31,6 +31,8 @@ class Attempt:
     pending: list[str] = field(default_factory=list)
     unsent: list[Event] = field(default_factory=list)
     last_stream_id: str | None = None
+    slot: int = -1  # which phase of the flush tick writes its tokens (workers.flusher)
+    due: bool = False  # its first token or a full batch waits: the next flush writes it, whatever the phase
     checkpointed: int = 0
     seq: int = 0
     lost: bool = False

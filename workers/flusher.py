@@ -1,12 +1,14 @@
-"""One flush loop per worker process: the tokens of every running attempt, one round trip per tick.
+"""One flush loop per worker process: the tokens of every running attempt, a few round trips per tick.
 
-Each tick writes the pending tokens of all running attempts with one `StreamWriter.append_many`
-call (events of at most TOKEN_FLUSH_TOKENS tokens) and reads their cancel flags in that call.
-A reply's first token (or a full batch) wakes it at once; otherwise it waits out the tick so
-tokens coalesce: TOKEN_FLUSH_MS, widened with the number of running replies past
-TOKEN_EVENTS_PER_SECOND, since every event costs the stream, each gateway and each client as much
-as a token does. It sleeps while nothing is pending (TOKEN_FLUSH_MS=0 never spins). A store error
-keeps every token for the next try.
+Every running reply gets at most one `token` event per tick (of at most TOKEN_FLUSH_TOKENS tokens),
+written by `StreamWriter.append_many`, which also reads the cancel flags. The tick is TOKEN_FLUSH_MS,
+widened with the number of running replies past TOKEN_EVENTS_PER_SECOND, since every event costs
+the stream, each gateway and each client as much as a token does. A widened tick is written in
+phases, one every TOKEN_FLUSH_MS, each holding the replies whose slot falls in it: the stages
+after the worker (Valkey, the gateways' hubs and sockets, the clients) then handle a few hundred
+events at a time instead of the whole tick's, which is what relay latency waits on. A reply's first
+token or a full batch is written at once, whatever the phase. The loop sleeps while nothing is
+pending (TOKEN_FLUSH_MS=0 never spins). A store error keeps every token for the next try.
 """
 
 from __future__ import annotations
@@ -41,15 +43,20 @@ class Flusher:
         self.batch = max(1, settings.token_flush_tokens)
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()
-        self.last_flush = 0.0
+        self.last_step = 0.0
+        self.phase = 0
+        self.slots = 0
         self.last_cancel_check = 0.0
         self.failures = 0
 
     def add(self, run: Attempt, text: str) -> None:
-        """A token of `run`: kept, then written by the next tick (at once for the first token)."""
+        """A token of `run`: kept, then written in its phase (at once for the first token or a full batch)."""
         run.parts.append(text)
         run.pending.append(text)
+        if run.slot < 0:
+            run.slot, self.slots = self.slots, self.slots + 1
         if run.last_stream_id is None or len(run.pending) >= self.batch:
+            run.due = True
             self.urgent.set()
         self.wake.set()
 
@@ -59,11 +66,14 @@ class Flusher:
             return self.window
         return max(self.window, min(len(self.active) / self.events_per_second, MAX_WINDOW_SECONDS))
 
+    def phases(self) -> int:
+        """Flushes per tick: one every TOKEN_FLUSH_MS (or more), each writing its share of the replies."""
+        return max(1, int(self.tick() / self.window + 1e-9)) if self.window else 1
+
     async def drain(self, run: Attempt) -> None:
         """Wait until every token of `run` is written (across store errors)."""
         while not run.flushed and run.stop is None:
             run.written.clear()
-            self.urgent.set()
             self.wake.set()
             await run.written.wait()
 
@@ -73,14 +83,20 @@ class Flusher:
                 async with asyncio.timeout(CANCEL_POLL_SECONDS):
                     await self.wake.wait()
             self.wake.clear()
-            remaining = self.tick() - (time.monotonic() - self.last_flush)
+            phases = self.phases()
+            step = self.tick() / phases
+            remaining = step - (time.monotonic() - self.last_step)
             if remaining > 0 and not self.urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await self.urgent.wait()
             self.urgent.clear()
+            phase = None  # off schedule: only the replies that are due
+            if time.monotonic() - self.last_step >= step:
+                self.last_step = time.monotonic()
+                phase = self.phase = (self.phase + 1) % phases
             try:
-                await self.flush_once()
+                await self.flush_once(phase, phases)
                 self.failures = 0
             except STORE_ERRORS as exc:
                 delay = RETRY_SECONDS[min(self.failures, len(RETRY_SECONDS) - 1)]
@@ -90,11 +106,16 @@ class Flusher:
                 self.wake.set()
                 await asyncio.sleep(delay)
 
-    async def flush_once(self) -> None:
+    async def flush_once(self, phase: int | None, phases: int) -> None:
+        """Writes the due replies and, on schedule, those in `phase` (all if the tick has one, or on a retry)."""
         now = time.monotonic()
         runs = [r for r in self.active.values() if r.stop is None]
+        everyone = self.failures > 0 or (phases == 1 and phase is not None)
         batches: list[Attempt] = []
         for run in runs:
+            if not (everyone or run.due or run.slot % phases == phase):
+                continue
+            run.due = False
             if run.pending:
                 pending, step = run.pending, self.batch
                 for i in range(0, len(pending), step):
@@ -112,7 +133,6 @@ class Flusher:
             [(r.payload.session_id, r.cancel_key) for r in watched],
             dedupe=self.failures > 0,
         )
-        self.last_flush = now
         if check_all:
             self.last_cancel_check = now
         FLUSHES.inc()
