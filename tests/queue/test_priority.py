@@ -7,9 +7,27 @@ import asyncio
 import pytest
 
 from workers import priority as priority_module
-from workers.priority import SATURATED_LAG_SECONDS, StartPriority
+from workers.priority import BACK_OFF_SECONDS, SATURATED_LAG_SECONDS, StartPriority
 
 BUSY = SATURATED_LAG_SECONDS * 5
+
+
+class Clock:
+    """`time` for workers.priority, moved by hand: busy shares and the back-off do not depend on how
+    long the test's own sleeps take on a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(priority_module, "time", fake)
+    return fake
 
 
 async def paused(priority: StartPriority) -> asyncio.Task[None]:
@@ -68,14 +86,14 @@ async def test_a_pause_is_bounded_and_zero_turns_it_off() -> None:
     assert (await paused(off)).done()
 
 
-async def test_a_loop_that_never_waits_is_saturated_though_it_does_not_lag() -> None:
+async def test_a_loop_that_never_waits_is_saturated_though_it_does_not_lag(clock: Clock) -> None:
     idle = [0.0]
     priority = StartPriority(max_pause_ms=60_000, idle_seconds=lambda: idle[0])
     start = priority.start()
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     priority.observe_lag(0.001)  # no time waiting in select since the last probe: busy
     assert not (await paused(priority)).done()
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     idle[0] += 0.02  # the whole period waiting in select: the starts wait on the network
     priority.observe_lag(0.001)
     assert (await paused(priority)).done()
@@ -93,23 +111,22 @@ async def test_the_idle_timing_selector_counts_time_spent_waiting() -> None:
         selector.close()
 
 
-async def test_holding_replies_for_starts_that_wait_on_the_network_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(priority_module, "BACK_OFF_SECONDS", 0.05)
+async def test_holding_replies_for_starts_that_wait_on_the_network_backs_off(clock: Clock) -> None:
     idle = [0.0]
     priority = StartPriority(max_pause_ms=60_000, idle_seconds=lambda: idle[0])
     start = priority.start()
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     priority.observe_lag(0.001)  # busy: replies are held
     held = await paused(priority)
     assert not held.done()
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     idle[0] += 0.02  # held, and the loop went idle: the starts wait on a model's first token
     priority.observe_lag(0.001)
     await asyncio.wait_for(held, 1)
-    await asyncio.sleep(0.01)
+    clock.now += 0.01
     priority.observe_lag(0.001)  # busy again, but within the back-off: no pause
     assert (await paused(priority)).done()
-    await asyncio.sleep(0.06)
+    clock.now += BACK_OFF_SECONDS
     priority.observe_lag(0.001)  # the back-off is over and the loop is busy: hold again
     assert not (await paused(priority)).done()
     start.done()
