@@ -26,6 +26,7 @@ class Attempt:
     events), and why the attempt must stop, if it must."""
 
     payload: JobPayload
+    user_id: str = ""  # whose budgets its usage counts against
     cancel_key: str = ""
     parts: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from common.platform import metrics
-from common.platform.outages import STORE_ERRORS
 from common.usage import budgets
 from common.usage.models import Usage
 from workers import metering, model
@@ -50,7 +49,4 @@ async def record(
         ),
     )
     metrics.count_usage(AGENT, model_name, usage)
-    try:
-        await budgets.record(rt.streams, tenant_id, user_id, usage, correlation_id)
-    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
-        log.warning("counting a flow task's usage against budgets failed", extra={"error": repr(exc)})
+    await budgets.count(rt.streams, tenant_id, user_id, usage, correlation_id)

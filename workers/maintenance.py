@@ -21,6 +21,7 @@ from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
 from common.requests import repository as request_repo
+from common.usage import budgets
 from common.usage.models import Usage
 from workers import model, schedules
 from workers.attempt import Attempt, Stop
@@ -101,6 +102,7 @@ async def heartbeats(rt: WorkerRuntime) -> None:
 async def reap_once(rt: WorkerRuntime) -> None:
     async with rt.db.acquire() as conn:
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
+    await count_lost(rt, [*requeued, *failed])
     for row in requeued:
         log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
         # The row is queued already; waiting out a Redis restart here starts it seconds after Redis is
@@ -108,6 +110,14 @@ async def reap_once(rt: WorkerRuntime) -> None:
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
     await ending.end_elsewhere(rt, failed)
     await repair_endings_once(rt)
+
+
+async def count_lost(rt: WorkerRuntime, rows: list[asyncpg.Record]) -> None:
+    """What the lost attempts of reaped rows used (their heartbeats' last count, lifecycle.LOST), against
+    their budgets now rather than at the budgets' next seeding from Postgres."""
+    for row in rows:
+        used = Usage(row["lost_input_tokens"], row["lost_output_tokens"], row["lost_cost_usd"], estimated=True)
+        await budgets.count(rt.streams, row["tenant_id"], row["user_id"], used, row["correlation_id"] or "")
 
 
 async def repair_endings_once(rt: WorkerRuntime) -> int:
@@ -151,6 +161,7 @@ async def sweep_once(rt: WorkerRuntime) -> None:
         overdue = await lifecycle.fail_overdue(conn)
         stalled = await lifecycle.stalled_heads(conn, older_than_seconds=10)
         expired = await lifecycle.expire_sessions(conn)
+    await count_lost(rt, overdue)
     await ending.end_elsewhere(rt, overdue)
     await end_unstored_once(rt)
     for feature, payload in stalled:

@@ -136,7 +136,11 @@ async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Star
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
-    run = Attempt(payload, cancel_key=cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets))
+    run = Attempt(
+        payload,
+        user_id=claimed.row["user_id"],
+        cancel_key=cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets),
+    )
     rt.active[payload.request_id] = run
     ACTIVE.inc()
     try:
@@ -159,6 +163,7 @@ async def _hand_back(rt: WorkerRuntime, run: Attempt) -> None:
     upcoming = await persist("hand back", lambda: lifecycle.release(rt.db, run.payload, used))
     if upcoming:
         metrics.count_usage(run.meter.agent_id, run.meter.model, used)
+        await budgets.count(rt.streams, run.payload.tenant_id, run.user_id, used, run.payload.correlation_id)
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
         log.info("run handed back", extra={"request_id": run.payload.request_id, "attempt": upcoming[1].attempt})
 
@@ -252,6 +257,7 @@ async def _park(rt: WorkerRuntime, run: Attempt) -> str:
     parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds, used))
     if parked:
         metrics.count_usage(run.meter.agent_id, run.meter.model, used)
+        await budgets.count(rt.streams, payload.tenant_id, run.user_id, used, payload.correlation_id)
     status = "waiting" if parked else "fenced"
     RUNS.labels(status).inc()
     log.info(
@@ -318,12 +324,7 @@ async def _finish(
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
     rt.ended.add(payload.request_id)
     await delivery.after_request(rt.db, rt.queue, rt.settings, payload, status, ended)
-    try:
-        await budgets.record(rt.streams, payload.tenant_id, ended.user_id, used, payload.correlation_id)
-    except STORE_ERRORS as exc:  # the budgets' Redis copy resyncs from Postgres (common.usage.budgets)
-        log.warning(
-            "counting usage against budgets failed", extra={"request_id": payload.request_id, "error": repr(exc)}
-        )
+    await budgets.count(rt.streams, payload.tenant_id, run.user_id, used, payload.correlation_id)
     RUNS.labels(status).inc()
     sink.emit(
         f"request.{status}",

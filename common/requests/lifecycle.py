@@ -34,6 +34,13 @@ _ADD_LOST_ATTEMPT = (
     " usage_estimated OR attempt_input_tokens + attempt_output_tokens > 0, attempt_input_tokens = 0,"
     " attempt_output_tokens = 0, attempt_cost_usd = 0"
 )
+# The rows a reaper takes, with what their lost attempt used before `_ADD_LOST_ATTEMPT` adds it (LOST
+# returns it, with whose budgets it counts against).
+_TAKE_LOST = (
+    "SELECT id, attempt_input_tokens AS lost_input_tokens, attempt_output_tokens AS lost_output_tokens,"
+    " attempt_cost_usd AS lost_cost_usd FROM request_logs"
+)
+LOST = "tenant_id, user_id, correlation_id, lost_input_tokens, lost_output_tokens, lost_cost_usd"
 # A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
 _DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
 
@@ -334,28 +341,28 @@ async def reap_expired(
     conn: asyncpg.Connection, max_attempts: int
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     """Requeue running requests whose lease lapsed, counting what the lost attempt used (estimated).
-    Returns (requeued, failed for too many attempts)."""
+    Returns (requeued, failed for too many attempts), each row with its LOST columns."""
     async with conn.transaction():
         requeued = await conn.fetch(
             f"""
-            UPDATE request_logs SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
-                   updated_at = now(), {_ADD_LOST_ATTEMPT}
-             WHERE id IN (SELECT id FROM request_logs
-                           WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
+            WITH lost AS ({_TAKE_LOST} WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
                            ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
-            RETURNING request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id
+            UPDATE request_logs r SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
+                   updated_at = now(), {_ADD_LOST_ATTEMPT}
+              FROM lost WHERE r.id = lost.id
+            RETURNING request_id::text, session_id::text, attempt, feature, {LOST}
             """,
             max_attempts,
         )
         failed = await conn.fetch(
             f"""
-            UPDATE request_logs SET status = 'failed', error = 'the request''s worker was lost too many times',
+            WITH lost AS ({_TAKE_LOST} WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
+                           LIMIT 200 FOR UPDATE SKIP LOCKED)
+            UPDATE request_logs r SET status = 'failed', error = 'the request''s worker was lost too many times',
                    completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
                    {_ADD_LOST_ATTEMPT}
-             WHERE id IN (SELECT id FROM request_logs
-                           WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
-                           LIMIT 200 FOR UPDATE SKIP LOCKED)
-            RETURNING {ENDED}
+              FROM lost WHERE r.id = lost.id
+            RETURNING {ENDED}, {LOST}
             """,
             max_attempts,
         )
@@ -364,18 +371,18 @@ async def reap_expired(
 
 async def fail_overdue(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Fail requests past their deadline, whatever state they are stuck in (a running attempt's usage so far counts:
-    its worker's own ending is fenced now)."""
+    its worker's own ending is fenced now); each row with its LOST columns."""
     return list(
         await conn.fetch(
             f"""
-            UPDATE request_logs SET status = 'failed', completed_at = now(),
+            WITH lost AS ({_TAKE_LOST} WHERE status IN ('queued', 'running', 'waiting') AND deadline_at < now()
+                           LIMIT 500 FOR UPDATE SKIP LOCKED)
+            UPDATE request_logs r SET status = 'failed', completed_at = now(),
                    error = CASE WHEN status = 'waiting' THEN 'no decision on the tool call awaiting approval '
                                 'before it expired' ELSE 'timed out' END,
                    updated_at = now(), lease_expires_at = NULL, done_pending = true, {_ADD_LOST_ATTEMPT}
-             WHERE id IN (SELECT id FROM request_logs
-                           WHERE status IN ('queued', 'running', 'waiting') AND deadline_at < now()
-                           LIMIT 500 FOR UPDATE SKIP LOCKED)
-            RETURNING {ENDED}
+              FROM lost WHERE r.id = lost.id
+            RETURNING {ENDED}, {LOST}
             """
         )
     )

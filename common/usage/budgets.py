@@ -2,7 +2,9 @@
 
 Postgres is the truth (`usage_daily`, kept at finish time; `budgets` holds the overrides). Redis holds
 each budget's usage in the current period, one hash per budget and period that the gateway's admission
-script reads with the other limits (common.requests.limits) and workers add to after each finish. A hash is
+script reads with the other limits (common.requests.limits) and workers add to whenever an attempt's usage
+is added to its request (its finish, a hand-back, a pause for an approval, the reaper's count of a lost
+attempt). A hash is
 seeded from Postgres when missing and lives at most RESYNC_SECONDS, so Redis drifts from the truth
 for no longer than that. A worker whose addition takes a budget past SOFT_SHARE emits
 `budget.threshold` to the CloudEvents sink, once per budget and period.
@@ -11,6 +13,7 @@ for no longer than that. A worker whose addition takes a budget past SOFT_SHARE 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -20,8 +23,11 @@ import asyncpg
 
 from common.platform import lua, sink
 from common.platform.keys import budget_key
+from common.platform.outages import STORE_ERRORS
 from common.platform.settings import Settings
 from common.usage.models import Usage
+
+log = logging.getLogger(__name__)
 
 Scope = Literal["tenant", "user"]
 Period = Literal["day", "month"]
@@ -223,6 +229,15 @@ async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correla
             correlation_id=correlation_id,
         )
     return crossed
+
+
+async def count(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = "") -> None:
+    """`record`, for a caller that goes on without Redis: what it could not add reaches the budgets at
+    their next seeding from Postgres, which holds every attempt's usage."""
+    try:
+        await record(redis, tenant_id, user_id, usage, correlation_id)
+    except STORE_ERRORS as exc:
+        log.warning("counting usage against budgets failed", extra={"tenant_id": tenant_id, "error": repr(exc)})
 
 
 def _retrieved(lookup: asyncio.Future[Overrides]) -> None:

@@ -14,7 +14,8 @@ from workers import flows, maintenance
 
 
 async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
-    row = {"request_id": "r1", "attempt": 1}
+    nothing_used = {"lost_input_tokens": 0, "lost_output_tokens": 0, "lost_cost_usd": 0.0}
+    row = {"request_id": "r1", "attempt": 1, "tenant_id": "t1", "user_id": "u1", "correlation_id": "", **nothing_used}
     job = ("default", SimpleNamespace(request_id="r1"))
     tries: list[tuple[Any, ...]] = []
 
@@ -37,7 +38,7 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(maintenance.lifecycle, "job_for", lambda r: job)
     monkeypatch.setattr(maintenance.queue, "enqueue", enqueue)
     monkeypatch.setattr(maintenance, "repair_endings_once", nothing)
-    rt: Any = SimpleNamespace(db=SimpleNamespace(acquire=acquire), queue=object())
+    rt: Any = SimpleNamespace(db=SimpleNamespace(acquire=acquire), queue=object(), streams=None)
 
     await maintenance.reap_once(rt)
 

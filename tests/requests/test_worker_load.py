@@ -6,12 +6,16 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psutil
 import pytest
+import redis
 
 from cli.sse import SseEvent
+from common.platform.keys import budget_key
 from tests.conftest import Stack, wait_until
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
@@ -27,8 +31,10 @@ def gateway(new_stack: Stack) -> Iterator[Stack]:
     yield new_stack
 
 
-def _start(stack: Stack, content: str, tokens: int, rate: float) -> tuple[object, dict[str, str]]:
-    c = stack.client()
+def _start(
+    stack: Stack, content: str, tokens: int, rate: float, user: tuple[str, str] | None = None
+) -> tuple[object, dict[str, str]]:
+    c = stack.client(*(user or ()))
     r = c.post(
         "/api/v1/requests/web",
         json={"content": content, "agent_id": "load", "new_session": True, "metadata": offline(tokens, rate)},
@@ -143,7 +149,11 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
         gateway.start_worker("load", wait=False, WORKER_DRAIN_SECONDS="0", **LEASES)
     for worker in gateway.workers:
         gateway.wait_ready(worker)
-    c, r = _start(gateway, "take over", 60, 20)
+    user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    budget = budget_key(tenant, "user", user, datetime.now(UTC).date().isoformat())
+    streams = redis.Redis.from_url(gateway.infra.redis_url)
+    streams.hset(budget, mapping={"tokens": 0, "cost": 0})  # as a gateway counting this budget seeds it
+    c, r = _start(gateway, "take over", 60, 20, (user, tenant))
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
     pid = gateway.worker_running(r["request_id"])
     leaving = next(w for w in gateway.workers if w.pid == pid)
@@ -153,6 +163,9 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
     assert retrying and retrying[0].json()["attempt"] == 2, _kinds(events)
     assert _kinds(events)[-2:] == ["run.completed", "done"]
     assert text_of(events, r["request_id"]) == "".join(compose_reply("take over", 60))
+    # Both attempts count against the user's budget: the one handed back and the one that finished.
+    usage = wait_status(c, r["request_id"], {"completed"})["usage"]
+    assert int(streams.hget(budget, "tokens") or 0) == usage["input_tokens"] + usage["output_tokens"] > 60
     try:
         leaving.wait(20)
     except subprocess.TimeoutExpired:

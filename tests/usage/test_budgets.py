@@ -19,6 +19,7 @@ from common.platform import sink
 from common.usage import budgets
 from common.usage.models import Usage
 from tests.support.app import App
+from workers import maintenance
 
 
 def _unique() -> tuple[str, str]:
@@ -206,3 +207,49 @@ async def test_a_burst_shares_one_override_lookup_and_a_failed_one_is_not_kept(
     found = await asyncio.gather(*(book.budgets("t", "u") for _ in range(50)))
     assert db.calls == 2
     assert {b.tokens for b in found[0] if b.scope == "user"} == {7}
+
+
+@pytest.mark.parametrize("attempt", [1, 5])  # requeued for another attempt, or failed as lost too many times
+async def test_a_lost_attempts_usage_counts_against_budgets_when_it_is_reaped(
+    make_app: Callable[..., Any], attempt: int
+) -> None:
+    """Not minutes later, at the budgets' next seeding from Postgres: the reaper adds it to Redis too."""
+    user, tenant = _unique()
+    async with make_app(budget_user_tokens_per_day=100) as app:
+        async with app.client(user, tenant) as client:
+            # The budget is seeded (nothing used yet) by a first request.
+            assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202
+            session_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
+            # A worker streamed 150 tokens (its heartbeat stored them), then died: its lease lapsed. Its
+            # feature has no worker, so nothing runs the request once it is requeued.
+            async with app.gateway.db.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
+                    " VALUES ($1, $2, $3, 'web', now() + interval '1 day')",
+                    session_id,
+                    tenant,
+                    user,
+                )
+                await conn.execute(
+                    """
+                    INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type,
+                                              request_content, normalized_request, feature, status, attempt,
+                                              started_at, lease_expires_at, attempt_output_tokens, deadline_at)
+                    VALUES ($1, $2, $3, $4, 'web', 'hi', '{}', 'nobody-serves-this', 'running', $5, now(),
+                            now() - interval '1 second', 150, now() + interval '1 hour')
+                    """,
+                    request_id,
+                    session_id,
+                    tenant,
+                    user,
+                    attempt,
+                )
+
+            rt: Any = app.gateway  # what the reaper reads and writes: Postgres, the streams, the queue
+            await maintenance.reap_once(rt)  # another test's worker may have reaped it first: the same count
+
+            refused = await client.post("/api/v1/requests/web", json={"content": "again"})
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["detail"].startswith("budget: user tokens per day: 150 of 100 tokens used")
+            status = await app.gateway.db.fetchval("SELECT status FROM request_logs WHERE request_id = $1", request_id)
+            assert status == ("queued" if attempt == 1 else "failed")
