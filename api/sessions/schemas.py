@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from api.requests.schemas import ToolStep
 from common.requests.models import IntegrationType, lower_name, reject_unstorable
 
 
@@ -61,6 +62,7 @@ class RequestOut(BaseModel):
     processing_time_ms: int | None = None
     created_at: datetime
     completed_at: datetime | None = None
+    steps: list[ToolStep] = Field(default_factory=list)
 
 
 class RequestPage(BaseModel):

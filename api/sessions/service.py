@@ -9,6 +9,7 @@ import asyncpg
 from api.deps import Gateway
 from api.errors import Conflict, NotFound
 from api.sessions.schemas import SessionCreate
+from common.agents import tool_steps
 from common.platform import sink
 from common.platform.credentials import Principal
 from common.requests import repository as request_repo
@@ -47,10 +48,19 @@ async def end(gw: Gateway, who: Principal, session_id: str) -> dict[str, Any]:
 
 async def history(gw: Gateway, who: Principal, session_id: str, limit: int) -> list[dict[str, Any]]:
     session = await owned(gw, who, session_id)
-    return await request_repo.of_session(gw.db, who, session["session_id"], limit)
+    return await _with_steps(gw, await request_repo.of_session(gw.db, who, session["session_id"], limit))
 
 
 async def snapshot(gw: Gateway, who: Principal, session_id: str) -> tuple[list[dict[str, Any]], str | None]:
     """The session's recent requests and the running one's checkpoint: what a `stream.reset` carries."""
-    requests = await request_repo.of_session(gw.db, who, session_id, 50)
+    requests = await _with_steps(gw, await request_repo.of_session(gw.db, who, session_id, 50))
     return requests, await request_repo.checkpoint_of_running(gw.db, who, session_id)
+
+
+async def _with_steps(gw: Gateway, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each request with its tool steps: a client that missed their events (or opens the chat later)
+    still shows them, and a call that waits for a person still offers the decision."""
+    steps = await tool_steps.of_requests(gw.db, [r["request_id"] for r in requests])
+    for request in requests:
+        request["steps"] = steps.get(request["request_id"], [])
+    return requests

@@ -5,7 +5,7 @@
  */
 
 import { renderMarkdown } from "./markdown.js";
-import { applyToolEvent, awaitingApproval, renderSteps } from "./tools.js";
+import { applyToolEvent, awaitingApproval, renderSteps, stepsFromRows } from "./tools.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STATUS_BY_EVENT = {
@@ -115,6 +115,7 @@ export class Conversation {
       text: item.response ?? "",
       attempt: item.attempt ?? 1,
       error: item.error ?? null,
+      steps: stepsFromRows(item.steps ?? []),
       live,
     });
     this.markDirty(req);

@@ -37,6 +37,23 @@ export function applyToolEvent(steps, event, data) {
   }
 }
 
+/**
+ * Steps as the API stores them (a session's history, a stream.reset), for a reply whose tool events
+ * this page never saw. A decided call shows as the live one does until its result comes.
+ */
+export function stepsFromRows(rows) {
+  const steps = new Map();
+  for (const row of rows) {
+    const decided = row.status === "approved" || row.status === "denied" ? row.status : null;
+    steps.set(row.call_id, {
+      callId: row.call_id, tool: row.tool ?? "tool", arguments: row.arguments ?? {},
+      state: decided || row.status === "awaiting" ? "awaiting" : row.status,
+      output: row.output ?? null, error: row.error ?? null, deciding: false, decided,
+    });
+  }
+  return steps;
+}
+
 /** Whether any step waits for a person's decision. */
 export function awaitingApproval(steps) {
   return [...steps.values()].some((s) => s.state === "awaiting" && !s.decided);

@@ -17,6 +17,19 @@ async def load(db: asyncpg.Pool, request_id: str) -> list[asyncpg.Record]:
     return rows
 
 
+async def of_requests(db: asyncpg.Pool, request_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The public steps of each of these requests that has any, each in the order the model asked."""
+    rows = await db.fetch(
+        f"SELECT request_id::text, {_COLUMNS} FROM tool_steps WHERE request_id = ANY($1::uuid[])"
+        " ORDER BY request_id, step, position",
+        request_ids,
+    )
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        steps.setdefault(row["request_id"], []).append(public(row))
+    return steps
+
+
 async def begin(
     db: asyncpg.Pool,
     request_id: str,
@@ -89,7 +102,7 @@ async def finish(
 
 
 def public(row: asyncpg.Record) -> dict[str, Any]:
-    """A step as `GET /api/v1/requests/{id}` shows it."""
+    """A step as the API shows it (a request, a session's history, a `stream.reset`)."""
     started, finished = row["started_at"], row["finished_at"]
     return {
         "call_id": row["call_id"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -60,7 +61,18 @@ def test_steps_show_and_approve_continues_the_reply(page: Page, tools_worker: St
     expect(calculate.locator(".tool-args")).to_be_visible()
     assert '"expression": "6*7"' in calculate.locator(".tool-args").text_content()  # type: ignore[operator]
     rid = request_id_of(page)
-    assert stored_request(tools_worker, token, rid)["status"] == "waiting"
+    waiting = stored_request(tools_worker, token, rid)
+    assert waiting["status"] == "waiting"
+    # The session's history carries the steps too (what a page opened later, or a stream.reset, shows).
+    history = httpx.get(
+        f"{tools_worker.base_url}/api/v1/sessions/{waiting['session_id']}/requests",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()["items"]
+    assert [(s["tool"], s["status"]) for s in history[-1]["steps"]] == [
+        ("demo.now", "ok"),
+        ("demo.calculate", "awaiting"),
+    ]
 
     calculate.get_by_role("button", name="Approve").click()
     expect(turn).to_have_attribute("data-status", "completed")
@@ -92,3 +104,46 @@ def test_deny_is_shown_as_the_steps_error(page: Page, tools_worker: Stack) -> No
     )
     stored = wait_stored_terminal(tools_worker, token, request_id_of(page))
     assert [s["status"] for s in stored["steps"]] == ["ok", "error"]
+
+
+def test_a_reset_snapshot_brings_back_the_steps_and_the_decision(page: Page, stack: Stack) -> None:
+    """Events were missed (a trimmed stream): the snapshot's steps stand in for them, and a call that
+    waits for a person still offers Approve and Deny."""
+    page.goto(stack.base_url + "/")
+    shown = page.evaluate(
+        """async () => {
+            const { Conversation } = await import('/chat.js');
+            const list = document.createElement('div');
+            document.body.append(list);
+            const decided = [];
+            const chat = new Conversation(list, {
+                scroller: list, onCancel: async () => {},
+                onDecide: async (requestId, callId, approve) => { decided.push([requestId, callId, approve]); },
+            });
+            const step = (call_id, tool, status, output) =>
+                ({ call_id, step: 0, tool, arguments: { expression: '6*7' }, status, output, error: null, attempt: 1 });
+            chat.applyEvent({ id: '5-0', event: 'stream.reset', data: { type: 'stream.reset', request_id: '',
+                attempt: 0, data: { reason: 'trimmed', requests: [
+                    { request_id: 'r1', content: 'tools', status: 'waiting', response: '', attempt: 1, error: null,
+                      steps: [step('c1', 'demo.now', 'ok', 'then'), step('c2', 'demo.calculate', 'awaiting', null)] },
+                ] } } });
+            await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+            const turn = list.querySelector('.turn');
+            const steps = [...turn.querySelectorAll('.tool-step')];
+            const offered = !steps[1].querySelector('.tool-approval').hidden;
+            steps[1].querySelector('.tool-approve').click();
+            await new Promise((done) => setTimeout(done, 0));
+            return {
+                states: steps.map((s) => s.dataset.state),
+                note: turn.querySelector('.reply-status').textContent,
+                offered,
+                decided,
+            };
+        }"""
+    )
+    assert shown == {
+        "states": ["ok", "awaiting"],
+        "note": "Waiting for your approval of a tool call…",
+        "offered": True,
+        "decided": [["r1", "c2", True]],
+    }
