@@ -114,10 +114,12 @@ async def reap_once(rt: WorkerRuntime) -> None:
 
 async def count_lost(rt: WorkerRuntime, rows: list[asyncpg.Record]) -> None:
     """What the lost attempts of reaped rows used (their heartbeats' last count, lifecycle.LOST), against
-    their budgets now rather than at the budgets' next seeding from Postgres."""
+    their budgets now rather than at the budgets' next seeding from Postgres (which has the rest if
+    Redis is away: one warning, not one per row)."""
     for row in rows:
         used = Usage(row["lost_input_tokens"], row["lost_output_tokens"], row["lost_cost_usd"], estimated=True)
-        await budgets.count(rt.streams, row["tenant_id"], row["user_id"], used, row["correlation_id"] or "")
+        if not await budgets.count(rt.streams, row["tenant_id"], row["user_id"], used, row["correlation_id"] or ""):
+            return
 
 
 async def repair_endings_once(rt: WorkerRuntime) -> int:

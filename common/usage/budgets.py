@@ -231,13 +231,15 @@ async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correla
     return crossed
 
 
-async def count(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = "") -> None:
-    """`record`, for a caller that goes on without Redis: what it could not add reaches the budgets at
-    their next seeding from Postgres, which holds every attempt's usage."""
+async def count(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = "") -> bool:
+    """`record`, for a caller that goes on without Redis (False then): what it could not add reaches the
+    budgets at their next seeding from Postgres, which holds every attempt's usage."""
     try:
         await record(redis, tenant_id, user_id, usage, correlation_id)
     except STORE_ERRORS as exc:
         log.warning("counting usage against budgets failed", extra={"tenant_id": tenant_id, "error": repr(exc)})
+        return False
+    return True
 
 
 def _retrieved(lookup: asyncio.Future[Overrides]) -> None:
