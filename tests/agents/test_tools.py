@@ -22,6 +22,7 @@ from cli.sse import SseEvent
 from tests.conftest import ROOT, Infra, Stack, stack_env, wait_until
 from tests.fakes.mcp_server import FakeMcp
 from tests.fakes.openai_api import FakeOpenAI, ToolCalls
+from tests.support.budgets import counted_today
 from tests.support.streams import done_for, read_until, text_of, wait_status
 
 MODEL = "openai/fake-model"
@@ -292,13 +293,20 @@ def test_approved_call_runs_after_the_decision_and_no_worker_waits(
     fake.tools(ToolCalls([("t__record", {"n": 7}), ("t__echo", {"text": "free"})]))
     fake.reply("Recorded.")
     user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    counted = counted_today(tools_stack.infra.redis_url, tenant, user)
     with tools_stack.client(user, tenant) as c, tools_stack.client(None, tenant) as other:
-        accepted = start(c, "guarded", content)
-        rid = accepted["request_id"]
-        events, stored = wait_for_approval(c, accepted)
+        fake.usage_trailer = True  # the provider reports what the turn that asked for the tools used
+        try:
+            accepted = start(c, "guarded", content)
+            rid = accepted["request_id"]
+            events, stored = wait_for_approval(c, accepted)
+        finally:
+            fake.usage_trailer = False
         [pending] = data(events, "tool.approval_required")
         assert (pending["tool"], pending["arguments"]) == ("t.record", {"n": 7})
         assert stored["status"] == "waiting"
+        # What the parked attempt used counts against the user's budget now, not after it resumes.
+        assert counted() == stored["usage"]["input_tokens"] + stored["usage"]["output_tokens"] > 0
         assert {s["tool"]: s["status"] for s in stored["steps"]} == {"t.record": "awaiting", "t.echo": "ok"}
         assert mcp.calls["record"] == 0 and mcp.calls["echo"] == 1
         assert (

@@ -8,15 +8,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import psutil
 import pytest
-import redis
 
 from cli.sse import SseEvent
-from common.platform.keys import budget_key
 from tests.conftest import Stack, wait_until
+from tests.support.budgets import counted_today
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply
@@ -150,9 +148,7 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
     for worker in gateway.workers:
         gateway.wait_ready(worker)
     user, tenant = f"user-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
-    budget = budget_key(tenant, "user", user, datetime.now(UTC).date().isoformat())
-    streams = redis.Redis.from_url(gateway.infra.redis_url)
-    streams.hset(budget, mapping={"tokens": 0, "cost": 0})  # as a gateway counting this budget seeds it
+    counted = counted_today(gateway.infra.redis_url, tenant, user)
     c, r = _start(gateway, "take over", 60, 20, (user, tenant))
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
     pid = gateway.worker_running(r["request_id"])
@@ -165,7 +161,7 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
     assert text_of(events, r["request_id"]) == "".join(compose_reply("take over", 60))
     # Both attempts count against the user's budget: the one handed back and the one that finished.
     usage = wait_status(c, r["request_id"], {"completed"})["usage"]
-    assert int(streams.hget(budget, "tokens") or 0) == usage["input_tokens"] + usage["output_tokens"] > 60
+    assert counted() == usage["input_tokens"] + usage["output_tokens"] > 60
     try:
         leaving.wait(20)
     except subprocess.TimeoutExpired:
