@@ -31,6 +31,7 @@ TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
 FLUSHES = Counter("relaygate_worker_flushes_total", "Round trips of the token flusher")
 CANCEL_POLL_SECONDS = 0.25
 MAX_WINDOW_SECONDS = 0.1
+MAX_PHASES = 8  # a short TOKEN_FLUSH_MS must not turn a widened tick into dozens of round trips
 RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -68,7 +69,7 @@ class Flusher:
 
     def phases(self) -> int:
         """Flushes per tick: one every TOKEN_FLUSH_MS (or more), each writing its share of the replies."""
-        return max(1, int(self.tick() / self.window + 1e-9)) if self.window else 1
+        return min(MAX_PHASES, max(1, int(self.tick() / self.window + 1e-9))) if self.window else 1
 
     async def drain(self, run: Attempt) -> None:
         """Wait until every token of `run` is written (across store errors)."""

@@ -15,7 +15,7 @@ from common.streams.protocol import Event, connect
 from common.streams.writer import Appended, StreamWriter
 from tests.conftest import Infra
 from workers.attempt import Attempt
-from workers.flusher import MAX_WINDOW_SECONDS, Flusher
+from workers.flusher import MAX_PHASES, MAX_WINDOW_SECONDS, Flusher
 
 
 def config(**settings: Any) -> Settings:
@@ -36,6 +36,11 @@ def test_the_tick_is_the_flush_window_until_the_events_budget_needs_more(
     tick = flusher(replies, token_flush_ms=15, token_events_per_second=10_000)
     assert tick.tick() == pytest.approx(seconds)
     assert tick.phases() == phases  # one flush every TOKEN_FLUSH_MS or a little more
+
+
+def test_a_short_window_does_not_split_a_tick_into_dozens_of_flushes() -> None:
+    tick = flusher(500, token_flush_ms=1, token_events_per_second=10_000)
+    assert tick.tick() == pytest.approx(0.05) and tick.phases() == MAX_PHASES
 
 
 def test_a_zero_budget_or_window_keeps_the_configured_tick() -> None:
