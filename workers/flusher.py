@@ -115,6 +115,8 @@ class Flusher:
         batches: list[Attempt] = []
         for run in runs:
             if not (everyone or run.due or run.slot % phases == phase):
+                if run.pending or run.unsent:  # its phase comes next, whether or not more tokens do
+                    self.wake.set()
                 continue
             run.due = False
             if run.pending:

@@ -14,6 +14,7 @@ from common.requests.models import JobPayload
 from common.streams.protocol import Event, connect
 from common.streams.writer import Appended, StreamWriter
 from tests.conftest import Infra
+from workers import flusher as flusher_module
 from workers.attempt import Attempt
 from workers.flusher import MAX_PHASES, MAX_WINDOW_SECONDS, Flusher
 
@@ -93,6 +94,37 @@ async def test_a_widened_tick_writes_each_reply_once_in_its_phase(infra: Infra) 
         for run in runs.values():
             entries = await redis.xrange(writer.key(run.payload.session_id))
             assert [e[1][b"data"] for e in entries] == [b'{"text":"first "}', b'{"text":"second "}']
+    finally:
+        loop.cancel()
+        await redis.aclose()
+
+
+async def test_tokens_left_for_a_later_phase_are_written_without_new_tokens(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last tokens of replies in other phases (their models done, nothing new to wake the loop) go out
+    within the tick, not at the next cancel poll."""
+    monkeypatch.setattr(flusher_module, "CANCEL_POLL_SECONDS", 30.0)
+    redis = connect(infra.redis_url, cluster=False, max_connections=4)
+    writer = StreamWriter(redis, buckets=256, maxlen=1000, ttl_seconds=60)
+    runs = {
+        str(n): Attempt(JobPayload(request_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()), tenant_id="t"))
+        for n in range(30)
+    }
+    flush = Flusher(config(token_flush_ms=10, token_events_per_second=1000), writer, runs)  # type: ignore[arg-type]
+    loop = asyncio.create_task(flush.run())
+    try:
+        for run in runs.values():
+            flush.add(run, "first ")
+        async with asyncio.timeout(5):
+            for run in runs.values():
+                await flush.drain(run)
+        last = [runs["0"], runs["1"], runs["2"]]  # one reply in each phase
+        for run in last:
+            flush.add(run, "last ")
+        async with asyncio.timeout(5):
+            for run in last:
+                await flush.drain(run)
     finally:
         loop.cancel()
         await redis.aclose()
