@@ -104,6 +104,12 @@ def post_event(
     return httpx.post(f"{stack.base_url}/slack/events", content=body, headers=headers)
 
 
+def post_dm(stack: Stack, ws: Workspace, user: str, dm: str, text: str, ts: str | None = None) -> httpx.Response:
+    """A person's direct message to the bot, as Slack's Events API posts it (`ts` now unless given)."""
+    event = {"type": "message", "channel_type": "im", "user": user, "channel": dm, "text": text}
+    return post_event(stack, ws, {**event, "ts": ts or f"{time.time():.6f}"})
+
+
 def slash(stack: Stack, ws: Workspace, command: str, text: str, user: str, channel: str) -> httpx.Response:
     """A signed slash command as Slack posts it; the gateway's answer is checked to be its ephemeral 200."""
     body = urlencode(
@@ -247,18 +253,7 @@ def test_thread_is_one_session_and_dms_continue(
         },
     )
     for text in ("dm one", "dm two"):
-        post_event(
-            stack,
-            workspace,
-            {
-                "type": "message",
-                "channel_type": "im",
-                "user": user,
-                "channel": dm,
-                "text": text,
-                "ts": f"{time.time():.6f}",
-            },
-        )
+        post_dm(stack, workspace, user, dm, text)
     post_event(
         stack,
         workspace,
@@ -455,18 +450,7 @@ def test_user_slack_settings_are_honoured(
             json={"config": {"thread_replies": True, "mention_user": True, "include_agent_info": False}},
         )
         assert r.status_code == 200, r.text
-    post_event(
-        stack,
-        workspace,
-        {
-            "type": "message",
-            "channel_type": "im",
-            "user": user,
-            "channel": dm,
-            "text": "thread me",
-            "ts": "1700000008.000100",
-        },
-    )
+    post_dm(stack, workspace, user, dm, "thread me", ts="1700000008.000100")
     final = finished(fake_slack, dm)
     assert fake_slack.of("chat.postMessage", dm)[0].args["thread_ts"] == "1700000008.000100"
     (row,) = reply_of(stack, workspace, user)
@@ -597,18 +581,7 @@ def test_long_reply_continues_in_thread_follow_ups(
 
 def dm_and_wait(stack: Stack, ws: Workspace, user: str, dm: str, text: str, count: int) -> list[asyncpg.Record]:
     """Send `text` as a DM and wait until the user's `count`-th request has completed."""
-    post_event(
-        stack,
-        ws,
-        {
-            "type": "message",
-            "channel_type": "im",
-            "user": user,
-            "channel": dm,
-            "text": text,
-            "ts": f"{time.time():.6f}",
-        },
-    )
+    post_dm(stack, ws, user, dm, text)
     return list(
         wait_for(
             lambda: (
