@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from importlib import resources
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 
 from common.platform import metrics
+from common.platform.batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,24 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: 
     assert pool is not None
     metrics.track_pool(name, pool)
     return pool
+
+
+B = TypeVar("B", bound=Batcher[Any, Any])
+
+_BATCHERS: dict[asyncpg.Pool, dict[str, Batcher[Any, Any]]] = {}
+
+
+def batcher(pool: asyncpg.Pool, name: str, make: Callable[[], B]) -> B:
+    """The pool's batcher of statement `name` (common.platform.batching), made by `make` on first use."""
+    named = _BATCHERS.get(pool)
+    if named is None:
+        for closed in [p for p in _BATCHERS if p.is_closing()]:
+            del _BATCHERS[closed]
+        named = _BATCHERS[pool] = {}
+    found = named.get(name)
+    if found is None:
+        found = named[name] = make()
+    return found  # type: ignore[return-value]
 
 
 # Versions recorded under the names the migrations had before they were numbered without gaps.

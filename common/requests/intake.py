@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 import asyncpg
@@ -250,19 +251,18 @@ async def _replay(
 async def _accept_new(stores: IntakeStores, intake: _Intake) -> Admitted:
     """Store the request (in a new or an existing session), then queue it or flag what it interrupts."""
     try:
-        async with stores.db.acquire() as conn:
-            if (_starts_session(intake) or intake.unseen_session) and not intake.idempotency_key:
-                # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
-                await _record(stores, conn, intake, existing=intake.body.session_id if intake.unseen_session else None)
-                upcoming: tuple[str, JobPayload] | None = intake.job()
-                interrupted: list[str] = []
-                cancelled: list[asyncpg.Record] = []
-            else:
-                async with conn.transaction():
-                    replay = await _hold_idempotency_key(conn, intake)
-                    if replay is not None:
-                        return replay
-                    upcoming, interrupted, cancelled = await _join_session(stores, conn, intake)
+        if (_starts_session(intake) or intake.unseen_session) and not intake.idempotency_key:
+            # Nothing runs in a session nobody has seen yet: no lock, no transaction needed.
+            await _record(stores, None, intake, existing=intake.body.session_id if intake.unseen_session else None)
+            upcoming: tuple[str, JobPayload] | None = intake.job()
+            interrupted: list[str] = []
+            cancelled: list[asyncpg.Record] = []
+        else:
+            async with stores.db.acquire() as conn, conn.transaction():
+                replay = await _hold_idempotency_key(conn, intake)
+                if replay is not None:
+                    return replay
+                upcoming, interrupted, cancelled = await _join_session(stores, conn, intake)
     except BaseException:
         await _end_unstored(stores, intake)
         raise
@@ -351,8 +351,11 @@ async def _session_for(conn: asyncpg.Connection, intake: _Intake) -> str | None:
     return await session_repo.lock_latest_active(conn, who.tenant_id, intake.user_id, body.integration())
 
 
-async def _record(stores: IntakeStores, conn: asyncpg.Connection, intake: _Intake, *, existing: str | None) -> None:
-    """Announce the request on its stream, then store it (and a new session) in one statement.
+async def _record(
+    stores: IntakeStores, conn: asyncpg.Connection | None, intake: _Intake, *, existing: str | None
+) -> None:
+    """Announce the request on its stream, then store it (and a new session) in one statement: in the
+    caller's transaction (`conn`), or outside any, sharing the statement with concurrent intakes.
 
     The stream entry comes first so its id is stored with the row: if Redis is down,
     nothing is stored and the client gets 503.
@@ -372,8 +375,8 @@ async def _record(stores: IntakeStores, conn: asyncpg.Connection, intake: _Intak
         },
     )
     (intake.entry_id,) = await stores.writer.announce(intake.session_id, intake.request_id, [accepted_event])
-    await request_repo.insert(
-        conn,
+    store = partial(request_repo.store, stores.db) if conn is None else partial(request_repo.insert, conn)
+    await store(
         new_session=existing is None,
         values=(
             intake.request_id,

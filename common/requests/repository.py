@@ -6,11 +6,14 @@ into `request_logs` (a session's listing, Slack access, admission) stay with the
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, TypeAlias
 
 import asyncpg
 
+from common.platform.batching import Batcher
 from common.platform.credentials import Principal
+from common.platform.db import batcher
 from common.platform.ids import parse_uuid
 from common.requests.models import ACTIVE_STATUSES
 
@@ -49,6 +52,42 @@ _WITH_NEW_SESSION = (
     VALUES ($2, $3, $4, $5, now() + make_interval(secs => $15), $1, now(), 1)
 """
 )
+# The same two statements for many requests at once (`store`), their values as one array per column.
+_ROWS = """
+    WITH v AS (
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                             $14::float8[], $15::float8[], $16::text[])
+            AS v(request_id, session_id, tenant_id, user_id, request_type, request_content, normalized_request,
+                 agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id, timeout_s, ttl_s,
+                 created_by)),
+    request AS (
+        INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
+            normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
+            deadline_at, created_by)
+        SELECT request_id, session_id, tenant_id, user_id, request_type, request_content, normalized_request,
+               agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
+               now() + make_interval(secs => timeout_s), created_by
+          FROM v)
+"""
+_MANY_INTO_SESSIONS = (
+    _ROWS
+    + """
+    UPDATE request_sessions s
+       SET last_request_id = v.request_id, last_request_at = now(), updated_at = now(),
+           total_requests = s.total_requests + 1, expires_at = now() + make_interval(secs => v.ttl_s)
+      FROM v WHERE s.session_id = v.session_id
+"""
+)
+_MANY_WITH_NEW_SESSIONS = (
+    _ROWS
+    + """
+    INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at,
+                                  last_request_id, last_request_at, total_requests)
+    SELECT session_id, tenant_id, user_id, request_type, now() + make_interval(secs => ttl_s), request_id, now(), 1
+      FROM v
+"""
+)
 
 
 async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> None:
@@ -59,6 +98,30 @@ async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> N
     created_by (the principal, when it acts for another user).
     """
     await conn.execute(_WITH_NEW_SESSION if new_session else _INTO_SESSION, *values)
+
+
+async def store(db: asyncpg.Pool, *, new_session: bool, values: tuple[Any, ...]) -> None:
+    """`insert` outside a transaction; concurrent calls share one statement (one per session at a time)."""
+    name = "requests.insert.new_session" if new_session else "requests.insert.into_session"
+    await batcher(
+        db,
+        name,
+        lambda: Batcher(
+            partial(_insert_many, db, new_session),
+            partial(_insert_one, db, new_session),
+            key=lambda values: values[1],
+        ),
+    )(values)
+
+
+async def _insert_one(db: asyncpg.Pool, new_session: bool, values: tuple[Any, ...]) -> None:
+    await insert(db, new_session=new_session, values=values)
+
+
+async def _insert_many(db: asyncpg.Pool, new_session: bool, rows: list[tuple[Any, ...]]) -> list[None]:
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    await db.execute(_MANY_WITH_NEW_SESSIONS if new_session else _MANY_INTO_SESSIONS, *columns)
+    return [None] * len(rows)
 
 
 async def by_idempotency_key(conn: Conn, tenant_id: str, user_id: str, key: str) -> asyncpg.Record | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any, TypeAlias
 
 import asyncpg
 
+from common.platform.batching import Batcher
 from common.platform.credentials import Principal
+from common.platform.db import batcher
 from common.platform.ids import parse_uuid
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -62,33 +65,85 @@ async def ensure(conn: Conn, who: Principal, session_id: str, integration: str, 
     )
 
 
-async def for_external_id(conn: Conn, who: Principal, external_id: str, ttl_seconds: int) -> tuple[str, bool]:
+async def for_external_id(db: asyncpg.Pool, who: Principal, external_id: str, ttl_seconds: int) -> tuple[str, bool]:
     """The caller's active `generic` session named `external_id`, created when none is (race-free),
-    and whether this call created it.
+    and whether this call created it. Concurrent calls share one statement.
 
     The unique index covers active sessions only: once the session ends or expires, the name
     starts a new one.
     """
-    row = await conn.fetchrow(
+    find = batcher(
+        db,
+        "sessions.for_external_id",
+        lambda: Batcher(partial(_named_many, db), partial(_named_one, db), key=_name_key),
+    )
+    return await find((who.tenant_id, who.user_id, external_id, ttl_seconds))
+
+
+_Named: TypeAlias = tuple[str, str, str, int]  # tenant_id, user_id, external_id, ttl_seconds
+
+
+def _name_key(named: _Named) -> tuple[str, str, str]:
+    return named[:3]
+
+
+async def _named_one(conn: Conn, named: _Named) -> tuple[str, bool]:
+    for _ in range(2):
+        row = await conn.fetchrow(
+            """
+            WITH ins AS (
+                INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
+                                              expires_at)
+                VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
+                ON CONFLICT DO NOTHING RETURNING session_id)
+            SELECT session_id::text, true AS created FROM ins
+            UNION ALL
+            SELECT session_id::text, false FROM request_sessions
+             WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
+               AND status = 'active'
+            LIMIT 1
+            """,
+            *named,
+        )
+        # None: the session that conflicted was committed after this statement's snapshot; the next one sees it.
+        if row is not None:
+            return row["session_id"], row["created"]
+    raise RuntimeError(f"session {named[2]!r} neither created nor found")
+
+
+async def _named_many(conn: Conn, batch: list[_Named]) -> list[tuple[str, bool]]:
+    """`_named_one` for many names (distinct) in one statement. A name it neither creates nor finds fails the
+    batch; each then runs alone and finds its session (created by this statement or not: `created` False, the
+    cautious answer, for one this statement made)."""
+    tenants, users, names, ttls = (list(column) for column in zip(*batch, strict=True))
+    rows = await conn.fetch(
         """
-        WITH ins AS (
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) WITH ORDINALITY
+                AS v(tenant_id, user_id, external_id, ttl_s, n)),
+        ins AS (
             INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
                                           expires_at)
-            VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
-            ON CONFLICT DO NOTHING RETURNING session_id)
-        SELECT session_id::text, true AS created FROM ins
-        UNION ALL
-        SELECT session_id::text, false FROM request_sessions
-         WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
-           AND status = 'active'
-        LIMIT 1
+            SELECT gen_random_uuid(), tenant_id, user_id, 'generic', external_id, now() + make_interval(secs => ttl_s)
+              FROM v
+            ON CONFLICT DO NOTHING RETURNING session_id, tenant_id, user_id, external_session_id)
+        SELECT coalesce(ins.session_id, s.session_id)::text AS session_id, ins.session_id IS NOT NULL AS created
+          FROM v
+          LEFT JOIN ins ON ins.tenant_id = v.tenant_id AND ins.user_id = v.user_id
+                       AND ins.external_session_id = v.external_id
+          LEFT JOIN request_sessions s ON ins.session_id IS NULL AND s.tenant_id = v.tenant_id
+                       AND s.user_id = v.user_id AND s.integration_type = 'generic'
+                       AND s.external_session_id = v.external_id AND s.status = 'active'
+         ORDER BY v.n
         """,
-        who.tenant_id,
-        who.user_id,
-        external_id,
-        ttl_seconds,
+        tenants,
+        users,
+        names,
+        ttls,
     )
-    return row["session_id"], row["created"]
+    if len(rows) != len(batch) or any(row["session_id"] is None for row in rows):
+        raise LookupError("a session was neither created nor found")
+    return [(row["session_id"], row["created"]) for row in rows]
 
 
 async def get(conn: Conn, who: Principal, session_id: str) -> dict[str, Any] | None:
