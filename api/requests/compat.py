@@ -20,6 +20,7 @@ from api.requests import service
 from api.requests.schemas import GenericRequest
 from api.streams.relay import request_frames
 from api.streams.sse import held_response, just_before, release_stream, reserve_stream
+from common.platform.batching import pipelined
 from common.platform.credentials import SCOPE_REQUESTS, Principal
 from common.platform.keys import start_key, stream_key
 from common.platform.logging import correlation_id
@@ -72,7 +73,7 @@ async def _start_or_join(
     claim = start_key(session_id, gw.settings.stream_buckets)
     # The claim names the request before it is stored: one write, and a joiner that finds no row yet retries.
     request_id = str(uuid.uuid4())
-    if await gw.streams.set(claim, request_id, nx=True, ex=gw.settings.stream_ttl_seconds):
+    if await pipelined(gw.streams).command("SET", claim, request_id, "EX", gw.settings.stream_ttl_seconds, "NX"):
         body = GenericRequest(
             integration_type="generic",
             session_id=session_id,

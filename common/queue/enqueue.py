@@ -11,6 +11,7 @@ from arq.utils import timestamp_ms
 from opentelemetry.trace import SpanKind
 
 from common.platform import lua, metrics, tracing
+from common.platform.batching import pipelined
 from common.platform.keys import queue_name, queue_wake_key
 from common.requests.models import JobPayload
 
@@ -40,16 +41,10 @@ async def push(
     now = timestamp_ms()
     defer_ms = int(defer_seconds * 1000)
     job = serialize_job(function, args, {}, None, now, serializer=pool.job_serializer)
-    script = pool.register_script(_ENQUEUE)
-    queued = await script(
-        keys=[
-            job_key_prefix + jid,
-            result_key_prefix + jid,
-            queue,
-            queue_wake_key(queue),
-            in_progress_key_prefix + jid,
-        ],
-        args=[pool.expires_extra_ms + defer_ms, job, now + defer_ms, jid],
+    queued = await pipelined(pool).script(
+        pool.register_script(_ENQUEUE),
+        [job_key_prefix + jid, result_key_prefix + jid, queue, queue_wake_key(queue), in_progress_key_prefix + jid],
+        [pool.expires_extra_ms + defer_ms, job, now + defer_ms, jid],
     )
     return bool(queued)
 

@@ -25,6 +25,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from common.platform.batching import pipelined
 from common.platform.keys import hub_bucket_wake_key, hub_wake_key
 from common.platform.outages import REDIS_ERRORS
 from common.streams.protocol import StreamsRedis, event_json, format_id, parse_id
@@ -388,7 +389,7 @@ class Hub:
         return reader
 
     async def last_id(self, key: str) -> bytes:
-        newest = await self.redis.xrevrange(key, count=1)
+        newest = await pipelined(self.redis).command("XREVRANGE", key, "+", "-", "COUNT", 1)
         return newest[0][0] if newest else b"0-0"
 
     async def subscribe(self, key: str) -> Subscription:
@@ -453,8 +454,8 @@ async def batches(hub: Hub, key: str, after: tuple[int, int]) -> AsyncIterator[B
     try:
         last = after
         while last < sub.catchup_until:
-            page = await hub.redis.xrange(
-                key, min=b"(" + format_id(last).encode(), max=format_id(sub.catchup_until).encode(), count=500
+            page = await pipelined(hub.redis).command(
+                "XRANGE", key, b"(" + format_id(last).encode(), format_id(sub.catchup_until).encode(), "COUNT", 500
             )
             if not page:
                 break

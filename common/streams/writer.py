@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from redis.asyncio import RedisCluster
 
 from common.platform import lua
+from common.platform.batching import pipelined
 from common.platform.keys import bucket, fence_key, intake_key, stream_key
 from common.streams.protocol import (
     Event,
@@ -61,7 +62,7 @@ class StreamWriter:
         for event in events:
             f = event.fields()
             args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
-        ids = await self._append(keys=keys, args=args)
+        ids = await pipelined(self.redis).script(self._append, keys, args)
         return [_text(i) for i in ids]
 
     async def append_many(
