@@ -18,6 +18,8 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from common.platform import metrics
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -27,8 +29,9 @@ class Batcher(Generic[T, R]):
 
     `many` returns one result per item, in order; an exception in its place is raised to that caller.
     `key(item)`: items with equal keys never share a batch (a statement that would touch one row twice);
-    `limit` caps a batch's size. `alone_after_failure`: when `many` raises, run each item by itself
-    (only for a `many` that is all or nothing, like one SQL statement); else every caller gets the error.
+    `limit` caps a batch's size; `name` labels the batch metrics. `alone_after_failure`: when `many`
+    raises, run each item by itself (only for a `many` that is all or nothing, like one SQL statement);
+    else every caller gets the error.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class Batcher(Generic[T, R]):
         many: Callable[[list[T]], Awaitable[Sequence[R]]],
         one: Callable[[T], Awaitable[R]],
         *,
+        name: str,
         key: Callable[[T], Hashable] | None = None,
         limit: int = 128,
         alone_after_failure: bool = True,
@@ -47,7 +51,8 @@ class Batcher(Generic[T, R]):
         self._alone_after_failure = alone_after_failure
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._running: asyncio.Task[None] | None = None
-        self.batches = 0  # statements made for more than one call, for tests and metrics
+        self.batches = 0  # statements made for more than one call
+        self._counted = (metrics.BATCHES.labels(name), metrics.BATCHED_CALLS.labels(name))
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -113,6 +118,8 @@ class Batcher(Generic[T, R]):
             results = [exc] * len(calls)  # type: ignore[list-item]
         else:
             self.batches += 1
+            self._counted[0].inc()
+            self._counted[1].inc(len(calls))
         for (_, future), result in zip(calls, results, strict=True):
             if future.done():
                 continue
@@ -132,7 +139,9 @@ class Pipelined:
 
     def __init__(self, redis: Redis | RedisCluster) -> None:
         self.redis = redis
-        self.batcher: Batcher[Command, Any] = Batcher(self._many, self._one, alone_after_failure=False)
+        self.batcher: Batcher[Command, Any] = Batcher(
+            self._many, self._one, name="redis pipeline", alone_after_failure=False
+        )
         self.send = self._one if isinstance(redis, RedisCluster) else self.batcher
 
     async def command(self, *args: Any) -> Any:

@@ -40,6 +40,10 @@ RELAY_LAG = Histogram(
     "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+BATCHES = Counter(
+    "relaygate_batches_total", "Shared Postgres statements and Redis pipelines that carried several calls", ["batch"]
+)
+BATCHED_CALLS = Counter("relaygate_batched_calls_total", "Calls those statements and pipelines carried", ["batch"])
 # Per client protocol (langgraph, aisdk, openai): the requests its routes accepted (`via`: stream, background,
 # wait) and its reply streams, as they opened (`stage="opened"`, `kind`: new, join, resume) and ended
 # (`stage="ended"`, `kind`: completed, failed, cancelled, retried, drained, disconnected).

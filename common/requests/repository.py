@@ -109,6 +109,7 @@ async def store(db: asyncpg.Pool, *, new_session: bool, values: tuple[Any, ...])
         lambda: Batcher(
             partial(_insert_many, db, new_session),
             partial(_insert_one, db, new_session),
+            name=name,
             key=lambda values: values[1],
         ),
     )(values)

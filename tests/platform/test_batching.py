@@ -35,14 +35,14 @@ class Recorder:
 
 async def test_a_lone_call_runs_at_once_by_itself() -> None:
     rec = Recorder()
-    batcher = Batcher(rec.many, rec.one)
+    batcher = Batcher(rec.many, rec.one, name="test")
     assert await batcher(3) == 6
     assert rec.alone == [3] and rec.batches == []
 
 
 async def test_calls_that_overlap_share_statements_and_each_gets_its_own_result() -> None:
     rec = Recorder()
-    batcher = Batcher(rec.many, rec.one, limit=10)
+    batcher = Batcher(rec.many, rec.one, name="test", limit=10)
     results = await asyncio.gather(*(batcher(i) for i in range(25)))
     assert results == [2 * i for i in range(25)]
     # The first call went out alone (nothing was running), the rest in batches of at most 10.
@@ -52,7 +52,7 @@ async def test_calls_that_overlap_share_statements_and_each_gets_its_own_result(
 
 async def test_calls_with_one_key_never_share_a_batch() -> None:
     rec = Recorder()
-    batcher = Batcher(rec.many, rec.one, key=lambda i: i % 3)
+    batcher = Batcher(rec.many, rec.one, name="test", key=lambda i: i % 3)
     results = await asyncio.gather(*(batcher(i) for i in range(7)))
     assert results == [2 * i for i in range(7)]
     for batch in rec.batches:
@@ -62,7 +62,7 @@ async def test_calls_with_one_key_never_share_a_batch() -> None:
 
 async def test_a_failed_batch_runs_each_call_alone_and_only_the_bad_one_fails() -> None:
     rec = Recorder(bad=4)
-    batcher = Batcher(rec.many, rec.one)
+    batcher = Batcher(rec.many, rec.one, name="test")
     outcomes = await asyncio.gather(*(batcher(i) for i in range(8)), return_exceptions=True)
     assert [o for i, o in enumerate(outcomes) if i != 4] == [2 * i for i in range(8) if i != 4]
     assert isinstance(outcomes[4], ValueError) and "bad item 4" in str(outcomes[4])
@@ -74,13 +74,13 @@ async def test_a_batch_with_the_wrong_number_of_results_falls_back_to_single_cal
         return [0]
 
     rec = Recorder()
-    batcher = Batcher(short, rec.one)
+    batcher = Batcher(short, rec.one, name="test")
     assert await asyncio.gather(*(batcher(i) for i in range(4))) == [0, 2, 4, 6]
 
 
 async def test_a_caller_cancelled_before_its_batch_goes_writes_nothing() -> None:
     rec = Recorder()
-    batcher = Batcher(rec.many, rec.one)
+    batcher = Batcher(rec.many, rec.one, name="test")
     first = asyncio.create_task(batcher(1))
     await asyncio.sleep(0)  # the first call is in flight; the next ones wait
     waiting = [asyncio.create_task(batcher(i)) for i in (2, 3, 4)]
@@ -95,7 +95,7 @@ async def test_a_caller_cancelled_before_its_batch_goes_writes_nothing() -> None
 
 async def test_an_error_reaches_its_caller_when_every_call_runs_alone() -> None:
     rec = Recorder(bad=1)
-    batcher = Batcher(rec.many, rec.one)
+    batcher = Batcher(rec.many, rec.one, name="test")
     with pytest.raises(ValueError, match="bad item 1"):
         await batcher(1)
     assert await batcher(2) == 4  # the batcher goes on after an error

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from api.requests.schemas import GenericRequest
 from common.platform import db
@@ -30,8 +31,13 @@ def batches(app: App, name: str) -> int:
     return db.batcher(app.gateway.db, name, lambda: pytest.fail(f"no batcher {name}")).batches
 
 
+def batched_calls(name: str) -> float:
+    return REGISTRY.get_sample_value("relaygate_batched_calls_total", {"batch": name}) or 0.0
+
+
 async def test_a_burst_of_new_sessions_is_stored_in_shared_statements(app: App) -> None:
     tenant, user = "tenant-" + uuid.uuid4().hex[:8], "user-" + uuid.uuid4().hex[:8]
+    calls_before = batched_calls("requests.insert.new_session")
     async with app.client(user, tenant) as client:
         answers = await asyncio.gather(
             *(
@@ -53,6 +59,7 @@ async def test_a_burst_of_new_sessions_is_stored_in_shared_statements(app: App) 
         assert r["live"] and r["total_requests"] == 1 and r["last_request_id"] == r["request_id"]
         assert r["integration_type"] == "web"
     assert batches(app, "requests.insert.new_session") >= 1
+    assert 2 <= batched_calls("requests.insert.new_session") - calls_before <= 30
 
 
 async def test_first_turns_of_named_chats_share_statements(app: App) -> None:
