@@ -14,10 +14,13 @@ whoever ended it then writes the closing events (common.requests.ending) and cle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import asyncpg
 
+from common.platform.batching import Batcher
+from common.platform.db import batcher
 from common.requests.models import JobPayload
 from common.usage.models import Usage, of_row
 
@@ -139,6 +142,20 @@ async def claim_many(
     return {str(row["request_id"]): row for row in rows}
 
 
+Ended = tuple[Finished | None, tuple[str, JobPayload] | None]
+
+
+@dataclass(frozen=True)
+class _Ending:
+    payload: JobPayload
+    status: str
+    response: str | None
+    error: str | None
+    agent_id: str | None
+    metadata: dict[str, Any]
+    usage: Usage
+
+
 async def finish(
     db: asyncpg.Pool,
     payload: JobPayload,
@@ -149,15 +166,26 @@ async def finish(
     agent_id: str | None = None,
     metadata: dict[str, Any] | None = None,
     usage: Usage | None = None,
-) -> tuple[Finished | None, tuple[str, JobPayload] | None]:
+) -> Ended:
     """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
 
     Returns (the ended request, or None when the attempt no longer held it; the next request of the
-    session to queue).
+    session to queue). Concurrent endings of different sessions share one transaction and one commit.
     """
-    usage = usage or Usage()
+    ending = _Ending(payload, status, response, error, agent_id, metadata or {}, usage or Usage())
+    name = "requests.finish"
+    return await batcher(
+        db,
+        name,
+        lambda: Batcher(
+            partial(_finish_many, db), partial(_finish_one, db), name=name, key=lambda e: e.payload.session_id
+        ),
+    )(ending)
+
+
+async def _finish_one(db: asyncpg.Pool, e: _Ending) -> Ended:
     async with db.acquire() as conn, conn.transaction():
-        await lock_session(conn, payload.session_id)
+        await lock_session(conn, e.payload.session_id)
         row = await conn.fetchrow(
             f"""
             UPDATE request_logs
@@ -170,17 +198,17 @@ async def finish(
              WHERE request_id = $1 AND attempt = $2 AND status = 'running'
             RETURNING {_FINISHED}
             """,
-            payload.request_id,
-            payload.attempt,
-            status,
-            response,
-            error,
-            agent_id,
-            metadata or {},
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cost_usd,
-            usage.estimated,
+            e.payload.request_id,
+            e.payload.attempt,
+            e.status,
+            e.response,
+            e.error,
+            e.agent_id,
+            e.metadata,
+            e.usage.input_tokens,
+            e.usage.output_tokens,
+            e.usage.cost_usd,
+            e.usage.estimated,
         )
         if row is None:
             return None, None
@@ -195,10 +223,76 @@ async def finish(
             )
             {_HEAD}
             """,
-            payload.session_id,
-            agent_id,
+            e.payload.session_id,
+            e.agent_id,
         )
         return Finished.of(row), job_for(head) if head is not None and head["status"] == "queued" else None
+
+
+async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
+    """`_finish_one` for the endings of distinct sessions, in one transaction: the sessions are locked in a
+    fixed order (as `claim_many` does), then one statement ends every attempt still running."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
+            sorted({e.payload.session_id for e in endings}),
+        )
+        rows = await conn.fetch(
+            f"""
+            UPDATE request_logs
+               SET status = v.new_status, response_content = coalesce(v.response, response_content), error = v.err,
+                   agent_id = coalesce(v.agent, agent_id), response_metadata = response_metadata || v.meta,
+                   processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
+                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
+                   input_tokens = input_tokens + v.input_add, output_tokens = output_tokens + v.output_add,
+                   cost_usd = cost_usd + v.cost_add, usage_estimated = usage_estimated OR v.estimated, {_DROP_ESTIMATE}
+              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                          $8::bigint[], $9::bigint[], $10::numeric[], $11::bool[])
+                AS v(rid, att, new_status, response, err, agent, meta, input_add, output_add, cost_add, estimated)
+             WHERE request_logs.request_id = v.rid AND request_logs.attempt = v.att AND request_logs.status = 'running'
+            RETURNING request_logs.request_id::text AS ended_id, {_FINISHED}
+            """,
+            [e.payload.request_id for e in endings],
+            [e.payload.attempt for e in endings],
+            [e.status for e in endings],
+            [e.response for e in endings],
+            [e.error for e in endings],
+            [e.agent_id for e in endings],
+            [e.metadata for e in endings],
+            [e.usage.input_tokens for e in endings],
+            [e.usage.output_tokens for e in endings],
+            [e.usage.cost_usd for e in endings],
+            [e.usage.estimated for e in endings],
+        )
+        ended = {row["ended_id"]: row for row in rows}
+        held = [e for e in endings if e.payload.request_id in ended]
+        heads = await conn.fetch(
+            """
+            WITH touched AS (
+              UPDATE request_sessions s
+                 SET current_agent_id = coalesce(v.agent, s.current_agent_id), updated_at = now()
+                FROM unnest($1::uuid[], $2::text[]) AS v(sid, agent) WHERE s.session_id = v.sid
+            )
+            SELECT DISTINCT ON (session_id)
+                   request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
+              FROM request_logs WHERE session_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting')
+             ORDER BY session_id, id
+            """,
+            [e.payload.session_id for e in held],
+            [e.agent_id for e in held],
+        )
+    head_of = {row["session_id"]: row for row in heads}
+    results: list[Ended] = []
+    for e in endings:
+        row = ended.get(e.payload.request_id)
+        head = head_of.get(e.payload.session_id)
+        if row is None:
+            results.append((None, None))
+        else:
+            results.append(
+                (Finished.of(row), job_for(head) if head is not None and head["status"] == "queued" else None)
+            )
+    return results
 
 
 async def ended_as(db: asyncpg.Pool, payload: JobPayload, status: str) -> Finished | None:
