@@ -184,54 +184,13 @@ async def finish(
 
 
 async def _finish_one(db: asyncpg.Pool, e: _Ending) -> Ended:
-    async with db.acquire() as conn, conn.transaction():
-        await lock_session(conn, e.payload.session_id)
-        row = await conn.fetchrow(
-            f"""
-            UPDATE request_logs
-               SET status = $3, response_content = coalesce($4, response_content), error = $5,
-                   agent_id = coalesce($6, agent_id), response_metadata = response_metadata || $7::jsonb,
-                   processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
-                   completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
-                   input_tokens = input_tokens + $8, output_tokens = output_tokens + $9,
-                   cost_usd = cost_usd + $10, usage_estimated = usage_estimated OR $11, {_DROP_ESTIMATE}
-             WHERE request_id = $1 AND attempt = $2 AND status = 'running'
-            RETURNING {_FINISHED}
-            """,
-            e.payload.request_id,
-            e.payload.attempt,
-            e.status,
-            e.response,
-            e.error,
-            e.agent_id,
-            e.metadata,
-            e.usage.input_tokens,
-            e.usage.output_tokens,
-            e.usage.cost_usd,
-            e.usage.estimated,
-        )
-        if row is None:
-            return None, None
-        # The session's bookkeeping and its next head in one round trip: the head query sees this
-        # transaction's ending above (an earlier statement), not the session update beside it.
-        head = await conn.fetchrow(
-            f"""
-            WITH touched AS (
-              UPDATE request_sessions
-                 SET current_agent_id = coalesce($2, current_agent_id), updated_at = now()
-               WHERE session_id = $1
-            )
-            {_HEAD}
-            """,
-            e.payload.session_id,
-            e.agent_id,
-        )
-        return Finished.of(row), job_for(head) if head is not None and head["status"] == "queued" else None
+    return (await _finish_many(db, [e]))[0]
 
 
 async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
-    """`_finish_one` for the endings of distinct sessions, in one transaction: the sessions are locked in a
-    fixed order (as `claim_many` does), then one statement ends every attempt still running."""
+    """End the attempts of distinct sessions in one transaction: the sessions are locked in a fixed order
+    (as `claim_many` does), one statement ends every attempt still running, and one query reads each
+    ended session's next head (it sees the endings: an earlier statement of the transaction)."""
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",

@@ -27,32 +27,8 @@ jsonb_build_object('input_tokens', r.input_tokens, 'output_tokens', r.output_tok
                    'estimated', r.usage_estimated) AS usage
 """
 
-_INSERT = """
-    WITH request AS (
-        INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
-            normalized_request, agent_id, feature, idempotency_key, body_hash, correlation_id, stream_entry_id,
-            deadline_at, created_by)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now() + make_interval(secs => $14), $16))
-"""
-# The session row goes with the request row, in one statement either way.
-_INTO_SESSION = (
-    _INSERT
-    + """
-    UPDATE request_sessions
-       SET last_request_id = $1, last_request_at = now(), updated_at = now(),
-           total_requests = total_requests + 1, expires_at = now() + make_interval(secs => $15)
-     WHERE session_id = $2
-"""
-)
-_WITH_NEW_SESSION = (
-    _INSERT
-    + """
-    INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at,
-                                  last_request_id, last_request_at, total_requests)
-    VALUES ($2, $3, $4, $5, now() + make_interval(secs => $15), $1, now(), 1)
-"""
-)
-# The same two statements for many requests at once (`store`), their values as one array per column.
+# A request and its session (new, or touched) in one statement, for one request or many; the values go as one
+# array per column.
 _ROWS = """
     WITH v AS (
         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
@@ -97,7 +73,7 @@ async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> N
     feature, idempotency_key, body_hash, correlation_id, stream_entry_id, timeout seconds, session ttl,
     created_by (the principal, when it acts for another user).
     """
-    await conn.execute(_WITH_NEW_SESSION if new_session else _INTO_SESSION, *values)
+    await _insert_many(conn, new_session, [values])
 
 
 async def store(db: asyncpg.Pool, *, new_session: bool, values: tuple[Any, ...]) -> None:
@@ -119,7 +95,7 @@ async def _insert_one(db: asyncpg.Pool, new_session: bool, values: tuple[Any, ..
     await insert(db, new_session=new_session, values=values)
 
 
-async def _insert_many(db: asyncpg.Pool, new_session: bool, rows: list[tuple[Any, ...]]) -> list[None]:
+async def _insert_many(db: Conn, new_session: bool, rows: list[tuple[Any, ...]]) -> list[None]:
     columns = [list(column) for column in zip(*rows, strict=True)]
     await db.execute(_MANY_WITH_NEW_SESSIONS if new_session else _MANY_INTO_SESSIONS, *columns)
     return [None] * len(rows)

@@ -91,32 +91,17 @@ def _name_key(named: _Named) -> tuple[str, str, str]:
 
 async def _named_one(conn: Conn, named: _Named) -> tuple[str, bool]:
     for _ in range(2):
-        row = await conn.fetchrow(
-            """
-            WITH ins AS (
-                INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, external_session_id,
-                                              expires_at)
-                VALUES (gen_random_uuid(), $1, $2, 'generic', $3, now() + make_interval(secs => $4))
-                ON CONFLICT DO NOTHING RETURNING session_id)
-            SELECT session_id::text, true AS created FROM ins
-            UNION ALL
-            SELECT session_id::text, false FROM request_sessions
-             WHERE tenant_id = $1 AND user_id = $2 AND integration_type = 'generic' AND external_session_id = $3
-               AND status = 'active'
-            LIMIT 1
-            """,
-            *named,
-        )
-        # None: the session that conflicted was committed after this statement's snapshot; the next one sees it.
-        if row is not None:
-            return row["session_id"], row["created"]
+        try:
+            return (await _named_many(conn, [named]))[0]
+        except LookupError:
+            continue  # the session that conflicted was committed after the statement's snapshot: look again
     raise RuntimeError(f"session {named[2]!r} neither created nor found")
 
 
 async def _named_many(conn: Conn, batch: list[_Named]) -> list[tuple[str, bool]]:
-    """`_named_one` for many names (distinct) in one statement. A name it neither creates nor finds fails the
-    batch; each then runs alone and finds its session (created by this statement or not: `created` False, the
-    cautious answer, for one this statement made)."""
+    """The sessions of distinct names in one statement. A name it neither creates nor finds (a conflicting
+    session committed after the statement's snapshot) raises LookupError; in a batch, each name then runs
+    alone and finds its session (`created` False, the cautious answer, for one the failed batch made)."""
     tenants, users, names, ttls = (list(column) for column in zip(*batch, strict=True))
     rows = await conn.fetch(
         """
