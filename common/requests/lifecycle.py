@@ -47,10 +47,12 @@ LOST = "tenant_id, user_id, correlation_id, lost_input_tokens, lost_output_token
 # A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
 _DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
 
-_HEAD = """
-SELECT request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
-FROM request_logs WHERE session_id = $1 AND status IN ('queued', 'running', 'waiting')
-ORDER BY id LIMIT 1
+# The head of each of the sessions $1: its oldest request not yet ended.
+_HEADS = """
+SELECT DISTINCT ON (session_id)
+       request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
+  FROM request_logs WHERE session_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting')
+ ORDER BY session_id, id
 """
 
 
@@ -96,9 +98,17 @@ async def lock_session(conn: asyncpg.Connection, session_id: str) -> None:
     await conn.execute("SELECT 1 FROM request_sessions WHERE session_id = $1 FOR UPDATE", session_id)
 
 
+async def lock_sessions(conn: asyncpg.Connection, session_ids: set[str]) -> None:
+    """Lock many sessions for the rest of the transaction, in a fixed order so two such calls never deadlock."""
+    await conn.execute(
+        "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
+        sorted(session_ids),
+    )
+
+
 async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[str, JobPayload] | None:
     """The queued head of the session when nothing runs there (caller holds the session lock)."""
-    row = await conn.fetchrow(_HEAD, session_id)
+    row = await conn.fetchrow(_HEADS, [session_id])
     if row is None or row["status"] != "queued":
         return None
     return job_for(row)
@@ -115,11 +125,8 @@ async def claim_many(
     """
     if not payloads:
         return {}
-    sessions = sorted({p.session_id for p in payloads})
-    await conn.execute(
-        "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
-        sessions,
-    )
+    sessions = {p.session_id for p in payloads}
+    await lock_sessions(conn, sessions)
     rows = await conn.fetch(
         """
         WITH heads AS (
@@ -136,7 +143,7 @@ async def claim_many(
         """,
         [p.request_id for p in payloads],
         [p.attempt for p in payloads],
-        sessions,
+        list(sessions),
         lease_seconds,
     )
     return {str(row["request_id"]): row for row in rows}
@@ -188,14 +195,11 @@ async def _finish_one(db: asyncpg.Pool, e: _Ending) -> Ended:
 
 
 async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
-    """End the attempts of distinct sessions in one transaction: the sessions are locked in a fixed order
-    (as `claim_many` does), one statement ends every attempt still running, and one query reads each
+    """End the attempts of distinct sessions in one transaction: the sessions are locked (`lock_sessions`, as
+    the claims lock them), one statement ends every attempt still running, and one query reads each
     ended session's next head (it sees the endings: an earlier statement of the transaction)."""
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT 1 FROM request_sessions WHERE session_id = ANY($1::uuid[]) ORDER BY session_id FOR UPDATE",
-            sorted({e.payload.session_id for e in endings}),
-        )
+        await lock_sessions(conn, {e.payload.session_id for e in endings})
         rows = await conn.fetch(
             f"""
             UPDATE request_logs
@@ -226,16 +230,13 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
         ended = {row["ended_id"]: row for row in rows}
         held = [e for e in endings if e.payload.request_id in ended]
         heads = await conn.fetch(
-            """
+            f"""
             WITH touched AS (
               UPDATE request_sessions s
                  SET current_agent_id = coalesce(v.agent, s.current_agent_id), updated_at = now()
                 FROM unnest($1::uuid[], $2::text[]) AS v(sid, agent) WHERE s.session_id = v.sid
             )
-            SELECT DISTINCT ON (session_id)
-                   request_id::text, session_id::text, tenant_id, attempt, status, feature, correlation_id
-              FROM request_logs WHERE session_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting')
-             ORDER BY session_id, id
+            {_HEADS}
             """,
             [e.payload.session_id for e in held],
             [e.agent_id for e in held],
