@@ -212,6 +212,29 @@ class RelayWorker(Worker):
         if self.backlog:
             self.wakeup.set()
 
+    async def _sleep_until_tasks_complete(self) -> None:
+        """Until every job here has ended. ARQ counts entries of `tasks`, which only the poll loop prunes:
+        with Redis down that loop waits in `outlast`, and a stop would sit out the whole drain period."""
+        while running := [task for task in self.tasks.values() if not task.done()]:
+            await asyncio.wait(running)
+
+    async def close(self) -> None:
+        """ARQ's close, except that Redis being down as the worker stops is a warning, not a traceback
+        that skips `on_shutdown` (which closes the worker's own connections)."""
+        if self._pool is None:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:
+            await self.pool.delete(self.health_check_key)
+        except STORE_ERRORS as exc:
+            log.warning(
+                "queue unreachable while stopping; the health-check key expires by itself", extra={"error": repr(exc)}
+            )
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
+
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         # Only the first stop signal counts: a terminal's Ctrl-C reaches the whole process group and then
         # `relaygate dev` (or `relaygate worker --processes`) sends its own SIGTERM.

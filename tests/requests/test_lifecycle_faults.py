@@ -92,6 +92,13 @@ def test_workers_ride_out_redis_and_postgres_outages(new_stack: Stack) -> None:
             stored = wait_status(c, accepted["request_id"], {"completed", "failed"}, timeout=60)
         assert stored["status"] == "completed", (stored, new_stack.logs())
         assert worker.poll() is None
+        # Stopped while both stores are down, with nothing running: it exits at once (not after the
+        # 20 s drain period, waiting on jobs that have ended) and cleanly.
+        rd.cut()
+        pg.cut()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0, new_stack.logs()
+        assert "queue unreachable while stopping" in new_stack.logs()
     finally:
         pg.close()
         rd.close()
