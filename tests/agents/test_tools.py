@@ -28,7 +28,7 @@ from tests.support.streams import done_for, read_until, text_of, wait_status
 MODEL = "openai/fake-model"
 TOKEN = "mcp-token-" + uuid.uuid4().hex
 TIMEOUT = 5
-APPROVAL_SECONDS = 20
+APPROVAL_SECONDS = 8  # every test that decides does so within a second or two of the ask
 
 pytestmark = pytest.mark.e2e  # its own gateway and workers (`tools_stack`), not the `stack` fixture
 
@@ -236,7 +236,7 @@ def test_kill_9_between_tool_calls_never_repeats_a_finished_call(
 ) -> None:
     mcp.calls.clear()
     mcp.release.clear()
-    workers = [tools_stack.start_worker("tools-chaos", wait=False, LEASE_SECONDS="10") for _ in range(2)]
+    workers = [tools_stack.start_worker("tools-chaos", wait=False, LEASE_SECONDS="5") for _ in range(2)]
     for worker in workers:
         tools_stack.wait_ready(worker)
     fake.tools(ToolCalls([("t__record", {"n": 1})]), ToolCalls([("t__block", {}), ("t__hold", {})]))

@@ -103,7 +103,7 @@ def test_worker_stalled_past_its_heartbeat_keeps_its_runs(gateway: Stack) -> Non
         gateway.start_worker("load", wait=False)
     for worker in gateway.workers:
         gateway.wait_ready(worker)
-    c, r = _start(gateway, "stall me", 240, 20)
+    c, r = _start(gateway, "stall me", 180, 20)
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
     pid = gateway.worker_running(r["request_id"])
     os.kill(pid, signal.SIGSTOP)
@@ -112,7 +112,7 @@ def test_worker_stalled_past_its_heartbeat_keeps_its_runs(gateway: Stack) -> Non
     finally:
         os.kill(pid, signal.SIGCONT)
     events = _whole_reply(c, r, first)
-    _assert_completed_once(events, "stall me", 240)
+    _assert_completed_once(events, "stall me", 180)
 
 
 def test_burst_of_ten_times_a_workers_capacity_all_complete(gateway: Stack) -> None:
