@@ -97,6 +97,7 @@ def _drain_on_signal(hub: Hub) -> Callable[[], None]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _require(settings)
+    runtime.pack_commands_in_c()
     capacity = stream_capacity(settings.stream_fd_reserve)
     stores = await open_stores(
         settings,

@@ -90,6 +90,7 @@ def run() -> None:
         raise SystemExit("relaygate dispatcher: DATABASE_URL and REDIS_URL must be set (or use `relaygate dev`)")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
+    runtime.pack_commands_in_c()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = build_worker(settings)

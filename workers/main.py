@@ -140,6 +140,7 @@ def run(feature: str | None = None) -> None:
     tracing.configure("relaygate-worker")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
+    runtime.pack_commands_in_c()
     loop, selector = runtime.new_event_loop()
     worker = build_worker(settings, feature or settings.feature, idle_seconds=lambda: selector.idle)
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
