@@ -3,11 +3,12 @@
 Every running reply gets at most one `token` event per tick (of at most TOKEN_FLUSH_TOKENS tokens),
 written by `StreamWriter.append_many`, which also reads the cancel flags. The tick is TOKEN_FLUSH_MS,
 widened with the number of running replies past TOKEN_EVENTS_PER_SECOND, since every event costs
-the stream, each gateway and each client as much as a token does. A widened tick is written in
-phases, one every TOKEN_FLUSH_MS, each holding the replies whose slot falls in it: the stages
-after the worker (Valkey, the gateways' hubs and sockets, the clients) then handle a few hundred
-events at a time instead of the whole tick's, which is what relay latency waits on. A reply's first
-token or a full batch is written at once, whatever the phase. The loop sleeps while nothing is
+the stream, each gateway and each client as much as a token does. A tick is written in phases of
+at most REPLIES_PER_PHASE replies (those whose slot falls in it), at least PHASE_SECONDS apart:
+the stages after the worker (Valkey, the gateways' hubs and sockets, the clients) take a phase's
+events as one burst, one after another, so a reply's relay latency waits on the events ahead of
+it in its burst; every phase is one round trip more, which a worker at full speed pays for.
+A reply's first token or a full batch is written at once, whatever the phase. The loop sleeps while nothing is
 pending (TOKEN_FLUSH_MS=0 never spins). A store error keeps every token for the next try.
 """
 
@@ -31,7 +32,9 @@ TOKENS = Counter("relaygate_worker_token_events_total", "Token events written")
 FLUSHES = Counter("relaygate_worker_flushes_total", "Round trips of the token flusher")
 CANCEL_POLL_SECONDS = 0.25
 MAX_WINDOW_SECONDS = 0.1
-MAX_PHASES = 8  # a short TOKEN_FLUSH_MS must not turn a widened tick into dozens of round trips
+PHASE_SECONDS = 0.005
+REPLIES_PER_PHASE = 100
+MAX_PHASES = 16  # a widened tick (up to MAX_WINDOW_SECONDS) is not split into more round trips than this
 RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -68,8 +71,12 @@ class Flusher:
         return max(self.window, min(len(self.active) / self.events_per_second, MAX_WINDOW_SECONDS))
 
     def phases(self) -> int:
-        """Flushes per tick: one every TOKEN_FLUSH_MS (or more), each writing its share of the replies."""
-        return min(MAX_PHASES, max(1, int(self.tick() / self.window + 1e-9))) if self.window else 1
+        """Flushes per tick, each writing its share of the replies: REPLIES_PER_PHASE at most, while phases
+        stay PHASE_SECONDS apart."""
+        if not self.window:
+            return 1
+        wanted = -(-len(self.active) // REPLIES_PER_PHASE)
+        return min(MAX_PHASES, max(1, min(wanted, int(self.tick() / PHASE_SECONDS + 1e-9))))
 
     async def drain(self, run: Attempt) -> None:
         """Wait until every token of `run` is written (across store errors)."""

@@ -1,5 +1,6 @@
 """A worker's flush tick widens with its running replies, so the events it writes stay within budget,
-and a widened tick is written in phases, so no later stage gets the whole tick's events at once."""
+and a tick is written in phases of at most REPLIES_PER_PHASE replies, so no later stage gets the whole
+tick's events at once."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from common.streams.writer import Appended, StreamWriter
 from tests.conftest import Infra
 from workers import flusher as flusher_module
 from workers.attempt import Attempt
-from workers.flusher import MAX_PHASES, MAX_WINDOW_SECONDS, Flusher
+from workers.flusher import MAX_PHASES, MAX_WINDOW_SECONDS, PHASE_SECONDS, Flusher
 
 
 def config(**settings: Any) -> Settings:
@@ -29,19 +30,25 @@ def flusher(active: int, **settings: Any) -> Flusher:
 
 @pytest.mark.parametrize(
     ("replies", "seconds", "phases"),
-    [(1, 0.015, 1), (150, 0.015, 1), (200, 0.02, 1), (300, 0.03, 2), (500, 0.05, 3), (5000, MAX_WINDOW_SECONDS, 6)],
+    [(1, 0.015, 1), (150, 0.015, 2), (200, 0.02, 2), (300, 0.03, 3), (500, 0.05, 5), (5000, MAX_WINDOW_SECONDS, 16)],
 )
 def test_the_tick_is_the_flush_window_until_the_events_budget_needs_more(
     replies: int, seconds: float, phases: int
 ) -> None:
     tick = flusher(replies, token_flush_ms=15, token_events_per_second=10_000)
     assert tick.tick() == pytest.approx(seconds)
-    assert tick.phases() == phases  # one flush every TOKEN_FLUSH_MS or a little more
+    assert tick.phases() == phases  # at most REPLIES_PER_PHASE replies per flush, flushes PHASE_SECONDS apart
 
 
-def test_a_short_window_does_not_split_a_tick_into_dozens_of_flushes() -> None:
-    tick = flusher(500, token_flush_ms=1, token_events_per_second=10_000)
-    assert tick.tick() == pytest.approx(0.05) and tick.phases() == MAX_PHASES
+def test_phases_stay_phase_seconds_apart() -> None:
+    tick = flusher(1000, token_flush_ms=15, token_events_per_second=100_000)
+    assert tick.tick() == pytest.approx(0.015) and tick.phases() == int(0.015 / PHASE_SECONDS)
+
+
+def test_a_widened_tick_is_not_split_into_dozens_of_flushes() -> None:
+    tick = flusher(50_000, token_flush_ms=1, token_events_per_second=10_000)
+    assert tick.tick() == pytest.approx(MAX_WINDOW_SECONDS) and MAX_WINDOW_SECONDS / PHASE_SECONDS > MAX_PHASES
+    assert tick.phases() == MAX_PHASES
 
 
 def test_a_zero_budget_or_window_keeps_the_configured_tick() -> None:
@@ -62,7 +69,10 @@ class Recording(StreamWriter):
         return await super().append_many(batches, reads, **kw)
 
 
-async def test_a_widened_tick_writes_each_reply_once_in_its_phase(infra: Infra) -> None:
+async def test_a_widened_tick_writes_each_reply_once_in_its_phase(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flusher_module, "REPLIES_PER_PHASE", 5)
     redis = connect(infra.redis_url, cluster=False, max_connections=4)
     writer = Recording(redis, buckets=256, maxlen=1000, ttl_seconds=60)
     writer.calls = []
@@ -71,7 +81,7 @@ async def test_a_widened_tick_writes_each_reply_once_in_its_phase(infra: Infra) 
         for n in range(30)
     }
     flush = Flusher(config(token_flush_ms=10, token_events_per_second=1000), writer, runs)  # type: ignore[arg-type]
-    assert flush.tick() == pytest.approx(0.03) and flush.phases() == 3
+    assert flush.tick() == pytest.approx(0.03) and flush.phases() == 6
     loop = asyncio.create_task(flush.run())
     try:
         for run in runs.values():  # first tokens go at once, whatever the phase
@@ -90,7 +100,7 @@ async def test_a_widened_tick_writes_each_reply_once_in_its_phase(infra: Infra) 
         assert sorted(s for sessions in written for s in sessions) == sorted(
             r.payload.session_id for r in runs.values()
         )
-        assert [len(sessions) for sessions in written] == [10, 10, 10]
+        assert [len(sessions) for sessions in written] == [5] * 6
         for run in runs.values():
             entries = await redis.xrange(writer.key(run.payload.session_id))
             assert [e[1][b"data"] for e in entries] == [b'{"text":"first "}', b'{"text":"second "}']
@@ -105,6 +115,7 @@ async def test_tokens_left_for_a_later_phase_are_written_without_new_tokens(
     """The last tokens of replies in other phases (their models done, nothing new to wake the loop) go out
     within the tick, not at the next cancel poll."""
     monkeypatch.setattr(flusher_module, "CANCEL_POLL_SECONDS", 30.0)
+    monkeypatch.setattr(flusher_module, "REPLIES_PER_PHASE", 5)
     redis = connect(infra.redis_url, cluster=False, max_connections=4)
     writer = StreamWriter(redis, buckets=256, maxlen=1000, ttl_seconds=60)
     runs = {
@@ -119,7 +130,7 @@ async def test_tokens_left_for_a_later_phase_are_written_without_new_tokens(
         async with asyncio.timeout(5):
             for run in runs.values():
                 await flush.drain(run)
-        last = [runs["0"], runs["1"], runs["2"]]  # one reply in each phase
+        last = [runs["0"], runs["1"], runs["2"]]  # in three different phases
         for run in last:
             flush.add(run, "last ")
         async with asyncio.timeout(5):
