@@ -7,8 +7,8 @@ the stream, each gateway and each client as much as a token does. A tick is writ
 at most REPLIES_PER_PHASE replies (those whose slot falls in it), at least PHASE_SECONDS apart:
 the stages after the worker (Valkey, the gateways' hubs and sockets, the clients) take a phase's
 events as one burst, one after another, so a reply's relay latency waits on the events ahead of
-it in its burst; every phase is one round trip more, which a worker at full speed pays for.
-A reply's first token or a full batch is written at once, whatever the phase. The loop sleeps while nothing is
+it in its burst; each phase costs a round trip here and a read in each gateway. A reply's first
+token or a full batch is written at once, whatever the phase. The loop sleeps while nothing is
 pending (TOKEN_FLUSH_MS=0 never spins). A store error keeps every token for the next try.
 """
 

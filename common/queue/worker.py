@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Callable
-from signal import Signals
 from typing import Any
 
 from arq.connections import create_pool
@@ -221,6 +221,8 @@ class RelayWorker(Worker):
     async def close(self) -> None:
         """ARQ's close, except that Redis being down as the worker stops is a warning, not a traceback
         that skips `on_shutdown` (which closes the worker's own connections)."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
         if self._pool is None:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -235,7 +237,7 @@ class RelayWorker(Worker):
         await self.pool.close(close_connection_pool=True)
         self._pool = None
 
-    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         # Only the first stop signal counts: a terminal's Ctrl-C reaches the whole process group and then
         # `relaygate dev` (or `relaygate worker --processes`) sends its own SIGTERM.
         if self.stopping:
@@ -244,7 +246,7 @@ class RelayWorker(Worker):
         self.on_drain()
         super().handle_sig_wait_for_completion(signum)
 
-    def handle_sig(self, signum: Signals) -> None:
+    def handle_sig(self, signum: signal.Signals) -> None:
         if self.stopping:
             return
         self.stopping = True
