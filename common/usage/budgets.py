@@ -22,6 +22,7 @@ from typing import Any, Literal
 import asyncpg
 
 from common.platform import lua, sink
+from common.platform.batching import pipelined
 from common.platform.keys import budget_key
 from common.platform.outages import STORE_ERRORS
 from common.platform.settings import Settings
@@ -193,7 +194,8 @@ class BudgetBook:
 
 async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correlation_id: str = "") -> list[Budget]:
     """Add a finished attempt's usage to its budgets in Redis (those a gateway is counting) and report
-    each budget it took past the soft threshold (returned too)."""
+    each budget it took past the soft threshold (returned too). Concurrent calls (a burst of endings)
+    share one pipeline."""
     if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
         return []
     now = datetime.now(UTC)
@@ -210,7 +212,8 @@ async def record(redis: Any, tenant_id: str, user_id: str, usage: Usage, correla
         *(b.seconds_left() * 1000 for b in every),
     ]
     crossed = []
-    for index, tokens, cost, token_limit, cost_limit in await redis.register_script(_FEED)(keys=keys, args=args):
+    fed = await pipelined(redis).script(redis.register_script(_FEED), keys, args)
+    for index, tokens, cost, token_limit, cost_limit in fed:
         budget = every[int(index) - 1]
         crossed.append(budget)
         sink.emit(

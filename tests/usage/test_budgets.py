@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from common.platform import sink
+from common.platform.batching import pipelined
 from common.usage import budgets
 from common.usage.models import Usage
 from tests.support.app import App
@@ -177,6 +178,21 @@ async def test_soft_threshold_is_reported_once_per_period(
     assert len(events) == 1
     assert events[0]["data"]["tokens"] == {"used": 80, "limit": 100}
     assert (events[0]["data"]["scope"], events[0]["data"]["user_id"]) == ("user", user)
+
+
+async def test_a_burst_of_endings_is_counted_in_shared_pipelines(make_app: Callable[..., Any]) -> None:
+    user, tenant = _unique()
+    async with make_app(budget_user_tokens_per_day=1000) as app, app.client(user, tenant) as client:
+        assert (await client.post("/api/v1/requests/web", json={"content": "hi"})).status_code == 202  # seeds
+        redis = app.gateway.streams
+        send = pipelined(redis)
+        batched_before = send.batcher.batches
+        crossed = await asyncio.gather(*(budgets.record(redis, tenant, user, Usage(2, 1)) for _ in range(30)))
+        assert send.batcher.batches > batched_before  # some went together
+        assert crossed == [[]] * 30
+        day = budgets.budgets_for(app.settings, {}, tenant, user)[2]
+        assert (day.scope, day.period) == ("user", "day")
+        assert int(await redis.hget(day.key, "tokens")) == 90  # every call counted once
 
 
 async def test_a_burst_shares_one_override_lookup_and_a_failed_one_is_not_kept(
