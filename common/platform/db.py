@@ -54,8 +54,8 @@ B = TypeVar("B", bound=Batcher[Any, Any])
 _BATCHERS: dict[asyncpg.Pool, dict[str, Batcher[Any, Any]]] = {}
 
 
-def batcher(pool: asyncpg.Pool, name: str, make: Callable[[], B]) -> B:
-    """The pool's batcher of statement `name` (common.platform.batching), made by `make` on first use."""
+def batcher(pool: asyncpg.Pool, name: str, make: Callable[[str], B]) -> B:
+    """The pool's batcher of statement `name` (common.platform.batching), made by `make(name)` on first use."""
     named = _BATCHERS.get(pool)
     if named is None:
         for closed in [p for p in _BATCHERS if p.is_closing()]:
@@ -63,7 +63,7 @@ def batcher(pool: asyncpg.Pool, name: str, make: Callable[[], B]) -> B:
         named = _BATCHERS[pool] = {}
     found = named.get(name)
     if found is None:
-        found = named[name] = make()
+        found = named[name] = make(name)
     return found  # type: ignore[return-value]
 
 

@@ -180,11 +180,10 @@ async def finish(
     session to queue). Concurrent endings of different sessions share one transaction and one commit.
     """
     ending = _Ending(payload, status, response, error, agent_id, metadata or {}, usage or Usage())
-    name = "requests.finish"
     return await batcher(
         db,
-        name,
-        lambda: Batcher(
+        "requests.finish",
+        lambda name: Batcher(
             partial(_finish_many, db), partial(_finish_one, db), name=name, key=lambda e: e.payload.session_id
         ),
     )(ending)
@@ -229,6 +228,8 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
         )
         ended = {row["ended_id"]: row for row in rows}
         held = [e for e in endings if e.payload.request_id in ended]
+        if not held:  # every attempt was fenced: nothing to touch, no head to read
+            return [(None, None)] * len(endings)
         heads = await conn.fetch(
             f"""
             WITH touched AS (

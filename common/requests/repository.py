@@ -78,11 +78,10 @@ async def insert(conn: Conn, *, new_session: bool, values: tuple[Any, ...]) -> N
 
 async def store(db: asyncpg.Pool, *, new_session: bool, values: tuple[Any, ...]) -> None:
     """`insert` outside a transaction; concurrent calls share one statement (one per session at a time)."""
-    name = "requests.insert.new_session" if new_session else "requests.insert.into_session"
     await batcher(
         db,
-        name,
-        lambda: Batcher(
+        "requests.insert.new_session" if new_session else "requests.insert.into_session",
+        lambda name: Batcher(
             partial(_insert_many, db, new_session),
             partial(_insert_one, db, new_session),
             name=name,

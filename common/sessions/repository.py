@@ -75,9 +75,7 @@ async def for_external_id(db: asyncpg.Pool, who: Principal, external_id: str, tt
     find = batcher(
         db,
         "sessions.for_external_id",
-        lambda: Batcher(
-            partial(_named_many, db), partial(_named_one, db), name="sessions.for_external_id", key=_name_key
-        ),
+        lambda name: Batcher(partial(_named_many, db), partial(_named_one, db), name=name, key=_name_key),
     )
     return await find((who.tenant_id, who.user_id, external_id, ttl_seconds))
 
