@@ -52,7 +52,7 @@ compose-smoke: .venv/.synced
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra worker --extra dev
+	$(UV) sync --frozen --compile-bytecode --extra worker --extra dev
 	touch $@
 
 clean:
