@@ -191,19 +191,26 @@ class Stack:
         try:
             yield self
         finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                worker.wait(15)
+            self.stop_worker(worker)
+
+    def stop_worker(self, worker: subprocess.Popen[bytes]) -> None:
+        """SIGTERM: the worker drains (its running jobs end) and exits."""
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(15)
 
     def wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
         log = self._worker_logs[worker.pid]
-        # Ready to run replies at full speed: its model layer (litellm, loaded in the background) too.
+        # Ready to run replies at full speed: its model layer (litellm, where a model needs it) too.
         wait_until(
             lambda: worker.poll() is not None or "model layer ready" in log.read_text(),
             90,
             f"worker to start (log: {log})",
         )
         assert worker.poll() is None, log.read_text()
+
+    def worker_log(self, worker: subprocess.Popen[bytes]) -> str:
+        return self._worker_logs[worker.pid].read_text()
 
     def stop_gateway(self) -> None:
         if self.gateway and self.gateway.poll() is None:
@@ -212,6 +219,10 @@ class Stack:
 
     def stop(self) -> None:
         self.stop_gateway()
+        self.stop_workers()
+
+    def stop_workers(self) -> None:
+        """SIGTERM every worker at once; one still running 15 s later is killed."""
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -220,6 +231,7 @@ class Stack:
                 worker.wait(15)
             except subprocess.TimeoutExpired:
                 worker.kill()
+        self.workers.clear()
 
     def mint(self, user_id: str, tenant_id: str) -> str:
         return mint_token(settings_for(self.infra), user_id=user_id, tenant_id=tenant_id)
@@ -292,6 +304,10 @@ def stack_env(infra: Infra, **overrides: str) -> dict[str, str]:
             "HEARTBEAT_SECONDS": "0.5",
             "REAPER_INTERVAL_SECONDS": "0.5",
             "MAINTENANCE_INTERVAL_SECONDS": "1",
+            # No shared worker calls a provider. With an OpenAI-compatible base set, the one `openai/*` agent
+            # (tests/agents.yaml) takes the lean client, so workers start without litellm's import (~6 s of
+            # CPU each here); the tests of litellm's path start their workers with LLM_FAST_PATH=off.
+            "LLM_API_BASE": "http://127.0.0.1:9/v1",
             "OFFLINE_MODEL_TOKENS": "30",
             "OFFLINE_MODEL_TOKENS_PER_SECOND": "300",
             "PYTHONUNBUFFERED": "1",
