@@ -92,10 +92,17 @@ def test_dev_chat_tail_ctrl_c_and_restart(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(3)
+        assert tail.stdout is not None
+        lines: list[str] = []
+
+        def events() -> list[str]:
+            return [line.split(" ", 2)[1] for line in lines]
+
+        while events().count("done") < 2 and (line := tail.stdout.readline()):
+            lines.append(line)
         tail.send_signal(signal.SIGINT)
-        lines = tail.communicate(timeout=15)[0].splitlines()
-        assert [line.split(" ", 2)[1] for line in lines].count("done") == 2
+        lines += tail.communicate(timeout=15)[0].splitlines()
+        assert events().count("done") == 2
         bad = _cli(home, "chat", "x", "--session", "00000000-0000-0000-0000-000000000000")
         assert bad.returncode == 1 and "session not found" in bad.stderr
         for origin, allowed in (("http://localhost:3000", True), ("http://example.com", False)):

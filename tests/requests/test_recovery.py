@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from tests.conftest import Stack, sql, wait_until
@@ -70,7 +69,11 @@ def test_lost_attempt_cannot_overwrite_the_result(stack: Stack, chaos_workers: C
         assert stored["status"] == "completed" and stored["attempt"] == 2
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
-    time.sleep(3)
+    wait_until(
+        lambda: f"{r['request_id']}:process_request ● 'fenced'" in stack.worker_log(frozen),
+        15,
+        "the woken worker to give its attempt up",
+    )
     after = wait_status(c, r["request_id"], {"completed"})
     assert after["attempt"] == 2 and after["response"] == "".join(compose_reply("frozen", 60))
     events = read_until(c, r["stream_url"], done_for(r["request_id"]))

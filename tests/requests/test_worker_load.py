@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from cli.sse import SseEvent
-from tests.conftest import Stack, wait_until
+from tests.conftest import Infra, Stack, stack_env, wait_until
 from tests.support.budgets import counted_today
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
@@ -23,10 +23,28 @@ from workers.offline_model import compose_reply
 LEASES = {"LEASE_SECONDS": "15", "HEARTBEAT_SECONDS": "1"}
 
 
+pytestmark = pytest.mark.e2e  # its own gateway (`load_gateway`) and workers
+
+
+@pytest.fixture(scope="module")
+def load_gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(infra, tmp_path_factory.mktemp("load"), stack_env(infra))
+    try:
+        s.start_gateway()
+        yield s
+    finally:
+        s.stop()
+
+
 @pytest.fixture
-def gateway(new_stack: Stack) -> Iterator[Stack]:
-    new_stack.start_gateway()
-    yield new_stack
+def gateway(load_gateway: Stack) -> Iterator[Stack]:
+    """The module's gateway; each test starts its own `load` workers, stopped after it."""
+    env = dict(load_gateway.env)
+    try:
+        yield load_gateway
+    finally:
+        load_gateway.stop_workers()
+        load_gateway.env = env
 
 
 def _start(
@@ -67,13 +85,14 @@ def _assert_completed_once(events: list[SseEvent], content: str, tokens: int) ->
 def test_stream_redis_cut_mid_reply_is_a_store_error_not_a_model_error(gateway: Stack) -> None:
     proxy, url = proxy_redis(gateway.infra.redis_url)
     try:
-        gateway.start_worker("load", STREAM_REDIS_URL=url, **LEASES)
+        worker = gateway.start_worker("load", STREAM_REDIS_URL=url, **LEASES)
         c, r = _start(gateway, "through a cut", 40, 20)
         first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
         proxy.cut()
         time.sleep(1.0)
         proxy.restore()
         events = _whole_reply(c, r, first)
+        gateway.stop_worker(worker)  # before the proxy goes: the run's last write may still await its reply
     finally:
         proxy.close()
     _assert_completed_once(events, "through a cut", 40)
@@ -82,13 +101,14 @@ def test_stream_redis_cut_mid_reply_is_a_store_error_not_a_model_error(gateway: 
 def test_postgres_blip_while_a_reply_finishes_completes_it(gateway: Stack) -> None:
     proxy, url = proxy_postgres(gateway.infra.database_url)
     try:
-        gateway.start_worker("load", DATABASE_URL=url, **LEASES)
+        worker = gateway.start_worker("load", DATABASE_URL=url, **LEASES)
         c, r = _start(gateway, "finish in a blip", 20, 40)
         first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
         proxy.cut()  # the reply ends (0.5 s) while Postgres is away: lease, finish and history wait
         time.sleep(2.0)
         proxy.restore()
         events = _whole_reply(c, r, first)
+        gateway.stop_worker(worker)
     finally:
         proxy.close()
     _assert_completed_once(events, "finish in a blip", 20)
@@ -96,23 +116,23 @@ def test_postgres_blip_while_a_reply_finishes_completes_it(gateway: Stack) -> No
 
 
 def test_worker_stalled_past_its_heartbeat_keeps_its_runs(gateway: Stack) -> None:
-    """SIGSTOP for 8 s: longer than the heartbeat (1 s), shorter than the default lease; the
+    """SIGSTOP for 5 s: five heartbeats (1 s) missed, a third of the default lease (15 s); the
     other worker's reaper watches the whole time. (The suite's short test lease is not used.)"""
     gateway.env = {k: v for k, v in gateway.env.items() if k not in ("LEASE_SECONDS", "HEARTBEAT_SECONDS")}
     for _ in range(2):
         gateway.start_worker("load", wait=False)
     for worker in gateway.workers:
         gateway.wait_ready(worker)
-    c, r = _start(gateway, "stall me", 180, 20)
+    c, r = _start(gateway, "stall me", 120, 20)
     first = read_until(c, r["stream_url"], lambda e: e.event == "token", params={"from": "0"})  # type: ignore[arg-type]
     pid = gateway.worker_running(r["request_id"])
     os.kill(pid, signal.SIGSTOP)
     try:
-        time.sleep(8)
+        time.sleep(5)
     finally:
         os.kill(pid, signal.SIGCONT)
     events = _whole_reply(c, r, first)
-    _assert_completed_once(events, "stall me", 180)
+    _assert_completed_once(events, "stall me", 120)
 
 
 def test_burst_of_ten_times_a_workers_capacity_all_complete(gateway: Stack) -> None:
@@ -166,7 +186,7 @@ def test_sigterm_hands_back_what_does_not_fit_the_grace_period(gateway: Stack) -
         leaving.wait(20)
     except subprocess.TimeoutExpired:
         pytest.fail("the worker did not stop")
-    wait_until(lambda: "run handed back" in gateway.logs(), 5, "the hand-back to be logged")
+    wait_until(lambda: "run handed back" in gateway.worker_log(leaving), 5, "the hand-back to be logged")
 
 
 def test_worker_processes_are_restarted_and_drain_on_sigterm(gateway: Stack) -> None:
