@@ -57,12 +57,11 @@ def settings(infra: Infra, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def redis(infra: Infra) -> AsyncIterator[Redis]:
-    client = Redis.from_url(infra.redis_url)
-    await client.delete(queue_name("billing"), queue_name("search"))
-    yield client
-    await client.delete(queue_name("billing"), queue_name("search"))
-    await client.aclose()
+async def redis(redis: Redis) -> AsyncIterator[Redis]:
+    """The suite's client, with this module's queues emptied before and after."""
+    await redis.delete(queue_name("billing"), queue_name("search"))
+    yield redis
+    await redis.delete(queue_name("billing"), queue_name("search"))
 
 
 CFG = OrchestratorSettings(namespace=NS, worker_image="registry.example.com/relaygate-worker:1.0", idle_seconds=600)

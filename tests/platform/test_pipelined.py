@@ -5,24 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from common.platform.batching import pipelined
-from tests.conftest import Infra
-
-
-@pytest.fixture
-async def redis(infra: Infra) -> AsyncIterator[Redis]:
-    client = Redis.from_url(infra.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_concurrent_commands_share_pipelines_and_get_their_own_parsed_replies(redis: Redis) -> None:

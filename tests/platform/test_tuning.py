@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import DataError
 
 from common.platform import tuning
-from tests.conftest import Infra
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("GET", "k"),
@@ -41,15 +39,11 @@ def test_what_redis_py_refuses_is_refused_with_its_error(bad: object) -> None:
 
 
 @pytest.fixture
-async def packed_in_c(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Redis]:
+def packed_in_c(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Redis:
     monkeypatch.setattr(AbstractConnection, "pack_command", AbstractConnection.pack_command)  # restored after
     tuning.pack_commands_in_c()
     assert AbstractConnection.pack_command is tuning._pack_with_hiredis
-    client = Redis.from_url(infra.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    return redis
 
 
 async def test_commands_scripts_and_pipelines_round_trip(packed_in_c: Redis) -> None:
