@@ -4,16 +4,17 @@ A response passes through a dozen ASGI layers (CORS, tracing, the access log, Fa
 dependencies and exception handling), each a suspended coroutine frame with its locals for as
 long as the response goes on: for an idle SSE stream that was most of its memory. `SseResponse`
 sends its headers through those layers (they add theirs and record the status), then hands its
-body and the layered `send` to `StreamHandoff`, the outermost layer, which streams the body once
-they have returned. The access log line and the trace span of a stream therefore end at its
-headers. One small task per stream watches for the client leaving.
+body to `StreamHandoff`, the outermost layer, which streams it once they have returned, straight
+to the server's `send`: every layer acts on the response start only, so the body skips their send
+wrappers (and their closures, which held each layer's request state). The access log line and the
+trace span of a stream therefore end at its headers. One small task per stream watches for the
+client leaving.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
@@ -21,15 +22,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.platform.logging import correlation_id
 
+Release = Callable[[], None]
 HANDOFF = "relaygate.handoff"  # scope key of the request's _Handoff
+# The keys of an ASGI HTTP scope that the server sets; the server's connection holds the scope for as long
+# as the stream, so what the app's layers added (FastAPI's route, endpoint, context, exit stacks) is dropped.
+_SERVER_KEYS = frozenset(
+    {
+        *("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path"),
+        *("headers", "client", "server", "state", "extensions"),
+    }
+)
 
 
 @dataclass(slots=True)
 class _Handoff:
-    """What `SseResponse` leaves for `StreamHandoff`: the body, the layered send, the log context."""
+    """What `SseResponse` leaves for `StreamHandoff`: the body, its release and the log context."""
 
     body: AsyncIterator[bytes] | None = None
-    send: Send | None = None
+    release: Release | None = None
     correlation_id: str = ""
 
 
@@ -45,16 +55,17 @@ class StreamHandoff:
             return
         handoff = scope[HANDOFF] = _Handoff()
         await self.app(scope, receive, send)
-        if handoff.body is not None and handoff.send is not None:
-            _drop_exit_stacks(scope)
+        if handoff.body is not None:
+            _compact(scope)
             correlation_id.set(handoff.correlation_id)
-            await stream_body(handoff.body, receive, handoff.send)
+            await stream_body(handoff.body, receive, send, handoff.release)
 
 
-def _drop_exit_stacks(scope: Scope) -> None:
-    """FastAPI leaves its request's exit stacks (closed once the layers returned) in the scope, which lives on."""
-    for key in [k for k, v in scope.items() if isinstance(v, AsyncExitStack)]:
-        del scope[key]
+def _compact(scope: Scope) -> None:
+    """Cut the scope back to the server's keys, in a table sized for them (a dict never shrinks in place)."""
+    kept = {k: v for k, v in scope.items() if k in _SERVER_KEYS}
+    scope.clear()
+    scope.update(kept)
 
 
 class SseResponse(StreamingResponse):
@@ -62,8 +73,9 @@ class SseResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str], release: Release | None = None) -> None:
         self.body_iterator = self.frames = body
+        self.release = release
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -72,13 +84,14 @@ class SseResponse(StreamingResponse):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         handoff: _Handoff | None = scope.get(HANDOFF)
         if handoff is None:
-            await stream_body(self.frames, receive, send)
+            await stream_body(self.frames, receive, send, self.release)
             return
-        handoff.body, handoff.send, handoff.correlation_id = self.frames, send, correlation_id.get()
+        handoff.body, handoff.release, handoff.correlation_id = self.frames, self.release, correlation_id.get()
 
 
-async def stream_body(body: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
-    """Send `body` to its end, or stop it (closed at once, so its subscription is freed) when the client leaves."""
+async def stream_body(body: AsyncIterator[bytes], receive: Receive, send: Send, release: Release | None) -> None:
+    """Send `body` to its end, or stop it (closed at once, so its subscription is freed) when the client leaves;
+    then `release` what the stream held."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
@@ -98,9 +111,13 @@ async def stream_body(body: AsyncIterator[bytes], receive: Receive, send: Send) 
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if release is not None:
+                    release()
     except asyncio.CancelledError:
         if not gone or task.uncancel() > 0:
             raise

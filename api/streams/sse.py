@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from api.deps import Gateway
 from api.errors import BadRequest, Invalid, ServiceUnavailable, refused
-from api.streams.handoff import SseResponse
+from api.streams.handoff import Release, SseResponse
 from common.platform.credentials import Principal
 from common.requests.limits import REFUSALS
 from common.streams.protocol import id_before, parse_id, valid_id
@@ -16,8 +17,8 @@ MAX_ID_PART = 2**64 - 1
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> SseResponse:
-    return SseResponse(frames, headers=SSE_HEADERS)
+def sse_response(frames: AsyncIterator[bytes], release: Release | None = None) -> SseResponse:
+    return SseResponse(frames, SSE_HEADERS, release)
 
 
 async def reserve_stream(gw: Gateway, who: Principal) -> str | None:
@@ -51,19 +52,11 @@ def release_stream(gw: Gateway, slot: str | None) -> None:
 
 def held_response(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> SseResponse:
     """The SSE response of a reserved slot, which is freed when the stream ends or its client leaves."""
-    return sse_response(_holding(gw, slot, frames))
+    return sse_response(frames, functools.partial(release_stream, gw, slot))
 
 
 async def open_stream(gw: Gateway, who: Principal, frames: AsyncIterator[bytes]) -> SseResponse:
     return held_response(gw, await reserve_stream(gw, who), frames)
-
-
-async def _holding(gw: Gateway, slot: str | None, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for frame in frames:
-            yield frame
-    finally:
-        release_stream(gw, slot)
 
 
 def resume_point(value: str | None) -> tuple[int, int] | None:
