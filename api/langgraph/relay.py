@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from api.langgraph.events import HEARTBEAT, Renderer, frames, metadata
-from common.platform.metrics import EVENTS_RELAYED
+from common.platform.metrics import RELAY
 from common.streams.hub import DRAIN, OVERFLOW, Entry, Hub, batches
 from common.streams.hub import HEARTBEAT as HUB_HEARTBEAT
 
@@ -39,7 +39,7 @@ async def run_frames(
                 # `end` even when resumed past it: a client that asks again gets a stream that ends.
                 events = await renderer.events(item, emit=item.id > skip_until or item.type == b"done")
                 if events:
-                    EVENTS_RELAYED.inc()
+                    RELAY.relayed(1)
                     out.append(frames(events, item.raw_id))
                 if item.type == b"done":
                     yield b"".join(out)

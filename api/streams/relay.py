@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from common.platform.metrics import EVENTS_RELAYED, RELAY_LAG
+from common.platform.metrics import RELAY
 from common.streams.hub import DRAIN, HEARTBEAT, OVERFLOW, Entry, Hub, batches
 from common.streams.protocol import StreamsRedis, format_id, id_before, parse_id
 
@@ -29,10 +29,10 @@ def _observe(batch: list[Any]) -> None:
     entries = [i for i in batch if isinstance(i, Entry)]
     if not entries:
         return
-    EVENTS_RELAYED.inc(len(entries))
+    RELAY.relayed(len(entries))
     lag = time.time() - int(entries[-1].raw_id.split(b"-", 1)[0]) / 1000
     if 0 <= lag < 60:
-        RELAY_LAG.observe(lag)
+        RELAY.lag(lag)
 
 
 def sse_frame(entry: Entry) -> bytes:

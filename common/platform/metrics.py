@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator
 
 import asyncpg
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from common.usage.models import Usage
@@ -34,12 +36,6 @@ USAGE_COST = Counter(
 )
 
 DELIVERIES = Counter("relaygate_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"])
-EVENTS_RELAYED = Counter("relaygate_events_relayed_total", "Stream events a gateway sent to SSE clients")
-RELAY_LAG = Histogram(
-    "relaygate_relay_lag_seconds",
-    "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
 BATCHES = Counter(
     "relaygate_batches_total", "Shared Postgres statements and Redis pipelines that carried several calls", ["batch"]
 )
@@ -90,3 +86,39 @@ class _PoolCollector(Collector):
 
 
 REGISTRY.register(_PoolCollector())
+
+
+class _RelayCollector(Collector):
+    """`relaygate_events_relayed_total` and `relaygate_relay_lag_seconds`, kept in plain numbers by the
+    relay (on the event loop, per batch) and read at scrape time: prometheus' locked counter and histogram
+    cost ~3 µs a batch, against ~0.8 µs here, of a relayed event's ~10-40 µs."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+    BOUNDS = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # `le` labels, as prometheus writes them
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.lags = [0] * (len(self.BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.lag_sum = 0.0
+
+    def relayed(self, events: int) -> None:
+        self.events += events
+
+    def lag(self, seconds: float) -> None:
+        self.lags[bisect.bisect_left(self.BUCKETS, seconds)] += 1
+        self.lag_sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "relaygate_events_relayed", "Stream events a gateway sent to SSE clients", value=self.events
+        )
+        yield HistogramMetricFamily(
+            "relaygate_relay_lag_seconds",
+            "Stream write to SSE send, sampled once per relayed batch (catch-up older than 60 s excluded)",
+            buckets=list(zip(self.BOUNDS, itertools.accumulate(self.lags), strict=True)),
+            sum_value=self.lag_sum,
+        )
+
+
+RELAY = _RelayCollector()
+REGISTRY.register(RELAY)

@@ -34,10 +34,16 @@ def entry(ms: int, seq: int = 0) -> Entry:
 
 def test_relayed_events_are_counted_and_fresh_ones_sampled_for_lag() -> None:
     events, samples = value("relaygate_events_relayed_total"), value("relaygate_relay_lag_seconds_count")
+    within = {le: value("relaygate_relay_lag_seconds_bucket", le=le) for le in ("0.0025", "0.05", "+Inf")}
     now = int(time.time() * 1000)
     _observe([entry(now - 5, 0), HEARTBEAT, entry(now - 5, 1)])
     assert value("relaygate_events_relayed_total") == events + 2
     assert value("relaygate_relay_lag_seconds_count") == samples + 1
+    # ~5 ms old (the clock read comes after): above the 2.5 ms bound, under 50 ms.
+    assert value("relaygate_relay_lag_seconds_bucket", le="0.0025") == within["0.0025"]
+    assert value("relaygate_relay_lag_seconds_bucket", le="0.05") == within["0.05"] + 1
+    assert value("relaygate_relay_lag_seconds_bucket", le="+Inf") == within["+Inf"] + 1
+    assert value("relaygate_relay_lag_seconds_sum") > 0
     _observe([entry(now - 3_600_000)])
     assert value("relaygate_events_relayed_total") == events + 3
     assert value("relaygate_relay_lag_seconds_count") == samples + 1, "an hour-old catch-up entry is not lag"
