@@ -66,6 +66,10 @@ class ClaimBatcher:
             return
         for payload, future in batch:
             row = rows.get(payload.request_id)
+            # A batch may hold a stale job of the request too (ARQ re-running an earlier attempt's job
+            # beside the retry): only the attempt that was started gets the row.
+            if row is not None and row["attempt"] != payload.attempt:
+                row = None
             if not future.done():
                 future.set_result(None if row is None else Claimed(row, turns.get(payload.request_id, [])))
 

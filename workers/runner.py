@@ -8,9 +8,10 @@ it never fails the request as a model error. `_finish` is the one place an outco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -87,6 +88,21 @@ class WorkerRuntime:
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
         self.ended = ending.EndedMarks(self.db)
 
+    @contextlib.contextmanager
+    def tracking(self, run: Attempt) -> Iterator[None]:
+        """`run` in `active` (the heartbeat renews its lease, the flusher writes its tokens) while it runs.
+        A newer attempt of the request started here meanwhile takes the entry over: an older one that
+        ends after it must not take the newer one out (its lease would lapse)."""
+        request_id = run.payload.request_id
+        self.active[request_id] = run
+        ACTIVE.inc()
+        try:
+            yield
+        finally:
+            if self.active.get(request_id) is run:
+                del self.active[request_id]
+            ACTIVE.dec()
+
 
 async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:
     """Append a run's own events, retried across store errors without writing any twice; a newer
@@ -141,19 +157,15 @@ async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Star
         user_id=claimed.row["user_id"],
         cancel_key=cancel_key(payload.session_id, payload.request_id, rt.settings.stream_buckets),
     )
-    rt.active[payload.request_id] = run
-    ACTIVE.inc()
-    try:
-        return await _execute(rt, run, claimed, start)
-    except asyncio.CancelledError:
-        if rt.draining and not run.lost:
-            task = asyncio.create_task(_hand_back(rt, run))
-            rt.handbacks.add(task)
-            task.add_done_callback(rt.handbacks.discard)
-        raise
-    finally:
-        rt.active.pop(payload.request_id, None)
-        ACTIVE.dec()
+    with rt.tracking(run):
+        try:
+            return await _execute(rt, run, claimed, start)
+        except asyncio.CancelledError:
+            if rt.draining and not run.lost:
+                task = asyncio.create_task(_hand_back(rt, run))
+                rt.handbacks.add(task)
+                task.add_done_callback(rt.handbacks.discard)
+            raise
 
 
 async def _hand_back(rt: WorkerRuntime, run: Attempt) -> None:
