@@ -92,6 +92,10 @@ def test_workers_ride_out_redis_and_postgres_outages(new_stack: Stack) -> None:
             stored = wait_status(c, accepted["request_id"], {"completed", "failed"}, timeout=60)
         assert stored["status"] == "completed", (stored, new_stack.logs())
         assert worker.poll() is None
+        # The row says completed before the job has written the stream's end and returned: wait for the
+        # job itself, or the stores would go down under a job still running.
+        finished = f"{accepted['request_id']}:process_request ● 'completed'"
+        wait_until(lambda: finished in new_stack.worker_log(worker), 30, "the job to return")
         # Stopped while both stores are down, with nothing running: it exits at once (not after the
         # 20 s drain period, waiting on jobs that have ended) and cleanly.
         rd.cut()
