@@ -91,9 +91,13 @@ class WorkerRuntime:
     @contextlib.contextmanager
     def tracking(self, run: Attempt) -> Iterator[None]:
         """`run` in `active` (the heartbeat renews its lease, the flusher writes its tokens) while it runs.
-        A newer attempt of the request started here meanwhile takes the entry over: an older one that
-        ends after it must not take the newer one out (its lease would lapse)."""
+        A newer attempt of the request started here meanwhile takes the entry over and halts the older
+        one (superseded: out of `active`, nothing would renew or flush it), which, ending after it, must
+        not take the newer one out (its lease would lapse)."""
         request_id = run.payload.request_id
+        older = self.active.get(request_id)
+        if older is not None:
+            older.halt(Stop("superseded by a newer attempt", fenced=True))
         self.active[request_id] = run
         ACTIVE.inc()
         try:

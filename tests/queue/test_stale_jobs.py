@@ -48,7 +48,10 @@ async def test_an_older_run_ending_leaves_the_newer_one_tracked(app: App) -> Non
         with rt.tracking(older):
             with rt.tracking(newer):
                 assert rt.active[payload.request_id] is newer
+                assert older.stop is not None and older.stop.fenced, "the superseded run is halted"
+                assert newer.stop is None
             assert payload.request_id not in rt.active
+        older = Attempt(payload)
         with rt.tracking(older):
             tracking_newer = rt.tracking(newer)
             tracking_newer.__enter__()
