@@ -1,8 +1,9 @@
 """A stale job of a request (ARQ running an earlier attempt's job again beside the retry, after the
 frozen worker that held it stopped renewing it) starts nothing and takes nothing from the retry.
 
-Seen in CI: the two jobs shared one claim batch, both were handed the retry's row, the stale run was
-fenced and, ending, took the retry out of the worker's runs, so its lease lapsed: a third attempt."""
+Before: sharing one claim batch, both jobs were handed the retry's row; the stale run, fenced at its
+first append, took the retry out of the worker's runs as it ended, and the retry's lease lapsed (a
+third attempt, tests/requests/test_recovery.py)."""
 
 from __future__ import annotations
 
