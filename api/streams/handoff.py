@@ -27,10 +27,10 @@ HANDOFF = "relaygate.handoff"  # scope key of the request's _Handoff
 # The keys of an ASGI HTTP scope that the server sets; the server's connection holds the scope for as long
 # as the stream, so what the app's layers added (FastAPI's route, endpoint, context, exit stacks) is dropped.
 _SERVER_KEYS = frozenset(
-    {
-        *("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path"),
-        *("headers", "client", "server", "state", "extensions"),
-    }
+    (
+        "type asgi http_version method scheme path raw_path query_string root_path "
+        "headers client server state extensions"
+    ).split()
 )
 
 

@@ -8,6 +8,7 @@ third attempt, tests/requests/test_recovery.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 from common.platform import db
@@ -53,11 +54,10 @@ async def test_an_older_run_ending_leaves_the_newer_one_tracked(app: App) -> Non
                 assert newer.stop is None
             assert payload.request_id not in rt.active
         older = Attempt(payload)
-        with rt.tracking(older):
-            tracking_newer = rt.tracking(newer)
-            tracking_newer.__enter__()
-        assert rt.active[payload.request_id] is newer, "the older run's end left the newer one in place"
-        tracking_newer.__exit__(None, None, None)
+        with contextlib.ExitStack() as newer_runs:
+            with rt.tracking(older):
+                newer_runs.enter_context(rt.tracking(newer))
+            assert rt.active[payload.request_id] is newer, "the older run's end left the newer one in place"
         assert rt.active == {}
     finally:
         await arq.aclose()
