@@ -166,12 +166,13 @@ async def sweep_once(rt: WorkerRuntime) -> None:
     await count_lost(rt, overdue)
     await ending.end_elsewhere(rt, overdue)
     await end_unstored_once(rt)
-    for feature, payload in stalled:
-        await queue.enqueue(rt.queue, feature, payload)
+    # Mostly no-ops (the job is still queued: a feature no worker serves, or a long queue), so they go
+    # out together and only the jobs actually queued again count.
+    requeued = sum(await asyncio.gather(*(queue.enqueue(rt.queue, feature, payload) for feature, payload in stalled)))
     for session in expired:
         sink.emit("session.ended", session["session_id"], {"status": "expired"}, tenant_id=session["tenant_id"])
-    if overdue or stalled or expired:
-        log.info("sweep", extra={"timed_out": len(overdue), "requeued": len(stalled), "sessions_expired": len(expired)})
+    if overdue or requeued or expired:
+        log.info("sweep", extra={"timed_out": len(overdue), "requeued": requeued, "sessions_expired": len(expired)})
 
 
 async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from arq.constants import job_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from common.platform.keys import queue_name
+from common.queue import enqueue as queue
+from common.requests import lifecycle
+from tests.support.app import App
 from workers import flows, maintenance
+from workers.runner import WorkerRuntime
 
 
 async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,3 +71,42 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
     await flows.reap_once(rt)
 
     assert tries == [("default", "run1")] * 3
+
+
+async def test_the_sweep_queues_a_lost_head_again_and_counts_only_that(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued request whose job is gone (the queue was down when it came) is queued again; one whose
+    job still waits (no worker serves its feature yet) is left as it is, and not reported requeued."""
+    gw = app.gateway
+    async with app.client() as client:
+        lost, waiting = [
+            (await client.post("/api/v1/requests/web", json={"content": c, "new_session": True})).json()["request_id"]
+            for c in ("lost", "waiting")
+        ]
+    arq = await queue.connect(app.settings.queue_redis_url)
+    try:
+        await arq.zrem(queue_name("gateway-tests"), lost)
+        await arq.delete(job_key_prefix + lost)
+        await gw.db.execute(
+            "UPDATE request_logs SET updated_at = now() - interval '1 minute' WHERE request_id = ANY($1::uuid[])",
+            [lost, waiting],
+        )
+        stalled_heads = lifecycle.stalled_heads
+
+        async def ours(conn: object, older_than_seconds: float) -> list[Any]:  # not other tests' rows
+            return [h for h in await stalled_heads(conn, older_than_seconds) if h[1].request_id in (lost, waiting)]
+
+        monkeypatch.setattr(lifecycle, "stalled_heads", ours)
+        rt = WorkerRuntime(
+            settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
+        )
+        with caplog.at_level(logging.INFO, logger=maintenance.__name__):
+            await maintenance.sweep_once(rt)
+            await maintenance.sweep_once(rt)
+        assert await arq.zscore(queue_name("gateway-tests"), lost) is not None
+        assert await arq.zscore(queue_name("gateway-tests"), waiting) is not None
+        requeued = [r.requeued for r in caplog.records if r.getMessage() == "sweep"]  # type: ignore[attr-defined]
+        assert requeued == [1]
+    finally:
+        await arq.aclose()
