@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     arq = await queue.connect(settings.queue_redis_url)
-    hub = start_hub(settings, stores.streams, readers=settings.hub_readers)
+    hub = start_hub(settings, stores.streams)
     runtime.tune_gc()
     limits = Limits(stores.streams, settings)
     slots = StreamSlots(limits)

@@ -175,6 +175,7 @@ async def sse() -> None:
 
 async def _fake_checks(redis: Any, other: Any) -> dict[str, str]:
     """The behaviours relaygate relies on, on one server reached by two clients."""
+    from common.platform.keys import stream_key
     from common.streams.writer import StreamWriter
 
     results: dict[str, str] = {}
@@ -208,24 +209,20 @@ async def _fake_checks(redis: Any, other: Any) -> dict[str, str]:
     async def hub_relay() -> bool:
         from common.streams.hub import Hub, ServerConnections
 
-        hub = Hub(
-            redis,
-            ServerConnections(redis.connection_pool),
-            readers=1,
-            block_ms=1000,
-            queue_size=10,
-            heartbeat_seconds=60,
-        )
+        hub = Hub(redis, ServerConnections(redis.connection_pool), block_ms=1000, queue_size=10, heartbeat_seconds=60)
         hub.start()
         try:
-            sub = await hub.subscribe(key + "h")
-            await other.xadd(key + "h", Event(type="token", request_id="r").fields())
+            session = str(uuid.uuid4())
+            sub = await hub.subscribe(stream_key(session, 256))
+            await StreamWriter(other, buckets=256, maxlen=100, ttl_seconds=60).append(
+                session, [Event(type="token", request_id="r")]
+            )
             return bool(await asyncio.wait_for(sub.take(), 3))
         finally:
             await hub.stop()
 
     await check("Lua script (XADD MAXLEN ~ + EXPIRE in one step)", lua_append)
-    await check("the gateway hub's raw-RESP XREAD on its own connection", hub_relay)
+    await check("the gateway hub's notices and raw-RESP XREADs on its own connection", hub_relay)
     await check("XREAD BLOCK woken by another client's XADD", blocking_wake)
     await check("XINFO STREAM entries-added / max-deleted-entry-id", xinfo_counters)
     await check("CLIENT KILL (outage tests cut connections)", client_kill)

@@ -565,12 +565,26 @@ def xadd(key: bytes, type_: bytes, request_id: bytes, seq: int, ts: float, data:
     )
 
 
+NOTIFY_KEY = b"rg:notify"  # common.platform.keys.notify_key on a single server
+NOTICE_WINDOW_MS = 10_000  # common.streams.writer.NOTICE_WINDOW_MS
+
+
+def notice(keys: list[bytes]) -> bytes:
+    """The notice relaygate's append scripts write beside their XADDs: without it a hub finds the
+    entries only at its next sweep."""
+    minid = b"%d" % (time.time() * 1000 - NOTICE_WINDOW_MS)
+    return resp(b"XADD", NOTIFY_KEY, b"MINID", b"~", minid, b"*", *(part for k in keys for part in (b"k", k)))
+
+
 async def finish_streams(conn: RespConn, keys: list[bytes], request_ids: list[bytes], seq: int, maxlen: bytes) -> None:
     now = time.time()
     await conn.batch(
         [
-            xadd(k, b"done", r, seq, now, b'{"status":"completed"}', maxlen)
-            for k, r in zip(keys, request_ids, strict=True)
+            *(
+                xadd(k, b"done", r, seq, now, b'{"status":"completed"}', maxlen)
+                for k, r in zip(keys, request_ids, strict=True)
+            ),
+            notice(keys),
         ]
     )
     await conn.batch([resp(b"EXPIRE", k, b"3600") for k in keys])
@@ -584,16 +598,18 @@ async def mode_write_burst(cfg: dict[str, Any]) -> None:
     per_batch = max(1, cfg.get("batch", 1000))
     started = time.perf_counter()
     pending: list[bytes] = []
+    pending_keys: list[bytes] = []
     for seq in range(1, cfg["tokens"] + 1):
         data = b'{"text":"tok%d "}' % seq
         now = time.time()
         for key, rid in zip(keys, request_ids, strict=True):
             pending.append(xadd(key, b"token", rid, seq, now, data, maxlen))
+            pending_keys.append(key)
             if len(pending) >= per_batch:
-                await conn.batch(pending)
-                pending = []
+                await conn.batch([*pending, notice(pending_keys)])
+                pending, pending_keys = [], []
     if pending:
-        await conn.batch(pending)
+        await conn.batch([*pending, notice(pending_keys)])
     elapsed = time.perf_counter() - started
     await finish_streams(conn, keys, request_ids, cfg["tokens"] + 1, maxlen)
     conn.close()
@@ -627,8 +643,9 @@ async def mode_write_paced(cfg: dict[str, Any]) -> None:
         for i in members[n % groups]:
             seqs[i] += 1
             batch.append(xadd(keys[i], b"token", request_ids[i], seqs[i], t, b'{"text":"x","t":%.6f}' % t, maxlen))
-        await conn.batch(batch)
         written += len(batch)
+        batch.append(notice([keys[i] for i in members[n % groups]]))
+        await conn.batch(batch)
     elapsed = time.perf_counter() - started
     await finish_streams(conn, keys, request_ids, max(seqs) + 1, maxlen)
     conn.close()

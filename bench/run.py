@@ -955,7 +955,7 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for the gateway and worker (e.g. HUB_READERS=4); repeatable",
+        help="extra environment for the gateway and worker (e.g. HUB_NOTICE_KEYS=0); repeatable",
     )
     p.add_argument(
         "--profile",

@@ -37,7 +37,7 @@ def build_worker(settings: Settings) -> RelayWorker:
             streams=stores.streams,
             writer=stores.writer,
             queue=ctx["redis"],
-            hub=start_hub(settings, stores.streams, readers=1),
+            hub=start_hub(settings, stores.streams),
             http=httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False),
         )
         runtime.tune_gc()

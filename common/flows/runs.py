@@ -99,7 +99,7 @@ class RunStore:
         )
 
     async def events(self, run_id: str, events: list[Event]) -> list[str]:
-        return await self.writer.append_to(self.stream_key(run_id), events)
+        return await self.writer.append_to(self.stream_key(run_id), events, run_id)
 
     async def announce_end(self, row: asyncpg.Record, status: str, data: dict[str, Any], *, seq: int = 0) -> None:
         """Write a finished run's closing events, `run.<status>` (`status` in lower case) with `data` then `done`,

@@ -51,8 +51,8 @@ async def open_stores(
     return Stores(settings, pool, streams, writer, agents)
 
 
-def start_hub(settings: Settings, streams: StreamsRedis, *, readers: int) -> Hub:
-    """A started stream hub: `readers` fixed readers on one server, one per watched bucket on a cluster."""
+def start_hub(settings: Settings, streams: StreamsRedis) -> Hub:
+    """A started stream hub: one reader on a single server, one per watched bucket on a cluster."""
     connections: ReaderConnections
     if isinstance(streams, RedisCluster):
         connections = ClusterConnections(streams, client_name=HUB_READER_NAME)
@@ -61,10 +61,10 @@ def start_hub(settings: Settings, streams: StreamsRedis, *, readers: int) -> Hub
     hub = Hub(
         streams,
         connections,
-        readers=None if settings.stream_redis_cluster else readers,
         block_ms=settings.hub_block_ms,
         queue_size=settings.sse_client_queue,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
+        notice_keys=settings.hub_notice_keys,
     )
     hub.start()
     return hub

@@ -17,7 +17,7 @@ def bucket(name: str, buckets: int) -> int:
 
 
 def _tagged(owner: str, buckets: int) -> str:
-    return f"{PREFIX}{{b{bucket(owner, buckets)}}}:"
+    return f"{PREFIX}{bucket_tag(owner, buckets)}:"
 
 
 def stream_key(session_id: str, buckets: int) -> str:
@@ -58,14 +58,21 @@ def run_cache_key(run_id: str, buckets: int) -> str:
     return f"{_tagged(run_id, buckets)}run-status:{run_id}"
 
 
-def hub_wake_key(process: str, reader: int) -> str:
-    """A gateway hub reader's private wake stream on a single server."""
-    return f"{PREFIX}wake:{process}:{reader}"
+def bucket_tag(owner: str, buckets: int) -> str:
+    """The `{b<n>}` hash tag of a session's (or run's) keys."""
+    return f"{{b{bucket(owner, buckets)}}}"
 
 
-def hub_bucket_wake_key(tag: str, process: str) -> str:
-    """A cluster hub reader's wake stream: it carries the bucket's hash tag `tag` (`{b<n>}`)."""
-    return f"{PREFIX}{tag}:wake:{process}"
+def notify_key(tag: str | None) -> str:
+    """The notice stream every append also writes the stream keys it touched to, read by the hubs:
+    one per bucket on a cluster (`tag` is its `{b<n>}`, so a notice stays in its streams' slot), one
+    for all streams on a single server (`tag` None)."""
+    return f"{PREFIX}{tag}:notify" if tag else f"{PREFIX}notify"
+
+
+def hub_wake_key(tag: str | None, process: str) -> str:
+    """A hub reader's private wake stream, in the slot of the notice stream it reads (`tag` as there)."""
+    return f"{PREFIX}{tag}:wake:{process}" if tag else f"{PREFIX}wake:{process}"
 
 
 def queue_name(feature: str) -> str:

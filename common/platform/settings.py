@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     stream_maxlen: int = 10_000
     sse_heartbeat_seconds: float = 15.0
     sse_client_queue: int = 2_000
-    hub_readers: int = Field(default=2, ge=1)
     hub_block_ms: int = 5_000
+    hub_notice_keys: int = Field(default=32, ge=0)
 
     # Workers.
     feature: str = "default"

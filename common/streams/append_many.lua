@@ -1,5 +1,6 @@
 -- Many streams in one call: KEYS are the stream keys, then one fence key per stream (common.platform.keys
--- .fence_key; a batch that is not fenced passes its stream key there), then keys to read (cancel
+-- .fence_key; a batch that is not fenced passes its stream key there), then the notice stream (one
+-- entry names every stream written, for the hub; trimmed after WINDOW_MS), then keys to read (cancel
 -- flags). ARGV: maxlen, ttl, number of streams, dedupe (1/0), then per stream its event count,
 -- whether it is fenced (1/0) and 6 values per event; a batch holds the events of one attempt.
 -- A fenced batch is refused whole when its request's fence names a newer attempt or `done`;
@@ -9,7 +10,13 @@
 local n = tonumber(ARGV[3])
 local dedupe = ARGV[4] == '1'
 local ttl = ARGV[2]
-local last, refused = {}, {}
+local last, refused, notice = {}, {}, {}
+local function send_notice()
+  local t = redis.call('TIME')
+  local minid = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - WINDOW_MS)
+  redis.call('XADD', KEYS[2 * n + 1], 'MINID', '~', minid, '*', unpack(notice))
+  notice = {}
+end
 local i = 5
 for k = 1, n do
   local count = tonumber(ARGV[i])
@@ -48,9 +55,15 @@ for k = 1, n do
   end
   last[k] = id
   refused[k] = admit and 0 or 1
+  if id then
+    notice[#notice + 1] = 'k'
+    notice[#notice + 1] = KEYS[k]
+    if #notice >= 2000 then send_notice() end  -- unpack's bound on arguments
+  end
 end
+if #notice > 0 then send_notice() end
 local values = {}
-for j = 2 * n + 1, #KEYS do
-  values[j - 2 * n] = redis.call('GET', KEYS[j])
+for j = 2 * n + 2, #KEYS do
+  values[j - 2 * n - 1] = redis.call('GET', KEYS[j])
 end
 return {last, values, refused}

@@ -1,14 +1,24 @@
-"""One XREAD loop per reader task fanning stream entries out to bounded per-client mailboxes.
+"""Reader tasks that read the streams clients watch and fan their entries out to bounded per-client
+mailboxes.
 
-A process (a gateway, a dispatcher) holds `hub_readers` blocking Redis connections however many clients
-watch: every watched key is assigned to one reader, which re-issues a single multi-key
-`XREAD` with the last id it delivered for each key. Subscribing to a new key wakes the
-reader at once through a private wake stream. A client whose mailbox fills up is cut off
-(it resumes with Last-Event-ID) instead of buffering without bound.
+A reader holds one blocking connection however many clients watch. While it watches few keys its
+`XREAD` names them all, each with the last id it delivered. Past `notice_keys` that would cost every
+wake the whole list, so it waits on a notice stream instead: every append also writes the keys it
+touched there (common.platform.keys.notify_key), and the reader reads just the watched streams a
+notice named, from their cursors: a wake then costs what moved. Subscribing to a new key wakes the
+reader at once through its private wake stream. A client whose mailbox fills up is cut off (it
+resumes with Last-Event-ID) instead of buffering without bound.
 
-On a Redis Cluster a multi-key `XREAD` must stay within one slot, so there is one reader per
-stream bucket (the `{b<n>}` hash tag every key of a session carries) that has watchers,
-connected to the node that owns the bucket: connections are bounded by buckets, not clients.
+Notices only say where to look; the per-key cursors are what make delivery exact. A reader on
+notices reads every key it watches (a sweep) when it starts on them, every `sweep_seconds`, and when
+notices it has not seen may have been trimmed: they live NOTICE_WINDOW_MS, and a lost notice L after
+the reader's cursor C was trimmed by an append A with A.ms > L.ms + window >= C.ms + window, which the
+reader then reads (an `XREAD` without COUNT returns everything after C): newest.ms - C.ms > window.
+
+On a single server one notice stream serves every stream and one reader per process reads it. On a
+Redis Cluster a multi-key `XREAD` must stay within one slot, so there is a notice stream per stream
+bucket (the `{b<n>}` hash tag every key of a session carries) and a reader per bucket that has
+watchers, connected to the node that owns it: connections are bounded by buckets, not clients.
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from common.platform.batching import pipelined
-from common.platform.keys import hub_bucket_wake_key, hub_wake_key
+from common.platform.keys import hub_wake_key, notify_key
 from common.platform.outages import REDIS_ERRORS
+from common.streams import writer
 from common.streams.protocol import StreamsRedis, event_json, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -128,6 +139,21 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+def _xread(keys: list[bytes], ids: list[bytes], *, count: int | None = None, block_ms: int | None = None) -> bytes:
+    """An `XREAD` packed by hand: redis-py's generic packing of many arguments costs more than the read."""
+    options = b""
+    if count is not None:
+        options += b"$5\r\nCOUNT\r\n" + _bulk(b"%d" % count)
+    if block_ms is not None:
+        options += b"$5\r\nBLOCK\r\n" + _bulk(b"%d" % block_ms)
+    head = b"*%d\r\n$5\r\nXREAD\r\n" % (2 + 2 * (count is not None) + 2 * (block_ms is not None) + 2 * len(keys))
+    return b"".join((head, options, b"$7\r\nSTREAMS\r\n", *map(_bulk, keys), *map(_bulk, ids)))
+
+
+def _ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
 class ReaderConnections(Protocol):
     async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
         """A new connection to the server that holds `key`, for one reader's exclusive use."""
@@ -165,61 +191,53 @@ class ClusterConnections:
         return conn
 
 
+PAGE = 500  # entries per stream per read; a stream with more is read again at once
+FETCH_KEYS = 1000  # streams named per XREAD when reading many at once (a sweep)
+NOTICE_WINDOW_MS = writer.NOTICE_WINDOW_MS
+
+
 @dataclass(eq=False)
 class _Reader:
     """One blocking connection and the keys it watches.
 
-    The XREAD is packed by hand from per-key RESP fragments kept up to date as cursors move:
-    the command names every watched key on every call, and redis-py's generic packing of
-    hundreds of arguments per call was the largest cost of relaying an event.
+    With few keys it names them all in its blocking `XREAD`; past `notice_keys` it blocks on the
+    notice stream instead and reads the keys notices name (`noticing`), and back below half of it.
     """
 
     connections: ReaderConnections
+    notify_key: bytes
     wake_key: bytes
     block_ms: int
-    # Keyed by the encoded stream key; `_key_frags` and `_id_frags` share the order of `cursors`.
-    cursors: dict[bytes, bytes] = field(default_factory=dict)
+    notice_keys: int
+    sweep_seconds: float
+    cursors: dict[bytes, bytes] = field(default_factory=dict)  # the last id delivered, per watched key
     subs: dict[bytes, set[Subscription]] = field(default_factory=dict)
+    dirty: set[bytes] = field(default_factory=set)  # watched keys that may hold entries after their cursor
+    noticing: bool = False
     has_keys: asyncio.Event = field(default_factory=asyncio.Event)
     wake_pending: bool = False
-    _key_frags: dict[bytes, bytes] = field(default_factory=dict)
-    _id_frags: dict[bytes, bytes] = field(default_factory=dict)
-    _keys_packed: bytes | None = None
     # False while the reader cannot read (Redis unreachable, or restarting after a crash).
     up: bool = True
 
     def watch(self, key: bytes, cursor: bytes) -> None:
         self.cursors[key] = cursor
-        self._key_frags[key] = _bulk(key)
-        self._id_frags[key] = _bulk(cursor)
-        self._keys_packed = None
+        if self.noticing:
+            self.dirty.add(key)  # a notice for it may have gone by before it was watched
 
     def unwatch(self, key: bytes) -> None:
         self.cursors.pop(key, None)
-        self._key_frags.pop(key, None)
-        self._id_frags.pop(key, None)
-        self._keys_packed = None
+        self.dirty.discard(key)
 
-    def _command(self, wake_cursor: bytes) -> bytes:
-        if self._keys_packed is None:
-            self._keys_packed = b"".join(self._key_frags.values())
-        n = len(self._id_frags) + 1
-        return b"".join(
-            (
-                b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n500\r\n$5\r\nBLOCK\r\n%b$7\r\nSTREAMS\r\n"
-                % (6 + 2 * n, _bulk(b"%d" % self.block_ms)),
-                _bulk(self.wake_key),
-                self._keys_packed,
-                _bulk(wake_cursor),
-                *self._id_frags.values(),
-            )
-        )
+    def sweep(self) -> None:
+        self.dirty = set(self.cursors)
 
     async def run(self) -> None:
-        wake_cursor = b"0-0"
+        wake_cursor = notice_cursor = b"0-0"
         backoff = 0.1
         conn: AbstractConnection | None = None
         failed = False
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
         try:
             while True:
                 if not self.cursors:
@@ -228,12 +246,36 @@ class _Reader:
                         conn = None
                     self.has_keys.clear()
                     await self.has_keys.wait()
-                # Keys subscribed from here on are not in this XREAD: they must wake it.
+                # Keys subscribed from here on are not read below: they must wake the XREAD.
                 self.wake_pending = False
                 try:
                     if conn is None:
-                        conn = await self.connections.open(self.wake_key, after_error=failed)
-                    await conn.send_packed_command(self._command(wake_cursor), check_health=False)
+                        conn = await self.connections.open(self.notify_key, after_error=failed)
+                        self.noticing = False
+                    watched = len(self.cursors)
+                    if not self.noticing and watched > self.notice_keys:
+                        notice_cursor = await self._newest_notice(conn)
+                        self.noticing, next_sweep = True, 0.0  # read every key once: what moved before
+                    elif self.noticing and watched < self.notice_keys // 2:
+                        self.noticing = False
+                        self.dirty.clear()
+                    if not self.noticing:
+                        keys = [self.wake_key, *self.cursors]
+                        command = _xread(
+                            keys, [wake_cursor, *self.cursors.values()], count=PAGE, block_ms=self.block_ms
+                        )
+                    else:
+                        if loop.time() >= next_sweep:
+                            self.sweep()
+                            next_sweep = loop.time() + self.sweep_seconds
+                        if self.dirty:
+                            await self._read_dirty(conn)
+                        command = _xread(
+                            [self.wake_key, self.notify_key],
+                            [wake_cursor, notice_cursor],
+                            block_ms=None if self.dirty else self.block_ms,  # a stream with pages left: at once
+                        )
+                    await conn.send_packed_command(command, check_health=False)
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
                     backoff, failed, self.up = 0.1, False, True
@@ -250,12 +292,47 @@ class _Reader:
                 for key, entries in _streams(response):
                     if key == self.wake_key:
                         wake_cursor = entries[-1][0]
+                    elif key == self.notify_key:
+                        notice_cursor = self._note(entries, notice_cursor)
                     else:
                         self._deliver(key, entries)
         finally:
             if conn is not None:
                 # Cancelled mid-read: the connection may hold half a reply, so it is not reused.
                 await conn.disconnect()
+
+    async def _newest_notice(self, conn: AbstractConnection) -> bytes:
+        await conn.send_command("XREVRANGE", self.notify_key, "+", "-", "COUNT", 1, check_health=False)
+        newest = await conn.read_response(timeout=self.block_ms / 1000 + 5)
+        return bytes(newest[0][0]) if newest else b"0-0"
+
+    def _note(self, notices: list[list[Any]], cursor: bytes) -> bytes:
+        """Mark the watched keys `notices` name; sweep when notices after `cursor` may have been trimmed."""
+        newest: bytes = notices[-1][0]
+        if _ms(newest) - _ms(cursor) > NOTICE_WINDOW_MS:
+            self.sweep()
+            return newest
+        cursors, dirty = self.cursors, self.dirty
+        for _, flat in notices:
+            for key in flat[1::2]:
+                if key in cursors:
+                    dirty.add(key)
+        return newest
+
+    async def _read_dirty(self, conn: AbstractConnection) -> None:
+        """Read every dirty key from its cursor; those that filled a page stay dirty."""
+        keys = list(self.dirty)
+        self.dirty = set()
+        chunks = [keys[i : i + FETCH_KEYS] for i in range(0, len(keys), FETCH_KEYS)]
+        await conn.send_packed_command(
+            b"".join(_xread(chunk, [self.cursors[k] for k in chunk], count=PAGE) for chunk in chunks),
+            check_health=False,
+        )
+        for _ in chunks:
+            for key, entries in _streams(await conn.read_response(timeout=self.block_ms / 1000 + 5)):
+                self._deliver(key, entries)
+                if len(entries) >= PAGE and key in self.cursors:
+                    self.dirty.add(key)
 
     def _deliver(self, key: bytes, raw: list[list[Any]]) -> None:
         subs = self.subs.get(key)
@@ -264,9 +341,7 @@ class _Reader:
         for entry in to_entries(key, ((raw_id, _fields(flat)) for raw_id, flat in raw)):
             for sub in subs:
                 sub.push(entry)
-        last = raw[-1][0]
-        self.cursors[key] = last
-        self._id_frags[key] = _bulk(last)
+        self.cursors[key] = raw[-1][0]
 
 
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -291,40 +366,37 @@ def _bucket_tag(key: bytes) -> bytes:
 
 
 class Hub:
-    """Fan-out of stream entries to subscribers.
-
-    `readers` fixed readers share the keys of a single server; `readers=None` (a Redis
-    Cluster) starts one reader per bucket on its first subscriber.
-    """
+    """Fan-out of stream entries to subscribers: one reader per notice stream with watchers, started
+    on its first subscriber (one on a single server, one per bucket on a Redis Cluster)."""
 
     def __init__(
         self,
         redis: StreamsRedis,
         connections: ReaderConnections,
         *,
-        readers: int | None,
         block_ms: int,
         queue_size: int,
         heartbeat_seconds: float,
+        notice_keys: int = 32,
+        sweep_seconds: float = 15.0,
     ) -> None:
         self.redis = redis
         self.connections = connections
         self.block_ms = block_ms
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
+        self.notice_keys = notice_keys
+        self.sweep_seconds = sweep_seconds
+        self._cluster = isinstance(redis, RedisCluster)
         self._process = uuid.uuid4().hex[:12]
-        self._fixed = [self._new_reader(hub_wake_key(self._process, i).encode()) for i in range(readers or 0)]
-        self._by_bucket: dict[bytes, _Reader] = {}
+        self._by_notice: dict[bytes, _Reader] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.draining = False
 
-    def _new_reader(self, wake_key: bytes) -> _Reader:
-        return _Reader(self.connections, wake_key, self.block_ms)
-
     @property
     def readers(self) -> list[_Reader]:
-        return self._fixed or list(self._by_bucket.values())
+        return list(self._by_notice.values())
 
     @property
     def subscriber_count(self) -> int:
@@ -332,7 +404,7 @@ class Hub:
 
     def start(self) -> None:
         self._started = True
-        for reader in self._fixed:
+        for reader in self.readers:
             self._run(reader)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="hub-heartbeat"))
 
@@ -377,13 +449,14 @@ class Hub:
                 await self.redis.delete(reader.wake_key)
 
     def _reader(self, key: bytes) -> _Reader:
-        if self._fixed:
-            return self._fixed[hash(key) % len(self._fixed)]
-        tag = _bucket_tag(key)
-        reader = self._by_bucket.get(tag)
+        tag = _bucket_tag(key).decode() if self._cluster else None
+        notify = notify_key(tag).encode()
+        reader = self._by_notice.get(notify)
         if reader is None:
-            # The wake stream carries the bucket's hash tag: it is read in the same XREAD.
-            reader = self._by_bucket[tag] = self._new_reader(hub_bucket_wake_key(tag.decode(), self._process).encode())
+            wake = hub_wake_key(tag, self._process).encode()
+            reader = self._by_notice[notify] = _Reader(
+                self.connections, notify, wake, self.block_ms, self.notice_keys, self.sweep_seconds
+            )
             if self._started:
                 self._run(reader)
         return reader

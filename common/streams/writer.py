@@ -13,7 +13,7 @@ from redis.asyncio import RedisCluster
 
 from common.platform import lua
 from common.platform.batching import pipelined
-from common.platform.keys import bucket, fence_key, intake_key, stream_key
+from common.platform.keys import bucket, bucket_tag, fence_key, intake_key, notify_key, stream_key
 from common.streams.protocol import (
     Event,
     StreamsRedis,
@@ -21,8 +21,10 @@ from common.streams.protocol import (
     intake_member,
 )
 
-_APPEND = lua.load(__file__, "append.lua")
-_APPEND_MANY = lua.load(__file__, "append_many.lua")
+NOTICE_WINDOW_MS = 10_000  # how long a notice stays on its notice stream (common.streams.hub)
+
+_APPEND = lua.load(__file__, "append.lua", WINDOW_MS=NOTICE_WINDOW_MS)
+_APPEND_MANY = lua.load(__file__, "append_many.lua", WINDOW_MS=NOTICE_WINDOW_MS)
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,16 @@ class StreamWriter:
     def key(self, session_id: str) -> str:
         return stream_key(session_id, self.buckets)
 
-    async def append(self, session_id: str, events: Iterable[Event]) -> list[str]:
-        return await self.append_to(self.key(session_id), events)
+    def notify_key(self, owner: str) -> str:
+        """The notice stream of `owner`'s (a session's or run's) stream: its bucket's on a cluster."""
+        return notify_key(bucket_tag(owner, self.buckets) if self._cluster else None)
 
-    async def append_to(self, key: str, events: Iterable[Event]) -> list[str]:
-        """Append to any stream key (a flow run's, for one), with the same TTL and trimming."""
-        return await self._call_append([key], "", events)
+    async def append(self, session_id: str, events: Iterable[Event]) -> list[str]:
+        return await self.append_to(self.key(session_id), events, session_id)
+
+    async def append_to(self, key: str, events: Iterable[Event], owner: str) -> list[str]:
+        """Append to any stream key of `owner` (a flow run's, for one), with the same TTL and trimming."""
+        return await self._call_append([key, self.notify_key(owner)], "", events)
 
     async def _call_append(self, keys: list[str], member: str, events: Iterable[Event]) -> list[str]:
         args: list[str | int] = [self.maxlen, self.ttl, member]
@@ -83,7 +89,7 @@ class StreamWriter:
         """
         reads = reads or []
         if not self._cluster:
-            return await self._call_many(batches, [key for _, key in reads], dedupe, fenced)
+            return await self._call_many(batches, [key for _, key in reads], dedupe, fenced, notify_key(None))
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for n, (session_id, _) in enumerate(batches):
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[0].append(n)
@@ -91,7 +97,13 @@ class StreamWriter:
             groups.setdefault(bucket(session_id, self.buckets), ([], []))[1].append(n)
         results = await asyncio.gather(
             *(
-                self._call_many([batches[i] for i in b], [reads[i][1] for i in r], dedupe, fenced)
+                self._call_many(
+                    [batches[i] for i in b],
+                    [reads[i][1] for i in r],
+                    dedupe,
+                    fenced,
+                    self.notify_key(batches[b[0]][0] if b else reads[r[0]][0]),
+                )
                 for b, r in groups.values()
             )
         )
@@ -109,7 +121,7 @@ class StreamWriter:
         return not (await self.append_many([(session_id, events)])).refused[0]
 
     async def _call_many(
-        self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool, fenced: bool
+        self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool, fenced: bool, notify: str
     ) -> Appended:
         args: list[str | int] = [self.maxlen, self.ttl, len(batches), int(dedupe)]
         fences = []
@@ -122,7 +134,7 @@ class StreamWriter:
             fences.append(
                 fence_key(session_id, request_id, self.buckets) if fenced and events else self.key(session_id)
             )
-        keys = [self.key(session_id) for session_id, _ in batches] + fences + reads
+        keys = [self.key(session_id) for session_id, _ in batches] + fences + [notify] + reads
         last, values, refused = await self._append_many(keys=keys, args=args)
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
         got = [v or None for v in values] + [None] * (len(reads) - len(values))
@@ -131,5 +143,7 @@ class StreamWriter:
     async def announce(self, session_id: str, request_id: str, events: Iterable[Event]) -> list[str]:
         """Append a new request's first events and record it in the bucket's intake set, atomically."""
         return await self._call_append(
-            [self.key(session_id), intake_key(session_id, self.buckets)], intake_member(session_id, request_id), events
+            [self.key(session_id), self.notify_key(session_id), intake_key(session_id, self.buckets)],
+            intake_member(session_id, request_id),
+            events,
         )

@@ -18,6 +18,7 @@ from redis.exceptions import SlotNotCoveredError
 from common.platform.keys import bucket, stream_key
 from common.streams.hub import (
     HEARTBEAT,
+    NOTICE_WINDOW_MS,
     OVERFLOW,
     ClusterConnections,
     Entry,
@@ -26,6 +27,7 @@ from common.streams.hub import (
     ServerConnections,
     Subscription,
     _Reader,
+    _xread,
     batches,
 )
 from common.streams.protocol import Event, connect, parse_id
@@ -41,7 +43,8 @@ async def _started_hub(
     request: pytest.FixtureRequest, infra: Infra, *, block_ms: int, client_name: str
 ) -> AsyncIterator[Hub]:
     readers: ReaderConnections
-    if request.param == "cluster":
+    server, _, mode = request.param.partition("-")
+    if server == "cluster":
         cluster: EmbeddedValkeyCluster = request.getfixturevalue("valkey_cluster")
         redis = connect(cluster.url, cluster=True, max_connections=64)
         assert isinstance(redis, RedisCluster)
@@ -49,14 +52,8 @@ async def _started_hub(
     else:
         redis = connect(infra.redis_url, cluster=False, max_connections=64)
         readers = ServerConnections(ConnectionPool.from_url(infra.redis_url, client_name=client_name))
-    h = Hub(
-        redis,
-        readers,
-        readers=None if request.param == "cluster" else 2,
-        block_ms=block_ms,
-        queue_size=50,
-        heartbeat_seconds=0.2,
-    )
+    # "notices": every reader reads notices however few keys it watches.
+    h = Hub(redis, readers, block_ms=block_ms, queue_size=50, heartbeat_seconds=0.2, notice_keys=0 if mode else 32)
     h.start()
     try:
         yield h
@@ -65,14 +62,18 @@ async def _started_hub(
         await redis.aclose()
 
 
-@pytest.fixture(params=["server", "cluster"])
+MODES = ["server", "cluster", "server-notices", "cluster-notices"]
+
+
+@pytest.fixture(params=MODES)
 async def hub(request: pytest.FixtureRequest, infra: Infra) -> AsyncIterator[Hub]:
-    """Two fixed readers on one server, or one reader per bucket on a three-node cluster."""
+    """One reader on one server, or one reader per bucket on a three-node cluster; readers naming
+    their keys, or reading notices."""
     async with _started_hub(request, infra, block_ms=5000, client_name=READER_NAME) as h:
         yield h
 
 
-@pytest.fixture(params=["server", "cluster"])
+@pytest.fixture(params=MODES)
 async def unwoken_hub(request: pytest.FixtureRequest, infra: Infra) -> AsyncIterator[Hub]:
     """A hub whose XREAD blocks longer than any test may run: a reader sees a new key only when woken."""
     async with _started_hub(request, infra, block_ms=3_600_000, client_name=f"{READER_NAME}-unwoken") as h:
@@ -122,7 +123,7 @@ async def test_many_subscribers_share_the_reader_connections(hub: Hub) -> None:
         owners = {int(hub.redis.get_node_from_key(stream_key(s, 256)).port) for s in sessions}
         assert {port for port, _ in connections} == owners
     else:
-        assert len(connections) == len(hub.readers) == 2
+        assert len(connections) == len(hub.readers) == 1
     for sub in subs:
         hub.unsubscribe(sub)
     assert hub.subscriber_count == 0
@@ -181,32 +182,126 @@ async def test_idle_subscribers_get_heartbeats(hub: Hub) -> None:
 
 
 def test_the_hand_packed_xread_is_the_command_redis_py_would_send() -> None:
-    reader = _Reader(ServerConnections(ConnectionPool()), b"rg:wake:x:0", 5000)
-    for i in range(3):
-        reader.watch(f"rg:{{b{i}}}:s{i}".encode(), f"{i}-0".encode())
-    reader.unwatch(b"rg:{b1}:s1")
-    reader.watch(b"rg:{b1}:s1", b"7-7")
-    expected = (
-        Redis()
-        .connection_pool.make_connection()
-        .pack_command(
-            "XREAD",
-            "COUNT",
-            500,
-            "BLOCK",
-            5000,
-            "STREAMS",
-            b"rg:wake:x:0",
-            b"rg:{b0}:s0",
-            b"rg:{b2}:s2",
-            b"rg:{b1}:s1",
-            b"0-0",
-            b"0-0",
-            b"2-0",
-            b"7-7",
-        )
+    pack = Redis().connection_pool.make_connection().pack_command
+    keys, ids = [b"rg:{b0}:s0", b"rg:{b2}:s2"], [b"0-0", b"7-7"]
+    assert _xread(keys, ids, count=500) == b"".join(pack("XREAD", "COUNT", 500, "STREAMS", *keys, *ids))
+    assert _xread(keys, ids, block_ms=5000) == b"".join(pack("XREAD", "BLOCK", 5000, "STREAMS", *keys, *ids))
+    assert _xread(keys[:1], ids[:1]) == b"".join(pack("XREAD", "STREAMS", keys[0], ids[0]))
+
+
+class _Recording:
+    """Reader connections that keep every command their readers send."""
+
+    def __init__(self, inner: ReaderConnections) -> None:
+        self.inner, self.sent = inner, list[bytes]()
+
+    async def open(self, key: bytes, *, after_error: bool) -> AbstractConnection:
+        conn = await self.inner.open(key, after_error=after_error)
+        send = conn.send_packed_command
+
+        async def recorded(command: bytes | list[bytes], check_health: bool = True) -> None:
+            self.sent.append(command if isinstance(command, bytes) else b"".join(command))
+            await send(command, check_health=check_health)
+
+        conn.send_packed_command = recorded  # type: ignore[method-assign]
+        return conn
+
+
+async def test_a_wake_reads_only_the_streams_that_moved(infra: Infra) -> None:
+    """What a reader sends per append does not grow with the keys it watches."""
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    recording = _Recording(ServerConnections(ConnectionPool.from_url(infra.redis_url)))
+    hub = Hub(redis, recording, block_ms=5000, queue_size=50, heartbeat_seconds=5)
+    hub.start()
+    try:
+        sessions = [str(uuid.uuid4()) for _ in range(200)]
+        subs = [await hub.subscribe(stream_key(s, 256)) for s in sessions]
+        await asyncio.sleep(0.3)  # the subscriptions' own reads are done; the reader waits on notices
+        recording.sent.clear()
+        for n in (0, 99, 199):
+            await _writer(hub).append(sessions[n], [Event(type="token", request_id=str(n), data={})])
+            assert (await _next_entry(subs[n])).request_id == str(n).encode()
+        watched = [stream_key(s, 256).encode() for s in sessions]
+        named = [sum(key in command for key in watched) for command in recording.sent]
+        assert max(named) == 1 and sum(named) == 3  # each stream read once, alone
+        for sub in subs:
+            hub.unsubscribe(sub)
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+async def test_a_reader_names_few_keys_and_reads_notices_for_many(infra: Infra) -> None:
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    recording = _Recording(ServerConnections(ConnectionPool.from_url(infra.redis_url)))
+    hub = Hub(redis, recording, block_ms=5000, queue_size=50, heartbeat_seconds=5, notice_keys=4)
+    hub.start()
+    writer = _writer(hub)
+    sessions = [str(uuid.uuid4()) for _ in range(10)]
+    subs: list[Subscription] = []
+
+    async def relayed(expect_notices: bool) -> None:
+        recording.sent.clear()
+        for n, sub in enumerate(subs):
+            await writer.append(sessions[n], [Event(type="token", request_id=sessions[n], data={})])
+            assert (await _next_entry(sub)).request_id == sessions[n].encode()
+        (reader,) = hub.readers
+        assert reader.noticing is expect_notices
+        assert any(b"rg:notify" in command for command in recording.sent) is expect_notices
+
+    try:
+        subs += [await hub.subscribe(stream_key(s, 256)) for s in sessions[:3]]
+        await relayed(expect_notices=False)
+        subs += [await hub.subscribe(stream_key(s, 256)) for s in sessions[3:]]
+        await relayed(expect_notices=True)
+        for sub in subs[1:]:
+            hub.unsubscribe(sub)
+        del subs[1:]
+        await relayed(expect_notices=False)
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+async def test_a_sweep_finds_what_no_notice_named(infra: Infra) -> None:
+    """Entries written without a notice (not by relaygate's scripts) still arrive, at the next sweep."""
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    hub = Hub(
+        redis,
+        ServerConnections(ConnectionPool.from_url(infra.redis_url)),
+        block_ms=100,
+        queue_size=50,
+        heartbeat_seconds=5,
+        notice_keys=0,
+        sweep_seconds=0.3,
     )
-    assert reader._command(b"0-0") == b"".join(expected)
+    hub.start()
+    try:
+        key = stream_key(str(uuid.uuid4()), 256)
+        sub = await hub.subscribe(key)
+        await asyncio.sleep(0.1)
+        await redis.xadd(key, Event(type="token", request_id="unannounced", data={}).fields())
+        assert (await _next_entry(sub)).request_id == b"unannounced"
+        hub.unsubscribe(sub)
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+def test_notices_that_may_have_been_trimmed_make_the_reader_read_every_key() -> None:
+    reader = _Reader(ServerConnections(ConnectionPool()), b"rg:notify", b"rg:wake:x", 5000, 0, 15)
+    reader.noticing = True
+    for key in (b"rg:{b0}:a", b"rg:{b1}:b", b"rg:{b2}:c"):
+        reader.watch(key, b"0-0")
+    reader.dirty.clear()
+    start = 1_000_000
+    cursor = reader._note([[b"%d-0" % (start + 5), [b"k", b"rg:{b1}:b", b"k", b"rg:{b9}:unwatched"]]], b"%d-0" % start)
+    assert cursor == b"%d-0" % (start + 5) and reader.dirty == {b"rg:{b1}:b"}
+    reader.dirty.clear()
+    # A notice newer than the cursor by more than the window: ones in between may be gone.
+    late = b"%d-0" % (start + 5 + NOTICE_WINDOW_MS + 1)
+    assert reader._note([[late, [b"k", b"rg:{b1}:b"]]], cursor) == late
+    assert reader.dirty == set(reader.cursors)
 
 
 async def test_readers_reconnect_after_their_connection_is_killed(hub: Hub) -> None:
@@ -262,7 +357,7 @@ class _FlakyConnections:
 async def test_a_reader_survives_failing_to_open_its_connection(infra: Infra) -> None:
     redis = connect(infra.redis_url, cluster=False, max_connections=8)
     flaky = _FlakyConnections(ServerConnections(ConnectionPool.from_url(infra.redis_url)), failures=2)
-    hub = Hub(redis, flaky, readers=1, block_ms=5000, queue_size=50, heartbeat_seconds=5)
+    hub = Hub(redis, flaky, block_ms=5000, queue_size=50, heartbeat_seconds=5)
     hub.start()
     try:
         session = str(uuid.uuid4())
