@@ -204,6 +204,7 @@ class _Reader:
     notice stream instead and reads the keys notices name (`noticing`), and back below half of it.
     """
 
+    redis: StreamsRedis  # commands for the reader's wake stream
     connections: ReaderConnections
     notify_key: bytes
     wake_key: bytes
@@ -259,6 +260,7 @@ class _Reader:
                     elif self.noticing and watched < self.notice_keys // 2:
                         self.noticing = False
                         self.dirty.clear()
+                    replies = 0
                     if not self.noticing:
                         keys = [self.wake_key, *self.cursors]
                         command = _xread(
@@ -268,14 +270,14 @@ class _Reader:
                         if loop.time() >= next_sweep:
                             self.sweep()
                             next_sweep = loop.time() + self.sweep_seconds
-                        if self.dirty:
-                            await self._read_dirty(conn)
-                        command = _xread(
-                            [self.wake_key, self.notify_key],
-                            [wake_cursor, notice_cursor],
-                            block_ms=None if self.dirty else self.block_ms,  # a stream with pages left: at once
+                        # The dirty streams' reads go out in the same write as the wait for notices.
+                        reads, replies = self._dirty_reads()
+                        command = reads + _xread(
+                            [self.wake_key, self.notify_key], [wake_cursor, notice_cursor], block_ms=self.block_ms
                         )
                     await conn.send_packed_command(command, check_health=False)
+                    if replies and await self._deliver_reads(conn, replies):
+                        await self.poke()  # a stream had more than a page: read on at once, not at the next notice
                     # BLOCK answers within block_ms; a silent server (a partition) must not hang the reader.
                     response = await conn.read_response(timeout=self.block_ms / 1000 + 5)
                     backoff, failed, self.up = 0.1, False, True
@@ -319,20 +321,30 @@ class _Reader:
                     dirty.add(key)
         return newest
 
-    async def _read_dirty(self, conn: AbstractConnection) -> None:
-        """Read every dirty key from its cursor; those that filled a page stay dirty."""
+    def _dirty_reads(self) -> tuple[bytes, int]:
+        """`XREAD`s of every dirty key from its cursor (at most FETCH_KEYS keys each), and how many."""
         keys = list(self.dirty)
         self.dirty = set()
         chunks = [keys[i : i + FETCH_KEYS] for i in range(0, len(keys), FETCH_KEYS)]
-        await conn.send_packed_command(
-            b"".join(_xread(chunk, [self.cursors[k] for k in chunk], count=PAGE) for chunk in chunks),
-            check_health=False,
-        )
-        for _ in chunks:
+        return b"".join(_xread(chunk, [self.cursors[k] for k in chunk], count=PAGE) for chunk in chunks), len(chunks)
+
+    async def _deliver_reads(self, conn: AbstractConnection, replies: int) -> bool:
+        """Deliver the replies of `_dirty_reads`; True when a stream filled its page (it is dirty again)."""
+        more = False
+        for _ in range(replies):
             for key, entries in _streams(await conn.read_response(timeout=self.block_ms / 1000 + 5)):
                 self._deliver(key, entries)
                 if len(entries) >= PAGE and key in self.cursors:
                     self.dirty.add(key)
+                    more = True
+        return more
+
+    async def poke(self) -> None:
+        """Wake this reader's blocking `XREAD` through its wake stream."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1)
+        pipe.expire(self.wake_key, 3600)
+        await pipe.execute()
 
     def _deliver(self, key: bytes, raw: list[list[Any]]) -> None:
         subs = self.subs.get(key)
@@ -455,7 +467,7 @@ class Hub:
         if reader is None:
             wake = hub_wake_key(tag, self._process).encode()
             reader = self._by_notice[notify] = _Reader(
-                self.connections, notify, wake, self.block_ms, self.notice_keys, self.sweep_seconds
+                self.redis, self.connections, notify, wake, self.block_ms, self.notice_keys, self.sweep_seconds
             )
             if self._started:
                 self._run(reader)
@@ -478,11 +490,8 @@ class Hub:
             reader.has_keys.set()
             if not reader.wake_pending:
                 reader.wake_pending = True
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.xadd(reader.wake_key, {"w": "1"}, maxlen=1)
-                pipe.expire(reader.wake_key, 3600)
                 try:
-                    await pipe.execute()
+                    await reader.poke()
                 except RedisError:
                     reader.wake_pending = False
                     self.unsubscribe(sub)

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
@@ -263,6 +264,28 @@ async def test_a_reader_names_few_keys_and_reads_notices_for_many(infra: Infra) 
         await redis.aclose()
 
 
+async def test_a_stream_with_more_than_a_page_is_read_on_at_once(infra: Infra) -> None:
+    """One notice for 1,200 entries: the reader reads 500 at a time and wakes itself for the rest,
+    where waiting for the next notice would wait out its hour-long block."""
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    connections = ServerConnections(ConnectionPool.from_url(infra.redis_url))
+    hub = Hub(redis, connections, block_ms=3_600_000, queue_size=5000, heartbeat_seconds=60, notice_keys=0)
+    hub.start()
+    try:
+        session = str(uuid.uuid4())
+        sub = await hub.subscribe(stream_key(session, 256))
+        await asyncio.sleep(0.2)
+        await _writer(hub).append(session, [Event(type="token", request_id="r", seq=n, data={}) for n in range(1200)])
+        got: list[Entry] = []
+        while len(got) < 1200:
+            got += [item for item in await asyncio.wait_for(sub.take(), 3) if isinstance(item, Entry)]
+        assert [orjson.loads(e.json)["seq"] for e in got] == list(range(1200))
+        hub.unsubscribe(sub)
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
 async def test_a_sweep_finds_what_no_notice_named(infra: Infra) -> None:
     """Entries written without a notice (not by relaygate's scripts) still arrive, at the next sweep."""
     redis = connect(infra.redis_url, cluster=False, max_connections=8)
@@ -289,7 +312,7 @@ async def test_a_sweep_finds_what_no_notice_named(infra: Infra) -> None:
 
 
 def test_notices_that_may_have_been_trimmed_make_the_reader_read_every_key() -> None:
-    reader = _Reader(ServerConnections(ConnectionPool()), b"rg:notify", b"rg:wake:x", 5000, 0, 15)
+    reader = _Reader(Redis(), ServerConnections(ConnectionPool()), b"rg:notify", b"rg:wake:x", 5000, 0, 15)
     reader.noticing = True
     for key in (b"rg:{b0}:a", b"rg:{b1}:b", b"rg:{b2}:c"):
         reader.watch(key, b"0-0")
