@@ -46,6 +46,10 @@ BATCHED_CALLS = Counter("relaygate_batched_calls_total", "Calls those statements
 PROTOCOL_REQUESTS = Counter(
     "relaygate_protocol_requests_total", "Requests accepted through a client protocol's routes", ["protocol", "via"]
 )
+# A hub reader on notices reads every stream it watches when it starts on them (`start`), every 15 s
+# (`periodic`) and when notices it did not see may have been trimmed (`trimmed`: a stall longer than
+# their 10 s window; if it grows, a gateway is falling behind).
+HUB_SWEEPS = Counter("relaygate_hub_sweeps_total", "Reads of every stream a hub reader watches", ["reason"])
 PROTOCOL_STREAMS = Counter(
     "relaygate_protocol_streams_total",
     "Reply streams of a client protocol, opened and ended",

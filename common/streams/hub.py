@@ -35,6 +35,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from common.platform import metrics
 from common.platform.batching import pipelined
 from common.platform.keys import hub_wake_key, notify_key
 from common.platform.outages import REDIS_ERRORS
@@ -229,8 +230,10 @@ class _Reader:
         self.cursors.pop(key, None)
         self.dirty.discard(key)
 
-    def sweep(self) -> None:
+    def sweep(self, reason: str) -> None:
+        """Read every watched key from its cursor at the next read."""
         self.dirty = set(self.cursors)
+        metrics.HUB_SWEEPS.labels(reason).inc()
 
     async def run(self) -> None:
         wake_cursor = notice_cursor = b"0-0"
@@ -256,7 +259,8 @@ class _Reader:
                     watched = len(self.cursors)
                     if not self.noticing and watched > self.notice_keys:
                         notice_cursor = await self._newest_notice(conn)
-                        self.noticing, next_sweep = True, 0.0  # read every key once: what moved before
+                        self.noticing, next_sweep = True, loop.time() + self.sweep_seconds
+                        self.sweep("start")  # what moved before
                     elif self.noticing and watched < self.notice_keys // 2:
                         self.noticing = False
                         self.dirty.clear()
@@ -268,7 +272,7 @@ class _Reader:
                         )
                     else:
                         if loop.time() >= next_sweep:
-                            self.sweep()
+                            self.sweep("periodic")
                             next_sweep = loop.time() + self.sweep_seconds
                         # The dirty streams' reads go out in the same write as the wait for notices.
                         reads, replies = self._dirty_reads()
@@ -312,7 +316,7 @@ class _Reader:
         """Mark the watched keys `notices` name; sweep when notices after `cursor` may have been trimmed."""
         newest: bytes = notices[-1][0]
         if _ms(newest) - _ms(cursor) > NOTICE_WINDOW_MS:
-            self.sweep()
+            self.sweep("trimmed")
             return newest
         cursors, dirty = self.cursors, self.dirty
         for _, flat in notices:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -323,8 +324,11 @@ def test_notices_that_may_have_been_trimmed_make_the_reader_read_every_key() -> 
     reader.dirty.clear()
     # A notice newer than the cursor by more than the window: ones in between may be gone.
     late = b"%d-0" % (start + 5 + NOTICE_WINDOW_MS + 1)
+    trimmed = {"reason": "trimmed"}
+    before = REGISTRY.get_sample_value("relaygate_hub_sweeps_total", trimmed) or 0
     assert reader._note([[late, [b"k", b"rg:{b1}:b"]]], cursor) == late
     assert reader.dirty == set(reader.cursors)
+    assert REGISTRY.get_sample_value("relaygate_hub_sweeps_total", trimmed) == before + 1
 
 
 async def test_readers_reconnect_after_their_connection_is_killed(hub: Hub) -> None:
