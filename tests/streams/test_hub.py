@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 import pytest
@@ -80,6 +81,20 @@ async def unwoken_hub(request: pytest.FixtureRequest, infra: Infra) -> AsyncIter
     """A hub whose XREAD blocks longer than any test may run: a reader sees a new key only when woken."""
     async with _started_hub(request, infra, block_ms=3_600_000, client_name=f"{READER_NAME}-unwoken") as h:
         yield h
+
+
+@asynccontextmanager
+async def _server_hub(infra: Infra, connections: ReaderConnections | None = None, **options: Any) -> AsyncIterator[Hub]:
+    """A started hub on the shared single server (options as `Hub` takes them)."""
+    redis = connect(infra.redis_url, cluster=False, max_connections=8)
+    readers = connections or ServerConnections(ConnectionPool.from_url(infra.redis_url))
+    hub = Hub(redis, readers, **{"block_ms": 5000, "queue_size": 50, "heartbeat_seconds": 5, **options})
+    hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await redis.aclose()
 
 
 def _reader_connections(hub: Hub) -> list[tuple[int, dict[str, str]]]:
@@ -211,14 +226,13 @@ class _Recording:
 
 async def test_a_wake_reads_only_the_streams_that_moved(infra: Infra) -> None:
     """What a reader sends per append does not grow with the keys it watches."""
-    redis = connect(infra.redis_url, cluster=False, max_connections=8)
     recording = _Recording(ServerConnections(ConnectionPool.from_url(infra.redis_url)))
-    hub = Hub(redis, recording, block_ms=5000, queue_size=50, heartbeat_seconds=5)
-    hub.start()
-    try:
+    async with _server_hub(infra, recording) as hub:
         sessions = [str(uuid.uuid4()) for _ in range(200)]
         subs = [await hub.subscribe(stream_key(s, 256)) for s in sessions]
-        await asyncio.sleep(0.3)  # the subscriptions' own reads are done; the reader waits on notices
+        # Once this arrives the subscriptions' own reads (and the first sweep) are behind the reader.
+        await _writer(hub).append(sessions[50], [Event(type="token", request_id="warm", data={})])
+        assert (await _next_entry(subs[50])).request_id == b"warm"
         recording.sent.clear()
         for n in (0, 99, 199):
             await _writer(hub).append(sessions[n], [Event(type="token", request_id=str(n), data={})])
@@ -228,51 +242,38 @@ async def test_a_wake_reads_only_the_streams_that_moved(infra: Infra) -> None:
         assert max(named) == 1 and sum(named) == 3  # each stream read once, alone
         for sub in subs:
             hub.unsubscribe(sub)
-    finally:
-        await hub.stop()
-        await redis.aclose()
 
 
 async def test_a_reader_names_few_keys_and_reads_notices_for_many(infra: Infra) -> None:
-    redis = connect(infra.redis_url, cluster=False, max_connections=8)
     recording = _Recording(ServerConnections(ConnectionPool.from_url(infra.redis_url)))
-    hub = Hub(redis, recording, block_ms=5000, queue_size=50, heartbeat_seconds=5, notice_keys=4)
-    hub.start()
-    writer = _writer(hub)
     sessions = [str(uuid.uuid4()) for _ in range(10)]
     subs: list[Subscription] = []
 
-    async def relayed(expect_notices: bool) -> None:
-        recording.sent.clear()
+    async def relayed(hub: Hub, expect_notices: bool) -> None:
+        writer = _writer(hub)
         for n, sub in enumerate(subs):
             await writer.append(sessions[n], [Event(type="token", request_id=sessions[n], data={})])
             assert (await _next_entry(sub)).request_id == sessions[n].encode()
         (reader,) = hub.readers
         assert reader.noticing is expect_notices
-        assert any(b"rg:notify" in command for command in recording.sent) is expect_notices
+        # What the reader sent last: its wait on the notice stream (with the reads), or naming every key.
+        assert (b"rg:notify" in recording.sent[-1]) is expect_notices
 
-    try:
+    async with _server_hub(infra, recording, notice_keys=4) as hub:
         subs += [await hub.subscribe(stream_key(s, 256)) for s in sessions[:3]]
-        await relayed(expect_notices=False)
+        await relayed(hub, expect_notices=False)
         subs += [await hub.subscribe(stream_key(s, 256)) for s in sessions[3:]]
-        await relayed(expect_notices=True)
+        await relayed(hub, expect_notices=True)
         for sub in subs[1:]:
             hub.unsubscribe(sub)
         del subs[1:]
-        await relayed(expect_notices=False)
-    finally:
-        await hub.stop()
-        await redis.aclose()
+        await relayed(hub, expect_notices=False)
 
 
 async def test_a_stream_with_more_than_a_page_is_read_on_at_once(infra: Infra) -> None:
     """One notice for 1,200 entries: the reader reads 500 at a time and wakes itself for the rest,
     where waiting for the next notice would wait out its hour-long block."""
-    redis = connect(infra.redis_url, cluster=False, max_connections=8)
-    connections = ServerConnections(ConnectionPool.from_url(infra.redis_url))
-    hub = Hub(redis, connections, block_ms=3_600_000, queue_size=5000, heartbeat_seconds=60, notice_keys=0)
-    hub.start()
-    try:
+    async with _server_hub(infra, block_ms=3_600_000, queue_size=5000, notice_keys=0) as hub:
         session = str(uuid.uuid4())
         sub = await hub.subscribe(stream_key(session, 256))
         await asyncio.sleep(0.2)
@@ -282,34 +283,17 @@ async def test_a_stream_with_more_than_a_page_is_read_on_at_once(infra: Infra) -
             got += [item for item in await asyncio.wait_for(sub.take(), 3) if isinstance(item, Entry)]
         assert [orjson.loads(e.json)["seq"] for e in got] == list(range(1200))
         hub.unsubscribe(sub)
-    finally:
-        await hub.stop()
-        await redis.aclose()
 
 
 async def test_a_sweep_finds_what_no_notice_named(infra: Infra) -> None:
     """Entries written without a notice (not by relaygate's scripts) still arrive, at the next sweep."""
-    redis = connect(infra.redis_url, cluster=False, max_connections=8)
-    hub = Hub(
-        redis,
-        ServerConnections(ConnectionPool.from_url(infra.redis_url)),
-        block_ms=100,
-        queue_size=50,
-        heartbeat_seconds=5,
-        notice_keys=0,
-        sweep_seconds=0.3,
-    )
-    hub.start()
-    try:
+    async with _server_hub(infra, block_ms=100, notice_keys=0, sweep_seconds=0.3) as hub:
         key = stream_key(str(uuid.uuid4()), 256)
         sub = await hub.subscribe(key)
         await asyncio.sleep(0.1)
-        await redis.xadd(key, Event(type="token", request_id="unannounced", data={}).fields())
+        await hub.redis.xadd(key, Event(type="token", request_id="unannounced", data={}).fields())
         assert (await _next_entry(sub)).request_id == b"unannounced"
         hub.unsubscribe(sub)
-    finally:
-        await hub.stop()
-        await redis.aclose()
 
 
 def test_notices_that_may_have_been_trimmed_make_the_reader_read_every_key() -> None:
@@ -382,16 +366,10 @@ class _FlakyConnections:
 
 
 async def test_a_reader_survives_failing_to_open_its_connection(infra: Infra) -> None:
-    redis = connect(infra.redis_url, cluster=False, max_connections=8)
     flaky = _FlakyConnections(ServerConnections(ConnectionPool.from_url(infra.redis_url)), failures=2)
-    hub = Hub(redis, flaky, block_ms=5000, queue_size=50, heartbeat_seconds=5)
-    hub.start()
-    try:
+    async with _server_hub(infra, flaky) as hub:
         session = str(uuid.uuid4())
         sub = await hub.subscribe(stream_key(session, 256))
         await _writer(hub).append(session, [Event(type="token", request_id="eventually", data={})])
         assert (await _next_entry(sub)).request_id == b"eventually"
         assert flaky.failures == 0 and flaky.retried == 1
-    finally:
-        await hub.stop()
-        await redis.aclose()
