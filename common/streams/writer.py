@@ -135,7 +135,7 @@ class StreamWriter:
                 fence_key(session_id, request_id, self.buckets) if fenced and events else self.key(session_id)
             )
         keys = [self.key(session_id) for session_id, _ in batches] + fences + [notify] + reads
-        last, values, refused = await self._append_many(keys=keys, args=args)
+        last, values, refused = await pipelined(self.redis).script(self._append_many, keys, args)
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
         got = [v or None for v in values] + [None] * (len(reads) - len(values))
         return Appended(ids, got, [bool(r) for r in refused] + [False] * (len(batches) - len(refused)))

@@ -6,6 +6,9 @@ import asyncio
 import time
 import uuid
 
+from redis.exceptions import ResponseError
+
+from common.platform.batching import pipelined
 from common.platform.keys import bucket
 from common.streams.protocol import Event, StreamsRedis, connect
 from common.streams.writer import StreamWriter
@@ -111,5 +114,24 @@ async def test_on_a_cluster_each_bucket_has_its_notices_and_old_ones_are_trimmed
             assert (await _notices(redis, notify, b"%d-299" % old))[-1] == [writer.key(s).encode()]
         # MINID ~ drops whole nodes of old notices, never the new one.
         assert 1 <= await redis.xlen(notifies[0]) < 301
+    finally:
+        await redis.aclose()
+
+
+async def test_concurrent_endings_share_one_pipeline_and_a_bad_stream_fails_alone(infra: Infra) -> None:
+    """500 replies ending together are a few round trips, not 500; an error reaches only its caller."""
+    redis = connect(infra.redis_url, cluster=False, max_connections=4)
+    writer = StreamWriter(redis, buckets=256, maxlen=1000, ttl_seconds=60)
+    try:
+        sessions = [str(uuid.uuid4()) for _ in range(20)]
+        await redis.set(writer.key(sessions[7]), "not a stream")
+        before = pipelined(redis).batcher.batches
+        results = await asyncio.gather(
+            *(writer.end(s, [Event(type="done", request_id=f"r-{s}", seq=1)]) for s in sessions),
+            return_exceptions=True,
+        )
+        assert pipelined(redis).batcher.batches > before
+        assert isinstance(results[7], ResponseError)
+        assert results[:7] + results[8:] == [True] * 19
     finally:
         await redis.aclose()
