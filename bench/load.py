@@ -36,6 +36,8 @@ import httptools
 import orjson
 import uvloop
 
+from common.platform.keys import NOTICE_WINDOW_MS, notify_key
+
 TOKEN_MARK = b"\nevent: token\n"
 DONE_MARK = b"\nevent: done\n"
 
@@ -565,8 +567,7 @@ def xadd(key: bytes, type_: bytes, request_id: bytes, seq: int, ts: float, data:
     )
 
 
-NOTIFY_KEY = b"rg:notify"  # common.platform.keys.notify_key on a single server
-NOTICE_WINDOW_MS = 10_000  # common.streams.writer.NOTICE_WINDOW_MS
+NOTIFY_KEY = notify_key(None).encode()  # the bench's gateway runs on a single server
 
 
 def notice(keys: list[bytes]) -> bytes:

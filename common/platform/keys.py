@@ -63,6 +63,9 @@ def bucket_tag(owner: str, buckets: int) -> str:
     return f"{{b{bucket(owner, buckets)}}}"
 
 
+NOTICE_WINDOW_MS = 10_000  # how long a notice stays on its notice stream (common.streams.hub says why)
+
+
 def notify_key(tag: str | None) -> str:
     """The notice stream every append also writes the stream keys it touched to, read by the hubs:
     one per bucket on a cluster (`tag` is its `{b<n>}`, so a notice stays in its streams' slot), one

@@ -37,9 +37,8 @@ from redis.exceptions import RedisError
 
 from common.platform import metrics
 from common.platform.batching import pipelined
-from common.platform.keys import hub_wake_key, notify_key
+from common.platform.keys import NOTICE_WINDOW_MS, hub_wake_key, notify_key
 from common.platform.outages import REDIS_ERRORS
-from common.streams import writer
 from common.streams.protocol import StreamsRedis, event_json, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,6 @@ class ClusterConnections:
 
 PAGE = 500  # entries per stream per read; a stream with more is read again at once
 FETCH_KEYS = 1000  # streams named per XREAD when reading many at once (a sweep)
-NOTICE_WINDOW_MS = writer.NOTICE_WINDOW_MS
 
 
 @dataclass(eq=False)

@@ -13,15 +13,13 @@ from redis.asyncio import RedisCluster
 
 from common.platform import lua
 from common.platform.batching import pipelined
-from common.platform.keys import bucket, bucket_tag, fence_key, intake_key, notify_key, stream_key
+from common.platform.keys import NOTICE_WINDOW_MS, bucket, bucket_tag, fence_key, intake_key, notify_key, stream_key
 from common.streams.protocol import (
     Event,
     StreamsRedis,
     _text,
     intake_member,
 )
-
-NOTICE_WINDOW_MS = 10_000  # how long a notice stays on its notice stream (common.streams.hub)
 
 _APPEND = lua.load(__file__, "append.lua", WINDOW_MS=NOTICE_WINDOW_MS)
 _APPEND_MANY = lua.load(__file__, "append_many.lua", WINDOW_MS=NOTICE_WINDOW_MS)

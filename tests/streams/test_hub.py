@@ -18,10 +18,9 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import SlotNotCoveredError
 
-from common.platform.keys import bucket, stream_key
+from common.platform.keys import NOTICE_WINDOW_MS, bucket, stream_key
 from common.streams.hub import (
     HEARTBEAT,
-    NOTICE_WINDOW_MS,
     OVERFLOW,
     ClusterConnections,
     Entry,
