@@ -1,0 +1,72 @@
+"""A heartbeat rewrites every running row each second, so it must update rows in place (a HOT update: no
+new index entries); the reaper still finds a lease that lapsed. On real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from common.requests import lifecycle
+from common.requests import repository as request_repo
+from common.usage.models import Usage
+from tests.requests.test_batched_intake import principal, values
+from tests.support.app import App
+
+
+async def running(app: App, lease_seconds: float) -> str:
+    request_id = str(uuid.uuid4())
+    session_id = str(uuid.uuid4())
+    await request_repo.insert(app.gateway.db, new_session=True, values=values(request_id, session_id, principal()))
+    await app.gateway.db.execute(
+        "UPDATE request_logs SET status = 'running', started_at = now(),"
+        " lease_expires_at = now() + make_interval(secs => $2) WHERE request_id = $1",
+        request_id,
+        lease_seconds,
+    )
+    return request_id
+
+
+async def test_heartbeats_update_rows_in_place(app: App) -> None:
+    ids = [await running(app, 15) for _ in range(3)]
+    updated = in_place = 0
+    async with app.gateway.db.acquire() as conn:
+        for beat in range(3):
+            partial = f"partial {beat}" if beat == 1 else None
+            leases = [(i, 1, partial, f"{beat}-0", Usage(output_tokens=beat), "model") for i in ids]
+            # Each beat its own transaction, as a worker's: now(), and so the lease, moves on.
+            async with conn.transaction():
+                before = await _updates(conn)
+                assert await lifecycle.heartbeat(conn, leases, 15) == set(ids)
+                after = await _updates(conn)
+            updated, in_place = updated + after[0] - before[0], in_place + after[1] - before[1]
+    assert (updated, in_place) == (9, 9)
+    rows = await app.gateway.db.fetch(
+        "SELECT response_content, attempt_output_tokens, lease_expires_at > now() + interval '10 seconds' AS held"
+        " FROM request_logs WHERE request_id = ANY($1::uuid[])",
+        ids,
+    )
+    assert {(r["response_content"], r["attempt_output_tokens"], r["held"]) for r in rows} == {("partial 1", 2, True)}
+
+
+async def test_the_reaper_finds_a_lapsed_lease_among_running_rows(app: App) -> None:
+    held, lapsed = await running(app, 15), await running(app, -1)
+    async with app.gateway.db.acquire() as conn:
+        requeued, failed = await lifecycle.reap_expired(conn, max_attempts=5)
+    assert lapsed in {r["request_id"] for r in requeued} and not failed
+    statuses = dict(
+        await app.gateway.db.fetch(
+            "SELECT request_id::text, status FROM request_logs WHERE request_id = ANY($1::uuid[])", [held, lapsed]
+        )
+    )
+    assert statuses == {held: "running", lapsed: "queued"}
+
+
+async def _updates(conn: asyncpg.Connection) -> tuple[int, int]:
+    """This backend's row updates and HOT updates of request_logs not yet sent to the statistics (no wait
+    for them to be)."""
+    row = await conn.fetchrow(
+        "SELECT pg_stat_get_xact_tuples_updated(oid), pg_stat_get_xact_tuples_hot_updated(oid)"
+        " FROM pg_class WHERE relname = 'request_logs'"
+    )
+    return row[0], row[1]
