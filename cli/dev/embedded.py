@@ -26,9 +26,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# A development server's memory, not a production one's: the default 128 MB of shared buffers fill
-# as a long-lived dev database grows, and a dev stack's working set fits in far less.
-SETTINGS = {"shared_buffers": "16MB"}
+# A development server's memory, not a production one's: the default 128 MB of shared buffers fill as
+# a long-lived dev database grows, while a dev stack's working set fits in half. Not much less: with
+# 16 MB, two worker processes' 2,000 running requests spilled out of the buffers and Postgres spent
+# twice the CPU per request reading pages back (docs/PERFORMANCE.md, "Worker processes").
+SETTINGS = {"shared_buffers": "64MB"}
 _INCLUDE = "include_if_exists = 'relaygate.conf'"
 
 
