@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 LAG_PROBE_SECONDS = 0.05
 COLD_JOB_AGE_SECONDS = 2.0
 BACKLOG_RECHECK_SECONDS = 0.02
+PAGE_SLACK = 64
 
 
 class RelayWorker(Worker):
@@ -101,10 +102,7 @@ class RelayWorker(Worker):
         ended) is logged, not raised into this loop: its in-progress key lapses and it runs again."""
         if self.job_counter < self.max_jobs:
             newest = timestamp_ms() - (0 if self.warm is None or self.warm() else int(COLD_JOB_AGE_SECONDS * 1000))
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name, min=float("-inf"), start=self._queue_read_offset, num=self.queue_read_limit, max=newest
-            )
-            await self.start_jobs(job_ids)
+            await self.start_ready(newest)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
@@ -167,22 +165,35 @@ class RelayWorker(Worker):
             return 0
         return max(0, min(self.admit_batch, self.max_jobs - self.job_counter))
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Start up to `room()` ready jobs with two pipelined round trips in all.
+    async def start_ready(self, newest: int) -> None:
+        """Start up to `room()` of the oldest jobs ready by `newest` that run nowhere, in a few pipelined
+        round trips.
 
-        ARQ claims one job at a time (a WATCH/MULTI exchange each), and every round trip of a
-        busy worker waits a whole turn of its event loop: a burst of hundreds took seconds.
+        ARQ claims one job at a time (a WATCH/MULTI exchange each), and every round trip of a busy worker
+        waits a whole turn of its event loop: a burst of hundreds took seconds. A running job stays in the
+        queue until it ends, so ARQ's read of 5 x max_jobs ids had each poll of a busy worker check
+        thousands of running jobs to start a few; here the queue is read from its oldest in pages sized to
+        what is wanted (this worker's own jobs plus twice its room), checked until enough are free.
         """
-        candidates = [j for j in job_ids if j.decode() not in self.tasks]
-        if candidates:
-            async with self.pool.pipeline(transaction=False) as pipe:
-                for j in candidates:
-                    pipe.exists(in_progress_key_prefix + j.decode())
-                running = await pipe.execute()
-            candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
         room = self.room()
-        self.backlog = len(candidates) > room
-        chosen = [j.decode() for j in candidates[:room]]
+        free: list[str] = []
+        offset, page = 0, len(self.tasks) + 2 * room + PAGE_SLACK
+        while True:
+            ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), max=newest, start=offset, num=page)
+            offset += len(ids)
+            more = len(ids) == page
+            candidates = [job_id for job_id in (j.decode() for j in ids) if job_id not in self.tasks]
+            if candidates:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in candidates:
+                        pipe.exists(in_progress_key_prefix + job_id)
+                    running = await pipe.execute()
+                free += [job_id for job_id, busy in zip(candidates, running, strict=True) if not busy]
+            if len(free) >= room or not more:
+                break
+            page *= 2
+        self.backlog = len(free) > room or more
+        chosen = free[:room]
         if not chosen:
             return
         async with self.pool.pipeline(transaction=False) as pipe:
