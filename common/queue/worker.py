@@ -173,11 +173,12 @@ class RelayWorker(Worker):
         waits a whole turn of its event loop: a burst of hundreds took seconds. A running job stays in the
         queue until it ends, so ARQ's read of 5 x max_jobs ids had each poll of a busy worker check
         thousands of running jobs to start a few; here the queue is read from its oldest in pages sized to
-        what is wanted (this worker's own jobs plus twice its room), checked until enough are free.
+        what is wanted (twice this worker's own jobs and room: as many again may run on peers), doubling
+        until enough are free.
         """
         room = self.room()
         free: list[str] = []
-        offset, page = 0, len(self.tasks) + 2 * room + PAGE_SLACK
+        offset, page = 0, 2 * (len(self.tasks) + room) + PAGE_SLACK
         while True:
             ids = await self.pool.zrangebyscore(self.queue_name, min=float("-inf"), max=newest, start=offset, num=page)
             offset += len(ids)
