@@ -8,12 +8,10 @@ import asyncio
 import uuid
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
-from arq.worker import func
-
 from common.queue import enqueue as queue
-from common.queue.worker import COLD_JOB_AGE_SECONDS, RelayWorker
+from common.queue.worker import COLD_JOB_AGE_SECONDS
 from tests.conftest import Infra
+from tests.support.queue import hand_driven_worker
 
 
 async def taken(infra: Infra, warm: bool, waited: float) -> bool:
@@ -24,21 +22,9 @@ async def taken(infra: Infra, warm: bool, waited: float) -> bool:
     async def job(ctx: dict[str, Any], tag: str) -> None:
         ran.append(tag)
 
-    settings = RedisSettings.from_dsn(infra.redis_url)
-    pool = await create_pool(settings)
-    worker = RelayWorker(
-        functions=[func(job, name="job")],
-        queue_name=name,
-        redis_settings=settings,
-        max_lag_ms=1000,
-        admit_batch=10,
-        on_drain=lambda: None,
-        in_progress_seconds=5,
-        warm=lambda: warm,
-    )
+    worker, pool = await hand_driven_worker(infra.redis_url, name, job, warm=lambda: warm)
     try:
         await queue.push(pool, name, "job", uuid.uuid4().hex, ("tag",), defer_seconds=-waited)
-        worker._pool = pool
         await worker._poll_iteration()
         await asyncio.gather(*worker.tasks.values())
         return ran == ["tag"]

@@ -10,13 +10,12 @@ import asyncio
 import uuid
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
-from arq.worker import func
 
 from common.queue import enqueue as queue
-from common.queue.worker import RelayWorker
 from tests.conftest import Infra
+from tests.support.queue import hand_driven_worker
 
 
 async def queued(pool: ArqRedis, name: str, count: int) -> list[str]:
@@ -36,23 +35,11 @@ async def test_a_poll_starts_the_oldest_free_jobs_behind_many_running_elsewhere(
         started.append(jid)
         await release.wait()
 
-    settings = RedisSettings.from_dsn(infra.redis_url)
-    pool = await create_pool(settings)
-    worker = RelayWorker(
-        functions=[func(job, name="job")],
-        queue_name=name,
-        redis_settings=settings,
-        max_jobs=20,
-        max_lag_ms=1000,
-        admit_batch=10,
-        on_drain=lambda: None,
-        in_progress_seconds=30,
-    )
+    worker, pool = await hand_driven_worker(infra.redis_url, name, job, max_jobs=20, in_progress_seconds=30)
     try:
         ids = await queued(pool, name, 300)
         elsewhere = ids[:250]  # what ARQ read (5 x max_jobs = 100 ids) runs on other workers
         await pool.mset({in_progress_key_prefix + jid: b"1" for jid in elsewhere})
-        worker._pool = pool
 
         await worker._poll_iteration()
         await asyncio.sleep(0.1)
