@@ -20,7 +20,7 @@ AGENT = "flow:llm"  # the agent the rollup, the usage API and the counters name 
 
 _ROLLUP = """
 INSERT INTO usage_daily AS u (tenant_id, day, user_id, agent_id, model, shard, input_tokens, output_tokens, cost_usd)
-VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, floor(random() * 16)::smallint, $5, $6, $7)
+VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, usage_shard(), $5, $6, $7)
 ON CONFLICT (tenant_id, day, user_id, agent_id, model, shard) DO UPDATE
    SET input_tokens = u.input_tokens + EXCLUDED.input_tokens,
        output_tokens = u.output_tokens + EXCLUDED.output_tokens, cost_usd = u.cost_usd + EXCLUDED.cost_usd
