@@ -37,7 +37,7 @@ import run as bench
 from chaos_clients import Pace, SessionClient, Traffic
 from chaos_cluster import Cluster, Proc
 from chaos_report import Anomalies, fmt_spread, log, spread
-from chaos_verify import Verifier, active_rows, catch_up, load_rows, read_stream
+from chaos_verify import Verifier, active_rows, catch_up, load_rows, read_stream, usage_mismatches
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -354,6 +354,8 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
             anomalies.add("never_accepted", content=turn.content, tries=turn.post_tries)
         elif turn.request_id not in rows and turn.request_id not in by_request:
             anomalies.add("accepted_then_lost", request_id=turn.request_id)
+    for mismatch in await usage_mismatches(cluster.database_url, run.tenant):
+        anomalies.add("usage_rollup_mismatch", **mismatch)
     for proc in cluster.worker_procs:
         if proc is not None and proc.alive() and not proc.ready_at and time.time() - proc.spawned > 60:
             anomalies.add("worker_never_ready", slot=proc.slot, pid=proc.pid, log=proc.tail())

@@ -5,7 +5,8 @@ running; exactly one terminal event and one `done` per request, `done` after the
 nothing after it; no event of an attempt after a newer attempt began; the final attempt's text
 (tokens after the last `run.retrying`, and the `message` event) equal to `response_content`; and
 for each client, what it received over SSE (across resumes) equal to its stream's entries, in
-order, with no gap, no duplicate, byte for byte.
+order, with no gap, no duplicate, byte for byte; and per user, the usage rollup (`usage_daily`)
+counting every ended request once, with the tokens its rows hold.
 """
 
 from __future__ import annotations
@@ -93,6 +94,27 @@ async def load_rows(database_url: str, tenant: str) -> dict[str, asyncpg.Record]
     finally:
         await conn.close()
     return {r["request_id"]: r for r in rows}
+
+
+async def usage_mismatches(database_url: str, tenant: str) -> list[dict[str, Any]]:
+    """Users whose rollup does not hold exactly their ended requests and their rows' tokens."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT user_id, coalesce(r.ended, 0) AS ended, coalesce(u.requests, 0)::bigint AS counted,
+                   coalesce(r.tokens, 0)::bigint AS tokens, coalesce(u.tokens, 0)::bigint AS rolled_up
+              FROM (SELECT user_id, count(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')) AS ended,
+                           sum(input_tokens + output_tokens) AS tokens
+                      FROM request_logs WHERE tenant_id = $1 GROUP BY user_id) r
+              FULL JOIN (SELECT user_id, sum(requests) AS requests, sum(input_tokens + output_tokens) AS tokens
+                           FROM usage_daily WHERE tenant_id = $1 GROUP BY user_id) u USING (user_id)
+            """,
+            tenant,
+        )
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows if (r["ended"], r["tokens"]) != (r["counted"], r["rolled_up"])]
 
 
 async def stream_tails(redis: Redis, clients: list[SessionClient], buckets: int) -> dict[str, str]:
