@@ -45,9 +45,9 @@ def test_kill_9_mid_reply_finishes_on_another_worker(stack: Stack, chaos_workers
     assert used["input_tokens"] == 2 * len("survive this".split()), used
     rolled = sql(
         stack,
-        "SELECT u.model, u.output_tokens, r.response_metadata ->> 'model' AS used FROM usage_daily u"
-        " JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
-        " WHERE r.request_id = $1::uuid",
+        "SELECT u.model, sum(u.output_tokens) AS output_tokens, r.response_metadata ->> 'model' AS used"
+        " FROM usage_daily u JOIN request_logs r ON r.tenant_id = u.tenant_id AND r.user_id = u.user_id"
+        " WHERE r.request_id = $1::uuid GROUP BY u.model, used",
         r["request_id"],
     )
     assert [(x["model"], x["output_tokens"]) for x in rolled] == [(rolled[0]["used"], used["output_tokens"])]

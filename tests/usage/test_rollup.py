@@ -77,13 +77,13 @@ async def test_concurrent_transactions_write_distinct_shards_and_the_usage_api_s
             await _end(conns[n % 4], request_id)
         shards = await asyncio.gather(*(c.fetchval("SELECT current_setting('relaygate.usage_shard')") for c in conns))
     assert len(set(shards)) == 4, shards
-    pool = await asyncpg.connect(app.settings.database_url)
+    conn = await asyncpg.connect(app.settings.database_url)
     try:
-        rows = await pool.fetch(
+        rows = await conn.fetch(
             "SELECT shard, requests FROM usage_daily WHERE tenant_id = $1 AND user_id = $2", tenant, user
         )
     finally:
-        await pool.close()
+        await conn.close()
     assert sorted(r["shard"] for r in rows) == sorted(int(s) for s in shards)
     assert all(r["requests"] == 5 for r in rows)
     async with app.client(user, tenant) as client:
