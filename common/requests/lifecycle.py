@@ -196,11 +196,22 @@ async def _finish_one(db: asyncpg.Pool, e: _Ending) -> Ended:
 async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
     """End the attempts of distinct sessions in one transaction: the sessions are locked (`lock_sessions`, as
     the claims lock them), one statement ends every attempt still running, and one query reads each
-    ended session's next head (it sees the endings: an earlier statement of the transaction)."""
+    ended session's next head (it sees the endings: an earlier statement of the transaction).
+
+    The statement locks its rows in `id` order, as the heartbeat does: two statements that lock many
+    running rows each in its plan's order can each hold a row the other waits for (a deadlock)."""
     async with db.acquire() as conn, conn.transaction():
         await lock_sessions(conn, {e.payload.session_id for e in endings})
         rows = await conn.fetch(
             f"""
+            WITH v AS (
+              SELECT r.id, v.* FROM request_logs r
+                JOIN unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                            $8::bigint[], $9::bigint[], $10::numeric[], $11::bool[])
+                  AS v(rid, att, new_status, response, err, agent, meta, input_add, output_add, cost_add, estimated)
+                  ON r.request_id = v.rid AND r.attempt = v.att
+               WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r
+            )
             UPDATE request_logs
                SET status = v.new_status, response_content = coalesce(v.response, response_content), error = v.err,
                    agent_id = coalesce(v.agent, agent_id), response_metadata = response_metadata || v.meta,
@@ -208,10 +219,7 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
                    completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
                    input_tokens = input_tokens + v.input_add, output_tokens = output_tokens + v.output_add,
                    cost_usd = cost_usd + v.cost_add, usage_estimated = usage_estimated OR v.estimated, {_DROP_ESTIMATE}
-              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                          $8::bigint[], $9::bigint[], $10::numeric[], $11::bool[])
-                AS v(rid, att, new_status, response, err, agent, meta, input_add, output_add, cost_add, estimated)
-             WHERE request_logs.request_id = v.rid AND request_logs.attempt = v.att AND request_logs.status = 'running'
+              FROM v WHERE request_logs.id = v.id
             RETURNING request_logs.request_id::text AS ended_id, {_FINISHED}
             """,
             [e.payload.request_id for e in endings],
@@ -292,12 +300,19 @@ async def heartbeat(
 ) -> set[str]:
     """Extend leases, checkpoint the partial replies given (None keeps the stored one) and store each
     attempt's usage so far and its model (the usage rollup's key if the attempt is lost); returns the
-    request ids still held."""
+    request ids still held. Rows are locked in `id` order, as a batch of endings locks them (`finish`)."""
     if not leases:
         return set()
     ids, attempts, partials, stream_ids, used, models = (list(col) for col in zip(*leases, strict=True))
     rows = await conn.fetch(
         """
+        WITH v AS (
+          SELECT r.id, v.* FROM request_logs r
+            JOIN unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[],
+                        $9::text[]) AS v(rid, att, partial, stream_id, input_tokens, output_tokens, cost_usd, model)
+              ON r.request_id = v.rid AND r.attempt = v.att
+           WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r
+        )
         UPDATE request_logs r
            SET lease_expires_at = now() + make_interval(secs => $5),
                response_content = coalesce(v.partial, r.response_content),
@@ -307,10 +322,7 @@ async def heartbeat(
                response_metadata = CASE WHEN v.model = '' OR r.response_metadata ->> 'model' = v.model
                                         THEN r.response_metadata
                                         ELSE r.response_metadata || jsonb_build_object('model', v.model) END
-          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::float8[],
-                      $9::text[]) AS v(request_id, attempt, partial, stream_id, input_tokens, output_tokens,
-                                        cost_usd, model)
-         WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'running'
+          FROM v WHERE r.id = v.id
         RETURNING r.request_id::text
         """,
         ids,

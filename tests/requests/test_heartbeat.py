@@ -1,14 +1,17 @@
 """A heartbeat rewrites every running row each second, so it must update rows in place (a HOT update: no
-new index entries); the reaper still finds a lease that lapsed. On real Postgres."""
+new index entries); the reaper still finds a lease that lapsed; a heartbeat and a batch of endings lock
+rows in one order. On real Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
 
 from common.requests import lifecycle
 from common.requests import repository as request_repo
+from common.requests.models import JobPayload
 from common.usage.models import Usage
 from tests.requests.test_batched_intake import principal, values
 from tests.support.app import App
@@ -70,3 +73,40 @@ async def _updates(conn: asyncpg.Connection) -> tuple[int, int]:
         " FROM pg_class WHERE relname = 'request_logs'"
     )
     return row[0], row[1]
+
+
+async def test_a_heartbeat_and_a_batch_of_endings_lock_their_rows_in_one_order(app: App) -> None:
+    """Both lock many running rows. Each in its own plan's order (a batch of endings: the table's, `early`
+    before `late`; a beat: its leases', here newest first), the batch waited for `early` while another
+    transaction held it, the beat took `late` and waited for `early` too; let go, `early` went to the
+    batch, which then waited for `late`: a deadlock. In `id` order the beat waits behind the batch and
+    finds both requests ended."""
+    pool = app.gateway.db
+    ids = [await running(app, 15) for _ in range(100)]
+    early, late = ids[10], ids[90]
+    await pool.execute("ANALYZE request_logs")
+    sessions = dict(
+        await pool.fetch(
+            "SELECT request_id::text, session_id::text FROM request_logs WHERE request_id = ANY($1::uuid[])",
+            [early, late],
+        )
+    )
+
+    def ending(request_id: str) -> lifecycle._Ending:
+        job = JobPayload(request_id=request_id, session_id=sessions[request_id], tenant_id="t", correlation_id="c")
+        return lifecycle._Ending(job, "completed", "reply", None, "agent", {}, Usage())
+
+    holder = await asyncpg.connect(app.settings.database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM request_logs WHERE request_id = $1 FOR UPDATE", early)
+            batch = asyncio.ensure_future(lifecycle._finish_many(pool, [ending(early), ending(late)]))
+            await asyncio.sleep(0.3)
+            leases = [(r, 1, None, None, Usage(), "") for r in reversed(ids)]
+            beat = asyncio.ensure_future(lifecycle.heartbeat(pool, leases, 15))
+            await asyncio.sleep(0.3)
+    finally:
+        await holder.close()
+    ended, held = await asyncio.wait_for(asyncio.gather(batch, beat), 10)
+    assert [e is not None for e, _ in ended] == [True, True]
+    assert held == set(ids) - {early, late}
