@@ -4,7 +4,7 @@ reads the conversation history of every request it started."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -30,10 +30,13 @@ class ClaimBatcher:
     for meanwhile (a burst of jobs) go out together when it returns, and an idle worker's claim
     goes out at once."""
 
-    def __init__(self, db: asyncpg.Pool, lease_seconds: float, history_turns: int) -> None:
+    def __init__(
+        self, db: asyncpg.Pool, lease_seconds: float, history_turns: int, holder: Callable[[], int | None]
+    ) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
         self.history_turns = history_turns
+        self.holder = holder  # the presence key claims record (workers/presence.py)
         self.waiting: list[Waiter] = []
         self.in_flight: asyncio.Task[None] | None = None
 
@@ -57,7 +60,8 @@ class ClaimBatcher:
             # One transaction: if reading the histories fails, the claims are undone too, and the
             # jobs retry whole instead of being left running until their lease lapses.
             async with self.db.acquire() as conn, conn.transaction():
-                rows = await lifecycle.claim_many(conn, [p for p, _ in batch], self.lease_seconds)
+                payloads = [p for p, _ in batch]
+                rows = await lifecycle.claim_many(conn, payloads, self.lease_seconds, self.holder())
                 turns = await histories(conn, rows.values(), self.history_turns)
         except Exception as exc:
             for _, future in batch:

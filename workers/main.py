@@ -22,6 +22,7 @@ from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
 from workers import cost_map, flows, maintenance, model, openai_stream
 from workers.observe import observed
+from workers.presence import Presence
 from workers.runner import WorkerRuntime, process_request
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             pool_name="worker",
             pool_timeout=None,
         )
+        presence = Presence(settings.database_url, stores.streams, settings.heartbeat_seconds)
+        await presence.open()
         rt = WorkerRuntime(
             settings=settings,
             db=stores.db,
@@ -47,6 +50,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             writer=stores.writer,
             agents=stores.agents,
             idle_seconds=idle_seconds,
+            presence=presence,
         )
         ctx["rt"] = rt
         models = ctx["models"] = model.configured(settings, stores.agents)
@@ -96,6 +100,8 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             await rt.tools.close()
             await rt.streams.aclose()
             await rt.db.close()
+            if rt.presence is not None:
+                await rt.presence.close()
 
     return RelayWorker(
         functions=[

@@ -15,7 +15,7 @@ from types import ModuleType
 import asyncpg
 
 from common.agents.registry import ModelPrice
-from common.platform import sink
+from common.platform import metrics, sink
 from common.platform.keys import intake_keys
 from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
@@ -23,7 +23,7 @@ from common.requests import ending, lifecycle
 from common.requests import repository as request_repo
 from common.usage import budgets
 from common.usage.models import Usage
-from workers import model, schedules
+from workers import model, presence, schedules
 from workers.attempt import Attempt, Stop
 from workers.runner import WorkerRuntime
 
@@ -100,11 +100,20 @@ async def heartbeats(rt: WorkerRuntime) -> None:
 
 
 async def reap_once(rt: WorkerRuntime) -> None:
+    """Requeue the attempts of lost workers: those whose lease lapsed, and those of worker processes gone
+    from both stores (workers/presence.py) that went two heartbeats unrenewed."""
+    unrenewed = 2 * rt.settings.heartbeat_seconds
     async with rt.db.acquire() as conn:
-        requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS)
+        gone = await presence.gone_holders(conn, rt.streams, unrenewed) if rt.presence else []
+        requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed)
     await count_lost(rt, [*requeued, *failed])
+    for row in [*requeued, *failed]:
+        metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()
     for row in requeued:
-        log.warning("lease expired; requeued", extra={"request_id": row["request_id"], "attempt": row["attempt"]})
+        log.warning(
+            "worker gone; requeued" if row["holder_gone"] else "lease expired; requeued",
+            extra={"request_id": row["request_id"], "attempt": row["attempt"], "holder": row["lease_holder"]},
+        )
         # The row is queued already; waiting out a Redis restart here starts it seconds after Redis is
         # back, where giving up would leave it to the stalled sweep (10 s later).
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)

@@ -42,6 +42,7 @@ from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
 from workers.mcp_client import McpPool
+from workers.presence import Presence
 from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Stop", "WorkerRuntime", "process_request"]
@@ -71,6 +72,7 @@ class WorkerRuntime:
     draining: bool = False
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
     idle_seconds: Callable[[], float] | None = None  # the event loop's time waiting in select (common.platform.tuning)
+    presence: Presence | None = None  # None: claims record no holder; lost attempts wait out their lease
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)
@@ -84,9 +86,12 @@ class WorkerRuntime:
         self.budgets = BudgetBook(self.db, self.settings)
         self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
-        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns)
+        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns, self._holder)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
         self.ended = ending.EndedMarks(self.db)
+
+    def _holder(self) -> int | None:
+        return self.presence.key if self.presence else None
 
     @contextlib.contextmanager
     def tracking(self, run: Attempt) -> Iterator[None]:

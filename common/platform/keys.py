@@ -109,6 +109,12 @@ def open_streams_key(tenant_id: str, user_id: str) -> str:
     return f"{_tenant_tagged(tenant_id)}sse:{user_id}"
 
 
+def presence_key(holder: int) -> str:
+    """A worker process's presence in Redis (workers/presence.py): refreshed every heartbeat, it expires
+    two heartbeats after the last. One hash tag for all, so a reaper reads any set of them in one MGET."""
+    return f"{PREFIX}{{presence}}:{holder}"
+
+
 def queue_wake_key(queue: str) -> str:
     """A list an enqueue pushes to; idle workers of `queue` block on it instead of polling."""
     return f"{queue}:wake"

@@ -18,6 +18,11 @@ JOBS_STARTED = Counter("relaygate_jobs_started_total", "Job attempts a worker st
 JOBS_SUCCEEDED = Counter("relaygate_jobs_succeeded_total", "Job attempts that completed the reply", ["queue"])
 JOBS_FAILED = Counter("relaygate_jobs_failed_total", "Job attempts that ended failed or raised", ["queue"])
 JOBS_RETRIED = Counter("relaygate_jobs_retried_total", "Attempts after the first (a lost or deferred run)", ["queue"])
+ATTEMPTS_LOST = Counter(
+    "relaygate_attempts_lost_total",
+    "Running attempts a reaper took from a lost worker, by what showed it lost",
+    ["found_by"],  # presence: its process's presence lock was gone; lease: its lease lapsed
+)
 JOB_SECONDS = Histogram(
     "relaygate_job_run_seconds",
     "Job attempt run time",

@@ -39,11 +39,20 @@ _ADD_LOST_ATTEMPT = (
 )
 # The rows a reaper takes, with what their lost attempt used before `_ADD_LOST_ATTEMPT` adds it (LOST
 # returns it, with whose budgets it counts against).
-_TAKE_LOST = (
-    "SELECT id, attempt_input_tokens AS lost_input_tokens, attempt_output_tokens AS lost_output_tokens,"
-    " attempt_cost_usd AS lost_cost_usd FROM request_logs"
+_LOST_COLUMNS = (
+    "id, attempt_input_tokens AS lost_input_tokens, attempt_output_tokens AS lost_output_tokens,"
+    " attempt_cost_usd AS lost_cost_usd"
 )
+_TAKE_LOST = f"SELECT {_LOST_COLUMNS} FROM request_logs"
 LOST = "tenant_id, user_id, correlation_id, lost_input_tokens, lost_output_tokens, lost_cost_usd"
+# The first key of every worker's presence lock (workers/presence.py; the second is the worker's own).
+PRESENCE = "hashtext('relaygate.presence')"
+# The holder of the row's running attempt holds no presence lock: its connection closed.
+_UNLOCKED = f"""NOT EXISTS (
+  SELECT FROM pg_locks l
+   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     AND l.classid = {PRESENCE}::oid AND l.objid = lease_holder::oid)"""
 # A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
 _DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
 
@@ -115,10 +124,11 @@ async def next_in_session(conn: asyncpg.Connection, session_id: str) -> tuple[st
 
 
 async def claim_many(
-    conn: asyncpg.Connection, payloads: list[JobPayload], lease_seconds: float
+    conn: asyncpg.Connection, payloads: list[JobPayload], lease_seconds: float, holder: int | None = None
 ) -> dict[str, asyncpg.Record]:
     """Start the attempts that are still current and head their session, in the caller's
-    transaction: their rows by request id (an attempt left out has nothing to do).
+    transaction: their rows by request id (an attempt left out has nothing to do). `holder` is the
+    claiming process's presence key (workers/presence.py).
 
     The sessions are locked first (in a fixed order, so two batches never deadlock), then one
     statement, with a snapshot taken after the locks, starts every job that heads its session.
@@ -134,7 +144,7 @@ async def claim_many(
              WHERE session_id = ANY($3::uuid[]) AND status IN ('queued', 'running', 'waiting')
              ORDER BY session_id, id)
         UPDATE request_logs r
-           SET status = 'running', lease_expires_at = now() + make_interval(secs => $4),
+           SET status = 'running', lease_expires_at = now() + make_interval(secs => $4), lease_holder = $5,
                started_at = coalesce(started_at, now()), updated_at = now()
           FROM unnest($1::uuid[], $2::int[]) AS v(request_id, attempt)
          WHERE r.request_id = v.request_id AND r.attempt = v.attempt AND r.status = 'queued'
@@ -145,6 +155,7 @@ async def claim_many(
         [p.attempt for p in payloads],
         list(sessions),
         lease_seconds,
+        holder,
     )
     return {str(row["request_id"]): row for row in rows}
 
@@ -404,34 +415,54 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
     return job_for(row) if row is not None else None
 
 
+async def unlocked_holders(conn: asyncpg.Connection, unrenewed_seconds: float) -> list[int]:
+    """Holders of running attempts unrenewed for `unrenewed_seconds` (but within their lease) that hold no
+    presence lock: dead, or only cut off from Postgres (workers.presence.gone_holders tells which)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT DISTINCT lease_holder FROM request_logs
+         WHERE status = 'running' AND lease_holder IS NOT NULL AND lease_expires_at >= now()
+           AND updated_at < now() - make_interval(secs => $1) AND {_UNLOCKED}
+        """,
+        unrenewed_seconds,
+    )
+    return [r["lease_holder"] for r in rows]
+
+
 async def reap_expired(
-    conn: asyncpg.Connection, max_attempts: int
+    conn: asyncpg.Connection, max_attempts: int, gone: list[int] | None = None, unrenewed_seconds: float = 0
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-    """Requeue running requests whose lease lapsed, counting what the lost attempt used (estimated).
-    Returns (requeued, failed for too many attempts), each row with its LOST columns."""
+    """Requeue running requests whose worker is lost, counting what the lost attempt used (estimated).
+    Lost: the lease lapsed, or the attempt went `unrenewed_seconds` unrenewed and its holder is one of the
+    `gone` worker processes (still without its lock). Returns (requeued, failed for too many attempts),
+    each row with its LOST columns and `holder_gone` (found by its holder, before its lease lapsed)."""
+    take = f"""
+        SELECT {_LOST_COLUMNS}, lease_expires_at >= now() AS holder_gone FROM request_logs
+         WHERE status = 'running' AND (lease_expires_at < now() OR (
+               lease_holder = ANY($2::int[]) AND updated_at < now() - make_interval(secs => $3) AND {_UNLOCKED}))
+    """
+    args = (max_attempts, gone or [], unrenewed_seconds)
     async with conn.transaction():
         requeued = await conn.fetch(
             f"""
-            WITH lost AS ({_TAKE_LOST} WHERE status = 'running' AND lease_expires_at < now() AND attempt < $1
-                           ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
+            WITH lost AS ({take} AND attempt < $1 ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED)
             UPDATE request_logs r SET status = 'queued', attempt = attempt + 1, lease_expires_at = NULL,
                    updated_at = now(), {_ADD_LOST_ATTEMPT}
               FROM lost WHERE r.id = lost.id
-            RETURNING request_id::text, session_id::text, attempt, feature, {LOST}
+            RETURNING request_id::text, session_id::text, attempt, feature, lease_holder, holder_gone, {LOST}
             """,
-            max_attempts,
+            *args,
         )
         failed = await conn.fetch(
             f"""
-            WITH lost AS ({_TAKE_LOST} WHERE status = 'running' AND lease_expires_at < now() AND attempt >= $1
-                           LIMIT 200 FOR UPDATE SKIP LOCKED)
+            WITH lost AS ({take} AND attempt >= $1 LIMIT 200 FOR UPDATE SKIP LOCKED)
             UPDATE request_logs r SET status = 'failed', error = 'the request''s worker was lost too many times',
                    completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
                    {_ADD_LOST_ATTEMPT}
               FROM lost WHERE r.id = lost.id
-            RETURNING {ENDED}, {LOST}
+            RETURNING {ENDED}, holder_gone, {LOST}
             """,
-            max_attempts,
+            *args,
         )
     return list(requeued), list(failed)
 

@@ -57,9 +57,9 @@ async def test_claim_many_starts_only_session_heads(infra: Infra) -> None:
         stale = JobPayload(request_id=other.request_id, session_id=other.session_id, tenant_id=tenant, attempt=2)
         async with pool.acquire() as conn:
             async with conn.transaction():
-                rows = await lifecycle.claim_many(conn, [second, first, other, stale], 15)
+                rows = await lifecycle.claim_many(conn, [second, first, other, stale], 15, holder=42)
             assert set(rows) == {first.request_id, other.request_id}
-            assert {r["status"] for r in rows.values()} == {"running"}
+            assert {(r["status"], r["lease_holder"]) for r in rows.values()} == {("running", 42)}
             async with conn.transaction():
                 assert await lifecycle.claim_many(conn, [first, second], 15) == {}  # running already / not the head
     finally:
@@ -96,7 +96,7 @@ async def test_a_claim_carries_each_sessions_latest_turns(infra: Infra) -> None:
             failed = await _request(conn, talkative, tenant)
             await conn.execute("UPDATE request_logs SET status = 'failed' WHERE request_id = $1", failed.request_id)
             asked, first = await _request(conn, talkative, tenant), await _request(conn, fresh, tenant)
-        claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2)
+        claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2, holder=lambda: None)
         got = await asyncio.gather(claims.claim(asked), claims.claim(first))
         assert [c.history if c else None for c in got] == [
             [
@@ -124,7 +124,7 @@ async def test_a_failed_history_read_undoes_the_claims(infra: Infra, monkeypatch
 
         monkeypatch.setattr(claims_module, "histories", unavailable)
         with pytest.raises(ConnectionResetError):
-            await ClaimBatcher(pool, lease_seconds=15, history_turns=2).claim(asked)
+            await ClaimBatcher(pool, lease_seconds=15, history_turns=2, holder=lambda: None).claim(asked)
         status = await pool.fetchval("SELECT status FROM request_logs WHERE request_id = $1", asked.request_id)
         assert status == "queued"  # the job's retry can claim it again, with no lease to wait out
     finally:

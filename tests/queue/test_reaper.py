@@ -13,6 +13,7 @@ from arq.constants import job_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.platform.keys import queue_name
+from common.platform.settings import Settings
 from common.queue import enqueue as queue
 from common.requests import lifecycle
 from tests.support.app import App
@@ -23,6 +24,7 @@ from workers.runner import WorkerRuntime
 async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     nothing_used = {"lost_input_tokens": 0, "lost_output_tokens": 0, "lost_cost_usd": 0.0}
     row = {"request_id": "r1", "attempt": 1, "tenant_id": "t1", "user_id": "u1", "correlation_id": "", **nothing_used}
+    row |= {"holder_gone": True, "lease_holder": 7}
     job = ("default", SimpleNamespace(request_id="r1"))
     tries: list[tuple[Any, ...]] = []
 
@@ -30,7 +32,7 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     async def acquire() -> AsyncIterator[None]:
         yield None
 
-    async def reap_expired(conn: None, max_attempts: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    async def reap_expired(conn: None, max_attempts: int, *gone: object) -> tuple[list[dict[str, Any]], list[Any]]:
         return [row], []
 
     async def enqueue(pool: object, feature: str, payload: object) -> None:
@@ -45,7 +47,9 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(maintenance.lifecycle, "job_for", lambda r: job)
     monkeypatch.setattr(maintenance.queue, "enqueue", enqueue)
     monkeypatch.setattr(maintenance, "repair_endings_once", nothing)
-    rt: Any = SimpleNamespace(db=SimpleNamespace(acquire=acquire), queue=object(), streams=None)
+    rt: Any = SimpleNamespace(
+        db=SimpleNamespace(acquire=acquire), queue=object(), streams=None, presence=None, settings=Settings()
+    )
 
     await maintenance.reap_once(rt)
 

@@ -30,7 +30,7 @@ async def test_a_stale_job_in_the_retrys_claim_batch_gets_nothing(infra: Infra) 
             stale = await _request(conn, await _session(conn, tenant), tenant)
             await conn.execute("UPDATE request_logs SET attempt = 2 WHERE request_id = $1", stale.request_id)
         retry = stale.model_copy(update={"attempt": 2})
-        claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2)
+        claims = ClaimBatcher(pool, lease_seconds=15, history_turns=2, holder=lambda: None)
         got_stale, got_retry = await asyncio.gather(claims.claim(stale), claims.claim(retry))
         assert got_stale is None
         assert got_retry is not None and got_retry.row["attempt"] == 2

@@ -1,0 +1,164 @@
+"""A worker process that dies is found by its presence, not only by its lease: the reaper requeues its
+attempts once they go two heartbeats unrenewed with neither its Postgres lock nor its Redis key left, while
+a live holder, one heard in either store, or a fresh beat keeps them running. On real Postgres and Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from common.platform.keys import presence_key
+from common.requests import lifecycle
+from tests.conftest import Stack
+from tests.requests.test_heartbeat import running
+from tests.support.app import App
+from tests.support.streams import done_for, offline, read_until, text_of, wait_status
+from workers.offline_model import compose_reply
+from workers.presence import Presence, gone_holders
+
+HEARTBEAT = 0.25  # the presence tests' own: the Redis key lives two of them
+
+
+def presence_of(app: App) -> Presence:
+    return Presence(app.settings.database_url, app.gateway.streams, HEARTBEAT)
+
+
+async def held_by(app: App, holder: int, unrenewed_seconds: float) -> str:
+    """A running attempt with a long lease, claimed by the process with presence key `holder`, last renewed
+    that long ago."""
+    request_id = await running(app, lease_seconds=600)
+    await app.gateway.db.execute(
+        "UPDATE request_logs SET lease_holder = $2, updated_at = now() - make_interval(secs => $3)"
+        " WHERE request_id = $1",
+        request_id,
+        holder,
+        unrenewed_seconds,
+    )
+    return request_id
+
+
+async def reap(app: App) -> dict[str, bool]:
+    """One reaper pass, as a worker's (two heartbeats unrenewed): the request ids it requeued, each with
+    whether its holder was gone (rather than its lease lapsed)."""
+    async with app.gateway.db.acquire() as conn:
+        gone = await gone_holders(conn, app.gateway.streams, 2 * HEARTBEAT)
+        requeued, failed = await lifecycle.reap_expired(conn, 5, gone, 2 * HEARTBEAT)
+    assert not failed
+    return {r["request_id"]: r["holder_gone"] for r in requeued}
+
+
+async def test_a_dead_holders_attempt_is_requeued_long_before_its_lease_lapses(app: App) -> None:
+    presence = presence_of(app)
+    await presence.open()
+    request_id = await held_by(app, presence.key, unrenewed_seconds=5)
+    try:
+        assert request_id not in await reap(app), "a live holder's attempt was taken"
+    finally:
+        await presence.close()
+    # Its lock goes when its backend sees the client leave (at once), its Redis key two heartbeats later.
+    deadline = time.monotonic() + 5
+    while request_id not in (found := await reap(app)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert found.get(request_id) is True
+    row = await app.gateway.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
+    assert (row["status"], row["attempt"]) == ("queued", 2)
+
+
+async def test_a_holder_heard_in_either_store_or_renewed_lately_keeps_its_attempts(app: App) -> None:
+    """Cut off from Postgres (no lock) but refreshing its Redis key; its Redis key lost (a Redis restart)
+    while it holds its lock; a beat within two heartbeats: none of them is taken for gone."""
+    presence = presence_of(app)
+    await presence.open()
+    try:
+        locked = await held_by(app, presence.key, unrenewed_seconds=5)
+        await app.gateway.streams.delete(presence_key(presence.key))  # Redis restarted; the lock holds
+        cut_off, beaten = 2_000_000_001, 2_000_000_002  # keys no process holds a lock for
+        in_redis = await held_by(app, cut_off, unrenewed_seconds=5)
+        await app.gateway.streams.set(presence_key(cut_off), 1, px=10_000)
+        fresh = await held_by(app, beaten, unrenewed_seconds=0)
+        assert not {locked, in_redis, fresh} & set(await reap(app))
+        async with app.gateway.db.acquire() as conn:
+            assert beaten not in await lifecycle.unlocked_holders(conn, 2 * HEARTBEAT)
+            # Even named gone, an attempt renewed within two heartbeats stays.
+            requeued, _ = await lifecycle.reap_expired(conn, 5, [beaten], 2 * HEARTBEAT)
+            assert fresh not in {r["request_id"] for r in requeued}
+        await app.gateway.streams.delete(presence_key(cut_off))
+        assert set(await reap(app)) & {locked, in_redis, fresh} == {in_redis}
+    finally:
+        await presence.close()
+
+
+async def test_presence_reconnects_with_its_key(app: App) -> None:
+    presence = presence_of(app)
+    await presence.open()
+
+    async def holder() -> int | None:
+        """The backend holding the presence lock of `presence.key`."""
+        pid: int | None = await app.gateway.db.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted"
+            " AND classid = hashtext('relaygate.presence')::oid AND objid = $1::int::oid",
+            presence.key,
+        )
+        return pid
+
+    try:
+        key, backend = presence.key, await holder()
+        assert backend and await app.gateway.streams.exists(presence_key(key))
+        assert await app.gateway.db.fetchval("SELECT pg_terminate_backend($1)", backend)
+        deadline = time.monotonic() + 10
+        while (now := await holder()) in (None, backend) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert now not in (None, backend), "the lock was not taken again"
+        assert presence.held and presence.key == key
+    finally:
+        await presence.close()
+
+
+async def test_two_processes_never_share_a_key(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = iter([7, 7, 8])
+    monkeypatch.setattr("workers.presence.secrets.randbelow", lambda n: next(keys) - 1)
+    first, second = presence_of(app), presence_of(app)
+    await first.open()
+    await second.open()
+    try:
+        assert (first.key, second.key) == (7, 8)
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_kill_9_mid_reply_resumes_before_the_lease_would_lapse(stack: Stack) -> None:
+    """With a 60 s lease (HEARTBEAT_SECONDS 0.5), a killed worker's reply resumes on another within seconds."""
+    lease = 60.0
+    # The `chaos` queue's only workers (tests/conftest.py's chaos_workers starts its own again when asked).
+    for w in [w for w in stack.workers if w.poll() is None and "chaos" in str(w.args)]:
+        stack.stop_worker(w)
+    extra = [stack.start_worker("chaos", wait=False, LEASE_SECONDS=str(lease)) for _ in range(2)]
+    try:
+        for w in extra:
+            stack.wait_ready(w)
+        c = stack.client()
+        r = c.post(
+            "/api/v1/requests/web",
+            json={"content": "gone", "agent_id": "chaos", "new_session": True, "metadata": offline(150, 30)},
+        ).json()
+        seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
+        os.kill(stack.worker_running(r["request_id"]), signal.SIGKILL)
+        killed_at = time.monotonic()
+        rest = read_until(c, r["stream_url"], lambda e: e.event == "run.retrying", last_event_id=seen[-1].id)
+        resumed_after = time.monotonic() - killed_at
+        print(f"kill -9 -> run.retrying: {resumed_after:.2f} s (lease {lease:.0f} s)")
+        assert resumed_after < lease / 2, "the retry waited for the lease"
+        rest += read_until(c, r["stream_url"], done_for(r["request_id"]), last_event_id=rest[-1].id, timeout=60)
+        assert text_of(seen + rest, r["request_id"]) == "".join(compose_reply("gone", 150))
+        assert wait_status(c, r["request_id"], {"completed"})["attempt"] == 2
+        found_by = [line for w in stack.workers for line in stack.worker_log(w).splitlines() if r["request_id"] in line]
+        assert any("worker gone; requeued" in line for line in found_by), "not found by its presence"
+    finally:
+        for w in extra:
+            if w.poll() is None:
+                stack.stop_worker(w)

@@ -1,0 +1,126 @@
+"""A worker process's presence, in both stores: an advisory lock held for the process's life on a Postgres
+connection of its own, and a Redis key it refreshes every heartbeat.
+
+Postgres drops the lock as soon as that connection closes, and the kernel closes it when the process dies,
+however it dies (kill -9, the OOM killer, a crashed container); the Redis key expires two heartbeats after
+the last refresh. Every claim records the claiming process's key (`request_logs.lease_holder`), and a
+reaper requeues a running attempt at once, rather than at its lease's end, when it went two heartbeats
+unrenewed and its holder is present in neither store (`gone_holders`). Either store alone would mistake a
+live worker for a dead one: a worker cut off from Postgres for a moment loses its lock but keeps its key
+(and its reply streaming), a Redis restart loses every key while the locks hold. A worker that is only
+slow or frozen keeps its connection, and so its lock: its attempts wait out their lease as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+import asyncpg
+
+from common.platform.keys import presence_key
+from common.platform.outages import POSTGRES_ERRORS, REDIS_ERRORS, outlast
+from common.requests import lifecycle
+from common.streams.protocol import StreamsRedis
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 5.0  # how often an idle presence connection is checked (a half-open one fails the check)
+
+
+class Presence:
+    """`key` names this process among the live ones, as `lease_holder` and in its Redis key."""
+
+    def __init__(self, dsn: str, streams: StreamsRedis, heartbeat_seconds: float) -> None:
+        self.dsn = dsn
+        self.streams = streams
+        self.heartbeat_seconds = heartbeat_seconds
+        self.key = 0
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        """Take a key no live process holds; from then on keep the lock (a lost connection is reconnected
+        at once, and its key taken again) and refresh the Redis key."""
+        await outlast("presence", self._connect)
+        self._tasks = [
+            asyncio.create_task(self._keep(), name="presence"),
+            asyncio.create_task(self._refresh(), name="presence-refresh"),
+        ]
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._conn is not None:
+            with contextlib.suppress(*POSTGRES_ERRORS):
+                await self._conn.close(timeout=2)
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self.dsn, command_timeout=CHECK_SECONDS)
+        try:
+            key = self.key
+            # Its own key again after a reconnect, unless a newer process took it meanwhile.
+            while not key or not await conn.fetchval(f"SELECT pg_try_advisory_lock({lifecycle.PRESENCE}, $1)", key):
+                key = secrets.randbelow(2**31 - 1) + 1
+        except BaseException:
+            conn.terminate()
+            raise
+        if self.key and key != self.key:
+            log.warning("presence key taken while away; the attempts held under it will be retried")
+        self.key, self._conn = key, conn
+        conn.add_termination_listener(self._on_closed)
+
+    def _on_closed(self, conn: asyncpg.Connection) -> None:
+        if conn is self._conn:
+            self._lost.set()
+
+    async def _keep(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), CHECK_SECONDS)
+            if not self._lost.is_set():
+                try:
+                    assert self._conn is not None
+                    await self._conn.fetchval("SELECT 1")
+                    continue
+                except (*POSTGRES_ERRORS, asyncpg.PostgresError) as exc:
+                    log.warning("presence connection failed its check", extra={"error": repr(exc)})
+            self._lost.clear()
+            if self._conn is not None:
+                self._conn.remove_termination_listener(self._on_closed)
+                self._conn.terminate()
+                self._conn = None
+            log.warning("presence connection lost; reconnecting")
+            await outlast("presence", self._connect, max_wait=1.0)
+            log.info("presence held again", extra={"key": self.key})
+
+    async def _refresh(self) -> None:
+        ttl_ms = int(2000 * self.heartbeat_seconds)
+        while True:
+            try:
+                await self.streams.set(presence_key(self.key), 1, px=ttl_ms)
+            except REDIS_ERRORS as exc:
+                log.debug("presence refresh failed", extra={"error": repr(exc)})
+            await asyncio.sleep(self.heartbeat_seconds)
+
+
+async def gone_holders(conn: asyncpg.Connection, streams: StreamsRedis, unrenewed_seconds: float) -> list[int]:
+    """Holders of running attempts unrenewed for `unrenewed_seconds` that neither store has heard from: no
+    presence lock in Postgres, no presence key in Redis. Empty while Redis cannot say (the lease decides)."""
+    absent = await lifecycle.unlocked_holders(conn, unrenewed_seconds)
+    if not absent:
+        return []
+    try:
+        heard = await streams.mget([presence_key(h) for h in absent])
+    except REDIS_ERRORS as exc:
+        log.debug("presence keys unreadable; the leases decide", extra={"error": repr(exc)})
+        return []
+    return [h for h, seen in zip(absent, heard, strict=True) if seen is None]
