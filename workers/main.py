@@ -98,10 +98,10 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
             with contextlib.suppress(TimeoutError):  # what is left, the ending sweep clears
                 await asyncio.wait_for(rt.ended.close(), timeout=5)
             await rt.tools.close()
-            await rt.streams.aclose()
-            await rt.db.close()
             if rt.presence is not None:
                 await rt.presence.close()
+            await rt.streams.aclose()
+            await rt.db.close()
 
     return RelayWorker(
         functions=[

@@ -21,7 +21,7 @@ JOBS_RETRIED = Counter("relaygate_jobs_retried_total", "Attempts after the first
 ATTEMPTS_LOST = Counter(
     "relaygate_attempts_lost_total",
     "Running attempts a reaper took from a lost worker, by what showed it lost",
-    ["found_by"],  # presence: its process's presence lock was gone; lease: its lease lapsed
+    ["found_by"],  # presence: its process was present in neither store; lease: its lease lapsed
 )
 JOB_SECONDS = Histogram(
     "relaygate_job_run_seconds",
