@@ -36,7 +36,7 @@ class ClaimBatcher:
         self.db = db
         self.lease_seconds = lease_seconds
         self.history_turns = history_turns
-        self.holder = holder  # the presence key claims record (workers/presence.py)
+        self.holder = holder  # the presence key claims record (common/platform/presence.py)
         self.waiting: list[Waiter] = []
         self.in_flight: asyncio.Task[None] | None = None
 

@@ -29,7 +29,7 @@ from common.flows.model import FlowDefinition, FlowTask
 from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
-from common.platform import outbound, sink
+from common.platform import metrics, outbound, presence, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
@@ -127,7 +127,8 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     correlation_id.set(job.correlation_id)
     runs = RunStore.of(rt)
     try:
-        claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds)
+        holder = rt.presence.key if rt.presence else None
+        claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds, holder)
     except POSTGRES_ERRORS as exc:
         raise Retry(defer=2) from exc
     if claimed is None:
@@ -513,11 +514,20 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
 
 
 async def reap_once(rt: WorkerRuntime) -> None:
-    """Requeue runs whose executor was lost; fail those lost too often (ending their streams)."""
+    """Requeue runs whose executor was lost (as workers.maintenance.reap_once finds lost requests); fail those
+    lost too often (ending their streams)."""
     runs = RunStore.of(rt)
-    requeued, failed = await runs.reap_expired(MAX_ATTEMPTS)
+    unrenewed, lease = 2 * rt.settings.heartbeat_seconds, rt.settings.lease_seconds
+    unlocked = await runs.unlocked_holders(unrenewed, lease) if rt.presence else []
+    gone = await presence.gone_holders(rt.streams, unlocked)
+    requeued, failed = await runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease)
+    for row in [*requeued, *failed]:
+        metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()
     for row in requeued:
-        log.warning("flow run lease expired; requeued", extra={"run_id": row["run_id"], "attempt": row["attempt"]})
+        log.warning(
+            "flow run's worker gone; requeued" if row["holder_gone"] else "flow run lease expired; requeued",
+            extra={"run_id": row["run_id"], "attempt": row["attempt"], "holder": row["lease_holder"]},
+        )
         # As for requests (workers.maintenance.reap_once): the row is requeued already, so wait out Redis.
         await outlast("requeue run", functools.partial(_enqueue_row, rt, row), max_wait=1.0)
     for row in failed:

@@ -18,11 +18,11 @@ from common.platform import logging as rg_logging
 from common.platform import tracing
 from common.platform import tuning as runtime
 from common.platform.context import open_stores
+from common.platform.presence import Presence
 from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
 from workers import cost_map, flows, maintenance, model, openai_stream
 from workers.observe import observed
-from workers.presence import Presence
 from workers.runner import WorkerRuntime, process_request
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from types import ModuleType
 import asyncpg
 
 from common.agents.registry import ModelPrice
-from common.platform import metrics, sink
+from common.platform import metrics, presence, sink
 from common.platform.keys import intake_keys
 from common.platform.outages import STORE_ERRORS, outlast
 from common.queue import enqueue as queue
@@ -23,7 +23,7 @@ from common.requests import ending, lifecycle
 from common.requests import repository as request_repo
 from common.usage import budgets
 from common.usage.models import Usage
-from workers import model, presence, schedules
+from workers import model, schedules
 from workers.attempt import Attempt, Stop
 from workers.runner import WorkerRuntime
 
@@ -101,10 +101,11 @@ async def heartbeats(rt: WorkerRuntime) -> None:
 
 async def reap_once(rt: WorkerRuntime) -> None:
     """Requeue the attempts of lost workers: those whose lease lapsed, and those of worker processes gone
-    from both stores (workers/presence.py) that went two heartbeats unrenewed."""
+    from both stores (common/platform/presence.py) that went two heartbeats unrenewed."""
     unrenewed = 2 * rt.settings.heartbeat_seconds
     async with rt.db.acquire() as conn:
-        gone = await presence.gone_holders(conn, rt.streams, unrenewed) if rt.presence else []
+        unlocked = await lifecycle.unlocked_holders(conn, unrenewed) if rt.presence else []
+        gone = await presence.gone_holders(rt.streams, unlocked)
         requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed)
     await count_lost(rt, [*requeued, *failed])
     for row in [*requeued, *failed]:

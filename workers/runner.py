@@ -27,6 +27,7 @@ from common.platform import metrics, sink, tracing
 from common.platform.keys import cancel_key
 from common.platform.logging import correlation_id
 from common.platform.outages import STORE_ERRORS
+from common.platform.presence import Presence
 from common.platform.settings import Settings
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
@@ -42,7 +43,6 @@ from workers.attempt import Attempt, Stop
 from workers.claims import ClaimBatcher, Claimed
 from workers.flusher import TOKENS, Flusher
 from workers.mcp_client import McpPool
-from workers.presence import Presence
 from workers.priority import Start, StartPriority
 
 __all__ = ["TOKENS", "Attempt", "Stop", "WorkerRuntime", "process_request"]

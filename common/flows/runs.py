@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from common.platform import lua, sink
 from common.platform.keys import run_cache_key, run_stream_key
+from common.platform.presence import UNLOCKED
 from common.requests.stores import Stores
 from common.streams.protocol import Event, StreamsRedis
 from common.streams.writer import StreamWriter
@@ -171,14 +172,18 @@ class RunStore:
                 extra={"run_id": row["run_id"], "error": repr(exc)},
             )
 
-    async def claim(self, run_id: str, tenant_id: str, attempt: int, lease_seconds: float) -> asyncpg.Record | None:
+    async def claim(
+        self, run_id: str, tenant_id: str, attempt: int, lease_seconds: float, holder: int | None = None
+    ) -> asyncpg.Record | None:
+        """Start `attempt` of a PENDING run, held by the process with presence key `holder`."""
         return await self.transition(
             run_id,
             tenant_id,
             RUNNING,
             where="status = 'PENDING' AND attempt = $4",
-            args=(attempt, lease_seconds),
-            sets=", lease_expires_at = now() + make_interval(secs => $5), started_at = coalesce(started_at, now())",
+            args=(attempt, lease_seconds, holder),
+            sets=", lease_expires_at = now() + make_interval(secs => $5), lease_holder = $6,"
+            " started_at = coalesce(started_at, now())",
             detail=f"attempt {attempt}",
         )
 
@@ -258,30 +263,53 @@ class RunStore:
         )
         return done is not None
 
-    async def reap_expired(self, max_attempts: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        """Runs whose executor's lease lapsed: back to PENDING with the next attempt, or FAILED."""
+    async def unlocked_holders(self, unrenewed_seconds: float, lease_seconds: float) -> list[int]:
+        """Holders of running runs unrenewed for `unrenewed_seconds` (a beat sets the lease `lease_seconds`
+        ahead) that hold no presence lock (common.platform.presence.gone_holders tells dead from cut off)."""
+        rows = await self.db.fetch(
+            f"""
+            SELECT DISTINCT lease_holder FROM flow_runs_audit
+             WHERE status = 'RUNNING' AND lease_holder IS NOT NULL AND lease_expires_at >= now()
+               AND lease_expires_at < now() + make_interval(secs => $2::float8 - $1::float8) AND {UNLOCKED}
+            """,
+            unrenewed_seconds,
+            lease_seconds,
+        )
+        return [r["lease_holder"] for r in rows]
+
+    async def reap_expired(
+        self, max_attempts: int, gone: list[int] | None = None, unrenewed_seconds: float = 0, lease_seconds: float = 0
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """Runs whose executor was lost, back to PENDING with the next attempt, or FAILED: their lease lapsed,
+        or they went `unrenewed_seconds` unrenewed and their holder is one of the `gone` processes. Each row
+        comes with `holder_gone` (found by its holder, before its lease lapsed)."""
+        lost = f"""
+            SELECT id, lease_expires_at >= now() AS holder_gone FROM flow_runs_audit
+             WHERE status = 'RUNNING' AND (lease_expires_at < now() OR (
+                   lease_holder = ANY($2::int[])
+                   AND lease_expires_at < now() + make_interval(secs => $4::float8 - $3::float8) AND {UNLOCKED}))
+        """
+        args = (max_attempts, gone or [], unrenewed_seconds, lease_seconds)
         async with self.db.acquire() as conn, conn.transaction():
             requeued = await conn.fetch(
                 f"""
-                UPDATE flow_runs_audit SET status = 'PENDING', attempt = attempt + 1, lease_expires_at = NULL,
+                WITH lost AS ({lost} AND attempt < $1 LIMIT 100 FOR UPDATE SKIP LOCKED)
+                UPDATE flow_runs_audit r SET status = 'PENDING', attempt = attempt + 1, lease_expires_at = NULL,
                        version = version + 1, updated_at = now()
-                 WHERE id IN (SELECT id FROM flow_runs_audit
-                               WHERE status = 'RUNNING' AND lease_expires_at < now() AND attempt < $1
-                               LIMIT 100 FOR UPDATE SKIP LOCKED)
-                RETURNING {DOC_COLUMNS}, feature
+                  FROM lost WHERE r.id = lost.id
+                RETURNING {DOC_COLUMNS}, feature, lease_holder, holder_gone
                 """,
-                max_attempts,
+                *args,
             )
             failed = await conn.fetch(
                 f"""
-                UPDATE flow_runs_audit SET status = 'FAILED', error_message = 'worker lost too many times',
+                WITH lost AS ({lost} AND attempt >= $1 LIMIT 100 FOR UPDATE SKIP LOCKED)
+                UPDATE flow_runs_audit r SET status = 'FAILED', error_message = 'worker lost too many times',
                        lease_expires_at = NULL, version = version + 1, updated_at = now(), completed_at = now()
-                 WHERE id IN (SELECT id FROM flow_runs_audit
-                               WHERE status = 'RUNNING' AND lease_expires_at < now() AND attempt >= $1
-                               LIMIT 100 FOR UPDATE SKIP LOCKED)
-                RETURNING {DOC_COLUMNS}
+                  FROM lost WHERE r.id = lost.id
+                RETURNING {DOC_COLUMNS}, lease_holder, holder_gone
                 """,
-                max_attempts,
+                *args,
             )
             for row, detail in [
                 *((r, "worker lost; requeued") for r in requeued),

@@ -110,7 +110,7 @@ def open_streams_key(tenant_id: str, user_id: str) -> str:
 
 
 def presence_key(holder: int) -> str:
-    """A worker process's presence in Redis (workers/presence.py): refreshed every heartbeat, it expires
+    """A worker process's presence in Redis (common/platform/presence.py): refreshed every heartbeat, it expires
     two heartbeats after the last. One hash tag for all, so a reaper reads any set of them in one MGET."""
     return f"{PREFIX}{{presence}}:{holder}"
 

@@ -20,7 +20,7 @@ JOBS_FAILED = Counter("relaygate_jobs_failed_total", "Job attempts that ended fa
 JOBS_RETRIED = Counter("relaygate_jobs_retried_total", "Attempts after the first (a lost or deferred run)", ["queue"])
 ATTEMPTS_LOST = Counter(
     "relaygate_attempts_lost_total",
-    "Running attempts a reaper took from a lost worker, by what showed it lost",
+    "Running attempts (requests and flow runs) a reaper took from a lost worker, by what showed it lost",
     ["found_by"],  # presence: its process was present in neither store; lease: its lease lapsed
 )
 JOB_SECONDS = Histogram(

@@ -21,6 +21,7 @@ import asyncpg
 
 from common.platform.batching import Batcher
 from common.platform.db import batcher
+from common.platform.presence import UNLOCKED
 from common.requests.models import JobPayload
 from common.usage.models import Usage, of_row
 
@@ -45,14 +46,6 @@ _LOST_COLUMNS = (
 )
 _TAKE_LOST = f"SELECT {_LOST_COLUMNS} FROM request_logs"
 LOST = "tenant_id, user_id, correlation_id, lost_input_tokens, lost_output_tokens, lost_cost_usd"
-# The first key of every worker's presence lock (workers/presence.py; the second is the worker's own).
-PRESENCE = "hashtext('relaygate.presence')"
-# The holder of the row's running attempt holds no presence lock: its connection closed.
-_UNLOCKED = f"""NOT EXISTS (
-  SELECT FROM pg_locks l
-   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-     AND l.classid = {PRESENCE}::oid AND l.objid = lease_holder::oid)"""
 # A worker ends its own attempt with what it measured: the heartbeat's estimate is dropped.
 _DROP_ESTIMATE = "attempt_input_tokens = 0, attempt_output_tokens = 0, attempt_cost_usd = 0"
 
@@ -128,7 +121,7 @@ async def claim_many(
 ) -> dict[str, asyncpg.Record]:
     """Start the attempts that are still current and head their session, in the caller's
     transaction: their rows by request id (an attempt left out has nothing to do). `holder` is the
-    claiming process's presence key (workers/presence.py).
+    claiming process's presence key (common/platform/presence.py).
 
     The sessions are locked first (in a fixed order, so two batches never deadlock), then one
     statement, with a snapshot taken after the locks, starts every job that heads its session.
@@ -417,12 +410,12 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
 
 async def unlocked_holders(conn: asyncpg.Connection, unrenewed_seconds: float) -> list[int]:
     """Holders of running attempts unrenewed for `unrenewed_seconds` (but within their lease) that hold no
-    presence lock: dead, or only cut off from Postgres (workers.presence.gone_holders tells which)."""
+    presence lock: dead, or only cut off from Postgres (common.platform.presence.gone_holders tells which)."""
     rows = await conn.fetch(
         f"""
         SELECT DISTINCT lease_holder FROM request_logs
          WHERE status = 'running' AND lease_holder IS NOT NULL AND lease_expires_at >= now()
-           AND updated_at < now() - make_interval(secs => $1) AND {_UNLOCKED}
+           AND updated_at < now() - make_interval(secs => $1) AND {UNLOCKED}
         """,
         unrenewed_seconds,
     )
@@ -439,7 +432,7 @@ async def reap_expired(
     take = f"""
         SELECT {_LOST_COLUMNS}, lease_expires_at >= now() AS holder_gone FROM request_logs
          WHERE status = 'running' AND (lease_expires_at < now() OR (
-               lease_holder = ANY($2::int[]) AND updated_at < now() - make_interval(secs => $3) AND {_UNLOCKED}))
+               lease_holder = ANY($2::int[]) AND updated_at < now() - make_interval(secs => $3) AND {UNLOCKED}))
     """
     args = (max_attempts, gone or [], unrenewed_seconds)
     async with conn.transaction():

@@ -58,9 +58,10 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
 
 async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     row = {"run_id": "run1", "tenant_id": "t1", "attempt": 2, "correlation_id": "c1", "feature": "default"}
+    row |= {"holder_gone": False, "lease_holder": 7}
     tries: list[tuple[str, Any]] = []
 
-    async def reap_expired(max_attempts: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    async def reap_expired(max_attempts: int, *gone: object) -> tuple[list[dict[str, Any]], list[Any]]:
         return [row], []
 
     async def enqueue_run(pool: object, feature: str, job: Any) -> None:
@@ -70,7 +71,7 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
 
     monkeypatch.setattr(flows.RunStore, "of", lambda rt: SimpleNamespace(reap_expired=reap_expired))
     monkeypatch.setattr(flows, "enqueue_run", enqueue_run)
-    rt: Any = SimpleNamespace(queue=object())
+    rt: Any = SimpleNamespace(queue=object(), streams=None, presence=None, settings=Settings())
 
     await flows.reap_once(rt)
 

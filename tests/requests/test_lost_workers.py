@@ -12,13 +12,13 @@ import time
 import pytest
 
 from common.platform.keys import presence_key
+from common.platform.presence import Presence, gone_holders
 from common.requests import lifecycle
 from tests.conftest import Stack
 from tests.requests.test_heartbeat import running
 from tests.support.app import App
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply
-from workers.presence import Presence, gone_holders
 
 HEARTBEAT = 0.25  # the presence tests' own: the Redis key lives two of them
 
@@ -45,7 +45,7 @@ async def reap(app: App) -> dict[str, bool]:
     """One reaper pass, as a worker's (two heartbeats unrenewed): the request ids it requeued, each with
     whether its holder was gone (rather than its lease lapsed)."""
     async with app.gateway.db.acquire() as conn:
-        gone = await gone_holders(conn, app.gateway.streams, 2 * HEARTBEAT)
+        gone = await gone_holders(app.gateway.streams, await lifecycle.unlocked_holders(conn, 2 * HEARTBEAT))
         requeued, failed = await lifecycle.reap_expired(conn, 5, gone, 2 * HEARTBEAT)
     assert not failed
     return {r["request_id"]: r["holder_gone"] for r in requeued}
@@ -120,7 +120,7 @@ async def test_presence_reconnects_with_its_key(app: App) -> None:
 
 async def test_two_processes_never_share_a_key(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = iter([7, 7, 8])
-    monkeypatch.setattr("workers.presence.secrets.randbelow", lambda n: next(keys) - 1)
+    monkeypatch.setattr("common.platform.presence.secrets.randbelow", lambda n: next(keys) - 1)
     first, second = presence_of(app), presence_of(app)
     await first.open()
     await second.open()

@@ -3,12 +3,13 @@ connection of its own, and a Redis key it refreshes every heartbeat.
 
 Postgres drops the lock as soon as that connection closes, and the kernel closes it when the process dies,
 however it dies (kill -9, the OOM killer, a crashed container); the Redis key expires two heartbeats after
-the last refresh. Every claim records the claiming process's key (`request_logs.lease_holder`), and a
-reaper requeues a running attempt at once, rather than at its lease's end, when it went two heartbeats
-unrenewed and its holder is present in neither store (`gone_holders`). Either store alone would mistake a
-live worker for a dead one: a worker cut off from Postgres for a moment loses its lock but keeps its key
-(and its reply streaming), a Redis restart loses every key while the locks hold. A worker that is only
-slow or frozen keeps its connection, and so its lock: its attempts wait out their lease as before.
+the last refresh. Every claim records the claiming process's key (`lease_holder` of a request or a flow
+run), and a reaper requeues a running attempt at once, rather than at its lease's end, when it went two
+heartbeats unrenewed and its holder is present in neither store (`UNLOCKED`, then `gone_holders`). Either
+store alone would mistake a live worker for a dead one: a worker cut off from Postgres for a moment loses
+its lock but keeps its key (and its reply streaming), a Redis restart loses every key while the locks
+hold. A worker that is only slow or frozen keeps its connection, and so its lock: its attempts wait out
+their lease as before.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import asyncpg
 
 from common.platform.keys import presence_key
 from common.platform.outages import POSTGRES_ERRORS, REDIS_ERRORS, outlast
-from common.requests import lifecycle
 from common.streams.protocol import StreamsRedis
 
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 5.0  # how often an idle presence connection is checked (a half-open one fails the check)
+# The first key of every presence lock (two-key form: pg_locks shows it as classid, the worker's own as objid).
+NAMESPACE = "hashtext('relaygate.presence')"
+# SQL: the row's `lease_holder` holds no presence lock (its connection closed, or it was cut off from Postgres).
+UNLOCKED = f"""NOT EXISTS (
+  SELECT FROM pg_locks l
+   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     AND l.classid = {NAMESPACE}::oid AND l.objid = lease_holder::oid)"""
 
 
 class Presence:
@@ -68,7 +76,7 @@ class Presence:
         try:
             key = self.key
             # Its own key again after a reconnect, unless a newer process took it meanwhile.
-            while not key or not await conn.fetchval(f"SELECT pg_try_advisory_lock({lifecycle.PRESENCE}, $1)", key):
+            while not key or not await conn.fetchval(f"SELECT pg_try_advisory_lock({NAMESPACE}, $1)", key):
                 key = secrets.randbelow(2**31 - 1) + 1
         except BaseException:
             conn.terminate()
@@ -112,15 +120,14 @@ class Presence:
             await asyncio.sleep(self.heartbeat_seconds)
 
 
-async def gone_holders(conn: asyncpg.Connection, streams: StreamsRedis, unrenewed_seconds: float) -> list[int]:
-    """Holders of running attempts unrenewed for `unrenewed_seconds` that neither store has heard from: no
-    presence lock in Postgres, no presence key in Redis. Empty while Redis cannot say (the lease decides)."""
-    absent = await lifecycle.unlocked_holders(conn, unrenewed_seconds)
-    if not absent:
+async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
+    """Of the `unlocked` holders (no presence lock in Postgres), those with no presence key in Redis either.
+    Empty while Redis cannot say: the leases decide."""
+    if not unlocked:
         return []
     try:
-        heard = await streams.mget([presence_key(h) for h in absent])
+        heard = await streams.mget([presence_key(h) for h in unlocked])
     except REDIS_ERRORS as exc:
         log.debug("presence keys unreadable; the leases decide", extra={"error": repr(exc)})
         return []
-    return [h for h, seen in zip(absent, heard, strict=True) if seen is None]
+    return [h for h, seen in zip(unlocked, heard, strict=True) if seen is None]
