@@ -104,13 +104,13 @@ class WorkerRuntime:
         if older is not None:
             older.halt(Stop("superseded by a newer attempt", fenced=True))
         self.active[request_id] = run
-        ACTIVE.inc()
+        ACTIVE.set(len(self.active))
         try:
             yield
         finally:
             if self.active.get(request_id) is run:
                 del self.active[request_id]
-            ACTIVE.dec()
+            ACTIVE.set(len(self.active))  # a superseded run winding down no longer counts
 
 
 async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:

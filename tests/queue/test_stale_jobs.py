@@ -19,7 +19,7 @@ from tests.queue.test_claims import _request, _session
 from tests.support.app import App
 from workers.attempt import Attempt
 from workers.claims import ClaimBatcher
-from workers.runner import WorkerRuntime
+from workers.runner import ACTIVE, WorkerRuntime
 
 
 async def test_a_stale_job_in_the_retrys_claim_batch_gets_nothing(infra: Infra) -> None:
@@ -52,7 +52,9 @@ async def test_an_older_run_ending_leaves_the_newer_one_tracked(app: App) -> Non
                 assert rt.active[payload.request_id] is newer
                 assert older.stop is not None and older.stop.fenced, "the superseded run is halted"
                 assert newer.stop is None
+                assert ACTIVE._value.get() == 1, "one request runs, however many of its attempts wind down"
             assert payload.request_id not in rt.active
+            assert ACTIVE._value.get() == 0
         older = Attempt(payload)
         with contextlib.ExitStack() as newer_runs:
             with rt.tracking(older):
