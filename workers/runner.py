@@ -272,17 +272,26 @@ async def _execute(rt: WorkerRuntime, run: Attempt, claimed: Claimed, start: Sta
 
 async def _park(rt: WorkerRuntime, run: Attempt) -> str:
     """The request waits for a person's approval with no worker: its row says `waiting` (with what this
-    attempt used added) until a decision queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it."""
+    attempt used added) until a decision queues it again, or its deadline (APPROVAL_TIMEOUT_SECONDS) fails it.
+    A person who decided before the attempt got here finds it queued again at once."""
     payload = run.payload
     used = await _usage(rt, run, run.meter.model)
-    parked = await persist("park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds, used))
-    if parked:
+    parked, upcoming = await persist(
+        "park", lambda: lifecycle.park(rt.db, payload, rt.settings.approval_timeout_seconds, used)
+    )
+    if parked or upcoming:
         metrics.count_usage(run.meter.agent_id, run.meter.model, used)
         await budgets.count(rt.streams, payload.tenant_id, run.user_id, used, payload.correlation_id)
-    status = "waiting" if parked else "fenced"
+    if upcoming:
+        await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
+    status = "waiting" if parked else "decided" if upcoming else "fenced"
     RUNS.labels(status).inc()
     log.info(
-        "run waiting for an approval" if parked else "lease lost; abandoning attempt",
+        {
+            "waiting": "run waiting for an approval",
+            "decided": "every call it waits on is decided already; queued again",
+            "fenced": "lease lost; abandoning attempt",
+        }[status],
         extra={"request_id": payload.request_id},
     )
     return status

@@ -64,15 +64,24 @@ async def get(gw: Gateway, who: Principal, request_id: str) -> dict[str, Any]:
 
 
 async def decide(gw: Gateway, who: Principal, request_id: str, call_id: str, approve: bool, reason: str) -> str:
-    """Record a person's decision on a call awaiting approval; returns the request's status after it."""
+    """Record a person's decision on a call awaiting approval; returns the request's status after it.
+
+    A call awaits from its `tool.approval_required` event on, while its attempt may still be running the
+    step's other calls: a decision then is kept, and the attempt, parking, finds nothing left to wait for
+    and queues the request again itself (`lifecycle.park`, under the same session lock)."""
     row = await get(gw, who, request_id)
     async with gw.db.acquire() as conn, conn.transaction():
         await lifecycle.lock_session(conn, row["session_id"])
         status = await request_repo.status(conn, row["request_id"])
-        if status != "waiting":
+        if status not in ("waiting", "running"):
             raise Conflict(f"request is {status}, not waiting for an approval")
         if not await tool_steps.decide(conn, row["request_id"], call_id, approve, reason):
-            raise NotFound("no tool call of this request awaits approval with this call_id")
+            now = await tool_steps.status(conn, row["request_id"], call_id)
+            if now is None:
+                raise NotFound("this request has no tool call with this call_id")
+            raise Conflict(f"tool call {call_id} is {now}, not awaiting a decision")
+        if status == "running":
+            return status
         upcoming = await lifecycle.unpark(conn, row["request_id"], gw.settings.request_timeout_seconds)
     await enqueue_safely(gw, upcoming)
     return "queued" if upcoming else "waiting"

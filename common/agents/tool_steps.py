@@ -75,6 +75,14 @@ async def decide(conn: asyncpg.Connection, request_id: str, call_id: str, approv
     return bool(status.endswith(" 1"))
 
 
+async def status(conn: asyncpg.Connection, request_id: str, call_id: str) -> str | None:
+    """Where a call of the request stands (None: the request has no such call)."""
+    found: str | None = await conn.fetchval(
+        "SELECT status FROM tool_steps WHERE request_id = $1 AND call_id = $2", request_id, call_id
+    )
+    return found
+
+
 async def decided(db: asyncpg.Pool, request_id: str) -> bool:
     """Whether the request has approval decisions its next attempt acts on."""
     return bool(

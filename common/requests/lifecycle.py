@@ -342,7 +342,9 @@ async def heartbeat(
     return {r["request_id"] for r in rows}
 
 
-async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = None) -> tuple[str, JobPayload] | None:
+async def release(
+    db: asyncpg.Pool | asyncpg.Connection, payload: JobPayload, usage: Usage | None = None
+) -> tuple[str, JobPayload] | None:
     """Give a running attempt back to the queue as the next attempt (its worker is stopping), adding
     what it used to the request's usage.
 
@@ -367,20 +369,29 @@ async def release(db: asyncpg.Pool, payload: JobPayload, usage: Usage | None = N
     return job_for(row) if row is not None else None
 
 
-async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None) -> bool:
-    """A running attempt waits for an approval with no worker, adding what it used to the request's usage:
-    False when it no longer holds the request."""
+async def park(
+    db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float, usage: Usage | None = None
+) -> tuple[bool, tuple[str, JobPayload] | None]:
+    """A running attempt waits for an approval with no worker, adding what it used to the request's usage.
+
+    Returns (True, None) once parked. If a person already decided every call it waits on (they may,
+    from the call's event on, before the attempt gets here), the next attempt is queued at once instead:
+    (False, its job). (False, None): the attempt no longer holds the request. Under the session's lock,
+    as a decision is, so a decision lands either before the park (and is seen here) or after it (and
+    queues the request itself)."""
     usage = usage or Usage()
-    return bool(
-        await db.fetchval(
+    async with db.acquire() as conn, conn.transaction():
+        await lock_session(conn, payload.session_id)
+        parked = await conn.fetchval(
             f"""
-        UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
-               deadline_at = now() + make_interval(secs => $3), input_tokens = input_tokens + $4,
-               output_tokens = output_tokens + $5, cost_usd = cost_usd + $6,
-               usage_estimated = usage_estimated OR $7, {_DROP_ESTIMATE}
-         WHERE request_id = $1 AND attempt = $2 AND status = 'running'
-        RETURNING 1
-        """,
+            UPDATE request_logs SET status = 'waiting', lease_expires_at = NULL, updated_at = now(),
+                   deadline_at = now() + make_interval(secs => $3), input_tokens = input_tokens + $4,
+                   output_tokens = output_tokens + $5, cost_usd = cost_usd + $6,
+                   usage_estimated = usage_estimated OR $7, {_DROP_ESTIMATE}
+             WHERE request_id = $1 AND attempt = $2 AND status = 'running'
+               AND EXISTS (SELECT 1 FROM tool_steps WHERE request_id = $1 AND status = 'awaiting')
+            RETURNING 1
+            """,
             payload.request_id,
             payload.attempt,
             expires_in_seconds,
@@ -389,7 +400,9 @@ async def park(db: asyncpg.Pool, payload: JobPayload, expires_in_seconds: float,
             usage.cost_usd,
             usage.estimated,
         )
-    )
+        if parked:
+            return True, None
+        return False, await release(conn, payload, usage)
 
 
 async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: float) -> tuple[str, JobPayload] | None:
