@@ -54,6 +54,7 @@ class Presence:
         """Take a key no live process holds; from then on keep the lock (a lost connection is reconnected
         at once, and its key taken again) and refresh the Redis key."""
         await outlast("presence", self._connect)
+        await self._announce()
         self._tasks = [
             asyncio.create_task(self._keep(), name="presence"),
             asyncio.create_task(self._refresh(), name="presence-refresh"),
@@ -111,13 +112,16 @@ class Presence:
             log.info("presence held again", extra={"key": self.key})
 
     async def _refresh(self) -> None:
-        ttl_ms = int(2000 * self.heartbeat_seconds)
         while True:
-            try:
-                await self.streams.set(presence_key(self.key), 1, px=ttl_ms)
-            except REDIS_ERRORS as exc:
-                log.debug("presence refresh failed", extra={"error": repr(exc)})
             await asyncio.sleep(self.heartbeat_seconds)
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Set the Redis key for two heartbeats; while Redis is away the lock alone shows this process."""
+        try:
+            await self.streams.set(presence_key(self.key), 1, px=int(2000 * self.heartbeat_seconds))
+        except REDIS_ERRORS as exc:
+            log.debug("presence refresh failed", extra={"error": repr(exc)})
 
 
 async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:

@@ -14,9 +14,11 @@ import pytest
 from common.platform.keys import presence_key
 from common.platform.presence import Presence, gone_holders
 from common.requests import lifecycle
+from common.streams.protocol import connect
 from tests.conftest import Stack
 from tests.requests.test_heartbeat import running
 from tests.support.app import App
+from tests.support.cluster import EmbeddedValkeyCluster
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
 from workers.offline_model import compose_reply
 
@@ -129,6 +131,19 @@ async def test_two_processes_never_share_a_key(app: App, monkeypatch: pytest.Mon
     finally:
         await first.close()
         await second.close()
+
+
+async def test_presence_keys_on_a_valkey_cluster(app: App, valkey_cluster: EmbeddedValkeyCluster) -> None:
+    """STREAM_REDIS_CLUSTER: the refresh writes a key and a reaper reads many in one MGET (one hash tag)."""
+    cluster = connect(valkey_cluster.url, cluster=True, max_connections=4)
+    presence = Presence(app.settings.database_url, cluster, HEARTBEAT)
+    await presence.open()
+    try:
+        absent = 2_000_000_021
+        assert await gone_holders(cluster, [presence.key, absent]) == [absent]
+    finally:
+        await presence.close()
+        await cluster.aclose()
 
 
 def test_kill_9_mid_reply_resumes_before_the_lease_would_lapse(stack: Stack) -> None:
