@@ -165,9 +165,7 @@ def test_kill_9_mid_reply_resumes_before_the_lease_would_lapse(stack: Stack) -> 
         os.kill(stack.worker_running(r["request_id"]), signal.SIGKILL)
         killed_at = time.monotonic()
         rest = read_until(c, r["stream_url"], lambda e: e.event == "run.retrying", last_event_id=seen[-1].id)
-        resumed_after = time.monotonic() - killed_at
-        print(f"kill -9 -> run.retrying: {resumed_after:.2f} s (lease {lease:.0f} s)")
-        assert resumed_after < lease / 2, "the retry waited for the lease"
+        assert time.monotonic() - killed_at < lease / 2, "the retry waited for the lease"  # ~1.3 s here
         rest += read_until(c, r["stream_url"], done_for(r["request_id"]), last_event_id=rest[-1].id, timeout=60)
         assert text_of(seen + rest, r["request_id"]) == "".join(compose_reply("gone", 150))
         assert wait_status(c, r["request_id"], {"completed"})["attempt"] == 2
