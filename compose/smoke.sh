@@ -127,7 +127,10 @@ set +e
 python3 compose/smoke_client.py 127.0.0.1 "$API_PORT" "$TOKEN" "$REQUESTS" "${WORKER_NAMES[@]}" | tee "$WORK/client.log"
 status=${PIPESTATUS[0]}
 set -e
-while read -r line; do figure "$line"; done < <(grep -E '^(killed|requests|time to)' "$WORK/client.log")
+while read -r line; do figure "$line"; done < <(grep -E '^(killed|requests|time)' "$WORK/client.log")
+# How the survivors' reapers found the killed worker's requests: its presence, or its lease lapsing.
+found=$(for name in "${WORKER_NAMES[@]}"; do podman logs "$name" 2>&1; done)
+figure "requeued by presence: $(grep -c 'worker gone; requeued' <<<"$found"), by lease: $(grep -c 'lease expired; requeued' <<<"$found")"
 if [ "$status" != 0 ]; then
   for name in $(container api) "${WORKER_NAMES[@]}"; do echo "--- $name"; podman logs --tail 20 "$name" 2>&1; done
 fi

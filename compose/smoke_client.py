@@ -17,6 +17,7 @@ class Reply:
     tokens: int = 0
     status: str = ""
     retried: bool = False
+    retried_at: float = 0.0
     events: list[str] = field(default_factory=list)
     error: str = ""
     done_at: float = 0.0
@@ -52,7 +53,7 @@ def stream(host: str, port: int, token: str, n: int, reply: Reply, started: thre
                     reply.tokens += 1
                     started.set()
                 elif event == "run.retrying":
-                    reply.retried = True
+                    reply.retried, reply.retried_at = True, time.monotonic()
                 elif event == "done":
                     reply.status = json.loads(line[5:]).get("data", {}).get("status", "")
                     reply.done_at = time.monotonic()
@@ -110,6 +111,8 @@ def main() -> int:
     print(f"requests sent: {count}")
     print(f"requests completed: {len(completed)}")
     print(f"requests retried after the kill: {len(retried)}")
+    if retried:
+        print(f"time from the kill to the first retry: {min(r.retried_at for r in retried) - killed_at:.1f}s")
     print(f"time to complete every reply after the kill: {last - killed_at:.1f}s")
     for i, r in enumerate(replies):
         if r.status != "completed":
