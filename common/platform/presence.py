@@ -27,7 +27,10 @@ from common.streams.protocol import StreamsRedis
 
 log = logging.getLogger(__name__)
 
-CHECK_SECONDS = 5.0  # how often an idle presence connection is checked (a half-open one fails the check)
+CHECK_SECONDS = 5.0  # how often an idle presence connection is checked (a closed one fails the check)
+# After a reconnect, tries (0.25 s apart) to take its own key back before drawing a new one: the backend of
+# the connection it left may not have noticed yet (Postgres was paused, say) and still holds it.
+OWN_KEY_TRIES = 20
 # The first key of every presence lock (two-key form: pg_locks shows it as classid, the worker's own as objid).
 NAMESPACE = "hashtext('relaygate.presence')"
 # SQL: the row's `lease_holder` holds no presence lock (its connection closed, or it was cut off from Postgres).
@@ -39,13 +42,15 @@ UNLOCKED = f"""NOT EXISTS (
 
 
 class Presence:
-    """`key` names this process among the live ones, as `lease_holder` and in its Redis key."""
+    """`key` names this process among the live ones, as `lease_holder` and in its Redis key. Every key it
+    ever held keeps its Redis key refreshed, so attempts claimed under an earlier one stay present."""
 
     def __init__(self, dsn: str, streams: StreamsRedis, heartbeat_seconds: float) -> None:
         self.dsn = dsn
         self.streams = streams
         self.heartbeat_seconds = heartbeat_seconds
         self.key = 0
+        self.keys: list[int] = []
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,17 +80,28 @@ class Presence:
     async def _connect(self) -> None:
         conn = await asyncpg.connect(self.dsn, command_timeout=CHECK_SECONDS)
         try:
-            key = self.key
-            # Its own key again after a reconnect, unless a newer process took it meanwhile.
-            while not key or not await conn.fetchval(f"SELECT pg_try_advisory_lock({NAMESPACE}, $1)", key):
-                key = secrets.randbelow(2**31 - 1) + 1
+            key = await self._take(conn)
         except BaseException:
             conn.terminate()
             raise
-        if self.key and key != self.key:
-            log.warning("presence key taken while away; the attempts held under it will be retried")
+        if key not in self.keys:
+            self.keys.append(key)
         self.key, self._conn = key, conn
         conn.add_termination_listener(self._on_closed)
+
+    async def _take(self, conn: asyncpg.Connection) -> int:
+        """Its own key again after a reconnect, else a new one no live process holds."""
+        lock = f"SELECT pg_try_advisory_lock({NAMESPACE}, $1)"
+        if self.key:
+            for _ in range(OWN_KEY_TRIES):
+                if await conn.fetchval(lock, self.key):
+                    return self.key
+                await asyncio.sleep(0.25)
+            log.warning("presence key still held by the connection left; taking a new one", extra={"key": self.key})
+        while True:
+            key = secrets.randbelow(2**31 - 1) + 1
+            if await conn.fetchval(lock, key):
+                return key
 
     def _on_closed(self, conn: asyncpg.Connection) -> None:
         if conn is self._conn:
@@ -100,6 +116,8 @@ class Presence:
                     assert self._conn is not None
                     await self._conn.fetchval("SELECT 1")
                     continue
+                except TimeoutError:
+                    continue  # Postgres is slow or paused: the connection, and so the lock, may well hold
                 except (*POSTGRES_ERRORS, asyncpg.PostgresError) as exc:
                     log.warning("presence connection failed its check", extra={"error": repr(exc)})
             self._lost.clear()
@@ -117,9 +135,10 @@ class Presence:
             await self._announce()
 
     async def _announce(self) -> None:
-        """Set the Redis key for two heartbeats; while Redis is away the lock alone shows this process."""
+        """Set the Redis keys for two heartbeats; while Redis is away the lock alone shows this process."""
         try:
-            await self.streams.set(presence_key(self.key), 1, px=int(2000 * self.heartbeat_seconds))
+            for key in self.keys:
+                await self.streams.set(presence_key(key), 1, px=int(2000 * self.heartbeat_seconds))
         except REDIS_ERRORS as exc:
             log.debug("presence refresh failed", extra={"error": repr(exc)})
 

@@ -8,7 +8,9 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
+import asyncpg
 import pytest
 
 from common.platform.keys import presence_key
@@ -117,6 +119,60 @@ async def test_presence_reconnects_with_its_key(app: App) -> None:
         assert now not in (None, backend), "the lock was not taken again"
         assert presence.held and presence.key == key
     finally:
+        await presence.close()
+
+
+async def test_a_reconnect_waits_for_its_key_and_keeps_every_key_it_held_present(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection left may hold the lock a while (its backend has not noticed): the key is taken back
+    once free; past OWN_KEY_TRIES a new one is drawn, and the old one's Redis key stays refreshed, so the
+    attempts claimed under it are not taken for gone."""
+    monkeypatch.setattr("common.platform.presence.OWN_KEY_TRIES", 8)  # 2 s
+    reconnect = asyncio.Event()  # presence's connects wait for it, so the stale backend takes the key first
+    reconnect.set()
+    connect = asyncpg.connect
+
+    async def gated(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        await reconnect.wait()
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr("common.platform.presence.asyncpg.connect", gated)
+    presence = presence_of(app)
+    await presence.open()
+    stale = await asyncpg.connect(app.settings.database_url)  # stands in for the backend left behind
+    try:
+        first = presence.key
+
+        async def cut_and_hold(hold_seconds: float) -> None:
+            pid = await app.gateway.db.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted"
+                " AND classid = hashtext('relaygate.presence')::oid AND objid = $1::int::oid",
+                presence.key,
+            )
+            reconnect.clear()
+            await app.gateway.db.fetchval("SELECT pg_terminate_backend($1)", pid)
+            while not await stale.fetchval("SELECT pg_try_advisory_lock(hashtext('relaygate.presence'), $1)", first):
+                await asyncio.sleep(0.01)
+            reconnect.set()
+            await asyncio.sleep(hold_seconds)
+            await stale.execute("SELECT pg_advisory_unlock(hashtext('relaygate.presence'), $1)", first)
+
+        await cut_and_hold(1.0)
+        deadline = time.monotonic() + 10
+        while not presence.held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert presence.key == first and presence.keys == [first]
+
+        await cut_and_hold(5.0)  # past the tries: a new key
+        while presence.key == first and time.monotonic() < deadline + 10:
+            await asyncio.sleep(0.05)
+        assert presence.key != first and presence.keys == [first, presence.key]
+        await app.gateway.streams.delete(presence_key(first))
+        await asyncio.sleep(2 * HEARTBEAT)
+        assert await app.gateway.streams.exists(presence_key(first), presence_key(presence.key)) == 2
+    finally:
+        await stale.close()
         await presence.close()
 
 
