@@ -229,6 +229,7 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
     print(f"    received: {fmt_spread(k['received'])}")
     if k["retried_without_a_token"]:
         print(f"    {k['retried_without_a_token']} requests running on a killed worker got no later token")
+    print(f"retried without a worker kill: {k['retried_without_a_kill']} {k['retried_without_a_kill_examples']}")
     print(
         f"worker ready time after a kill: {fmt_spread(f['worker_ready']['after_kill'])}; "
         f"at start: {fmt_spread(f['worker_ready']['initial'])}"

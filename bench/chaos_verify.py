@@ -301,10 +301,12 @@ class Verifier:
         written: list[float] = []
         received: list[float] = []
         affected = unfinished = 0
+        on_killed: set[str] = set()
         for kill in kills:
             kill_ms = kill["at"] * 1000
             kill["next_token_s"] = mine = []
             for request_id, attempt in running_at_kill(kill["log"]).items():
+                on_killed.add(request_id)
                 events = by_request.get(request_id, [])
                 if any(e.attempt > attempt and e.ms < kill_ms for e in events):
                     continue  # already superseded before the kill: the kill did not stop it
@@ -318,11 +320,17 @@ class Verifier:
                 mine.append(round(written[-1], 2))
                 if after[0].id in receipts:
                     received.append(receipts[after[0].id] - kill["at"])
+        # A retry no kill explains: a live worker's attempt taken from it (its lease lapsed in a Postgres pause
+        # longer than the lease, or a reaper took it for gone). Nothing is lost, but the reply ran twice.
+        retried = {r for r, events in by_request.items() if any(e.type == "run.retrying" for e in events)}
+        unexplained = sorted(retried - on_killed)
         self.figures["kill_to_next_token"] = {
             "written": spread(written),
             "received": spread(received),
             "affected_requests": affected,
             "retried_without_a_token": unfinished,
+            "retried_without_a_kill": len(unexplained),
+            "retried_without_a_kill_examples": unexplained[:5],
         }
 
 
