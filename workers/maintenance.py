@@ -90,23 +90,49 @@ async def heartbeats(rt: WorkerRuntime) -> None:
     """The lease loop: every HEARTBEAT_SECONDS, and a failed beat is retried within a quarter of it."""
     beat = 0
     while True:
+        started = time.monotonic()
         try:
             await heartbeat_once(rt, beat)
+            _stalled(rt, started)
             beat += 1
             await asyncio.sleep(rt.settings.heartbeat_seconds)
         except _TRANSIENT as exc:
+            rt.postgres_trouble_at = time.monotonic()
             log.warning("heartbeat failed; retrying", extra={"error": repr(exc)})
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
 
 
+def _stalled(rt: WorkerRuntime, started: float) -> None:
+    """A statement that took longer than a heartbeat means Postgres stalled (paused, overloaded, cut off)."""
+    now = time.monotonic()
+    if now - started > rt.settings.heartbeat_seconds:
+        rt.postgres_trouble_at = now
+
+
 async def reap_once(rt: WorkerRuntime) -> None:
     """Requeue the attempts of lost workers: those whose lease lapsed, and those of worker processes gone
-    from both stores (common/platform/presence.py) that went two heartbeats unrenewed."""
-    unrenewed = 2 * rt.settings.heartbeat_seconds
-    async with rt.db.acquire() as conn:
-        unlocked = await lifecycle.unlocked_holders(conn, unrenewed) if rt.presence else []
-        gone = await presence.gone_holders(rt.streams, unlocked)
-        requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed)
+    from both stores (common/platform/presence.py) that went two heartbeats unrenewed.
+
+    A lease that lapsed while this process too could not reach Postgres (within the last lease) is spared
+    when its holder is heard from in Redis: every worker's beats stopped at once, and a live holder's
+    resume with Postgres. Only a holder that stays silent, or one that alone lost Postgres, is retried."""
+    s = rt.settings
+    unrenewed = 2 * s.heartbeat_seconds
+    started = time.monotonic()
+    try:
+        async with rt.db.acquire() as conn:
+            lapsed, unlocked = await lifecycle.suspects(conn, unrenewed) if rt.presence else ([], [])
+            _stalled(rt, started)
+            outage = time.monotonic() - rt.postgres_trouble_at < s.lease_seconds
+            heard_from = await presence.heard(rt.streams, [*unlocked, *(lapsed if outage else [])])
+            gone = [] if heard_from is None else [h for h in unlocked if h not in heard_from]
+            spare = [h for h in lapsed if h in heard_from] if outage and heard_from else []
+            requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare)
+    except _TRANSIENT:
+        rt.postgres_trouble_at = time.monotonic()
+        raise
+    if spare:
+        log.warning("Postgres was away: leases of workers heard from in Redis spared", extra={"holders": spare})
     await count_lost(rt, [*requeued, *failed])
     for row in [*requeued, *failed]:
         metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()

@@ -73,6 +73,7 @@ class WorkerRuntime:
     handbacks: set[asyncio.Task[None]] = field(default_factory=set)
     idle_seconds: Callable[[], float] | None = None  # the event loop's time waiting in select (common.platform.tuning)
     presence: Presence | None = None  # None: claims record no holder; lost attempts wait out their lease
+    postgres_trouble_at: float = float("-inf")  # when this process last saw Postgres fail or stall (monotonic)
     flusher: Flusher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     priority: StartPriority = field(init=False)

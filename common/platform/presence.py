@@ -143,14 +143,21 @@ class Presence:
             log.debug("presence refresh failed", extra={"error": repr(exc)})
 
 
-async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
-    """Of the `unlocked` holders (no presence lock in Postgres), those with no presence key in Redis either.
-    Empty while Redis cannot say: the leases decide."""
-    if not unlocked:
-        return []
+async def heard(streams: StreamsRedis, holders: list[int]) -> set[int] | None:
+    """Which of `holders` refreshed their presence key in Redis within two heartbeats; None while Redis
+    cannot say."""
+    if not holders:
+        return set()
     try:
-        heard = await streams.mget([presence_key(h) for h in unlocked])
+        found = await streams.mget([presence_key(h) for h in holders])
     except REDIS_ERRORS as exc:
-        log.debug("presence keys unreadable; the leases decide", extra={"error": repr(exc)})
-        return []
-    return [h for h, seen in zip(unlocked, heard, strict=True) if seen is None]
+        log.debug("presence keys unreadable", extra={"error": repr(exc)})
+        return None
+    return {h for h, seen in zip(holders, found, strict=True) if seen is not None}
+
+
+async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
+    """Of the `unlocked` holders (no presence lock in Postgres), those not heard from in Redis either.
+    Empty while Redis cannot say: the leases decide."""
+    heard_from = await heard(streams, unlocked)
+    return [] if heard_from is None else [h for h in unlocked if h not in heard_from]

@@ -421,33 +421,43 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
     return job_for(row) if row is not None else None
 
 
-async def unlocked_holders(conn: asyncpg.Connection, unrenewed_seconds: float) -> list[int]:
-    """Holders of running attempts unrenewed for `unrenewed_seconds` (but within their lease) that hold no
-    presence lock: dead, or only cut off from Postgres (common.platform.presence.gone_holders tells which)."""
+async def suspects(conn: asyncpg.Connection, unrenewed_seconds: float) -> tuple[list[int], list[int]]:
+    """Holders of running attempts that may be lost: (those with a lapsed lease, those with an attempt
+    unrenewed for `unrenewed_seconds` within its lease and no presence lock: dead, or only cut off from
+    Postgres; common.platform.presence.heard tells which)."""
     rows = await conn.fetch(
         f"""
-        SELECT DISTINCT lease_holder FROM request_logs
-         WHERE status = 'running' AND lease_holder IS NOT NULL AND lease_expires_at >= now()
-           AND updated_at < now() - make_interval(secs => $1) AND {UNLOCKED}
+        SELECT lease_holder, bool_or(lease_expires_at < now()) AS lapsed,
+               bool_or(lease_expires_at >= now() AND {UNLOCKED}) AS unlocked
+          FROM request_logs
+         WHERE status = 'running' AND lease_holder IS NOT NULL
+           AND (lease_expires_at < now() OR updated_at < now() - make_interval(secs => $1))
+         GROUP BY lease_holder
         """,
         unrenewed_seconds,
     )
-    return [r["lease_holder"] for r in rows]
+    return [r["lease_holder"] for r in rows if r["lapsed"]], [r["lease_holder"] for r in rows if r["unlocked"]]
 
 
 async def reap_expired(
-    conn: asyncpg.Connection, max_attempts: int, gone: list[int] | None = None, unrenewed_seconds: float = 0
+    conn: asyncpg.Connection,
+    max_attempts: int,
+    gone: list[int] | None = None,
+    unrenewed_seconds: float = 0,
+    spare: list[int] | None = None,
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     """Requeue running requests whose worker is lost, counting what the lost attempt used (estimated).
-    Lost: the lease lapsed, or the attempt went `unrenewed_seconds` unrenewed and its holder is one of the
-    `gone` worker processes (still without its lock). Returns (requeued, failed for too many attempts),
-    each row with its LOST columns and `holder_gone` (found by its holder, before its lease lapsed)."""
+    Lost: the lease lapsed (unless its holder is one of the `spare` processes), or the attempt went
+    `unrenewed_seconds` unrenewed and its holder is one of the `gone` processes (still without its lock).
+    Returns (requeued, failed for too many attempts), each row with its LOST columns and `holder_gone`
+    (found by its holder, before its lease lapsed)."""
     take = f"""
         SELECT {_LOST_COLUMNS}, lease_expires_at >= now() AS holder_gone FROM request_logs
-         WHERE status = 'running' AND (lease_expires_at < now() OR (
-               lease_holder = ANY($2::int[]) AND updated_at < now() - make_interval(secs => $3) AND {UNLOCKED}))
+         WHERE status = 'running' AND (
+               (lease_expires_at < now() AND NOT coalesce(lease_holder = ANY($4::int[]), false))
+            OR (lease_holder = ANY($2::int[]) AND updated_at < now() - make_interval(secs => $3) AND {UNLOCKED}))
     """
-    args = (max_attempts, gone or [], unrenewed_seconds)
+    args = (max_attempts, gone or [], unrenewed_seconds, spare or [])
     async with conn.transaction():
         requeued = await conn.fetch(
             f"""

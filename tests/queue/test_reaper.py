@@ -48,7 +48,12 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(maintenance.queue, "enqueue", enqueue)
     monkeypatch.setattr(maintenance, "repair_endings_once", nothing)
     rt: Any = SimpleNamespace(
-        db=SimpleNamespace(acquire=acquire), queue=object(), streams=None, presence=None, settings=Settings()
+        db=SimpleNamespace(acquire=acquire),
+        queue=object(),
+        streams=None,
+        presence=None,
+        settings=Settings(),
+        postgres_trouble_at=float("-inf"),
     )
 
     await maintenance.reap_once(rt)

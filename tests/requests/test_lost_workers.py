@@ -15,6 +15,7 @@ import pytest
 
 from common.platform.keys import presence_key
 from common.platform.presence import Presence, gone_holders
+from common.queue import enqueue as queue
 from common.requests import lifecycle
 from common.streams.protocol import connect
 from tests.conftest import Stack
@@ -22,7 +23,9 @@ from tests.requests.test_heartbeat import running
 from tests.support.app import App
 from tests.support.cluster import EmbeddedValkeyCluster
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
+from workers import maintenance
 from workers.offline_model import compose_reply
+from workers.runner import WorkerRuntime
 
 HEARTBEAT = 0.25  # the presence tests' own: the Redis key lives two of them
 
@@ -49,7 +52,8 @@ async def reap(app: App) -> dict[str, bool]:
     """One reaper pass, as a worker's (two heartbeats unrenewed): the request ids it requeued, each with
     whether its holder was gone (rather than its lease lapsed)."""
     async with app.gateway.db.acquire() as conn:
-        gone = await gone_holders(app.gateway.streams, await lifecycle.unlocked_holders(conn, 2 * HEARTBEAT))
+        _, unlocked = await lifecycle.suspects(conn, 2 * HEARTBEAT)
+        gone = await gone_holders(app.gateway.streams, unlocked)
         requeued, failed = await lifecycle.reap_expired(conn, 5, gone, 2 * HEARTBEAT)
     assert not failed
     return {r["request_id"]: r["holder_gone"] for r in requeued}
@@ -86,7 +90,7 @@ async def test_a_holder_heard_in_either_store_or_renewed_lately_keeps_its_attemp
         fresh = await held_by(app, beaten, unrenewed_seconds=0)
         assert not {locked, in_redis, fresh} & set(await reap(app))
         async with app.gateway.db.acquire() as conn:
-            assert beaten not in await lifecycle.unlocked_holders(conn, 2 * HEARTBEAT)
+            assert beaten not in (await lifecycle.suspects(conn, 2 * HEARTBEAT))[1]
             # Even named gone, an attempt renewed within two heartbeats stays.
             requeued, _ = await lifecycle.reap_expired(conn, 5, [beaten], 2 * HEARTBEAT)
             assert fresh not in {r["request_id"] for r in requeued}
@@ -200,6 +204,51 @@ async def test_presence_keys_on_a_valkey_cluster(app: App, valkey_cluster: Embed
     finally:
         await presence.close()
         await cluster.aclose()
+
+
+async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_heard_from(app: App) -> None:
+    """Postgres was away longer than the lease: every lease lapsed, but a holder still refreshing its Redis
+    key is alive and will beat again. A reaper that itself lost Postgres within the last lease spares it;
+    one that did not (the holder alone lost Postgres), or a holder not heard from, gets the lease's retry."""
+    arq = await queue.connect(app.settings.queue_redis_url)
+    gw = app.gateway
+    reaper = presence_of(app)
+    await reaper.open()
+    rt = WorkerRuntime(
+        settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
+    )
+    rt.presence = reaper
+    try:
+        alive, silent = 2_000_000_031, 2_000_000_032
+        await gw.streams.set(presence_key(alive), 1, px=60_000)
+        lapsed = {h: await running(app, lease_seconds=-1) for h in (alive, silent)}
+        for holder, request_id in lapsed.items():
+            await gw.db.execute(
+                "UPDATE request_logs SET lease_holder = $2, feature = 'nobody-serves-this' WHERE request_id = $1",
+                request_id,
+                holder,
+            )
+
+        async def statuses() -> dict[int, str]:
+            return {h: (await row_of(app, r))[0] for h, r in lapsed.items()}
+
+        legacy = await running(app, lease_seconds=-1)  # claimed by a worker from before presence: no holder
+        await gw.db.execute("UPDATE request_logs SET feature = 'nobody-serves-this' WHERE request_id = $1", legacy)
+        rt.postgres_trouble_at = time.monotonic()  # this reaper's own beats just failed too
+        await maintenance.reap_once(rt)
+        assert await statuses() == {alive: "running", silent: "queued"}
+        assert (await row_of(app, legacy))[0] == "queued"
+        rt.postgres_trouble_at = time.monotonic() - app.settings.lease_seconds - 1  # it never lost Postgres lately
+        await maintenance.reap_once(rt)
+        assert await statuses() == {alive: "queued", silent: "queued"}
+    finally:
+        await reaper.close()
+        await arq.aclose()
+
+
+async def row_of(app: App, request_id: str) -> tuple[str, int]:
+    found = await app.gateway.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
+    return found["status"], found["attempt"]
 
 
 def test_kill_9_mid_reply_resumes_before_the_lease_would_lapse(stack: Stack) -> None:

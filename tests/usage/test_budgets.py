@@ -263,7 +263,7 @@ async def test_a_lost_attempts_usage_counts_against_budgets_when_it_is_reaped(
                 )
 
             # What the reaper reads and writes (Postgres, the streams, the queue), with no presence of its own.
-            rt: Any = SimpleNamespace(**vars(app.gateway), presence=None)
+            rt: Any = SimpleNamespace(**vars(app.gateway), presence=None, postgres_trouble_at=float("-inf"))
             await maintenance.reap_once(rt)  # another test's worker may have reaped it first: the same count
 
             refused = await client.post("/api/v1/requests/web", json={"content": "again"})
