@@ -250,7 +250,7 @@ class Cluster:
                 self.anomalies.add("unexpected_exit", role="valkey", code=self.valkey.process.returncode)
                 self.outages.add("valkey")
                 self._background(self._restart_valkey_now())
-            if self.postgres and not self._postgres_alive():
+            if self.postgres and "postgres" not in self.outages and not self._postgres_alive():
                 self.anomalies.add("unexpected_exit", role="postgres")
                 raise RuntimeError("the embedded Postgres exited; the run cannot go on")
             await asyncio.sleep(0.1)
