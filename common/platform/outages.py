@@ -16,13 +16,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A connection refused, reset or timed out (OSError covers TimeoutError), a Postgres connection lost,
-# refused while starting, or shut down by an operator.
+# refused while starting, or shut down by an operator. InternalClientError: a pooled connection handed out
+# while the server's shutdown notice was still being read on it ("cannot switch to state 12; another
+# operation (2) is in progress"; chaos's Postgres restart met it).
 POSTGRES_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InternalClientError,
 )
 # Redis down, loading or read-only, or a Cluster with a slot no node covers (not a RedisError).
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)

@@ -10,7 +10,9 @@ import asyncpg
 import httpx
 import pytest
 
+from common.requests import repository as request_repo
 from tests.conftest import Stack, wait_until
+from tests.support.app import App
 from tests.support.proxy import CuttableProxy, proxy_postgres, proxy_redis
 
 
@@ -93,3 +95,17 @@ def test_postgres_down_gives_503_then_recovers(proxied: tuple[Stack, CuttablePro
         pg_proxy.restore()
         wait_until(lambda: _healthy(stack), 20, "postgres to be back")
         assert c.get(f"/api/v1/sessions/{session}").status_code == 200
+
+
+async def test_a_connection_caught_mid_shutdown_is_a_503_not_a_500(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast shutdown's notice arriving on an idle pooled connection as it is handed out: asyncpg raises
+    InternalClientError ("another operation is in progress"). Postgres is going away: 503, retry shortly."""
+
+    async def mid_shutdown(*args: object, **kwargs: object) -> None:
+        raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    monkeypatch.setattr(request_repo, "by_idempotency_key", mid_shutdown)
+    async with app.client() as c:
+        r = await c.post("/api/v1/requests/web", json={"content": "hi"}, headers={"Idempotency-Key": "k-1"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2", r.text
+    assert r.json()["detail"] == "the database is unavailable; retry shortly"
