@@ -102,6 +102,25 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             postgres.stop()
 
 
+@pytest.fixture(scope="session")
+def quiet_database_url(infra: Infra) -> str:
+    """A second migrated database on the suite's Postgres that no relaygate process uses. The reapers of the
+    workers running for other tests take any lapsed or abandoned row of the suite's database within half a
+    second; a reaper's own tests keep their rows here."""
+    url = _external_database(infra.database_url)
+    asyncio.run(db.migrate(url))
+    return url
+
+
+@pytest.fixture
+async def quiet_db(quiet_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(quiet_database_url, min_size=1, max_size=4, name="quiet")
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 @pytest.fixture
 async def redis(infra: Infra) -> AsyncIterator[Redis]:
     """A client of the suite's Valkey, closed after the test."""

@@ -36,13 +36,16 @@ async def test_a_gone_holders_run_is_requeued_and_a_present_ones_kept(gateway_ap
                 holder,
                 LEASE,
             )
-    unlocked = await runs.unlocked_holders(UNRENEWED, LEASE)
-    assert {gone, present} <= set(unlocked)
-    found = await gone_holders(gw.gateway.streams, unlocked)
-    assert gone in found and present not in found
-    requeued, failed = await runs.reap_expired(5, found, UNRENEWED, LEASE)
-    assert not failed
-    mine = {r["run_id"]: (r["holder_gone"], r["status"], r["attempt"]) for r in requeued if r["run_id"] in ids.values()}
-    assert mine == {ids[gone]: (True, "PENDING", 2)}
-    status = await gw.gateway.db.fetchval("SELECT status FROM flow_runs_audit WHERE run_id = $1", ids[present])
-    assert status == "RUNNING"
+    # The suite's workers reap these runs too (the same rule): whoever does, the state must come out right.
+    for _ in range(3):
+        gone_now = await gone_holders(gw.gateway.streams, await runs.unlocked_holders(UNRENEWED, LEASE))
+        assert present not in gone_now
+        _, failed = await runs.reap_expired(5, gone_now, UNRENEWED, LEASE)
+        assert not failed
+    found = dict(
+        (r["run_id"], (r["status"], r["attempt"]))
+        for r in await gw.gateway.db.fetch(
+            "SELECT run_id, status, attempt FROM flow_runs_audit WHERE run_id = ANY($1::text[])", list(ids.values())
+        )
+    )
+    assert found == {ids[gone]: ("PENDING", 2), ids[present]: ("RUNNING", 1)}

@@ -17,12 +17,13 @@ from tests.requests.test_batched_intake import principal, values
 from tests.support.app import App
 
 
-async def running(app: App, lease_seconds: float) -> str:
+async def running(db: asyncpg.Pool, lease_seconds: float) -> str:
+    """A request running attempt 1 with a lease that far ahead, on a feature no worker serves."""
     request_id = str(uuid.uuid4())
     session_id = str(uuid.uuid4())
-    await request_repo.insert(app.gateway.db, new_session=True, values=values(request_id, session_id, principal()))
-    await app.gateway.db.execute(
-        "UPDATE request_logs SET status = 'running', started_at = now(),"
+    await request_repo.insert(db, new_session=True, values=values(request_id, session_id, principal()))
+    await db.execute(
+        "UPDATE request_logs SET status = 'running', started_at = now(), feature = 'nobody-serves-this',"
         " lease_expires_at = now() + make_interval(secs => $2) WHERE request_id = $1",
         request_id,
         lease_seconds,
@@ -31,7 +32,7 @@ async def running(app: App, lease_seconds: float) -> str:
 
 
 async def test_heartbeats_update_rows_in_place(app: App) -> None:
-    ids = [await running(app, 15) for _ in range(3)]
+    ids = [await running(app.gateway.db, 15) for _ in range(3)]
     updated = in_place = 0
     async with app.gateway.db.acquire() as conn:
         for beat in range(3):
@@ -52,13 +53,13 @@ async def test_heartbeats_update_rows_in_place(app: App) -> None:
     assert {(r["response_content"], r["attempt_output_tokens"], r["held"]) for r in rows} == {("partial 1", 2, True)}
 
 
-async def test_the_reaper_finds_a_lapsed_lease_among_running_rows(app: App) -> None:
-    held, lapsed = await running(app, 15), await running(app, -1)
-    async with app.gateway.db.acquire() as conn:
+async def test_the_reaper_finds_a_lapsed_lease_among_running_rows(quiet_db: asyncpg.Pool) -> None:
+    held, lapsed = await running(quiet_db, 15), await running(quiet_db, -1)
+    async with quiet_db.acquire() as conn:
         requeued, failed = await lifecycle.reap_expired(conn, max_attempts=5)
     assert lapsed in {r["request_id"] for r in requeued} and not failed
     statuses = dict(
-        await app.gateway.db.fetch(
+        await quiet_db.fetch(
             "SELECT request_id::text, status FROM request_logs WHERE request_id = ANY($1::uuid[])", [held, lapsed]
         )
     )
@@ -82,7 +83,7 @@ async def test_a_heartbeat_and_a_batch_of_endings_lock_their_rows_in_one_order(a
     batch, which then waited for `late`: a deadlock. In `id` order the beat waits behind the batch and
     finds both requests ended."""
     pool = app.gateway.db
-    ids = [await running(app, 15) for _ in range(100)]
+    ids = [await running(app.gateway.db, 15) for _ in range(100)]
     early, late = ids[10], ids[90]
     await pool.execute("ANALYZE request_logs")
     sessions = dict(

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ from common.platform.keys import presence_key
 from common.platform.presence import Presence, gone_holders
 from common.queue import enqueue as queue
 from common.requests import lifecycle
-from common.streams.protocol import connect
+from common.streams.protocol import StreamsRedis, connect
 from tests.conftest import Stack
 from tests.requests.test_heartbeat import running
 from tests.support.app import App
@@ -30,15 +31,33 @@ from workers.runner import WorkerRuntime
 HEARTBEAT = 0.25  # the presence tests' own: the Redis key lives two of them
 
 
-def presence_of(app: App) -> Presence:
-    return Presence(app.settings.database_url, app.gateway.streams, HEARTBEAT)
+@dataclass
+class Quiet:
+    """The quiet database (tests/conftest.py: no worker reaps its rows) and the suite's Valkey."""
+
+    app: App
+    db: asyncpg.Pool
+    url: str
+
+    @property
+    def streams(self) -> StreamsRedis:
+        return self.app.gateway.streams
 
 
-async def held_by(app: App, holder: int, unrenewed_seconds: float) -> str:
+@pytest.fixture
+def q(app: App, quiet_db: asyncpg.Pool, quiet_database_url: str) -> Quiet:
+    return Quiet(app, quiet_db, quiet_database_url)
+
+
+def presence_of(q: Quiet) -> Presence:
+    return Presence(q.url, q.streams, HEARTBEAT)
+
+
+async def held_by(q: Quiet, holder: int, unrenewed_seconds: float) -> str:
     """A running attempt with a long lease, claimed by the process with presence key `holder`, last renewed
     that long ago."""
-    request_id = await running(app, lease_seconds=600)
-    await app.gateway.db.execute(
+    request_id = await running(q.db, lease_seconds=600)
+    await q.db.execute(
         "UPDATE request_logs SET lease_holder = $2, updated_at = now() - make_interval(secs => $3)"
         " WHERE request_id = $1",
         request_id,
@@ -48,65 +67,65 @@ async def held_by(app: App, holder: int, unrenewed_seconds: float) -> str:
     return request_id
 
 
-async def reap(app: App) -> dict[str, bool]:
+async def reap(q: Quiet) -> dict[str, bool]:
     """One reaper pass, as a worker's (two heartbeats unrenewed): the request ids it requeued, each with
     whether its holder was gone (rather than its lease lapsed)."""
-    async with app.gateway.db.acquire() as conn:
+    async with q.db.acquire() as conn:
         _, unlocked = await lifecycle.suspects(conn, 2 * HEARTBEAT)
-        gone = await gone_holders(app.gateway.streams, unlocked)
+        gone = await gone_holders(q.streams, unlocked)
         requeued, failed = await lifecycle.reap_expired(conn, 5, gone, 2 * HEARTBEAT)
     assert not failed
     return {r["request_id"]: r["holder_gone"] for r in requeued}
 
 
-async def test_a_dead_holders_attempt_is_requeued_long_before_its_lease_lapses(app: App) -> None:
-    presence = presence_of(app)
+async def test_a_dead_holders_attempt_is_requeued_long_before_its_lease_lapses(q: Quiet) -> None:
+    presence = presence_of(q)
     await presence.open()
-    request_id = await held_by(app, presence.key, unrenewed_seconds=5)
+    request_id = await held_by(q, presence.key, unrenewed_seconds=5)
     try:
-        assert request_id not in await reap(app), "a live holder's attempt was taken"
+        assert request_id not in await reap(q), "a live holder's attempt was taken"
     finally:
         await presence.close()
     # Its lock goes when its backend sees the client leave (at once), its Redis key two heartbeats later.
     deadline = time.monotonic() + 5
-    while request_id not in (found := await reap(app)) and time.monotonic() < deadline:
+    while request_id not in (found := await reap(q)) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert found.get(request_id) is True
-    row = await app.gateway.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
+    row = await q.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
     assert (row["status"], row["attempt"]) == ("queued", 2)
 
 
-async def test_a_holder_heard_in_either_store_or_renewed_lately_keeps_its_attempts(app: App) -> None:
+async def test_a_holder_heard_in_either_store_or_renewed_lately_keeps_its_attempts(q: Quiet) -> None:
     """Cut off from Postgres (no lock) but refreshing its Redis key; its Redis key lost (a Redis restart)
     while it holds its lock; a beat within two heartbeats: none of them is taken for gone."""
-    presence = presence_of(app)
+    presence = presence_of(q)
     await presence.open()
     try:
-        locked = await held_by(app, presence.key, unrenewed_seconds=5)
-        await app.gateway.streams.delete(presence_key(presence.key))  # Redis restarted; the lock holds
+        locked = await held_by(q, presence.key, unrenewed_seconds=5)
+        await q.streams.delete(presence_key(presence.key))  # Redis restarted; the lock holds
         cut_off, beaten = 2_000_000_001, 2_000_000_002  # keys no process holds a lock for
-        in_redis = await held_by(app, cut_off, unrenewed_seconds=5)
-        await app.gateway.streams.set(presence_key(cut_off), 1, px=10_000)
-        fresh = await held_by(app, beaten, unrenewed_seconds=0)
-        assert not {locked, in_redis, fresh} & set(await reap(app))
-        async with app.gateway.db.acquire() as conn:
+        in_redis = await held_by(q, cut_off, unrenewed_seconds=5)
+        await q.streams.set(presence_key(cut_off), 1, px=10_000)
+        fresh = await held_by(q, beaten, unrenewed_seconds=0)
+        assert not {locked, in_redis, fresh} & set(await reap(q))
+        async with q.db.acquire() as conn:
             assert beaten not in (await lifecycle.suspects(conn, 2 * HEARTBEAT))[1]
             # Even named gone, an attempt renewed within two heartbeats stays.
             requeued, _ = await lifecycle.reap_expired(conn, 5, [beaten], 2 * HEARTBEAT)
             assert fresh not in {r["request_id"] for r in requeued}
-        await app.gateway.streams.delete(presence_key(cut_off))
-        assert set(await reap(app)) & {locked, in_redis, fresh} == {in_redis}
+        await q.streams.delete(presence_key(cut_off))
+        assert set(await reap(q)) & {locked, in_redis, fresh} == {in_redis}
     finally:
         await presence.close()
 
 
-async def test_presence_reconnects_with_its_key(app: App) -> None:
-    presence = presence_of(app)
+async def test_presence_reconnects_with_its_key(q: Quiet) -> None:
+    presence = presence_of(q)
     await presence.open()
 
     async def holder() -> int | None:
         """The backend holding the presence lock of `presence.key`."""
-        pid: int | None = await app.gateway.db.fetchval(
+        pid: int | None = await q.db.fetchval(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted"
             " AND classid = hashtext('relaygate.presence')::oid AND objid = $1::int::oid",
             presence.key,
@@ -115,8 +134,8 @@ async def test_presence_reconnects_with_its_key(app: App) -> None:
 
     try:
         key, backend = presence.key, await holder()
-        assert backend and await app.gateway.streams.exists(presence_key(key))
-        assert await app.gateway.db.fetchval("SELECT pg_terminate_backend($1)", backend)
+        assert backend and await q.streams.exists(presence_key(key))
+        assert await q.db.fetchval("SELECT pg_terminate_backend($1)", backend)
         deadline = time.monotonic() + 10
         while (now := await holder()) in (None, backend) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -127,7 +146,7 @@ async def test_presence_reconnects_with_its_key(app: App) -> None:
 
 
 async def test_a_reconnect_waits_for_its_key_and_keeps_every_key_it_held_present(
-    app: App, monkeypatch: pytest.MonkeyPatch
+    q: Quiet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The connection left may hold the lock a while (its backend has not noticed): the key is taken back
     once free; past OWN_KEY_TRIES a new one is drawn, and the old one's Redis key stays refreshed, so the
@@ -142,20 +161,20 @@ async def test_a_reconnect_waits_for_its_key_and_keeps_every_key_it_held_present
         return await connect(*args, **kwargs)
 
     monkeypatch.setattr("common.platform.presence.asyncpg.connect", gated)
-    presence = presence_of(app)
+    presence = presence_of(q)
     await presence.open()
-    stale = await asyncpg.connect(app.settings.database_url)  # stands in for the backend left behind
+    stale = await asyncpg.connect(q.url)  # stands in for the backend left behind
     try:
         first = presence.key
 
         async def cut_and_hold(hold_seconds: float) -> None:
-            pid = await app.gateway.db.fetchval(
+            pid = await q.db.fetchval(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted"
                 " AND classid = hashtext('relaygate.presence')::oid AND objid = $1::int::oid",
                 presence.key,
             )
             reconnect.clear()
-            await app.gateway.db.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await q.db.fetchval("SELECT pg_terminate_backend($1)", pid)
             while not await stale.fetchval("SELECT pg_try_advisory_lock(hashtext('relaygate.presence'), $1)", first):
                 await asyncio.sleep(0.01)
             reconnect.set()
@@ -172,18 +191,18 @@ async def test_a_reconnect_waits_for_its_key_and_keeps_every_key_it_held_present
         while presence.key == first and time.monotonic() < deadline + 10:
             await asyncio.sleep(0.05)
         assert presence.key != first and presence.keys == [first, presence.key]
-        await app.gateway.streams.delete(presence_key(first))
+        await q.streams.delete(presence_key(first))
         await asyncio.sleep(2 * HEARTBEAT)
-        assert await app.gateway.streams.exists(presence_key(first), presence_key(presence.key)) == 2
+        assert await q.streams.exists(presence_key(first), presence_key(presence.key)) == 2
     finally:
         await stale.close()
         await presence.close()
 
 
-async def test_two_processes_never_share_a_key(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_two_processes_never_share_a_key(q: Quiet, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = iter([7, 7, 8])
     monkeypatch.setattr("common.platform.presence.secrets.randbelow", lambda n: next(keys) - 1)
-    first, second = presence_of(app), presence_of(app)
+    first, second = presence_of(q), presence_of(q)
     await first.open()
     await second.open()
     try:
@@ -193,10 +212,10 @@ async def test_two_processes_never_share_a_key(app: App, monkeypatch: pytest.Mon
         await second.close()
 
 
-async def test_presence_keys_on_a_valkey_cluster(app: App, valkey_cluster: EmbeddedValkeyCluster) -> None:
+async def test_presence_keys_on_a_valkey_cluster(q: Quiet, valkey_cluster: EmbeddedValkeyCluster) -> None:
     """STREAM_REDIS_CLUSTER: the refresh writes a key and a reaper reads many in one MGET (one hash tag)."""
     cluster = connect(valkey_cluster.url, cluster=True, max_connections=4)
-    presence = Presence(app.settings.database_url, cluster, HEARTBEAT)
+    presence = Presence(q.url, cluster, HEARTBEAT)
     await presence.open()
     try:
         absent = 2_000_000_021
@@ -206,39 +225,33 @@ async def test_presence_keys_on_a_valkey_cluster(app: App, valkey_cluster: Embed
         await cluster.aclose()
 
 
-async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_heard_from(app: App) -> None:
+async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_heard_from(q: Quiet) -> None:
     """Postgres was away longer than the lease: every lease lapsed, but a holder still refreshing its Redis
     key is alive and will beat again. A reaper that itself lost Postgres within the last lease spares it;
     one that did not (the holder alone lost Postgres), or a holder not heard from, gets the lease's retry."""
-    arq = await queue.connect(app.settings.queue_redis_url)
-    gw = app.gateway
-    reaper = presence_of(app)
+    settings = q.app.settings.model_copy(update={"database_url": q.url})
+    arq = await queue.connect(settings.queue_redis_url)
+    gw = q.app.gateway
+    reaper = presence_of(q)
     await reaper.open()
-    rt = WorkerRuntime(
-        settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
-    )
+    rt = WorkerRuntime(settings=settings, db=q.db, streams=q.streams, queue=arq, writer=gw.writer, agents=gw.agents)
     rt.presence = reaper
     try:
         alive, silent = 2_000_000_031, 2_000_000_032
-        await gw.streams.set(presence_key(alive), 1, px=60_000)
-        lapsed = {h: await running(app, lease_seconds=-1) for h in (alive, silent)}
+        await q.streams.set(presence_key(alive), 1, px=60_000)
+        lapsed = {h: await running(q.db, lease_seconds=-1) for h in (alive, silent)}
         for holder, request_id in lapsed.items():
-            await gw.db.execute(
-                "UPDATE request_logs SET lease_holder = $2, feature = 'nobody-serves-this' WHERE request_id = $1",
-                request_id,
-                holder,
-            )
+            await q.db.execute("UPDATE request_logs SET lease_holder = $2 WHERE request_id = $1", request_id, holder)
 
         async def statuses() -> dict[int, str]:
-            return {h: (await row_of(app, r))[0] for h, r in lapsed.items()}
+            return {h: (await row_of(q, r))[0] for h, r in lapsed.items()}
 
-        legacy = await running(app, lease_seconds=-1)  # claimed by a worker from before presence: no holder
-        await gw.db.execute("UPDATE request_logs SET feature = 'nobody-serves-this' WHERE request_id = $1", legacy)
+        legacy = await running(q.db, lease_seconds=-1)  # claimed by a worker from before presence: no holder
         rt.postgres_trouble_at = time.monotonic()  # this reaper's own beats just failed too
         await maintenance.reap_once(rt)
         assert await statuses() == {alive: "running", silent: "queued"}
-        assert (await row_of(app, legacy))[0] == "queued"
-        rt.postgres_trouble_at = time.monotonic() - app.settings.lease_seconds - 1  # it never lost Postgres lately
+        assert (await row_of(q, legacy))[0] == "queued"
+        rt.postgres_trouble_at = time.monotonic() - settings.lease_seconds - 1  # it never lost Postgres lately
         await maintenance.reap_once(rt)
         assert await statuses() == {alive: "queued", silent: "queued"}
     finally:
@@ -246,8 +259,8 @@ async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_hear
         await arq.aclose()
 
 
-async def row_of(app: App, request_id: str) -> tuple[str, int]:
-    found = await app.gateway.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
+async def row_of(q: Quiet, request_id: str) -> tuple[str, int]:
+    found = await q.db.fetchrow("SELECT status, attempt FROM request_logs WHERE request_id = $1", request_id)
     return found["status"], found["attempt"]
 
 
