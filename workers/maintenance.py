@@ -114,7 +114,7 @@ async def reap_once(rt: WorkerRuntime) -> None:
     from both stores (common/platform/presence.py) that went two heartbeats unrenewed.
 
     A lease that lapsed while this process too could not reach Postgres (within the last lease) is spared
-    when its holder is heard from in Redis: every worker's beats stopped at once, and a live holder's
+    when its holder is heard from in Redis: every worker's beats stopped at once, and a live holder's beats
     resume with Postgres. Only a holder that stays silent, or one that alone lost Postgres, is retried."""
     s = rt.settings
     unrenewed = 2 * s.heartbeat_seconds
@@ -125,7 +125,7 @@ async def reap_once(rt: WorkerRuntime) -> None:
             _stalled(rt, started)
             outage = time.monotonic() - rt.postgres_trouble_at < s.lease_seconds
             heard_from = await presence.heard(rt.streams, [*unlocked, *(lapsed if outage else [])])
-            gone = [] if heard_from is None else [h for h in unlocked if h not in heard_from]
+            gone = presence.gone(unlocked, heard_from)
             spare = [h for h in lapsed if h in heard_from] if outage and heard_from else []
             requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare)
     except _TRANSIENT:

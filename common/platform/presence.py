@@ -156,8 +156,11 @@ async def heard(streams: StreamsRedis, holders: list[int]) -> set[int] | None:
     return {h for h, seen in zip(holders, found, strict=True) if seen is not None}
 
 
-async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
-    """Of the `unlocked` holders (no presence lock in Postgres), those not heard from in Redis either.
-    Empty while Redis cannot say: the leases decide."""
-    heard_from = await heard(streams, unlocked)
+def gone(unlocked: list[int], heard_from: set[int] | None) -> list[int]:
+    """Of the `unlocked` holders (no presence lock in Postgres), those not `heard_from` in Redis either.
+    Empty while Redis cannot say (None): the leases decide."""
     return [] if heard_from is None else [h for h in unlocked if h not in heard_from]
+
+
+async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
+    return gone(unlocked, await heard(streams, unlocked))
