@@ -29,7 +29,7 @@ from common.flows.model import FlowDefinition, FlowTask
 from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
-from common.platform import metrics, outbound, presence, sink
+from common.platform import outbound, presence, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
@@ -40,7 +40,7 @@ from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
-from workers.maintenance import every
+from workers.maintenance import count_found, every
 from workers.metering import Meter
 from workers.runner import WorkerRuntime
 
@@ -127,8 +127,7 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     correlation_id.set(job.correlation_id)
     runs = RunStore.of(rt)
     try:
-        holder = rt.presence.key if rt.presence else None
-        claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds, holder)
+        claimed = await runs.claim(job.run_id, job.tenant_id, job.attempt, rt.settings.lease_seconds, rt.holder())
     except POSTGRES_ERRORS as exc:
         raise Retry(defer=2) from exc
     if claimed is None:
@@ -521,8 +520,7 @@ async def reap_once(rt: WorkerRuntime) -> None:
     unlocked = await runs.unlocked_holders(unrenewed, lease) if rt.presence else []
     gone = await presence.gone_holders(rt.streams, unlocked)
     requeued, failed = await runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease)
-    for row in [*requeued, *failed]:
-        metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()
+    count_found(requeued, failed)
     for row in requeued:
         log.warning(
             "flow run's worker gone; requeued" if row["holder_gone"] else "flow run lease expired; requeued",

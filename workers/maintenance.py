@@ -134,8 +134,7 @@ async def reap_once(rt: WorkerRuntime) -> None:
     if spare:
         log.warning("Postgres was away: leases of workers heard from in Redis spared", extra={"holders": spare})
     await count_lost(rt, [*requeued, *failed])
-    for row in [*requeued, *failed]:
-        metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()
+    count_found(requeued, failed)
     for row in requeued:
         log.warning(
             "worker gone; requeued" if row["holder_gone"] else "lease expired; requeued",
@@ -146,6 +145,13 @@ async def reap_once(rt: WorkerRuntime) -> None:
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
     await ending.end_elsewhere(rt, failed)
     await repair_endings_once(rt)
+
+
+def count_found(*reaped: list[asyncpg.Record]) -> None:
+    """relaygate_attempts_lost_total for reaped rows (requests or flow runs): found by presence or by lease."""
+    for rows in reaped:
+        for row in rows:
+            metrics.ATTEMPTS_LOST.labels("presence" if row["holder_gone"] else "lease").inc()
 
 
 async def count_lost(rt: WorkerRuntime, rows: list[asyncpg.Record]) -> None:

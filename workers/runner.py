@@ -87,11 +87,12 @@ class WorkerRuntime:
         self.budgets = BudgetBook(self.db, self.settings)
         self.tools = McpPool(self.settings)
         self.flusher = Flusher(self.settings, self.writer, self.active)
-        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns, self._holder)
+        self.claims = ClaimBatcher(self.db, self.settings.lease_seconds, self.settings.history_turns, self.holder)
         self.priority = StartPriority(self.settings.worker_start_priority_ms, self.idle_seconds)
         self.ended = ending.EndedMarks(self.db)
 
-    def _holder(self) -> int | None:
+    def holder(self) -> int | None:
+        """The presence key this process's claims record (None without presence)."""
         return self.presence.key if self.presence else None
 
     @contextlib.contextmanager
