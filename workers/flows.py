@@ -34,6 +34,7 @@ from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
 from common.platform.outages import POSTGRES_ERRORS, outlast
+from common.queue.worker import settled
 from common.requests import intake
 from common.requests import repository as request_repo
 from common.requests.models import IntegrationType, RequestBody
@@ -132,6 +133,7 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
+    settled(ctx)
     row = await rt.db.fetchrow(
         "SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", job.run_id, job.tenant_id
     )

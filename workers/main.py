@@ -130,6 +130,7 @@ def build_worker(settings: Settings, feature: str, idle_seconds: Callable[[], fl
         max_lag_ms=settings.worker_max_lag_ms,
         admit_batch=settings.worker_admit_batch,
         in_progress_seconds=settings.lease_seconds,
+        take_seconds=2 * settings.heartbeat_seconds,  # as long as a dead process's presence key lives
         on_drain=drain,
         on_lag=observe_lag,
         warm=warm,

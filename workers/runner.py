@@ -30,6 +30,7 @@ from common.platform.outages import STORE_ERRORS
 from common.platform.presence import Presence
 from common.platform.settings import Settings
 from common.queue import enqueue as queue
+from common.queue.worker import settled
 from common.requests import ending, lifecycle
 from common.requests.limits import Limits
 from common.requests.models import JobPayload
@@ -150,12 +151,12 @@ async def process_request(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     correlation_id.set(payload.correlation_id)
     start = rt.priority.start()
     try:
-        return await _claim_and_execute(rt, payload, start)
+        return await _claim_and_execute(rt, payload, start, lambda: settled(ctx))
     finally:
         start.done()
 
 
-async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Start) -> str:
+async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Start, in_hand: Callable[[], None]) -> str:
     try:
         claimed = await rt.claims.claim(payload)
     except STORE_ERRORS as exc:
@@ -163,6 +164,7 @@ async def _claim_and_execute(rt: WorkerRuntime, payload: JobPayload, start: Star
         raise Retry(defer=2) from exc
     if claimed is None:
         return "skipped"
+    in_hand()
     run = Attempt(
         payload,
         user_id=claimed.row["user_id"],

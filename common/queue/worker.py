@@ -13,8 +13,10 @@ waited COLD_JOB_AGE_SECONDS: a warm worker takes a job within milliseconds, so a
 nobody faster to run it, and a replacement helps at once under a backlog without holding
 requests a warm peer would have started already.
 
-A job's in-progress key lives one lease (`in_progress_seconds`) and is renewed while the job runs,
-so a job taken by a worker that died is taken again within a lease, whatever its timeout. A Redis
+A job's in-progress key is renewed while the job runs. Until the job says it is in hand (`settled`: its
+claim is in Postgres, where the reaper finds it if this process dies) the key lives `take_seconds` (two
+heartbeats), so a job taken by a worker that died before its claim is taken again within seconds; after,
+one lease (`in_progress_seconds`), whatever the job's timeout. A Redis
 or Postgres outage makes the loop wait and reconnect (common.platform.outages); it never exits for one.
 """
 
@@ -43,6 +45,12 @@ BACKLOG_RECHECK_SECONDS = 0.02
 PAGE_SLACK = 64
 
 
+def settled(ctx: dict[str, Any]) -> None:
+    """Tell the worker running this job that the job is in hand: its in-progress key may live a lease."""
+    if (settle := ctx.get("settle")) is not None:
+        settle(ctx["job_id"])
+
+
 class RelayWorker(Worker):
     def __init__(
         self,
@@ -51,6 +59,7 @@ class RelayWorker(Worker):
         admit_batch: int,
         on_drain: Callable[[], None],
         in_progress_seconds: float,
+        take_seconds: float | None = None,
         on_lag: Callable[[float], None] | None = None,
         warm: Callable[[], bool] | None = None,
         **kwargs: Any,
@@ -58,6 +67,10 @@ class RelayWorker(Worker):
         super().__init__(*args, **kwargs)
         self.warm = warm
         self.in_progress_timeout_s = in_progress_seconds
+        self.take_s = min(take_seconds or in_progress_seconds, in_progress_seconds)
+        self.unsettled: set[str] = set()  # running here, their keys living `take_s`
+        self.settling: set[str] = set()  # settled since the last renewal: their keys get a lease next
+        self.ctx["settle"] = self.settle
         self.wake_key = queue_wake_key(self.queue_name)
         self.max_lag = max_lag_ms / 1000
         self.admit_batch = max(1, admit_batch)
@@ -87,6 +100,7 @@ class RelayWorker(Worker):
             asyncio.create_task(self._listen()),
             asyncio.create_task(self._probe_lag()),
             asyncio.create_task(self._hold_in_progress()),
+            asyncio.create_task(self._hold_taken()),
         ]
         try:
             while True:
@@ -108,6 +122,8 @@ class RelayWorker(Worker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                self.unsettled.discard(job_id)
+                self.settling.discard(job_id)
                 if not task.cancelled() and (error := task.exception()) is not None:
                     log.warning(
                         "job bookkeeping failed; it runs again after its in-progress key lapses",
@@ -115,21 +131,37 @@ class RelayWorker(Worker):
                     )
         await self.heart_beat()
 
+    def settle(self, job_id: str) -> None:
+        if job_id in self.unsettled:
+            self.unsettled.discard(job_id)
+            self.settling.add(job_id)
+
     async def _hold_in_progress(self) -> None:
-        """Renew the in-progress keys of the jobs running here, three times a lease."""
-        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        """Renew the in-progress keys of the settled jobs running here for a lease, three times a lease."""
         while True:
             await asyncio.sleep(self.in_progress_timeout_s / 3)
-            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-            if not running:
-                continue
-            try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
-                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
-                    await pipe.execute()
-            except STORE_ERRORS as exc:
-                log.warning("renewing in-progress keys failed", extra={"error": repr(exc)})
+            held = [job_id for job_id, task in self.tasks.items() if not task.done() and job_id not in self.unsettled]
+            await self._renew(dict.fromkeys(held, self.in_progress_timeout_s))
+
+    async def _hold_taken(self) -> None:
+        """Three times per `take_s`: renew the keys of the jobs not settled yet for `take_s`, and give the
+        jobs settled since the last time a lease."""
+        while True:
+            await asyncio.sleep(self.take_s / 3)
+            settling, self.settling = self.settling, set()
+            taken = [job_id for job_id in self.unsettled if (task := self.tasks.get(job_id)) and not task.done()]
+            await self._renew(dict.fromkeys(taken, self.take_s) | dict.fromkeys(settling, self.in_progress_timeout_s))
+
+    async def _renew(self, seconds: dict[str, float]) -> None:
+        if not seconds:
+            return
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id, ttl in seconds.items():
+                    pipe.pexpire(in_progress_key_prefix + job_id, int(ttl * 1000))
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            log.warning("renewing in-progress keys failed", extra={"error": repr(exc)})
 
     async def _wait(self) -> None:
         """Until there may be work: a wake, a finished job (when jobs were left queued), or a timeout."""
@@ -199,7 +231,7 @@ class RelayWorker(Worker):
             return
         async with self.pool.pipeline(transaction=False) as pipe:
             for job_id in chosen:
-                pipe.set(in_progress_key_prefix + job_id, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
+                pipe.set(in_progress_key_prefix + job_id, b"1", px=int(self.take_s * 1000), nx=True)
                 pipe.zscore(self.queue_name, job_id)
             replies = await pipe.execute()
         now = timestamp_ms()
@@ -216,6 +248,7 @@ class RelayWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(score)))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+            self.unsettled.add(job_id)
         if stale:
             await self.pool.delete(*stale)
 

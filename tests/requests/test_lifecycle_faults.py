@@ -45,7 +45,10 @@ def row_locked(database_url: str, request_id: str) -> Iterator[None]:
         holder.join(30)
 
 
-def test_a_job_taken_by_a_worker_that_dies_before_its_claim_runs_again_within_a_lease(new_stack: Stack) -> None:
+def test_a_job_taken_by_a_worker_that_dies_before_its_claim_runs_again_in_seconds(new_stack: Stack) -> None:
+    """With a 60 s lease (HEARTBEAT_SECONDS 0.5): a taker waiting on its claim keeps the job, and one killed
+    before its claim lets it go within two heartbeats, not a lease."""
+    lease, heartbeat = 60, 0.5
     new_stack.start_gateway()
     queue = redis.Redis.from_url(new_stack.infra.redis_url)
     with new_stack.client() as c:
@@ -56,16 +59,23 @@ def test_a_job_taken_by_a_worker_that_dies_before_its_claim_runs_again_within_a_
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["request_id"]
         in_progress = in_progress_key_prefix + request_id
+        started = f"{request_id}:process_request"  # ARQ's log line of a job it starts
         with row_locked(new_stack.infra.database_url, request_id):
-            first = new_stack.start_worker("unclaimed")
+            first = new_stack.start_worker("unclaimed", LEASE_SECONDS=str(lease))
             wait_until(lambda: queue.exists(in_progress), 30, "the worker to take the job")
-            # The key lives one lease (LEASE_SECONDS=3 here), not the longest job timeout + 10 s (a day).
-            assert 0 < queue.pttl(in_progress) <= 3000
+            # Unclaimed, the key lives two heartbeats (renewed while the claim waits), not a lease or the
+            # longest job timeout + 10 s (a day); a peer started meanwhile finds the job taken.
+            second = new_stack.start_worker("unclaimed", LEASE_SECONDS=str(lease))
+            time.sleep(4 * heartbeat)
+            assert 0 < queue.pttl(in_progress) <= 2 * heartbeat * 1000
+            assert started not in new_stack.worker_log(second)
             os.kill(first.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
             first.wait(10)
-        new_stack.start_worker("unclaimed")
-        stored = wait_status(c, request_id, {"completed", "failed"}, timeout=60)
+        stored = wait_status(c, request_id, {"completed", "failed"}, timeout=lease / 2)
         assert stored["status"] == "completed", (stored, new_stack.logs())
+        assert time.monotonic() - killed_at < lease / 4, "the job waited for a lease"
+        assert started in new_stack.worker_log(second)
         events = read_until(c, accepted.json()["stream_url"], done_for(request_id), params={"from": "0-0"})
         assert [e.event for e in events].count("done") == 1
 

@@ -13,13 +13,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
+from arq.constants import in_progress_key_prefix
 
 from common.platform.keys import presence_key
 from common.platform.presence import Presence, gone_holders
 from common.queue import enqueue as queue
 from common.requests import lifecycle
 from common.streams.protocol import StreamsRedis, connect
-from tests.conftest import Stack
+from tests.conftest import Stack, wait_until
 from tests.requests.test_heartbeat import running
 from tests.support.app import App
 from tests.support.cluster import EmbeddedValkeyCluster
@@ -280,6 +282,9 @@ def test_kill_9_mid_reply_resumes_before_the_lease_would_lapse(stack: Stack) -> 
             json={"content": "gone", "agent_id": "chaos", "new_session": True, "metadata": offline(150, 30)},
         ).json()
         seen = read_until(c, r["stream_url"], lambda e: e.event == "token" and e.json()["seq"] >= 4)
+        # Claimed, its job's in-progress key lives a lease again (two heartbeats while the claim was pending).
+        jobs = redis.Redis.from_url(stack.infra.redis_url)
+        wait_until(lambda: jobs.pttl(in_progress_key_prefix + r["request_id"]) > 2000, 5, "the key to live a lease")
         os.kill(stack.worker_running(r["request_id"]), signal.SIGKILL)
         killed_at = time.monotonic()
         rest = read_until(c, r["stream_url"], lambda e: e.event == "run.retrying", last_event_id=seen[-1].id)
