@@ -41,7 +41,7 @@ from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
-from workers.maintenance import count_found, every
+from workers.maintenance import TRANSIENT, count_found, every, troubled
 from workers.metering import Meter
 from workers.runner import WorkerRuntime
 
@@ -515,13 +515,22 @@ async def _finish(run: Execution, status: str, error: str | None) -> str:
 
 
 async def reap_once(rt: WorkerRuntime) -> None:
-    """Requeue runs whose executor was lost (as workers.maintenance.reap_once finds lost requests); fail those
-    lost too often (ending their streams)."""
+    """Requeue runs whose executor was lost (as workers.maintenance.reap_once finds lost requests, with the
+    same outage rule); fail those lost too often (ending their streams)."""
     runs = RunStore.of(rt)
     unrenewed, lease = 2 * rt.settings.heartbeat_seconds, rt.settings.lease_seconds
-    unlocked = await runs.unlocked_holders(unrenewed, lease) if rt.presence else []
-    gone = await presence.gone_holders(rt.streams, unlocked)
-    requeued, failed = await runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease)
+    started = time.monotonic()
+    try:
+        lapsed, unlocked = await runs.suspects(unrenewed, lease) if rt.presence else ([], [])
+        gone, spare = await presence.judge(rt.streams, lapsed, unlocked, troubled(rt, started))
+        requeued, failed = await runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease, spare)
+    except TRANSIENT:
+        rt.postgres_trouble_at = time.monotonic()
+        raise
+    if spare:
+        log.warning(
+            "Postgres was away: flow runs' leases of workers heard from in Redis spared", extra={"holders": spare}
+        )
     count_found(requeued, failed)
     for row in requeued:
         log.warning(

@@ -30,7 +30,7 @@ from workers.runner import WorkerRuntime
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-_TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
+TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
 
 
 CHECKPOINT_EVERY = 10
@@ -96,7 +96,7 @@ async def heartbeats(rt: WorkerRuntime) -> None:
             _stalled(rt, started)
             beat += 1
             await asyncio.sleep(rt.settings.heartbeat_seconds)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             rt.postgres_trouble_at = time.monotonic()
             log.warning("heartbeat failed; retrying", extra={"error": repr(exc)})
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
@@ -107,6 +107,13 @@ def _stalled(rt: WorkerRuntime, started: float) -> None:
     now = time.monotonic()
     if now - started > rt.settings.heartbeat_seconds:
         rt.postgres_trouble_at = now
+
+
+def troubled(rt: WorkerRuntime, started: float) -> bool:
+    """Whether this process saw Postgres fail or stall within the last lease, counting a stall since
+    `started` (a reaper's outage rule: see reap_once)."""
+    _stalled(rt, started)
+    return time.monotonic() - rt.postgres_trouble_at < rt.settings.lease_seconds
 
 
 async def reap_once(rt: WorkerRuntime) -> None:
@@ -122,13 +129,9 @@ async def reap_once(rt: WorkerRuntime) -> None:
     try:
         async with rt.db.acquire() as conn:
             lapsed, unlocked = await lifecycle.suspects(conn, unrenewed) if rt.presence else ([], [])
-            _stalled(rt, started)
-            outage = time.monotonic() - rt.postgres_trouble_at < s.lease_seconds
-            heard_from = await presence.heard(rt.streams, [*unlocked, *(lapsed if outage else [])])
-            gone = presence.gone(unlocked, heard_from)
-            spare = [h for h in lapsed if h in heard_from] if outage and heard_from else []
+            gone, spare = await presence.judge(rt.streams, lapsed, unlocked, troubled(rt, started))
             requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare)
-    except _TRANSIENT:
+    except TRANSIENT:
         rt.postgres_trouble_at = time.monotonic()
         raise
     if spare:
@@ -223,7 +226,7 @@ async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:
         await asyncio.sleep(seconds)
         try:
             await step(rt)  # type: ignore[operator]
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning("maintenance step failed", extra={"step": getattr(step, "__name__", ""), "error": repr(exc)})
         except Exception:
             log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})

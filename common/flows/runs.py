@@ -263,33 +263,44 @@ class RunStore:
         )
         return done is not None
 
-    async def unlocked_holders(self, unrenewed_seconds: float, lease_seconds: float) -> list[int]:
-        """Holders of running runs unrenewed for `unrenewed_seconds` (a beat sets the lease `lease_seconds`
-        ahead) that hold no presence lock (common.platform.presence.gone_holders tells dead from cut off)."""
+    async def suspects(self, unrenewed_seconds: float, lease_seconds: float) -> tuple[list[int], list[int]]:
+        """Holders of running runs that may be lost (as common.requests.lifecycle.suspects): (those with a
+        lapsed lease, those with a run unrenewed for `unrenewed_seconds` within its lease and no presence
+        lock). A beat sets the lease `lease_seconds` ahead."""
         rows = await self.db.fetch(
             f"""
-            SELECT DISTINCT lease_holder FROM flow_runs_audit
-             WHERE status = 'RUNNING' AND lease_holder IS NOT NULL AND lease_expires_at >= now()
-               AND lease_expires_at < now() + make_interval(secs => $2::float8 - $1::float8) AND {UNLOCKED}
+            SELECT lease_holder, bool_or(lease_expires_at < now()) AS lapsed,
+                   bool_or(lease_expires_at >= now() AND {UNLOCKED}) AS unlocked
+              FROM flow_runs_audit
+             WHERE status = 'RUNNING' AND lease_holder IS NOT NULL
+               AND lease_expires_at < now() + make_interval(secs => $2::float8 - $1::float8)
+             GROUP BY lease_holder
             """,
             unrenewed_seconds,
             lease_seconds,
         )
-        return [r["lease_holder"] for r in rows]
+        return [r["lease_holder"] for r in rows if r["lapsed"]], [r["lease_holder"] for r in rows if r["unlocked"]]
 
     async def reap_expired(
-        self, max_attempts: int, gone: list[int] | None = None, unrenewed_seconds: float = 0, lease_seconds: float = 0
+        self,
+        max_attempts: int,
+        gone: list[int] | None = None,
+        unrenewed_seconds: float = 0,
+        lease_seconds: float = 0,
+        spare: list[int] | None = None,
     ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        """Runs whose executor was lost, back to PENDING with the next attempt, or FAILED: their lease lapsed,
-        or they went `unrenewed_seconds` unrenewed and their holder is one of the `gone` processes. Each row
-        comes with `holder_gone` (found by its holder, before its lease lapsed)."""
+        """Runs whose executor was lost, back to PENDING with the next attempt, or FAILED: their lease lapsed
+        (unless its holder is one of the `spare` processes), or they went `unrenewed_seconds` unrenewed and
+        their holder is one of the `gone` processes. Each row comes with `holder_gone` (found by its holder,
+        before its lease lapsed)."""
         lost = f"""
             SELECT id, lease_expires_at >= now() AS holder_gone FROM flow_runs_audit
-             WHERE status = 'RUNNING' AND (lease_expires_at < now() OR (
-                   lease_holder = ANY($2::int[])
+             WHERE status = 'RUNNING' AND (
+                   (lease_expires_at < now() AND NOT coalesce(lease_holder = ANY($5::int[]), false))
+                OR (lease_holder = ANY($2::int[])
                    AND lease_expires_at < now() + make_interval(secs => $4::float8 - $3::float8) AND {UNLOCKED}))
         """
-        args = (max_attempts, gone or [], unrenewed_seconds, lease_seconds)
+        args = (max_attempts, gone or [], unrenewed_seconds, lease_seconds, spare or [])
         async with self.db.acquire() as conn, conn.transaction():
             requeued = await conn.fetch(
                 f"""

@@ -5,7 +5,7 @@ Postgres drops the lock as soon as that connection closes, and the kernel closes
 however it dies (kill -9, the OOM killer, a crashed container); the Redis key expires two heartbeats after
 the last refresh. Every claim records the claiming process's key (`lease_holder` of a request or a flow
 run), and a reaper requeues a running attempt at once, rather than at its lease's end, when it went two
-heartbeats unrenewed and its holder is present in neither store (`UNLOCKED`, then `gone_holders`). Either
+heartbeats unrenewed and its holder is present in neither store (`UNLOCKED`, then `judge`). Either
 store alone would mistake a live worker for a dead one: a worker cut off from Postgres for a moment loses
 its lock but keeps its key (and its reply streaming), a Redis restart loses every key while the locks
 hold. A worker that is only slow or frozen keeps its connection, and so its lock: its attempts wait out
@@ -162,5 +162,13 @@ def gone(unlocked: list[int], heard_from: set[int] | None) -> list[int]:
     return [] if heard_from is None else [h for h in unlocked if h not in heard_from]
 
 
-async def gone_holders(streams: StreamsRedis, unlocked: list[int]) -> list[int]:
-    return gone(unlocked, await heard(streams, unlocked))
+async def judge(
+    streams: StreamsRedis, lapsed: list[int], unlocked: list[int], outage: bool
+) -> tuple[list[int], list[int]]:
+    """(gone, spare): the `unlocked` holders heard from in neither store; and, when this process saw its own
+    Postgres fail within the last lease (`outage`), the `lapsed` holders heard from in Redis, alive (every
+    worker's beats stopped at once, and theirs resume with Postgres). Nothing either way while Redis cannot
+    say: the leases decide."""
+    heard_from = await heard(streams, [*unlocked, *(lapsed if outage else [])])
+    spare = [h for h in lapsed if h in heard_from] if outage and heard_from else []
+    return gone(unlocked, heard_from), spare

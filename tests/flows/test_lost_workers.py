@@ -9,7 +9,7 @@ from typing import Any
 
 from common.flows.runs import RunStore
 from common.platform.keys import presence_key
-from common.platform.presence import gone_holders
+from common.platform.presence import judge
 from tests.flows.conftest import dag, task
 
 LEASE, UNRENEWED = 600.0, 0.5
@@ -38,7 +38,8 @@ async def test_a_gone_holders_run_is_requeued_and_a_present_ones_kept(gateway_ap
             )
     # The suite's workers reap these runs too (the same rule): whoever does, the state must come out right.
     for _ in range(3):
-        gone_now = await gone_holders(gw.gateway.streams, await runs.unlocked_holders(UNRENEWED, LEASE))
+        _, unlocked = await runs.suspects(UNRENEWED, LEASE)
+        gone_now, _ = await judge(gw.gateway.streams, [], unlocked, outage=False)
         assert present not in gone_now
         _, failed = await runs.reap_expired(5, gone_now, UNRENEWED, LEASE)
         assert not failed

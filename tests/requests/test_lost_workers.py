@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import redis
 from arq.constants import in_progress_key_prefix
 
 from common.platform.keys import presence_key
-from common.platform.presence import Presence, gone_holders
+from common.platform.presence import Presence, judge
 from common.queue import enqueue as queue
 from common.requests import lifecycle
 from common.streams.protocol import StreamsRedis, connect
@@ -26,7 +27,7 @@ from tests.requests.test_heartbeat import running
 from tests.support.app import App
 from tests.support.cluster import EmbeddedValkeyCluster
 from tests.support.streams import done_for, offline, read_until, text_of, wait_status
-from workers import maintenance
+from workers import flows, maintenance
 from workers.offline_model import compose_reply
 from workers.runner import WorkerRuntime
 
@@ -74,7 +75,7 @@ async def reap(q: Quiet) -> dict[str, bool]:
     whether its holder was gone (rather than its lease lapsed)."""
     async with q.db.acquire() as conn:
         _, unlocked = await lifecycle.suspects(conn, 2 * HEARTBEAT)
-        gone = await gone_holders(q.streams, unlocked)
+        gone, _ = await judge(q.streams, [], unlocked, outage=False)
         requeued, failed = await lifecycle.reap_expired(conn, 5, gone, 2 * HEARTBEAT)
     assert not failed
     return {r["request_id"]: r["holder_gone"] for r in requeued}
@@ -221,7 +222,7 @@ async def test_presence_keys_on_a_valkey_cluster(q: Quiet, valkey_cluster: Embed
     await presence.open()
     try:
         absent = 2_000_000_021
-        assert await gone_holders(cluster, [presence.key, absent]) == [absent]
+        assert await judge(cluster, [], [presence.key, absent], outage=False) == ([absent], [])
     finally:
         await presence.close()
         await cluster.aclose()
@@ -230,7 +231,8 @@ async def test_presence_keys_on_a_valkey_cluster(q: Quiet, valkey_cluster: Embed
 async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_heard_from(q: Quiet) -> None:
     """Postgres was away longer than the lease: every lease lapsed, but a holder still refreshing its Redis
     key is alive and will beat again. A reaper that itself lost Postgres within the last lease spares it;
-    one that did not (the holder alone lost Postgres), or a holder not heard from, gets the lease's retry."""
+    one that did not (the holder alone lost Postgres), or a holder not heard from, gets the lease's retry.
+    Requests and flow runs alike."""
     settings = q.app.settings.model_copy(update={"database_url": q.url})
     arq = await queue.connect(settings.queue_redis_url)
     gw = q.app.gateway
@@ -245,20 +247,47 @@ async def test_a_lapsed_lease_is_spared_after_an_outage_while_its_holder_is_hear
         for holder, request_id in lapsed.items():
             await q.db.execute("UPDATE request_logs SET lease_holder = $2 WHERE request_id = $1", request_id, holder)
 
-        async def statuses() -> dict[int, str]:
-            return {h: (await row_of(q, r))[0] for h, r in lapsed.items()}
+        runs = {h: await running_run(q.db, h) for h in (alive, silent)}
+
+        async def statuses() -> dict[int, tuple[str, str]]:
+            return {h: ((await row_of(q, lapsed[h]))[0], await run_status(q.db, runs[h])) for h in lapsed}
+
+        async def reap() -> None:
+            await maintenance.reap_once(rt)
+            await flows.reap_once(rt)
 
         legacy = await running(q.db, lease_seconds=-1)  # claimed by a worker from before presence: no holder
+        legacy_run = await running_run(q.db, None)
         rt.postgres_trouble_at = time.monotonic()  # this reaper's own beats just failed too
-        await maintenance.reap_once(rt)
-        assert await statuses() == {alive: "running", silent: "queued"}
+        await reap()
+        assert await statuses() == {alive: ("running", "RUNNING"), silent: ("queued", "PENDING")}
         assert (await row_of(q, legacy))[0] == "queued"
+        assert await run_status(q.db, legacy_run) == "PENDING"
         rt.postgres_trouble_at = time.monotonic() - settings.lease_seconds - 1  # it never lost Postgres lately
-        await maintenance.reap_once(rt)
-        assert await statuses() == {alive: "queued", silent: "queued"}
+        await reap()
+        assert await statuses() == {alive: ("queued", "PENDING"), silent: ("queued", "PENDING")}
     finally:
         await reaper.close()
         await arq.aclose()
+
+
+async def running_run(db: asyncpg.Pool, holder: int | None) -> str:
+    """A flow run claimed by the process with presence key `holder`, its lease lapsed a second ago."""
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    await db.execute(
+        "INSERT INTO flow_runs_audit (run_id, correlation_id, flow_id, tenant_id, user_id, input_data, session_id,"
+        " status, lease_holder, lease_expires_at, started_at)"
+        " VALUES ($1, $1, 'f1', 't-outage', 'alice', '{}', gen_random_uuid(), 'RUNNING', $2,"
+        " now() - interval '1 second', now())",
+        run_id,
+        holder,
+    )
+    return run_id
+
+
+async def run_status(db: asyncpg.Pool, run_id: str) -> str:
+    status: str = await db.fetchval("SELECT status FROM flow_runs_audit WHERE run_id = $1", run_id)
+    return status
 
 
 async def row_of(q: Quiet, request_id: str) -> tuple[str, int]:
