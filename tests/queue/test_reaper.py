@@ -76,7 +76,9 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
 
     monkeypatch.setattr(flows.RunStore, "of", lambda rt: SimpleNamespace(reap_expired=reap_expired))
     monkeypatch.setattr(flows, "enqueue_run", enqueue_run)
-    rt: Any = SimpleNamespace(queue=object(), streams=None, presence=None, settings=Settings())
+    rt: Any = SimpleNamespace(
+        queue=object(), streams=None, presence=None, settings=Settings(), postgres_trouble_at=float("-inf")
+    )
 
     await flows.reap_once(rt)
 
