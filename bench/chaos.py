@@ -4,10 +4,11 @@
     .venv/bin/python bench/chaos.py --duration 120 --clients 30 --worker-kills 10
 
 Starts its own embedded Postgres and Valkey (AOF on), 2 gateways and 3 agent workers on loopback
-(LEASE_SECONDS=4, HEARTBEAT_SECONDS=0.5), and 60 clients that each follow their own session over SSE
-through a random live gateway. During the run: worker kill -9s (each restarted at once), gateway
+(LEASE_SECONDS=4, HEARTBEAT_SECONDS=0.5), 60 clients that each follow their own session over SSE
+through a random live gateway, and 6 that each start flow runs one after another and follow each
+run's stream (bench/chaos_runs.py). During the run: worker kill -9s (each restarted at once), gateway
 SIGTERM drains and a kill -9 (restarted on the same port), a Valkey restart and a Postgres pause
-(SIGSTOP of the postmaster and its children). Then every request is checked (bench/chaos_verify.py).
+(SIGSTOP of the postmaster and its children). Then every request and every run is checked.
 Prints the figures and the anomalies by kind; exits 1 on any anomaly. See bench/README.md ("Chaos").
 """
 
@@ -37,12 +38,13 @@ import run as bench
 from chaos_clients import Pace, SessionClient, Traffic
 from chaos_cluster import Cluster, Proc
 from chaos_report import Anomalies, fmt_spread, log, spread
+from chaos_runs import RunClient, active_runs, load_runs, verify_runs
 from chaos_verify import Verifier, active_rows, catch_up, load_rows, read_stream, usage_mismatches
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from common.platform.credentials import mint_token
-from common.platform.keys import stream_key
+from common.platform.keys import run_stream_key, stream_key
 from common.platform.settings import Settings
 
 EXPECTED_CLOSE_SLACK = 2.0
@@ -155,13 +157,14 @@ class Faults:
             log(f"postgres restart: back after {record['down_seconds']} s")
 
 
-async def progress(clients: list[SessionClient], cluster: Cluster, every: float = 15) -> None:
+async def progress(clients: list[SessionClient], runners: list[RunClient], cluster: Cluster, every: float = 15) -> None:
     while True:
         await asyncio.sleep(every)
         done = sum(len(c.done) for c in clients)
+        runs = sum(1 for c in runners for r in c.runs if r.done_at)
         ready = sum(1 for p in cluster.worker_procs if p is not None and p.alive() and p.ready_at)
         log(
-            f"{done} requests done; gateways up {len(cluster.up)}/{cluster.gateways}, workers ready "
+            f"{done} requests and {runs} runs done; gateways up {len(cluster.up)}/{cluster.gateways}, workers ready "
             f"{ready}/{cluster.workers}; faults {len(cluster.faults)}; anomalies so far "
             f"{sum(cluster.anomalies.counts.values())}"
         )
@@ -172,6 +175,7 @@ async def settle(
     cluster: Cluster,
     tenant: str,
     clients: list[SessionClient],
+    runners: list[RunClient],
     senders: list[asyncio.Task[None]],
 ) -> None:
     """After the traffic stops and every process is up again: until every turn ended and nothing is
@@ -183,12 +187,12 @@ async def settle(
     said = 0.0
     while time.monotonic() < deadline:
         pending = sum(not t.done() for t in senders)
-        unfinished = sum(len(c.open_requests()) for c in clients)
-        active = await active_rows(cluster.database_url, tenant)
+        unfinished = sum(len(c.open_requests()) for c in clients) + sum(c.open_runs() for c in runners)
+        active = await active_rows(cluster.database_url, tenant) + await active_runs(cluster.database_url, tenant)
         if not pending and not unfinished and not active:
             return
         if time.monotonic() - said > 10:
-            log(f"settling: {pending} clients waiting, {unfinished} requests without done, {active} rows active")
+            log(f"settling: {pending} clients waiting, {unfinished} requests or runs without done, {active} active")
             said = time.monotonic()
         await asyncio.sleep(1)
     log(f"settle period of {args.settle:g} s over; what is still open is stuck")
@@ -228,6 +232,13 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
         f"{r['announced_not_stored']} announced but not stored); {r['with_anomalies']} with an anomaly"
     )
     print(f"stream entries: {f['entries']['in_streams']} in streams, {f['entries']['received']} received by clients")
+    if "runs" in f:
+        n = f["runs"]
+        print(
+            f"flow runs: {n['total']} ({n['by_status']}; {n['retried']} retried; {n['entries_received']} run entries "
+            f"received); first POST -> done: {fmt_spread(n['seconds'])}"
+        )
+        print(f"    a retried run's last entry -> its next attempt's first: {fmt_spread(n['takeover_gap'])}")
     k = f["kill_to_next_token"]
     print(f"worker kill -> next token of an affected request ({k['affected_requests']} requests):")
     print(f"    written:  {fmt_spread(k['written'])}")
@@ -273,6 +284,7 @@ class Run:
 
     tenant: str
     clients: list[SessionClient]
+    runners: list[RunClient]
     traffic: Traffic
     faults: Faults
     t0: float
@@ -300,15 +312,28 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
         )
         for i in range(args.clients)
     ]
+    runners = [
+        RunClient(
+            i,
+            http,
+            cluster.live_ports,
+            mint_token(settings, user_id=f"runner-{i}", tenant_id=tenant),
+            tenant,
+            traffic,
+            rng.randrange(2**32),
+        )
+        for i in range(args.run_clients)
+    ]
     faults = Faults(cluster, rng, args)
     senders: list[asyncio.Task[None]] = []
-    reporter = asyncio.create_task(progress(clients, cluster))
+    reporter = asyncio.create_task(progress(clients, runners, cluster))
     try:
         await asyncio.gather(*(c.open_session() for c in clients))
         log(f"{len(clients)} clients following their sessions; faults for {args.duration:g} s")
         stop = asyncio.Event()
         t0 = time.time()
         senders = [asyncio.create_task(c.converse(stop), name=f"sender-{c.index}") for c in clients]
+        senders += [asyncio.create_task(c.converse(stop), name=f"runner-{c.index}") for c in runners]
         fault_task = asyncio.create_task(faults.run(plan_faults(args, rng), t0))
         done, _ = await asyncio.wait([fault_task, watcher], return_when=asyncio.FIRST_COMPLETED)
         if watcher in done:
@@ -318,7 +343,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
         stop.set()
         seconds = time.time() - t0
         log(f"traffic stopped after {seconds:.0f} s; waiting for every request to end")
-        await settle(args, cluster, tenant, clients, senders)
+        await settle(args, cluster, tenant, clients, runners, senders)
         for task in senders:
             task.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
@@ -329,7 +354,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             await redis.aclose()
         if watcher.done():
             watcher.result()
-        return Run(tenant, clients, traffic, faults, t0, seconds, tails)
+        return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails)
     finally:
         for task in [watcher, reporter, *senders, *(c.reader for c in clients if c.reader)]:
             task.cancel()
@@ -342,16 +367,21 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
 async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict[str, Any]:
     """Every request verified; the figures of the run."""
     anomalies = cluster.anomalies
+    runs = await load_runs(cluster.database_url, run.tenant)
     redis = Redis.from_url(cluster.redis_url)
     try:
-        streams = {
-            c.session_id: await read_stream(redis, stream_key(c.session_id, buckets(cluster))) for c in run.clients
-        }
+        # The agent tasks' requests are in their runs' sessions, which no session client follows.
+        sessions = {c.session_id for c in run.clients} | {r["session_id"] for r in runs.values()}
+        streams = {s: await read_stream(redis, stream_key(s, buckets(cluster))) for s in sessions}
+        run_streams = {r: await read_stream(redis, run_stream_key(r, buckets(cluster))) for r in runs}
     finally:
         await redis.aclose()
     rows = await load_rows(cluster.database_url, run.tenant)
     verifier = Verifier(anomalies)
     by_request = verifier.requests(streams, rows)
+    replies = {r: row["response_content"] for r, row in rows.items() if row["status"] == "completed"}
+    tokens = int(cluster.env().get("OFFLINE_MODEL_TOKENS", Settings().offline_model_tokens))
+    verify_runs(verifier, run.runners, run_streams, runs, replies, tokens)
     verifier.clients(run.clients, streams, run.tails)
     verifier.kills(cluster.kills, by_request, run.clients)
     turns = [t for c in run.clients for t in c.turns]
@@ -407,6 +437,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=240, help="seconds of traffic with faults")
     p.add_argument("--warmup", type=float, default=15, help="seconds before the first fault")
     p.add_argument("--clients", type=int, default=60)
+    p.add_argument("--run-clients", type=int, default=6, help="clients starting flow runs one after another")
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--worker-kills", type=int, default=20)
