@@ -13,10 +13,10 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -33,17 +33,18 @@ from common.platform import outbound, presence, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
-from common.platform.outages import POSTGRES_ERRORS, outlast
+from common.platform.outages import POSTGRES_ERRORS, STORE_ERRORS, outlast
 from common.queue.worker import settled
-from common.requests import intake
+from common.requests import ending, intake
 from common.requests import repository as request_repo
 from common.requests.models import IntegrationType, RequestBody
 from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
+from workers.attempt import Stop
 from workers.maintenance import TRANSIENT, count_found, every, troubled
 from workers.metering import Meter
-from workers.runner import WorkerRuntime
+from workers.runner import WorkerRuntime, persist
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ MAX_ATTEMPTS = 5
 CANCEL_POLL_SECONDS = 0.25
 AGENT_POLL_SECONDS = 0.2
 FINISH_GRACE_SECONDS = 60  # the job's ARQ timeout over FLOW_TIMEOUT_SECONDS: the run fails itself first
+ANNOUNCE_WAIT_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 class TaskFailed(Exception):
@@ -90,6 +94,7 @@ class Execution:
     cancel_reason: str | None = None
     deadline: float = float("inf")  # time.monotonic() at which the run has used up FLOW_TIMEOUT_SECONDS
     timed_out: bool = False
+    emitting: asyncio.Lock = field(default_factory=asyncio.Lock)  # one append at a time: seq order is stream order
 
     @property
     def run_id(self) -> str:
@@ -100,19 +105,30 @@ class Execution:
         return str(self.row["tenant_id"])
 
     async def emit(self, *events: tuple[str, dict[str, Any]]) -> None:
-        batch = []
-        for kind, data in events:
-            self.seq += 1
-            batch.append(
-                Event(
-                    type=kind,  # type: ignore[arg-type]
-                    request_id=self.run_id,
-                    attempt=self.attempt,
-                    seq=self.seq,
-                    data=data,
+        """Append events to the run's stream, retried across store errors without writing any twice; a
+        newer attempt's events (or the run's `done`) on the stream fence this attempt (Lost)."""
+        async with self.emitting:
+            batch = []
+            for kind, data in events:
+                self.seq += 1
+                batch.append(
+                    Event(
+                        type=kind,  # type: ignore[arg-type]
+                        request_id=self.run_id,
+                        attempt=self.attempt,
+                        seq=self.seq,
+                        data=data,
+                    )
                 )
-            )
-        await self.runs.events(self.run_id, batch)
+            tries = 0
+
+            async def once() -> bool:
+                nonlocal tries
+                tries += 1
+                return await self.runs.events(self.run_id, batch, dedupe=tries > 1)
+
+            if not await _store(self, "run stream append", once):
+                raise Lost
 
     def scope(self) -> dict[str, Any]:
         return {
@@ -134,8 +150,11 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     if claimed is None:
         return "skipped"
     settled(ctx)
-    row = await rt.db.fetchrow(
-        "SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", job.run_id, job.tenant_id
+    row = await persist(
+        "run row",
+        lambda: rt.db.fetchrow(
+            "SELECT * FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", job.run_id, job.tenant_id
+        ),
     )
     run = Execution(rt, runs, row, job.attempt, FlowDefinition.model_validate(row["flow_definition"]))
     started = row["started_at"] or datetime.now(UTC)
@@ -144,8 +163,17 @@ async def process_flow_run(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
     return await _execute(run)
 
 
+async def _store(run: Execution, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """One of the executor's own store calls, retried across outages (a store error is never the task's);
+    a lost lease ends the wait."""
+    try:
+        return await persist(what, call, run)
+    except Stop:
+        raise Lost from None
+
+
 async def _execute(run: Execution) -> str:
-    states = await run.runs.task_states(run.run_id, run.tenant_id)
+    states = await _store(run, "task states", lambda: run.runs.task_states(run.run_id, run.tenant_id))
     run.outputs = {t: s["output"] for t, s in states.items() if s["status"] == "completed"}
     run.output_bytes = sum(len(orjson.dumps(output)) for output in run.outputs.values())
     opening: list[tuple[str, dict[str, Any]]] = []
@@ -162,7 +190,10 @@ async def _execute(run: Execution) -> str:
             {"flow_id": run.flow.id, "flow_version": run.flow.version, "resumed_tasks": sorted(run.outputs)},
         )
     )
-    await run.emit(*opening)
+    try:
+        await run.emit(*opening)
+    except Lost:
+        return "fenced"
     sink.emit(
         "run.started",
         run.run_id,
@@ -260,7 +291,8 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
     tries = task.retries + 1
     error = ""
     for try_number in range(1, tries + 1):
-        await run.runs.task_started(run.run_id, run.tenant_id, task.id, try_number)
+        started = functools.partial(run.runs.task_started, run.run_id, run.tenant_id, task.id, try_number)
+        await _store(run, "task start", started)
         await run.emit(("task.started", {"task_id": task.id, "type": task.type, "try": try_number}))
         try:
             task_input = render(task.input, run.scope(), run.rt.settings.flow_max_render_bytes)
@@ -275,6 +307,8 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
         except PolicyViolation as exc:
             error = scrub(str(exc))
             break  # a policy's verdict does not change on a retry
+        except Lost:
+            raise
         except Exception as exc:
             error = public_message(exc)
             if not isinstance(exc, TaskError):
@@ -286,16 +320,21 @@ async def _run_task(run: Execution, task: FlowTask) -> Any:
             if isinstance(exc, FinalTaskError):
                 break
         else:
-            if not await run.runs.task_finished(
-                run.run_id, run.tenant_id, run.attempt, task.id, "completed", output, None
-            ):
+            completed = functools.partial(
+                run.runs.task_finished, run.run_id, run.tenant_id, run.attempt, task.id, "completed", output, None
+            )
+            if not await _store(run, "task end", completed):
                 raise Lost
             await run.emit(("task.completed", {"task_id": task.id, "try": try_number, "output": output}))
             return output
         if try_number < tries:
             await run.emit(("task.retrying", {"task_id": task.id, "try": try_number + 1, "error": error}))
             await asyncio.sleep(min(0.1 * 2 ** (try_number - 1), 5))
-    await run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "failed", None, error)
+    await _store(
+        run,
+        "task end",
+        lambda: run.runs.task_finished(run.run_id, run.tenant_id, run.attempt, task.id, "failed", None, error),
+    )
     await run.emit(("task.failed", {"task_id": task.id, "tries": try_number, "error": error}))
     raise TaskFailed(task.id, error)
 
@@ -440,17 +479,24 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
         raise TaskError("an agent task needs input.content")
     who = Principal(tenant_id=run.tenant_id, user_id=run.row["user_id"])
     session_id = str(run.row["session_id"])
-    await session_repo.ensure(rt.db, who, session_id, "tool", rt.settings.session_ttl_seconds)
+    await _store(
+        run, "session", lambda: session_repo.ensure(rt.db, who, session_id, "tool", rt.settings.session_ttl_seconds)
+    )
     body = FlowAgentRequest(
         content=content, agent_id=task_input.get("agent_id"), session_id=session_id, run_id=run.run_id, task_id=task.id
     )
     try:
-        admitted = await intake.accept(
-            rt,
-            who,
-            body,
-            correlation_id=run.row["correlation_id"],
-            idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}",
+        # Retried under the same idempotency key: a retry after a store error answers the request it made.
+        admitted = await _store(
+            run,
+            "agent request",
+            lambda: intake.accept(
+                rt,
+                who,
+                body,
+                correlation_id=run.row["correlation_id"],
+                idempotency_key=f"flow:{run.run_id}:{task.id}:{try_number}",
+            ),
         )
     except intake.Limited as exc:
         raise OverBudget(exc.detail) if exc.refusal.limit == "budget" else RateLimited(exc.detail) from None
@@ -459,7 +505,7 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
     request_id = admitted.request_id
     try:
         while True:
-            row = await request_repo.outcome(rt.db, run.tenant_id, request_id)
+            row = await _store(run, "agent reply", lambda: request_repo.outcome(rt.db, run.tenant_id, request_id))
             if row is None:
                 raise TaskError(f"agent request {request_id} is gone")
             if row["status"] == "completed":
@@ -484,34 +530,71 @@ async def _agent(run: Execution, task: FlowTask, task_input: dict[str, Any], try
 
 async def _admit_work(run: Execution, work_id: str, integration: str, *, count_running: bool = True) -> None:
     """An llm call or an agent request counts against its user's limits and budgets like a request does."""
-    refusal = await admission.admit(
-        run.rt.limits,
-        run.rt.db,
-        run.tenant_id,
-        run.row["user_id"],
-        integration,
-        work_id,
-        count_running=count_running,
-        budgeted=True,
+    refusal = await _store(
+        run,
+        "admission",
+        lambda: admission.admit(
+            run.rt.limits,
+            run.rt.db,
+            run.tenant_id,
+            run.row["user_id"],
+            integration,
+            work_id,
+            count_running=count_running,
+            budgeted=True,
+        ),
     )
     if refusal:
         raise OverBudget(refusal.detail) if refusal.limit == "budget" else RateLimited(refusal.detail)
 
 
 async def _finish(run: Execution, status: str, error: str | None) -> str:
+    """The run's end: its row first (with `done_pending`), then its closing events. If those cannot be
+    written now (Redis away, or this process dies), `repair_endings_once` writes them."""
     output = {"tasks": run.outputs} if status == COMPLETED else None
-    try:
-        row = await run.runs.finish(run.run_id, run.tenant_id, run.attempt, status, output=output, error=error)
-    except POSTGRES_ERRORS:
-        row = None
+    # Not `_store`: the change is conditional on this attempt, and its lease may lapse while Postgres is away.
+    row = await persist(
+        "run end", lambda: run.runs.finish(run.run_id, run.tenant_id, run.attempt, status, output=output, error=error)
+    )
     if row is None:
         return "fenced"
     kind = status.lower()
-    data: dict[str, Any] = {"output": output} if status == COMPLETED else {"error": error}
-    await run.runs.announce_end(row, kind, data, seq=run.seq + 1)
-    await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
+    await _announce(run.runs, row, kind, {"output": output} if status == COMPLETED else {"error": error}, run.seq + 1)
+    with contextlib.suppress(*STORE_ERRORS):
+        await run.rt.streams.delete(run_cancel_key(run.run_id, run.rt.settings.stream_buckets))
     log.info("flow run finished", extra={"run_id": run.run_id, "status": status})
     return kind
+
+
+async def _announce(runs: RunStore, row: asyncpg.Record, kind: str, data: dict[str, Any], seq: int = 0) -> None:
+    """`announce_end`, retried across store errors for ANNOUNCE_WAIT_SECONDS; after that the row's
+    `done_pending` leaves it to `repair_endings_once`."""
+    deadline = time.monotonic() + ANNOUNCE_WAIT_SECONDS
+    while True:
+        try:
+            await runs.announce_end(row, kind, data, seq=seq)
+            return
+        except STORE_ERRORS as exc:
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "run ending not written yet; the repair writes it",
+                    extra={"run_id": row["run_id"], "error": repr(exc)},
+                )
+                return
+            await asyncio.sleep(0.25)
+
+
+async def repair_endings_once(rt: WorkerRuntime) -> int:
+    """Write the closing events of terminal runs whose ender did not (it died, or Redis was away). Safe in
+    every worker at once: the run's stream fence writes each ending once."""
+    runs = RunStore.of(rt)
+    rows = await runs.unended(ending.SWEEP_GRACE_SECONDS)
+    if rows:
+        log.warning("writing run endings their writer did not", extra={"runs": [r["run_id"] for r in rows]})
+    for row in rows:
+        data = {"output": row["output_data"]} if row["status"] == COMPLETED else {"error": row["error_message"]}
+        await _announce(runs, row, row["status"].lower(), data)
+    return len(rows)
 
 
 async def reap_once(rt: WorkerRuntime) -> None:
@@ -540,7 +623,8 @@ async def reap_once(rt: WorkerRuntime) -> None:
         # As for requests (workers.maintenance.reap_once): the row is requeued already, so wait out Redis.
         await outlast("requeue run", functools.partial(_enqueue_row, rt, row), max_wait=1.0)
     for row in failed:
-        await runs.announce_end(row, "failed", {"error": "the run's worker was lost too many times"})
+        await _announce(runs, row, "failed", {"error": "the run's worker was lost too many times"})
+    await repair_endings_once(rt)
 
 
 async def sweep_once(rt: WorkerRuntime) -> None:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from arq import Retry
@@ -129,7 +129,11 @@ async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:
         raise Stop("superseded by a newer attempt", fenced=True)
 
 
-async def persist(what: str, call: Callable[[], Awaitable[T]], run: Attempt | None = None) -> T:
+class Leased(Protocol):
+    lost: bool  # its lease was taken over: its writes are fenced
+
+
+async def persist(what: str, call: Callable[[], Awaitable[T]], run: Leased | None = None) -> T:
     """Run a store call until it succeeds; a lost lease ends the wait (the attempt is fenced)."""
     tries = 0
     while True:

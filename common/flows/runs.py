@@ -99,27 +99,45 @@ class RunStore:
             f"SELECT {DOC_COLUMNS} FROM flow_runs_audit WHERE run_id = $1 AND tenant_id = $2", run_id, tenant_id
         )
 
-    async def events(self, run_id: str, events: list[Event]) -> list[str]:
-        return await self.writer.append_to(self.stream_key(run_id), events, run_id)
+    async def events(self, run_id: str, events: list[Event], *, dedupe: bool = False) -> bool:
+        """Append one attempt's events to the run's stream; False when its fence refused them (a newer
+        attempt wrote, or the run's `done` is written). `dedupe`: a retry after a lost reply."""
+        return await self.writer.append_run(run_id, events, dedupe=dedupe)
 
     async def announce_end(self, row: asyncpg.Record, status: str, data: dict[str, Any], *, seq: int = 0) -> None:
         """Write a finished run's closing events, `run.<status>` (`status` in lower case) with `data` then `done`,
-        and export the first to the event sink. `seq` numbers them from that value on (0: unnumbered)."""
+        export the first to the event sink, and clear the row's `done_pending`. `seq` numbers them from that
+        value on (0: unnumbered). Safe to repeat: the stream's fence writes (and exports) one ending."""
         run_id, attempt = row["run_id"], row["attempt"]
         closing = [(f"run.{status}", data), ("done", {"run_id": run_id, "status": status})]
-        await self.events(
+        written = await self.events(
             run_id,
             [
                 Event(type=kind, request_id=run_id, attempt=attempt, seq=seq + n if seq else 0, data=body)  # type: ignore[arg-type]
                 for n, (kind, body) in enumerate(closing)
             ],
         )
-        sink.emit(
-            f"run.{status}",
-            run_id,
-            {"flow_id": row["flow_id"], **data},
-            tenant_id=row["tenant_id"],
-            correlation_id=row["correlation_id"],
+        if written:
+            sink.emit(
+                f"run.{status}",
+                run_id,
+                {"flow_id": row["flow_id"], **data},
+                tenant_id=row["tenant_id"],
+                correlation_id=row["correlation_id"],
+            )
+        await self.db.execute(
+            "UPDATE flow_runs_audit SET done_pending = false WHERE run_id = $1 AND done_pending", run_id
+        )
+
+    async def unended(self, grace_seconds: float) -> list[asyncpg.Record]:
+        """Terminal runs whose closing events were not written `grace_seconds` after they ended (their
+        worker died, or Redis was away, in between)."""
+        return list(
+            await self.db.fetch(
+                f"SELECT {DOC_COLUMNS} FROM flow_runs_audit WHERE done_pending"
+                " AND completed_at < now() - make_interval(secs => $1) ORDER BY completed_at LIMIT 100",
+                grace_seconds,
+            )
         )
 
     async def transition(
@@ -196,7 +214,8 @@ class RunStore:
             status,
             where="status = 'RUNNING' AND attempt = $4",
             args=(attempt, output, error),
-            sets=", output_data = $5::jsonb, error_message = $6, completed_at = now(), lease_expires_at = NULL",
+            sets=", output_data = $5::jsonb, error_message = $6, completed_at = now(), lease_expires_at = NULL,"
+            " done_pending = true",
             detail=error,
         )
 
@@ -207,7 +226,7 @@ class RunStore:
             CANCELLED,
             where="status = 'PENDING'",
             args=(reason,),
-            sets=", error_message = $4, completed_at = now()",
+            sets=", error_message = $4, completed_at = now(), done_pending = true",
             detail=reason,
         )
 
@@ -316,7 +335,8 @@ class RunStore:
                 f"""
                 WITH lost AS ({lost} AND attempt >= $1 LIMIT 100 FOR UPDATE SKIP LOCKED)
                 UPDATE flow_runs_audit r SET status = 'FAILED', error_message = 'worker lost too many times',
-                       lease_expires_at = NULL, version = version + 1, updated_at = now(), completed_at = now()
+                       lease_expires_at = NULL, version = version + 1, updated_at = now(), completed_at = now(),
+                       done_pending = true
                   FROM lost WHERE r.id = lost.id
                 RETURNING {DOC_COLUMNS}, lease_holder, holder_gone
                 """,

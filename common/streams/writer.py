@@ -6,14 +6,23 @@ Its Lua scripts are the `.lua` files beside this module, loaded once at import.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import RedisCluster
 
 from common.platform import lua
 from common.platform.batching import pipelined
-from common.platform.keys import NOTICE_WINDOW_MS, bucket, bucket_tag, fence_key, intake_key, notify_key, stream_key
+from common.platform.keys import (
+    NOTICE_WINDOW_MS,
+    bucket,
+    bucket_tag,
+    fence_key,
+    intake_key,
+    notify_key,
+    run_stream_key,
+    stream_key,
+)
 from common.streams.protocol import (
     Event,
     StreamsRedis,
@@ -55,11 +64,8 @@ class StreamWriter:
         return notify_key(bucket_tag(owner, self.buckets) if self._cluster else None)
 
     async def append(self, session_id: str, events: Iterable[Event]) -> list[str]:
-        return await self.append_to(self.key(session_id), events, session_id)
-
-    async def append_to(self, key: str, events: Iterable[Event], owner: str) -> list[str]:
-        """Append to any stream key of `owner` (a flow run's, for one), with the same TTL and trimming."""
-        return await self._call_append([key, self.notify_key(owner)], "", events)
+        """Append to a session's stream, unfenced (a request's own events go through `append_many`)."""
+        return await self._call_append([self.key(session_id), self.notify_key(session_id)], "", events)
 
     async def _call_append(self, keys: list[str], member: str, events: Iterable[Event]) -> list[str]:
         args: list[str | int] = [self.maxlen, self.ttl, member]
@@ -113,26 +119,40 @@ class StreamWriter:
                 merged.values[i] = read
         return merged
 
+    async def append_run(self, run_id: str, events: list[Event], *, dedupe: bool = False) -> bool:
+        """Append one attempt's events to a flow run's stream, fenced and deduplicated as `append_many`
+        does a request's (the run's fence is its own); False when refused."""
+        got = await self._call_many(
+            [(run_id, events)], [], dedupe, True, self.notify_key(run_id), lambda r: run_stream_key(r, self.buckets)
+        )
+        return not got.refused[0]
+
     async def end(self, session_id: str, events: list[Event]) -> bool:
         """Write a request's closing events (ending with `done`) unless it already ended or a newer
         attempt took it over; False when refused. Safe to repeat: only the first ending is written."""
         return not (await self.append_many([(session_id, events)])).refused[0]
 
     async def _call_many(
-        self, batches: list[tuple[str, list[Event]]], reads: list[str], dedupe: bool, fenced: bool, notify: str
+        self,
+        batches: list[tuple[str, list[Event]]],
+        reads: list[str],
+        dedupe: bool,
+        fenced: bool,
+        notify: str,
+        stream_of: Callable[[str], str] | None = None,
     ) -> Appended:
+        """`batches` are (owner, events): a session's, or with `stream_of` (owner -> stream key) a run's."""
+        stream_of = stream_of or self.key
         args: list[str | int] = [self.maxlen, self.ttl, len(batches), int(dedupe)]
         fences = []
-        for session_id, events in batches:
+        for owner, events in batches:
             args.extend((len(events), int(fenced)))
             for event in events:
                 f = event.fields()
                 args.extend((f["type"], f["request_id"], f["attempt"], f["seq"], f["ts"], f["data"]))
             request_id = events[0].request_id if events else ""
-            fences.append(
-                fence_key(session_id, request_id, self.buckets) if fenced and events else self.key(session_id)
-            )
-        keys = [self.key(session_id) for session_id, _ in batches] + fences + [notify] + reads
+            fences.append(fence_key(owner, request_id, self.buckets) if fenced and events else stream_of(owner))
+        keys = [stream_of(owner) for owner, _ in batches] + fences + [notify] + reads
         last, values, refused = await pipelined(self.redis).script(self._append_many, keys, args)
         ids = [_text(i) if i else None for i in last] + [None] * (len(batches) - len(last))
         got = [v or None for v in values] + [None] * (len(reads) - len(values))

@@ -66,6 +66,9 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
     row |= {"holder_gone": False, "lease_holder": 7}
     tries: list[tuple[str, Any]] = []
 
+    async def nothing(*args: object) -> int:
+        return 0
+
     async def reap_expired(max_attempts: int, *gone: object) -> tuple[list[dict[str, Any]], list[Any]]:
         return [row], []
 
@@ -76,6 +79,7 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
 
     monkeypatch.setattr(flows.RunStore, "of", lambda rt: SimpleNamespace(reap_expired=reap_expired))
     monkeypatch.setattr(flows, "enqueue_run", enqueue_run)
+    monkeypatch.setattr(flows, "repair_endings_once", nothing)
     rt: Any = SimpleNamespace(
         queue=object(), streams=None, presence=None, settings=Settings(), postgres_trouble_at=float("-inf")
     )
