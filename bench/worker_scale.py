@@ -122,7 +122,7 @@ async def main_async(args: argparse.Namespace, folder: Path, infra: bench.Infra)
         rates = [r["tokens_per_s"] for r in results[n]]
         median = statistics.median(rates)
         cpu = statistics.median(r["worker_cpu_us_per_token"] for r in results[n])
-        print(f"{n:>9} {median:>18,.0f} {rates!s:>30} {cpu:>11}  ({median / base:.2f}x)")
+        print(f"{n:>9} {median:>18,.0f} {rates!s:>30} {cpu:>11.1f}  ({median / base:.2f}x)")
 
 
 def main() -> None:
