@@ -298,7 +298,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     tenant = f"chaos-{uuid.uuid4().hex[:8]}"
     settings = Settings(jwt_secret_key=SecretStr(cluster.secret))
     traffic = Traffic(cluster.anomalies)
-    pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think)
+    pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think, args.cancel_share)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
     clients = [
         SessionClient(
@@ -321,6 +321,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             tenant,
             traffic,
             rng.randrange(2**32),
+            args.cancel_share,
         )
         for i in range(args.run_clients)
     ]
@@ -356,11 +357,11 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             watcher.result()
         return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails)
     finally:
-        for task in [watcher, reporter, *senders, *(c.reader for c in clients if c.reader)]:
+        cancels = [t for c in [*clients, *runners] for t in c.cancels]
+        others = [watcher, reporter, *senders, *(c.reader for c in clients if c.reader), *cancels]
+        for task in others:
             task.cancel()
-        await asyncio.gather(
-            watcher, reporter, *senders, *(c.reader for c in clients if c.reader), return_exceptions=True
-        )
+        await asyncio.gather(*others, return_exceptions=True)
         await http.aclose()
 
 
@@ -378,7 +379,11 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
         await redis.aclose()
     rows = await load_rows(cluster.database_url, run.tenant)
     verifier = Verifier(anomalies)
-    by_request = verifier.requests(streams, rows)
+    cancelled = {t.request_id for c in run.clients for t in c.turns if t.cancel_sent}
+    cancelled |= {
+        runs[r.run_id]["session_id"] for c in run.runners for r in c.runs if r.cancel_sent and r.run_id in runs
+    }
+    by_request = verifier.requests(streams, rows, cancelled)
     replies = {r: row["response_content"] for r, row in rows.items() if row["status"] == "completed"}
     tokens = int(cluster.env().get("OFFLINE_MODEL_TOKENS", Settings().offline_model_tokens))
     verify_runs(verifier, run.runners, run_streams, runs, replies, tokens)
@@ -438,6 +443,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=15, help="seconds before the first fault")
     p.add_argument("--clients", type=int, default=60)
     p.add_argument("--run-clients", type=int, default=6, help="clients starting flow runs one after another")
+    p.add_argument(
+        "--cancel-share", type=float, default=0.1, help="share of requests and runs cancelled 0.1-4 s after accepted"
+    )
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--worker-kills", type=int, default=20)

@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ class Turn:
     request_id: str = ""
     post_tries: int = 0
     done_at: float | None = None
+    cancel_sent: bool = False
 
 
 @dataclass
@@ -82,6 +83,33 @@ class Pace:
     tokens: tuple[int, int]
     rate: float
     think: float
+    cancel_share: float = 0.0  # of requests (or runs) cancelled a moment after they were accepted
+
+
+async def cancel_later(
+    http: httpx.AsyncClient,
+    port: Callable[[], Awaitable[int]],
+    auth: dict[str, str],
+    traffic: Traffic,
+    path: str,
+    delay: float,
+) -> None:
+    """After `delay` s, `POST path` (a cancel) through a live gateway until it is answered: 202, or 409 when
+    the request or run ended first."""
+    await asyncio.sleep(delay)
+    route = "cancel"
+    while True:
+        try:
+            r = await http.post(f"http://127.0.0.1:{await port()}{path}", headers=auth, timeout=POST_TIMEOUT)
+        except httpx.TransportError as exc:
+            traffic.counts[f"{route} {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.2)
+            continue
+        if r.status_code in (202, 409):
+            traffic.counts[f"{route} {r.status_code}"] += 1
+            return
+        traffic.status(route, r)
+        await asyncio.sleep(0.5)
 
 
 class SessionClient:
@@ -111,6 +139,7 @@ class SessionClient:
         self.turns: list[Turn] = []
         self.connections: list[Connection] = []
         self.reader: asyncio.Task[None] | None = None
+        self.cancels: set[asyncio.Task[None]] = set()
 
     async def _port(self) -> int:
         while True:
@@ -220,6 +249,14 @@ class SessionClient:
             )
             self.turns.append(turn)
             turn.request_id = await self._post(turn)
+            if self.rng.random() < self.pace.cancel_share:
+                turn.cancel_sent = True
+                path = f"/api/v1/requests/{turn.request_id}/cancel"
+                task = asyncio.create_task(
+                    cancel_later(self.http, self._port, self.auth, self.traffic, path, self.rng.uniform(0.1, 3.0))
+                )
+                self.cancels.add(task)
+                task.add_done_callback(self.cancels.discard)
             if turn.request_id not in self.done:
                 waiter = self.waiters.setdefault(turn.request_id, asyncio.Event())
                 await waiter.wait()

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from chaos_clients import POST_TIMEOUT, STREAM_TIMEOUT, Connection, Received, Traffic
+from chaos_clients import POST_TIMEOUT, STREAM_TIMEOUT, Connection, Received, Traffic, cancel_later
 from chaos_report import spread
 from chaos_verify import Entry, Verifier
 
@@ -51,6 +51,7 @@ class FlowRun:
     received: list[Received] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     done_at: float | None = None
+    cancel_sent: bool = False
 
 
 def definition(tenant: str, prompt: str, wait: float) -> dict[str, Any]:
@@ -73,8 +74,11 @@ class RunClient:
         tenant: str,
         traffic: Traffic,
         seed: int,
+        cancel_share: float = 0.0,
     ) -> None:
         self.index = index
+        self.cancel_share = cancel_share
+        self.cancels: set[asyncio.Task[None]] = set()
         self.http = http
         self.ports = ports
         self.auth = {"Authorization": f"Bearer {token}"}
@@ -103,6 +107,14 @@ class RunClient:
             )
             self.runs.append(run)
             run.run_id = await self._post(run)
+            if self.rng.random() < self.cancel_share:
+                run.cancel_sent = True
+                path = f"/v1/runs/{run.run_id}/cancel"
+                task = asyncio.create_task(
+                    cancel_later(self.http, self._port, self.auth, self.traffic, path, self.rng.uniform(0.1, 4.0))
+                )
+                self.cancels.add(task)
+                task.add_done_callback(self.cancels.discard)
             await self._follow(run)
             await asyncio.sleep(self.rng.uniform(0, 1))
 
@@ -290,6 +302,8 @@ def _one_run(
     terminal = entries[terminals[-1]]
     if terminal.type.removeprefix("run.") != row["status"].lower():
         verifier.anomalies.add("run_status_mismatch", **what, stream=terminal.type)
+    if row["status"] == "CANCELLED" and run.cancel_sent:
+        return
     if row["status"] != "COMPLETED":
         verifier.anomalies.add(f"run_ended_{row['status'].lower()}", **what, error=row["error_message"])
         return

@@ -152,7 +152,11 @@ class Verifier:
 
     # ------------------------------------------------------------------ per request, from the stream and Postgres
 
-    def requests(self, streams: dict[str, list[Entry]], rows: dict[str, asyncpg.Record]) -> dict[str, list[Entry]]:
+    def requests(
+        self, streams: dict[str, list[Entry]], rows: dict[str, asyncpg.Record], cancelled: set[str]
+    ) -> dict[str, list[Entry]]:
+        """`cancelled`: the requests a client cancelled, and the sessions of the runs one cancelled (their agent
+        tasks' requests): those may end `cancelled`."""
         by_request: dict[str, list[Entry]] = defaultdict(list)
         for entries in streams.values():
             for e in entries:
@@ -176,6 +180,8 @@ class Verifier:
                     age_s=round(float(row["age"]), 1),
                     last_event=by_request[request_id][-1].type if by_request.get(request_id) else "-",
                 )
+            elif row["status"] == "cancelled" and cancelled & {request_id, row["session_id"]}:
+                pass
             elif row["status"] != "completed":
                 # A request that waited out its whole deadline (REQUEST_TIMEOUT_SECONDS) was stuck until then.
                 kind = "timed_out" if row["error"] == "timed out" else f"ended_{row['status']}"
