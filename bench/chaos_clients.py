@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,33 +86,140 @@ class Pace:
     cancel_share: float = 0.0  # of requests (or runs) cancelled a moment after they were accepted
 
 
-async def cancel_later(
-    http: httpx.AsyncClient,
-    port: Callable[[], Awaitable[int]],
-    auth: dict[str, str],
-    traffic: Traffic,
-    path: str,
-    delay: float,
-) -> None:
-    """After `delay` s, `POST path` (a cancel) through a live gateway until it is answered: 202, or 409 when
-    the request or run ended first."""
-    await asyncio.sleep(delay)
-    route = "cancel"
-    while True:
+class GatewayClient:
+    """What every chaos client does: pick a random live gateway, POST until answered, read an SSE stream
+    that resumes after its last entry, and cancel what it sent a moment later."""
+
+    def __init__(
+        self,
+        index: int,
+        http: httpx.AsyncClient,
+        ports: Callable[[], list[int]],
+        token: str,
+        traffic: Traffic,
+        seed: int,
+    ) -> None:
+        self.index = index
+        self.http = http
+        self.ports = ports
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.traffic = traffic
+        self.rng = random.Random(seed)
+        self.cancels: set[asyncio.Task[None]] = set()
+
+    async def port(self) -> int:
+        while True:
+            live = self.ports()
+            if live:
+                return self.rng.choice(live)
+            await asyncio.sleep(0.1)
+
+    async def post(
+        self,
+        route: str,
+        path: str,
+        ok: tuple[int, ...],
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        on_try: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """POST through a random live gateway until answered with one of `ok`. A transport error is counted,
+        any other status too (an anomaly unless 503); both are retried, after `Retry-After` when given."""
+        while True:
+            port = await self.port()
+            if on_try is not None:
+                on_try()
+            try:
+                r = await self.http.post(
+                    f"http://127.0.0.1:{port}{path}", json=body, headers=headers or self.auth, timeout=POST_TIMEOUT
+                )
+            except httpx.TransportError as exc:
+                self.traffic.counts[f"{route} {type(exc).__name__}"] += 1
+                await asyncio.sleep(0.2)
+                continue
+            if r.status_code in ok:
+                return r
+            self.traffic.status(route, r)
+            retry_after = r.headers.get("Retry-After", "")
+            await asyncio.sleep(min(float(retry_after), 2.0) if retry_after.isdigit() else 0.5)
+
+    async def read(
+        self,
+        route: str,
+        path: str,
+        last_id: str | None,
+        connections: list[Connection],
+        on_entry: Callable[[Received], None],
+        where: dict[str, Any],
+    ) -> None:
+        """One SSE response of `path` through a random live gateway, from after `last_id`: each entry to
+        `on_entry` until the response ends (recorded in `connections`, with how). A frame that is not an
+        entry (no id, or data that is not JSON) is an anomaly, reported with `where`."""
+        port = await self.port()
+        headers = {**self.auth, "Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        conn: Connection | None = None
         try:
-            r = await http.post(f"http://127.0.0.1:{await port()}{path}", headers=auth, timeout=POST_TIMEOUT)
-        except httpx.TransportError as exc:
-            traffic.counts[f"{route} {type(exc).__name__}"] += 1
-            await asyncio.sleep(0.2)
-            continue
-        if r.status_code in (202, 409):
-            traffic.counts[f"{route} {r.status_code}"] += 1
-            return
-        traffic.status(route, r)
-        await asyncio.sleep(0.5)
+            async with self.http.stream(
+                "GET", f"http://127.0.0.1:{port}{path}", headers=headers, timeout=STREAM_TIMEOUT
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    self.traffic.status(route, response)
+                    await asyncio.sleep(0.2)
+                    return
+                conn = Connection(port, time.time(), cause="closed")
+                connections.append(conn)
+                async for event in aiter_events(response):
+                    if event.id is None and event.event == "reconnect":
+                        conn.cause = "drain"
+                        break
+                    received = self._entry(where, event.id, event.event, event.data)
+                    if received is not None:
+                        on_entry(received)
+        except httpx.TimeoutException:
+            if conn is None:
+                self.traffic.counts[f"{route} connect timeout"] += 1
+            else:
+                conn.cause = "timeout"
+        except (httpx.TransportError, httpx.StreamError):
+            if conn is None:
+                self.traffic.counts[f"{route} connect error"] += 1
+            else:
+                conn.cause = "dropped"
+        if conn is not None:
+            conn.closed = time.time()
+        else:
+            await asyncio.sleep(0.1)
+
+    def _entry(self, where: dict[str, Any], entry_id: str | None, kind: str, data: str) -> Received | None:
+        try:
+            body: dict[str, Any] = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.traffic.anomalies.add("bad_frame", **where, id=entry_id, event=kind, data=data[:200])
+            return None
+        if entry_id is None:
+            self.traffic.anomalies.add("frame_without_id", **where, event=kind, data=data[:200])
+            return None
+        return Received(
+            entry_id, kind, str(body.get("request_id") or ""), int(body.get("attempt") or 0), data, time.time()
+        )
+
+    def cancel_later(self, path: str, delay: float) -> None:
+        """After `delay` s, POST `path` (a cancel) until answered: 202, or 409 when it ended first."""
+
+        async def cancel() -> None:
+            await asyncio.sleep(delay)
+            r = await self.post("cancel", path, (202, 409))
+            self.traffic.counts[f"cancel {r.status_code}"] += 1
+
+        task = asyncio.create_task(cancel())
+        self.cancels.add(task)
+        task.add_done_callback(self.cancels.discard)
 
 
-class SessionClient:
+class SessionClient(GatewayClient):
     def __init__(
         self,
         index: int,
@@ -123,13 +230,8 @@ class SessionClient:
         pace: Pace,
         seed: int,
     ) -> None:
-        self.index = index
-        self.http = http
-        self.ports = ports
-        self.auth = {"Authorization": f"Bearer {token}"}
-        self.traffic = traffic
+        super().__init__(index, http, ports, token, traffic, seed)
         self.pace = pace
-        self.rng = random.Random(seed)
         self.session_id = ""
         self.received: list[Received] = []
         self.last_id: str | None = None
@@ -139,32 +241,11 @@ class SessionClient:
         self.turns: list[Turn] = []
         self.connections: list[Connection] = []
         self.reader: asyncio.Task[None] | None = None
-        self.cancels: set[asyncio.Task[None]] = set()
-
-    async def _port(self) -> int:
-        while True:
-            live = self.ports()
-            if live:
-                return self.rng.choice(live)
-            await asyncio.sleep(0.1)
 
     async def open_session(self) -> None:
-        while True:
-            port = await self._port()
-            try:
-                r = await self.http.post(
-                    f"http://127.0.0.1:{port}/api/v1/sessions", json={}, headers=self.auth, timeout=POST_TIMEOUT
-                )
-            except httpx.TransportError:
-                self.traffic.counts["session transport error"] += 1
-                await asyncio.sleep(0.2)
-                continue
-            if r.status_code == 201:
-                self.session_id = r.json()["session_id"]
-                self.reader = asyncio.create_task(self.follow(), name=f"reader-{self.index}")
-                return
-            self.traffic.status("session", r)
-            await asyncio.sleep(0.5)
+        r = await self.post("session", "/api/v1/sessions", (201,), body={})
+        self.session_id = r.json()["session_id"]
+        self.reader = asyncio.create_task(self.follow(), name=f"reader-{self.index}")
 
     def open_requests(self) -> set[str]:
         """Requests this client saw announced on its stream whose `done` it has not seen."""
@@ -176,55 +257,12 @@ class SessionClient:
         """Read the session's stream forever, resuming after the last entry received."""
         url = f"/api/v1/sessions/{self.session_id}/stream"
         while True:
-            port = await self._port()
-            headers = {**self.auth, "Accept": "text/event-stream"}
-            if self.last_id:
-                headers["Last-Event-ID"] = self.last_id
-            conn: Connection | None = None
-            try:
-                async with self.http.stream(
-                    "GET", f"http://127.0.0.1:{port}{url}", headers=headers, timeout=STREAM_TIMEOUT
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        self.traffic.status("stream", response)
-                        await asyncio.sleep(0.2)
-                        continue
-                    conn = Connection(port, time.time())
-                    self.connections.append(conn)
-                    conn.cause = "closed"
-                    async for event in aiter_events(response):
-                        if event.id is None and event.event == "reconnect":
-                            conn.cause = "drain"
-                            break
-                        self._receive(event.id, event.event, event.data)
-            except httpx.TimeoutException:
-                if conn is None:
-                    self.traffic.counts["stream connect timeout"] += 1
-                else:
-                    conn.cause = "timeout"
-            except (httpx.TransportError, httpx.StreamError):
-                if conn is None:
-                    self.traffic.counts["stream connect error"] += 1
-                else:
-                    conn.cause = "dropped"
-            if conn is not None:
-                conn.closed = time.time()
-            else:
-                await asyncio.sleep(0.1)
+            await self.read("stream", url, self.last_id, self.connections, self._receive, {"session": self.session_id})
 
-    def _receive(self, entry_id: str | None, kind: str, data: str) -> None:
-        try:
-            body: dict[str, Any] = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.traffic.anomalies.add("bad_frame", session=self.session_id, id=entry_id, event=kind, data=data[:200])
-            return
-        if entry_id is None:
-            self.traffic.anomalies.add("frame_without_id", session=self.session_id, event=kind, data=data[:200])
-            return
-        request_id = str(body.get("request_id") or "")
-        self.received.append(Received(entry_id, kind, request_id, int(body.get("attempt") or 0), data, time.time()))
-        self.last_id = entry_id
+    def _receive(self, entry: Received) -> None:
+        self.received.append(entry)
+        request_id, kind = entry.request_id, entry.type
+        self.last_id = entry.id
         if kind == "request.accepted":
             self.accepted.add(request_id)
         elif kind == "done" and request_id not in self.done:
@@ -251,12 +289,7 @@ class SessionClient:
             turn.request_id = await self._post(turn)
             if self.rng.random() < self.pace.cancel_share:
                 turn.cancel_sent = True
-                path = f"/api/v1/requests/{turn.request_id}/cancel"
-                task = asyncio.create_task(
-                    cancel_later(self.http, self._port, self.auth, self.traffic, path, self.rng.uniform(0.1, 3.0))
-                )
-                self.cancels.add(task)
-                task.add_done_callback(self.cancels.discard)
+                self.cancel_later(f"/api/v1/requests/{turn.request_id}/cancel", self.rng.uniform(0.1, 3.0))
             if turn.request_id not in self.done:
                 waiter = self.waiters.setdefault(turn.request_id, asyncio.Event())
                 await waiter.wait()
@@ -274,20 +307,10 @@ class SessionClient:
             "session_id": self.session_id,
             "metadata": {"offline": {"tokens": turn.tokens, "tokens_per_second": self.pace.rate}},
         }
-        headers = {**self.auth, "Idempotency-Key": turn.key}
-        while True:
-            port = await self._port()
+
+        def counted() -> None:
             turn.post_tries += 1
-            try:
-                r = await self.http.post(
-                    f"http://127.0.0.1:{port}/api/v1/requests/web", json=body, headers=headers, timeout=POST_TIMEOUT
-                )
-            except httpx.TransportError as exc:
-                self.traffic.counts[f"post {type(exc).__name__}"] += 1
-                await asyncio.sleep(0.2)
-                continue
-            if r.status_code == 202:
-                return str(r.json()["request_id"])
-            self.traffic.status("post", r)
-            retry_after = r.headers.get("Retry-After", "")
-            await asyncio.sleep(min(float(retry_after), 2.0) if retry_after.isdigit() else 0.5)
+
+        headers = {**self.auth, "Idempotency-Key": turn.key}
+        r = await self.post("post", "/api/v1/requests/web", (202,), body, headers, counted)
+        return str(r.json()["request_id"])

@@ -16,7 +16,7 @@ that reply) and equal to the stored output; and what each client received equal 
 from __future__ import annotations
 
 import asyncio
-import random
+import functools
 import time
 import uuid
 from collections import Counter
@@ -28,11 +28,10 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from chaos_clients import POST_TIMEOUT, STREAM_TIMEOUT, Connection, Received, Traffic, cancel_later
+from chaos_clients import Connection, GatewayClient, Received, Traffic
 from chaos_report import spread
-from chaos_verify import Entry, Verifier
+from chaos_verify import Entry, Verifier, fetch
 
-from cli.sse import aiter_events
 from workers.offline_model import compose_reply
 
 ACTIVE_RUNS = ("PENDING", "RUNNING")
@@ -64,7 +63,7 @@ def definition(tenant: str, prompt: str, wait: float) -> dict[str, Any]:
     return {"id": "chaos", "version": "1", "type": "DAG", "tenant_id": tenant, "tasks": tasks}
 
 
-class RunClient:
+class RunClient(GatewayClient):
     def __init__(
         self,
         index: int,
@@ -76,23 +75,10 @@ class RunClient:
         seed: int,
         cancel_share: float = 0.0,
     ) -> None:
-        self.index = index
-        self.cancel_share = cancel_share
-        self.cancels: set[asyncio.Task[None]] = set()
-        self.http = http
-        self.ports = ports
-        self.auth = {"Authorization": f"Bearer {token}"}
+        super().__init__(index, http, ports, token, traffic, seed)
         self.tenant = tenant
-        self.traffic = traffic
-        self.rng = random.Random(seed)
+        self.cancel_share = cancel_share
         self.runs: list[FlowRun] = []
-
-    async def _port(self) -> int:
-        while True:
-            live = self.ports()
-            if live:
-                return self.rng.choice(live)
-            await asyncio.sleep(0.1)
 
     def open_runs(self) -> int:
         return sum(1 for r in self.runs if r.run_id and r.done_at is None)
@@ -100,22 +86,18 @@ class RunClient:
     async def converse(self, stop: asyncio.Event) -> None:
         """Start runs one after another until `stop`; each waits for the previous one's `done`."""
         while not stop.is_set():
-            run = FlowRun(
-                f"chaos run {len(self.runs) + 1} of client {self.index} {uuid.uuid4().hex[:8]}",
-                uuid.uuid4().hex,
-                time.time(),
-            )
+            prompt = f"chaos run {len(self.runs) + 1} of client {self.index} {uuid.uuid4().hex[:8]}"
+            run = FlowRun(prompt, uuid.uuid4().hex, time.time())
             self.runs.append(run)
             run.run_id = await self._post(run)
             if self.rng.random() < self.cancel_share:
                 run.cancel_sent = True
-                path = f"/v1/runs/{run.run_id}/cancel"
-                task = asyncio.create_task(
-                    cancel_later(self.http, self._port, self.auth, self.traffic, path, self.rng.uniform(0.1, 4.0))
-                )
-                self.cancels.add(task)
-                task.add_done_callback(self.cancels.discard)
-            await self._follow(run)
+                self.cancel_later(f"/v1/runs/{run.run_id}/cancel", self.rng.uniform(0.1, 4.0))
+            url = f"/v1/runs/{run.run_id}/stream"
+            while run.done_at is None:
+                last = run.received[-1].id if run.received else None
+                on_entry = functools.partial(self._receive, run)
+                await self.read("run stream", url, last, run.connections, on_entry, {"run": run.run_id})
             await asyncio.sleep(self.rng.uniform(0, 1))
 
     async def _post(self, run: FlowRun) -> str:
@@ -126,101 +108,37 @@ class RunClient:
             "input": {},
             "flow_definition": definition(self.tenant, run.prompt, round(self.rng.uniform(0.2, 1.5), 2)),
         }
-        while True:
-            port = await self._port()
+
+        def counted() -> None:
             run.post_tries += 1
-            try:
-                r = await self.http.post(
-                    f"http://127.0.0.1:{port}/v1/runs", json=body, headers=self.auth, timeout=POST_TIMEOUT
-                )
-            except httpx.TransportError as exc:
-                self.traffic.counts[f"run post {type(exc).__name__}"] += 1
-                await asyncio.sleep(0.2)
-                continue
-            if r.status_code == 202:
-                return str(r.json()["run_id"])
-            self.traffic.status("run post", r)
-            retry_after = r.headers.get("Retry-After", "")
-            await asyncio.sleep(min(float(retry_after), 2.0) if retry_after.isdigit() else 0.5)
 
-    async def _follow(self, run: FlowRun) -> None:
-        """Read the run's stream until its `done`, resuming after the last entry received."""
-        url = f"/v1/runs/{run.run_id}/stream"
-        while run.done_at is None:
-            port = await self._port()
-            headers = {**self.auth, "Accept": "text/event-stream"}
-            if run.received:
-                headers["Last-Event-ID"] = run.received[-1].id
-            conn: Connection | None = None
-            try:
-                async with self.http.stream(
-                    "GET", f"http://127.0.0.1:{port}{url}", headers=headers, timeout=STREAM_TIMEOUT
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        self.traffic.status("run stream", response)
-                        await asyncio.sleep(0.2)
-                        continue
-                    conn = Connection(port, time.time(), cause="closed")
-                    run.connections.append(conn)
-                    async for event in aiter_events(response):
-                        if event.id is None and event.event == "reconnect":
-                            conn.cause = "drain"
-                            break
-                        self._receive(run, event.id, event.event, event.data)
-            except httpx.TimeoutException:
-                if conn is None:
-                    self.traffic.counts["run stream connect timeout"] += 1
-                else:
-                    conn.cause = "timeout"
-            except (httpx.TransportError, httpx.StreamError):
-                if conn is None:
-                    self.traffic.counts["run stream connect error"] += 1
-                else:
-                    conn.cause = "dropped"
-            if conn is not None:
-                conn.closed = time.time()
-            else:
-                await asyncio.sleep(0.1)
+        r = await self.post("run post", "/v1/runs", (202,), body, on_try=counted)
+        return str(r.json()["run_id"])
 
-    def _receive(self, run: FlowRun, entry_id: str | None, kind: str, data: str) -> None:
-        try:
-            body: dict[str, Any] = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.traffic.anomalies.add("bad_frame", run=run.run_id, id=entry_id, event=kind, data=data[:200])
-            return
-        if entry_id is None:
-            self.traffic.anomalies.add("frame_without_id", run=run.run_id, event=kind, data=data[:200])
-            return
-        run.received.append(Received(entry_id, kind, run.run_id, int(body.get("attempt") or 0), data, time.time()))
-        if kind == "done":
+    @staticmethod
+    def _receive(run: FlowRun, entry: Received) -> None:
+        run.received.append(entry)
+        if entry.type == "done":
             run.done_at = time.time()
 
 
 async def active_runs(database_url: str, tenant: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM flow_runs_audit WHERE tenant_id = $1 AND status = ANY($2::text[])",
-                tenant,
-                list(ACTIVE_RUNS),
-            )
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url,
+        "SELECT count(*) FROM flow_runs_audit WHERE tenant_id = $1 AND status = ANY($2::text[])",
+        tenant,
+        list(ACTIVE_RUNS),
+    )
+    return int(rows[0][0])
 
 
 async def load_runs(database_url: str, tenant: str) -> dict[str, asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT run_id, session_id::text AS session_id, status, attempt, output_data, error_message,"
-            " extract(epoch FROM now() - created_at) AS age FROM flow_runs_audit WHERE tenant_id = $1",
-            tenant,
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url,
+        "SELECT run_id, session_id::text AS session_id, status, attempt, output_data, error_message,"
+        " extract(epoch FROM now() - created_at) AS age FROM flow_runs_audit WHERE tenant_id = $1",
+        tenant,
+    )
     return {r["run_id"]: r for r in rows}
 
 

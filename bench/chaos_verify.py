@@ -72,51 +72,51 @@ async def read_stream(redis: Redis, key: str) -> list[Entry]:
         start = "(" + page[-1][0].decode()
 
 
-async def active_rows(database_url: str, tenant: str) -> int:
+async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """One query on a connection of its own (the harness holds no pool)."""
     conn = await asyncpg.connect(database_url)
     try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM request_logs WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant
-            )
-        )
+        return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+async def active_rows(database_url: str, tenant: str) -> int:
+    rows = await fetch(
+        database_url,
+        "SELECT count(*) FROM request_logs WHERE tenant_id = $1 AND status IN ('queued', 'running')",
+        tenant,
+    )
+    return int(rows[0][0])
 
 
 async def load_rows(database_url: str, tenant: str) -> dict[str, asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT request_id::text AS request_id, session_id::text AS session_id, status, attempt,"
-            " response_content, error, created_at, extract(epoch FROM now() - created_at) AS age"
-            " FROM request_logs WHERE tenant_id = $1",
-            tenant,
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url,
+        "SELECT request_id::text AS request_id, session_id::text AS session_id, status, attempt,"
+        " response_content, error, created_at, extract(epoch FROM now() - created_at) AS age"
+        " FROM request_logs WHERE tenant_id = $1",
+        tenant,
+    )
     return {r["request_id"]: r for r in rows}
 
 
 async def usage_mismatches(database_url: str, tenant: str) -> list[dict[str, Any]]:
     """Users whose rollup does not hold exactly their ended requests and their rows' tokens."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            """
-            SELECT user_id, coalesce(r.ended, 0) AS ended, coalesce(u.requests, 0)::bigint AS counted,
-                   coalesce(r.tokens, 0)::bigint AS tokens, coalesce(u.tokens, 0)::bigint AS rolled_up
-              FROM (SELECT user_id, count(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')) AS ended,
-                           sum(input_tokens + output_tokens) AS tokens
-                      FROM request_logs WHERE tenant_id = $1 GROUP BY user_id) r
-              FULL JOIN (SELECT user_id, sum(requests) AS requests, sum(input_tokens + output_tokens) AS tokens
-                           FROM usage_daily WHERE tenant_id = $1 AND agent_id <> $2 GROUP BY user_id) u USING (user_id)
-            """,
-            tenant,
-            flow_usage.AGENT,  # a flow's llm tasks: no request row to match (a rerun task counts again)
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url,
+        """
+        SELECT user_id, coalesce(r.ended, 0) AS ended, coalesce(u.requests, 0)::bigint AS counted,
+               coalesce(r.tokens, 0)::bigint AS tokens, coalesce(u.tokens, 0)::bigint AS rolled_up
+          FROM (SELECT user_id, count(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')) AS ended,
+                       sum(input_tokens + output_tokens) AS tokens
+                  FROM request_logs WHERE tenant_id = $1 GROUP BY user_id) r
+          FULL JOIN (SELECT user_id, sum(requests) AS requests, sum(input_tokens + output_tokens) AS tokens
+                       FROM usage_daily WHERE tenant_id = $1 AND agent_id <> $2 GROUP BY user_id) u USING (user_id)
+        """,
+        tenant,
+        flow_usage.AGENT,  # a flow's llm tasks: no request row to match (a rerun task counts again)
+    )
     return [dict(r) for r in rows if (r["ended"], r["tokens"]) != (r["counted"], r["rolled_up"])]
 
 

@@ -100,5 +100,18 @@ def dag(tenant: str, *tasks: dict[str, Any], flow_id: str = "f1") -> dict[str, A
     return {"id": flow_id, "version": "1", "type": "DAG", "tenant_id": tenant, "tasks": list(tasks)}
 
 
+async def start_run(
+    c: httpx.AsyncClient, tenant: str, *tasks: dict[str, Any], run_input: dict[str, Any] | None = None
+) -> str:
+    """POST a run of `tasks` (flow `f1`); its run id."""
+    r = await c.post(
+        "/v1/runs",
+        json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {}, "flow_definition": dag(tenant, *tasks)},
+    )
+    assert r.status_code == 202, r.text
+    run_id: str = r.json()["run_id"]
+    return run_id
+
+
 def task(task_id: str, type_: str = "echo", depends_on: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
     return {"id": task_id, "type": type_, "depends_on": list(depends_on), "input": extra.pop("input", {}), **extra}

@@ -9,7 +9,7 @@ from typing import Any
 
 from common.flows.errors import public_message, scrub
 from common.streams.protocol import Event
-from tests.flows.conftest import Executor, dag, task
+from tests.flows.conftest import Executor, start_run, task
 from tests.flows.task_functions import SECRET_PATH
 from workers import model
 
@@ -18,16 +18,6 @@ FUNCTIONS = "tests.flows.task_functions"
 
 def _tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
-
-
-async def _start(c: Any, tenant: str, *tasks: dict[str, Any], run_input: dict[str, Any] | None = None) -> str:
-    r = await c.post(
-        "/v1/runs",
-        json={"flow_id": "f1", "tenant_id": tenant, "input": run_input or {}, "flow_definition": dag(tenant, *tasks)},
-    )
-    assert r.status_code == 202, r.text
-    run_id: str = r.json()["run_id"]
-    return run_id
 
 
 def _failed(events: list[Event]) -> dict[str, Any]:
@@ -45,7 +35,7 @@ async def test_fan_out_runs_at_most_flow_max_parallel_tasks_at_once(gateway_app:
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
         branches = [task(f"b{i}", "sleep", input={"seconds": 0.2}) for i in range(6)]
-        run_id = await _start(c, tenant, *branches, task("join", depends_on=tuple(b["id"] for b in branches)))
+        run_id = await start_run(c, tenant, *branches, task("join", depends_on=tuple(b["id"] for b in branches)))
         assert await ex.run(run_id, tenant) == "completed"
     running, most = 0, 0
     for event in await ex.events(run_id):
@@ -64,11 +54,11 @@ async def test_renders_and_outputs_over_their_caps_fail_the_task_without_retryin
     tenant = _tenant()
     blob = {"x": "A" * 20_000}
     async with gw.client("alice", tenant) as c:
-        bomb = await _start(c, tenant, task("a", input={"t": "{{ input.x }}" * 4}, retries=3), run_input=blob)
-        too_big = await _start(
+        bomb = await start_run(c, tenant, task("a", input={"t": "{{ input.x }}" * 4}, retries=3), run_input=blob)
+        too_big = await start_run(
             c, tenant, task("a", input={"t": "{{ input.x }}{{ input.x }}"}, retries=3), run_input=blob
         )
-        too_many = await _start(
+        too_many = await start_run(
             c,
             tenant,
             *[task(f"t{i}", depends_on=(f"t{i - 1}",) if i else (), input={"t": "{{ input.x }}"}) for i in range(4)],
@@ -104,7 +94,7 @@ async def test_a_run_past_flow_timeout_seconds_fails_clearly(gateway_app: Any, e
     ex: Executor = await executor(flow_timeout_seconds=1)
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("slow", "sleep", input={"seconds": 600}, timeout_seconds=900))
+        run_id = await start_run(c, tenant, task("slow", "sleep", input={"seconds": 600}, timeout_seconds=900))
         assert await ex.run(run_id, tenant) == "failed"
         events = await ex.events(run_id)
         assert [e.type for e in events][-2:] == ["run.failed", "done"]
@@ -119,7 +109,7 @@ async def test_llm_and_agent_tasks_count_against_the_user_rate(gateway_app: Any,
     model.configure()
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(
+        run_id = await start_run(
             c,
             tenant,
             task("a", "llm", input={"prompt": "one"}),
@@ -135,7 +125,7 @@ async def test_llm_and_agent_tasks_count_against_the_user_rate(gateway_app: Any,
             "error": "RateLimited: user_requests_per_minute: more than 2 requests a minute",
         }
         assert not await gw.gateway.db.fetchval("SELECT count(*) FROM request_logs WHERE tenant_id = $1", tenant)
-        again = await _start(c, tenant, task("a", "llm", input={"prompt": "four"}))
+        again = await start_run(c, tenant, task("a", "llm", input={"prompt": "four"}))
         assert await ex.run(again, tenant) == "failed"
         assert "user_requests_per_minute" in _failed(await ex.events(again))["error"]
 
@@ -145,7 +135,7 @@ async def test_an_agent_task_counts_as_a_running_request_of_the_runs_user(gatewa
     ex: Executor = await executor(max_running_requests_per_user=1)
     tenant = _tenant()
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("ask", "agent", input={"content": "hello"}))
+        run_id = await start_run(c, tenant, task("ask", "agent", input={"content": "hello"}))
         assert await ex.run(run_id, tenant) == "failed"
         assert _failed(await ex.events(run_id))["error"] == (
             "RateLimited: running_requests_per_user: 1 requests are still queued or running"
@@ -168,8 +158,8 @@ async def test_task_errors_reach_clients_as_one_clean_line(gateway_app: Any, exe
     worker_log = _Records()
     logging.getLogger("workers.flows").addHandler(worker_log)
     async with gw.client("alice", tenant) as c:
-        leaky = await _start(c, tenant, task("read", "leaky", retries=1))
-        chatty = await _start(c, tenant, task("talk", "chatty"))
+        leaky = await start_run(c, tenant, task("read", "leaky", retries=1))
+        chatty = await start_run(c, tenant, task("talk", "chatty"))
         try:
             for run_id in (leaky, chatty):
                 assert await ex.run(run_id, tenant) == "failed"

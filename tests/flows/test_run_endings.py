@@ -12,19 +12,11 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.flows.runs import RunStore
+from common.requests import ending
 from common.streams.protocol import Event
-from tests.flows.conftest import Executor, dag, task
+from tests.flows.conftest import Executor, start_run, task
 from workers import flows
 from workers.offline_model import compose_reply
-
-
-async def _start(c: Any, tenant: str, *tasks: dict[str, Any]) -> str:
-    r = await c.post(
-        "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": {}, "flow_definition": dag(tenant, *tasks)}
-    )
-    assert r.status_code == 202, r.text
-    run_id: str = r.json()["run_id"]
-    return run_id
 
 
 async def test_a_lost_reply_and_an_outage_while_writing_tokens_neither_fail_the_task_nor_repeat_one(
@@ -47,7 +39,7 @@ async def test_a_lost_reply_and_an_outage_while_writing_tokens_neither_fail_the_
 
     monkeypatch.setattr(RunStore, "events", flaky)
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("ask", "llm", input={"prompt": "ride it out"}))
+        run_id = await start_run(c, tenant, task("ask", "llm", input={"prompt": "ride it out"}))
     assert await ex.run(run_id, tenant) == "completed"
     assert next(faults, None) is None, "the faults were not all met"
     events = await ex.events(run_id)
@@ -68,7 +60,7 @@ async def test_an_attempt_taken_over_writes_nothing_more(gateway_app: Any, execu
     ex: Executor = await executor()
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("a", "sleep", input={"seconds": 0}))
+        run_id = await start_run(c, tenant, task("a", "sleep", input={"seconds": 0}))
     newer = Event(type="run.retrying", request_id=run_id, attempt=2, seq=1, data={"attempt": 2})
     assert await RunStore.of(gw.gateway).events(run_id, [newer])  # attempt 2 wrote first: the fence says 2
     assert await ex.run(run_id, tenant) == "fenced"  # attempt 1, late
@@ -89,13 +81,13 @@ async def test_a_run_whose_ending_was_not_written_is_ended_by_the_repair_once(
     monkeypatch.setattr(RunStore, "announce_end", redis_away)
     monkeypatch.setattr(flows, "ANNOUNCE_WAIT_SECONDS", 0.3)
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("a", "echo", input={"x": 1}))
+        run_id = await start_run(c, tenant, task("a", "echo", input={"x": 1}))
         assert await ex.run(run_id, tenant) == "completed"
         assert [e.type for e in await ex.events(run_id)][-1] == "task.completed"  # no ending on the stream yet
         assert await gw.gateway.db.fetchval("SELECT done_pending FROM flow_runs_audit WHERE run_id = $1", run_id)
 
         monkeypatch.setattr(RunStore, "announce_end", real)
-        monkeypatch.setattr(flows.ending, "SWEEP_GRACE_SECONDS", 0.0)
+        monkeypatch.setattr(ending, "SWEEP_GRACE_SECONDS", 0.0)
         for _ in range(2):  # a second repair (or another worker's) writes nothing more
             await flows.repair_endings_once(ex.rt)
         closing = [e for e in await ex.events(run_id) if e.type in ("run.completed", "done")]

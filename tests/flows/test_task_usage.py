@@ -8,17 +8,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.flows.conftest import Executor, dag, task
+from tests.flows.conftest import Executor, start_run, task
 from workers import flow_usage, model
-
-
-async def _start(c: Any, tenant: str, *tasks: dict[str, Any]) -> str:
-    r = await c.post(
-        "/v1/runs", json={"flow_id": "f1", "tenant_id": tenant, "input": {}, "flow_definition": dag(tenant, *tasks)}
-    )
-    assert r.status_code == 202, r.text
-    run_id: str = r.json()["run_id"]
-    return run_id
 
 
 def _counted(direction: str) -> float:
@@ -38,7 +29,7 @@ async def test_an_llm_task_records_its_usage_for_the_runs_user(gateway_app: Any,
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     before = _counted("output")
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(c, tenant, task("ask", "llm", input={"prompt": "three words here"}))
+        run_id = await start_run(c, tenant, task("ask", "llm", input={"prompt": "three words here"}))
         assert await ex.run(run_id, tenant) == "completed"
         output = (await c.get(f"/v1/runs/{run_id}")).json()["output"]["tasks"]["ask"]
         used = output["usage"]
@@ -56,7 +47,7 @@ async def test_over_budget_llm_and_agent_tasks_are_refused_without_retries(gatew
     model.configure()
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     async with gw.client("alice", tenant) as c:
-        run_id = await _start(
+        run_id = await start_run(
             c,
             tenant,
             task("a", "llm", input={"prompt": "spend it all"}),
@@ -68,7 +59,7 @@ async def test_over_budget_llm_and_agent_tasks_are_refused_without_retries(gatew
         failed = next(e.data for e in events if e.type == "task.failed")
         assert failed["task_id"] == "b" and failed["tries"] == 1
         assert failed["error"].startswith("OverBudget: budget: user tokens per day:"), failed
-        agent_run = await _start(c, tenant, task("ask", "agent", input={"content": "hello"}))
+        agent_run = await start_run(c, tenant, task("ask", "agent", input={"content": "hello"}))
         assert await ex.run(agent_run, tenant) == "failed"
         error = next(e.data for e in await ex.events(agent_run) if e.type == "task.failed")["error"]
         assert error.startswith("OverBudget: budget: user tokens per day:"), error
