@@ -29,7 +29,7 @@ from common.flows.model import FlowDefinition, FlowTask
 from common.flows.policies import PolicyContext, PolicyViolation, configured_engine
 from common.flows.runs import CANCELLED, COMPLETED, FAILED, RunStore
 from common.flows.templates import render
-from common.platform import outbound, presence, sink
+from common.platform import outbound, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
@@ -42,7 +42,7 @@ from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
 from workers.attempt import Stop
-from workers.maintenance import TRANSIENT, count_found, every, troubled
+from workers.maintenance import count_found, every, reap_pass
 from workers.metering import Meter
 from workers.runner import WorkerRuntime, persist
 
@@ -602,18 +602,11 @@ async def reap_once(rt: WorkerRuntime) -> None:
     same outage rule); fail those lost too often (ending their streams)."""
     runs = RunStore.of(rt)
     unrenewed, lease = 2 * rt.settings.heartbeat_seconds, rt.settings.lease_seconds
-    started = time.monotonic()
-    try:
-        lapsed, unlocked = await runs.suspects(unrenewed, lease) if rt.presence else ([], [])
-        gone, spare = await presence.judge(rt.streams, lapsed, unlocked, troubled(rt, started))
-        requeued, failed = await runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease, spare)
-    except TRANSIENT:
-        rt.postgres_trouble_at = time.monotonic()
-        raise
-    if spare:
-        log.warning(
-            "Postgres was away: flow runs' leases of workers heard from in Redis spared", extra={"holders": spare}
-        )
+    requeued, failed = await reap_pass(
+        rt,
+        lambda: runs.suspects(unrenewed, lease),
+        lambda gone, spare: runs.reap_expired(MAX_ATTEMPTS, gone, unrenewed, lease, spare),
+    )
     count_found(requeued, failed)
     for row in requeued:
         log.warning(

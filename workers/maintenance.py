@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 import asyncpg
@@ -30,7 +31,7 @@ from workers.runner import WorkerRuntime
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
+_TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
 
 
 CHECKPOINT_EVERY = 10
@@ -96,7 +97,7 @@ async def heartbeats(rt: WorkerRuntime) -> None:
             _stalled(rt, started)
             beat += 1
             await asyncio.sleep(rt.settings.heartbeat_seconds)
-        except TRANSIENT as exc:
+        except _TRANSIENT as exc:
             rt.postgres_trouble_at = time.monotonic()
             log.warning("heartbeat failed; retrying", extra={"error": repr(exc)})
             await asyncio.sleep(rt.settings.heartbeat_seconds / 4)
@@ -109,33 +110,47 @@ def _stalled(rt: WorkerRuntime, started: float) -> None:
         rt.postgres_trouble_at = now
 
 
-def troubled(rt: WorkerRuntime, started: float) -> bool:
-    """Whether this process saw Postgres fail or stall within the last lease, counting a stall since
-    `started` (a reaper's outage rule: see reap_once)."""
-    _stalled(rt, started)
-    return time.monotonic() - rt.postgres_trouble_at < rt.settings.lease_seconds
+Holders = tuple[list[int], list[int]]
+Reaped = tuple[list[asyncpg.Record], list[asyncpg.Record]]
 
 
-async def reap_once(rt: WorkerRuntime) -> None:
-    """Requeue the attempts of lost workers: those whose lease lapsed, and those of worker processes gone
-    from both stores (common/platform/presence.py) that went two heartbeats unrenewed.
+async def reap_pass(
+    rt: WorkerRuntime,
+    suspects: Callable[[], Awaitable[Holders]],
+    reap: Callable[[list[int], list[int]], Awaitable[Reaped]],
+) -> Reaped:
+    """One reaper pass over requests or flow runs: `suspects()` gives the holders of (lapsed, unlocked)
+    attempts, `reap(gone, spare)` requeues (or fails) the lost ones and returns (requeued, failed).
 
     A lease that lapsed while this process too could not reach Postgres (within the last lease) is spared
     when its holder is heard from in Redis: every worker's beats stopped at once, and a live holder's beats
     resume with Postgres. Only a holder that stays silent, or one that alone lost Postgres, is retried."""
-    s = rt.settings
-    unrenewed = 2 * s.heartbeat_seconds
     started = time.monotonic()
     try:
-        async with rt.db.acquire() as conn:
-            lapsed, unlocked = await lifecycle.suspects(conn, unrenewed) if rt.presence else ([], [])
-            gone, spare = await presence.judge(rt.streams, lapsed, unlocked, troubled(rt, started))
-            requeued, failed = await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare)
-    except TRANSIENT:
+        lapsed, unlocked = await suspects() if rt.presence else ([], [])
+        _stalled(rt, started)
+        outage = time.monotonic() - rt.postgres_trouble_at < rt.settings.lease_seconds
+        gone, spare = await presence.judge(rt.streams, lapsed, unlocked, outage)
+        reaped = await reap(gone, spare)
+    except _TRANSIENT:
         rt.postgres_trouble_at = time.monotonic()
         raise
     if spare:
         log.warning("Postgres was away: leases of workers heard from in Redis spared", extra={"holders": spare})
+    return reaped
+
+
+async def reap_once(rt: WorkerRuntime) -> None:
+    """Requeue the attempts of lost workers: those whose lease lapsed (see `reap_pass` for an outage), and
+    those of worker processes gone from both stores (common/platform/presence.py) that went two heartbeats
+    unrenewed."""
+    unrenewed = 2 * rt.settings.heartbeat_seconds
+    async with rt.db.acquire() as conn:
+        requeued, failed = await reap_pass(
+            rt,
+            lambda: lifecycle.suspects(conn, unrenewed),
+            lambda gone, spare: lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare),
+        )
     await count_lost(rt, [*requeued, *failed])
     count_found(requeued, failed)
     for row in requeued:
@@ -226,7 +241,7 @@ async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:
         await asyncio.sleep(seconds)
         try:
             await step(rt)  # type: ignore[operator]
-        except TRANSIENT as exc:
+        except _TRANSIENT as exc:
             log.warning("maintenance step failed", extra={"step": getattr(step, "__name__", ""), "error": repr(exc)})
         except Exception:
             log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})

@@ -16,8 +16,8 @@ requests a warm peer would have started already.
 A job's in-progress key is renewed while the job runs. Until the job says it is in hand (`settled`: its
 claim is in Postgres, where the reaper finds it if this process dies) the key lives `take_seconds` (two
 heartbeats), so a job taken by a worker that died before its claim is taken again within seconds; after,
-one lease (`in_progress_seconds`), whatever the job's timeout. A Redis
-or Postgres outage makes the loop wait and reconnect (common.platform.outages); it never exits for one.
+one lease (`in_progress_seconds`), whatever the job's timeout. A Redis or Postgres outage makes the loop
+wait and reconnect (common.platform.outages); it never exits for one.
 """
 
 from __future__ import annotations
