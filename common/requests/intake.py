@@ -94,6 +94,9 @@ class Admitted:
     status: str
     stream_entry_id: str | None
     replayed: bool = False
+    # A replayed request still queued: its job, queued again (a no-op if it is there) in case the first
+    # intake stored the request and died before queueing it.
+    job: tuple[str, JobPayload] | None = None
 
 
 @dataclass
@@ -170,6 +173,7 @@ async def accept(
     if idempotency_key:
         replay = await _replay(stores.db, who, user_id, idempotency_key, digest)
         if replay:
+            await enqueue_safely(stores, replay.job)
             return replay
     intake = _Intake(
         who,
@@ -193,12 +197,14 @@ async def accept(
         replay = await _replay(stores.db, who, user_id, idempotency_key or "", digest)
         if replay is None:
             raise
+        await enqueue_safely(stores, replay.job)
         return replay
     except BaseException:
         await _release(stores, intake)
         raise
     if admitted.replayed:
         await _release(stores, intake)
+        await enqueue_safely(stores, admitted.job)
     return admitted
 
 
@@ -245,7 +251,8 @@ async def _replay(
         return None
     if row["body_hash"] != digest:
         raise Conflicting("Idempotency-Key was already used with a different request body")
-    return Admitted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], replayed=True)
+    job = lifecycle.job_for(row) if row["status"] == "queued" else None
+    return Admitted(row["request_id"], row["session_id"], row["status"], row["stream_entry_id"], True, job)
 
 
 async def _accept_new(stores: IntakeStores, intake: _Intake) -> Admitted:

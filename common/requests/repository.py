@@ -102,7 +102,8 @@ async def _insert_many(db: Conn, new_session: bool, rows: list[tuple[Any, ...]])
 
 async def by_idempotency_key(conn: Conn, tenant_id: str, user_id: str, key: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT request_id::text, session_id::text, status, stream_entry_id, body_hash FROM request_logs"
+        "SELECT request_id::text, session_id::text, status, stream_entry_id, body_hash, tenant_id, attempt, feature,"
+        " correlation_id FROM request_logs"
         " WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
         tenant_id,
         user_id,

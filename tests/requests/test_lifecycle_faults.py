@@ -1,5 +1,6 @@
 """Faults at the worst moments of a request's life (issue 15): a job taken by a worker that dies before
-its claim, and store outages under a running worker. Each ends with the request finished, once."""
+its claim, a request stored by a gateway that dies before queueing it, and store outages under a running
+worker. Each ends with the request finished, once."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
 import redis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from tests.conftest import Stack, wait_until
+from tests.support.app import App
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.streams import done_for, read_until, wait_status
 
@@ -116,3 +119,23 @@ def test_workers_ride_out_redis_and_postgres_outages(new_stack: Stack) -> None:
     finally:
         pg.close()
         rd.close()
+
+
+async def test_a_replay_queues_a_request_its_first_intake_stored_but_never_queued(app: App) -> None:
+    """A gateway that died between storing a request and queueing it: the client's retry with the same
+    Idempotency-Key answers that request and queues it, rather than leaving it to the stalled sweep."""
+    body = {"content": "stored, never queued", "new_session": True}
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    queue, name = app.gateway.queue, app.settings.feature_queue("gateway-tests")
+    async with app.client() as c:
+        first = await c.post("/api/v1/requests/web", json=body, headers=headers)
+        assert first.status_code == 202, first.text
+        request_id = first.json()["request_id"]
+        assert await queue.exists(job_key_prefix + request_id)
+        await queue.delete(job_key_prefix + request_id)  # as if the gateway died before queueing it
+        await queue.zrem(name, request_id)
+        again = await c.post("/api/v1/requests/web", json=body, headers=headers)
+        assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["request_id"] == request_id
+    assert await queue.exists(job_key_prefix + request_id)
+    assert await queue.zscore(name, request_id) is not None
