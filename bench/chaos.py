@@ -273,6 +273,9 @@ async def main_async(args: argparse.Namespace, folder: Path) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(figures, indent=1, default=str))
         print(f"\nfigures written to {out}; logs in {folder / 'logs'}")
+        if figures["kill_to_next_token"]["retried_without_a_kill"]:
+            args.keep = True  # not an anomaly (nothing was lost), but its logs are what explains it
+            print("logs kept: a retry no worker kill explains")
         return 1 if anomalies else 0
     finally:
         await asyncio.to_thread(cluster.stop)

@@ -13,6 +13,7 @@ are left out).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -348,8 +349,13 @@ class Verifier:
         }
 
 
+_JOB = re.compile(r"([←→]) ([0-9a-f-]{36})(?::(\d+))?:process_request")
+
+
 def running_at_kill(log: Path) -> dict[str, int]:
-    """The requests (and attempts) a killed worker had started and not finished, from its log."""
+    """The requests (and attempts) a killed worker had taken and not finished, from its log: ARQ's start
+    (→) and end (←) lines of each job, and the runner's own lines (a claim can commit just before the kill,
+    before its `run started` line)."""
     running: dict[str, int] = {}
     for line in log.read_bytes().splitlines():
         if not line.startswith(b"{"):
@@ -358,7 +364,14 @@ def running_at_kill(log: Path) -> dict[str, int]:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
-        msg, request_id = entry.get("msg"), entry.get("request_id")
+        msg, request_id = entry.get("msg") or "", entry.get("request_id")
+        if job := _JOB.search(msg):
+            arrow, request_id, attempt = job.groups()
+            if arrow == "→":
+                running[request_id] = int(attempt or 1)
+            else:
+                running.pop(request_id, None)
+            continue
         if not request_id:
             continue
         if msg == "run started":

@@ -145,12 +145,18 @@ async def reap_once(rt: WorkerRuntime) -> None:
     those of worker processes gone from both stores (common/platform/presence.py) that went two heartbeats
     unrenewed."""
     unrenewed = 2 * rt.settings.heartbeat_seconds
-    async with rt.db.acquire() as conn:
-        requeued, failed = await reap_pass(
-            rt,
-            lambda: lifecycle.suspects(conn, unrenewed),
-            lambda gone, spare: lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare),
-        )
+
+    # Each acquires inside reap_pass: a pool that cannot connect is Postgres trouble too (a worker with
+    # no running attempt sends no beats, so its reaper is what notices an outage).
+    async def suspects() -> Holders:
+        async with rt.db.acquire() as conn:
+            return await lifecycle.suspects(conn, unrenewed)
+
+    async def reap(gone: list[int], spare: list[int]) -> Reaped:
+        async with rt.db.acquire() as conn:
+            return await lifecycle.reap_expired(conn, MAX_ATTEMPTS, gone, unrenewed, spare)
+
+    requeued, failed = await reap_pass(rt, suspects, reap)
     await count_lost(rt, [*requeued, *failed])
     count_found(requeued, failed)
     for row in requeued:
