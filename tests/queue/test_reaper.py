@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -126,3 +127,20 @@ async def test_the_sweep_queues_a_lost_head_again_and_counts_only_that(
         assert requeued == [1]
     finally:
         await arq.aclose()
+
+
+async def test_a_reaper_that_cannot_connect_notes_postgres_trouble() -> None:
+    """A worker with no running attempt sends no beats: its reaper failing to get a connection is how it
+    learns Postgres is away, so that once Postgres is back it spares the lapsed leases of live workers."""
+
+    @contextlib.asynccontextmanager
+    async def refused() -> AsyncIterator[None]:
+        raise ConnectionRefusedError("connection refused")
+        yield  # pragma: no cover
+
+    rt: Any = SimpleNamespace(
+        db=SimpleNamespace(acquire=refused), presence=object(), settings=Settings(), postgres_trouble_at=float("-inf")
+    )
+    with pytest.raises(ConnectionRefusedError):
+        await maintenance.reap_once(rt)
+    assert time.monotonic() - rt.postgres_trouble_at < 1
