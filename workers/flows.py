@@ -44,7 +44,7 @@ from workers import flow_usage, model
 from workers.attempt import Stop
 from workers.maintenance import count_found, every, reap_pass
 from workers.metering import Meter
-from workers.runner import WorkerRuntime, persist
+from workers.runner import WorkerRuntime, persist, persist_append
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,13 @@ class Execution:
                         data=data,
                     )
                 )
-            tries = 0
-
-            async def once() -> bool:
-                nonlocal tries
-                tries += 1
-                return await self.runs.events(self.run_id, batch, dedupe=tries > 1)
-
-            if not await _store(self, "run stream append", once):
+            try:
+                written = await persist_append(
+                    "run stream append", lambda dedupe: self.runs.events(self.run_id, batch, dedupe=dedupe), self
+                )
+            except Stop:
+                raise Lost from None
+            if not written:
                 raise Lost
 
     def scope(self) -> dict[str, Any]:

@@ -119,14 +119,25 @@ class WorkerRuntime:
 async def append(rt: WorkerRuntime, run: Attempt, events: list[Event]) -> None:
     """Append a run's own events, retried across store errors without writing any twice; a newer
     attempt of the request (or its ending) on the stream fences this one."""
-    tries = [0]
 
-    async def once() -> bool:
-        tries[0] += 1
-        return (await rt.writer.append_many([(run.payload.session_id, events)], dedupe=tries[0] > 1)).refused[0]
+    async def write(dedupe: bool) -> bool:
+        return (await rt.writer.append_many([(run.payload.session_id, events)], dedupe=dedupe)).refused[0]
 
-    if await persist("stream append", once, run):
+    if await persist_append("stream append", write, run):
         raise Stop("superseded by a newer attempt", fenced=True)
+
+
+async def persist_append(what: str, write: Callable[[bool], Awaitable[T]], run: Leased) -> T:
+    """`persist` for a stream append: `write(dedupe)`, every try after the first deduplicating (a write
+    whose reply was lost may have landed)."""
+    tries = 0
+
+    async def once() -> T:
+        nonlocal tries
+        tries += 1
+        return await write(tries > 1)
+
+    return await persist(what, once, run)
 
 
 class Leased(Protocol):

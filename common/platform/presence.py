@@ -143,7 +143,7 @@ class Presence:
             log.debug("presence refresh failed", extra={"error": repr(exc)})
 
 
-async def heard(streams: StreamsRedis, holders: list[int]) -> set[int] | None:
+async def _heard(streams: StreamsRedis, holders: list[int]) -> set[int] | None:
     """Which of `holders` refreshed their presence key in Redis within two heartbeats; None while Redis
     cannot say."""
     if not holders:
@@ -156,12 +156,6 @@ async def heard(streams: StreamsRedis, holders: list[int]) -> set[int] | None:
     return {h for h, seen in zip(holders, found, strict=True) if seen is not None}
 
 
-def gone(unlocked: list[int], heard_from: set[int] | None) -> list[int]:
-    """Of the `unlocked` holders (no presence lock in Postgres), those not `heard_from` in Redis either.
-    Empty while Redis cannot say (None): the leases decide."""
-    return [] if heard_from is None else [h for h in unlocked if h not in heard_from]
-
-
 async def judge(
     streams: StreamsRedis, lapsed: list[int], unlocked: list[int], outage: bool
 ) -> tuple[list[int], list[int]]:
@@ -169,6 +163,8 @@ async def judge(
     Postgres fail within the last lease (`outage`), the `lapsed` holders heard from in Redis, alive (every
     worker's beats stopped at once, and theirs resume with Postgres). Nothing either way while Redis cannot
     say: the leases decide."""
-    heard_from = await heard(streams, [*unlocked, *(lapsed if outage else [])])
-    spare = [h for h in lapsed if h in heard_from] if outage and heard_from else []
-    return gone(unlocked, heard_from), spare
+    heard_from = await _heard(streams, [*unlocked, *(lapsed if outage else [])])
+    if heard_from is None:
+        return [], []
+    spare = [h for h in lapsed if h in heard_from] if outage else []
+    return [h for h in unlocked if h not in heard_from], spare

@@ -424,7 +424,7 @@ async def unpark(conn: asyncpg.Connection, request_id: str, timeout_seconds: flo
 async def suspects(conn: asyncpg.Connection, unrenewed_seconds: float) -> tuple[list[int], list[int]]:
     """Holders of running attempts that may be lost: (those with a lapsed lease, those with an attempt
     unrenewed for `unrenewed_seconds` within its lease and no presence lock: dead, or only cut off from
-    Postgres; common.platform.presence.heard tells which)."""
+    Postgres; common.platform.presence.judge tells which)."""
     rows = await conn.fetch(
         f"""
         SELECT lease_holder, bool_or(lease_expires_at < now()) AS lapsed,
