@@ -20,7 +20,7 @@ from common.platform.context import open_stores, start_hub
 from common.platform.keys import dispatcher_queue
 from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
-from dispatcher import jobs
+from dispatcher import jobs, repair
 from dispatcher.channels import slack
 from dispatcher.runtime import DispatcherRuntime
 from dispatcher.verification import send_verification
@@ -40,10 +40,16 @@ def build_worker(settings: Settings) -> RelayWorker:
             hub=start_hub(settings, stores.streams),
             http=httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False),
         )
+        ctx["sweep"] = asyncio.create_task(repair.sweep_forever(ctx["rt"]))
         runtime.tune_gc()
         log.info("dispatcher ready", extra={"queue": dispatcher_queue()})
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        sweep: asyncio.Task[None] | None = ctx.get("sweep")
+        if sweep is not None:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
         rt: DispatcherRuntime | None = ctx.get("rt")
         if rt is not None:
             await rt.hub.stop()

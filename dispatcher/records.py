@@ -11,14 +11,19 @@ from common.delivery.configs import DeliveryStatus
 from common.delivery.jobs import DeliveryJob
 from common.platform import sink
 from common.platform.metrics import DELIVERIES
+from common.platform.outages import outlast
 from common.streams.protocol import Event, EventType
 from common.streams.writer import StreamWriter
 
 
 async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:
-    """The attempt's row, created PENDING, or the existing one when this attempt already ran (a redelivery)."""
+    """The attempt's row, created PENDING, or the existing one when this attempt already ran (a redelivery).
+    The previous attempt is no longer due (its `retry_at` is cleared)."""
     row = await db.fetchrow(
         """
+        WITH due AS (
+          UPDATE delivery_logs SET retry_at = NULL WHERE delivery_key = $2 AND attempt = $3 - 1 AND retry_at IS NOT NULL
+        )
         INSERT INTO delivery_logs (delivery_id, delivery_key, attempt, tenant_id, user_id, request_id, session_id,
                                    integration_type)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -44,14 +49,24 @@ async def close_attempt(
     status: DeliveryStatus,
     error: str | None = None,
     external_ref: str | None = None,
+    retry_in: float | None = None,
 ) -> None:
+    """End the attempt's row; a RETRYING one notes when the next attempt is due (`retry_in` seconds)."""
     await db.execute(
         "UPDATE delivery_logs SET status = $2, error_message = $3, external_ref = coalesce($4, external_ref),"
-        " updated_at = now() WHERE delivery_id = $1",
+        " retry_at = now() + make_interval(secs => $5), updated_at = now() WHERE delivery_id = $1",
         delivery_id,
         status,
         error,
         external_ref,
+        retry_in,
+    )
+
+
+async def settle_request(db: asyncpg.Pool, request_id: str) -> None:
+    """The request's deliveries are queued: its row no longer awaits the dispatcher."""
+    await db.execute(
+        "UPDATE request_logs SET delivery_pending = false WHERE request_id = $1 AND delivery_pending", request_id
     )
 
 
@@ -98,6 +113,5 @@ async def announce(
         {"request_id": job.request_id, "session_id": job.session_id, "channel": job.channel, "status": status},
         tenant_id=job.tenant_id,
     )
-    await writer.append(
-        job.session_id, [Event(type=kind, request_id=job.request_id, attempt=request_attempt, data=data)]
-    )
+    event = Event(type=kind, request_id=job.request_id, attempt=request_attempt, data=data)
+    await outlast("delivery event", lambda: writer.append(job.session_id, [event]))

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 
 from common.agents import tool_steps
 from common.agents.registry import AgentRegistry
+from common.delivery import configs as channel_configs
 from common.delivery import jobs as delivery
 from common.platform import metrics, sink, tracing
 from common.platform.keys import cancel_key
@@ -333,6 +334,7 @@ async def _finish(
 
     async def finish_once() -> tuple[lifecycle.Finished | None, tuple[str, JobPayload] | None]:
         tries[0] += 1
+        defaults_deliver = status == "completed" and await channel_configs.defaults_deliver_alone(rt.db, rt.settings)
         ended, upcoming = await lifecycle.finish(
             rt.db,
             payload,
@@ -342,6 +344,7 @@ async def _finish(
             agent_id=agent_id,
             metadata={"model": model_name},
             usage=used,
+            defaults_deliver=defaults_deliver,
         )
         if ended is None and tries[0] > 1:
             ended = await lifecycle.ended_as(rt.db, payload, status)
@@ -372,7 +375,7 @@ async def _finish(
     if upcoming:
         await persist("enqueue", lambda: queue.enqueue(rt.queue, *upcoming))
     rt.ended.add(payload.request_id)
-    await delivery.after_request(rt.db, rt.queue, rt.settings, payload, status, ended)
+    await delivery.after_request(rt.queue, payload, ended)
     await budgets.count(rt.streams, payload.tenant_id, run.user_id, used, payload.correlation_id)
     RUNS.labels(status).inc()
     sink.emit(

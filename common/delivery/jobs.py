@@ -116,20 +116,18 @@ async def channels_for(
     return out
 
 
-async def after_request(
-    db: asyncpg.Pool, pool: ArqRedis, settings: Settings, payload: JobPayload, status: str, ended: Finished
-) -> None:
-    """Called where a request's outcome is final: enqueue its delivery when a channel wants it.
+async def after_request(pool: ArqRedis, payload: JobPayload, ended: Finished) -> None:
+    """Called once a request's ending is committed: queue its delivery when the ending marked it pending.
 
-    `ended` is what the ending statement returned, so the common case (no channel) costs no query.
-    Never raises: the reply is already stored and streamed; a lost enqueue is logged.
+    Never raises: the reply is stored and streamed already, and the mark outlives a lost enqueue (the
+    dispatcher's sweep, dispatcher/repair.py, queues it a few seconds later).
     """
-    if status != "completed" or not ended.deliver:  # a scheduled run without `deliver` goes nowhere
+    if not ended.delivery_pending:
         return
     try:
-        if not (ended.overridden or await channel_configs.defaults_deliver_alone(db, settings)):
-            return
-        if await channels_for(db, settings, payload.tenant_id, ended.user_id, ended.integration_type):
-            await enqueue_request(pool, payload)
-    except Exception as exc:
-        log.warning("delivery enqueue failed", extra={"request_id": payload.request_id, "error": repr(exc)})
+        await enqueue_request(pool, payload)
+    except Exception as exc:  # Redis down, mostly
+        log.warning(
+            "delivery not queued; the dispatcher's sweep will queue it",
+            extra={"request_id": payload.request_id, "error": repr(exc)},
+        )

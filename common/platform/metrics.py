@@ -41,6 +41,9 @@ USAGE_COST = Counter(
 )
 
 DELIVERIES = Counter("relaygate_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"])
+DELIVERIES_REQUEUED = Counter(
+    "relaygate_deliveries_requeued_total", "Delivery steps a dispatcher's sweep queued again", ["reason"]
+)
 BATCHES = Counter(
     "relaygate_batches_total", "Shared Postgres statements and Redis pipelines that carried several calls", ["batch"]
 )

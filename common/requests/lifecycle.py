@@ -59,30 +59,35 @@ SELECT DISTINCT ON (session_id)
 
 
 # What a worker needs of the row it ended, read by the ending statement itself: the request's usage
-# and user, and what common.delivery.jobs.after_request decides on (no second query per request).
+# and user, and whether its reply awaits delivery (no second query per request).
 _FINISHED = """
 input_tokens, output_tokens, cost_usd, usage_estimated, user_id,
-normalized_request->>'integration_type' AS integration_type,
-coalesce(normalized_request->'integration_context'->>'deliver', 'true') <> 'false' AS deliver,
-EXISTS (SELECT 1 FROM user_integration_configs u
-         WHERE u.tenant_id = request_logs.tenant_id AND u.user_id = request_logs.user_id AND u.enabled)
-  AS overridden
+normalized_request->>'integration_type' AS integration_type, delivery_pending
+"""
+# Set with a completed ending, in the same statement, when a channel may want the reply: the request may
+# be delivered (a scheduled run without `deliver` may not) and its user has delivery settings of their
+# own, or the defaults deliver alone ($12, per ending). The dispatcher clears it (dispatcher/repair.py).
+_DELIVERY_PENDING = """
+v.new_status = 'completed'
+AND coalesce(request_logs.normalized_request->'integration_context'->>'deliver', 'true') <> 'false'
+AND (v.defaults_deliver OR EXISTS (
+      SELECT 1 FROM user_integration_configs u
+       WHERE u.tenant_id = request_logs.tenant_id AND u.user_id = request_logs.user_id AND u.enabled))
 """
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A request its worker ended: its total usage, its user, and how its reply may be delivered."""
+    """A request its worker ended: its total usage, its user, and whether its reply awaits delivery."""
 
     usage: Usage
     user_id: str
     integration_type: str
-    deliver: bool  # false for a scheduled run without `deliver`
-    overridden: bool  # the user has delivery settings of their own
+    delivery_pending: bool
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Finished:
-        return cls(of_row(row), row["user_id"], row["integration_type"] or "", row["deliver"], row["overridden"])
+        return cls(of_row(row), row["user_id"], row["integration_type"] or "", row["delivery_pending"])
 
 
 def job_for(row: asyncpg.Record) -> tuple[str, JobPayload]:
@@ -165,6 +170,7 @@ class _Ending:
     agent_id: str | None
     metadata: dict[str, Any]
     usage: Usage
+    defaults_deliver: bool = False
 
 
 async def finish(
@@ -177,13 +183,15 @@ async def finish(
     agent_id: str | None = None,
     metadata: dict[str, Any] | None = None,
     usage: Usage | None = None,
+    defaults_deliver: bool = False,
 ) -> Ended:
     """End a running attempt, adding its usage to the request's (the daily rollup follows, by trigger).
+    `defaults_deliver`: the system defaults deliver a reply alone (common.delivery.configs.defaults_deliver_alone).
 
     Returns (the ended request, or None when the attempt no longer held it; the next request of the
     session to queue). Concurrent endings of different sessions share one transaction and one commit.
     """
-    ending = _Ending(payload, status, response, error, agent_id, metadata or {}, usage or Usage())
+    ending = _Ending(payload, status, response, error, agent_id, metadata or {}, usage or Usage(), defaults_deliver)
     return await batcher(
         db,
         "requests.finish",
@@ -211,8 +219,9 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
             WITH v AS (
               SELECT r.id, v.* FROM request_logs r
                 JOIN unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                            $8::bigint[], $9::bigint[], $10::numeric[], $11::bool[])
-                  AS v(rid, att, new_status, response, err, agent, meta, input_add, output_add, cost_add, estimated)
+                            $8::bigint[], $9::bigint[], $10::numeric[], $11::bool[], $12::bool[])
+                  AS v(rid, att, new_status, response, err, agent, meta, input_add, output_add, cost_add, estimated,
+                       defaults_deliver)
                   ON r.request_id = v.rid AND r.attempt = v.att
                WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r
             )
@@ -222,7 +231,8 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
                    processing_time_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
                    completed_at = now(), updated_at = now(), lease_expires_at = NULL, done_pending = true,
                    input_tokens = input_tokens + v.input_add, output_tokens = output_tokens + v.output_add,
-                   cost_usd = cost_usd + v.cost_add, usage_estimated = usage_estimated OR v.estimated, {_DROP_ESTIMATE}
+                   cost_usd = cost_usd + v.cost_add, usage_estimated = usage_estimated OR v.estimated, {_DROP_ESTIMATE},
+                   delivery_pending = {_DELIVERY_PENDING}
               FROM v WHERE request_logs.id = v.id
             RETURNING request_logs.request_id::text AS ended_id, {_FINISHED}
             """,
@@ -237,6 +247,7 @@ async def _finish_many(db: asyncpg.Pool, endings: list[_Ending]) -> list[Ended]:
             [e.usage.output_tokens for e in endings],
             [e.usage.cost_usd for e in endings],
             [e.usage.estimated for e in endings],
+            [e.defaults_deliver for e in endings],
         )
         ended = {row["ended_id"]: row for row in rows}
         held = [e for e in endings if e.payload.request_id in ended]

@@ -287,7 +287,8 @@ async def reply(conn: Conn, tenant_id: str, request_id: str) -> asyncpg.Record |
     return await conn.fetchrow(
         """
         SELECT request_id::text, session_id::text, tenant_id, user_id, request_content, response_content, agent_id,
-               attempt, status, normalized_request->>'integration_type' AS integration_type
+               attempt, status, normalized_request->>'integration_type' AS integration_type,
+               extract(epoch FROM completed_at)::float8 AS completed_at
           FROM request_logs WHERE request_id = $1 AND tenant_id = $2
         """,
         request_id,

@@ -29,6 +29,7 @@ class Reply:
     response: str
     agent_id: str | None
     attempt: int
+    completed_at: float = 0.0  # epoch seconds; a delivery expires DELIVERY_EXPIRY_SECONDS after it
 
 
 def retry_after(value: str | None) -> float | None:

@@ -4,7 +4,6 @@ aiosmtpd, a Twilio-compatible endpoint); every attempt a delivery_logs row and a
 
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import uuid
@@ -29,8 +28,10 @@ from tests.support.delivery import (
     message_of,
     smtp_port,
     smtp_server,
+    user,
     verify,
     wait_for,
+    webhook_override,
 )
 
 SMS_TOKEN = "sms-token-" + secrets.token_hex(8)
@@ -76,33 +77,6 @@ def dispatchers(stack: Stack, receiver: Receiver, tmp_path_factory: pytest.TempP
     finally:
         d.stop()
         controller.stop()
-
-
-def whsec() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
-def user(stack: Stack) -> tuple[httpx.Client, str]:
-    uid = f"u-{uuid.uuid4().hex[:8]}"
-    return stack.client(uid, f"t-{uuid.uuid4().hex[:8]}"), uid
-
-
-def webhook_override(c: httpx.Client, uid: str, receiver: Receiver, path: str, **fields: Any) -> str:
-    secret = whsec()
-    receiver.secrets[path] = secret
-    r = c.post(
-        f"/api/v1/users/{uid}/integrations",
-        json={
-            "integration_type": "WEBHOOK",
-            "enabled": True,
-            "retry_delay_seconds": 1,
-            "config": {"url": receiver.base_url + path, "secret": secret},
-            **fields,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert secret not in r.text
-    return secret
 
 
 def final(e: dict[str, Any]) -> bool:

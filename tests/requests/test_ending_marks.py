@@ -1,5 +1,5 @@
-"""A worker's ending in few round trips: `finish` returns what delivery needs and the session's next
-request, and `done_pending` flags are cleared in batches (a lost batch is the sweep's)."""
+"""A worker's ending in few round trips: `finish` returns whether the reply awaits delivery and the
+session's next request, and `done_pending` flags are cleared in batches (a lost batch is the sweep's)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def test_finish_returns_the_delivery_facts_and_the_next_request(infra: Inf
                 await lifecycle.claim_many(conn, [first], 15)
         ended, upcoming = await lifecycle.finish(pool, first, status="completed", response="r", agent_id="a")
         assert ended is not None
-        assert (ended.user_id, ended.integration_type, ended.deliver, ended.overridden) == ("u", "web", False, True)
+        assert (ended.user_id, ended.integration_type, ended.delivery_pending) == ("u", "web", False)  # `deliver` off
         assert upcoming is not None and upcoming[1].request_id == second.request_id
         assert (
             await pool.fetchval("SELECT current_agent_id FROM request_sessions WHERE session_id = $1", session_id)
@@ -46,6 +46,46 @@ async def test_finish_returns_the_delivery_facts_and_the_next_request(infra: Inf
         assert await lifecycle.ended_as(pool, first, "completed") == ended
         again, nothing = await lifecycle.finish(pool, first, status="completed")
         assert again is None and nothing is None  # the attempt no longer holds the request
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "overridden", "defaults_deliver", "deliver", "pending"),
+    [
+        ("completed", True, False, None, True),  # the user's own settings
+        ("completed", False, True, None, True),  # the defaults deliver alone
+        ("completed", False, False, None, False),  # nowhere to deliver to
+        ("completed", True, True, False, False),  # a scheduled run without `deliver`
+        ("failed", True, True, None, False),  # only a completed reply is delivered
+    ],
+)
+async def test_an_ending_marks_its_reply_pending_delivery_only_when_a_channel_may_want_it(
+    infra: Infra, status: str, overridden: bool, defaults_deliver: bool, deliver: bool | None, pending: bool
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    pool = await db.create_pool(infra.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            job = await _request(conn, await _session(conn, tenant), tenant)
+            if deliver is not None:
+                await conn.execute(
+                    "UPDATE request_logs SET normalized_request = $2::jsonb WHERE request_id = $1",
+                    job.request_id,
+                    {"integration_context": {"deliver": deliver}},
+                )
+            if overridden:
+                await conn.execute(
+                    "INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, enabled, config)"
+                    " VALUES ($1, 'u', 'TEST', true, '{}')",
+                    tenant,
+                )
+            async with conn.transaction():
+                await lifecycle.claim_many(conn, [job], 15)
+        ended, _ = await lifecycle.finish(pool, job, status=status, defaults_deliver=defaults_deliver)
+        assert ended is not None and ended.delivery_pending is pending
+        stored = await pool.fetchval("SELECT delivery_pending FROM request_logs WHERE request_id = $1", job.request_id)
+        assert stored is pending
     finally:
         await pool.close()
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
+import secrets
 import signal
 import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -31,6 +34,7 @@ from dispatcher import jobs
 from dispatcher.runtime import DispatcherRuntime
 from dispatcher.verification import send_verification
 from tests.conftest import Stack, wait_until
+from tests.fakes.http_receiver import Receiver
 from tests.support.streams import read_until
 
 
@@ -210,3 +214,30 @@ def code_in(text: str) -> str:
 
 def verify(c: httpx.Client, uid: str, channel: str, code: str) -> httpx.Response:
     return c.post(f"/api/v1/users/{uid}/integrations/{channel}/verify", json={"code": code})
+
+
+def whsec() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def user(stack: Stack) -> tuple[httpx.Client, str]:
+    uid = f"u-{uuid.uuid4().hex[:8]}"
+    return stack.client(uid, f"t-{uuid.uuid4().hex[:8]}"), uid
+
+
+def webhook_override(c: httpx.Client, uid: str, receiver: Receiver, path: str, **fields: Any) -> str:
+    secret = whsec()
+    receiver.secrets[path] = secret
+    r = c.post(
+        f"/api/v1/users/{uid}/integrations",
+        json={
+            "integration_type": "WEBHOOK",
+            "enabled": True,
+            "retry_delay_seconds": 1,
+            "config": {"url": receiver.base_url + path, "secret": secret},
+            **fields,
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert secret not in r.text
+    return secret
