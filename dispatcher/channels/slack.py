@@ -35,6 +35,7 @@ from common.delivery.jobs import DeliveryJob, SlackFollow, SlackTarget
 from common.platform import lua
 from common.platform.keys import slack_edit_budget_key
 from common.platform.logging import correlation_id
+from common.platform.outages import outlast
 from common.slack import access as slack_access
 from common.slack import actions, installations, mrkdwn
 from common.streams.hub import Entry, batches
@@ -233,7 +234,8 @@ class Poster:
         self.streamed = 0
 
     async def _remember(self) -> None:
-        await records.set_ref(self.rt.db, self.delivery_id, ",".join(self.msg.refs))
+        refs = ",".join(self.msg.refs)
+        await outlast("slack message ref", lambda: records.set_ref(self.rt.db, self.delivery_id, refs))
 
     async def _stream(self, *, final: bool) -> None:
         target = self.msg.target
@@ -338,11 +340,13 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         channel="SLACK",
         correlation_id=f.correlation_id,
     )
-    row = await records.open_attempt(rt.db, job)
+    row = await outlast("open delivery attempt", lambda: records.open_attempt(rt.db, job))
     if row["status"] != "PENDING":
         return str(row["status"])
     delivery_id = row["delivery_id"]
-    configs = await channel_configs.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
+    configs = await outlast(
+        "delivery settings", lambda: channel_configs.effective_for(rt.db, rt.settings, f.tenant_id, f.user_id)
+    )
     cfg = configs.get("SLACK") or channel_configs.ChannelConfig()
     target = f.target
     if not target.thread_ts and target.message_ts and cfg.config.get("thread_replies"):
@@ -353,7 +357,9 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         request_id=f.request_id,
         refs=[r for r in (row["external_ref"] or "").split(",") if r],
     )
-    inst = await installations.of_tenant(rt.db, rt.settings, f.tenant_id, f.target.team_id)
+    inst = await outlast(
+        "slack installation", lambda: installations.of_tenant(rt.db, rt.settings, f.tenant_id, f.target.team_id)
+    )
     if inst is None:
         await _close(rt, job, msg, delivery_id, "FAILED", "the Slack workspace is not installed for this tenant")
         return "FAILED"
@@ -412,7 +418,8 @@ async def _close(
     status: channel_configs.DeliveryStatus,
     detail: str | None,
 ) -> None:
-    await records.close_attempt(rt.db, delivery_id, status, detail, ",".join(msg.refs) or None)
+    refs = ",".join(msg.refs) or None
+    await outlast("close delivery attempt", lambda: records.close_attempt(rt.db, delivery_id, status, detail, refs))
     await records.announce(
         rt.writer, job, max(msg.attempt, 1), delivery_id, status, detail or f"Slack {msg.target.channel_id}"
     )
@@ -426,7 +433,10 @@ async def post_reply(rt: DispatcherRuntime, job: DeliveryJob, config: dict[str, 
     tenant since, posts nothing.
     """
     try:
-        inst = await slack_access.destination(rt.db, rt.settings, job.tenant_id, job.user_id, config)
+        inst = await outlast(
+            "slack destination",
+            lambda: slack_access.destination(rt.db, rt.settings, job.tenant_id, job.user_id, config),
+        )
     except slack_access.Refused as exc:
         raise DeliveryError(f"Slack {exc.field}: {exc.message}", retryable=False) from None
     if inst is None:
