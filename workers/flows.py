@@ -42,7 +42,7 @@ from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
 from workers.attempt import Stop
-from workers.maintenance import count_found, every, reap_pass
+from workers.maintenance import RETRY_GRACE_SECONDS, count_found, every, reap_pass
 from workers.metering import Meter
 from workers.runner import WorkerRuntime, persist, persist_append
 
@@ -617,6 +617,17 @@ async def reap_once(rt: WorkerRuntime) -> None:
     for row in failed:
         await _announce(runs, row, "failed", {"error": "the run's worker was lost too many times"})
     await repair_endings_once(rt)
+    await requeue_retries_once(rt)
+
+
+async def requeue_retries_once(rt: WorkerRuntime) -> int:
+    """Queue the jobs of retried runs that no worker claimed a few seconds after their requeue (as
+    workers.maintenance.requeue_retries_once does for requests)."""
+    rows = await RunStore.of(rt).stalled(RETRY_GRACE_SECONDS, retried=True)
+    queued = sum([await _enqueue_row(rt, row) for row in rows])
+    if queued:
+        log.warning("retried flow runs queued again: their requeue's job was lost", extra={"runs": queued})
+    return queued
 
 
 async def sweep_once(rt: WorkerRuntime) -> None:
@@ -625,11 +636,11 @@ async def sweep_once(rt: WorkerRuntime) -> None:
         await _enqueue_row(rt, row)
 
 
-async def _enqueue_row(rt: WorkerRuntime, row: Mapping[str, Any]) -> None:
+async def _enqueue_row(rt: WorkerRuntime, row: Mapping[str, Any]) -> bool:
     job = RunJob(
         run_id=row["run_id"], tenant_id=row["tenant_id"], attempt=row["attempt"], correlation_id=row["correlation_id"]
     )
-    await enqueue_run(rt.queue, row["feature"], job)
+    return await enqueue_run(rt.queue, row["feature"], job)
 
 
 def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 _TRANSIENT = (*STORE_ERRORS, asyncpg.PostgresError)
+# A reaper queues a requeued attempt's job right after its commit; unclaimed this long after, the job was
+# lost (or waits behind others: queueing it again is then a no-op).
+RETRY_GRACE_SECONDS = 3.0
 
 
 CHECKPOINT_EVERY = 10
@@ -169,6 +172,18 @@ async def reap_once(rt: WorkerRuntime) -> None:
         await outlast("requeue", functools.partial(queue.enqueue, rt.queue, *lifecycle.job_for(row)), max_wait=1.0)
     await ending.end_elsewhere(rt, failed)
     await repair_endings_once(rt)
+    await requeue_retries_once(rt)
+
+
+async def requeue_retries_once(rt: WorkerRuntime) -> int:
+    """Queue the jobs of retried requests that no worker claimed a few seconds after their requeue: the
+    reaper that requeued them died before queueing them. A job still queued makes this a no-op."""
+    async with rt.db.acquire() as conn:
+        retried = await lifecycle.unqueued_retries(conn, RETRY_GRACE_SECONDS)
+    queued = sum(await asyncio.gather(*(queue.enqueue(rt.queue, feature, job) for feature, job in retried)))
+    if queued:
+        log.warning("retried requests queued again: their requeue's job was lost", extra={"requests": queued})
+    return queued
 
 
 def count_found(*reaped: list[asyncpg.Record]) -> None:

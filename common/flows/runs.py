@@ -357,12 +357,15 @@ class RunStore:
             await self.cache_after_change(row)
         return list(requeued), list(failed)
 
-    async def stalled(self, older_than_seconds: float) -> list[asyncpg.Record]:
-        """PENDING runs nobody picked up (the queue was down when they were created)."""
+    async def stalled(self, older_than_seconds: float, *, retried: bool = False) -> list[asyncpg.Record]:
+        """PENDING runs nobody picked up (the queue was down when they were created); with `retried`, only
+        those a reaper requeued (its job is lost if the reaper died before queueing it)."""
         return list(
             await self.db.fetch(
                 "SELECT run_id, tenant_id, attempt, correlation_id, feature FROM flow_runs_audit"
-                " WHERE status = 'PENDING' AND updated_at < now() - make_interval(secs => $1) LIMIT 200",
+                " WHERE status = 'PENDING' AND updated_at < now() - make_interval(secs => $1)"
+                " AND attempt > $2 ORDER BY id LIMIT 200",
                 older_than_seconds,
+                1 if retried else 0,
             )
         )

@@ -529,6 +529,20 @@ async def stalled_heads(conn: asyncpg.Connection, older_than_seconds: float) -> 
     return [job_for(r) for r in rows]
 
 
+async def unqueued_retries(conn: asyncpg.Connection, older_than_seconds: float) -> list[tuple[str, JobPayload]]:
+    """Requests a reaper requeued over `older_than_seconds` ago that no worker has claimed since: their job
+    was lost if the reaper died before queueing it (a retried request heads its session)."""
+    rows = await conn.fetch(
+        """
+        SELECT request_id::text, session_id::text, tenant_id, attempt, feature, correlation_id FROM request_logs
+         WHERE status = 'queued' AND attempt > 1 AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY id LIMIT 200
+        """,
+        older_than_seconds,
+    )
+    return [job_for(r) for r in rows]
+
+
 async def expire_sessions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """End idle sessions past their expiry; returns their (session_id, tenant_id)."""
     return list(

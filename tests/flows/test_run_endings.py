@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 import pytest
+from arq.constants import job_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.flows.runs import RunStore
+from common.platform.keys import queue_name
 from common.requests import ending
 from common.streams.protocol import Event
 from tests.flows.conftest import Executor, start_run, task
@@ -95,3 +97,37 @@ async def test_a_run_whose_ending_was_not_written_is_ended_by_the_repair_once(
         assert closing[0].data["output"] == {"tasks": {"a": {"x": 1}}}
         assert not await gw.gateway.db.fetchval("SELECT done_pending FROM flow_runs_audit WHERE run_id = $1", run_id)
         assert (await c.get(f"/v1/runs/{run_id}")).json()["status"] == "COMPLETED"
+
+
+async def test_a_retried_run_whose_job_was_lost_is_queued_again_in_seconds(
+    gateway_app: Any, executor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reaper that dies between requeueing a run and queueing its job leaves it PENDING without one:
+    the next reaper pass queues it once it is a few seconds old, not the stalled sweep 10-20 s later."""
+    feature = f"idle-{uuid.uuid4().hex[:6]}"
+    gw = await gateway_app(flow_feature=feature)
+    ex: Executor = await executor()
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    async with gw.client("alice", tenant) as c:
+        run_id = await start_run(c, tenant, task("a", "sleep", input={"seconds": 0}))
+    db = ex.rt.db
+    await db.execute(
+        "UPDATE flow_runs_audit SET attempt = 2, updated_at = now() - interval '1 second' WHERE run_id = $1", run_id
+    )
+    stalled = RunStore.stalled
+
+    async def ours(self: RunStore, older_than_seconds: float, *, retried: bool = False) -> list[Any]:
+        return [r for r in await stalled(self, older_than_seconds, retried=retried) if str(r["run_id"]) == run_id]
+
+    monkeypatch.setattr(RunStore, "stalled", ours)
+    job = f"flow:{run_id}:2"
+    try:
+        assert await flows.requeue_retries_once(ex.rt) == 0  # requeued a second ago: its job may be on its way
+        await db.execute(
+            "UPDATE flow_runs_audit SET updated_at = now() - interval '5 seconds' WHERE run_id = $1", run_id
+        )
+        assert await flows.requeue_retries_once(ex.rt) == 1
+        assert await ex.rt.queue.zscore(queue_name(feature), job) is not None
+        assert await flows.requeue_retries_once(ex.rt) == 0  # queued: not doubled
+    finally:
+        await ex.rt.queue.delete(queue_name(feature), job_key_prefix + job)

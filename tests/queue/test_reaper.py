@@ -48,6 +48,7 @@ async def test_a_requeue_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(maintenance.lifecycle, "job_for", lambda r: job)
     monkeypatch.setattr(maintenance.queue, "enqueue", enqueue)
     monkeypatch.setattr(maintenance, "repair_endings_once", nothing)
+    monkeypatch.setattr(maintenance, "requeue_retries_once", nothing)
     rt: Any = SimpleNamespace(
         db=SimpleNamespace(acquire=acquire),
         queue=object(),
@@ -81,6 +82,7 @@ async def test_a_flow_run_requeue_waits_out_a_redis_outage(monkeypatch: pytest.M
     monkeypatch.setattr(flows.RunStore, "of", lambda rt: SimpleNamespace(reap_expired=reap_expired))
     monkeypatch.setattr(flows, "enqueue_run", enqueue_run)
     monkeypatch.setattr(flows, "repair_endings_once", nothing)
+    monkeypatch.setattr(flows, "requeue_retries_once", nothing)
     rt: Any = SimpleNamespace(
         queue=object(), streams=None, presence=None, settings=Settings(), postgres_trouble_at=float("-inf")
     )
@@ -144,3 +146,41 @@ async def test_a_reaper_that_cannot_connect_notes_postgres_trouble() -> None:
     with pytest.raises(ConnectionRefusedError):
         await maintenance.reap_once(rt)
     assert time.monotonic() - rt.postgres_trouble_at < 1
+
+
+async def test_a_retried_request_whose_job_was_lost_is_queued_again_in_seconds(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reaper that dies between requeueing a request and queueing its job leaves it queued without one:
+    the next reaper pass queues it once it is a few seconds old, not the stalled sweep 10-20 s later."""
+    gw = app.gateway
+    async with app.client() as client:
+        accepted = await client.post("/api/v1/requests/web", json={"content": "retried", "new_session": True})
+    request_id = accepted.json()["request_id"]
+    await gw.db.execute(
+        "UPDATE request_logs SET attempt = 2, updated_at = now() - interval '1 second' WHERE request_id = $1",
+        request_id,
+    )
+    unqueued = lifecycle.unqueued_retries
+
+    async def ours(conn: object, older_than_seconds: float) -> list[Any]:  # not other tests' rows
+        return [h for h in await unqueued(conn, older_than_seconds) if h[1].request_id == request_id]
+
+    monkeypatch.setattr(lifecycle, "unqueued_retries", ours)
+    arq = await queue.connect(app.settings.queue_redis_url)
+    job = queue.job_id(request_id, 2)
+    try:
+        rt = WorkerRuntime(
+            settings=app.settings, db=gw.db, streams=gw.streams, queue=arq, writer=gw.writer, agents=gw.agents
+        )
+        assert await maintenance.requeue_retries_once(rt) == 0  # requeued a second ago: its job may be on its way
+        await gw.db.execute(
+            "UPDATE request_logs SET updated_at = now() - interval '5 seconds' WHERE request_id = $1", request_id
+        )
+        assert await maintenance.requeue_retries_once(rt) == 1
+        assert await arq.zscore(queue_name("gateway-tests"), job) is not None
+        assert await maintenance.requeue_retries_once(rt) == 0  # queued: not doubled
+    finally:
+        await arq.zrem(queue_name("gateway-tests"), job)
+        await arq.delete(job_key_prefix + job)
+        await arq.aclose()
