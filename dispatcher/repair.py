@@ -83,10 +83,13 @@ async def sweep_once(rt: DispatcherRuntime, grace: float = GRACE_SECONDS) -> int
 
 
 async def sweep_forever(rt: DispatcherRuntime) -> None:
-    """`sweep_once` every few seconds (jittered, so many dispatchers do not sweep in step); outages are waited out."""
+    """`sweep_once` every few seconds (jittered, so many dispatchers do not sweep in step); a failed round is
+    logged and the next one tries again: the sweep never stops."""
     while True:
         await asyncio.sleep(EVERY_SECONDS * random.uniform(0.75, 1.25))
         try:
             await sweep_once(rt)
         except STORE_ERRORS as exc:
             log.debug("delivery sweep skipped: a store is unavailable", extra={"error": repr(exc)})
+        except Exception:
+            log.exception("delivery sweep failed; trying again next round")

@@ -24,6 +24,7 @@ from tests.support.delivery import (
     deliver_now,
     deliveries,
     delivery_events,
+    final,
     full_logs,
     message_of,
     smtp_port,
@@ -36,15 +37,6 @@ from tests.support.delivery import (
 
 SMS_TOKEN = "sms-token-" + secrets.token_hex(8)
 SMTP_PASSWORD = "smtp-pw-" + secrets.token_hex(8)
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +69,6 @@ def dispatchers(stack: Stack, receiver: Receiver, tmp_path_factory: pytest.TempP
     finally:
         d.stop()
         controller.stop()
-
-
-def final(e: dict[str, Any]) -> bool:
-    return e["data"]["status"] in ("SUCCESS", "FAILED", "EXPIRED")
 
 
 def test_webhook_fails_twice_then_succeeds(stack: Stack, dispatchers: Dispatchers, receiver: Receiver) -> None:

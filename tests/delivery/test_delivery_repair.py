@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,7 @@ from tests.support.delivery import (
     deliveries,
     delivery_events,
     dispatcher_runtime,
+    final,
     full_logs,
     user,
     webhook_override,
@@ -42,19 +43,6 @@ from tests.support.delivery import (
 )
 from tests.support.proxy import proxy_postgres
 from tests.support.streams import wait_status
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-def final(e: dict[str, Any]) -> bool:
-    return bool(e["data"]["status"] in ("SUCCESS", "FAILED", "EXPIRED"))
 
 
 def test_a_reply_whose_delivery_job_was_lost_is_delivered_by_the_sweep(stack: Stack, receiver: Receiver) -> None:

@@ -135,6 +135,11 @@ def delivery_events(
     return [e.json() for e in events if e.event.startswith("delivery.")]
 
 
+def final(e: dict[str, Any]) -> bool:
+    """A `delivery.*` event of an attempt that ended for good."""
+    return bool(e["data"]["status"] in ("SUCCESS", "FAILED", "EXPIRED"))
+
+
 def deliveries(c: httpx.Client, user_id: str) -> list[dict[str, Any]]:
     r = c.get(f"/api/v1/users/{user_id}/deliveries", params={"limit": 50})
     assert r.status_code == 200, r.text
