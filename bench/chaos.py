@@ -34,9 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chaos_deliveries as deliveries
+import chaos_schedules
 import httpx
 import run as bench
-from chaos_clients import Pace, SessionClient, Traffic
+from chaos_clients import GatewayClient, Pace, SessionClient, Traffic
 from chaos_cluster import Cluster, Proc
 from chaos_report import Anomalies, fmt_spread, log, spread
 from chaos_runs import RunClient, active_runs, load_runs, verify_runs
@@ -278,6 +279,9 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
         " a 2xx"
     )
     print(f"    completed -> delivered: {fmt_spread(d['completed_to_success'])}")
+    sc = f["schedules"]
+    lag = fmt_spread(sc["tick_to_request"])
+    print(f"schedules: {sc['schedules']}, {sc['ticks_fired']} ticks fired; tick -> its request: {lag}")
     print(f"reconnects: {f['reconnects']['total']} {f['reconnects']['by_cause']}")
     print(f"http: {f['http']}")
     print(f"harness cpu: {f['run']['harness_cpu_s']} s")
@@ -322,6 +326,7 @@ class Run:
     tails: dict[str, str]
     receiver: deliveries.Receiver
     delivery_users: set[str]
+    schedules: list[chaos_schedules.Schedule]
 
 
 async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> Run:
@@ -362,11 +367,19 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     receiver = deliveries.Receiver(args.delivery_fail_share, rng.randrange(2**32))
     await receiver.start()
     subscribed = {f"user-{c.index}": c for c in clients if rng.random() < args.delivery_share}
+    schedulers = [
+        GatewayClient(
+            i, http, cluster.live_ports, mint_token(settings, user_id=f"scheduler-{i}", tenant_id=tenant), traffic, i
+        )
+        for i in range(args.schedules)
+    ]
     reporter = asyncio.create_task(progress(clients, runners, cluster))
     try:
         await asyncio.gather(*(c.open_session() for c in clients))
         await deliveries.subscribe(subscribed, receiver)
         log(f"{len(subscribed)} users deliver their replies to a webhook ({receiver.url('<user>')})")
+        schedules = await chaos_schedules.create(schedulers)
+        log(f"{len(schedules)} schedules fire every minute")
         log(f"{len(clients)} clients following their sessions; faults for {args.duration:g} s")
         stop = asyncio.Event()
         t0 = time.time()
@@ -379,6 +392,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
         await fault_task
         await asyncio.sleep(max(0.0, t0 + args.duration - time.time()))
         stop.set()
+        await chaos_schedules.disable(schedules)
         seconds = time.time() - t0
         log(f"traffic stopped after {seconds:.0f} s; waiting for every request to end")
         await settle(args, cluster, tenant, clients, runners, senders)
@@ -393,7 +407,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
             await redis.aclose()
         if watcher.done():
             watcher.result()
-        return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails, receiver, set(subscribed))
+        return Run(tenant, clients, runners, traffic, faults, t0, seconds, tails, receiver, set(subscribed), schedules)
     finally:
         cancels = [t for c in [*clients, *runners] for t in c.cancels]
         others = [watcher, reporter, *senders, *(c.reader for c in clients if c.reader), *cancels]
@@ -408,15 +422,16 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
     """Every request verified; the figures of the run."""
     anomalies = cluster.anomalies
     runs = await load_runs(cluster.database_url, run.tenant)
+    rows = await load_rows(cluster.database_url, run.tenant)
     redis = Redis.from_url(cluster.redis_url)
     try:
-        # The agent tasks' requests are in their runs' sessions, which no session client follows.
+        # The agent tasks' and the schedules' requests are in sessions no session client follows.
         sessions = {c.session_id for c in run.clients} | {r["session_id"] for r in runs.values()}
+        sessions |= {row["session_id"] for row in rows.values()}
         streams = {s: await read_stream(redis, stream_key(s, buckets(cluster))) for s in sessions}
         run_streams = {r: await read_stream(redis, run_stream_key(r, buckets(cluster))) for r in runs}
     finally:
         await redis.aclose()
-    rows = await load_rows(cluster.database_url, run.tenant)
     verifier = Verifier(anomalies)
     cancelled = {t.request_id for c in run.clients for t in c.turns if t.cancel_sent}
     cancelled |= {
@@ -435,6 +450,7 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
         elif turn.request_id not in rows and turn.request_id not in by_request:
             anomalies.add("accepted_then_lost", request_id=turn.request_id)
     delivered = await deliveries.verify(anomalies, cluster.database_url, run.tenant, run.delivery_users, run.receiver)
+    scheduled = await chaos_schedules.verify(anomalies, cluster.database_url, run.schedules)
     for mismatch in await usage_mismatches(cluster.database_url, run.tenant):
         anomalies.add("usage_rollup_mismatch", **mismatch)
     for proc in cluster.worker_procs:
@@ -467,6 +483,7 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
         },
         **verifier.figures,
         "deliveries": delivered,
+        "schedules": scheduled,
         "worker_ready": {
             "after_kill": ready_times(cluster.history, "kill"),
             "initial": ready_times(cluster.history, "initial"),
@@ -490,6 +507,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--worker-kills", type=int, default=20)
+    p.add_argument("--schedules", type=int, default=6, help="users with a schedule that fires every minute")
     p.add_argument("--dispatchers", type=int, default=2)
     p.add_argument("--dispatcher-kills", type=int, default=4)
     p.add_argument("--delivery-share", type=float, default=0.25, help="of users whose replies go to a webhook")
