@@ -219,6 +219,33 @@ async def settle_deliveries(args: argparse.Namespace, cluster: Cluster, tenant: 
         await asyncio.sleep(1)
 
 
+# What the repairs log when they make up for a process that died or a store that was away, and the
+# fields that say how much each did: the chaos should make every one of them work at some point.
+REPAIRS = {
+    "writing endings their writer did not": ("requests",),
+    "writing run endings their writer did not": ("runs",),
+    "retried requests queued again: their requeue's job was lost": ("requests",),
+    "retried flow runs queued again: their requeue's job was lost": ("runs",),
+    "deliveries queued again": ("unqueued", "stalled", "retry"),
+}
+
+
+def repairs(cluster: Cluster) -> dict[str, int]:
+    """How much each repair did, from every process's log: ids listed or counts given, summed."""
+    done: Counter[str] = Counter()
+    for proc in cluster.history:
+        with contextlib.suppress(OSError):
+            for line in proc.log.read_bytes().splitlines():
+                if b"again" not in line and b"did not" not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    for field in REPAIRS.get(entry.get("msg", ""), ()):
+                        value = entry.get(field, 0)
+                        done[f"{entry['msg']}: {field}"] += len(value) if isinstance(value, list) else int(value)
+    return {k: n for k, n in done.items() if n}
+
+
 def reconnects(clients: list[SessionClient], cluster: Cluster) -> dict[str, Any]:
     """Every SSE response after a client's first, by how the previous one ended; a close is expected
     when its gateway was being drained, killed or restarted at that moment."""
@@ -283,6 +310,7 @@ def report(figures: dict[str, Any], anomalies: Anomalies) -> None:
     lag = fmt_spread(sc["tick_to_request"])
     print(f"schedules: {sc['schedules']}, {sc['ticks_fired']} ticks fired; tick -> its request: {lag}")
     print(f"reconnects: {f['reconnects']['total']} {f['reconnects']['by_cause']}")
+    print("repairs (from the logs): " + (", ".join(f"{k} {n}" for k, n in f["repairs"].items()) or "none"))
     print(f"http: {f['http']}")
     print(f"harness cpu: {f['run']['harness_cpu_s']} s")
     anomalies.print()
@@ -490,6 +518,7 @@ async def conclude(args: argparse.Namespace, cluster: Cluster, run: Run) -> dict
         },
         "turns": {"sent": len(turns), "seconds": spread([t.done_at - t.posted_at for t in turns if t.done_at])},
         "reconnects": reconnects(run.clients, cluster),
+        "repairs": repairs(cluster),
         "http": dict(run.traffic.counts),
         "anomalies": anomalies.as_dict(),
     }
