@@ -16,18 +16,19 @@ from common.streams.protocol import Event, EventType
 from common.streams.writer import StreamWriter
 
 
-async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:
+async def open_attempt(db: asyncpg.Pool, job: DeliveryJob, *, follows: bool = False) -> asyncpg.Record:
     """The attempt's row, created PENDING, or the existing one when this attempt already ran (a redelivery).
-    The previous attempt is no longer due (its `retry_at` is cleared)."""
+    The previous attempt is no longer due (its `retry_at` is cleared). `follows`: a Slack thread's follow
+    job opens it (dispatcher/repair.py leaves such rows to that job)."""
     row = await db.fetchrow(
         """
         WITH due AS (
           UPDATE delivery_logs SET retry_at = NULL WHERE delivery_key = $2 AND attempt = $3 - 1 AND retry_at IS NOT NULL
         )
         INSERT INTO delivery_logs (delivery_id, delivery_key, attempt, tenant_id, user_id, request_id, session_id,
-                                   integration_type)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        ON CONFLICT (delivery_key, attempt) DO UPDATE SET updated_at = now()
+                                   integration_type, follows)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        ON CONFLICT (delivery_key, attempt) DO UPDATE SET updated_at = now(), follows = delivery_logs.follows OR $9
         RETURNING delivery_id::text, status, external_ref
         """,
         uuid.uuid4(),
@@ -38,6 +39,7 @@ async def open_attempt(db: asyncpg.Pool, job: DeliveryJob) -> asyncpg.Record:
         job.request_id,
         job.session_id,
         job.channel,
+        follows,
     )
     assert row is not None
     return row

@@ -6,8 +6,8 @@ between the two, the row still says what is owed, and every dispatcher sweeps fo
 - a completed request still `delivery_pending` a few seconds after it ended: its worker died after
   the ending, or Redis was down, before its `deliver_request` job was queued (or that job failed);
 - an attempt still PENDING after its job's timeout: the job failed on a store outage, or was lost
-  (not a Slack request's own thread: its follow job, which ARQ runs again if its dispatcher dies,
-  may run for a long time, handing on to continuations);
+  (not a Slack thread being followed, `follows`: a Slack request's or a Slack schedule's reply, whose
+  follow job ARQ runs again if its dispatcher dies, and which may run for minutes through continuations);
 - a RETRYING attempt whose next attempt was due a few seconds ago and never opened its row: the
   deferred job was lost.
 
@@ -56,7 +56,7 @@ SELECT o.next, d.request_id::text, d.session_id::text, d.tenant_id, d.user_id, d
          ORDER BY id LIMIT $2) o
   JOIN delivery_logs d ON d.id = o.id
   JOIN request_logs r ON r.request_id = d.request_id
- WHERE NOT (d.integration_type = 'SLACK' AND r.normalized_request->>'integration_type' = 'slack')
+ WHERE NOT d.follows
 """
 
 

@@ -340,7 +340,7 @@ async def follow(ctx: dict[str, Any], raw: dict[str, Any]) -> str:
         channel="SLACK",
         correlation_id=f.correlation_id,
     )
-    row = await outlast("open delivery attempt", lambda: records.open_attempt(rt.db, job))
+    row = await outlast("open delivery attempt", lambda: records.open_attempt(rt.db, job, follows=True))
     if row["status"] != "PENDING":
         return str(row["status"])
     delivery_id = row["delivery_id"]

@@ -105,10 +105,8 @@ async def rt(infra: Infra, quiet_database_url: str) -> AsyncIterator[DispatcherR
         yield runtime
 
 
-async def _completed(
-    pool: asyncpg.Pool, channel: str, config: dict[str, Any], retry_delay: int = 1, origin: str = "web"
-) -> DeliveryJob:
-    """A completed request (asked through `origin`) whose user delivers to `channel`, and its first attempt's job."""
+async def _completed(pool: asyncpg.Pool, channel: str, config: dict[str, Any], retry_delay: int = 1) -> DeliveryJob:
+    """A completed request whose user delivers to `channel`, and its first attempt's job."""
     tenant, user_id, session_id, request_id = f"t-{uuid.uuid4().hex[:8]}", "u", str(uuid.uuid4()), str(uuid.uuid4())
     await pool.execute(
         "INSERT INTO request_sessions (session_id, tenant_id, user_id, integration_type, expires_at)"
@@ -121,13 +119,12 @@ async def _completed(
         """
         INSERT INTO request_logs (request_id, session_id, tenant_id, user_id, request_type, request_content,
                                   normalized_request, deadline_at, status, response_content, completed_at)
-        VALUES ($1, $2, $3, $4, 'web', 'hi', $5, now() + interval '1 hour', 'completed', 'the reply', now())
+        VALUES ($1, $2, $3, $4, 'web', 'hi', '{}', now() + interval '1 hour', 'completed', 'the reply', now())
         """,
         request_id,
         session_id,
         tenant,
         user_id,
-        {"integration_type": origin},
     )
     await pool.execute(
         "INSERT INTO user_integration_configs (tenant_id, user_id, integration_type, retry_count, retry_delay_seconds,"
@@ -232,10 +229,10 @@ async def test_an_attempt_left_pending_runs_again_and_is_recorded_once(
 async def test_a_slack_thread_being_followed_is_left_to_its_follow_job(
     rt: DispatcherRuntime, quiet_db: asyncpg.Pool
 ) -> None:
-    """A Slack request's own thread is followed by a job that may run for minutes (its continuations
-    reopen the row), and a DELIVER job would post elsewhere: the sweep leaves that row alone."""
-    job = await _completed(rt.db, "SLACK", {}, origin="slack")
-    opened = await records.open_attempt(rt.db, job)
+    """A Slack thread (a Slack request's reply, or a Slack schedule's) is followed by a job that may run for
+    minutes (its continuations reopen the row), and a DELIVER job would post elsewhere: the sweep leaves it."""
+    job = await _completed(rt.db, "SLACK", {})
+    opened = await records.open_attempt(rt.db, job, follows=True)
     await quiet_db.execute(
         "UPDATE delivery_logs SET updated_at = now() - interval '1 hour' WHERE delivery_id = $1", opened["delivery_id"]
     )

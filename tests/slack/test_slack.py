@@ -226,10 +226,13 @@ def test_mention_streams_one_reply_in_its_thread_even_when_retried(
     assert len(updates) <= EDITS_PER_MINUTE * windows + 1  # the budget, plus the final text that always goes out
     partial = [u for u in updates[:-1] if u.args["text"] != row["response_content"]]
     assert partial and row["response_content"].startswith(partial[0].args["text"])
-    query = "SELECT status, external_ref FROM delivery_logs WHERE request_id = $1::uuid"
+    query = "SELECT status, external_ref, follows FROM delivery_logs WHERE request_id = $1::uuid"
     wait_for(lambda: sql(stack, query, row["request_id"])[0]["status"] != "PENDING")
     delivered = sql(stack, query, row["request_id"])
-    assert [(d["status"], d["external_ref"]) for d in delivered] == [("SUCCESS", final[-1].args["ts"])]
+    # `follows`: the delivery sweep leaves the thread to its follow job (dispatcher/repair.py).
+    assert [(d["status"], d["external_ref"], d["follows"]) for d in delivered] == [
+        ("SUCCESS", final[-1].args["ts"], True)
+    ]
     assert workspace.token not in full_logs(stack) and workspace.secret not in full_logs(stack)
 
 
