@@ -71,7 +71,10 @@ async def start(
         )
     if key:
         await gw.streams.set(key, accepted.session_id, ex=gw.settings.session_ttl_seconds)
-    if not accepted.replayed and accepted.stream_entry_id:
+    # A replay follows too: Slack retries an event we failed to answer, and the first try may have stored the
+    # request and died before queueing its follow. The job id makes a second follow a no-op (or, once the
+    # first ended, a job that finds its attempt closed).
+    if accepted.stream_entry_id:
         follow = SlackFollow(
             request_id=accepted.request_id,
             session_id=accepted.session_id,

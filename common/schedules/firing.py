@@ -75,7 +75,8 @@ async def fire(stores: IntakeStores, row: asyncpg.Record, tick: str) -> Firing:
         retry_after = exc.refusal.retry_after if isinstance(exc, intake.Limited) else None
         return Firing("refused", None, f"{exc.code}: {exc.detail}", retry_after)
     target = row["slack_target"]
-    if target and not admitted.replayed and admitted.stream_entry_id:
+    # A replay follows too (a worker died between the intake and this enqueue): see api/slack/service.start.
+    if target and admitted.stream_entry_id:
         await delivery.enqueue_slack(
             stores.queue,
             SlackFollow(

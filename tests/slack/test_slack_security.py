@@ -13,13 +13,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from arq.constants import job_key_prefix
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from slack_sdk.signature import SignatureVerifier
 
+from api.slack import service
+from api.slack.schemas import SlackRequest
 from common.delivery import configs as integrations
+from common.delivery import jobs as delivery
+from common.platform.keys import dispatcher_queue
 from common.platform.settings import Settings
 from common.slack import access as slack_access
-from common.slack.installations import InstallationCache
+from common.slack.installations import Installation, InstallationCache
 from tests.support.app import App
 
 
@@ -243,3 +249,34 @@ async def test_the_settings_installation_answers_only_its_workspace_and_tenant(m
             assert r.status_code == 200, r.text
             r = await c.put(f"/api/v1/users/{user}/integrations/SLACK", json=slack_override("C1", stranger.team))
             assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.team_id", r.text
+
+
+async def test_a_retried_event_follows_its_reply_even_when_the_first_try_could_not(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try stored the request, then Redis failed before its thread's follow job was queued (the
+    gateway answered 5xx): Slack's retry replays the request and queues the follow, so the reply still
+    reaches the thread."""
+    inst = Installation(team_id=f"T{uuid.uuid4().hex[:8]}", tenant_id=f"t-{uuid.uuid4().hex[:8]}", bot_token="x")
+    body = SlackRequest(user_id="U1", content="hello", channel_id="C1", slack_user_id="U1", slack_team_id=inst.team_id)
+    real = delivery.enqueue_slack
+    tries: list[str] = []
+
+    async def flaky(pool: Any, follow: Any) -> bool:
+        tries.append(follow.request_id)
+        if len(tries) == 1:
+            raise RedisConnectionError("Connection refused")
+        return await real(pool, follow)
+
+    monkeypatch.setattr(delivery, "enqueue_slack", flaky)
+    args: dict[str, Any] = {"key": None, "reply_ts": None, "idempotency_key": f"slack-event:{uuid.uuid4()}"}
+    with pytest.raises(RedisConnectionError):
+        await service.start(app.gateway, inst, body, correlation_id="c", **args)
+    again = await service.start(app.gateway, inst, body, correlation_id="c", **args)
+    assert again.replayed and tries == [again.request_id, again.request_id]
+    job = f"dlv:{again.request_id}:SLACK"
+    try:
+        assert await app.gateway.queue.zscore(dispatcher_queue(), job) is not None
+    finally:
+        await app.gateway.queue.zrem(dispatcher_queue(), job)
+        await app.gateway.queue.delete(job_key_prefix + job)
