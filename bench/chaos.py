@@ -365,29 +365,17 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     traffic = Traffic(cluster.anomalies)
     pace = Pace((args.tokens_min, args.tokens_max), args.rate, args.think, args.cancel_share)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
+
+    def token(user: str) -> str:
+        return mint_token(settings, user_id=user, tenant_id=tenant)
+
+    ports = cluster.live_ports
     clients = [
-        SessionClient(
-            i,
-            http,
-            cluster.live_ports,
-            mint_token(settings, user_id=f"user-{i}", tenant_id=tenant),
-            traffic,
-            pace,
-            rng.randrange(2**32),
-        )
+        SessionClient(i, http, ports, token(f"user-{i}"), traffic, pace, rng.randrange(2**32))
         for i in range(args.clients)
     ]
     runners = [
-        RunClient(
-            i,
-            http,
-            cluster.live_ports,
-            mint_token(settings, user_id=f"runner-{i}", tenant_id=tenant),
-            tenant,
-            traffic,
-            rng.randrange(2**32),
-            args.cancel_share,
-        )
+        RunClient(i, http, ports, token(f"runner-{i}"), tenant, traffic, rng.randrange(2**32), args.cancel_share)
         for i in range(args.run_clients)
     ]
     faults = Faults(cluster, rng, args)
@@ -395,12 +383,7 @@ async def drive(args: argparse.Namespace, cluster: Cluster, rng: random.Random) 
     receiver = deliveries.Receiver(args.delivery_fail_share, rng.randrange(2**32))
     await receiver.start()
     subscribed = {f"user-{c.index}": c for c in clients if rng.random() < args.delivery_share}
-    schedulers = [
-        GatewayClient(
-            i, http, cluster.live_ports, mint_token(settings, user_id=f"scheduler-{i}", tenant_id=tenant), traffic, i
-        )
-        for i in range(args.schedules)
-    ]
+    schedulers = [GatewayClient(i, http, ports, token(f"scheduler-{i}"), traffic, i) for i in range(args.schedules)]
     reporter = asyncio.create_task(progress(clients, runners, cluster))
     try:
         await asyncio.gather(*(c.open_session() for c in clients))

@@ -114,7 +114,7 @@ class GatewayClient:
                 return self.rng.choice(live)
             await asyncio.sleep(0.1)
 
-    async def post(
+    async def send(
         self,
         route: str,
         path: str,
@@ -122,16 +122,23 @@ class GatewayClient:
         body: Any = None,
         headers: dict[str, str] | None = None,
         on_try: Callable[[], None] | None = None,
+        *,
+        method: str = "POST",
     ) -> httpx.Response:
-        """POST through a random live gateway until answered with one of `ok`. A transport error is counted,
-        any other status too (an anomaly unless 503); both are retried, after `Retry-After` when given."""
+        """Send (POST unless `method` says) through a random live gateway until answered with one of `ok`. A
+        transport error is counted, any other status too (an anomaly unless 503); both are retried, after
+        `Retry-After` when given."""
         while True:
             port = await self.port()
             if on_try is not None:
                 on_try()
             try:
-                r = await self.http.post(
-                    f"http://127.0.0.1:{port}{path}", json=body, headers=headers or self.auth, timeout=POST_TIMEOUT
+                r = await self.http.request(
+                    method,
+                    f"http://127.0.0.1:{port}{path}",
+                    json=body,
+                    headers=headers or self.auth,
+                    timeout=POST_TIMEOUT,
                 )
             except httpx.TransportError as exc:
                 self.traffic.counts[f"{route} {type(exc).__name__}"] += 1
@@ -211,7 +218,7 @@ class GatewayClient:
 
         async def cancel() -> None:
             await asyncio.sleep(delay)
-            r = await self.post("cancel", path, (202, 409))
+            r = await self.send("cancel", path, (202, 409))
             self.traffic.counts[f"cancel {r.status_code}"] += 1
 
         task = asyncio.create_task(cancel())
@@ -243,7 +250,7 @@ class SessionClient(GatewayClient):
         self.reader: asyncio.Task[None] | None = None
 
     async def open_session(self) -> None:
-        r = await self.post("session", "/api/v1/sessions", (201,), body={})
+        r = await self.send("session", "/api/v1/sessions", (201,), body={})
         self.session_id = r.json()["session_id"]
         self.reader = asyncio.create_task(self.follow(), name=f"reader-{self.index}")
 
@@ -312,5 +319,5 @@ class SessionClient(GatewayClient):
             turn.post_tries += 1
 
         headers = {**self.auth, "Idempotency-Key": turn.key}
-        r = await self.post("post", "/api/v1/requests/web", (202,), body, headers, counted)
+        r = await self.send("post", "/api/v1/requests/web", (202,), body, headers, counted)
         return str(r.json()["request_id"])

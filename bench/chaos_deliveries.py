@@ -97,7 +97,7 @@ async def subscribe(users: dict[str, SessionClient], receiver: Receiver) -> None
             "retry_delay_seconds": 1,
             "config": {"url": receiver.url(user), "secret": receiver.secret_for(user)},
         }
-        await client.post("integration", f"/api/v1/users/{user}/integrations", (201,), body=body)
+        await client.send("integration", f"/api/v1/users/{user}/integrations", (201,), body=body)
 
     await asyncio.gather(*(one(user, client) for user, client in users.items()))
 

@@ -112,7 +112,7 @@ class RunClient(GatewayClient):
         def counted() -> None:
             run.post_tries += 1
 
-        r = await self.post("run post", "/v1/runs", (202,), body, on_try=counted)
+        r = await self.send("run post", "/v1/runs", (202,), body, on_try=counted)
         return str(r.json()["run_id"])
 
     @staticmethod

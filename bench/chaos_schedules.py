@@ -37,7 +37,7 @@ async def create(clients: list[GatewayClient]) -> list[Schedule]:
     made = []
     for client in clients:
         body = {"cron": "* * * * *", "timezone": "UTC", "content": f"scheduled tick for client {client.index}"}
-        r = await client.post("schedule", "/api/v1/schedules", (201,), body=body)
+        r = await client.send("schedule", "/api/v1/schedules", (201,), body=body)
         made.append(Schedule(r.json()["schedule_id"], client, time.time()))
     return made
 
@@ -45,12 +45,8 @@ async def create(clients: list[GatewayClient]) -> list[Schedule]:
 async def disable(schedules: list[Schedule]) -> None:
     """No tick after the traffic: what is verified is what fired while the faults ran."""
     for s in schedules:
-        r = await s.client.http.patch(
-            f"http://127.0.0.1:{await s.client.port()}/api/v1/schedules/{s.schedule_id}",
-            json={"enabled": False},
-            headers=s.client.auth,
-        )
-        r.raise_for_status()
+        path = f"/api/v1/schedules/{s.schedule_id}"
+        await s.client.send("schedule", path, (200,), body={"enabled": False}, method="PATCH")
         s.disabled_at = time.time()
 
 

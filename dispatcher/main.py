@@ -18,6 +18,7 @@ from common.platform import logging as rg_logging
 from common.platform import tuning as runtime
 from common.platform.context import open_stores, start_hub
 from common.platform.keys import dispatcher_queue
+from common.platform.outages import every
 from common.platform.settings import Settings, get_settings
 from common.queue.worker import RelayWorker
 from dispatcher import jobs, repair
@@ -40,7 +41,7 @@ def build_worker(settings: Settings) -> RelayWorker:
             hub=start_hub(settings, stores.streams),
             http=httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False),
         )
-        ctx["sweep"] = asyncio.create_task(repair.sweep_forever(ctx["rt"]))
+        ctx["sweep"] = asyncio.create_task(every(repair.EVERY_SECONDS, repair.sweep_once, ctx["rt"]))
         runtime.tune_gc()
         log.info("dispatcher ready", extra={"queue": dispatcher_queue()})
 

@@ -1,7 +1,7 @@
 """Deliveries a lost job or enqueue left undone, queued again from what Postgres says is owed.
 
 A dispatcher job lives in Redis and its outcome in Postgres; when a process dies or a store is down
-between the two, the row still says what is owed, and every dispatcher sweeps for it every few seconds:
+between the two, the row still says what is owed, and every dispatcher sweeps for it every EVERY_SECONDS:
 
 - a completed request still `delivery_pending` a few seconds after it ended: its worker died after
   the ending, or Redis was down, before its `deliver_request` job was queued (or that job failed);
@@ -17,15 +17,12 @@ that runs twice finds its rows (a closed attempt is not sent again): delivery st
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections import Counter
 
 from common.delivery import jobs as delivery
 from common.delivery.jobs import DeliveryJob
 from common.platform.metrics import DELIVERIES_REQUEUED
-from common.platform.outages import STORE_ERRORS
 from common.requests.models import JobPayload
 from dispatcher.runtime import DispatcherRuntime
 
@@ -80,16 +77,3 @@ async def sweep_once(rt: DispatcherRuntime, grace: float = GRACE_SECONDS) -> int
     if queued:
         log.warning("deliveries queued again", extra=dict(queued))
     return queued.total()
-
-
-async def sweep_forever(rt: DispatcherRuntime) -> None:
-    """`sweep_once` every few seconds (jittered, so many dispatchers do not sweep in step); a failed round is
-    logged and the next one tries again: the sweep never stops."""
-    while True:
-        await asyncio.sleep(EVERY_SECONDS * random.uniform(0.75, 1.25))
-        try:
-            await sweep_once(rt)
-        except STORE_ERRORS as exc:
-            log.debug("delivery sweep skipped: a store is unavailable", extra={"error": repr(exc)})
-        except Exception:
-            log.exception("delivery sweep failed; trying again next round")

@@ -33,7 +33,7 @@ from common.platform import outbound, sink
 from common.platform.credentials import Principal
 from common.platform.keys import cancel_key, run_cancel_key
 from common.platform.logging import correlation_id
-from common.platform.outages import POSTGRES_ERRORS, STORE_ERRORS, outlast
+from common.platform.outages import POSTGRES_ERRORS, STORE_ERRORS, every, outlast
 from common.queue.worker import settled
 from common.requests import ending, intake
 from common.requests import repository as request_repo
@@ -42,7 +42,7 @@ from common.sessions import repository as session_repo
 from common.streams.protocol import Event
 from workers import flow_usage, model
 from workers.attempt import Stop
-from workers.maintenance import RETRY_GRACE_SECONDS, count_found, every, reap_pass
+from workers.maintenance import RETRY_GRACE_SECONDS, count_found, reap_pass
 from workers.metering import Meter
 from workers.runner import WorkerRuntime, persist, persist_append
 

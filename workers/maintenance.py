@@ -18,7 +18,7 @@ import asyncpg
 from common.agents.registry import ModelPrice
 from common.platform import metrics, presence, sink
 from common.platform.keys import intake_keys
-from common.platform.outages import STORE_ERRORS, outlast
+from common.platform.outages import STORE_ERRORS, every, outlast
 from common.queue import enqueue as queue
 from common.requests import ending, lifecycle
 from common.requests import repository as request_repo
@@ -254,18 +254,6 @@ async def sweep_once(rt: WorkerRuntime) -> None:
         sink.emit("session.ended", session["session_id"], {"status": "expired"}, tenant_id=session["tenant_id"])
     if overdue or requeued or expired:
         log.info("sweep", extra={"timed_out": len(overdue), "requeued": requeued, "sessions_expired": len(expired)})
-
-
-async def every(seconds: float, step: object, rt: WorkerRuntime) -> None:
-    """Run `step(rt)` forever; a failure is logged and retried next round, never fatal."""
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await step(rt)  # type: ignore[operator]
-        except _TRANSIENT as exc:
-            log.warning("maintenance step failed", extra={"step": getattr(step, "__name__", ""), "error": repr(exc)})
-        except Exception:
-            log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})
 
 
 def start(rt: WorkerRuntime) -> list[asyncio.Task[None]]:

@@ -1,8 +1,10 @@
 """Riding out store outages: the one list of errors that mean "Postgres or Redis is down for now",
-and a retry with backoff for the steps a process cannot go on without (tenacity)."""
+a retry with backoff for the steps a process cannot go on without (tenacity), and the loop of a
+periodic step (a reaper, a sweep) that a failed round never stops."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -14,6 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # A connection refused, reset or timed out (OSError covers TimeoutError), a Postgres connection lost,
 # refused while starting, or shut down by an operator. InternalClientError: a pooled connection handed out
@@ -59,3 +62,15 @@ async def outlast(what: str, call: Callable[[], Awaitable[T]], *, max_wait: floa
         with attempt:
             return await call()
     raise AssertionError("unreachable: AsyncRetrying without a stop retries until success")
+
+
+async def every(seconds: float, step: Callable[[R], Awaitable[object]], runtime: R) -> None:
+    """Run `step(runtime)` every `seconds`, forever; a failed round is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step(runtime)
+        except (*STORE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("maintenance step failed", extra={"step": getattr(step, "__name__", ""), "error": repr(exc)})
+        except Exception:
+            log.exception("maintenance step crashed", extra={"step": getattr(step, "__name__", "")})
